@@ -1,0 +1,25 @@
+//! `gavel-engine`: the sans-IO auction core of Gavel.
+//!
+//! The engine decides bids. It knows nothing of sockets, files, tokio or protobuf, and it
+//! never reads a clock: every call takes `now`. Drivers (`transport`, `wal`, the `gavel`
+//! binary) feed it input and carry its output — outcomes to clients, [`Event`]s to the
+//! write-ahead log and the price streams.
+//!
+//! Map of the crate:
+//! - [`types`]: validated value types — ids, money, time, bids, auction rules, outcomes.
+//! - [`event`]: the events every state change produces and the [`EventSink`] they go to.
+//! - `auction` (private): one auction — the lock-free price word and seen-bid filter, the
+//!   auction lock, and the rules of every kind.
+//! - [`engine`]: the sharded registry of auctions, the close timer and the state hash.
+//! - [`replay`]: rebuilds an engine from its events through the live code path.
+//! - [`view`]: read-only snapshots of auctions.
+
+pub mod event;
+pub mod types;
+pub mod view;
+
+pub use event::{
+    Backpressure, BoundedSink, CloseReason, DiscardSink, Event, EventKind, EventSink, RecordingSink,
+};
+pub use types::*;
+pub use view::{AuctionView, Phase};
