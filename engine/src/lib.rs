@@ -14,12 +14,20 @@
 //! - [`replay`]: rebuilds an engine from its events through the live code path.
 //! - [`view`]: read-only snapshots of auctions.
 
+mod auction;
+pub mod engine;
 pub mod event;
+mod filter;
+pub mod replay;
+mod sync;
 pub mod types;
 pub mod view;
+
+pub use engine::{CreateError, Engine, EngineConfig, ManageError};
 
 pub use event::{
     Backpressure, BoundedSink, CloseReason, DiscardSink, Event, EventKind, EventSink, RecordingSink,
 };
+pub use replay::{ReplayError, ReplaySummary, Replayer};
 pub use types::*;
 pub use view::{AuctionView, Phase};

@@ -1,0 +1,981 @@
+//! One auction: the lock-free price word, the seen-bid filter, the auction lock and the
+//! rules of every kind.
+//!
+//! The protocol (model-checked by `loom_tests`):
+//! - **Price word** (`AtomicU64`): the visible price in the low 62 bits, plus `HAS_BID`
+//!   and `CLOSED`. It is written only while the auction lock is held, with a
+//!   compare-and-swap from the value the lock holder last stored (so a second writer, a
+//!   bug, is caught at once), and read without any lock by watchers and by the bid path.
+//! - **Lock-free reject**: a bid below `min_next(word)`, or at a `CLOSED` word, is refused
+//!   without the lock — unless the seen-bid filter says it may be a retry, which must get
+//!   its original outcome instead.
+//! - **Auction lock** (also the settlement lock): every state change — an accepted bid, an
+//!   extension, the close and the settlement — happens under it, gets the next sequence
+//!   number, and hands its events to the sink before it is applied. Close sets `CLOSED` in
+//!   the word under the lock, so no bid is accepted after it and settlement happens once.
+//!
+//! Why accepted bids take the lock rather than a bare CAS: the decision depends on more
+//! than one word holds (the leader and its hidden proxy maximum, soft-close state, the
+//! idempotency memory), and the WAL needs one auction's events in sequence order with no
+//! gap. See ARCHITECTURE.md, "The price word and the auction lock".
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrayvec::ArrayVec;
+
+use crate::event::{CloseReason, Event, EventKind, EventSink};
+use crate::filter::SeenFilter;
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::types::{
+    Accepted, AuctionId, AuctionKind, AuctionSpec, Bid, BidId, BidOutcome, BidderId, PRICE_MAX,
+    Price, Rejection, Settlement, UnixMicros, Winner,
+};
+use crate::view::{AuctionView, Phase};
+
+/// Flag in the price word: the auction is closed; no bid is accepted any more.
+const CLOSED: u64 = 1 << 63;
+/// Flag in the price word: at least one bid was accepted (English: the price is a bid).
+const HAS_BID: u64 = 1 << 62;
+const _: () = assert!(
+    PRICE_MAX & (CLOSED | HAS_BID) == 0,
+    "prices must not overlap flags"
+);
+
+/// Most events one decision produces: accepted + closed + settled, or accepted + extended.
+const DECISION_EVENTS_MAX: usize = 3;
+
+/// Per-auction limits, from the engine configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Accepted bid ids remembered per generation of the idempotency memory; a retry within
+    /// this many accepted bids of the original always gets `Duplicate`.
+    pub(crate) dedup_window_bids: usize,
+    /// Most distinct bidders in one sealed auction.
+    pub(crate) sealed_bidders_max: usize,
+}
+
+/// Key of the idempotency memory: bid ids are scoped by bidder, so one bidder cannot learn
+/// another's outcome by reusing its id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+struct BidKey {
+    bidder: BidderId,
+    id: BidId,
+}
+
+impl BidKey {
+    fn of(bid: &Bid) -> BidKey {
+        BidKey {
+            bidder: bid.bidder(),
+            id: bid.id(),
+        }
+    }
+
+    /// A fixed (unkeyed, deterministic) 64-bit hash for the seen-bid filter.
+    fn filter_hash(&self) -> u64 {
+        let mut h = mix64(self.id.0 as u64) ^ mix64((self.id.0 >> 64) as u64 ^ 0x5851_f42d);
+        for chunk in self.bidder.as_str().as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            h = mix64(h ^ u64::from_le_bytes(word));
+        }
+        h
+    }
+}
+
+/// SplitMix64's finaliser: a cheap, well-distributed 64-bit mixer.
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The exact idempotency memory: two generations of accepted bid keys, rotated together
+/// with the seen-bid filter's generations.
+struct Recent {
+    current: HashMap<BidKey, Accepted>,
+    previous: HashMap<BidKey, Accepted>,
+    /// Which filter generation `current` corresponds to.
+    generation: usize,
+}
+
+impl Recent {
+    fn new() -> Recent {
+        Recent {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    fn get(&self, key: &BidKey) -> Option<Accepted> {
+        self.current
+            .get(key)
+            .or_else(|| self.previous.get(key))
+            .copied()
+    }
+
+    fn insert(&mut self, key: BidKey, accepted: Accepted, filter: &SeenFilter, window: usize) {
+        if self.current.len() >= window {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+            self.generation ^= 1;
+            filter.clear(self.generation);
+        }
+        filter.insert(self.generation, key.filter_hash());
+        let replaced = self.current.insert(key, accepted);
+        assert!(replaced.is_none(), "an accepted bid id was accepted twice");
+    }
+}
+
+/// The leader of an English auction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Lead {
+    bidder: BidderId,
+    /// The bid id of the leader's latest accepted bid.
+    bid: BidId,
+    /// The leader's hidden proxy maximum (at least the price).
+    max: Price,
+}
+
+/// A bidder's standing bid in a sealed auction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct SealedBid {
+    bid: BidId,
+    amount: Price,
+    /// Sequence number of its acceptance: earlier wins ties.
+    seq: u64,
+}
+
+/// Kind-specific state.
+enum Book {
+    English { price: Price, lead: Option<Lead> },
+    Sealed { bids: HashMap<BidderId, SealedBid> },
+    Dutch { sold: Option<Winner> },
+}
+
+/// Everything guarded by the auction lock.
+struct State {
+    seq: u64,
+    ends_at: UnixMicros,
+    extensions: u32,
+    bids_accepted: u64,
+    book: Book,
+    recent: Recent,
+    /// Set once, together with `CLOSED` in the price word.
+    settled: Option<(CloseReason, Settlement)>,
+    /// The last value this lock holder stored in the price word.
+    word: u64,
+}
+
+/// How a bid changes the book, computed before anything is applied.
+enum BookChange {
+    English { price: Price, lead: Lead },
+    Sealed { bidder: BidderId, entry: SealedBid },
+    Dutch { sold: Winner },
+}
+
+struct Decision {
+    change: BookChange,
+    /// Visible price after the bid.
+    price: Price,
+    /// Visible leader after the bid.
+    leader: Option<BidderId>,
+    /// The bid ends the auction at once.
+    close: Option<(CloseReason, Settlement)>,
+}
+
+/// Outcome of a close attempt.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum CloseAttempt {
+    /// Closed and settled now.
+    Closed(Settlement),
+    /// Not due yet: the (possibly extended) end is later.
+    NotDue(UnixMicros),
+    /// Already closed and settled earlier.
+    AlreadyClosed,
+    /// The sink refused the events; nothing changed.
+    Backpressure { retry_after_us: u64 },
+}
+
+pub(crate) struct Auction {
+    spec: Arc<AuctionSpec>,
+    word: AtomicU64,
+    seen: SeenFilter,
+    state: Mutex<State>,
+}
+
+impl Auction {
+    /// A new auction and its `Created` event (sequence 1).
+    pub(crate) fn new(spec: Arc<AuctionSpec>, now: UnixMicros, limits: Limits) -> (Auction, Event) {
+        let rules = spec.rules();
+        let book = match rules.kind {
+            AuctionKind::English { .. } => Book::English {
+                price: 0,
+                lead: None,
+            },
+            AuctionKind::SealedFirstPrice { .. } | AuctionKind::SealedSecondPrice { .. } => {
+                Book::Sealed {
+                    bids: HashMap::new(),
+                }
+            }
+            AuctionKind::Dutch { .. } => Book::Dutch { sold: None },
+        };
+        let event = Event {
+            auction: rules.id,
+            seq: 1,
+            at: now,
+            kind: EventKind::Created(Arc::clone(&spec)),
+        };
+        let auction = Auction {
+            word: AtomicU64::new(0),
+            seen: SeenFilter::new(limits.dedup_window_bids),
+            state: Mutex::new(State {
+                seq: 1,
+                ends_at: rules.ends_at,
+                extensions: 0,
+                bids_accepted: 0,
+                book,
+                recent: Recent::new(),
+                settled: None,
+                word: 0,
+            }),
+            spec,
+        };
+        (auction, event)
+    }
+
+    pub(crate) fn spec(&self) -> &Arc<AuctionSpec> {
+        &self.spec
+    }
+
+    pub(crate) fn id(&self) -> AuctionId {
+        self.spec.id()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Invariant: nothing panics while holding the lock except a violated invariant
+        // assertion, after which the state must not be used again.
+        self.state
+            .lock()
+            .expect("auction lock poisoned: an invariant failed while it was held")
+    }
+
+    /// The visible price and whether the auction is closed, read without any lock.
+    /// Sealed auctions show no price until settled.
+    pub(crate) fn price(&self) -> (Option<Price>, bool) {
+        // Ordering: Acquire pairs with the Release CAS under the lock, so a reader that
+        // sees a price also sees the state change (and filter inserts) that produced it.
+        let word = self.word.load(Ordering::Acquire);
+        let price = (word & HAS_BID != 0).then_some(word & PRICE_MAX);
+        (price, word & CLOSED != 0)
+    }
+
+    /// The least amount a new bid needs at `now`, given a price word. English: the price
+    /// plus its increment (or the start price; or the buy-now price while the price is
+    /// below it). Sealed: the minimum bid. Dutch: the clock price.
+    fn min_next(&self, word: u64, now: UnixMicros) -> Price {
+        let rules = self.spec.rules();
+        match &rules.kind {
+            AuctionKind::English {
+                start_price,
+                increments,
+            } => {
+                if word & HAS_BID == 0 {
+                    return *start_price;
+                }
+                let price = word & PRICE_MAX;
+                let regular = price.saturating_add(increments.increment_at(price));
+                match rules.buy_now {
+                    Some(buy_now) if price < buy_now => regular.min(buy_now),
+                    _ => regular,
+                }
+            }
+            AuctionKind::SealedFirstPrice { min_bid }
+            | AuctionKind::SealedSecondPrice { min_bid } => *min_bid,
+            AuctionKind::Dutch { .. } => self.dutch_clock(now),
+        }
+    }
+
+    /// The Dutch clock price at `now`.
+    fn dutch_clock(&self, now: UnixMicros) -> Price {
+        let rules = self.spec.rules();
+        let AuctionKind::Dutch {
+            start_price,
+            floor_price,
+            step,
+            step_interval_us,
+        } = rules.kind
+        else {
+            unreachable!("dutch_clock on a non-Dutch auction")
+        };
+        let steps = now.0.saturating_sub(rules.starts_at.0) / step_interval_us;
+        start_price
+            .saturating_sub(steps.saturating_mul(step))
+            .max(floor_price)
+    }
+
+    /// Decides one bid. Too-low bids and bids on a closed auction are refused without the
+    /// lock when the seen-bid filter proves they are not retries.
+    pub(crate) fn place_bid<S: EventSink + ?Sized>(
+        &self,
+        bid: &Bid,
+        now: UnixMicros,
+        sink: &S,
+        limits: Limits,
+    ) -> BidOutcome {
+        let key = BidKey::of(bid);
+        // Ordering: Acquire; see `price`.
+        let word = self.word.load(Ordering::Acquire);
+        let fast = if word & CLOSED != 0 {
+            Some(Rejection::Closed)
+        } else {
+            let min_next = self.min_next(word, now);
+            (bid.amount() < min_next).then_some(Rejection::TooLow { min_next })
+        };
+        if let Some(rejection) = fast {
+            if !self.seen.may_contain(key.filter_hash()) {
+                return BidOutcome::Rejected(rejection);
+            }
+        }
+        let mut state = self.lock();
+        self.place_bid_locked(&mut state, bid, key, now, sink, limits)
+    }
+
+    fn place_bid_locked<S: EventSink + ?Sized>(
+        &self,
+        state: &mut State,
+        bid: &Bid,
+        key: BidKey,
+        now: UnixMicros,
+        sink: &S,
+        limits: Limits,
+    ) -> BidOutcome {
+        if let Some(original) = state.recent.get(&key) {
+            return BidOutcome::Rejected(Rejection::Duplicate { original });
+        }
+        if state.settled.is_some() || now >= state.ends_at {
+            return BidOutcome::Rejected(Rejection::Closed);
+        }
+        if now < self.spec.rules().starts_at {
+            return BidOutcome::Rejected(Rejection::NotOpen);
+        }
+        let decision = match self.decide(state, bid, now, limits) {
+            Ok(decision) => decision,
+            Err(rejection) => return BidOutcome::Rejected(rejection),
+        };
+
+        let id = self.id();
+        let mut events = ArrayVec::<Event, DECISION_EVENTS_MAX>::new();
+        let mut seq = state.seq;
+        let mut next = |kind| {
+            seq += 1;
+            Event {
+                auction: id,
+                seq,
+                at: now,
+                kind,
+            }
+        };
+        let extension = if decision.close.is_none() {
+            self.extension(state, now)
+        } else {
+            None
+        };
+        let ends_at = extension.map_or(state.ends_at, |(ends_at, _)| ends_at);
+        let accepted_seq = state.seq + 1;
+        events.push(next(EventKind::BidAccepted {
+            bid: *bid,
+            price: decision.price,
+            leader: decision.leader,
+            ends_at,
+        }));
+        if let Some((ends_at, extensions)) = extension {
+            events.push(next(EventKind::Extended {
+                ends_at,
+                extensions,
+            }));
+        }
+        if let Some((reason, settlement)) = decision.close {
+            events.push(next(EventKind::Closed { reason }));
+            events.push(next(EventKind::Settled(settlement)));
+        }
+        if let Err(backpressure) = sink.publish(&events) {
+            return BidOutcome::Rejected(Rejection::Overloaded {
+                retry_after_us: backpressure.retry_after_us,
+            });
+        }
+
+        // Apply. From here on nothing may fail: the events are out.
+        let accepted = Accepted {
+            seq: accepted_seq,
+            price: decision.price,
+            leader: decision.leader,
+            ends_at,
+        };
+        self.apply_book(state, decision.change);
+        state.seq = seq;
+        state.bids_accepted += 1;
+        if let Some((ends_at, extensions)) = extension {
+            assert!(
+                ends_at > state.ends_at,
+                "an extension must move the end later"
+            );
+            state.ends_at = ends_at;
+            state.extensions = extensions;
+        }
+        state
+            .recent
+            .insert(key, accepted, &self.seen, limits.dedup_window_bids);
+        let closed = decision.close.is_some();
+        if let Some(close) = decision.close {
+            state.settled = Some(close);
+        }
+        self.publish_word(state, decision.price, closed);
+        BidOutcome::Accepted(accepted)
+    }
+
+    /// The rules of each kind. Reads the state, changes nothing.
+    fn decide(
+        &self,
+        state: &State,
+        bid: &Bid,
+        now: UnixMicros,
+        limits: Limits,
+    ) -> Result<Decision, Rejection> {
+        let rules = self.spec.rules();
+        let min_next = self.min_next(state.word, now);
+        if bid.amount() < min_next {
+            return Err(Rejection::TooLow { min_next });
+        }
+        match (&rules.kind, &state.book) {
+            (AuctionKind::English { increments, .. }, Book::English { price, lead }) => {
+                let buy_now = rules.buy_now.filter(|&b| *price < b || lead.is_none());
+                if let Some(buy_now) = buy_now.filter(|&b| bid.amount() >= b) {
+                    let winner = Winner {
+                        bidder: bid.bidder(),
+                        bid: bid.id(),
+                        price: buy_now,
+                    };
+                    return Ok(Decision {
+                        change: BookChange::English {
+                            price: buy_now,
+                            lead: Lead {
+                                bidder: bid.bidder(),
+                                bid: bid.id(),
+                                max: bid.effective_max().max(buy_now),
+                            },
+                        },
+                        price: buy_now,
+                        leader: Some(bid.bidder()),
+                        close: Some((
+                            CloseReason::BuyNow,
+                            Settlement {
+                                winner: Some(winner),
+                            },
+                        )),
+                    });
+                }
+                let inc = |p: Price| increments.increment_at(p);
+                let amount = bid.amount();
+                let max = bid.effective_max();
+                let (mut new_price, new_lead) = match lead {
+                    None => (
+                        amount,
+                        Lead {
+                            bidder: bid.bidder(),
+                            bid: bid.id(),
+                            max,
+                        },
+                    ),
+                    Some(lead) if lead.bidder == bid.bidder() => (
+                        amount,
+                        Lead {
+                            bidder: lead.bidder,
+                            bid: bid.id(),
+                            max: lead.max.max(max),
+                        },
+                    ),
+                    // The newcomer's maximum beats the leader's: it leads at one increment
+                    // above the old maximum, capped at its own maximum.
+                    Some(lead) if max > lead.max => (
+                        max.min(amount.max(lead.max.saturating_add(inc(lead.max)))),
+                        Lead {
+                            bidder: bid.bidder(),
+                            bid: bid.id(),
+                            max,
+                        },
+                    ),
+                    // The leader's proxy defends (ties go to the earlier bid): the price
+                    // rises to one increment above the newcomer's maximum, capped at the
+                    // leader's maximum.
+                    Some(lead) => (
+                        lead.max.min(amount.max(max.saturating_add(inc(max)))),
+                        *lead,
+                    ),
+                };
+                // Reserve: a leader whose maximum reaches the reserve lifts the price to it.
+                if let Some(reserve) = rules.reserve {
+                    if new_price < reserve && new_lead.max >= reserve {
+                        new_price = reserve;
+                    }
+                }
+                assert!(
+                    new_price >= amount,
+                    "the price fell below the accepted amount"
+                );
+                assert!(
+                    new_price <= new_lead.max,
+                    "the price rose above the leader's max"
+                );
+                assert!(
+                    lead.is_none() || new_price > *price,
+                    "accepted English prices must strictly increase"
+                );
+                Ok(Decision {
+                    change: BookChange::English {
+                        price: new_price,
+                        lead: new_lead,
+                    },
+                    price: new_price,
+                    leader: Some(new_lead.bidder),
+                    close: None,
+                })
+            }
+            (
+                AuctionKind::SealedFirstPrice { .. } | AuctionKind::SealedSecondPrice { .. },
+                Book::Sealed { bids },
+            ) => {
+                if bid.max().is_some() {
+                    return Err(Rejection::Invalid);
+                }
+                if !bids.contains_key(&bid.bidder()) && bids.len() >= limits.sealed_bidders_max {
+                    return Err(Rejection::Forbidden);
+                }
+                let entry = SealedBid {
+                    bid: bid.id(),
+                    amount: bid.amount(),
+                    seq: state.seq + 1,
+                };
+                let close = rules.buy_now.filter(|&b| bid.amount() >= b).map(|buy_now| {
+                    let winner = Winner {
+                        bidder: bid.bidder(),
+                        bid: bid.id(),
+                        price: buy_now,
+                    };
+                    (
+                        CloseReason::BuyNow,
+                        Settlement {
+                            winner: Some(winner),
+                        },
+                    )
+                });
+                Ok(Decision {
+                    change: BookChange::Sealed {
+                        bidder: bid.bidder(),
+                        entry,
+                    },
+                    price: bid.amount(),
+                    leader: None,
+                    close,
+                })
+            }
+            (AuctionKind::Dutch { .. }, Book::Dutch { sold }) => {
+                assert!(sold.is_none(), "a sold Dutch auction must be closed");
+                if bid.max().is_some() {
+                    return Err(Rejection::Invalid);
+                }
+                // `min_next` is the clock price; the bid met it, so it wins at the clock.
+                let winner = Winner {
+                    bidder: bid.bidder(),
+                    bid: bid.id(),
+                    price: min_next,
+                };
+                Ok(Decision {
+                    change: BookChange::Dutch { sold: winner },
+                    price: min_next,
+                    leader: Some(bid.bidder()),
+                    close: Some((
+                        CloseReason::Sold,
+                        Settlement {
+                            winner: Some(winner),
+                        },
+                    )),
+                })
+            }
+            _ => unreachable!("the book always matches the auction kind"),
+        }
+    }
+
+    fn apply_book(&self, state: &mut State, change: BookChange) {
+        match (&mut state.book, change) {
+            (Book::English { price, lead }, BookChange::English { price: p, lead: l }) => {
+                *price = p;
+                *lead = Some(l);
+            }
+            (Book::Sealed { bids }, BookChange::Sealed { bidder, entry }) => {
+                bids.insert(bidder, entry);
+            }
+            (Book::Dutch { sold }, BookChange::Dutch { sold: winner }) => {
+                *sold = Some(winner);
+            }
+            _ => unreachable!("a change always matches the auction kind"),
+        }
+    }
+
+    /// The soft-close extension an accepted bid at `now` earns, if any.
+    fn extension(&self, state: &State, now: UnixMicros) -> Option<(UnixMicros, u32)> {
+        let sc = self.spec.rules().soft_close?;
+        let left_us = state.ends_at.0 - now.0;
+        if left_us >= sc.window_us || state.extensions >= sc.extensions_max {
+            return None;
+        }
+        // Invariant: validation proved `ends_at + extension_us * extensions_max` fits.
+        let ends_at = state
+            .ends_at
+            .checked_add_us(sc.extension_us)
+            .expect("soft close end fits, checked at creation");
+        Some((ends_at, state.extensions + 1))
+    }
+
+    /// Stores a new price word. Only ever called under the lock.
+    fn publish_word(&self, state: &mut State, price: Price, closed: bool) {
+        assert!(price <= PRICE_MAX, "a price overflowed the price word");
+        let visible = match self.spec.rules().kind {
+            // Sealed prices are secret until settlement; the word only says "has bids".
+            AuctionKind::SealedFirstPrice { .. } | AuctionKind::SealedSecondPrice { .. } => 0,
+            _ => price,
+        };
+        let word = visible | HAS_BID | if closed { CLOSED } else { 0 };
+        assert!(
+            state.word & CLOSED == 0,
+            "the price word changed after close"
+        );
+        // Ordering: Release publishes the state change and the filter inserts to lock-free
+        // readers (who load with Acquire). The CAS, not a store, checks that nobody else
+        // wrote the word since this lock holder's predecessor did: the lock makes us the
+        // only writer, and a failure here is a bug. Failure ordering Relaxed: we panic.
+        let swapped =
+            self.word
+                .compare_exchange(state.word, word, Ordering::Release, Ordering::Relaxed);
+        assert!(
+            swapped.is_ok(),
+            "the price word was written outside the auction lock"
+        );
+        state.word = word;
+    }
+
+    /// Closes the auction if its end has passed at `now`.
+    pub(crate) fn close_if_due<S: EventSink + ?Sized>(
+        &self,
+        now: UnixMicros,
+        sink: &S,
+    ) -> CloseAttempt {
+        let mut state = self.lock();
+        if state.settled.is_some() {
+            return CloseAttempt::AlreadyClosed;
+        }
+        if now < state.ends_at {
+            return CloseAttempt::NotDue(state.ends_at);
+        }
+        let settlement = self.settlement(&state);
+        self.close_locked(&mut state, now, CloseReason::EndReached, settlement, sink)
+    }
+
+    /// Cancels the auction: it closes now with no winner.
+    pub(crate) fn cancel<S: EventSink + ?Sized>(&self, now: UnixMicros, sink: &S) -> CloseAttempt {
+        let mut state = self.lock();
+        if state.settled.is_some() {
+            return CloseAttempt::AlreadyClosed;
+        }
+        self.close_locked(
+            &mut state,
+            now,
+            CloseReason::Cancelled,
+            Settlement { winner: None },
+            sink,
+        )
+    }
+
+    fn close_locked<S: EventSink + ?Sized>(
+        &self,
+        state: &mut State,
+        now: UnixMicros,
+        reason: CloseReason,
+        settlement: Settlement,
+        sink: &S,
+    ) -> CloseAttempt {
+        let id = self.id();
+        let events = [
+            Event {
+                auction: id,
+                seq: state.seq + 1,
+                at: now,
+                kind: EventKind::Closed { reason },
+            },
+            Event {
+                auction: id,
+                seq: state.seq + 2,
+                at: now,
+                kind: EventKind::Settled(settlement),
+            },
+        ];
+        if let Err(backpressure) = sink.publish(&events) {
+            return CloseAttempt::Backpressure {
+                retry_after_us: backpressure.retry_after_us,
+            };
+        }
+        state.seq += 2;
+        state.settled = Some((reason, settlement));
+        let price = state.word & PRICE_MAX;
+        let has_bid = state.word & HAS_BID;
+        let word = price | has_bid | CLOSED;
+        // Ordering: Release, as in `publish_word`; readers seeing CLOSED see the settlement.
+        let swapped =
+            self.word
+                .compare_exchange(state.word, word, Ordering::Release, Ordering::Relaxed);
+        assert!(
+            swapped.is_ok(),
+            "the price word was written outside the auction lock"
+        );
+        state.word = word;
+        CloseAttempt::Closed(settlement)
+    }
+
+    /// Winner and clearing price by the kind's rule, at the end time.
+    fn settlement(&self, state: &State) -> Settlement {
+        let rules = self.spec.rules();
+        let reserve = rules.reserve.unwrap_or(0);
+        let winner = match (&rules.kind, &state.book) {
+            (AuctionKind::English { .. }, Book::English { price, lead }) => {
+                lead.filter(|_| *price >= reserve).map(|lead| Winner {
+                    bidder: lead.bidder,
+                    bid: lead.bid,
+                    price: *price,
+                })
+            }
+            (AuctionKind::SealedFirstPrice { .. }, Book::Sealed { bids }) => ranked(bids)
+                .next()
+                .filter(|(_, b)| b.amount >= reserve)
+                .map(|(bidder, b)| Winner {
+                    bidder,
+                    bid: b.bid,
+                    price: b.amount,
+                }),
+            (AuctionKind::SealedSecondPrice { min_bid }, Book::Sealed { bids }) => {
+                let mut ranking = ranked(bids);
+                let best = ranking.next().filter(|(_, b)| b.amount >= reserve);
+                let second = ranking.next().map_or(*min_bid, |(_, b)| b.amount);
+                best.map(|(bidder, b)| Winner {
+                    bidder,
+                    bid: b.bid,
+                    price: second.max(reserve).min(b.amount),
+                })
+            }
+            (AuctionKind::Dutch { .. }, Book::Dutch { sold }) => *sold,
+            _ => unreachable!("the book always matches the auction kind"),
+        };
+        Settlement { winner }
+    }
+
+    /// A consistent view at `now`.
+    pub(crate) fn view(&self, now: UnixMicros) -> AuctionView {
+        let state = self.lock();
+        let rules = self.spec.rules();
+        let phase = if state.settled.is_some() {
+            Phase::Settled
+        } else if now < rules.starts_at {
+            Phase::Scheduled
+        } else {
+            Phase::Open
+        };
+        let (price, leader) = match &state.book {
+            Book::English { price, lead } => (lead.map(|_| *price), lead.map(|l| l.bidder)),
+            Book::Sealed { .. } => (
+                state.settled.and_then(|(_, s)| s.winner).map(|w| w.price),
+                None,
+            ),
+            Book::Dutch { sold: Some(w) } => (Some(w.price), Some(w.bidder)),
+            Book::Dutch { sold: None } => (
+                (state.settled.is_none()).then(|| self.dutch_clock(now.max(rules.starts_at))),
+                None,
+            ),
+        };
+        AuctionView {
+            spec: Arc::clone(&self.spec),
+            phase,
+            seq: state.seq,
+            price,
+            leader,
+            ends_at: state.ends_at,
+            extensions: state.extensions,
+            bids_accepted: state.bids_accepted,
+            settlement: state.settled.map(|(_, s)| s),
+        }
+    }
+
+    /// Feeds everything that determines this auction's future into `hasher`, in a canonical
+    /// order: replay must reproduce it bit for bit.
+    pub(crate) fn hash_into(&self, hasher: &mut blake3::Hasher) {
+        let state = self.lock();
+        hash_spec(hasher, &self.spec);
+        let mut put = |v: u64| {
+            hasher.update(&v.to_le_bytes());
+        };
+        put(state.seq);
+        put(state.ends_at.0);
+        put(u64::from(state.extensions));
+        put(state.bids_accepted);
+        put(state.word);
+        match state.settled {
+            None => put(0),
+            Some((reason, settlement)) => {
+                put(1 + reason as u64);
+                hash_winner(hasher, settlement.winner);
+            }
+        }
+        match &state.book {
+            Book::English { price, lead } => {
+                hasher.update(&price.to_le_bytes());
+                match lead {
+                    None => {
+                        hasher.update(&[0]);
+                    }
+                    Some(lead) => {
+                        hasher.update(&[1]);
+                        hash_bidder(hasher, lead.bidder);
+                        hasher.update(&lead.bid.0.to_le_bytes());
+                        hasher.update(&lead.max.to_le_bytes());
+                    }
+                }
+            }
+            Book::Sealed { bids } => {
+                let mut sorted: Vec<_> = bids.iter().collect();
+                sorted.sort_unstable_by_key(|(bidder, _)| **bidder);
+                hasher.update(&(sorted.len() as u64).to_le_bytes());
+                for (bidder, b) in sorted {
+                    hash_bidder(hasher, *bidder);
+                    hasher.update(&b.bid.0.to_le_bytes());
+                    hasher.update(&b.amount.to_le_bytes());
+                    hasher.update(&b.seq.to_le_bytes());
+                }
+            }
+            Book::Dutch { sold } => hash_winner(hasher, *sold),
+        }
+        hasher.update(&(state.recent.generation as u64).to_le_bytes());
+        for memory in [&state.recent.current, &state.recent.previous] {
+            let mut sorted: Vec<_> = memory.iter().collect();
+            sorted.sort_unstable_by_key(|(key, _)| **key);
+            hasher.update(&(sorted.len() as u64).to_le_bytes());
+            for (key, acc) in sorted {
+                hash_bidder(hasher, key.bidder);
+                hasher.update(&key.id.0.to_le_bytes());
+                hasher.update(&acc.seq.to_le_bytes());
+                hasher.update(&acc.price.to_le_bytes());
+                hasher.update(&acc.ends_at.0.to_le_bytes());
+                match acc.leader {
+                    None => {
+                        hasher.update(&[0]);
+                    }
+                    Some(l) => {
+                        hasher.update(&[1]);
+                        hash_bidder(hasher, l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Memory held by the lock-free filter, in bytes (for sizing and metrics).
+    pub(crate) fn filter_bytes(&self) -> usize {
+        self.seen.bytes()
+    }
+}
+
+/// Sealed bids, best first: highest amount, then earliest acceptance.
+fn ranked(bids: &HashMap<BidderId, SealedBid>) -> impl Iterator<Item = (BidderId, SealedBid)> {
+    let mut all: Vec<(BidderId, SealedBid)> = bids.iter().map(|(k, v)| (*k, *v)).collect();
+    all.sort_unstable_by(|a, b| b.1.amount.cmp(&a.1.amount).then(a.1.seq.cmp(&b.1.seq)));
+    all.into_iter()
+}
+
+fn hash_bidder(hasher: &mut blake3::Hasher, bidder: BidderId) {
+    let text = bidder.as_str();
+    hasher.update(&[text.len() as u8]);
+    hasher.update(text.as_bytes());
+}
+
+fn hash_winner(hasher: &mut blake3::Hasher, winner: Option<Winner>) {
+    match winner {
+        None => {
+            hasher.update(&[0]);
+        }
+        Some(w) => {
+            hasher.update(&[1]);
+            hash_bidder(hasher, w.bidder);
+            hasher.update(&w.bid.0.to_le_bytes());
+            hasher.update(&w.price.to_le_bytes());
+        }
+    }
+}
+
+/// Canonical encoding of the rules for the state hash.
+fn hash_spec(hasher: &mut blake3::Hasher, spec: &AuctionSpec) {
+    let r = spec.rules();
+    let opt = |h: &mut blake3::Hasher, v: Option<u64>| {
+        match v {
+            None => h.update(&[0]),
+            Some(v) => h.update(&[1]).update(&v.to_le_bytes()),
+        };
+    };
+    hasher.update(&r.id.0.to_le_bytes());
+    hasher.update(&(r.topic.as_str().len() as u64).to_le_bytes());
+    hasher.update(r.topic.as_str().as_bytes());
+    match &r.kind {
+        AuctionKind::English {
+            start_price,
+            increments,
+        } => {
+            hasher.update(&[1]).update(&start_price.to_le_bytes());
+            hasher.update(&(increments.bands().len() as u64).to_le_bytes());
+            for band in increments.bands() {
+                hasher.update(&band.below.to_le_bytes());
+                hasher.update(&band.increment.to_le_bytes());
+            }
+            hasher.update(&increments.above().to_le_bytes());
+        }
+        AuctionKind::SealedFirstPrice { min_bid } => {
+            hasher.update(&[2]).update(&min_bid.to_le_bytes());
+        }
+        AuctionKind::SealedSecondPrice { min_bid } => {
+            hasher.update(&[3]).update(&min_bid.to_le_bytes());
+        }
+        AuctionKind::Dutch {
+            start_price,
+            floor_price,
+            step,
+            step_interval_us,
+        } => {
+            hasher.update(&[4]);
+            for v in [*start_price, *floor_price, *step, *step_interval_us] {
+                hasher.update(&v.to_le_bytes());
+            }
+        }
+    }
+    opt(hasher, r.reserve);
+    opt(hasher, r.buy_now);
+    hasher.update(&r.starts_at.0.to_le_bytes());
+    hasher.update(&r.ends_at.0.to_le_bytes());
+    match r.soft_close {
+        None => {
+            hasher.update(&[0]);
+        }
+        Some(sc) => {
+            hasher.update(&[1]);
+            hasher.update(&sc.window_us.to_le_bytes());
+            hasher.update(&sc.extension_us.to_le_bytes());
+            hasher.update(&u64::from(sc.extensions_max).to_le_bytes());
+        }
+    }
+}

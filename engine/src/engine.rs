@@ -1,0 +1,393 @@
+//! The engine: auctions sharded in memory by id, the close timer, and the state hash.
+//!
+//! Lookups are lock-free (each shard's map sits behind an `ArcSwap` and is replaced
+//! copy-on-write when an auction is created); creation takes the shard's writer lock.
+//! The close timer is an ordered set per shard keyed by end time, so finding due auctions
+//! costs O(due + log n) rather than a scan; a soft-close extension does not touch it —
+//! a popped entry whose auction was extended is simply put back at the new end.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+
+use crate::auction::{Auction, CloseAttempt, Limits, mix64};
+use crate::event::EventSink;
+use crate::types::{
+    AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
+};
+use crate::view::AuctionView;
+
+/// Engine limits and sizing. Every field has a safe default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Number of registry shards; a power of two.
+    pub shards: usize,
+    /// Most auctions held (open and settled).
+    pub auctions_max: usize,
+    /// Accepted bids remembered per auction for idempotency, per generation: a retry
+    /// within this many accepted bids of its original is always recognised.
+    pub dedup_window_bids: usize,
+    /// Most distinct bidders in one sealed auction.
+    pub sealed_bidders_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: 64,
+            auctions_max: 1_000_000,
+            dedup_window_bids: 1024,
+            sealed_bidders_max: 100_000,
+        }
+    }
+}
+
+/// Why an auction could not be created.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
+pub enum CreateError {
+    /// An auction with this id exists.
+    #[error("auction {0} already exists")]
+    AlreadyExists(AuctionId),
+    /// The engine holds `auctions_max` auctions.
+    #[error("the engine holds its maximum of {auctions_max} auctions")]
+    TooManyAuctions {
+        /// The configured limit.
+        auctions_max: usize,
+    },
+    /// The event sink is full; retry later.
+    #[error("overloaded; retry after {retry_after_us} µs")]
+    Overloaded {
+        /// Suggested wait.
+        retry_after_us: u64,
+    },
+}
+
+/// Why an operation on an existing auction failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
+pub enum ManageError {
+    /// No auction with this id.
+    #[error("unknown auction {0}")]
+    UnknownAuction(AuctionId),
+    /// The auction was already closed and settled.
+    #[error("auction {0} is already closed")]
+    AlreadyClosed(AuctionId),
+    /// The auction's end has not passed yet.
+    #[error("auction {id} is not due until {ends_at:?}")]
+    NotDue {
+        /// The auction.
+        id: AuctionId,
+        /// Its current end.
+        ends_at: UnixMicros,
+    },
+    /// The event sink is full; retry later.
+    #[error("overloaded; retry after {retry_after_us} µs")]
+    Overloaded {
+        /// Suggested wait.
+        retry_after_us: u64,
+    },
+}
+
+type AuctionMap = HashMap<AuctionId, Arc<Auction>>;
+
+struct Shard {
+    auctions: ArcSwap<AuctionMap>,
+    /// Serialises creations in this shard (copy-on-write of `auctions`).
+    writer: Mutex<()>,
+    /// `(end, id)` of every auction not yet closed, possibly with stale ends.
+    timer: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+}
+
+/// The auction engine. `Sync`: call it from any number of threads.
+pub struct Engine {
+    shards: Box<[Shard]>,
+    config: EngineConfig,
+    limits: Limits,
+    auctions: AtomicUsize,
+}
+
+impl Engine {
+    /// An empty engine.
+    ///
+    /// # Panics
+    /// If `config.shards` is not a power of two or a limit is zero (a programmer error:
+    /// drivers validate their configuration first).
+    pub fn new(config: EngineConfig) -> Engine {
+        assert!(
+            config.shards.is_power_of_two(),
+            "shards must be a power of two"
+        );
+        assert!(config.auctions_max > 0, "auctions_max must be positive");
+        assert!(
+            config.dedup_window_bids > 0,
+            "dedup_window_bids must be positive"
+        );
+        assert!(
+            config.sealed_bidders_max > 0,
+            "sealed_bidders_max must be positive"
+        );
+        Engine {
+            shards: (0..config.shards)
+                .map(|_| Shard {
+                    auctions: ArcSwap::from_pointee(HashMap::new()),
+                    writer: Mutex::new(()),
+                    timer: Mutex::new(BTreeSet::new()),
+                })
+                .collect(),
+            config,
+            limits: Limits {
+                dedup_window_bids: config.dedup_window_bids,
+                sealed_bidders_max: config.sealed_bidders_max,
+            },
+            auctions: AtomicUsize::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn shard(&self, id: AuctionId) -> &Shard {
+        // Cast: the mask keeps the index below `shards.len()`.
+        &self.shards[(mix64(id.0) as usize) & (self.shards.len() - 1)]
+    }
+
+    fn auction(&self, id: AuctionId) -> Option<Arc<Auction>> {
+        self.shard(id).auctions.load().get(&id).cloned()
+    }
+
+    /// Creates an auction; its `Created` event (sequence 1) goes to `sink`. Returns the
+    /// sequence number of the creation.
+    pub fn create_auction<S: EventSink + ?Sized>(
+        &self,
+        spec: AuctionSpec,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<u64, CreateError> {
+        let id = spec.id();
+        let shard = self.shard(id);
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        if shard.auctions.load().contains_key(&id) {
+            return Err(CreateError::AlreadyExists(id));
+        }
+        // Ordering: Relaxed; the count is a limit, not a synchronisation point, and
+        // creations in one shard are serialised by the writer lock. Across shards two
+        // creations may both pass at the limit minus one; the limit is then exceeded by at
+        // most `shards - 1`, which the default sizing tolerates.
+        if self.auctions.load(Ordering::Relaxed) >= self.config.auctions_max {
+            return Err(CreateError::TooManyAuctions {
+                auctions_max: self.config.auctions_max,
+            });
+        }
+        let (auction, created) = Auction::new(Arc::new(spec), now, self.limits);
+        sink.publish(std::slice::from_ref(&created))
+            .map_err(|bp| CreateError::Overloaded {
+                retry_after_us: bp.retry_after_us,
+            })?;
+        let ends_at = auction.spec().rules().ends_at;
+        let mut map = AuctionMap::clone(&shard.auctions.load());
+        map.insert(id, Arc::new(auction));
+        shard.auctions.store(Arc::new(map));
+        // Ordering: Relaxed; see above.
+        self.auctions.fetch_add(1, Ordering::Relaxed);
+        shard
+            .timer
+            .lock()
+            .expect("timer lock poisoned")
+            .insert((ends_at, id));
+        Ok(created.seq)
+    }
+
+    /// Decides one bid at `now`. Accepted bids hand their events to `sink` first.
+    pub fn place_bid<S: EventSink + ?Sized>(
+        &self,
+        bid: &Bid,
+        now: UnixMicros,
+        sink: &S,
+    ) -> BidOutcome {
+        match self
+            .shard(bid.auction())
+            .auctions
+            .load()
+            .get(&bid.auction())
+        {
+            Some(auction) => auction.place_bid(bid, now, sink, self.limits),
+            None => BidOutcome::Rejected(Rejection::UnknownAuction),
+        }
+    }
+
+    /// The visible price (`None` before the first bid, and for sealed auctions until
+    /// settled) and whether the auction is closed, read without any lock.
+    pub fn price(&self, id: AuctionId) -> Option<(Option<Price>, bool)> {
+        self.shard(id).auctions.load().get(&id).map(|a| a.price())
+    }
+
+    /// Cancels an open auction: it closes at `now` with no winner.
+    pub fn cancel_auction<S: EventSink + ?Sized>(
+        &self,
+        id: AuctionId,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<Settlement, ManageError> {
+        let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
+        close_result(id, auction.cancel(now, sink))
+    }
+
+    /// Closes one auction whose end has passed at `now` (the timer does this for all of
+    /// them in [`Engine::close_due`]; replay uses this).
+    pub fn close_auction<S: EventSink + ?Sized>(
+        &self,
+        id: AuctionId,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<Settlement, ManageError> {
+        let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
+        close_result(id, auction.close_if_due(now, sink))
+    }
+
+    /// Closes and settles up to `max` auctions whose end passed at `now`. Returns the ids
+    /// closed with their settlements. Auctions whose events the sink refuses stay due and
+    /// are tried again on the next call.
+    pub fn close_due<S: EventSink + ?Sized>(
+        &self,
+        now: UnixMicros,
+        max: usize,
+        sink: &S,
+    ) -> Vec<(AuctionId, Settlement)> {
+        let mut closed = Vec::new();
+        for shard in self.shards.iter() {
+            if closed.len() >= max {
+                break;
+            }
+            let due: Vec<(UnixMicros, AuctionId)> = {
+                let mut timer = shard.timer.lock().expect("timer lock poisoned");
+                let budget = max - closed.len();
+                let due: Vec<_> = timer
+                    .iter()
+                    .take_while(|(ends_at, _)| *ends_at <= now)
+                    .take(budget)
+                    .copied()
+                    .collect();
+                for entry in &due {
+                    timer.remove(entry);
+                }
+                due
+            };
+            let map = shard.auctions.load();
+            let mut put_back = Vec::new();
+            for (ends_at, id) in due {
+                // Invariant: timer entries are only added for auctions in the map, and
+                // auctions are never removed from it.
+                let auction = map.get(&id).expect("timer entry for a registered auction");
+                match auction.close_if_due(now, sink) {
+                    CloseAttempt::Closed(settlement) => closed.push((id, settlement)),
+                    CloseAttempt::NotDue(new_end) => put_back.push((new_end, id)),
+                    CloseAttempt::AlreadyClosed => {}
+                    CloseAttempt::Backpressure { .. } => put_back.push((ends_at, id)),
+                }
+            }
+            if !put_back.is_empty() {
+                shard
+                    .timer
+                    .lock()
+                    .expect("timer lock poisoned")
+                    .extend(put_back);
+            }
+        }
+        closed
+    }
+
+    /// The earliest end among auctions not yet closed (possibly stale: an extended auction
+    /// shows its old end, which only makes the driver wake early).
+    pub fn next_due(&self) -> Option<UnixMicros> {
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                s.timer
+                    .lock()
+                    .expect("timer lock poisoned")
+                    .first()
+                    .map(|(t, _)| *t)
+            })
+            .min()
+    }
+
+    /// A consistent view of one auction at `now`.
+    pub fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        self.auction(id).map(|a| a.view(now))
+    }
+
+    /// Views of up to `limit` auctions with ids after `after`, ascending by id.
+    pub fn list(
+        &self,
+        after: Option<AuctionId>,
+        limit: usize,
+        now: UnixMicros,
+    ) -> Vec<AuctionView> {
+        let mut ids: Vec<Arc<Auction>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.auctions
+                    .load()
+                    .values()
+                    .filter(|a| after.is_none_or(|after| a.id() > after))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort_unstable_by_key(|a| a.id());
+        ids.truncate(limit);
+        ids.iter().map(|a| a.view(now)).collect()
+    }
+
+    /// Auctions held.
+    pub fn len(&self) -> usize {
+        // Ordering: Relaxed; a statistic.
+        self.auctions.load(Ordering::Relaxed)
+    }
+
+    /// Whether no auction is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A hash of the complete state of every auction, in id order. Replaying the events
+    /// of an engine into a fresh one reproduces it exactly (invariant 5). Takes each
+    /// auction's lock in turn: call it on a quiet engine for a consistent answer.
+    pub fn state_hash(&self) -> [u8; 32] {
+        let mut all: Vec<Arc<Auction>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.auctions.load().values().cloned().collect::<Vec<_>>())
+            .collect();
+        all.sort_unstable_by_key(|a| a.id());
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&(all.len() as u64).to_le_bytes());
+        for auction in all {
+            auction.hash_into(&mut hasher);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Bytes of lock-free filter memory per auction (for sizing).
+    pub fn filter_bytes_per_auction(&self) -> Option<usize> {
+        self.shards
+            .iter()
+            .find_map(|s| s.auctions.load().values().next().map(|a| a.filter_bytes()))
+    }
+}
+
+fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<Settlement, ManageError> {
+    match attempt {
+        CloseAttempt::Closed(settlement) => Ok(settlement),
+        CloseAttempt::NotDue(ends_at) => Err(ManageError::NotDue { id, ends_at }),
+        CloseAttempt::AlreadyClosed => Err(ManageError::AlreadyClosed(id)),
+        CloseAttempt::Backpressure { retry_after_us } => {
+            Err(ManageError::Overloaded { retry_after_us })
+        }
+    }
+}

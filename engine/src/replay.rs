@@ -1,0 +1,202 @@
+//! Replay: rebuilds an engine from its events through the same code path as live traffic.
+//!
+//! Each *command* event (creation, accepted bid, close by end time, cancel) is executed
+//! again with the `now` it was decided at; the events that execution produces must equal
+//! the logged ones, the command itself first and then its *derived* events (extension,
+//! buy-now or Dutch close, settlement), which the log must hold next for that auction.
+//! Any difference stops replay with [`ReplayError::Diverged`]: the log and the code
+//! disagree, and guessing would corrupt state.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+
+use thiserror::Error;
+
+use crate::engine::{CreateError, Engine, ManageError};
+use crate::event::{Backpressure, CloseReason, Event, EventKind, EventSink};
+use crate::types::{AuctionId, BidOutcome};
+
+/// Why replay stopped.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+pub enum ReplayError {
+    /// Re-executing a command produced other events than the log holds.
+    #[error(
+        "replay diverged at auction {auction} seq {seq}: log has {logged:?}, engine produced {produced:?}"
+    )]
+    Diverged {
+        /// The auction.
+        auction: AuctionId,
+        /// The logged event's sequence number.
+        seq: u64,
+        /// What the log holds.
+        logged: Box<Event>,
+        /// What the engine produced (`None`: nothing).
+        produced: Option<Box<Event>>,
+    },
+    /// A derived event appeared without the command that produces it.
+    #[error("derived event without its command at auction {auction} seq {seq}")]
+    OrphanDerived {
+        /// The auction.
+        auction: AuctionId,
+        /// The event's sequence number.
+        seq: u64,
+    },
+    /// A logged creation could not be re-executed.
+    #[error("re-creating auction {auction} failed: {source}")]
+    Create {
+        /// The auction.
+        auction: AuctionId,
+        /// Why.
+        source: CreateError,
+    },
+    /// A logged close or cancel could not be re-executed.
+    #[error("re-closing auction {auction} failed: {source}")]
+    Close {
+        /// The auction.
+        auction: AuctionId,
+        /// Why.
+        source: ManageError,
+    },
+    /// A logged accepted bid was not accepted again.
+    #[error("logged accepted bid at auction {auction} seq {seq} was decided {outcome:?} on replay")]
+    BidNotAccepted {
+        /// The auction.
+        auction: AuctionId,
+        /// The logged sequence number.
+        seq: u64,
+        /// What replay decided.
+        outcome: BidOutcome,
+    },
+}
+
+/// Collects the events of one re-executed command. Never refuses: replay has no queue.
+#[derive(Default)]
+struct Capture(RefCell<Vec<Event>>);
+
+impl EventSink for Capture {
+    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
+        self.0.borrow_mut().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+/// Feeds logged events into an engine, one at a time, in log order.
+pub struct Replayer<'e> {
+    engine: &'e Engine,
+    /// Derived events each auction's last command produced that the log has not shown yet.
+    expected: HashMap<AuctionId, VecDeque<Event>>,
+    events: u64,
+}
+
+/// What a finished replay found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Events applied.
+    pub events: u64,
+    /// Derived events the last commands produced but the log ends before (a crash between
+    /// writing a decision's records). The engine state already includes them; the log
+    /// owner appends them so that log and state agree again.
+    pub missing_tail: Vec<Event>,
+}
+
+impl<'e> Replayer<'e> {
+    /// A replayer into `engine`, which should be empty (or hold the state of the snapshot
+    /// the log continues from).
+    pub fn new(engine: &'e Engine) -> Replayer<'e> {
+        Replayer {
+            engine,
+            expected: HashMap::new(),
+            events: 0,
+        }
+    }
+
+    /// Applies one logged event.
+    pub fn apply(&mut self, logged: &Event) -> Result<(), ReplayError> {
+        self.events += 1;
+        let pending = self.expected.entry(logged.auction).or_default();
+        if let Some(expected) = pending.pop_front() {
+            if expected != *logged {
+                return Err(diverged(logged, Some(expected)));
+            }
+            return Ok(());
+        }
+        if !logged.kind.is_command() {
+            return Err(ReplayError::OrphanDerived {
+                auction: logged.auction,
+                seq: logged.seq,
+            });
+        }
+        let capture = Capture::default();
+        let id = logged.auction;
+        match &logged.kind {
+            EventKind::Created(spec) => {
+                self.engine
+                    .create_auction((**spec).clone(), logged.at, &capture)
+                    .map_err(|source| ReplayError::Create {
+                        auction: id,
+                        source,
+                    })?;
+            }
+            EventKind::BidAccepted { bid, .. } => {
+                let outcome = self.engine.place_bid(bid, logged.at, &capture);
+                if !matches!(outcome, BidOutcome::Accepted(_)) {
+                    return Err(ReplayError::BidNotAccepted {
+                        auction: id,
+                        seq: logged.seq,
+                        outcome,
+                    });
+                }
+            }
+            EventKind::Closed {
+                reason: CloseReason::EndReached,
+            } => {
+                self.engine
+                    .close_auction(id, logged.at, &capture)
+                    .map_err(|source| ReplayError::Close {
+                        auction: id,
+                        source,
+                    })?;
+            }
+            EventKind::Closed {
+                reason: CloseReason::Cancelled,
+            } => {
+                self.engine
+                    .cancel_auction(id, logged.at, &capture)
+                    .map_err(|source| ReplayError::Close {
+                        auction: id,
+                        source,
+                    })?;
+            }
+            EventKind::Closed { .. } | EventKind::Extended { .. } | EventKind::Settled(_) => {
+                unreachable!("derived events were handled above")
+            }
+        }
+        let mut produced = capture.0.into_inner().into_iter();
+        match produced.next() {
+            Some(first) if first == *logged => {}
+            other => return Err(diverged(logged, other)),
+        }
+        let pending = self.expected.entry(id).or_default();
+        pending.extend(produced);
+        Ok(())
+    }
+
+    /// Ends the replay.
+    pub fn finish(self) -> ReplaySummary {
+        let mut missing_tail: Vec<Event> = self.expected.into_values().flatten().collect();
+        missing_tail.sort_by_key(|e| (e.auction, e.seq));
+        ReplaySummary {
+            events: self.events,
+            missing_tail,
+        }
+    }
+}
+
+fn diverged(logged: &Event, produced: Option<Event>) -> ReplayError {
+    ReplayError::Diverged {
+        auction: logged.auction,
+        seq: logged.seq,
+        logged: Box::new(logged.clone()),
+        produced: produced.map(Box::new),
+    }
+}
