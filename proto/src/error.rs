@@ -1,0 +1,56 @@
+//! The error of every wire → engine conversion.
+
+use gavel_engine::{BidError, NameError, SpecError};
+use thiserror::Error;
+
+/// Why a wire message could not become an engine value. Small and `Copy`, because it is
+/// built on the bid path for every malformed bid.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
+pub enum ProtoError {
+    /// A required field or oneof was absent, or a required enum was `..._UNSPECIFIED`.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// An enum field held a value this version of the schema does not know.
+    #[error("{field}: unknown enum value {value}")]
+    UnknownEnum {
+        /// The field, as `Message.field`.
+        field: &'static str,
+        /// The value received.
+        value: i32,
+    },
+    /// A bid's amounts were refused: zero, above the price range, or a maximum below the
+    /// amount.
+    #[error("bid: {0}")]
+    Bid(#[from] BidError),
+    /// Auction rules were refused: bad increment table, Dutch schedule, prices, times or soft
+    /// close.
+    #[error("auction rules: {0}")]
+    Spec(#[from] SpecError),
+    /// A bidder id or topic was malformed.
+    #[error("{field}: {error}")]
+    Name {
+        /// The field, as `Message.field`.
+        field: &'static str,
+        /// What was wrong with it.
+        error: NameError,
+    },
+    /// A bid id was zero, which is what a client that forgot to set it sends.
+    #[error("bid id must not be zero")]
+    ZeroBidId,
+    /// A price outside the range the engine accepts (above `gavel_engine::PRICE_MAX`).
+    #[error("{field}: {value} overflows the price range")]
+    PriceOverflow {
+        /// The field, as `Message.field`.
+        field: &'static str,
+        /// The value received.
+        value: u64,
+    },
+    /// A field contradicted another field or the engine's invariants (corrupt content).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as `Message.field`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}

@@ -1,0 +1,41 @@
+//! `gavel-proto`: Gavel's wire schema and the conversions between wire and engine types.
+//!
+//! Only this crate defines wire types. The engine's value types never derive wire traits;
+//! messages are parsed into them here, at the boundary, and every bad input becomes a typed
+//! [`ProtoError`] (parse, don't validate). The code is generated from `gavel/v1/*.proto` at
+//! build time by prost-build fed by protox, so no system `protoc` is needed.
+//!
+//! Map of the crate:
+//! - [`pb`]: the generated messages of package `gavel.v1`, with serde derives for the JSON
+//!   subprotocol:
+//!   - `auction.proto`: rules ([`pb::AuctionRules`]), outcomes ([`pb::Accepted`]), results
+//!     ([`pb::Settlement`]), [`pb::Phase`], [`pb::CloseReason`];
+//!   - `stream.proto`: the client/node envelopes [`pb::ClientMessage`] and
+//!     [`pb::ServerMessage`] and everything they carry (bids, outcomes, durable acks,
+//!     subscriptions, price updates, snapshots, closes, settlements, ping/pong, errors);
+//!   - `admin.proto`: create, cancel, get and list auctions;
+//!   - `wal.proto`: [`pb::Record`], the payload of one write-ahead-log record.
+//! - [`convert`]: the conversions, as `From`/`TryFrom` impls and a few methods on the
+//!   generated types:
+//!   - [`convert::bid`]: `PlaceBid` + certificate identity → [`gavel_engine::Bid`]; bid
+//!     outcomes both ways;
+//!   - [`convert::rules`]: auction rules both ways, winners and settlements, phases and close
+//!     reasons;
+//!   - [`convert::snapshot`]: [`gavel_engine::AuctionView`] ↔ [`pb::AuctionSnapshot`], and
+//!     the close and settlement stream messages built from events;
+//!   - [`convert::wal`]: [`gavel_engine::Event`] ↔ [`pb::Record`], lossless.
+//! - [`ProtoError`]: why a message could not become an engine value.
+//!
+//! Architecture invariant: this crate knows the engine's types and protobuf, nothing of
+//! sockets, files or async runtimes; framing belongs to `transport` and `wal`.
+
+pub mod convert;
+mod error;
+
+pub use error::ProtoError;
+
+/// Messages of package `gavel.v1`, generated from `gavel/v1/*.proto` at build time.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/gavel.v1.rs"));
+}
