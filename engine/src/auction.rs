@@ -202,6 +202,8 @@ pub(crate) enum CloseAttempt {
 pub(crate) struct Auction {
     spec: Arc<AuctionSpec>,
     word: AtomicU64,
+    /// The current end (µs), for the lock-free `Closed` check; written under the lock.
+    ends_at: AtomicU64,
     seen: SeenFilter,
     state: Mutex<State>,
 }
@@ -230,6 +232,7 @@ impl Auction {
         };
         let auction = Auction {
             word: AtomicU64::new(0),
+            ends_at: AtomicU64::new(rules.ends_at.0),
             seen: SeenFilter::new(limits.dedup_window_bids),
             state: Mutex::new(State {
                 seq: 1,
@@ -328,8 +331,15 @@ impl Auction {
         let key = BidKey::of(bid);
         // Ordering: Acquire; see `price`.
         let word = self.word.load(Ordering::Acquire);
+        // The same checks, in the same order, as the locked path (docs/auction-rules.md).
         let fast = if word & CLOSED != 0 {
             Some(Rejection::Closed)
+        // Ordering: Acquire pairs with the Release store of an extension. A stale (earlier)
+        // end only makes this bid linearise before the extension, where `Closed` is right.
+        } else if now.0 >= self.ends_at.load(Ordering::Acquire) {
+            Some(Rejection::Closed)
+        } else if now < self.spec.rules().starts_at {
+            Some(Rejection::NotOpen)
         } else {
             let min_next = self.min_next(word, now);
             (bid.amount() < min_next).then_some(Rejection::TooLow { min_next })
@@ -423,6 +433,8 @@ impl Auction {
                 "an extension must move the end later"
             );
             state.ends_at = ends_at;
+            // Ordering: Release; see the lock-free `Closed` check in `place_bid`.
+            self.ends_at.store(ends_at.0, Ordering::Release);
             state.extensions = extensions;
         }
         state
@@ -982,7 +994,8 @@ fn hash_spec(hasher: &mut blake3::Hasher, spec: &AuctionSpec) {
 
 /// Model check of the price-word / seen-filter / auction-lock protocol with `loom`, which
 /// runs every interleaving (and the weak-memory outcomes it models) of a few threads.
-/// Run: `RUSTFLAGS="--cfg loom" cargo test -p gavel-engine --lib --release loom`.
+/// Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p gavel-engine --lib --release loom`
+/// (the preemption bound keeps the search to seconds; `ops/test.sh` runs it so).
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;

@@ -490,15 +490,6 @@ impl ModelAuction {
 // Generated inputs.
 // ---------------------------------------------------------------------------------------
 
-/// Known engine bug, reported and pinned by the ignored tests
-/// `too_low_bid_before_the_start_is_not_open` and `too_low_bid_after_the_end_is_closed`:
-/// the engine's lock-free path answers `TooLow` to a bid below the minimum before
-/// `starts_at`, and after `ends_at` while the timer has not closed the auction yet, where
-/// the rules' check order (Closed, then NotOpen, then TooLow) demands `NotOpen` or `Closed`.
-/// While set, the model accepts exactly that `TooLow` instead; everything else stays strict.
-/// Set it to `false` once the engine is fixed.
-const TOLERATE_FAST_PATH_TIME_BUG: bool = true;
-
 /// Granularity of generated times, so that edges (`now == ends_at`, `ends_at - now ==
 /// window_us`) are hit often.
 const TICK_US: u64 = 10;
@@ -993,17 +984,6 @@ impl Harness {
             Memory::Maybe(_) | Memory::Forgotten => model.decide(bid, now),
         };
         match fresh {
-            Err(rejection @ (Rejection::NotOpen | Rejection::Closed))
-                if TOLERATE_FAST_PATH_TIME_BUG
-                    && model.settled.is_none()
-                    && matches!(outcome, BidOutcome::Rejected(Rejection::TooLow { min_next })
-                        if bid.amount() < min_next) =>
-            {
-                // Known engine bug (see `TOLERATE_FAST_PATH_TIME_BUG`): the answer should
-                // be `rejection`. Either way nothing changed.
-                let _ = rejection;
-                Ok(Vec::new())
-            }
             Err(rejection) => {
                 prop_assert_eq!(
                     outcome,
@@ -1447,7 +1427,6 @@ fn every_kind() -> Vec<AuctionKind> {
 
 /// Rules: "Not open: `now < starts_at` → `NotOpen`" is checked before "Too low".
 #[test]
-#[ignore = "engine bug: a too-low bid before starts_at gets TooLow, not NotOpen"]
 fn too_low_bid_before_the_start_is_not_open() {
     for kind in every_kind() {
         let (engine, sink) = engine_with(kind.clone());
@@ -1462,7 +1441,6 @@ fn too_low_bid_before_the_start_is_not_open() {
 /// Rules: "Closed: ... or `now >= ends_at`" is checked before "Too low", also before the
 /// timer has closed the auction.
 #[test]
-#[ignore = "engine bug: a too-low bid at or after ends_at, before the timer closes, gets TooLow, not Closed"]
 fn too_low_bid_after_the_end_is_closed() {
     for kind in every_kind() {
         let (engine, sink) = engine_with(kind.clone());
