@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of Gavel. This is the README's test command and what CI runs.
+#
+# On a fresh machine it needs only what the machine has (Rust, gcc): the protobuf schema is
+# compiled by protox at build time (no system protoc), and nothing else is needed yet. Later
+# issues add the tools their tests need (a Kafka-protocol broker, a browser) here, installed
+# when missing.
+#
+# Steps:
+#   1. the engine stays sans-IO: `cargo tree` of gavel-engine must not list tokio;
+#   2. all unit, integration, property and stress tests of the workspace, plus the benches
+#      and binaries built and run once in test mode;
+#   3. the loom model check of the price-word / settlement-lock protocol.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "engine must not depend on tokio (or any async runtime / socket crate)"
+if cargo tree -p gavel-engine -e normal --prefix none --format '{p}' | grep -E '^(tokio|mio|async-std|smol|socket2) '; then
+    echo "error: gavel-engine depends on an I/O runtime (see above); the engine must stay sans-IO" >&2
+    exit 1
+fi
+echo "ok: gavel-engine's normal dependency tree has no tokio"
+
+step "workspace tests (unit, integration, property, stress; benches in test mode)"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+
+step "loom model check of the auction protocol"
+# A separate target dir: RUSTFLAGS would otherwise invalidate the main build's cache.
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
+    cargo test -p gavel-engine --lib --release loom
+
+step "all tests passed"
