@@ -332,11 +332,9 @@ impl Auction {
         // Ordering: Acquire; see `price`.
         let word = self.word.load(Ordering::Acquire);
         // The same checks, in the same order, as the locked path (docs/auction-rules.md).
-        let fast = if word & CLOSED != 0 {
-            Some(Rejection::Closed)
-        // Ordering: Acquire pairs with the Release store of an extension. A stale (earlier)
+        // The end: Acquire pairs with the Release store of an extension. A stale (earlier)
         // end only makes this bid linearise before the extension, where `Closed` is right.
-        } else if now.0 >= self.ends_at.load(Ordering::Acquire) {
+        let fast = if word & CLOSED != 0 || now.0 >= self.ends_at.load(Ordering::Acquire) {
             Some(Rejection::Closed)
         } else if now < self.spec.rules().starts_at {
             Some(Rejection::NotOpen)
@@ -831,70 +829,47 @@ impl Auction {
     /// order: replay must reproduce it bit for bit.
     pub(crate) fn hash_into(&self, hasher: &mut blake3::Hasher) {
         let state = self.lock();
-        hash_spec(hasher, &self.spec);
-        let mut put = |v: u64| {
-            hasher.update(&v.to_le_bytes());
-        };
-        put(state.seq);
-        put(state.ends_at.0);
-        put(u64::from(state.extensions));
-        put(state.bids_accepted);
-        put(state.word);
-        match state.settled {
-            None => put(0),
-            Some((reason, settlement)) => {
-                put(1 + reason as u64);
-                hash_winner(hasher, settlement.winner);
-            }
-        }
+        let mut h = Canonical(hasher);
+        h.spec(&self.spec);
+        h.u64(state.seq);
+        h.u64(state.ends_at.0);
+        h.u64(u64::from(state.extensions));
+        h.u64(state.bids_accepted);
+        h.u64(state.word);
+        h.u64(state.settled.map_or(0, |(reason, _)| 1 + reason as u64));
+        h.winner(state.settled.and_then(|(_, s)| s.winner));
         match &state.book {
             Book::English { price, lead } => {
-                hasher.update(&price.to_le_bytes());
-                match lead {
-                    None => {
-                        hasher.update(&[0]);
-                    }
-                    Some(lead) => {
-                        hasher.update(&[1]);
-                        hash_bidder(hasher, lead.bidder);
-                        hasher.update(&lead.bid.0.to_le_bytes());
-                        hasher.update(&lead.max.to_le_bytes());
-                    }
-                }
+                h.u64(*price);
+                h.bidder(lead.map(|l| l.bidder));
+                h.u128(lead.map_or(0, |l| l.bid.0));
+                h.u64(lead.map_or(0, |l| l.max));
             }
             Book::Sealed { bids } => {
                 let mut sorted: Vec<_> = bids.iter().collect();
                 sorted.sort_unstable_by_key(|(bidder, _)| **bidder);
-                hasher.update(&(sorted.len() as u64).to_le_bytes());
+                h.u64(sorted.len() as u64);
                 for (bidder, b) in sorted {
-                    hash_bidder(hasher, *bidder);
-                    hasher.update(&b.bid.0.to_le_bytes());
-                    hasher.update(&b.amount.to_le_bytes());
-                    hasher.update(&b.seq.to_le_bytes());
+                    h.bidder(Some(*bidder));
+                    h.u128(b.bid.0);
+                    h.u64(b.amount);
+                    h.u64(b.seq);
                 }
             }
-            Book::Dutch { sold } => hash_winner(hasher, *sold),
+            Book::Dutch { sold } => h.winner(*sold),
         }
-        hasher.update(&(state.recent.generation as u64).to_le_bytes());
+        h.u64(state.recent.generation as u64);
         for memory in [&state.recent.current, &state.recent.previous] {
             let mut sorted: Vec<_> = memory.iter().collect();
             sorted.sort_unstable_by_key(|(key, _)| **key);
-            hasher.update(&(sorted.len() as u64).to_le_bytes());
-            for (key, acc) in sorted {
-                hash_bidder(hasher, key.bidder);
-                hasher.update(&key.id.0.to_le_bytes());
-                hasher.update(&acc.seq.to_le_bytes());
-                hasher.update(&acc.price.to_le_bytes());
-                hasher.update(&acc.ends_at.0.to_le_bytes());
-                match acc.leader {
-                    None => {
-                        hasher.update(&[0]);
-                    }
-                    Some(l) => {
-                        hasher.update(&[1]);
-                        hash_bidder(hasher, l);
-                    }
-                }
+            h.u64(sorted.len() as u64);
+            for (key, accepted) in sorted {
+                h.bidder(Some(key.bidder));
+                h.u128(key.id.0);
+                h.u64(accepted.seq);
+                h.u64(accepted.price);
+                h.u64(accepted.ends_at.0);
+                h.bidder(accepted.leader);
             }
         }
     }
@@ -912,90 +887,88 @@ fn ranked(bids: &HashMap<BidderId, SealedBid>) -> impl Iterator<Item = (BidderId
     all.into_iter()
 }
 
-fn hash_bidder(hasher: &mut blake3::Hasher, bidder: BidderId) {
-    let text = bidder.as_str();
-    hasher.update(&[text.len() as u8]);
-    hasher.update(text.as_bytes());
-}
+/// Canonical little-endian encoding of state into the state hash; every optional value is
+/// preceded by a presence byte, every variable-length one by its length.
+struct Canonical<'h>(&'h mut blake3::Hasher);
 
-fn hash_winner(hasher: &mut blake3::Hasher, winner: Option<Winner>) {
-    match winner {
-        None => {
-            hasher.update(&[0]);
-        }
-        Some(w) => {
-            hasher.update(&[1]);
-            hash_bidder(hasher, w.bidder);
-            hasher.update(&w.bid.0.to_le_bytes());
-            hasher.update(&w.price.to_le_bytes());
-        }
+impl Canonical<'_> {
+    fn u64(&mut self, v: u64) {
+        self.0.update(&v.to_le_bytes());
     }
-}
 
-/// Canonical encoding of the rules for the state hash.
-fn hash_spec(hasher: &mut blake3::Hasher, spec: &AuctionSpec) {
-    let r = spec.rules();
-    let opt = |h: &mut blake3::Hasher, v: Option<u64>| {
-        match v {
-            None => h.update(&[0]),
-            Some(v) => h.update(&[1]).update(&v.to_le_bytes()),
-        };
-    };
-    hasher.update(&r.id.0.to_le_bytes());
-    hasher.update(&(r.topic.as_str().len() as u64).to_le_bytes());
-    hasher.update(r.topic.as_str().as_bytes());
-    match &r.kind {
-        AuctionKind::English {
-            start_price,
-            increments,
-        } => {
-            hasher.update(&[1]).update(&start_price.to_le_bytes());
-            hasher.update(&(increments.bands().len() as u64).to_le_bytes());
-            for band in increments.bands() {
-                hasher.update(&band.below.to_le_bytes());
-                hasher.update(&band.increment.to_le_bytes());
+    fn u128(&mut self, v: u128) {
+        self.0.update(&v.to_le_bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        self.u64(text.len() as u64);
+        self.0.update(text.as_bytes());
+    }
+
+    fn option(&mut self, v: Option<u64>) {
+        self.0.update(&[u8::from(v.is_some())]);
+        self.u64(v.unwrap_or(0));
+    }
+
+    fn bidder(&mut self, bidder: Option<BidderId>) {
+        self.0.update(&[u8::from(bidder.is_some())]);
+        self.text(bidder.as_ref().map_or("", BidderId::as_str));
+    }
+
+    fn winner(&mut self, winner: Option<Winner>) {
+        self.bidder(winner.map(|w| w.bidder));
+        self.u128(winner.map_or(0, |w| w.bid.0));
+        self.u64(winner.map_or(0, |w| w.price));
+    }
+
+    fn spec(&mut self, spec: &AuctionSpec) {
+        let r = spec.rules();
+        self.u64(r.id.0);
+        self.text(r.topic.as_str());
+        match &r.kind {
+            AuctionKind::English {
+                start_price,
+                increments,
+            } => {
+                self.u64(1);
+                self.u64(*start_price);
+                self.u64(increments.bands().len() as u64);
+                for band in increments.bands() {
+                    self.u64(band.below);
+                    self.u64(band.increment);
+                }
+                self.u64(increments.above());
             }
-            hasher.update(&increments.above().to_le_bytes());
-        }
-        AuctionKind::SealedFirstPrice { min_bid } => {
-            hasher.update(&[2]).update(&min_bid.to_le_bytes());
-        }
-        AuctionKind::SealedSecondPrice { min_bid } => {
-            hasher.update(&[3]).update(&min_bid.to_le_bytes());
-        }
-        AuctionKind::Dutch {
-            start_price,
-            floor_price,
-            step,
-            step_interval_us,
-        } => {
-            hasher.update(&[4]);
-            for v in [*start_price, *floor_price, *step, *step_interval_us] {
-                hasher.update(&v.to_le_bytes());
+            AuctionKind::SealedFirstPrice { min_bid } => {
+                self.u64(2);
+                self.u64(*min_bid);
+            }
+            AuctionKind::SealedSecondPrice { min_bid } => {
+                self.u64(3);
+                self.u64(*min_bid);
+            }
+            AuctionKind::Dutch {
+                start_price,
+                floor_price,
+                step,
+                step_interval_us,
+            } => {
+                self.u64(4);
+                for v in [*start_price, *floor_price, *step, *step_interval_us] {
+                    self.u64(v);
+                }
             }
         }
-    }
-    opt(hasher, r.reserve);
-    opt(hasher, r.buy_now);
-    hasher.update(&r.starts_at.0.to_le_bytes());
-    hasher.update(&r.ends_at.0.to_le_bytes());
-    match r.soft_close {
-        None => {
-            hasher.update(&[0]);
-        }
-        Some(sc) => {
-            hasher.update(&[1]);
-            hasher.update(&sc.window_us.to_le_bytes());
-            hasher.update(&sc.extension_us.to_le_bytes());
-            hasher.update(&u64::from(sc.extensions_max).to_le_bytes());
-        }
+        self.option(r.reserve);
+        self.option(r.buy_now);
+        self.u64(r.starts_at.0);
+        self.u64(r.ends_at.0);
+        self.option(r.soft_close.map(|sc| sc.window_us));
+        self.option(r.soft_close.map(|sc| sc.extension_us));
+        self.option(r.soft_close.map(|sc| u64::from(sc.extensions_max)));
     }
 }
 
-/// Model check of the price-word / seen-filter / auction-lock protocol with `loom`, which
-/// runs every interleaving (and the weak-memory outcomes it models) of a few threads.
-/// Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p gavel-engine --lib --release loom`
-/// (the preemption bound keeps the search to seconds; `ops/test.sh` runs it so).
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
