@@ -19,13 +19,14 @@
 //! idempotency memory), and the WAL needs one auction's events in sequence order with no
 //! gap. See ARCHITECTURE.md, "The price word and the auction lock".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
-use crate::event::{CloseReason, Event, EventKind, EventSink};
-use crate::filter::SeenFilter;
+use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink};
+use crate::filter::{FilterKey, SeenFilter};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{
     Accepted, AuctionId, AuctionKind, AuctionSpec, Bid, BidId, BidOutcome, BidderId, PRICE_MAX,
@@ -41,9 +42,6 @@ const _: () = assert!(
     PRICE_MAX & (CLOSED | HAS_BID) == 0,
     "prices must not overlap flags"
 );
-
-/// Most events one decision produces: accepted + closed + settled, or accepted + extended.
-const DECISION_EVENTS_MAX: usize = 3;
 
 /// Per-auction limits, from the engine configuration.
 #[derive(Clone, Copy, Debug)]
@@ -71,15 +69,13 @@ impl BidKey {
         }
     }
 
-    /// A fixed (unkeyed, deterministic) 64-bit hash for the seen-bid filter.
-    fn filter_hash(&self) -> u64 {
-        let mut h = mix64(self.id.0 as u64) ^ mix64((self.id.0 >> 64) as u64 ^ 0x5851_f42d);
-        for chunk in self.bidder.as_str().as_bytes().chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            h = mix64(h ^ u64::from_le_bytes(word));
-        }
-        h
+    /// The key as the seen-bid filter sees it: fixed (unkeyed, deterministic) hashes.
+    /// Collisions only cost a trip to the locked path, so they need not resist crafted keys.
+    fn filter_key(&self) -> FilterKey {
+        let id = self.id.0;
+        let bidder = self.bidder.fingerprint();
+        // Cast: the low and high halves of the 128-bit id.
+        FilterKey::new(mix64(id as u64 ^ mix64((id >> 64) as u64 ^ bidder)), bidder)
     }
 }
 
@@ -91,41 +87,98 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The exact idempotency memory: two generations of accepted bid keys, rotated together
-/// with the seen-bid filter's generations.
+/// The exact idempotency memory: the last `window` accepted bid keys with their outcomes,
+/// evicted oldest first, one per insert (no rebuild, no latency spike). The seen-bid filter
+/// rotates its two generations every `window` inserts, so it always holds a superset.
+///
+/// Entries live in a ring in acceptance order; a small index maps a keyed 64-bit
+/// fingerprint of the key to the entry's position, so lookups and evictions touch a few
+/// bytes per entry rather than whole entries. The full key is compared on a hit. Should two
+/// keys in one window share a fingerprint (≈ 2⁻⁶⁴ per pair, and the key is per-process
+/// random), the older one leaves the memory early.
 struct Recent {
-    current: HashMap<BidKey, Accepted>,
-    previous: HashMap<BidKey, Accepted>,
-    /// Which filter generation `current` corresponds to.
+    /// Fingerprint → absolute position in `entries`.
+    index: HashMap<u64, u64, BuildHasherDefault<PassThrough>>,
+    /// `(fingerprint, key, outcome)`, oldest first; at most `window`.
+    entries: VecDeque<(u64, BidKey, Accepted)>,
+    /// Absolute position of `entries[0]`.
+    first: u64,
+    fingerprints: foldhash::fast::RandomState,
+    /// The filter generation taking inserts.
     generation: usize,
+    /// Inserts into `generation` so far.
+    in_generation: usize,
+}
+
+/// A `Hasher` for keys that are already well-mixed 64-bit hashes.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 impl Recent {
     fn new() -> Recent {
         Recent {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            index: HashMap::default(),
+            entries: VecDeque::new(),
+            first: 0,
+            // Keyed per process: bidders choose their bid ids, and must not be able to
+            // choose colliding fingerprints.
+            fingerprints: foldhash::fast::RandomState::default(),
             generation: 0,
+            in_generation: 0,
         }
     }
 
     fn get(&self, key: &BidKey) -> Option<Accepted> {
-        self.current
-            .get(key)
-            .or_else(|| self.previous.get(key))
-            .copied()
+        let position = *self.index.get(&self.fingerprints.hash_one(key))?;
+        // Cast: positions in the index are within the ring (evictions remove them).
+        let (_, stored, accepted) = self.entries[(position - self.first) as usize];
+        (stored == *key).then_some(accepted)
     }
 
     fn insert(&mut self, key: BidKey, accepted: Accepted, filter: &SeenFilter, window: usize) {
-        if self.current.len() >= window {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
+        if self.in_generation >= window {
             self.generation ^= 1;
+            self.in_generation = 0;
             filter.clear(self.generation);
         }
-        filter.insert(self.generation, key.filter_hash());
-        let replaced = self.current.insert(key, accepted);
-        assert!(replaced.is_none(), "an accepted bid id was accepted twice");
+        filter.insert(self.generation, key.filter_key());
+        self.in_generation += 1;
+        if self.entries.len() >= window {
+            // Invariant: a full window has an oldest entry.
+            let (fingerprint, _, _) = self
+                .entries
+                .pop_front()
+                .expect("a full window is not empty");
+            if self.index.get(&fingerprint) == Some(&self.first) {
+                self.index.remove(&fingerprint);
+            }
+            self.first += 1;
+        }
+        let fingerprint = self.fingerprints.hash_one(key);
+        let position = self.first + self.entries.len() as u64;
+        self.entries.push_back((fingerprint, key, accepted));
+        self.index.insert(fingerprint, position);
+    }
+
+    /// Entries, oldest first.
+    fn iter(&self) -> impl Iterator<Item = &(u64, BidKey, Accepted)> {
+        self.entries.iter()
     }
 }
 
@@ -199,13 +252,21 @@ pub(crate) enum CloseAttempt {
     Backpressure { retry_after_us: u64 },
 }
 
+/// `repr(C)` keeps what the lock-free path reads — the price word, the end, and a copy of
+/// the rules it needs — together at the front, in the auction's own memory.
+#[repr(C)]
 pub(crate) struct Auction {
-    spec: Arc<AuctionSpec>,
     word: AtomicU64,
     /// The current end (µs), for the lock-free `Closed` check; written under the lock.
     ends_at: AtomicU64,
+    /// Copies of `spec`'s `starts_at`, `buy_now` and `kind` (the increment table inline).
+    starts_at: UnixMicros,
+    buy_now: Option<Price>,
+    /// Its bidder summary sits in the first cache line with the word.
     seen: SeenFilter,
+    kind: AuctionKind,
     state: Mutex<State>,
+    spec: Arc<AuctionSpec>,
 }
 
 impl Auction {
@@ -231,6 +292,9 @@ impl Auction {
             kind: EventKind::Created(Arc::clone(&spec)),
         };
         let auction = Auction {
+            starts_at: rules.starts_at,
+            buy_now: rules.buy_now,
+            kind: rules.kind.clone(),
             word: AtomicU64::new(0),
             ends_at: AtomicU64::new(rules.ends_at.0),
             seen: SeenFilter::new(limits.dedup_window_bids),
@@ -279,8 +343,7 @@ impl Auction {
     /// plus its increment (or the start price; or the buy-now price while the price is
     /// below it). Sealed: the minimum bid. Dutch: the clock price.
     fn min_next(&self, word: u64, now: UnixMicros) -> Price {
-        let rules = self.spec.rules();
-        match &rules.kind {
+        match &self.kind {
             AuctionKind::English {
                 start_price,
                 increments,
@@ -290,7 +353,7 @@ impl Auction {
                 }
                 let price = word & PRICE_MAX;
                 let regular = price.saturating_add(increments.increment_at(price));
-                match rules.buy_now {
+                match self.buy_now {
                     Some(buy_now) if price < buy_now => regular.min(buy_now),
                     _ => regular,
                 }
@@ -303,17 +366,16 @@ impl Auction {
 
     /// The Dutch clock price at `now`.
     fn dutch_clock(&self, now: UnixMicros) -> Price {
-        let rules = self.spec.rules();
         let AuctionKind::Dutch {
             start_price,
             floor_price,
             step,
             step_interval_us,
-        } = rules.kind
+        } = self.kind
         else {
             unreachable!("dutch_clock on a non-Dutch auction")
         };
-        let steps = now.0.saturating_sub(rules.starts_at.0) / step_interval_us;
+        let steps = now.0.saturating_sub(self.starts_at.0) / step_interval_us;
         start_price
             .saturating_sub(steps.saturating_mul(step))
             .max(floor_price)
@@ -336,14 +398,14 @@ impl Auction {
         // end only makes this bid linearise before the extension, where `Closed` is right.
         let fast = if word & CLOSED != 0 || now.0 >= self.ends_at.load(Ordering::Acquire) {
             Some(Rejection::Closed)
-        } else if now < self.spec.rules().starts_at {
+        } else if now < self.starts_at {
             Some(Rejection::NotOpen)
         } else {
             let min_next = self.min_next(word, now);
             (bid.amount() < min_next).then_some(Rejection::TooLow { min_next })
         };
         if let Some(rejection) = fast {
-            if !self.seen.may_contain(key.filter_hash()) {
+            if !self.seen.may_contain(key.filter_key()) {
                 return BidOutcome::Rejected(rejection);
             }
         }
@@ -360,13 +422,16 @@ impl Auction {
         sink: &S,
         limits: Limits,
     ) -> BidOutcome {
-        if let Some(original) = state.recent.get(&key) {
-            return BidOutcome::Rejected(Rejection::Duplicate { original });
+        // The filter holds every key of the memory: most fresh bids skip the lookup.
+        if self.seen.may_contain(key.filter_key()) {
+            if let Some(original) = state.recent.get(&key) {
+                return BidOutcome::Rejected(Rejection::Duplicate { original });
+            }
         }
         if state.settled.is_some() || now >= state.ends_at {
             return BidOutcome::Rejected(Rejection::Closed);
         }
-        if now < self.spec.rules().starts_at {
+        if now < self.starts_at {
             return BidOutcome::Rejected(Rejection::NotOpen);
         }
         let decision = match self.decide(state, bid, now, limits) {
@@ -858,19 +923,15 @@ impl Auction {
             }
             Book::Dutch { sold } => h.winner(*sold),
         }
-        h.u64(state.recent.generation as u64);
-        for memory in [&state.recent.current, &state.recent.previous] {
-            let mut sorted: Vec<_> = memory.iter().collect();
-            sorted.sort_unstable_by_key(|(key, _)| **key);
-            h.u64(sorted.len() as u64);
-            for (key, accepted) in sorted {
-                h.bidder(Some(key.bidder));
-                h.u128(key.id.0);
-                h.u64(accepted.seq);
-                h.u64(accepted.price);
-                h.u64(accepted.ends_at.0);
-                h.bidder(accepted.leader);
-            }
+        // The memory, oldest first: its order decides what a future insert evicts.
+        h.u64(state.recent.entries.len() as u64);
+        for (_, key, accepted) in state.recent.iter() {
+            h.bidder(Some(key.bidder));
+            h.u128(key.id.0);
+            h.u64(accepted.seq);
+            h.u64(accepted.price);
+            h.u64(accepted.ends_at.0);
+            h.bidder(accepted.leader);
         }
     }
 

@@ -7,6 +7,7 @@
 //! a popped entry whose auction was extended is simply put back at the new end.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +91,29 @@ pub enum ManageError {
     },
 }
 
-type AuctionMap = HashMap<AuctionId, Arc<Auction>>;
+/// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
+/// engine's fixed mixer rather than a keyed (slower) hash.
+type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an [`AuctionId`] (one `u64`) with `mix64`.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix64(self.0 ^ v);
+    }
+}
 
 struct Shard {
     auctions: ArcSwap<AuctionMap>,
@@ -131,7 +154,7 @@ impl Engine {
         Engine {
             shards: (0..config.shards)
                 .map(|_| Shard {
-                    auctions: ArcSwap::from_pointee(HashMap::new()),
+                    auctions: ArcSwap::from_pointee(AuctionMap::default()),
                     writer: Mutex::new(()),
                     timer: Mutex::new(BTreeSet::new()),
                 })

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
+
 use crate::types::{AuctionId, AuctionSpec, Bid, BidderId, Price, Settlement, UnixMicros};
 
 /// One state change of one auction.
@@ -89,6 +91,13 @@ impl CloseReason {
     }
 }
 
+/// Most events one decision produces: a bid's acceptance, closure and settlement (buy-now,
+/// Dutch), or its acceptance and extension.
+pub const DECISION_EVENTS_MAX: usize = 3;
+
+/// The events of one decision, inline (no allocation).
+pub type EventBatch = ArrayVec<Event, DECISION_EVENTS_MAX>;
+
 /// The sink refused events: its bounded queue is full.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Backpressure {
@@ -125,44 +134,107 @@ impl EventSink for DiscardSink {
     }
 }
 
-/// A bounded in-memory sink: a lock-free array queue of event batches with a fixed
-/// capacity. When full, it refuses with [`Backpressure`]. A consumer drains it with
-/// [`BoundedSink::pop`]. This is the shape of the WAL's queue, usable in process.
+/// Queues a [`BoundedSink`] spreads auctions over (at most), so that threads deciding for
+/// different auctions rarely contend on one queue's head and tail.
+const SINK_QUEUES_MAX: usize = 16;
+
+/// One queue of a [`BoundedSink`]: events, and how many slots publishers have reserved.
+struct SinkQueue {
+    events: crossbeam_queue::ArrayQueue<Event>,
+    /// Events pushed or about to be pushed and not yet popped; never above capacity, so a
+    /// publisher that reserved its slots can always push.
+    reserved: std::sync::atomic::AtomicUsize,
+}
+
+/// A bounded in-memory sink: lock-free array queues of events with a fixed total capacity,
+/// allocated up front (publishing never allocates). Auctions are spread over the queues by
+/// id, so one auction's events stay in order; across auctions [`BoundedSink::pop`] gives
+/// no order. A decision's events are admitted all or none: when its queue lacks room for
+/// all of them, it refuses with [`Backpressure`]. This is the shape of the WAL's queue,
+/// usable in process.
 pub struct BoundedSink {
-    queue: crossbeam_queue::ArrayQueue<Box<[Event]>>,
+    queues: Box<[SinkQueue]>,
+    /// Where the next `pop` starts looking.
+    cursor: std::sync::atomic::AtomicUsize,
     retry_after_us: u64,
 }
 
 impl BoundedSink {
-    /// A sink holding at most `batches_max` decisions; refusals suggest `retry_after_us`.
-    pub fn new(batches_max: usize, retry_after_us: u64) -> BoundedSink {
+    /// A sink holding at most about `events_max` events (at least [`DECISION_EVENTS_MAX`]
+    /// per queue); refusals suggest `retry_after_us`.
+    pub fn new(events_max: usize, retry_after_us: u64) -> BoundedSink {
+        let queues = (events_max / DECISION_EVENTS_MAX).clamp(1, SINK_QUEUES_MAX);
+        let capacity = events_max.div_ceil(queues).max(DECISION_EVENTS_MAX);
         BoundedSink {
-            queue: crossbeam_queue::ArrayQueue::new(batches_max),
+            queues: (0..queues)
+                .map(|_| SinkQueue {
+                    events: crossbeam_queue::ArrayQueue::new(capacity),
+                    reserved: std::sync::atomic::AtomicUsize::new(0),
+                })
+                .collect(),
+            cursor: std::sync::atomic::AtomicUsize::new(0),
             retry_after_us,
         }
     }
 
-    /// Takes the oldest batch, if any.
-    pub fn pop(&self) -> Option<Box<[Event]>> {
-        self.queue.pop()
+    /// Takes an event, if any: the oldest of some auction's queue.
+    pub fn pop(&self) -> Option<Event> {
+        // Ordering: Relaxed; the cursor only spreads the consumers' starting points.
+        let start = self
+            .cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..self.queues.len()).find_map(|i| {
+            let queue = &self.queues[(start + i) % self.queues.len()];
+            let event = queue.events.pop()?;
+            // Ordering: Release; a publisher that reads the lower count (Acquire) finds the
+            // slot free. The count never drops below the queue's length.
+            queue
+                .reserved
+                .fetch_sub(1, std::sync::atomic::Ordering::Release);
+            Some(event)
+        })
     }
 
-    /// Batches waiting.
+    /// Events waiting.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queues.iter().map(|q| q.events.len()).sum()
     }
 
-    /// Whether no batch waits.
+    /// Whether no event waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queues.iter().all(|q| q.events.is_empty())
     }
 }
 
 impl EventSink for BoundedSink {
     fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
-        self.queue.push(events.into()).map_err(|_| Backpressure {
-            retry_after_us: self.retry_after_us,
-        })
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        // Cast: the modulo keeps the index in range.
+        let queue = &self.queues[(first.auction.0 % self.queues.len() as u64) as usize];
+        let capacity = queue.events.capacity();
+        // Ordering: Acquire pairs with the consumer's Release; AcqRel so that competing
+        // publishers see each other's reservations.
+        let before = queue
+            .reserved
+            .fetch_add(events.len(), std::sync::atomic::Ordering::AcqRel);
+        if before + events.len() > capacity {
+            // Ordering: Release; returns the reservation.
+            queue
+                .reserved
+                .fetch_sub(events.len(), std::sync::atomic::Ordering::Release);
+            return Err(Backpressure {
+                retry_after_us: self.retry_after_us,
+            });
+        }
+        for event in events {
+            // Invariant: the reservation guarantees a free slot.
+            if queue.events.push(event.clone()).is_err() {
+                unreachable!("a reserved slot of the bounded sink was taken");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,68 +13,104 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-/// Filter bits per key in one generation. With 3 probes this gives ≈0.5 % false positives
-/// per generation at a full window.
+/// Filter bits per key in one generation. With 3 probes in one 256-bit half block this
+/// gives ≈1 % false positives per generation at a full window.
 const BITS_PER_KEY: usize = 16;
-/// Probes per key.
+/// Probes per key, all in one block.
 const PROBES: u32 = 3;
-/// Smallest generation, in 64-bit words.
-const GENERATION_WORDS_MIN: usize = 2;
+/// Bits of one generation in a block; a block holds both generations in one cache line.
+const HALF_BITS: usize = 256;
+const HALF_WORDS: usize = HALF_BITS / 64;
+
+/// One cache line of filter bits: words `[0, 4)` are generation 0, `[4, 8)` generation 1,
+/// so a query of both generations touches exactly one cache line.
+#[repr(align(64))]
+struct Block([AtomicU64; 2 * HALF_WORDS]);
+
+impl Block {
+    fn new() -> Block {
+        Block([(); 2 * HALF_WORDS].map(|_| AtomicU64::new(0)))
+    }
+}
+
+/// What the filter knows of a key: its hash, and its bidder's bit in the bidder summary.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FilterKey {
+    /// Hash of `(bidder, bid id)`.
+    pub(crate) hash: u64,
+    /// One bit (of 64) for the bidder.
+    pub(crate) bidder_bit: u64,
+}
+
+impl FilterKey {
+    pub(crate) fn new(hash: u64, bidder_fingerprint: u64) -> FilterKey {
+        FilterKey {
+            hash,
+            bidder_bit: 1 << (bidder_fingerprint % 64),
+        }
+    }
+}
 
 pub(crate) struct SeenFilter {
-    /// Two generations back to back: `[0, words_per_generation)` and the rest.
-    words: Box<[AtomicU64]>,
-    /// Power of two.
-    words_per_generation: usize,
+    /// Per generation, one bit per bidder (hashed): a retry must come from a bidder with an
+    /// accepted bid in the window. Inline in the auction, next to its price word, so most
+    /// bids on a quiet auction are cleared without touching the blocks.
+    bidders: [AtomicU64; 2],
+    /// Power of two in length.
+    blocks: Box<[Block]>,
 }
 
 impl SeenFilter {
     /// A filter sized for `window` keys per generation.
     pub(crate) fn new(window: usize) -> SeenFilter {
-        let words_per_generation = (window * BITS_PER_KEY)
-            .div_ceil(64)
-            .next_power_of_two()
-            .max(GENERATION_WORDS_MIN);
+        let blocks = (window * BITS_PER_KEY)
+            .div_ceil(HALF_BITS)
+            .next_power_of_two();
         SeenFilter {
-            words: (0..2 * words_per_generation)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            words_per_generation,
+            bidders: [AtomicU64::new(0), AtomicU64::new(0)],
+            blocks: (0..blocks).map(|_| Block::new()).collect(),
         }
     }
 
-    fn probes(&self, key_hash: u64) -> impl Iterator<Item = (usize, u64)> + use<> {
-        let bits = (self.words_per_generation * 64) as u64;
-        let h1 = key_hash & 0xffff_ffff;
-        let h2 = (key_hash >> 32) | 1;
-        (0..u64::from(PROBES)).map(move |i| {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & (bits - 1);
-            // Cast: bit < bits = words_per_generation * 64, a usize.
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
+    /// The block of `key_hash`, and its probes in `generation` as (word, mask).
+    fn probes(
+        &self,
+        generation: usize,
+        key_hash: u64,
+    ) -> (&Block, impl Iterator<Item = (usize, u64)>) {
+        // Cast: the top bits pick the block; the mask keeps it in range.
+        let block = (key_hash >> 40) as usize & (self.blocks.len() - 1);
+        let probes = (0..PROBES).map(move |i| {
+            // Cast: 8 bits per probe, a bit position below 256.
+            let bit = (key_hash >> (8 * i)) as usize % HALF_BITS;
+            (generation * HALF_WORDS + bit / 64, 1u64 << (bit % 64))
+        });
+        (&self.blocks[block], probes)
     }
 
     /// Whether the key may have been inserted in either generation. Never `false` for a key
     /// inserted into a generation that was not cleared since.
-    pub(crate) fn may_contain(&self, key_hash: u64) -> bool {
+    pub(crate) fn may_contain(&self, key: FilterKey) -> bool {
+        // Ordering (all loads here): Relaxed is enough. The caller loaded the auction's price
+        // word with Acquire; every insert it must see happened before the Release store of
+        // that word (under the auction lock), so it is visible here.
         (0..2).any(|generation| {
-            let base = generation * self.words_per_generation;
-            self.probes(key_hash).all(|(word, mask)| {
-                // Ordering: Relaxed is enough. The caller loaded the auction's price word
-                // with Acquire; every insert it must see happened before the Release store
-                // of that word (under the auction lock), so it is visible here.
-                self.words[base + word].load(Ordering::Relaxed) & mask != 0
-            })
+            if self.bidders[generation].load(Ordering::Relaxed) & key.bidder_bit == 0 {
+                return false;
+            }
+            let (block, mut probes) = self.probes(generation, key.hash);
+            probes.all(|(word, mask)| block.0[word].load(Ordering::Relaxed) & mask != 0)
         })
     }
 
     /// Adds the key to `generation`. Called under the auction lock only.
-    pub(crate) fn insert(&self, generation: usize, key_hash: u64) {
-        let base = generation * self.words_per_generation;
-        for (word, mask) in self.probes(key_hash) {
-            // Ordering: Relaxed; published by the Release store of the price word that
-            // follows under the same lock (see `may_contain`).
-            self.words[base + word].fetch_or(mask, Ordering::Relaxed);
+    pub(crate) fn insert(&self, generation: usize, key: FilterKey) {
+        // Ordering (all stores here): Relaxed; published by the Release store of the price
+        // word that follows under the same lock (see `may_contain`).
+        self.bidders[generation].fetch_or(key.bidder_bit, Ordering::Relaxed);
+        let (block, probes) = self.probes(generation, key.hash);
+        for (word, mask) in probes {
+            block.0[word].fetch_or(mask, Ordering::Relaxed);
         }
     }
 
@@ -82,16 +118,19 @@ impl SeenFilter {
     /// have all left the exact memory window; a reader that still sees some of its bits
     /// only gets a false positive.
     pub(crate) fn clear(&self, generation: usize) {
-        let base = generation * self.words_per_generation;
-        for word in &self.words[base..base + self.words_per_generation] {
-            // Ordering: Relaxed; see above, clearing only removes keys outside the window.
-            word.store(0, Ordering::Relaxed);
+        // Ordering: Relaxed; as below.
+        self.bidders[generation].store(0, Ordering::Relaxed);
+        for block in self.blocks.iter() {
+            for word in &block.0[generation * HALF_WORDS..(generation + 1) * HALF_WORDS] {
+                // Ordering: Relaxed; see above, clearing only removes keys outside the window.
+                word.store(0, Ordering::Relaxed);
+            }
         }
     }
 
     /// Memory held, in bytes.
     pub(crate) fn bytes(&self) -> usize {
-        self.words.len() * 8
+        self.blocks.len() * std::mem::size_of::<Block>()
     }
 }
 
@@ -99,19 +138,33 @@ impl SeenFilter {
 mod tests {
     use super::*;
 
+    /// A key whose bidder is the hash itself (many bidders: the summary is saturated).
+    fn key(hash: u64) -> FilterKey {
+        FilterKey::new(hash, hash.rotate_left(17))
+    }
+
+    #[test]
+    fn the_bidder_summary_clears_keys_of_bidders_without_accepted_bids() {
+        let f = SeenFilter::new(64);
+        f.insert(0, FilterKey::new(42, 3));
+        assert!(f.may_contain(FilterKey::new(42, 3)));
+        // Same key hash, another bidder bit: not present without touching the blocks.
+        assert!(!f.may_contain(FilterKey::new(42, 4)));
+    }
+
     #[test]
     fn inserted_keys_are_found_until_their_generation_is_cleared() {
         let f = SeenFilter::new(64);
         for k in 0..64u64 {
-            f.insert(0, k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            f.insert(0, key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
         }
         for k in 0..64u64 {
-            assert!(f.may_contain(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            assert!(f.may_contain(key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
         }
         f.clear(1);
-        assert!(f.may_contain(5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        assert!(f.may_contain(key(5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
         f.clear(0);
-        assert!(!f.may_contain(5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        assert!(!f.may_contain(key(5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
     }
 
     #[test]
@@ -125,11 +178,11 @@ mod tests {
             z ^ (z >> 31)
         };
         for k in 0..window as u64 {
-            f.insert(0, mix(k));
-            f.insert(1, mix(k + 1_000_000));
+            f.insert(0, key(mix(k)));
+            f.insert(1, key(mix(k + 1_000_000)));
         }
         let false_positives = (10_000_000..10_100_000u64)
-            .filter(|&k| f.may_contain(mix(k)))
+            .filter(|&k| f.may_contain(key(mix(k))))
             .count();
         // Two full generations at ≈0.5 % each: well under 2 %.
         assert!(

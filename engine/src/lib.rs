@@ -26,7 +26,8 @@ pub mod view;
 pub use engine::{CreateError, Engine, EngineConfig, ManageError};
 
 pub use event::{
-    Backpressure, BoundedSink, CloseReason, DiscardSink, Event, EventKind, EventSink, RecordingSink,
+    Backpressure, BoundedSink, CloseReason, DECISION_EVENTS_MAX, DiscardSink, Event, EventBatch,
+    EventKind, EventSink, RecordingSink,
 };
 pub use replay::{ReplayError, ReplaySummary, Replayer};
 pub use types::*;

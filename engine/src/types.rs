@@ -7,6 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
 use thiserror::Error;
 
 /// Money in integer minor units (ticks). No floating point ever touches a price.
@@ -108,6 +109,23 @@ impl BidderId {
             len: text.len() as u8,
             bytes,
         })
+    }
+
+    /// A fixed, unkeyed 64-bit hash of the id (for filters, not for hash maps that
+    /// clients can flood: it does not resist crafted collisions).
+    pub fn fingerprint(&self) -> u64 {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        let mut h = u64::from(self.len).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in 0..Self::LEN_MAX / 8 {
+            h = (h ^ word(i))
+                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+                .rotate_left(31);
+        }
+        h ^ (h >> 29)
     }
 
     /// The id as text.
@@ -290,19 +308,21 @@ pub struct IncrementBand {
 /// `current + increment(current)`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct IncrementTable {
-    bands: Arc<[IncrementBand]>,
+    /// Inline, so the bid path reads it from the auction's own memory without a pointer
+    /// chase.
+    bands: ArrayVec<IncrementBand, { IncrementTable::BANDS_MAX }>,
     above: Price,
 }
 
 impl IncrementTable {
     /// Most bands in a table.
-    pub const BANDS_MAX: usize = 32;
+    pub const BANDS_MAX: usize = 16;
 
     /// Builds a table from bands with strictly ascending `below` and the increment that
     /// applies above the last band.
     pub fn new(bands: Vec<IncrementBand>, above: Price) -> Result<IncrementTable, SpecError> {
         if bands.len() > Self::BANDS_MAX {
-            return Err(SpecError::IncrementTable("more than 32 bands"));
+            return Err(SpecError::IncrementTable("more than 16 bands"));
         }
         if above == 0 || bands.iter().any(|b| b.increment == 0) {
             return Err(SpecError::IncrementTable("an increment is zero"));
@@ -322,7 +342,7 @@ impl IncrementTable {
             ));
         }
         Ok(IncrementTable {
-            bands: bands.into(),
+            bands: bands.into_iter().collect(),
             above,
         })
     }
@@ -364,6 +384,10 @@ impl Default for IncrementTable {
 }
 
 /// The kind of an auction and its kind-specific rules.
+// The English variant carries its increment table inline (≈ 270 bytes) on purpose: the
+// auction keeps a copy next to its price word so the bid path reads it without a pointer
+// chase. Kinds are built once per auction, never moved on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum AuctionKind {
     /// Ascending open auction with an increment table and proxy bidding.

@@ -1318,7 +1318,7 @@ fn raw_rules_strategy() -> impl Strategy<Value = AuctionRules> {
 
 /// Whether the document admits an increment table.
 fn model_admits_table(bands: &[IncrementBand], above: Price) -> bool {
-    bands.len() <= 32
+    bands.len() <= 16
         && above != 0
         && bands.iter().all(|b| b.increment != 0)
         && bands.windows(2).all(|w| w[0].below < w[1].below)

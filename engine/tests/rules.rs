@@ -300,23 +300,61 @@ fn a_full_sink_rejects_with_overloaded_and_changes_nothing() {
 }
 
 #[test]
-fn bounded_sink_refuses_when_full() {
-    let sink = BoundedSink::new(1, 99);
+fn bounded_sink_admits_a_decision_all_or_none() {
+    // Room for 3 events in one queue.
+    let sink = BoundedSink::new(3, 99);
     let engine = Engine::new(EngineConfig::default());
+    let mut r = rules(1, english(10));
+    r.buy_now = Some(100);
     engine
-        .create_auction(
-            AuctionSpec::try_from(rules(1, english(10))).unwrap(),
-            UnixMicros(0),
-            &sink,
-        )
+        .create_auction(AuctionSpec::try_from(r).unwrap(), UnixMicros(0), &sink)
         .unwrap();
-    let spec2 = AuctionSpec::try_from(rules(2, english(10))).unwrap();
+    // A buy-now decision needs 3 events (accepted, closed, settled); 2 slots are free.
+    let buy = Bid::new(
+        AuctionId(1),
+        bidder("a"),
+        BidId(1),
+        100,
+        None,
+        UnixMicros(START),
+    )
+    .unwrap();
     assert_eq!(
-        engine.create_auction(spec2.clone(), UnixMicros(0), &sink),
-        Err(CreateError::Overloaded { retry_after_us: 99 })
+        engine.place_bid(&buy, UnixMicros(START), &sink),
+        BidOutcome::Rejected(Rejection::Overloaded { retry_after_us: 99 })
     );
-    assert!(sink.pop().is_some());
-    assert!(engine.create_auction(spec2, UnixMicros(0), &sink).is_ok());
+    assert_eq!(sink.len(), 1, "nothing of the refused decision was queued");
+    assert_eq!(
+        engine.price(AuctionId(1)),
+        Some((None, false)),
+        "and nothing changed"
+    );
+    // A one-event decision fits.
+    let small = Bid::new(
+        AuctionId(1),
+        bidder("b"),
+        BidId(2),
+        10,
+        None,
+        UnixMicros(START),
+    )
+    .unwrap();
+    assert!(matches!(
+        engine.place_bid(&small, UnixMicros(START), &sink),
+        BidOutcome::Accepted(_)
+    ));
+    assert!(matches!(
+        engine.place_bid(&buy, UnixMicros(START), &sink),
+        BidOutcome::Rejected(Rejection::Overloaded { .. })
+    ));
+    // Draining makes room; events come out in the auction's order.
+    let seqs: Vec<u64> = std::iter::from_fn(|| sink.pop()).map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert!(matches!(
+        engine.place_bid(&buy, UnixMicros(START), &sink),
+        BidOutcome::Accepted(_)
+    ));
+    assert_eq!(sink.len(), 3);
 }
 
 #[test]

@@ -26,8 +26,8 @@ use rand_distr::{Distribution, Zipf};
 
 /// Simulated length of the auction day, in µs of engine time.
 const DAY_US: u64 = 1_000_000;
-/// Batches the event queue holds before bids are refused `Overloaded`.
-const QUEUE_BATCHES_MAX: usize = 1 << 16;
+/// Events the event queue holds before bids are refused `Overloaded`.
+const QUEUE_EVENTS_MAX: usize = 1 << 16;
 /// Most bids one run may place (the run is always bounded).
 const BIDS_MAX: u64 = 50_000_000;
 /// Most bids a run that verifies replay may place (it keeps every event in memory).
@@ -170,7 +170,7 @@ pub fn run(options: &Options) -> Result<Report> {
         auctions_max: usize::try_from(options.auctions)?.max(1),
         ..EngineConfig::default()
     });
-    let sink = BoundedSink::new(QUEUE_BATCHES_MAX, 100);
+    let sink = BoundedSink::new(QUEUE_EVENTS_MAX, 100);
     let mut kinds = Vec::new();
     for i in 0..options.auctions {
         let spec = demo_rules(i)?;
@@ -179,8 +179,8 @@ pub fn run(options: &Options) -> Result<Report> {
         engine.create_auction(spec, UnixMicros(0), &sink)?;
     }
     let mut created: Vec<Event> = Vec::new();
-    while let Some(batch) = sink.pop() {
-        created.extend(batch.into_vec());
+    while let Some(event) = sink.pop() {
+        created.push(event);
     }
     let bidders: Vec<BidderId> = (0..BIDDERS)
         .map(|b| BidderId::new(&format!("sim-bidder-{b:02}")))
@@ -195,19 +195,19 @@ pub fn run(options: &Options) -> Result<Report> {
             let mut count = 0u64;
             loop {
                 match sink.pop() {
-                    Some(batch) => {
-                        count += batch.len() as u64;
+                    Some(event) => {
+                        count += 1;
                         if !options.no_verify {
-                            kept.extend(batch.into_vec());
+                            kept.push(event);
                         }
                     }
                     // Ordering: Acquire pairs with the Release store after the bidders
-                    // joined: every batch they pushed is visible to the final drain.
+                    // joined: every event they pushed is visible to the final drain.
                     None if done.load(Ordering::Acquire) => {
-                        while let Some(batch) = sink.pop() {
-                            count += batch.len() as u64;
+                        while let Some(event) = sink.pop() {
+                            count += 1;
                             if !options.no_verify {
-                                kept.extend(batch.into_vec());
+                                kept.push(event);
                             }
                         }
                         return (count, kept);
@@ -244,12 +244,12 @@ pub fn run(options: &Options) -> Result<Report> {
     let (events_consumed, mut kept) = consumed;
 
     // The day is over: the timer closes everything, soft-close extensions included.
-    let close_sink = BoundedSink::new(QUEUE_BATCHES_MAX, 100);
+    let close_sink = BoundedSink::new(QUEUE_EVENTS_MAX, 100);
     let mut closing_events = Vec::new();
     let close_at = UnixMicros(DAY_US + 10 * DAY_US);
     while !engine.close_due(close_at, 1_024, &close_sink).is_empty() {
-        while let Some(batch) = close_sink.pop() {
-            closing_events.extend(batch.into_vec());
+        while let Some(event) = close_sink.pop() {
+            closing_events.push(event);
         }
     }
     let settlements: BTreeMap<AuctionId, (String, Settlement)> = (0..options.auctions)
