@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
-use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink};
+use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink, Receipt};
 use crate::filter::{FilterKey, SeenFilter};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{
@@ -242,8 +242,8 @@ struct Decision {
 /// Outcome of a close attempt.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum CloseAttempt {
-    /// Closed and settled now.
-    Closed(Settlement),
+    /// Closed and settled now; the sink's receipt for the events.
+    Closed(Settlement, Receipt),
     /// Not due yet: the (possibly extended) end is later.
     NotDue(UnixMicros),
     /// Already closed and settled earlier.
@@ -389,7 +389,7 @@ impl Auction {
         now: UnixMicros,
         sink: &S,
         limits: Limits,
-    ) -> BidOutcome {
+    ) -> (BidOutcome, Option<Receipt>) {
         let key = BidKey::of(bid);
         // Ordering: Acquire; see `price`.
         let word = self.word.load(Ordering::Acquire);
@@ -406,7 +406,7 @@ impl Auction {
         };
         if let Some(rejection) = fast {
             if !self.seen.may_contain(key.filter_key()) {
-                return BidOutcome::Rejected(rejection);
+                return (BidOutcome::Rejected(rejection), None);
             }
         }
         let mut state = self.lock();
@@ -421,22 +421,23 @@ impl Auction {
         now: UnixMicros,
         sink: &S,
         limits: Limits,
-    ) -> BidOutcome {
+    ) -> (BidOutcome, Option<Receipt>) {
+        let rejected = |r| (BidOutcome::Rejected(r), None);
         // The filter holds every key of the memory: most fresh bids skip the lookup.
         if self.seen.may_contain(key.filter_key()) {
             if let Some(original) = state.recent.get(&key) {
-                return BidOutcome::Rejected(Rejection::Duplicate { original });
+                return rejected(Rejection::Duplicate { original });
             }
         }
         if state.settled.is_some() || now >= state.ends_at {
-            return BidOutcome::Rejected(Rejection::Closed);
+            return rejected(Rejection::Closed);
         }
         if now < self.starts_at {
-            return BidOutcome::Rejected(Rejection::NotOpen);
+            return rejected(Rejection::NotOpen);
         }
         let decision = match self.decide(state, bid, now, limits) {
             Ok(decision) => decision,
-            Err(rejection) => return BidOutcome::Rejected(rejection),
+            Err(rejection) => return rejected(rejection),
         };
 
         let id = self.id();
@@ -474,11 +475,14 @@ impl Auction {
             events.push(next(EventKind::Closed { reason }));
             events.push(next(EventKind::Settled(settlement)));
         }
-        if let Err(backpressure) = sink.publish(&events) {
-            return BidOutcome::Rejected(Rejection::Overloaded {
-                retry_after_us: backpressure.retry_after_us,
-            });
-        }
+        let receipt = match sink.publish(&events) {
+            Ok(receipt) => receipt,
+            Err(backpressure) => {
+                return rejected(Rejection::Overloaded {
+                    retry_after_us: backpressure.retry_after_us,
+                });
+            }
+        };
 
         // Apply. From here on nothing may fail: the events are out.
         let accepted = Accepted {
@@ -508,7 +512,7 @@ impl Auction {
             state.settled = Some(close);
         }
         self.publish_word(state, decision.price, closed);
-        BidOutcome::Accepted(accepted)
+        (BidOutcome::Accepted(accepted), Some(receipt))
     }
 
     /// The rules of each kind. Reads the state, changes nothing.
@@ -796,11 +800,14 @@ impl Auction {
                 kind: EventKind::Settled(settlement),
             },
         ];
-        if let Err(backpressure) = sink.publish(&events) {
-            return CloseAttempt::Backpressure {
-                retry_after_us: backpressure.retry_after_us,
-            };
-        }
+        let receipt = match sink.publish(&events) {
+            Ok(receipt) => receipt,
+            Err(backpressure) => {
+                return CloseAttempt::Backpressure {
+                    retry_after_us: backpressure.retry_after_us,
+                };
+            }
+        };
         state.seq += 2;
         state.settled = Some((reason, settlement));
         let price = state.word & PRICE_MAX;
@@ -815,7 +822,7 @@ impl Auction {
             "the price word was written outside the auction lock"
         );
         state.word = word;
-        CloseAttempt::Closed(settlement)
+        CloseAttempt::Closed(settlement, receipt)
     }
 
     /// Winner and clearing price by the kind's rule, at the end time.
@@ -1088,7 +1095,7 @@ mod loom_tests {
                 .map(|b| {
                     let (auction, sink) = (Arc::clone(&auction), Arc::clone(&sink));
                     thread::spawn(move || {
-                        auction.place_bid(&b, UnixMicros(END - 1), &*sink, LIMITS)
+                        auction.place_bid(&b, UnixMicros(END - 1), &*sink, LIMITS).0
                     })
                 })
                 .collect();
@@ -1132,7 +1139,7 @@ mod loom_tests {
                 })
                 .collect();
             assert_eq!(settled.len(), 1, "settles exactly once");
-            let CloseAttempt::Closed(settlement) = closed else {
+            let CloseAttempt::Closed(settlement, _) = closed else {
                 panic!("the close was due: {closed:?}")
             };
             assert_eq!(settled[0], settlement);
@@ -1174,7 +1181,7 @@ mod loom_tests {
             let sink = Arc::new(RecordingSink::default());
             let spawn = |b: Bid| {
                 let (auction, sink) = (Arc::clone(&auction), Arc::clone(&sink));
-                thread::spawn(move || auction.place_bid(&b, UnixMicros(1), &*sink, LIMITS))
+                thread::spawn(move || auction.place_bid(&b, UnixMicros(1), &*sink, LIMITS).0)
             };
             let copy1 = spawn(bid("a", 7, 10, None));
             let copy2 = spawn(bid("a", 7, 10, None));

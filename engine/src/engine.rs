@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use crate::auction::{Auction, CloseAttempt, Limits, mix64};
-use crate::event::EventSink;
+use crate::event::{EventSink, Receipt};
 use crate::types::{
     AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
 };
@@ -93,6 +93,18 @@ pub enum ManageError {
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
 /// engine's fixed mixer rather than a keyed (slower) hash.
+/// An auction that closed and settled. Announce the settlement only once the receipt is
+/// durable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ClosedAuction {
+    /// The auction.
+    pub id: AuctionId,
+    /// Winner and clearing price.
+    pub settlement: Settlement,
+    /// The sink's receipt for the `Closed` and `Settled` events.
+    pub receipt: Receipt,
+}
+
 type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildHasherDefault<IdHasher>>;
 
 /// Hashes an [`AuctionId`] (one `u64`) with `mix64`.
@@ -183,13 +195,13 @@ impl Engine {
     }
 
     /// Creates an auction; its `Created` event (sequence 1) goes to `sink`. Returns the
-    /// sequence number of the creation.
+    /// sink's receipt for it.
     pub fn create_auction<S: EventSink + ?Sized>(
         &self,
         spec: AuctionSpec,
         now: UnixMicros,
         sink: &S,
-    ) -> Result<u64, CreateError> {
+    ) -> Result<Receipt, CreateError> {
         let id = spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
@@ -206,10 +218,11 @@ impl Engine {
             });
         }
         let (auction, created) = Auction::new(Arc::new(spec), now, self.limits);
-        sink.publish(std::slice::from_ref(&created))
-            .map_err(|bp| CreateError::Overloaded {
-                retry_after_us: bp.retry_after_us,
-            })?;
+        let receipt =
+            sink.publish(std::slice::from_ref(&created))
+                .map_err(|bp| CreateError::Overloaded {
+                    retry_after_us: bp.retry_after_us,
+                })?;
         let ends_at = auction.spec().rules().ends_at;
         let mut map = AuctionMap::clone(&shard.auctions.load());
         map.insert(id, Arc::new(auction));
@@ -221,7 +234,7 @@ impl Engine {
             .lock()
             .expect("timer lock poisoned")
             .insert((ends_at, id));
-        Ok(created.seq)
+        Ok(receipt)
     }
 
     /// Decides one bid at `now`. Accepted bids hand their events to `sink` first.
@@ -231,14 +244,21 @@ impl Engine {
         now: UnixMicros,
         sink: &S,
     ) -> BidOutcome {
-        match self
-            .shard(bid.auction())
-            .auctions
-            .load()
-            .get(&bid.auction())
-        {
+        self.place_bid_with_receipt(bid, now, sink).0
+    }
+
+    /// [`Engine::place_bid`], also returning the sink's receipt for an accepted bid's
+    /// events (what a caller awaits for the durable acknowledgement).
+    pub fn place_bid_with_receipt<S: EventSink + ?Sized>(
+        &self,
+        bid: &Bid,
+        now: UnixMicros,
+        sink: &S,
+    ) -> (BidOutcome, Option<Receipt>) {
+        let map = self.shard(bid.auction()).auctions.load();
+        match map.get(&bid.auction()) {
             Some(auction) => auction.place_bid(bid, now, sink, self.limits),
-            None => BidOutcome::Rejected(Rejection::UnknownAuction),
+            None => (BidOutcome::Rejected(Rejection::UnknownAuction), None),
         }
     }
 
@@ -254,7 +274,7 @@ impl Engine {
         id: AuctionId,
         now: UnixMicros,
         sink: &S,
-    ) -> Result<Settlement, ManageError> {
+    ) -> Result<ClosedAuction, ManageError> {
         let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
         close_result(id, auction.cancel(now, sink))
     }
@@ -266,20 +286,20 @@ impl Engine {
         id: AuctionId,
         now: UnixMicros,
         sink: &S,
-    ) -> Result<Settlement, ManageError> {
+    ) -> Result<ClosedAuction, ManageError> {
         let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
         close_result(id, auction.close_if_due(now, sink))
     }
 
-    /// Closes and settles up to `max` auctions whose end passed at `now`. Returns the ids
-    /// closed with their settlements. Auctions whose events the sink refuses stay due and
+    /// Closes and settles up to `max` auctions whose end passed at `now`. Returns what
+    /// closed. Auctions whose events the sink refuses stay due and
     /// are tried again on the next call.
     pub fn close_due<S: EventSink + ?Sized>(
         &self,
         now: UnixMicros,
         max: usize,
         sink: &S,
-    ) -> Vec<(AuctionId, Settlement)> {
+    ) -> Vec<ClosedAuction> {
         let mut closed = Vec::new();
         for shard in self.shards.iter() {
             if closed.len() >= max {
@@ -306,7 +326,11 @@ impl Engine {
                 // auctions are never removed from it.
                 let auction = map.get(&id).expect("timer entry for a registered auction");
                 match auction.close_if_due(now, sink) {
-                    CloseAttempt::Closed(settlement) => closed.push((id, settlement)),
+                    CloseAttempt::Closed(settlement, receipt) => closed.push(ClosedAuction {
+                        id,
+                        settlement,
+                        receipt,
+                    }),
                     CloseAttempt::NotDue(new_end) => put_back.push((new_end, id)),
                     CloseAttempt::AlreadyClosed => {}
                     CloseAttempt::Backpressure { .. } => put_back.push((ends_at, id)),
@@ -404,9 +428,13 @@ impl Engine {
     }
 }
 
-fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<Settlement, ManageError> {
+fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<ClosedAuction, ManageError> {
     match attempt {
-        CloseAttempt::Closed(settlement) => Ok(settlement),
+        CloseAttempt::Closed(settlement, receipt) => Ok(ClosedAuction {
+            id,
+            settlement,
+            receipt,
+        }),
         CloseAttempt::NotDue(ends_at) => Err(ManageError::NotDue { id, ends_at }),
         CloseAttempt::AlreadyClosed => Err(ManageError::AlreadyClosed(id)),
         CloseAttempt::Backpressure { retry_after_us } => {

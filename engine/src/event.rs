@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use arrayvec::ArrayVec;
-
 use crate::types::{AuctionId, AuctionSpec, Bid, BidderId, Price, Settlement, UnixMicros};
 
 /// One state change of one auction.
@@ -95,8 +93,16 @@ impl CloseReason {
 /// Dutch), or its acceptance and extension.
 pub const DECISION_EVENTS_MAX: usize = 3;
 
-/// The events of one decision, inline (no allocation).
-pub type EventBatch = ArrayVec<Event, DECISION_EVENTS_MAX>;
+/// Where a sink put a decision's events. For a log, the position (LSN) of the decision's
+/// last event: the caller awaits it for the durable acknowledgement. Sinks without
+/// positions return [`Receipt::NONE`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+pub struct Receipt(pub u64);
+
+impl Receipt {
+    /// No position (the sink keeps no log).
+    pub const NONE: Receipt = Receipt(0);
+}
 
 /// The sink refused events: its bounded queue is full.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -114,11 +120,11 @@ pub struct Backpressure {
 /// changed and the caller is told `Overloaded`. Keep it short and non-blocking.
 pub trait EventSink {
     /// Takes all of `events` or none of them.
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure>;
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure>;
 }
 
 impl<S: EventSink + ?Sized> EventSink for &S {
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
         (**self).publish(events)
     }
 }
@@ -129,8 +135,8 @@ impl<S: EventSink + ?Sized> EventSink for &S {
 pub struct DiscardSink;
 
 impl EventSink for DiscardSink {
-    fn publish(&self, _events: &[Event]) -> Result<(), Backpressure> {
-        Ok(())
+    fn publish(&self, _events: &[Event]) -> Result<Receipt, Backpressure> {
+        Ok(Receipt::NONE)
     }
 }
 
@@ -207,9 +213,9 @@ impl BoundedSink {
 }
 
 impl EventSink for BoundedSink {
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
         let Some(first) = events.first() else {
-            return Ok(());
+            return Ok(Receipt::NONE);
         };
         // Cast: the modulo keeps the index in range.
         let queue = &self.queues[(first.auction.0 % self.queues.len() as u64) as usize];
@@ -234,29 +240,30 @@ impl EventSink for BoundedSink {
                 unreachable!("a reserved slot of the bounded sink was taken");
             }
         }
-        Ok(())
+        Ok(Receipt::NONE)
     }
 }
 
 /// A sink that keeps every event in order, unbounded: for tests and replay tooling only.
 #[derive(Default, Debug)]
 pub struct RecordingSink {
-    events: std::sync::Mutex<Vec<Event>>,
+    /// The events not yet taken, and how many were ever recorded.
+    events: std::sync::Mutex<(Vec<Event>, u64)>,
 }
 
 impl RecordingSink {
     /// Takes the recorded events out, leaving the sink empty.
     pub fn take(&self) -> Vec<Event> {
-        std::mem::take(&mut *self.events.lock().expect("recording sink lock poisoned"))
+        std::mem::take(&mut self.events.lock().expect("recording sink lock poisoned").0)
     }
 }
 
 impl EventSink for RecordingSink {
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
-        self.events
-            .lock()
-            .expect("recording sink lock poisoned")
-            .extend_from_slice(events);
-        Ok(())
+    /// The receipt is the count of events ever recorded (a log position).
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
+        let mut recorded = self.events.lock().expect("recording sink lock poisoned");
+        recorded.0.extend_from_slice(events);
+        recorded.1 += events.len() as u64;
+        Ok(Receipt(recorded.1))
     }
 }

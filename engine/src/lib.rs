@@ -23,11 +23,11 @@ mod sync;
 pub mod types;
 pub mod view;
 
-pub use engine::{CreateError, Engine, EngineConfig, ManageError};
+pub use engine::{ClosedAuction, CreateError, Engine, EngineConfig, ManageError};
 
 pub use event::{
-    Backpressure, BoundedSink, CloseReason, DECISION_EVENTS_MAX, DiscardSink, Event, EventBatch,
-    EventKind, EventSink, RecordingSink,
+    Backpressure, BoundedSink, CloseReason, DECISION_EVENTS_MAX, DiscardSink, Event, EventKind,
+    EventSink, Receipt, RecordingSink,
 };
 pub use replay::{ReplayError, ReplaySummary, Replayer};
 pub use types::*;

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use thiserror::Error;
 
 use crate::engine::{CreateError, Engine, ManageError};
-use crate::event::{Backpressure, CloseReason, Event, EventKind, EventSink};
+use crate::event::{Backpressure, CloseReason, Event, EventKind, EventSink, Receipt};
 use crate::types::{AuctionId, BidOutcome};
 
 /// Why replay stopped.
@@ -74,9 +74,9 @@ pub enum ReplayError {
 struct Capture(RefCell<Vec<Event>>);
 
 impl EventSink for Capture {
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
         self.0.borrow_mut().extend_from_slice(events);
-        Ok(())
+        Ok(Receipt::NONE)
     }
 }
 

@@ -3,8 +3,8 @@
 use gavel_engine::{
     Accepted, AuctionId, AuctionKind, AuctionRules, AuctionSpec, Backpressure, Bid, BidId,
     BidOutcome, BidderId, BoundedSink, CloseReason, CreateError, Engine, EngineConfig, Event,
-    EventKind, EventSink, IncrementTable, ManageError, Phase, RecordingSink, Rejection, Replayer,
-    SoftClose, Topic, UnixMicros, Winner,
+    EventKind, EventSink, IncrementTable, ManageError, Phase, Receipt, RecordingSink, Rejection,
+    Replayer, SoftClose, Topic, UnixMicros, Winner,
 };
 
 const START: u64 = 1_000;
@@ -103,7 +103,7 @@ impl World {
             1,
             "expected exactly one auction to close at {at}"
         );
-        closed[0].1.winner
+        closed[0].settlement.winner
     }
 }
 
@@ -255,7 +255,7 @@ fn the_idempotency_window_is_bounded_but_covers_the_configured_bids() {
 fn a_full_sink_rejects_with_overloaded_and_changes_nothing() {
     struct Full;
     impl EventSink for Full {
-        fn publish(&self, _: &[Event]) -> Result<(), Backpressure> {
+        fn publish(&self, _: &[Event]) -> Result<Receipt, Backpressure> {
             Err(Backpressure {
                 retry_after_us: 250,
             })
@@ -441,7 +441,7 @@ fn cancel_closes_with_no_winner() {
         .engine
         .cancel_auction(AuctionId(1), UnixMicros(START + 1), &w.sink)
         .unwrap();
-    assert_eq!(s.winner, None);
+    assert_eq!(s.settlement.winner, None);
     assert_eq!(rejected(w.bid("b", 100, START + 2)), Rejection::Closed);
     assert_eq!(
         w.engine
@@ -788,4 +788,52 @@ fn replay_reproduces_the_state_hash_and_detects_a_changed_record() {
     let mut replayer = Replayer::new(&fresh);
     let result: Result<(), _> = bad.iter().try_for_each(|e| replayer.apply(e));
     assert!(result.is_err(), "a changed record must stop replay");
+}
+
+#[test]
+fn decisions_return_the_sinks_receipt_for_their_last_event() {
+    let mut r = rules(1, english(10));
+    r.soft_close = Some(SoftClose {
+        window_us: 100,
+        extension_us: 100,
+        extensions_max: 1,
+    });
+    let engine = Engine::new(EngineConfig::default());
+    // The recording sink's receipt is the number of events recorded so far.
+    let sink = RecordingSink::default();
+    let created = engine
+        .create_auction(AuctionSpec::try_from(r).unwrap(), UnixMicros(0), &sink)
+        .unwrap();
+    assert_eq!(created, Receipt(1));
+    let bid = |id, amount, at| {
+        Bid::new(
+            AuctionId(1),
+            bidder("a"),
+            BidId(id),
+            amount,
+            None,
+            UnixMicros(at),
+        )
+        .unwrap()
+    };
+    let (outcome, receipt) =
+        engine.place_bid_with_receipt(&bid(1, 10, START), UnixMicros(START), &sink);
+    assert!(matches!(outcome, BidOutcome::Accepted(_)));
+    assert_eq!(receipt, Some(Receipt(2)));
+    // Accepted and extended: the receipt covers both events.
+    let (_, receipt) =
+        engine.place_bid_with_receipt(&bid(2, 11, END - 1), UnixMicros(END - 1), &sink);
+    assert_eq!(receipt, Some(Receipt(4)));
+    // Rejections publish nothing and have no receipt.
+    let (outcome, receipt) =
+        engine.place_bid_with_receipt(&bid(3, 5, END - 1), UnixMicros(END - 1), &sink);
+    assert!(matches!(
+        outcome,
+        BidOutcome::Rejected(Rejection::TooLow { .. })
+    ));
+    assert_eq!(receipt, None);
+    let closed = engine.close_due(UnixMicros(END + 100), usize::MAX, &sink);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].receipt, Receipt(6));
+    assert_eq!(closed[0].settlement.winner.unwrap().price, 11);
 }

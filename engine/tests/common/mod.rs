@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gavel_engine::{
     AuctionId, AuctionKind, Backpressure, BidderId, CloseReason, Engine, EngineConfig, Event,
-    EventKind, EventSink, Replayer, Settlement,
+    EventKind, EventSink, Receipt, Replayer, Settlement,
 };
 
 /// `retry_after_us` the refusing [`BatchSink`] suggests; checked in `Overloaded` outcomes.
@@ -55,7 +55,8 @@ impl BatchSink {
 }
 
 impl EventSink for BatchSink {
-    fn publish(&self, events: &[Event]) -> Result<(), Backpressure> {
+    /// The receipt is the number of batches taken so far.
+    fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
         // Ordering: Relaxed; see `set_refuse`.
         if self.refuse.load(Ordering::Relaxed) {
             return Err(Backpressure {
@@ -63,11 +64,9 @@ impl EventSink for BatchSink {
             });
         }
         assert!(!events.is_empty(), "the engine published an empty batch");
-        self.batches
-            .lock()
-            .expect("batch sink lock poisoned")
-            .push(events.to_vec());
-        Ok(())
+        let mut batches = self.batches.lock().expect("batch sink lock poisoned");
+        batches.push(events.to_vec());
+        Ok(Receipt(batches.len() as u64))
     }
 }
 
