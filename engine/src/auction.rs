@@ -27,6 +27,9 @@ use arrayvec::ArrayVec;
 
 use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink, Receipt};
 use crate::filter::{FilterKey, SeenFilter};
+use crate::snapshot::{
+    AuctionState, BookState, LeaderState, RecentBid, RestoreError, SealedBidState,
+};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{
     Accepted, AuctionId, AuctionKind, AuctionSpec, Bid, BidId, BidOutcome, BidderId, PRICE_MAX,
@@ -311,6 +314,165 @@ impl Auction {
             spec,
         };
         (auction, event)
+    }
+
+    /// The complete state, taken under the lock.
+    pub(crate) fn state(&self) -> AuctionState {
+        let state = self.lock();
+        let book = match &state.book {
+            Book::English { price, lead } => BookState::English {
+                price: *price,
+                leader: lead.map(|l| LeaderState {
+                    bidder: l.bidder,
+                    bid: l.bid,
+                    max: l.max,
+                }),
+            },
+            Book::Sealed { bids } => {
+                let mut bids: Vec<SealedBidState> = bids
+                    .iter()
+                    .map(|(bidder, b)| SealedBidState {
+                        bidder: *bidder,
+                        bid: b.bid,
+                        amount: b.amount,
+                        seq: b.seq,
+                    })
+                    .collect();
+                bids.sort_unstable_by_key(|b| b.bidder);
+                BookState::Sealed { bids }
+            }
+            Book::Dutch { sold } => BookState::Dutch { sold: *sold },
+        };
+        AuctionState {
+            spec: Arc::clone(&self.spec),
+            seq: state.seq,
+            ends_at: state.ends_at,
+            extensions: state.extensions,
+            bids_accepted: state.bids_accepted,
+            closed: state.settled,
+            book,
+            recent: state
+                .recent
+                .iter()
+                .map(|(_, key, accepted)| RecentBid {
+                    bidder: key.bidder,
+                    bid: key.id,
+                    accepted: *accepted,
+                })
+                .collect(),
+        }
+    }
+
+    /// An auction from a snapshot state, checked against its own rules. The idempotency
+    /// memory keeps the newest `dedup_window_bids` entries.
+    pub(crate) fn from_state(
+        snapshot: AuctionState,
+        limits: Limits,
+    ) -> Result<Auction, RestoreError> {
+        let id = snapshot.spec.id();
+        let bad = |what| Err(RestoreError::Inconsistent { id, what });
+        let rules = snapshot.spec.rules();
+        if snapshot.seq == 0 {
+            return bad("sequence number 0");
+        }
+        if snapshot.ends_at < rules.ends_at {
+            return bad("end before the rules' end");
+        }
+        let extensions_max = rules.soft_close.map_or(0, |sc| sc.extensions_max);
+        if snapshot.extensions > extensions_max {
+            return bad("more extensions than the rules allow");
+        }
+        let closed = snapshot.closed.is_some();
+        let (book, word) = match (&rules.kind, snapshot.book) {
+            (AuctionKind::English { .. }, BookState::English { price, leader }) => {
+                if price > PRICE_MAX || leader.is_some_and(|l| l.max < price) {
+                    return bad("English price above the leader's maximum or the price range");
+                }
+                let lead = leader.map(|l| Lead {
+                    bidder: l.bidder,
+                    bid: l.bid,
+                    max: l.max,
+                });
+                let word = lead.map_or(0, |_| price | HAS_BID);
+                (Book::English { price, lead }, word)
+            }
+            (
+                AuctionKind::SealedFirstPrice { .. } | AuctionKind::SealedSecondPrice { .. },
+                BookState::Sealed { bids },
+            ) => {
+                let count = bids.len();
+                let bids: HashMap<BidderId, SealedBid> = bids
+                    .into_iter()
+                    .map(|b| {
+                        let entry = SealedBid {
+                            bid: b.bid,
+                            amount: b.amount,
+                            seq: b.seq,
+                        };
+                        (b.bidder, entry)
+                    })
+                    .collect();
+                if bids.len() != count {
+                    return bad("a sealed bidder appears twice");
+                }
+                (Book::Sealed { bids }, 0)
+            }
+            (AuctionKind::Dutch { .. }, BookState::Dutch { sold }) => {
+                if sold.is_some() && !closed {
+                    return bad("a sold Dutch auction that is not closed");
+                }
+                let word = sold.map_or(0, |w| (w.price & PRICE_MAX) | HAS_BID);
+                (Book::Dutch { sold }, word)
+            }
+            _ => return bad("the book does not match the auction kind"),
+        };
+        let word = word | if closed { CLOSED } else { 0 };
+        let seen = SeenFilter::new(limits.dedup_window_bids);
+        let mut recent = Recent::new();
+        let skip = snapshot
+            .recent
+            .len()
+            .saturating_sub(limits.dedup_window_bids);
+        for entry in snapshot.recent.into_iter().skip(skip) {
+            let key = BidKey {
+                bidder: entry.bidder,
+                id: entry.bid,
+            };
+            if recent.get(&key).is_some() {
+                return bad("a bid id appears twice in the idempotency memory");
+            }
+            recent.insert(key, entry.accepted, &seen, limits.dedup_window_bids);
+        }
+        Ok(Auction {
+            starts_at: rules.starts_at,
+            buy_now: rules.buy_now,
+            kind: rules.kind.clone(),
+            word: AtomicU64::new(word),
+            ends_at: AtomicU64::new(snapshot.ends_at.0),
+            seen,
+            state: Mutex::new(State {
+                seq: snapshot.seq,
+                ends_at: snapshot.ends_at,
+                extensions: snapshot.extensions,
+                bids_accepted: snapshot.bids_accepted,
+                book,
+                recent,
+                settled: snapshot.closed,
+                word,
+            }),
+            spec: snapshot.spec,
+        })
+    }
+
+    /// The sequence number of the latest state change.
+    pub(crate) fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// The current end and whether the auction is closed.
+    pub(crate) fn end(&self) -> (UnixMicros, bool) {
+        let state = self.lock();
+        (state.ends_at, state.settled.is_some())
     }
 
     pub(crate) fn spec(&self) -> &Arc<AuctionSpec> {

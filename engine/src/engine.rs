@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::auction::{Auction, CloseAttempt, Limits, mix64};
 use crate::event::{EventSink, Receipt};
+use crate::snapshot::{AuctionState, RestoreError};
 use crate::types::{
     AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
 };
@@ -237,6 +238,64 @@ impl Engine {
         Ok(receipt)
     }
 
+    /// The complete state of one auction (for snapshots).
+    pub fn auction_state(&self, id: AuctionId) -> Option<AuctionState> {
+        self.auction(id).map(|a| a.state())
+    }
+
+    /// The complete state of every auction, ascending by id: a snapshot. Each auction's
+    /// state is taken under its own lock, one after another, so on a live engine the
+    /// snapshot is consistent per auction; each state's `seq` says what it includes.
+    pub fn snapshot(&self) -> Vec<AuctionState> {
+        let mut all = self.all_auctions();
+        all.sort_unstable_by_key(|a| a.id());
+        all.iter().map(|a| a.state()).collect()
+    }
+
+    /// Adds an auction from a snapshot state (into an engine being rebuilt; no event is
+    /// produced: the state's events are already in the log).
+    pub fn restore(&self, state: AuctionState) -> Result<(), RestoreError> {
+        let id = state.spec.id();
+        let shard = self.shard(id);
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        if shard.auctions.load().contains_key(&id) {
+            return Err(RestoreError::AlreadyExists(id));
+        }
+        // Ordering: Relaxed; see `create_auction`.
+        if self.auctions.load(Ordering::Relaxed) >= self.config.auctions_max {
+            return Err(RestoreError::TooManyAuctions {
+                auctions_max: self.config.auctions_max,
+            });
+        }
+        let auction = Auction::from_state(state, self.limits)?;
+        let (ends_at, closed) = auction.end();
+        let mut map = AuctionMap::clone(&shard.auctions.load());
+        map.insert(id, Arc::new(auction));
+        shard.auctions.store(Arc::new(map));
+        // Ordering: Relaxed; see `create_auction`.
+        self.auctions.fetch_add(1, Ordering::Relaxed);
+        if !closed {
+            shard
+                .timer
+                .lock()
+                .expect("timer lock poisoned")
+                .insert((ends_at, id));
+        }
+        Ok(())
+    }
+
+    /// The sequence number of an auction's latest state change.
+    pub fn auction_seq(&self, id: AuctionId) -> Option<u64> {
+        self.auction(id).map(|a| a.seq())
+    }
+
+    fn all_auctions(&self) -> Vec<Arc<Auction>> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.auctions.load().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Decides one bid at `now`. Accepted bids hand their events to `sink` first.
     pub fn place_bid<S: EventSink + ?Sized>(
         &self,
@@ -374,18 +433,8 @@ impl Engine {
         limit: usize,
         now: UnixMicros,
     ) -> Vec<AuctionView> {
-        let mut ids: Vec<Arc<Auction>> = self
-            .shards
-            .iter()
-            .flat_map(|s| {
-                s.auctions
-                    .load()
-                    .values()
-                    .filter(|a| after.is_none_or(|after| a.id() > after))
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut ids = self.all_auctions();
+        ids.retain(|a| after.is_none_or(|after| a.id() > after));
         ids.sort_unstable_by_key(|a| a.id());
         ids.truncate(limit);
         ids.iter().map(|a| a.view(now)).collect()
@@ -406,11 +455,7 @@ impl Engine {
     /// of an engine into a fresh one reproduces it exactly (invariant 5). Takes each
     /// auction's lock in turn: call it on a quiet engine for a consistent answer.
     pub fn state_hash(&self) -> [u8; 32] {
-        let mut all: Vec<Arc<Auction>> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.auctions.load().values().cloned().collect::<Vec<_>>())
-            .collect();
+        let mut all = self.all_auctions();
         all.sort_unstable_by_key(|a| a.id());
         let mut hasher = blake3::Hasher::new();
         hasher.update(&(all.len() as u64).to_le_bytes());

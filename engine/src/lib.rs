@@ -12,6 +12,7 @@
 //!   auction lock, and the rules of every kind.
 //! - [`engine`]: the sharded registry of auctions, the close timer and the state hash.
 //! - [`replay`]: rebuilds an engine from its events through the live code path.
+//! - [`snapshot`]: the complete state of auctions as values, and restoring from it.
 //! - [`view`]: read-only snapshots of auctions.
 
 mod auction;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod event;
 mod filter;
 pub mod replay;
+pub mod snapshot;
 mod sync;
 pub mod types;
 pub mod view;
@@ -30,5 +32,6 @@ pub use event::{
     EventSink, Receipt, RecordingSink,
 };
 pub use replay::{ReplayError, ReplaySummary, Replayer};
+pub use snapshot::{AuctionState, BookState, LeaderState, RecentBid, RestoreError, SealedBidState};
 pub use types::*;
 pub use view::{AuctionView, Phase};

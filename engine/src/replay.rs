@@ -83,6 +83,9 @@ impl EventSink for Capture {
 /// Feeds logged events into an engine, one at a time, in log order.
 pub struct Replayer<'e> {
     engine: &'e Engine,
+    /// The engine was restored from a snapshot: events it already includes are skipped.
+    after_snapshot: bool,
+    skipped: u64,
     /// Derived events each auction's last command produced that the log has not shown yet.
     expected: HashMap<AuctionId, VecDeque<Event>>,
     events: u64,
@@ -91,8 +94,10 @@ pub struct Replayer<'e> {
 /// What a finished replay found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReplaySummary {
-    /// Events applied.
+    /// Events read (applied or skipped).
     pub events: u64,
+    /// Events skipped because the restored snapshot already included them.
+    pub skipped: u64,
     /// Derived events the last commands produced but the log ends before (a crash between
     /// writing a decision's records). The engine state already includes them; the log
     /// owner appends them so that log and state agree again.
@@ -105,8 +110,21 @@ impl<'e> Replayer<'e> {
     pub fn new(engine: &'e Engine) -> Replayer<'e> {
         Replayer {
             engine,
+            after_snapshot: false,
+            skipped: 0,
             expected: HashMap::new(),
             events: 0,
+        }
+    }
+
+    /// A replayer into an engine restored from a snapshot (with [`Engine::restore`]): an
+    /// event whose auction's restored state already includes it (its sequence number is
+    /// not above the state's) is skipped; the rest replays as usual. The log may therefore
+    /// start anywhere before the snapshot was taken.
+    pub fn after_snapshot(engine: &'e Engine) -> Replayer<'e> {
+        Replayer {
+            after_snapshot: true,
+            ..Replayer::new(engine)
         }
     }
 
@@ -118,6 +136,15 @@ impl<'e> Replayer<'e> {
             if expected != *logged {
                 return Err(diverged(logged, Some(expected)));
             }
+            return Ok(());
+        }
+        if self.after_snapshot
+            && self
+                .engine
+                .auction_seq(logged.auction)
+                .is_some_and(|seq| logged.seq <= seq)
+        {
+            self.skipped += 1;
             return Ok(());
         }
         if !logged.kind.is_command() {
@@ -187,6 +214,7 @@ impl<'e> Replayer<'e> {
         missing_tail.sort_by_key(|e| (e.auction, e.seq));
         ReplaySummary {
             events: self.events,
+            skipped: self.skipped,
             missing_tail,
         }
     }
