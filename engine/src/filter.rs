@@ -103,14 +103,21 @@ impl SeenFilter {
         })
     }
 
-    /// Adds the key to `generation`. Called under the auction lock only.
+    /// Adds the key to `generation`. Called under the auction lock only: the lock holder is
+    /// the only writer, so a load and a store set a bit (no read-modify-write instruction).
     pub(crate) fn insert(&self, generation: usize, key: FilterKey) {
-        // Ordering (all stores here): Relaxed; published by the Release store of the price
+        // Ordering (all accesses here): Relaxed; published by the Release store of the price
         // word that follows under the same lock (see `may_contain`).
-        self.bidders[generation].fetch_or(key.bidder_bit, Ordering::Relaxed);
+        let set = |word: &AtomicU64, mask: u64| {
+            let bits = word.load(Ordering::Relaxed);
+            if bits & mask != mask {
+                word.store(bits | mask, Ordering::Relaxed);
+            }
+        };
+        set(&self.bidders[generation], key.bidder_bit);
         let (block, probes) = self.probes(generation, key.hash);
         for (word, mask) in probes {
-            block.0[word].fetch_or(mask, Ordering::Relaxed);
+            set(&block.0[word], mask);
         }
     }
 
