@@ -1,0 +1,216 @@
+//! The log's error types: [`WalError`] for opening, recovery, compaction and offline tools;
+//! [`AppendError`] and [`WaitError`], small `Copy` values for the hot path.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::Lsn;
+use crate::frame::FrameError;
+use crate::snapshot::SnapshotDefect;
+
+/// An error opening, recovering, reading or maintaining a log directory.
+#[derive(Debug, Error)]
+pub enum WalError {
+    /// An I/O operation on a file or directory failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`"open"`, `"read"`, `"fsync"`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A record that is not part of the torn tail of the last segment fails to decode.
+    #[error("corrupt record in {} at byte offset {offset}: {reason}", file.display())]
+    Corrupt {
+        /// The segment file.
+        file: PathBuf,
+        /// Byte offset of the record in the segment.
+        offset: u64,
+        /// What is wrong with it.
+        reason: FrameError,
+    },
+    /// A bad record in the last segment is followed by a valid record of a later write batch,
+    /// so it is corruption of synced data, not a torn tail.
+    #[error(
+        "corrupt record in {} at byte offset {offset}: {reason}; a valid record of a later \
+         batch follows at byte offset {valid_offset}, so this is not a torn tail",
+        file.display()
+    )]
+    CorruptBeforeValid {
+        /// The segment file.
+        file: PathBuf,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong with it.
+        reason: FrameError,
+        /// Byte offset of the valid record found after it.
+        valid_offset: u64,
+    },
+    /// A record checks out but carries an LSN other than the next one (swapped or foreign).
+    #[error(
+        "record in {} at byte offset {offset} has LSN {found}, expected {expected}",
+        file.display()
+    )]
+    LsnMismatch {
+        /// The segment file.
+        file: PathBuf,
+        /// Byte offset of the record.
+        offset: u64,
+        /// The LSN that should come next.
+        expected: Lsn,
+        /// The LSN the record carries.
+        found: Lsn,
+    },
+    /// Records are missing between two segments.
+    #[error(
+        "missing segment: {} ends at LSN {prev_last_lsn} but the next segment {} starts at LSN \
+         {next_first_lsn}",
+        prev.display(),
+        next.display()
+    )]
+    MissingSegment {
+        /// The earlier segment.
+        prev: PathBuf,
+        /// Its last LSN.
+        prev_last_lsn: Lsn,
+        /// The following segment.
+        next: PathBuf,
+        /// Its first LSN (from its name).
+        next_first_lsn: Lsn,
+    },
+    /// Two segments overlap: the later one starts at or before the earlier one's end.
+    #[error(
+        "overlapping segments: {} ends at LSN {prev_last_lsn} but {} starts at LSN \
+         {next_first_lsn}",
+        prev.display(),
+        next.display()
+    )]
+    OverlappingSegments {
+        /// The earlier segment.
+        prev: PathBuf,
+        /// Its last LSN.
+        prev_last_lsn: Lsn,
+        /// The following segment.
+        next: PathBuf,
+        /// Its first LSN (from its name).
+        next_first_lsn: Lsn,
+    },
+    /// A `.wal` file whose name is not a 20-digit LSN.
+    #[error("unexpected segment file name {}", path.display())]
+    BadSegmentName {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Records before the first one the log still holds were asked for.
+    #[error("records from LSN {requested} were asked for, but the log starts at LSN {first}")]
+    LogStartsAfter {
+        /// The first LSN asked for.
+        requested: Lsn,
+        /// The first LSN the log holds.
+        first: Lsn,
+    },
+    /// Records after the last one the log holds were asked for (e.g. a snapshot is ahead of
+    /// the log).
+    #[error("records from LSN {requested} were asked for, but the log ends at LSN {last}")]
+    LogEndsBefore {
+        /// The first LSN asked for.
+        requested: Lsn,
+        /// The last LSN the log holds (0 if none).
+        last: Lsn,
+    },
+    /// The directory holds snapshots but no segment: the log was removed by hand.
+    #[error("{} holds snapshots but no log segment", dir.display())]
+    SegmentsMissing {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// The newest snapshot is corrupt and the log no longer holds every record after the
+    /// snapshot that would replace it (see [`snapshot`](crate::snapshot)).
+    #[error(
+        "snapshot {} is corrupt ({defect}) and cannot be replaced: the fallback is LSN \
+         {fallback_lsn} but the log starts at LSN {log_first_lsn}",
+        corrupt.display()
+    )]
+    SnapshotUnusable {
+        /// The newest corrupt snapshot file.
+        corrupt: PathBuf,
+        /// What is wrong with it.
+        defect: SnapshotDefect,
+        /// LSN of the valid snapshot that would be used instead (0 = none).
+        fallback_lsn: Lsn,
+        /// First LSN the log holds (0 = no segment).
+        log_first_lsn: Lsn,
+    },
+    /// A snapshot was asked for at an LSN that is not yet durable.
+    #[error("snapshot at LSN {lsn} is ahead of the durable LSN {durable}")]
+    SnapshotAheadOfLog {
+        /// The snapshot's LSN.
+        lsn: Lsn,
+        /// The durable LSN.
+        durable: Lsn,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid WAL configuration: {0}")]
+    Config(&'static str),
+    /// The writer failed earlier (see [`Wal::failure`](crate::Wal::failure)); the log is stopped.
+    #[error("the log writer failed and the log is stopped: {0}")]
+    WriterFailed(String),
+}
+
+impl WalError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { op, path, source }
+    }
+}
+
+/// Why [`Wal::append`](crate::Wal::append) refused a record. Nothing was enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AppendError {
+    /// The queue is full (records or bytes); retry later.
+    #[error("write-ahead log queue full; retry after {retry_after_us} µs")]
+    Backpressure {
+        /// A hint: roughly one sync's latency.
+        retry_after_us: u64,
+    },
+    /// The payload exceeds [`PAYLOAD_BYTES_MAX`](crate::frame::PAYLOAD_BYTES_MAX).
+    #[error("record payload of {len} bytes exceeds the maximum")]
+    TooLarge {
+        /// The payload length.
+        len: usize,
+    },
+    /// The writer failed (write or fsync error); the log accepts nothing more.
+    #[error("the write-ahead log failed and accepts no more records")]
+    Failed,
+    /// The log was shut down.
+    #[error("the write-ahead log is shut down")]
+    Closed,
+}
+
+/// Why waiting for durability ended without the LSN being durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WaitError {
+    /// The timeout passed first.
+    #[error("timed out waiting for durability; durable LSN is {durable}")]
+    Timeout {
+        /// The durable LSN when the wait ended.
+        durable: Lsn,
+    },
+    /// The writer failed; the LSN will never become durable in this process.
+    #[error("the write-ahead log failed; durable LSN stays at {durable}")]
+    Failed {
+        /// The last durable LSN.
+        durable: Lsn,
+    },
+    /// The log shut down without this LSN (it was never appended).
+    #[error("the write-ahead log is shut down; durable LSN is {durable}")]
+    Closed {
+        /// The last durable LSN.
+        durable: Lsn,
+    },
+}

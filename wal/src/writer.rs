@@ -1,0 +1,898 @@
+//! The group-commit writer: [`Wal`] (open + recovery, `append`, durability waits, shutdown,
+//! compaction), its configuration, counters and test hooks.
+//!
+//! # Ordering: LSN order is on-disk order
+//!
+//! [`Wal::append`] takes a short mutex around "assign the next LSN, copy the payload into the
+//! pending batch": assignment and enqueue are one step, so the queue is always in LSN order and
+//! dense, whatever the number of appending threads. The critical section is a bounds check,
+//! an increment and a `memcpy` of the payload into a buffer reused across batches (no
+//! allocation once warm). The writer thread takes the whole pending batch by swapping it
+//! with an empty one (O(1) under the lock) and writes it in LSN order.
+//!
+//! # Group commit
+//!
+//! One dedicated std thread writes. When it finds records pending it optionally waits up to
+//! `batch_wait_us_max` for a full batch (`batch_records_max` or `batch_bytes_max`; 0 = never
+//! wait — records that arrive during a sync form the next batch anyway), then writes each
+//! chunk of at most `batch_records_max` records / `batch_bytes_max` bytes (and never past the
+//! segment size) with one `write` of one buffer and one `fdatasync` (`File::sync_data`), and
+//! only then advances the durable LSN and wakes waiters. A write or sync error is fatal: the
+//! log stops, every later append fails with [`AppendError::Failed`], and the durable LSN stays
+//! at what was synced — fsync is never retried (a failed fsync may have dropped the dirty
+//! pages, so a retry that succeeds proves nothing; PostgreSQL's "fsyncgate").
+//!
+//! # Waiting for durability
+//!
+//! [`Wal::durable_lsn`] is an atomic load. Blocking callers use [`Wal::wait_durable`]
+//! (a `Condvar`). Async callers use [`Wal::durable`], a runtime-agnostic
+//! `std::future::Future`: it checks the atomic, and otherwise registers its `Waker` in a
+//! registry keyed by LSN; after each sync the writer wakes exactly the wakers whose LSN is now
+//! durable. A tokio task awaits it directly (`wal.durable(lsn).await`) — no blocking thread,
+//! no channel per record. The registry is bounded by the records in flight: a waker is
+//! removed when its LSN becomes durable or the log stops.
+//!
+//! # Memory bound
+//!
+//! The pending queue holds at most `queue_records_max` records and `queue_bytes_max` payload
+//! bytes (a single record larger than `queue_bytes_max` is accepted into an empty queue, so the
+//! byte bound is `max(queue_bytes_max, PAYLOAD_BYTES_MAX)`); the writer holds one more such
+//! batch while writing it.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use std::collections::BTreeMap;
+
+use crate::Lsn;
+use crate::error::{AppendError, WaitError, WalError};
+use crate::frame::{self, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::segment::{self, Records, Scan, ScanMode, SegmentFile, SegmentSummary, TornTail};
+use crate::snapshot;
+
+/// Smallest back-pressure retry hint.
+const RETRY_AFTER_US_MIN: u64 = 100;
+/// Largest back-pressure retry hint (PRODUCT.md §4: rejected "within a second").
+const RETRY_AFTER_US_MAX: u64 = 1_000_000;
+/// Upper bound on `batch_wait_us_max`.
+const BATCH_WAIT_US_LIMIT: u64 = 1_000_000;
+
+/// Configuration of a [`Wal`]. Sizes are in bytes, times in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// A new segment is started before a batch that would take the current one past this size.
+    pub segment_bytes_max: u64,
+    /// Pending records at most; beyond, appends get [`AppendError::Backpressure`].
+    pub queue_records_max: usize,
+    /// Pending payload bytes at most; beyond, appends get [`AppendError::Backpressure`].
+    pub queue_bytes_max: usize,
+    /// Records per write + fdatasync at most.
+    pub batch_records_max: usize,
+    /// Encoded bytes per write + fdatasync at most (a single larger record goes alone).
+    pub batch_bytes_max: usize,
+    /// How long the writer may wait for a full batch once records are pending (0 = never).
+    pub batch_wait_us_max: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 64 << 20,
+            queue_records_max: 65_536,
+            queue_bytes_max: 32 << 20,
+            batch_records_max: 16_384,
+            batch_bytes_max: 8 << 20,
+            batch_wait_us_max: 0,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks that every value is in range.
+    pub fn validate(&self) -> Result<(), WalError> {
+        let check = |ok: bool, what: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(WalError::Config(what))
+            }
+        };
+        check(
+            self.segment_bytes_max >= 1,
+            "segment_bytes_max must be at least 1",
+        )?;
+        check(
+            self.queue_records_max >= 1,
+            "queue_records_max must be at least 1",
+        )?;
+        check(
+            self.queue_records_max <= 1 << 24,
+            "queue_records_max must be at most 2^24",
+        )?;
+        check(
+            self.queue_bytes_max >= 1,
+            "queue_bytes_max must be at least 1",
+        )?;
+        check(
+            self.queue_bytes_max <= 1 << 30,
+            "queue_bytes_max must be at most 1 GiB",
+        )?;
+        check(
+            self.batch_records_max >= 1,
+            "batch_records_max must be at least 1",
+        )?;
+        check(
+            self.batch_bytes_max >= 1,
+            "batch_bytes_max must be at least 1",
+        )?;
+        check(
+            self.batch_bytes_max <= 1 << 30,
+            "batch_bytes_max must be at most 1 GiB",
+        )?;
+        check(
+            self.batch_wait_us_max <= BATCH_WAIT_US_LIMIT,
+            "batch_wait_us_max must be at most 1 s",
+        )
+    }
+}
+
+/// Instrumentation and fault injection, called on the writer thread. Every method defaults
+/// to doing nothing; tests use them to slow the writer, count syncs or fail them.
+pub trait WriterHooks: Send + Sync + 'static {
+    /// Before the write of records `first..=last`; an error is treated as a write error.
+    fn before_write(&self, first: Lsn, last: Lsn) -> io::Result<()> {
+        let _ = (first, last);
+        Ok(())
+    }
+    /// Before the fdatasync that makes records up to `last` durable; an error is treated as
+    /// an fsync error (the real sync is not called).
+    fn before_sync(&self, last: Lsn) -> io::Result<()> {
+        let _ = last;
+        Ok(())
+    }
+    /// After that fdatasync returned, before the durable LSN advances to `last`.
+    fn after_sync(&self, last: Lsn) {
+        let _ = last;
+    }
+}
+
+struct NoHooks;
+impl WriterHooks for NoHooks {}
+
+/// Counters for metrics (read with [`Wal::metrics`]); updated once per batch, not per record.
+#[derive(Debug, Default)]
+struct Counters {
+    records_written: AtomicU64,
+    bytes_written: AtomicU64,
+    batches_synced: AtomicU64,
+    backpressure: AtomicU64,
+    last_batch_records: AtomicU64,
+    last_sync_us: AtomicU64,
+    sync_us_total: AtomicU64,
+}
+
+/// A snapshot of the log's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalMetrics {
+    /// Records written and synced.
+    pub records_written_total: u64,
+    /// Encoded bytes written and synced.
+    pub bytes_written_total: u64,
+    /// Batches written, each with one fdatasync.
+    pub batches_synced_total: u64,
+    /// Appends refused with [`AppendError::Backpressure`].
+    pub backpressure_total: u64,
+    /// Records in the last synced batch.
+    pub last_batch_records: u64,
+    /// Latency of the last fdatasync, µs.
+    pub last_sync_latency_us: u64,
+    /// Sum of fdatasync latencies, µs.
+    pub sync_latency_us_total: u64,
+    /// The durable LSN.
+    pub durable_lsn: Lsn,
+    /// Records pending in the queue.
+    pub queue_records: u64,
+    /// Payload bytes pending in the queue.
+    pub queue_bytes: u64,
+}
+
+const STATUS_OPEN: u8 = 0;
+const STATUS_CLOSED: u8 = 1;
+const STATUS_FAILED: u8 = 2;
+
+/// Records waiting to be written: dense LSNs from `first_lsn`, payloads back to back.
+#[derive(Debug, Default)]
+struct Pending {
+    first_lsn: Lsn,
+    lens: Vec<u32>,
+    bytes: Vec<u8>,
+}
+
+impl Pending {
+    fn clear(&mut self) {
+        self.lens.clear();
+        self.bytes.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterWait {
+    /// The writer is busy; appenders need not notify.
+    Busy,
+    /// The queue was empty; the first append notifies.
+    Idle,
+    /// The writer waits for a full batch; the append that fills it notifies.
+    Gathering,
+}
+
+#[derive(Debug)]
+struct Queue {
+    next_lsn: Lsn,
+    pending: Pending,
+    /// `STATUS_*`: appends are accepted only while open.
+    status: u8,
+    writer: WriterWait,
+}
+
+struct Shared {
+    config: WalConfig,
+    dir: PathBuf,
+    queue: Mutex<Queue>,
+    writer_wake: Condvar,
+    durable: AtomicU64,
+    /// `STATUS_*`, set once the writer has stopped (closed after draining, or failed).
+    status: AtomicU8,
+    waiters: Mutex<BTreeMap<Lsn, Vec<Waker>>>,
+    durable_changed: Condvar,
+    failure: Mutex<Option<String>>,
+    segments: Mutex<Vec<SegmentFile>>,
+    counters: Counters,
+    hooks: Arc<dyn WriterHooks>,
+}
+
+/// Locks a mutex of this module. Invariant: no code here panics while holding one of them
+/// (the critical sections are bounds checks, pushes and swaps), so poisoning cannot happen.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("wal mutex poisoned: a panic under a wal lock is a bug")
+}
+
+impl Shared {
+    /// The outcome for a waiter on `lsn`, if decided.
+    fn check(&self, lsn: Lsn) -> Option<Result<Lsn, WaitError>> {
+        // Ordering: Acquire pairs with the writer's Release store after the sync returned.
+        let durable = self.durable.load(Ordering::Acquire);
+        if durable >= lsn {
+            return Some(Ok(durable));
+        }
+        // Ordering: Acquire pairs with the Release store of the final status, which the
+        // writer makes after its last durable store; so the durable reload below is final.
+        let status = self.status.load(Ordering::Acquire);
+        if status == STATUS_OPEN {
+            return None;
+        }
+        let durable = self.durable.load(Ordering::Acquire);
+        Some(if durable >= lsn {
+            Ok(durable)
+        } else if status == STATUS_FAILED {
+            Err(WaitError::Failed { durable })
+        } else {
+            Err(WaitError::Closed { durable })
+        })
+    }
+
+    /// Publishes a new durable LSN and wakes the waiters it satisfies.
+    fn advance_durable(&self, lsn: Lsn) {
+        // Ordering: Release — a waiter that sees `lsn` sees that its record was synced.
+        self.durable.store(lsn, Ordering::Release);
+        // Taking the waiters lock after the store: a waiter that checked before the store
+        // registered before we lock, so it is found here (no lost wake-up).
+        let ready = {
+            let mut waiters = lock(&self.waiters);
+            let later = waiters.split_off(&(lsn + 1));
+            mem::replace(&mut *waiters, later)
+        };
+        self.durable_changed.notify_all();
+        ready.into_values().flatten().for_each(Waker::wake);
+    }
+
+    /// Records the writer's final status and wakes every waiter.
+    fn stop(&self, status: u8, failure: Option<String>) {
+        if let Some(failure) = failure {
+            *lock(&self.failure) = Some(failure);
+        }
+        {
+            let mut queue = lock(&self.queue);
+            queue.status = status;
+            // Nothing pending will be written; none of it was acknowledged durable.
+            queue.pending.clear();
+        }
+        // Ordering: Release — see `check`.
+        self.status.store(status, Ordering::Release);
+        let all = mem::take(&mut *lock(&self.waiters));
+        self.durable_changed.notify_all();
+        all.into_values().flatten().for_each(Waker::wake);
+    }
+}
+
+/// What [`Wal::open`] recovered: the records to replay and what was truncated.
+#[derive(Debug)]
+pub struct Recovery {
+    segments: Vec<SegmentFile>,
+    scan: Scan,
+}
+
+impl Recovery {
+    /// LSN of the first record the log holds, if any.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.scan.first_lsn
+    }
+    /// LSN of the last record recovered (0 for an empty log); the next append gets this + 1.
+    pub fn last_lsn(&self) -> Lsn {
+        self.scan.last_lsn
+    }
+    /// Records recovered.
+    pub fn records(&self) -> u64 {
+        self.scan.records
+    }
+    /// The segments found, in order.
+    pub fn segments(&self) -> &[SegmentSummary] {
+        &self.scan.segments
+    }
+    /// The torn tail that was truncated, if any (the node logs it).
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.scan.torn_tail.as_ref()
+    }
+    /// Streams the recovered records with LSN ≥ `from_lsn` (e.g. snapshot LSN + 1) from disk,
+    /// up to [`Recovery::last_lsn`]. Fails at once if the log starts after `from_lsn` or ends
+    /// before `from_lsn − 1`. Call it before compacting.
+    pub fn replay(&self, from_lsn: Lsn) -> Result<Records, WalError> {
+        Records::new(self.segments.clone(), from_lsn, Some(self.scan.last_lsn))
+    }
+}
+
+/// What compaction removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Segment files deleted.
+    pub removed_segments: Vec<PathBuf>,
+    /// Snapshot files deleted (by [`Wal::compact_to_snapshots`]).
+    pub removed_snapshots: Vec<PathBuf>,
+}
+
+/// The write-ahead log: append from any thread, a writer thread syncs in batches.
+///
+/// Share it as `Arc<Wal>`. Dropping it shuts it down as [`Wal::shutdown`] does.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .field("durable_lsn", &self.durable_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir`: scans and repairs it under the recovery
+    /// rules (see [`segment`](crate::segment)), removes stale snapshot temp files, syncs the
+    /// last segment so everything recovered is durable, and starts the writer thread.
+    pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<(Self, Recovery), WalError> {
+        Self::open_with_hooks(dir, config, Arc::new(NoHooks))
+    }
+
+    /// [`Wal::open`] with writer hooks (instrumentation and fault injection).
+    pub fn open_with_hooks(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        hooks: Arc<dyn WriterHooks>,
+    ) -> Result<(Self, Recovery), WalError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(WalError::io("create directory", &dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segment::sync_dir(parent)?;
+            }
+        }
+        snapshot::remove_stale_temp_files(&dir)?;
+        let mut segments = segment::list_segments(&dir)?;
+        if segments.is_empty() && !snapshot::list_snapshots(&dir)?.is_empty() {
+            return Err(WalError::SegmentsMissing { dir });
+        }
+        let mut scan = Scan::default();
+        segment::scan(&segments, ScanMode::Repair, &mut scan)?;
+
+        let (file, segment_bytes) = match segments.last() {
+            Some(last) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(WalError::io("open", &last.path))?;
+                // What a killed process left in the page cache is on disk only after this.
+                file.sync_data()
+                    .map_err(WalError::io("fsync", &last.path))?;
+                let bytes = scan.segments.last().map_or(0, |s| s.bytes);
+                (file, bytes)
+            }
+            None => {
+                let first = SegmentFile {
+                    first_lsn: 1,
+                    path: dir.join(segment::segment_file_name(1)),
+                };
+                let file = create_segment(&first.path)?;
+                segments.push(first);
+                (file, 0)
+            }
+        };
+        segment::sync_dir(&dir)?;
+
+        let next_lsn = scan.last_lsn + 1;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                next_lsn,
+                pending: Pending {
+                    first_lsn: next_lsn,
+                    lens: Vec::new(),
+                    bytes: Vec::new(),
+                },
+                status: STATUS_OPEN,
+                writer: WriterWait::Busy,
+            }),
+            writer_wake: Condvar::new(),
+            durable: AtomicU64::new(scan.last_lsn),
+            status: AtomicU8::new(STATUS_OPEN),
+            waiters: Mutex::new(BTreeMap::new()),
+            durable_changed: Condvar::new(),
+            failure: Mutex::new(None),
+            segments: Mutex::new(segments.clone()),
+            counters: Counters::default(),
+            hooks,
+            config,
+            dir,
+        });
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            file,
+            path: segments.last().map(|s| s.path.clone()).unwrap_or_default(),
+            segment_bytes,
+            buf: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("gavel-wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(WalError::io("spawn writer thread", &shared.dir))?;
+        let wal = Self {
+            shared,
+            writer: Mutex::new(Some(handle)),
+        };
+        Ok((wal, Recovery { segments, scan }))
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Assigns the next LSN to `payload` and enqueues it, without blocking on I/O. Fails with
+    /// [`AppendError::Backpressure`] when the queue is full (records or bytes); nothing is
+    /// enqueued then. The record is durable once [`Wal::durable_lsn`] reaches the LSN.
+    pub fn append(&self, payload: impl AsRef<[u8]>) -> Result<Lsn, AppendError> {
+        let payload = payload.as_ref();
+        if payload.len() > PAYLOAD_BYTES_MAX {
+            return Err(AppendError::TooLarge { len: payload.len() });
+        }
+        let config = &self.shared.config;
+        let mut queue = lock(&self.shared.queue);
+        match queue.status {
+            STATUS_OPEN => {}
+            STATUS_FAILED => return Err(AppendError::Failed),
+            _ => return Err(AppendError::Closed),
+        }
+        let pending = &queue.pending;
+        let full = pending.lens.len() >= config.queue_records_max
+            || (!pending.lens.is_empty()
+                && pending.bytes.len() + payload.len() > config.queue_bytes_max);
+        if full {
+            drop(queue);
+            // Ordering: Relaxed — a statistic.
+            self.shared
+                .counters
+                .backpressure
+                .fetch_add(1, Ordering::Relaxed);
+            let hint = self.shared.counters.last_sync_us.load(Ordering::Relaxed);
+            return Err(AppendError::Backpressure {
+                retry_after_us: hint.clamp(RETRY_AFTER_US_MIN, RETRY_AFTER_US_MAX),
+            });
+        }
+        let lsn = queue.next_lsn;
+        queue.next_lsn += 1;
+        let was_empty = queue.pending.lens.is_empty();
+        if was_empty {
+            queue.pending.first_lsn = lsn;
+        }
+        // Cannot truncate: checked against PAYLOAD_BYTES_MAX (< 2^32) above.
+        queue.pending.lens.push(payload.len() as u32);
+        queue.pending.bytes.extend_from_slice(payload);
+        let wake = match queue.writer {
+            WriterWait::Busy => false,
+            WriterWait::Idle => true,
+            WriterWait::Gathering => batch_full(&queue.pending, config),
+        };
+        drop(queue);
+        if wake {
+            self.shared.writer_wake.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// The highest LSN known to be on stable storage (every LSN ≤ it is).
+    pub fn durable_lsn(&self) -> Lsn {
+        // Ordering: Acquire pairs with the writer's Release store after fdatasync.
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Blocks until `lsn` is durable (returns the durable LSN), the log stops, or `timeout`.
+    pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> Result<Lsn, WaitError> {
+        let shared = &self.shared;
+        if let Some(outcome) = shared.check(lsn) {
+            return outcome;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut waiters = lock(&shared.waiters);
+        loop {
+            if let Some(outcome) = shared.check(lsn) {
+                return outcome;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout {
+                    durable: self.durable_lsn(),
+                });
+            }
+            waiters = shared
+                .durable_changed
+                .wait_timeout(waiters, deadline - now)
+                .expect("wal mutex poisoned: a panic under a wal lock is a bug")
+                .0;
+        }
+    }
+
+    /// A future that resolves once `lsn` is durable (or the log stops). Runtime-agnostic: it
+    /// uses only `std::task::Waker`, so a tokio task can `.await` it.
+    pub fn durable(&self, lsn: Lsn) -> DurableFuture {
+        DurableFuture {
+            shared: Arc::clone(&self.shared),
+            lsn,
+        }
+    }
+
+    /// The writer's failure, if it failed (the log then accepts nothing).
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
+    /// The counters, for metrics.
+    pub fn metrics(&self) -> WalMetrics {
+        let c = &self.shared.counters;
+        // Ordering: Relaxed — statistics, no data depends on them.
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (queue_records, queue_bytes) = {
+            let queue = lock(&self.shared.queue);
+            (
+                queue.pending.lens.len() as u64,
+                queue.pending.bytes.len() as u64,
+            )
+        };
+        WalMetrics {
+            records_written_total: get(&c.records_written),
+            bytes_written_total: get(&c.bytes_written),
+            batches_synced_total: get(&c.batches_synced),
+            backpressure_total: get(&c.backpressure),
+            last_batch_records: get(&c.last_batch_records),
+            last_sync_latency_us: get(&c.last_sync_us),
+            sync_latency_us_total: get(&c.sync_us_total),
+            durable_lsn: self.durable_lsn(),
+            queue_records,
+            queue_bytes,
+        }
+    }
+
+    /// Deletes (does not archive) every segment all of whose records have LSN ≤ `upto_lsn`,
+    /// never the segment being written, then syncs the directory. The caller chooses
+    /// `upto_lsn`; [`Wal::compact_to_snapshots`] applies the snapshot retention rule. Call it
+    /// after replay has finished reading.
+    pub fn compact(&self, upto_lsn: Lsn) -> Result<CompactReport, WalError> {
+        let removed: Vec<SegmentFile> = {
+            let mut segments = lock(&self.shared.segments);
+            // Segment i ends at segments[i + 1].first_lsn − 1; the last one is being written.
+            let removable = segments
+                .windows(2)
+                .take_while(|pair| pair[1].first_lsn - 1 <= upto_lsn)
+                .count();
+            segments.drain(..removable).collect()
+        };
+        let mut report = CompactReport::default();
+        for segment in removed {
+            fs::remove_file(&segment.path).map_err(WalError::io("remove", &segment.path))?;
+            report.removed_segments.push(segment.path);
+        }
+        if !report.removed_segments.is_empty() {
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Applies the retention rule that keeps snapshot fallback possible (see
+    /// [`snapshot`](crate::snapshot)): keeps the two newest valid snapshots, deletes older
+    /// snapshot files, and compacts the log up to the *older* of the two kept snapshots. With
+    /// fewer than two valid snapshots it removes nothing.
+    pub fn compact_to_snapshots(&self) -> Result<CompactReport, WalError> {
+        let Some((bound, older)) = snapshot::retention(&self.shared.dir)? else {
+            return Ok(CompactReport::default());
+        };
+        let mut report = self.compact(bound)?;
+        for path in older {
+            fs::remove_file(&path).map_err(WalError::io("remove", &path))?;
+            report.removed_snapshots.push(path);
+        }
+        if !report.removed_snapshots.is_empty() {
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        Ok(report)
+    }
+
+    /// Writes a snapshot of state as of `lsn` (see [`snapshot::write_snapshot`]); refuses an
+    /// `lsn` that is not yet durable, since a snapshot ahead of the log could not be replayed
+    /// onto after a crash.
+    pub fn write_snapshot(&self, lsn: Lsn, payload: &[u8]) -> Result<PathBuf, WalError> {
+        let durable = self.durable_lsn();
+        if lsn > durable {
+            return Err(WalError::SnapshotAheadOfLog { lsn, durable });
+        }
+        snapshot::write_snapshot(&self.shared.dir, lsn, payload)
+    }
+
+    /// Stops accepting appends, writes and syncs everything queued, and joins the writer.
+    /// Returns the final durable LSN, or the writer's failure. Idempotent.
+    pub fn shutdown(&self) -> Result<Lsn, WalError> {
+        {
+            let mut queue = lock(&self.shared.queue);
+            if queue.status == STATUS_OPEN {
+                queue.status = STATUS_CLOSED;
+            }
+        }
+        self.shared.writer_wake.notify_one();
+        let handle = lock(&self.writer).take();
+        if let Some(handle) = handle {
+            // The writer catches its own errors; a panic there is a bug worth propagating.
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        match self.failure() {
+            Some(failure) => Err(WalError::WriterFailed(failure)),
+            None => Ok(self.durable_lsn()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Flushes what is queued; anything already acknowledged durable is on disk anyway.
+        let _ = self.shutdown();
+    }
+}
+
+fn batch_full(pending: &Pending, config: &WalConfig) -> bool {
+    pending.lens.len() >= config.batch_records_max || pending.bytes.len() >= config.batch_bytes_max
+}
+
+fn create_segment(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(path)
+        .map_err(WalError::io("create", path))
+}
+
+/// Resolves when its LSN is durable; see [`Wal::durable`].
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct DurableFuture {
+    shared: Arc<Shared>,
+    lsn: Lsn,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for DurableFuture {
+    type Output = Result<Lsn, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(outcome) = self.shared.check(self.lsn) {
+            return Poll::Ready(outcome);
+        }
+        let mut waiters = lock(&self.shared.waiters);
+        // Re-check under the lock: the writer stores the durable LSN before taking it.
+        if let Some(outcome) = self.shared.check(self.lsn) {
+            return Poll::Ready(outcome);
+        }
+        let wakers = waiters.entry(self.lsn).or_default();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Waits for pending records and swaps them into the empty `batch`; `false` once the log is
+/// closed and drained (or failed).
+fn take_pending(shared: &Shared, batch: &mut Pending) -> bool {
+    let config = &shared.config;
+    let mut queue = lock(&shared.queue);
+    while queue.pending.lens.is_empty() {
+        if queue.status != STATUS_OPEN {
+            return false;
+        }
+        queue.writer = WriterWait::Idle;
+        queue = shared
+            .writer_wake
+            .wait(queue)
+            .expect("wal mutex poisoned: a panic under a wal lock is a bug");
+        queue.writer = WriterWait::Busy;
+    }
+    if config.batch_wait_us_max > 0 {
+        let deadline = Instant::now() + Duration::from_micros(config.batch_wait_us_max);
+        while !batch_full(&queue.pending, config) && queue.status == STATUS_OPEN {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            queue.writer = WriterWait::Gathering;
+            queue = shared
+                .writer_wake
+                .wait_timeout(queue, deadline - now)
+                .expect("wal mutex poisoned: a panic under a wal lock is a bug")
+                .0;
+            queue.writer = WriterWait::Busy;
+        }
+    }
+    let next_first = queue.next_lsn;
+    mem::swap(&mut queue.pending, batch);
+    queue.pending.first_lsn = next_first;
+    true
+}
+
+/// The writer thread's state.
+struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    /// Path of the segment being written.
+    path: PathBuf,
+    segment_bytes: u64,
+    /// The encoded batch; reused.
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Pending::default();
+        while take_pending(&self.shared, &mut batch) {
+            if let Err(e) = self.write_batch(&batch) {
+                self.shared.stop(STATUS_FAILED, Some(e.to_string()));
+                return;
+            }
+            batch.clear();
+        }
+        self.shared.stop(STATUS_CLOSED, None);
+    }
+
+    /// Writes `batch` in chunks: one write and one fdatasync each, then the durable advance.
+    fn write_batch(&mut self, batch: &Pending) -> Result<(), WalError> {
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        let record_bytes = |len: u32| HEADER_BYTES as u64 + u64::from(len);
+        let mut i = 0;
+        let mut payload_at = 0usize;
+        while i < batch.lens.len() {
+            if self.segment_bytes > 0
+                && self.segment_bytes + record_bytes(batch.lens[i]) > config.segment_bytes_max
+            {
+                self.rotate(batch.first_lsn + i as Lsn)?;
+            }
+            let start = self.segment_bytes;
+            self.buf.clear();
+            let mut j = i;
+            while j < batch.lens.len() {
+                let bytes = record_bytes(batch.lens[j]);
+                let fits = j - i < config.batch_records_max
+                    && self.buf.len() as u64 + bytes <= config.batch_bytes_max as u64
+                    && start + self.buf.len() as u64 + bytes <= config.segment_bytes_max;
+                if j > i && !fits {
+                    break;
+                }
+                let len = batch.lens[j] as usize;
+                let payload = &batch.bytes[payload_at..payload_at + len];
+                payload_at += len;
+                let offset = start + self.buf.len() as u64;
+                frame::encode(
+                    &mut self.buf,
+                    batch.first_lsn + j as Lsn,
+                    offset,
+                    start,
+                    payload,
+                );
+                j += 1;
+            }
+            let first = batch.first_lsn + i as Lsn;
+            let last = batch.first_lsn + j as Lsn - 1;
+            self.sync_chunk(first, last)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn sync_chunk(&mut self, first: Lsn, last: Lsn) -> Result<(), WalError> {
+        let hooks = &self.shared.hooks;
+        hooks
+            .before_write(first, last)
+            .and_then(|()| self.file.write_all(&self.buf))
+            .map_err(WalError::io("write", &self.path))?;
+        let started = Instant::now();
+        hooks
+            .before_sync(last)
+            .and_then(|()| self.file.sync_data())
+            .map_err(WalError::io("fdatasync", &self.path))?;
+        let sync_us = started.elapsed().as_micros() as u64;
+        hooks.after_sync(last);
+        self.segment_bytes += self.buf.len() as u64;
+
+        let c = &self.shared.counters;
+        // Ordering: Relaxed — statistics; the durable LSN below is the synchronising store.
+        c.records_written
+            .fetch_add(last - first + 1, Ordering::Relaxed);
+        c.bytes_written
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        c.batches_synced.fetch_add(1, Ordering::Relaxed);
+        c.last_batch_records
+            .store(last - first + 1, Ordering::Relaxed);
+        c.last_sync_us.store(sync_us, Ordering::Relaxed);
+        c.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
+        self.shared.advance_durable(last);
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record is `first_lsn`. The previous segment is
+    /// already synced (every chunk is).
+    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
+        let path = self.shared.dir.join(segment::segment_file_name(first_lsn));
+        self.file = create_segment(&path)?;
+        // The new name must be durable before any record in it is acknowledged.
+        segment::sync_dir(&self.shared.dir)?;
+        self.segment_bytes = 0;
+        self.path = path.clone();
+        lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
+        Ok(())
+    }
+}
