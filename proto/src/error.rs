@@ -1,4 +1,5 @@
-//! The error of every wire → engine conversion.
+//! The errors of the wire → engine conversions: [`ProtoError`] for one message,
+//! [`SnapshotError`] for a whole snapshot's bytes.
 
 use gavel_engine::{BidError, NameError, SpecError};
 use thiserror::Error;
@@ -52,5 +53,31 @@ pub enum ProtoError {
         field: &'static str,
         /// What is wrong with it.
         reason: &'static str,
+    },
+}
+
+/// Why a snapshot's bytes could not become engine states. Not on the hot path (a node reads
+/// one snapshot at start), so it may carry prost's decode error, which is not `Copy`; a
+/// [`ProtoError`] stays small and `Copy` for the bid path.
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+pub enum SnapshotError {
+    /// The bytes are not a protobuf `Snapshot` (truncated, corrupt, or not a snapshot).
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The snapshot's format version is not the one this build reads.
+    #[error("snapshot format version {found} is unknown (this build reads {expected})")]
+    Version {
+        /// The version found (0: the field is missing).
+        found: u32,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// One auction's state was refused.
+    #[error("snapshot auction #{index}: {error}")]
+    Auction {
+        /// Position of the auction in the snapshot, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: ProtoError,
     },
 }

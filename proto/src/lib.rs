@@ -14,7 +14,8 @@
 //!     [`pb::ServerMessage`] and everything they carry (bids, outcomes, durable acks,
 //!     subscriptions, price updates, snapshots, closes, settlements, ping/pong, errors);
 //!   - `admin.proto`: create, cancel, get and list auctions;
-//!   - `wal.proto`: [`pb::Record`], the payload of one write-ahead-log record.
+//!   - `wal.proto`: [`pb::Record`], the payload of one write-ahead-log record, and
+//!     [`pb::Snapshot`] of [`pb::AuctionStateRecord`]s, the payload of a snapshot file.
 //! - [`convert`]: the conversions, as `From`/`TryFrom` impls and a few methods on the
 //!   generated types:
 //!   - [`convert::bid`]: `PlaceBid` + certificate identity → [`gavel_engine::Bid`]; bid
@@ -23,8 +24,12 @@
 //!     reasons;
 //!   - [`convert::snapshot`]: [`gavel_engine::AuctionView`] ↔ [`pb::AuctionSnapshot`], and
 //!     the close and settlement stream messages built from events;
+//!   - [`convert::state`]: [`gavel_engine::AuctionState`] ↔ [`pb::AuctionStateRecord`],
+//!     lossless, and whole snapshots ([`convert::state::encode_snapshot`],
+//!     [`convert::state::decode_snapshot`], or written one auction at a time);
 //!   - [`convert::wal`]: [`gavel_engine::Event`] ↔ [`pb::Record`], lossless.
-//! - [`ProtoError`]: why a message could not become an engine value.
+//! - [`ProtoError`]: why a message could not become an engine value; [`SnapshotError`]: why
+//!   a snapshot's bytes could not.
 //!
 //! Architecture invariant: this crate knows the engine's types and protobuf, nothing of
 //! sockets, files or async runtimes; framing belongs to `transport` and `wal`.
@@ -32,7 +37,7 @@
 pub mod convert;
 mod error;
 
-pub use error::ProtoError;
+pub use error::{ProtoError, SnapshotError};
 
 /// Messages of package `gavel.v1`, generated from `gavel/v1/*.proto` at build time.
 #[allow(clippy::all, clippy::pedantic)]

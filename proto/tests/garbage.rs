@@ -37,6 +37,7 @@ fn decode_everything(bytes: &[u8]) {
         let _ = AuctionView::try_from(snapshot);
     }
     let _ = pb::ListAuctions::decode(bytes);
+    let _ = gavel_proto::convert::state::decode_snapshot(bytes);
 }
 
 proptest! {

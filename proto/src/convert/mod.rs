@@ -8,11 +8,13 @@
 //! - [`bid`]: bids and bid outcomes.
 //! - [`rules`]: auction rules, settlements, phases and close reasons.
 //! - [`snapshot`]: auction snapshots and the close and settlement stream messages.
+//! - [`state`]: engine snapshots (auction states) ↔ the WAL's snapshot messages.
 //! - [`wal`]: events ↔ write-ahead-log records.
 
 pub mod bid;
 pub mod rules;
 pub mod snapshot;
+pub mod state;
 pub mod wal;
 
 use gavel_engine::{BidId, BidderId, PRICE_MAX, Price};
