@@ -167,12 +167,7 @@ pub(crate) fn scan(
             }
         }
         let is_last = index + 1 == segments.len();
-        let found = scan_segment(segment, is_last, mode)?;
-        if found.records > 0 && scan.first_lsn.is_none() {
-            scan.first_lsn = Some(segment.first_lsn);
-        }
-        scan.records += found.records;
-        scan.last_lsn = segment.first_lsn + found.records - 1;
+        let found = scan_segment(segment, is_last, mode, scan)?;
         scan.segments.push(SegmentSummary {
             path: segment.path.clone(),
             first_lsn: segment.first_lsn,
@@ -195,6 +190,7 @@ fn scan_segment(
     segment: &SegmentFile,
     is_last: bool,
     mode: ScanMode,
+    progress: &mut Scan,
 ) -> Result<SegmentScan, WalError> {
     let path = &segment.path;
     let file = File::open(path).map_err(WalError::io("open", path))?;
@@ -221,6 +217,10 @@ fn scan_segment(
                 }
                 expected += 1;
                 records += 1;
+                // Kept current record by record, so an error leaves what was good before it.
+                progress.records += 1;
+                progress.last_lsn = header.lsn;
+                progress.first_lsn.get_or_insert(header.lsn);
                 last_batch_start = header.batch_start;
                 offset += header.record_bytes();
             }
