@@ -382,11 +382,22 @@ impl Auction {
         if snapshot.extensions > extensions_max {
             return bad("more extensions than the rules allow");
         }
+        // Every extension moves the end by exactly `extension_us`.
+        let extension_us = rules.soft_close.map_or(0, |sc| sc.extension_us);
+        let expected_end = extension_us
+            .checked_mul(u64::from(snapshot.extensions))
+            .and_then(|total| rules.ends_at.checked_add_us(total));
+        if Some(snapshot.ends_at) != expected_end {
+            return bad("the end does not match the extensions");
+        }
         let closed = snapshot.closed.is_some();
         let (book, word) = match (&rules.kind, snapshot.book) {
             (AuctionKind::English { .. }, BookState::English { price, leader }) => {
                 if price > PRICE_MAX || leader.is_some_and(|l| l.max < price) {
                     return bad("English price above the leader's maximum or the price range");
+                }
+                if leader.is_none() && price != 0 {
+                    return bad("an English price without a leader");
                 }
                 let lead = leader.map(|l| Lead {
                     bidder: l.bidder,
@@ -401,6 +412,20 @@ impl Auction {
                 BookState::Sealed { bids },
             ) => {
                 let count = bids.len();
+                let min_bid = match rules.kind {
+                    AuctionKind::SealedFirstPrice { min_bid }
+                    | AuctionKind::SealedSecondPrice { min_bid } => min_bid,
+                    _ => unreachable!("matched a sealed kind"),
+                };
+                if bids
+                    .iter()
+                    .any(|b| b.amount < min_bid || b.amount > PRICE_MAX || b.seq > snapshot.seq)
+                {
+                    return bad("a sealed bid out of range or after the state's sequence number");
+                }
+                if count as u64 > snapshot.bids_accepted {
+                    return bad("more sealed bids than accepted bids");
+                }
                 let bids: HashMap<BidderId, SealedBid> = bids
                     .into_iter()
                     .map(|b| {

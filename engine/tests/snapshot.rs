@@ -226,6 +226,23 @@ fn restore_refuses_duplicates_and_inconsistent_states() {
         fresh.restore(extended),
         Err(RestoreError::Inconsistent { .. })
     ));
+    // An end that the extensions do not explain.
+    let mut moved = states[4].clone();
+    moved.ends_at = UnixMicros(moved.ends_at.0 + 1);
+    assert!(matches!(
+        fresh.restore(moved),
+        Err(RestoreError::Inconsistent { .. })
+    ));
+    // An English price without a leader.
+    let mut leaderless = states[0].clone();
+    leaderless.book = BookState::English {
+        price: 10,
+        leader: None,
+    };
+    assert!(matches!(
+        fresh.restore(leaderless),
+        Err(RestoreError::Inconsistent { .. })
+    ));
     // Sequence number 0.
     let mut zero = states[3].clone();
     zero.seq = 0;
