@@ -540,6 +540,85 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// Appends `payloads` as one unit — the events of one engine decision — with contiguous
+    /// LSNs, and returns the LSN of the last one. All or none: the whole batch is checked
+    /// against the queue bounds (its record count and its total bytes) before anything is
+    /// enqueued, so a refusal ([`AppendError::Backpressure`], [`AppendError::TooLarge`] for
+    /// any payload, `Failed`, `Closed`) leaves the queue as it was. One lock acquisition for
+    /// the batch: no other append interleaves, so the LSNs are `last − n + 1 ..= last`.
+    /// An empty batch appends nothing and returns the last LSN assigned so far.
+    ///
+    /// The writer may still split the batch over two fdatasyncs (at a segment or
+    /// batch-size boundary), so a crash can persist a prefix of it; the torn-tail rule and
+    /// the node's recovery (which re-appends a decision's missing derived events) cover that.
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Lsn, AppendError> {
+        let mut batch_bytes = 0usize;
+        for payload in payloads {
+            let len = payload.as_ref().len();
+            if len > PAYLOAD_BYTES_MAX {
+                return Err(AppendError::TooLarge { len });
+            }
+            batch_bytes += len;
+        }
+        let config = &self.shared.config;
+        let mut queue = lock(&self.shared.queue);
+        match queue.status {
+            STATUS_OPEN => {}
+            STATUS_FAILED => return Err(AppendError::Failed),
+            _ => return Err(AppendError::Closed),
+        }
+        if payloads.is_empty() {
+            return Ok(queue.next_lsn - 1);
+        }
+        let pending = &queue.pending;
+        // As in `append`, a batch larger than a bound is admitted into an empty queue (so it
+        // is never refused for ever); otherwise its records and its bytes must both fit.
+        let full = !pending.lens.is_empty()
+            && (pending.lens.len() + payloads.len() > config.queue_records_max
+                || pending.bytes.len() + batch_bytes > config.queue_bytes_max);
+        if full {
+            drop(queue);
+            // Ordering: Relaxed — a statistic.
+            self.shared
+                .counters
+                .backpressure
+                .fetch_add(1, Ordering::Relaxed);
+            let hint = self.shared.counters.last_sync_us.load(Ordering::Relaxed);
+            return Err(AppendError::Backpressure {
+                retry_after_us: hint.clamp(RETRY_AFTER_US_MIN, RETRY_AFTER_US_MAX),
+            });
+        }
+        let first = queue.next_lsn;
+        queue.next_lsn += payloads.len() as Lsn;
+        if queue.pending.lens.is_empty() {
+            queue.pending.first_lsn = first;
+        }
+        queue.pending.bytes.reserve(batch_bytes);
+        for payload in payloads {
+            let payload = payload.as_ref();
+            // Cannot truncate: checked against PAYLOAD_BYTES_MAX (< 2^32) above.
+            queue.pending.lens.push(payload.len() as u32);
+            queue.pending.bytes.extend_from_slice(payload);
+        }
+        let wake = match queue.writer {
+            WriterWait::Busy => false,
+            WriterWait::Idle => true,
+            WriterWait::Gathering => batch_full(&queue.pending, config),
+        };
+        let last = queue.next_lsn - 1;
+        drop(queue);
+        if wake {
+            self.shared.writer_wake.notify_one();
+        }
+        Ok(last)
+    }
+
+    /// The last LSN assigned by an append so far (durable or not; 0 for an empty log). Every
+    /// append that returned before this call has an LSN ≤ the answer.
+    pub fn last_appended_lsn(&self) -> Lsn {
+        lock(&self.shared.queue).next_lsn - 1
+    }
+
     /// The highest LSN known to be on stable storage (every LSN ≤ it is).
     pub fn durable_lsn(&self) -> Lsn {
         // Ordering: Acquire pairs with the writer's Release store after fdatasync.
