@@ -1,17 +1,22 @@
 //! `gavel`: the Gavel node binary.
 //!
 //! Subcommands:
-//! - `simulate` ([`simulate`]): demo auctions of every kind with simulated bidders in
-//!   process, on real threads against the real engine; prints decisions per second, the
-//!   outcome mix and the settled results.
+//! - `simulate` ([`gavel_node::simulate`]): demo auctions of every kind with simulated
+//!   bidders in process, on real threads against the real engine — durable on `./data` by
+//!   default (a second run recovers the first), or `--in-memory`.
+//! - `recover <data-dir>`: start as the node would (truncate a torn tail, restore the latest
+//!   snapshot, replay the log), print what was recovered and the state hash, and exit.
+//! - `wal verify|dump` ([`gavel_node::wal_tools`]): offline checks and a readable dump of a
+//!   log.
 //!
-//! The network node (`serve`), the write-ahead log tools (`wal`) and certificates (`cert`)
-//! arrive with their issues.
+//! The network node (`serve`) and certificates (`cert`) arrive with their issues.
 
-mod simulate;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use gavel_node::{Node, NodeConfig, simulate, wal_tools};
 
 /// Gavel: a low-latency real-time bidding engine.
 #[derive(Parser, Debug)]
@@ -25,15 +30,45 @@ struct Cli {
 enum Command {
     /// Run demo auctions with simulated bidders in process and print what happened.
     Simulate(simulate::Options),
+    /// Recover a data directory as a start would, print what it holds, and exit.
+    Recover {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+    /// Offline tools for a write-ahead log.
+    #[command(subcommand)]
+    Wal(wal_tools::WalCommand),
 }
 
 fn main() -> Result<()> {
+    // Logs go to stderr (reports go to stdout); `RUST_LOG` overrides the level.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Simulate(options) => {
             let report = simulate::run(&options)?;
-            print!("{report}");
-            Ok(())
+            write!(out, "{report}")?;
         }
+        Command::Recover { data_dir } => {
+            let config = NodeConfig {
+                snapshot_every_records: 0,
+                ..NodeConfig::default()
+            };
+            let (node, report) = Node::open(&data_dir, config)?;
+            node.shutdown(false)?;
+            writeln!(out, "{}", report.summary())?;
+            writeln!(out, "state hash {}", gavel_node::hex(&report.state_hash))?;
+        }
+        Command::Wal(command) => wal_tools::run(&command, &mut out)?,
     }
+    out.flush()?;
+    Ok(())
 }

@@ -2,13 +2,23 @@
 //!
 //! Real threads place bids on the real engine; auctions of every kind run on a simulated
 //! clock (the engine takes `now` as a parameter, so a whole auction day fits in a second).
-//! Every decision's events go to a bounded queue drained by a consumer thread, the shape
-//! the write-ahead log will have. At the end the timer closes every auction, the results
-//! are printed, and — unless `--no-verify` — the recorded events are replayed into a fresh
-//! engine whose state hash must equal the live one.
+//! At the end the timer closes every auction and the results are printed.
+//!
+//! Two modes:
+//! - **durable** (the default, `--data-dir ./data`): the engine runs inside a [`Node`]: every
+//!   decision's events are appended to the write-ahead log in the data directory before they
+//!   apply, each accepted bid's durable acknowledgement is tracked (its latency is reported),
+//!   and settlements are reported once durable. A run first recovers what earlier runs left
+//!   (snapshot + replay) and then runs a new day on new auction ids after the existing ones.
+//!   Unless `--no-verify`, the data directory is reopened at the end and the recovered state
+//!   hash must equal the live one.
+//! - **in memory** (`--in-memory`): events go to a bounded queue drained by a consumer
+//!   thread; unless `--no-verify`, they are replayed into a fresh engine whose state hash
+//!   must equal the live one. Nothing persists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -17,12 +27,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
     AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
-    BoundedSink, Engine, EngineConfig, Event, IncrementTable, Rejection, Replayer, Settlement,
-    SoftClose, Topic, UnixMicros,
+    BoundedSink, Engine, EngineConfig, Event, EventSink, IncrementTable, Receipt, Rejection,
+    Replayer, Settlement, SoftClose, Topic, UnixMicros,
 };
+use gavel_wal::WalMetrics;
+use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
+
+use crate::node::{Node, NodeConfig, RecoveryReport};
 
 /// Simulated length of the auction day, in µs of engine time.
 const DAY_US: u64 = 1_000_000;
@@ -34,6 +48,13 @@ const BIDS_MAX: u64 = 50_000_000;
 const VERIFY_BIDS_MAX: u64 = 5_000_000;
 /// Distinct simulated bidders.
 const BIDDERS: usize = 64;
+/// Accepted bids a bidder thread tracks while their durable acks are outstanding; beyond,
+/// it waits for the oldest (the WAL queue bounds what is in flight anyway).
+const ACKS_PENDING_MAX: usize = 1 << 17;
+/// Longest wait for a durable acknowledgement before the run fails.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Wait before retrying a decision the log refused with back-pressure (durable mode).
+const OVERLOADED_SLEEP: Duration = Duration::from_micros(50);
 
 /// Options of `gavel simulate`.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,6 +80,16 @@ pub struct Options {
     /// Settled auctions to print.
     #[arg(long, default_value_t = 10)]
     pub show: usize,
+    /// Keep the write-ahead log and snapshots here; a later run recovers from it and adds a
+    /// new day of auctions.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Keep nothing: run in memory only (faster; nothing persists).
+    #[arg(long)]
+    pub in_memory: bool,
+    /// Durable mode: write a snapshot (and compact the log) every this many records.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_every_records: u64,
 }
 
 /// What a simulation did.
@@ -80,7 +111,28 @@ pub struct Report {
     pub state_hash: [u8; 32],
     /// Whether replaying the events reproduced the state hash (`None`: not checked).
     pub replay_verified: Option<bool>,
+    /// What the durable mode did (`None`: in memory).
+    pub durable: Option<DurableReport>,
     show: usize,
+}
+
+/// What a durable run did beyond the simulation.
+#[derive(Debug)]
+pub struct DurableReport {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// What start-up recovered.
+    pub recovered: RecoveryReport,
+    /// The first auction id of this run (the ones before were recovered).
+    pub first_auction: u64,
+    /// Accepted bids whose durable acknowledgement was observed.
+    pub durable_acks: u64,
+    /// Durable-ack latency, µs: accepted → durable (p50, p99, p99.9, max).
+    pub ack_latency_us: Option<[u64; 4]>,
+    /// The log's counters at the end.
+    pub wal: WalMetrics,
+    /// Durable LSN after the final flush.
+    pub final_lsn: u64,
 }
 
 fn kind_of(i: u64) -> AuctionKind {
@@ -109,7 +161,7 @@ fn kind_name(kind: &AuctionKind) -> &'static str {
     }
 }
 
-fn demo_rules(i: u64) -> Result<AuctionSpec> {
+fn demo_rules(i: u64, epoch: u64) -> Result<AuctionSpec> {
     let kind = kind_of(i);
     let name = kind_name(&kind);
     let english = matches!(kind, AuctionKind::English { .. });
@@ -118,9 +170,9 @@ fn demo_rules(i: u64) -> Result<AuctionSpec> {
         topic: Topic::new(&format!("demo.{name}.lot-{i}"))?,
         reserve: (i % 3 == 0 && !matches!(kind, AuctionKind::Dutch { .. })).then_some(2_000),
         buy_now: (english && i % 7 == 0).then_some(60_000),
-        starts_at: UnixMicros(0),
+        starts_at: UnixMicros(epoch),
         // Ends spread over the last tenth of the day.
-        ends_at: UnixMicros(DAY_US - (i % 100) * (DAY_US / 1_000)),
+        ends_at: UnixMicros(epoch + DAY_US - (i % 100) * (DAY_US / 1_000)),
         soft_close: english.then_some(SoftClose {
             window_us: 20_000,
             extension_us: 10_000,
@@ -151,6 +203,51 @@ struct Tally {
     decisions: u64,
     accepted: u64,
     rejected: BTreeMap<&'static str, u64>,
+    /// Durable mode: acks observed and their latency.
+    acks: Option<Acks>,
+    /// The thread stopped early because the log failed.
+    stopped: bool,
+}
+
+/// A bidder thread's outstanding durable acknowledgements, oldest first, and the latency of
+/// the ones observed.
+struct Acks {
+    pending: VecDeque<(u64, Instant)>,
+    latency_us: Histogram<u64>,
+}
+
+impl Acks {
+    fn new() -> Acks {
+        Acks {
+            pending: VecDeque::new(),
+            // 3 significant digits, auto-resizing: a few KiB.
+            latency_us: Histogram::new(3).expect("invariant: 3 significant figures are valid"),
+        }
+    }
+
+    /// Records every pending ack now durable.
+    fn observe(&mut self, durable_lsn: u64) {
+        while let Some(&(lsn, at)) = self.pending.front() {
+            if lsn > durable_lsn {
+                break;
+            }
+            self.latency_us
+                .saturating_record(at.elapsed().as_micros() as u64);
+            self.pending.pop_front();
+        }
+    }
+}
+
+/// The simulation's view of where its events go: in-memory (no acks) or a node.
+#[derive(Clone, Copy)]
+struct Durability<'a> {
+    node: Option<&'a Node>,
+}
+
+impl Durability<'_> {
+    fn failed(&self) -> bool {
+        self.node.is_some_and(|n| n.failure().is_some())
+    }
 }
 
 /// Runs a simulation.
@@ -158,6 +255,14 @@ pub fn run(options: &Options) -> Result<Report> {
     ensure!(options.auctions >= 1, "--auctions must be at least 1");
     ensure!(options.threads >= 1, "--threads must be at least 1");
     ensure!(options.bids <= BIDS_MAX, "--bids is limited to {BIDS_MAX}");
+    if options.in_memory {
+        run_in_memory(options)
+    } else {
+        run_durable(options)
+    }
+}
+
+fn run_in_memory(options: &Options) -> Result<Report> {
     if !options.no_verify && options.bids > VERIFY_BIDS_MAX {
         bail!(
             "verifying replay keeps every event in memory: use --bids <= {VERIFY_BIDS_MAX} or --no-verify"
@@ -173,7 +278,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let sink = BoundedSink::new(QUEUE_EVENTS_MAX, 100);
     let mut kinds = Vec::new();
     for i in 0..options.auctions {
-        let spec = demo_rules(i)?;
+        let spec = demo_rules(i, 0)?;
         kinds.push(spec.rules().kind.clone());
         // The consumer is not running yet: drain as we go.
         engine.create_auction(spec, UnixMicros(0), &sink)?;
@@ -225,7 +330,17 @@ pub fn run(options: &Options) -> Result<Report> {
                 let seed = options.seed.wrapping_add(t as u64);
                 scope.spawn(move || {
                     start_line.wait();
-                    bid_loop(engine, sink, zipf, kinds, bidders, t, share, seed)
+                    let desk = Desk {
+                        engine,
+                        durability: Durability { node: None },
+                        zipf,
+                        kinds,
+                        bidders,
+                        first_auction: 0,
+                        epoch: 0,
+                        thread_index: t,
+                    };
+                    bid_loop(&desk, sink, share, seed)
                 })
             })
             .collect();
@@ -252,17 +367,7 @@ pub fn run(options: &Options) -> Result<Report> {
             closing_events.push(event);
         }
     }
-    let settlements: BTreeMap<AuctionId, (String, Settlement)> = (0..options.auctions)
-        .filter_map(|i| {
-            let id = AuctionId(i);
-            let view = engine.view(id, close_at)?;
-            let settlement = view.settlement?;
-            Some((
-                id,
-                (view.spec.rules().topic.as_str().to_owned(), settlement),
-            ))
-        })
-        .collect();
+    let settlements = settlements_of(&engine, 0, options.auctions, close_at);
     ensure!(
         settlements.len() as u64 == options.auctions,
         "{} of {} auctions settled",
@@ -302,6 +407,7 @@ pub fn run(options: &Options) -> Result<Report> {
         settlements,
         state_hash,
         replay_verified,
+        durable: None,
         show: options.show,
     };
     for tally in tallies {
@@ -314,31 +420,260 @@ pub fn run(options: &Options) -> Result<Report> {
     Ok(report)
 }
 
-/// One simulated trading desk: `share` bids on Zipf-chosen auctions.
-#[allow(clippy::too_many_arguments)]
-fn bid_loop(
+/// The durable mode: the simulation on a [`Node`] over `options.data_dir`.
+fn run_durable(options: &Options) -> Result<Report> {
+    let config = NodeConfig {
+        snapshot_every_records: options.snapshot_every_records,
+        ..NodeConfig::default()
+    };
+    let (node, recovered) = Node::open(&options.data_dir, config.clone())
+        .with_context(|| format!("starting on {}", options.data_dir.display()))?;
+    let engine = node.engine();
+    let auctions_max = engine.config().auctions_max as u64;
+    ensure!(
+        engine.len() as u64 + options.auctions <= auctions_max,
+        "{} holds {} auctions; {} more would pass the limit of {auctions_max}: use another --data-dir",
+        options.data_dir.display(),
+        engine.len(),
+        options.auctions
+    );
+    // This run's day: new auction ids after the recovered ones, and engine time after the
+    // latest end among them, so the log reads in time order.
+    let mut first_auction = engine.len() as u64;
+    while engine.auction_seq(AuctionId(first_auction)).is_some() {
+        first_auction += 1;
+    }
+    let epoch = engine
+        .snapshot()
+        .iter()
+        .map(|state| state.ends_at.0)
+        .max()
+        .map_or(0, |latest| latest + DAY_US);
+    let zipf =
+        Zipf::new(options.auctions as f64, options.zipf.max(0.0)).context("bad --zipf exponent")?;
+
+    let mut kinds = Vec::new();
+    for i in first_auction..first_auction + options.auctions {
+        let spec = demo_rules(i, epoch)?;
+        kinds.push(spec.rules().kind.clone());
+        loop {
+            match node.create_auction(spec.clone(), UnixMicros(epoch)) {
+                Ok(_) => break,
+                Err(gavel_engine::CreateError::Overloaded { .. }) => {
+                    if let Some(failure) = node.failure() {
+                        bail!("the log failed: {failure}");
+                    }
+                    thread::sleep(OVERLOADED_SLEEP);
+                }
+                Err(e) => return Err(e).context("creating the demo auctions"),
+            }
+        }
+    }
+    let bidders: Vec<BidderId> = (0..BIDDERS)
+        .map(|b| BidderId::new(&format!("sim-bidder-{b:02}")))
+        .collect::<Result<_, _>>()?;
+
+    let threads = options.threads;
+    let start_line = Barrier::new(threads + 1);
+    let (tallies, elapsed) = thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let share = options.bids / threads as u64
+                    + u64::from((t as u64) < options.bids % threads as u64);
+                let seed = options.seed.wrapping_add(t as u64);
+                let desk = Desk {
+                    engine,
+                    durability: Durability { node: Some(&node) },
+                    zipf: &zipf,
+                    kinds: &kinds,
+                    bidders: &bidders,
+                    first_auction,
+                    epoch,
+                    thread_index: t,
+                };
+                let (node, start_line) = (&node, &start_line);
+                scope.spawn(move || {
+                    start_line.wait();
+                    bid_loop(&desk, node.sink(), share, seed)
+                })
+            })
+            .collect();
+        start_line.wait();
+        let started = Instant::now();
+        let tallies: Vec<Tally> = workers
+            .into_iter()
+            .map(|w| w.join().expect("a bidder thread panicked"))
+            .collect();
+        (tallies, started.elapsed())
+    });
+    if let Some(failure) = node.failure() {
+        bail!("the log failed during the run; nothing after it was acknowledged: {failure}");
+    }
+
+    // The day is over: the timer closes everything; settlements are announced once durable.
+    let close_at = UnixMicros(epoch + DAY_US + 10 * DAY_US);
+    let deadline = Instant::now() + DURABLE_WAIT_MAX;
+    let mut last_close = Receipt::NONE;
+    loop {
+        let closed = node.close_due(close_at, 1_024);
+        last_close = closed
+            .iter()
+            .map(|c| c.receipt)
+            .fold(last_close, Receipt::max);
+        if closed.is_empty() {
+            // Nothing closed: done, unless the log refused some (back-pressure).
+            if engine.next_due().is_none_or(|due| due > close_at) {
+                break;
+            }
+            if let Some(failure) = node.failure() {
+                bail!("the log failed while closing: {failure}");
+            }
+            ensure!(Instant::now() < deadline, "closing the auctions timed out");
+            thread::sleep(OVERLOADED_SLEEP);
+        }
+    }
+    node.wait_durable(last_close, DURABLE_WAIT_MAX)
+        .context("waiting for the settlements to be durable")?;
+    let settlements = settlements_of(engine, first_auction, options.auctions, close_at);
+    ensure!(
+        settlements.len() as u64 == options.auctions,
+        "{} of {} auctions settled",
+        settlements.len(),
+        options.auctions
+    );
+
+    let state_hash = engine.state_hash();
+    let wal = node.wal().metrics();
+    let final_lsn = node.shutdown(false)?;
+    drop(node);
+    let replay_verified = if options.no_verify {
+        None
+    } else {
+        let (reopened, report) = Node::open(
+            &options.data_dir,
+            NodeConfig {
+                snapshot_every_records: 0,
+                ..config
+            },
+        )
+        .context("reopening the data directory to verify it")?;
+        reopened.shutdown(false)?;
+        Some(report.state_hash == state_hash)
+    };
+
+    let mut report = Report {
+        decisions: 0,
+        elapsed,
+        accepted: 0,
+        rejected: BTreeMap::new(),
+        events: final_lsn - recovered.last_lsn,
+        settlements,
+        state_hash,
+        replay_verified,
+        durable: None,
+        show: options.show,
+    };
+    let mut latency: Option<Histogram<u64>> = None;
+    let mut durable_acks = 0;
+    for tally in tallies {
+        ensure!(!tally.stopped, "a bidder stopped early: the log failed");
+        report.decisions += tally.decisions;
+        report.accepted += tally.accepted;
+        for (reason, n) in tally.rejected {
+            *report.rejected.entry(reason).or_default() += n;
+        }
+        if let Some(acks) = tally.acks {
+            durable_acks += acks.latency_us.len();
+            match &mut latency {
+                Some(all) => all
+                    .add(&acks.latency_us)
+                    .context("merging latency histograms")?,
+                None => latency = Some(acks.latency_us),
+            }
+        }
+    }
+    report.durable = Some(DurableReport {
+        data_dir: options.data_dir.clone(),
+        recovered,
+        first_auction,
+        durable_acks,
+        ack_latency_us: latency.filter(|h| !h.is_empty()).map(|h| {
+            [
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+            ]
+        }),
+        wal,
+        final_lsn,
+    });
+    Ok(report)
+}
+
+/// The settlements of auctions `first..first + n`, by id.
+fn settlements_of(
     engine: &Engine,
-    sink: &BoundedSink,
-    zipf: &Zipf<f64>,
-    kinds: &[AuctionKind],
-    bidders: &[BidderId],
+    first: u64,
+    n: u64,
+    at: UnixMicros,
+) -> BTreeMap<AuctionId, (String, Settlement)> {
+    (first..first + n)
+        .filter_map(|i| {
+            let id = AuctionId(i);
+            let view = engine.view(id, at)?;
+            let settlement = view.settlement?;
+            Some((
+                id,
+                (view.spec.rules().topic.as_str().to_owned(), settlement),
+            ))
+        })
+        .collect()
+}
+
+/// What a bidder thread bids on.
+struct Desk<'a> {
+    engine: &'a Engine,
+    durability: Durability<'a>,
+    zipf: &'a Zipf<f64>,
+    /// The kinds of this run's auctions, by id − `first_auction`.
+    kinds: &'a [AuctionKind],
+    bidders: &'a [BidderId],
+    first_auction: u64,
+    /// Engine time at which this run's day starts.
+    epoch: u64,
     thread_index: usize,
-    share: u64,
-    seed: u64,
-) -> Tally {
+}
+
+/// One simulated trading desk: `share` bids on Zipf-chosen auctions.
+fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> Tally {
+    let Desk {
+        engine,
+        durability,
+        zipf,
+        kinds,
+        bidders,
+        first_auction,
+        epoch,
+        thread_index,
+    } = *desk;
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        acks: durability.node.map(|_| Acks::new()),
+        ..Tally::default()
+    };
     let increments = IncrementTable::default();
     let mut last_accepted: Option<Bid> = None;
     for i in 0..share {
         // Simulated time sweeps the day, spread evenly over all threads' bids.
-        let now = UnixMicros(i * DAY_US / share);
-        // Zipf samples are 1..=n; auction ids are 0..n.
-        let id = AuctionId(zipf.sample(&mut rng) as u64 - 1);
+        let now = UnixMicros(epoch + i * DAY_US / share);
+        // Zipf samples are 1..=n; this run's auction ids are first..first + n.
+        let index = zipf.sample(&mut rng) as u64 - 1;
+        let id = AuctionId(first_auction + index);
         let bidder = bidders[rng.random_range(0..bidders.len())];
         let bid_id = BidId((thread_index as u128) << 64 | u128::from(i));
-        // Kind index is the auction id, by construction of the demo.
-        let kind = &kinds[usize::try_from(id.0).expect("auction ids index kinds")];
+        // Kind index is the auction's index in this run, by construction of the demo.
+        let kind = &kinds[usize::try_from(index).expect("auction indexes index kinds")];
         let (amount, max) = match kind {
             AuctionKind::English { start_price, .. } => {
                 let price = engine.price(id).and_then(|(p, _)| p);
@@ -374,15 +709,26 @@ fn bid_loop(
         };
         loop {
             tally.decisions += 1;
-            match engine.place_bid(&bid, now, sink) {
+            let (outcome, receipt) = engine.place_bid_with_receipt(&bid, now, sink);
+            match outcome {
                 BidOutcome::Accepted(_) => {
                     tally.accepted += 1;
                     last_accepted = Some(bid);
+                    if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, receipt) {
+                        acks.pending.push_back((lsn, Instant::now()));
+                    }
                 }
                 BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
                     *tally.rejected.entry("overloaded").or_default() += 1;
-                    // The queue is full: let the consumer catch up, then retry.
-                    thread::yield_now();
+                    if durability.failed() {
+                        tally.stopped = true;
+                        return tally;
+                    }
+                    // The queue is full: let the consumer (or the log writer) catch up.
+                    match durability.node {
+                        Some(_) => thread::sleep(OVERLOADED_SLEEP),
+                        None => thread::yield_now(),
+                    }
                     continue;
                 }
                 BidOutcome::Rejected(r) => {
@@ -390,6 +736,29 @@ fn bid_loop(
                 }
             }
             break;
+        }
+        if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
+            acks.observe(node.wal().durable_lsn());
+            if acks.pending.len() >= ACKS_PENDING_MAX {
+                let oldest = acks.pending.front().map_or(0, |p| p.0);
+                if node
+                    .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
+                    .is_err()
+                {
+                    tally.stopped = true;
+                    return tally;
+                }
+                acks.observe(node.wal().durable_lsn());
+            }
+        }
+    }
+    // The end of the desk's day: wait for its last acks.
+    if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
+        if let Some(&(last, _)) = acks.pending.back() {
+            if node.wait_durable(Receipt(last), DURABLE_WAIT_MAX).is_err() {
+                tally.stopped = true;
+            }
+            acks.observe(node.wal().durable_lsn());
         }
     }
     tally
@@ -399,6 +768,30 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         writeln!(f, "gavel simulate")?;
+        if let Some(durable) = &self.durable {
+            writeln!(f, "  data dir       {}", durable.data_dir.display())?;
+            writeln!(f, "  start          {}", durable.recovered.summary())?;
+            if let Some(torn) = &durable.recovered.torn_tail {
+                writeln!(
+                    f,
+                    "  torn tail      truncated {} bytes of {} at byte offset {}",
+                    torn.bytes_removed,
+                    torn.path.display(),
+                    torn.offset
+                )?;
+            }
+            writeln!(
+                f,
+                "  recovered hash {}",
+                crate::hex(&durable.recovered.state_hash)
+            )?;
+            writeln!(
+                f,
+                "  this run       auctions #{}..#{}",
+                durable.first_auction,
+                durable.first_auction + self.settlements.len() as u64
+            )?;
+        }
         writeln!(
             f,
             "  decisions      {} in {:.3} s = {:.0} decisions/s",
@@ -437,14 +830,41 @@ impl fmt::Display for Report {
                 None => writeln!(f, "    #{id:<6} {topic:<28} no winner")?,
             }
         }
-        let hash: String = self.state_hash.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(f, "  state hash     {hash}")?;
-        match self.replay_verified {
-            Some(true) => writeln!(
+        if let Some(durable) = &self.durable {
+            match durable.ack_latency_us {
+                Some([p50, p99, p999, max]) => writeln!(
+                    f,
+                    "  durable acks   {} accepted bids acknowledged durable; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
+                    durable.durable_acks
+                )?,
+                None => writeln!(f, "  durable acks   none")?,
+            }
+            let w = &durable.wal;
+            writeln!(
                 f,
-                "  replay         events replayed into a fresh engine: same state hash"
-            ),
-            Some(false) => writeln!(f, "  replay         MISMATCH: replayed state hash differs"),
+                "  wal            {} records in {} fdatasyncs ({:.1} records/sync), {} refused by back-pressure, durable LSN {}",
+                w.records_written_total,
+                w.batches_synced_total,
+                w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
+                w.backpressure_total,
+                durable.final_lsn
+            )?;
+        }
+        writeln!(f, "  state hash     {}", crate::hex(&self.state_hash))?;
+        let (verified, mismatch) = if self.durable.is_some() {
+            (
+                "data directory reopened: recovered state hash is the same",
+                "MISMATCH: the reopened data directory has another state hash",
+            )
+        } else {
+            (
+                "events replayed into a fresh engine: same state hash",
+                "MISMATCH: replayed state hash differs",
+            )
+        };
+        match self.replay_verified {
+            Some(true) => writeln!(f, "  replay         {verified}"),
+            Some(false) => writeln!(f, "  replay         {mismatch}"),
             None => writeln!(f, "  replay         not verified (--no-verify)"),
         }
     }
@@ -463,6 +883,9 @@ mod tests {
             seed: 7,
             no_verify: false,
             show: 3,
+            data_dir: PathBuf::new(),
+            in_memory: true,
+            snapshot_every_records: 0,
         }
     }
 

@@ -1,0 +1,28 @@
+//! `gavel_node`: the parts of the Gavel node, as a library the `gavel` binary (and the
+//! integration tests) drive.
+//!
+//! Map of the crate:
+//! - [`durable`]: [`WalSink`], the engine's event sink that encodes each decision's events as
+//!   WAL records and appends them all or none; its receipt is the decision's last LSN.
+//! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
+//!   auction operations through the WAL, durable waits, periodic snapshots with compaction,
+//!   shutdown.
+//! - [`simulate`]: `gavel simulate`, demo auctions with simulated bidders, in memory or on a
+//!   data directory.
+//! - [`wal_tools`]: `gavel wal verify` and `gavel wal dump`, offline.
+//!
+//! Architecture invariant: nothing here is acknowledged durable unless the WAL's durable LSN
+//! reached its receipt; a failed log stops the node, it never acknowledges.
+
+pub mod durable;
+pub mod node;
+pub mod simulate;
+pub mod wal_tools;
+
+pub use durable::WalSink;
+pub use node::{Node, NodeConfig, RecoveryReport, SnapshotTaken};
+
+/// Hex of a state hash, for humans and for tests that compare runs.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,582 @@
+//! [`Node`]: the engine made durable — start-up from a data directory (latest snapshot +
+//! replay of the log after it), auction operations whose events go through the WAL, durable
+//! waits, periodic snapshots with compaction, and shutdown.
+//!
+//! # Start-up
+//!
+//! [`Node::open`] opens the log in `<data_dir>/wal` (the log truncates a torn tail and
+//! refuses corruption anywhere else, naming file and offset), restores every auction of the
+//! latest valid snapshot, then replays the records after the snapshot's LSN through
+//! [`Replayer`] — the live code path, which must reproduce every logged event. Any record
+//! that does not decode or replay stops the start with an error naming its LSN. If the log
+//! ends inside a decision (a crash between the fdatasyncs of one decision's records), the
+//! replayer reports the derived events the engine state already holds but the log lacks;
+//! they are appended and synced so that log and state agree again.
+//!
+//! # Snapshots
+//!
+//! A background thread takes a snapshot every `snapshot_every_records` appended records:
+//! `L` = the durable LSN, then [`Engine::snapshot`], then a wait until everything appended so
+//! far is durable, then the file for `L` and compaction. Why every record ≤ `L` is in the
+//! states, and why no state holds a record that could be lost, is argued at
+//! [`Node::snapshot_now`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use gavel_engine::{
+    AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
+    Event, ManageError, Receipt, Replayer, UnixMicros,
+};
+use gavel_proto::convert::state::{decode_snapshot, encode_snapshot};
+use gavel_proto::pb;
+use gavel_wal::snapshot::SnapshotDefect;
+use gavel_wal::{
+    AppendError, CompactReport, DurableFuture, Lsn, TornTail, WaitError, Wal, WalConfig,
+    WriterHooks, latest_snapshot,
+};
+use prost::Message;
+
+use crate::durable::WalSink;
+
+/// The log's directory inside a data directory.
+pub const WAL_DIR: &str = "wal";
+/// How often the snapshot thread looks at the record count even if not woken.
+const SNAPSHOT_POLL_MS: u64 = 100;
+/// Longest wait for the records a snapshot includes to become durable, and for the records
+/// appended at start-up.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Configuration of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The engine's limits.
+    pub engine: EngineConfig,
+    /// The log's bounds and batching.
+    pub wal: WalConfig,
+    /// Take a snapshot (and compact) after this many records are appended (0 = never).
+    pub snapshot_every_records: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            engine: EngineConfig::default(),
+            wal: WalConfig::default(),
+            snapshot_every_records: 1_000_000,
+        }
+    }
+}
+
+/// What start-up recovered.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot restored, if any.
+    pub snapshot_lsn: Option<Lsn>,
+    /// Auctions restored from the snapshot.
+    pub auctions_restored: usize,
+    /// Newer snapshot files that were corrupt and skipped for an older one.
+    pub snapshots_skipped: Vec<(PathBuf, SnapshotDefect)>,
+    /// Records read after the snapshot.
+    pub records_read: u64,
+    /// Of those, records the snapshot already included (skipped).
+    pub records_skipped: u64,
+    /// Derived events the log lacked at its end, appended again.
+    pub missing_tail_appended: usize,
+    /// The torn tail the log truncated, if any.
+    pub torn_tail: Option<TornTail>,
+    /// The last LSN of the log after recovery (missing tail included).
+    pub last_lsn: Lsn,
+    /// Auctions held after recovery.
+    pub auctions: usize,
+    /// The engine's state hash after recovery.
+    pub state_hash: [u8; 32],
+    /// Wall time of the start-up.
+    pub elapsed: Duration,
+}
+
+impl RecoveryReport {
+    /// Records replayed through the engine (read and not skipped).
+    pub fn records_replayed(&self) -> u64 {
+        self.records_read - self.records_skipped
+    }
+
+    /// One line for humans: `recovered N auctions, M records replayed, snapshot at LSN x`.
+    pub fn summary(&self) -> String {
+        let snapshot = match self.snapshot_lsn {
+            Some(lsn) => format!("snapshot at LSN {lsn}"),
+            None => "no snapshot".to_owned(),
+        };
+        format!(
+            "recovered {} auctions, {} records replayed ({} skipped), {snapshot}, log at LSN {}, in {:.1} ms",
+            self.auctions,
+            self.records_replayed(),
+            self.records_skipped,
+            self.last_lsn,
+            self.elapsed.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// A snapshot written by [`Node::snapshot_now`].
+#[derive(Debug, Clone)]
+pub struct SnapshotTaken {
+    /// The LSN it covers (every record ≤ it is included).
+    pub lsn: Lsn,
+    /// Auctions in it.
+    pub auctions: usize,
+    /// Payload bytes.
+    pub bytes: usize,
+    /// The file.
+    pub path: PathBuf,
+    /// What compaction removed after it.
+    pub compacted: CompactReport,
+}
+
+/// What the node and its snapshot thread share.
+struct Shared {
+    engine: Engine,
+    wal: Arc<Wal>,
+    sink: WalSink,
+    /// Held (shared) by every creation from its publish to its insertion into the registry,
+    /// and (exclusive) by a snapshot while it reads the durable LSN; see `snapshot_now`.
+    creation_gate: RwLock<()>,
+    /// Serialises snapshots; holds the LSN of the last one written (0 = none).
+    last_snapshot_lsn: Mutex<Lsn>,
+    stop: AtomicBool,
+}
+
+/// The durable engine. `Sync`: share it by reference or `Arc`.
+pub struct Node {
+    shared: Arc<Shared>,
+    snapshotter: Mutex<Option<JoinHandle<()>>>,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("data_dir", &self.data_dir)
+            .field("durable_lsn", &self.shared.wal.durable_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex of this module; nothing panics while holding one.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("node mutex poisoned: a panic under a node lock is a bug")
+}
+
+impl Node {
+    /// Opens (creating if needed) the data directory and recovers the engine from it.
+    pub fn open(data_dir: impl AsRef<Path>, config: NodeConfig) -> Result<(Node, RecoveryReport)> {
+        Self::open_inner(data_dir.as_ref(), config, None)
+    }
+
+    /// [`Node::open`] with the log writer's hooks (fault injection in tests).
+    pub fn open_with_hooks(
+        data_dir: impl AsRef<Path>,
+        config: NodeConfig,
+        hooks: Arc<dyn WriterHooks>,
+    ) -> Result<(Node, RecoveryReport)> {
+        Self::open_inner(data_dir.as_ref(), config, Some(hooks))
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        config: NodeConfig,
+        hooks: Option<Arc<dyn WriterHooks>>,
+    ) -> Result<(Node, RecoveryReport)> {
+        let started = Instant::now();
+        let wal_dir = data_dir.join(WAL_DIR);
+        let opened = match hooks {
+            Some(hooks) => Wal::open_with_hooks(&wal_dir, config.wal.clone(), hooks),
+            None => Wal::open(&wal_dir, config.wal.clone()),
+        };
+        let (wal, recovery) = opened
+            .with_context(|| format!("opening the write-ahead log in {}", wal_dir.display()))?;
+        let wal = Arc::new(wal);
+        if let Some(torn) = recovery.torn_tail() {
+            tracing::warn!(
+                file = %torn.path.display(),
+                offset = torn.offset,
+                bytes_removed = torn.bytes_removed,
+                reason = %torn.reason,
+                "torn tail truncated: the last write batch was incomplete (never acknowledged durable)"
+            );
+        }
+
+        let engine = Engine::new(config.engine);
+        let snapshot = latest_snapshot(&wal_dir)
+            .with_context(|| format!("choosing a snapshot in {}", wal_dir.display()))?;
+        let mut report = RecoveryReport {
+            snapshot_lsn: None,
+            auctions_restored: 0,
+            snapshots_skipped: Vec::new(),
+            records_read: 0,
+            records_skipped: 0,
+            missing_tail_appended: 0,
+            torn_tail: recovery.torn_tail().cloned(),
+            last_lsn: 0,
+            auctions: 0,
+            state_hash: [0; 32],
+            elapsed: Duration::ZERO,
+        };
+        if let Some(snapshot) = &snapshot {
+            for (path, defect) in &snapshot.skipped {
+                tracing::warn!(file = %path.display(), %defect, "corrupt snapshot skipped; using an older one");
+            }
+            report.snapshots_skipped = snapshot.skipped.clone();
+            let (lsn, _taken_at, states) = decode_snapshot(&snapshot.payload)
+                .with_context(|| format!("decoding snapshot {}", snapshot.path.display()))?;
+            ensure!(
+                lsn == snapshot.lsn,
+                "snapshot {} says LSN {lsn} inside but its file is for LSN {}",
+                snapshot.path.display(),
+                snapshot.lsn
+            );
+            report.auctions_restored = states.len();
+            for state in states {
+                let id = state.spec.id();
+                engine.restore(state).with_context(|| {
+                    format!(
+                        "restoring auction {id} from snapshot {}",
+                        snapshot.path.display()
+                    )
+                })?;
+            }
+            report.snapshot_lsn = Some(snapshot.lsn);
+        }
+
+        let from = snapshot.as_ref().map_or(1, |s| s.lsn + 1);
+        let mut replayer = if snapshot.is_some() {
+            Replayer::after_snapshot(&engine)
+        } else {
+            Replayer::new(&engine)
+        };
+        let records = recovery
+            .replay(from)
+            .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
+        for record in records {
+            let record = record.context("reading the log")?;
+            let lsn = record.lsn;
+            let event = decode_record(&record.payload)
+                .with_context(|| format!("the record at LSN {lsn} does not decode"))?;
+            replayer
+                .apply(&event)
+                .with_context(|| format!("replaying the record at LSN {lsn}"))?;
+        }
+        let summary = replayer.finish();
+        report.records_read = summary.events;
+        report.records_skipped = summary.skipped;
+
+        let sink = WalSink::new(Arc::clone(&wal), config.snapshot_every_records);
+        if !summary.missing_tail.is_empty() {
+            let payloads: Vec<Vec<u8>> = summary
+                .missing_tail
+                .iter()
+                .map(|e| pb::Record::from(e).encode_to_vec())
+                .collect();
+            let last = wal
+                .append_batch(&payloads)
+                .context("appending the events missing at the end of the log")?;
+            wal.wait_durable(last, DURABLE_WAIT_MAX)
+                .context("syncing the events missing at the end of the log")?;
+            tracing::warn!(
+                events = payloads.len(),
+                last_lsn = last,
+                "the log ended inside a decision: appended its missing derived events"
+            );
+            report.missing_tail_appended = payloads.len();
+        }
+        report.last_lsn = wal.last_appended_lsn();
+        report.auctions = engine.len();
+        report.state_hash = engine.state_hash();
+
+        let shared = Arc::new(Shared {
+            engine,
+            wal,
+            sink,
+            creation_gate: RwLock::new(()),
+            last_snapshot_lsn: Mutex::new(report.snapshot_lsn.unwrap_or(0)),
+            stop: AtomicBool::new(false),
+        });
+        // Old segments may be removable already (a snapshot written just before a crash).
+        shared
+            .wal
+            .compact_to_snapshots()
+            .context("compacting the log")?;
+        let snapshotter = if config.snapshot_every_records > 0 {
+            let shared = Arc::clone(&shared);
+            let every = config.snapshot_every_records;
+            let handle = thread::Builder::new()
+                .name("gavel-snapshot".into())
+                .spawn(move || snapshot_loop(&shared, every))
+                .context("spawning the snapshot thread")?;
+            Some(handle)
+        } else {
+            None
+        };
+        if let Some(handle) = &snapshotter {
+            shared.sink.set_snapshot_thread(handle.thread().clone());
+        }
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            auctions = report.auctions,
+            records_replayed = report.records_replayed(),
+            records_skipped = report.records_skipped,
+            snapshot_lsn = report.snapshot_lsn.unwrap_or(0),
+            last_lsn = report.last_lsn,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "recovered"
+        );
+        Ok((
+            Node {
+                shared,
+                snapshotter: Mutex::new(snapshotter),
+                data_dir: data_dir.to_path_buf(),
+            },
+            report,
+        ))
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The engine (read-only uses: views, prices, the state hash). Decisions that change
+    /// state go through the node's methods or [`Node::sink`].
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The sink to hand the engine for bids, closes and cancels.
+    pub fn sink(&self) -> &WalSink {
+        &self.shared.sink
+    }
+
+    /// The log.
+    pub fn wal(&self) -> &Wal {
+        &self.shared.wal
+    }
+
+    /// Creates an auction; durable once the receipt is.
+    pub fn create_auction(
+        &self,
+        spec: AuctionSpec,
+        now: UnixMicros,
+    ) -> Result<Receipt, CreateError> {
+        // Shared: creations run side by side; a snapshot waits for the ones in flight.
+        let _gate = self
+            .shared
+            .creation_gate
+            .read()
+            .expect("creation gate poisoned: a panic under it is a bug");
+        self.shared
+            .engine
+            .create_auction(spec, now, &self.shared.sink)
+    }
+
+    /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for.
+    pub fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>) {
+        self.shared
+            .engine
+            .place_bid_with_receipt(bid, now, &self.shared.sink)
+    }
+
+    /// Closes and settles up to `max` due auctions; announce each settlement once its
+    /// receipt is durable.
+    pub fn close_due(&self, now: UnixMicros, max: usize) -> Vec<ClosedAuction> {
+        self.shared.engine.close_due(now, max, &self.shared.sink)
+    }
+
+    /// Cancels an open auction.
+    pub fn cancel_auction(
+        &self,
+        id: AuctionId,
+        now: UnixMicros,
+    ) -> Result<ClosedAuction, ManageError> {
+        self.shared
+            .engine
+            .cancel_auction(id, now, &self.shared.sink)
+    }
+
+    /// Whether `receipt` is durable now.
+    pub fn is_durable(&self, receipt: Receipt) -> bool {
+        self.shared.wal.durable_lsn() >= receipt.0
+    }
+
+    /// Blocks until `receipt` is durable, the log stops, or `timeout`.
+    pub fn wait_durable(&self, receipt: Receipt, timeout: Duration) -> Result<Lsn, WaitError> {
+        self.shared.wal.wait_durable(receipt.0, timeout)
+    }
+
+    /// A future resolving once `receipt` is durable (or the log stops).
+    pub fn durable(&self, receipt: Receipt) -> DurableFuture {
+        self.shared.wal.durable(receipt.0)
+    }
+
+    /// Why the node must stop, if it must: the log failed or refused a decision for a
+    /// reason other than back-pressure. Nothing is acknowledged durable after that.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(failure) = self.shared.wal.failure() {
+            return Some(failure);
+        }
+        self.shared.sink.failure().map(|e| match e {
+            AppendError::Closed => "the write-ahead log is shut down".to_owned(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Takes a snapshot now (unless nothing new is durable since the last one), writes it,
+    /// and compacts the log. Returns `None` if there was nothing to snapshot.
+    ///
+    /// Why the snapshot at `L` includes every record with LSN ≤ `L`, where `L` is the
+    /// durable LSN read *before* [`Engine::snapshot`] starts:
+    /// - A bid, close or cancel appends its records under the auction's lock, before it
+    ///   applies the change and releases the lock. A record with LSN ≤ `L` was durable when
+    ///   `L` was read, so its append returned before that read (the writer's Release store of
+    ///   the durable LSN, our Acquire load). The snapshot takes each auction's lock after
+    ///   reading `L`, hence after the appending thread released it: the change is applied in
+    ///   the state it reads.
+    /// - A creation appends its `Created` record under the shard's writer lock and inserts
+    ///   the auction into the registry afterwards, and [`Engine::snapshot`] lists the
+    ///   registry without that lock — so a creation could be logged but not yet listed. Every
+    ///   creation holds `creation_gate` shared from before its append to after its insert,
+    ///   and `L` is read holding it exclusively: every creation with LSN ≤ `L` is listed, and
+    ///   every creation that starts after appends an LSN > `L`.
+    ///
+    /// And why no state in the file holds a record that a crash could still lose: the states
+    /// may include records appended after `L` was read; before the file is written the
+    /// snapshot waits until every LSN appended by then is durable (a state can only include
+    /// records whose append returned before the state was read).
+    pub fn snapshot_now(&self) -> Result<Option<SnapshotTaken>> {
+        snapshot_now(&self.shared)
+    }
+
+    /// Stops the snapshot thread, optionally writes a final snapshot, then stops the log:
+    /// everything appended is written and synced. Returns the final durable LSN. Idempotent.
+    pub fn shutdown(&self, final_snapshot: bool) -> Result<Lsn> {
+        self.stop_snapshotter();
+        if final_snapshot && self.failure().is_none() {
+            snapshot_now(&self.shared).context("writing the final snapshot")?;
+        }
+        let lsn = self
+            .shared
+            .wal
+            .shutdown()
+            .context("flushing the write-ahead log")?;
+        tracing::info!(durable_lsn = lsn, "log flushed and closed");
+        Ok(lsn)
+    }
+
+    fn stop_snapshotter(&self) {
+        // Ordering: Release pairs with the snapshot thread's Acquire load.
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(handle) = lock(&self.snapshotter).take() {
+            handle.thread().unpark();
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_snapshotter();
+        // The log flushes on drop of its last handle.
+    }
+}
+
+/// Decodes one log record's payload into an engine event.
+pub fn decode_record(payload: &[u8]) -> Result<Event> {
+    let record = pb::Record::decode(payload).context("not a gavel.v1.Record")?;
+    Ok(Event::try_from(record)?)
+}
+
+fn snapshot_loop(shared: &Shared, every: u64) {
+    let mut at_last = shared.sink.appended_records();
+    loop {
+        thread::park_timeout(Duration::from_millis(SNAPSHOT_POLL_MS));
+        // Ordering: Acquire pairs with `stop_snapshotter`'s Release store.
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let appended = shared.sink.appended_records();
+        if appended - at_last < every {
+            continue;
+        }
+        at_last = appended;
+        match snapshot_now(shared) {
+            Ok(Some(taken)) => tracing::info!(
+                lsn = taken.lsn,
+                auctions = taken.auctions,
+                bytes = taken.bytes,
+                segments_removed = taken.compacted.removed_segments.len(),
+                snapshots_removed = taken.compacted.removed_snapshots.len(),
+                "snapshot written"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "snapshot failed");
+                if shared.wal.failure().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
+    let mut last_snapshot_lsn = lock(&shared.last_snapshot_lsn);
+    if let Some(failure) = shared.wal.failure() {
+        bail!("the log failed: {failure}");
+    }
+    // See `Node::snapshot_now` for why `lsn` is read here, under the gate.
+    let lsn = {
+        let _gate = shared
+            .creation_gate
+            .write()
+            .expect("creation gate poisoned: a panic under it is a bug");
+        shared.wal.durable_lsn()
+    };
+    if lsn == 0 || lsn <= *last_snapshot_lsn {
+        return Ok(None);
+    }
+    let states = shared.engine.snapshot();
+    let appended = shared.wal.last_appended_lsn();
+    shared
+        .wal
+        .wait_durable(appended, DURABLE_WAIT_MAX)
+        .context("waiting for the records the snapshot includes to be durable")?;
+    let taken_at = UnixMicros(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+    );
+    let payload = encode_snapshot(lsn, taken_at, &states);
+    let path = shared
+        .wal
+        .write_snapshot(lsn, &payload)
+        .with_context(|| format!("writing the snapshot at LSN {lsn}"))?;
+    *last_snapshot_lsn = lsn;
+    let compacted = shared
+        .wal
+        .compact_to_snapshots()
+        .context("compacting the log after a snapshot")?;
+    Ok(Some(SnapshotTaken {
+        lsn,
+        auctions: states.len(),
+        bytes: payload.len(),
+        path,
+        compacted,
+    }))
+}

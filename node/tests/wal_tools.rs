@@ -1,0 +1,101 @@
+//! `gavel wal verify` and `gavel wal dump` on real data directories.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn verify_reports_a_good_log_and_dump_prints_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = simulate_small(dir.path());
+    let last_lsn: u64 = value_of(&run, "wal")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+
+    let (report, _) = gavel_ok(&["wal", "verify", data_dir]);
+    assert_eq!(value_of(&report, "result"), "ok");
+    assert_eq!(value_of(&report, "segments"), "1");
+    assert_eq!(value_of(&report, "torn tail"), "none");
+    assert_eq!(
+        value_of(&report, "records"),
+        format!("{last_lsn} (LSN 1..={last_lsn})")
+    );
+    assert!(
+        value_of(&report, "start").starts_with("restores the snapshot at LSN"),
+        "{report}"
+    );
+
+    let (dump, _) = gavel_ok(&["wal", "dump", data_dir, "--limit", "3"]);
+    let lines: Vec<&str> = dump.lines().collect();
+    assert_eq!(lines.len(), 3, "{dump}");
+    assert!(
+        lines[0].starts_with(
+            "lsn=1 auction=0 seq=1 at_us=0 created topic=demo.english.lot-0 kind=english"
+        ),
+        "{dump}"
+    );
+    assert!(lines[2].starts_with("lsn=3 auction=2 seq=1"), "{dump}");
+
+    let (all, _) = gavel_ok(&["wal", "dump", data_dir]);
+    assert_eq!(all.lines().count() as u64, last_lsn);
+    assert!(all.contains(" bid_accepted bidder=sim-bidder-"), "{all}");
+    assert!(
+        all.contains(" closed reason=CLOSE_REASON_END_REACHED"),
+        "{all}"
+    );
+    assert!(all.contains(" settled winner=sim-bidder-"), "{all}");
+
+    let (json, _) = gavel_ok(&[
+        "wal", "dump", data_dir, "--from", "31", "--limit", "2", "--json",
+    ]);
+    let values: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(values.len(), 2);
+    assert_eq!(values[0]["lsn"], 31);
+    assert_eq!(values[1]["lsn"], 32);
+    assert!(
+        values[0]["record"]["kind"]["bid_accepted"]["bidder_id"].is_string(),
+        "{json}"
+    );
+}
+
+#[test]
+fn verify_fails_on_a_damaged_log_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    simulate_small(dir.path());
+    let segment = segments(dir.path()).pop().unwrap();
+    let spans = record_spans(&segment);
+    let (offset, _) = spans[spans.len() / 3];
+    flip_payload_bit(&segment, offset);
+
+    let data_dir = dir.path().to_str().unwrap();
+    let (report, stderr) = gavel_fails(&["wal", "verify", data_dir]);
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    let problem = value_of(&report, "result");
+    assert!(
+        problem.starts_with("PROBLEM: corrupt record in"),
+        "{report}"
+    );
+    assert!(problem.contains(name), "{report}");
+    assert!(
+        problem.contains(&format!("at byte offset {offset}")),
+        "{report}"
+    );
+    assert!(stderr.contains("has a problem"), "{stderr}");
+    // Records before the damage still verify and are counted.
+    assert!(
+        value_of(&report, "records").starts_with(&format!("{} ", spans.len() / 3)),
+        "{report}"
+    );
+
+    // Dump prints up to the damage, then fails naming it.
+    let (dump, stderr) = gavel_fails(&["wal", "dump", data_dir]);
+    assert_eq!(dump.lines().count(), spans.len() / 3);
+    assert!(stderr.contains(name), "{stderr}");
+}
