@@ -502,19 +502,20 @@ pub fn decode_record(payload: &[u8]) -> Result<Event> {
     Ok(Event::try_from(record)?)
 }
 
+/// Snapshots whenever the log has grown `every` records past the last snapshot (counting
+/// what earlier runs left unsnapshotted too). Woken by the sink at each multiple of `every`
+/// appended records, and polls in case a wake-up came before it parked.
 fn snapshot_loop(shared: &Shared, every: u64) {
-    let mut at_last = shared.sink.appended_records();
     loop {
         thread::park_timeout(Duration::from_millis(SNAPSHOT_POLL_MS));
         // Ordering: Acquire pairs with `stop_snapshotter`'s Release store.
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let appended = shared.sink.appended_records();
-        if appended - at_last < every {
+        let last_snapshot_lsn = *lock(&shared.last_snapshot_lsn);
+        if shared.wal.last_appended_lsn() - last_snapshot_lsn < every {
             continue;
         }
-        at_last = appended;
         match snapshot_now(shared) {
             Ok(Some(taken)) => tracing::info!(
                 lsn = taken.lsn,

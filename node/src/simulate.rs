@@ -51,6 +51,8 @@ const BIDDERS: usize = 64;
 /// Accepted bids a bidder thread tracks while their durable acks are outstanding; beyond,
 /// it waits for the oldest (the WAL queue bounds what is in flight anyway).
 const ACKS_PENDING_MAX: usize = 1 << 17;
+/// Largest durable-ack latency the histogram tells apart (60 s), µs.
+const ACK_LATENCY_US_MAX: u64 = 60_000_000;
 /// Longest wait for a durable acknowledgement before the run fails.
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Wait before retrying a decision the log refused with back-pressure (durable mode).
@@ -85,7 +87,7 @@ pub struct Options {
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
     /// Keep nothing: run in memory only (faster; nothing persists).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data_dir")]
     pub in_memory: bool,
     /// Durable mode: write a snapshot (and compact the log) every this many records.
     #[arg(long, default_value_t = 1_000_000)]
@@ -220,8 +222,10 @@ impl Acks {
     fn new() -> Acks {
         Acks {
             pending: VecDeque::new(),
-            // 3 significant digits, auto-resizing: a few KiB.
-            latency_us: Histogram::new(3).expect("invariant: 3 significant figures are valid"),
+            // 1 µs to 60 s at 3 significant digits: a fixed few tens of KiB; longer waits
+            // are clamped (the run fails after DURABLE_WAIT_MAX anyway).
+            latency_us: Histogram::new_with_bounds(1, ACK_LATENCY_US_MAX, 3)
+                .expect("invariant: the bounds and 3 significant figures are valid"),
         }
     }
 
@@ -842,10 +846,11 @@ impl fmt::Display for Report {
             let w = &durable.wal;
             writeln!(
                 f,
-                "  wal            {} records in {} fdatasyncs ({:.1} records/sync), {} refused by back-pressure, durable LSN {}",
+                "  wal            {} records in {} fdatasyncs ({:.1} records/sync, {:.0} µs/sync), {} refused by back-pressure, durable LSN {}",
                 w.records_written_total,
                 w.batches_synced_total,
                 w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
+                w.sync_latency_us_total as f64 / w.batches_synced_total.max(1) as f64,
                 w.backpressure_total,
                 durable.final_lsn
             )?;
