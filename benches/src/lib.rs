@@ -1,7 +1,7 @@
 //! `gavel-benches`: shared workloads for Gavel's criterion benches and latency probes.
 //!
-//! Nothing here is timed by itself; the benches (`benches/*.rs`) and the latency probe
-//! (`src/bin/decide_latency.rs`) time it. Map:
+//! Nothing here is timed by itself; the benches (`benches/*.rs`) and the probes
+//! (`src/bin/decide_latency.rs`, `wal_latency.rs`, `wal_replay.rs`) time it. Map:
 //! - [`MeasuredSink`]: a sink the measuring thread drains itself, so producing each
 //!   decision's events (allocation, queue push, later pop and drop) is inside the timing.
 //! - [`Drainer`]: drains a [`MeasuredSink`] every [`DRAIN_EVERY_DECISIONS`] decisions.
@@ -9,6 +9,12 @@
 //! - [`ZipfMarket`] and [`ZipfBidder`]: 10k English auctions picked by a Zipf law, bids
 //!   mixing raises and too-low amounts, pre-generated outside the timing.
 //! - [`Tally`]: outcome counts, to check a run measured what it claims to.
+//! - [`wal_load`]: realistic WAL records (encoded accepted-bid events) and a sink that
+//!   appends an engine's events to a [`gavel_wal::Wal`].
+//! - [`process`]: CPU time, resident memory and filesystem, from `/proc` and `df`.
+
+pub mod process;
+pub mod wal_load;
 
 use gavel_engine::{
     AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
