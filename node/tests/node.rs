@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
@@ -128,6 +128,77 @@ fn snapshots_compact_the_log_and_recovery_from_snapshot_and_tail_gives_the_same_
     let next = bid(&node, AUCTIONS, n);
     assert_eq!(next, Receipt(last.0 + 1));
     node.shutdown(true).unwrap();
+}
+
+#[test]
+fn snapshots_taken_during_concurrent_creations_and_bids_recover_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        wal: WalConfig {
+            segment_bytes_max: 16 << 10,
+            ..WalConfig::default()
+        },
+        // Snapshots are taken by hand below, as fast as they go.
+        snapshot_every_records: 0,
+        ..NodeConfig::default()
+    };
+    let (node, _) = Node::open(dir.path(), config.clone()).unwrap();
+    node.create_auction(english(0), UnixMicros(0)).unwrap();
+    let created = AtomicU64::new(1);
+    let stop = AtomicBool::new(false);
+    let mut snapshots = 0;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for id in 1..200 {
+                node.create_auction(english(id), UnixMicros(0)).unwrap();
+                created.store(id + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        for t in 0..2u64 {
+            let (node, created, stop) = (&node, &created, &stop);
+            scope.spawn(move || {
+                let bidder = BidderId::new(&format!("t{t}")).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = AuctionId((n * 7 + t) % created.load(Ordering::SeqCst));
+                    let price = node.engine().price(id).and_then(|(p, _)| p).unwrap_or(100);
+                    let bid = Bid::new(
+                        id,
+                        bidder,
+                        BidId(u128::from(t) << 64 | u128::from(n)),
+                        price + 10_000,
+                        None,
+                        UnixMicros(n),
+                    )
+                    .unwrap();
+                    // Accepted or too low (the other thread got there first): both fine.
+                    let _ = node.place_bid(&bid, UnixMicros(n));
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < deadline {
+            if node.snapshot_now().unwrap().is_some() {
+                snapshots += 1;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(snapshots >= 3, "only {snapshots} snapshots");
+    let last = node.wal().last_appended_lsn();
+    node.wait_durable(Receipt(last), SECOND).unwrap();
+    let hash = node.engine().state_hash();
+    let auctions = node.engine().len();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let (node, recovered) = Node::open(dir.path(), config).unwrap();
+    assert!(recovered.snapshot_lsn.is_some());
+    assert_eq!(recovered.auctions, auctions);
+    assert_eq!(recovered.state_hash, hash, "{recovered:?}");
+    node.shutdown(false).unwrap();
 }
 
 /// Fails every write batch once armed.
