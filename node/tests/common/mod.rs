@@ -46,10 +46,17 @@ fn texts(out: &Output) -> (String, String) {
     )
 }
 
-/// A small durable simulation on `dir`: 30 auctions, 4 000 bids, snapshots every 1 500
-/// records. Returns its stdout.
+/// A small durable simulation on `dir`: 30 auctions, 4 000 bids (about 3 000 records),
+/// snapshots every 500 records (so that several are taken whatever the scheduling). Returns
+/// its stdout.
 pub fn simulate_small(dir: &Path) -> String {
+    simulate_small_with_snapshots(dir, 500)
+}
+
+/// [`simulate_small`] with snapshots every `snapshot_every_records` (0 = none).
+pub fn simulate_small_with_snapshots(dir: &Path, snapshot_every_records: u64) -> String {
     let dir = dir.to_str().expect("a UTF-8 temp path");
+    let snapshot_every_records = snapshot_every_records.to_string();
     gavel_ok(&[
         "simulate",
         "--data-dir",
@@ -61,7 +68,7 @@ pub fn simulate_small(dir: &Path) -> String {
         "--threads",
         "2",
         "--snapshot-every-records",
-        "1500",
+        &snapshot_every_records,
         "--show",
         "0",
     ])
