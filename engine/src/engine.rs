@@ -246,8 +246,17 @@ impl Engine {
     /// The complete state of every auction, ascending by id: a snapshot. Each auction's
     /// state is taken under its own lock, one after another, so on a live engine the
     /// snapshot is consistent per auction; each state's `seq` says what it includes.
+    ///
+    /// Every event published before the call is included: a bid's, close's or cancel's
+    /// (published under the auction's lock, applied before it is released), and a
+    /// creation's — each shard's map is read under the shard's writer lock, which a
+    /// creation holds from publishing its `Created` event until the auction is listed.
     pub fn snapshot(&self) -> Vec<AuctionState> {
-        let mut all = self.all_auctions();
+        let mut all: Vec<Arc<Auction>> = Vec::new();
+        for shard in self.shards.iter() {
+            let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+            all.extend(shard.auctions.load().values().cloned());
+        }
         all.sort_unstable_by_key(|a| a.id());
         all.iter().map(|a| a.state()).collect()
     }

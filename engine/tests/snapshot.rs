@@ -271,3 +271,50 @@ fn a_smaller_window_keeps_the_newest_remembered_bids() {
     let kept = small.auction_state(id).unwrap().recent;
     assert_eq!(kept, state.recent[5..].to_vec());
 }
+
+/// A snapshot includes every auction whose `Created` event was published before it began,
+/// even while that creation is still between publishing and listing the auction.
+#[test]
+fn a_snapshot_waits_for_a_creation_that_has_published() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use gavel_engine::{Backpressure, EventSink, Receipt};
+
+    /// Holds the first publish until released, after saying it has been entered.
+    #[derive(Default)]
+    struct Pausing {
+        entered: AtomicBool,
+        release: AtomicBool,
+    }
+    impl EventSink for Pausing {
+        fn publish(&self, _: &[Event]) -> Result<Receipt, Backpressure> {
+            self.entered.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(Receipt(1))
+        }
+    }
+
+    let engine = Engine::new(config());
+    let sink = Pausing::default();
+    thread::scope(|scope| {
+        let creator = scope.spawn(|| engine.create_auction(spec(1), UnixMicros(0), &sink));
+        while !sink.entered.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        // The `Created` event is out; the auction is not listed yet.
+        let snapshotter = scope.spawn(|| engine.snapshot());
+        thread::sleep(Duration::from_millis(50));
+        sink.release.store(true, Ordering::SeqCst);
+        creator.join().unwrap().unwrap();
+        let snapshot = snapshotter.join().unwrap();
+        assert_eq!(
+            snapshot.iter().map(|s| s.spec.id()).collect::<Vec<_>>(),
+            vec![AuctionId(1)],
+            "the snapshot missed a creation whose event was already published"
+        );
+    });
+}

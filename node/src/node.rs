@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -142,9 +142,6 @@ struct Shared {
     engine: Engine,
     wal: Arc<Wal>,
     sink: WalSink,
-    /// Held (shared) by every creation from its publish to its insertion into the registry,
-    /// and (exclusive) by a snapshot while it reads the durable LSN; see `snapshot_now`.
-    creation_gate: RwLock<()>,
     /// Serialises snapshots; holds the LSN of the last one written (0 = none).
     last_snapshot_lsn: Mutex<Lsn>,
     stop: AtomicBool,
@@ -303,7 +300,6 @@ impl Node {
             engine,
             wal,
             sink,
-            creation_gate: RwLock::new(()),
             last_snapshot_lsn: Mutex::new(report.snapshot_lsn.unwrap_or(0)),
             stop: AtomicBool::new(false),
         });
@@ -373,12 +369,6 @@ impl Node {
         spec: AuctionSpec,
         now: UnixMicros,
     ) -> Result<Receipt, CreateError> {
-        // Shared: creations run side by side; a snapshot waits for the ones in flight.
-        let _gate = self
-            .shared
-            .creation_gate
-            .read()
-            .expect("creation gate poisoned: a panic under it is a bug");
         self.shared
             .engine
             .create_auction(spec, now, &self.shared.sink)
@@ -446,12 +436,9 @@ impl Node {
     ///   the durable LSN, our Acquire load). The snapshot takes each auction's lock after
     ///   reading `L`, hence after the appending thread released it: the change is applied in
     ///   the state it reads.
-    /// - A creation appends its `Created` record under the shard's writer lock and inserts
-    ///   the auction into the registry afterwards, and [`Engine::snapshot`] lists the
-    ///   registry without that lock — so a creation could be logged but not yet listed. Every
-    ///   creation holds `creation_gate` shared from before its append to after its insert,
-    ///   and `L` is read holding it exclusively: every creation with LSN ≤ `L` is listed, and
-    ///   every creation that starts after appends an LSN > `L`.
+    /// - A creation appends its `Created` record under the shard's writer lock and lists
+    ///   the auction before releasing it; [`Engine::snapshot`] reads each shard's registry
+    ///   under that lock, after `L` was read: every creation with LSN ≤ `L` is listed.
     ///
     /// And why no state in the file holds a record that a crash could still lose: the states
     /// may include records appended after `L` was read; before the file is written the
@@ -541,14 +528,8 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
     if let Some(failure) = shared.wal.failure() {
         bail!("the log failed: {failure}");
     }
-    // See `Node::snapshot_now` for why `lsn` is read here, under the gate.
-    let lsn = {
-        let _gate = shared
-            .creation_gate
-            .write()
-            .expect("creation gate poisoned: a panic under it is a bug");
-        shared.wal.durable_lsn()
-    };
+    // See `Node::snapshot_now` for why `lsn` is read before the snapshot starts.
+    let lsn = shared.wal.durable_lsn();
     if lsn == 0 || lsn <= *last_snapshot_lsn {
         return Ok(None);
     }
