@@ -110,7 +110,7 @@ type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildHasherDefault<IdHasher>>
 
 /// Hashes an [`AuctionId`] (one `u64`) with `mix64`.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {

@@ -9,10 +9,11 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 
 use thiserror::Error;
 
-use crate::engine::{CreateError, Engine, ManageError};
+use crate::engine::{CreateError, Engine, IdHasher, ManageError};
 use crate::event::{Backpressure, CloseReason, Event, EventKind, EventSink, Receipt};
 use crate::types::{AuctionId, BidOutcome};
 
@@ -87,7 +88,9 @@ pub struct Replayer<'e> {
     after_snapshot: bool,
     skipped: u64,
     /// Derived events each auction's last command produced that the log has not shown yet.
-    expected: HashMap<AuctionId, VecDeque<Event>>,
+    expected: HashMap<AuctionId, VecDeque<Event>, BuildHasherDefault<IdHasher>>,
+    /// Collects what each re-executed command produces.
+    capture: Capture,
     events: u64,
 }
 
@@ -112,7 +115,8 @@ impl<'e> Replayer<'e> {
             engine,
             after_snapshot: false,
             skipped: 0,
-            expected: HashMap::new(),
+            expected: HashMap::default(),
+            capture: Capture::default(),
             events: 0,
         }
     }
@@ -131,8 +135,11 @@ impl<'e> Replayer<'e> {
     /// Applies one logged event.
     pub fn apply(&mut self, logged: &Event) -> Result<(), ReplayError> {
         self.events += 1;
-        let pending = self.expected.entry(logged.auction).or_default();
-        if let Some(expected) = pending.pop_front() {
+        if let Some(expected) = self
+            .expected
+            .get_mut(&logged.auction)
+            .and_then(VecDeque::pop_front)
+        {
             if expected != *logged {
                 return Err(diverged(logged, Some(expected)));
             }
@@ -153,19 +160,21 @@ impl<'e> Replayer<'e> {
                 seq: logged.seq,
             });
         }
-        let capture = Capture::default();
+        // One buffer for every command: no allocation per replayed event.
+        let capture = &self.capture;
+        capture.0.borrow_mut().clear();
         let id = logged.auction;
         match &logged.kind {
             EventKind::Created(spec) => {
                 self.engine
-                    .create_auction((**spec).clone(), logged.at, &capture)
+                    .create_auction((**spec).clone(), logged.at, capture)
                     .map_err(|source| ReplayError::Create {
                         auction: id,
                         source,
                     })?;
             }
             EventKind::BidAccepted { bid, .. } => {
-                let outcome = self.engine.place_bid(bid, logged.at, &capture);
+                let outcome = self.engine.place_bid(bid, logged.at, capture);
                 if !matches!(outcome, BidOutcome::Accepted(_)) {
                     return Err(ReplayError::BidNotAccepted {
                         auction: id,
@@ -178,7 +187,7 @@ impl<'e> Replayer<'e> {
                 reason: CloseReason::EndReached,
             } => {
                 self.engine
-                    .close_auction(id, logged.at, &capture)
+                    .close_auction(id, logged.at, capture)
                     .map_err(|source| ReplayError::Close {
                         auction: id,
                         source,
@@ -188,7 +197,7 @@ impl<'e> Replayer<'e> {
                 reason: CloseReason::Cancelled,
             } => {
                 self.engine
-                    .cancel_auction(id, logged.at, &capture)
+                    .cancel_auction(id, logged.at, capture)
                     .map_err(|source| ReplayError::Close {
                         auction: id,
                         source,
@@ -198,13 +207,15 @@ impl<'e> Replayer<'e> {
                 unreachable!("derived events were handled above")
             }
         }
-        let mut produced = capture.0.into_inner().into_iter();
+        let mut captured = capture.0.borrow_mut();
+        let mut produced = captured.drain(..);
         match produced.next() {
             Some(first) if first == *logged => {}
             other => return Err(diverged(logged, other)),
         }
-        let pending = self.expected.entry(id).or_default();
-        pending.extend(produced);
+        if produced.len() > 0 {
+            self.expected.entry(id).or_default().extend(produced);
+        }
         Ok(())
     }
 
