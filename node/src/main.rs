@@ -51,7 +51,8 @@ fn main() -> Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let mut out = std::io::stdout().lock();
+    // Not locked for the whole command: `simulate --ack-log -` writes from bidder threads.
+    let mut out = std::io::stdout();
     match cli.command {
         Command::Simulate(options) => {
             let report = simulate::run(&options)?;

@@ -15,12 +15,18 @@
 //! - **in memory** (`--in-memory`): events go to a bounded queue drained by a consumer
 //!   thread; unless `--no-verify`, they are replayed into a fresh engine whose state hash
 //!   must equal the live one. Nothing persists.
+//!
+//! A hidden flag for the crash tests, `--ack-log <file|->` (durable mode only), streams one
+//! line per durable-acknowledged bid — `ack <auction> <bidder> <bid id> <seq> <lsn>` — written
+//! and flushed as soon as the bidder observes the log's durable LSN at or past the bid's
+//! receipt (never before), so that a parent that kills the process knows what was promised.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Barrier;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -92,6 +98,68 @@ pub struct Options {
     /// Durable mode: write a snapshot (and compact the log) every this many records.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every_records: u64,
+    /// Durable mode, for the crash tests: write one line per durable-acknowledged bid to this
+    /// file (`-` = stdout) as soon as its ack is observed. Hidden: a test hook, not a feature.
+    #[arg(long, hide = true, conflicts_with = "in_memory")]
+    pub ack_log: Option<PathBuf>,
+}
+
+/// `--ack-log`: where durable acknowledgements are streamed, one flushed line each.
+struct AckLog {
+    out: Mutex<Box<dyn Write + Send>>,
+    /// A write failed (the reader went away): bidders stop.
+    failed: AtomicBool,
+}
+
+impl AckLog {
+    fn open(path: &Path) -> Result<AckLog> {
+        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating the ack log {}", path.display()))?,
+            )
+        };
+        Ok(AckLog {
+            out: Mutex::new(out),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes and flushes one line per released ack; false if the log failed.
+    fn write(&self, released: &[PendingAck]) -> bool {
+        if released.is_empty() {
+            return true;
+        }
+        let mut text = String::with_capacity(released.len() * 64);
+        for ack in released {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                text,
+                "ack {} {} {} {} {}",
+                ack.bid.auction(),
+                ack.bid.bidder(),
+                ack.bid.id().0,
+                ack.seq,
+                ack.lsn
+            );
+        }
+        let mut out = self
+            .out
+            .lock()
+            .expect("ack log mutex poisoned: nothing panics while holding it");
+        let ok = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        drop(out);
+        match ok {
+            Ok(()) => true,
+            Err(_) => {
+                // Ordering: a flag read after the bidders joined.
+                self.failed.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
 }
 
 /// What a simulation did.
@@ -214,8 +282,21 @@ struct Tally {
 /// A bidder thread's outstanding durable acknowledgements, oldest first, and the latency of
 /// the ones observed.
 struct Acks {
-    pending: VecDeque<(u64, Instant)>,
+    pending: VecDeque<PendingAck>,
     latency_us: Histogram<u64>,
+    /// Acks released by the last [`Acks::observe`], for the ack log (empty without one).
+    released: Vec<PendingAck>,
+}
+
+/// An accepted bid waiting for its durable acknowledgement.
+#[derive(Clone, Copy)]
+struct PendingAck {
+    /// The decision's receipt: durable once the log's durable LSN reaches it.
+    lsn: u64,
+    at: Instant,
+    bid: Bid,
+    /// The acceptance's per-auction sequence number.
+    seq: u64,
 }
 
 impl Acks {
@@ -226,19 +307,26 @@ impl Acks {
             // are clamped (the run fails after DURABLE_WAIT_MAX anyway).
             latency_us: Histogram::new_with_bounds(1, ACK_LATENCY_US_MAX, 3)
                 .expect("invariant: the bounds and 3 significant figures are valid"),
+            released: Vec::new(),
         }
     }
 
-    /// Records every pending ack now durable.
-    fn observe(&mut self, durable_lsn: u64) {
-        while let Some(&(lsn, at)) = self.pending.front() {
-            if lsn > durable_lsn {
+    /// Records every pending ack now durable, and streams them to the ack log if there is
+    /// one; false if that log failed.
+    fn observe(&mut self, durable_lsn: u64, log: Option<&AckLog>) -> bool {
+        self.released.clear();
+        while let Some(&ack) = self.pending.front() {
+            if ack.lsn > durable_lsn {
                 break;
             }
             self.latency_us
-                .saturating_record(at.elapsed().as_micros() as u64);
+                .saturating_record(ack.at.elapsed().as_micros() as u64);
+            if log.is_some() {
+                self.released.push(ack);
+            }
             self.pending.pop_front();
         }
+        log.is_none_or(|log| log.write(&self.released))
     }
 }
 
@@ -337,6 +425,7 @@ fn run_in_memory(options: &Options) -> Result<Report> {
                     let desk = Desk {
                         engine,
                         durability: Durability { node: None },
+                        ack_log: None,
                         zipf,
                         kinds,
                         bidders,
@@ -430,6 +519,7 @@ fn run_durable(options: &Options) -> Result<Report> {
         snapshot_every_records: options.snapshot_every_records,
         ..NodeConfig::default()
     };
+    let ack_log = options.ack_log.as_deref().map(AckLog::open).transpose()?;
     let (node, recovered) = Node::open(&options.data_dir, config.clone())
         .with_context(|| format!("starting on {}", options.data_dir.display()))?;
     let engine = node.engine();
@@ -488,6 +578,7 @@ fn run_durable(options: &Options) -> Result<Report> {
                 let desk = Desk {
                     engine,
                     durability: Durability { node: Some(&node) },
+                    ack_log: ack_log.as_ref(),
                     zipf: &zipf,
                     kinds: &kinds,
                     bidders: &bidders,
@@ -512,6 +603,13 @@ fn run_durable(options: &Options) -> Result<Report> {
     });
     if let Some(failure) = node.failure() {
         bail!("the log failed during the run; nothing after it was acknowledged: {failure}");
+    }
+    // Ordering: read after the bidders joined.
+    if ack_log
+        .as_ref()
+        .is_some_and(|l| l.failed.load(Ordering::Relaxed))
+    {
+        bail!("writing the ack log failed; the bidders stopped");
     }
 
     // The day is over: the timer closes everything; settlements are announced once durable.
@@ -639,6 +737,8 @@ fn settlements_of(
 struct Desk<'a> {
     engine: &'a Engine,
     durability: Durability<'a>,
+    /// `--ack-log`, if given (durable mode only).
+    ack_log: Option<&'a AckLog>,
     zipf: &'a Zipf<f64>,
     /// The kinds of this run's auctions, by id − `first_auction`.
     kinds: &'a [AuctionKind],
@@ -654,6 +754,7 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
     let Desk {
         engine,
         durability,
+        ack_log,
         zipf,
         kinds,
         bidders,
@@ -715,11 +816,16 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
             tally.decisions += 1;
             let (outcome, receipt) = engine.place_bid_with_receipt(&bid, now, sink);
             match outcome {
-                BidOutcome::Accepted(_) => {
+                BidOutcome::Accepted(accepted) => {
                     tally.accepted += 1;
                     last_accepted = Some(bid);
                     if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, receipt) {
-                        acks.pending.push_back((lsn, Instant::now()));
+                        acks.pending.push_back(PendingAck {
+                            lsn,
+                            at: Instant::now(),
+                            bid,
+                            seq: accepted.seq,
+                        });
                     }
                 }
                 BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
@@ -742,9 +848,12 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
             break;
         }
         if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
-            acks.observe(node.wal().durable_lsn());
+            if !acks.observe(node.wal().durable_lsn(), ack_log) {
+                tally.stopped = true;
+                return tally;
+            }
             if acks.pending.len() >= ACKS_PENDING_MAX {
-                let oldest = acks.pending.front().map_or(0, |p| p.0);
+                let oldest = acks.pending.front().map_or(0, |p| p.lsn);
                 if node
                     .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
                     .is_err()
@@ -752,17 +861,21 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
                     tally.stopped = true;
                     return tally;
                 }
-                acks.observe(node.wal().durable_lsn());
+                if !acks.observe(node.wal().durable_lsn(), ack_log) {
+                    tally.stopped = true;
+                    return tally;
+                }
             }
         }
     }
     // The end of the desk's day: wait for its last acks.
     if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
-        if let Some(&(last, _)) = acks.pending.back() {
-            if node.wait_durable(Receipt(last), DURABLE_WAIT_MAX).is_err() {
+        if let Some(last) = acks.pending.back().map(|p| p.lsn) {
+            if node.wait_durable(Receipt(last), DURABLE_WAIT_MAX).is_err()
+                || !acks.observe(node.wal().durable_lsn(), ack_log)
+            {
                 tally.stopped = true;
             }
-            acks.observe(node.wal().durable_lsn());
         }
     }
     tally
@@ -891,6 +1004,7 @@ mod tests {
             data_dir: PathBuf::new(),
             in_memory: true,
             snapshot_every_records: 0,
+            ack_log: None,
         }
     }
 
