@@ -109,9 +109,10 @@ fn a_missing_middle_segment_refuses_to_start_naming_the_gap() {
     let middle = &segments[segments.len() / 2];
     std::fs::remove_file(middle).unwrap();
 
-    let error = Node::open(dir.path(), config())
-        .err()
-        .expect("a start with a gap must fail");
+    let error = match Node::open(dir.path(), config()) {
+        Ok(_) => panic!("a start with a gap must fail"),
+        Err(error) => error,
+    };
     let message = format!("{error:#}");
     let before = segments[segments.len() / 2 - 1]
         .file_name()
@@ -155,9 +156,10 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
 
     // With both corrupt there is nothing to fall back to: refuse, naming a file.
     flip_last_byte(&snapshots[0]);
-    let error = Node::open(dir.path(), config())
-        .err()
-        .expect("two corrupt snapshots must refuse");
+    let error = match Node::open(dir.path(), config()) {
+        Ok(_) => panic!("two corrupt snapshots must refuse"),
+        Err(error) => error,
+    };
     let message = format!("{error:#}");
     let named = snapshots
         .iter()
