@@ -136,14 +136,25 @@ fn spawn_loaded(dir: &Path, stderr: &Path, seed: u64, snapshot_every: u64) -> Lo
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, acks) = mpsc::channel();
     let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if let Some(ack) = parse_ack(&line) {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            // The kill can cut the child's last write: a line without its newline was never
+            // delivered whole, so the client never received that ack. Nothing can follow it.
+            let Some(complete) = line.strip_suffix('\n') else {
+                return;
+            };
+            if let Some(ack) = parse_ack(complete) {
                 if tx.send(ack).is_err() {
                     return;
                 }
-            } else if line.starts_with("ack ") {
-                panic!("malformed ack line {line:?}");
+            } else if complete.starts_with("ack ") {
+                panic!("malformed ack line {complete:?}");
             }
         }
     });
