@@ -1128,11 +1128,6 @@ impl Auction {
             h.bidder(accepted.leader);
         }
     }
-
-    /// Memory held by the lock-free filter, in bytes (for sizing and metrics).
-    pub(crate) fn filter_bytes(&self) -> usize {
-        self.seen.bytes()
-    }
 }
 
 /// Sealed bids, best first: highest amount, then earliest acceptance.

@@ -473,13 +473,6 @@ impl Engine {
         }
         *hasher.finalize().as_bytes()
     }
-
-    /// Bytes of lock-free filter memory per auction (for sizing).
-    pub fn filter_bytes_per_auction(&self) -> Option<usize> {
-        self.shards
-            .iter()
-            .find_map(|s| s.auctions.load().values().next().map(|a| a.filter_bytes()))
-    }
 }
 
 fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<ClosedAuction, ManageError> {

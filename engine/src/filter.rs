@@ -134,11 +134,6 @@ impl SeenFilter {
             }
         }
     }
-
-    /// Memory held, in bytes.
-    pub(crate) fn bytes(&self) -> usize {
-        self.blocks.len() * std::mem::size_of::<Block>()
-    }
 }
 
 #[cfg(all(test, not(loom)))]
