@@ -1,0 +1,1 @@
+//! `gavel-client`: the bidder SDK (being built; see issue 4).

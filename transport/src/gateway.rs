@@ -1,0 +1,99 @@
+//! What every connection of a node shares: the engine behind the [`Backend`] (once recovery
+//! finished), the limits, the bidder rate limiter, and the shutdown signal.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use gavel_engine::{
+    AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, ManageError, Receipt,
+    UnixMicros,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::limits::{BidRateLimiter, Limits};
+
+/// The durable engine as the transports see it. The node implements it over its engine and
+/// write-ahead log; the transports know nothing of files or logs.
+pub trait Backend: Send + Sync + 'static {
+    /// Resolves once a receipt is durable.
+    type Durable: Future<Output = Result<(), DurableError>> + Send + 'static;
+
+    /// The engine, for lock-free reads (views, lists, prices).
+    fn engine(&self) -> &Engine;
+
+    /// Decides a bid; an accepted bid comes with the receipt its durable ack waits for.
+    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>);
+
+    /// Creates an auction.
+    fn create_auction(&self, spec: AuctionSpec, now: UnixMicros) -> Result<Receipt, CreateError>;
+
+    /// Cancels an open auction.
+    fn cancel_auction(
+        &self,
+        id: gavel_engine::AuctionId,
+        now: UnixMicros,
+    ) -> Result<ClosedAuction, ManageError>;
+
+    /// A future resolving once `receipt` is durable, or failing if it never will be.
+    fn durable(&self, receipt: Receipt) -> Self::Durable;
+}
+
+/// A receipt that will never become durable in this process (the log failed or stopped).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not durable: {0}")]
+pub struct DurableError(pub String);
+
+/// The state all connections of one node share.
+#[derive(Debug)]
+pub struct Gateway<B> {
+    backend: OnceLock<Arc<B>>,
+    limits: Limits,
+    rate: BidRateLimiter,
+    shutdown: CancellationToken,
+}
+
+impl<B: Backend> Gateway<B> {
+    /// A gateway that is not ready until [`Gateway::set_ready`] hands it the backend.
+    pub fn new(limits: Limits, shutdown: CancellationToken) -> Gateway<B> {
+        Gateway {
+            backend: OnceLock::new(),
+            rate: BidRateLimiter::new(
+                limits.bids_per_second_per_bidder,
+                limits.bid_burst_per_bidder,
+            ),
+            limits,
+            shutdown,
+        }
+    }
+
+    /// Recovery finished: serve requests from `backend`. Later calls are ignored.
+    pub fn set_ready(&self, backend: Arc<B>) {
+        let _ = self.backend.set(backend);
+    }
+
+    /// The backend, once recovery finished.
+    pub fn backend(&self) -> Option<&Arc<B>> {
+        self.backend.get()
+    }
+
+    /// Ready to serve: recovered and not shutting down (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.backend.get().is_some() && !self.shutdown.is_cancelled()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The per-bidder bid rate limiter.
+    pub fn rate_limiter(&self) -> &BidRateLimiter {
+        &self.rate
+    }
+
+    /// Cancelled when the node starts shutting down: listeners stop accepting, connections
+    /// drain.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+}

@@ -1,0 +1,28 @@
+//! `gavel-transport`: the node's network edge — QUIC and WebSocket bidders and watchers,
+//! the HTTPS admin API with `/metrics` and health probes, TLS with client certificates, and
+//! the limits that keep one bad client from hurting the others.
+//!
+//! Map of the crate:
+//! - [`identity`]: [`Identity`] and [`Role`], parsed from a certificate's
+//!   `gavel://<role>/<id>` SAN URI.
+//! - [`limits`]: [`Limits`], every bound of the edge with its safe default, and the
+//!   per-bidder token bucket.
+//! - [`gateway`]: [`Gateway`], what all connections share, and [`Backend`], the seam to the
+//!   durable engine the node implements.
+//! - [`session`]: one connection's request handling, the same for every transport: a
+//!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//! - [`metrics`]: the names of the edge's Prometheus metrics.
+//!
+//! Architecture invariant: the transports know the engine's types and the wire schema, but
+//! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
+//! reached only through [`Backend`].
+
+pub mod gateway;
+pub mod identity;
+pub mod limits;
+pub mod metrics;
+pub mod session;
+
+pub use gateway::{Backend, DurableError, Gateway};
+pub use identity::{Identity, IdentityError, Role};
+pub use limits::Limits;

@@ -1,0 +1,242 @@
+//! Every limit of the network edge, with safe defaults (PRODUCT.md §6), and the per-bidder
+//! token bucket.
+//!
+//! Config may lower (or raise) each value; `gavel serve --help` documents them with their
+//! units. Names carry the unit last (`frame_bytes_max`, `idle_timeout_ms`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use gavel_engine::BidderId;
+use serde::{Deserialize, Serialize};
+
+/// The limits of one node's network edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest protobuf frame on a QUIC stream, in bytes (length prefix excluded).
+    pub frame_bytes_max: usize,
+    /// Largest WebSocket message, in bytes; larger ones close the connection with 1009.
+    pub ws_message_bytes_max: usize,
+    /// Largest HTTP request body (admin API), in bytes.
+    pub http_body_bytes_max: usize,
+    /// Open connections over all transports.
+    pub connections_max: usize,
+    /// TLS handshakes in progress at once; more are refused until one finishes.
+    pub handshakes_pending_max: usize,
+    /// Time a TLS handshake may take, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Bidirectional streams a QUIC connection may open at once.
+    pub streams_per_connection_max: u32,
+    /// Subscriptions (topics plus patterns) one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// Requests of one connection waiting for their durable ack.
+    pub pending_durable_per_connection_max: usize,
+    /// Sustained bids per second per bidder (token bucket refill rate), over all of the
+    /// bidder's connections.
+    pub bids_per_second_per_bidder: u32,
+    /// Bids a bidder may send in a burst above its rate (token bucket size).
+    pub bid_burst_per_bidder: u32,
+    /// A connection with no traffic for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Most auctions in one page of the admin list.
+    pub list_limit_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            frame_bytes_max: 64 * 1024,
+            ws_message_bytes_max: 64 * 1024,
+            http_body_bytes_max: 64 * 1024,
+            connections_max: 10_000,
+            handshakes_pending_max: 256,
+            handshake_timeout_ms: 10_000,
+            streams_per_connection_max: 16,
+            subscriptions_per_connection_max: 256,
+            pending_durable_per_connection_max: 4096,
+            bids_per_second_per_bidder: 100_000,
+            bid_burst_per_bidder: 10_000,
+            idle_timeout_ms: 60_000,
+            list_limit_max: 1_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the values make sense together; called once at start.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("frame_bytes_max", self.frame_bytes_max as u64),
+            ("ws_message_bytes_max", self.ws_message_bytes_max as u64),
+            ("http_body_bytes_max", self.http_body_bytes_max as u64),
+            ("connections_max", self.connections_max as u64),
+            ("handshakes_pending_max", self.handshakes_pending_max as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "streams_per_connection_max",
+                u64::from(self.streams_per_connection_max),
+            ),
+            (
+                "pending_durable_per_connection_max",
+                self.pending_durable_per_connection_max as u64,
+            ),
+            (
+                "bids_per_second_per_bidder",
+                u64::from(self.bids_per_second_per_bidder),
+            ),
+            ("bid_burst_per_bidder", u64::from(self.bid_burst_per_bidder)),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("list_limit_max", u64::from(self.list_limit_max)),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        // A frame must hold at least one bid with its envelope.
+        if self.frame_bytes_max < 256 || self.ws_message_bytes_max < 256 {
+            return Err("frame_bytes_max and ws_message_bytes_max must be at least 256".into());
+        }
+        if self.frame_bytes_max > 16 * 1024 * 1024 || self.ws_message_bytes_max > 16 * 1024 * 1024 {
+            return Err("frame_bytes_max and ws_message_bytes_max must be at most 16 MiB".into());
+        }
+        Ok(())
+    }
+
+    /// [`Limits::idle_timeout_ms`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`Limits::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// Shards of the bidder rate table; a power of two.
+const RATE_SHARDS: usize = 64;
+/// Buckets kept per shard before idle full buckets are swept out.
+const RATE_BUCKETS_PER_SHARD_MAX: usize = 4096;
+
+/// Per-bidder token buckets, shared by all connections of a node.
+#[derive(Debug)]
+pub struct BidRateLimiter {
+    rate_per_s: f64,
+    burst: f64,
+    shards: Box<[Mutex<HashMap<BidderId, Bucket>>]>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl BidRateLimiter {
+    /// A limiter refilling `rate_per_s` tokens per second up to `burst`.
+    pub fn new(rate_per_s: u32, burst: u32) -> BidRateLimiter {
+        BidRateLimiter {
+            rate_per_s: f64::from(rate_per_s.max(1)),
+            burst: f64::from(burst.max(1)),
+            shards: (0..RATE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    /// Takes one token for `bidder`; `false` means the bid must be refused as rate limited.
+    pub fn try_take(&self, bidder: &BidderId, now: Instant) -> bool {
+        let shard = &self.shards[shard_of(bidder)];
+        // A std mutex: the critical section is a few arithmetic operations and never awaits.
+        let mut buckets = shard
+            .lock()
+            .expect("rate-limit mutex poisoned: nothing panics while holding it");
+        if buckets.len() >= RATE_BUCKETS_PER_SHARD_MAX && !buckets.contains_key(bidder) {
+            sweep(&mut buckets, now, self.rate_per_s, self.burst);
+        }
+        let bucket = buckets.entry(*bidder).or_insert(Bucket {
+            tokens: self.burst,
+            refilled_at: now,
+        });
+        let elapsed = now
+            .saturating_duration_since(bucket.refilled_at)
+            .as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate_per_s).min(self.burst);
+        bucket.refilled_at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Drops buckets that would be full by now: forgetting them changes nothing.
+fn sweep(buckets: &mut HashMap<BidderId, Bucket>, now: Instant, rate: f64, burst: f64) {
+    buckets.retain(|_, b| {
+        let elapsed = now.saturating_duration_since(b.refilled_at).as_secs_f64();
+        b.tokens + elapsed * rate < burst
+    });
+}
+
+fn shard_of(bidder: &BidderId) -> usize {
+    let hash = bidder
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    // Truncation intended: the low bits pick the shard.
+    (hash as usize) & (RATE_SHARDS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Limits::default().validate().unwrap();
+        let zero = Limits {
+            connections_max: 0,
+            ..Limits::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("connections_max"));
+    }
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let limiter = BidRateLimiter::new(10, 5);
+        let bidder = BidderId::new("b1").unwrap();
+        let other = BidderId::new("b2").unwrap();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(limiter.try_take(&bidder, t0));
+        }
+        assert!(!limiter.try_take(&bidder, t0), "the burst is 5");
+        assert!(limiter.try_take(&other, t0), "buckets are per bidder");
+        // 10/s: one token after 100 ms, not before.
+        assert!(!limiter.try_take(&bidder, t0 + Duration::from_millis(50)));
+        assert!(limiter.try_take(&bidder, t0 + Duration::from_millis(160)));
+        assert!(!limiter.try_take(&bidder, t0 + Duration::from_millis(160)));
+    }
+
+    #[test]
+    fn idle_full_buckets_are_swept() {
+        let limiter = BidRateLimiter::new(1000, 1);
+        let t0 = Instant::now();
+        for i in 0..(RATE_SHARDS * RATE_BUCKETS_PER_SHARD_MAX * 2) {
+            let bidder = BidderId::new(&format!("b{i}")).unwrap();
+            assert!(limiter.try_take(&bidder, t0 + Duration::from_secs(i as u64)));
+        }
+        let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(
+            held <= RATE_SHARDS * RATE_BUCKETS_PER_SHARD_MAX,
+            "held {held}"
+        );
+    }
+}

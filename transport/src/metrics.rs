@@ -1,0 +1,96 @@
+//! The names of the network edge's Prometheus metrics, their descriptions, and the small
+//! recording helpers the transports share. Labels are bounded: a transport, a result, a
+//! reason — never an auction or bidder id.
+
+use gavel_engine::{BidOutcome, Rejection};
+
+/// Bids decided, by `transport`, `result` (`accepted`/`rejected`) and `reason`.
+pub const BIDS: &str = "gavel_bids_total";
+/// Durable acks sent, by `transport`.
+pub const DURABLE_ACKS: &str = "gavel_durable_acks_total";
+/// Bid decide time on the node (decode excluded), seconds.
+pub const BID_DECIDE_SECONDS: &str = "gavel_bid_decide_seconds";
+/// Accepted → durable time as seen by the edge, seconds.
+pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
+/// Requests refused before reaching the engine, by `transport` and `reason`
+/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`).
+pub const REQUEST_ERRORS: &str = "gavel_request_errors_total";
+/// Open connections, by `transport`.
+pub const CONNECTIONS: &str = "gavel_connections";
+/// Connections accepted, by `transport`.
+pub const CONNECTIONS_ACCEPTED: &str = "gavel_connections_accepted_total";
+/// Connections refused or closed by a limit or a failure, by `transport` and `reason`.
+pub const CONNECTIONS_REFUSED: &str = "gavel_connections_refused_total";
+/// TLS handshakes that failed, by `transport` and `reason`.
+pub const TLS_HANDSHAKE_FAILURES: &str = "gavel_tls_handshake_failures_total";
+/// TLS material reloads, by `result` (`ok`/`error`).
+pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
+/// Admin API requests, by `method`, `route` (the route template) and `status`.
+pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
+
+/// Registers the descriptions of the metrics above with the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(BIDS, "Bids decided, by transport, result and reason.");
+    describe_counter!(DURABLE_ACKS, "Durable acknowledgements sent, by transport.");
+    describe_histogram!(
+        BID_DECIDE_SECONDS,
+        Unit::Seconds,
+        "Time to decide one bid on the node, decode excluded."
+    );
+    describe_histogram!(
+        BID_DURABLE_SECONDS,
+        Unit::Seconds,
+        "Time from a bid's acceptance to its durable acknowledgement."
+    );
+    describe_counter!(
+        REQUEST_ERRORS,
+        "Requests refused before reaching the engine, by transport and reason."
+    );
+    describe_gauge!(CONNECTIONS, "Open client connections, by transport.");
+    describe_counter!(
+        CONNECTIONS_ACCEPTED,
+        "Client connections accepted, by transport."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused or closed by a limit or failure, by transport and reason."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by transport and reason."
+    );
+    describe_counter!(TLS_RELOADS, "Reloads of the TLS material, by result.");
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API requests, by method, route template and status."
+    );
+}
+
+/// The label value of a bid outcome's reason.
+pub fn outcome_labels(outcome: &BidOutcome) -> (&'static str, &'static str) {
+    match outcome {
+        BidOutcome::Accepted(_) => ("accepted", "none"),
+        BidOutcome::Rejected(rejection) => ("rejected", rejection_label(rejection)),
+    }
+}
+
+/// The label value of a rejection.
+pub fn rejection_label(rejection: &Rejection) -> &'static str {
+    match rejection {
+        Rejection::TooLow { .. } => "too_low",
+        Rejection::NotOpen => "not_open",
+        Rejection::Closed => "closed",
+        Rejection::UnknownAuction => "unknown_auction",
+        Rejection::Duplicate { .. } => "duplicate",
+        Rejection::RateLimited => "rate_limited",
+        Rejection::Overloaded { .. } => "overloaded",
+        Rejection::Invalid => "invalid",
+        Rejection::Forbidden => "forbidden",
+    }
+}
+
+/// Counts a request refused before the engine.
+pub fn request_error(transport: &'static str, reason: &'static str) {
+    metrics::counter!(REQUEST_ERRORS, "transport" => transport, "reason" => reason).increment(1);
+}
