@@ -2,6 +2,7 @@
 //! integration tests) drive.
 //!
 //! Map of the crate:
+//! - [`backend`]: [`NodeBackend`], the node as the transports' [`gavel_transport::Backend`].
 //! - [`durable`]: [`WalSink`], the engine's event sink that encodes each decision's events as
 //!   WAL records and appends them all or none; its receipt is the decision's last LSN.
 //! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
@@ -14,11 +15,13 @@
 //! Architecture invariant: nothing here is acknowledged durable unless the WAL's durable LSN
 //! reached its receipt; a failed log stops the node, it never acknowledges.
 
+pub mod backend;
 pub mod durable;
 pub mod node;
 pub mod simulate;
 pub mod wal_tools;
 
+pub use backend::NodeBackend;
 pub use durable::WalSink;
 pub use node::{Node, NodeConfig, RecoveryReport, SnapshotTaken};
 

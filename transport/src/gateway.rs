@@ -36,6 +36,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A future resolving once `receipt` is durable, or failing if it never will be.
     fn durable(&self, receipt: Receipt) -> Self::Durable;
+
+    /// The receipt of everything decided so far: once it is durable, so is every earlier
+    /// decision (used to acknowledge a retried bid whose original is older).
+    fn last_receipt(&self) -> Receipt;
 }
 
 /// A receipt that will never become durable in this process (the log failed or stopped).

@@ -204,8 +204,15 @@ impl<B: Backend> Session<B> {
             request_id,
             body: Some(Reply::BidOutcome(outcome.into())),
         });
-        let (BidOutcome::Accepted(accepted), Some(receipt)) = (outcome, receipt) else {
-            return None;
+        let (accepted, receipt) = match (outcome, receipt) {
+            (BidOutcome::Accepted(accepted), Some(receipt)) => (accepted, receipt),
+            // A retry of an accepted bid: its original was decided before this answer, so
+            // it is durable once everything decided so far is; the client gets the durable
+            // ack it may have missed on the connection that sent the original.
+            (BidOutcome::Rejected(Rejection::Duplicate { original }), _) => {
+                (original, backend.last_receipt())
+            }
+            _ => return None,
         };
         // Ordering: a counter for the limit above; no other memory depends on it.
         self.pending_durable.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,63 @@
+//! The node as the transports' [`Backend`]: bids and auction operations through the durable
+//! engine, durable acks from the write-ahead log's durable LSN.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use gavel_engine::{
+    AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, ManageError,
+    Receipt, UnixMicros,
+};
+use gavel_transport::{Backend, DurableError};
+use gavel_wal::DurableFuture;
+
+use crate::node::Node;
+
+/// A [`Node`] shared with the transports.
+#[derive(Debug, Clone)]
+pub struct NodeBackend(pub Arc<Node>);
+
+impl Backend for NodeBackend {
+    type Durable = NodeDurable;
+
+    fn engine(&self) -> &Engine {
+        self.0.engine()
+    }
+
+    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>) {
+        self.0.place_bid(bid, now)
+    }
+
+    fn create_auction(&self, spec: AuctionSpec, now: UnixMicros) -> Result<Receipt, CreateError> {
+        self.0.create_auction(spec, now)
+    }
+
+    fn cancel_auction(&self, id: AuctionId, now: UnixMicros) -> Result<ClosedAuction, ManageError> {
+        self.0.cancel_auction(id, now)
+    }
+
+    fn durable(&self, receipt: Receipt) -> NodeDurable {
+        NodeDurable(self.0.durable(receipt))
+    }
+
+    fn last_receipt(&self) -> Receipt {
+        Receipt(self.0.wal().last_appended_lsn())
+    }
+}
+
+/// Resolves once a receipt's LSN is durable; fails if the log stopped first.
+#[derive(Debug)]
+#[must_use = "a future does nothing unless polled"]
+pub struct NodeDurable(DurableFuture);
+
+impl Future for NodeDurable {
+    type Output = Result<(), DurableError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map(|_| ()).map_err(|e| DurableError(e.to_string())))
+    }
+}
