@@ -190,9 +190,14 @@ pub fn generate(dir: &Path, options: &DevCertOptions) -> Result<DevCerts, TlsErr
     let now = OffsetDateTime::now_utc();
     let ca_key = generate_key("the CA key")?;
     let mut params = CertificateParams::default();
-    // Dated, so two development CAs are told apart by name too.
+    // Unique: CRLs are matched to certificates by issuer name, so two development CAs in
+    // one bundle must not share one.
     let created = now.replace_nanosecond(0).unwrap_or(now);
-    params.distinguished_name = name(&format!("Gavel development CA {}", rfc3339(created)));
+    let tag: u32 = rand::random();
+    params.distinguished_name = name(&format!(
+        "Gavel development CA {} {tag:08x}",
+        rfc3339(created)
+    ));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

@@ -65,7 +65,7 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Loads the material; with `anonymous_watchers`, clients without a certificate are let
-    /// through the handshake (and may only watch).
+    /// through the handshake (and may only watch). Blocking (reads files).
     pub fn load(paths: TlsPaths, anonymous_watchers: bool) -> Result<ServerTls, TlsError> {
         let raw = RawFiles::read(&paths)?;
         let configs = Configs::build(&paths, &raw, anonymous_watchers, now())?;
@@ -204,12 +204,18 @@ impl ServerTls {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = ticks.tick() => {
-                        let _ = tokio::task::spawn_blocking(move || this.poll_files()).await;
+                        let polled = tokio::task::spawn_blocking(move || this.poll_files()).await;
+                        if let Err(e) = polled {
+                            error!(error = %e, "TLS reload poll failed");
+                        }
                     }
                     () = hangup.recv() => {
                         info!("SIGHUP: reloading the TLS material");
-                        // Errors are logged and counted by `reload`.
-                        let _ = tokio::task::spawn_blocking(move || this.reload()).await;
+                        // Errors of the reload itself are logged and counted by `reload`.
+                        let reloaded = tokio::task::spawn_blocking(move || this.reload()).await;
+                        if let Err(e) = reloaded {
+                            error!(error = %e, "TLS reload failed");
+                        }
                     }
                 }
             }
