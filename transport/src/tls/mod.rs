@@ -40,7 +40,7 @@ use x509_parser::extensions::GeneralName;
 
 use crate::identity::{IDENTITY_URI_SCHEME, Identity, IdentityError};
 
-pub use server::ServerTls;
+pub use server::{RELOAD_POLL_MIN, ServerTls};
 
 /// ALPN protocol of Gavel over QUIC.
 pub const ALPN_GAVEL: &[u8] = b"gavel/1";
