@@ -402,7 +402,10 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
                 original.seq, ack.seq,
                 "round {round}: a retry of {ack:?} got another original"
             ),
-            other => panic!("round {round}: a retry of {ack:?} got {other:?}"),
+            other => panic!(
+                "round {round}: a retry of {ack:?} ({bid:?}) got {other:?}; the auction is at seq {seq_now}, recovered from snapshot {:?}",
+                report.snapshot_lsn
+            ),
         }
         found.retries_checked += 1;
     }
