@@ -11,6 +11,8 @@
 //!   durable engine the node implements.
 //! - [`session`]: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
+//!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
 //!
 //! Architecture invariant: the transports know the engine's types and the wire schema, but
@@ -18,6 +20,7 @@
 //! reached only through [`Backend`].
 
 pub mod gateway;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

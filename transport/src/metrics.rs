@@ -28,6 +28,9 @@ pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
 /// Admin API requests, by `method`, `route` (the route template) and `status`.
 pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
 
+/// Always 1, labelled with the node's `version`.
+pub const BUILD_INFO: &str = "gavel_build_info";
+
 /// Registers the descriptions of the metrics above with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -65,6 +68,12 @@ pub fn describe() {
         ADMIN_REQUESTS,
         "Admin API requests, by method, route template and status."
     );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+}
+
+/// Sets [`BUILD_INFO`] (idempotent).
+pub fn build_info() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// The label value of a bid outcome's reason.
