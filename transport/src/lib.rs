@@ -14,6 +14,9 @@
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
 //!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
+//! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
+//!   certificates verified against the CA and its CRL, reloaded without restart;
+//!   [`tls::peer_identity`]; the development PKI ([`tls::dev`]) behind `gavel cert`.
 //!
 //! Architecture invariant: the transports know the engine's types and the wire schema, but
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
@@ -25,6 +28,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod session;
+pub mod tls;
 
 pub use gateway::{Backend, DurableError, Gateway};
 pub use identity::{Identity, IdentityError, Role};
