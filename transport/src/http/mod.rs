@@ -71,6 +71,7 @@ pub use admin::AdminError;
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};
 use crate::metrics;
+use crate::tls::{self, ServerTls};
 
 /// The metric label of connections served by this module.
 const TRANSPORT: &str = "https";
@@ -169,6 +170,28 @@ struct Peer {
     remote: SocketAddr,
     /// The `connections_max` permit, shared with a WebSocket the connection upgrades to.
     _permit: Arc<OwnedSemaphorePermit>,
+}
+
+/// Serves the HTTPS port on `listener` until the gateway shuts down, then drains.
+///
+/// Each accepted connection is handshaken with `tls`'s current HTTPS configuration (ALPN
+/// `h2`, `http/1.1`; so a reload applies to new connections) and identified by its client
+/// certificate; a connection without one (admitted only when `tls` allows anonymous
+/// watchers) is an anonymous watcher.
+pub async fn serve_https<B: Backend>(
+    listener: TcpListener,
+    tls: ServerTls,
+    gateway: Arc<Gateway<B>>,
+    options: HttpOptions,
+) {
+    serve_tls(
+        listener,
+        move || tls.https_config(),
+        tls::peer_identity,
+        gateway,
+        options,
+    )
+    .await;
 }
 
 /// [`serve_https`] with the TLS configuration taken from `config` per connection and
