@@ -13,7 +13,8 @@ pub const BID_DECIDE_SECONDS: &str = "gavel_bid_decide_seconds";
 /// Accepted → durable time as seen by the edge, seconds.
 pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
 /// Requests refused before reaching the engine, by `transport` and `reason`
-/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`).
+/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`,
+/// `handshake`: a refused WebSocket handshake).
 pub const REQUEST_ERRORS: &str = "gavel_request_errors_total";
 /// Open connections, by `transport`.
 pub const CONNECTIONS: &str = "gavel_connections";

@@ -13,7 +13,13 @@
 //! ([`super::HttpOptions::ws_outbound_messages_max`] messages): the reader answers each
 //! request at once, keeps every durable wait in a set polled beside the socket (bounded by
 //! the session's `pending_durable_per_connection_max`), and sends each durable ack when its
-//! wait resolves. A full queue makes the reader wait: one slow socket slows only itself.
+//! wait resolves. A full queue makes the reader wait: one slow socket slows only itself; a
+//! peer that reads nothing for `idle_timeout_ms` while its queue is full is dropped
+//! (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from which
+//! nothing arrives (not even the pong to the node's ping) for `idle_timeout_ms` gets an
+//! `ERROR_CODE_IDLE_TIMEOUT` error and close 1000. At shutdown a socket gets
+//! `ERROR_CODE_SHUTTING_DOWN`, then the durable acks still pending (within the drain timeout),
+//! then close 1001.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +47,7 @@ use super::routes::{self, Body};
 use super::{Peer, Server};
 use crate::gateway::Backend;
 use crate::metrics;
-use crate::session::Session;
+use crate::session::{Session, error_message};
 
 /// The path of the endpoint.
 pub const PATH: &str = "/v1/ws";
@@ -257,8 +263,37 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Bod
 enum End {
     /// The peer closed, or the socket failed: nothing more to send.
     Peer,
+    /// The peer read nothing for the stall timeout while the queue was full: drop it.
+    Stalled,
     /// The node closes with this frame.
     Close(CloseCode, &'static str),
+}
+
+/// The bounded queue to a socket's writer task.
+struct Outbound {
+    queue: mpsc::Sender<Message>,
+    codec: Codec,
+    /// Longest wait for room in the queue before the peer counts as stalled.
+    stall_timeout: Duration,
+}
+
+impl Outbound {
+    /// Queues `message`; `Err` ends the socket (the writer is gone, or the peer stalled).
+    async fn send(&self, message: Message) -> Result<(), End> {
+        match tokio::time::timeout(self.stall_timeout, self.queue.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Peer),
+            Err(_) => Err(End::Stalled),
+        }
+    }
+
+    async fn send_message(&self, message: &pb::ServerMessage) -> Result<(), End> {
+        self.send(self.codec.encode(message)).await
+    }
+
+    async fn send_error(&self, code: pb::ErrorCode, text: &str) -> Result<(), End> {
+        self.send_message(&error_message(0, code, text)).await
+    }
 }
 
 /// Runs one socket until either side closes it.
@@ -285,109 +320,131 @@ async fn run<B: Backend, S>(
         }
         let _ = sink.close().await;
     });
+    let limits = server.gateway.limits();
+    let idle_timeout = limits.idle_timeout();
+    let outbound = Outbound {
+        queue,
+        codec,
+        stall_timeout: idle_timeout,
+    };
 
     let mut session = Session::new(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
     );
-    let limits = server.gateway.limits();
-    let idle_timeout = limits.idle_timeout();
     let ping_every =
         Duration::from_millis(server.options.ws_ping_interval_ms.max(1)).min(idle_timeout);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_at = Instant::now();
+    // Bounded by the session: it refuses bids beyond pending_durable_per_connection_max.
     let mut durable = FuturesUnordered::new();
     let mut replies = Vec::new();
     let shutdown = server.gateway.shutdown().clone();
 
-    let end = 'socket: loop {
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = queue
-                    .send(codec.encode(&crate::session::error_message(
-                        0,
-                        pb::ErrorCode::ShuttingDown,
-                        "the node is shutting down; reconnect later or elsewhere",
-                    )))
-                    .await;
-                break End::Close(CloseCode::Away, "node shutting down");
-            }
-            Some(ack) = durable.next(), if !durable.is_empty() => {
-                if queue.send(codec.encode(&ack)).await.is_err() {
-                    break End::Peer;
-                }
-            }
-            _ = ping.tick() => {
-                if heard_at.elapsed() >= idle_timeout {
-                    let _ = queue
-                        .send(codec.encode(&crate::session::error_message(
-                            0,
-                            pb::ErrorCode::IdleTimeout,
-                            "no traffic within the idle timeout",
-                        )))
-                        .await;
-                    break End::Close(CloseCode::Normal, "idle timeout");
-                }
-                if queue.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break End::Peer;
-                }
-            }
-            frame = stream.next() => {
-                heard_at = Instant::now();
-                let message = match frame {
-                    None | Some(Ok(Message::Close(_))) => break End::Peer,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(message)) => message,
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        tracing::debug!(size, max_size, "WebSocket message too large");
-                        metrics::request_error(TRANSPORT, "too_large");
-                        break End::Close(CloseCode::Size, "message too large");
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "WebSocket read failed");
-                        break End::Peer;
-                    }
-                };
-                let request = match codec.decode(&message) {
-                    Ok(request) => request,
-                    Err(detail) => {
-                        if queue.send(codec.encode(&session.malformed(detail))).await.is_err() {
-                            break End::Peer;
+    let step: Result<(), End> = async {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    outbound
+                        .send_error(
+                            pb::ErrorCode::ShuttingDown,
+                            "the node is shutting down; reconnect later or elsewhere",
+                        )
+                        .await?;
+                    // Acks already on their way are still sent (the log is flushed after
+                    // the listeners drain), within the drain timeout.
+                    let drain = Duration::from_millis(server.options.drain_timeout_ms);
+                    let _ = tokio::time::timeout(drain, async {
+                        while let Some(ack) = durable.next().await {
+                            outbound.send_message(&ack).await?;
                         }
-                        continue;
-                    }
-                };
-                if let Some(wait) = session.handle(request, &mut replies) {
-                    durable.push(wait.into_message());
+                        Ok::<(), End>(())
+                    })
+                    .await;
+                    return Err(End::Close(CloseCode::Away, "node shutting down"));
                 }
-                for reply in replies.drain(..) {
-                    if queue.send(codec.encode(&reply)).await.is_err() {
-                        break 'socket End::Peer;
+                Some(ack) = durable.next(), if !durable.is_empty() => {
+                    outbound.send_message(&ack).await?;
+                }
+                _ = ping.tick() => {
+                    if heard_at.elapsed() >= idle_timeout {
+                        outbound
+                            .send_error(pb::ErrorCode::IdleTimeout, "nothing received within the idle timeout")
+                            .await?;
+                        return Err(End::Close(CloseCode::Normal, "idle timeout"));
+                    }
+                    outbound.send(Message::Ping(Bytes::new())).await?;
+                }
+                frame = stream.next() => {
+                    heard_at = Instant::now();
+                    let message = match frame {
+                        None | Some(Ok(Message::Close(_))) => return Err(End::Peer),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Ok(message)) => message,
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            tracing::debug!(size, max_size, "WebSocket message too large");
+                            metrics::request_error(TRANSPORT, "too_large");
+                            return Err(End::Close(CloseCode::Size, "message too large"));
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "WebSocket read failed");
+                            return Err(End::Peer);
+                        }
+                    };
+                    match codec.decode(&message) {
+                        Ok(request) => {
+                            if let Some(wait) = session.handle(request, &mut replies) {
+                                durable.push(wait.into_message());
+                            }
+                            for reply in replies.drain(..) {
+                                outbound.send_message(&reply).await?;
+                            }
+                        }
+                        Err(detail) => outbound.send_message(&session.malformed(detail)).await?,
                     }
                 }
             }
-        }
-    };
-
-    if let End::Close(code, reason) = end {
-        tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        if queue.send(Message::Close(Some(frame))).await.is_ok() {
-            // Read until the peer answers the close (or the wait ends), so it sees the
-            // frame rather than a reset.
-            let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), async {
-                while let Some(Ok(_)) = stream.next().await {}
-            })
-            .await;
         }
     }
-    drop(queue);
-    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), writer).await;
+    .await;
+    let end = step.err().unwrap_or(End::Peer);
+
+    let mut writer = writer;
+    match end {
+        End::Close(code, reason) => {
+            tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            if outbound.send(Message::Close(Some(frame))).await.is_ok() {
+                // Read until the peer answers the close (or the wait ends), so it sees the
+                // frame rather than a reset.
+                let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            }
+        }
+        End::Stalled => {
+            tracing::debug!(remote = %peer.remote, "WebSocket peer stopped reading; dropped");
+            ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => TRANSPORT, "reason" => "stalled")
+                .increment(1);
+            writer.abort();
+        }
+        End::Peer => {}
+    }
+    drop(outbound);
+    if tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), &mut writer)
+        .await
+        .is_err()
+    {
+        // The writer is stuck on a peer that reads nothing: dropping the task drops the
+        // socket.
+        writer.abort();
+    }
     gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "WebSocket closed");
 }
