@@ -299,8 +299,8 @@ async fn create<B: Backend>(
     let body = read_body(request, server.gateway.limits().http_body_bytes_max).await?;
     let message: pb::CreateAuction =
         serde_json::from_slice(&body).map_err(|e| AdminError::BadJson(e.to_string()))?;
-    let spec = AuctionSpec::try_from(message)
-        .map_err(|e| AdminError::InvalidArgument(format!("bad auction rules: {e}")))?;
+    let spec =
+        AuctionSpec::try_from(message).map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
     let id = spec.id();
     let receipt = backend.create_auction(spec, now_micros())?;
     backend
