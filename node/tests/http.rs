@@ -12,14 +12,16 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::https::{Setup, TestNode, WAIT};
+use common::https::{Setup, TestNode, WAIT, plain_get};
 use futures_util::{SinkExt, StreamExt};
 use gavel_proto::pb;
+use gavel_transport::Limits;
 use hyper::StatusCode;
 use prost::Message as _;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -635,4 +637,127 @@ async fn shutdown_closes_websockets_with_1001_and_the_server_returns() {
     );
     assert_eq!(close_code(&mut socket).await, CloseCode::Away);
     node.join().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_and_handshake_limits_hold() {
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            connections_max: 2,
+            handshakes_pending_max: 1,
+            handshake_timeout_ms: 300,
+            ..Setup::default().limits
+        },
+        ..Setup::default()
+    })
+    .await;
+
+    // A TCP connection that never starts TLS holds the only handshake permit (the node
+    // accepts in connection order) until its handshake times out.
+    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    assert!(node.try_tls(BIDDER_1, &[b"http/1.1"]).await.is_err());
+    let mut byte = [0_u8; 1];
+    let read = tokio::time::timeout(WAIT, silent.read(&mut byte))
+        .await
+        .expect("the node drops the silent connection after the handshake timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The node releases the permits just after it drops the connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Two sockets hold both connection permits; a third connection is refused until one
+    // of them closes.
+    let first = node.ws(BIDDER_1, "gavel.v1.json", None).await.unwrap();
+    let mut second = node.ws(BIDDER_2, "gavel.v1.json", None).await.unwrap();
+    assert!(node.try_tls(WATCHER, &[b"http/1.1"]).await.is_err());
+    drop(first);
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok(stream) = node.try_tls(WATCHER, &[b"http/1.1"]).await {
+            admitted = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted.is_some(), "a closed socket gives its permit back");
+    drop(admitted);
+    send_json(
+        &mut second,
+        json!({"requestId": "1", "ping": {"nonce": "3"}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut second).await["pong"]["nonce"], "3");
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let metrics = node.metrics().await;
+    for labels in [
+        ["transport=\"https\"", "reason=\"handshakes_pending_max\""],
+        ["transport=\"https\"", "reason=\"connections_max\""],
+    ] {
+        assert!(
+            sample(&metrics, "gavel_connections_refused_total", &labels).is_some_and(|v| v >= 1.0),
+            "{labels:?}: {metrics}"
+        );
+    }
+    let timeout = ["transport=\"https\"", "reason=\"timeout\""];
+    assert!(
+        sample(&metrics, "gavel_tls_handshake_failures_total", &timeout).is_some_and(|v| v >= 1.0),
+        "{metrics}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            idle_timeout_ms: 600,
+            ..Setup::default().limits
+        },
+        ws_ping_interval_ms: 100,
+        ..Setup::default()
+    })
+    .await;
+    let mut silent = node.ws(BIDDER_1, "gavel.v1.json", None).await.unwrap();
+    let mut live = node.ws(BIDDER_2, "gavel.v1.json", None).await.unwrap();
+
+    // The live socket is read (so tungstenite answers every ping) for longer than the idle
+    // timeout; the silent one is not read at all. (Read it before the node gives up waiting
+    // for its close answer and drops the TCP connection, 1 s after the close.)
+    let until = tokio::time::Instant::now() + Duration::from_millis(1_000);
+    while let Ok(message) = tokio::time::timeout_at(until, live.next()).await {
+        let message = message.expect("open").expect("readable");
+        assert!(matches!(message, Message::Ping(_)), "{message:?}");
+    }
+    send_json(&mut live, json!({"requestId": "2", "ping": {"nonce": "8"}})).await;
+    assert_eq!(next_json(&mut live).await["pong"]["nonce"], "8");
+
+    let notice = next_json(&mut silent).await;
+    assert_eq!(
+        notice["error"]["code"], "ERROR_CODE_IDLE_TIMEOUT",
+        "{notice}"
+    );
+    assert_eq!(close_code(&mut silent).await, CloseCode::Normal);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_metrics_listener_serves_probes_and_metrics() {
+    let node = TestNode::start(Setup::default()).await;
+    let (addr, listener) = node.start_metrics_listener().await;
+    let (status, body) = plain_get(addr, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("gavel_build_info"));
+    assert_eq!(plain_get(addr, "/readyz").await.0, StatusCode::OK);
+    assert_eq!(plain_get(addr, "/healthz").await.0, StatusCode::OK);
+    // Only the probes and metrics: no admin API without TLS.
+    assert_eq!(
+        plain_get(addr, "/v1/auctions").await.0,
+        StatusCode::NOT_FOUND
+    );
+    node.stop().await;
+    tokio::time::timeout(WAIT, listener)
+        .await
+        .expect("the metrics listener stops with the node")
+        .unwrap();
 }

@@ -53,6 +53,8 @@ pub struct Setup {
     pub limits: Limits,
     /// Origins allowed to open WebSockets.
     pub allowed_origins: Vec<String>,
+    /// Time between the node's WebSocket pings, in milliseconds.
+    pub ws_ping_interval_ms: u64,
     /// Hand the gateway its backend at once (`false`: the test calls [`TestNode::set_ready`]).
     pub ready: bool,
 }
@@ -66,6 +68,7 @@ impl Default for Setup {
                 ..Limits::default()
             },
             allowed_origins: vec!["https://market.example.com".to_owned()],
+            ws_ping_interval_ms: http::WS_PING_INTERVAL_MS_DEFAULT,
             ready: true,
         }
     }
@@ -102,8 +105,9 @@ impl TestNode {
         let tls = ServerTls::load(certs.tls_paths(), true).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let options = HttpOptions::new(MetricsRenderer::prometheus(handle))
+        let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
+        options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
         let server = tokio::spawn(http::serve_https(
             listener,
             tls,
@@ -154,6 +158,15 @@ impl TestNode {
     /// A TLS connection as `who` (`"admin/admin"`, `"bidder/bidder-1"`, …; `None`: no
     /// client certificate) offering `alpn`.
     pub async fn tls(&self, who: Option<&str>, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+        self.try_tls(who, alpn).await.expect("handshake succeeds")
+    }
+
+    /// [`TestNode::tls`], or the handshake's error (the node refused the connection).
+    pub async fn try_tls(
+        &self,
+        who: Option<&str>,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
         let client = who.map(|who| {
             let identity = Identity::from_uri(&format!("gavel://{who}")).unwrap();
             self.certs
@@ -167,7 +180,7 @@ impl TestNode {
             alpn,
         )
         .unwrap();
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tcp = TcpStream::connect(self.addr).await?;
         let name = ServerName::try_from("localhost").unwrap();
         tokio::time::timeout(
             WAIT,
@@ -175,7 +188,6 @@ impl TestNode {
         )
         .await
         .expect("handshake in time")
-        .expect("handshake succeeds")
     }
 
     /// One HTTP/1.1 request as `who`; returns status, headers and body.
@@ -231,6 +243,18 @@ impl TestNode {
         (parts.status, body.collect().await.unwrap().to_bytes())
     }
 
+    /// Starts the plain-HTTP metrics listener on 127.0.0.1:0 for this node's gateway.
+    pub async fn start_metrics_listener(&self) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(http::serve_metrics(
+            listener,
+            Arc::clone(&self.gateway),
+            MetricsRenderer::prometheus(metrics_handle()),
+        ));
+        (addr, task)
+    }
+
     /// `/metrics` as text.
     pub async fn metrics(&self) -> String {
         let (status, _, body) = self.request(None, "GET", "/metrics", None).await;
@@ -263,4 +287,24 @@ impl TestNode {
         .expect("a WebSocket handshake in time")?;
         Ok(socket)
     }
+}
+
+/// One plain-HTTP/1.1 `GET` to `addr`; returns status and body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    (parts.status, body.collect().await.unwrap().to_bytes())
 }

@@ -333,8 +333,10 @@ async fn run<B: Backend, S>(
         peer.identity.clone(),
         TRANSPORT,
     );
-    let ping_every =
-        Duration::from_millis(server.options.ws_ping_interval_ms.max(1)).min(idle_timeout);
+    // At least two pings per idle timeout, so a live peer's pong always comes in time.
+    let ping_every = Duration::from_millis(server.options.ws_ping_interval_ms)
+        .min(idle_timeout / 2)
+        .max(Duration::from_millis(1));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_at = Instant::now();
