@@ -708,7 +708,7 @@ async fn connection_and_handshake_limits_hold() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
+async fn silent_connections_are_closed_after_the_idle_timeout() {
     let node = TestNode::start(Setup {
         limits: Limits {
             idle_timeout_ms: 600,
@@ -720,6 +720,8 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
     .await;
     let mut silent = node.ws(BIDDER_1, "gavel.v1.json", None).await.unwrap();
     let mut live = node.ws(BIDDER_2, "gavel.v1.json", None).await.unwrap();
+    // A TLS connection that never sends a request.
+    let mut no_request = node.tls(WATCHER, &[b"http/1.1"]).await;
 
     // The live socket is read (so tungstenite answers every ping) for longer than the idle
     // timeout; the silent one is not read at all. (Read it before the node gives up waiting
@@ -738,6 +740,18 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
         "{notice}"
     );
     assert_eq!(close_code(&mut silent).await, CloseCode::Normal);
+
+    let mut byte = [0_u8; 1];
+    let read = tokio::time::timeout(WAIT, no_request.read(&mut byte))
+        .await
+        .expect("the node closed the connection without a request");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = node.metrics().await;
+    let idle = ["transport=\"https\"", "reason=\"idle\""];
+    assert!(
+        sample(&metrics, "gavel_connections_refused_total", &idle).is_some_and(|v| v >= 1.0),
+        "{metrics}"
+    );
     node.stop().await;
 }
 

@@ -19,8 +19,9 @@
 //! `handshake_timeout_ms`. Without a permit the connection is closed at once and counted in
 //! `gavel_connections_refused_total{transport="https",reason}`. Request bodies are capped at
 //! `http_body_bytes_max`, WebSocket messages at `ws_message_bytes_max`, HTTP/2 streams per
-//! connection at `streams_per_connection_max`, the wait for a request's headers and a
-//! WebSocket's silence at `idle_timeout_ms`.
+//! connection at `streams_per_connection_max`; a connection that sends no request, an HTTP/1.1
+//! connection that sends no next request's headers, and a silent WebSocket are closed after
+//! `idle_timeout_ms` (an idle HTTP/2 connection whose peer answers pings stays open).
 //!
 //! # Shutdown
 //!
@@ -52,6 +53,7 @@ mod ws;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -377,9 +379,17 @@ where
     let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT);
     gauge.increment(1.0);
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, "HTTPS connection");
+    let peer_remote = peer.remote;
+    // Whether a request arrived: a connection that sends none within the idle timeout is
+    // dropped (hyper's header read timeout only starts once it knows HTTP/1.1 from HTTP/2,
+    // which takes the client's first bytes).
+    let requested = Arc::new(AtomicBool::new(false));
     let service = {
         let server = Arc::clone(server);
+        let requested = Arc::clone(&requested);
         service_fn(move |request: Request<Incoming>| {
+            // Ordering: a flag read by this connection's own task; no data depends on it.
+            requested.store(true, Ordering::Relaxed);
             let server = Arc::clone(&server);
             let peer = peer.clone();
             async move { Ok::<Response<_>, Infallible>(routes::route(&server, &peer, request).await) }
@@ -388,14 +398,27 @@ where
     let builder = http_builder(server.gateway.limits());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = server.gateway.shutdown().cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let drain = Duration::from_millis(server.options.drain_timeout_ms);
-            match tokio::time::timeout(drain, connection.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
+    let first_request = tokio::time::sleep(server.gateway.limits().idle_timeout());
+    tokio::pin!(first_request);
+    let mut first_request_due = true;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = &mut first_request, if first_request_due => {
+                first_request_due = false;
+                // Ordering: see the store above.
+                if !requested.load(Ordering::Relaxed) {
+                    refuse(TRANSPORT, "idle", peer_remote);
+                    break Ok(());
+                }
+            }
+            () = server.gateway.shutdown().cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let drain = Duration::from_millis(server.options.drain_timeout_ms);
+                break match tokio::time::timeout(drain, connection.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(()),
+                };
             }
         }
     };
