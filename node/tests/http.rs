@@ -414,6 +414,16 @@ async fn websocket_bids_get_accepted_then_durable_acks_in_both_subprotocols() {
     assert_eq!(ack["durableAck"]["bidIdLo"], "1", "{ack}");
     assert_eq!(ack["durableAck"]["seq"], accepted["seq"], "{ack}");
 
+    // A retry (same bid id) gets the original outcome and, again, a durable ack.
+    send_json(&mut json_socket, json_bid(4, 21, 100, 1)).await;
+    let retry = next_json(&mut json_socket).await;
+    let rejected = &retry["bidOutcome"]["rejected"];
+    assert_eq!(rejected["reason"], "REJECT_REASON_DUPLICATE", "{retry}");
+    assert_eq!(rejected["original"]["seq"], accepted["seq"], "{retry}");
+    let ack = next_json(&mut json_socket).await;
+    assert_eq!(ack["requestId"], "4", "{ack}");
+    assert_eq!(ack["durableAck"]["seq"], accepted["seq"], "{ack}");
+
     // gavel.v1.proto, binary messages.
     let mut proto_socket = node.ws(BIDDER_2, "gavel.v1.proto", None).await.unwrap();
     let bid = pb::ClientMessage {

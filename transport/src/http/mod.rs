@@ -33,17 +33,32 @@
 //! # Wiring (for `gavel serve`)
 //!
 //! ```text
-//! let handle = PrometheusBuilder::new().install_recorder()?;   // once, before anything counts
+//! // Once, before anything counts (the exporter with default-features = false: no listener
+//! // of its own; histograms need a periodic upkeep).
+//! let handle = PrometheusBuilder::new().install_recorder()?;
 //! gavel_transport::metrics::describe();
-//! let gateway = Arc::new(Gateway::new(limits, shutdown.clone()));
-//! let listener = TcpListener::bind(config.https_listen).await?;
+//! tokio::spawn({ let h = handle.clone(); async move {
+//!     loop { tokio::time::sleep(Duration::from_secs(5)).await; h.run_upkeep(); } } });
+//!
+//! let shutdown = CancellationToken::new();
+//! let gateway = Arc::new(Gateway::<NodeBackend>::new(limits, shutdown.clone()));
+//! let tls = ServerTls::load(tls_paths, allow_anonymous_watchers)?;
+//! tls.spawn_reloader(reload_poll, shutdown.clone());
+//! let listener = TcpListener::bind(https_listen).await?;      // bind errors are fatal
 //! let options = HttpOptions::new(MetricsRenderer::prometheus(handle.clone()))
-//!     .with_allowed_origins(config.allowed_origins);
-//! let https = tokio::spawn(http::serve_https(listener, server_tls, gateway.clone(), options));
-//! // optional: tokio::spawn(http::serve_metrics(TcpListener::bind(addr).await?, gateway.clone(),
-//! //                                            MetricsRenderer::prometheus(handle)));
-//! // after recovery: gateway.set_ready(Arc::new(NodeBackend(node)));
-//! // on SIGTERM: shutdown.cancel(); https.await; then node.shutdown(true)
+//!     .with_allowed_origins(allowed_origins);
+//! let https = tokio::spawn(http::serve_https(listener, tls.clone(), gateway.clone(), options));
+//! if let Some(addr) = metrics_listen {                        // optional scrape port
+//!     let listener = TcpListener::bind(addr).await?;
+//!     tokio::spawn(http::serve_metrics(listener, gateway.clone(),
+//!                                      MetricsRenderer::prometheus(handle)));
+//! }
+//! // Recovery (Node::open) may run while the port already answers /healthz and 503s:
+//! gateway.set_ready(Arc::new(NodeBackend(node.clone())));
+//! // On SIGTERM/ctrl-c:
+//! shutdown.cancel();
+//! https.await?;                  // returns after the drain (HttpOptions::drain_timeout_ms)
+//! node.shutdown(true)?;          // after the listeners: pending durable acks were sent
 //! ```
 
 mod admin;
