@@ -83,7 +83,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-pub use admin::AdminError;
+pub use admin::{AdminError, EPOCH, LIST_LIMIT_DEFAULT};
+pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};
@@ -101,6 +102,8 @@ const ACCEPT_ERROR_BACKOFF_MS: u64 = 50;
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default [`HttpOptions::ws_ping_interval_ms`].
 pub const WS_PING_INTERVAL_MS_DEFAULT: u64 = 15_000;
+/// Least time between two WebSocket pings of the node, in milliseconds.
+pub const WS_PING_INTERVAL_MS_MIN: u64 = 10;
 /// Default [`HttpOptions::ws_outbound_messages_max`].
 pub const WS_OUTBOUND_MESSAGES_MAX_DEFAULT: usize = 1_024;
 
@@ -140,9 +143,11 @@ pub struct HttpOptions {
     /// (compared without case, a trailing `/` ignored); `*` allows any. A handshake without
     /// an `Origin` header (not a browser) is always allowed.
     pub allowed_origins: Vec<String>,
-    /// Time between two pings the node sends on an idle WebSocket, in milliseconds.
+    /// Time between two pings the node sends on a WebSocket, in milliseconds; at most half
+    /// of `idle_timeout_ms` and at least [`WS_PING_INTERVAL_MS_MIN`] are used.
     pub ws_ping_interval_ms: u64,
-    /// Messages queued for one WebSocket's writer; a full queue makes the reader wait.
+    /// Messages queued for one WebSocket's writer (at least 1 is used); a full queue makes
+    /// the reader wait.
     pub ws_outbound_messages_max: usize,
     /// Longest wait for connections to finish after shutdown, in milliseconds.
     pub drain_timeout_ms: u64,

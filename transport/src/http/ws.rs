@@ -311,7 +311,8 @@ async fn run<B: Backend, S>(
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, codec = codec.name(), "WebSocket open");
 
     let (mut sink, mut stream) = socket.split();
-    let (queue, mut outbound) = mpsc::channel::<Message>(server.options.ws_outbound_messages_max);
+    let (queue, mut outbound) =
+        mpsc::channel::<Message>(server.options.ws_outbound_messages_max.max(1));
     let writer = tokio::spawn(async move {
         while let Some(message) = outbound.recv().await {
             if sink.send(message).await.is_err() {
@@ -336,7 +337,7 @@ async fn run<B: Backend, S>(
     // At least two pings per idle timeout, so a live peer's pong always comes in time.
     let ping_every = Duration::from_millis(server.options.ws_ping_interval_ms)
         .min(idle_timeout / 2)
-        .max(Duration::from_millis(1));
+        .max(Duration::from_millis(super::WS_PING_INTERVAL_MS_MIN));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard_at = Instant::now();
