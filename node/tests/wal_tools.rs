@@ -60,7 +60,7 @@ fn verify_reports_a_good_log_and_dump_prints_its_records() {
     assert_eq!(values[0]["lsn"], 31);
     assert_eq!(values[1]["lsn"], 32);
     assert!(
-        values[0]["record"]["kind"]["bid_accepted"]["bidder_id"].is_string(),
+        values[0]["record"]["bidAccepted"]["bidderId"].is_string(),
         "{json}"
     );
 }

@@ -104,7 +104,7 @@ proptest! {
         prop_assert_eq!(BidOutcome::try_from(wire), Ok(outcome));
     }
 
-    /// The JSON form (serde) carries the same message as the binary form.
+    /// The JSON form (pbjson, canonical proto3 JSON) carries the same message as the binary form.
     #[test]
     fn records_round_trip_through_json(event in common::event()) {
         let record = pb::Record::from(&event);
@@ -116,12 +116,12 @@ proptest! {
 }
 
 #[test]
-fn json_uses_proto_field_names() {
+fn json_follows_the_canonical_proto3_mapping() {
     let message = pb::ClientMessage {
         request_id: 7,
         body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
             auction_id: 1,
-            amount: 100,
+            amount: u64::MAX,
             max: None,
             bid_id_hi: 0,
             bid_id_lo: 5,
@@ -129,26 +129,56 @@ fn json_uses_proto_field_names() {
         })),
     };
     let json = serde_json::to_value(&message).unwrap();
+    // lowerCamelCase names, 64-bit integers as strings, oneof members as plain fields,
+    // default values (0, absent optionals) left out.
     assert_eq!(
         json,
         serde_json::json!({
-            "request_id": 7,
-            "body": {"place_bid": {
-                "auction_id": 1,
-                "amount": 100,
-                "max": null,
-                "bid_id_hi": 0,
-                "bid_id_lo": 5,
-                "client_sent_at_us": 9,
-            }},
+            "requestId": "7",
+            "placeBid": {
+                "auctionId": "1",
+                "amount": "18446744073709551615",
+                "bidIdLo": "5",
+                "clientSentAtUs": "9",
+            },
         })
     );
-    // Fields left out take their proto3 defaults.
+    let back: pb::ClientMessage = serde_json::from_value(json).unwrap();
+    assert_eq!(back, message);
+
+    // The proto field names and plain numbers are accepted too; fields left out take their
+    // proto3 defaults.
     let sparse: pb::ClientMessage =
-        serde_json::from_str(r#"{"body": {"place_bid": {"auction_id": 1, "amount": 3}}}"#).unwrap();
+        serde_json::from_str(r#"{"place_bid": {"auction_id": 1, "amount": "3"}}"#).unwrap();
     assert_eq!(sparse.request_id, 0);
     let Some(pb::client_message::Body::PlaceBid(place)) = sparse.body else {
         panic!("body lost");
     };
     assert_eq!((place.auction_id, place.amount, place.max), (1, 3, None));
+
+    // Enums travel by name.
+    let rejected = pb::ServerMessage {
+        request_id: 2,
+        body: Some(pb::server_message::Body::BidOutcome(pb::BidOutcome {
+            outcome: Some(pb::bid_outcome::Outcome::Rejected(pb::Rejected {
+                reason: pb::RejectReason::TooLow as i32,
+                min_next: Some(105),
+                retry_after_us: None,
+                original: None,
+            })),
+        })),
+    };
+    assert_eq!(
+        serde_json::to_value(&rejected).unwrap(),
+        serde_json::json!({
+            "requestId": "2",
+            "bidOutcome": {"rejected": {"reason": "REJECT_REASON_TOO_LOW", "minNext": "105"}},
+        })
+    );
+
+    // Unknown fields and two members of one oneof are refused.
+    assert!(
+        serde_json::from_str::<pb::ClientMessage>(r#"{"requestId": "1", "bogus": 1}"#).is_err()
+    );
+    assert!(serde_json::from_str::<pb::ClientMessage>(r#"{"ping": {}, "placeBid": {}}"#).is_err());
 }

@@ -11,6 +11,8 @@
 //!   durable engine the node implements.
 //! - [`session`]: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
+//!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
 //! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
 //!   certificates verified against the CA and its CRL, reloaded without restart;
@@ -21,6 +23,7 @@
 //! reached only through [`Backend`].
 
 pub mod gateway;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

@@ -13,7 +13,8 @@ pub const BID_DECIDE_SECONDS: &str = "gavel_bid_decide_seconds";
 /// Accepted → durable time as seen by the edge, seconds.
 pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
 /// Requests refused before reaching the engine, by `transport` and `reason`
-/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`).
+/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`,
+/// `handshake`: a refused WebSocket handshake).
 pub const REQUEST_ERRORS: &str = "gavel_request_errors_total";
 /// Open connections, by `transport`.
 pub const CONNECTIONS: &str = "gavel_connections";
@@ -27,6 +28,9 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "gavel_tls_handshake_failures_total";
 pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
 /// Admin API requests, by `method`, `route` (the route template) and `status`.
 pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
+
+/// Always 1, labelled with the node's `version`.
+pub const BUILD_INFO: &str = "gavel_build_info";
 
 /// Registers the descriptions of the metrics above with the installed recorder.
 pub fn describe() {
@@ -65,6 +69,12 @@ pub fn describe() {
         ADMIN_REQUESTS,
         "Admin API requests, by method, route template and status."
     );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+}
+
+/// Sets [`BUILD_INFO`] (idempotent).
+pub fn build_info() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// The label value of a bid outcome's reason.
