@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gavel_transport::Gateway;
+use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
 use gavel_transport::tls::{self, ServerTls, TlsPaths};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +55,7 @@ pub fn prometheus() -> PrometheusHandle {
             }
             gavel_transport::metrics::describe();
             describe_node_metrics();
-            metrics::gauge!("gavel_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            gavel_transport::metrics::build_info();
             handle
         })
         .clone()
@@ -67,7 +69,6 @@ const LATENCY_BUCKETS_SECONDS: [f64; 22] = [
 
 fn describe_node_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge};
-    describe_gauge!("gavel_build_info", "Build information; the value is 1.");
     describe_gauge!(
         "gavel_ready",
         "1 once recovery finished and the node serves, else 0."
@@ -188,14 +189,47 @@ pub struct Server {
 /// Recovers the node and starts serving; returns once ready. Cancel `shutdown` to stop,
 /// then await [`Server::wait`].
 pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Server> {
-    let _ = prometheus();
+    let prometheus = prometheus();
     metrics::gauge!("gavel_ready").set(0.0);
     let gateway = Arc::new(Gateway::<NodeBackend>::new(
         config.limits.clone(),
         shutdown.clone(),
     ));
     let tls = load_tls(&config).await?;
-    let mut tasks = vec![tls.spawn_reloader(config.tls_reload_poll, shutdown.clone())];
+    let mut tasks = vec![
+        tls.spawn_reloader(config.tls_reload_poll, shutdown.clone()),
+        tokio::spawn(metrics_upkeep(prometheus.clone(), shutdown.clone())),
+    ];
+    // The HTTPS port opens before recovery: /healthz answers and /readyz says "recovering"
+    // (and the admin API 503) until the node is ready.
+    let listener = TcpListener::bind(config.https_listen)
+        .await
+        .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
+    let https_addr = listener.local_addr()?;
+    let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
+        .with_allowed_origins(config.allowed_origins.clone());
+    tasks.push(tokio::spawn(http::serve_https(
+        listener,
+        tls.clone(),
+        Arc::clone(&gateway),
+        options,
+    )));
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics port {addr}"))?;
+            let bound = listener.local_addr()?;
+            tasks.push(tokio::spawn(http::serve_metrics(
+                listener,
+                Arc::clone(&gateway),
+                MetricsRenderer::prometheus(prometheus),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(https = %https_addr, metrics = ?metrics_addr, "listening; recovering the data directory");
     let data_dir = config.data_dir.clone();
     let node_config = config.node.clone();
     let (node, report) = tokio::task::spawn_blocking(move || Node::open(&data_dir, node_config))
@@ -220,8 +254,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         gateway,
         tls,
         quic_addr: None,
-        https_addr: None,
-        metrics_addr: None,
+        https_addr: Some(https_addr),
+        metrics_addr,
         node,
         deadline: config.shutdown_deadline,
         tasks,
@@ -366,6 +400,20 @@ fn spawn_closer(
             }
         })
         .context("starting the close ticker thread")
+}
+
+/// How often the Prometheus recorder's histograms are maintained.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Runs the recorder's periodic upkeep (histogram buckets) until shutdown.
+async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 /// Refreshes the log and engine gauges until shutdown.

@@ -172,15 +172,14 @@ pub(super) fn upgrade<B: Backend>(
             "Sec-WebSocket-Key is missing",
         );
     };
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origin_allowed(origin, &server.options.allowed_origins) {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin_allowed(origin, &server.options.allowed_origins) {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
                 "this Origin may not open WebSockets on this node",
             );
         }
-    }
     let Some(codec) = Codec::negotiate(headers) else {
         return refuse(
             StatusCode::BAD_REQUEST,
