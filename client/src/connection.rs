@@ -449,16 +449,7 @@ impl Driver {
                     })
                 }
                 Err(error) => {
-                    match outcome {
-                        Some(outcome) => {
-                            let _ = outcome.send(Err(error));
-                        }
-                        // The outcome was delivered on an earlier connection; the retry
-                        // that was to recover the durable ack got another answer.
-                        None => {
-                            let _ = durable.send(Err(error));
-                        }
-                    }
+                    fail_bid(outcome, durable, error);
                     None
                 }
             },
@@ -493,15 +484,7 @@ impl Driver {
                 },
                 Reply::Error(error),
             ) => {
-                let error = server_error(error);
-                match outcome {
-                    Some(outcome) => {
-                        let _ = outcome.send(Err(error));
-                    }
-                    None => {
-                        let _ = durable.send(Err(error));
-                    }
-                }
+                fail_bid(outcome, durable, server_error(error));
                 None
             }
             (kind, other) => {
@@ -555,6 +538,24 @@ fn bid_result(outcome: pb::BidOutcome, retried: bool) -> Result<Accepted, BidErr
             rejected.reason
         )),
     })
+}
+
+/// Ends a bid with `error`: to the caller of `place_bid` if it still waits for the outcome;
+/// otherwise the outcome was delivered on an earlier connection and the retry meant to
+/// recover the durable ack got this answer, so the durable waiter gets it.
+fn fail_bid(
+    outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
+    durable: oneshot::Sender<Result<DurableAck, BidError>>,
+    error: BidError,
+) {
+    match outcome {
+        Some(outcome) => {
+            let _ = outcome.send(Err(error));
+        }
+        None => {
+            let _ = durable.send(Err(error));
+        }
+    }
 }
 
 fn server_error(error: pb::Error) -> BidError {
