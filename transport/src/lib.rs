@@ -12,6 +12,9 @@
 //! - [`session`]: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
+//! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
+//!   certificates verified against the CA and its CRL, reloaded without restart;
+//!   [`tls::peer_identity`]; the development PKI ([`tls::dev`]) behind `gavel cert`.
 //!
 //! Architecture invariant: the transports know the engine's types and the wire schema, but
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
@@ -22,6 +25,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod session;
+pub mod tls;
 
 pub use gateway::{Backend, DurableError, Gateway};
 pub use identity::{Identity, IdentityError, Role};

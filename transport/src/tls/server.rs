@@ -1,0 +1,256 @@
+//! [`ServerTls`]: the node's current server configurations, swapped whole when the TLS files
+//! change.
+//!
+//! Reload rule: every attempt reads all files once and builds both configurations from
+//! exactly those bytes; only a complete success replaces them (and bumps the generation a
+//! QUIC endpoint watches to call `set_server_config`). A failure keeps the last good
+//! configurations, logs an `error!` naming the file, and counts
+//! `gavel_tls_reloads_total{result="error"}`.
+//!
+//! The watcher compares file *contents* (not mtimes) with what the last attempt read, so a
+//! torn write seen half-written fails once, and the final content — different from the torn
+//! one — is picked up by the next poll. Replacing the certificate and the key one after the
+//! other works the same way: a poll between the two sees a mismatch and fails, the next one
+//! loads the pair. Writers should still prefer write-then-rename.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::material::{Configs, RawFiles};
+use super::{TlsError, TlsPaths};
+use crate::metrics::TLS_RELOADS;
+
+/// Shortest poll period of [`ServerTls::spawn_reloader`]; shorter requests are raised to it.
+pub const RELOAD_POLL_MIN: Duration = Duration::from_millis(50);
+
+/// The node's TLS server configurations, shared by every listener. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerTls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: TlsPaths,
+    anonymous_watchers: bool,
+    /// The current configurations; connections take a snapshot when they start.
+    configs: ArcSwap<Configs>,
+    /// Bumped on each successful reload.
+    generation: watch::Sender<u64>,
+    /// Serializes reloads (a std mutex: held only in blocking code, never across `.await`).
+    attempts: Mutex<Attempts>,
+}
+
+/// What the last reload attempt saw.
+struct Attempts {
+    /// The files as last read (whether or not they loaded).
+    last_read: Option<RawFiles>,
+    /// The last read failure, so a file that stays unreadable is reported once.
+    last_read_error: Option<String>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("paths", &self.inner.paths)
+            .field("anonymous_watchers", &self.inner.anonymous_watchers)
+            .field("generation", &*self.inner.generation.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads the material; with `anonymous_watchers`, clients without a certificate are let
+    /// through the handshake (and may only watch).
+    pub fn load(paths: TlsPaths, anonymous_watchers: bool) -> Result<ServerTls, TlsError> {
+        let raw = RawFiles::read(&paths)?;
+        let configs = Configs::build(&paths, &raw, anonymous_watchers, now())?;
+        if paths.crl.is_none() {
+            warn!(ca = %paths.client_ca.display(), "no CRL configured: client certificates are not checked for revocation");
+        }
+        info!(cert = %paths.cert.display(), ca = %paths.client_ca.display(), anonymous_watchers, "TLS material loaded");
+        Ok(ServerTls {
+            inner: Arc::new(Inner {
+                paths,
+                anonymous_watchers,
+                configs: ArcSwap::from_pointee(configs),
+                generation: watch::Sender::new(0),
+                attempts: Mutex::new(Attempts {
+                    last_read: Some(raw),
+                    last_read_error: None,
+                }),
+            }),
+        })
+    }
+
+    /// The files this was loaded from.
+    pub fn paths(&self) -> &TlsPaths {
+        &self.inner.paths
+    }
+
+    /// The current QUIC configuration: TLS 1.3, ALPN `gavel/1`, client certificates verified.
+    pub fn quic_config(&self) -> Arc<rustls::ServerConfig> {
+        self.inner.configs.load().quic.clone()
+    }
+
+    /// The current HTTPS configuration: TLS 1.3, ALPN `h2` then `http/1.1`, the same client
+    /// verification as QUIC.
+    pub fn https_config(&self) -> Arc<rustls::ServerConfig> {
+        self.inner.configs.load().https.clone()
+    }
+
+    /// The generation of the configurations: 0 at load, bumped by each successful reload.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Re-reads every file and replaces the configurations. On any error the last good ones
+    /// stay, the error is logged naming the file and counted, and returned.
+    ///
+    /// Blocking (reads files): from async code call it in `spawn_blocking`.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let mut attempts = self.lock_attempts();
+        let raw = match RawFiles::read(&self.inner.paths) {
+            Ok(raw) => raw,
+            Err(e) => {
+                attempts.last_read = None;
+                attempts.last_read_error = Some(e.to_string());
+                return Err(self.failed(e));
+            }
+        };
+        attempts.last_read_error = None;
+        attempts.last_read = Some(raw.clone());
+        self.apply(&raw)
+    }
+
+    /// One poll of the watcher: reloads if any file's content differs from the last read.
+    /// Returns whether the configurations were replaced.
+    fn poll_files(&self) -> bool {
+        let mut attempts = self.lock_attempts();
+        let raw = match RawFiles::read(&self.inner.paths) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Reported once until it changes; when the files come back they reload.
+                let message = e.to_string();
+                if attempts.last_read_error.as_ref() != Some(&message) {
+                    attempts.last_read_error = Some(message);
+                    self.failed(e);
+                }
+                attempts.last_read = None;
+                return false;
+            }
+        };
+        attempts.last_read_error = None;
+        if attempts.last_read.as_ref() == Some(&raw) {
+            return false;
+        }
+        attempts.last_read = Some(raw.clone());
+        self.apply(&raw).is_ok()
+    }
+
+    /// Builds from `raw` and swaps on success. Called with the attempts lock held.
+    fn apply(&self, raw: &RawFiles) -> Result<(), TlsError> {
+        let configs = Configs::build(&self.inner.paths, raw, self.inner.anonymous_watchers, now())
+            .map_err(|e| self.failed(e))?;
+        self.inner.configs.store(Arc::new(configs));
+        let mut generation = 0;
+        self.inner.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        metrics::counter!(TLS_RELOADS, "result" => "ok").increment(1);
+        info!(generation, "TLS material reloaded");
+        Ok(())
+    }
+
+    /// Logs and counts a failed reload; returns the error.
+    fn failed(&self, error: TlsError) -> TlsError {
+        metrics::counter!(TLS_RELOADS, "result" => "error").increment(1);
+        error!(%error, "TLS reload failed; keeping the last good configuration");
+        error
+    }
+
+    fn lock_attempts(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        // A panic while holding it cannot leave `Attempts` inconsistent (two plain fields,
+        // each written whole), so a poisoned lock is still usable.
+        self.inner
+            .attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Watches the files: every `poll` (at least [`RELOAD_POLL_MIN`]) reloads if any file's
+    /// content changed, and on unix reloads on `SIGHUP`. Ends when `shutdown` is cancelled.
+    /// Must be called within a tokio runtime.
+    pub fn spawn_reloader(
+        &self,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let poll = poll.max(RELOAD_POLL_MIN);
+        // Installed before returning, so a SIGHUP right after this call is not missed.
+        let mut hangup = Hangup::new();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(poll);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await; // The first tick is immediate; the files were just loaded.
+            loop {
+                let this = this.clone();
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {
+                        let _ = tokio::task::spawn_blocking(move || this.poll_files()).await;
+                    }
+                    () = hangup.recv() => {
+                        info!("SIGHUP: reloading the TLS material");
+                        // Errors are logged and counted by `reload`.
+                        let _ = tokio::task::spawn_blocking(move || this.reload()).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// `SIGHUP` where there is one; never fires elsewhere or if the handler cannot be installed.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(
+                    |e| warn!(error = %e, "no SIGHUP handler; TLS reloads by polling only"),
+                )
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+            self.signal = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
