@@ -1,5 +1,6 @@
 //! What every connection of a node shares: the engine behind the [`Backend`] (once recovery
-//! finished), the limits, the bidder rate limiter, and the shutdown signal.
+//! finished), the limits, the bidder rate limiter, the connection and handshake permits
+//! (`connections_max`, `handshakes_pending_max` over all transports), and the shutdown signal.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -8,6 +9,7 @@ use gavel_engine::{
     AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, ManageError, Receipt,
     UnixMicros,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{BidRateLimiter, Limits};
@@ -53,6 +55,8 @@ pub struct Gateway<B> {
     backend: OnceLock<Arc<B>>,
     limits: Limits,
     rate: BidRateLimiter,
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -65,6 +69,12 @@ impl<B: Backend> Gateway<B> {
                 limits.bids_per_second_per_bidder,
                 limits.bid_burst_per_bidder,
             ),
+            connections: Arc::new(Semaphore::new(
+                limits.connections_max.min(Semaphore::MAX_PERMITS),
+            )),
+            handshakes: Arc::new(Semaphore::new(
+                limits.handshakes_pending_max.min(Semaphore::MAX_PERMITS),
+            )),
             limits,
             shutdown,
         }
@@ -93,6 +103,18 @@ impl<B: Backend> Gateway<B> {
     /// The per-bidder bid rate limiter.
     pub fn rate_limiter(&self) -> &BidRateLimiter {
         &self.rate
+    }
+
+    /// A permit for one open connection (any transport), or `None` at `connections_max`.
+    /// Hold it as long as the connection lives.
+    pub fn try_connection(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.connections).try_acquire_owned().ok()
+    }
+
+    /// A permit for one TLS handshake in progress, or `None` at `handshakes_pending_max`.
+    /// Drop it when the handshake ends.
+    pub fn try_handshake(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.handshakes).try_acquire_owned().ok()
     }
 
     /// Cancelled when the node starts shutting down: listeners stop accepting, connections
