@@ -76,15 +76,18 @@ impl std::fmt::Debug for ClientConfig {
 pub mod dev_files {
     /// The development CA's certificate.
     pub const CA_CERT: &str = "ca.pem";
+    /// The directory of client certificates, inside the certificate directory.
+    pub const CLIENTS_DIR: &str = "clients";
 
-    /// The certificate file of the dev client named `name` (e.g. `bidder-1`).
-    pub fn cert(name: &str) -> String {
-        format!("{name}.pem")
+    /// The certificate file of the client `<role>/<id>` (e.g. `bidder`, `bidder-1`),
+    /// relative to the certificate directory.
+    pub fn cert(role: &str, id: &str) -> String {
+        format!("{CLIENTS_DIR}/{role}-{id}.pem")
     }
 
-    /// The key file of the dev client named `name`.
-    pub fn key(name: &str) -> String {
-        format!("{name}.key")
+    /// The key file of the client `<role>/<id>`, relative to the certificate directory.
+    pub fn key(role: &str, id: &str) -> String {
+        format!("{CLIENTS_DIR}/{role}-{id}.key")
     }
 }
 
@@ -116,24 +119,41 @@ impl ClientConfig {
     }
 
     /// Reads the development certificates written by `gavel cert` from `dir`: the CA
-    /// ([`dev_files::CA_CERT`]) and the certificate and key of the client `name`
-    /// ([`dev_files::cert`], [`dev_files::key`]). The node's name is `localhost`.
+    /// ([`dev_files::CA_CERT`]) and the certificate and key of the bidder `bidder_id`
+    /// ([`dev_files::cert`], [`dev_files::key`] with role `bidder`). The node's name is
+    /// `localhost`. For another role (a device), use [`ClientConfig::from_cert_files`].
     pub fn from_cert_dir(
         server: SocketAddr,
         dir: &Path,
-        name: &str,
+        bidder_id: &str,
     ) -> Result<ClientConfig, ConnectError> {
-        let read = |file: String| {
-            let path = dir.join(&file);
-            std::fs::read(&path)
+        ClientConfig::from_cert_files(
+            server,
+            "localhost",
+            &dir.join(dev_files::CA_CERT),
+            &dir.join(dev_files::cert("bidder", bidder_id)),
+            &dir.join(dev_files::key("bidder", bidder_id)),
+        )
+    }
+
+    /// Reads the CA certificate, the client certificate and its key from PEM files.
+    pub fn from_cert_files(
+        server: SocketAddr,
+        server_name: impl Into<String>,
+        ca_cert: &Path,
+        client_cert: &Path,
+        client_key: &Path,
+    ) -> Result<ClientConfig, ConnectError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
                 .map_err(|e| ConnectError::Config(format!("reading {}: {e}", path.display())))
         };
         Ok(ClientConfig::new(
             server,
-            "localhost",
-            read(dev_files::CA_CERT.to_owned())?,
-            read(dev_files::cert(name))?,
-            read(dev_files::key(name))?,
+            server_name,
+            read(ca_cert)?,
+            read(client_cert)?,
+            read(client_key)?,
         ))
     }
 

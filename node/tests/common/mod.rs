@@ -2,6 +2,8 @@
 //! values out of its report, and finding records in segment files.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

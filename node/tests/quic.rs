@@ -1,0 +1,299 @@
+//! The QUIC bidder transport end to end, through the bidder SDK and raw QUIC streams, against a
+//! real durable node on loopback: accepted then durable acks, every kind of refusal, bad
+//! frames that hurt nobody else, certificates from another CA, reconnects with idempotent
+//! retries, and a shutdown that drains durable acks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::serve::{QuicNode, RelayMode, UdpRelay, WAIT_MAX, ping};
+use gavel_client::{Bid, BidError, Client, ClientConfig, ConnectError, random_bid_id};
+use gavel_proto::pb;
+use gavel_proto::pb::server_message::Body as Reply;
+use gavel_transport::Limits;
+use gavel_transport::tls::dev;
+
+fn limits() -> Limits {
+    Limits {
+        idle_timeout_ms: 5_000,
+        ..Limits::default()
+    }
+}
+
+async fn bidder(node: &QuicNode, id: &str) -> Client {
+    Client::connect(node.client_config("bidder", id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_is_accepted_then_durable_and_rejections_are_typed() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let client = bidder(&node, "bidder-1").await;
+    assert!(client.ping().await.unwrap() < WAIT_MAX);
+
+    let placed = client.place_bid(Bid::new(1, 150)).await.unwrap();
+    let accepted = placed.accepted().clone();
+    assert_eq!(accepted.price, 150);
+    assert_eq!(accepted.leader.as_deref(), Some("bidder-1"));
+    assert_eq!(accepted.seq, node.view(1).seq);
+    let bid_id = placed.bid_id();
+    assert_ne!(bid_id, 0);
+    let durable = placed.durable().await.unwrap();
+    assert_eq!((durable.auction_id, durable.bid_id), (1, bid_id));
+    assert_eq!(durable.seq, accepted.seq);
+
+    // Too low: the node says what the next acceptable amount is.
+    let error = client.place_bid(Bid::new(1, 120)).await.unwrap_err();
+    let BidError::TooLow { min_next } = error else {
+        panic!("{error:?}")
+    };
+    assert!(min_next > 150, "min_next {min_next}");
+    assert_eq!(
+        client.place_bid(Bid::new(77, 500)).await.unwrap_err(),
+        BidError::UnknownAuction
+    );
+    // The same bid id again, not as this SDK's own retry: a duplicate with the original.
+    let again = client
+        .place_bid(Bid::new(1, 150).with_id(bid_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again,
+        BidError::Duplicate {
+            original: accepted.clone()
+        }
+    );
+    // A zero amount never reaches the engine.
+    let error = client.place_bid(Bid::new(1, 0)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BidError::Server {
+                code: pb::ErrorCode::InvalidArgument,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Pipelined bids from clones of one client, each higher than the last.
+    let bids = (0..20_u64).map(|i| {
+        let client = client.clone();
+        async move { client.place_bid(Bid::new(1, 1_000 + 100 * i)).await }
+    });
+    let mut handles = Vec::new();
+    for bid in bids {
+        handles.push(tokio::spawn(bid));
+    }
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(placed) => {
+                placed.durable().await.unwrap();
+            }
+            Err(BidError::TooLow { .. }) => {} // overtaken by a higher one sent earlier
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(node.view(1).price, Some(2_900));
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_that_may_not_bid_are_forbidden_and_the_rate_limit_holds() {
+    let node = QuicNode::start(Limits {
+        bids_per_second_per_bidder: 1,
+        bid_burst_per_bidder: 2,
+        ..limits()
+    })
+    .await;
+    node.create_english(1);
+    for (role, id) in [("watcher", "watcher-1"), ("admin", "admin")] {
+        let client = Client::connect(node.client_config(role, id)).await.unwrap();
+        assert_eq!(
+            client.place_bid(Bid::new(1, 150)).await.unwrap_err(),
+            BidError::Forbidden,
+            "{role}"
+        );
+    }
+    let client = bidder(&node, "bidder-2").await;
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+    client.place_bid(Bid::new(1, 300)).await.unwrap();
+    assert_eq!(
+        client.place_bid(Bid::new(1, 500)).await.unwrap_err(),
+        BidError::RateLimited
+    );
+    assert_eq!(node.view(1).bids_accepted, 2);
+    // The limit is per bidder: another bidder still bids.
+    let other = bidder(&node, "bidder-1").await;
+    other.place_bid(Bid::new(1, 500)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
+    let node = QuicNode::start(Limits {
+        frame_bytes_max: 1024,
+        ..limits()
+    })
+    .await;
+    node.create_english(1);
+    let raw = node.raw_connection("bidder", "bidder-1").await;
+
+    // Undecodable bytes in a well-framed message: MALFORMED, and the stream goes on.
+    let mut stream = raw.stream().await;
+    stream.write_bytes(&[3, 0xff, 0xff, 0xff]).await;
+    stream.write(&ping(5)).await;
+    let error = stream.read().await.unwrap();
+    let Some(Reply::Error(error)) = error.body else {
+        panic!("{error:?}")
+    };
+    assert_eq!(error.code(), pb::ErrorCode::Malformed);
+    let pong = stream.read().await.unwrap();
+    assert!(matches!(pong.body, Some(Reply::Pong(_))), "{pong:?}");
+    assert_eq!(pong.request_id, 5);
+
+    // A frame over the limit: TOO_LARGE, then the stream is finished.
+    let mut oversized = raw.stream().await;
+    let mut prefix = Vec::new();
+    prost::encode_length_delimiter(1025, &mut prefix).unwrap();
+    oversized.write_bytes(&prefix).await;
+    let error = oversized.read().await.unwrap();
+    let Some(Reply::Error(error)) = error.body else {
+        panic!("{error:?}")
+    };
+    assert_eq!(error.code(), pb::ErrorCode::TooLarge);
+    assert!(oversized.read().await.is_none(), "the stream is finished");
+
+    // The connection's other stream, a new stream, and another client all still work.
+    stream.write(&ping(6)).await;
+    assert_eq!(stream.read().await.unwrap().request_id, 6);
+    let mut fresh = raw.stream().await;
+    fresh.write(&ping(7)).await;
+    assert_eq!(fresh.read().await.unwrap().request_id, 7);
+    let client = bidder(&node, "bidder-2").await;
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
+    let node = QuicNode::start(limits()).await;
+    let other_dir = node.dir.path().join("other-ca");
+    let other = dev::generate(&other_dir, &dev::DevCertOptions::default()).unwrap();
+    let identity = gavel_transport::Identity::from_uri("gavel://bidder/bidder-1").unwrap();
+    let stranger = other.client(&identity).unwrap();
+    // Trusts the node's CA, but presents a certificate the node's CA never signed.
+    let mut config = ClientConfig::from_cert_files(
+        node.addr,
+        "localhost",
+        &node.certs.ca_cert,
+        &stranger.cert,
+        &stranger.key,
+    )
+    .unwrap();
+    config.connect_timeout = Duration::from_secs(2);
+    let error = Client::connect(config).await.unwrap_err();
+    assert!(matches!(error, ConnectError::Connection(_)), "{error:?}");
+    // The node's own bidders are unaffected.
+    let client = bidder(&node, "bidder-1").await;
+    client.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_are_recovered_by_an_idempotent_retry_after_reconnecting() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let relay = UdpRelay::start(node.addr).await;
+    let mut config = node.client_config_at(relay.addr, "bidder", "bidder-1");
+    config.idle_timeout = Duration::from_millis(300);
+    config.keep_alive_interval = Duration::from_millis(100);
+    config.connect_timeout = Duration::from_millis(300);
+    config.reconnect_backoff_base = Duration::from_millis(20);
+    config.reconnect_backoff_max = Duration::from_millis(100);
+    let client = Client::connect(config).await.unwrap();
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+
+    // The outcome is lost: the bid reaches the node, the answer never comes back, the
+    // connection dies.
+    relay.set(RelayMode::DropAnswers);
+    let bid_id = random_bid_id();
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.place_bid(Bid::new(1, 400).with_id(bid_id)).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while node.view(1).bids_accepted < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bid never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let original_seq = node.view(1).seq;
+    relay.set(RelayMode::DropAll);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relay.set(RelayMode::Pass);
+    let placed = pending.await.unwrap().unwrap();
+    assert_eq!(placed.bid_id(), bid_id);
+    assert_eq!(placed.accepted().seq, original_seq);
+    assert_eq!(placed.accepted().price, 400);
+    assert_eq!(placed.durable().await.unwrap().seq, original_seq);
+    assert_eq!(
+        node.view(1).bids_accepted,
+        2,
+        "the retried bid counted once"
+    );
+
+    // The durable ack is lost: accepted, then the connection dies before the sync.
+    node.sync_gate.close();
+    let placed = client.place_bid(Bid::new(1, 600)).await.unwrap();
+    let seq = placed.accepted().seq;
+    relay.set(RelayMode::DropAll);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node.sync_gate.open();
+    relay.set(RelayMode::Pass);
+    assert_eq!(placed.durable().await.unwrap().seq, seq);
+    assert_eq!(node.view(1).bids_accepted, 3);
+    assert_eq!(node.view(1).price, Some(600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_durable_acks_then_closes() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let client = bidder(&node, "bidder-1").await;
+    node.sync_gate.close();
+    let mut placed = Vec::new();
+    for i in 0..5 {
+        placed.push(client.place_bid(Bid::new(1, 200 + 100 * i)).await.unwrap());
+    }
+    node.gateway.shutdown().cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!node.server.is_finished(), "durable acks are still due");
+    node.sync_gate.open();
+    for placed in placed {
+        let seq = placed.accepted().seq;
+        assert_eq!(placed.durable().await.unwrap().seq, seq);
+    }
+    let mut late = node.client_config("bidder", "bidder-2");
+    late.connect_timeout = Duration::from_millis(300);
+    tokio::time::timeout(WAIT_MAX, node.server)
+        .await
+        .expect("the listener stops after the drain")
+        .unwrap();
+    assert!(Client::connect(late).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let node = QuicNode::start(Limits {
+        connections_max: 1,
+        ..limits()
+    })
+    .await;
+    let first = bidder(&node, "bidder-1").await;
+    let mut config = node.client_config("bidder", "bidder-2");
+    config.connect_timeout = Duration::from_millis(500);
+    assert!(Client::connect(config).await.is_err());
+    first.ping().await.unwrap();
+}
