@@ -297,3 +297,77 @@ async fn connections_beyond_the_limit_are_refused() {
     assert!(Client::connect(config).await.is_err());
     first.ping().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_watcher_connects_when_allowed_but_may_not_bid() {
+    let node = QuicNode::start_with(limits(), true).await;
+    node.create_english(1);
+    let raw = node.raw_connection_as(None).await.unwrap();
+    let mut stream = raw.stream().await;
+    stream.write(&ping(1)).await;
+    assert_eq!(stream.read().await.unwrap().request_id, 1);
+    stream
+        .write(&pb::ClientMessage {
+            request_id: 2,
+            body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+                auction_id: 1,
+                amount: 150,
+                bid_id_lo: 9,
+                ..pb::PlaceBid::default()
+            })),
+        })
+        .await;
+    let answer = stream.read().await.unwrap();
+    let Some(Reply::BidOutcome(outcome)) = answer.body else {
+        panic!("{answer:?}")
+    };
+    let Some(pb::bid_outcome::Outcome::Rejected(rejected)) = outcome.outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(rejected.reason(), pb::RejectReason::Forbidden);
+    assert_eq!(node.view(1).bids_accepted, 0);
+
+    // Without anonymous watchers, a connection without a certificate fails.
+    let strict = QuicNode::start(limits()).await;
+    let refused = async {
+        let raw = strict.raw_connection_as(None).await?;
+        let (mut send, mut recv) = raw.connection.open_bi().await?;
+        let mut bytes = Vec::new();
+        gavel_proto::frame::encode(&ping(1), &mut bytes);
+        send.write_all(&bytes).await?;
+        recv.read_chunk(1024, true).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(refused.await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_tls_material_serves_new_connections() {
+    let node = QuicNode::start(limits()).await;
+    let old_config = node.client_config("bidder", "bidder-1");
+    let old = Client::connect(old_config.clone()).await.unwrap();
+    // A new CA, server and client certificates in the same files, then a reload.
+    let options = dev::DevCertOptions {
+        overwrite: true,
+        ..dev::DevCertOptions::default()
+    };
+    dev::generate(&node.certs.dir, &options).unwrap();
+    node.tls.reload().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let mut fresh = node.client_config("bidder", "bidder-1");
+    fresh.connect_timeout = Duration::from_millis(500);
+    loop {
+        match Client::connect(fresh.clone()).await {
+            Ok(client) => {
+                client.ping().await.unwrap();
+                break;
+            }
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:?}"),
+        }
+    }
+    // Trusting only the old CA, a new connection fails; the open one keeps working.
+    let mut stale = old_config;
+    stale.connect_timeout = Duration::from_millis(500);
+    assert!(Client::connect(stale).await.is_err());
+    old.ping().await.unwrap();
+}

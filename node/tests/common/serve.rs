@@ -75,13 +75,21 @@ pub struct QuicNode {
     pub addr: SocketAddr,
     /// The fsync gate of the node's log.
     pub sync_gate: Arc<SyncGate>,
+    /// The node's TLS material (reload it after changing the files).
+    pub tls: ServerTls,
     /// The listener task; ends after the drain.
     pub server: JoinHandle<()>,
 }
 
 impl QuicNode {
-    /// Starts a node with `limits` and a drain deadline of 5 s.
+    /// Starts a node with `limits` and a drain deadline of 5 s; clients need a certificate.
     pub async fn start(limits: Limits) -> QuicNode {
+        QuicNode::start_with(limits, false).await
+    }
+
+    /// [`QuicNode::start`], letting watchers in without a certificate if
+    /// `anonymous_watchers`.
+    pub async fn start_with(limits: Limits, anonymous_watchers: bool) -> QuicNode {
         let dir = tempfile::tempdir().unwrap();
         let sync_gate = Arc::new(SyncGate::default());
         let hooks: Arc<dyn WriterHooks> = sync_gate.clone();
@@ -90,7 +98,7 @@ impl QuicNode {
         let node = Arc::new(node);
         let certs =
             dev::generate(&dir.path().join("certs"), &dev::DevCertOptions::default()).unwrap();
-        let server_tls = ServerTls::load(certs.tls_paths(), false).unwrap();
+        let server_tls = ServerTls::load(certs.tls_paths(), anonymous_watchers).unwrap();
         let gateway = Arc::new(Gateway::new(limits, CancellationToken::new()));
         gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
         let endpoint = quic::bind(
@@ -103,7 +111,7 @@ impl QuicNode {
         let server = tokio::spawn(quic::serve_quic(
             endpoint,
             Arc::clone(&gateway),
-            Some(server_tls),
+            Some(server_tls.clone()),
             Duration::from_secs(5),
         ));
         QuicNode {
@@ -113,6 +121,7 @@ impl QuicNode {
             certs,
             addr,
             sync_gate,
+            tls: server_tls,
             server,
         }
     }
@@ -173,24 +182,25 @@ impl QuicNode {
     pub async fn raw_connection(&self, role: &str, id: &str) -> RawConnection {
         let identity = Identity::from_uri(&format!("gavel://{role}/{id}")).unwrap();
         let client = self.certs.client(&identity).unwrap();
-        let tls = tls::client_config(
-            &self.certs.ca_cert,
-            Some((&client.cert, &client.key)),
-            &[ALPN],
-        )
-        .unwrap();
+        self.raw_connection_as(Some((&client.cert, &client.key)))
+            .await
+            .unwrap()
+    }
+
+    /// A raw connection presenting `cert_key` (none: anonymous).
+    pub async fn raw_connection_as(
+        &self,
+        cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<RawConnection, quinn::ConnectionError> {
+        let tls = tls::client_config(&self.certs.ca_cert, cert_key, &[ALPN]).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connection = endpoint
-            .connect(self.addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        RawConnection {
+        let connection = endpoint.connect(self.addr, "localhost").unwrap().await?;
+        Ok(RawConnection {
             _endpoint: endpoint,
             connection,
-        }
+        })
     }
 }
 
