@@ -591,10 +591,10 @@ impl Auction {
             let min_next = self.min_next(word, now);
             (bid.amount() < min_next).then_some(Rejection::TooLow { min_next })
         };
-        if let Some(rejection) = fast {
-            if !self.seen.may_contain(key.filter_key()) {
-                return (BidOutcome::Rejected(rejection), None);
-            }
+        if let Some(rejection) = fast
+            && !self.seen.may_contain(key.filter_key())
+        {
+            return (BidOutcome::Rejected(rejection), None);
         }
         let mut state = self.lock();
         self.place_bid_locked(&mut state, bid, key, now, sink, limits)
@@ -611,10 +611,10 @@ impl Auction {
     ) -> (BidOutcome, Option<Receipt>) {
         let rejected = |r| (BidOutcome::Rejected(r), None);
         // The filter holds every key of the memory: most fresh bids skip the lookup.
-        if self.seen.may_contain(key.filter_key()) {
-            if let Some(original) = state.recent.get(&key) {
-                return rejected(Rejection::Duplicate { original });
-            }
+        if self.seen.may_contain(key.filter_key())
+            && let Some(original) = state.recent.get(&key)
+        {
+            return rejected(Rejection::Duplicate { original });
         }
         if state.settled.is_some() || now >= state.ends_at {
             return rejected(Rejection::Closed);
@@ -782,10 +782,11 @@ impl Auction {
                     ),
                 };
                 // Reserve: a leader whose maximum reaches the reserve lifts the price to it.
-                if let Some(reserve) = rules.reserve {
-                    if new_price < reserve && new_lead.max >= reserve {
-                        new_price = reserve;
-                    }
+                if let Some(reserve) = rules.reserve
+                    && new_price < reserve
+                    && new_lead.max >= reserve
+                {
+                    new_price = reserve;
                 }
                 assert!(
                     new_price >= amount,

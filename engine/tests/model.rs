@@ -280,10 +280,11 @@ impl ModelAuction {
                         ),
                         Some(l) => (l.max.min(amount.max(m + increment(increments, m))), *l),
                     };
-                    if let Some(reserve) = self.rules.reserve {
-                        if new_price < reserve && reserve <= new_lead.max {
-                            new_price = reserve;
-                        }
+                    if let Some(reserve) = self.rules.reserve
+                        && new_price < reserve
+                        && reserve <= new_lead.max
+                    {
+                        new_price = reserve;
                     }
                     (
                         new_price,
@@ -350,12 +351,13 @@ impl ModelAuction {
         let mut ends_at = self.ends_at;
         let mut extensions = self.extensions;
         let mut extended = false;
-        if let (Some(sc), None) = (self.rules.soft_close, &close) {
-            if ends_at - now < sc.window_us && extensions < sc.extensions_max {
-                ends_at += sc.extension_us;
-                extensions += 1;
-                extended = true;
-            }
+        if let (Some(sc), None) = (self.rules.soft_close, &close)
+            && ends_at - now < sc.window_us
+            && extensions < sc.extensions_max
+        {
+            ends_at += sc.extension_us;
+            extensions += 1;
+            extended = true;
         }
         let accepted = Accepted {
             seq,
@@ -1241,10 +1243,10 @@ fn model_admits(rules: &AuctionRules) -> bool {
             floor_price
         }
     };
-    if let Some(buy_now) = rules.buy_now {
-        if buy_now < lowest || rules.reserve.is_some_and(|r| buy_now < r) {
-            return false;
-        }
+    if let Some(buy_now) = rules.buy_now
+        && (buy_now < lowest || rules.reserve.is_some_and(|r| buy_now < r))
+    {
+        return false;
     }
     if let Some(sc) = rules.soft_close {
         if sc.window_us == 0 || sc.extension_us == 0 || sc.extensions_max > 10_000 {

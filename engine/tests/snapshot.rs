@@ -37,8 +37,8 @@ fn spec(i: u64) -> AuctionSpec {
         id: AuctionId(i),
         topic: Topic::new(&format!("snap.lot-{i}")).unwrap(),
         kind: kind(i),
-        reserve: (i % 3 == 0 && i % 4 != 3).then_some(50),
-        buy_now: (i % 5 == 0 && i % 4 != 3).then_some(5_000),
+        reserve: (i.is_multiple_of(3) && i % 4 != 3).then_some(50),
+        buy_now: (i.is_multiple_of(5) && i % 4 != 3).then_some(5_000),
         starts_at: UnixMicros(0),
         ends_at: UnixMicros(END - i * 10),
         soft_close: Some(SoftClose {
@@ -78,7 +78,7 @@ fn market(seed: u64, bids: usize) -> (Engine, Vec<Event>) {
                 let bidder = BidderId::new(&format!("b{}", rng.random_range(0..5))).unwrap();
                 let price = engine.price(auction).and_then(|(p, _)| p).unwrap_or(10);
                 let amount = price + rng.random_range(0..40);
-                let max = (auction.0 % 4 == 0 && rng.random_bool(0.3))
+                let max = (auction.0.is_multiple_of(4) && rng.random_bool(0.3))
                     .then(|| amount + rng.random_range(0..200));
                 Bid::new(auction, bidder, BidId(n as u128 + 1), amount, max, now).unwrap()
             }

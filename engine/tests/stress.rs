@@ -93,7 +93,9 @@ fn rules(scenario: Scenario, round: u64) -> AuctionRules {
             increments: IncrementTable::new(vec![band(500, 1), band(2_000, 2)], 3)
                 .expect("valid increment table"),
         },
-        Scenario::Sealed if round % 2 == 0 => AuctionKind::SealedFirstPrice { min_bid: MIN_BID },
+        Scenario::Sealed if round.is_multiple_of(2) => {
+            AuctionKind::SealedFirstPrice { min_bid: MIN_BID }
+        }
         Scenario::Sealed => AuctionKind::SealedSecondPrice { min_bid: MIN_BID },
     };
     AuctionRules {
@@ -442,7 +444,7 @@ fn check_round(
                 b.amount().cmp(&a.amount()).then(seq_a.cmp(seq_b))
             });
             let (_, best) = ranked[0];
-            let price = if round % 2 == 0 {
+            let price = if round.is_multiple_of(2) {
                 best.amount()
             } else {
                 best.amount()

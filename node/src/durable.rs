@@ -128,10 +128,11 @@ impl EventSink for WalSink {
         // Ordering: Relaxed; only paces the snapshot thread, which reads it again itself.
         let before = self.appended.fetch_add(n, Ordering::Relaxed);
         let every = self.snapshot_every_records;
-        if every > 0 && before / every != (before + n) / every {
-            if let Some(thread) = self.snapshot_thread.get() {
-                thread.unpark();
-            }
+        if every > 0
+            && before / every != (before + n) / every
+            && let Some(thread) = self.snapshot_thread.get()
+        {
+            thread.unpark();
         }
         Ok(Receipt(last))
     }

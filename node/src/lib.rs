@@ -8,6 +8,8 @@
 //! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
 //!   auction operations through the WAL, durable waits, periodic snapshots with compaction,
 //!   shutdown.
+//! - [`serve`]: `gavel serve`, the network node — configuration, start-up, the close ticker,
+//!   metrics, graceful shutdown.
 //! - [`simulate`]: `gavel simulate`, demo auctions with simulated bidders, in memory or on a
 //!   data directory.
 //! - [`wal_tools`]: `gavel wal verify` and `gavel wal dump`, offline.
@@ -18,6 +20,7 @@
 pub mod backend;
 pub mod durable;
 pub mod node;
+pub mod serve;
 pub mod simulate;
 pub mod wal_tools;
 

@@ -9,14 +9,16 @@
 //! - `wal verify|dump` ([`gavel_node::wal_tools`]): offline checks and a readable dump of a
 //!   log.
 //!
-//! The network node (`serve`) and certificates (`cert`) arrive with their issues.
+//! - `serve` ([`gavel_node::serve`]): the network node — QUIC and WebSocket bidders, the
+//!   HTTPS admin API, `/metrics`, health probes; `serve --dev` generates development
+//!   certificates into `./data/certs` on first run.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use gavel_node::{Node, NodeConfig, simulate, wal_tools};
+use gavel_node::{Node, NodeConfig, serve, simulate, wal_tools};
 
 /// Gavel: a low-latency real-time bidding engine.
 #[derive(Parser, Debug)]
@@ -28,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the network node: recover the data directory and serve bidders, watchers and
+    /// operators until SIGINT/SIGTERM.
+    Serve(Box<serve::ServeOptions>),
     /// Run demo auctions with simulated bidders in process and print what happened.
     Simulate(simulate::Options),
     /// Recover a data directory as a start would, print what it holds, and exit.
@@ -54,6 +59,7 @@ fn main() -> Result<()> {
     // Not locked for the whole command: `simulate --ack-log -` writes from bidder threads.
     let mut out = std::io::stdout();
     match cli.command {
+        Command::Serve(options) => serve::run(*options)?,
         Command::Simulate(options) => {
             let report = simulate::run(&options)?;
             write!(out, "{report}")?;

@@ -238,8 +238,9 @@ fn demo_rules(i: u64, epoch: u64) -> Result<AuctionSpec> {
     let rules = AuctionRules {
         id: AuctionId(i),
         topic: Topic::new(&format!("demo.{name}.lot-{i}"))?,
-        reserve: (i % 3 == 0 && !matches!(kind, AuctionKind::Dutch { .. })).then_some(2_000),
-        buy_now: (english && i % 7 == 0).then_some(60_000),
+        reserve: (i.is_multiple_of(3) && !matches!(kind, AuctionKind::Dutch { .. }))
+            .then_some(2_000),
+        buy_now: (english && i.is_multiple_of(7)).then_some(60_000),
         starts_at: UnixMicros(epoch),
         // Ends spread over the last tenth of the day.
         ends_at: UnixMicros(epoch + DAY_US - (i % 100) * (DAY_US / 1_000)),
@@ -869,14 +870,12 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
         }
     }
     // The end of the desk's day: wait for its last acks.
-    if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
-        if let Some(last) = acks.pending.back().map(|p| p.lsn) {
-            if node.wait_durable(Receipt(last), DURABLE_WAIT_MAX).is_err()
-                || !acks.observe(node.wal().durable_lsn(), ack_log)
-            {
-                tally.stopped = true;
-            }
-        }
+    if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node)
+        && let Some(last) = acks.pending.back().map(|p| p.lsn)
+        && (node.wait_durable(Receipt(last), DURABLE_WAIT_MAX).is_err()
+            || !acks.observe(node.wal().durable_lsn(), ack_log))
+    {
+        tally.stopped = true;
     }
     tally
 }

@@ -11,10 +11,10 @@ use prost::Message;
 /// Errors are fine; a panic fails the test.
 fn decode_everything(bytes: &[u8]) {
     let bidder = BidderId::new("peer").expect("valid id");
-    if let Ok(message) = pb::ClientMessage::decode(bytes) {
-        if let Some(pb::client_message::Body::PlaceBid(place)) = message.body {
-            let _ = place.to_bid(bidder);
-        }
+    if let Ok(message) = pb::ClientMessage::decode(bytes)
+        && let Some(pb::client_message::Body::PlaceBid(place)) = message.body
+    {
+        let _ = place.to_bid(bidder);
     }
     if let Ok(message) = pb::ServerMessage::decode(bytes) {
         match message.body {

@@ -407,7 +407,8 @@ fn random_market(seed: u64, bids: u64) -> (Engine, Vec<Event>) {
             let who = bidder(&format!("b{}", rng.below(5)));
             let price = engine.price(auction).and_then(|(p, _)| p).unwrap_or(10);
             let amount = price + rng.below(40) + if auction.0 % 4 == 3 { 1_500 } else { 0 };
-            let max = (auction.0 % 4 == 0 && rng.chance(30)).then(|| amount + rng.below(200));
+            let max =
+                (auction.0.is_multiple_of(4) && rng.chance(30)).then(|| amount + rng.below(200));
             Bid::new(auction, who, BidId(u128::from(n) + 1), amount, max, now).unwrap()
         };
         sent.push(bid);

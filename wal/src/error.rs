@@ -123,6 +123,18 @@ pub enum WalError {
         /// The last LSN the log holds (0 if none).
         last: Lsn,
     },
+    /// Another process (or another open log in this process) holds the directory's lock.
+    #[error(
+        "{} is in use by another gavel process (its lock file {} is held); stop it first",
+        dir.display(),
+        lock_file.display()
+    )]
+    Locked {
+        /// The log directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock_file: PathBuf,
+    },
     /// The directory holds snapshots but no segment: the log was removed by hand.
     #[error("{} holds snapshots but no log segment", dir.display())]
     SegmentsMissing {

@@ -373,21 +373,21 @@ impl Records {
     ) -> Result<Self, WalError> {
         let from_lsn = from_lsn.max(1);
         // No let-chains here: the workspace's rust-version (1.85) predates them.
-        if let Some(first) = segments.first() {
-            if from_lsn < first.first_lsn {
-                return Err(WalError::LogStartsAfter {
-                    requested: from_lsn,
-                    first: first.first_lsn,
-                });
-            }
+        if let Some(first) = segments.first()
+            && from_lsn < first.first_lsn
+        {
+            return Err(WalError::LogStartsAfter {
+                requested: from_lsn,
+                first: first.first_lsn,
+            });
         }
-        if let Some(end) = end_lsn {
-            if from_lsn > end + 1 {
-                return Err(WalError::LogEndsBefore {
-                    requested: from_lsn,
-                    last: end,
-                });
-            }
+        if let Some(end) = end_lsn
+            && from_lsn > end + 1
+        {
+            return Err(WalError::LogEndsBefore {
+                requested: from_lsn,
+                last: end,
+            });
         }
         // Skip whole segments that end before `from_lsn`.
         let keep_from = segments

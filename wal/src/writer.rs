@@ -246,6 +246,9 @@ struct Queue {
 struct Shared {
     config: WalConfig,
     dir: PathBuf,
+    /// The directory lock, held (by the OS, per open file) until [`Wal::shutdown`] or the
+    /// process dies: two writers on one log would interleave LSNs and corrupt it.
+    lock: File,
     queue: Mutex<Queue>,
     writer_wake: Condvar,
     durable: AtomicU64,
@@ -387,6 +390,29 @@ impl std::fmt::Debug for Wal {
     }
 }
 
+/// The lock file inside a log directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the exclusive lock of a log directory, or says who holds it. The OS releases it
+/// when the process dies, so a crash never leaves a stale lock behind.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(WalError::io("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
+            dir: dir.to_path_buf(),
+            lock_file: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(WalError::io("lock", &path)(e)),
+    }
+}
+
 impl Wal {
     /// Opens (creating if needed) the log in `dir`: scans and repairs it under the recovery
     /// rules (see [`segment`](crate::segment)), removes stale snapshot temp files, syncs the
@@ -409,6 +435,7 @@ impl Wal {
                 segment::sync_dir(parent)?;
             }
         }
+        let lock = lock_dir(&dir)?;
         snapshot::remove_stale_temp_files(&dir)?;
         let mut segments = segment::list_segments(&dir)?;
         if segments.is_empty() && !snapshot::list_snapshots(&dir)?.is_empty() {
@@ -464,6 +491,7 @@ impl Wal {
             hooks,
             config,
             dir,
+            lock,
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
@@ -763,6 +791,10 @@ impl Wal {
                 std::panic::resume_unwind(panic);
             }
         }
+        // The writer is gone: nothing of this process writes the log any more.
+        // An unlock error leaves the lock held until the process exits: a later open in this
+        // process is refused (never corrupted), so there is nothing better to do with it.
+        let _ = self.shared.lock.unlock();
         match self.failure() {
             Some(failure) => Err(WalError::WriterFailed(failure)),
             None => Ok(self.durable_lsn()),

@@ -367,3 +367,20 @@ fn bad_config_and_oversize_records_are_refused() {
     ));
     wal.shutdown().unwrap();
 }
+
+#[test]
+fn a_second_open_of_a_log_in_use_is_refused_until_the_first_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+    let lsn = wal.append(b"first").unwrap();
+    wal.wait_durable(lsn, Duration::from_secs(10)).unwrap();
+    match Wal::open(dir.path(), WalConfig::default()) {
+        Err(WalError::Locked { dir: locked, .. }) => assert_eq!(locked, dir.path()),
+        other => panic!("a second writer on the same log must be refused, got {other:?}"),
+    }
+    // The refused open changed nothing; after the first closes, the log opens again whole.
+    wal.shutdown().unwrap();
+    drop(wal);
+    let (_wal, recovery) = Wal::open(dir.path(), WalConfig::default()).unwrap();
+    assert_eq!(recovery.last_lsn(), lsn);
+}

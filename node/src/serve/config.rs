@@ -1,0 +1,623 @@
+//! `gavel serve`'s configuration: one struct read from flags, `GAVEL_*` environment
+//! variables and an optional TOML file, validated once at start.
+//!
+//! Precedence: a flag beats its environment variable (clap reads both into the same field),
+//! which beats the TOML file, which beats the default. TOML keys are the long flag names with
+//! `_` for `-` (`frame_bytes_max = 65536`); unknown keys in the file, and unknown `GAVEL_*`
+//! variables in the environment, stop the start with an error naming them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, Command};
+use gavel_engine::EngineConfig;
+use gavel_transport::Limits;
+use gavel_wal::WalConfig;
+use serde::Deserialize;
+
+use crate::node::NodeConfig;
+
+/// Every option of `gavel serve`. All are optional here; [`ServeOptions::resolve`] fills
+/// in the defaults and checks the result.
+#[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// A TOML file with any of the options below (keys as the flag names, `_` for `-`).
+    #[arg(long, env = "GAVEL_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Directory of the write-ahead log, snapshots and (with --dev) certificates.
+    /// [default: ./data]
+    #[arg(long, env = "GAVEL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Development mode: without --tls-* paths, generate a development CA and certificates
+    /// into <data-dir>/certs on first run and use them; allows anonymous watchers unless
+    /// --anonymous-watchers=false.
+    #[arg(long, env = "GAVEL_DEV", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub dev: Option<bool>,
+
+    /// QUIC listen address for bidders (ALPN gavel/1). [default: 127.0.0.1:7443]
+    #[arg(long, env = "GAVEL_QUIC_LISTEN", value_name = "ADDR")]
+    pub quic_listen: Option<SocketAddr>,
+
+    /// HTTPS listen address: admin API, WebSocket (/v1/ws), /metrics, /healthz, /readyz.
+    /// [default: 127.0.0.1:8443]
+    #[arg(long, env = "GAVEL_HTTPS_LISTEN", value_name = "ADDR")]
+    pub https_listen: Option<SocketAddr>,
+
+    /// Also serve /metrics on this plain-HTTP address for scrapers. [default: off]
+    #[arg(long, env = "GAVEL_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Server certificate chain (PEM). Required unless --dev.
+    #[arg(long, env = "GAVEL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM). Required unless --dev.
+    #[arg(long, env = "GAVEL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) that client certificates must chain to. Required unless --dev.
+    #[arg(long, env = "GAVEL_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Certificate revocation list (PEM) checked for client certificates; an expired list
+    /// refuses every client. [default: none, or the development CRL with --dev]
+    #[arg(long, env = "GAVEL_TLS_CRL", value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (they also reload on SIGHUP), in
+    /// milliseconds. [default: 2000]
+    #[arg(long, env = "GAVEL_TLS_RELOAD_POLL_MS", value_name = "MS")]
+    pub tls_reload_poll_ms: Option<u64>,
+
+    /// Allow watchers without a client certificate (they can never bid).
+    /// [default: false; true with --dev]
+    #[arg(long, env = "GAVEL_ANONYMOUS_WATCHERS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub anonymous_watchers: Option<bool>,
+
+    /// Origins allowed to open WebSockets from a browser (comma-separated, e.g.
+    /// https://example.com); requests without an Origin header are not browsers and are
+    /// allowed. [default: https://localhost:<https port> and https://127.0.0.1:<https port>]
+    #[arg(
+        long,
+        env = "GAVEL_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Largest protobuf frame on a QUIC stream, in bytes. [default: 65536]
+    #[arg(long, env = "GAVEL_FRAME_BYTES_MAX", value_name = "BYTES")]
+    pub frame_bytes_max: Option<usize>,
+
+    /// Largest WebSocket message, in bytes; larger ones close with 1009. [default: 65536]
+    #[arg(long, env = "GAVEL_WS_MESSAGE_BYTES_MAX", value_name = "BYTES")]
+    pub ws_message_bytes_max: Option<usize>,
+
+    /// Largest admin API request body, in bytes. [default: 65536]
+    #[arg(long, env = "GAVEL_HTTP_BODY_BYTES_MAX", value_name = "BYTES")]
+    pub http_body_bytes_max: Option<usize>,
+
+    /// Open client connections over all transports. [default: 10000]
+    #[arg(long, env = "GAVEL_CONNECTIONS_MAX", value_name = "COUNT")]
+    pub connections_max: Option<usize>,
+
+    /// TLS handshakes in progress at once. [default: 256]
+    #[arg(long, env = "GAVEL_HANDSHAKES_PENDING_MAX", value_name = "COUNT")]
+    pub handshakes_pending_max: Option<usize>,
+
+    /// Time a TLS handshake may take, in milliseconds. [default: 10000]
+    #[arg(long, env = "GAVEL_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+
+    /// Bidirectional QUIC streams per connection. [default: 16]
+    #[arg(long, env = "GAVEL_STREAMS_PER_CONNECTION_MAX", value_name = "COUNT")]
+    pub streams_per_connection_max: Option<u32>,
+
+    /// Subscriptions (topics plus patterns) per connection. [default: 256]
+    #[arg(
+        long,
+        env = "GAVEL_SUBSCRIPTIONS_PER_CONNECTION_MAX",
+        value_name = "COUNT"
+    )]
+    pub subscriptions_per_connection_max: Option<usize>,
+
+    /// Bids of one connection waiting for their durable ack. [default: 4096]
+    #[arg(
+        long,
+        env = "GAVEL_PENDING_DURABLE_PER_CONNECTION_MAX",
+        value_name = "COUNT"
+    )]
+    pub pending_durable_per_connection_max: Option<usize>,
+
+    /// Sustained bids per second per bidder, over all its connections. [default: 100000]
+    #[arg(
+        long,
+        env = "GAVEL_BIDS_PER_SECOND_PER_BIDDER",
+        value_name = "PER_SECOND"
+    )]
+    pub bids_per_second_per_bidder: Option<u32>,
+
+    /// Bids a bidder may send in a burst above its rate. [default: 10000]
+    #[arg(long, env = "GAVEL_BID_BURST_PER_BIDDER", value_name = "COUNT")]
+    pub bid_burst_per_bidder: Option<u32>,
+
+    /// Close a connection idle for this long, in milliseconds. [default: 60000]
+    #[arg(long, env = "GAVEL_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Most auctions in one page of the admin list. [default: 1000]
+    #[arg(long, env = "GAVEL_LIST_LIMIT_MAX", value_name = "COUNT")]
+    pub list_limit_max: Option<u32>,
+
+    /// Engine registry shards, a power of two. [default: 64]
+    #[arg(long, env = "GAVEL_ENGINE_SHARDS", value_name = "COUNT")]
+    pub engine_shards: Option<usize>,
+
+    /// Most auctions held in memory (open and settled). [default: 1000000]
+    #[arg(long, env = "GAVEL_AUCTIONS_MAX", value_name = "COUNT")]
+    pub auctions_max: Option<usize>,
+
+    /// Accepted bids remembered per auction to recognise retries. [default: 1024]
+    #[arg(long, env = "GAVEL_DEDUP_WINDOW_BIDS", value_name = "COUNT")]
+    pub dedup_window_bids: Option<usize>,
+
+    /// Most distinct bidders in one sealed auction. [default: 100000]
+    #[arg(long, env = "GAVEL_SEALED_BIDDERS_MAX", value_name = "COUNT")]
+    pub sealed_bidders_max: Option<usize>,
+
+    /// Size at which a new log segment starts, in bytes. [default: 67108864]
+    #[arg(long, env = "GAVEL_WAL_SEGMENT_BYTES_MAX", value_name = "BYTES")]
+    pub wal_segment_bytes_max: Option<u64>,
+
+    /// Records waiting for the log writer; beyond, bids get Overloaded. [default: 65536]
+    #[arg(long, env = "GAVEL_WAL_QUEUE_RECORDS_MAX", value_name = "COUNT")]
+    pub wal_queue_records_max: Option<usize>,
+
+    /// Payload bytes waiting for the log writer; beyond, bids get Overloaded.
+    /// [default: 33554432]
+    #[arg(long, env = "GAVEL_WAL_QUEUE_BYTES_MAX", value_name = "BYTES")]
+    pub wal_queue_bytes_max: Option<usize>,
+
+    /// Records per write + fdatasync at most. [default: 16384]
+    #[arg(long, env = "GAVEL_WAL_BATCH_RECORDS_MAX", value_name = "COUNT")]
+    pub wal_batch_records_max: Option<usize>,
+
+    /// Bytes per write + fdatasync at most. [default: 8388608]
+    #[arg(long, env = "GAVEL_WAL_BATCH_BYTES_MAX", value_name = "BYTES")]
+    pub wal_batch_bytes_max: Option<usize>,
+
+    /// How long the log writer may wait to fill a batch once records are pending, in
+    /// microseconds (0 = sync at once). [default: 0]
+    #[arg(long, env = "GAVEL_WAL_BATCH_WAIT_US_MAX", value_name = "US")]
+    pub wal_batch_wait_us_max: Option<u64>,
+
+    /// Take a snapshot (and compact the log) every this many records; 0 = never.
+    /// [default: 1000000]
+    #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
+    pub snapshot_every_records: Option<u64>,
+
+    /// How often due auctions are closed and settled, in milliseconds. [default: 10]
+    #[arg(long, env = "GAVEL_CLOSE_TICK_MS", value_name = "MS")]
+    pub close_tick_ms: Option<u64>,
+
+    /// Longest graceful shutdown (stop accepting, drain, flush the log), in milliseconds.
+    /// [default: 10000]
+    #[arg(long, env = "GAVEL_SHUTDOWN_DEADLINE_MS", value_name = "MS")]
+    pub shutdown_deadline_ms: Option<u64>,
+
+    /// Async runtime worker threads; 0 = one per core. [default: 0]
+    #[arg(long, env = "GAVEL_WORKER_THREADS", value_name = "COUNT")]
+    pub worker_threads: Option<usize>,
+}
+
+/// Where the TLS material comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsSource {
+    /// Development certificates in this directory, generated on first run.
+    Dev(PathBuf),
+    /// Operator-provided files.
+    Files {
+        /// Server certificate chain.
+        cert: PathBuf,
+        /// Server key.
+        key: PathBuf,
+        /// CA bundle for client certificates.
+        client_ca: PathBuf,
+        /// Revocation list, if any.
+        crl: Option<PathBuf>,
+    },
+}
+
+/// The resolved, validated configuration of `gavel serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsSource,
+    /// TLS files' change poll interval.
+    pub tls_reload_poll: Duration,
+    /// Whether watchers without a certificate are allowed.
+    pub anonymous_watchers: bool,
+    /// Browser origins allowed to open WebSockets.
+    pub allowed_origins: Vec<String>,
+    /// QUIC listen address.
+    pub quic_listen: SocketAddr,
+    /// HTTPS listen address.
+    pub https_listen: SocketAddr,
+    /// Optional plain-HTTP metrics address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The edge's limits.
+    pub limits: Limits,
+    /// Engine, log and snapshot settings.
+    pub node: NodeConfig,
+    /// Close/settle tick.
+    pub close_tick: Duration,
+    /// Graceful shutdown deadline.
+    pub shutdown_deadline: Duration,
+    /// Runtime worker threads (0 = one per core).
+    pub worker_threads: usize,
+}
+
+/// The data directory's subdirectory for development certificates.
+pub const DEV_CERTS_DIR: &str = "certs";
+
+macro_rules! prefer {
+    ($first:ident, $second:ident; $($field:ident),* $(,)?) => {
+        ServeOptions {
+            config: $first.config.or($second.config),
+            $($field: $first.$field.or($second.$field),)*
+        }
+    };
+}
+
+impl ServeOptions {
+    /// These options where set, else `fallback`'s.
+    pub fn or(self, fallback: ServeOptions) -> ServeOptions {
+        prefer!(self, fallback;
+            data_dir, dev, quic_listen, https_listen, metrics_listen, tls_cert, tls_key,
+            tls_client_ca, tls_crl, tls_reload_poll_ms, anonymous_watchers, allowed_origins,
+            frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
+            handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
+            subscriptions_per_connection_max, pending_durable_per_connection_max,
+            bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
+            engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
+            wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
+            wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
+            snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
+    }
+
+    /// Reads a TOML file of options; unknown keys are an error.
+    pub fn from_toml_file(path: &Path) -> Result<ServeOptions> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    /// Flags and environment (already in `self`, by clap) over the TOML file named by
+    /// `--config`, if any; then [`ServeOptions::resolve`].
+    pub fn load(self) -> Result<ServeConfig> {
+        let merged = match &self.config {
+            Some(path) => {
+                let file = ServeOptions::from_toml_file(path)?;
+                self.or(file)
+            }
+            None => self,
+        };
+        merged.resolve()
+    }
+
+    /// Fills in defaults and validates.
+    pub fn resolve(self) -> Result<ServeConfig> {
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let dev = self.dev.unwrap_or(false);
+        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
+                cert,
+                key,
+                client_ca,
+                crl: self.tls_crl,
+            },
+            (None, None, None) if dev => {
+                ensure!(
+                    self.tls_crl.is_none(),
+                    "--tls-crl needs --tls-cert, --tls-key and --tls-client-ca"
+                );
+                TlsSource::Dev(data_dir.join(DEV_CERTS_DIR))
+            }
+            (None, None, None) => bail!(
+                "no TLS material: give --tls-cert, --tls-key and --tls-client-ca, or run with \
+                 --dev to generate development certificates into {}",
+                data_dir.join(DEV_CERTS_DIR).display()
+            ),
+            _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together: give all three"),
+        };
+        let https_listen = self
+            .https_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let allowed_origins = self.allowed_origins.unwrap_or_else(|| {
+            let port = https_listen.port();
+            vec![
+                format!("https://localhost:{port}"),
+                format!("https://127.0.0.1:{port}"),
+            ]
+        });
+        for origin in &allowed_origins {
+            ensure!(
+                origin.starts_with("https://") || origin.starts_with("http://"),
+                "allowed origin {origin:?} must start with https:// or http://"
+            );
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
+            ws_message_bytes_max: self
+                .ws_message_bytes_max
+                .unwrap_or(defaults.ws_message_bytes_max),
+            http_body_bytes_max: self
+                .http_body_bytes_max
+                .unwrap_or(defaults.http_body_bytes_max),
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            handshakes_pending_max: self
+                .handshakes_pending_max
+                .unwrap_or(defaults.handshakes_pending_max),
+            handshake_timeout_ms: self
+                .handshake_timeout_ms
+                .unwrap_or(defaults.handshake_timeout_ms),
+            streams_per_connection_max: self
+                .streams_per_connection_max
+                .unwrap_or(defaults.streams_per_connection_max),
+            subscriptions_per_connection_max: self
+                .subscriptions_per_connection_max
+                .unwrap_or(defaults.subscriptions_per_connection_max),
+            pending_durable_per_connection_max: self
+                .pending_durable_per_connection_max
+                .unwrap_or(defaults.pending_durable_per_connection_max),
+            bids_per_second_per_bidder: self
+                .bids_per_second_per_bidder
+                .unwrap_or(defaults.bids_per_second_per_bidder),
+            bid_burst_per_bidder: self
+                .bid_burst_per_bidder
+                .unwrap_or(defaults.bid_burst_per_bidder),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
+        };
+        limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+        let engine_defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            shards: self.engine_shards.unwrap_or(engine_defaults.shards),
+            auctions_max: self.auctions_max.unwrap_or(engine_defaults.auctions_max),
+            dedup_window_bids: self
+                .dedup_window_bids
+                .unwrap_or(engine_defaults.dedup_window_bids),
+            sealed_bidders_max: self
+                .sealed_bidders_max
+                .unwrap_or(engine_defaults.sealed_bidders_max),
+        };
+        ensure!(
+            engine.shards.is_power_of_two(),
+            "engine_shards must be a power of two, got {}",
+            engine.shards
+        );
+        ensure!(engine.auctions_max >= 1, "auctions_max must be at least 1");
+        ensure!(
+            engine.dedup_window_bids >= 1,
+            "dedup_window_bids must be at least 1"
+        );
+        ensure!(
+            engine.sealed_bidders_max >= 1,
+            "sealed_bidders_max must be at least 1"
+        );
+        let wal_defaults = WalConfig::default();
+        let wal = WalConfig {
+            segment_bytes_max: self
+                .wal_segment_bytes_max
+                .unwrap_or(wal_defaults.segment_bytes_max),
+            queue_records_max: self
+                .wal_queue_records_max
+                .unwrap_or(wal_defaults.queue_records_max),
+            queue_bytes_max: self
+                .wal_queue_bytes_max
+                .unwrap_or(wal_defaults.queue_bytes_max),
+            batch_records_max: self
+                .wal_batch_records_max
+                .unwrap_or(wal_defaults.batch_records_max),
+            batch_bytes_max: self
+                .wal_batch_bytes_max
+                .unwrap_or(wal_defaults.batch_bytes_max),
+            batch_wait_us_max: self
+                .wal_batch_wait_us_max
+                .unwrap_or(wal_defaults.batch_wait_us_max),
+        };
+        wal.validate().context("invalid write-ahead log setting")?;
+        let node = NodeConfig {
+            engine,
+            wal,
+            snapshot_every_records: self
+                .snapshot_every_records
+                .unwrap_or(NodeConfig::default().snapshot_every_records),
+        };
+        let close_tick_ms = self.close_tick_ms.unwrap_or(10);
+        ensure!(
+            (1..=60_000).contains(&close_tick_ms),
+            "close_tick_ms must be between 1 and 60000"
+        );
+        let tls_reload_poll_ms = self.tls_reload_poll_ms.unwrap_or(2_000);
+        ensure!(
+            tls_reload_poll_ms >= 10,
+            "tls_reload_poll_ms must be at least 10"
+        );
+        Ok(ServeConfig {
+            data_dir,
+            tls,
+            tls_reload_poll: Duration::from_millis(tls_reload_poll_ms),
+            anonymous_watchers: self.anonymous_watchers.unwrap_or(dev),
+            allowed_origins,
+            quic_listen: self
+                .quic_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
+            https_listen,
+            metrics_listen: self.metrics_listen,
+            limits,
+            node,
+            close_tick: Duration::from_millis(close_tick_ms),
+            shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms.unwrap_or(10_000)),
+            worker_threads: self.worker_threads.unwrap_or(0),
+        })
+    }
+}
+
+/// The `GAVEL_*` variables `gavel serve` reads.
+pub fn known_env_vars() -> Vec<String> {
+    let command = ServeOptions::augment_args(Command::new("serve"));
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Refuses `GAVEL_*` variables that are not options (a typo would otherwise be ignored).
+pub fn check_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    let known = known_env_vars();
+    let unknown: Vec<String> = vars
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("GAVEL_") && !known.contains(name))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "unknown environment variable(s) {}; gavel serve reads {}",
+            unknown.join(", "),
+            known.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        options: ServeOptions,
+    }
+
+    fn parse(args: &[&str]) -> ServeOptions {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap()
+            .options
+    }
+
+    #[test]
+    fn dev_defaults_resolve() {
+        let config = parse(&["--dev"]).resolve().unwrap();
+        assert_eq!(config.tls, TlsSource::Dev(PathBuf::from("./data/certs")));
+        assert!(config.anonymous_watchers);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.https_listen.port(), 8443);
+        assert_eq!(
+            config.allowed_origins,
+            ["https://localhost:8443", "https://127.0.0.1:8443"]
+        );
+    }
+
+    #[test]
+    fn without_tls_material_the_start_is_refused() {
+        let err = parse(&[]).resolve().unwrap_err().to_string();
+        assert!(err.contains("--dev"), "{err}");
+        let err = parse(&["--tls-cert", "a.pem"])
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gavel.toml");
+        std::fs::write(
+            &path,
+            "dev = true\nframe_bytes_max = 4096\nidle_timeout_ms = 5000\nallowed_origins = [\"https://x.example\"]\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--idle-timeout-ms",
+            "7000",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(config.limits.frame_bytes_max, 4096, "from the file");
+        assert_eq!(config.limits.idle_timeout_ms, 7000, "the flag wins");
+        assert_eq!(config.allowed_origins, ["https://x.example"]);
+        assert_eq!(
+            config.limits.connections_max,
+            Limits::default().connections_max
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_and_env_vars_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gavel.toml");
+        std::fs::write(&path, "dev = true\nframe_byte_max = 4096\n").unwrap();
+        let err = format!(
+            "{:#}",
+            parse(&["--config", path.to_str().unwrap()])
+                .load()
+                .unwrap_err()
+        );
+        assert!(err.contains("frame_byte_max"), "{err}");
+
+        check_env([
+            ("GAVEL_IDLE_TIMEOUT_MS".into(), "1".into()),
+            ("PATH".into(), "/".into()),
+        ])
+        .unwrap();
+        let err = check_env([("GAVEL_IDLE_TIMOUT_MS".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GAVEL_IDLE_TIMOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        for (args, needle) in [
+            (&["--dev", "--connections-max", "0"][..], "connections_max"),
+            (&["--dev", "--engine-shards", "3"][..], "engine_shards"),
+            (&["--dev", "--close-tick-ms", "0"][..], "close_tick_ms"),
+            (
+                &["--dev", "--allowed-origins", "example.com"][..],
+                "example.com",
+            ),
+        ] {
+            let err = format!("{:#}", parse(args).resolve().unwrap_err());
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_option_has_an_env_var_and_a_unit_or_default_in_its_help() {
+        let command = ServeOptions::augment_args(Command::new("serve"));
+        for arg in command.get_arguments() {
+            let name = arg.get_id().as_str();
+            assert!(arg.get_env().is_some(), "{name} has no GAVEL_* variable");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.is_empty(), "{name} has no help");
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! `gavel serve`: the network node. One process that recovers the durable engine from its
+//! data directory and serves bidders (QUIC, WebSocket), operators (admin API) and SREs
+//! (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Start-up order: configuration (flags, env, TOML — [`config`]), TLS material (generated
+//! with `--dev`), the metrics recorder, the HTTPS listener (so `/healthz` answers and
+//! `/readyz` says "not ready" during recovery), recovery of the node on a blocking thread,
+//! then the gateway turns ready and the QUIC listener opens. A close ticker settles due
+//! auctions.
+//!
+//! Shutdown (SIGINT/SIGTERM, or the token given to [`start`]): the gateway's token is
+//! cancelled, listeners stop accepting, connections drain their in-flight replies, the close
+//! ticker stops, and the node writes a final snapshot and flushes the log — all under the
+//! configured deadline; past it, the process exits with an error and recovery handles the
+//! rest on the next start.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gavel_transport::Gateway;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ServeConfig, ServeOptions, TlsSource};
+
+use crate::backend::NodeBackend;
+use crate::node::Node;
+
+/// Most auctions closed per tick; the rest wait for the next tick.
+const CLOSE_PER_TICK_MAX: usize = 1024;
+/// How often the log and engine gauges are refreshed.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
+/// The process-wide Prometheus recorder, installed on first use (tests start several
+/// servers in one process; the recorder is global).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS_SECONDS)
+                .expect("the bucket list is non-empty (a constant)")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            gavel_transport::metrics::describe();
+            describe_node_metrics();
+            metrics::gauge!("gavel_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Histogram buckets for latencies, seconds: 1 µs to 10 s.
+const LATENCY_BUCKETS_SECONDS: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn describe_node_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!("gavel_build_info", "Build information; the value is 1.");
+    describe_gauge!(
+        "gavel_ready",
+        "1 once recovery finished and the node serves, else 0."
+    );
+    describe_gauge!(
+        "gavel_auctions",
+        "Auctions held in memory (open and settled)."
+    );
+    describe_gauge!(
+        "gavel_wal_durable_lsn",
+        "The write-ahead log's durable LSN."
+    );
+    describe_gauge!(
+        "gavel_wal_appended_lsn",
+        "The last LSN handed to the log writer."
+    );
+    describe_gauge!(
+        "gavel_wal_queue_records",
+        "Records waiting for the log writer."
+    );
+    describe_gauge!(
+        "gavel_wal_queue_bytes",
+        Unit::Bytes,
+        "Payload bytes waiting for the log writer."
+    );
+    describe_counter!(
+        "gavel_wal_records_written_total",
+        "Records written and synced."
+    );
+    describe_counter!(
+        "gavel_wal_bytes_written_total",
+        Unit::Bytes,
+        "Encoded bytes written and synced."
+    );
+    describe_counter!(
+        "gavel_wal_syncs_total",
+        "Log batches written, one fdatasync each."
+    );
+    describe_counter!(
+        "gavel_wal_backpressure_total",
+        "Appends refused because the log's queue was full."
+    );
+    describe_gauge!(
+        "gavel_wal_last_sync_seconds",
+        Unit::Seconds,
+        "Duration of the log's latest fdatasync."
+    );
+    describe_counter!(
+        "gavel_auctions_settled_total",
+        "Auctions settled and durable, by whether they had a winner."
+    );
+}
+
+/// Reads the configuration and runs the node until SIGINT/SIGTERM.
+pub fn run(options: ServeOptions) -> Result<()> {
+    config::check_env(std::env::vars())?;
+    let config = options.load()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gavel-io");
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = builder.build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let server = start(config, shutdown.clone()).await?;
+        tokio::spawn(cancel_on_signal(shutdown));
+        server.wait().await
+    })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => tracing::info!("SIGINT: shutting down"),
+                    _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+                let _ = interrupt.await;
+                tracing::info!("SIGINT: shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    shutdown.cancel();
+}
+
+/// A started node: its bound addresses and what [`Server::wait`] drains.
+#[derive(Debug)]
+pub struct Server {
+    /// The gateway all connections share.
+    pub gateway: Arc<Gateway<NodeBackend>>,
+    /// The QUIC address bound (port 0 in the config picks a free one).
+    pub quic_addr: Option<SocketAddr>,
+    /// The HTTPS address bound.
+    pub https_addr: Option<SocketAddr>,
+    /// The plain-HTTP metrics address bound, if configured.
+    pub metrics_addr: Option<SocketAddr>,
+    node: Arc<Node>,
+    deadline: Duration,
+    tasks: Vec<JoinHandle<()>>,
+    closer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Recovers the node and starts serving; returns once ready. Cancel `shutdown` to stop,
+/// then await [`Server::wait`].
+pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Server> {
+    let _ = prometheus();
+    metrics::gauge!("gavel_ready").set(0.0);
+    let gateway = Arc::new(Gateway::<NodeBackend>::new(
+        config.limits.clone(),
+        shutdown.clone(),
+    ));
+    let data_dir = config.data_dir.clone();
+    let node_config = config.node.clone();
+    let (node, report) = tokio::task::spawn_blocking(move || Node::open(&data_dir, node_config))
+        .await
+        .context("the recovery thread panicked")?
+        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
+    let node = Arc::new(node);
+    gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
+    metrics::gauge!("gavel_ready").set(1.0);
+    let tasks = vec![tokio::spawn(refresh_gauges(
+        Arc::clone(&node),
+        shutdown.clone(),
+    ))];
+    let closer = spawn_closer(
+        Arc::clone(&node),
+        config.close_tick,
+        shutdown.clone(),
+        tokio::runtime::Handle::current(),
+    )?;
+    Ok(Server {
+        gateway,
+        quic_addr: None,
+        https_addr: None,
+        metrics_addr: None,
+        node,
+        deadline: config.shutdown_deadline,
+        tasks,
+        closer: Some(closer),
+    })
+}
+
+impl Server {
+    /// The durable node behind the gateway.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Waits for the shutdown token, drains the listeners and flushes the log, all within
+    /// the shutdown deadline.
+    pub async fn wait(mut self) -> Result<()> {
+        self.gateway.shutdown().cancelled().await;
+        metrics::gauge!("gavel_ready").set(0.0);
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.deadline;
+        for task in self.tasks.drain(..) {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                anyhow::bail!(
+                    "shutdown deadline of {:?} passed while draining connections",
+                    self.deadline
+                );
+            }
+        }
+        let node = Arc::clone(&self.node);
+        let closer = self.closer.take();
+        let flush = tokio::task::spawn_blocking(move || -> Result<u64> {
+            if let Some(closer) = closer {
+                let _ = closer.join();
+            }
+            node.shutdown(true)
+        });
+        match tokio::time::timeout_at(deadline, flush).await {
+            Ok(joined) => {
+                let lsn = joined.context("the flush thread panicked")??;
+                tracing::info!(
+                    durable_lsn = lsn,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "stopped"
+                );
+                Ok(())
+            }
+            Err(_) => anyhow::bail!(
+                "shutdown deadline of {:?} passed while flushing the log",
+                self.deadline
+            ),
+        }
+    }
+}
+
+/// Closes and settles due auctions every `tick` on its own thread (deciding is CPU work,
+/// not async); each settlement is announced once its records are durable.
+fn spawn_closer(
+    node: Arc<Node>,
+    tick: Duration,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("gavel-closer".into())
+        .spawn(move || {
+            while !shutdown.is_cancelled() {
+                let closed =
+                    node.close_due(gavel_transport::session::now_micros(), CLOSE_PER_TICK_MAX);
+                for auction in closed {
+                    let durable = node.durable(auction.receipt);
+                    runtime.spawn(async move {
+                        match durable.await {
+                            Ok(_) => {
+                                let won = if auction.settlement.winner.is_some() {
+                                    "yes"
+                                } else {
+                                    "no"
+                                };
+                                metrics::counter!("gavel_auctions_settled_total", "winner" => won)
+                                    .increment(1);
+                                tracing::info!(
+                                    auction = auction.id.0,
+                                    winner = ?auction.settlement.winner.map(|w| w.bidder),
+                                    price = ?auction.settlement.winner.map(|w| w.price),
+                                    "auction settled"
+                                );
+                            }
+                            Err(e) => tracing::error!(
+                                auction = auction.id.0,
+                                error = %e,
+                                "settlement not durable; it is not announced"
+                            ),
+                        }
+                    });
+                }
+                if node.failure().is_some() {
+                    tracing::error!("the log failed; the close ticker stops");
+                    shutdown.cancel();
+                    return;
+                }
+                std::thread::park_timeout(tick);
+            }
+        })
+        .context("starting the close ticker thread")
+}
+
+/// Refreshes the log and engine gauges until shutdown.
+async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(GAUGE_REFRESH);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let wal = node.wal().metrics();
+        metrics::gauge!("gavel_auctions").set(node.engine().len() as f64);
+        metrics::gauge!("gavel_wal_durable_lsn").set(wal.durable_lsn as f64);
+        metrics::gauge!("gavel_wal_appended_lsn").set(node.wal().last_appended_lsn() as f64);
+        metrics::gauge!("gavel_wal_queue_records").set(wal.queue_records as f64);
+        metrics::gauge!("gavel_wal_queue_bytes").set(wal.queue_bytes as f64);
+        metrics::counter!("gavel_wal_records_written_total").absolute(wal.records_written_total);
+        metrics::counter!("gavel_wal_bytes_written_total").absolute(wal.bytes_written_total);
+        metrics::counter!("gavel_wal_syncs_total").absolute(wal.batches_synced_total);
+        metrics::counter!("gavel_wal_backpressure_total").absolute(wal.backpressure_total);
+        metrics::gauge!("gavel_wal_last_sync_seconds").set(wal.last_sync_latency_us as f64 / 1e6);
+    }
+}
