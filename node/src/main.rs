@@ -20,6 +20,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use gavel_node::{Node, NodeConfig, serve, simulate, wal_tools};
 
+mod cert;
+
 /// Gavel: a low-latency real-time bidding engine.
 #[derive(Parser, Debug)]
 #[command(name = "gavel", version, about, long_about = None)]
@@ -43,6 +45,8 @@ enum Command {
     /// Offline tools for a write-ahead log.
     #[command(subcommand)]
     Wal(wal_tools::WalCommand),
+    /// Create a development CA with server and client certificates; issue or revoke more.
+    Cert(cert::CertArgs),
 }
 
 fn main() -> Result<()> {
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
             writeln!(out, "state hash {}", gavel_node::hex(&report.state_hash))?;
         }
         Command::Wal(command) => wal_tools::run(&command, &mut out)?,
+        Command::Cert(args) => cert::run(&args, &mut out)?,
     }
     out.flush()?;
     Ok(())

@@ -21,6 +21,7 @@ use gavel_transport::tls::{
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait for anything in these tests.
@@ -41,6 +42,8 @@ fn pki() -> (tempfile::TempDir, DevCerts) {
 struct Server {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// Why the server failed handshakes, in order.
+    refusals: tokio::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Drop for Server {
@@ -52,15 +55,21 @@ impl Drop for Server {
 async fn serve(tls: ServerTls) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (refused, refusals) = mpsc::channel(REFUSALS_MAX);
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.https_config());
+            let refused = refused.clone();
             tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else {
-                    return;
+                let mut stream = match acceptor.accept(stream).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let _ = refused.try_send(e.to_string());
+                        return;
+                    }
                 };
                 let line = match stream.get_ref().1.peer_certificates() {
                     None => "anonymous".to_owned(),
@@ -74,8 +83,15 @@ async fn serve(tls: ServerTls) -> Server {
             });
         }
     });
-    Server { addr, task }
+    Server {
+        addr,
+        task,
+        refusals: tokio::sync::Mutex::new(refusals),
+    }
 }
+
+/// Most handshake refusals a test server remembers.
+const REFUSALS_MAX: usize = 64;
 
 /// What a successful connection saw.
 #[derive(Debug)]
@@ -134,6 +150,18 @@ async fn peer(server: &Server, config: rustls::ClientConfig) -> Result<String, S
     connect(server.addr, config).await.map(|served| served.peer)
 }
 
+/// Connects with `config`, expecting the server to refuse the handshake; returns the
+/// server's reason.
+async fn refused(server: &Server, config: rustls::ClientConfig) -> String {
+    let client_error = peer(server, config).await.unwrap_err();
+    let reason = tokio::time::timeout(WAIT, server.refusals.lock().await.recv())
+        .await
+        .expect("the server refused nothing")
+        .unwrap();
+    eprintln!("refused: {reason} (client: {client_error})");
+    reason
+}
+
 #[tokio::test]
 async fn a_valid_client_certificate_is_accepted_and_names_its_identity() {
     let (_dir, certs) = pki();
@@ -171,8 +199,8 @@ async fn tls_1_2_is_refused() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let error = peer(&server, tls12).await.unwrap_err();
-    assert!(error.contains("handshake"), "{error}");
+    let reason = refused(&server, tls12).await;
+    assert!(reason.contains("Tls12NotOfferedOrEnabled"), "{reason}");
 }
 
 #[tokio::test]
@@ -183,10 +211,8 @@ async fn a_certificate_from_another_ca_is_rejected() {
         let server = serve(ServerTls::load(certs.tls_paths(), anonymous_watchers).unwrap()).await;
         // Trusts the right server, presents a bidder certificate of the other CA.
         let stranger = other.client(&identity("bidder/bidder-1")).unwrap();
-        let error = peer(&server, client_as(&certs, Some(stranger)))
-            .await
-            .unwrap_err();
-        assert!(error.contains("read"), "{error}");
+        let reason = refused(&server, client_as(&certs, Some(stranger))).await;
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
     }
 }
 
@@ -194,7 +220,8 @@ async fn a_certificate_from_another_ca_is_rejected() {
 async fn no_certificate_is_rejected_unless_anonymous_watchers_are_allowed() {
     let (_dir, certs) = pki();
     let strict = serve(ServerTls::load(certs.tls_paths(), false).unwrap()).await;
-    assert!(peer(&strict, client(&certs, None)).await.is_err());
+    let reason = refused(&strict, client(&certs, None)).await;
+    assert!(reason.contains("no certificates"), "{reason}");
 
     let open = serve(ServerTls::load(certs.tls_paths(), true).unwrap()).await;
     assert_eq!(
@@ -238,10 +265,8 @@ async fn a_revoked_certificate_is_rejected_after_reload() {
         assert!(generation.has_changed().unwrap());
         assert_eq!(*generation.borrow_and_update(), 1);
 
-        let error = peer(&server, client(&certs, Some("bidder/bidder-1")))
-            .await
-            .unwrap_err();
-        assert!(error.contains("read"), "{error}");
+        let reason = refused(&server, client(&certs, Some("bidder/bidder-1"))).await;
+        assert!(reason.contains("Revoked"), "{reason}");
         // Others are unaffected.
         assert_eq!(
             peer(&server, client(&certs, Some("bidder/bidder-2")))
@@ -260,6 +285,48 @@ async fn a_revoked_certificate_is_rejected_after_reload() {
 }
 
 #[tokio::test]
+async fn a_certificate_whose_ca_has_no_crl_in_the_file_is_rejected() {
+    // A bundle of two CAs with only the first one's CRL: the second CA's clients have an
+    // unknown revocation status, which fails closed.
+    let (_dir, certs) = pki();
+    let (_other_dir, other) = pki();
+    let bundle_dir = tempfile::tempdir().unwrap();
+    let concat = |name: &str, parts: &[&Path]| {
+        let path = bundle_dir.path().join(name);
+        let bytes: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let mut paths = certs.tls_paths();
+    paths.client_ca = concat("bundle.pem", &[&certs.ca_cert, &other.ca_cert]);
+    paths.crl = Some(concat("crls.pem", &[&certs.crl]));
+    let tls = ServerTls::load(paths.clone(), false).unwrap();
+    let server = serve(tls.clone()).await;
+    let stranger = other.client(&identity("bidder/bidder-1")).unwrap();
+    assert_eq!(
+        peer(&server, client(&certs, Some("bidder/bidder-1")))
+            .await
+            .unwrap(),
+        "bidder/bidder-1"
+    );
+    let reason = refused(&server, client_as(&certs, Some(stranger))).await;
+    assert!(reason.contains("UnknownRevocationStatus"), "{reason}");
+
+    // With the second CA's CRL in the file too, its clients get in.
+    concat("crls.pem", &[&certs.crl, &other.crl]);
+    tls.reload().unwrap();
+    assert_eq!(
+        peer(&server, client_as(&certs, Some(stranger)))
+            .await
+            .unwrap(),
+        "bidder/bidder-1"
+    );
+}
+
+#[tokio::test]
 async fn an_expired_crl_rejects_client_certificates() {
     let (_dir, certs) = pki();
     // A CRL whose nextUpdate is a moment away: good now, expired soon.
@@ -273,10 +340,8 @@ async fn an_expired_crl_rejects_client_certificates() {
     );
 
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    let error = peer(&server, client(&certs, Some("bidder/bidder-1")))
-        .await
-        .unwrap_err();
-    assert!(error.contains("read"), "{error}");
+    let reason = refused(&server, client(&certs, Some("bidder/bidder-1"))).await;
+    assert!(reason.contains("revocation list expired"), "{reason}");
     // No certificate, no revocation check: an anonymous watcher still gets in.
     assert_eq!(
         peer(&server, client(&certs, None)).await.unwrap(),
@@ -411,11 +476,8 @@ async fn the_watcher_reloads_changed_files_even_after_a_torn_write() {
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        peer(&server, client(&certs, Some("bidder/bidder-1")))
-            .await
-            .is_err()
-    );
+    let reason = refused(&server, client(&certs, Some("bidder/bidder-1"))).await;
+    assert!(reason.contains("Revoked"), "{reason}");
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, reloader).await.unwrap().unwrap();

@@ -190,8 +190,14 @@ pub fn generate(dir: &Path, options: &DevCertOptions) -> Result<DevCerts, TlsErr
     let now = OffsetDateTime::now_utc();
     let ca_key = generate_key("the CA key")?;
     let mut params = CertificateParams::default();
-    // Dated, so two development CAs are told apart by name too.
-    params.distinguished_name = name(&format!("Gavel development CA {}", rfc3339(now)));
+    // Unique: CRLs are matched to certificates by issuer name, so two development CAs in
+    // one bundle must not share one.
+    let created = now.replace_nanosecond(0).unwrap_or(now);
+    let tag: u32 = rand::random();
+    params.distinguished_name = name(&format!(
+        "Gavel development CA {} {tag:08x}",
+        rfc3339(created)
+    ));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -573,7 +579,8 @@ fn read_crl(path: &Path) -> Result<Option<CrlState>, TlsError> {
             .collect(),
         next_number,
         next_update,
-        valid_for: next_update.and_then(|next| (next - this_update).try_into().ok()),
+        // `thisUpdate` is backdated, so the period asked for is the span less that.
+        valid_for: next_update.and_then(|next| (next - this_update - BACKDATE).try_into().ok()),
     }))
 }
 
@@ -673,4 +680,42 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     file.write_all(bytes).map_err(write_error)?;
     file.sync_all().map_err(write_error)?;
     std::fs::rename(&temp, path).map_err(write_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re_signing_a_crl_keeps_its_revocations_and_period_and_counts_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = DevCertOptions {
+            crl_valid_for: Duration::from_secs(3600),
+            ..DevCertOptions::default()
+        };
+        let certs = generate(dir.path(), &options).unwrap();
+        let first = read_crl(&certs.crl).unwrap().unwrap();
+        assert_eq!(first.next_number, 2);
+        assert!(first.revoked.is_empty());
+        assert_eq!(first.valid_for, Some(Duration::from_secs(3600)));
+
+        revoke(dir.path(), &certs.clients[0].cert).unwrap();
+        revoke(dir.path(), &certs.clients[1].cert).unwrap();
+        revoke(dir.path(), &certs.clients[1].cert).unwrap();
+        let crl = read_crl(&certs.crl).unwrap().unwrap();
+        assert_eq!(crl.next_number, 4);
+        assert_eq!(crl.revoked.len(), 2);
+        assert_eq!(crl.valid_for, Some(Duration::from_secs(3600)));
+
+        // `ensure` re-signs a CRL near its nextUpdate (an hour < CRL_REFRESH_BEFORE),
+        // keeping the revocations.
+        ensure(dir.path()).unwrap();
+        let refreshed = read_crl(&certs.crl).unwrap().unwrap();
+        assert_eq!(refreshed.next_number, 5);
+        assert_eq!(refreshed.revoked, crl.revoked);
+        assert_eq!(refreshed.valid_for, Some(CRL_VALID_FOR_DEFAULT));
+        // And leaves a fresh one alone.
+        ensure(dir.path()).unwrap();
+        assert_eq!(read_crl(&certs.crl).unwrap().unwrap().next_number, 5);
+    }
 }

@@ -40,7 +40,7 @@ use x509_parser::extensions::GeneralName;
 
 use crate::identity::{IDENTITY_URI_SCHEME, Identity, IdentityError};
 
-pub use server::ServerTls;
+pub use server::{RELOAD_POLL_MIN, ServerTls};
 
 /// ALPN protocol of Gavel over QUIC.
 pub const ALPN_GAVEL: &[u8] = b"gavel/1";
@@ -169,6 +169,9 @@ impl TlsError {
 /// its end-entity (first) certificate. Other URIs are ignored.
 ///
 /// Call it on a chain the handshake verified (`peer_certificates()`): it checks no signature.
+/// The handshake does not require an identity URI, so a verified certificate may still fail
+/// here: refuse that connection — never treat it as an anonymous watcher, which is only for
+/// a client that presented no certificate at all (`peer_certificates()` is `None`).
 pub fn peer_identity(chain: &[CertificateDer<'_>]) -> Result<Identity, IdentityError> {
     let end_entity = chain.first().ok_or(IdentityError::Missing)?;
     let (_, cert) = x509_parser::parse_x509_certificate(end_entity)

@@ -65,7 +65,7 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Loads the material; with `anonymous_watchers`, clients without a certificate are let
-    /// through the handshake (and may only watch).
+    /// through the handshake (and may only watch). Blocking (reads files).
     pub fn load(paths: TlsPaths, anonymous_watchers: bool) -> Result<ServerTls, TlsError> {
         let raw = RawFiles::read(&paths)?;
         let configs = Configs::build(&paths, &raw, anonymous_watchers, now())?;
@@ -104,6 +104,10 @@ impl ServerTls {
     }
 
     /// The generation of the configurations: 0 at load, bumped by each successful reload.
+    /// A QUIC endpoint follows it with
+    /// `while generation.changed().await.is_ok() { endpoint.set_server_config(..from
+    /// quic_config()..) }`; a TCP listener needs nothing, it takes [`Self::https_config`]
+    /// per accepted connection.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.generation.subscribe()
     }
@@ -204,12 +208,18 @@ impl ServerTls {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = ticks.tick() => {
-                        let _ = tokio::task::spawn_blocking(move || this.poll_files()).await;
+                        let polled = tokio::task::spawn_blocking(move || this.poll_files()).await;
+                        if let Err(e) = polled {
+                            error!(error = %e, "TLS reload poll failed");
+                        }
                     }
                     () = hangup.recv() => {
                         info!("SIGHUP: reloading the TLS material");
-                        // Errors are logged and counted by `reload`.
-                        let _ = tokio::task::spawn_blocking(move || this.reload()).await;
+                        // Errors of the reload itself are logged and counted by `reload`.
+                        let reloaded = tokio::task::spawn_blocking(move || this.reload()).await;
+                        if let Err(e) = reloaded {
+                            error!(error = %e, "TLS reload failed");
+                        }
                     }
                 }
             }
@@ -252,5 +262,91 @@ impl Hangup {
             self.signal = None;
         }
         std::future::pending::<()>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
+
+    use super::*;
+    use crate::tls::dev;
+
+    /// Counts `gavel_tls_reloads_total` by its `result` label.
+    #[derive(Default)]
+    struct Reloads {
+        ok: Arc<AtomicU64>,
+        error: Arc<AtomicU64>,
+    }
+
+    struct Count(Arc<AtomicU64>);
+
+    impl metrics::CounterFn for Count {
+        fn increment(&self, value: u64) {
+            // Ordering: a test counter read after the calls that bump it, on one thread.
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.fetch_max(value, Ordering::Relaxed);
+        }
+    }
+
+    impl metrics::Recorder for Reloads {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let result = key.labels().find(|l| l.key() == "result");
+            match (key.name(), result.map(|l| l.value())) {
+                (TLS_RELOADS, Some("ok")) => Counter::from_arc(Arc::new(Count(self.ok.clone()))),
+                (TLS_RELOADS, Some("error")) => {
+                    Counter::from_arc(Arc::new(Count(self.error.clone())))
+                }
+                _ => Counter::noop(),
+            }
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn reloads_are_counted_by_result_and_polls_report_a_bad_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dev::generate(dir.path(), &dev::DevCertOptions::default()).unwrap();
+        let tls = ServerTls::load(certs.tls_paths(), false).unwrap();
+        let reloads = Reloads::default();
+        let counts = || {
+            (
+                reloads.ok.load(Ordering::Relaxed),
+                reloads.error.load(Ordering::Relaxed),
+            )
+        };
+        metrics::with_local_recorder(&reloads, || {
+            tls.reload().unwrap();
+            assert!(!tls.poll_files(), "nothing changed");
+            std::fs::write(&certs.server_key, b"garbage").unwrap();
+            assert!(tls.reload().is_err());
+            // The watcher saw this content already: no second report.
+            assert!(!tls.poll_files());
+            assert!(!tls.poll_files());
+        });
+        assert_eq!(counts(), (1, 1));
+
+        metrics::with_local_recorder(&reloads, || {
+            // Missing, then back: reported once, then loaded.
+            std::fs::remove_file(&certs.server_key).unwrap();
+            assert!(!tls.poll_files());
+            assert!(!tls.poll_files());
+            assert!(dev::ensure(dir.path()).is_ok()); // issues server.pem/.key again
+            assert!(tls.poll_files());
+        });
+        assert_eq!(counts(), (2, 2));
+        assert_eq!(*tls.subscribe().borrow(), 2);
     }
 }
