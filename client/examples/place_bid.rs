@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gavel serve --dev            # writes ./data/certs and listens for QUIC bidders
-//! cargo run -p gavel-client --example place_bid -- 127.0.0.1:4433 data/certs 1 150
+//! cargo run -p gavel-client --example place_bid -- 127.0.0.1:7443 data/certs 1 150
 //! ```
 //!
 //! Arguments: the node's QUIC address, the certificate directory (`gavel cert` output:
@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let [server, cert_dir, auction, amount, rest @ ..] = args.as_slice() else {
         eprintln!(
             "usage: place_bid <server addr> <cert dir> <auction id> <amount> [bidder id]\n\
-             e.g.:  place_bid 127.0.0.1:4433 data/certs 1 150"
+             e.g.:  place_bid 127.0.0.1:7443 data/certs 1 150"
         );
         std::process::exit(2);
     };

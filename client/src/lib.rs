@@ -8,7 +8,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // The dev certificates written by `gavel cert` (or `gavel serve --dev`).
 //! let config = ClientConfig::from_cert_dir(
-//!     "127.0.0.1:4433".parse()?,
+//!     "127.0.0.1:7443".parse()?,
 //!     "data/certs".as_ref(),
 //!     "bidder-1",
 //! )?;
