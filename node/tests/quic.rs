@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::serve::{QuicNode, RelayMode, UdpRelay, WAIT_MAX, ping};
+use common::serve::{QuicNode, RelayMode, UdpRelay, WAIT_MAX, metric, ping};
 use gavel_client::{Bid, BidError, Client, ClientConfig, ConnectError, random_bid_id};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -139,6 +139,9 @@ async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
     .await;
     node.create_english(1);
     let raw = node.raw_connection("bidder", "bidder-1").await;
+    let malformed = r#"gavel_request_errors_total{transport="quic",reason="malformed"}"#;
+    let too_large = r#"gavel_request_errors_total{transport="quic",reason="too_large"}"#;
+    let (malformed_before, too_large_before) = (metric(malformed), metric(too_large));
 
     // Undecodable bytes in a well-framed message: MALFORMED, and the stream goes on.
     let mut stream = raw.stream().await;
@@ -164,6 +167,8 @@ async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
     };
     assert_eq!(error.code(), pb::ErrorCode::TooLarge);
     assert!(oversized.read().await.is_none(), "the stream is finished");
+    assert!(metric(malformed) > malformed_before);
+    assert!(metric(too_large) > too_large_before);
 
     // The connection's other stream, a new stream, and another client all still work.
     stream.write(&ping(6)).await;
@@ -192,8 +197,11 @@ async fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
     )
     .unwrap();
     config.connect_timeout = Duration::from_secs(2);
+    let failures = r#"gavel_tls_handshake_failures_total{transport="quic",reason="tls"}"#;
+    let before = metric(failures);
     let error = Client::connect(config).await.unwrap_err();
     assert!(matches!(error, ConnectError::Connection(_)), "{error:?}");
+    assert!(metric(failures) > before, "the failed handshake is counted");
     // The node's own bidders are unaffected.
     let client = bidder(&node, "bidder-1").await;
     client.ping().await.unwrap();
@@ -292,10 +300,24 @@ async fn connections_beyond_the_limit_are_refused() {
     })
     .await;
     let first = bidder(&node, "bidder-1").await;
+    let refused = r#"gavel_connections_refused_total{transport="quic",reason="connections"}"#;
+    let before = metric(refused);
     let mut config = node.client_config("bidder", "bidder-2");
     config.connect_timeout = Duration::from_millis(500);
     assert!(Client::connect(config).await.is_err());
+    assert!(metric(refused) > before);
     first.ping().await.unwrap();
+    // The slot is free again once the first connection is gone.
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let mut config = node.client_config("bidder", "bidder-2");
+    config.connect_timeout = Duration::from_millis(500);
+    while Client::connect(config.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,4 +392,48 @@ async fn reloaded_tls_material_serves_new_connections() {
     stale.connect_timeout = Duration::from_millis(500);
     assert!(Client::connect(stale).await.is_err());
     old.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_bids_from_several_clients_each_get_one_outcome_and_durable_ack() {
+    const CLIENTS: u64 = 4;
+    const BIDS: u64 = 200;
+    let node = QuicNode::start(limits()).await;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        node.create_english(c);
+        let client = bidder(&node, if c % 2 == 0 { "bidder-1" } else { "bidder-2" }).await;
+        tasks.push(tokio::spawn(async move {
+            let bids: Vec<_> = (0..BIDS)
+                .map(|i| {
+                    let client = client.clone();
+                    tokio::spawn(async move { client.place_bid(Bid::new(c, 200 + 10 * i)).await })
+                })
+                .collect();
+            let mut accepted = 0_u64;
+            for bid in bids {
+                match bid.await.unwrap() {
+                    Ok(placed) => {
+                        let seq = placed.accepted().seq;
+                        assert_eq!(placed.durable().await.unwrap().seq, seq);
+                        accepted += 1;
+                    }
+                    // Spawned bids reach the stream in any order; a later, higher one may
+                    // come first.
+                    Err(BidError::TooLow { .. }) => {}
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+            (c, accepted)
+        }));
+    }
+    for task in tasks {
+        let (auction, accepted) = tokio::time::timeout(WAIT_MAX, task).await.unwrap().unwrap();
+        assert!(accepted >= 1);
+        assert_eq!(
+            node.view(auction).bids_accepted,
+            accepted,
+            "auction {auction}"
+        );
+    }
 }

@@ -90,6 +90,8 @@ impl QuicNode {
     /// [`QuicNode::start`], letting watchers in without a certificate if
     /// `anonymous_watchers`.
     pub async fn start_with(limits: Limits, anonymous_watchers: bool) -> QuicNode {
+        // The process-wide recorder, so tests can read the edge's counters.
+        gavel_node::serve::prometheus();
         let dir = tempfile::tempdir().unwrap();
         let sync_gate = Arc::new(SyncGate::default());
         let hooks: Arc<dyn WriterHooks> = sync_gate.clone();
@@ -260,6 +262,17 @@ impl RawStream {
         .await
         .expect("the node answers in time")
     }
+}
+
+/// The value of the metric line starting with `series` (name and labels as rendered), 0 if
+/// absent. Counters are process-wide: tests running in parallel add to them, so compare
+/// before and after.
+pub fn metric(series: &str) -> f64 {
+    let text = gavel_node::serve::prometheus().render();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(series))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// A ping request.
