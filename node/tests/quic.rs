@@ -43,7 +43,9 @@ async fn bidder(node: &QuicNode, id: &str) -> Client {
 async fn a_bid_is_accepted_then_durable_and_rejections_are_typed() {
     let node = QuicNode::start(limits()).await;
     node.create_english(1);
-    let client = bidder(&node, "bidder-1").await;
+    // The SDK finds the files `gavel cert` writes by their names.
+    let config = ClientConfig::from_cert_dir(node.addr, &node.certs.dir, "bidder-1").unwrap();
+    let client = Client::connect(config).await.unwrap();
     assert!(client.ping().await.unwrap() < WAIT_MAX);
 
     let placed = client.place_bid(Bid::new(1, 150)).await.unwrap();
