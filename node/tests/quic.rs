@@ -318,7 +318,7 @@ async fn connections_beyond_the_limit_are_refused() {
     })
     .await;
     let first = bidder(&node, "bidder-1").await;
-    let refused = r#"gavel_connections_refused_total{transport="quic",reason="connections"}"#;
+    let refused = r#"gavel_connections_refused_total{transport="quic",reason="connections_max"}"#;
     let before = metric(refused);
     let mut config = node.client_config("bidder", "bidder-2");
     config.connect_timeout = Duration::from_millis(500);

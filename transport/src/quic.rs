@@ -29,6 +29,13 @@
 //! and the stream is closed. Nothing a peer sends can panic the node or stall another
 //! stream or connection.
 //!
+//! Metrics (labelled `transport="quic"`): `gavel_connections` (open),
+//! `gavel_connections_accepted_total`, `gavel_connections_refused_total{reason}`
+//! (`connections_max`, `handshakes_pending_max`), `gavel_tls_handshake_failures_total{reason}`
+//! (`tls`, `timeout`, `closed`, `identity`: a verified certificate naming no usable
+//! `gavel://` identity), `gavel_request_errors_total{reason}` (`malformed`, `too_large`, and
+//! the session's), plus the session's bid counters and histograms.
+//!
 //! Shutdown (the gateway's token): stop accepting connections and requests; every stream
 //! writes the durable acks still due, finishes, and waits until the client has the bytes;
 //! then each connection is closed with the application code [`ErrorCode::ShuttingDown`]
@@ -223,12 +230,12 @@ fn admit<B: Backend>(
     connections: &TaskTracker,
 ) {
     let Some(handshake) = gateway.try_handshake() else {
-        refused("handshakes");
+        refused("handshakes_pending_max");
         incoming.refuse();
         return;
     };
     let Some(slot) = gateway.try_connection() else {
-        refused("connections");
+        refused("connections_max");
         incoming.refuse();
         return;
     };
@@ -280,7 +287,7 @@ async fn serve_connection<B: Backend>(
     let identity = match peer_identity(&connection) {
         Ok(identity) => identity,
         Err(e) => {
-            refused("identity");
+            handshake_failed("identity", &e);
             connection.close(close_code(ErrorCode::Forbidden), e.as_bytes());
             return;
         }
