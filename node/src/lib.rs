@@ -8,6 +8,7 @@
 //! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
 //!   auction operations through the WAL, durable waits, periodic snapshots with compaction,
 //!   shutdown.
+//! - [`replay`]: parallel replay of the log at start-up, partitioned by auction.
 //! - [`serve`]: `gavel serve`, the network node — configuration, start-up, the close ticker,
 //!   metrics, graceful shutdown.
 //! - [`simulate`]: `gavel simulate`, demo auctions with simulated bidders, in memory or on a
@@ -20,6 +21,7 @@
 pub mod backend;
 pub mod durable;
 pub mod node;
+pub mod replay;
 pub mod serve;
 pub mod simulate;
 pub mod wal_tools;

@@ -8,7 +8,8 @@
 //!   snapshot, replay the log), print what was recovered and the state hash, and exit.
 //! - `wal verify|dump` ([`gavel_node::wal_tools`]): offline checks and a readable dump of a
 //!   log.
-//!
+//! - `cert`: a development CA with server, bidder, device, admin and watcher certificates
+//!   (`cert issue`, `cert revoke` for more).
 //! - `serve` ([`gavel_node::serve`]): the network node — QUIC and WebSocket bidders, the
 //!   HTTPS admin API, `/metrics`, health probes; `serve --dev` generates development
 //!   certificates into `./data/certs` on first run.

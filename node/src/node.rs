@@ -7,7 +7,8 @@
 //! [`Node::open`] opens the log in `<data_dir>/wal` (the log truncates a torn tail and
 //! refuses corruption anywhere else, naming file and offset), restores every auction of the
 //! latest valid snapshot, then replays the records after the snapshot's LSN through
-//! [`Replayer`] — the live code path, which must reproduce every logged event. Any record
+//! [`Replayer`](gavel_engine::Replayer) — the live code path, which must reproduce every logged event — on one
+//! thread per core, partitioned by auction ([`crate::replay`]). Any record
 //! that does not decode or replay stops the start with an error naming its LSN. If the log
 //! ends inside a decision (a crash between the fdatasyncs of one decision's records), the
 //! replayer reports the derived events the engine state already holds but the log lacks;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
     AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
-    Event, ManageError, Receipt, Replayer, UnixMicros,
+    Event, ManageError, Receipt, UnixMicros,
 };
 use gavel_proto::convert::state::{decode_snapshot, encode_snapshot};
 use gavel_proto::pb;
@@ -42,6 +43,7 @@ use gavel_wal::{
 use prost::Message;
 
 use crate::durable::WalSink;
+use crate::replay::replay_parallel;
 
 /// The log's directory inside a data directory.
 pub const WAL_DIR: &str = "wal";
@@ -252,24 +254,11 @@ impl Node {
         }
 
         let from = snapshot.as_ref().map_or(1, |s| s.lsn + 1);
-        let mut replayer = if snapshot.is_some() {
-            Replayer::after_snapshot(&engine)
-        } else {
-            Replayer::new(&engine)
-        };
         let records = recovery
             .replay(from)
             .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
-        for record in records {
-            let record = record.context("reading the log")?;
-            let lsn = record.lsn;
-            let event = decode_record(&record.payload)
-                .with_context(|| format!("the record at LSN {lsn} does not decode"))?;
-            replayer
-                .apply(&event)
-                .with_context(|| format!("replaying the record at LSN {lsn}"))?;
-        }
-        let summary = replayer.finish();
+        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        let summary = replay_parallel(&engine, snapshot.is_some(), records, workers)?;
         report.records_read = summary.events;
         report.records_skipped = summary.skipped;
 

@@ -16,7 +16,11 @@
 //! - (c) replay: (b) plus `Replayer::apply` into a fresh engine; the resulting `state_hash`
 //!   must equal the live engine's.
 //!
-//! Restart time = open + (c): what a node restarting from the log alone spends.
+//! - (d) parallel replay: what the node's start-up does ([`replay_parallel`]: read + CRC on
+//!   one thread, decode + apply on one worker per core, partitioned by auction); the state
+//!   hash must equal (c)'s.
+//!
+//! Restart time = open + (d): what a node restarting from the log alone spends.
 //!
 //! Usage: `cargo run --release -p gavel-benches --bin wal_replay -- [--records 10000000]
 //! [--dir DIR] [--keep]`, or `--measure DIR [--expect-hash HEX]` for an existing log.
@@ -33,6 +37,7 @@ use gavel_benches::{INCREMENT, START_PRICE, ZIPF_AUCTIONS, ZIPF_EXPONENT, bid, e
 use gavel_engine::{
     AuctionId, BidOutcome, BidderId, Engine, EngineConfig, Event, Price, Replayer, UnixMicros,
 };
+use gavel_node::replay::replay_parallel;
 use gavel_proto::pb;
 use gavel_wal::{Wal, WalConfig};
 use prost::Message;
@@ -229,9 +234,37 @@ fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
         Some(_) => println!("state hash after replay equals the live engine's: {hash}"),
         None => println!("state hash after replay: {hash}"),
     }
-    let restart = open_seconds + replay_seconds;
+    drop(engine);
+
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    let engine = Engine::new(EngineConfig::default());
+    let summary = replay_parallel(
+        &engine,
+        false,
+        recovery.replay(1).context("replay")?,
+        workers,
+    )
+    .context("parallel replay")?;
+    let parallel_seconds = started.elapsed().as_secs_f64();
+    ensure!(
+        summary.events == records && summary.missing_tail.is_empty(),
+        "parallel replay summary: {summary:?}"
+    );
+    ensure!(
+        hex(&engine.state_hash()) == hash,
+        "parallel replay reached another state than the sequential one"
+    );
     println!(
-        "restart = open + replay: {restart:.3} s for {records} records = {}; RSS {} MiB at start, \
+        "(d) parallel replay, {workers} workers (the node's start-up path): {} records in \
+         {parallel_seconds:.3} s = {} ({:.2}× (c)); same state hash",
+        summary.events,
+        per_second(summary.events, parallel_seconds),
+        replay_seconds / parallel_seconds,
+    );
+    let restart = open_seconds + parallel_seconds;
+    println!(
+        "restart = open + (d): {restart:.3} s for {records} records = {}; RSS {} MiB at start, \
          peak {} MiB; CPU {:.2} s",
         per_second(records, restart),
         rss_start,

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gavel_transport::Gateway;
+use gavel_transport::tls::{self, ServerTls, TlsPaths};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -170,6 +171,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 pub struct Server {
     /// The gateway all connections share.
     pub gateway: Arc<Gateway<NodeBackend>>,
+    /// The TLS material in use (reloaded from disk on change).
+    pub tls: ServerTls,
     /// The QUIC address bound (port 0 in the config picks a free one).
     pub quic_addr: Option<SocketAddr>,
     /// The HTTPS address bound.
@@ -191,6 +194,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         config.limits.clone(),
         shutdown.clone(),
     ));
+    let tls = load_tls(&config).await?;
+    let mut tasks = vec![tls.spawn_reloader(config.tls_reload_poll, shutdown.clone())];
     let data_dir = config.data_dir.clone();
     let node_config = config.node.clone();
     let (node, report) = tokio::task::spawn_blocking(move || Node::open(&data_dir, node_config))
@@ -201,10 +206,10 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     let node = Arc::new(node);
     gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
     metrics::gauge!("gavel_ready").set(1.0);
-    let tasks = vec![tokio::spawn(refresh_gauges(
+    tasks.push(tokio::spawn(refresh_gauges(
         Arc::clone(&node),
         shutdown.clone(),
-    ))];
+    )));
     let closer = spawn_closer(
         Arc::clone(&node),
         config.close_tick,
@@ -213,6 +218,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     )?;
     Ok(Server {
         gateway,
+        tls,
         quic_addr: None,
         https_addr: None,
         metrics_addr: None,
@@ -268,6 +274,46 @@ impl Server {
             ),
         }
     }
+}
+
+/// Loads the TLS material, generating development certificates first with `--dev`.
+async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
+    let source = config.tls.clone();
+    let anonymous_watchers = config.anonymous_watchers;
+    tokio::task::spawn_blocking(move || -> Result<ServerTls> {
+        let paths = match source {
+            TlsSource::Dev(dir) => {
+                let certs = tls::dev::ensure(&dir).with_context(|| {
+                    format!("preparing development certificates in {}", dir.display())
+                })?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    clients = %certs
+                        .clients
+                        .iter()
+                        .map(|c| c.identity.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    "development certificates (CA ca.pem; client certificates in clients/); not for production"
+                );
+                certs.tls_paths()
+            }
+            TlsSource::Files {
+                cert,
+                key,
+                client_ca,
+                crl,
+            } => TlsPaths {
+                cert,
+                key,
+                client_ca,
+                crl,
+            },
+        };
+        ServerTls::load(paths, anonymous_watchers).context("loading the TLS material")
+    })
+    .await
+    .context("the TLS loading thread panicked")?
 }
 
 /// Closes and settles due auctions every `tick` on its own thread (deciding is CPU work,
