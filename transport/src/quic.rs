@@ -1,11 +1,13 @@
 //! The QUIC listener for bidders (quinn, ALPN `gavel/1`, mutual TLS): connections,
 //! streams, frames, and a graceful drain at shutdown.
 //!
-//! Wiring (what `gavel serve` does):
+//! Wiring (what `gavel serve` does, once the gateway is ready):
 //! ```text
-//! let endpoint = quic::bind(addr, server_tls.quic_config(), gateway.limits())?;
-//! tracker.spawn(quic::serve_quic(endpoint, gateway, Some(server_tls.clone()), drain_timeout));
-//! // ... gateway.shutdown().cancel(); tracker.close(); tracker.wait().await;
+//! let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())?;
+//! let quic_addr = endpoint.local_addr()?;           // port 0 picks one
+//! tasks.push(tokio::spawn(quic::serve_quic(endpoint, gateway.clone(), Some(tls.clone()),
+//!                                          drain_timeout)));
+//! // shutdown: gateway.shutdown().cancel(); the task ends within drain_timeout + IDLE_WAIT_MS
 //! ```
 //!
 //! Per connection: a pending-handshake permit (`handshakes_pending_max`; beyond it new
@@ -72,8 +74,8 @@ pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Bytes read from a stream at once; bounds the answers one read can produce.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest wait for the endpoint to become idle after closing every connection, in
-/// milliseconds.
-const IDLE_WAIT_MS: u64 = 2_000;
+/// milliseconds: [`serve_quic`] returns at most this long after its drain deadline.
+pub const IDLE_WAIT_MS: u64 = 2_000;
 
 /// Why the QUIC listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +146,9 @@ pub fn bind(
 }
 
 /// Serves bidders on `endpoint` until the gateway's shutdown token is cancelled, then drains
-/// for at most `drain_timeout` and returns once the endpoint is idle. With `tls`, new
+/// for at most `drain_timeout` and returns once the endpoint is idle (at most
+/// [`IDLE_WAIT_MS`] later). Start it once the gateway is ready (before that every bid is
+/// answered `Overloaded`). With `tls`, new
 /// connections get the material of each reload (`ServerTls` generation bump); open ones keep
 /// theirs.
 pub async fn serve_quic<B: Backend>(
