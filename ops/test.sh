@@ -7,7 +7,8 @@
 # when missing.
 #
 # Steps:
-#   1. the engine stays sans-IO: `cargo tree` of gavel-engine must not list tokio;
+#   1. the engine stays sans-IO: `cargo tree` of gavel-engine must not list tokio; the
+#      bidder SDK (gavel-client) lists neither the node, the WAL nor the transports;
 #   2. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
 #   3. the loom model check of the price-word / settlement-lock protocol.
@@ -22,6 +23,13 @@ if cargo tree -p gavel-engine -e normal --prefix none --format '{p}' | grep -E '
     exit 1
 fi
 echo "ok: gavel-engine's normal dependency tree has no tokio"
+
+step "the bidder SDK must build without the server, the log or the transports"
+if cargo tree -p gavel-client -e normal --prefix none --format '{p}' | grep -E '^(gavel|gavel-wal|gavel-transport) '; then
+    echo "error: gavel-client depends on the node, the WAL or the transports (see above)" >&2
+    exit 1
+fi
+echo "ok: gavel-client's normal dependency tree has none of gavel, gavel-wal, gavel-transport"
 
 step "workspace tests (unit, integration, property, stress; benches in test mode)"
 cargo test --workspace --all-targets

@@ -28,6 +28,8 @@
 //!     lossless, and whole snapshots ([`convert::state::encode_snapshot`],
 //!     [`convert::state::decode_snapshot`], or written one auction at a time);
 //!   - [`convert::wal`]: [`gavel_engine::Event`] ↔ [`pb::Record`], lossless.
+//! - [`frame`]: length-delimited framing of messages on a QUIC stream (sans-IO), shared by
+//!   the node and the bidder SDK, with its size limit and the ALPN name.
 //! - [`ProtoError`]: why a message could not become an engine value; [`SnapshotError`]: why
 //!   a snapshot's bytes could not.
 //!
@@ -46,10 +48,12 @@
 //!   read back as the default; unknown fields are refused.
 //!
 //! Architecture invariant: this crate knows the engine's types and protobuf, nothing of
-//! sockets, files or async runtimes; framing belongs to `transport` and `wal`.
+//! sockets, files or async runtimes. Stream framing lives here as bytes in, messages out;
+//! the WAL's record framing belongs to `wal`.
 
 pub mod convert;
 mod error;
+pub mod frame;
 
 pub use error::{ProtoError, SnapshotError};
 

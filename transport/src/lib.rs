@@ -17,6 +17,9 @@
 //! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
 //!   certificates verified against the CA and its CRL, reloaded without restart;
 //!   [`tls::peer_identity`]; the development PKI ([`tls::dev`]) behind `gavel cert`.
+//! - [`quic`]: the QUIC listener for bidders ([`quic::bind`], [`quic::serve_quic`]):
+//!   connection and handshake limits, one task per stream, batched writes, durable acks as
+//!   they resolve, graceful drain.
 //!
 //! Architecture invariant: the transports know the engine's types and the wire schema, but
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
@@ -27,6 +30,7 @@ pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod quic;
 pub mod session;
 pub mod tls;
 

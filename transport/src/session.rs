@@ -46,13 +46,26 @@ pub fn error_message(
     }
 }
 
-/// One connection's protocol state.
+/// One connection's protocol state (clone it for each stream of the connection).
 #[derive(Debug)]
 pub struct Session<B> {
     gateway: Arc<Gateway<B>>,
     identity: Option<Identity>,
     transport: &'static str,
     pending_durable: Arc<AtomicUsize>,
+}
+
+/// A clone serves another stream of the same connection: same peer, and the same count of
+/// pending durable acks, so `pending_durable_per_connection_max` holds per connection.
+impl<B> Clone for Session<B> {
+    fn clone(&self) -> Session<B> {
+        Session {
+            gateway: Arc::clone(&self.gateway),
+            identity: self.identity.clone(),
+            transport: self.transport,
+            pending_durable: Arc::clone(&self.pending_durable),
+        }
+    }
 }
 
 impl<B: Backend> Session<B> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod https;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

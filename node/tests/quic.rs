@@ -1,0 +1,492 @@
+//! The QUIC bidder transport end to end, through the bidder SDK and raw QUIC streams, against a
+//! real durable node on loopback: accepted then durable acks, every kind of refusal, bad
+//! frames that hurt nobody else, certificates from another CA, reconnects with idempotent
+//! retries, and a shutdown that drains durable acks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::serve::{QuicNode, RelayMode, UdpRelay, WAIT_MAX, metric, ping};
+use gavel_client::{Bid, BidError, Client, ClientConfig, ConnectError, random_bid_id};
+use gavel_proto::pb;
+use gavel_proto::pb::server_message::Body as Reply;
+use gavel_transport::Limits;
+use gavel_transport::tls::dev;
+
+fn limits() -> Limits {
+    Limits {
+        idle_timeout_ms: 5_000,
+        ..Limits::default()
+    }
+}
+
+/// A client through `relay` that notices a dead connection and reconnects within a second.
+fn quick_to_reconnect(node: &QuicNode, relay: &UdpRelay) -> ClientConfig {
+    ClientConfig {
+        idle_timeout: Duration::from_millis(300),
+        keep_alive_interval: Duration::from_millis(100),
+        connect_timeout: Duration::from_millis(300),
+        reconnect_backoff_base: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(100),
+        ..node.client_config_at(relay.addr, "bidder", "bidder-1")
+    }
+}
+
+async fn bidder(node: &QuicNode, id: &str) -> Client {
+    Client::connect(node.client_config("bidder", id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_is_accepted_then_durable_and_rejections_are_typed() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    // The SDK finds the files `gavel cert` writes by their names.
+    let config = ClientConfig::from_cert_dir(node.addr, &node.certs.dir, "bidder-1").unwrap();
+    let client = Client::connect(config).await.unwrap();
+    assert!(client.ping().await.unwrap() < WAIT_MAX);
+
+    let placed = client.place_bid(Bid::new(1, 150)).await.unwrap();
+    let accepted = placed.accepted().clone();
+    assert_eq!(accepted.price, 150);
+    assert_eq!(accepted.leader.as_deref(), Some("bidder-1"));
+    assert_eq!(accepted.seq, node.view(1).seq);
+    let bid_id = placed.bid_id();
+    assert_ne!(bid_id, 0);
+    let durable = placed.durable().await.unwrap();
+    assert_eq!((durable.auction_id, durable.bid_id), (1, bid_id));
+    assert_eq!(durable.seq, accepted.seq);
+
+    // Too low: the node says what the next acceptable amount is.
+    let error = client.place_bid(Bid::new(1, 120)).await.unwrap_err();
+    let BidError::TooLow { min_next } = error else {
+        panic!("{error:?}")
+    };
+    assert!(min_next > 150, "min_next {min_next}");
+    assert_eq!(
+        client.place_bid(Bid::new(77, 500)).await.unwrap_err(),
+        BidError::UnknownAuction
+    );
+    // The same bid id again, not as this SDK's own retry: a duplicate with the original.
+    let again = client
+        .place_bid(Bid::new(1, 150).with_id(bid_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again,
+        BidError::Duplicate {
+            original: accepted.clone()
+        }
+    );
+    // A zero amount never reaches the engine.
+    let error = client.place_bid(Bid::new(1, 0)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BidError::Server {
+                code: pb::ErrorCode::InvalidArgument,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Pipelined bids from clones of one client, each higher than the last.
+    let bids = (0..20_u64).map(|i| {
+        let client = client.clone();
+        async move { client.place_bid(Bid::new(1, 1_000 + 100 * i)).await }
+    });
+    let mut handles = Vec::new();
+    for bid in bids {
+        handles.push(tokio::spawn(bid));
+    }
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(placed) => {
+                placed.durable().await.unwrap();
+            }
+            Err(BidError::TooLow { .. }) => {} // overtaken by a higher one sent earlier
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(node.view(1).price, Some(2_900));
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_that_may_not_bid_are_forbidden_and_the_rate_limit_holds() {
+    let node = QuicNode::start(Limits {
+        bids_per_second_per_bidder: 1,
+        bid_burst_per_bidder: 2,
+        ..limits()
+    })
+    .await;
+    node.create_english(1);
+    for (role, id) in [("watcher", "watcher-1"), ("admin", "admin")] {
+        let client = Client::connect(node.client_config(role, id)).await.unwrap();
+        assert_eq!(
+            client.place_bid(Bid::new(1, 150)).await.unwrap_err(),
+            BidError::Forbidden,
+            "{role}"
+        );
+    }
+    let client = bidder(&node, "bidder-2").await;
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+    client.place_bid(Bid::new(1, 300)).await.unwrap();
+    assert_eq!(
+        client.place_bid(Bid::new(1, 500)).await.unwrap_err(),
+        BidError::RateLimited
+    );
+    assert_eq!(node.view(1).bids_accepted, 2);
+    // The limit is per bidder: another bidder still bids.
+    let other = bidder(&node, "bidder-1").await;
+    other.place_bid(Bid::new(1, 500)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
+    let node = QuicNode::start(Limits {
+        frame_bytes_max: 1024,
+        ..limits()
+    })
+    .await;
+    node.create_english(1);
+    let raw = node.raw_connection("bidder", "bidder-1").await;
+    let malformed = r#"gavel_request_errors_total{transport="quic",reason="malformed"}"#;
+    let too_large = r#"gavel_request_errors_total{transport="quic",reason="too_large"}"#;
+    let (malformed_before, too_large_before) = (metric(malformed), metric(too_large));
+
+    // Undecodable bytes in a well-framed message: MALFORMED, and the stream goes on.
+    let mut stream = raw.stream().await;
+    stream.write_bytes(&[3, 0xff, 0xff, 0xff]).await;
+    stream.write(&ping(5)).await;
+    let error = stream.read().await.unwrap();
+    let Some(Reply::Error(error)) = error.body else {
+        panic!("{error:?}")
+    };
+    assert_eq!(error.code(), pb::ErrorCode::Malformed);
+    let pong = stream.read().await.unwrap();
+    assert!(matches!(pong.body, Some(Reply::Pong(_))), "{pong:?}");
+    assert_eq!(pong.request_id, 5);
+
+    // A frame over the limit: TOO_LARGE, then the stream is finished.
+    let mut oversized = raw.stream().await;
+    let mut prefix = Vec::new();
+    prost::encode_length_delimiter(1025, &mut prefix).unwrap();
+    oversized.write_bytes(&prefix).await;
+    let error = oversized.read().await.unwrap();
+    let Some(Reply::Error(error)) = error.body else {
+        panic!("{error:?}")
+    };
+    assert_eq!(error.code(), pb::ErrorCode::TooLarge);
+    assert!(oversized.read().await.is_none(), "the stream is finished");
+    assert!(metric(malformed) > malformed_before);
+    assert!(metric(too_large) > too_large_before);
+
+    // The connection's other stream, a new stream, and another client all still work.
+    stream.write(&ping(6)).await;
+    assert_eq!(stream.read().await.unwrap().request_id, 6);
+    let mut fresh = raw.stream().await;
+    fresh.write(&ping(7)).await;
+    assert_eq!(fresh.read().await.unwrap().request_id, 7);
+    let client = bidder(&node, "bidder-2").await;
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
+    let node = QuicNode::start(limits()).await;
+    let other_dir = node.dir.path().join("other-ca");
+    let other = dev::generate(&other_dir, &dev::DevCertOptions::default()).unwrap();
+    let identity = gavel_transport::Identity::from_uri("gavel://bidder/bidder-1").unwrap();
+    let stranger = other.client(&identity).unwrap();
+    // Trusts the node's CA, but presents a certificate the node's CA never signed.
+    let mut config = ClientConfig::from_cert_files(
+        node.addr,
+        "localhost",
+        &node.certs.ca_cert,
+        &stranger.cert,
+        &stranger.key,
+    )
+    .unwrap();
+    config.connect_timeout = Duration::from_secs(2);
+    let failures = r#"gavel_tls_handshake_failures_total{transport="quic",reason="tls"}"#;
+    let before = metric(failures);
+    let error = Client::connect(config).await.unwrap_err();
+    assert!(matches!(error, ConnectError::Connection(_)), "{error:?}");
+    // The node counts the failure as its handshake task ends, maybe after the client saw it.
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while metric(failures) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed handshake is counted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The node's own bidders are unaffected.
+    let client = bidder(&node, "bidder-1").await;
+    client.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_are_recovered_by_an_idempotent_retry_after_reconnecting() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let relay = UdpRelay::start(node.addr).await;
+    let client = Client::connect(quick_to_reconnect(&node, &relay))
+        .await
+        .unwrap();
+    client.place_bid(Bid::new(1, 150)).await.unwrap();
+
+    // The outcome is lost: the bid reaches the node, the answer never comes back, the
+    // connection dies.
+    relay.set(RelayMode::DropAnswers);
+    let bid_id = random_bid_id();
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.place_bid(Bid::new(1, 400).with_id(bid_id)).await })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while node.view(1).bids_accepted < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bid never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let original_seq = node.view(1).seq;
+    relay.set(RelayMode::DropAll);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relay.set(RelayMode::Pass);
+    let placed = pending.await.unwrap().unwrap();
+    assert_eq!(placed.bid_id(), bid_id);
+    assert_eq!(placed.accepted().seq, original_seq);
+    assert_eq!(placed.accepted().price, 400);
+    assert_eq!(placed.durable().await.unwrap().seq, original_seq);
+    assert_eq!(
+        node.view(1).bids_accepted,
+        2,
+        "the retried bid counted once"
+    );
+
+    // The durable ack is lost: accepted, then the connection dies before the sync.
+    node.sync_gate.close();
+    let placed = client.place_bid(Bid::new(1, 600)).await.unwrap();
+    let seq = placed.accepted().seq;
+    relay.set(RelayMode::DropAll);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node.sync_gate.open();
+    relay.set(RelayMode::Pass);
+    assert_eq!(placed.durable().await.unwrap().seq, seq);
+    assert_eq!(node.view(1).bids_accepted, 3);
+    assert_eq!(node.view(1).price, Some(600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_durable_acks_then_closes() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let client = bidder(&node, "bidder-1").await;
+    node.sync_gate.close();
+    let mut placed = Vec::new();
+    for i in 0..5 {
+        placed.push(client.place_bid(Bid::new(1, 200 + 100 * i)).await.unwrap());
+    }
+    node.gateway.shutdown().cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!node.server.is_finished(), "durable acks are still due");
+    node.sync_gate.open();
+    for placed in placed {
+        let seq = placed.accepted().seq;
+        assert_eq!(placed.durable().await.unwrap().seq, seq);
+    }
+    let mut late = node.client_config("bidder", "bidder-2");
+    late.connect_timeout = Duration::from_millis(300);
+    tokio::time::timeout(WAIT_MAX, node.server)
+        .await
+        .expect("the listener stops after the drain")
+        .unwrap();
+    assert!(Client::connect(late).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let node = QuicNode::start(Limits {
+        connections_max: 1,
+        ..limits()
+    })
+    .await;
+    let first = bidder(&node, "bidder-1").await;
+    let refused = r#"gavel_connections_refused_total{transport="quic",reason="connections_max"}"#;
+    let before = metric(refused);
+    let mut config = node.client_config("bidder", "bidder-2");
+    config.connect_timeout = Duration::from_millis(500);
+    assert!(Client::connect(config).await.is_err());
+    assert!(metric(refused) > before);
+    first.ping().await.unwrap();
+    // The slot is free again once the first connection is gone.
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let mut config = node.client_config("bidder", "bidder-2");
+    config.connect_timeout = Duration::from_millis(500);
+    while Client::connect(config.clone()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_watcher_connects_when_allowed_but_may_not_bid() {
+    let node = QuicNode::start_with(limits(), true).await;
+    node.create_english(1);
+    let raw = node.raw_connection_as(None).await.unwrap();
+    let mut stream = raw.stream().await;
+    stream.write(&ping(1)).await;
+    assert_eq!(stream.read().await.unwrap().request_id, 1);
+    stream
+        .write(&pb::ClientMessage {
+            request_id: 2,
+            body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+                auction_id: 1,
+                amount: 150,
+                bid_id_lo: 9,
+                ..pb::PlaceBid::default()
+            })),
+        })
+        .await;
+    let answer = stream.read().await.unwrap();
+    let Some(Reply::BidOutcome(outcome)) = answer.body else {
+        panic!("{answer:?}")
+    };
+    let Some(pb::bid_outcome::Outcome::Rejected(rejected)) = outcome.outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(rejected.reason(), pb::RejectReason::Forbidden);
+    assert_eq!(node.view(1).bids_accepted, 0);
+
+    // Without anonymous watchers, a connection without a certificate fails.
+    let strict = QuicNode::start(limits()).await;
+    let refused = async {
+        let raw = strict.raw_connection_as(None).await?;
+        let (mut send, mut recv) = raw.connection.open_bi().await?;
+        let mut bytes = Vec::new();
+        gavel_proto::frame::encode(&ping(1), &mut bytes);
+        send.write_all(&bytes).await?;
+        recv.read_chunk(1024, true).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(refused.await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_tls_material_serves_new_connections() {
+    let node = QuicNode::start(limits()).await;
+    let old_config = node.client_config("bidder", "bidder-1");
+    let old = Client::connect(old_config.clone()).await.unwrap();
+    // A new CA, server and client certificates in the same files, then a reload.
+    let options = dev::DevCertOptions {
+        overwrite: true,
+        ..dev::DevCertOptions::default()
+    };
+    dev::generate(&node.certs.dir, &options).unwrap();
+    node.tls.reload().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let mut fresh = node.client_config("bidder", "bidder-1");
+    fresh.connect_timeout = Duration::from_millis(500);
+    loop {
+        match Client::connect(fresh.clone()).await {
+            Ok(client) => {
+                client.ping().await.unwrap();
+                break;
+            }
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e:?}"),
+        }
+    }
+    // Trusting only the old CA, a new connection fails; the open one keeps working.
+    let mut stale = old_config;
+    stale.connect_timeout = Duration::from_millis(500);
+    assert!(Client::connect(stale).await.is_err());
+    old.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_bids_from_several_clients_each_get_one_outcome_and_durable_ack() {
+    const CLIENTS: u64 = 4;
+    const BIDS: u64 = 200;
+    let node = QuicNode::start(limits()).await;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        node.create_english(c);
+        let client = bidder(&node, if c % 2 == 0 { "bidder-1" } else { "bidder-2" }).await;
+        tasks.push(tokio::spawn(async move {
+            let bids: Vec<_> = (0..BIDS)
+                .map(|i| {
+                    let client = client.clone();
+                    tokio::spawn(async move { client.place_bid(Bid::new(c, 200 + 10 * i)).await })
+                })
+                .collect();
+            let mut accepted = 0_u64;
+            for bid in bids {
+                match bid.await.unwrap() {
+                    Ok(placed) => {
+                        let seq = placed.accepted().seq;
+                        assert_eq!(placed.durable().await.unwrap().seq, seq);
+                        accepted += 1;
+                    }
+                    // Spawned bids reach the stream in any order; a later, higher one may
+                    // come first.
+                    Err(BidError::TooLow { .. }) => {}
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+            (c, accepted)
+        }));
+    }
+    for task in tasks {
+        let (auction, accepted) = tokio::time::timeout(WAIT_MAX, task).await.unwrap().unwrap();
+        assert!(accepted >= 1);
+        assert_eq!(
+            node.view(auction).bids_accepted,
+            accepted,
+            "auction {auction}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_bid_times_out_and_the_client_recovers() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(1);
+    let relay = UdpRelay::start(node.addr).await;
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..quick_to_reconnect(&node, &relay)
+    };
+    let client = Client::connect(config).await.unwrap();
+    relay.set(RelayMode::DropAll);
+    assert_eq!(
+        client.place_bid(Bid::new(1, 150)).await.unwrap_err(),
+        BidError::Timeout
+    );
+    // A ping is not retried: it times out, or fails with the connection it was sent on.
+    let error = client.ping().await.unwrap_err();
+    assert!(
+        matches!(error, BidError::Timeout | BidError::Connection(_)),
+        "{error:?}"
+    );
+    relay.set(RelayMode::Pass);
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    let placed = loop {
+        match client.place_bid(Bid::new(1, 500)).await {
+            Ok(placed) => break placed,
+            Err(BidError::Timeout) => {
+                assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(placed.accepted().price, 500);
+}
