@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use gavel_transport::Gateway;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
+use gavel_transport::quic;
 use gavel_transport::tls::{self, ServerTls, TlsPaths};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -136,6 +137,8 @@ pub fn run(options: ServeOptions) -> Result<()> {
         let shutdown = CancellationToken::new();
         let server = start(config, shutdown.clone()).await?;
         tokio::spawn(cancel_on_signal(shutdown));
+        // One line on stdout for scripts and tests (ports may be chosen by the OS).
+        println!("{}", server.listening_line());
         server.wait().await
     })
 }
@@ -240,6 +243,21 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     let node = Arc::new(node);
     gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
     metrics::gauge!("gavel_ready").set(1.0);
+    // QUIC opens once ready: a bidder that connects can bid at once.
+    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
+        .context("opening the QUIC listener")?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("the QUIC listener's address")?;
+    // Half the deadline for draining connections leaves the rest for the final snapshot
+    // and the log flush.
+    tasks.push(tokio::spawn(quic::serve_quic(
+        endpoint,
+        Arc::clone(&gateway),
+        Some(tls.clone()),
+        config.shutdown_deadline / 2,
+    )));
+    tracing::info!(quic = %quic_addr, https = %https_addr, "ready");
     tasks.push(tokio::spawn(refresh_gauges(
         Arc::clone(&node),
         shutdown.clone(),
@@ -253,7 +271,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     Ok(Server {
         gateway,
         tls,
-        quic_addr: None,
+        quic_addr: Some(quic_addr),
         https_addr: Some(https_addr),
         metrics_addr,
         node,
@@ -264,6 +282,18 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
 }
 
 impl Server {
+    /// `listening quic=<addr> https=<addr> metrics=<addr|off>`, the line `gavel serve`
+    /// prints on stdout once ready.
+    pub fn listening_line(&self) -> String {
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        format!(
+            "listening quic={} https={} metrics={}",
+            show(self.quic_addr),
+            show(self.https_addr),
+            show(self.metrics_addr)
+        )
+    }
+
     /// The durable node behind the gateway.
     pub fn node(&self) -> &Arc<Node> {
         &self.node

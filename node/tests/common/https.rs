@@ -167,27 +167,7 @@ impl TestNode {
         who: Option<&str>,
         alpn: &[&[u8]],
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let client = who.map(|who| {
-            let identity = Identity::from_uri(&format!("gavel://{who}")).unwrap();
-            self.certs
-                .client(&identity)
-                .expect("a dev certificate")
-                .clone()
-        });
-        let config = client_config(
-            &self.certs.ca_cert,
-            client.as_ref().map(|c| (c.cert.as_path(), c.key.as_path())),
-            alpn,
-        )
-        .unwrap();
-        let tcp = TcpStream::connect(self.addr).await?;
-        let name = ServerName::try_from("localhost").unwrap();
-        tokio::time::timeout(
-            WAIT,
-            TlsConnector::from(Arc::new(config)).connect(name, tcp),
-        )
-        .await
-        .expect("handshake in time")
+        try_tls_to(self.addr, &self.certs, who, alpn).await
     }
 
     /// One HTTP/1.1 request as `who`; returns status, headers and body.
@@ -198,28 +178,7 @@ impl TestNode {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let stream = self.tls(who, &[b"http/1.1"]).await;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost");
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let response = tokio::time::timeout(WAIT, sender.send_request(request))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, body)
+        request_to(self.addr, &self.certs, who, method, path, body).await
     }
 
     /// One HTTP/2 `GET` as `who`; returns status and body.
@@ -307,4 +266,69 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
         .unwrap();
     let (parts, body) = response.into_parts();
     (parts.status, body.collect().await.unwrap().to_bytes())
+}
+
+/// A TLS connection to the HTTPS port at `addr` as `who` (`"admin/admin"`, …; `None`: no
+/// client certificate) with the development PKI `certs`, offering `alpn`; or the
+/// handshake's error.
+pub async fn try_tls_to(
+    addr: SocketAddr,
+    certs: &DevCerts,
+    who: Option<&str>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let client = who.map(|who| {
+        let identity = Identity::from_uri(&format!("gavel://{who}")).unwrap();
+        certs.client(&identity).expect("a dev certificate").clone()
+    });
+    let config = client_config(
+        &certs.ca_cert,
+        client.as_ref().map(|c| (c.cert.as_path(), c.key.as_path())),
+        alpn,
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        WAIT,
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+}
+
+/// One HTTP/1.1 request to the HTTPS port at `addr` as `who`; returns status, headers and
+/// body.
+pub async fn request_to(
+    addr: SocketAddr,
+    certs: &DevCerts,
+    who: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let stream = try_tls_to(addr, certs, who, &[b"http/1.1"])
+        .await
+        .expect("handshake succeeds");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
 }

@@ -173,13 +173,14 @@ pub(super) fn upgrade<B: Backend>(
         );
     };
     if let Some(origin) = headers.get(header::ORIGIN)
-        && !origin_allowed(origin, &server.options.allowed_origins) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                "this Origin may not open WebSockets on this node",
-            );
-        }
+        && !origin_allowed(origin, &server.options.allowed_origins)
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin may not open WebSockets on this node",
+        );
+    }
     let Some(codec) = Codec::negotiate(headers) else {
         return refuse(
             StatusCode::BAD_REQUEST,

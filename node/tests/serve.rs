@@ -1,0 +1,247 @@
+//! `gavel serve` as a process, the way an operator runs it: `--dev` certificates generated on
+//! first run, the bound addresses printed on stdout, an auction created through the admin
+//! API, a bid placed with the SDK over QUIC (accepted, then durable), metrics on the plain
+//! port, SIGTERM stopping it gracefully, and a restart recovering what was durable; plus
+//! configuration mistakes refused at start with a message naming them.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::https::{WAIT, request_to};
+use gavel_client::{Bid, Client, ClientConfig};
+use gavel_transport::tls::dev;
+use hyper::StatusCode;
+
+/// A running `gavel serve` child and the addresses it printed.
+struct Served {
+    child: Child,
+    quic: SocketAddr,
+    https: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gavel serve --dev` on `data_dir` with OS-chosen ports; waits for its
+/// `listening …` line.
+fn serve(data_dir: &Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shutdown-deadline-ms",
+            "8000",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gavel starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a listening line");
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    Served {
+        quic: addr("quic="),
+        https: addr("https="),
+        metrics: addr("metrics="),
+        child,
+    }
+}
+
+/// Sends SIGTERM and waits for the exit; returns its stderr.
+fn terminate(mut served: Served) -> String {
+    let pid = served.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "gavel serve did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(served.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status:?}; stderr:\n{stderr}");
+    stderr
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = common::https::plain_get(addr, path).await;
+    assert_eq!(status, StatusCode::OK, "{path}");
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_dev_takes_bids_stops_on_sigterm_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let served = serve(&data_dir);
+    let certs_dir = data_dir.join("certs");
+    let certs = dev::ensure(&certs_dir).unwrap();
+
+    let (status, _, body) = request_to(served.https, &certs, None, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+
+    // An auction through the admin API (admin certificate), durable before the 201.
+    let start = now_us();
+    let create = format!(
+        r#"{{"rules":{{"auctionId":"42","topic":"energy.eu.de.block-42","english":{{"startPrice":"100"}},"startsAtUs":"{start}","endsAtUs":"{}"}}}}"#,
+        start + 600_000_000
+    );
+    let (status, _, body) = request_to(
+        served.https,
+        &certs,
+        Some("admin/admin"),
+        "POST",
+        "/v1/auctions",
+        Some(create.clone().into_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    // A bidder may not create auctions.
+    let (status, _, _) = request_to(
+        served.https,
+        &certs,
+        Some("bidder/bidder-1"),
+        "POST",
+        "/v1/auctions",
+        Some(create.into_bytes()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A bid over QUIC with the SDK and the generated bidder certificate.
+    let config = ClientConfig::from_cert_dir(served.quic, &certs_dir, "bidder-1").unwrap();
+    let client = tokio::time::timeout(WAIT, Client::connect(config.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let bid_id = 0x5eed_u128;
+    let placed = client
+        .place_bid(Bid::new(42, 150).with_id(bid_id))
+        .await
+        .unwrap();
+    let seq = placed.accepted().seq;
+    assert_eq!(placed.accepted().price, 150);
+    let durable = placed.durable().await.unwrap();
+    assert_eq!(durable.seq, seq);
+    client.close().await;
+
+    let metrics = plain_get(served.metrics, "/metrics").await;
+    assert!(
+        metrics.contains(r#"gavel_bids_total{transport="quic",result="accepted",reason="none"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gavel_build_info{"), "{metrics}");
+    assert!(metrics.contains("gavel_ready 1"), "{metrics}");
+
+    let stderr = terminate(served);
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+
+    // The restart recovers the auction and the bid; a retry of the bid is answered with
+    // its original outcome.
+    let served = serve(&data_dir);
+    let (status, _, body) = request_to(
+        served.https,
+        &certs,
+        Some("watcher/watcher-1"),
+        "GET",
+        "/v1/auctions/42",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let auction: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(auction["price"], "150", "{auction}");
+    assert_eq!(auction["leader"], "bidder-1", "{auction}");
+    let config = ClientConfig::from_cert_dir(served.quic, &certs_dir, "bidder-1").unwrap();
+    let client = Client::connect(config).await.unwrap();
+    let retry = client.place_bid(Bid::new(42, 150).with_id(bid_id)).await;
+    match retry {
+        Err(gavel_client::BidError::Duplicate { original }) => assert_eq!(original.seq, seq),
+        other => panic!("a retry after the restart got {other:?}"),
+    }
+    client.close().await;
+    terminate(served);
+}
+
+#[test]
+fn configuration_mistakes_stop_the_start_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gavel"));
+        command
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[], &[]);
+    assert!(err.contains("no TLS material"), "{err}");
+    let err = run(&["--dev"], &[("GAVEL_IDLE_TIMEOUT", "5")]);
+    assert!(err.contains("GAVEL_IDLE_TIMEOUT"), "{err}");
+    let toml = dir.path().join("gavel.toml");
+    std::fs::write(&toml, "dev = true\nconnections_maximum = 3\n").unwrap();
+    let err = run(&["--config", toml.to_str().unwrap()], &[]);
+    assert!(err.contains("connections_maximum"), "{err}");
+    let err = run(&["--dev", "--connections-max", "0"], &[]);
+    assert!(err.contains("connections_max"), "{err}");
+    // A port in use is named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let err = run(
+        &[
+            "--dev",
+            "--https-listen",
+            &port,
+            "--quic-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(err.contains(&port), "{err}");
+}
