@@ -449,6 +449,28 @@ impl Engine {
         ids.iter().map(|a| a.view(now)).collect()
     }
 
+    /// How many auctions are in each phase at `now`: `[scheduled, open, settled]` (the
+    /// order of [`Phase`](crate::Phase)). Lock-free (price words only), one pass over the
+    /// registry: for gauges, not for decisions — a concurrent close may be counted either
+    /// way.
+    pub fn phase_counts(&self, now: UnixMicros) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for shard in self.shards.iter() {
+            for auction in shard.auctions.load().values() {
+                let (_, closed) = auction.price();
+                let phase = if closed {
+                    2
+                } else if now < auction.spec().rules().starts_at {
+                    0
+                } else {
+                    1
+                };
+                counts[phase] += 1;
+            }
+        }
+        counts
+    }
+
     /// Auctions held.
     pub fn len(&self) -> usize {
         // Ordering: Relaxed; a statistic.

@@ -179,6 +179,29 @@ fn nothing_is_accepted_after_close_and_settlement_happens_once() {
 }
 
 #[test]
+fn phase_counts_follow_start_and_close() {
+    let w = World::new(rules(1, english(10)));
+    let later = AuctionRules {
+        starts_at: UnixMicros(END),
+        ends_at: UnixMicros(END + 1_000),
+        ..rules(2, english(10))
+    };
+    w.engine
+        .create_auction(
+            AuctionSpec::try_from(later).unwrap(),
+            UnixMicros(0),
+            &w.sink,
+        )
+        .unwrap();
+    assert_eq!(w.engine.phase_counts(UnixMicros(0)), [2, 0, 0]);
+    assert_eq!(w.engine.phase_counts(UnixMicros(START)), [1, 1, 0]);
+    // Past its end but not yet closed by the timer: still open.
+    assert_eq!(w.engine.phase_counts(UnixMicros(END + 1)), [0, 2, 0]);
+    assert_eq!(w.close(END + 1), None);
+    assert_eq!(w.engine.phase_counts(UnixMicros(END + 1)), [0, 1, 1]);
+}
+
+#[test]
 fn sequence_numbers_are_contiguous_from_creation() {
     let mut w = World::new(rules(1, english(10)));
     assert_eq!(accepted(w.bid("a", 10, START)).seq, 2);

@@ -164,13 +164,58 @@ async fn serve_dev_takes_bids_stops_on_sigterm_and_recovers() {
     assert_eq!(durable.seq, seq);
     client.close().await;
 
-    let metrics = plain_get(served.metrics, "/metrics").await;
-    assert!(
-        metrics.contains(r#"gavel_bids_total{transport="quic",result="accepted",reason="none"} 1"#),
-        "{metrics}"
+    // /metrics parses as Prometheus text and counts what happened: one accepted bid, one
+    // durable ack, one refused admin request, one open auction.
+    let text = plain_get(served.metrics, "/metrics").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let matching: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .collect();
+        assert!(!matching.is_empty(), "no {name} {labels:?} in\n{text}");
+        matching.iter().sum()
+    };
+    let accepted = [
+        ("transport", "quic"),
+        ("result", "accepted"),
+        ("reason", "none"),
+    ];
+    assert_eq!(value("gavel_bids_total", &accepted), 1.0);
+    assert_eq!(
+        value("gavel_durable_acks_total", &[("transport", "quic")]),
+        1.0
     );
-    assert!(metrics.contains("gavel_build_info{"), "{metrics}");
-    assert!(metrics.contains("gavel_ready 1"), "{metrics}");
+    assert_eq!(
+        value(
+            "gavel_admin_requests_total",
+            &[("method", "POST"), ("status", "403")]
+        ),
+        1.0
+    );
+    assert_eq!(value("gavel_build_info", &[]), 1.0);
+    assert_eq!(value("gavel_ready", &[]), 1.0);
+    // Gauges refresh every second.
+    let started = Instant::now();
+    loop {
+        let text = plain_get(served.metrics, "/metrics").await;
+        if text.contains(r#"gavel_auctions{state="open"} 1"#) {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no open auction in the gauges:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let stderr = terminate(served);
     assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");

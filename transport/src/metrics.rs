@@ -16,7 +16,8 @@ pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
 /// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`,
 /// `handshake`: a refused WebSocket handshake).
 pub const REQUEST_ERRORS: &str = "gavel_request_errors_total";
-/// Open connections, by `transport`.
+/// Open connections, by `transport` and `role` (`bidder`, `device`, `admin`, `watcher`,
+/// `anonymous`).
 pub const CONNECTIONS: &str = "gavel_connections";
 /// Connections accepted, by `transport`.
 pub const CONNECTIONS_ACCEPTED: &str = "gavel_connections_accepted_total";
@@ -51,7 +52,10 @@ pub fn describe() {
         REQUEST_ERRORS,
         "Requests refused before reaching the engine, by transport and reason."
     );
-    describe_gauge!(CONNECTIONS, "Open client connections, by transport.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open client connections, by transport and role."
+    );
     describe_counter!(
         CONNECTIONS_ACCEPTED,
         "Client connections accepted, by transport."
@@ -75,6 +79,11 @@ pub fn describe() {
 /// Sets [`BUILD_INFO`] (idempotent).
 pub fn build_info() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// The `role` label of a connection: its certificate's role, or `anonymous`.
+pub fn role_label(identity: Option<&crate::Identity>) -> &'static str {
+    identity.map_or("anonymous", |i| i.role.as_str())
 }
 
 /// The label value of a bid outcome's reason.

@@ -298,7 +298,7 @@ async fn serve_connection<B: Backend>(
     };
     tracing::debug!(%remote, identity = ?identity.as_ref().map(ToString::to_string), "QUIC connection open");
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
-    let open = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT);
+    let open = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(identity.as_ref()));
     open.increment(1.0);
 
     let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT);

@@ -216,6 +216,53 @@ async fn a_certificate_from_another_ca_is_rejected() {
     }
 }
 
+/// A bidder certificate from the development CA in `certs` that expired an hour ago (valid
+/// for one day before that), written next to the others.
+fn expired_bidder_certificate(certs: &DevCerts) -> dev::ClientCert {
+    let ca_key = std::fs::read_to_string(&certs.ca_key).unwrap();
+    let ca_cert = std::fs::read_to_string(&certs.ca_cert).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_cert, rcgen::KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let identity = identity("bidder/expired-1");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(identity.uri()).unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now - time::Duration::hours(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (certs.dir.join("expired.pem"), certs.dir.join("expired.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    dev::ClientCert {
+        identity,
+        cert: cert_path,
+        key: key_path,
+    }
+}
+
+#[tokio::test]
+async fn an_expired_client_certificate_is_rejected() {
+    let (_dir, certs) = pki();
+    let expired = expired_bidder_certificate(&certs);
+    for anonymous_watchers in [false, true] {
+        let server = serve(ServerTls::load(certs.tls_paths(), anonymous_watchers).unwrap()).await;
+        let reason = refused(&server, client_as(&certs, Some(&expired))).await;
+        assert!(reason.contains("certificate expired"), "{reason}");
+        // The same CA's valid certificate still gets in.
+        assert_eq!(
+            peer(&server, client(&certs, Some("bidder/bidder-1")))
+                .await
+                .unwrap(),
+            "bidder/bidder-1"
+        );
+    }
+}
+
 #[tokio::test]
 async fn no_certificate_is_rejected_unless_anonymous_watchers_are_allowed() {
     let (_dir, certs) = pki();

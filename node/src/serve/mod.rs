@@ -456,7 +456,13 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
             _ = interval.tick() => {}
         }
         let wal = node.wal().metrics();
-        metrics::gauge!("gavel_auctions").set(node.engine().len() as f64);
+        let [scheduled, open, settled] = node
+            .engine()
+            .phase_counts(gavel_transport::session::now_micros());
+        metrics::gauge!("gavel_auctions", "state" => "scheduled").set(scheduled as f64);
+        metrics::gauge!("gavel_auctions", "state" => "open").set(open as f64);
+        metrics::gauge!("gavel_auctions", "state" => "settled").set(settled as f64);
+        metrics::gauge!("gavel_wal_last_batch_records").set(wal.last_batch_records as f64);
         metrics::gauge!("gavel_wal_durable_lsn").set(wal.durable_lsn as f64);
         metrics::gauge!("gavel_wal_appended_lsn").set(node.wal().last_appended_lsn() as f64);
         metrics::gauge!("gavel_wal_queue_records").set(wal.queue_records as f64);

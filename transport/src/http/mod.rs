@@ -396,7 +396,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
-    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT);
+    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
     gauge.increment(1.0);
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, "HTTPS connection");
     let peer_remote = peer.remote;

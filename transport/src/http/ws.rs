@@ -306,7 +306,7 @@ async fn run<B: Backend, S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
-    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT);
+    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
     gauge.increment(1.0);
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, codec = codec.name(), "WebSocket open");
 
