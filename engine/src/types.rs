@@ -634,6 +634,23 @@ pub enum Rejection {
     Forbidden,
 }
 
+impl Rejection {
+    /// A short snake_case name of the reason, for metric labels and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rejection::TooLow { .. } => "too_low",
+            Rejection::NotOpen => "not_open",
+            Rejection::Closed => "closed",
+            Rejection::UnknownAuction => "unknown_auction",
+            Rejection::Duplicate { .. } => "duplicate",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::Overloaded { .. } => "overloaded",
+            Rejection::Invalid => "invalid",
+            Rejection::Forbidden => "forbidden",
+        }
+    }
+}
+
 /// The outcome of one bid.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum BidOutcome {

@@ -255,17 +255,7 @@ fn demo_rules(i: u64, epoch: u64) -> Result<AuctionSpec> {
 }
 
 fn rejection_name(r: &Rejection) -> &'static str {
-    match r {
-        Rejection::TooLow { .. } => "too_low",
-        Rejection::NotOpen => "not_open",
-        Rejection::Closed => "closed",
-        Rejection::UnknownAuction => "unknown_auction",
-        Rejection::Duplicate { .. } => "duplicate",
-        Rejection::RateLimited => "rate_limited",
-        Rejection::Overloaded { .. } => "overloaded",
-        Rejection::Invalid => "invalid",
-        Rejection::Forbidden => "forbidden",
-    }
+    r.name()
 }
 
 /// Per-thread tallies.

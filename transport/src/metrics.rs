@@ -96,17 +96,7 @@ pub fn outcome_labels(outcome: &BidOutcome) -> (&'static str, &'static str) {
 
 /// The label value of a rejection.
 pub fn rejection_label(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::TooLow { .. } => "too_low",
-        Rejection::NotOpen => "not_open",
-        Rejection::Closed => "closed",
-        Rejection::UnknownAuction => "unknown_auction",
-        Rejection::Duplicate { .. } => "duplicate",
-        Rejection::RateLimited => "rate_limited",
-        Rejection::Overloaded { .. } => "overloaded",
-        Rejection::Invalid => "invalid",
-        Rejection::Forbidden => "forbidden",
-    }
+    rejection.name()
 }
 
 /// Counts a request refused before the engine.

@@ -78,9 +78,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admin::{AdminError, EPOCH, LIST_LIMIT_DEFAULT};
@@ -235,22 +236,9 @@ pub async fn serve_tls<B: Backend>(
     let local = listener.local_addr().ok();
     tracing::info!(?local, "HTTPS listener serving");
     let shutdown = server.gateway.shutdown().clone();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = server.gateway.try_connection() else {
-            refuse(TRANSPORT, "connections_max", remote);
-            continue;
-        };
+    while let Some((tcp, remote, permit)) =
+        accept_within_limit(&listener, &server.gateway, &shutdown, TRANSPORT).await
+    {
         let Some(handshake) = server.gateway.try_handshake() else {
             refuse(TRANSPORT, "handshakes_pending_max", remote);
             continue;
@@ -324,22 +312,9 @@ pub async fn serve_metrics<B: Backend>(
         tasks: TaskTracker::new(),
     });
     let shutdown = server.gateway.shutdown().clone();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed (metrics listener)");
-                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(permit) = server.gateway.try_connection() else {
-            refuse(TRANSPORT_METRICS, "connections_max", remote);
-            continue;
-        };
+    while let Some((tcp, _remote, permit)) =
+        accept_within_limit(&listener, &server.gateway, &shutdown, TRANSPORT_METRICS).await
+    {
         let server_for_task = Arc::clone(&server);
         server.tasks.spawn(async move {
             let server = server_for_task;
@@ -446,6 +421,34 @@ where
         tracing::debug!(error = %e, "HTTPS connection ended with an error");
     }
     gauge.decrement(1.0);
+}
+
+/// The next TCP connection that gets a `connections_max` permit (refusing and counting the
+/// ones that do not), or `None` once the node shuts down. Accept errors (e.g. out of file
+/// descriptors) are logged and retried after a pause.
+async fn accept_within_limit<B: Backend>(
+    listener: &TcpListener,
+    gateway: &Gateway<B>,
+    shutdown: &CancellationToken,
+    transport: &'static str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(transport, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            },
+        };
+        match gateway.try_connection() {
+            Some(permit) => return Some((tcp, remote, permit)),
+            None => refuse(transport, "connections_max", remote),
+        }
+    }
 }
 
 fn refuse(transport: &'static str, reason: &'static str, remote: SocketAddr) {
