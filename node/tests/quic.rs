@@ -80,18 +80,26 @@ async fn a_bid_is_accepted_then_durable_and_rejections_are_typed() {
             original: accepted.clone()
         }
     );
-    // A zero amount never reaches the engine.
-    let error = client.place_bid(Bid::new(1, 0)).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            BidError::Server {
-                code: pb::ErrorCode::InvalidArgument,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    // A zero amount, an amount above 2^62 - 1 and a proxy maximum below the amount never
+    // reach the engine.
+    for bad in [
+        Bid::new(1, 0),
+        Bid::new(1, 1 << 62),
+        Bid::new(1, u64::MAX),
+        Bid::new(1, 500).with_max(400),
+    ] {
+        let error = client.place_bid(bad).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                BidError::Server {
+                    code: pb::ErrorCode::InvalidArgument,
+                    ..
+                }
+            ),
+            "{bad:?}: {error:?}"
+        );
+    }
     // Pipelined bids from clones of one client, each higher than the last.
     let bids = (0..20_u64).map(|i| {
         let client = client.clone();
