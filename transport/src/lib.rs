@@ -13,6 +13,8 @@
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
 //!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
+//! - [`fanout`]: live price streams — topic patterns and the subscription trie, and the
+//!   conflating feed of changed auctions from the bid path to the fan-out workers.
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
 //! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
 //!   certificates verified against the CA and its CRL, reloaded without restart;
@@ -25,6 +27,7 @@
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
 //! reached only through [`Backend`].
 
+pub mod fanout;
 pub mod gateway;
 pub mod http;
 pub mod identity;

@@ -1,0 +1,13 @@
+//! Live price streams: who is subscribed to what, and (in later slices) the change feed
+//! from the engine to the subscribed connections.
+//!
+//! - [`trie`]: [`Pattern`] (exact topics and `*`/`>` patterns, validated) and
+//!   [`TopicTrie`], the prefix trie that finds a topic's subscribers without a scan.
+//! - [`feed`]: [`DirtyFeed`], the conflating queue of changed auctions the bid path feeds
+//!   without waiting and the fan-out workers drain.
+
+pub mod feed;
+pub mod trie;
+
+pub use feed::DirtyFeed;
+pub use trie::{Pattern, PatternError, TopicTrie};
