@@ -33,6 +33,12 @@ pub struct Limits {
     pub subscriptions_per_connection_max: usize,
     /// Requests of one connection waiting for their durable ack.
     pub pending_durable_per_connection_max: usize,
+    /// Stream updates one connection may have queued and not yet written, in bytes (after
+    /// conflation); twice this is a hard bound.
+    pub outbound_bytes_max_per_connection: usize,
+    /// A connection over `outbound_bytes_max_per_connection` for this long is closed as a
+    /// slow consumer, in milliseconds.
+    pub slow_consumer_timeout_ms: u64,
     /// Sustained bids per second per bidder (token bucket refill rate), over all of the
     /// bidder's connections.
     pub bids_per_second_per_bidder: u32,
@@ -56,6 +62,8 @@ impl Default for Limits {
             streams_per_connection_max: 16,
             subscriptions_per_connection_max: 256,
             pending_durable_per_connection_max: 4096,
+            outbound_bytes_max_per_connection: 1024 * 1024,
+            slow_consumer_timeout_ms: 5_000,
             bids_per_second_per_bidder: 100_000,
             bid_burst_per_bidder: 10_000,
             idle_timeout_ms: 60_000,
@@ -83,6 +91,11 @@ impl Limits {
                 self.pending_durable_per_connection_max as u64,
             ),
             (
+                "outbound_bytes_max_per_connection",
+                self.outbound_bytes_max_per_connection as u64,
+            ),
+            ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
+            (
                 "bids_per_second_per_bidder",
                 u64::from(self.bids_per_second_per_bidder),
             ),
@@ -108,6 +121,11 @@ impl Limits {
     /// [`Limits::idle_timeout_ms`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// [`Limits::slow_consumer_timeout_ms`] as a duration.
+    pub fn slow_consumer_timeout(&self) -> Duration {
+        Duration::from_millis(self.slow_consumer_timeout_ms)
     }
 
     /// [`Limits::handshake_timeout_ms`] as a duration.

@@ -135,6 +135,20 @@ pub struct ServeOptions {
     )]
     pub pending_durable_per_connection_max: Option<usize>,
 
+    /// Stream updates one connection may have queued and not written, in bytes; twice this
+    /// is a hard bound. [default: 1048576]
+    #[arg(
+        long,
+        env = "GAVEL_OUTBOUND_BYTES_MAX_PER_CONNECTION",
+        value_name = "BYTES"
+    )]
+    pub outbound_bytes_max_per_connection: Option<usize>,
+
+    /// Close a stream connection over its outbound bound for this long, in milliseconds.
+    /// [default: 5000]
+    #[arg(long, env = "GAVEL_SLOW_CONSUMER_TIMEOUT_MS", value_name = "MS")]
+    pub slow_consumer_timeout_ms: Option<u64>,
+
     /// Sustained bids per second per bidder, over all its connections. [default: 100000]
     #[arg(
         long,
@@ -286,6 +300,7 @@ impl ServeOptions {
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
             subscriptions_per_connection_max, pending_durable_per_connection_max,
+            outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
@@ -379,6 +394,12 @@ impl ServeOptions {
             pending_durable_per_connection_max: self
                 .pending_durable_per_connection_max
                 .unwrap_or(defaults.pending_durable_per_connection_max),
+            outbound_bytes_max_per_connection: self
+                .outbound_bytes_max_per_connection
+                .unwrap_or(defaults.outbound_bytes_max_per_connection),
+            slow_consumer_timeout_ms: self
+                .slow_consumer_timeout_ms
+                .unwrap_or(defaults.slow_consumer_timeout_ms),
             bids_per_second_per_bidder: self
                 .bids_per_second_per_bidder
                 .unwrap_or(defaults.bids_per_second_per_bidder),
