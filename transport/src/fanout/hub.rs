@@ -1,0 +1,402 @@
+//! The fan-out hub: the node's subscription registry and the delivery of an auction's
+//! current state to every connection whose subscriptions match its topic.
+//!
+//! - [`Hub`]: the [`DirtyFeed`] the bid path marks, the [`TopicTrie`] of subscriptions, and
+//!   [`Hub::publish`], which a fan-out worker calls for each drained auction: one read of
+//!   the auction's view, one trie lookup, one push per matching [`Subscriber`] outbox.
+//! - [`Subscriber`]: one connection's side — its [`Outbox`] and the wake-up its writer
+//!   waits on.
+//! - [`SubscribeError`]: why a subscription was refused (`BAD_TOPIC`, `LIMIT_EXCEEDED`).
+//!
+//! Locks: the registry is a std `RwLock` written only by (un)subscribes; `publish` holds
+//! its read side for the trie lookup only (collecting `Arc`s), never while pushing into
+//! outboxes. Each outbox has its own std mutex, held for one push or one `take_due`, never
+//! across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use gavel_engine::{AuctionId, Engine, UnixMicros};
+use gavel_proto::pb;
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use crate::fanout::feed::DirtyFeed;
+use crate::fanout::outbox::{Outbox, Pushed};
+use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
+use crate::limits::Limits;
+
+/// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
+/// it never loses state and the epoch stays 1.
+pub const STREAM_EPOCH: u64 = 1;
+
+/// Why a subscription was refused; nothing changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
+pub enum SubscribeError {
+    /// A topic or pattern was malformed (`BAD_TOPIC`).
+    #[error("bad topic or pattern: {0}")]
+    BadTopic(#[from] PatternError),
+    /// The connection would hold more than `subscriptions_per_connection_max`
+    /// (`LIMIT_EXCEEDED`).
+    #[error("more than {subscriptions_max} subscriptions on one connection")]
+    TooMany {
+        /// The limit.
+        subscriptions_max: usize,
+    },
+}
+
+/// Which way [`Hub::change`] changes a connection's subscriptions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Change {
+    /// `Subscribe`: add them.
+    Add,
+    /// `Unsubscribe`: remove them.
+    Remove,
+}
+
+/// One subscriber connection as the hub sees it.
+#[derive(Debug)]
+pub struct Subscriber {
+    id: u64,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    patterns: Mutex<HashSet<Pattern>>,
+}
+
+impl Subscriber {
+    /// The connection's outbox; lock it for one push or one `take_due`, never across an
+    /// `.await`.
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox
+            .lock()
+            .expect("outbox mutex poisoned: nothing panics while holding it")
+    }
+
+    /// Resolves once something was pushed since the last wake-up (the writer then takes
+    /// what is due).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Subscriptions held.
+    pub fn subscriptions(&self) -> usize {
+        self.patterns().len()
+    }
+
+    fn patterns(&self) -> MutexGuard<'_, HashSet<Pattern>> {
+        self.patterns
+            .lock()
+            .expect("patterns mutex poisoned: nothing panics while holding it")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    trie: TopicTrie<u64>,
+    subscribers: HashMap<u64, Arc<Subscriber>>,
+}
+
+/// The node's fan-out: dirty feed, subscriptions, delivery.
+#[derive(Debug)]
+pub struct Hub {
+    feed: DirtyFeed,
+    registry: RwLock<Registry>,
+    next_id: AtomicU64,
+    subscriptions_max: usize,
+    outbound_bytes_max: usize,
+    slow_after: Duration,
+}
+
+impl Hub {
+    /// A hub with `shards` fan-out shards, each dirty queue holding `queue_len_max` ids,
+    /// with the per-connection bounds of `limits`.
+    pub fn new(shards: usize, queue_len_max: usize, limits: &Limits) -> Hub {
+        Hub {
+            feed: DirtyFeed::new(shards, queue_len_max),
+            registry: RwLock::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            subscriptions_max: limits.subscriptions_per_connection_max,
+            outbound_bytes_max: limits.outbound_bytes_max_per_connection,
+            slow_after: limits.slow_consumer_timeout(),
+        }
+    }
+
+    /// The dirty feed: the bid path marks it, the workers drain it.
+    pub fn feed(&self) -> &DirtyFeed {
+        &self.feed
+    }
+
+    /// Registers a subscriber connection, paced at `interval`.
+    pub fn connect(&self, interval: Duration) -> Arc<Subscriber> {
+        // Ordering: Relaxed; only uniqueness matters.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscriber = Arc::new(Subscriber {
+            id,
+            outbox: Mutex::new(Outbox::new(
+                interval,
+                self.outbound_bytes_max,
+                self.slow_after,
+            )),
+            wake: Notify::new(),
+            patterns: Mutex::new(HashSet::new()),
+        });
+        self.registry_mut()
+            .subscribers
+            .insert(id, Arc::clone(&subscriber));
+        subscriber
+    }
+
+    /// Drops a connection and all its subscriptions.
+    pub fn disconnect(&self, subscriber: &Subscriber) {
+        let patterns: Vec<Pattern> = subscriber.patterns().drain().collect();
+        let mut registry = self.registry_mut();
+        for pattern in &patterns {
+            registry.trie.remove(pattern, subscriber.id);
+        }
+        registry.subscribers.remove(&subscriber.id);
+    }
+
+    /// Adds (`Subscribe`) or removes (`Unsubscribe`; unknown ones are ignored) exact
+    /// `topics` and `patterns` of a connection, all or none; returns how many
+    /// subscriptions it holds now.
+    pub fn change(
+        &self,
+        subscriber: &Subscriber,
+        change: Change,
+        topics: &[String],
+        patterns: &[String],
+    ) -> Result<usize, SubscribeError> {
+        let parsed: Vec<Pattern> = topics
+            .iter()
+            .map(|t| Pattern::exact(t))
+            .chain(patterns.iter().map(|p| Pattern::parse(p)))
+            .collect::<Result<_, _>>()?;
+        let mut held = subscriber.patterns();
+        if change == Change::Add {
+            let new = parsed.iter().filter(|p| !held.contains(*p)).count();
+            if held.len() + new > self.subscriptions_max {
+                return Err(SubscribeError::TooMany {
+                    subscriptions_max: self.subscriptions_max,
+                });
+            }
+        }
+        let mut registry = self.registry_mut();
+        for pattern in parsed {
+            match change {
+                Change::Add => {
+                    registry.trie.insert(&pattern, subscriber.id);
+                    held.insert(pattern);
+                }
+                Change::Remove => {
+                    if held.remove(&pattern) {
+                        registry.trie.remove(&pattern, subscriber.id);
+                    }
+                }
+            }
+        }
+        Ok(held.len())
+    }
+
+    /// Delivers the current state of auction `id` to every matching subscriber: one view,
+    /// one trie lookup, one outbox push each (conflated there). Returns how many outboxes
+    /// took it (queued or conflated).
+    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
+        let Some(view) = engine.view(id, now) else {
+            return 0;
+        };
+        let topic = view.spec.rules().topic.as_str();
+        let targets: Vec<Arc<Subscriber>> = {
+            let registry = self.registry();
+            registry
+                .trie
+                .subscribers(topic)
+                .iter()
+                .filter_map(|s| registry.subscribers.get(s).cloned())
+                .collect()
+        };
+        let update = pb::PriceUpdate {
+            auction_id: id.0,
+            topic: topic.to_owned(),
+            epoch: STREAM_EPOCH,
+            seq: view.seq,
+            price: view.price,
+            leader: view.leader.map(|l| l.as_str().to_owned()),
+            ends_at_us: view.ends_at.0,
+            bids_accepted: view.bids_accepted,
+            // The view does not carry the decision time of its latest change yet; `now`
+            // (when the state was read, at or after the decision) bounds it from above.
+            accepted_at_us: now.0,
+        };
+        let at = Instant::now();
+        let mut delivered = 0;
+        for subscriber in targets {
+            let pushed = subscriber.outbox().push_price(update.clone(), at);
+            if matches!(pushed, Pushed::Queued | Pushed::Conflated) {
+                delivered += 1;
+                subscriber.wake.notify_one();
+            }
+        }
+        delivered
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .expect("registry lock poisoned: nothing panics while holding it")
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry
+            .write()
+            .expect("registry lock poisoned: nothing panics while holding it")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gavel_engine::{
+        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, EngineConfig,
+        IncrementTable, Topic,
+    };
+    use gavel_proto::pb::server_message::Body as Reply;
+
+    use super::*;
+
+    fn engine_with(auctions: &[(u64, &str)]) -> Engine {
+        let engine = Engine::new(EngineConfig::default());
+        for (id, topic) in auctions {
+            let spec = AuctionSpec::try_from(AuctionRules {
+                id: AuctionId(*id),
+                topic: Topic::new(topic).unwrap(),
+                kind: AuctionKind::English {
+                    start_price: 100,
+                    increments: IncrementTable::default(),
+                },
+                reserve: None,
+                buy_now: None,
+                starts_at: UnixMicros(0),
+                ends_at: UnixMicros(1_000_000),
+                soft_close: None,
+            })
+            .unwrap();
+            engine
+                .create_auction(spec, UnixMicros(1), &DiscardSink)
+                .unwrap();
+        }
+        engine
+    }
+
+    fn bid(engine: &Engine, auction: u64, n: u128, amount: u64) {
+        let bid = Bid::new(
+            AuctionId(auction),
+            BidderId::new("b1").unwrap(),
+            BidId(n),
+            amount,
+            None,
+            UnixMicros(2),
+        )
+        .unwrap();
+        engine.place_bid(&bid, UnixMicros(2), &DiscardSink);
+    }
+
+    fn prices(subscriber: &Subscriber) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        subscriber
+            .outbox()
+            .take_due(Instant::now(), usize::MAX, &mut out);
+        out.iter()
+            .map(|m| match m.body.as_ref().unwrap() {
+                Reply::PriceUpdate(u) => (u.auction_id, u.price.unwrap()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publish_reaches_matching_subscribers_only_with_the_latest_price() {
+        let engine = engine_with(&[(1, "energy.eu.de"), (2, "energy.us.tx"), (3, "metals.cu")]);
+        let hub = Hub::new(2, 64, &Limits::default());
+        let eu = hub.connect(Duration::ZERO);
+        let all_energy = hub.connect(Duration::ZERO);
+        assert_eq!(
+            hub.change(&eu, Change::Add, &[], &["energy.eu.*".into()]),
+            Ok(1)
+        );
+        assert_eq!(
+            hub.change(
+                &all_energy,
+                Change::Add,
+                &["metals.cu".into()],
+                &["energy.>".into()]
+            ),
+            Ok(2)
+        );
+        for (n, amount) in [(1, 100), (2, 105), (3, 110)] {
+            bid(&engine, 1, n, amount);
+            hub.publish(&engine, AuctionId(1), UnixMicros(3));
+        }
+        bid(&engine, 2, 4, 100);
+        assert_eq!(hub.publish(&engine, AuctionId(2), UnixMicros(3)), 1);
+        assert_eq!(
+            hub.publish(&engine, AuctionId(9), UnixMicros(3)),
+            0,
+            "unknown"
+        );
+        assert_eq!(prices(&eu), vec![(1, 110)], "conflated to the latest");
+        let mut got = prices(&all_energy);
+        got.sort_unstable();
+        assert_eq!(got, vec![(1, 110), (2, 100)]);
+
+        assert_eq!(
+            hub.change(&all_energy, Change::Remove, &[], &["energy.>".into()]),
+            Ok(1)
+        );
+        bid(&engine, 1, 5, 115);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 1);
+        assert!(prices(&all_energy).is_empty());
+        hub.disconnect(&eu);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 0);
+        assert!(hub.registry().trie.len() == 1, "only metals.cu is left");
+    }
+
+    #[test]
+    fn subscriptions_are_validated_and_limited_all_or_nothing() {
+        let limits = Limits {
+            subscriptions_per_connection_max: 2,
+            ..Limits::default()
+        };
+        let hub = Hub::new(1, 64, &limits);
+        let s = hub.connect(Duration::ZERO);
+        assert_eq!(
+            hub.change(&s, Change::Add, &["a.*".into()], &[]),
+            Err(SubscribeError::BadTopic(PatternError::WildcardInTopic))
+        );
+        assert!(matches!(
+            hub.change(&s, Change::Add, &[], &["a.>.b".into()]),
+            Err(SubscribeError::BadTopic(PatternError::RestNotLast))
+        ));
+        assert_eq!(
+            hub.change(&s, Change::Add, &["a".into()], &["b.>".into()]),
+            Ok(2)
+        );
+        assert_eq!(
+            hub.change(&s, Change::Add, &["a".into()], &[]),
+            Ok(2),
+            "held already"
+        );
+        assert_eq!(
+            hub.change(&s, Change::Add, &[], &["c.*".into()]),
+            Err(SubscribeError::TooMany {
+                subscriptions_max: 2
+            })
+        );
+        assert_eq!(s.subscriptions(), 2);
+        assert_eq!(
+            hub.registry().trie.len(),
+            2,
+            "nothing of the refused request"
+        );
+    }
+}
