@@ -63,16 +63,7 @@ fn parse(body: &[u8]) -> Value {
 }
 
 async fn create(node: &TestNode, id: u64) -> Value {
-    let (status, _, body) = node
-        .request(ADMIN, "POST", "/v1/auctions", Some(english(id)))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&body)
-    );
-    parse(&body)
+    parse(&node.create_auction(english(id)).await)
 }
 
 /// The next data message of a socket, skipping control frames.

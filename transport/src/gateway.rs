@@ -1,6 +1,7 @@
 //! What every connection of a node shares: the engine behind the [`Backend`] (once recovery
 //! finished), the limits, the bidder rate limiter, the connection and handshake permits
-//! (`connections_max`, `handshakes_pending_max` over all transports), and the shutdown signal.
+//! (`connections_max`, `handshakes_pending_max` over all transports), the fan-out
+//! [`Hub`], and the shutdown signal.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -12,6 +13,8 @@ use gavel_engine::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::fanout::Hub;
+use crate::fanout::feed::FEED_QUEUE_LEN_MAX;
 use crate::limits::{BidRateLimiter, Limits};
 
 /// The durable engine as the transports see it. The node implements it over its engine and
@@ -57,6 +60,7 @@ pub struct Gateway<B> {
     rate: BidRateLimiter,
     connections: Arc<Semaphore>,
     handshakes: Arc<Semaphore>,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
 }
 
@@ -74,6 +78,12 @@ impl<B: Backend> Gateway<B> {
             )),
             handshakes: Arc::new(Semaphore::new(
                 limits.handshakes_pending_max.min(Semaphore::MAX_PERMITS),
+            )),
+            // One fan-out shard (worker) per core.
+            hub: Arc::new(Hub::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                FEED_QUEUE_LEN_MAX,
+                &limits,
             )),
             limits,
             shutdown,
@@ -98,6 +108,11 @@ impl<B: Backend> Gateway<B> {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The fan-out: subscriptions, the dirty feed, delivery.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// The per-bidder bid rate limiter.

@@ -30,6 +30,24 @@ pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
 /// Admin API requests, by `method`, `route` (the route template) and `status`.
 pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
 
+/// Dirty auctions whose state a fan-out worker read and published.
+pub const STREAM_UPDATES_PUBLISHED: &str = "gavel_stream_updates_published_total";
+/// Updates queued into subscriber outboxes (one per matching connection).
+pub const STREAM_UPDATES_QUEUED: &str = "gavel_stream_updates_queued_total";
+/// Updates written to subscriber sockets, by `transport`.
+pub const STREAM_UPDATES_DELIVERED: &str = "gavel_stream_updates_delivered_total";
+/// Price updates dropped as superseded by a later one before they were written, by
+/// `transport`.
+pub const STREAM_UPDATES_CONFLATED: &str = "gavel_stream_updates_conflated_total";
+/// Stream connections closed as slow consumers, by `transport`.
+pub const STREAM_SLOW_CONSUMERS: &str = "gavel_stream_slow_consumer_disconnects_total";
+/// Subscriptions (topics plus patterns) held, by `transport`.
+pub const STREAM_SUBSCRIPTIONS: &str = "gavel_stream_subscriptions";
+/// Bytes waiting in subscriber outboxes, by `transport`.
+pub const STREAM_QUEUE_BYTES: &str = "gavel_stream_queue_bytes";
+/// Decision (or state read) → written to the socket, for price updates, seconds.
+pub const STREAM_DELIVERY_SECONDS: &str = "gavel_stream_delivery_seconds";
+
 /// Always 1, labelled with the node's `version`.
 pub const BUILD_INFO: &str = "gavel_build_info";
 
@@ -72,6 +90,40 @@ pub fn describe() {
     describe_counter!(
         ADMIN_REQUESTS,
         "Admin API requests, by method, route template and status."
+    );
+    describe_counter!(
+        STREAM_UPDATES_PUBLISHED,
+        "Dirty auctions whose state a fan-out worker read and published."
+    );
+    describe_counter!(
+        STREAM_UPDATES_QUEUED,
+        "Stream updates queued into subscriber outboxes."
+    );
+    describe_counter!(
+        STREAM_UPDATES_DELIVERED,
+        "Stream updates written to subscriber sockets, by transport."
+    );
+    describe_counter!(
+        STREAM_UPDATES_CONFLATED,
+        "Price updates dropped as superseded before they were written, by transport."
+    );
+    describe_counter!(
+        STREAM_SLOW_CONSUMERS,
+        "Stream connections closed as slow consumers, by transport."
+    );
+    describe_gauge!(
+        STREAM_SUBSCRIPTIONS,
+        "Stream subscriptions (topics plus patterns) held, by transport."
+    );
+    describe_gauge!(
+        STREAM_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in subscriber outboxes, by transport."
+    );
+    describe_histogram!(
+        STREAM_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from a price update's state read to its write to the socket."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }

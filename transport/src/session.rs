@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gavel_engine::{BidOutcome, Rejection, UnixMicros};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gavel_engine::{AuctionId, BidOutcome, Engine, Rejection, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
 
+use crate::fanout::hub::{Change, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
 use crate::gateway::{Backend, DurableError, Gateway};
 use crate::identity::Identity;
 use crate::metrics;
@@ -53,6 +57,10 @@ pub struct Session<B> {
     identity: Option<Identity>,
     transport: &'static str,
     pending_durable: Arc<AtomicUsize>,
+    /// Whether the driver writes stream updates (`Subscribe` is served).
+    streams: bool,
+    /// The connection's fan-out side, from its first `Subscribe` on.
+    subscriber: Option<Arc<Subscriber>>,
 }
 
 /// A clone serves another stream of the same connection: same peer, and the same count of
@@ -64,6 +72,8 @@ impl<B> Clone for Session<B> {
             identity: self.identity.clone(),
             transport: self.transport,
             pending_durable: Arc::clone(&self.pending_durable),
+            streams: self.streams,
+            subscriber: self.subscriber.clone(),
         }
     }
 }
@@ -81,7 +91,21 @@ impl<B: Backend> Session<B> {
             identity,
             transport,
             pending_durable: Arc::new(AtomicUsize::new(0)),
+            streams: false,
+            subscriber: None,
         }
+    }
+
+    /// Serves `Subscribe`, `Unsubscribe` and `Resume`: for drivers that write the
+    /// subscriber's outbox ([`Session::subscriber`]) to the peer.
+    pub fn with_streams(mut self) -> Session<B> {
+        self.streams = true;
+        self
+    }
+
+    /// The connection's fan-out side, once it subscribed.
+    pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
+        self.subscriber.as_ref()
     }
 
     /// The peer's identity, if it presented a certificate.
@@ -131,6 +155,33 @@ impl<B: Backend> Session<B> {
                 });
                 None
             }
+            Some(Request::Subscribe(request)) if self.streams => {
+                self.subscribe(request_id, request, out);
+                None
+            }
+            Some(Request::Unsubscribe(request)) if self.streams => {
+                let subscriber = self.connect_subscriber(None);
+                let result = self.gateway.hub().change(
+                    &subscriber,
+                    Change::Remove,
+                    &request.topics,
+                    &request.patterns,
+                );
+                self.answer_subscription(request_id, result, out);
+                None
+            }
+            Some(Request::Resume(request)) if self.streams => {
+                let subscriber = self.connect_subscriber(None);
+                if let Some(backend) = self.gateway.backend() {
+                    resume(backend.engine(), &subscriber, &request.positions);
+                }
+                let subscriptions = u32::try_from(subscriber.subscriptions()).unwrap_or(u32::MAX);
+                out.push(pb::ServerMessage {
+                    request_id,
+                    body: Some(Reply::Subscribed(pb::Subscribed { subscriptions })),
+                });
+                None
+            }
             Some(Request::Subscribe(_) | Request::Unsubscribe(_) | Request::Resume(_)) => {
                 metrics::request_error(self.transport, "unsupported");
                 out.push(error_message(
@@ -139,6 +190,88 @@ impl<B: Backend> Session<B> {
                     "this node version serves bids only; price streams are not available yet",
                 ));
                 None
+            }
+        }
+    }
+
+    /// The connection's subscriber, registered with the hub on first use.
+    fn connect_subscriber(&mut self, interval_ms: Option<u32>) -> Arc<Subscriber> {
+        let interval = Duration::from_millis(u64::from(interval_ms.unwrap_or(0)));
+        match &self.subscriber {
+            Some(subscriber) => {
+                if interval_ms.is_some() {
+                    subscriber.outbox().set_interval(interval);
+                }
+                Arc::clone(subscriber)
+            }
+            None => {
+                let subscriber = self.gateway.hub().connect(interval);
+                self.subscriber = Some(Arc::clone(&subscriber));
+                subscriber
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        request_id: u64,
+        request: pb::Subscribe,
+        out: &mut Vec<pb::ServerMessage>,
+    ) {
+        let subscriber = self.connect_subscriber(Some(request.interval_ms));
+        let hub = Arc::clone(self.gateway.hub());
+        let result = hub.change(&subscriber, Change::Add, &request.topics, &request.patterns);
+        if !self.answer_subscription(request_id, result, out) {
+            return;
+        }
+        let Some(backend) = self.gateway.backend() else {
+            // Recovering: the snapshots come with the updates once auctions change.
+            return;
+        };
+        // Invariant: `change` just parsed the same texts without error.
+        let patterns = parse_request(&request.topics, &request.patterns).unwrap_or_default();
+        let mut positions = HashMap::new();
+        for position in &request.resume {
+            if position.epoch == STREAM_EPOCH {
+                positions.insert(AuctionId(position.auction_id), position.seq);
+            } else {
+                snapshot_required(&subscriber, AuctionId(position.auction_id));
+            }
+        }
+        hub.snapshots(
+            backend.engine(),
+            &subscriber,
+            &patterns,
+            &positions,
+            now_micros(),
+        );
+    }
+
+    /// Answers a subscription change; `false` if it was refused.
+    fn answer_subscription(
+        &self,
+        request_id: u64,
+        result: Result<usize, SubscribeError>,
+        out: &mut Vec<pb::ServerMessage>,
+    ) -> bool {
+        match result {
+            Ok(subscriptions) => {
+                out.push(pb::ServerMessage {
+                    request_id,
+                    body: Some(Reply::Subscribed(pb::Subscribed {
+                        subscriptions: u32::try_from(subscriptions).unwrap_or(u32::MAX),
+                    })),
+                });
+                true
+            }
+            Err(e) => {
+                let (reason, code) = match e {
+                    SubscribeError::BadTopic(_) => ("invalid_argument", pb::ErrorCode::BadTopic),
+                    SubscribeError::TooMany { .. } => ("limit", pb::ErrorCode::LimitExceeded),
+                };
+                metrics::request_error(self.transport, reason);
+                out.push(error_message(request_id, code, e.to_string()));
+                false
             }
         }
     }
@@ -209,6 +342,10 @@ impl<B: Backend> Session<B> {
         let started = Instant::now();
         let (outcome, receipt) = backend.place_bid(&bid, now_micros());
         let decided = Instant::now();
+        if matches!(outcome, BidOutcome::Accepted(_)) {
+            // After the change applied: the fan-out reads what this announces.
+            self.gateway.hub().changed(bid.auction());
+        }
         ::metrics::histogram!(metrics::BID_DECIDE_SECONDS).record(decided - started);
         let (result, reason) = metrics::outcome_labels(&outcome);
         ::metrics::counter!(metrics::BIDS, "transport" => self.transport, "result" => result, "reason" => reason)
@@ -271,6 +408,48 @@ impl<B: Backend> Session<B> {
         });
         None
     }
+}
+
+/// Queues `SnapshotRequired` and the auction's snapshot (when it exists) for a position of
+/// another epoch.
+fn snapshot_required(subscriber: &Subscriber, auction: AuctionId) {
+    let message = pb::ServerMessage {
+        request_id: 0,
+        body: Some(Reply::SnapshotRequired(pb::SnapshotRequired {
+            auction_id: auction.0,
+            epoch: STREAM_EPOCH,
+        })),
+    };
+    subscriber
+        .outbox()
+        .push_ordered(auction, message, Instant::now());
+}
+
+/// `Resume`: the current state of every listed auction that moved since its position.
+fn resume(engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosition]) {
+    let now = now_micros();
+    let at = Instant::now();
+    // Bounded by the request: a message holds at most `ws_message_bytes_max` of positions.
+    for position in positions {
+        let id = AuctionId(position.auction_id);
+        if position.epoch != STREAM_EPOCH {
+            snapshot_required(subscriber, id);
+        }
+        let Some(view) = engine.view(id, now) else {
+            continue;
+        };
+        if position.epoch != STREAM_EPOCH || view.seq > position.seq {
+            let snapshot = pb::ServerMessage {
+                request_id: 0,
+                body: Some(Reply::AuctionSnapshot(pb::AuctionSnapshot::from_view(
+                    &view,
+                    STREAM_EPOCH,
+                ))),
+            };
+            subscriber.outbox().push_ordered(id, snapshot, at);
+        }
+    }
+    subscriber.wake();
 }
 
 /// Decrements a connection's pending-durable count when its wait ends (or is dropped).

@@ -21,7 +21,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use gavel_engine::CloseReason;
 use gavel_transport::Gateway;
+use gavel_transport::fanout::Hub;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
 use gavel_transport::quic;
 use gavel_transport::tls::{self, ServerTls, TlsPaths};
@@ -262,8 +264,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         Arc::clone(&node),
         shutdown.clone(),
     )));
+    tasks.push(tokio::spawn(gavel_transport::fanout::worker::run(
+        Arc::clone(&gateway),
+    )));
     let closer = spawn_closer(
         Arc::clone(&node),
+        Arc::clone(gateway.hub()),
         config.close_tick,
         shutdown.clone(),
         tokio::runtime::Handle::current(),
@@ -384,6 +390,7 @@ async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
 /// not async); each settlement is announced once its records are durable.
 fn spawn_closer(
     node: Arc<Node>,
+    hub: Arc<Hub>,
     tick: Duration,
     shutdown: CancellationToken,
     runtime: tokio::runtime::Handle,
@@ -396,9 +403,16 @@ fn spawn_closer(
                     node.close_due(gavel_transport::session::now_micros(), CLOSE_PER_TICK_MAX);
                 for auction in closed {
                     let durable = node.durable(auction.receipt);
+                    let (node, hub) = (Arc::clone(&node), Arc::clone(&hub));
                     runtime.spawn(async move {
                         match durable.await {
                             Ok(_) => {
+                                hub.settled(
+                                    node.engine(),
+                                    auction.id,
+                                    CloseReason::EndReached,
+                                    gavel_transport::session::now_micros(),
+                                );
                                 let won = if auction.settlement.winner.is_some() {
                                     "yes"
                                 } else {

@@ -108,6 +108,7 @@ impl TestNode {
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
         options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
+        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
         let server = tokio::spawn(http::serve_https(
             listener,
             tls,
@@ -123,6 +124,11 @@ impl TestNode {
             shutdown,
             server,
         }
+    }
+
+    /// The node behind the gateway.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     /// Recovery finished: the gateway serves from the node.
@@ -179,6 +185,21 @@ impl TestNode {
         body: Option<Vec<u8>>,
     ) -> (StatusCode, HeaderMap, Bytes) {
         request_to(self.addr, &self.certs, who, method, path, body).await
+    }
+
+    /// `POST /v1/auctions` of `body` as the dev admin; asserts `201 Created` and returns
+    /// the body.
+    pub async fn create_auction(&self, body: Vec<u8>) -> Bytes {
+        let (status, _, body) = self
+            .request(Some("admin/admin"), "POST", "/v1/auctions", Some(body))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        body
     }
 
     /// One HTTP/2 `GET` as `who`; returns status and body.

@@ -14,16 +14,17 @@
 //! across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use gavel_engine::{AuctionId, Engine, UnixMicros};
+use gavel_engine::{AuctionId, AuctionView, CloseReason, Engine, Phase, UnixMicros};
 use gavel_proto::pb;
+use gavel_proto::pb::server_message::Body as Reply;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::fanout::feed::DirtyFeed;
+use crate::fanout::feed::{DirtyFeed, Marked};
 use crate::fanout::outbox::{Outbox, Pushed};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
@@ -31,6 +32,28 @@ use crate::limits::Limits;
 /// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
 /// it never loses state and the epoch stays 1.
 pub const STREAM_EPOCH: u64 = 1;
+
+/// Auctions read per page when a subscription scans for its snapshots.
+const SNAPSHOT_PAGE_MAX: usize = 1024;
+
+fn snapshot_message(view: &AuctionView) -> pb::ServerMessage {
+    pb::ServerMessage {
+        request_id: 0,
+        body: Some(Reply::AuctionSnapshot(pb::AuctionSnapshot::from_view(
+            view,
+            STREAM_EPOCH,
+        ))),
+    }
+}
+
+/// The exact `topics` and `patterns` of a `Subscribe` or `Unsubscribe`, parsed.
+pub fn parse_request(topics: &[String], patterns: &[String]) -> Result<Vec<Pattern>, PatternError> {
+    topics
+        .iter()
+        .map(|t| Pattern::exact(t))
+        .chain(patterns.iter().map(|p| Pattern::parse(p)))
+        .collect()
+}
 
 /// Why a subscription was refused; nothing changed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
@@ -63,6 +86,8 @@ pub struct Subscriber {
     outbox: Mutex<Outbox>,
     wake: Notify,
     patterns: Mutex<HashSet<Pattern>>,
+    /// Set when the outbox refused a push at its hard bound: close the connection now.
+    full: AtomicBool,
 }
 
 impl Subscriber {
@@ -78,6 +103,23 @@ impl Subscriber {
     /// what is due).
     pub async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Whether the connection must be closed as a slow consumer at `now`: its outbox hit
+    /// the hard bound, or stayed over the bound past the timeout.
+    pub fn is_slow(&self, now: Instant) -> bool {
+        // Ordering: Relaxed; a flag read by the connection's own writer, no data behind it.
+        self.full.load(Ordering::Relaxed) || self.outbox().is_slow(now)
+    }
+
+    fn mark_slow(&self) {
+        // Ordering: Relaxed; see `is_slow`.
+        self.full.store(true, Ordering::Relaxed);
+    }
+
+    /// Wakes the connection's writer (after pushing into its outbox directly).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Subscriptions held.
@@ -102,6 +144,8 @@ struct Registry {
 #[derive(Debug)]
 pub struct Hub {
     feed: DirtyFeed,
+    /// One wake-up per shard, for its worker.
+    wakers: Box<[Notify]>,
     registry: RwLock<Registry>,
     next_id: AtomicU64,
     subscriptions_max: usize,
@@ -113,8 +157,10 @@ impl Hub {
     /// A hub with `shards` fan-out shards, each dirty queue holding `queue_len_max` ids,
     /// with the per-connection bounds of `limits`.
     pub fn new(shards: usize, queue_len_max: usize, limits: &Limits) -> Hub {
+        let feed = DirtyFeed::new(shards, queue_len_max);
         Hub {
-            feed: DirtyFeed::new(shards, queue_len_max),
+            wakers: (0..feed.shards()).map(|_| Notify::new()).collect(),
+            feed,
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
             subscriptions_max: limits.subscriptions_per_connection_max,
@@ -126,6 +172,79 @@ impl Hub {
     /// The dirty feed: the bid path marks it, the workers drain it.
     pub fn feed(&self) -> &DirtyFeed {
         &self.feed
+    }
+
+    /// Announces that auction `id` changed (call it after the change is applied): marks it
+    /// dirty and wakes its shard's worker if it was not queued already. Never waits.
+    pub fn changed(&self, id: AuctionId) {
+        if self.feed.mark(id) != Marked::AlreadyQueued {
+            self.wakers[self.feed.shard_of(id)].notify_one();
+        }
+    }
+
+    /// Resolves when shard `shard` has work (a permit is kept if nobody waits, so no
+    /// wake-up is lost).
+    ///
+    /// # Panics
+    /// If `shard >= self.feed().shards()` (a programming error of the worker set-up).
+    pub async fn work(&self, shard: usize) {
+        self.wakers[shard].notified().await;
+    }
+
+    /// Delivers a durable close and settlement of auction `id` to every matching
+    /// subscriber, in order and never conflated (after a pending price of the auction).
+    /// Call it once the settlement is durable.
+    pub fn settled(&self, engine: &Engine, id: AuctionId, reason: CloseReason, now: UnixMicros) {
+        let Some(view) = engine.view(id, now) else {
+            return;
+        };
+        let Some(settlement) = view.settlement else {
+            return;
+        };
+        let closed = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::AuctionClosed(pb::AuctionClosed {
+                auction_id: id.0,
+                epoch: STREAM_EPOCH,
+                // Invariant: `Settled` is always the event right after `Closed`.
+                seq: view.seq.saturating_sub(1),
+                reason: pb::CloseReason::from(reason).into(),
+                closed_at_us: now.0,
+            })),
+        };
+        let settled = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::AuctionSettled(pb::AuctionSettled::new(
+                id,
+                STREAM_EPOCH,
+                view.seq,
+                now,
+                settlement,
+            ))),
+        };
+        let at = Instant::now();
+        for subscriber in self.matching(view.spec.rules().topic.as_str()) {
+            let mut outbox = subscriber.outbox();
+            let ok = outbox.push_ordered(id, closed.clone(), at)
+                && outbox.push_ordered(id, settled.clone(), at);
+            drop(outbox);
+            if !ok {
+                subscriber.mark_slow();
+            }
+            subscriber.wake.notify_one();
+        }
+    }
+
+    /// The subscribers whose subscriptions match `topic` (the registry lock is released
+    /// before the caller pushes anything).
+    fn matching(&self, topic: &str) -> Vec<Arc<Subscriber>> {
+        let registry = self.registry();
+        registry
+            .trie
+            .subscribers(topic)
+            .iter()
+            .filter_map(|s| registry.subscribers.get(s).cloned())
+            .collect()
     }
 
     /// Registers a subscriber connection, paced at `interval`.
@@ -141,6 +260,7 @@ impl Hub {
             )),
             wake: Notify::new(),
             patterns: Mutex::new(HashSet::new()),
+            full: AtomicBool::new(false),
         });
         self.registry_mut()
             .subscribers
@@ -168,11 +288,7 @@ impl Hub {
         topics: &[String],
         patterns: &[String],
     ) -> Result<usize, SubscribeError> {
-        let parsed: Vec<Pattern> = topics
-            .iter()
-            .map(|t| Pattern::exact(t))
-            .chain(patterns.iter().map(|p| Pattern::parse(p)))
-            .collect::<Result<_, _>>()?;
+        let parsed = parse_request(topics, patterns)?;
         let mut held = subscriber.patterns();
         if change == Change::Add {
             let new = parsed.iter().filter(|p| !held.contains(*p)).count();
@@ -207,15 +323,11 @@ impl Hub {
             return 0;
         };
         let topic = view.spec.rules().topic.as_str();
-        let targets: Vec<Arc<Subscriber>> = {
-            let registry = self.registry();
-            registry
-                .trie
-                .subscribers(topic)
-                .iter()
-                .filter_map(|s| registry.subscribers.get(s).cloned())
-                .collect()
-        };
+        if view.phase == Phase::Settled {
+            // Closes and settlements go out once durable, through `Hub::settled`.
+            return 0;
+        }
+        let targets = self.matching(topic);
         let update = pb::PriceUpdate {
             auction_id: id.0,
             topic: topic.to_owned(),
@@ -232,13 +344,86 @@ impl Hub {
         let at = Instant::now();
         let mut delivered = 0;
         for subscriber in targets {
-            let pushed = subscriber.outbox().push_price(update.clone(), at);
-            if matches!(pushed, Pushed::Queued | Pushed::Conflated) {
-                delivered += 1;
-                subscriber.wake.notify_one();
+            let pushed = {
+                let mut outbox = subscriber.outbox();
+                if outbox.knows(id) {
+                    outbox.push_price(update.clone(), at)
+                } else {
+                    // First contact (an auction created after the subscription): the full
+                    // state, in order.
+                    let snapshot = snapshot_message(&view);
+                    if outbox.push_ordered(id, snapshot, at) {
+                        Pushed::Queued
+                    } else {
+                        Pushed::Full
+                    }
+                }
+            };
+            match pushed {
+                Pushed::Queued | Pushed::Conflated => {
+                    delivered += 1;
+                    subscriber.wake.notify_one();
+                }
+                Pushed::Full => {
+                    subscriber.mark_slow();
+                    subscriber.wake.notify_one();
+                }
+                Pushed::Stale => {}
             }
         }
         delivered
+    }
+
+    /// Queues the snapshot of every auction matching `patterns` (new subscriptions) that
+    /// `subscriber` has not seen yet, or that moved since `positions` (`(auction, seq)` the
+    /// client last saw); returns how many were queued. A scan of the engine, bounded by
+    /// `auctions_max`: subscribes are rare, bids are not.
+    pub fn snapshots(
+        &self,
+        engine: &Engine,
+        subscriber: &Subscriber,
+        patterns: &[Pattern],
+        positions: &HashMap<AuctionId, u64>,
+        now: UnixMicros,
+    ) -> usize {
+        let mut queued = 0;
+        let mut after = None;
+        let at = Instant::now();
+        loop {
+            let page = engine.list(after, SNAPSHOT_PAGE_MAX, now);
+            let Some(last) = page.last() else {
+                subscriber.wake();
+                return queued;
+            };
+            after = Some(last.spec.id());
+            for view in &page {
+                let id = view.spec.id();
+                let topic = view.spec.rules().topic.as_str();
+                if !patterns.iter().any(|p| p.matches(topic)) {
+                    continue;
+                }
+                let mut outbox = subscriber.outbox();
+                if let Some(&seen) = positions.get(&id)
+                    && seen >= view.seq
+                {
+                    outbox.note_seen(id, seen);
+                    continue;
+                }
+                if outbox.knows(id) && !positions.contains_key(&id) {
+                    continue;
+                }
+                if !outbox.push_ordered(id, snapshot_message(view), at) {
+                    drop(outbox);
+                    subscriber.mark_slow();
+                    return queued;
+                }
+                queued += 1;
+            }
+            if page.len() < SNAPSHOT_PAGE_MAX {
+                subscriber.wake();
+                return queued;
+            }
+        }
     }
 
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -256,13 +441,11 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use gavel_engine::{
         AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, EngineConfig,
         IncrementTable, Topic,
     };
-    use gavel_proto::pb::server_message::Body as Reply;
-
-    use super::*;
 
     fn engine_with(auctions: &[(u64, &str)]) -> Engine {
         let engine = Engine::new(EngineConfig::default());
@@ -309,6 +492,9 @@ mod tests {
         out.iter()
             .map(|m| match m.body.as_ref().unwrap() {
                 Reply::PriceUpdate(u) => (u.auction_id, u.price.unwrap()),
+                Reply::AuctionSnapshot(s) => {
+                    (s.rules.as_ref().unwrap().auction_id, s.price.unwrap())
+                }
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
@@ -344,10 +530,14 @@ mod tests {
             0,
             "unknown"
         );
-        assert_eq!(prices(&eu), vec![(1, 110)], "conflated to the latest");
+        assert_eq!(
+            prices(&eu),
+            vec![(1, 100), (1, 110)],
+            "a snapshot at first contact, then updates conflated to the latest"
+        );
         let mut got = prices(&all_energy);
         got.sort_unstable();
-        assert_eq!(got, vec![(1, 110), (2, 100)]);
+        assert_eq!(got, vec![(1, 100), (1, 110), (2, 100)]);
 
         assert_eq!(
             hub.change(&all_energy, Change::Remove, &[], &["energy.>".into()]),

@@ -7,6 +7,7 @@
 //!   without waiting and the fan-out workers drain.
 //! - [`hub`]: [`Hub`], the subscription registry and [`Hub::publish`], the delivery of one
 //!   auction's current state to every matching connection's outbox.
+//! - [`worker`]: [`worker::run`], one fan-out task per feed shard.
 //! - [`outbox`]: [`Outbox`], one subscriber connection's conflated, paced, byte-bounded
 //!   outbound queue, with closes and settlements kept in order.
 
@@ -14,6 +15,7 @@ pub mod feed;
 pub mod hub;
 pub mod outbox;
 pub mod trie;
+pub mod worker;
 
 pub use feed::DirtyFeed;
 pub use hub::{Change, Hub, SubscribeError, Subscriber};

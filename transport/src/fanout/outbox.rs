@@ -85,6 +85,19 @@ impl Outbox {
         self.interval = interval;
     }
 
+    /// Whether the connection was sent (or has pending) anything of `auction` yet; a first
+    /// contact gets a snapshot rather than a price update.
+    pub fn knows(&self, auction: AuctionId) -> bool {
+        self.slots.contains_key(&auction)
+    }
+
+    /// Records that the peer already holds `auction` at `seq` (a resume position): later
+    /// changes come as price updates, and nothing at or below `seq` is sent.
+    pub fn note_seen(&mut self, auction: AuctionId, seq: u64) {
+        let slot = self.slots.entry(auction).or_default();
+        slot.seq_max = slot.seq_max.max(seq);
+    }
+
     /// Pending bytes (encoded sizes of the queued messages).
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -180,9 +193,22 @@ impl Outbox {
         batch_bytes_max: usize,
         out: &mut Vec<pb::ServerMessage>,
     ) -> Option<Instant> {
+        self.take_due_at_most(now, batch_bytes_max, usize::MAX, out)
+    }
+
+    /// [`Outbox::take_due`], and at most `messages_max` messages (at least one): for a
+    /// writer with that much room.
+    pub fn take_due_at_most(
+        &mut self,
+        now: Instant,
+        batch_bytes_max: usize,
+        messages_max: usize,
+        out: &mut Vec<pb::ServerMessage>,
+    ) -> Option<Instant> {
         let mut taken = 0;
+        let mut count = 0;
         while let Some((_, size)) = self.ordered.front() {
-            if taken > 0 && taken + size > batch_bytes_max {
+            if count > 0 && (taken + size > batch_bytes_max || count >= messages_max) {
                 self.track_bound(now);
                 return Some(now);
             }
@@ -190,6 +216,7 @@ impl Outbox {
                 break;
             };
             taken += size;
+            count += 1;
             self.bytes -= size;
             out.push(message);
         }
@@ -204,7 +231,8 @@ impl Outbox {
             };
             let due = slot.sent_at.map_or(now, |at| at + self.interval);
             let size = slot.pending.as_ref().map_or(0, |(_, bytes)| *bytes);
-            if due > now || (taken > 0 && taken + size > batch_bytes_max) {
+            if due > now || (count > 0 && (taken + size > batch_bytes_max || count >= messages_max))
+            {
                 next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)).max(now));
                 self.waiting.push_back(id);
                 continue;
@@ -214,6 +242,7 @@ impl Outbox {
             };
             slot.sent_at = Some(now);
             taken += size;
+            count += 1;
             self.bytes -= size;
             out.push(price_message(update));
         }

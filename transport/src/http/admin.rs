@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gavel_engine::{AuctionId, AuctionSpec, CreateError, ManageError};
+use gavel_engine::{AuctionId, AuctionSpec, CloseReason, CreateError, ManageError};
 use gavel_proto::pb;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::routes::{self, Body};
 use super::{Peer, Server};
+use crate::fanout::hub::STREAM_EPOCH;
 use crate::gateway::Backend;
 use crate::identity::Role;
 use crate::metrics;
@@ -34,9 +35,6 @@ use crate::session::now_micros;
 pub(super) const COLLECTION: &str = "/v1/auctions";
 /// Prefix of one auction's paths.
 pub(super) const COLLECTION_SLASH: &str = "/v1/auctions/";
-/// The stream epoch of every snapshot this node serves: one node owns its auctions' history
-/// for now, so it never changes (scale-out will stamp the owner's epoch).
-pub const EPOCH: u64 = 1;
 /// Auctions in a page when the request asks for the node's default (`limit` absent or 0);
 /// capped by `list_limit_max`.
 pub const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -307,6 +305,7 @@ async fn create<B: Backend>(
         .durable(receipt)
         .await
         .map_err(|e| AdminError::Internal(format!("auction {id} was created but is {e}")))?;
+    server.gateway.hub().changed(id);
     tracing::info!(auction = id.0, "auction created through the admin API");
     let mut response = routes::json(StatusCode::CREATED, &snapshot(&*backend, id)?);
     if let Ok(location) = HeaderValue::try_from(format!("{COLLECTION_SLASH}{}", id.0)) {
@@ -344,7 +343,7 @@ fn list<B: Backend>(
         next_after_id: more.then(|| views.last().map(|v| v.spec.id().0)).flatten(),
         auctions: views
             .iter()
-            .map(|view| pb::AuctionSnapshot::from_view(view, EPOCH))
+            .map(|view| pb::AuctionSnapshot::from_view(view, STREAM_EPOCH))
             .collect(),
     };
     Ok(routes::json(StatusCode::OK, &response))
@@ -392,6 +391,12 @@ async fn cancel<B: Backend>(
             "auction {id} was cancelled but the cancellation is {e}"
         ))
     })?;
+    server.gateway.hub().settled(
+        backend.engine(),
+        AuctionId(id),
+        CloseReason::Cancelled,
+        now_micros(),
+    );
     tracing::info!(auction = id, "auction cancelled through the admin API");
     Ok(routes::json(
         StatusCode::OK,
@@ -404,7 +409,7 @@ fn snapshot<B: Backend>(backend: &B, id: AuctionId) -> Result<pb::AuctionSnapsho
         .engine()
         .view(id, now_micros())
         .ok_or_else(|| AdminError::NotFound(format!("unknown auction {id}")))?;
-    Ok(pb::AuctionSnapshot::from_view(&view, EPOCH))
+    Ok(pb::AuctionSnapshot::from_view(&view, STREAM_EPOCH))
 }
 
 /// The whole body, refused beyond `bytes_max` (by its `Content-Length` before reading, or

@@ -84,7 +84,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use admin::{AdminError, EPOCH, LIST_LIMIT_DEFAULT};
+pub use admin::{AdminError, LIST_LIMIT_DEFAULT};
 pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 
 use crate::gateway::{Backend, Gateway};

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use gavel_proto::pb;
+use gavel_proto::pb::server_message::Body as Reply;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -45,9 +46,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::routes::{self, Body};
 use super::{Peer, Server};
+use crate::fanout::Subscriber;
 use crate::gateway::Backend;
 use crate::metrics;
-use crate::session::{Session, error_message};
+use crate::session::{Session, error_message, now_micros};
 
 /// The path of the endpoint.
 pub const PATH: &str = "/v1/ws";
@@ -267,6 +269,83 @@ enum End {
     Stalled,
     /// The node closes with this frame.
     Close(CloseCode, &'static str),
+    /// The subscriber fell too far behind: close with 1008 and count it.
+    SlowConsumer,
+}
+
+/// How often a subscriber's outbox is looked at while its socket has no room (slow-consumer
+/// detection), in milliseconds.
+const STREAM_CHECK_MS: u64 = 50;
+/// The stream timer when nothing is pending.
+const STREAM_IDLE: Duration = Duration::from_secs(3600);
+
+/// What one socket last reported to the stream gauges (they are per transport, so each
+/// socket adds its deltas).
+#[derive(Debug, Default)]
+struct StreamState {
+    subscriptions: usize,
+    bytes: usize,
+    batch: Vec<pb::ServerMessage>,
+}
+
+impl StreamState {
+    fn report_subscriptions(&mut self, now: usize) {
+        let gauge = ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => TRANSPORT);
+        gauge.increment(now as f64 - self.subscriptions as f64);
+        self.subscriptions = now;
+    }
+
+    fn report_bytes(&mut self, now: usize) {
+        let gauge = ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => TRANSPORT);
+        gauge.increment(now as f64 - self.bytes as f64);
+        self.bytes = now;
+    }
+}
+
+/// Writes what is due in the subscriber's outbox, as far as the socket's queue has room;
+/// returns when to look again. A subscriber past its bound is closed.
+async fn write_stream(
+    outbound: &Outbound,
+    subscriber: &Subscriber,
+    state: &mut StreamState,
+    limits: &crate::Limits,
+) -> Result<Instant, End> {
+    let now = std::time::Instant::now();
+    let check = Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
+    if subscriber.is_slow(now) {
+        return Err(End::SlowConsumer);
+    }
+    let room = outbound.queue.capacity();
+    if room == 0 {
+        return Ok(check);
+    }
+    let (next, conflated, bytes) = {
+        let mut outbox = subscriber.outbox();
+        let next =
+            outbox.take_due_at_most(now, limits.ws_message_bytes_max, room, &mut state.batch);
+        (next, outbox.take_conflated(), outbox.bytes())
+    };
+    state.report_bytes(bytes);
+    if conflated > 0 {
+        ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => TRANSPORT)
+            .increment(conflated);
+    }
+    let written = state.batch.len() as u64;
+    let now_us = now_micros().0;
+    let latency = ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS);
+    for message in state.batch.drain(..) {
+        if let Some(Reply::PriceUpdate(update)) = &message.body {
+            latency.record(now_us.saturating_sub(update.accepted_at_us) as f64 / 1e6);
+        }
+        outbound.send_message(&message).await?;
+    }
+    ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => TRANSPORT)
+        .increment(written);
+    Ok(match next {
+        Some(due) => Instant::from_std(due),
+        None if bytes > 0 => check,
+        None => Instant::now() + STREAM_IDLE,
+    })
 }
 
 /// The bounded queue to a socket's writer task.
@@ -333,7 +412,10 @@ async fn run<B: Backend, S>(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
-    );
+    )
+    .with_streams();
+    let mut stream_state = StreamState::default();
+    let mut stream_timer = Instant::now() + STREAM_IDLE;
     // At least two pings per idle timeout, so a live peer's pong always comes in time.
     let ping_every = Duration::from_millis(server.options.ws_ping_interval_ms)
         .min(idle_timeout / 2)
@@ -348,7 +430,23 @@ async fn run<B: Backend, S>(
 
     let step: Result<(), End> = async {
         loop {
+            let subscriber = session.subscriber().cloned();
             tokio::select! {
+                () = async {
+                    match &subscriber {
+                        Some(s) => s.woken().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(s) = &subscriber {
+                        stream_timer = write_stream(&outbound, s, &mut stream_state, limits).await?;
+                    }
+                }
+                () = tokio::time::sleep_until(stream_timer), if subscriber.is_some() => {
+                    if let Some(s) = &subscriber {
+                        stream_timer = write_stream(&outbound, s, &mut stream_state, limits).await?;
+                    }
+                }
                 () = shutdown.cancelled() => {
                     outbound
                         .send_error(
@@ -404,6 +502,9 @@ async fn run<B: Backend, S>(
                             for reply in replies.drain(..) {
                                 outbound.send_message(&reply).await?;
                             }
+                            if let Some(s) = session.subscriber() {
+                                stream_state.report_subscriptions(s.subscriptions());
+                            }
                         }
                         Err(detail) => outbound.send_message(&session.malformed(detail)).await?,
                     }
@@ -437,8 +538,29 @@ async fn run<B: Backend, S>(
                 .increment(1);
             writer.abort();
         }
+        End::SlowConsumer => {
+            tracing::debug!(remote = %peer.remote, "WebSocket subscriber too slow; closing");
+            ::metrics::counter!(metrics::STREAM_SLOW_CONSUMERS, "transport" => TRANSPORT)
+                .increment(1);
+            // The queue may be full: whatever fits goes, the rest is dropped with the socket.
+            let error = error_message(
+                0,
+                pb::ErrorCode::SlowConsumer,
+                "the connection fell too far behind on its updates",
+            );
+            let _ = outbound.queue.try_send(codec.encode(&error));
+            let _ = outbound.queue.try_send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Policy,
+                reason: "slow consumer".into(),
+            })));
+        }
         End::Peer => {}
     }
+    if let Some(subscriber) = session.subscriber() {
+        server.gateway.hub().disconnect(subscriber);
+    }
+    stream_state.report_subscriptions(0);
+    stream_state.report_bytes(0);
     drop(outbound);
     if tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), &mut writer)
         .await

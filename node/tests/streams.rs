@@ -1,0 +1,312 @@
+//! Live price streams over real sockets on 127.0.0.1: a durable node (temporary directory),
+//! the development PKI, `serve_https` with its fan-out workers; watchers are tokio-tungstenite
+//! clients on `/v1/ws` (`gavel.v1.json`), bids go through a bidder's WebSocket
+//! (`gavel.v1.proto`), auctions through the admin API.
+//!
+//! Covered: a wildcard subscription gets `Subscribed`, the snapshot of every matching auction
+//! and then updates of matching auctions only, including one created later; refusals
+//! (`BAD_TOPIC`, `LIMIT_EXCEEDED`); a paced watcher receives fewer updates than bids, in
+//! increasing `seq`, ending with the latest price; a cancel is delivered as `AuctionClosed`
+//! then `AuctionSettled`; a reconnecting watcher resuming from its positions gets only what
+//! moved.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::https::{Setup, TestNode, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use gavel_proto::pb;
+use gavel_transport::Limits;
+use hyper::StatusCode;
+use prost::Message as _;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = WebSocketStream<TlsStream<TcpStream>>;
+
+const ADMIN: Option<&str> = Some("admin/admin");
+const BIDDER: Option<&str> = Some("bidder/bidder-1");
+const WATCHER: Option<&str> = Some("watcher/watcher-1");
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Creates an English auction `id` on `topic` (start price 100, open ten minutes).
+async fn create(node: &TestNode, id: u64, topic: &str) {
+    let now = now_us();
+    let body = json!({"rules": {
+        "auctionId": id.to_string(),
+        "topic": topic,
+        "english": {"startPrice": "100"},
+        "startsAtUs": (now - 1_000_000).to_string(),
+        "endsAtUs": (now + 600_000_000).to_string(),
+    }});
+    node.create_auction(body.to_string().into_bytes()).await;
+}
+
+/// A bidder's socket placing bids and reading their outcomes.
+struct Bidder {
+    socket: Socket,
+    next_id: u64,
+}
+
+impl Bidder {
+    async fn connect(node: &TestNode) -> Bidder {
+        Bidder {
+            socket: node.ws(BIDDER, "gavel.v1.proto", None).await.unwrap(),
+            next_id: 1,
+        }
+    }
+
+    /// Bids `amount` on `auction` and asserts it was accepted.
+    async fn bid(&mut self, auction: u64, amount: u64) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = pb::ClientMessage {
+            request_id: id,
+            body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+                auction_id: auction,
+                amount,
+                max: None,
+                bid_id_hi: 7,
+                bid_id_lo: id,
+                client_sent_at_us: now_us(),
+            })),
+        };
+        self.socket
+            .send(Message::Binary(request.encode_to_vec().into()))
+            .await
+            .unwrap();
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("an outcome in time")
+                .unwrap()
+                .unwrap();
+            let Message::Binary(bytes) = message else {
+                continue;
+            };
+            let reply = pb::ServerMessage::decode(bytes.as_ref()).unwrap();
+            if let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body {
+                assert!(
+                    matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_))),
+                    "bid {amount} on {auction}: {outcome:?}"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The next JSON message of a watcher (control frames skipped).
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+/// A JSON watcher subscribed to `patterns` at `interval_ms`; returns the socket and the
+/// `Subscribed` answer.
+async fn watch(
+    node: &TestNode,
+    patterns: &[&str],
+    interval_ms: u32,
+    resume: Value,
+) -> (Socket, Value) {
+    let mut socket = node.ws(WATCHER, "gavel.v1.json", None).await.unwrap();
+    let request = json!({"requestId": "1", "subscribe": {
+        "patterns": patterns, "intervalMs": interval_ms, "resume": resume,
+    }});
+    socket
+        .send(Message::text(request.to_string()))
+        .await
+        .unwrap();
+    let answer = next(&mut socket).await;
+    (socket, answer)
+}
+
+/// `(kind, auction id, seq, price)` of a stream message.
+fn summary(message: &Value) -> (String, u64, u64, u64) {
+    let num = |v: &Value| v.as_str().map_or(0, |s| s.parse::<u64>().unwrap());
+    for (kind, id_path) in [
+        ("priceUpdate", "/auctionId"),
+        ("auctionSnapshot", "/rules/auctionId"),
+        ("auctionClosed", "/auctionId"),
+        ("auctionSettled", "/auctionId"),
+    ] {
+        if let Some(body) = message.get(kind) {
+            let id = num(body.pointer(id_path).unwrap_or(&Value::Null));
+            return (kind.to_owned(), id, num(&body["seq"]), num(&body["price"]));
+        }
+    }
+    panic!("not a stream message: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_subscription_gets_snapshots_then_matching_updates_only() {
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            subscriptions_per_connection_max: 2,
+            ws_message_bytes_max: 4 * 1024,
+            http_body_bytes_max: 4 * 1024,
+            ..Limits::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    create(&node, 1, "energy.eu.de.a1").await;
+    create(&node, 2, "energy.us.tx.a2").await;
+    let mut bidder = Bidder::connect(&node).await;
+
+    let (mut watcher, answer) = watch(&node, &["energy.eu.>"], 0, json!([])).await;
+    assert_eq!(answer["subscribed"]["subscriptions"], 1, "{answer}");
+    let snapshot = next(&mut watcher).await;
+    assert_eq!(summary(&snapshot).0, "auctionSnapshot", "{snapshot}");
+    assert_eq!(
+        summary(&snapshot).1,
+        1,
+        "only the matching auction: {snapshot}"
+    );
+
+    bidder.bid(2, 100).await;
+    bidder.bid(1, 100).await;
+    let update = next(&mut watcher).await;
+    assert_eq!(
+        summary(&update),
+        ("priceUpdate".into(), 1, 2, 100),
+        "{update}"
+    );
+    assert_eq!(update["priceUpdate"]["epoch"], "1", "{update}");
+
+    // An auction created later that matches is delivered, as a snapshot first.
+    create(&node, 3, "energy.eu.it.a3").await;
+    let later = next(&mut watcher).await;
+    assert_eq!(summary(&later).0, "auctionSnapshot", "{later}");
+    assert_eq!(summary(&later).1, 3, "{later}");
+    bidder.bid(2, 105).await;
+    bidder.bid(3, 100).await;
+    let update = next(&mut watcher).await;
+    assert_eq!(
+        summary(&update),
+        ("priceUpdate".into(), 3, 2, 100),
+        "{update}"
+    );
+
+    // Refusals change nothing.
+    let bad = json!({"requestId": "2", "subscribe": {"patterns": ["energy.>.de"]}});
+    watcher.send(Message::text(bad.to_string())).await.unwrap();
+    let answer = next(&mut watcher).await;
+    assert_eq!(answer["error"]["code"], "ERROR_CODE_BAD_TOPIC", "{answer}");
+    let many =
+        json!({"requestId": "3", "subscribe": {"topics": ["x.y"], "patterns": ["metals.>"]}});
+    watcher.send(Message::text(many.to_string())).await.unwrap();
+    let answer = next(&mut watcher).await;
+    assert_eq!(
+        answer["error"]["code"], "ERROR_CODE_LIMIT_EXCEEDED",
+        "{answer}"
+    );
+    bidder.bid(1, 105).await;
+    let update = next(&mut watcher).await;
+    assert_eq!(
+        summary(&update),
+        ("priceUpdate".into(), 1, 3, 105),
+        "still subscribed: {update}"
+    );
+
+    // A cancel: close then settlement, never conflated away.
+    let (status, _, _) = node
+        .request(ADMIN, "POST", "/v1/auctions/3/cancel", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let closed = next(&mut watcher).await;
+    assert_eq!(summary(&closed).0, "auctionClosed", "{closed}");
+    assert_eq!(
+        closed["auctionClosed"]["reason"], "CLOSE_REASON_CANCELLED",
+        "{closed}"
+    );
+    let settled = next(&mut watcher).await;
+    assert_eq!(summary(&settled).0, "auctionSettled", "{settled}");
+    assert_eq!(summary(&settled).1, 3, "{settled}");
+    drop(watcher);
+
+    // Reconnect and resume: auction 1 seen at its current seq (3) is not sent again;
+    // auction 3 seen at seq 2 moved (closed, settled) and comes as a snapshot.
+    let resume = json!([
+        {"auctionId": "1", "epoch": "1", "seq": "3"},
+        {"auctionId": "3", "epoch": "1", "seq": "2"},
+    ]);
+    let (mut again, answer) = watch(&node, &["energy.eu.>"], 0, resume).await;
+    assert_eq!(answer["subscribed"]["subscriptions"], 1, "{answer}");
+    let moved = next(&mut again).await;
+    assert_eq!(summary(&moved).0, "auctionSnapshot", "{moved}");
+    assert_eq!(summary(&moved).1, 3, "only what moved: {moved}");
+    assert_eq!(
+        moved["auctionSnapshot"]["phase"], "PHASE_SETTLED",
+        "{moved}"
+    );
+    bidder.bid(1, 110).await;
+    let update = next(&mut again).await;
+    assert_eq!(
+        summary(&update),
+        ("priceUpdate".into(), 1, 4, 110),
+        "{update}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_watcher_gets_fewer_updates_ending_with_the_latest_price() {
+    const BIDS: u64 = 30;
+    let node = TestNode::start(Setup::default()).await;
+    create(&node, 7, "metals.cu.lot-7").await;
+    let mut bidder = Bidder::connect(&node).await;
+    let (mut paced, _) = watch(&node, &["metals.*.lot-7"], 200, json!([])).await;
+    let (mut fast, _) = watch(&node, &["metals.>"], 0, json!([])).await;
+    for watcher in [&mut paced, &mut fast] {
+        assert_eq!(summary(&next(watcher).await).0, "auctionSnapshot");
+    }
+    let last_price = 100 + 5 * (BIDS - 1);
+    for n in 0..BIDS {
+        bidder.bid(7, 100 + 5 * n).await;
+    }
+    for (name, watcher) in [("paced", &mut paced), ("fast", &mut fast)] {
+        let mut seen = Vec::new();
+        loop {
+            let message = next(watcher).await;
+            let (kind, id, seq, price) = summary(&message);
+            assert_eq!((kind.as_str(), id), ("priceUpdate", 7), "{message}");
+            if let Some(&(seq_before, _)) = seen.last() {
+                assert!(
+                    seq > seq_before,
+                    "{name}: seq went back: {seen:?} then {seq}"
+                );
+            }
+            seen.push((seq, price));
+            if price == last_price {
+                break;
+            }
+        }
+        if name == "paced" {
+            assert!(
+                (seen.len() as u64) < BIDS / 2,
+                "paced at 200 ms, {BIDS} bids conflate: {seen:?}"
+            );
+        }
+    }
+    node.stop().await;
+}
