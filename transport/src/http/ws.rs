@@ -6,7 +6,8 @@
 //! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message.
 //!
 //! Close codes the node sends: 1000 after an idle timeout, 1001 when the node shuts down,
-//! 1009 for a message over `ws_message_bytes_max`, 1011 on an internal fault; a protocol
+//! 1008 for a slow stream consumer, 1009 for a message over `ws_message_bytes_max`, 1011
+//! on an internal fault; a protocol
 //! violation ends the socket as tungstenite decides (1002).
 //!
 //! The driver is one task reading the socket plus one writer task fed by a bounded queue
@@ -20,6 +21,11 @@
 //! `ERROR_CODE_IDLE_TIMEOUT` error and close 1000. At shutdown a socket gets
 //! `ERROR_CODE_SHUTTING_DOWN`, then the durable acks still pending (within the drain timeout),
 //! then close 1001.
+//!
+//! Streams: the session serves `Subscribe`; the reader loop also waits on the subscriber's
+//! wake-up and pacing timer and moves what is due from its outbox into the queue, as far as
+//! the queue has room — so a slow socket's updates stay conflated in its outbox, and one
+//! that stays over its byte bound is closed (1008) instead of slowing anyone.
 
 use std::sync::Arc;
 use std::time::Duration;
