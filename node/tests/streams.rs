@@ -8,11 +8,14 @@
 //! (`BAD_TOPIC`, `LIMIT_EXCEEDED`); a paced watcher receives fewer updates than bids, in
 //! increasing `seq`, ending with the latest price; a cancel is delivered as `AuctionClosed`
 //! then `AuctionSettled`; a reconnecting watcher resuming from its positions gets only what
-//! moved.
+//! moved; a watcher that stops reading is closed as a slow consumer (and counted) while a
+//! fast watcher of the same auctions keeps getting the latest prices.
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::https::{Setup, TestNode, WAIT};
 use futures_util::{SinkExt, StreamExt};
@@ -68,24 +71,34 @@ impl Bidder {
 
     /// Bids `amount` on `auction` and asserts it was accepted.
     async fn bid(&mut self, auction: u64, amount: u64) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = pb::ClientMessage {
-            request_id: id,
-            body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
-                auction_id: auction,
-                amount,
-                max: None,
-                bid_id_hi: 7,
-                bid_id_lo: id,
-                client_sent_at_us: now_us(),
-            })),
-        };
-        self.socket
-            .send(Message::Binary(request.encode_to_vec().into()))
-            .await
-            .unwrap();
-        loop {
+        self.bids(&[(auction, amount)]).await;
+    }
+
+    /// Sends every `(auction, amount)` bid at once (pipelined), then asserts each was
+    /// accepted.
+    async fn bids(&mut self, bids: &[(u64, u64)]) {
+        for &(auction, amount) in bids {
+            let id = self.next_id;
+            self.next_id += 1;
+            let request = pb::ClientMessage {
+                request_id: id,
+                body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+                    auction_id: auction,
+                    amount,
+                    max: None,
+                    bid_id_hi: 7,
+                    bid_id_lo: id,
+                    client_sent_at_us: now_us(),
+                })),
+            };
+            self.socket
+                .feed(Message::Binary(request.encode_to_vec().into()))
+                .await
+                .unwrap();
+        }
+        self.socket.flush().await.unwrap();
+        let mut outcomes = 0;
+        while outcomes < bids.len() {
             let message = tokio::time::timeout(WAIT, self.socket.next())
                 .await
                 .expect("an outcome in time")
@@ -98,9 +111,10 @@ impl Bidder {
             if let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body {
                 assert!(
                     matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_))),
-                    "bid {amount} on {auction}: {outcome:?}"
+                    "{:?}: {outcome:?}",
+                    bids[outcomes]
                 );
-                return;
+                outcomes += 1;
             }
         }
     }
@@ -309,4 +323,90 @@ async fn a_paced_watcher_gets_fewer_updates_ending_with_the_latest_price() {
         }
     }
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_while_a_fast_watcher_keeps_up() {
+    const AUCTIONS: u64 = 5;
+    // Rounds (one bid per auction): the loopback socket buffers take megabytes to fill.
+    const BIDS_MAX: u64 = 20_000;
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            // Five auctions' pending updates (≈ 60 bytes each) exceed it; one snapshot
+            // (≈ 300 bytes) stays under twice it.
+            outbound_bytes_max_per_connection: 200,
+            slow_consumer_timeout_ms: 300,
+            ..Setup::default().limits
+        },
+        // A short queue to the socket, so a reader that stops backs up into the outbox.
+        ws_outbound_messages_max: 8,
+        ..Setup::default()
+    })
+    .await;
+    let (mut fast, _) = watch(&node, &["metals.>"], 0, json!([])).await;
+    let mut slow = node.ws_small_window(WATCHER, "gavel.v1.json", 4096).await;
+    let subscribe = json!({"requestId": "1", "subscribe": {"patterns": ["metals.>"]}});
+    slow.send(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    // The slow watcher reads nothing from here on.
+
+    let latest = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let reader = {
+        let latest = Arc::clone(&latest);
+        tokio::spawn(async move {
+            loop {
+                let message = next(&mut fast).await;
+                let (kind, id, _, price) = summary(&message);
+                if kind == "priceUpdate" {
+                    latest.lock().unwrap().insert(id, price);
+                }
+            }
+        })
+    };
+    for id in 0..AUCTIONS {
+        create(&node, 100 + id, &format!("metals.cu.lot-{id}")).await;
+    }
+    let mut bidder = Bidder::connect(&node).await;
+    let started = Instant::now();
+    let mut bids = 0;
+    // Rounds of one bid per auction, sent 50 rounds at a time, until the slow watcher's
+    // socket buffers are full and its outbox stays over the bound.
+    while slow_disconnects() == 0 {
+        assert!(
+            bids < BIDS_MAX && started.elapsed() < Duration::from_secs(40),
+            "no slow-consumer disconnect after {bids} rounds"
+        );
+        let batch: Vec<(u64, u64)> = (bids..bids + 50)
+            .flat_map(|round| (0..AUCTIONS).map(move |id| (100 + id, 100 + 100 * round)))
+            .collect();
+        bidder.bids(&batch).await;
+        bids += 50;
+    }
+    // The fast watcher still gets every auction's latest price promptly.
+    let last = 100 + 100 * bids;
+    bidder.bid(100, last).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while latest.lock().unwrap().get(&100) != Some(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "the fast watcher fell behind: {:?}",
+            latest.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!reader.is_finished(), "the fast watcher's socket is open");
+    reader.abort();
+    drop(slow);
+    node.stop().await;
+}
+
+/// `gavel_stream_slow_consumer_disconnects_total{transport="ws"}`, as `/metrics` renders it
+/// (read in process: a scrape over TLS per check would dominate the test's time).
+fn slow_disconnects() -> u64 {
+    let text = common::https::metrics_handle().render();
+    text.lines()
+        .find(|l| l.starts_with("gavel_stream_slow_consumer_disconnects_total{transport=\"ws\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
 }

@@ -55,6 +55,8 @@ pub struct Setup {
     pub allowed_origins: Vec<String>,
     /// Time between the node's WebSocket pings, in milliseconds.
     pub ws_ping_interval_ms: u64,
+    /// Messages queued to one WebSocket's writer.
+    pub ws_outbound_messages_max: usize,
     /// Hand the gateway its backend at once (`false`: the test calls [`TestNode::set_ready`]).
     pub ready: bool,
 }
@@ -69,6 +71,7 @@ impl Default for Setup {
             },
             allowed_origins: vec!["https://market.example.com".to_owned()],
             ws_ping_interval_ms: http::WS_PING_INTERVAL_MS_DEFAULT,
+            ws_outbound_messages_max: http::WS_OUTBOUND_MESSAGES_MAX_DEFAULT,
             ready: true,
         }
     }
@@ -108,6 +111,7 @@ impl TestNode {
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
         options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
+        options.ws_outbound_messages_max = setup.ws_outbound_messages_max;
         tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
         let server = tokio::spawn(http::serve_https(
             listener,
@@ -250,6 +254,32 @@ impl TestNode {
         origin: Option<&str>,
     ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
         let stream = self.tls(who, &[b"http/1.1"]).await;
+        self.ws_over(stream, subprotocol, origin).await
+    }
+
+    /// [`TestNode::ws`] over a socket whose receive buffer is `recv_buffer_bytes` (a
+    /// small TCP window, so a client that stops reading backs the node up quickly).
+    pub async fn ws_small_window(
+        &self,
+        who: Option<&str>,
+        subprotocol: &str,
+        recv_buffer_bytes: u32,
+    ) -> WebSocketStream<TlsStream<TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(recv_buffer_bytes).unwrap();
+        let tcp = socket.connect(self.addr).await.unwrap();
+        let stream = tls_over(tcp, &self.certs, who, &[b"http/1.1"])
+            .await
+            .expect("handshake succeeds");
+        self.ws_over(stream, subprotocol, None).await.unwrap()
+    }
+
+    async fn ws_over(
+        &self,
+        stream: TlsStream<TcpStream>,
+        subprotocol: &str,
+        origin: Option<&str>,
+    ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
         let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
         request
             .headers_mut()
@@ -298,6 +328,16 @@ pub async fn try_tls_to(
     who: Option<&str>,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(addr).await?, certs, who, alpn).await
+}
+
+/// [`try_tls_to`] over a connected `tcp`.
+pub async fn tls_over(
+    tcp: TcpStream,
+    certs: &DevCerts,
+    who: Option<&str>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let client = who.map(|who| {
         let identity = Identity::from_uri(&format!("gavel://{who}")).unwrap();
         certs.client(&identity).expect("a dev certificate").clone()
@@ -308,7 +348,8 @@ pub async fn try_tls_to(
         alpn,
     )
     .unwrap();
-    let tcp = TcpStream::connect(addr).await?;
+    // Small request/answer exchanges: no Nagle delay.
+    tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").unwrap();
     tokio::time::timeout(
         WAIT,

@@ -243,6 +243,11 @@ pub async fn serve_tls<B: Backend>(
             refuse(TRANSPORT, "handshakes_pending_max", remote);
             continue;
         };
+        // Bid outcomes, acks and stream updates are small writes that must not wait for the
+        // peer's delayed ACK (Nagle); failing to set it only costs latency.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = TlsAcceptor::from(config());
         let server_for_task = Arc::clone(&server);
         server.tasks.spawn(async move {
