@@ -697,17 +697,18 @@ impl Drop for KafkaLog {
     }
 }
 
-/// Reads every record of a topic, each partition from its beginning up to its end at open
-/// time (its high watermark), numbering them 1, 2, … in read order. Partitions interleave,
-/// but each partition — and so each auction — comes in its log order, which is what replay
-/// needs. Memory: librdkafka's fetch buffers and one payload. Ends at the first error; a
-/// poll that brings nothing for `connect_timeout_ms` is an error too (bounded).
+/// Reads every record of a topic, each partition from its beginning to its end (the
+/// consumer's end-of-partition event, so the end is what the broker serves, not a separately
+/// listed offset), numbering them 1, 2, … in read order. Partitions interleave, but each
+/// partition — and so each auction — comes in its log order, which is what replay needs.
+/// Memory: librdkafka's fetch buffers and one payload. Ends at the first error; a stretch of
+/// `connect_timeout_ms` without any record or end event is an error too (bounded).
 pub struct KafkaRecords {
     consumer: BaseConsumer,
     topic: String,
     brokers: String,
-    /// Per partition: the offset one past the last record to read (high watermark at open).
-    ends: Vec<i64>,
+    /// Per partition: whether its end was reached.
+    done: Vec<bool>,
     /// Partitions not yet read to their end.
     remaining: usize,
     next_lsn: Lsn,
@@ -726,8 +727,8 @@ impl std::fmt::Debug for KafkaRecords {
 }
 
 impl KafkaRecords {
-    /// Opens a reader of the whole topic as it is now; a missing topic is an error (this
-    /// never creates one).
+    /// Opens a reader of the whole topic; a missing topic is an error (this never creates
+    /// one).
     pub fn open(config: &KafkaConfig) -> Result<KafkaRecords, WalError> {
         let brokers = config.brokers.as_str();
         let timeout = Duration::from_millis(config.connect_timeout_ms);
@@ -736,6 +737,7 @@ impl KafkaRecords {
             .set("group.id", "gavel-wal-recovery")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(kafka_error("create the recovery consumer", brokers))?;
@@ -758,21 +760,12 @@ impl KafkaRecords {
                 reason: format!("topic {} does not exist", config.topic),
             });
         }
-        let mut ends = Vec::with_capacity(partitions);
         let mut assignment = TopicPartitionList::new();
-        let mut remaining = 0;
         for partition in 0..partitions {
             let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-            let (low, high) = consumer
-                .fetch_watermarks(&config.topic, partition, Timeout::After(timeout))
-                .map_err(kafka_error("read a partition's offsets", brokers))?;
-            ends.push(high);
-            if high > low {
-                remaining += 1;
-                assignment
-                    .add_partition_offset(&config.topic, partition, Offset::Offset(low))
-                    .map_err(kafka_error("assign a partition", brokers))?;
-            }
+            assignment
+                .add_partition_offset(&config.topic, partition, Offset::Beginning)
+                .map_err(kafka_error("assign a partition", brokers))?;
         }
         consumer
             .assign(&assignment)
@@ -781,8 +774,8 @@ impl KafkaRecords {
             consumer,
             topic: config.topic.clone(),
             brokers: config.brokers.clone(),
-            ends,
-            remaining,
+            done: vec![false; partitions],
+            remaining: partitions,
             next_lsn: 1,
             stall_max: timeout,
             failed: false,
@@ -791,10 +784,10 @@ impl KafkaRecords {
 
     /// Partitions of the topic.
     pub fn partitions(&self) -> usize {
-        self.ends.len()
+        self.done.len()
     }
 
-    /// Records in the topic at open time (the sum of the partitions' extents read).
+    /// Records read so far.
     pub fn records_read(&self) -> u64 {
         self.next_lsn - 1
     }
@@ -807,16 +800,16 @@ impl Iterator for KafkaRecords {
         if self.failed {
             return None;
         }
-        let started = Instant::now();
+        let mut idle_since = Instant::now();
         while self.remaining > 0 {
             let Some(polled) = self.consumer.poll(Timeout::After(RECOVERY_POLL)) else {
-                if started.elapsed() >= self.stall_max {
+                if idle_since.elapsed() >= self.stall_max {
                     self.failed = true;
                     return Some(Err(WalError::Kafka {
                         op: "read the topic",
                         brokers: self.brokers.clone(),
                         reason: format!(
-                            "no record for {} ms with {} partitions of {} unread",
+                            "nothing for {} ms with {} partitions of {} not read to their end",
                             self.stall_max.as_millis(),
                             self.remaining,
                             self.topic
@@ -825,32 +818,28 @@ impl Iterator for KafkaRecords {
                 }
                 continue;
             };
-            let message = match polled {
-                Ok(message) => message,
-                Err(KafkaError::PartitionEOF(_)) => continue,
+            match polled {
+                Ok(message) => {
+                    let lsn = self.next_lsn;
+                    self.next_lsn += 1;
+                    let payload = message.payload().unwrap_or_default().to_vec();
+                    return Some(Ok(Record { lsn, payload }));
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    idle_since = Instant::now();
+                    let done = usize::try_from(partition)
+                        .ok()
+                        .and_then(|p| self.done.get_mut(p));
+                    if let Some(done) = done.filter(|done| !**done) {
+                        *done = true;
+                        self.remaining -= 1;
+                    }
+                }
                 Err(error) => {
                     self.failed = true;
                     return Some(Err(kafka_error("read the topic", &self.brokers)(error)));
                 }
-            };
-            let Some(end) = usize::try_from(message.partition())
-                .ok()
-                .and_then(|p| self.ends.get(p).copied())
-            else {
-                continue;
-            };
-            let offset = message.offset();
-            if offset >= end {
-                // Written after the open: not part of what this reader recovers.
-                continue;
             }
-            if offset + 1 == end {
-                self.remaining -= 1;
-            }
-            let lsn = self.next_lsn;
-            self.next_lsn += 1;
-            let payload = message.payload().unwrap_or_default().to_vec();
-            return Some(Ok(Record { lsn, payload }));
         }
         None
     }
