@@ -4,6 +4,9 @@
 //! - every bid acknowledged durable is in the topic and a fresh node that replays the topic
 //!   (every partition from the beginning, records of 2 bidding threads interleaved over 3
 //!   partitions) reaches the live node's state hash; `gavel wal dump --kafka` lists them;
+//! - with the broker gone mid-run, the bounded in-flight queue turns bids into `Overloaded`
+//!   within a second, nothing is acknowledged durable, and the failed delivery reports fail
+//!   the log;
 //! - an unreachable broker fails the start within the bounded wait, naming the address;
 //! - a producer setting that would allow reordering or loss is refused at start.
 
@@ -13,7 +16,9 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gavel_engine::{AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, UnixMicros};
+use gavel_engine::{
+    AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, Rejection, UnixMicros,
+};
 use gavel_node::{Node, NodeConfig};
 use gavel_wal::kafka::KafkaConfig;
 
@@ -234,4 +239,70 @@ fn gavel_serve_with_an_unreachable_broker_exits_with_a_message() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn with_the_broker_gone_bids_are_overloaded_and_nothing_unpersisted_is_acknowledged() {
+    const IN_FLIGHT_MAX: usize = 8;
+    let broker = Broker::start();
+    let kafka = KafkaConfig {
+        queue_records_max: IN_FLIGHT_MAX,
+        message_timeout_ms: 3_000,
+        ..kafka(broker.bootstrap(), "gavel-wal-outage")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka)).unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    drop(broker);
+
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for n in 0..50u64 {
+        let bid = Bid::new(
+            AuctionId(1),
+            BidderId::new("b1").unwrap(),
+            BidId(u128::from(n)),
+            200 + 10 * n,
+            None,
+            UnixMicros(1 + n),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bid {n} was answered after {:?}",
+            started.elapsed()
+        );
+        match outcome {
+            BidOutcome::Accepted(_) => accepted.push(receipt.unwrap()),
+            BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }) => {
+                assert!(retry_after_us > 0 && retry_after_us <= 1_000_000);
+                overloaded += 1;
+            }
+            other => panic!("bid {n}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        IN_FLIGHT_MAX,
+        "the in-flight bound admits exactly that many"
+    );
+    assert_eq!(overloaded, 50 - IN_FLIGHT_MAX);
+    let metrics = node.wal().metrics();
+    assert!(metrics.queue_records <= IN_FLIGHT_MAX as u64, "{metrics:?}");
+    assert_eq!(metrics.backpressure_total, overloaded as u64);
+    // None of them is ever acknowledged: their reports fail after message_timeout_ms, and
+    // the log fails with them.
+    for receipt in accepted {
+        let waited = node.wait_durable(receipt, WAIT);
+        assert!(
+            matches!(waited, Err(gavel_wal::WaitError::Failed { durable }) if durable == created.0),
+            "{waited:?}"
+        );
+    }
+    assert_eq!(node.wal().durable_lsn(), created.0);
+    let failure = node.failure().expect("the log failed");
+    assert!(failure.contains("not persisted"), "{failure}");
 }
