@@ -1,8 +1,10 @@
-//! [`WalSink`]: the engine's [`EventSink`] onto the write-ahead log.
+//! [`WalSink`]: the engine's [`EventSink`] onto the write-ahead log (a [`Log`]: the file log
+//! or the Kafka log).
 //!
 //! The engine calls [`EventSink::publish`] under the auction's lock with the events of one
 //! decision, before applying it. The sink encodes each event as a `gavel.v1.Record` (prost)
-//! into buffers reused per thread, and appends them with [`Wal::append_batch`]: all or none,
+//! into buffers reused per thread, and appends them with [`Log::append_batch`] (keyed by the
+//! decision's auction, which keeps an auction's records in one Kafka partition): all or none,
 //! contiguous LSNs, no I/O and no blocking beyond the log's short queue mutex. The receipt is
 //! the LSN of the decision's last record; the decision is durable once the log's durable LSN
 //! reaches it.
@@ -19,7 +21,7 @@ use std::thread::Thread;
 
 use gavel_engine::{Backpressure, DECISION_EVENTS_MAX, Event, EventSink, Receipt};
 use gavel_proto::pb;
-use gavel_wal::{AppendError, Wal};
+use gavel_wal::{AppendError, Log};
 use prost::Message;
 
 /// Retry hint when the log has failed or closed: long, since retrying cannot help; the node
@@ -36,10 +38,10 @@ thread_local! {
         RefCell::new((0..DECISION_EVENTS_MAX).map(|_| Vec::with_capacity(256)).collect());
 }
 
-/// The engine's sink onto a [`Wal`]. Share it (`&WalSink` is a sink too).
+/// The engine's sink onto a [`Log`]. Share it (`&WalSink` is a sink too).
 #[derive(Debug)]
 pub struct WalSink {
-    wal: Arc<Wal>,
+    wal: Arc<Log>,
     /// The first refusal that was not back-pressure; set once.
     failure: OnceLock<AppendError>,
     /// Records appended through this sink (for the snapshot trigger and metrics).
@@ -52,7 +54,7 @@ pub struct WalSink {
 impl WalSink {
     /// A sink appending to `wal`; every `snapshot_every_records` records (0 = never) it wakes
     /// the thread registered with [`WalSink::set_snapshot_thread`].
-    pub fn new(wal: Arc<Wal>, snapshot_every_records: u64) -> WalSink {
+    pub fn new(wal: Arc<Log>, snapshot_every_records: u64) -> WalSink {
         WalSink {
             wal,
             failure: OnceLock::new(),
@@ -68,7 +70,7 @@ impl WalSink {
     }
 
     /// The log.
-    pub fn wal(&self) -> &Arc<Wal> {
+    pub fn wal(&self) -> &Arc<Log> {
         &self.wal
     }
 
@@ -99,9 +101,12 @@ impl WalSink {
 
 impl EventSink for WalSink {
     fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(Receipt::NONE);
-        }
+        };
+        // One decision is about one auction (the engine decides under its lock).
+        debug_assert!(events.iter().all(|e| e.auction == first.auction));
+        let key = first.auction.0;
         let appended = ENCODE_BUFFERS.with(|buffers| {
             // Invariant: `publish` does not re-enter itself on one thread (the engine calls
             // the sink once per decision and the sink calls nothing of the engine).
@@ -115,7 +120,7 @@ impl EventSink for WalSink {
                     "invariant: a Vec grows as needed, so encoding into it never runs out of room",
                 );
             }
-            let result = self.wal.append_batch(&buffers[..events.len()]);
+            let result = self.wal.append_batch(key, &buffers[..events.len()]);
             for buffer in buffers.iter_mut() {
                 if buffer.capacity() > ENCODE_BUFFER_BYTES_KEEP_MAX {
                     *buffer = Vec::with_capacity(256);
@@ -146,7 +151,7 @@ mod tests {
         AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
         Engine, EngineConfig, IncrementTable, Rejection, Topic, UnixMicros,
     };
-    use gavel_wal::WalConfig;
+    use gavel_wal::{Wal, WalConfig};
 
     use super::*;
 
@@ -171,7 +176,7 @@ mod tests {
     fn a_decision_is_one_batch_and_its_receipt_is_the_last_lsn() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
-        let sink = WalSink::new(Arc::new(wal), 0);
+        let sink = WalSink::new(Arc::new(Log::File(wal)), 0);
         let engine = Engine::new(EngineConfig::default());
         assert_eq!(
             engine.create_auction(spec(1), UnixMicros(0), &sink),
@@ -215,7 +220,7 @@ mod tests {
     fn a_closed_log_refuses_and_is_remembered_as_a_failure() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(dir.path(), WalConfig::default()).unwrap();
-        let wal = Arc::new(wal);
+        let wal = Arc::new(Log::File(wal));
         let sink = WalSink::new(Arc::clone(&wal), 0);
         let engine = Engine::new(EngineConfig::default());
         engine

@@ -14,13 +14,21 @@
 //! replayer reports the derived events the engine state already holds but the log lacks;
 //! they are appended and synced so that log and state agree again.
 //!
+//! With the Kafka log ([`NodeConfig::kafka`]) the start reaches the brokers (bounded wait),
+//! creates the topic if missing, and replays every partition from its beginning through the
+//! same parallel replay: Kafka keeps each partition in order and an auction's records in one
+//! partition, and per-auction order is all replay needs. No directory lock and no snapshot
+//! is involved.
+//!
 //! # Snapshots
 //!
 //! A background thread takes a snapshot every `snapshot_every_records` appended records:
 //! `L` = the durable LSN, then [`Engine::snapshot`], then a wait until everything appended so
 //! far is durable, then the file for `L` and compaction. Why every record ≤ `L` is in the
 //! states, and why no state holds a record that could be lost, is argued at
-//! [`Node::snapshot_now`].
+//! [`Node::snapshot_now`]. Snapshots are file-based: a node on the Kafka log takes none in
+//! this version (it would need the partitions' offsets recorded with each snapshot to skip
+//! the topic's start), so it always replays its topic from the beginning.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,14 +39,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
     AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
-    Event, ManageError, Receipt, UnixMicros,
+    Event, ManageError, Receipt, ReplaySummary, UnixMicros,
 };
 use gavel_proto::convert::state::{decode_snapshot, encode_snapshot};
 use gavel_proto::pb;
+use gavel_wal::kafka::{KafkaConfig, KafkaLog};
 use gavel_wal::snapshot::SnapshotDefect;
 use gavel_wal::{
-    AppendError, CompactReport, DurableFuture, Lsn, TornTail, WaitError, Wal, WalConfig,
-    WriterHooks, latest_snapshot,
+    AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
+    WalConfig, WriterHooks, latest_snapshot,
 };
 use prost::Message;
 
@@ -58,8 +67,10 @@ const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
 pub struct NodeConfig {
     /// The engine's limits.
     pub engine: EngineConfig,
-    /// The log's bounds and batching.
+    /// The file log's bounds and batching.
     pub wal: WalConfig,
+    /// `Some`: the log is this Kafka topic instead of the file log in `<data_dir>/wal`.
+    pub kafka: Option<KafkaConfig>,
     /// Take a snapshot (and compact) after this many records are appended (0 = never).
     pub snapshot_every_records: u64,
 }
@@ -69,6 +80,7 @@ impl Default for NodeConfig {
         NodeConfig {
             engine: EngineConfig::default(),
             wal: WalConfig::default(),
+            kafka: None,
             snapshot_every_records: 1_000_000,
         }
     }
@@ -142,7 +154,7 @@ pub struct SnapshotTaken {
 /// What the node and its snapshot thread share.
 struct Shared {
     engine: Engine,
-    wal: Arc<Wal>,
+    wal: Arc<Log>,
     sink: WalSink,
     /// Serialises snapshots; holds the LSN of the last one written (0 = none).
     last_snapshot_lsn: Mutex<Lsn>,
@@ -194,26 +206,7 @@ impl Node {
     ) -> Result<(Node, RecoveryReport)> {
         let started = Instant::now();
         let wal_dir = data_dir.join(WAL_DIR);
-        let opened = match hooks {
-            Some(hooks) => Wal::open_with_hooks(&wal_dir, config.wal.clone(), hooks),
-            None => Wal::open(&wal_dir, config.wal.clone()),
-        };
-        let (wal, recovery) = opened
-            .with_context(|| format!("opening the write-ahead log in {}", wal_dir.display()))?;
-        let wal = Arc::new(wal);
-        if let Some(torn) = recovery.torn_tail() {
-            tracing::warn!(
-                file = %torn.path.display(),
-                offset = torn.offset,
-                bytes_removed = torn.bytes_removed,
-                reason = %torn.reason,
-                "torn tail truncated: the last write batch was incomplete (never acknowledged durable)"
-            );
-        }
-
         let engine = Engine::new(config.engine);
-        let snapshot = latest_snapshot(&wal_dir)
-            .with_context(|| format!("choosing a snapshot in {}", wal_dir.display()))?;
         let mut report = RecoveryReport {
             snapshot_lsn: None,
             auctions_restored: 0,
@@ -221,44 +214,48 @@ impl Node {
             records_read: 0,
             records_skipped: 0,
             missing_tail_appended: 0,
-            torn_tail: recovery.torn_tail().cloned(),
+            torn_tail: None,
             last_lsn: 0,
             auctions: 0,
             state_hash: [0; 32],
             elapsed: Duration::ZERO,
         };
-        if let Some(snapshot) = &snapshot {
-            for (path, defect) in &snapshot.skipped {
-                tracing::warn!(file = %path.display(), %defect, "corrupt snapshot skipped; using an older one");
+        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        let (wal, summary) = match &config.kafka {
+            None => {
+                let opened = match hooks {
+                    Some(hooks) => Wal::open_with_hooks(&wal_dir, config.wal.clone(), hooks),
+                    None => Wal::open(&wal_dir, config.wal.clone()),
+                };
+                let (wal, recovery) = opened.with_context(|| {
+                    format!("opening the write-ahead log in {}", wal_dir.display())
+                })?;
+                let summary = recover_file(&engine, &wal_dir, &recovery, workers, &mut report)?;
+                (Log::File(wal), summary)
             }
-            report.snapshots_skipped = snapshot.skipped.clone();
-            let (lsn, _taken_at, states) = decode_snapshot(&snapshot.payload)
-                .with_context(|| format!("decoding snapshot {}", snapshot.path.display()))?;
-            ensure!(
-                lsn == snapshot.lsn,
-                "snapshot {} says LSN {lsn} inside but its file is for LSN {}",
-                snapshot.path.display(),
-                snapshot.lsn
-            );
-            report.auctions_restored = states.len();
-            for state in states {
-                let id = state.spec.id();
-                engine.restore(state).with_context(|| {
+            Some(kafka) => {
+                ensure!(
+                    hooks.is_none(),
+                    "writer hooks are for the file log; the Kafka log has none"
+                );
+                let (log, records) = KafkaLog::open(kafka.clone()).with_context(|| {
                     format!(
-                        "restoring auction {id} from snapshot {}",
-                        snapshot.path.display()
+                        "opening the Kafka write-ahead log (topic {} on {})",
+                        kafka.topic, kafka.brokers
                     )
                 })?;
+                tracing::info!(
+                    brokers = %kafka.brokers,
+                    topic = %kafka.topic,
+                    partitions = records.partitions(),
+                    "replaying the Kafka log from the beginning of every partition"
+                );
+                let summary = replay_parallel(&engine, false, records, workers)
+                    .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
+                (Log::Kafka(log), summary)
             }
-            report.snapshot_lsn = Some(snapshot.lsn);
-        }
-
-        let from = snapshot.as_ref().map_or(1, |s| s.lsn + 1);
-        let records = recovery
-            .replay(from)
-            .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
-        let workers = thread::available_parallelism().map_or(1, |n| n.get());
-        let summary = replay_parallel(&engine, snapshot.is_some(), records, workers)?;
+        };
+        let wal = Arc::new(wal);
         report.records_read = summary.events;
         report.records_skipped = summary.skipped;
 
@@ -269,9 +266,21 @@ impl Node {
                 .iter()
                 .map(|e| pb::Record::from(e).encode_to_vec())
                 .collect();
-            let last = wal
-                .append_batch(&payloads)
-                .context("appending the events missing at the end of the log")?;
+            // One batch per auction: the Kafka log keys a batch by its auction.
+            let mut last = 0;
+            let mut start = 0;
+            while start < payloads.len() {
+                let auction = summary.missing_tail[start].auction;
+                let end = start
+                    + summary.missing_tail[start..]
+                        .iter()
+                        .take_while(|e| e.auction == auction)
+                        .count();
+                last = wal
+                    .append_batch(auction.0, &payloads[start..end])
+                    .context("appending the events missing at the end of the log")?;
+                start = end;
+            }
             wal.wait_durable(last, DURABLE_WAIT_MAX)
                 .context("syncing the events missing at the end of the log")?;
             tracing::warn!(
@@ -293,11 +302,10 @@ impl Node {
             stop: AtomicBool::new(false),
         });
         // Old segments may be removable already (a snapshot written just before a crash).
-        shared
-            .wal
-            .compact_to_snapshots()
-            .context("compacting the log")?;
-        let snapshotter = if config.snapshot_every_records > 0 {
+        if let Some(file) = shared.wal.as_file() {
+            file.compact_to_snapshots().context("compacting the log")?;
+        }
+        let snapshotter = if config.snapshot_every_records > 0 && shared.wal.as_file().is_some() {
             let shared = Arc::clone(&shared);
             let every = config.snapshot_every_records;
             let handle = thread::Builder::new()
@@ -347,8 +355,8 @@ impl Node {
         &self.shared.sink
     }
 
-    /// The log.
-    pub fn wal(&self) -> &Wal {
+    /// The log (file or Kafka).
+    pub fn wal(&self) -> &Log {
         &self.shared.wal
     }
 
@@ -415,7 +423,8 @@ impl Node {
     }
 
     /// Takes a snapshot now (unless nothing new is durable since the last one), writes it,
-    /// and compacts the log. Returns `None` if there was nothing to snapshot.
+    /// and compacts the log. Returns `None` if there was nothing to snapshot, or if the log
+    /// is on Kafka (snapshots are file-based in this version).
     ///
     /// Why the snapshot at `L` includes every record with LSN ≤ `L`, where `L` is the
     /// durable LSN read *before* [`Engine::snapshot`] starts:
@@ -472,6 +481,59 @@ impl Drop for Node {
     }
 }
 
+/// The file log's recovery: logs a truncated torn tail, restores the latest valid snapshot
+/// into `engine`, and replays the records after it.
+fn recover_file(
+    engine: &Engine,
+    wal_dir: &Path,
+    recovery: &Recovery,
+    workers: usize,
+    report: &mut RecoveryReport,
+) -> Result<ReplaySummary> {
+    if let Some(torn) = recovery.torn_tail() {
+        tracing::warn!(
+            file = %torn.path.display(),
+            offset = torn.offset,
+            bytes_removed = torn.bytes_removed,
+            reason = %torn.reason,
+            "torn tail truncated: the last write batch was incomplete (never acknowledged durable)"
+        );
+    }
+    report.torn_tail = recovery.torn_tail().cloned();
+    let snapshot = latest_snapshot(wal_dir)
+        .with_context(|| format!("choosing a snapshot in {}", wal_dir.display()))?;
+    if let Some(snapshot) = &snapshot {
+        for (path, defect) in &snapshot.skipped {
+            tracing::warn!(file = %path.display(), %defect, "corrupt snapshot skipped; using an older one");
+        }
+        report.snapshots_skipped = snapshot.skipped.clone();
+        let (lsn, _taken_at, states) = decode_snapshot(&snapshot.payload)
+            .with_context(|| format!("decoding snapshot {}", snapshot.path.display()))?;
+        ensure!(
+            lsn == snapshot.lsn,
+            "snapshot {} says LSN {lsn} inside but its file is for LSN {}",
+            snapshot.path.display(),
+            snapshot.lsn
+        );
+        report.auctions_restored = states.len();
+        for state in states {
+            let id = state.spec.id();
+            engine.restore(state).with_context(|| {
+                format!(
+                    "restoring auction {id} from snapshot {}",
+                    snapshot.path.display()
+                )
+            })?;
+        }
+        report.snapshot_lsn = Some(snapshot.lsn);
+    }
+    let from = snapshot.as_ref().map_or(1, |s| s.lsn + 1);
+    let records = recovery
+        .replay(from)
+        .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
+    replay_parallel(engine, snapshot.is_some(), records, workers)
+}
+
 /// Decodes one log record's payload into an engine event.
 pub fn decode_record(payload: &[u8]) -> Result<Event> {
     let record = pb::Record::decode(payload).context("not a gavel.v1.Record")?;
@@ -513,6 +575,9 @@ fn snapshot_loop(shared: &Shared, every: u64) {
 }
 
 fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
+    let Some(file) = shared.wal.as_file() else {
+        return Ok(None);
+    };
     let mut last_snapshot_lsn = lock(&shared.last_snapshot_lsn);
     if let Some(failure) = shared.wal.failure() {
         bail!("the log failed: {failure}");
@@ -534,13 +599,11 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
             .map_or(0, |d| d.as_micros() as u64),
     );
     let payload = encode_snapshot(lsn, taken_at, &states);
-    let path = shared
-        .wal
+    let path = file
         .write_snapshot(lsn, &payload)
         .with_context(|| format!("writing the snapshot at LSN {lsn}"))?;
     *last_snapshot_lsn = lsn;
-    let compacted = shared
-        .wal
+    let compacted = file
         .compact_to_snapshots()
         .context("compacting the log after a snapshot")?;
     Ok(Some(SnapshotTaken {

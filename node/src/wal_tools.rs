@@ -1,7 +1,9 @@
 //! `gavel wal verify` and `gavel wal dump`: offline looks at a log directory. Neither changes
 //! anything (a torn tail is reported, not truncated).
 //!
-//! Both take a data directory (whose log is in `wal/`) or the log directory itself.
+//! Both take a data directory (whose log is in `wal/`) or the log directory itself; `dump
+//! --kafka <brokers> --topic <t>` reads a Kafka log's topic instead (every partition from
+//! its beginning).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use gavel_proto::convert::bid_id;
 use gavel_proto::pb;
 use gavel_proto::pb::record::Kind;
-use gavel_wal::{Lsn, VerifyReport};
+use gavel_wal::kafka::{KafkaConfig, KafkaRecords};
+use gavel_wal::{Lsn, VerifyReport, WalError};
 use prost::Message;
 
 use crate::node::WAL_DIR;
@@ -24,10 +27,19 @@ pub enum WalCommand {
         /// A data directory (or its `wal/` directory).
         dir: PathBuf,
     },
-    /// Print the log's records, one decoded line each.
+    /// Print the log's records, one decoded line each: of a log directory, or of a Kafka
+    /// topic with --kafka.
     Dump {
         /// A data directory (or its `wal/` directory).
-        dir: PathBuf,
+        #[arg(required_unless_present = "kafka")]
+        dir: Option<PathBuf>,
+        /// Read the Kafka topic --topic on these brokers (host:port[,...]) instead; LSNs are
+        /// then positions in read order, partition by partition interleaved.
+        #[arg(long, value_name = "BROKERS", conflicts_with = "dir")]
+        kafka: Option<String>,
+        /// The Kafka topic, with --kafka.
+        #[arg(long, default_value = "gavel-wal", requires = "kafka")]
+        topic: String,
         /// First LSN to print.
         #[arg(long, default_value_t = 1)]
         from: Lsn,
@@ -55,10 +67,38 @@ pub fn run(command: &WalCommand, out: &mut impl std::io::Write) -> Result<()> {
         }
         WalCommand::Dump {
             dir,
+            kafka,
+            topic,
             from,
             limit,
             json,
-        } => dump(&log_dir(dir), *from, *limit, *json, out),
+        } => {
+            let records: Box<dyn Iterator<Item = Result<gavel_wal::Record, WalError>>> =
+                match (dir, kafka) {
+                    (_, Some(brokers)) => {
+                        let config = KafkaConfig {
+                            brokers: brokers.clone(),
+                            topic: topic.clone(),
+                            ..KafkaConfig::default()
+                        };
+                        let records = KafkaRecords::open(&config).with_context(|| {
+                            format!("reading the Kafka topic {topic} on {brokers}")
+                        })?;
+                        Box::new(
+                            records.skip_while(move |r| r.as_ref().is_ok_and(|r| r.lsn < *from)),
+                        )
+                    }
+                    (Some(dir), None) => {
+                        let dir = log_dir(dir);
+                        Box::new(
+                            gavel_wal::records(&dir, *from)
+                                .with_context(|| format!("reading the log in {}", dir.display()))?,
+                        )
+                    }
+                    (None, None) => bail!("give a data directory or --kafka <brokers>"),
+                };
+            dump(records, *limit, *json, out)
+        }
     }
 }
 
@@ -159,14 +199,11 @@ pub fn format_verify(dir: &Path, report: &VerifyReport) -> String {
 }
 
 fn dump(
-    dir: &Path,
-    from: Lsn,
+    records: impl Iterator<Item = Result<gavel_wal::Record, WalError>>,
     limit: Option<u64>,
     json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    let records = gavel_wal::records(dir, from)
-        .with_context(|| format!("reading the log in {}", dir.display()))?;
     let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     for record in records.take(limit) {
         let record = record.context("reading the log")?;

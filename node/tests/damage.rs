@@ -3,13 +3,12 @@
 //! newest snapshot falls back to the previous one (the log still covers it) with the same
 //! state; two corrupt snapshots refuse, naming the file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gavel_engine::{
-    AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
-    IncrementTable, Topic, UnixMicros,
-};
+use gavel_engine::{AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, UnixMicros};
 use gavel_node::{Node, NodeConfig};
 use gavel_wal::WalConfig;
 
@@ -29,20 +28,7 @@ fn config() -> NodeConfig {
 }
 
 fn english(id: u64) -> AuctionSpec {
-    AuctionSpec::try_from(AuctionRules {
-        id: AuctionId(id),
-        topic: Topic::new(&format!("damage.lot-{id}")).unwrap(),
-        kind: AuctionKind::English {
-            start_price: 100,
-            increments: IncrementTable::default(),
-        },
-        reserve: None,
-        buy_now: None,
-        starts_at: UnixMicros(0),
-        ends_at: UnixMicros(1_000_000_000),
-        soft_close: None,
-    })
-    .unwrap()
+    common::english(id, UnixMicros(1_000_000_000))
 }
 
 /// Places `count` rising bids from `first` on, spread over 3 auctions, and waits until the

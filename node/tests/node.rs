@@ -1,14 +1,15 @@
 //! The durable engine through its library API: snapshots with compaction and recovery from
 //! snapshot + tail; a failing log refuses every decision and acknowledges nothing durable.
 
+mod common;
+
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
-    AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
-    IncrementTable, Receipt, Rejection, Topic, UnixMicros,
+    AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, Receipt, Rejection, UnixMicros,
 };
 use gavel_node::durable::FAILED_RETRY_AFTER_US;
 use gavel_node::{Node, NodeConfig};
@@ -17,20 +18,7 @@ use gavel_wal::{Lsn, WaitError, WalConfig, WriterHooks};
 const SECOND: Duration = Duration::from_secs(5);
 
 fn english(id: u64) -> AuctionSpec {
-    AuctionSpec::try_from(AuctionRules {
-        id: AuctionId(id),
-        topic: Topic::new(&format!("test.lot-{id}")).unwrap(),
-        kind: AuctionKind::English {
-            start_price: 100,
-            increments: IncrementTable::default(),
-        },
-        reserve: None,
-        buy_now: None,
-        starts_at: UnixMicros(0),
-        ends_at: UnixMicros(1_000_000_000),
-        soft_close: None,
-    })
-    .unwrap()
+    common::english(id, UnixMicros(1_000_000_000))
 }
 
 /// Places bid `n` on auction `n % auctions`, each above the last, and returns its receipt.

@@ -169,6 +169,39 @@ pub enum WalError {
     /// A configuration value is out of range.
     #[error("invalid WAL configuration: {0}")]
     Config(&'static str),
+    /// The Kafka brokers did not answer within the start's bounded wait.
+    #[error(
+        "the Kafka brokers {brokers} did not answer within {timeout_ms} ms: {reason} (check \
+         the address and that the broker runs)"
+    )]
+    KafkaUnreachable {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The bounded wait, in milliseconds.
+        timeout_ms: u64,
+        /// What librdkafka said.
+        reason: String,
+    },
+    /// A Kafka operation failed (topic creation, permissions, reading the topic, ...).
+    #[error("could not {op} on the Kafka brokers {brokers}: {reason}")]
+    Kafka {
+        /// What was being done.
+        op: &'static str,
+        /// The bootstrap brokers.
+        brokers: String,
+        /// What librdkafka or the broker said.
+        reason: String,
+    },
+    /// The Kafka producer's effective configuration would allow reordering or duplicates.
+    #[error("refusing the Kafka producer setting {setting}={value:?}: {why}")]
+    KafkaUnsafeConfig {
+        /// The librdkafka property.
+        setting: String,
+        /// Its effective value.
+        value: String,
+        /// Why it is unsafe.
+        why: &'static str,
+    },
     /// The writer failed earlier (see [`Wal::failure`](crate::Wal::failure)); the log is stopped.
     #[error("the log writer failed and the log is stopped: {0}")]
     WriterFailed(String),

@@ -14,6 +14,9 @@
 //! - [`writer`] — [`Wal`]: open + recover, non-blocking `append` into a bounded queue, the
 //!   group-commit writer thread, durable LSN (atomic, blocking wait, `Future`), metrics,
 //!   compaction, shutdown.
+//! - [`log`] — [`Log`], the one interface over the file log and the Kafka log.
+//! - `kafka` (feature `kafka`) — `KafkaLog`: an idempotent rdkafka producer, the durable LSN
+//!   from `PERSISTED` delivery reports, topic creation, and the recovery reader.
 //! - [`snapshot`] — atomic snapshot files, the restore/fallback rule, retention.
 //! - [`inspect`] — offline [`verify`] and [`records`] for `gavel wal verify` / `dump`.
 //! - [`error`] — [`WalError`]; the hot path's small `Copy` errors [`AppendError`],
@@ -56,9 +59,13 @@
 //! # Ok(()) }
 //! ```
 
+mod durability;
 pub mod error;
 pub mod frame;
 pub mod inspect;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod log;
 pub mod segment;
 pub mod snapshot;
 pub mod writer;
@@ -66,8 +73,10 @@ pub mod writer;
 /// A log sequence number: dense, starting at 1, +1 per record; 0 means "none".
 pub type Lsn = u64;
 
+pub use durability::DurableFuture;
 pub use error::{AppendError, WaitError, WalError};
 pub use inspect::{VerifyReport, records, verify};
+pub use log::Log;
 pub use segment::{Record, Records, TornTail};
 pub use snapshot::{Snapshot, latest_snapshot, write_snapshot};
-pub use writer::{CompactReport, DurableFuture, Recovery, Wal, WalConfig, WalMetrics, WriterHooks};
+pub use writer::{CompactReport, Recovery, Wal, WalConfig, WalMetrics, WriterHooks};

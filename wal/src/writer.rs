@@ -40,20 +40,19 @@
 //! batch while writing it.
 
 use std::fs::{self, File, OpenOptions};
-use std::future::Future;
 use std::io::{self, Write};
 use std::mem;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
 use crate::Lsn;
+use crate::durability::{
+    Durability, DurableFuture, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open,
+    lock,
+};
 use crate::error::{AppendError, WaitError, WalError};
 use crate::frame::{self, HEADER_BYTES, PAYLOAD_BYTES_MAX};
 use crate::segment::{self, Records, Scan, ScanMode, SegmentFile, SegmentSummary, TornTail};
@@ -205,10 +204,6 @@ pub struct WalMetrics {
     pub queue_bytes: u64,
 }
 
-const STATUS_OPEN: u8 = 0;
-const STATUS_CLOSED: u8 = 1;
-const STATUS_FAILED: u8 = 2;
-
 /// Records waiting to be written: dense LSNs from `first_lsn`, payloads back to back.
 #[derive(Debug, Default)]
 struct Pending {
@@ -251,68 +246,18 @@ struct Shared {
     lock: File,
     queue: Mutex<Queue>,
     writer_wake: Condvar,
-    durable: AtomicU64,
-    /// `STATUS_*`, set once the writer has stopped (closed after draining, or failed).
-    status: AtomicU8,
-    waiters: Mutex<BTreeMap<Lsn, Vec<Waker>>>,
-    durable_changed: Condvar,
-    failure: Mutex<Option<String>>,
+    /// The durable LSN, the writer's final status and the waiters.
+    durability: Arc<Durability>,
     segments: Mutex<Vec<SegmentFile>>,
     counters: Counters,
     hooks: Arc<dyn WriterHooks>,
 }
 
-/// Locks a mutex of this module. Invariant: no code here panics while holding one of them
-/// (the critical sections are bounds checks, pushes and swaps), so poisoning cannot happen.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .expect("wal mutex poisoned: a panic under a wal lock is a bug")
-}
-
 impl Shared {
-    /// The outcome for a waiter on `lsn`, if decided.
-    fn check(&self, lsn: Lsn) -> Option<Result<Lsn, WaitError>> {
-        // Ordering: Acquire pairs with the writer's Release store after the sync returned.
-        let durable = self.durable.load(Ordering::Acquire);
-        if durable >= lsn {
-            return Some(Ok(durable));
-        }
-        // Ordering: Acquire pairs with the Release store of the final status, which the
-        // writer makes after its last durable store; so the durable reload below is final.
-        let status = self.status.load(Ordering::Acquire);
-        if status == STATUS_OPEN {
-            return None;
-        }
-        let durable = self.durable.load(Ordering::Acquire);
-        Some(if durable >= lsn {
-            Ok(durable)
-        } else if status == STATUS_FAILED {
-            Err(WaitError::Failed { durable })
-        } else {
-            Err(WaitError::Closed { durable })
-        })
-    }
-
-    /// Publishes a new durable LSN and wakes the waiters it satisfies.
-    fn advance_durable(&self, lsn: Lsn) {
-        // Ordering: Release — a waiter that sees `lsn` sees that its record was synced.
-        self.durable.store(lsn, Ordering::Release);
-        // Taking the waiters lock after the store: a waiter that checked before the store
-        // registered before we lock, so it is found here (no lost wake-up).
-        let ready = {
-            let mut waiters = lock(&self.waiters);
-            let later = waiters.split_off(&(lsn + 1));
-            mem::replace(&mut *waiters, later)
-        };
-        self.durable_changed.notify_all();
-        ready.into_values().flatten().for_each(Waker::wake);
-    }
-
     /// Records the writer's final status and wakes every waiter.
     fn stop(&self, status: u8, failure: Option<String>) {
         if let Some(failure) = failure {
-            *lock(&self.failure) = Some(failure);
+            self.durability.record_failure(failure);
         }
         {
             let mut queue = lock(&self.queue);
@@ -320,11 +265,7 @@ impl Shared {
             // Nothing pending will be written; none of it was acknowledged durable.
             queue.pending.clear();
         }
-        // Ordering: Release — see `check`.
-        self.status.store(status, Ordering::Release);
-        let all = mem::take(&mut *lock(&self.waiters));
-        self.durable_changed.notify_all();
-        all.into_values().flatten().for_each(Waker::wake);
+        self.durability.finish(status);
     }
 }
 
@@ -481,11 +422,7 @@ impl Wal {
                 writer: WriterWait::Busy,
             }),
             writer_wake: Condvar::new(),
-            durable: AtomicU64::new(scan.last_lsn),
-            status: AtomicU8::new(STATUS_OPEN),
-            waiters: Mutex::new(BTreeMap::new()),
-            durable_changed: Condvar::new(),
-            failure: Mutex::new(None),
+            durability: Arc::new(Durability::new(scan.last_lsn)),
             segments: Mutex::new(segments.clone()),
             counters: Counters::default(),
             hooks,
@@ -511,6 +448,11 @@ impl Wal {
         Ok((wal, Recovery { segments, scan }))
     }
 
+    /// The durable LSN and its waiters (for [`Log`](crate::Log)).
+    pub(crate) fn durability(&self) -> &Arc<Durability> {
+        &self.shared.durability
+    }
+
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -526,11 +468,7 @@ impl Wal {
         }
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        match queue.status {
-            STATUS_OPEN => {}
-            STATUS_FAILED => return Err(AppendError::Failed),
-            _ => return Err(AppendError::Closed),
-        }
+        check_open(queue.status)?;
         let pending = &queue.pending;
         let full = pending.lens.len() >= config.queue_records_max
             || (!pending.lens.is_empty()
@@ -580,21 +518,10 @@ impl Wal {
     /// batch-size boundary), so a crash can persist a prefix of it; the torn-tail rule and
     /// the node's recovery (which re-appends a decision's missing derived events) cover that.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Lsn, AppendError> {
-        let mut batch_bytes = 0usize;
-        for payload in payloads {
-            let len = payload.as_ref().len();
-            if len > PAYLOAD_BYTES_MAX {
-                return Err(AppendError::TooLarge { len });
-            }
-            batch_bytes += len;
-        }
+        let batch_bytes = batch_bytes(payloads)?;
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        match queue.status {
-            STATUS_OPEN => {}
-            STATUS_FAILED => return Err(AppendError::Failed),
-            _ => return Err(AppendError::Closed),
-        }
+        check_open(queue.status)?;
         if payloads.is_empty() {
             return Ok(queue.next_lsn - 1);
         }
@@ -649,48 +576,23 @@ impl Wal {
 
     /// The highest LSN known to be on stable storage (every LSN ≤ it is).
     pub fn durable_lsn(&self) -> Lsn {
-        // Ordering: Acquire pairs with the writer's Release store after fdatasync.
-        self.shared.durable.load(Ordering::Acquire)
+        self.shared.durability.durable_lsn()
     }
 
     /// Blocks until `lsn` is durable (returns the durable LSN), the log stops, or `timeout`.
     pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> Result<Lsn, WaitError> {
-        let shared = &self.shared;
-        if let Some(outcome) = shared.check(lsn) {
-            return outcome;
-        }
-        let deadline = Instant::now() + timeout;
-        let mut waiters = lock(&shared.waiters);
-        loop {
-            if let Some(outcome) = shared.check(lsn) {
-                return outcome;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(WaitError::Timeout {
-                    durable: self.durable_lsn(),
-                });
-            }
-            waiters = shared
-                .durable_changed
-                .wait_timeout(waiters, deadline - now)
-                .expect("wal mutex poisoned: a panic under a wal lock is a bug")
-                .0;
-        }
+        self.shared.durability.wait(lsn, timeout)
     }
 
     /// A future that resolves once `lsn` is durable (or the log stops). Runtime-agnostic: it
     /// uses only `std::task::Waker`, so a tokio task can `.await` it.
     pub fn durable(&self, lsn: Lsn) -> DurableFuture {
-        DurableFuture {
-            shared: Arc::clone(&self.shared),
-            lsn,
-        }
+        DurableFuture::new(Arc::clone(&self.shared.durability), lsn)
     }
 
     /// The writer's failure, if it failed (the log then accepts nothing).
     pub fn failure(&self) -> Option<String> {
-        lock(&self.shared.failure).clone()
+        self.shared.durability.failure()
     }
 
     /// The counters, for metrics.
@@ -821,39 +723,11 @@ fn create_segment(path: &Path) -> Result<File, WalError> {
         .map_err(WalError::io("create", path))
 }
 
-/// Resolves when its LSN is durable; see [`Wal::durable`].
-#[derive(Debug)]
-#[must_use = "a future does nothing unless polled"]
-pub struct DurableFuture {
-    shared: Arc<Shared>,
-    lsn: Lsn,
-}
-
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-impl Future for DurableFuture {
-    type Output = Result<Lsn, WaitError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(outcome) = self.shared.check(self.lsn) {
-            return Poll::Ready(outcome);
-        }
-        let mut waiters = lock(&self.shared.waiters);
-        // Re-check under the lock: the writer stores the durable LSN before taking it.
-        if let Some(outcome) = self.shared.check(self.lsn) {
-            return Poll::Ready(outcome);
-        }
-        let wakers = waiters.entry(self.lsn).or_default();
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
     }
 }
 
@@ -990,7 +864,7 @@ impl Writer {
             .store(last - first + 1, Ordering::Relaxed);
         c.last_sync_us.store(sync_us, Ordering::Relaxed);
         c.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
-        self.shared.advance_durable(last);
+        self.shared.durability.advance(last);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use clap::{Args, Command};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
+use gavel_wal::kafka::KafkaConfig;
 use serde::Deserialize;
 
 use crate::node::NodeConfig;
@@ -211,6 +212,29 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_WAL_BATCH_WAIT_US_MAX", value_name = "US")]
     pub wal_batch_wait_us_max: Option<u64>,
 
+    /// Where the write-ahead log lives: `file` (segments in <data-dir>/wal) or `kafka` (a
+    /// topic; needs --kafka-brokers). [default: file]
+    #[arg(long, env = "GAVEL_WAL", value_name = "file|kafka")]
+    pub wal: Option<LogKind>,
+
+    /// Kafka bootstrap brokers for --wal kafka, host:port[,host:port...].
+    #[arg(long, env = "GAVEL_KAFKA_BROKERS", value_name = "HOST:PORT")]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka topic of the log. [default: gavel-wal]
+    #[arg(long, env = "GAVEL_KAFKA_TOPIC", value_name = "TOPIC")]
+    pub kafka_topic: Option<String>,
+
+    /// Partitions of the Kafka topic when the node creates it (an existing topic keeps
+    /// its own). [default: 8]
+    #[arg(long, env = "GAVEL_KAFKA_PARTITIONS", value_name = "COUNT")]
+    pub kafka_partitions: Option<i32>,
+
+    /// How long the start waits for the Kafka brokers before giving up, in milliseconds.
+    /// [default: 10000]
+    #[arg(long, env = "GAVEL_KAFKA_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub kafka_connect_timeout_ms: Option<u64>,
+
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     /// [default: 1000000]
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
@@ -228,6 +252,16 @@ pub struct ServeOptions {
     /// Async runtime worker threads; 0 = one per core. [default: 0]
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_name = "COUNT")]
     pub worker_threads: Option<usize>,
+}
+
+/// The write-ahead log's backend.
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    /// The embedded segmented file log in `<data-dir>/wal`.
+    File,
+    /// A Kafka topic (PRODUCT.md §4, §8).
+    Kafka,
 }
 
 /// Where the TLS material comes from.
@@ -305,6 +339,7 @@ impl ServeOptions {
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
             wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
+            wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -459,8 +494,37 @@ impl ServeOptions {
                 .unwrap_or(wal_defaults.batch_wait_us_max),
         };
         wal.validate().context("invalid write-ahead log setting")?;
+        let kafka = match self.wal.unwrap_or(LogKind::File) {
+            LogKind::File => {
+                ensure!(
+                    self.kafka_brokers.is_none()
+                        && self.kafka_topic.is_none()
+                        && self.kafka_partitions.is_none()
+                        && self.kafka_connect_timeout_ms.is_none(),
+                    "--kafka-* options need --wal kafka"
+                );
+                None
+            }
+            LogKind::Kafka => {
+                let defaults = KafkaConfig::default();
+                let kafka = KafkaConfig {
+                    brokers: self
+                        .kafka_brokers
+                        .context("--wal kafka needs --kafka-brokers (host:port)")?,
+                    topic: self.kafka_topic.unwrap_or(defaults.topic),
+                    partitions: self.kafka_partitions.unwrap_or(defaults.partitions),
+                    connect_timeout_ms: self
+                        .kafka_connect_timeout_ms
+                        .unwrap_or(defaults.connect_timeout_ms),
+                    ..defaults
+                };
+                kafka.validate().context("invalid Kafka log setting")?;
+                Some(kafka)
+            }
+        };
         let node = NodeConfig {
             engine,
+            kafka,
             wal,
             snapshot_every_records: self
                 .snapshot_every_records
@@ -613,6 +677,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GAVEL_IDLE_TIMOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn the_kafka_log_is_chosen_with_its_brokers() {
+        let config = parse(&["--dev"]).resolve().unwrap();
+        assert_eq!(config.node.kafka, None, "the file log is the default");
+        let config = parse(&[
+            "--dev",
+            "--wal",
+            "kafka",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-partitions",
+            "3",
+        ])
+        .resolve()
+        .unwrap();
+        let kafka = config.node.kafka.unwrap();
+        assert_eq!(
+            (
+                kafka.brokers.as_str(),
+                kafka.topic.as_str(),
+                kafka.partitions
+            ),
+            ("127.0.0.1:9092", "gavel-wal", 3)
+        );
+        let err = format!(
+            "{:#}",
+            parse(&["--dev", "--wal", "kafka"]).resolve().unwrap_err()
+        );
+        assert!(err.contains("--kafka-brokers"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse(&["--dev", "--kafka-topic", "t"])
+                .resolve()
+                .unwrap_err()
+        );
+        assert!(err.contains("--wal kafka"), "{err}");
     }
 
     #[test]

@@ -3,12 +3,35 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod https;
+pub mod kafka;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use gavel_engine::{
+    AuctionId, AuctionKind, AuctionRules, AuctionSpec, IncrementTable, Topic, UnixMicros,
+};
 use gavel_wal::frame::HEADER_BYTES;
+
+/// An English auction `id` (topic `test.lot-<id>`) starting at 100 ticks, open from time 0
+/// until `ends_at`.
+pub fn english(id: u64, ends_at: UnixMicros) -> AuctionSpec {
+    AuctionSpec::try_from(AuctionRules {
+        id: AuctionId(id),
+        topic: Topic::new(&format!("test.lot-{id}")).unwrap(),
+        kind: AuctionKind::English {
+            start_price: 100,
+            increments: IncrementTable::default(),
+        },
+        reserve: None,
+        buy_now: None,
+        starts_at: UnixMicros(0),
+        ends_at,
+        soft_close: None,
+    })
+    .unwrap()
+}
 
 /// Runs `gavel` with `args`; returns the output whatever the exit status.
 pub fn gavel(args: &[&str]) -> Output {

@@ -11,10 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use gavel_client::ClientConfig;
-use gavel_engine::{
-    AuctionId, AuctionKind, AuctionRules, AuctionSpec, AuctionView, IncrementTable, Topic,
-    UnixMicros,
-};
+use gavel_engine::{AuctionId, AuctionView, UnixMicros};
 use gavel_node::{Node, NodeBackend, NodeConfig};
 use gavel_proto::frame::{self, ALPN, FrameDecoder};
 use gavel_proto::pb;
@@ -131,20 +128,7 @@ impl QuicNode {
     /// An English auction `id` starting at 100 ticks, open for an hour.
     pub fn create_english(&self, id: u64) {
         let now = now_micros();
-        let spec = AuctionSpec::try_from(AuctionRules {
-            id: AuctionId(id),
-            topic: Topic::new(&format!("test.lot-{id}")).unwrap(),
-            kind: AuctionKind::English {
-                start_price: 100,
-                increments: IncrementTable::default(),
-            },
-            reserve: None,
-            buy_now: None,
-            starts_at: UnixMicros(0),
-            ends_at: UnixMicros(now.0 + 3_600_000_000),
-            soft_close: None,
-        })
-        .unwrap();
+        let spec = super::english(id, UnixMicros(now.0 + 3_600_000_000));
         let receipt = self.node.create_auction(spec, now).unwrap();
         self.node.wait_durable(receipt, WAIT_MAX).unwrap();
     }

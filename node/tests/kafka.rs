@@ -1,0 +1,308 @@
+//! The Kafka write-ahead log against a real Kafka-protocol broker (`tansu`, started per test
+//! on a free loopback port by `common::kafka::Broker`, killed when the test ends):
+//!
+//! - every bid acknowledged durable is in the topic and a fresh node that replays the topic
+//!   (every partition from the beginning, records of 2 bidding threads interleaved over 3
+//!   partitions) reaches the live node's state hash; `gavel wal dump --kafka` lists them;
+//! - with the broker gone mid-run, the bounded in-flight queue turns bids into `Overloaded`
+//!   within a second, nothing is acknowledged durable, and the failed delivery reports fail
+//!   the log;
+//! - an unreachable broker fails the start within the bounded wait, naming the address;
+//! - a producer setting that would allow reordering or loss is refused at start.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gavel_engine::{
+    AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, Rejection, UnixMicros,
+};
+use gavel_node::{Node, NodeConfig};
+use gavel_wal::kafka::KafkaConfig;
+
+use common::kafka::{Broker, free_port};
+
+const WAIT: Duration = Duration::from_secs(30);
+const AUCTIONS: u64 = 6;
+const BIDS_PER_THREAD: u64 = 300;
+
+fn config(kafka: KafkaConfig) -> NodeConfig {
+    NodeConfig {
+        kafka: Some(kafka),
+        ..NodeConfig::default()
+    }
+}
+
+fn kafka(brokers: String, topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers,
+        topic: topic.to_owned(),
+        partitions: 3,
+        connect_timeout_ms: 10_000,
+        ..KafkaConfig::default()
+    }
+}
+
+fn english(id: u64) -> AuctionSpec {
+    common::english(id, UnixMicros(1_000_000_000))
+}
+
+/// Bids of thread `t` on its auctions (id % 2 == t), rising; returns the (auction, bid id)
+/// of each bid whose durable wait succeeded.
+fn bid_and_wait(node: &Node, t: u64) -> Vec<(u64, u128)> {
+    let mut acked = Vec::new();
+    for n in 0..BIDS_PER_THREAD {
+        let auction = 1 + t + 2 * (n % (AUCTIONS / 2));
+        let bid_id = u128::from(t) << 64 | u128::from(n);
+        let bid = Bid::new(
+            AuctionId(auction),
+            BidderId::new(&format!("b{}", n % 7)).unwrap(),
+            BidId(bid_id),
+            200 + 10 * n,
+            None,
+            UnixMicros(1 + n),
+        )
+        .unwrap();
+        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
+        assert!(
+            matches!(outcome, BidOutcome::Accepted(_)),
+            "thread {t} bid {n}: {outcome:?}"
+        );
+        // Every few bids, wait for durability (the others ride along in between).
+        if n % 10 == 9 || n + 1 == BIDS_PER_THREAD {
+            node.wait_durable(receipt.unwrap(), WAIT)
+                .unwrap_or_else(|e| panic!("thread {t} bid {n} not durable: {e}"));
+        }
+        acked.push((auction, bid_id));
+    }
+    acked
+}
+
+/// `(auction, bid id)` of every `bid_accepted` line of `gavel wal dump`.
+fn dumped_bids(dump: &str) -> BTreeSet<(u64, u128)> {
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .to_owned()
+    };
+    dump.lines()
+        .filter(|line| line.contains(" bid_accepted "))
+        .map(|line| {
+            let auction = field(line, "auction=").parse().unwrap();
+            let bid = field(line, "bid=");
+            let bid = u128::from_str_radix(bid.trim_start_matches("0x"), 16).unwrap();
+            (auction, bid)
+        })
+        .collect()
+}
+
+#[test]
+fn every_bid_acknowledged_durable_is_replayed_by_a_fresh_node_with_the_same_state() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-replay");
+    let live_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (node, report) = Node::open(live_dir.path(), config(kafka.clone())).unwrap();
+    assert_eq!(report.records_read, 0, "a new topic is empty");
+    for id in 1..=AUCTIONS {
+        let receipt = node.create_auction(english(id), UnixMicros(0)).unwrap();
+        node.wait_durable(receipt, WAIT).unwrap();
+    }
+    let acked: Vec<(u64, u128)> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let node = &node;
+                scope.spawn(move || bid_and_wait(node, t))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(acked.len() as u64, 2 * BIDS_PER_THREAD);
+    let live_hash = node.engine().state_hash();
+    let appended = node.wal().last_appended_lsn();
+    assert_eq!(appended, AUCTIONS + 2 * BIDS_PER_THREAD);
+    assert_eq!(node.wal().durable_lsn(), appended);
+    node.shutdown(false).unwrap();
+    drop(node);
+    let live_elapsed = started.elapsed();
+
+    // A fresh node (another data directory) rebuilds everything from the topic alone.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let (fresh, report) = Node::open(fresh_dir.path(), config(kafka.clone())).unwrap();
+    assert_eq!(report.records_read, appended, "{}", report.summary());
+    assert_eq!(report.auctions, AUCTIONS as usize);
+    assert_eq!(
+        gavel_node::hex(&fresh.engine().state_hash()),
+        gavel_node::hex(&live_hash),
+        "the replayed state differs from the live one"
+    );
+    fresh.shutdown(false).unwrap();
+
+    // Every acknowledged bid is in the topic, as `gavel wal dump --kafka` shows it.
+    let (dump, _) = common::gavel_ok(&[
+        "wal",
+        "dump",
+        "--kafka",
+        &broker.bootstrap(),
+        "--topic",
+        &kafka.topic,
+    ]);
+    let in_topic = dumped_bids(&dump);
+    let missing: Vec<_> = acked.iter().filter(|b| !in_topic.contains(b)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged bids not in the topic: {missing:?}"
+    );
+    assert_eq!(in_topic.len(), acked.len(), "no bid twice, none unknown");
+    eprintln!(
+        "kafka: {appended} records live in {live_elapsed:?}, replayed in {:?}",
+        report.elapsed
+    );
+}
+
+#[test]
+fn an_unreachable_broker_fails_the_start_within_the_bounded_wait() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let kafka = KafkaConfig {
+        connect_timeout_ms: 2_000,
+        ..kafka(brokers.clone(), "gavel-wal-unreachable")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let error = match Node::open(dir.path(), config(kafka)) {
+        Ok(_) => panic!("nothing listens on {brokers}: the start must fail"),
+        Err(error) => format!("{error:#}"),
+    };
+    let elapsed = started.elapsed();
+    assert!(
+        error.contains(&brokers) && error.contains("did not answer within 2000 ms"),
+        "{error}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the start took {elapsed:?} to give up"
+    );
+}
+
+#[test]
+fn a_producer_setting_that_allows_loss_or_reordering_is_refused_at_start() {
+    for (key, value) in [("acks", "1"), ("enable.idempotence", "false")] {
+        let kafka = KafkaConfig {
+            producer_overrides: vec![(key.to_owned(), value.to_owned())],
+            ..kafka(format!("127.0.0.1:{}", free_port()), "gavel-wal-unsafe")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let error = match Node::open(dir.path(), config(kafka)) {
+            Ok(_) => panic!("{key}={value} must be refused"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains(&format!("refusing the Kafka producer setting {key}")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn gavel_serve_with_an_unreachable_broker_exits_with_a_message() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (_, stderr) = common::gavel_fails(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--https-listen",
+        "127.0.0.1:0",
+        "--wal",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-connect-timeout-ms",
+        "1500",
+    ]);
+    assert!(
+        stderr.contains(&brokers) && stderr.contains("did not answer within 1500 ms"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn with_the_broker_gone_bids_are_overloaded_and_nothing_unpersisted_is_acknowledged() {
+    const IN_FLIGHT_MAX: usize = 8;
+    let broker = Broker::start();
+    let kafka = KafkaConfig {
+        queue_records_max: IN_FLIGHT_MAX,
+        message_timeout_ms: 3_000,
+        ..kafka(broker.bootstrap(), "gavel-wal-outage")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka)).unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    drop(broker);
+
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for n in 0..50u64 {
+        let bid = Bid::new(
+            AuctionId(1),
+            BidderId::new("b1").unwrap(),
+            BidId(u128::from(n)),
+            200 + 10 * n,
+            None,
+            UnixMicros(1 + n),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bid {n} was answered after {:?}",
+            started.elapsed()
+        );
+        match outcome {
+            BidOutcome::Accepted(_) => accepted.push(receipt.unwrap()),
+            BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }) => {
+                assert!(retry_after_us > 0 && retry_after_us <= 1_000_000);
+                overloaded += 1;
+            }
+            other => panic!("bid {n}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        IN_FLIGHT_MAX,
+        "the in-flight bound admits exactly that many"
+    );
+    assert_eq!(overloaded, 50 - IN_FLIGHT_MAX);
+    let metrics = node.wal().metrics();
+    assert!(metrics.queue_records <= IN_FLIGHT_MAX as u64, "{metrics:?}");
+    assert_eq!(metrics.backpressure_total, overloaded as u64);
+    // None of them is ever acknowledged: their reports fail after message_timeout_ms, and
+    // the log fails with them.
+    for receipt in accepted {
+        let waited = node.wait_durable(receipt, WAIT);
+        assert!(
+            matches!(waited, Err(gavel_wal::WaitError::Failed { durable }) if durable == created.0),
+            "{waited:?}"
+        );
+    }
+    assert_eq!(node.wal().durable_lsn(), created.0);
+    let failure = node.failure().expect("the log failed");
+    assert!(failure.contains("not persisted"), "{failure}");
+}
