@@ -254,10 +254,6 @@ fn demo_rules(i: u64, epoch: u64) -> Result<AuctionSpec> {
     Ok(AuctionSpec::try_from(rules)?)
 }
 
-fn rejection_name(r: &Rejection) -> &'static str {
-    r.name()
-}
-
 /// Per-thread tallies.
 #[derive(Default)]
 struct Tally {
@@ -832,9 +828,7 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
                     }
                     continue;
                 }
-                BidOutcome::Rejected(r) => {
-                    *tally.rejected.entry(rejection_name(&r)).or_default() += 1
-                }
+                BidOutcome::Rejected(r) => *tally.rejected.entry(r.name()).or_default() += 1,
             }
             break;
         }

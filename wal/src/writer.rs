@@ -475,15 +475,7 @@ impl Wal {
                 && pending.bytes.len() + payload.len() > config.queue_bytes_max);
         if full {
             drop(queue);
-            // Ordering: Relaxed — a statistic.
-            self.shared
-                .counters
-                .backpressure
-                .fetch_add(1, Ordering::Relaxed);
-            let hint = self.shared.counters.last_sync_us.load(Ordering::Relaxed);
-            return Err(AppendError::Backpressure {
-                retry_after_us: hint.clamp(RETRY_AFTER_US_MIN, RETRY_AFTER_US_MAX),
-            });
+            return Err(self.backpressure());
         }
         let lsn = queue.next_lsn;
         queue.next_lsn += 1;
@@ -504,6 +496,20 @@ impl Wal {
             self.shared.writer_wake.notify_one();
         }
         Ok(lsn)
+    }
+
+    /// Counts a refusal for a full queue and builds it, with the last fdatasync's duration
+    /// as the retry hint (about when room frees up).
+    fn backpressure(&self) -> AppendError {
+        // Ordering: Relaxed — statistics.
+        self.shared
+            .counters
+            .backpressure
+            .fetch_add(1, Ordering::Relaxed);
+        let hint = self.shared.counters.last_sync_us.load(Ordering::Relaxed);
+        AppendError::Backpressure {
+            retry_after_us: hint.clamp(RETRY_AFTER_US_MIN, RETRY_AFTER_US_MAX),
+        }
     }
 
     /// Appends `payloads` as one unit — the events of one engine decision — with contiguous
@@ -533,15 +539,7 @@ impl Wal {
                 || pending.bytes.len() + batch_bytes > config.queue_bytes_max);
         if full {
             drop(queue);
-            // Ordering: Relaxed — a statistic.
-            self.shared
-                .counters
-                .backpressure
-                .fetch_add(1, Ordering::Relaxed);
-            let hint = self.shared.counters.last_sync_us.load(Ordering::Relaxed);
-            return Err(AppendError::Backpressure {
-                retry_after_us: hint.clamp(RETRY_AFTER_US_MIN, RETRY_AFTER_US_MAX),
-            });
+            return Err(self.backpressure());
         }
         let first = queue.next_lsn;
         queue.next_lsn += payloads.len() as Lsn;

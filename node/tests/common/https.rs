@@ -219,12 +219,8 @@ impl TestNode {
             .uri(format!("https://localhost{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let response = tokio::time::timeout(WAIT, sender.send_request(request))
-            .await
-            .expect("an answer in time")
-            .unwrap();
-        let (parts, body) = response.into_parts();
-        (parts.status, body.collect().await.unwrap().to_bytes())
+        let (parts, body) = answer(sender.send_request(request)).await;
+        (parts.status, body)
     }
 
     /// Starts the plain-HTTP metrics listener on 127.0.0.1:0 for this node's gateway.
@@ -311,12 +307,8 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, Bytes) {
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    (parts.status, body.collect().await.unwrap().to_bytes())
+    let (parts, body) = answer(sender.send_request(request)).await;
+    (parts.status, body)
 }
 
 /// A TLS connection to the HTTPS port at `addr` as `who` (`"admin/admin"`, …; `None`: no
@@ -386,11 +378,18 @@ pub async fn request_to(
     let request = builder
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .unwrap();
-    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+    let (parts, body) = answer(sender.send_request(request)).await;
+    (parts.status, parts.headers, body)
+}
+
+/// Awaits a request's response (within [`WAIT`]) and its whole body.
+async fn answer(
+    response: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) -> (hyper::http::response::Parts, Bytes) {
+    let response = tokio::time::timeout(WAIT, response)
         .await
         .expect("an answer in time")
         .unwrap();
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, body)
+    (parts, body.collect().await.unwrap().to_bytes())
 }
