@@ -410,3 +410,78 @@ fn slow_disconnects() -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buy_now_close_presence_and_decision_times_reach_watchers() {
+    let node = TestNode::start(Setup::default()).await;
+    let now = now_us();
+    let body = json!({"rules": {
+        "auctionId": "21",
+        "topic": "art.prints.lot-21",
+        "english": {"startPrice": "100"},
+        "buyNow": "500",
+        "startsAtUs": (now - 1_000_000).to_string(),
+        "endsAtUs": (now + 600_000_000).to_string(),
+    }});
+    node.create_auction(body.to_string().into_bytes()).await;
+    let mut bidder = Bidder::connect(&node).await;
+    let (mut first, _) = watch(&node, &["art.>"], 0, json!([])).await;
+    let snapshot = next(&mut first).await;
+    assert_eq!(
+        snapshot["auctionSnapshot"]["watchers"], 1,
+        "only this watcher yet: {snapshot}"
+    );
+    assert_eq!(
+        snapshot["auctionSnapshot"]["biddersConnected"], 1,
+        "{snapshot}"
+    );
+    let (mut second, _) = watch(&node, &["art.prints.lot-21"], 0, json!([])).await;
+    let snapshot = next(&mut second).await;
+    assert_eq!(snapshot["auctionSnapshot"]["watchers"], 2, "{snapshot}");
+
+    // An update carries the decision's time: the same instant the auction's state records.
+    bidder.bid(21, 150).await;
+    let update = next(&mut first).await;
+    assert_eq!(summary(&update), ("priceUpdate".into(), 21, 2, 150));
+    assert_eq!(update["priceUpdate"]["watchers"], 2, "{update}");
+    let (status, _, body) = node.request(ADMIN, "GET", "/v1/auctions/21", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let state: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        update["priceUpdate"]["acceptedAtUs"], state["changedAtUs"],
+        "decision time, not the fan-out's read time: {update} vs {state}"
+    );
+
+    // A bid at the buy-now price closes the auction: both watchers get the close and the
+    // settlement, in order, once the bid is durable.
+    bidder.bid(21, 500).await;
+    for watcher in [&mut first, &mut second] {
+        let mut message = next(watcher).await;
+        if summary(&message).0 == "priceUpdate" {
+            message = next(watcher).await;
+        }
+        assert_eq!(summary(&message).0, "auctionClosed", "{message}");
+        assert_eq!(
+            message["auctionClosed"]["reason"], "CLOSE_REASON_BUY_NOW",
+            "{message}"
+        );
+        let settled = next(watcher).await;
+        assert_eq!(summary(&settled).0, "auctionSettled", "{settled}");
+        assert_eq!(
+            settled["auctionSettled"]["winner"]["price"], "500",
+            "{settled}"
+        );
+        assert_eq!(
+            settled["auctionSettled"]["winner"]["bidderId"], "bidder-1",
+            "{settled}"
+        );
+    }
+    let metrics = common::https::metrics_handle().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gavel_presence_watchers ")),
+        "presence gauges are exported"
+    );
+    node.stop().await;
+}

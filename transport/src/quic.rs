@@ -300,6 +300,10 @@ async fn serve_connection<B: Backend>(
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
     let open = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(identity.as_ref()));
     open.increment(1.0);
+    let _presence = identity
+        .as_ref()
+        .filter(|i| i.role.may_bid())
+        .map(|_| gateway.hub().bidder_present());
 
     let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT);
     let shutdown = gateway.shutdown().clone();

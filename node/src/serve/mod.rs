@@ -21,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gavel_engine::CloseReason;
 use gavel_transport::Gateway;
 use gavel_transport::fanout::Hub;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
@@ -118,10 +117,6 @@ fn describe_node_metrics() {
         "gavel_wal_last_sync_seconds",
         Unit::Seconds,
         "Duration of the log's latest fdatasync."
-    );
-    describe_counter!(
-        "gavel_auctions_settled_total",
-        "Auctions settled and durable, by whether they had a winner."
     );
 }
 
@@ -410,16 +405,8 @@ fn spawn_closer(
                                 hub.settled(
                                     node.engine(),
                                     auction.id,
-                                    CloseReason::EndReached,
                                     gavel_transport::session::now_micros(),
                                 );
-                                let won = if auction.settlement.winner.is_some() {
-                                    "yes"
-                                } else {
-                                    "no"
-                                };
-                                metrics::counter!("gavel_auctions_settled_total", "winner" => won)
-                                    .increment(1);
                                 tracing::info!(
                                     auction = auction.id.0,
                                     winner = ?auction.settlement.winner.map(|w| w.bidder),

@@ -14,11 +14,11 @@
 //! across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use gavel_engine::{AuctionId, AuctionView, CloseReason, Engine, Phase, UnixMicros};
+use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
 use thiserror::Error;
@@ -28,6 +28,7 @@ use crate::fanout::feed::{DirtyFeed, Marked};
 use crate::fanout::outbox::{Outbox, Pushed};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
+use crate::metrics;
 
 /// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
 /// it never loses state and the epoch stays 1.
@@ -36,13 +37,31 @@ pub const STREAM_EPOCH: u64 = 1;
 /// Auctions read per page when a subscription scans for its snapshots.
 const SNAPSHOT_PAGE_MAX: usize = 1024;
 
-fn snapshot_message(view: &AuctionView) -> pb::ServerMessage {
+/// A stream snapshot of `view` with its presence counts.
+fn snapshot_message(view: &AuctionView, watchers: usize, bidders: usize) -> pb::ServerMessage {
+    let mut snapshot = pb::AuctionSnapshot::from_view(view, STREAM_EPOCH);
+    snapshot.watchers = count(watchers);
+    snapshot.bidders_connected = count(bidders);
     pb::ServerMessage {
         request_id: 0,
-        body: Some(Reply::AuctionSnapshot(pb::AuctionSnapshot::from_view(
-            view,
-            STREAM_EPOCH,
-        ))),
+        body: Some(Reply::AuctionSnapshot(snapshot)),
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Presence of one bidder connection: counted in [`Hub::bidders_connected`] while it
+/// lives.
+#[derive(Debug)]
+pub struct BidderPresence(Arc<Hub>);
+
+impl Drop for BidderPresence {
+    fn drop(&mut self) {
+        // Ordering: Relaxed; a gauge, no data behind it.
+        let now = self.0.bidders.fetch_sub(1, Ordering::Relaxed) - 1;
+        ::metrics::gauge!(metrics::PRESENCE_BIDDERS).set(now as f64);
     }
 }
 
@@ -148,6 +167,8 @@ pub struct Hub {
     wakers: Box<[Notify]>,
     registry: RwLock<Registry>,
     next_id: AtomicU64,
+    /// Bidder connections open (presence).
+    bidders: AtomicUsize,
     subscriptions_max: usize,
     outbound_bytes_max: usize,
     slow_after: Duration,
@@ -163,10 +184,39 @@ impl Hub {
             feed,
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            bidders: AtomicUsize::new(0),
             subscriptions_max: limits.subscriptions_per_connection_max,
             outbound_bytes_max: limits.outbound_bytes_max_per_connection,
             slow_after: limits.slow_consumer_timeout(),
         }
+    }
+
+    /// Counts a bidder connection until the returned guard is dropped.
+    pub fn bidder_present(self: &Arc<Self>) -> BidderPresence {
+        // Ordering: Relaxed; see `BidderPresence`.
+        let now = self.bidders.fetch_add(1, Ordering::Relaxed) + 1;
+        ::metrics::gauge!(metrics::PRESENCE_BIDDERS).set(now as f64);
+        BidderPresence(Arc::clone(self))
+    }
+
+    /// Bidder connections open now.
+    pub fn bidders_connected(&self) -> usize {
+        // Ordering: Relaxed; see `BidderPresence`.
+        self.bidders.load(Ordering::Relaxed)
+    }
+
+    /// Connections whose subscriptions match `topic` now (an auction's watchers).
+    pub fn watchers(&self, topic: &str) -> usize {
+        self.registry().trie.subscribers(topic).len()
+    }
+
+    /// The stream snapshot of `view`, with its presence counts.
+    pub fn snapshot(&self, view: &AuctionView) -> pb::ServerMessage {
+        snapshot_message(
+            view,
+            self.watchers(view.spec.rules().topic.as_str()),
+            self.bidders_connected(),
+        )
     }
 
     /// The dirty feed: the bid path marks it, the workers drain it.
@@ -193,13 +243,21 @@ impl Hub {
 
     /// Delivers a durable close and settlement of auction `id` to every matching
     /// subscriber, in order and never conflated (after a pending price of the auction).
-    /// Call it once the settlement is durable.
-    pub fn settled(&self, engine: &Engine, id: AuctionId, reason: CloseReason, now: UnixMicros) {
+    /// Call it once the settlement is durable, exactly once per auction: the closer for
+    /// ends, the admin API for cancels, the bid path for bids that close (buy-now, a Dutch
+    /// sale). Returns how many subscribers it reached.
+    pub fn settled(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
         let Some(view) = engine.view(id, now) else {
-            return;
+            return 0;
         };
-        let Some(settlement) = view.settlement else {
-            return;
+        let (Some(settlement), Some(reason)) = (view.settlement, view.close_reason) else {
+            return 0;
+        };
+        // The decision's time; `now` bounds it from above if it is unknown.
+        let at_us = if view.changed_at.0 == 0 {
+            now
+        } else {
+            view.changed_at
         };
         let closed = pb::ServerMessage {
             request_id: 0,
@@ -209,7 +267,7 @@ impl Hub {
                 // Invariant: `Settled` is always the event right after `Closed`.
                 seq: view.seq.saturating_sub(1),
                 reason: pb::CloseReason::from(reason).into(),
-                closed_at_us: now.0,
+                closed_at_us: at_us.0,
             })),
         };
         let settled = pb::ServerMessage {
@@ -218,12 +276,19 @@ impl Hub {
                 id,
                 STREAM_EPOCH,
                 view.seq,
-                now,
+                at_us,
                 settlement,
             ))),
         };
+        let won = if settlement.winner.is_some() {
+            "yes"
+        } else {
+            "no"
+        };
+        ::metrics::counter!(metrics::AUCTIONS_SETTLED, "winner" => won).increment(1);
         let at = Instant::now();
-        for subscriber in self.matching(view.spec.rules().topic.as_str()) {
+        let targets = self.matching(view.spec.rules().topic.as_str());
+        for subscriber in &targets {
             let mut outbox = subscriber.outbox();
             let ok = outbox.push_ordered(id, closed.clone(), at)
                 && outbox.push_ordered(id, settled.clone(), at);
@@ -233,6 +298,7 @@ impl Hub {
             }
             subscriber.wake.notify_one();
         }
+        targets.len()
     }
 
     /// The subscribers whose subscriptions match `topic` (the registry lock is released
@@ -262,9 +328,10 @@ impl Hub {
             patterns: Mutex::new(HashSet::new()),
             full: AtomicBool::new(false),
         });
-        self.registry_mut()
-            .subscribers
-            .insert(id, Arc::clone(&subscriber));
+        let mut registry = self.registry_mut();
+        registry.subscribers.insert(id, Arc::clone(&subscriber));
+        ::metrics::gauge!(metrics::PRESENCE_WATCHERS).set(registry.subscribers.len() as f64);
+        drop(registry);
         subscriber
     }
 
@@ -276,6 +343,7 @@ impl Hub {
             registry.trie.remove(pattern, subscriber.id);
         }
         registry.subscribers.remove(&subscriber.id);
+        ::metrics::gauge!(metrics::PRESENCE_WATCHERS).set(registry.subscribers.len() as f64);
     }
 
     /// Adds (`Subscribe`) or removes (`Unsubscribe`; unknown ones are ignored) exact
@@ -337,13 +405,19 @@ impl Hub {
             leader: view.leader.map(|l| l.as_str().to_owned()),
             ends_at_us: view.ends_at.0,
             bids_accepted: view.bids_accepted,
-            // The view does not carry the decision time of its latest change yet; `now`
-            // (when the state was read, at or after the decision) bounds it from above.
-            accepted_at_us: now.0,
+            // The decision's time; unknown only for an auction restored from a snapshot and
+            // unchanged since, where `now` (the state read) bounds it from above.
+            accepted_at_us: if view.changed_at.0 == 0 {
+                now.0
+            } else {
+                view.changed_at.0
+            },
+            watchers: count(targets.len()),
+            bidders_connected: count(self.bidders_connected()),
         };
         let at = Instant::now();
         let mut delivered = 0;
-        for subscriber in targets {
+        for subscriber in &targets {
             let pushed = {
                 let mut outbox = subscriber.outbox();
                 if outbox.knows(id) {
@@ -351,7 +425,7 @@ impl Hub {
                 } else {
                     // First contact (an auction created after the subscription): the full
                     // state, in order.
-                    let snapshot = snapshot_message(&view);
+                    let snapshot = snapshot_message(&view, targets.len(), self.bidders_connected());
                     if outbox.push_ordered(id, snapshot, at) {
                         Pushed::Queued
                     } else {
@@ -402,6 +476,8 @@ impl Hub {
                 if !patterns.iter().any(|p| p.matches(topic)) {
                     continue;
                 }
+                // Before the outbox lock: the registry lock is never taken under it.
+                let snapshot = self.snapshot(view);
                 let mut outbox = subscriber.outbox();
                 if let Some(&seen) = positions.get(&id)
                     && seen >= view.seq
@@ -412,7 +488,7 @@ impl Hub {
                 if outbox.knows(id) && !positions.contains_key(&id) {
                     continue;
                 }
-                if !outbox.push_ordered(id, snapshot_message(view), at) {
+                if !outbox.push_ordered(id, snapshot, at) {
                     drop(outbox);
                     subscriber.mark_slow();
                     return queued;

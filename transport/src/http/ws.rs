@@ -11,7 +11,8 @@
 //! violation ends the socket as tungstenite decides (1002).
 //!
 //! The driver is one task reading the socket plus one writer task fed by a bounded queue
-//! ([`super::HttpOptions::ws_outbound_messages_max`] messages): the reader answers each
+//! ([`super::HttpOptions::ws_outbound_messages_max`] messages), which writes whatever is
+//! queued when it wakes (up to 256 messages) with one flush: the reader answers each
 //! request at once, keeps every durable wait in a set polled beside the socket (bounded by
 //! the session's `pending_durable_per_connection_max`), and sends each durable ack when its
 //! wait resolves. A full queue makes the reader wait: one slow socket slows only itself; a
@@ -69,6 +70,8 @@ const TRANSPORT: &str = "ws";
 const WS_VERSION: &str = "13";
 /// Read buffer per socket, in bytes (allocated up front; tungstenite's default is 128 KiB).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Most messages written to a socket per flush.
+const WRITE_BATCH_MAX: usize = 256;
 /// How long the node waits for the peer's answer to its close frame, in milliseconds.
 const CLOSE_WAIT_MS: u64 = 1_000;
 
@@ -393,14 +396,32 @@ async fn run<B: Backend, S>(
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
     let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
     gauge.increment(1.0);
+    let _presence = peer
+        .identity
+        .as_ref()
+        .filter(|i| i.role.may_bid())
+        .map(|_| server.gateway.hub().bidder_present());
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, codec = codec.name(), "WebSocket open");
 
     let (mut sink, mut stream) = socket.split();
     let (queue, mut outbound) =
         mpsc::channel::<Message>(server.options.ws_outbound_messages_max.max(1));
     let writer = tokio::spawn(async move {
+        // Everything queued by the time the writer wakes goes out in one flush: several
+        // updates per TLS record and write call when a burst is due.
         while let Some(message) = outbound.recv().await {
-            if sink.send(message).await.is_err() {
+            let mut fed = sink.feed(message).await;
+            let mut batched = 1;
+            while fed.is_ok() && batched < WRITE_BATCH_MAX {
+                match outbound.try_recv() {
+                    Ok(message) => {
+                        fed = sink.feed(message).await;
+                        batched += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if fed.is_err() || sink.flush().await.is_err() {
                 break;
             }
         }
