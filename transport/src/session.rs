@@ -61,6 +61,8 @@ pub struct Session<B> {
     streams: bool,
     /// The connection's fan-out side, from its first `Subscribe` on.
     subscriber: Option<Arc<Subscriber>>,
+    /// A `Subscribe` asked for price updates as datagrams (QUIC).
+    datagrams: bool,
 }
 
 /// A clone serves another stream of the same connection: same peer, and the same count of
@@ -74,6 +76,7 @@ impl<B> Clone for Session<B> {
             pending_durable: Arc::clone(&self.pending_durable),
             streams: self.streams,
             subscriber: self.subscriber.clone(),
+            datagrams: self.datagrams,
         }
     }
 }
@@ -93,6 +96,7 @@ impl<B: Backend> Session<B> {
             pending_durable: Arc::new(AtomicUsize::new(0)),
             streams: false,
             subscriber: None,
+            datagrams: false,
         }
     }
 
@@ -106,6 +110,11 @@ impl<B: Backend> Session<B> {
     /// The connection's fan-out side, once it subscribed.
     pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
         self.subscriber.as_ref()
+    }
+
+    /// Whether a `Subscribe` asked for price updates as QUIC datagrams.
+    pub fn wants_datagrams(&self) -> bool {
+        self.datagrams
     }
 
     /// The peer's identity, if it presented a certificate.
@@ -192,7 +201,7 @@ impl<B: Backend> Session<B> {
                 out.push(error_message(
                     request_id,
                     pb::ErrorCode::InvalidArgument,
-                    "this node version serves bids only; price streams are not available yet",
+                    "price streams are not served on this connection",
                 ));
                 None
             }
@@ -229,6 +238,7 @@ impl<B: Backend> Session<B> {
         if !self.answer_subscription(request_id, result, out) {
             return;
         }
+        self.datagrams |= request.datagrams;
         let Some(backend) = self.gateway.backend() else {
             // Recovering: the snapshots come with the updates once auctions change.
             return;

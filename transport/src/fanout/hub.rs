@@ -52,6 +52,19 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Counts `messages` as written to a subscriber's peer over `transport`, and records the
+/// delivery latency (decision → now) of each price update among them.
+pub fn delivered(transport: &'static str, messages: &[pb::ServerMessage], now: UnixMicros) {
+    let latency = ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS);
+    for message in messages {
+        if let Some(Reply::PriceUpdate(update)) = &message.body {
+            latency.record(now.0.saturating_sub(update.accepted_at_us) as f64 / 1e6);
+        }
+    }
+    ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => transport)
+        .increment(messages.len() as u64);
+}
+
 /// Presence of one bidder connection: counted in [`Hub::bidders_connected`] while it
 /// lives.
 #[derive(Debug)]
@@ -134,6 +147,29 @@ impl Subscriber {
     fn mark_slow(&self) {
         // Ordering: Relaxed; see `is_slow`.
         self.full.store(true, Ordering::Relaxed);
+    }
+
+    /// Moves what is due into `batch` for one write of at most about `bytes_max` bytes and
+    /// `messages_max` messages, counting conflated updates for `transport`. Returns when the
+    /// next held-back update becomes due and the bytes still pending.
+    pub fn take_due(
+        &self,
+        now: Instant,
+        bytes_max: usize,
+        messages_max: usize,
+        transport: &'static str,
+        batch: &mut Vec<pb::ServerMessage>,
+    ) -> (Option<Instant>, usize) {
+        let (next, conflated, bytes) = {
+            let mut outbox = self.outbox();
+            let next = outbox.take_due_at_most(now, bytes_max, messages_max, batch);
+            (next, outbox.take_conflated(), outbox.bytes())
+        };
+        if conflated > 0 {
+            ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => transport)
+                .increment(conflated);
+        }
+        (next, bytes)
     }
 
     /// Wakes the connection's writer (after pushing into its outbox directly).

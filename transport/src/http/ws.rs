@@ -35,7 +35,6 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use gavel_proto::pb;
-use gavel_proto::pb::server_message::Body as Reply;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -53,7 +52,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::routes::{self, Body};
 use super::{Peer, Server};
-use crate::fanout::Subscriber;
+use crate::fanout::{Subscriber, hub};
 use crate::gateway::Backend;
 use crate::metrics;
 use crate::session::{Session, error_message, now_micros};
@@ -328,28 +327,18 @@ async fn write_stream(
     if room == 0 {
         return Ok(check);
     }
-    let (next, conflated, bytes) = {
-        let mut outbox = subscriber.outbox();
-        let next =
-            outbox.take_due_at_most(now, limits.ws_message_bytes_max, room, &mut state.batch);
-        (next, outbox.take_conflated(), outbox.bytes())
-    };
+    let (next, bytes) = subscriber.take_due(
+        now,
+        limits.ws_message_bytes_max,
+        room,
+        TRANSPORT,
+        &mut state.batch,
+    );
     state.report_bytes(bytes);
-    if conflated > 0 {
-        ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => TRANSPORT)
-            .increment(conflated);
-    }
-    let written = state.batch.len() as u64;
-    let now_us = now_micros().0;
-    let latency = ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS);
+    hub::delivered(TRANSPORT, &state.batch, now_micros());
     for message in state.batch.drain(..) {
-        if let Some(Reply::PriceUpdate(update)) = &message.body {
-            latency.record(now_us.saturating_sub(update.accepted_at_us) as f64 / 1e6);
-        }
         outbound.send_message(&message).await?;
     }
-    ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => TRANSPORT)
-        .increment(written);
     Ok(match next {
         Some(due) => Instant::from_std(due),
         None if bytes > 0 => check,
