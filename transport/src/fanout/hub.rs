@@ -24,7 +24,7 @@ use gavel_proto::pb::server_message::Body as Reply;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::fanout::feed::{DirtyFeed, Marked};
+use crate::fanout::feed::DirtyFeed;
 use crate::fanout::outbox::{Outbox, Pushed};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
@@ -263,9 +263,7 @@ impl Hub {
     /// Announces that auction `id` changed (call it after the change is applied): marks it
     /// dirty and wakes its shard's worker if it was not queued already. Never waits.
     pub fn changed(&self, id: AuctionId) {
-        if self.feed.mark(id) != Marked::AlreadyQueued {
-            self.wakers[self.feed.shard_of(id)].notify_one();
-        }
+        self.feed.mark(id, |shard| self.wakers[shard].notify_one());
     }
 
     /// Resolves when shard `shard` has work (a permit is kept if nobody waits, so no
@@ -335,6 +333,26 @@ impl Hub {
             subscriber.wake.notify_one();
         }
         targets.len()
+    }
+
+    /// The shard (fan-out worker) serving subscriber `id`: connections are dealt round
+    /// robin.
+    fn shard_of_subscriber(&self, id: u64) -> usize {
+        // Truncation intended: the remainder is below the shard count.
+        (id % self.wakers.len() as u64) as usize
+    }
+
+    /// How many subscribers match `topic`, and those of them that `shard` serves (the
+    /// registry lock is released before the caller pushes anything).
+    fn matching_in(&self, topic: &str, shard: usize) -> (usize, Vec<Arc<Subscriber>>) {
+        let registry = self.registry();
+        let ids = registry.trie.subscribers(topic);
+        let own = ids
+            .iter()
+            .filter(|s| self.shard_of_subscriber(**s) == shard)
+            .filter_map(|s| registry.subscribers.get(s).cloned())
+            .collect();
+        (ids.len(), own)
     }
 
     /// The subscribers whose subscriptions match `topic` (the registry lock is released
@@ -419,10 +437,10 @@ impl Hub {
         Ok(held.len())
     }
 
-    /// Delivers the current state of auction `id` to every matching subscriber: one view,
-    /// one trie lookup, one outbox push each (conflated there). Returns how many outboxes
-    /// took it (queued or conflated).
-    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
+    /// Delivers the current state of auction `id` to every matching subscriber that fan-out
+    /// worker `shard` serves: one view, one trie lookup, one outbox push each (conflated
+    /// there). Returns how many outboxes took it (queued or conflated).
+    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros, shard: usize) -> usize {
         let Some(view) = engine.view(id, now) else {
             return 0;
         };
@@ -431,7 +449,7 @@ impl Hub {
             // Closes and settlements go out once durable, through `Hub::settled`.
             return 0;
         }
-        let targets = self.matching(topic);
+        let (watchers, targets) = self.matching_in(topic, shard);
         let update = pb::PriceUpdate {
             auction_id: id.0,
             topic: topic.to_owned(),
@@ -448,7 +466,7 @@ impl Hub {
             } else {
                 view.changed_at.0
             },
-            watchers: count(targets.len()),
+            watchers: count(watchers),
             bidders_connected: count(self.bidders_connected()),
         };
         let at = Instant::now();
@@ -615,7 +633,7 @@ mod tests {
     #[test]
     fn publish_reaches_matching_subscribers_only_with_the_latest_price() {
         let engine = engine_with(&[(1, "energy.eu.de"), (2, "energy.us.tx"), (3, "metals.cu")]);
-        let hub = Hub::new(2, 64, &Limits::default());
+        let hub = Hub::new(1, 64, &Limits::default());
         let eu = hub.connect(Duration::ZERO);
         let all_energy = hub.connect(Duration::ZERO);
         assert_eq!(
@@ -633,12 +651,12 @@ mod tests {
         );
         for (n, amount) in [(1, 100), (2, 105), (3, 110)] {
             bid(&engine, 1, n, amount);
-            hub.publish(&engine, AuctionId(1), UnixMicros(3));
+            hub.publish(&engine, AuctionId(1), UnixMicros(3), 0);
         }
         bid(&engine, 2, 4, 100);
-        assert_eq!(hub.publish(&engine, AuctionId(2), UnixMicros(3)), 1);
+        assert_eq!(hub.publish(&engine, AuctionId(2), UnixMicros(3), 0), 1);
         assert_eq!(
-            hub.publish(&engine, AuctionId(9), UnixMicros(3)),
+            hub.publish(&engine, AuctionId(9), UnixMicros(3), 0),
             0,
             "unknown"
         );
@@ -656,11 +674,37 @@ mod tests {
             Ok(1)
         );
         bid(&engine, 1, 5, 115);
-        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 1);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3), 0), 1);
         assert!(prices(&all_energy).is_empty());
         hub.disconnect(&eu);
-        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 0);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3), 0), 0);
         assert!(hub.registry().trie.len() == 1, "only metals.cu is left");
+    }
+
+    #[test]
+    fn each_worker_serves_its_share_of_a_hot_auctions_watchers() {
+        let engine = engine_with(&[(1, "energy.eu.de")]);
+        let hub = Hub::new(3, 64, &Limits::default());
+        let watchers: Vec<_> = (0..10).map(|_| hub.connect(Duration::ZERO)).collect();
+        for w in &watchers {
+            hub.change(w, Change::Add, &[], &["energy.>".into()])
+                .unwrap();
+        }
+        bid(&engine, 1, 1, 100);
+        let per_shard: Vec<usize> = (0..3)
+            .map(|shard| hub.publish(&engine, AuctionId(1), UnixMicros(3), shard))
+            .collect();
+        assert_eq!(per_shard.iter().sum::<usize>(), 10, "{per_shard:?}");
+        assert!(per_shard.iter().all(|&n| n >= 3), "spread: {per_shard:?}");
+        for w in &watchers {
+            let got = prices(w);
+            assert_eq!(got, vec![(1, 100)], "each watcher exactly once");
+        }
+        let mut out = Vec::new();
+        watchers[0]
+            .outbox()
+            .take_due(Instant::now(), usize::MAX, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
