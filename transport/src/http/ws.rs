@@ -69,6 +69,9 @@ const TRANSPORT: &str = "ws";
 const WS_VERSION: &str = "13";
 /// Read buffer per socket, in bytes (allocated up front; tungstenite's default is 128 KiB).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes of fed messages gathered before a write to the socket (the writer flushes after
+/// each batch anyway).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
 /// How long the node waits for the peer's answer to its close frame, in milliseconds.
@@ -229,8 +232,12 @@ pub(super) fn upgrade<B: Backend>(
         let limits = server.gateway.limits();
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(0)
-            .max_write_buffer_size(limits.ws_message_bytes_max.saturating_mul(4))
+            // Messages fed between two flushes gather up to this much before they are
+            // written: one TLS record and one write call for a burst of updates.
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_write_buffer_size(
+                WRITE_BUFFER_BYTES + limits.ws_message_bytes_max.saturating_mul(4),
+            )
             .max_message_size(Some(limits.ws_message_bytes_max))
             .max_frame_size(Some(limits.ws_message_bytes_max));
         let socket =
