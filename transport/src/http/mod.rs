@@ -63,6 +63,7 @@
 
 mod admin;
 mod routes;
+mod stream;
 mod ws;
 
 use std::convert::Infallible;
