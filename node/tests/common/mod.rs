@@ -5,6 +5,7 @@
 pub mod https;
 pub mod kafka;
 pub mod serve;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
