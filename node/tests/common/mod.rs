@@ -2,9 +2,11 @@
 //! values out of its report, and finding records in segment files.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod cdp;
 pub mod https;
 pub mod kafka;
 pub mod serve;
+pub mod served;
 pub mod stream;
 
 use std::path::{Path, PathBuf};

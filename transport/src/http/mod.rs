@@ -68,6 +68,7 @@
 //! ```
 
 mod admin;
+mod page;
 mod routes;
 mod sse;
 mod stream;

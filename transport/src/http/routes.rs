@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::{Peer, Server, admin, sse, ws};
+use super::{Peer, Server, admin, page, sse, ws};
 use crate::gateway::Backend;
 
 /// The body of a response built whole before it is sent.
@@ -33,7 +33,10 @@ pub(super) async fn route<B: Backend>(
         path if path == admin::COLLECTION || path.starts_with(admin::COLLECTION_SLASH) => {
             admin::handle(server, peer, request).await
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        path => match page::asset(path) {
+            Some(asset) => page::serve(asset, &request),
+            None => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        },
     };
     whole.map(AnyBody::Left)
 }
