@@ -313,11 +313,11 @@ async fn bad_requests_are_refused_with_a_clear_error() {
             "at least one topic",
         ),
         (
-            "pattern=a.%3E.b",
+            "pattern=a&pattern=a.%3E.b",
             &[],
             StatusCode::BAD_REQUEST,
             "bad_topic",
-            "last",
+            "pattern \"a.>.b\": `>` is only allowed as the last segment",
         ),
         (
             "topic=a.*",
@@ -443,4 +443,72 @@ async fn watchers_of_any_role_may_stream_and_anonymous_ones_only_when_allowed() 
     let events = watch(&open_node, "pattern=metals.%3E", None).await;
     drop(events);
     open_node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_its_outbound_bound_ends_as_a_slow_consumer_and_is_counted() {
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            // One snapshot (≈ 120 bytes of protobuf) fits under twice the bound; three do
+            // not, so the subscription's snapshots alone overflow it.
+            outbound_bytes_max_per_connection: 100,
+            ..Setup::default().limits
+        },
+        ..Setup::default()
+    })
+    .await;
+    for id in 1..=3 {
+        create(&node, id, &format!("metals.cu.lot-{id}")).await;
+    }
+    let before = sse_counter("gavel_stream_slow_consumer_disconnects_total");
+    let mut events = watch(&node, "pattern=metals.%3E", None).await;
+    let mut last = events.event().await;
+    while last.data.get("auctionSnapshot").is_some() {
+        last = events.event().await;
+    }
+    assert_eq!(
+        last.data["error"]["code"], "ERROR_CODE_SLOW_CONSUMER",
+        "{last:?}"
+    );
+    assert!(events.next().await.is_none(), "the stream ends");
+    let counted = sse_counter("gavel_stream_slow_consumer_disconnects_total") - before;
+    assert!(counted >= 1.0, "counted {counted}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_served_over_http2_too() {
+    let node = TestNode::start(Setup::default()).await;
+    create(&node, 9, "metals.ni.lot-9").await;
+    let stream = node.tls(WATCHER, &[b"h2"]).await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri("https://localhost/v1/sse?topic=metals.ni.lot-9")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = Events {
+        body: response.into_body(),
+        buffer: String::new(),
+        comments: 0,
+    };
+    assert!(events.event().await.data.get("subscribed").is_some());
+    assert_eq!(events.event().await.id.as_deref(), Some("1.9.1"));
+    let mut bidder = Bidder::connect(&node).await;
+    bidder.bid(9, 120).await;
+    let update = events.event().await;
+    assert_eq!(update.id.as_deref(), Some("1.9.2"), "{update:?}");
+    assert_eq!(update.data["priceUpdate"]["price"], "120");
+    drop(events);
+    node.stop().await;
 }

@@ -50,7 +50,7 @@ use tokio::time::Instant;
 use super::routes::{self, AnyBody};
 use super::stream::{self, SlowConsumer, StreamState};
 use super::{Peer, Server};
-use crate::fanout::Subscriber;
+use crate::fanout::{Pattern, Subscriber};
 use crate::gateway::Backend;
 use crate::metrics;
 use crate::session::{Session, error_message};
@@ -159,9 +159,15 @@ fn encode_event(message: &pb::ServerMessage, out: &mut BytesMut) {
     out.put_slice(b"\n\n");
 }
 
-/// Why a query was refused.
+/// Why a query was refused: the error code (`bad_query`, `bad_topic`) and a message.
 #[derive(Debug, PartialEq, Eq)]
-struct BadQuery(String);
+struct BadQuery(&'static str, String);
+
+impl BadQuery {
+    fn query(message: String) -> BadQuery {
+        BadQuery("bad_query", message)
+    }
+}
 
 /// A parsed query: the `Subscribe` to make.
 fn parse_query(query: &str, last_event_id: Option<&str>) -> Result<pb::Subscribe, BadQuery> {
@@ -169,18 +175,32 @@ fn parse_query(query: &str, last_event_id: Option<&str>) -> Result<pb::Subscribe
     let mut interval = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(key).ok_or_else(|| BadQuery(format!("bad escape in {pair:?}")))?;
-        let value =
-            percent_decode(value).ok_or_else(|| BadQuery(format!("bad escape in {pair:?}")))?;
+        let key = percent_decode(key)
+            .ok_or_else(|| BadQuery::query(format!("bad escape in {pair:?}")))?;
+        let value = percent_decode(value)
+            .ok_or_else(|| BadQuery::query(format!("bad escape in {pair:?}")))?;
         match key.as_str() {
-            "topic" => subscribe.topics.push(value),
-            "pattern" => subscribe.patterns.push(value),
+            "topic" | "pattern" => {
+                let parsed = if key == "topic" {
+                    Pattern::exact(&value)
+                } else {
+                    Pattern::parse(&value)
+                };
+                if let Err(e) = parsed {
+                    return Err(BadQuery("bad_topic", format!("{key} {value:?}: {e}")));
+                }
+                if key == "topic" {
+                    subscribe.topics.push(value);
+                } else {
+                    subscribe.patterns.push(value);
+                }
+            }
             "interval_ms" => {
                 if interval.is_some() {
-                    return Err(BadQuery("interval_ms is given twice".into()));
+                    return Err(BadQuery::query("interval_ms is given twice".into()));
                 }
                 let ms = value.parse::<u32>().map_err(|_| {
-                    BadQuery(format!(
+                    BadQuery::query(format!(
                         "interval_ms must be a whole number of milliseconds, not {value:?}"
                     ))
                 })?;
@@ -188,32 +208,32 @@ fn parse_query(query: &str, last_event_id: Option<&str>) -> Result<pb::Subscribe
             }
             "resume" => {
                 if subscribe.resume.len() >= RESUME_POSITIONS_MAX {
-                    return Err(BadQuery(format!(
+                    return Err(BadQuery::query(format!(
                         "more than {RESUME_POSITIONS_MAX} resume positions"
                     )));
                 }
                 let position = Position::parse(&value).ok_or_else(|| {
-                    BadQuery(format!(
+                    BadQuery::query(format!(
                         "resume must be <epoch>.<auction>.<seq>, not {value:?}"
                     ))
                 })?;
                 subscribe.resume.push(position.stream_position());
             }
             other => {
-                return Err(BadQuery(format!(
+                return Err(BadQuery::query(format!(
                     "unknown parameter {other:?} (topic, pattern, interval_ms, resume)"
                 )));
             }
         }
     }
     if subscribe.topics.is_empty() && subscribe.patterns.is_empty() {
-        return Err(BadQuery(
+        return Err(BadQuery::query(
             "name at least one topic=… or pattern=… (e.g. pattern=energy.eu.>)".into(),
         ));
     }
     if let Some(id) = last_event_id.filter(|id| !id.trim().is_empty()) {
         let position = Position::parse(id).ok_or_else(|| {
-            BadQuery(format!(
+            BadQuery::query(format!(
                 "Last-Event-ID must be an id this node sent (<epoch>.<auction>.<seq>), not {id:?}"
             ))
         })?;
@@ -281,7 +301,7 @@ pub(super) fn open<B: Backend>(
     };
     let subscribe = match parse_query(request.uri().query().unwrap_or(""), last_event_id) {
         Ok(subscribe) => subscribe,
-        Err(BadQuery(message)) => return refuse(StatusCode::BAD_REQUEST, "bad_query", &message),
+        Err(BadQuery(code, message)) => return refuse(StatusCode::BAD_REQUEST, code, &message),
     };
 
     let mut session = Session::new(
@@ -499,13 +519,20 @@ mod tests {
 
     #[test]
     fn bad_queries_say_what_is_wrong() {
-        let err = |q: &str, id: Option<&str>| parse_query(q, id).unwrap_err().0;
+        let err = |q: &str, id: Option<&str>| parse_query(q, id).unwrap_err().1;
         assert!(err("", None).contains("at least one"));
         assert!(err("pattern=a&colour=red", None).contains("colour"));
         assert!(err("pattern=a&interval_ms=soon", None).contains("interval_ms"));
         assert!(err("pattern=a&interval_ms=1&interval_ms=2", None).contains("twice"));
         assert!(err("pattern=a&resume=7", None).contains("resume"));
         assert!(err("pattern=%zz", None).contains("escape"));
+        assert_eq!(
+            parse_query("pattern=a&pattern=b..c", None),
+            Err(BadQuery(
+                "bad_topic",
+                "pattern \"b..c\": empty segment".into()
+            ))
+        );
         assert!(err("pattern=a", Some("yesterday")).contains("Last-Event-ID"));
     }
 
