@@ -65,12 +65,8 @@ pub(super) fn serve<T>(asset: Asset, request: &Request<T>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return routes::method_not_allowed("GET, HEAD");
     }
-    let body = if request.method() == Method::HEAD {
-        Bytes::new()
-    } else {
-        Bytes::from_static(asset.body.as_bytes())
-    };
-    let mut response = Response::new(Full::new(body));
+    // hyper writes no body for HEAD, and keeps the GET's Content-Length.
+    let mut response = Response::new(Full::new(Bytes::from_static(asset.body.as_bytes())));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
