@@ -150,9 +150,10 @@ impl std::fmt::Debug for MetricsRenderer {
 pub struct HttpOptions {
     /// Renders `/metrics`.
     pub metrics: MetricsRenderer,
-    /// Origins a browser may open `/v1/ws` from, e.g. `https://market.example.com`
-    /// (compared without case, a trailing `/` ignored); `*` allows any. A handshake without
-    /// an `Origin` header (not a browser) is always allowed.
+    /// Origins a browser may open `/v1/ws` and `/v1/sse` from, e.g.
+    /// `https://market.example.com` (compared without case, a trailing `/` ignored); `*`
+    /// allows any. A request without an `Origin` header (not a browser) and one from the
+    /// node's own origin (`https://` + its `Host`) are always allowed.
     pub allowed_origins: Vec<String>,
     /// Time between two pings the node sends on a WebSocket, in milliseconds; at most half
     /// of `idle_timeout_ms` and at least [`WS_PING_INTERVAL_MS_MIN`] are used.

@@ -265,8 +265,11 @@
       return;
     }
     c.dot.setAttribute("r", "2.5");
-    const t0 = pts[0][0];
-    const t1 = Math.max(pts[pts.length - 1][0], t0 + 1);
+    // The time axis runs to now (the last price holds until the next change), at least a
+    // few seconds wide so a fresh auction's first steps do not fill it.
+    const now = Date.now();
+    const t0 = Math.min(pts[0][0], now - 5000);
+    const t1 = Math.max(now, pts[pts.length - 1][0] + 1);
     let lo = Math.min(...pts.map((p) => p[1]));
     let hi = Math.max(...pts.map((p) => p[1]));
     if (hi === lo) { hi += 1; lo -= 1; }
@@ -279,12 +282,13 @@
       if (i > 0) coords.push(`${x(t).toFixed(1)},${y(pts[i - 1][1]).toFixed(1)}`);
       coords.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
     });
-    const lastX = x(pts[pts.length - 1][0]).toFixed(1);
     const lastY = y(pts[pts.length - 1][1]).toFixed(1);
+    const lastX = x(t1).toFixed(1);
+    coords.push(`${lastX},${lastY}`);
     c.line.setAttribute("points", coords.join(" "));
     c.area.setAttribute(
       "points",
-      `${x(t0).toFixed(1)},${CHART_H - pad} ${coords.join(" ")} ${lastX},${CHART_H - pad}`,
+      `${x(pts[0][0]).toFixed(1)},${CHART_H - pad} ${coords.join(" ")} ${lastX},${CHART_H - pad}`,
     );
     c.dot.setAttribute("cx", lastX);
     c.dot.setAttribute("cy", lastY);
@@ -308,9 +312,15 @@
     if (a.cells.left.textContent !== text) a.cells.left.textContent = text;
   }
 
+  let ticks = 0;
   setInterval(() => {
     const now = Date.now() + clockOffsetMs;
-    for (const a of auctions.values()) if (a.row) tickOne(a, now);
+    const redraw = ++ticks % 4 === 0; // charts once a second: their time axis ends at now
+    for (const a of auctions.values()) {
+      if (!a.row) continue;
+      tickOne(a, now);
+      if (redraw && a.phase !== "PHASE_SETTLED") drawChart(a);
+    }
   }, 250);
 
   // For operators and tests: look at the page's state, or drop the socket as a network
