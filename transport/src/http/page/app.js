@@ -11,6 +11,7 @@
 (() => {
   const SUBPROTOCOL = "gavel.v1.json";
   const POINTS_MAX = 120; // chart points kept per auction
+  const RESUME_MAX = 500; // positions per subscribe (≈ 60 bytes each; messages ≤ 64 KiB)
   const BACKOFF_MS_MIN = 250;
   const BACKOFF_MS_MAX = 5000;
   const SVG = "http://www.w3.org/2000/svg";
@@ -58,9 +59,13 @@
       attempts = 0;
       setStatus("live", "live");
       send({ ping: { clientSentAtUs: String(Date.now() * 1000) } });
+      // Positions of what the page shows, so only what moved is sent again; beyond
+      // RESUME_MAX (the node's message size limit) a fresh set of snapshots is cheaper.
       const resume = [];
-      for (const a of auctions.values()) {
-        resume.push({ auctionId: a.id, epoch: a.epoch, seq: a.seq });
+      if (auctions.size <= RESUME_MAX) {
+        for (const a of auctions.values()) {
+          resume.push({ auctionId: a.id, epoch: a.epoch, seq: a.seq });
+        }
       }
       send({ subscribe: { patterns: [pattern], intervalMs, resume } });
     };
