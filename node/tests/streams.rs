@@ -15,14 +15,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::https::{Setup, TestNode, WAIT};
+use common::stream::{Bidder, create, now_us};
 use futures_util::{SinkExt, StreamExt};
-use gavel_proto::pb;
 use gavel_transport::Limits;
 use hyper::StatusCode;
-use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -32,93 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
 const ADMIN: Option<&str> = Some("admin/admin");
-const BIDDER: Option<&str> = Some("bidder/bidder-1");
 const WATCHER: Option<&str> = Some("watcher/watcher-1");
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// Creates an English auction `id` on `topic` (start price 100, open ten minutes).
-async fn create(node: &TestNode, id: u64, topic: &str) {
-    let now = now_us();
-    let body = json!({"rules": {
-        "auctionId": id.to_string(),
-        "topic": topic,
-        "english": {"startPrice": "100"},
-        "startsAtUs": (now - 1_000_000).to_string(),
-        "endsAtUs": (now + 600_000_000).to_string(),
-    }});
-    node.create_auction(body.to_string().into_bytes()).await;
-}
-
-/// A bidder's socket placing bids and reading their outcomes.
-struct Bidder {
-    socket: Socket,
-    next_id: u64,
-}
-
-impl Bidder {
-    async fn connect(node: &TestNode) -> Bidder {
-        Bidder {
-            socket: node.ws(BIDDER, "gavel.v1.proto", None).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    /// Bids `amount` on `auction` and asserts it was accepted.
-    async fn bid(&mut self, auction: u64, amount: u64) {
-        self.bids(&[(auction, amount)]).await;
-    }
-
-    /// Sends every `(auction, amount)` bid at once (pipelined), then asserts each was
-    /// accepted.
-    async fn bids(&mut self, bids: &[(u64, u64)]) {
-        for &(auction, amount) in bids {
-            let id = self.next_id;
-            self.next_id += 1;
-            let request = pb::ClientMessage {
-                request_id: id,
-                body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
-                    auction_id: auction,
-                    amount,
-                    max: None,
-                    bid_id_hi: 7,
-                    bid_id_lo: id,
-                    client_sent_at_us: now_us(),
-                })),
-            };
-            self.socket
-                .feed(Message::Binary(request.encode_to_vec().into()))
-                .await
-                .unwrap();
-        }
-        self.socket.flush().await.unwrap();
-        let mut outcomes = 0;
-        while outcomes < bids.len() {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("an outcome in time")
-                .unwrap()
-                .unwrap();
-            let Message::Binary(bytes) = message else {
-                continue;
-            };
-            let reply = pb::ServerMessage::decode(bytes.as_ref()).unwrap();
-            if let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body {
-                assert!(
-                    matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_))),
-                    "{:?}: {outcome:?}",
-                    bids[outcomes]
-                );
-                outcomes += 1;
-            }
-        }
-    }
-}
 
 /// The next JSON message of a watcher (control frames skipped).
 async fn next(socket: &mut Socket) -> Value {

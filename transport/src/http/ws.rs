@@ -51,11 +51,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::routes::{self, Body};
+use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
-use crate::fanout::{Subscriber, hub};
+use crate::fanout::Subscriber;
 use crate::gateway::Backend;
 use crate::metrics;
-use crate::session::{Session, error_message, now_micros};
+use crate::session::{Session, error_message};
 
 /// The path of the endpoint.
 pub const PATH: &str = "/v1/ws";
@@ -185,14 +186,8 @@ pub(super) fn upgrade<B: Backend>(
             "Sec-WebSocket-Key is missing",
         );
     };
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !origin_allowed(origin, &server.options.allowed_origins)
-    {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this Origin may not open WebSockets on this node",
-        );
+    if let Some((status, code, message)) = stream::refusal(server, &request) {
+        return refuse(status, code, message);
     }
     let Some(codec) = Codec::negotiate(headers) else {
         return refuse(
@@ -201,13 +196,6 @@ pub(super) fn upgrade<B: Backend>(
             "offer Sec-WebSocket-Protocol gavel.v1.proto or gavel.v1.json",
         );
     };
-    if server.gateway.shutdown().is_cancelled() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the node is shutting down",
-        );
-    }
     let Ok(accept) = HeaderValue::try_from(derive_accept_key(key.as_bytes())) else {
         // A base64 string is always a valid header value.
         return refuse(
@@ -259,17 +247,6 @@ pub(super) fn upgrade<B: Backend>(
     response
 }
 
-/// Whether a browser page from `origin` may open a socket.
-fn origin_allowed(origin: &HeaderValue, allowed: &[String]) -> bool {
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim_end_matches('/');
-    allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-}
-
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     metrics::request_error(TRANSPORT, "handshake");
     tracing::debug!(code, "WebSocket handshake refused");
@@ -288,35 +265,6 @@ enum End {
     SlowConsumer,
 }
 
-/// How often a subscriber's outbox is looked at while its socket has no room (slow-consumer
-/// detection), in milliseconds.
-const STREAM_CHECK_MS: u64 = 50;
-/// The stream timer when nothing is pending.
-const STREAM_IDLE: Duration = Duration::from_secs(3600);
-
-/// What one socket last reported to the stream gauges (they are per transport, so each
-/// socket adds its deltas).
-#[derive(Debug, Default)]
-struct StreamState {
-    subscriptions: usize,
-    bytes: usize,
-    batch: Vec<pb::ServerMessage>,
-}
-
-impl StreamState {
-    fn report_subscriptions(&mut self, now: usize) {
-        let gauge = ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => TRANSPORT);
-        gauge.increment(now as f64 - self.subscriptions as f64);
-        self.subscriptions = now;
-    }
-
-    fn report_bytes(&mut self, now: usize) {
-        let gauge = ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => TRANSPORT);
-        gauge.increment(now as f64 - self.bytes as f64);
-        self.bytes = now;
-    }
-}
-
 /// Writes what is due in the subscriber's outbox, as far as the socket's queue has room;
 /// returns when to look again. A subscriber past its bound is closed.
 async fn write_stream(
@@ -325,32 +273,14 @@ async fn write_stream(
     state: &mut StreamState,
     limits: &crate::Limits,
 ) -> Result<Instant, End> {
-    let now = std::time::Instant::now();
-    let check = Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
-    if subscriber.is_slow(now) {
-        return Err(End::SlowConsumer);
-    }
     let room = outbound.queue.capacity();
-    if room == 0 {
-        return Ok(check);
-    }
-    let (next, bytes) = subscriber.take_due(
-        now,
-        limits.ws_message_bytes_max,
-        room,
-        TRANSPORT,
-        &mut state.batch,
-    );
-    state.report_bytes(bytes);
-    hub::delivered(TRANSPORT, &state.batch, now_micros());
+    let next = state
+        .take_due(subscriber, room, limits.ws_message_bytes_max)
+        .map_err(|SlowConsumer| End::SlowConsumer)?;
     for message in state.batch.drain(..) {
         outbound.send_message(&message).await?;
     }
-    Ok(match next {
-        Some(due) => Instant::from_std(due),
-        None if bytes > 0 => check,
-        None => Instant::now() + STREAM_IDLE,
-    })
+    Ok(next)
 }
 
 /// The bounded queue to a socket's writer task.
@@ -437,14 +367,9 @@ async fn run<B: Backend, S>(
         TRANSPORT,
     )
     .with_streams();
-    let mut stream_state = StreamState::default();
+    let mut stream_state = StreamState::new(TRANSPORT);
     let mut stream_timer = Instant::now() + STREAM_IDLE;
-    // At least two pings per idle timeout, so a live peer's pong always comes in time.
-    let ping_every = Duration::from_millis(server.options.ws_ping_interval_ms)
-        .min(idle_timeout / 2)
-        .max(Duration::from_millis(super::WS_PING_INTERVAL_MS_MIN));
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping = stream::keepalive(&server.options, idle_timeout);
     let mut heard_at = Instant::now();
     // Bounded by the session: it refuses bids beyond pending_durable_per_connection_max.
     let mut durable = FuturesUnordered::new();
@@ -563,8 +488,7 @@ async fn run<B: Backend, S>(
         }
         End::SlowConsumer => {
             tracing::debug!(remote = %peer.remote, "WebSocket subscriber too slow; closing");
-            ::metrics::counter!(metrics::STREAM_SLOW_CONSUMERS, "transport" => TRANSPORT)
-                .increment(1);
+            stream::count_slow_consumer(TRANSPORT);
             // The queue may be full: whatever fits goes, the rest is dropped with the socket.
             let error = error_message(
                 0,
@@ -582,8 +506,7 @@ async fn run<B: Backend, S>(
     if let Some(subscriber) = session.subscriber() {
         server.gateway.hub().disconnect(subscriber);
     }
-    stream_state.report_subscriptions(0);
-    stream_state.report_bytes(0);
+    stream_state.report_closed();
     drop(outbound);
     if tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), &mut writer)
         .await
@@ -615,17 +538,6 @@ mod tests {
             HeaderValue::from_static("gavel.v2.json"),
         );
         assert_eq!(Codec::negotiate(&headers), None);
-    }
-
-    #[test]
-    fn origins_are_compared_without_case_or_trailing_slash() {
-        let allowed = vec!["https://market.example.com/".to_owned()];
-        let ok = HeaderValue::from_static("https://MARKET.example.com");
-        let bad = HeaderValue::from_static("https://evil.example.com");
-        assert!(origin_allowed(&ok, &allowed));
-        assert!(!origin_allowed(&bad, &allowed));
-        assert!(!origin_allowed(&ok, &[]));
-        assert!(origin_allowed(&bad, &["*".to_owned()]));
     }
 
     #[test]
