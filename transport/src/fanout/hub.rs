@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
+use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -192,7 +193,8 @@ impl Subscriber {
 #[derive(Debug, Default)]
 struct Registry {
     trie: TopicTrie<u64>,
-    subscribers: HashMap<u64, Arc<Subscriber>>,
+    /// Keyed by the node's own connection ids (foldhash: no peer picks them).
+    subscribers: HashMap<u64, Arc<Subscriber>, foldhash::fast::RandomState>,
 }
 
 /// The node's fan-out: dirty feed, subscriptions, delivery.
@@ -469,13 +471,16 @@ impl Hub {
             watchers: count(watchers),
             bidders_connected: count(self.bidders_connected()),
         };
+        // One update shared by every outbox (cloned only when written), sized once.
+        let size = update.encoded_len();
+        let update = Arc::new(update);
         let at = Instant::now();
         let mut delivered = 0;
         for subscriber in &targets {
             let pushed = {
                 let mut outbox = subscriber.outbox();
                 if outbox.knows(id) {
-                    outbox.push_price(update.clone(), at)
+                    outbox.push_shared_price(Arc::clone(&update), size, at)
                 } else {
                     // First contact (an auction created after the subscription): the full
                     // state, in order.
