@@ -1,0 +1,323 @@
+//! Open-loop bidders: one lane per connection, over QUIC with the SDK (`gavel-client`) or over
+//! WebSocket (`gavel.v1.proto`). Each lane receives due times from the pacer, sends a bid at
+//! each, and records from the due time: `decided` (any answer), `accepted` (accepted answers)
+//! and `durable` (durable acks of accepted bids), with every outcome counted by kind.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use gavel_client::{Bid, BidError, Client, ClientConfig};
+use gavel_proto::pb;
+use prost::Message as _;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::pace::{LANE_QUEUE_MAX, Lane};
+use crate::stats::{Recorder, unix_us};
+use crate::target::Node;
+use crate::workload::{PlannedBid, Workload};
+use crate::ws;
+
+/// Bids one connection may have waiting for an answer or a durable ack; more wait (the wait
+/// is part of their latency). The node's own per-connection bound is 4 096 durable acks.
+pub const IN_FLIGHT_MAX: usize = 4_000;
+/// Longest a lane waits for its last answers after the pacer stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The dev identities that may bid (each has its own rate bucket on the node), used round
+/// robin by the connections.
+pub const BIDDERS: [(&str, &str); 3] = [
+    ("bidder", "bidder-1"),
+    ("bidder", "bidder-2"),
+    ("device", "device-1"),
+];
+
+/// The counted kind of a rejected or failed bid.
+pub fn error_kind(error: &BidError) -> &'static str {
+    match error {
+        BidError::TooLow { .. } => "too_low",
+        BidError::NotOpen => "not_open",
+        BidError::Closed => "closed",
+        BidError::UnknownAuction => "unknown_auction",
+        BidError::Duplicate { .. } => "duplicate",
+        BidError::RateLimited => "rate_limited",
+        BidError::Overloaded { .. } => "overloaded",
+        BidError::Invalid => "invalid",
+        BidError::Forbidden => "forbidden",
+        BidError::Server { .. } => "server_error",
+        BidError::Connection(_) => "connection",
+        BidError::Timeout => "timeout",
+    }
+}
+
+/// The counted kind of a rejection reason on the wire.
+fn reason_kind(reason: i32) -> &'static str {
+    match pb::RejectReason::try_from(reason) {
+        Ok(pb::RejectReason::TooLow) => "too_low",
+        Ok(pb::RejectReason::NotOpen) => "not_open",
+        Ok(pb::RejectReason::Closed) => "closed",
+        Ok(pb::RejectReason::UnknownAuction) => "unknown_auction",
+        Ok(pb::RejectReason::Duplicate) => "duplicate",
+        Ok(pb::RejectReason::RateLimited) => "rate_limited",
+        Ok(pb::RejectReason::Overloaded) => "overloaded",
+        Ok(pb::RejectReason::Invalid) => "invalid",
+        Ok(pb::RejectReason::Forbidden) => "forbidden",
+        _ => "unknown_reason",
+    }
+}
+
+/// Started lanes: hand due times to `lanes`, then await `tasks`.
+#[derive(Default)]
+pub struct Lanes {
+    /// The pacer's side.
+    pub lanes: Vec<Lane>,
+    /// One task per connection; each ends after its queue closed and its answers arrived.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl Lanes {
+    /// Adds a lane whose due times `task` consumes (spawned now).
+    pub fn add<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(mpsc::Receiver<(Instant, u64)>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+        self.lanes.push(lane);
+        self.tasks.push(tokio::spawn(task(due)));
+    }
+}
+
+/// The `PlaceBid` request of a planned bid, with a fresh random bid id.
+pub fn place_bid_message(request_id: u64, planned: PlannedBid) -> pb::ClientMessage {
+    let bid_id = gavel_client::random_bid_id();
+    pb::ClientMessage {
+        request_id,
+        body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+            auction_id: planned.auction_id,
+            amount: planned.amount,
+            max: None,
+            bid_id_hi: (bid_id >> 64) as u64,
+            // Truncation intended: the low 64 bits.
+            bid_id_lo: bid_id as u64,
+            client_sent_at_us: unix_us(),
+        })),
+    }
+}
+
+/// The SDK configuration of a dev bidder identity.
+pub fn sdk_config(node: &Node, identity: (&str, &str)) -> Result<ClientConfig> {
+    let (cert, key) = node.client_files(identity.0, identity.1);
+    let mut config = ClientConfig::from_cert_files(
+        node.quic,
+        "localhost",
+        &node.certs.join("ca.pem"),
+        &cert,
+        &key,
+    )
+    .with_context(|| format!("SDK configuration for {}/{}", identity.0, identity.1))?;
+    config.requests_in_flight_max = IN_FLIGHT_MAX;
+    config.queued_requests_max = IN_FLIGHT_MAX;
+    Ok(config)
+}
+
+/// Connects `connections` SDK clients (identities round robin) and starts their lanes.
+pub async fn quic(
+    node: &Node,
+    connections: usize,
+    workload: Arc<Workload>,
+    recorder: Recorder,
+) -> Result<Lanes> {
+    let mut lanes = Lanes::default();
+    for i in 0..connections {
+        let config = sdk_config(node, BIDDERS[i % BIDDERS.len()])?;
+        let client = Client::connect(config)
+            .await
+            .with_context(|| format!("QUIC connection {i} to {}", node.quic))?;
+        let (workload, recorder) = (Arc::clone(&workload), recorder.clone());
+        lanes.add(|due| quic_lane(client, due, workload, recorder));
+    }
+    Ok(lanes)
+}
+
+async fn quic_lane(
+    client: Client,
+    mut due: mpsc::Receiver<(Instant, u64)>,
+    workload: Arc<Workload>,
+    recorder: Recorder,
+) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    while let Some((intended, _)) = due.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let planned = workload.next_bid(&mut rng);
+        let client = client.clone();
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let bid = Bid::new(planned.auction_id, planned.amount);
+            match client.place_bid(bid).await {
+                Ok(placed) => {
+                    let decided = intended.elapsed();
+                    recorder.latency("decided", decided);
+                    recorder.latency("accepted", decided);
+                    recorder.count("accepted", 1);
+                    match placed.durable().await {
+                        Ok(_) => recorder.latency("durable", intended.elapsed()),
+                        Err(e) => recorder.count(&format!("durable_{}", error_kind(&e)), 1),
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, BidError::Connection(_) | BidError::Timeout) {
+                        recorder.latency("decided", intended.elapsed());
+                    }
+                    recorder.count(error_kind(&e), 1);
+                }
+            }
+        });
+    }
+    // Every permit back = every bid answered (each has its own timeouts in the SDK).
+    let all = u32::try_from(IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(all)).await;
+    client.close().await;
+}
+
+/// Connects `connections` WebSocket bidders (identities round robin) and starts their lanes.
+pub async fn websocket(
+    node: &Node,
+    connections: usize,
+    workload: Arc<Workload>,
+    recorder: Recorder,
+) -> Result<Lanes> {
+    let mut lanes = Lanes::default();
+    for i in 0..connections {
+        let who = BIDDERS[i % BIDDERS.len()];
+        let connector = node.https_connector(Some(who))?;
+        let socket = ws::connect(&connector, node.https, "/v1/ws", Some(ws::GAVEL_PROTO))
+            .await
+            .with_context(|| format!("WebSocket bidder {i}"))?;
+        let (workload, recorder) = (Arc::clone(&workload), recorder.clone());
+        lanes.add(|due| ws_lane(socket, due, workload, recorder));
+    }
+    Ok(lanes)
+}
+
+/// A bid waiting for its answers: when it was due, and its permit.
+struct Waiting {
+    intended: Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn ws_lane(
+    socket: ws::Socket,
+    mut due: mpsc::Receiver<(Instant, u64)>,
+    workload: Arc<Workload>,
+    recorder: Recorder,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let waiting: Arc<Mutex<HashMap<u64, Waiting>>> = Arc::default();
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let reader = {
+        let waiting = Arc::clone(&waiting);
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let Message::Binary(bytes) = message else {
+                    continue;
+                };
+                let Ok(answer) = pb::ServerMessage::decode(bytes) else {
+                    recorder.count("undecodable", 1);
+                    continue;
+                };
+                ws_answer(answer, &waiting, &recorder);
+            }
+        })
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    while let Some((intended, seq)) = due.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let planned = workload.next_bid(&mut rng);
+        let request_id = seq + 1;
+        let message = place_bid_message(request_id, planned);
+        lock(&waiting).insert(
+            request_id,
+            Waiting {
+                intended,
+                _permit: permit,
+            },
+        );
+        if sink
+            .send(Message::Binary(message.encode_to_vec().into()))
+            .await
+            .is_err()
+        {
+            lock(&waiting).remove(&request_id);
+            recorder.count("connection", 1);
+        }
+    }
+    let all = u32::try_from(IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(all))
+        .await
+        .is_err()
+    {
+        let lost = lock(&waiting).len() as u64;
+        recorder.count("timeout", lost);
+    }
+    let _ = sink.close().await;
+    reader.abort();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ws_answer(
+    answer: pb::ServerMessage,
+    waiting: &Mutex<HashMap<u64, Waiting>>,
+    recorder: &Recorder,
+) {
+    use pb::server_message::Body;
+    let id = answer.request_id;
+    match answer.body {
+        Some(Body::BidOutcome(outcome)) => {
+            let accepted = matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_)));
+            let mut waiting = lock(waiting);
+            let Some(intended) = waiting.get(&id).map(|w| w.intended) else {
+                recorder.count("unexpected_answer", 1);
+                return;
+            };
+            recorder.latency("decided", intended.elapsed());
+            if accepted {
+                recorder.latency("accepted", intended.elapsed());
+                recorder.count("accepted", 1);
+            } else {
+                waiting.remove(&id);
+                let reason = match outcome.outcome {
+                    Some(pb::bid_outcome::Outcome::Rejected(r)) => reason_kind(r.reason),
+                    _ => "unknown_reason",
+                };
+                recorder.count(reason, 1);
+            }
+        }
+        Some(Body::DurableAck(_)) => match lock(waiting).remove(&id) {
+            Some(w) => recorder.latency("durable", w.intended.elapsed()),
+            None => recorder.count("unexpected_answer", 1),
+        },
+        Some(Body::Error(e)) => {
+            lock(waiting).remove(&id);
+            recorder.count(
+                &format!("error_{}", e.code().as_str_name().to_lowercase()),
+                1,
+            );
+        }
+        _ => {}
+    }
+}
