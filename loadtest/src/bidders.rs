@@ -1,9 +1,13 @@
-//! Open-loop bidders: one lane per connection, over QUIC with the SDK (`gavel-client`) or over
-//! WebSocket (`gavel.v1.proto`). Each lane receives due times from the pacer, sends a bid at
-//! each, and records from the due time: `decided` (any answer), `accepted` (accepted answers)
-//! and `durable` (durable acks of accepted bids), with every outcome counted by kind.
+//! Open-loop bidders: one lane per connection, over QUIC — a lean client speaking the framed
+//! protocol on one pipelined stream (the same code drives the quinn echo floor), or the SDK
+//! (`gavel-client`) — or over WebSocket (`gavel.v1.proto`). Each lane receives due times
+//! from the pacer, sends a bid at each, and records from the due time: `decided` (any
+//! answer), `accepted` (accepted answers) and `durable` (durable acks of accepted bids), with
+//! every outcome counted by kind.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,9 @@ use prost::Message as _;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+
+use gavel_proto::frame::{self, ALPN, FrameDecoder};
+use gavel_transport::tls;
 
 use crate::pace::{LANE_QUEUE_MAX, Lane};
 use crate::stats::{Recorder, unix_us};
@@ -126,7 +133,7 @@ pub fn sdk_config(node: &Node, identity: (&str, &str)) -> Result<ClientConfig> {
 }
 
 /// Connects `connections` SDK clients (identities round robin) and starts their lanes.
-pub async fn quic(
+pub async fn sdk(
     node: &Node,
     connections: usize,
     workload: Arc<Workload>,
@@ -139,16 +146,17 @@ pub async fn quic(
             .await
             .with_context(|| format!("QUIC connection {i} to {}", node.quic))?;
         let (workload, recorder) = (Arc::clone(&workload), recorder.clone());
-        lanes.add(|due| quic_lane(client, due, workload, recorder));
+        lanes.add(|due| sdk_lane(client, due, workload, recorder, (i, connections)));
     }
     Ok(lanes)
 }
 
-async fn quic_lane(
+async fn sdk_lane(
     client: Client,
     mut due: mpsc::Receiver<(Instant, u64)>,
     workload: Arc<Workload>,
     recorder: Recorder,
+    (lane, lanes): (usize, usize),
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -156,7 +164,7 @@ async fn quic_lane(
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
-        let planned = workload.next_bid(&mut rng);
+        let planned = workload.next_bid(&mut rng, lane, lanes);
         let client = client.clone();
         let recorder = recorder.clone();
         tokio::spawn(async move {
@@ -202,122 +210,270 @@ pub async fn websocket(
         let socket = ws::connect(&connector, node.https, "/v1/ws", Some(ws::GAVEL_PROTO))
             .await
             .with_context(|| format!("WebSocket bidder {i}"))?;
-        let (workload, recorder) = (Arc::clone(&workload), recorder.clone());
-        lanes.add(|due| ws_lane(socket, due, workload, recorder));
+        let pending = Pending::new(recorder.clone(), true);
+        let workload = Arc::clone(&workload);
+        lanes.add(|due| ws_lane(socket, due, workload, pending, (i, connections)));
     }
     Ok(lanes)
-}
-
-/// A bid waiting for its answers: when it was due, and its permit.
-struct Waiting {
-    intended: Instant,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 async fn ws_lane(
     socket: ws::Socket,
     mut due: mpsc::Receiver<(Instant, u64)>,
     workload: Arc<Workload>,
-    recorder: Recorder,
+    pending: Arc<Pending>,
+    (lane, lanes): (usize, usize),
 ) {
     let (mut sink, mut stream) = socket.split();
-    let waiting: Arc<Mutex<HashMap<u64, Waiting>>> = Arc::default();
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let reader = {
-        let waiting = Arc::clone(&waiting);
-        let recorder = recorder.clone();
+        let pending = Arc::clone(&pending);
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let Message::Binary(bytes) = message else {
                     continue;
                 };
-                let Ok(answer) = pb::ServerMessage::decode(bytes) else {
-                    recorder.count("undecodable", 1);
-                    continue;
-                };
-                ws_answer(answer, &waiting, &recorder);
+                match pb::ServerMessage::decode(bytes) {
+                    Ok(answer) => pending.answer(answer),
+                    Err(_) => pending.recorder.count("undecodable", 1),
+                }
             }
         })
     };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     while let Some((intended, seq)) = due.recv().await {
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
-        };
-        let planned = workload.next_bid(&mut rng);
         let request_id = seq + 1;
-        let message = place_bid_message(request_id, planned);
-        lock(&waiting).insert(
-            request_id,
+        if !pending.begin(request_id, intended).await {
+            break;
+        }
+        let message = place_bid_message(request_id, workload.next_bid(&mut rng, lane, lanes));
+        let sent = sink
+            .send(Message::Binary(message.encode_to_vec().into()))
+            .await;
+        if sent.is_err() {
+            pending.failed(request_id);
+        }
+    }
+    pending.drain().await;
+    let _ = sink.close().await;
+    reader.abort();
+}
+
+/// A bid waiting for its answers: when it was due, and its in-flight permit.
+struct Waiting {
+    intended: Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The bids of one connection waiting for their answers, by request id, at most
+/// [`IN_FLIGHT_MAX`]; records every answer.
+pub struct Pending {
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    in_flight: Arc<Semaphore>,
+    /// Whether accepted bids get a durable ack (not from the echo floor).
+    durable_expected: bool,
+    recorder: Recorder,
+}
+
+impl Pending {
+    /// An empty set recording into `recorder`.
+    pub fn new(recorder: Recorder, durable_expected: bool) -> Arc<Pending> {
+        Arc::new(Pending {
+            waiting: Mutex::default(),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
+            durable_expected,
+            recorder,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for room, then notes request `id` as due at `intended`; `false` if closed.
+    pub async fn begin(&self, id: u64, intended: Instant) -> bool {
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            return false;
+        };
+        self.lock().insert(
+            id,
             Waiting {
                 intended,
                 _permit: permit,
             },
         );
-        if sink
-            .send(Message::Binary(message.encode_to_vec().into()))
+        true
+    }
+
+    /// Request `id` could not be sent.
+    pub fn failed(&self, id: u64) {
+        self.lock().remove(&id);
+        self.recorder.count("connection", 1);
+    }
+
+    /// Records one message from the server.
+    pub fn answer(&self, answer: pb::ServerMessage) {
+        use pb::server_message::Body;
+        let id = answer.request_id;
+        let recorder = &self.recorder;
+        match answer.body {
+            Some(Body::BidOutcome(outcome)) => {
+                let mut waiting = self.lock();
+                let Some(intended) = waiting.get(&id).map(|w| w.intended) else {
+                    recorder.count("unexpected_answer", 1);
+                    return;
+                };
+                recorder.latency("decided", intended.elapsed());
+                match outcome.outcome {
+                    Some(pb::bid_outcome::Outcome::Accepted(_)) => {
+                        recorder.latency("accepted", intended.elapsed());
+                        recorder.count("accepted", 1);
+                        if !self.durable_expected {
+                            waiting.remove(&id);
+                        }
+                    }
+                    Some(pb::bid_outcome::Outcome::Rejected(r)) => {
+                        waiting.remove(&id);
+                        recorder.count(reason_kind(r.reason), 1);
+                    }
+                    None => {
+                        waiting.remove(&id);
+                        recorder.count("unknown_reason", 1);
+                    }
+                }
+            }
+            Some(Body::DurableAck(_)) => match self.lock().remove(&id) {
+                Some(w) => recorder.latency("durable", w.intended.elapsed()),
+                None => recorder.count("unexpected_answer", 1),
+            },
+            Some(Body::Error(e)) => {
+                self.lock().remove(&id);
+                let kind = format!("error_{}", e.code().as_str_name().to_lowercase());
+                recorder.count(&kind, 1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits until every request was answered (at most [`DRAIN_TIMEOUT`]); what is left
+    /// counts as `timeout`, or `durable_timeout` if its decision arrived.
+    pub async fn drain(&self) {
+        let all = u32::try_from(IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.in_flight.acquire_many(all))
             .await
             .is_err()
         {
-            lock(&waiting).remove(&request_id);
-            recorder.count("connection", 1);
+            let lost = self.lock().len() as u64;
+            self.recorder.count("durable_timeout", lost);
         }
     }
-    let all = u32::try_from(IN_FLIGHT_MAX).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(all))
-        .await
-        .is_err()
-    {
-        let lost = lock(&waiting).len() as u64;
-        recorder.count("timeout", lost);
+}
+
+/// Largest frame the lean QUIC client accepts (the node's default `frame_bytes_max`).
+const FRAME_BYTES_MAX: usize = 64 * 1024;
+
+/// Connects `connections` lean QUIC clients to `server` with the bidders' dev certificates
+/// in `certs` (round robin), each with its own UDP socket and one pipelined stream, and
+/// starts their lanes. `durable_expected`: the server sends durable acks (the node, not
+/// the echo floor).
+pub async fn quic_raw(
+    server: SocketAddr,
+    certs: &Path,
+    connections: usize,
+    workload: Arc<Workload>,
+    recorder: Recorder,
+    durable_expected: bool,
+) -> Result<Lanes> {
+    let mut lanes = Lanes::default();
+    for i in 0..connections {
+        let (role, id) = BIDDERS[i % BIDDERS.len()];
+        let clients = certs.join("clients");
+        let tls = tls::client_config(
+            &certs.join("ca.pem"),
+            Some((
+                &clients.join(format!("{role}-{id}.pem")),
+                &clients.join(format!("{role}-{id}.key")),
+            )),
+            &[ALPN],
+        )?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        // The SDK's transport settings.
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(30))?))
+            .keep_alive_interval(Some(Duration::from_secs(5)));
+        config.transport_config(Arc::new(transport));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(config);
+        let connection = endpoint
+            .connect(server, "localhost")?
+            .await
+            .with_context(|| format!("QUIC connection {i} to {server}"))?;
+        let (send, recv) = connection.open_bi().await?;
+        let pending = Pending::new(recorder.clone(), durable_expected);
+        let workload = Arc::clone(&workload);
+        let quic = RawQuic {
+            endpoint,
+            connection,
+            send,
+            recv,
+        };
+        lanes.add(|due| quic_raw_lane(quic, due, workload, pending, (i, connections)));
     }
-    let _ = sink.close().await;
-    reader.abort();
+    Ok(lanes)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// One lean QUIC client connection.
+struct RawQuic {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
 }
 
-fn ws_answer(
-    answer: pb::ServerMessage,
-    waiting: &Mutex<HashMap<u64, Waiting>>,
-    recorder: &Recorder,
+async fn quic_raw_lane(
+    quic: RawQuic,
+    mut due: mpsc::Receiver<(Instant, u64)>,
+    workload: Arc<Workload>,
+    pending: Arc<Pending>,
+    (lane, lanes): (usize, usize),
 ) {
-    use pb::server_message::Body;
-    let id = answer.request_id;
-    match answer.body {
-        Some(Body::BidOutcome(outcome)) => {
-            let accepted = matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_)));
-            let mut waiting = lock(waiting);
-            let Some(intended) = waiting.get(&id).map(|w| w.intended) else {
-                recorder.count("unexpected_answer", 1);
-                return;
-            };
-            recorder.latency("decided", intended.elapsed());
-            if accepted {
-                recorder.latency("accepted", intended.elapsed());
-                recorder.count("accepted", 1);
-            } else {
-                waiting.remove(&id);
-                let reason = match outcome.outcome {
-                    Some(pb::bid_outcome::Outcome::Rejected(r)) => reason_kind(r.reason),
-                    _ => "unknown_reason",
-                };
-                recorder.count(reason, 1);
+    let RawQuic {
+        endpoint,
+        connection,
+        mut send,
+        mut recv,
+    } = quic;
+    let reader = {
+        let pending = Arc::clone(&pending);
+        tokio::spawn(async move {
+            let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
+            while let Ok(Some(chunk)) = recv.read_chunk(FRAME_BYTES_MAX, true).await {
+                decoder.push(&chunk.bytes);
+                while let Ok(Some(answer)) = decoder.next_message::<pb::ServerMessage>() {
+                    pending.answer(answer);
+                }
             }
+        })
+    };
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let mut out = Vec::with_capacity(256);
+    while let Some((intended, seq)) = due.recv().await {
+        let request_id = seq + 1;
+        if !pending.begin(request_id, intended).await {
+            break;
         }
-        Some(Body::DurableAck(_)) => match lock(waiting).remove(&id) {
-            Some(w) => recorder.latency("durable", w.intended.elapsed()),
-            None => recorder.count("unexpected_answer", 1),
-        },
-        Some(Body::Error(e)) => {
-            lock(waiting).remove(&id);
-            recorder.count(
-                &format!("error_{}", e.code().as_str_name().to_lowercase()),
-                1,
-            );
+        let message = place_bid_message(request_id, workload.next_bid(&mut rng, lane, lanes));
+        out.clear();
+        frame::encode(&message, &mut out);
+        if send.write_all(&out).await.is_err() {
+            pending.failed(request_id);
+            break;
         }
-        _ => {}
     }
+    pending.drain().await;
+    let _ = send.finish();
+    reader.abort();
+    connection.close(0_u32.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }

@@ -2,30 +2,22 @@
 //! mutual TLS, ALPN `gavel/1`) and the node's QUIC transport settings, which answers every
 //! framed `ClientMessage` with a fixed accepted `BidOutcome` frame — no engine, no log. Run
 //! as a child process of the tester (`gavel-loadtest echo-server`), like the node, and
-//! driven by client lanes with the same frame sizes, pacer and connection shape as the SDK
-//! bidders (one connection per lane, each with its own UDP socket, one pipelined stream).
+//! driven by the very client lanes that bid on the node (`bidders::quic_raw`): same frames,
+//! pacer and connection shape.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use gavel_proto::frame::{self, ALPN, FrameDecoder};
+use gavel_proto::frame::{self, FrameDecoder};
 use gavel_proto::pb;
-use gavel_transport::tls::{self, ServerTls, dev};
+use gavel_transport::tls::{ServerTls, dev};
 use gavel_transport::{Limits, quic};
-use tokio::sync::mpsc;
 
-use crate::bidders::{BIDDERS, IN_FLIGHT_MAX, Lanes, place_bid_message};
-use crate::stats::{Recorder, unix_us};
-use crate::workload::Workload;
+use crate::stats::unix_us;
 
 /// Largest frame either side accepts (the node's default `frame_bytes_max`).
 const FRAME_BYTES_MAX: usize = 64 * 1024;
-/// Longest a lane waits for its last answers after the pacer stopped.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serves the echo on `listen` with the dev certificates in `certs` until killed; prints
 /// `listening quic=<addr>` once bound.
@@ -83,115 +75,4 @@ async fn echo_stream(
             out.clear();
         }
     }
-}
-
-/// Connects `connections` echo clients (with the bidders' certificates, round robin) to
-/// `server` and starts their lanes; each records `decided` from the due time.
-pub async fn clients(
-    server: SocketAddr,
-    certs: &Path,
-    connections: usize,
-    workload: Arc<Workload>,
-    recorder: Recorder,
-) -> Result<Lanes> {
-    let mut lanes = Lanes::default();
-    for i in 0..connections {
-        let (role, id) = BIDDERS[i % BIDDERS.len()];
-        let clients = certs.join("clients");
-        let tls = tls::client_config(
-            &certs.join("ca.pem"),
-            Some((
-                &clients.join(format!("{role}-{id}.pem")),
-                &clients.join(format!("{role}-{id}.key")),
-            )),
-            &[ALPN],
-        )?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(30))?))
-            .keep_alive_interval(Some(Duration::from_secs(5)));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(config);
-        let connection = endpoint
-            .connect(server, "localhost")?
-            .await
-            .with_context(|| format!("echo connection {i} to {server}"))?;
-        let (send, recv) = connection.open_bi().await?;
-        let (workload, recorder) = (Arc::clone(&workload), recorder.clone());
-        lanes.add(|due| lane_task(endpoint, connection, send, recv, due, workload, recorder));
-    }
-    Ok(lanes)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn lane_task(
-    endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut due: mpsc::Receiver<(Instant, u64)>,
-    workload: Arc<Workload>,
-    recorder: Recorder,
-) {
-    // Answers come in request order on the one stream: a queue of due times suffices.
-    let waiting: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
-    let reader = {
-        let waiting = Arc::clone(&waiting);
-        let in_flight = Arc::clone(&in_flight);
-        let recorder = recorder.clone();
-        tokio::spawn(async move {
-            let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);
-            while let Ok(Some(chunk)) = recv.read_chunk(FRAME_BYTES_MAX, true).await {
-                decoder.push(&chunk.bytes);
-                while let Ok(Some(_)) = decoder.next_message::<pb::ServerMessage>() {
-                    let intended = waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front();
-                    if let Some(intended) = intended {
-                        recorder.latency("decided", intended.elapsed());
-                        recorder.count("answered", 1);
-                        in_flight.add_permits(1);
-                    }
-                }
-            }
-        })
-    };
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-    let mut out = Vec::with_capacity(256);
-    while let Some((intended, seq)) = due.recv().await {
-        let Ok(permit) = in_flight.acquire().await else {
-            break;
-        };
-        // Returned by the reader with `add_permits` when the answer arrives.
-        permit.forget();
-        let planned = workload.next_bid(&mut rng);
-        let message = place_bid_message(seq + 1, planned);
-        out.clear();
-        frame::encode(&message, &mut out);
-        waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(intended);
-        if send.write_all(&out).await.is_err() {
-            recorder.count("connection", 1);
-            break;
-        }
-    }
-    let all = u32::try_from(IN_FLIGHT_MAX).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN_TIMEOUT, in_flight.acquire_many(all))
-        .await
-        .is_err()
-    {
-        let lost = waiting.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-        recorder.count("timeout", lost);
-    }
-    let _ = send.finish();
-    reader.abort();
-    connection.close(0_u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
 }

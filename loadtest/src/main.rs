@@ -107,6 +107,9 @@ struct ShapeArgs {
     /// WebSocket bidder connections (0: no WebSocket bidding phase).
     #[arg(long, default_value_t = 0)]
     ws_connections: usize,
+    /// Also bid through the SDK (gavel-client) with --connections, after the other phases.
+    #[arg(long)]
+    sdk: bool,
     /// Auctions to bid on.
     #[arg(long, default_value_t = 1000)]
     auctions: usize,
@@ -183,6 +186,7 @@ impl ShapeArgs {
             count_max: self.count,
             quic_connections: self.connections,
             ws_connections: self.ws_connections,
+            sdk: self.sdk,
             auctions: self.auctions,
             pick: self.zipf.map_or(Pick::Uniform, Pick::Zipf),
             win_ratio: self.win_ratio,

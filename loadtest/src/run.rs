@@ -23,7 +23,7 @@ use crate::report::{Phase, PhaseReport, Ratio, SearchStep};
 use crate::stats::{CpuMeter, Recorder, sample_process};
 use crate::target::{ChildServer, Node};
 use crate::workload::{Pick, Workload};
-use crate::{echo, fsync, nats, ws};
+use crate::{fsync, nats, ws};
 
 /// How long watchers wait, after the bidding stopped, for deliveries to stop coming.
 const DELIVERY_QUIET: Duration = Duration::from_millis(500);
@@ -58,6 +58,8 @@ pub struct Shape {
     pub quic_connections: usize,
     /// WebSocket bidder connections (0: no WebSocket bidding phase).
     pub ws_connections: usize,
+    /// Also bid through the SDK (`gavel-client`), same connections and rate.
+    pub sdk: bool,
     /// Auctions bid on.
     pub auctions: usize,
     /// How auctions are picked.
@@ -202,11 +204,13 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     let mut gavel_update_rate = None;
     if shape.quic_connections > 0 {
         let recorder = Recorder::default();
-        let lanes = bidders::quic(
-            node,
+        let lanes = bidders::quic_raw(
+            node.quic,
+            &node.certs,
             shape.quic_connections,
             Arc::clone(&workload),
             recorder.clone(),
+            true,
         )
         .await?;
         let meter = CpuMeter::start(node.pid());
@@ -221,7 +225,7 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
         let mut quic_phase = phase(
             "gavel_quic",
             format!(
-                "gavel serve: QUIC bidders (SDK), {} connections, {} auctions {:?}, win ratio {}",
+                "gavel serve: QUIC bidders (lean client, as the echo floor's), {} connections, {} auctions {:?}, win ratio {}",
                 shape.quic_connections, shape.auctions, shape.pick, shape.win_ratio
             ),
             &schedule,
@@ -298,15 +302,43 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     }
     stop_watchers.cancel();
 
+    if shape.sdk && shape.quic_connections > 0 {
+        let recorder = Recorder::default();
+        let lanes = bidders::sdk(
+            node,
+            shape.quic_connections,
+            Arc::clone(&workload),
+            recorder.clone(),
+        )
+        .await?;
+        let meter = CpuMeter::start(node.pid());
+        let bar = progress_bar(shape.progress, schedule.planned(), "gavel sdk");
+        let paced = drive(schedule, lanes, bar).await?;
+        phases.push(phase(
+            "gavel_sdk",
+            format!(
+                "gavel serve: QUIC bidders through the SDK (gavel-client), {} connections",
+                shape.quic_connections
+            ),
+            &schedule,
+            shape.quic_connections,
+            &paced,
+            &recorder,
+            &meter,
+            BTreeMap::new(),
+        ));
+    }
+
     if shape.floors.echo && shape.quic_connections > 0 {
         let echo_server = start_echo(node)?;
         let recorder = Recorder::default();
-        let lanes = echo::clients(
+        let lanes = bidders::quic_raw(
             echo_server.addr("quic=")?,
             &node.certs,
             shape.quic_connections,
             Arc::clone(&workload),
             recorder.clone(),
+            false,
         )
         .await?;
         let meter = CpuMeter::start(Some(echo_server.pid()));
@@ -666,21 +698,24 @@ pub async fn max_rate(
             };
             let recorder = Recorder::default();
             let lanes = if system == "gavel_quic" {
-                bidders::quic(
-                    node,
+                bidders::quic_raw(
+                    node.quic,
+                    &node.certs,
                     shape.quic_connections,
                     Arc::clone(&workload),
                     recorder.clone(),
+                    true,
                 )
                 .await?
             } else {
                 let server = echo_server.as_ref().context("the echo server")?;
-                echo::clients(
+                bidders::quic_raw(
                     server.addr("quic=")?,
                     &node.certs,
                     shape.quic_connections,
                     Arc::clone(&workload),
                     recorder.clone(),
+                    false,
                 )
                 .await?
             };
@@ -699,7 +734,6 @@ pub async fn max_rate(
             let errors = recorded.counts.total()
                 - recorded.counts.get("accepted")
                 - recorded.counts.get("too_low")
-                - recorded.counts.get("answered")
                 - recorded
                     .counts
                     .0

@@ -166,6 +166,21 @@ impl Recorder {
         });
     }
 
+    /// Records a delivery: its latency in µs in `delivery`, one more `delivered`, and
+    /// `skipped` more `skipped_seq` — under one lock.
+    pub fn delivery(&self, us: u64, skipped: u64) {
+        self.with(|r| {
+            r.latencies
+                .entry("delivery".to_owned())
+                .or_default()
+                .record_us(us);
+            r.counts.add("delivered", 1);
+            if skipped > 0 {
+                r.counts.add("skipped_seq", skipped);
+            }
+        });
+    }
+
     /// Adds `n` to the count `kind`.
     pub fn count(&self, kind: &str, n: u64) {
         self.with(|r| r.counts.add(kind, n));

@@ -1,6 +1,11 @@
 //! What the bidders send: the auction of each bid (uniform or Zipf-skewed over the run's
 //! auctions) and its amount — a winning bid (above everything this run sent to that
 //! auction so far) or a bid that is certainly too low, in a chosen mix.
+//!
+//! With several connections, auction `i` is bid on only by connection `i % connections`
+//! (when there are at least as many auctions as connections): bids on one connection
+//! arrive in order, so a bid meant to win is not overtaken by a higher one sent later on
+//! another connection. The skew applies within each connection's share of the auctions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -75,12 +80,24 @@ impl Workload {
         &self.ids
     }
 
-    /// The next bid.
-    pub fn next_bid(&self, rng: &mut impl Rng) -> PlannedBid {
-        let index = match &self.zipf {
+    /// The next bid of connection `lane` of `lanes`.
+    pub fn next_bid(&self, rng: &mut impl Rng, lane: usize, lanes: usize) -> PlannedBid {
+        let n = self.ids.len();
+        let picked = match &self.zipf {
             // Zipf samples ranks 1..=n as floats.
-            Some(zipf) => (zipf.sample(rng) as usize).clamp(1, self.ids.len()) - 1,
-            None => rng.random_range(0..self.ids.len()),
+            Some(zipf) => (zipf.sample(rng) as usize).clamp(1, n) - 1,
+            None => rng.random_range(0..n),
+        };
+        let index = if lanes <= 1 || n < lanes {
+            picked
+        } else {
+            // The auction of this lane's share next to the one picked.
+            let candidate = picked - picked % lanes + lane % lanes;
+            if candidate < n {
+                candidate
+            } else {
+                candidate - lanes
+            }
         };
         let meant_to_win = rng.random_bool(self.win_ratio);
         let amount = if meant_to_win {
@@ -110,7 +127,7 @@ mod tests {
         let mut wins = 0;
         let mut first = 0;
         for _ in 0..10_000 {
-            let bid = w.next_bid(&mut rng);
+            let bid = w.next_bid(&mut rng, 0, 1);
             assert!((1..=100).contains(&bid.auction_id));
             if bid.meant_to_win {
                 wins += 1;
@@ -123,6 +140,21 @@ mod tests {
         assert!((2_000..3_000).contains(&wins), "{wins}");
         // Rank 1 of 100 under s = 1.1 gets ≈ 1/H ≈ 20 % of the picks; uniform would be 1 %.
         assert!(first > 1_000, "{first}");
+    }
+
+    #[test]
+    fn each_auction_belongs_to_one_lane() {
+        let w = Workload::new((0..100).collect(), Pick::Zipf(1.05), 1.0).unwrap();
+        let mut rng = rand::rng();
+        for lane in 0..16 {
+            for _ in 0..1_000 {
+                let bid = w.next_bid(&mut rng, lane, 16);
+                assert_eq!(bid.auction_id as usize % 16, lane, "{bid:?}");
+            }
+        }
+        // Fewer auctions than lanes: every lane may bid anywhere.
+        let w = Workload::new(vec![7], Pick::Uniform, 1.0).unwrap();
+        assert_eq!(w.next_bid(&mut rng, 3, 16).auction_id, 7);
     }
 
     #[test]

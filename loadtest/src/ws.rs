@@ -309,35 +309,25 @@ async fn read_updates(
             }
         }
     }
-    seen.finish(&recorder);
     let _ = socket.close(None).await;
 }
 
-/// One watcher's view: the last `seq` per auction, to count gaps.
+/// One watcher's view: the last `seq` per auction, to count gaps (conflated updates).
 #[derive(Default)]
 struct Seen {
     last_seq: HashMap<u64, u64>,
-    delivered: u64,
-    gaps: u64,
 }
 
 impl Seen {
     fn update(&mut self, update: &pb::PriceUpdate, recorder: &Recorder, delivered: &AtomicU64) {
-        let now = unix_us();
-        recorder.latency_us("delivery", now.saturating_sub(update.accepted_at_us));
-        self.delivered += 1;
+        let latency_us = unix_us().saturating_sub(update.accepted_at_us);
+        let skipped = match self.last_seq.insert(update.auction_id, update.seq) {
+            Some(last) if update.seq > last + 1 => update.seq - last - 1,
+            _ => 0,
+        };
+        recorder.delivery(latency_us, skipped);
         // Ordering: a progress counter only.
         delivered.fetch_add(1, Ordering::Relaxed);
-        if let Some(last) = self.last_seq.insert(update.auction_id, update.seq)
-            && update.seq > last + 1
-        {
-            self.gaps += update.seq - last - 1;
-        }
-    }
-
-    fn finish(&self, recorder: &Recorder) {
-        recorder.count("delivered", self.delivered);
-        recorder.count("skipped_seq", self.gaps);
     }
 }
 

@@ -1,6 +1,7 @@
 //! A short smoke of the load tester, as CI runs it: `gavel-loadtest run` for about two
 //! seconds per phase with small counts against a `gavel serve --dev` child (the `gavel`
-//! binary of this workspace, built here if missing), with QUIC and WebSocket bidders,
+//! binary of this workspace, built here if missing), with QUIC (lean client and SDK) and
+//! WebSocket bidders,
 //! watchers and the echo and fsync baselines (nats-server too when installed); the report
 //! must add up and every file must be written. Plus the refusals of bad arguments.
 
@@ -113,6 +114,7 @@ fn a_short_run_adds_up_and_writes_its_files() {
         "2",
         "--ws-connections",
         "1",
+        "--sdk",
         "--auctions",
         "10",
         "--zipf",
@@ -141,6 +143,7 @@ fn a_short_run_adds_up_and_writes_its_files() {
     let quic = phase(&report, "gavel_quic");
     let accepted = check_bidding(quic);
     check_bidding(phase(&report, "gavel_ws"));
+    check_bidding(phase(&report, "gavel_sdk"));
     assert!(
         quic["cpu"]["server_cpu_s"].as_f64().is_some(),
         "the child's CPU is measured"
@@ -155,7 +158,7 @@ fn a_short_run_adds_up_and_writes_its_files() {
 
     let echo = phase(&report, "echo_floor");
     assert_eq!(
-        count(echo, "answered"),
+        count(echo, "accepted"),
         echo["sent"].as_u64().unwrap(),
         "{echo:#}"
     );
