@@ -145,6 +145,39 @@ fn phase(
     )
 }
 
+/// A bidding phase without watchers.
+struct Bidding {
+    name: &'static str,
+    what: String,
+    connections: usize,
+    server_pid: Option<u32>,
+}
+
+impl Bidding {
+    /// Drives `lanes` with `schedule` and reports what `recorder` saw.
+    async fn run(
+        self,
+        shape: &Shape,
+        schedule: Schedule,
+        lanes: Lanes,
+        recorder: &Recorder,
+    ) -> Result<Phase> {
+        let meter = CpuMeter::start(self.server_pid);
+        let bar = progress_bar(shape.progress, schedule.planned(), self.name);
+        let paced = drive(schedule, lanes, bar).await?;
+        Ok(phase(
+            self.name,
+            self.what,
+            &schedule,
+            self.connections,
+            &paced,
+            recorder,
+            &meter,
+            BTreeMap::new(),
+        ))
+    }
+}
+
 /// Runs every phase of `shape` against `node`.
 pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     let tag = crate::stats::unix_us() / 1_000_000;
@@ -279,26 +312,21 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
             recorder.clone(),
         )
         .await?;
-        let meter = CpuMeter::start(node.pid());
-        let bar = progress_bar(shape.progress, schedule.planned(), "gavel ws");
-        let paced = drive(schedule, lanes, bar).await?;
-        phases.push(phase(
-            "gavel_ws",
-            format!(
-                "gavel serve: WebSocket bidders ({}), {} connections, {} auctions {:?}, win ratio {}",
-                ws::GAVEL_PROTO,
-                shape.ws_connections,
-                shape.auctions,
-                shape.pick,
-                shape.win_ratio
-            ),
-            &schedule,
+        let what = format!(
+            "gavel serve: WebSocket bidders ({}), {} connections, {} auctions {:?}, win ratio {}",
+            ws::GAVEL_PROTO,
             shape.ws_connections,
-            &paced,
-            &recorder,
-            &meter,
-            BTreeMap::new(),
-        ));
+            shape.auctions,
+            shape.pick,
+            shape.win_ratio
+        );
+        let bidding = Bidding {
+            name: "gavel_ws",
+            what,
+            connections: shape.ws_connections,
+            server_pid: node.pid(),
+        };
+        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
     }
     stop_watchers.cancel();
 
@@ -311,22 +339,17 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
             recorder.clone(),
         )
         .await?;
-        let meter = CpuMeter::start(node.pid());
-        let bar = progress_bar(shape.progress, schedule.planned(), "gavel sdk");
-        let paced = drive(schedule, lanes, bar).await?;
-        phases.push(phase(
-            "gavel_sdk",
-            format!(
-                "gavel serve: QUIC bidders through the SDK (gavel-client), {} connections",
-                shape.quic_connections
-            ),
-            &schedule,
-            shape.quic_connections,
-            &paced,
-            &recorder,
-            &meter,
-            BTreeMap::new(),
-        ));
+        let what = format!(
+            "gavel serve: QUIC bidders through the SDK (gavel-client), {} connections",
+            shape.quic_connections
+        );
+        let bidding = Bidding {
+            name: "gavel_sdk",
+            what,
+            connections: shape.quic_connections,
+            server_pid: node.pid(),
+        };
+        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
     }
 
     if shape.floors.echo && shape.quic_connections > 0 {
@@ -341,22 +364,17 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
             false,
         )
         .await?;
-        let meter = CpuMeter::start(Some(echo_server.pid()));
-        let bar = progress_bar(shape.progress, schedule.planned(), "echo floor");
-        let paced = drive(schedule, lanes, bar).await?;
-        phases.push(phase(
-            "echo_floor",
-            format!(
-                "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections",
-                shape.quic_connections
-            ),
-            &schedule,
-            shape.quic_connections,
-            &paced,
-            &recorder,
-            &meter,
-            BTreeMap::new(),
-        ));
+        let what = format!(
+            "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections",
+            shape.quic_connections
+        );
+        let bidding = Bidding {
+            name: "echo_floor",
+            what,
+            connections: shape.quic_connections,
+            server_pid: Some(echo_server.pid()),
+        };
+        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
     }
 
     if let (true, Some(rate)) = (shape.floors.fsync, gavel_update_rate) {
