@@ -49,10 +49,10 @@ run() { # name, then gavel-loadtest arguments
 }
 
 # Accepted-ack latency over QUIC at 10 k bids/s, 16 connections, Zipf over 1,000 auctions,
-# half the bids too low; WebSocket bidders and the SDK at the same rate; then the bare quinn
-# mTLS echo with the same client, connections and frames, and raw append + fsync at the
-# node's accepted rate.
-run quic run --rate 10000 --duration 15 --count 300000 --connections 16 --ws-connections 16 --sdk \
+# half the bids too low, in 5 rounds alternating with the bare quinn mTLS echo (same client,
+# connections and frames); then WebSocket bidders and the SDK at the same rate, and raw
+# append + fsync at the node's accepted rate.
+run quic run --rate 10000 --duration 15 --count 300000 --connections 16 --rounds 5 --ws-connections 16 --sdk \
     --auctions 1000 --zipf 1.05 --win-ratio 0.5 --floors echo,fsync
 
 # Durable acks at 100 k bids/s, every bid accepted (100 k records/s into the file log), vs raw

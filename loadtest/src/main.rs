@@ -110,6 +110,10 @@ struct ShapeArgs {
     /// Also bid through the SDK (gavel-client) with --connections, after the other phases.
     #[arg(long)]
     sdk: bool,
+    /// With --floors echo and no watchers: alternate the node's QUIC phase and the echo in
+    /// this many rounds (each --duration / rounds), so both share the same neighbours.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Auctions to bid on.
     #[arg(long, default_value_t = 1000)]
     auctions: usize,
@@ -159,6 +163,9 @@ impl ShapeArgs {
         if self.count == 0 {
             bail!("--count must be at least 1");
         }
+        if self.rounds == 0 || self.rounds > 100 {
+            bail!("--rounds must be within 1..=100");
+        }
         for (name, n) in [
             ("--connections", self.connections),
             ("--ws-connections", self.ws_connections),
@@ -187,6 +194,7 @@ impl ShapeArgs {
             quic_connections: self.connections,
             ws_connections: self.ws_connections,
             sdk: self.sdk,
+            rounds: self.rounds,
             auctions: self.auctions,
             pick: self.zipf.map_or(Pick::Uniform, Pick::Zipf),
             win_ratio: self.win_ratio,

@@ -35,7 +35,8 @@ pub struct Schedule {
 impl Schedule {
     /// How many requests the schedule sends: the count, or what fits in the duration.
     pub fn planned(&self) -> u64 {
-        let in_time = (self.rate_per_s * self.duration.as_secs_f64()).floor() as u64;
+        // The epsilon keeps e.g. 300/s × (1 s / 3) at 100, not 99.
+        let in_time = (self.rate_per_s * self.duration.as_secs_f64() + 1e-6).floor() as u64;
         self.count_max.min(in_time.max(1))
     }
 }

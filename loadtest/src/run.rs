@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bidders::{self, Lanes};
 use crate::pace::{self, LANE_QUEUE_MAX, Paced, Schedule};
 use crate::report::{Phase, PhaseReport, Ratio, SearchStep};
-use crate::stats::{CpuMeter, Recorder, sample_process};
+use crate::stats::{CpuMeter, CpuUse, Recorder, sample_process};
 use crate::target::{ChildServer, Node};
 use crate::workload::{Pick, Workload};
 use crate::{fsync, nats, ws};
@@ -60,6 +60,9 @@ pub struct Shape {
     pub ws_connections: usize,
     /// Also bid through the SDK (`gavel-client`), same connections and rate.
     pub sdk: bool,
+    /// Without watchers and with the echo floor: alternate node and echo in this many
+    /// rounds (each `duration / rounds`), so both see the same neighbours.
+    pub rounds: u32,
     /// Auctions bid on.
     pub auctions: usize,
     /// How auctions are picked.
@@ -235,7 +238,13 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     };
 
     let mut gavel_update_rate = None;
-    if shape.quic_connections > 0 {
+    let mut echo_done = None;
+    if shape.quic_connections > 0 && shape.rounds > 1 && shape.floors.echo && watchers.is_none() {
+        let (quic_phase, echo_phase) = interleaved(node, shape, schedule, &workload).await?;
+        gavel_update_rate = quic_phase.report.figures.get("accepted_per_s").copied();
+        phases.push(quic_phase);
+        echo_done = Some(echo_phase);
+    } else if shape.quic_connections > 0 {
         let recorder = Recorder::default();
         let lanes = bidders::quic_raw(
             node.quic,
@@ -352,7 +361,9 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
         phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
     }
 
-    if shape.floors.echo && shape.quic_connections > 0 {
+    if let Some(echo_phase) = echo_done {
+        phases.push(echo_phase);
+    } else if shape.floors.echo && shape.quic_connections > 0 {
         let echo_server = start_echo(node)?;
         let recorder = Recorder::default();
         let lanes = bidders::quic_raw(
@@ -427,6 +438,98 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
         ratios: ratios(&phases),
         phases,
     })
+}
+
+/// The node's QUIC phase and the echo floor in alternating rounds of `duration / rounds`:
+/// node, echo, node, echo, …; each side's rounds merged into one phase.
+async fn interleaved(
+    node: &Node,
+    shape: &Shape,
+    schedule: Schedule,
+    workload: &Arc<Workload>,
+) -> Result<(Phase, Phase)> {
+    let echo_server = start_echo(node)?;
+    let echo_addr = echo_server.addr("quic=")?;
+    let rounds = shape.rounds;
+    let round = Schedule {
+        duration: schedule.duration / rounds,
+        count_max: (schedule.count_max / u64::from(rounds)).max(1),
+        ..schedule
+    };
+    let sides = [
+        ("gavel_quic", node.quic, node.pid(), true),
+        ("echo_floor", echo_addr, Some(echo_server.pid()), false),
+    ];
+    let recorders = [Recorder::default(), Recorder::default()];
+    let mut cpu = [CpuUse::default(), CpuUse::default()];
+    let mut sent = [0_u64; 2];
+    let mut elapsed = [Duration::ZERO; 2];
+    for r in 0..rounds {
+        for (i, (name, addr, pid, durable)) in sides.iter().enumerate() {
+            let lanes = bidders::quic_raw(
+                *addr,
+                &node.certs,
+                shape.quic_connections,
+                Arc::clone(workload),
+                recorders[i].clone(),
+                *durable,
+            )
+            .await?;
+            let meter = CpuMeter::start(*pid);
+            let bar = progress_bar(
+                shape.progress,
+                round.planned(),
+                &format!("{name} {}/{rounds}", r + 1),
+            );
+            let paced = drive(round, lanes, bar).await?;
+            cpu[i].add(meter.finish());
+            sent[i] += paced.sent;
+            elapsed[i] += paced.elapsed;
+        }
+    }
+    let mut phases = Vec::with_capacity(2);
+    for (i, (name, _, _, _)) in sides.iter().enumerate() {
+        let what = if i == 0 {
+            format!(
+                "gavel serve: QUIC bidders (lean client, as the echo floor's), {} connections, {} auctions {:?}, win ratio {}, {rounds} rounds alternating with the echo",
+                shape.quic_connections, shape.auctions, shape.pick, shape.win_ratio
+            )
+        } else {
+            format!(
+                "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections, {rounds} rounds alternating with the node",
+                shape.quic_connections
+            )
+        };
+        let paced = Paced {
+            sent: sent[i],
+            start: Instant::now(),
+            elapsed: elapsed[i],
+        };
+        let mut figures = BTreeMap::new();
+        if i == 0 {
+            let accepted = recorders[0].snapshot().counts.get("accepted");
+            figures.insert(
+                "accepted_per_s".to_owned(),
+                accepted as f64 / elapsed[0].as_secs_f64().max(1e-9),
+            );
+        }
+        let mut p = phase(
+            name,
+            what,
+            &schedule,
+            shape.quic_connections,
+            &paced,
+            &recorders[i],
+            &CpuMeter::start(None),
+            figures,
+        );
+        p.report.planned = round.planned() * u64::from(rounds);
+        p.report.cpu = cpu[i];
+        phases.push(p);
+    }
+    let echo_phase = phases.pop().context("two phases")?;
+    let quic_phase = phases.pop().context("two phases")?;
+    Ok((quic_phase, echo_phase))
 }
 
 /// Waits until deliveries stop (no new one for [`DELIVERY_QUIET`], at most

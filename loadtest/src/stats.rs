@@ -264,6 +264,19 @@ pub struct CpuUse {
     pub steal_s: f64,
 }
 
+impl CpuUse {
+    /// Adds `other` (a later part of the same phase).
+    pub fn add(&mut self, other: CpuUse) {
+        self.wall_s += other.wall_s;
+        self.generator_cpu_s += other.generator_cpu_s;
+        self.server_cpu_s = match (self.server_cpu_s, other.server_cpu_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.steal_s += other.steal_s;
+    }
+}
+
 /// Measures a phase's CPU use: started before it, [`CpuMeter::finish`]ed after.
 #[derive(Debug)]
 pub struct CpuMeter {

@@ -203,6 +203,55 @@ fn a_short_run_adds_up_and_writes_its_files() {
 }
 
 #[test]
+fn alternating_rounds_merge_into_one_phase_per_side() {
+    let gavel = gavel_bin();
+    let out = tempfile::tempdir().unwrap();
+    let output = loadtest(&[
+        "run",
+        "--gavel-bin",
+        gavel.to_str().unwrap(),
+        "--rate",
+        "300",
+        "--duration",
+        "1",
+        "--count",
+        "300",
+        "--connections",
+        "2",
+        "--auctions",
+        "10",
+        "--rounds",
+        "3",
+        "--floors",
+        "echo",
+        "--no-progress",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--name",
+        "rounds",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr:\n{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("rounds.json")).unwrap()).unwrap();
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["gavel_quic", "echo_floor"]);
+    // Three rounds of 100 bids each side, merged.
+    let quic = phase(&report, "gavel_quic");
+    assert_eq!(quic["planned"], 300);
+    check_bidding(quic);
+    let echo = phase(&report, "echo_floor");
+    assert_eq!(echo["sent"], 300);
+    assert_eq!(count(echo, "accepted"), 300);
+    assert!(quic["what"].as_str().unwrap().contains("3 rounds"));
+}
+
+#[test]
 fn bad_arguments_are_refused_with_a_reason() {
     let certs = tempfile::tempdir().unwrap();
     std::fs::write(certs.path().join("ca.pem"), "").unwrap();
