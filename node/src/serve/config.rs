@@ -250,7 +250,8 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SHUTDOWN_DEADLINE_MS", value_name = "MS")]
     pub shutdown_deadline_ms: Option<u64>,
 
-    /// Async runtime worker threads; 0 = one per core. [default: 0]
+    /// Worker threads of each of the two async runtimes (QUIC bidders; HTTPS, WebSocket,
+    /// SSE and fan-out); 0 = one per core. [default: 0]
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_name = "COUNT")]
     pub worker_threads: Option<usize>,
 }
