@@ -2,6 +2,7 @@
 //! values out of its report, and finding records in segment files.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod crash;
 pub mod https;
 pub mod kafka;
 pub mod serve;
