@@ -7,6 +7,10 @@
 //! - with the broker gone mid-run, the bounded in-flight queue turns bids into `Overloaded`
 //!   within a second, nothing is acknowledged durable, and the failed delivery reports fail
 //!   the log;
+//! - with a durable broker (sqlite storage) stopped mid-load and started again: while it is
+//!   down bids beyond the in-flight bound get `Overloaded` within a second and nothing is
+//!   acknowledged durable; once it is back the backlog drains, every bid accepted in the
+//!   outage becomes durable, and a fresh node replays the topic to the live state hash;
 //! - an unreachable broker fails the start within the bounded wait, naming the address;
 //! - a producer setting that would allow reordering or loss is refused at start;
 //! - `gavel simulate` on the topic under load, SIGKILLed at seeded random moments and
@@ -401,4 +405,123 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
         );
     }
     assert!(acks.len() as u64 >= rounds, "every round acknowledged bids");
+}
+
+/// Places bid `n` on auction 1 (rising amounts) and checks it is answered within a second.
+fn timed_bid(node: &Node, n: u64) -> (BidOutcome, Option<gavel_engine::Receipt>) {
+    let bid = Bid::new(
+        AuctionId(1),
+        BidderId::new(&format!("b{}", n % 5)).unwrap(),
+        BidId(u128::from(n)),
+        // Above every increment band's step.
+        200 + 100 * n,
+        None,
+        UnixMicros(1 + n),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let answer = node.place_bid(&bid, UnixMicros(1 + n));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "bid {n} was answered after {:?}",
+        started.elapsed()
+    );
+    answer
+}
+
+#[test]
+fn a_broker_outage_overloads_new_bids_and_the_backlog_drains_when_it_returns() {
+    const IN_FLIGHT_MAX: usize = 64;
+    const OUTAGE_BIDS: u64 = 2_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_durable(broker_dir.path());
+    let kafka = KafkaConfig {
+        queue_records_max: IN_FLIGHT_MAX,
+        // Longer than the outage: the records in flight wait for the broker's return.
+        message_timeout_ms: 60_000,
+        ..kafka(broker.bootstrap(), "gavel-wal-restart")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    let mut n = 0;
+    let mut before = None;
+    // Fewer than the in-flight bound: all accepted with the broker up.
+    while n < IN_FLIGHT_MAX as u64 / 2 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        before = receipt;
+        n += 1;
+    }
+    node.wait_durable(before.unwrap(), WAIT).unwrap();
+    let durable_before = node.wal().durable_lsn();
+
+    // The broker goes away under load: bids go on, each answered within a second.
+    broker.stop();
+    let stopped = Instant::now();
+    let mut accepted_in_outage = Vec::new();
+    let mut overloaded = 0u64;
+    let mut first_overloaded = None;
+    let mut queue_max = 0;
+    for _ in 0..OUTAGE_BIDS {
+        match timed_bid(&node, n) {
+            (BidOutcome::Accepted(_), receipt) => accepted_in_outage.push(receipt.unwrap()),
+            (BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }), _) => {
+                assert!(retry_after_us > 0 && retry_after_us <= 1_000_000);
+                first_overloaded.get_or_insert_with(|| stopped.elapsed());
+                overloaded += 1;
+            }
+            other => panic!("bid {n} in the outage: {other:?}"),
+        }
+        queue_max = queue_max.max(node.wal().metrics().queue_records);
+        n += 1;
+        thread::sleep(Duration::from_micros(500));
+    }
+    let outage_load = stopped.elapsed();
+    // Nothing of the outage is acknowledged: the durable LSN did not move.
+    assert_eq!(node.wal().durable_lsn(), durable_before);
+    assert!(node.failure().is_none(), "{:?}", node.failure());
+    assert!(
+        accepted_in_outage.len() <= IN_FLIGHT_MAX && !accepted_in_outage.is_empty(),
+        "{} accepted while the broker was down",
+        accepted_in_outage.len()
+    );
+    assert_eq!(overloaded, OUTAGE_BIDS - accepted_in_outage.len() as u64);
+    assert!(queue_max <= IN_FLIGHT_MAX as u64, "in flight {queue_max}");
+    let first_overloaded = first_overloaded.expect("the bound was reached");
+
+    // The broker returns with its storage: the backlog drains, in order, and bids are
+    // accepted and made durable again.
+    broker.restart();
+    let restarted = Instant::now();
+    let last_in_outage = *accepted_in_outage.last().unwrap();
+    node.wait_durable(last_in_outage, WAIT)
+        .unwrap_or_else(|e| panic!("the backlog did not drain: {e}"));
+    let drained = restarted.elapsed();
+    for _ in 0..50 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        node.wait_durable(receipt.unwrap(), WAIT).unwrap();
+        n += 1;
+    }
+    let live_hash = node.engine().state_hash();
+    let appended = node.wal().last_appended_lsn();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let (fresh, report) = Node::open(fresh_dir.path(), config(kafka)).unwrap();
+    assert_eq!(report.records_read, appended, "{}", report.summary());
+    assert_eq!(
+        gavel_node::hex(&fresh.engine().state_hash()),
+        gavel_node::hex(&live_hash)
+    );
+    fresh.shutdown(false).unwrap();
+    eprintln!(
+        "outage: first Overloaded {first_overloaded:?} after the stop; {} accepted and {overloaded} \
+         Overloaded in {outage_load:?}; in flight at most {queue_max}; backlog durable \
+         {drained:?} after the restart",
+        accepted_in_outage.len()
+    );
 }

@@ -34,7 +34,8 @@
 //! [`AppendError::Backpressure`] and enqueues nothing. librdkafka's own queue is sized above
 //! these bounds so it never refuses first. While the broker is slow or down the in-flight
 //! records wait in librdkafka (up to `message_timeout_ms`, after which their reports fail and
-//! so does the log), new bids get `Overloaded`, and the backlog drains when it returns.
+//! so does the log), new bids get `Overloaded`, and the backlog drains when it returns (the
+//! producer retries the connection at least once a second).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -71,6 +72,8 @@ const BACKPRESSURE_RETRY_AFTER_US: u64 = 10_000;
 const IN_FLIGHT_REQUESTS_MAX: u32 = 5;
 /// Longest [`KafkaLog::shutdown`] waits for the reports of the records in flight.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(30);
+/// librdkafka's `reconnect.backoff.max.ms`: the longest pause between reconnect attempts.
+const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 /// One poll of the recovery consumer.
 const RECOVERY_POLL: Duration = Duration::from_millis(200);
 
@@ -197,6 +200,12 @@ impl KafkaConfig {
             .set(
                 "socket.connection.setup.timeout.ms",
                 self.connect_timeout_ms.max(1_000).to_string(),
+            )
+            // librdkafka backs off reconnects up to 10 s by default: a returning broker
+            // would wait that long for the backlog. A WAL reconnects within a second.
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
             );
         for (key, value) in &self.producer_overrides {
             config.set(key, value);
