@@ -271,22 +271,7 @@ fn with_the_broker_gone_bids_are_overloaded_and_nothing_unpersisted_is_acknowled
     let mut accepted = Vec::new();
     let mut overloaded = 0;
     for n in 0..50u64 {
-        let bid = Bid::new(
-            AuctionId(1),
-            BidderId::new("b1").unwrap(),
-            BidId(u128::from(n)),
-            200 + 10 * n,
-            None,
-            UnixMicros(1 + n),
-        )
-        .unwrap();
-        let started = Instant::now();
-        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "bid {n} was answered after {:?}",
-            started.elapsed()
-        );
+        let (outcome, receipt) = timed_bid(&node, n);
         match outcome {
             BidOutcome::Accepted(_) => accepted.push(receipt.unwrap()),
             BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }) => {
