@@ -15,8 +15,11 @@
 //! - a producer setting that would allow reordering or loss is refused at start;
 //! - `gavel simulate` on the topic under load, SIGKILLed at seeded random moments and
 //!   restarted on the same topic: every bid it acknowledged durable is in the topic, and a
-//!   node that replays the topic reaches the state hash of a reference engine fed exactly
-//!   the records in it.
+//!   node that starts from the newest snapshot (recording the partitions' offsets) and the
+//!   topic after it reaches the state hash of a reference engine fed exactly the records in
+//!   it;
+//! - a snapshot records the partitions' offsets: a restart replays only the records after
+//!   them, to the same state hash as a replay of the whole topic.
 
 mod common;
 
@@ -329,9 +332,11 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
     let scratch = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut acks: Vec<Ack> = Vec::new();
+    let mut from_snapshot = 0;
     for round in 0..rounds {
-        // Each child first replays what the earlier ones left in the topic, then bids.
-        let dir = scratch.path().join(format!("data-{round}"));
+        // Each child first recovers what the earlier ones left — from the newest snapshot
+        // of the shared data directory and the topic after its offsets — then bids.
+        let dir = scratch.path().join("data");
         let stderr = scratch.path().join(format!("round-{round}.stderr"));
         let mut loaded = spawn_loaded(
             &dir,
@@ -342,6 +347,8 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
                 &kafka.brokers,
                 "--kafka-topic",
                 &kafka.topic,
+                "--snapshot-every-records",
+                "1000",
             ],
         );
         let first = loaded.first_ack(round);
@@ -362,19 +369,27 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
         for ack in &acks {
             reference.logged(ack, round);
         }
-        let check_dir = scratch.path().join(format!("check-{round}"));
-        let (node, report) = Node::open(&check_dir, config(kafka.clone()))
+        // A node on the killed child's data directory starts from its newest snapshot and
+        // the topic after the snapshot's offsets (no snapshot of its own: the next child
+        // finds the same ones).
+        let checking = NodeConfig {
+            snapshot_every_records: 0,
+            ..config(kafka.clone())
+        };
+        let (node, report) = Node::open(&dir, checking)
             .unwrap_or_else(|e| panic!("round {round}: the node does not start: {e:#}"));
-        assert_eq!(
-            report.records_read,
-            n as u64,
-            "round {round}: {}",
-            report.summary()
-        );
+        match report.snapshot_lsn {
+            Some(_) => {
+                from_snapshot += 1;
+                assert!(report.records_read < n as u64, "{}", report.summary());
+            }
+            None => assert_eq!(report.records_read, n as u64, "{}", report.summary()),
+        }
         assert_eq!(
             gavel_node::hex(&report.state_hash),
             gavel_node::hex(&reference.engine.state_hash()),
-            "round {round}: the replayed state differs from the reference fed the topic's {n} records"
+            "round {round}: the recovered state (snapshot at {:?}) differs from the reference fed the topic's {n} records",
+            report.snapshot_lsn
         );
         assert_eq!(
             report.missing_tail_appended,
@@ -385,11 +400,16 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
         node.shutdown(false).unwrap();
         drop(node);
         eprintln!(
-            "round {round}: {round_ack_count} acks, {n} records in the topic, {retries} retries checked, {:.1} s",
+            "round {round}: {round_ack_count} acks, {n} records in the topic, {} replayed after snapshot {:?}, {retries} retries checked, {:.1} s",
+            report.records_read,
+            report.snapshot_lsn,
             started.elapsed().as_secs_f64()
         );
     }
     assert!(acks.len() as u64 >= rounds, "every round acknowledged bids");
+    if rounds >= CRASH_ROUNDS_DEFAULT {
+        assert!(from_snapshot > 0, "no round recovered from a snapshot");
+    }
 }
 
 /// Places bid `n` on auction 1 (rising amounts) and checks it is answered within a second.
@@ -509,4 +529,61 @@ fn a_broker_outage_overloads_new_bids_and_the_backlog_drains_when_it_returns() {
          {drained:?} after the restart",
         accepted_in_outage.len()
     );
+}
+
+#[test]
+fn a_restart_replays_only_the_records_after_the_snapshot_offsets() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-snapshot");
+    let dir = tempfile::tempdir().unwrap();
+    let no_auto_snapshots = NodeConfig {
+        snapshot_every_records: 0,
+        ..config(kafka.clone())
+    };
+    let (node, _) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    for id in 1..=AUCTIONS {
+        let receipt = node.create_auction(english(id), UnixMicros(0)).unwrap();
+        node.wait_durable(receipt, WAIT).unwrap();
+    }
+    bid_and_wait(&node, 0);
+    let taken = node.snapshot_now().unwrap().expect("a snapshot");
+    assert_eq!(taken.lsn, AUCTIONS + BIDS_PER_THREAD);
+    bid_and_wait(&node, 1);
+    let live_hash = node.engine().state_hash();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    // Same data directory: the snapshot, then only the other thread's bids.
+    let (restarted, report) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    assert_eq!(report.snapshot_lsn, Some(taken.lsn), "{}", report.summary());
+    assert_eq!(report.auctions_restored, AUCTIONS as usize);
+    assert_eq!(report.records_read, BIDS_PER_THREAD, "{}", report.summary());
+    assert_eq!(
+        gavel_node::hex(&report.state_hash),
+        gavel_node::hex(&live_hash)
+    );
+    // LSNs go on after the restored ones, so the next snapshot sorts after this one.
+    assert_eq!(report.last_lsn, taken.lsn + BIDS_PER_THREAD);
+    let next = restarted
+        .snapshot_now()
+        .unwrap()
+        .expect("a second snapshot");
+    assert!(next.lsn > taken.lsn);
+    restarted.shutdown(false).unwrap();
+    drop(restarted);
+
+    // And from the second snapshot nothing is left to replay; a fresh directory replays
+    // the whole topic to the same state.
+    let (again, report) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    assert_eq!(
+        (report.snapshot_lsn, report.records_read),
+        (Some(next.lsn), 0)
+    );
+    assert_eq!(again.engine().state_hash(), live_hash);
+    again.shutdown(false).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let (whole, report) = Node::open(fresh.path(), no_auto_snapshots).unwrap();
+    assert_eq!(report.records_read, AUCTIONS + 2 * BIDS_PER_THREAD);
+    assert_eq!(whole.engine().state_hash(), live_hash);
+    whole.shutdown(false).unwrap();
 }

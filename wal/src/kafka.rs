@@ -37,7 +37,7 @@
 //! so does the log), new bids get `Overloaded`, and the backlog drains when it returns (the
 //! producer retries the connection at least once a second).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +79,19 @@ const RECOVERY_POLL: Duration = Duration::from_millis(200);
 
 // The delivery opaque carries an LSN as a `usize`.
 const _: () = assert!(usize::BITS >= u64::BITS);
+
+/// Where a state stands in the topic: it includes every record up to the local LSN `lsn`,
+/// and replay resumes at `next_offsets[p]` in partition `p` (negative: its beginning;
+/// partitions past the end of the list: their beginning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaPosition {
+    /// The local LSN the state covers.
+    pub lsn: Lsn,
+    /// The topic.
+    pub topic: String,
+    /// Per partition, the offset replay resumes at.
+    pub next_offsets: Vec<i64>,
+}
 
 /// Configuration of a [`KafkaLog`]. Times in milliseconds, sizes in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,8 +406,12 @@ struct InFlight {
     bytes: usize,
     /// The durable LSN as this struct last advanced it.
     durable: Lsn,
-    /// LSNs above `durable + 1` already reported `PERSISTED` (bounded by `records`).
-    persisted: BTreeSet<Lsn>,
+    /// LSNs above `durable + 1` already reported `PERSISTED`, with their partition and
+    /// offset (bounded by `records`).
+    persisted: BTreeMap<Lsn, (i32, i64)>,
+    /// Per partition, the offset after the last record the durable prefix covers (records
+    /// replayed at start included); negative: nothing yet, the partition's beginning.
+    offsets: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -414,7 +431,8 @@ struct Shared {
 /// A delivery outcome, reduced to what the durability rule needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Persisted,
+    /// Persisted at this partition and offset.
+    Persisted(i32, i64),
     Failed(String),
 }
 
@@ -429,7 +447,7 @@ impl Shared {
             return;
         }
         match outcome {
-            Outcome::Persisted => {
+            Outcome::Persisted(partition, offset) => {
                 // Ordering: Relaxed — statistics; the durable LSN is the synchronising store.
                 self.counters
                     .records_persisted
@@ -437,10 +455,17 @@ impl Shared {
                 self.counters
                     .bytes_persisted
                     .fetch_add(bytes as u64, Ordering::Relaxed);
-                in_flight.persisted.insert(lsn);
+                in_flight.persisted.insert(lsn, (partition, offset));
                 let mut durable = in_flight.durable;
-                while in_flight.persisted.remove(&(durable + 1)) {
+                while let Some((partition, offset)) = in_flight.persisted.remove(&(durable + 1)) {
                     durable += 1;
+                    // One producer, in order per partition: offsets grow with LSNs.
+                    let next = usize::try_from(partition)
+                        .ok()
+                        .and_then(|p| in_flight.offsets.get_mut(p));
+                    if let Some(next) = next {
+                        *next = (*next).max(offset + 1);
+                    }
                 }
                 if durable > in_flight.durable {
                     in_flight.durable = durable;
@@ -486,7 +511,7 @@ impl ProducerContext for DeliveryContext {
             Ok(message) => {
                 let status = persistence_status(message);
                 let outcome = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
-                    Outcome::Persisted
+                    Outcome::Persisted(message.partition(), message.offset())
                 } else {
                     Outcome::Failed(format!("delivery succeeded with status {status:?}"))
                 };
@@ -525,13 +550,17 @@ impl KafkaLog {
     /// Checks the configuration, reaches the brokers (an unreachable broker is
     /// [`WalError::KafkaUnreachable`] after `connect_timeout_ms`), creates the topic when
     /// missing, starts the idempotent producer, and opens the recovery reader positioned at
-    /// the beginning of every partition.
-    pub fn open(config: KafkaConfig) -> Result<(KafkaLog, KafkaRecords), WalError> {
+    /// `start` (a snapshot's position) or at the beginning of every partition. Read the
+    /// records to their end, then call [`KafkaLog::resume`] before the first append.
+    pub fn open(
+        config: KafkaConfig,
+        start: Option<&KafkaPosition>,
+    ) -> Result<(KafkaLog, KafkaRecords), WalError> {
         config.validate()?;
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
         ensure_topic(&config)?;
-        let records = KafkaRecords::open(&config)?;
+        let records = KafkaRecords::open_at(&config, start)?;
         let shared = Arc::new(Shared {
             durability: Arc::new(Durability::new(0)),
             in_flight: Mutex::new(InFlight {
@@ -540,7 +569,8 @@ impl KafkaLog {
                 records: 0,
                 bytes: 0,
                 durable: 0,
-                persisted: BTreeSet::new(),
+                persisted: BTreeMap::new(),
+                offsets: Vec::new(),
             }),
             counters: Counters::default(),
         });
@@ -562,6 +592,35 @@ impl KafkaLog {
     /// The configuration.
     pub fn config(&self) -> &KafkaConfig {
         &self.config
+    }
+
+    /// Continues after the recovery reader `records` was read to its end: local LSNs go on
+    /// after its last one (so snapshot LSNs grow across restarts) and the durable position
+    /// starts where it stopped. Call once, before the first append.
+    pub fn resume(&self, records: &KafkaRecords) {
+        let mut in_flight = lock(&self.shared.in_flight);
+        assert!(
+            in_flight.next_lsn == 1 && in_flight.records == 0,
+            "KafkaLog::resume after an append is a bug"
+        );
+        let last = records.last_lsn();
+        in_flight.next_lsn = last + 1;
+        in_flight.durable = last;
+        in_flight.offsets = records.next_offsets().to_vec();
+        self.shared.durability.advance(last);
+    }
+
+    /// The durable LSN and, consistent with it, per partition the offset after the last
+    /// record it covers: a snapshot of state that includes every record up to the LSN can be
+    /// replayed from these offsets (every record below them is at or below the LSN, or was
+    /// replayed at start).
+    pub fn durable_position(&self) -> KafkaPosition {
+        let in_flight = lock(&self.shared.in_flight);
+        KafkaPosition {
+            lsn: in_flight.durable,
+            topic: self.config.topic.clone(),
+            next_offsets: in_flight.offsets.clone(),
+        }
     }
 
     /// Produces `payloads` — the events of one decision, all about the auction `key` — with
@@ -721,6 +780,9 @@ pub struct KafkaRecords {
     /// Partitions not yet read to their end.
     remaining: usize,
     next_lsn: Lsn,
+    /// Per partition, the offset after the last record read (negative: none read, and the
+    /// start was the beginning).
+    next_offsets: Vec<i64>,
     stall_max: Duration,
     failed: bool,
 }
@@ -739,6 +801,16 @@ impl KafkaRecords {
     /// Opens a reader of the whole topic; a missing topic is an error (this never creates
     /// one).
     pub fn open(config: &KafkaConfig) -> Result<KafkaRecords, WalError> {
+        KafkaRecords::open_at(config, None)
+    }
+
+    /// Opens a reader of the topic from `start` (records numbered from its LSN + 1), or from
+    /// the beginning. A start offset the broker no longer has (the topic was recreated or
+    /// truncated) is an error, never a silent reset.
+    pub fn open_at(
+        config: &KafkaConfig,
+        start: Option<&KafkaPosition>,
+    ) -> Result<KafkaRecords, WalError> {
         let brokers = config.brokers.as_str();
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let consumer: BaseConsumer = config
@@ -747,7 +819,7 @@ impl KafkaRecords {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(kafka_error("create the recovery consumer", brokers))?;
         let metadata = consumer
@@ -769,11 +841,37 @@ impl KafkaRecords {
                 reason: format!("topic {} does not exist", config.topic),
             });
         }
+        if let Some(start) = start
+            && (start.topic != config.topic || start.next_offsets.len() > partitions)
+        {
+            return Err(WalError::Kafka {
+                op: "resume from a snapshot",
+                brokers: brokers.to_owned(),
+                reason: format!(
+                    "the snapshot is of topic {} with {} partitions; topic {} has {partitions}",
+                    start.topic,
+                    start.next_offsets.len(),
+                    config.topic
+                ),
+            });
+        }
+        let next_offsets: Vec<i64> = (0..partitions)
+            .map(|p| {
+                start
+                    .and_then(|s| s.next_offsets.get(p).copied())
+                    .unwrap_or(-1)
+            })
+            .collect();
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for (partition, &next) in next_offsets.iter().enumerate() {
             let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            let offset = if next < 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(next)
+            };
             assignment
-                .add_partition_offset(&config.topic, partition, Offset::Beginning)
+                .add_partition_offset(&config.topic, partition, offset)
                 .map_err(kafka_error("assign a partition", brokers))?;
         }
         consumer
@@ -785,7 +883,8 @@ impl KafkaRecords {
             brokers: config.brokers.clone(),
             done: vec![false; partitions],
             remaining: partitions,
-            next_lsn: 1,
+            next_lsn: start.map_or(0, |s| s.lsn) + 1,
+            next_offsets,
             stall_max: timeout,
             failed: false,
         })
@@ -796,9 +895,15 @@ impl KafkaRecords {
         self.done.len()
     }
 
-    /// Records read so far.
-    pub fn records_read(&self) -> u64 {
+    /// The LSN of the last record read (the start's LSN before any).
+    pub fn last_lsn(&self) -> Lsn {
         self.next_lsn - 1
+    }
+
+    /// Per partition, the offset after the last record read (negative: none read from a
+    /// start at the beginning).
+    pub fn next_offsets(&self) -> &[i64] {
+        &self.next_offsets
     }
 }
 
@@ -831,6 +936,12 @@ impl Iterator for KafkaRecords {
                 Ok(message) => {
                     let lsn = self.next_lsn;
                     self.next_lsn += 1;
+                    let next = usize::try_from(message.partition())
+                        .ok()
+                        .and_then(|p| self.next_offsets.get_mut(p));
+                    if let Some(next) = next {
+                        *next = message.offset() + 1;
+                    }
                     let payload = message.payload().unwrap_or_default().to_vec();
                     return Some(Ok(Record { lsn, payload }));
                 }
@@ -868,7 +979,8 @@ mod tests {
                 records: 5,
                 bytes: 50,
                 durable: 0,
-                persisted: BTreeSet::new(),
+                persisted: BTreeMap::new(),
+                offsets: vec![-1; 2],
             }),
             counters: Counters::default(),
         }
@@ -877,28 +989,39 @@ mod tests {
     #[test]
     fn the_durable_lsn_advances_only_over_a_contiguous_persisted_prefix() {
         let s = shared();
-        s.delivered(2, 10, Outcome::Persisted);
-        s.delivered(3, 10, Outcome::Persisted);
+        s.delivered(2, 10, Outcome::Persisted(0, 5));
+        s.delivered(3, 10, Outcome::Persisted(1, 7));
         assert_eq!(s.durability.durable_lsn(), 0, "LSN 1 not reported yet");
-        s.delivered(1, 10, Outcome::Persisted);
+        assert_eq!(lock(&s.in_flight).offsets, [-1, -1]);
+        s.delivered(1, 10, Outcome::Persisted(0, 4));
         assert_eq!(s.durability.durable_lsn(), 3);
-        s.delivered(5, 10, Outcome::Persisted);
+        assert_eq!(
+            lock(&s.in_flight).offsets,
+            [6, 8],
+            "after the prefix's records"
+        );
+        s.delivered(5, 10, Outcome::Persisted(1, 9));
         assert_eq!(s.durability.durable_lsn(), 3);
         let in_flight = lock(&s.in_flight);
+        assert_eq!(
+            in_flight.offsets,
+            [6, 8],
+            "LSN 5 is beyond the durable prefix"
+        );
         assert_eq!((in_flight.records, in_flight.bytes), (1, 10));
     }
 
     #[test]
     fn a_report_that_is_not_persisted_fails_the_log_and_freezes_the_durable_lsn() {
         let s = shared();
-        s.delivered(1, 10, Outcome::Persisted);
+        s.delivered(1, 10, Outcome::Persisted(0, 0));
         s.delivered(
             2,
             10,
             Outcome::Failed("status RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED".into()),
         );
         // Later successes never move it: LSN 3 could depend on LSN 2's auction state.
-        s.delivered(3, 10, Outcome::Persisted);
+        s.delivered(3, 10, Outcome::Persisted(0, 0));
         assert_eq!(s.durability.durable_lsn(), 1);
         assert_eq!(
             s.durability.wait(3, Duration::from_secs(1)),
