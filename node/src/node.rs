@@ -266,7 +266,7 @@ impl Node {
                     .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
                 log.resume(&records);
                 kafka_snapshots = Some(dir);
-                (Log::Kafka(log), summary)
+                (Log::Kafka(Box::new(log)), summary)
             }
         };
         let wal = Arc::new(wal);

@@ -110,6 +110,10 @@ pub struct Options {
     /// The Kafka topic, with --kafka-brokers.
     #[arg(long, default_value = "gavel-wal", requires = "kafka_brokers")]
     pub kafka_topic: String,
+    /// The topic's writer lease with --kafka-brokers, in milliseconds: a successor of a
+    /// crashed run waits this long.
+    #[arg(long, default_value_t = 10_000, requires = "kafka_brokers")]
+    pub kafka_writer_lease_ms: u64,
 }
 
 /// `--ack-log`: where durable acknowledgements are streamed, one flushed line each.
@@ -515,6 +519,7 @@ fn run_durable(options: &Options) -> Result<Report> {
         kafka: options.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
             brokers: brokers.clone(),
             topic: options.kafka_topic.clone(),
+            writer_lease_ms: options.kafka_writer_lease_ms,
             ..KafkaConfig::default()
         }),
         ..NodeConfig::default()
@@ -1003,6 +1008,7 @@ mod tests {
             ack_log: None,
             kafka_brokers: None,
             kafka_topic: String::new(),
+            kafka_writer_lease_ms: 10_000,
         }
     }
 

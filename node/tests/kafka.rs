@@ -18,6 +18,9 @@
 //!   node that starts from the newest snapshot (recording the partitions' offsets) and the
 //!   topic after it reaches the state hash of a reference engine fed exactly the records in
 //!   it;
+//! - one node writes a topic: a second is refused, naming the holder of the writer lease,
+//!   while the first runs, and starts at once after the first shut down; a node that cannot
+//!   renew its lease (broker gone) stops acknowledging;
 //! - a snapshot records the partitions' offsets: a restart replays only the records after
 //!   them, to the same state hash as a replay of the whole topic.
 
@@ -349,6 +352,9 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
                 &kafka.topic,
                 "--snapshot-every-records",
                 "1000",
+                // The successor of a killed child waits out its writer lease.
+                "--kafka-writer-lease-ms",
+                "2000",
             ],
         );
         let first = loaded.first_ack(round);
@@ -374,7 +380,10 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
         // finds the same ones).
         let checking = NodeConfig {
             snapshot_every_records: 0,
-            ..config(kafka.clone())
+            ..config(KafkaConfig {
+                writer_lease_ms: 2_000,
+                ..kafka.clone()
+            })
         };
         let (node, report) = Node::open(&dir, checking)
             .unwrap_or_else(|e| panic!("round {round}: the node does not start: {e:#}"));
@@ -586,4 +595,98 @@ fn a_restart_replays_only_the_records_after_the_snapshot_offsets() {
     assert_eq!(report.records_read, AUCTIONS + 2 * BIDS_PER_THREAD);
     assert_eq!(whole.engine().state_hash(), live_hash);
     whole.shutdown(false).unwrap();
+}
+
+#[test]
+fn a_second_node_on_the_same_topic_is_refused_while_the_first_holds_the_lease() {
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-fence");
+    let owned_by = |owner: &str, connect_timeout_ms| KafkaConfig {
+        owner: owner.to_owned(),
+        connect_timeout_ms,
+        ..base.clone()
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(dir_a.path(), config(owned_by("node-a", 10_000))).unwrap();
+    let created = a.create_auction(english(1), UnixMicros(0)).unwrap();
+    a.wait_durable(created, WAIT).unwrap();
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let error = match Node::open(dir_b.path(), config(owned_by("node-b", 2_000))) {
+        Ok(_) => panic!("two nodes write one topic"),
+        Err(error) => format!("{error:#}"),
+    };
+    let refused_after = started.elapsed();
+    assert!(
+        error.contains("gavel-wal-fence is written by another node (node-a"),
+        "{error}"
+    );
+    assert!(refused_after < Duration::from_secs(10), "{refused_after:?}");
+    // `gavel serve` likewise exits with the message.
+    let (_, stderr) = common::gavel_fails(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        dir_b.path().to_str().unwrap(),
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--https-listen",
+        "127.0.0.1:0",
+        "--wal",
+        "kafka",
+        "--kafka-brokers",
+        &base.brokers,
+        "--kafka-topic",
+        &base.topic,
+        "--kafka-connect-timeout-ms",
+        "1500",
+    ]);
+    assert!(
+        stderr.contains("gavel-wal-fence is written by another node (node-a"),
+        "{stderr}"
+    );
+    // The holder goes on undisturbed.
+    let (outcome, receipt) = timed_bid(&a, 1);
+    assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+    a.wait_durable(receipt.unwrap(), WAIT).unwrap();
+    let hash = a.engine().state_hash();
+    a.shutdown(false).unwrap();
+    drop(a);
+
+    // Released at shutdown: the next node starts without waiting for the lease (10 s).
+    let started = Instant::now();
+    let (b, _) = Node::open(dir_b.path(), config(owned_by("node-b", 2_000))).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.engine().state_hash(), hash);
+    b.shutdown(false).unwrap();
+    eprintln!("fence: second node refused after {refused_after:?}: {error}");
+}
+
+#[test]
+fn a_node_that_cannot_renew_its_lease_stops_acknowledging() {
+    let broker = Broker::start();
+    let kafka = KafkaConfig {
+        writer_lease_ms: 600,
+        ..kafka(broker.bootstrap(), "gavel-wal-lease")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka)).unwrap();
+    // Longer than several heartbeats: the lease stays held.
+    thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(node.failure(), None);
+    drop(broker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.failure().is_none() {
+        assert!(Instant::now() < deadline, "the lease was never given up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let failure = node.failure().unwrap();
+    assert!(failure.contains("writer lease"), "{failure}");
+    let (outcome, _) = timed_bid(&node, 0);
+    assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
 }

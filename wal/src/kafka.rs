@@ -61,9 +61,23 @@ use crate::durability::{
     Durability, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open, lock,
 };
 use crate::error::{AppendError, WalError};
+use crate::fence::WriterLease;
 use crate::frame::PAYLOAD_BYTES_MAX;
 use crate::segment::Record;
 use crate::{Lsn, WalMetrics};
+
+/// `<host>/<pid>/<random>`: tells nodes (and incarnations of one node) apart in the lease.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_owned());
+    // std's hasher keys are random per process (and per `RandomState`).
+    let random =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
+    format!("{host}/{}/{random:016x}", std::process::id())
+}
 
 /// Retry hint on back-pressure: about one produce round trip on a healthy broker.
 const BACKPRESSURE_RETRY_AFTER_US: u64 = 10_000;
@@ -118,6 +132,11 @@ pub struct KafkaConfig {
     /// Further librdkafka producer properties, applied last and then checked by
     /// [`check_producer_config`].
     pub producer_overrides: Vec<(String, String)>,
+    /// The writer lease (one node writes a topic; see [`crate::fence`]): a holder that
+    /// cannot renew it within this long stops; a successor after a crash waits this long.
+    pub writer_lease_ms: u64,
+    /// Who this node is in the lease (host, process and a random part by default).
+    pub owner: String,
 }
 
 impl Default for KafkaConfig {
@@ -133,6 +152,8 @@ impl Default for KafkaConfig {
             message_timeout_ms: 300_000,
             linger_ms: 1,
             producer_overrides: Vec::new(),
+            writer_lease_ms: 10_000,
+            owner: default_owner(),
         }
     }
 }
@@ -182,7 +203,34 @@ impl KafkaConfig {
         check(
             self.linger_ms <= 1_000,
             "kafka linger_ms must be at most 1000",
+        )?;
+        check(
+            (300..=600_000).contains(&self.writer_lease_ms),
+            "kafka writer_lease_ms must be between 300 and 600000",
+        )?;
+        check(
+            !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
+            "kafka owner must be a non-empty word",
         )
+    }
+
+    /// The lease producer's configuration: `acks=all`, one request in flight, each record
+    /// on its own. Not idempotent: a duplicated claim or beat means the same as one, and the
+    /// idempotent producer's start (hundreds of ms to get a producer id) would eat into the
+    /// lease.
+    pub(crate) fn lease_producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", self.writer_lease_ms.to_string())
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
+            );
+        config
     }
 
     /// The producer's librdkafka configuration: idempotent, `acks=all`, librdkafka's queue
@@ -226,7 +274,7 @@ impl KafkaConfig {
         config
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         config
@@ -301,7 +349,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
+pub(crate) fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
     let brokers = brokers.to_owned();
     move |e| WalError::Kafka {
         op,
@@ -314,6 +362,15 @@ fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> Wa
 /// partitions when missing); returns its partition count. Bounded by `connect_timeout_ms`.
 pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
     config.validate()?;
+    ensure_topic_named(config, &config.topic, config.partitions)
+}
+
+/// [`ensure_topic`] for the topic `name` with `partitions` when created.
+pub(crate) fn ensure_topic_named(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<i32, WalError> {
     let brokers = config.brokers.as_str();
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let deadline = Instant::now() + timeout;
@@ -326,13 +383,13 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let metadata = admin
             .inner()
-            .fetch_metadata(Some(&config.topic), Timeout::After(left))
+            .fetch_metadata(Some(name), Timeout::After(left))
             .map_err(|e| WalError::KafkaUnreachable {
                 brokers: brokers.to_owned(),
                 timeout_ms: config.connect_timeout_ms,
                 reason: e.to_string(),
             })?;
-        let topic = metadata.topics().iter().find(|t| t.name() == config.topic);
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
         match topic.map(|t| (t.error(), t.partitions().len())) {
             Some((None, n)) if n > 0 => {
                 return Ok(i32::try_from(n).unwrap_or(i32::MAX));
@@ -343,11 +400,11 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
                 return Err(WalError::Kafka {
                     op: "describe the topic",
                     brokers: brokers.to_owned(),
-                    reason: format!("not authorised for topic {}", config.topic),
+                    reason: format!("not authorised for topic {name}"),
                 });
             }
             _ if !created => {
-                create_topic(&admin, config, left)?;
+                create_topic(&admin, config, name, partitions, left)?;
                 created = true;
             }
             // Created; the brokers' metadata catches up shortly.
@@ -357,7 +414,7 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
             return Err(WalError::KafkaUnreachable {
                 brokers: brokers.to_owned(),
                 timeout_ms: config.connect_timeout_ms,
-                reason: format!("topic {} has no partitions yet", config.topic),
+                reason: format!("topic {name} has no partitions yet"),
             });
         }
         thread::sleep(Duration::from_millis(50));
@@ -367,12 +424,14 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
 fn create_topic(
     admin: &AdminClient<DefaultClientContext>,
     config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
     timeout: Duration,
 ) -> Result<(), WalError> {
     let brokers = config.brokers.as_str();
     let topic = NewTopic::new(
-        &config.topic,
-        config.partitions,
+        name,
+        partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
     let options = AdminOptions::new()
@@ -475,14 +534,19 @@ impl Shared {
                 }
             }
             Outcome::Failed(reason) => {
-                in_flight.status = STATUS_FAILED;
                 drop(in_flight);
-                self.durability.record_failure(format!(
+                self.fail(format!(
                     "the record at LSN {lsn} was not persisted: {reason}"
                 ));
-                self.durability.finish(STATUS_FAILED);
             }
         }
+    }
+
+    /// Fails the log for good: nothing more is appended or becomes durable.
+    fn fail(&self, why: String) {
+        lock(&self.in_flight).status = STATUS_FAILED;
+        self.durability.record_failure(why);
+        self.durability.finish(STATUS_FAILED);
     }
 }
 
@@ -534,6 +598,8 @@ pub struct KafkaLog {
     shared: Arc<Shared>,
     producer: ThreadedProducer<DeliveryContext>,
     config: KafkaConfig,
+    /// The topic's writer lease, released at shutdown.
+    lease: Mutex<Option<WriterLease>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -560,7 +626,6 @@ impl KafkaLog {
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
         ensure_topic(&config)?;
-        let records = KafkaRecords::open_at(&config, start)?;
         let shared = Arc::new(Shared {
             durability: Arc::new(Durability::new(0)),
             in_flight: Mutex::new(InFlight {
@@ -574,6 +639,13 @@ impl KafkaLog {
             }),
             counters: Counters::default(),
         });
+        // One writer per topic: the lease comes before reading, so nobody writes behind the
+        // replay. Losing it fails the log (nothing more is acknowledged).
+        let lease = {
+            let shared = Arc::clone(&shared);
+            WriterLease::acquire(&config, &config.owner, move |why| shared.fail(why))?
+        };
+        let records = KafkaRecords::open_at(&config, start)?;
         let producer = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
@@ -584,6 +656,7 @@ impl KafkaLog {
                 shared,
                 producer,
                 config,
+                lease: Mutex::new(Some(lease)),
             },
             records,
         ))
@@ -747,6 +820,10 @@ impl KafkaLog {
                  {error}",
                 SHUTDOWN_FLUSH_MAX.as_secs()
             ));
+        }
+        // Nothing more is written: a successor may start at once.
+        if let Some(mut lease) = lock(&self.lease).take() {
+            lease.release();
         }
         if let Some(failure) = self.failure() {
             lock(&self.shared.in_flight).status = STATUS_FAILED;

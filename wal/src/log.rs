@@ -28,9 +28,10 @@ use crate::{DurableFuture, Lsn, Wal, WalMetrics};
 pub enum Log {
     /// The embedded segmented file log.
     File(Wal),
-    /// A Kafka topic.
+    /// A Kafka topic (boxed: its client handles and settings make it much larger than a
+    /// `Wal` handle).
     #[cfg(feature = "kafka")]
-    Kafka(crate::kafka::KafkaLog),
+    Kafka(Box<crate::kafka::KafkaLog>),
 }
 
 impl Log {
