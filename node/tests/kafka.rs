@@ -21,6 +21,7 @@
 //! - one node writes a topic: a second is refused, naming the holder of the writer lease,
 //!   while the first runs, and starts at once after the first shut down; a node that cannot
 //!   renew its lease (broker gone) stops acknowledging;
+//! - delivery outcomes and latencies are recorded as `gavel_wal_kafka_*` metrics;
 //! - a snapshot records the partitions' offsets: a restart replays only the records after
 //!   them, to the same state hash as a replay of the whole topic.
 
@@ -689,4 +690,40 @@ fn a_node_that_cannot_renew_its_lease_stops_acknowledging() {
     assert!(failure.contains("writer lease"), "{failure}");
     let (outcome, _) = timed_bid(&node, 0);
     assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+}
+
+/// The value of the series `name{labels}` (or `name` without labels) in a Prometheus text
+/// rendering; 0 if absent.
+fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn delivery_outcomes_and_latencies_are_metrics() {
+    let handle = common::https::metrics_handle();
+    let before = handle.render();
+    let persisted = r#"gavel_wal_kafka_deliveries_total{status="persisted"}"#;
+    let latencies = "gavel_wal_kafka_delivery_seconds_count";
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(
+        dir.path(),
+        config(kafka(broker.bootstrap(), "gavel-wal-metrics")),
+    )
+    .unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    for n in 0..20 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        node.wait_durable(receipt.unwrap(), WAIT).unwrap();
+    }
+    node.shutdown(false).unwrap();
+    let after = handle.render();
+    // Other tests of this binary record too: at least this test's 21 records.
+    let delta = |series| series_value(&after, series) - series_value(&before, series);
+    assert!(delta(persisted) >= 21.0, "{after}");
+    assert!(delta(latencies) >= 21.0, "{after}");
 }

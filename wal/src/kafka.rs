@@ -66,6 +66,20 @@ use crate::frame::PAYLOAD_BYTES_MAX;
 use crate::segment::Record;
 use crate::{Lsn, WalMetrics};
 
+/// Delivery reports, by `status`: `persisted`, `not_persisted`, `possibly_persisted`,
+/// `error` (a failed delivery, whatever its persistence status).
+pub const METRIC_DELIVERIES: &str = "gavel_wal_kafka_deliveries_total";
+/// Produce → delivery report time of `PERSISTED` records, seconds.
+pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
+/// Records produced and not yet reported (published by the node from
+/// [`KafkaLog::metrics`]).
+pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
+/// Payload bytes produced and not yet reported (likewise).
+pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
+/// records in flight, a colliding entry only skews one latency sample).
+const SENT_AT_RING: usize = 1 << 16;
+
 /// `<host>/<pid>/<random>`: tells nodes (and incarnations of one node) apart in the lease.
 fn default_owner() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -485,6 +499,25 @@ struct Shared {
     durability: Arc<Durability>,
     in_flight: Mutex<InFlight>,
     counters: Counters,
+    /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
+    sent_at_us: Box<[AtomicU64]>,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn new(in_flight: InFlight) -> Shared {
+        Shared {
+            durability: Arc::new(Durability::new(0)),
+            in_flight: Mutex::new(in_flight),
+            counters: Counters::default(),
+            sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn sent_slot(&self, lsn: Lsn) -> &AtomicU64 {
+        &self.sent_at_us[lsn as usize % SENT_AT_RING]
+    }
 }
 
 /// A delivery outcome, reduced to what the durability rule needs.
@@ -571,15 +604,32 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, lsn: usize) {
         use rdkafka::bindings::rd_kafka_msg_status_t as Status;
         let lsn = lsn as Lsn;
-        let (bytes, outcome) = match result {
+        let (bytes, outcome, status_label) = match result {
             Ok(message) => {
                 let status = persistence_status(message);
-                let outcome = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
-                    Outcome::Persisted(message.partition(), message.offset())
+                let (outcome, label) = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
+                    let shared = &self.shared;
+                    // Ordering: Relaxed — a statistic; the slot was stored before the send.
+                    let sent_us = shared.sent_slot(lsn).load(Ordering::Relaxed);
+                    let now_us = shared.epoch.elapsed().as_micros() as u64;
+                    metrics::histogram!(METRIC_DELIVERY_SECONDS)
+                        .record(now_us.saturating_sub(sent_us) as f64 / 1e6);
+                    (
+                        Outcome::Persisted(message.partition(), message.offset()),
+                        "persisted",
+                    )
                 } else {
-                    Outcome::Failed(format!("delivery succeeded with status {status:?}"))
+                    let label = if status == Status::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED {
+                        "possibly_persisted"
+                    } else {
+                        "not_persisted"
+                    };
+                    (
+                        Outcome::Failed(format!("delivery succeeded with status {status:?}")),
+                        label,
+                    )
                 };
-                (message.payload_len(), outcome)
+                (message.payload_len(), outcome, label)
             }
             Err((error, message)) => (
                 message.payload_len(),
@@ -587,8 +637,10 @@ impl ProducerContext for DeliveryContext {
                     "{error} (status {:?})",
                     persistence_status(message)
                 )),
+                "error",
             ),
         };
+        metrics::counter!(METRIC_DELIVERIES, "status" => status_label).increment(1);
         self.shared.delivered(lsn, bytes, outcome);
     }
 }
@@ -626,19 +678,15 @@ impl KafkaLog {
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
         ensure_topic(&config)?;
-        let shared = Arc::new(Shared {
-            durability: Arc::new(Durability::new(0)),
-            in_flight: Mutex::new(InFlight {
-                status: STATUS_OPEN,
-                next_lsn: 1,
-                records: 0,
-                bytes: 0,
-                durable: 0,
-                persisted: BTreeMap::new(),
-                offsets: Vec::new(),
-            }),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(InFlight {
+            status: STATUS_OPEN,
+            next_lsn: 1,
+            records: 0,
+            bytes: 0,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: Vec::new(),
+        }));
         // One writer per topic: the lease comes before reading, so nobody writes behind the
         // replay. Losing it fails the log (nothing more is acknowledged).
         let lease = {
@@ -729,6 +777,12 @@ impl KafkaLog {
         }
         let key = key.to_string();
         let first = in_flight.next_lsn;
+        let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
+        for lsn in first..first + payloads.len() as Lsn {
+            // Ordering: Relaxed — a statistic; the report reads it on librdkafka's thread
+            // after the send below, which synchronises through librdkafka's queue.
+            self.shared.sent_slot(lsn).store(sent_us, Ordering::Relaxed);
+        }
         for (i, payload) in payloads.iter().enumerate() {
             let lsn = first + i as Lsn;
             let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
@@ -1048,19 +1102,15 @@ mod tests {
     use crate::error::WaitError;
 
     fn shared() -> Shared {
-        Shared {
-            durability: Arc::new(Durability::new(0)),
-            in_flight: Mutex::new(InFlight {
-                status: STATUS_OPEN,
-                next_lsn: 6,
-                records: 5,
-                bytes: 50,
-                durable: 0,
-                persisted: BTreeMap::new(),
-                offsets: vec![-1; 2],
-            }),
-            counters: Counters::default(),
-        }
+        Shared::new(InFlight {
+            status: STATUS_OPEN,
+            next_lsn: 6,
+            records: 5,
+            bytes: 50,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: vec![-1; 2],
+        })
     }
 
     #[test]
