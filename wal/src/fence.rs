@@ -38,7 +38,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::durability::lock;
 use crate::error::WalError;
-use crate::kafka::{KafkaConfig, ensure_topic_named, kafka_error};
+use crate::kafka::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 
 /// One poll of the lock reader.
 const POLL: Duration = Duration::from_millis(100);
@@ -109,7 +109,7 @@ impl LeaseState {
 
 /// Reads the lock partition in order into a [`LeaseState`].
 struct LockReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     state: LeaseState,
     /// Offset after the last record read.
     next_offset: i64,
@@ -120,7 +120,7 @@ struct LockReader {
 impl LockReader {
     fn open(config: &KafkaConfig, topic: &str) -> Result<LockReader, WalError> {
         let brokers = config.brokers.as_str();
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<ReaderContext> = config
             .client_config()
             .set("group.id", "gavel-wal-lock-reader")
             .set("enable.auto.commit", "false")
@@ -128,7 +128,7 @@ impl LockReader {
             .set("enable.partition.eof", "true")
             // Claims and beats are few: answer each fetch at once rather than after 500 ms.
             .set("fetch.wait.max.ms", "10")
-            .create()
+            .create_with_context(ReaderContext)
             .map_err(kafka_error("create the lock reader", brokers))?;
         let mut assignment = TopicPartitionList::new();
         assignment

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -583,6 +583,25 @@ impl Shared {
     }
 }
 
+/// The readers' consumer context (recovery, lock topic): the end of a partition is how they
+/// know they are done, not an error worth a log line; any other client error is logged as
+/// rdkafka's default context logs it.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            log::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// The producer's context: turns delivery reports into [`Shared::delivered`].
 struct DeliveryContext {
     shared: Arc<Shared>,
@@ -903,7 +922,7 @@ impl Drop for KafkaLog {
 /// Memory: librdkafka's fetch buffers and one payload. Ends at the first error; a stretch of
 /// `connect_timeout_ms` without any record or end event is an error too (bounded).
 pub struct KafkaRecords {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
     brokers: String,
     /// Per partition: whether its end was reached.
@@ -944,14 +963,17 @@ impl KafkaRecords {
     ) -> Result<KafkaRecords, WalError> {
         let brokers = config.brokers.as_str();
         let timeout = Duration::from_millis(config.connect_timeout_ms);
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<ReaderContext> = config
             .client_config()
             .set("group.id", "gavel-wal-recovery")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
-            .create()
+            // At a partition's end a fetch waits this long for more (500 ms by default):
+            // recovery wants the end-of-partition event, not more records.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(ReaderContext)
             .map_err(kafka_error("create the recovery consumer", brokers))?;
         let metadata = consumer
             .fetch_metadata(Some(&config.topic), Timeout::After(timeout))
