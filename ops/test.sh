@@ -5,12 +5,15 @@
 # compiled by protox at build time (no system protoc), and librdkafka is built from the rdkafka
 # crate's bundled sources. The Kafka log's tests need a Kafka-protocol broker: tansu, installed
 # here with cargo when it is missing (about 17 minutes on 2 cores, once: it stays in
-# ~/.cargo/bin and is never rebuilt when present). Later issues add their tools here too.
+# ~/.cargo/bin and is never rebuilt when present). The browser page's end-to-end test needs
+# Chromium: installed here with apt-get when missing. Later issues add their tools here too.
 #
 # Steps:
 #   1. the engine stays sans-IO: `cargo tree` of gavel-engine must not list tokio; the
 #      bidder SDK (gavel-client) lists neither the node, the WAL nor the transports;
-#   2. tansu (the Kafka-protocol broker) installed if missing;
+#   2. tansu (the Kafka-protocol broker) and chromium (the browser test's headless browser,
+#      Debian's package) installed if missing; nats-server (Debian package) too when root,
+#      for the load tester's smoke (which skips its nats phase without it);
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
 #   4. the loom model check of the price-word / settlement-lock protocol.
@@ -39,6 +42,27 @@ if command -v tansu >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tan
 else
     # The default features have no usable storage engine; these give memory:// and sqlite://.
     cargo install tansu --version 0.6.0 --features dynostore,libsql
+fi
+
+step "a headless browser for the browser page's end-to-end test (chromium)"
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    echo "ok: chromium present"
+else
+    # Debian's package; the test (node/tests/browser.rs) fails without it, it never skips.
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
+fi
+
+step "nats-server for the load tester's smoke (its fan-out peer; optional)"
+if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+    echo "ok: nats-server present"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y nats-server >/dev/null 2>&1 \
+        || { apt-get update >/dev/null 2>&1 && apt-get install -y nats-server >/dev/null 2>&1; } \
+        || echo "note: nats-server could not be installed; the smoke skips its nats phase"
+else
+    echo "note: no nats-server (apt-get install nats-server); the smoke skips its nats phase"
 fi
 
 step "workspace tests (unit, integration, property, stress; benches in test mode)"

@@ -38,6 +38,8 @@ fn price_update() -> pb::PriceUpdate {
         ends_at_us: 1_764_241_200_000_000,
         bids_accepted: 12_343,
         accepted_at_us: 1_764_237_600_000_123,
+        watchers: 1_250,
+        bidders_connected: 16,
     }
 }
 

@@ -49,6 +49,10 @@ pub(crate) enum Command {
     },
     /// Close the connection once nothing is in flight.
     Close { done: oneshot::Sender<()> },
+    /// Hand out the current QUIC connection (to open a stream for updates).
+    Connection {
+        reply: oneshot::Sender<quinn::Connection>,
+    },
 }
 
 /// A request sent (or to be sent) and not fully answered.
@@ -275,7 +279,7 @@ impl Driver {
 
     async fn session(&mut self, link: Link) -> Ended {
         let Link {
-            connection: _,
+            connection,
             mut send,
             mut recv,
         } = link;
@@ -305,6 +309,9 @@ impl Driver {
             tokio::select! {
                 command = self.commands.recv(), if taking => match command {
                     None => self.commands_closed = true,
+                    Some(Command::Connection { reply }) => {
+                        let _ = reply.send(connection.clone());
+                    }
                     Some(command) => {
                         if let Some(done) = self.take(command, &mut out) {
                             close_requested = Some(done);
@@ -315,6 +322,9 @@ impl Driver {
                             && close_requested.is_none()
                         {
                             match self.commands.try_recv() {
+                                Ok(Command::Connection { reply }) => {
+                                    let _ = reply.send(connection.clone());
+                                }
                                 Ok(command) => {
                                     if let Some(done) = self.take(command, &mut out) {
                                         close_requested = Some(done);
@@ -356,6 +366,8 @@ impl Driver {
         self.next_request_id += 1;
         let (body, kind) = match command {
             Command::Close { done } => return Some(done),
+            // Answered by the session loop, which holds the connection.
+            Command::Connection { .. } => return None,
             Command::Bid {
                 bid,
                 outcome,
@@ -558,7 +570,7 @@ fn fail_bid(
     }
 }
 
-fn server_error(error: pb::Error) -> BidError {
+pub(crate) fn server_error(error: pb::Error) -> BidError {
     BidError::Server {
         code: pb::ErrorCode::try_from(error.code).unwrap_or(pb::ErrorCode::Unspecified),
         message: error.message,

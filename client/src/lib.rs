@@ -39,6 +39,8 @@
 //! - [`ClientConfig`] (`config`): address, TLS material, timeouts, backoff, bounds;
 //! - [`Client`], [`Bid`], [`PlacedBid`], [`Accepted`], [`DurableAck`] (here);
 //! - [`BidError`], [`ConnectError`] (`error`);
+//! - [`Watch`], [`Watcher`], [`Update`] (`watch`): live prices on a stream of the
+//!   connection, price updates optionally as QUIC datagrams;
 //! - `connection`: the background task (pipelining, reconnects, idempotent resends);
 //! - `backoff`: full-jitter exponential backoff.
 //!
@@ -49,6 +51,7 @@ mod backoff;
 mod config;
 mod connection;
 mod error;
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -59,6 +62,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use config::{ClientConfig, dev_files};
 pub use error::{BidError, ConnectError};
+pub use watch::{Update, Via, Watch, Watcher};
 
 use connection::{Command, Driver};
 
@@ -245,6 +249,19 @@ impl Client {
             durable: durable_rx,
             durable_timeout: self.config.durable_timeout,
         })
+    }
+
+    /// Subscribes to live prices on a new stream of this client's connection; see
+    /// [`Watcher`]. Any role may watch.
+    pub async fn watch(&self, watch: Watch) -> Result<Watcher, BidError> {
+        let (reply, answer) = oneshot::channel();
+        let connection = self.request(Command::Connection { reply }, answer).await?;
+        tokio::time::timeout(
+            self.config.request_timeout,
+            Watcher::open(connection, watch),
+        )
+        .await
+        .map_err(|_| BidError::Timeout)?
     }
 
     /// Measures one round trip to the node (through the request stream, behind any requests

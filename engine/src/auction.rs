@@ -223,6 +223,9 @@ struct State {
     settled: Option<(CloseReason, Settlement)>,
     /// The last value this lock holder stored in the price word.
     word: u64,
+    /// When `seq` last moved (the decision's `now`); zero after a restore until the next
+    /// change. Not part of the state hash: streams use it, replay needs it not.
+    changed_at: UnixMicros,
 }
 
 /// How a bid changes the book, computed before anything is applied.
@@ -310,6 +313,7 @@ impl Auction {
                 recent: Recent::new(),
                 settled: None,
                 word: 0,
+                changed_at: now,
             }),
             spec,
         };
@@ -484,6 +488,7 @@ impl Auction {
                 recent,
                 settled: snapshot.closed,
                 word,
+                changed_at: UnixMicros(0),
             }),
             spec: snapshot.spec,
         })
@@ -680,6 +685,7 @@ impl Auction {
         };
         self.apply_book(state, decision.change);
         state.seq = seq;
+        state.changed_at = now;
         state.bids_accepted += 1;
         if let Some((ends_at, extensions)) = extension {
             assert!(
@@ -997,6 +1003,7 @@ impl Auction {
             }
         };
         state.seq += 2;
+        state.changed_at = now;
         state.settled = Some((reason, settlement));
         let price = state.word & PRICE_MAX;
         let has_bid = state.word & HAS_BID;
@@ -1082,6 +1089,8 @@ impl Auction {
             extensions: state.extensions,
             bids_accepted: state.bids_accepted,
             settlement: state.settled.map(|(_, s)| s),
+            close_reason: state.settled.map(|(reason, _)| reason),
+            changed_at: state.changed_at,
         }
     }
 

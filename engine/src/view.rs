@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::event::CloseReason;
 use crate::types::{AuctionSpec, BidderId, Price, Settlement, UnixMicros};
 
 /// Where an auction is in its life.
@@ -37,4 +38,9 @@ pub struct AuctionView {
     pub bids_accepted: u64,
     /// The result, once settled.
     pub settlement: Option<Settlement>,
+    /// Why it closed, once settled.
+    pub close_reason: Option<CloseReason>,
+    /// When the latest state change (`seq`) was decided; `UnixMicros(0)` when unknown (an
+    /// auction restored from a snapshot that has not changed since).
+    pub changed_at: UnixMicros,
 }

@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::serve::{QuicNode, RelayMode, UdpRelay, WAIT_MAX, metric, ping};
-use gavel_client::{Bid, BidError, Client, ClientConfig, ConnectError, random_bid_id};
+use gavel_client::{
+    Bid, BidError, Client, ClientConfig, ConnectError, Update, Via, Watch, Watcher, random_bid_id,
+};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
 use gavel_transport::Limits;
@@ -497,4 +499,99 @@ async fn an_unanswered_bid_times_out_and_the_client_recovers() {
         }
     };
     assert_eq!(placed.accepted().price, 500);
+}
+
+/// Reads `watcher` until auction `auction`'s price is `price`; returns every price update
+/// seen (price, via) in order.
+async fn prices_until(watcher: &mut Watcher, auction: u64, price: u64) -> Vec<(u64, u64, Via)> {
+    let mut seen = Vec::new();
+    loop {
+        let update = tokio::time::timeout(WAIT_MAX, watcher.next())
+            .await
+            .expect("an update in time")
+            .expect("the stream is open");
+        let Update::Price(update, via) = update else {
+            continue;
+        };
+        assert_eq!(update.auction_id, auction);
+        if let Some(&(seq_before, _, _)) = seen.last() {
+            assert!(
+                update.seq > seq_before,
+                "seq only grows: {seen:?} then {update:?}"
+            );
+        }
+        seen.push((update.seq, update.price.unwrap(), via));
+        if update.price == Some(price) {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_streams_over_quic_by_datagram_or_stream_with_resume() {
+    let node = QuicNode::start(limits()).await;
+    node.create_english(5);
+    let bidder = bidder(&node, "bidder-1").await;
+    let watcher = Client::connect(node.client_config("watcher", "watcher-1"))
+        .await
+        .unwrap();
+    let datagrams_before = metric("gavel_stream_datagrams_total{result=\"sent\"}");
+    let mut ticks = watcher
+        .watch(Watch::patterns(["test.>"]).with_datagrams())
+        .await
+        .unwrap();
+    let mut reliable = watcher.watch(Watch::patterns(["test.*"])).await.unwrap();
+    for w in [&mut ticks, &mut reliable] {
+        let first = tokio::time::timeout(WAIT_MAX, w.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let Update::Snapshot(snapshot) = first else {
+            panic!("a snapshot first: {first:?}")
+        };
+        assert_eq!(snapshot.rules.unwrap().auction_id, 5);
+        assert_eq!(snapshot.bidders_connected, 1, "the bidder's connection");
+    }
+    let last = 100 + 5 * 19;
+    for n in 0..20 {
+        bidder.place_bid(Bid::new(5, 100 + 5 * n)).await.unwrap();
+    }
+    let by_datagram = prices_until(&mut ticks, 5, last).await;
+    assert!(
+        by_datagram.iter().all(|&(_, _, via)| via == Via::Datagram),
+        "price ticks come as datagrams: {by_datagram:?}"
+    );
+    let by_stream = prices_until(&mut reliable, 5, last).await;
+    assert!(
+        by_stream.iter().all(|&(_, _, via)| via == Via::Stream),
+        "{by_stream:?}"
+    );
+    assert!(
+        metric("gavel_stream_datagrams_total{result=\"sent\"}") - datagrams_before
+            >= by_datagram.len() as f64
+    );
+
+    // Resume on a new stream: only what moved since the positions comes, as a snapshot.
+    let positions = reliable.positions();
+    assert_eq!(positions.len(), 1);
+    assert_eq!(positions[0].seq, node.view(5).seq);
+    drop(reliable);
+    bidder.place_bid(Bid::new(5, last + 5)).await.unwrap();
+    let mut again = watcher
+        .watch(Watch {
+            resume: positions,
+            ..Watch::patterns(["test.*"])
+        })
+        .await
+        .unwrap();
+    let update = tokio::time::timeout(WAIT_MAX, again.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let Update::Snapshot(snapshot) = update else {
+        panic!("what moved, as a snapshot: {update:?}")
+    };
+    assert_eq!(snapshot.price, Some(last + 5));
+    assert_eq!(snapshot.seq, node.view(5).seq);
+    node.gateway.shutdown().cancel();
 }

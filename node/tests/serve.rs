@@ -6,72 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::https::{WAIT, request_to};
+use common::served::{Served, english_rules, serve};
 use gavel_client::{Bid, Client, ClientConfig};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
-
-/// A running `gavel serve` child and the addresses it printed.
-struct Served {
-    child: Child,
-    quic: SocketAddr,
-    https: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `gavel serve --dev` on `data_dir` with OS-chosen ports; waits for its
-/// `listening …` line.
-fn serve(data_dir: &Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
-        .args(["serve", "--dev", "--data-dir"])
-        .arg(data_dir)
-        .args([
-            "--quic-listen",
-            "127.0.0.1:0",
-            "--https-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--shutdown-deadline-ms",
-            "8000",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gavel starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("a listening line");
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|field| field.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    Served {
-        quic: addr("quic="),
-        https: addr("https="),
-        metrics: addr("metrics="),
-        child,
-    }
-}
 
 /// Sends SIGTERM and waits for the exit; returns its stderr.
 fn terminate(mut served: Served) -> String {
@@ -121,10 +64,7 @@ async fn serve_dev_takes_bids_stops_on_sigterm_and_recovers() {
 
     // An auction through the admin API (admin certificate), durable before the 201.
     let start = now_us();
-    let create = format!(
-        r#"{{"rules":{{"auctionId":"42","topic":"energy.eu.de.block-42","english":{{"startPrice":"100"}},"startsAtUs":"{start}","endsAtUs":"{}"}}}}"#,
-        start + 600_000_000
-    );
+    let create = english_rules(42, "energy.eu.de.block-42", start);
     let (status, _, body) = request_to(
         served.https,
         &certs,

@@ -15,14 +15,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::https::{Setup, TestNode, WAIT};
+use common::stream::{Bidder, create, now_us};
 use futures_util::{SinkExt, StreamExt};
-use gavel_proto::pb;
 use gavel_transport::Limits;
 use hyper::StatusCode;
-use prost::Message as _;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -32,93 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
 const ADMIN: Option<&str> = Some("admin/admin");
-const BIDDER: Option<&str> = Some("bidder/bidder-1");
 const WATCHER: Option<&str> = Some("watcher/watcher-1");
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// Creates an English auction `id` on `topic` (start price 100, open ten minutes).
-async fn create(node: &TestNode, id: u64, topic: &str) {
-    let now = now_us();
-    let body = json!({"rules": {
-        "auctionId": id.to_string(),
-        "topic": topic,
-        "english": {"startPrice": "100"},
-        "startsAtUs": (now - 1_000_000).to_string(),
-        "endsAtUs": (now + 600_000_000).to_string(),
-    }});
-    node.create_auction(body.to_string().into_bytes()).await;
-}
-
-/// A bidder's socket placing bids and reading their outcomes.
-struct Bidder {
-    socket: Socket,
-    next_id: u64,
-}
-
-impl Bidder {
-    async fn connect(node: &TestNode) -> Bidder {
-        Bidder {
-            socket: node.ws(BIDDER, "gavel.v1.proto", None).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    /// Bids `amount` on `auction` and asserts it was accepted.
-    async fn bid(&mut self, auction: u64, amount: u64) {
-        self.bids(&[(auction, amount)]).await;
-    }
-
-    /// Sends every `(auction, amount)` bid at once (pipelined), then asserts each was
-    /// accepted.
-    async fn bids(&mut self, bids: &[(u64, u64)]) {
-        for &(auction, amount) in bids {
-            let id = self.next_id;
-            self.next_id += 1;
-            let request = pb::ClientMessage {
-                request_id: id,
-                body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
-                    auction_id: auction,
-                    amount,
-                    max: None,
-                    bid_id_hi: 7,
-                    bid_id_lo: id,
-                    client_sent_at_us: now_us(),
-                })),
-            };
-            self.socket
-                .feed(Message::Binary(request.encode_to_vec().into()))
-                .await
-                .unwrap();
-        }
-        self.socket.flush().await.unwrap();
-        let mut outcomes = 0;
-        while outcomes < bids.len() {
-            let message = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("an outcome in time")
-                .unwrap()
-                .unwrap();
-            let Message::Binary(bytes) = message else {
-                continue;
-            };
-            let reply = pb::ServerMessage::decode(bytes.as_ref()).unwrap();
-            if let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body {
-                assert!(
-                    matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_))),
-                    "{:?}: {outcome:?}",
-                    bids[outcomes]
-                );
-                outcomes += 1;
-            }
-        }
-    }
-}
 
 /// The next JSON message of a watcher (control frames skipped).
 async fn next(socket: &mut Socket) -> Value {
@@ -409,4 +322,79 @@ fn slow_disconnects() -> u64 {
         .find(|l| l.starts_with("gavel_stream_slow_consumer_disconnects_total{transport=\"ws\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buy_now_close_presence_and_decision_times_reach_watchers() {
+    let node = TestNode::start(Setup::default()).await;
+    let now = now_us();
+    let body = json!({"rules": {
+        "auctionId": "21",
+        "topic": "art.prints.lot-21",
+        "english": {"startPrice": "100"},
+        "buyNow": "500",
+        "startsAtUs": (now - 1_000_000).to_string(),
+        "endsAtUs": (now + 600_000_000).to_string(),
+    }});
+    node.create_auction(body.to_string().into_bytes()).await;
+    let mut bidder = Bidder::connect(&node).await;
+    let (mut first, _) = watch(&node, &["art.>"], 0, json!([])).await;
+    let snapshot = next(&mut first).await;
+    assert_eq!(
+        snapshot["auctionSnapshot"]["watchers"], 1,
+        "only this watcher yet: {snapshot}"
+    );
+    assert_eq!(
+        snapshot["auctionSnapshot"]["biddersConnected"], 1,
+        "{snapshot}"
+    );
+    let (mut second, _) = watch(&node, &["art.prints.lot-21"], 0, json!([])).await;
+    let snapshot = next(&mut second).await;
+    assert_eq!(snapshot["auctionSnapshot"]["watchers"], 2, "{snapshot}");
+
+    // An update carries the decision's time: the same instant the auction's state records.
+    bidder.bid(21, 150).await;
+    let update = next(&mut first).await;
+    assert_eq!(summary(&update), ("priceUpdate".into(), 21, 2, 150));
+    assert_eq!(update["priceUpdate"]["watchers"], 2, "{update}");
+    let (status, _, body) = node.request(ADMIN, "GET", "/v1/auctions/21", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let state: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        update["priceUpdate"]["acceptedAtUs"], state["changedAtUs"],
+        "decision time, not the fan-out's read time: {update} vs {state}"
+    );
+
+    // A bid at the buy-now price closes the auction: both watchers get the close and the
+    // settlement, in order, once the bid is durable.
+    bidder.bid(21, 500).await;
+    for watcher in [&mut first, &mut second] {
+        let mut message = next(watcher).await;
+        if summary(&message).0 == "priceUpdate" {
+            message = next(watcher).await;
+        }
+        assert_eq!(summary(&message).0, "auctionClosed", "{message}");
+        assert_eq!(
+            message["auctionClosed"]["reason"], "CLOSE_REASON_BUY_NOW",
+            "{message}"
+        );
+        let settled = next(watcher).await;
+        assert_eq!(summary(&settled).0, "auctionSettled", "{settled}");
+        assert_eq!(
+            settled["auctionSettled"]["winner"]["price"], "500",
+            "{settled}"
+        );
+        assert_eq!(
+            settled["auctionSettled"]["winner"]["bidderId"], "bidder-1",
+            "{settled}"
+        );
+    }
+    let metrics = common::https::metrics_handle().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gavel_presence_watchers ")),
+        "presence gauges are exported"
+    );
+    node.stop().await;
 }

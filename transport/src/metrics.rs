@@ -45,8 +45,18 @@ pub const STREAM_SLOW_CONSUMERS: &str = "gavel_stream_slow_consumer_disconnects_
 pub const STREAM_SUBSCRIPTIONS: &str = "gavel_stream_subscriptions";
 /// Bytes waiting in subscriber outboxes, by `transport`.
 pub const STREAM_QUEUE_BYTES: &str = "gavel_stream_queue_bytes";
-/// Decision (or state read) → written to the socket, for price updates, seconds.
+/// Decision → written to the socket (or sent as a datagram), for price updates, seconds.
 pub const STREAM_DELIVERY_SECONDS: &str = "gavel_stream_delivery_seconds";
+/// Price updates sent as QUIC datagrams (loss-tolerant ticks to bidders who asked).
+pub const STREAM_DATAGRAMS: &str = "gavel_stream_datagrams_total";
+/// Presence: connections holding at least one stream subscription, all transports.
+pub const PRESENCE_WATCHERS: &str = "gavel_presence_watchers";
+/// Presence: bidder connections open, all transports.
+pub const PRESENCE_BIDDERS: &str = "gavel_presence_bidders";
+
+/// Auctions settled and durable, by `winner` (`yes`/`no`), whatever closed them (end,
+/// cancel, buy-now, Dutch sale).
+pub const AUCTIONS_SETTLED: &str = "gavel_auctions_settled_total";
 
 /// Always 1, labelled with the node's `version`.
 pub const BUILD_INFO: &str = "gavel_build_info";
@@ -123,7 +133,20 @@ pub fn describe() {
     describe_histogram!(
         STREAM_DELIVERY_SECONDS,
         Unit::Seconds,
-        "Time from a price update's state read to its write to the socket."
+        "Time from the decision a price update carries to its write to the socket, or its send as a datagram."
+    );
+    describe_counter!(
+        STREAM_DATAGRAMS,
+        "Price updates sent as QUIC datagrams (loss-tolerant ticks), by result (sent, too_large)."
+    );
+    describe_gauge!(
+        PRESENCE_WATCHERS,
+        "Connections holding stream subscriptions, all transports."
+    );
+    describe_gauge!(PRESENCE_BIDDERS, "Bidder connections open, all transports.");
+    describe_counter!(
+        AUCTIONS_SETTLED,
+        "Auctions settled and durable, by whether they had a winner."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }

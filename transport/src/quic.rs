@@ -31,6 +31,12 @@
 //! and the stream is closed. Nothing a peer sends can panic the node or stall another
 //! stream or connection.
 //!
+//! Streams (`docs/quic.md`): a stream that sends `Subscribe` carries the updates of its
+//! subscriptions; the stream task also waits on its subscriber's wake-up and pacing timer and
+//! writes what is due, price updates as QUIC datagrams when the stream asked for them and
+//! they fit. A subscribed stream whose peer takes nothing for the slow-consumer timeout (or
+//! whose outbox stays over its bound) is reset with `SLOW_CONSUMER`.
+//!
 //! Metrics (labelled `transport="quic"`): `gavel_connections` (open),
 //! `gavel_connections_accepted_total`, `gavel_connections_refused_total{reason}`
 //! (`connections_max`, `handshakes_pending_max`), `gavel_tls_handshake_failures_total{reason}`
@@ -52,21 +58,30 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use gavel_proto::frame::{self, FrameDecoder, FrameError};
 use gavel_proto::pb;
 use gavel_proto::pb::ErrorCode;
+use gavel_proto::pb::server_message::Body as Reply;
+use prost::Message as _;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
+use crate::fanout::{self, Subscriber};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::session::{Session, error_message};
+use crate::session::{Session, error_message, now_micros};
 use crate::tls::ServerTls;
 
+/// Bytes of price-tick datagrams a connection buffers for sending; beyond it the oldest are
+/// dropped (each tick is superseded by the next anyway).
+const DATAGRAM_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes of client datagrams a connection buffers (the node reads none).
+const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 2 * 1024;
 /// The transport's metric label.
 pub const TRANSPORT: &str = "quic";
 /// A sensible drain deadline at shutdown, in milliseconds.
@@ -125,8 +140,12 @@ pub fn server_config(
         .max_idle_timeout(Some(idle))
         // Clients keep their connections alive; the node only answers.
         .keep_alive_interval(None)
-        // No datagrams yet (price ticks will use them).
-        .datagram_receive_buffer_size(None);
+        // The node sends price ticks as datagrams (bounded send buffer; the oldest are
+        // dropped first when it is full). quinn sends datagrams only with datagrams enabled
+        // locally, so a small receive buffer is advertised; the node reads none, and what a
+        // client sends is dropped, oldest first, beyond it.
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER_BYTES))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER_BYTES);
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     // Attempts beyond the pending-handshake limit are refused by `serve_quic`; this bounds
@@ -300,8 +319,12 @@ async fn serve_connection<B: Backend>(
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
     let open = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(identity.as_ref()));
     open.increment(1.0);
+    let _presence = identity
+        .as_ref()
+        .filter(|i| i.role.may_bid())
+        .map(|_| gateway.hub().bidder_present());
 
-    let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT);
+    let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT).with_streams();
     let shutdown = gateway.shutdown().clone();
     let streams = TaskTracker::new();
     loop {
@@ -309,7 +332,7 @@ async fn serve_connection<B: Backend>(
             () = shutdown.cancelled() => break,
             stream = connection.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(send, recv, session.clone()));
+                    streams.spawn(serve_stream(send, recv, session.clone(), connection.clone()));
                 }
                 Err(e) => {
                     tracing::debug!(%remote, error = %e, "QUIC connection ended");
@@ -369,39 +392,179 @@ fn poll_durable(
     if any { Poll::Ready(()) } else { Poll::Pending }
 }
 
+/// How often a subscribed stream's outbox is looked at while nothing wakes it (slow-consumer
+/// detection), in milliseconds.
+const STREAM_CHECK_MS: u64 = 50;
+/// The stream timer when nothing is pending.
+const STREAM_IDLE: Duration = Duration::from_secs(3600);
+
+/// Stream updates a subscribed QUIC stream writes at once.
+const STREAM_BATCH_MESSAGES_MAX: usize = 256;
+
+/// A subscribed stream's writer state: the gauges it reported and its update batch.
+#[derive(Default)]
+struct Updates {
+    subscriptions: usize,
+    bytes: usize,
+    batch: Vec<pb::ServerMessage>,
+    datagram: Vec<u8>,
+}
+
+impl Updates {
+    fn report(&mut self, subscriptions: usize, bytes: usize) {
+        ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => TRANSPORT)
+            .increment(subscriptions as f64 - self.subscriptions as f64);
+        ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => TRANSPORT)
+            .increment(bytes as f64 - self.bytes as f64);
+        self.subscriptions = subscriptions;
+        self.bytes = bytes;
+    }
+
+    /// Takes what is due from `subscriber`'s outbox: price updates go out as datagrams if
+    /// asked for and they fit, everything else into `replies` for the stream. Returns when
+    /// to look again.
+    fn take(
+        &mut self,
+        subscriber: &Subscriber,
+        connection: &quinn::Connection,
+        datagrams: bool,
+        frame_bytes_max: usize,
+        replies: &mut Vec<pb::ServerMessage>,
+    ) -> tokio::time::Instant {
+        let now = std::time::Instant::now();
+        let (next, bytes) = subscriber.take_due(
+            now,
+            frame_bytes_max,
+            STREAM_BATCH_MESSAGES_MAX,
+            TRANSPORT,
+            &mut self.batch,
+        );
+        self.report(subscriber.subscriptions(), bytes);
+        let sent_at = now_micros();
+        fanout::hub::delivered(TRANSPORT, &self.batch, sent_at);
+        let datagram_max = if datagrams {
+            connection.max_datagram_size().unwrap_or(0)
+        } else {
+            0
+        };
+        for message in self.batch.drain(..) {
+            if datagram_max > 0 && matches!(message.body, Some(Reply::PriceUpdate(_))) {
+                self.datagram.clear();
+                message
+                    .encode(&mut self.datagram)
+                    .expect("a Vec grows as needed");
+                if self.datagram.len() <= datagram_max {
+                    match connection.send_datagram(Bytes::copy_from_slice(&self.datagram)) {
+                        Ok(()) => {
+                            ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "sent")
+                                .increment(1);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "QUIC datagram not sent; using the stream")
+                        }
+                    }
+                } else {
+                    ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "too_large")
+                        .increment(1);
+                }
+            }
+            replies.push(message);
+        }
+        let check = tokio::time::Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
+        match next {
+            Some(due) => tokio::time::Instant::from_std(due).min(check),
+            None if bytes > 0 => check,
+            None => tokio::time::Instant::now() + STREAM_IDLE,
+        }
+    }
+}
+
+/// Resolves when `subscriber` has something new; never without one.
+async fn woken(subscriber: Option<&Arc<Subscriber>>) {
+    match subscriber {
+        Some(s) => s.woken().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve_stream<B: Backend>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     mut session: Session<B>,
+    connection: quinn::Connection,
 ) {
     let shutdown = session.gateway().shutdown().clone();
-    let mut decoder = FrameDecoder::new(session.gateway().limits().frame_bytes_max);
+    let limits = session.gateway().limits().clone();
+    let mut decoder = FrameDecoder::new(limits.frame_bytes_max);
     let mut durable = DurableQueue::new();
     let mut replies = Vec::new();
     let mut out = Vec::new();
     let mut reading = true;
+    let mut updates = Updates::default();
+    let mut stream_timer = tokio::time::Instant::now() + STREAM_IDLE;
+    let mut slow = false;
     loop {
         for reply in replies.drain(..) {
             frame::encode(&reply, &mut out);
         }
         if !out.is_empty() {
-            if let Err(e) = send.write_all(&out).await {
+            // A subscribed stream's peer that takes nothing for the slow-consumer timeout
+            // is cut off; an unsubscribed one is bounded by flow control and the idle
+            // timeout as before.
+            let write = send.write_all(&out);
+            let written = match session.subscriber() {
+                Some(_) => tokio::time::timeout(limits.slow_consumer_timeout(), write)
+                    .await
+                    .unwrap_or_else(|_| {
+                        slow = true;
+                        Ok(())
+                    }),
+                None => write.await,
+            };
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "QUIC stream write failed");
-                return;
+                break;
             }
             out.clear();
+        }
+        if slow
+            || session
+                .subscriber()
+                .is_some_and(|s| s.is_slow(std::time::Instant::now()))
+        {
+            tracing::debug!("QUIC subscriber too slow; resetting its stream");
+            ::metrics::counter!(metrics::STREAM_SLOW_CONSUMERS, "transport" => TRANSPORT)
+                .increment(1);
+            let _ = send.reset(close_code(ErrorCode::SlowConsumer));
+            let _ = recv.stop(close_code(ErrorCode::SlowConsumer));
+            break;
         }
         if !reading && durable.is_empty() {
             break;
         }
+        let subscriber = session.subscriber().cloned();
         tokio::select! {
             biased;
             () = poll_fn(|cx| poll_durable(&mut durable, cx, &mut replies)), if !durable.is_empty() => {}
             () = shutdown.cancelled(), if reading => reading = false,
+            () = woken(subscriber.as_ref()), if reading => {
+                if let Some(s) = &subscriber {
+                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.frame_bytes_max, &mut replies);
+                }
+            }
+            () = tokio::time::sleep_until(stream_timer), if reading && subscriber.is_some() => {
+                if let Some(s) = &subscriber {
+                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.frame_bytes_max, &mut replies);
+                }
+            }
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true), if reading => match chunk {
                 Ok(Some(chunk)) => {
                     decoder.push(&chunk.bytes);
                     reading = handle_frames(&mut decoder, &mut session, &mut durable, &mut replies);
+                    if let Some(s) = session.subscriber() {
+                        updates.report(s.subscriptions(), updates.bytes);
+                    }
                     if !reading {
                         // Whatever follows a broken frame is not read.
                         let _ = recv.stop(close_code(ErrorCode::Malformed));
@@ -415,6 +578,13 @@ async fn serve_stream<B: Backend>(
                 }
             },
         }
+    }
+    if let Some(subscriber) = session.subscriber() {
+        session.gateway().hub().disconnect(subscriber);
+        updates.report(0, 0);
+    }
+    if slow {
+        return;
     }
     if send.finish().is_ok() {
         // Until the client has every byte (or the connection ends); closing the connection

@@ -13,12 +13,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{AuctionId, BidOutcome, Engine, Rejection, UnixMicros};
+use gavel_engine::{AuctionId, BidOutcome, CloseReason, Engine, Receipt, Rejection, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
 
-use crate::fanout::hub::{Change, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
+use crate::fanout::hub::{Change, Hub, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
 use crate::gateway::{Backend, DurableError, Gateway};
 use crate::identity::Identity;
 use crate::metrics;
@@ -61,6 +61,8 @@ pub struct Session<B> {
     streams: bool,
     /// The connection's fan-out side, from its first `Subscribe` on.
     subscriber: Option<Arc<Subscriber>>,
+    /// A `Subscribe` asked for price updates as datagrams (QUIC).
+    datagrams: bool,
 }
 
 /// A clone serves another stream of the same connection: same peer, and the same count of
@@ -74,6 +76,7 @@ impl<B> Clone for Session<B> {
             pending_durable: Arc::clone(&self.pending_durable),
             streams: self.streams,
             subscriber: self.subscriber.clone(),
+            datagrams: self.datagrams,
         }
     }
 }
@@ -93,6 +96,7 @@ impl<B: Backend> Session<B> {
             pending_durable: Arc::new(AtomicUsize::new(0)),
             streams: false,
             subscriber: None,
+            datagrams: false,
         }
     }
 
@@ -106,6 +110,11 @@ impl<B: Backend> Session<B> {
     /// The connection's fan-out side, once it subscribed.
     pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
         self.subscriber.as_ref()
+    }
+
+    /// Whether a `Subscribe` asked for price updates as QUIC datagrams.
+    pub fn wants_datagrams(&self) -> bool {
+        self.datagrams
     }
 
     /// The peer's identity, if it presented a certificate.
@@ -173,7 +182,12 @@ impl<B: Backend> Session<B> {
             Some(Request::Resume(request)) if self.streams => {
                 let subscriber = self.connect_subscriber(None);
                 if let Some(backend) = self.gateway.backend() {
-                    resume(backend.engine(), &subscriber, &request.positions);
+                    resume(
+                        self.gateway.hub(),
+                        backend.engine(),
+                        &subscriber,
+                        &request.positions,
+                    );
                 }
                 let subscriptions = u32::try_from(subscriber.subscriptions()).unwrap_or(u32::MAX);
                 out.push(pb::ServerMessage {
@@ -187,7 +201,7 @@ impl<B: Backend> Session<B> {
                 out.push(error_message(
                     request_id,
                     pb::ErrorCode::InvalidArgument,
-                    "this node version serves bids only; price streams are not available yet",
+                    "price streams are not served on this connection",
                 ));
                 None
             }
@@ -224,6 +238,7 @@ impl<B: Backend> Session<B> {
         if !self.answer_subscription(request_id, result, out) {
             return;
         }
+        self.datagrams |= request.datagrams;
         let Some(backend) = self.gateway.backend() else {
             // Recovering: the snapshots come with the updates once auctions change.
             return;
@@ -342,9 +357,20 @@ impl<B: Backend> Session<B> {
         let started = Instant::now();
         let (outcome, receipt) = backend.place_bid(&bid, now_micros());
         let decided = Instant::now();
-        if matches!(outcome, BidOutcome::Accepted(_)) {
+        if let BidOutcome::Accepted(accepted) = outcome {
             // After the change applied: the fan-out reads what this announces.
             self.gateway.hub().changed(bid.auction());
+            if let (Some(receipt), Some((_, true))) =
+                (receipt, backend.engine().price(bid.auction()))
+            {
+                announce_bid_close(
+                    &backend,
+                    self.gateway.hub(),
+                    bid.auction(),
+                    accepted.seq,
+                    receipt,
+                );
+            }
         }
         ::metrics::histogram!(metrics::BID_DECIDE_SECONDS).record(decided - started);
         let (result, reason) = metrics::outcome_labels(&outcome);
@@ -426,7 +452,7 @@ fn snapshot_required(subscriber: &Subscriber, auction: AuctionId) {
 }
 
 /// `Resume`: the current state of every listed auction that moved since its position.
-fn resume(engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosition]) {
+fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosition]) {
     let now = now_micros();
     let at = Instant::now();
     // Bounded by the request: a message holds at most `ws_message_bytes_max` of positions.
@@ -439,17 +465,44 @@ fn resume(engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosit
             continue;
         };
         if position.epoch != STREAM_EPOCH || view.seq > position.seq {
-            let snapshot = pb::ServerMessage {
-                request_id: 0,
-                body: Some(Reply::AuctionSnapshot(pb::AuctionSnapshot::from_view(
-                    &view,
-                    STREAM_EPOCH,
-                ))),
-            };
+            let snapshot = hub.snapshot(&view);
             subscriber.outbox().push_ordered(id, snapshot, at);
         }
     }
     subscriber.wake();
+}
+
+/// The auction closed right after the bid accepted at `seq`: by this bid (buy-now, a Dutch
+/// sale), or by something racing it (its end, a cancel, another bid). Once the bid is
+/// durable, a close by this very bid — its `Closed` and `Settled` events are `seq + 1` and
+/// `seq + 2` — goes to the watchers, whatever happens to the bidder's connection. Every other
+/// close is announced by whoever made it, so one announcement goes out per auction.
+fn announce_bid_close<B: Backend>(
+    backend: &Arc<B>,
+    hub: &Arc<Hub>,
+    id: AuctionId,
+    seq: u64,
+    receipt: Receipt,
+) {
+    let wait = backend.durable(receipt);
+    let (backend, hub) = (Arc::clone(backend), Arc::clone(hub));
+    tokio::spawn(async move {
+        if let Err(e) = wait.await {
+            tracing::error!(auction = id.0, error = %e, "the closing bid is not durable; the close is not announced");
+            return;
+        }
+        let now = now_micros();
+        let by_bid = backend.engine().view(id, now).is_some_and(|v| {
+            v.seq == seq + 2
+                && matches!(
+                    v.close_reason,
+                    Some(CloseReason::BuyNow | CloseReason::Sold)
+                )
+        });
+        if by_bid {
+            hub.settled(backend.engine(), id, now);
+        }
+    });
 }
 
 /// Decrements a connection's pending-durable count when its wait ends (or is dropped).

@@ -81,9 +81,10 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_ANONYMOUS_WATCHERS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub anonymous_watchers: Option<bool>,
 
-    /// Origins allowed to open WebSockets from a browser (comma-separated, e.g.
-    /// https://example.com); requests without an Origin header are not browsers and are
-    /// allowed. [default: https://localhost:<https port> and https://127.0.0.1:<https port>]
+    /// Origins allowed to open WebSockets and SSE streams from a browser (comma-separated,
+    /// e.g. https://example.com); requests without an Origin header are not browsers and are
+    /// allowed, and so is the node's own origin (its page at /). [default:
+    /// https://localhost:<https port> and https://127.0.0.1:<https port>]
     #[arg(
         long,
         env = "GAVEL_ALLOWED_ORIGINS",
@@ -276,7 +277,8 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SHUTDOWN_DEADLINE_MS", value_name = "MS")]
     pub shutdown_deadline_ms: Option<u64>,
 
-    /// Async runtime worker threads; 0 = one per core. [default: 0]
+    /// Worker threads of each of the two async runtimes (QUIC bidders; HTTPS, WebSocket,
+    /// SSE and fan-out); 0 = one per core. [default: 0]
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_name = "COUNT")]
     pub worker_threads: Option<usize>,
 }

@@ -21,7 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use gavel_engine::CloseReason;
 use gavel_transport::Gateway;
 use gavel_transport::fanout::Hub;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
@@ -121,10 +120,6 @@ fn describe_node_metrics() {
         "Duration of the log's latest fdatasync."
     );
     describe_counter!(
-        "gavel_auctions_settled_total",
-        "Auctions settled and durable, by whether they had a winner."
-    );
-    describe_counter!(
         kafka::METRIC_DELIVERIES,
         "Kafka log delivery reports, by status (persisted, not_persisted, possibly_persisted, error)."
     );
@@ -208,6 +203,29 @@ pub struct Server {
     deadline: Duration,
     tasks: Vec<JoinHandle<()>>,
     closer: Option<std::thread::JoinHandle<()>>,
+    /// The stream side's runtime; shut down when the server goes.
+    _streams: StreamRuntime,
+}
+
+/// The stream side's runtime, shut down without blocking when dropped (dropping a runtime
+/// blocks, which the async code that owns it may not do).
+#[derive(Debug)]
+struct StreamRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for StreamRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for StreamRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Recovers the node and starts serving; returns once ready. Cancel `shutdown` to stop,
@@ -224,15 +242,23 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         tls.spawn_reloader(config.tls_reload_poll, shutdown.clone()),
         tokio::spawn(metrics_upkeep(prometheus.clone(), shutdown.clone())),
     ];
+    // Watchers (HTTPS: WebSocket, SSE, the page) and the fan-out run on their own runtime,
+    // so thousands of stream sockets never queue ahead of QUIC bids on the same threads.
+    let streams = stream_runtime(config.worker_threads)?;
     // The HTTPS port opens before recovery: /healthz answers and /readyz says "recovering"
     // (and the admin API 503) until the node is ready.
-    let listener = TcpListener::bind(config.https_listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.https_listen)
         .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
+    listener.set_nonblocking(true)?;
     let https_addr = listener.local_addr()?;
+    let listener = {
+        // Registered with the stream runtime's reactor, as every socket it accepts.
+        let _entered = streams.enter();
+        TcpListener::from_std(listener)?
+    };
     let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
         .with_allowed_origins(config.allowed_origins.clone());
-    tasks.push(tokio::spawn(http::serve_https(
+    tasks.push(streams.spawn(http::serve_https(
         listener,
         tls.clone(),
         Arc::clone(&gateway),
@@ -283,9 +309,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         Arc::clone(&node),
         shutdown.clone(),
     )));
-    tasks.push(tokio::spawn(gavel_transport::fanout::worker::run(
-        Arc::clone(&gateway),
-    )));
+    tasks.push(streams.spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway))));
     let closer = spawn_closer(
         Arc::clone(&node),
         Arc::clone(gateway.hub()),
@@ -303,7 +327,20 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         deadline: config.shutdown_deadline,
         tasks,
         closer: Some(closer),
+        _streams: streams,
     })
+}
+
+/// The runtime of the stream side (HTTPS listener, WebSocket/SSE sockets, fan-out workers):
+/// as many threads as the main runtime (`worker_threads`, 0 = one per core).
+fn stream_runtime(worker_threads: usize) -> Result<StreamRuntime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gavel-stream");
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    let runtime = builder.build().context("starting the stream runtime")?;
+    Ok(StreamRuntime(Some(runtime)))
 }
 
 impl Server {
@@ -429,16 +466,8 @@ fn spawn_closer(
                                 hub.settled(
                                     node.engine(),
                                     auction.id,
-                                    CloseReason::EndReached,
                                     gavel_transport::session::now_micros(),
                                 );
-                                let won = if auction.settlement.winner.is_some() {
-                                    "yes"
-                                } else {
-                                    "no"
-                                };
-                                metrics::counter!("gavel_auctions_settled_total", "winner" => won)
-                                    .increment(1);
                                 tracing::info!(
                                     auction = auction.id.0,
                                     winner = ?auction.settlement.winner.map(|w| w.bidder),

@@ -59,6 +59,8 @@ pub struct Setup {
     pub ws_outbound_messages_max: usize,
     /// Hand the gateway its backend at once (`false`: the test calls [`TestNode::set_ready`]).
     pub ready: bool,
+    /// Admit clients without a certificate (as anonymous watchers).
+    pub anonymous_watchers: bool,
 }
 
 impl Default for Setup {
@@ -73,6 +75,7 @@ impl Default for Setup {
             ws_ping_interval_ms: http::WS_PING_INTERVAL_MS_DEFAULT,
             ws_outbound_messages_max: http::WS_OUTBOUND_MESSAGES_MAX_DEFAULT,
             ready: true,
+            anonymous_watchers: true,
         }
     }
 }
@@ -105,7 +108,7 @@ impl TestNode {
         if setup.ready {
             gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
         }
-        let tls = ServerTls::load(certs.tls_paths(), true).unwrap();
+        let tls = ServerTls::load(certs.tls_paths(), setup.anonymous_watchers).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))

@@ -2,10 +2,13 @@
 //! values out of its report, and finding records in segment files.
 #![allow(dead_code)] // each test binary uses a subset
 
+pub mod cdp;
 pub mod crash;
 pub mod https;
 pub mod kafka;
 pub mod serve;
+pub mod served;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

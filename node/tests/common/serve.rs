@@ -113,6 +113,8 @@ impl QuicNode {
             Some(server_tls.clone()),
             Duration::from_secs(5),
         ));
+        // Price streams: the fan-out workers end with the gateway's shutdown.
+        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
         QuicNode {
             dir,
             node,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use gavel_engine::{AuctionId, AuctionSpec, AuctionView, Event, EventKind, Settlement, UnixMicros};
 
-use super::rules::phase;
+use super::rules::{close_reason, phase};
 use super::{bidder_opt, price};
 use crate::ProtoError;
 use crate::pb;
@@ -29,6 +29,14 @@ impl pb::AuctionSnapshot {
             extensions: view.extensions,
             bids_accepted: view.bids_accepted,
             settlement: view.settlement.map(Into::into),
+            close_reason: view
+                .close_reason
+                .map_or(pb::CloseReason::Unspecified, pb::CloseReason::from)
+                .into(),
+            changed_at_us: view.changed_at.0,
+            // Presence is filled in by the stream that sends the snapshot.
+            watchers: 0,
+            bidders_connected: 0,
         }
     }
 }
@@ -56,6 +64,11 @@ impl TryFrom<pb::AuctionSnapshot> for AuctionView {
             extensions: snapshot.extensions,
             bids_accepted: snapshot.bids_accepted,
             settlement: snapshot.settlement.map(Settlement::try_from).transpose()?,
+            close_reason: match snapshot.close_reason {
+                0 => None,
+                reason => Some(close_reason("AuctionSnapshot.close_reason", reason)?),
+            },
+            changed_at: UnixMicros(snapshot.changed_at_us),
         })
     }
 }
@@ -146,6 +159,8 @@ mod tests {
                     price: 30,
                 }),
             }),
+            close_reason: Some(CloseReason::EndReached),
+            changed_at: UnixMicros(101),
         }
     }
 
@@ -158,6 +173,7 @@ mod tests {
             phase: Phase::Open,
             price: None,
             settlement: None,
+            close_reason: None,
             ..view()
         };
         assert_eq!(

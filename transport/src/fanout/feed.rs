@@ -1,15 +1,17 @@
 //! The change feed from the bid path to the fan-out workers: a conflating, bounded queue of
-//! *dirty* auction ids, sharded by auction id, one shard per fan-out worker.
+//! *dirty* auction ids per fan-out worker (shard). Every change goes to every worker: each
+//! worker serves its share of the subscriber connections, so one hot auction's watchers are
+//! spread over all cores instead of one loop on one task.
 //!
-//! The bid path calls [`DirtyFeed::mark`] after a decision has been applied; that costs one
-//! atomic swap on a mark slot and, only when the auction is not queued yet, one push on a
-//! lock-free bounded queue. It never blocks, never allocates and never waits for a worker,
-//! so a hot auction with many watchers cannot slow bids. A worker calls
+//! The bid path calls [`DirtyFeed::mark`] after a decision has been applied; that costs, per
+//! shard, one atomic swap on a mark slot and, only when the auction is not queued there yet,
+//! one push on a lock-free bounded queue. It never blocks, never allocates and never waits
+//! for a worker, so a hot auction with many watchers cannot slow bids. A worker calls
 //! [`DirtyFeed::drain`], then reads each drained auction's *current* public state once and
-//! fans it out: many changes between two drains are published as one update (natural
-//! conflation at the source).
+//! fans it out to its connections: many changes between two drains are published as one
+//! update (natural conflation at the source).
 //!
-//! Protocol (why no change is lost):
+//! Protocol, per shard (why no change is lost):
 //! - every shard has a direct-mapped table of mark slots; a slot holds the tag of an auction
 //!   known to be queued (and not yet drained), or [`EMPTY`];
 //! - `mark(id)`: `swap(slot, tag(id))`; if the previous value was `tag(id)` the auction is
@@ -19,8 +21,8 @@
 //! - `drain`: for each popped id, `compare_exchange(slot, tag(id), EMPTY)` *before* the
 //!   worker reads the state, so a change after the clear queues the id again;
 //! - a full queue drops the push, clears the slot and raises the shard's `overflowed` flag:
-//!   the worker then compares every auction of its shard with what it last published (the
-//!   sweep), so an overflow costs time, never a lost update.
+//!   the worker then compares every auction with what it last published (the sweep), so an
+//!   overflow costs time, never a lost update.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -105,16 +107,24 @@ impl DirtyFeed {
         self.shards.len()
     }
 
-    /// The shard (worker) that owns `id`.
-    pub fn shard_of(&self, id: AuctionId) -> usize {
-        // Truncation intended: the high bits of the mix pick the shard.
-        ((u128::from(mix(id.0)) * self.shards.len() as u128) >> 64) as usize
+    /// Records that `id` changed, in every shard; calls `queued` with each shard where the
+    /// id was not queued already (its worker must be woken). Call it *after* the change is
+    /// applied (after the engine returned), never before: the workers must be able to read
+    /// what the mark announces.
+    pub fn mark(&self, id: AuctionId, mut queued: impl FnMut(usize)) {
+        for shard in 0..self.shards.len() {
+            if self.mark_in(shard, id) != Marked::AlreadyQueued {
+                queued(shard);
+            }
+        }
     }
 
-    /// Records that `id` changed. Call it *after* the change is applied (after the engine
-    /// returned), never before: the worker must be able to read what the mark announces.
-    pub fn mark(&self, id: AuctionId) -> Marked {
-        let shard = &self.shards[self.shard_of(id)];
+    /// Records that `id` changed, in `shard` only.
+    ///
+    /// # Panics
+    /// If `shard >= self.shards()` (a programming error of the caller).
+    pub fn mark_in(&self, shard: usize, id: AuctionId) -> Marked {
+        let shard = &self.shards[shard];
         let tag = tag_of(id);
         let slot = &shard.marks[slot_of(id, shard.mark_mask)];
         if tag != EMPTY {
@@ -224,19 +234,23 @@ mod tests {
     fn an_auction_is_queued_once_until_drained() {
         let feed = DirtyFeed::new(1, 16);
         let a = AuctionId(7);
-        assert_eq!(feed.mark(a), Marked::Queued);
-        assert_eq!(feed.mark(a), Marked::AlreadyQueued);
-        assert_eq!(feed.mark(AuctionId(8)), Marked::Queued);
+        assert_eq!(feed.mark_in(0, a), Marked::Queued);
+        assert_eq!(feed.mark_in(0, a), Marked::AlreadyQueued);
+        assert_eq!(feed.mark_in(0, AuctionId(8)), Marked::Queued);
         let mut out = Vec::new();
         let drained = feed.drain(0, &mut out, 100);
         assert_eq!(drained.ids, 2);
         assert!(!drained.overflowed);
         out.sort_unstable();
         assert_eq!(out, vec![a, AuctionId(8)]);
-        assert_eq!(feed.mark(a), Marked::Queued, "queued again after the drain");
-        assert_eq!(feed.mark(AuctionId(u64::MAX)), Marked::Queued);
         assert_eq!(
-            feed.mark(AuctionId(u64::MAX)),
+            feed.mark_in(0, a),
+            Marked::Queued,
+            "queued again after the drain"
+        );
+        assert_eq!(feed.mark_in(0, AuctionId(u64::MAX)), Marked::Queued);
+        assert_eq!(
+            feed.mark_in(0, AuctionId(u64::MAX)),
             Marked::Queued,
             "no mark: pushed"
         );
@@ -247,11 +261,11 @@ mod tests {
     #[test]
     fn a_full_queue_raises_the_sweep_flag_once() {
         let feed = DirtyFeed::new(1, 2);
-        assert_eq!(feed.mark(AuctionId(1)), Marked::Queued);
-        assert_eq!(feed.mark(AuctionId(2)), Marked::Queued);
-        assert_eq!(feed.mark(AuctionId(3)), Marked::Overflowed);
+        assert_eq!(feed.mark_in(0, AuctionId(1)), Marked::Queued);
+        assert_eq!(feed.mark_in(0, AuctionId(2)), Marked::Queued);
+        assert_eq!(feed.mark_in(0, AuctionId(3)), Marked::Overflowed);
         assert_eq!(
-            feed.mark(AuctionId(3)),
+            feed.mark_in(0, AuctionId(3)),
             Marked::Overflowed,
             "its mark was cleared"
         );
@@ -273,13 +287,23 @@ mod tests {
     }
 
     #[test]
-    fn ids_spread_over_shards() {
-        let feed = DirtyFeed::new(4, 16);
-        let mut seen = [0_usize; 4];
-        for id in 0..1000 {
-            seen[feed.shard_of(AuctionId(id))] += 1;
+    fn a_change_reaches_every_shard() {
+        let feed = DirtyFeed::new(3, 16);
+        let mut woken = Vec::new();
+        feed.mark(AuctionId(5), |s| woken.push(s));
+        assert_eq!(woken, vec![0, 1, 2]);
+        woken.clear();
+        feed.mark(AuctionId(5), |s| woken.push(s));
+        assert!(woken.is_empty(), "queued everywhere already");
+        let mut out = Vec::new();
+        assert_eq!(feed.drain(1, &mut out, 10).ids, 1);
+        feed.mark(AuctionId(5), |s| woken.push(s));
+        assert_eq!(woken, vec![1], "only the drained shard queues it again");
+        for shard in 0..3 {
+            out.clear();
+            feed.drain(shard, &mut out, 10);
+            assert_eq!(out, vec![AuctionId(5)], "shard {shard}");
         }
-        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
     }
 
     /// Two producers change 64 auctions sharing 4 mark slots (so collisions are the rule)
@@ -302,7 +326,7 @@ mod tests {
                         let id = (i * 7 + p) % AUCTIONS;
                         // Ordering: Relaxed; the mark's Release carries it.
                         state[id as usize].fetch_add(1, Ordering::Relaxed);
-                        feed.mark(AuctionId(id));
+                        feed.mark_in(0, AuctionId(id));
                     }
                     // Ordering: Release; the worker's Acquire load sees every change.
                     done.fetch_add(1, Ordering::Release);

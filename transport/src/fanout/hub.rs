@@ -14,20 +14,22 @@
 //! across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use gavel_engine::{AuctionId, AuctionView, CloseReason, Engine, Phase, UnixMicros};
+use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
+use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::fanout::feed::{DirtyFeed, Marked};
+use crate::fanout::feed::DirtyFeed;
 use crate::fanout::outbox::{Outbox, Pushed};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
+use crate::metrics;
 
 /// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
 /// it never loses state and the epoch stays 1.
@@ -36,13 +38,44 @@ pub const STREAM_EPOCH: u64 = 1;
 /// Auctions read per page when a subscription scans for its snapshots.
 const SNAPSHOT_PAGE_MAX: usize = 1024;
 
-fn snapshot_message(view: &AuctionView) -> pb::ServerMessage {
+/// A stream snapshot of `view` with its presence counts.
+fn snapshot_message(view: &AuctionView, watchers: usize, bidders: usize) -> pb::ServerMessage {
+    let mut snapshot = pb::AuctionSnapshot::from_view(view, STREAM_EPOCH);
+    snapshot.watchers = count(watchers);
+    snapshot.bidders_connected = count(bidders);
     pb::ServerMessage {
         request_id: 0,
-        body: Some(Reply::AuctionSnapshot(pb::AuctionSnapshot::from_view(
-            view,
-            STREAM_EPOCH,
-        ))),
+        body: Some(Reply::AuctionSnapshot(snapshot)),
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Counts `messages` as written to a subscriber's peer over `transport`, and records the
+/// delivery latency (decision → now) of each price update among them.
+pub fn delivered(transport: &'static str, messages: &[pb::ServerMessage], now: UnixMicros) {
+    let latency = ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS);
+    for message in messages {
+        if let Some(Reply::PriceUpdate(update)) = &message.body {
+            latency.record(now.0.saturating_sub(update.accepted_at_us) as f64 / 1e6);
+        }
+    }
+    ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => transport)
+        .increment(messages.len() as u64);
+}
+
+/// Presence of one bidder connection: counted in [`Hub::bidders_connected`] while it
+/// lives.
+#[derive(Debug)]
+pub struct BidderPresence(Arc<Hub>);
+
+impl Drop for BidderPresence {
+    fn drop(&mut self) {
+        // Ordering: Relaxed; a gauge, no data behind it.
+        let now = self.0.bidders.fetch_sub(1, Ordering::Relaxed) - 1;
+        ::metrics::gauge!(metrics::PRESENCE_BIDDERS).set(now as f64);
     }
 }
 
@@ -117,6 +150,29 @@ impl Subscriber {
         self.full.store(true, Ordering::Relaxed);
     }
 
+    /// Moves what is due into `batch` for one write of at most about `bytes_max` bytes and
+    /// `messages_max` messages, counting conflated updates for `transport`. Returns when the
+    /// next held-back update becomes due and the bytes still pending.
+    pub fn take_due(
+        &self,
+        now: Instant,
+        bytes_max: usize,
+        messages_max: usize,
+        transport: &'static str,
+        batch: &mut Vec<pb::ServerMessage>,
+    ) -> (Option<Instant>, usize) {
+        let (next, conflated, bytes) = {
+            let mut outbox = self.outbox();
+            let next = outbox.take_due_at_most(now, bytes_max, messages_max, batch);
+            (next, outbox.take_conflated(), outbox.bytes())
+        };
+        if conflated > 0 {
+            ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => transport)
+                .increment(conflated);
+        }
+        (next, bytes)
+    }
+
     /// Wakes the connection's writer (after pushing into its outbox directly).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -137,7 +193,8 @@ impl Subscriber {
 #[derive(Debug, Default)]
 struct Registry {
     trie: TopicTrie<u64>,
-    subscribers: HashMap<u64, Arc<Subscriber>>,
+    /// Keyed by the node's own connection ids (foldhash: no peer picks them).
+    subscribers: HashMap<u64, Arc<Subscriber>, foldhash::fast::RandomState>,
 }
 
 /// The node's fan-out: dirty feed, subscriptions, delivery.
@@ -148,6 +205,8 @@ pub struct Hub {
     wakers: Box<[Notify]>,
     registry: RwLock<Registry>,
     next_id: AtomicU64,
+    /// Bidder connections open (presence).
+    bidders: AtomicUsize,
     subscriptions_max: usize,
     outbound_bytes_max: usize,
     slow_after: Duration,
@@ -163,10 +222,39 @@ impl Hub {
             feed,
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            bidders: AtomicUsize::new(0),
             subscriptions_max: limits.subscriptions_per_connection_max,
             outbound_bytes_max: limits.outbound_bytes_max_per_connection,
             slow_after: limits.slow_consumer_timeout(),
         }
+    }
+
+    /// Counts a bidder connection until the returned guard is dropped.
+    pub fn bidder_present(self: &Arc<Self>) -> BidderPresence {
+        // Ordering: Relaxed; see `BidderPresence`.
+        let now = self.bidders.fetch_add(1, Ordering::Relaxed) + 1;
+        ::metrics::gauge!(metrics::PRESENCE_BIDDERS).set(now as f64);
+        BidderPresence(Arc::clone(self))
+    }
+
+    /// Bidder connections open now.
+    pub fn bidders_connected(&self) -> usize {
+        // Ordering: Relaxed; see `BidderPresence`.
+        self.bidders.load(Ordering::Relaxed)
+    }
+
+    /// Connections whose subscriptions match `topic` now (an auction's watchers).
+    pub fn watchers(&self, topic: &str) -> usize {
+        self.registry().trie.subscribers(topic).len()
+    }
+
+    /// The stream snapshot of `view`, with its presence counts.
+    pub fn snapshot(&self, view: &AuctionView) -> pb::ServerMessage {
+        snapshot_message(
+            view,
+            self.watchers(view.spec.rules().topic.as_str()),
+            self.bidders_connected(),
+        )
     }
 
     /// The dirty feed: the bid path marks it, the workers drain it.
@@ -177,9 +265,7 @@ impl Hub {
     /// Announces that auction `id` changed (call it after the change is applied): marks it
     /// dirty and wakes its shard's worker if it was not queued already. Never waits.
     pub fn changed(&self, id: AuctionId) {
-        if self.feed.mark(id) != Marked::AlreadyQueued {
-            self.wakers[self.feed.shard_of(id)].notify_one();
-        }
+        self.feed.mark(id, |shard| self.wakers[shard].notify_one());
     }
 
     /// Resolves when shard `shard` has work (a permit is kept if nobody waits, so no
@@ -193,13 +279,21 @@ impl Hub {
 
     /// Delivers a durable close and settlement of auction `id` to every matching
     /// subscriber, in order and never conflated (after a pending price of the auction).
-    /// Call it once the settlement is durable.
-    pub fn settled(&self, engine: &Engine, id: AuctionId, reason: CloseReason, now: UnixMicros) {
+    /// Call it once the settlement is durable, exactly once per auction: the closer for
+    /// ends, the admin API for cancels, the bid path for bids that close (buy-now, a Dutch
+    /// sale). Returns how many subscribers it reached.
+    pub fn settled(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
         let Some(view) = engine.view(id, now) else {
-            return;
+            return 0;
         };
-        let Some(settlement) = view.settlement else {
-            return;
+        let (Some(settlement), Some(reason)) = (view.settlement, view.close_reason) else {
+            return 0;
+        };
+        // The decision's time; `now` bounds it from above if it is unknown.
+        let at_us = if view.changed_at.0 == 0 {
+            now
+        } else {
+            view.changed_at
         };
         let closed = pb::ServerMessage {
             request_id: 0,
@@ -209,7 +303,7 @@ impl Hub {
                 // Invariant: `Settled` is always the event right after `Closed`.
                 seq: view.seq.saturating_sub(1),
                 reason: pb::CloseReason::from(reason).into(),
-                closed_at_us: now.0,
+                closed_at_us: at_us.0,
             })),
         };
         let settled = pb::ServerMessage {
@@ -218,12 +312,19 @@ impl Hub {
                 id,
                 STREAM_EPOCH,
                 view.seq,
-                now,
+                at_us,
                 settlement,
             ))),
         };
+        let won = if settlement.winner.is_some() {
+            "yes"
+        } else {
+            "no"
+        };
+        ::metrics::counter!(metrics::AUCTIONS_SETTLED, "winner" => won).increment(1);
         let at = Instant::now();
-        for subscriber in self.matching(view.spec.rules().topic.as_str()) {
+        let targets = self.matching(view.spec.rules().topic.as_str());
+        for subscriber in &targets {
             let mut outbox = subscriber.outbox();
             let ok = outbox.push_ordered(id, closed.clone(), at)
                 && outbox.push_ordered(id, settled.clone(), at);
@@ -233,6 +334,27 @@ impl Hub {
             }
             subscriber.wake.notify_one();
         }
+        targets.len()
+    }
+
+    /// The shard (fan-out worker) serving subscriber `id`: connections are dealt round
+    /// robin.
+    fn shard_of_subscriber(&self, id: u64) -> usize {
+        // Truncation intended: the remainder is below the shard count.
+        (id % self.wakers.len() as u64) as usize
+    }
+
+    /// How many subscribers match `topic`, and those of them that `shard` serves (the
+    /// registry lock is released before the caller pushes anything).
+    fn matching_in(&self, topic: &str, shard: usize) -> (usize, Vec<Arc<Subscriber>>) {
+        let registry = self.registry();
+        let ids = registry.trie.subscribers(topic);
+        let own = ids
+            .iter()
+            .filter(|s| self.shard_of_subscriber(**s) == shard)
+            .filter_map(|s| registry.subscribers.get(s).cloned())
+            .collect();
+        (ids.len(), own)
     }
 
     /// The subscribers whose subscriptions match `topic` (the registry lock is released
@@ -262,9 +384,10 @@ impl Hub {
             patterns: Mutex::new(HashSet::new()),
             full: AtomicBool::new(false),
         });
-        self.registry_mut()
-            .subscribers
-            .insert(id, Arc::clone(&subscriber));
+        let mut registry = self.registry_mut();
+        registry.subscribers.insert(id, Arc::clone(&subscriber));
+        ::metrics::gauge!(metrics::PRESENCE_WATCHERS).set(registry.subscribers.len() as f64);
+        drop(registry);
         subscriber
     }
 
@@ -276,6 +399,7 @@ impl Hub {
             registry.trie.remove(pattern, subscriber.id);
         }
         registry.subscribers.remove(&subscriber.id);
+        ::metrics::gauge!(metrics::PRESENCE_WATCHERS).set(registry.subscribers.len() as f64);
     }
 
     /// Adds (`Subscribe`) or removes (`Unsubscribe`; unknown ones are ignored) exact
@@ -315,10 +439,10 @@ impl Hub {
         Ok(held.len())
     }
 
-    /// Delivers the current state of auction `id` to every matching subscriber: one view,
-    /// one trie lookup, one outbox push each (conflated there). Returns how many outboxes
-    /// took it (queued or conflated).
-    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
+    /// Delivers the current state of auction `id` to every matching subscriber that fan-out
+    /// worker `shard` serves: one view, one trie lookup, one outbox push each (conflated
+    /// there). Returns how many outboxes took it (queued or conflated).
+    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros, shard: usize) -> usize {
         let Some(view) = engine.view(id, now) else {
             return 0;
         };
@@ -327,7 +451,7 @@ impl Hub {
             // Closes and settlements go out once durable, through `Hub::settled`.
             return 0;
         }
-        let targets = self.matching(topic);
+        let (watchers, targets) = self.matching_in(topic, shard);
         let update = pb::PriceUpdate {
             auction_id: id.0,
             topic: topic.to_owned(),
@@ -337,21 +461,30 @@ impl Hub {
             leader: view.leader.map(|l| l.as_str().to_owned()),
             ends_at_us: view.ends_at.0,
             bids_accepted: view.bids_accepted,
-            // The view does not carry the decision time of its latest change yet; `now`
-            // (when the state was read, at or after the decision) bounds it from above.
-            accepted_at_us: now.0,
+            // The decision's time; unknown only for an auction restored from a snapshot and
+            // unchanged since, where `now` (the state read) bounds it from above.
+            accepted_at_us: if view.changed_at.0 == 0 {
+                now.0
+            } else {
+                view.changed_at.0
+            },
+            watchers: count(watchers),
+            bidders_connected: count(self.bidders_connected()),
         };
+        // One update shared by every outbox (cloned only when written), sized once.
+        let size = update.encoded_len();
+        let update = Arc::new(update);
         let at = Instant::now();
         let mut delivered = 0;
-        for subscriber in targets {
+        for subscriber in &targets {
             let pushed = {
                 let mut outbox = subscriber.outbox();
                 if outbox.knows(id) {
-                    outbox.push_price(update.clone(), at)
+                    outbox.push_shared_price(Arc::clone(&update), size, at)
                 } else {
                     // First contact (an auction created after the subscription): the full
                     // state, in order.
-                    let snapshot = snapshot_message(&view);
+                    let snapshot = snapshot_message(&view, targets.len(), self.bidders_connected());
                     if outbox.push_ordered(id, snapshot, at) {
                         Pushed::Queued
                     } else {
@@ -402,6 +535,8 @@ impl Hub {
                 if !patterns.iter().any(|p| p.matches(topic)) {
                     continue;
                 }
+                // Before the outbox lock: the registry lock is never taken under it.
+                let snapshot = self.snapshot(view);
                 let mut outbox = subscriber.outbox();
                 if let Some(&seen) = positions.get(&id)
                     && seen >= view.seq
@@ -412,7 +547,7 @@ impl Hub {
                 if outbox.knows(id) && !positions.contains_key(&id) {
                     continue;
                 }
-                if !outbox.push_ordered(id, snapshot_message(view), at) {
+                if !outbox.push_ordered(id, snapshot, at) {
                     drop(outbox);
                     subscriber.mark_slow();
                     return queued;
@@ -503,7 +638,7 @@ mod tests {
     #[test]
     fn publish_reaches_matching_subscribers_only_with_the_latest_price() {
         let engine = engine_with(&[(1, "energy.eu.de"), (2, "energy.us.tx"), (3, "metals.cu")]);
-        let hub = Hub::new(2, 64, &Limits::default());
+        let hub = Hub::new(1, 64, &Limits::default());
         let eu = hub.connect(Duration::ZERO);
         let all_energy = hub.connect(Duration::ZERO);
         assert_eq!(
@@ -521,12 +656,12 @@ mod tests {
         );
         for (n, amount) in [(1, 100), (2, 105), (3, 110)] {
             bid(&engine, 1, n, amount);
-            hub.publish(&engine, AuctionId(1), UnixMicros(3));
+            hub.publish(&engine, AuctionId(1), UnixMicros(3), 0);
         }
         bid(&engine, 2, 4, 100);
-        assert_eq!(hub.publish(&engine, AuctionId(2), UnixMicros(3)), 1);
+        assert_eq!(hub.publish(&engine, AuctionId(2), UnixMicros(3), 0), 1);
         assert_eq!(
-            hub.publish(&engine, AuctionId(9), UnixMicros(3)),
+            hub.publish(&engine, AuctionId(9), UnixMicros(3), 0),
             0,
             "unknown"
         );
@@ -544,11 +679,37 @@ mod tests {
             Ok(1)
         );
         bid(&engine, 1, 5, 115);
-        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 1);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3), 0), 1);
         assert!(prices(&all_energy).is_empty());
         hub.disconnect(&eu);
-        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3)), 0);
+        assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3), 0), 0);
         assert!(hub.registry().trie.len() == 1, "only metals.cu is left");
+    }
+
+    #[test]
+    fn each_worker_serves_its_share_of_a_hot_auctions_watchers() {
+        let engine = engine_with(&[(1, "energy.eu.de")]);
+        let hub = Hub::new(3, 64, &Limits::default());
+        let watchers: Vec<_> = (0..10).map(|_| hub.connect(Duration::ZERO)).collect();
+        for w in &watchers {
+            hub.change(w, Change::Add, &[], &["energy.>".into()])
+                .unwrap();
+        }
+        bid(&engine, 1, 1, 100);
+        let per_shard: Vec<usize> = (0..3)
+            .map(|shard| hub.publish(&engine, AuctionId(1), UnixMicros(3), shard))
+            .collect();
+        assert_eq!(per_shard.iter().sum::<usize>(), 10, "{per_shard:?}");
+        assert!(per_shard.iter().all(|&n| n >= 3), "spread: {per_shard:?}");
+        for w in &watchers {
+            let got = prices(w);
+            assert_eq!(got, vec![(1, 100)], "each watcher exactly once");
+        }
+        let mut out = Vec::new();
+        watchers[0]
+            .outbox()
+            .take_due(Instant::now(), usize::MAX, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! it stayed there for `slow_consumer_timeout_ms`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gavel_engine::AuctionId;
@@ -39,7 +40,8 @@ pub enum Pushed {
 #[derive(Debug, Default)]
 struct Slot {
     /// The latest price update not written yet, and its encoded size.
-    pending: Option<(pb::PriceUpdate, usize)>,
+    /// Shared by every connection the update went to; cloned only when written.
+    pending: Option<(Arc<pb::PriceUpdate>, usize)>,
     /// The highest sequence number queued or written for this auction.
     seq_max: u64,
     /// When the last price update of this auction was taken for writing.
@@ -52,7 +54,9 @@ pub struct Outbox {
     interval: Duration,
     bytes_max: usize,
     slow_after: Duration,
-    slots: HashMap<AuctionId, Slot>,
+    /// Keyed by auction id with foldhash: ids are chosen by operators, not peers, and this
+    /// map is touched once per update per connection.
+    slots: HashMap<AuctionId, Slot, foldhash::fast::RandomState>,
     /// Auctions with a pending price update, oldest first (each at most once).
     waiting: VecDeque<AuctionId>,
     /// Messages that are never conflated (and a price update flushed ahead of them), in order.
@@ -71,7 +75,7 @@ impl Outbox {
             interval,
             bytes_max: bytes_max.max(1),
             slow_after,
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             waiting: VecDeque::new(),
             ordered: VecDeque::new(),
             bytes: 0,
@@ -116,6 +120,17 @@ impl Outbox {
     /// Queues the latest price of an auction, replacing the one pending (if any).
     pub fn push_price(&mut self, update: pb::PriceUpdate, now: Instant) -> Pushed {
         let size = update.encoded_len();
+        self.push_shared_price(Arc::new(update), size, now)
+    }
+
+    /// [`Outbox::push_price`] of an update shared with other connections, whose encoded
+    /// size is `size`.
+    pub fn push_shared_price(
+        &mut self,
+        update: Arc<pb::PriceUpdate>,
+        size: usize,
+        now: Instant,
+    ) -> Pushed {
         let id = AuctionId(update.auction_id);
         let hard_bound = self.hard_bound();
         let slot = self.slots.entry(id).or_default();
@@ -270,7 +285,8 @@ impl Outbox {
     }
 }
 
-fn price_message(update: pb::PriceUpdate) -> pb::ServerMessage {
+fn price_message(update: Arc<pb::PriceUpdate>) -> pb::ServerMessage {
+    let update = Arc::unwrap_or_clone(update);
     pb::ServerMessage {
         request_id: 0,
         body: Some(Reply::PriceUpdate(update)),

@@ -1,6 +1,8 @@
 //! The fan-out workers: one task per shard of the [`DirtyFeed`](super::DirtyFeed), each
-//! draining its dirty auctions and publishing their current state to the matching
-//! connections' outboxes ([`Hub::publish`](super::Hub::publish)).
+//! draining the dirty auctions (every worker sees every change) and publishing their current
+//! state to the outboxes of the matching connections it serves (connections are dealt to
+//! workers round robin; [`Hub::publish`](super::Hub::publish)). A hot auction's watchers are
+//! so served by every core at once.
 
 use std::sync::Arc;
 
@@ -44,17 +46,13 @@ async fn run_shard<B: Backend>(gateway: Arc<Gateway<B>>, shard: usize) {
             let drained = hub.feed().drain(shard, &mut ids, DRAIN_IDS_MAX);
             let now = now_micros();
             if drained.overflowed {
-                // The feed dropped marks: every auction of the shard may have moved. The
-                // outboxes drop what they already have (by sequence number).
+                // The feed dropped marks: every auction may have moved. The outboxes drop
+                // what they already have (by sequence number).
                 let mut after = None;
                 loop {
                     let page = engine.list(after, SWEEP_PAGE_MAX, now);
                     after = page.last().map(|v| v.spec.id());
-                    ids.extend(
-                        page.iter()
-                            .map(|v| v.spec.id())
-                            .filter(|id| hub.feed().shard_of(*id) == shard),
-                    );
+                    ids.extend(page.iter().map(|v| v.spec.id()));
                     if page.len() < SWEEP_PAGE_MAX {
                         break;
                     }
@@ -64,9 +62,12 @@ async fn run_shard<B: Backend>(gateway: Arc<Gateway<B>>, shard: usize) {
             }
             let mut delivered = 0;
             for id in &ids {
-                delivered += hub.publish(engine, AuctionId(id.0), now);
+                delivered += hub.publish(engine, AuctionId(id.0), now, shard);
             }
-            ::metrics::counter!(metrics::STREAM_UPDATES_PUBLISHED).increment(ids.len() as u64);
+            if shard == 0 {
+                // Every worker reads every dirty auction; count each publication once.
+                ::metrics::counter!(metrics::STREAM_UPDATES_PUBLISHED).increment(ids.len() as u64);
+            }
             ::metrics::counter!(metrics::STREAM_UPDATES_QUEUED).increment(delivered as u64);
             if drained.ids < DRAIN_IDS_MAX && !drained.overflowed {
                 break;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gavel_engine::{AuctionId, AuctionSpec, CloseReason, CreateError, ManageError};
+use gavel_engine::{AuctionId, AuctionSpec, CreateError, ManageError};
 use gavel_proto::pb;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -391,12 +391,10 @@ async fn cancel<B: Backend>(
             "auction {id} was cancelled but the cancellation is {e}"
         ))
     })?;
-    server.gateway.hub().settled(
-        backend.engine(),
-        AuctionId(id),
-        CloseReason::Cancelled,
-        now_micros(),
-    );
+    server
+        .gateway
+        .hub()
+        .settled(backend.engine(), AuctionId(id), now_micros());
     tracing::info!(auction = id, "auction cancelled through the admin API");
     Ok(routes::json(
         StatusCode::OK,

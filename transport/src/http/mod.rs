@@ -1,6 +1,7 @@
 //! The HTTPS port: one TLS listener serving HTTP/1.1 and HTTP/2 (hyper-util's auto server)
-//! with the admin API, `/metrics`, `/healthz`, `/readyz` and the WebSocket endpoint
-//! `/v1/ws`; and an optional plain-HTTP listener for Prometheus scrapers.
+//! with the admin API, `/metrics`, `/healthz`, `/readyz`, the WebSocket endpoint `/v1/ws`,
+//! server-sent events at `/v1/sse` and the browser page at `/`; and an optional plain-HTTP
+//! listener for Prometheus scrapers.
 //!
 //! Map of the module:
 //! - this file: [`HttpOptions`], [`MetricsRenderer`], the accept loops ([`serve_https`],
@@ -9,7 +10,12 @@
 //! - `routes`: the router, the probes and `/metrics`, and the response helpers;
 //! - `admin`: `POST/GET /v1/auctions[...]`, JSON in and out, [`AdminError`];
 //! - `ws`: the WebSocket handshake (subprotocol, Origin allow-list) and the driver that runs
-//!   a [`crate::session::Session`] over it.
+//!   a [`crate::session::Session`] over it;
+//! - `sse`: `GET /v1/sse`, the price streams as server-sent events (query → `Subscribe`,
+//!   `Last-Event-ID` resume, one task per stream feeding the response body);
+//! - `stream`: what `ws` and `sse` share when writing a subscriber's outbox (slow-consumer
+//!   check, gauges and counters per transport, keepalive timer, Origin/shutdown admission);
+//! - `page`: the browser page at `/` and its assets, compiled into the binary.
 //!
 //! # Limits
 //!
@@ -62,7 +68,10 @@
 //! ```
 
 mod admin;
+mod page;
 mod routes;
+mod sse;
+mod stream;
 mod ws;
 
 use std::convert::Infallible;
@@ -85,6 +94,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admin::{AdminError, LIST_LIMIT_DEFAULT};
+pub use sse::{PATH as SSE_PATH, RESUME_POSITIONS_MAX};
 pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 
 use crate::gateway::{Backend, Gateway};
@@ -140,9 +150,10 @@ impl std::fmt::Debug for MetricsRenderer {
 pub struct HttpOptions {
     /// Renders `/metrics`.
     pub metrics: MetricsRenderer,
-    /// Origins a browser may open `/v1/ws` from, e.g. `https://market.example.com`
-    /// (compared without case, a trailing `/` ignored); `*` allows any. A handshake without
-    /// an `Origin` header (not a browser) is always allowed.
+    /// Origins a browser may open `/v1/ws` and `/v1/sse` from, e.g.
+    /// `https://market.example.com` (compared without case, a trailing `/` ignored); `*`
+    /// allows any. A request without an `Origin` header (not a browser) and one from the
+    /// node's own origin (`https://` + its `Host`) are always allowed.
     pub allowed_origins: Vec<String>,
     /// Time between two pings the node sends on a WebSocket, in milliseconds; at most half
     /// of `idle_timeout_ms` and at least [`WS_PING_INTERVAL_MS_MIN`] are used.

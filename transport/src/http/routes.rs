@@ -9,11 +9,13 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::{Peer, Server, admin, ws};
+use super::{Peer, Server, admin, page, sse, ws};
 use crate::gateway::Backend;
 
-/// The body of every response: each is built whole before it is sent.
+/// The body of a response built whole before it is sent.
 pub(super) type Body = Full<Bytes>;
+/// The body of any response: whole, or an SSE event stream.
+pub(super) type AnyBody = http_body_util::Either<Body, sse::EventStream>;
 
 /// The Prometheus text exposition format's content type.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,15 +25,20 @@ pub(super) async fn route<B: Backend>(
     server: &Arc<Server<B>>,
     peer: &Peer,
     request: Request<Incoming>,
-) -> Response<Body> {
-    match request.uri().path() {
+) -> Response<AnyBody> {
+    let whole = match request.uri().path() {
         "/healthz" | "/readyz" | "/metrics" => probes_only(server, &request),
         ws::PATH => ws::upgrade(server, peer, request),
+        sse::PATH => return sse::open(server, peer, &request),
         path if path == admin::COLLECTION || path.starts_with(admin::COLLECTION_SLASH) => {
             admin::handle(server, peer, request).await
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
-    }
+        path => match page::asset(path) {
+            Some(asset) => page::serve(asset, &request),
+            None => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        },
+    };
+    whole.map(AnyBody::Left)
 }
 
 /// Serves the probes and `/metrics`; every other path is 404. The whole plain-HTTP metrics

@@ -1,0 +1,77 @@
+//! `gavel serve` as a child process on OS-chosen loopback ports, the way an operator runs
+//! it: `--dev` certificates generated into the data directory on first run, the bound
+//! addresses read from its `listening …` line; killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `gavel serve` child and the addresses it printed.
+pub struct Served {
+    /// The process.
+    pub child: Child,
+    /// The QUIC port.
+    pub quic: SocketAddr,
+    /// The HTTPS port.
+    pub https: SocketAddr,
+    /// The plain-HTTP metrics port.
+    pub metrics: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gavel serve --dev` on `data_dir` with OS-chosen ports; waits for its
+/// `listening …` line.
+pub fn serve(data_dir: &Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--shutdown-deadline-ms",
+            "8000",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gavel starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a listening line");
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    Served {
+        quic: addr("quic="),
+        https: addr("https="),
+        metrics: addr("metrics="),
+        child,
+    }
+}
+
+/// The admin API's body creating English auction `id` on `topic` (start price 100), open from
+/// `start_us` for ten minutes.
+pub fn english_rules(id: u64, topic: &str, start_us: u64) -> String {
+    format!(
+        r#"{{"rules":{{"auctionId":"{id}","topic":"{topic}","english":{{"startPrice":"100"}},"startsAtUs":"{start_us}","endsAtUs":"{}"}}}}"#,
+        start_us + 600_000_000
+    )
+}
