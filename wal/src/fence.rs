@@ -44,8 +44,9 @@ use crate::kafka::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 const POLL: Duration = Duration::from_millis(100);
 /// One poll for the lease producer's delivery report.
 const REPORT_POLL: Duration = Duration::from_millis(1);
-/// Longest wait for the release record at shutdown.
-const RELEASE_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for the release record at shutdown (best effort: without it a successor
+/// waits out the lease).
+const RELEASE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// The lock topic of a log topic.
 pub fn lock_topic(topic: &str) -> String {
@@ -215,11 +216,13 @@ impl ProducerContext for LeaseDeliveries {
 }
 
 /// Produces one lock record and waits (up to `timeout`) for it to be persisted; its offset.
+/// Also gives up as soon as `stop` is set (a heartbeat must not hold up the shutdown).
 fn produce(
     producer: &BaseProducer<LeaseDeliveries>,
     topic: &str,
     value: &str,
     timeout: Duration,
+    stop: Option<&Mutex<bool>>,
 ) -> Result<i64, String> {
     *lock(&producer.context().0) = None;
     let record = BaseRecord::to(topic)
@@ -239,6 +242,9 @@ fn produce(
                 "no delivery report within {} ms",
                 timeout.as_millis()
             ));
+        }
+        if stop.is_some_and(|stop| *lock(stop)) {
+            return Err("stopped".to_owned());
         }
     }
 }
@@ -311,6 +317,7 @@ impl WriterLease {
             &topic,
             &format!("claim {owner} {lease_ms}"),
             lease,
+            None,
         )
         .map_err(|reason| WalError::Kafka {
             op: "claim the writer lease",
@@ -354,7 +361,7 @@ impl WriterLease {
         // The heartbeat thread hands its producer back for the release record.
         if let Some(producer) = self.stop_beating() {
             let release = format!("release {}", self.owner);
-            let _ = produce(&producer, &self.topic, &release, RELEASE_WAIT_MAX);
+            let _ = produce(&producer, &self.topic, &release, RELEASE_WAIT_MAX, None);
         }
     }
 
@@ -399,7 +406,11 @@ fn beat(
         }
         let sent = Instant::now();
         let left = lease.saturating_sub(last.elapsed());
-        let result = produce(&producer, topic, &format!("beat {owner} {lease_ms}"), left);
+        let beat = format!("beat {owner} {lease_ms}");
+        let result = produce(&producer, topic, &beat, left, Some(&beating.stop));
+        if *lock(&beating.stop) {
+            break;
+        }
         match result {
             Ok(_) if last.elapsed() < lease => last = sent,
             outcome => {
