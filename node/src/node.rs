@@ -17,8 +17,9 @@
 //! With the Kafka log ([`NodeConfig::kafka`]) the start reaches the brokers (bounded wait),
 //! creates the topic if missing, and replays every partition from its beginning through the
 //! same parallel replay: Kafka keeps each partition in order and an auction's records in one
-//! partition, and per-auction order is all replay needs. No directory lock and no snapshot
-//! is involved.
+//! partition, and per-auction order is all replay needs. With a snapshot in
+//! `<data_dir>/kafka-<topic>` ([`kafka_snapshot_dir`]) it restores the newest valid one and
+//! replays each partition from the offset the snapshot recorded instead of its beginning.
 //!
 //! # Snapshots
 //!
@@ -26,9 +27,9 @@
 //! `L` = the durable LSN, then [`Engine::snapshot`], then a wait until everything appended so
 //! far is durable, then the file for `L` and compaction. Why every record ≤ `L` is in the
 //! states, and why no state holds a record that could be lost, is argued at
-//! [`Node::snapshot_now`]. Snapshots are file-based: a node on the Kafka log takes none in
-//! this version (it would need the partitions' offsets recorded with each snapshot to skip
-//! the topic's start), so it always replays its topic from the beginning.
+//! [`Node::snapshot_now`]. On the Kafka log `L` comes with, per partition, the offset after
+//! the last record `≤ L` (read together: [`KafkaLog::durable_position`]); the snapshot file
+//! records them and the two newest snapshots are kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,13 +42,15 @@ use gavel_engine::{
     AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
     Event, ManageError, Receipt, ReplaySummary, UnixMicros,
 };
-use gavel_proto::convert::state::{decode_snapshot, encode_snapshot};
+use gavel_proto::convert::state::{
+    decode_snapshot, decode_snapshot_with_position, encode_snapshot, encode_snapshot_position,
+};
 use gavel_proto::pb;
-use gavel_wal::kafka::{KafkaConfig, KafkaLog};
-use gavel_wal::snapshot::SnapshotDefect;
+use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
+use gavel_wal::snapshot::{SnapshotDefect, list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
-    WalConfig, WriterHooks, latest_snapshot,
+    WalConfig, WriterHooks, latest_snapshot, write_snapshot,
 };
 use prost::Message;
 
@@ -159,6 +162,8 @@ struct Shared {
     /// Serialises snapshots; holds the LSN of the last one written (0 = none).
     last_snapshot_lsn: Mutex<Lsn>,
     stop: AtomicBool,
+    /// With the Kafka log: the directory of its snapshots.
+    kafka_snapshots: Option<PathBuf>,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
@@ -221,6 +226,7 @@ impl Node {
             elapsed: Duration::ZERO,
         };
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        let mut kafka_snapshots = None;
         let (wal, summary) = match &config.kafka {
             None => {
                 let opened = match hooks {
@@ -238,21 +244,29 @@ impl Node {
                     hooks.is_none(),
                     "writer hooks are for the file log; the Kafka log has none"
                 );
-                let (log, records) = KafkaLog::open(kafka.clone()).with_context(|| {
-                    format!(
-                        "opening the Kafka write-ahead log (topic {} on {})",
-                        kafka.topic, kafka.brokers
-                    )
-                })?;
+                let dir = kafka_snapshot_dir(data_dir, &kafka.topic);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let start = restore_kafka_snapshot(&engine, &dir, &kafka.topic, &mut report)?;
+                let (log, mut records) = KafkaLog::open(kafka.clone(), start.as_ref())
+                    .with_context(|| {
+                        format!(
+                            "opening the Kafka write-ahead log (topic {} on {})",
+                            kafka.topic, kafka.brokers
+                        )
+                    })?;
                 tracing::info!(
                     brokers = %kafka.brokers,
                     topic = %kafka.topic,
                     partitions = records.partitions(),
-                    "replaying the Kafka log from the beginning of every partition"
+                    from = ?start.as_ref().map(|s| &s.next_offsets),
+                    "replaying the Kafka log (from the snapshot's offsets, or every partition's beginning)"
                 );
-                let summary = replay_parallel(&engine, false, records, workers)
+                let summary = replay_parallel(&engine, start.is_some(), &mut records, workers)
                     .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
-                (Log::Kafka(log), summary)
+                log.resume(&records);
+                kafka_snapshots = Some(dir);
+                (Log::Kafka(Box::new(log)), summary)
             }
         };
         let wal = Arc::new(wal);
@@ -300,12 +314,13 @@ impl Node {
             sink,
             last_snapshot_lsn: Mutex::new(report.snapshot_lsn.unwrap_or(0)),
             stop: AtomicBool::new(false),
+            kafka_snapshots,
         });
         // Old segments may be removable already (a snapshot written just before a crash).
         if let Some(file) = shared.wal.as_file() {
             file.compact_to_snapshots().context("compacting the log")?;
         }
-        let snapshotter = if config.snapshot_every_records > 0 && shared.wal.as_file().is_some() {
+        let snapshotter = if config.snapshot_every_records > 0 {
             let shared = Arc::clone(&shared);
             let every = config.snapshot_every_records;
             let handle = thread::Builder::new()
@@ -423,8 +438,8 @@ impl Node {
     }
 
     /// Takes a snapshot now (unless nothing new is durable since the last one), writes it,
-    /// and compacts the log. Returns `None` if there was nothing to snapshot, or if the log
-    /// is on Kafka (snapshots are file-based in this version).
+    /// and compacts the log (on Kafka: records the partitions' offsets and keeps the two
+    /// newest snapshots). Returns `None` if there was nothing to snapshot.
     ///
     /// Why the snapshot at `L` includes every record with LSN ≤ `L`, where `L` is the
     /// durable LSN read *before* [`Engine::snapshot`] starts:
@@ -575,15 +590,19 @@ fn snapshot_loop(shared: &Shared, every: u64) {
 }
 
 fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
-    let Some(file) = shared.wal.as_file() else {
-        return Ok(None);
-    };
     let mut last_snapshot_lsn = lock(&shared.last_snapshot_lsn);
     if let Some(failure) = shared.wal.failure() {
         bail!("the log failed: {failure}");
     }
-    // See `Node::snapshot_now` for why `lsn` is read before the snapshot starts.
-    let lsn = shared.wal.durable_lsn();
+    // See `Node::snapshot_now` for why the position is read before the snapshot starts. On
+    // Kafka it comes with the offsets that durable LSN covers, read together.
+    let position = match &*shared.wal {
+        Log::Kafka(kafka) => Some(kafka.durable_position()),
+        Log::File(_) => None,
+    };
+    let lsn = position
+        .as_ref()
+        .map_or_else(|| shared.wal.durable_lsn(), |p| p.lsn);
     if lsn == 0 || lsn <= *last_snapshot_lsn {
         return Ok(None);
     }
@@ -598,14 +617,38 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
     );
-    let payload = encode_snapshot(lsn, taken_at, &states);
-    let path = file
-        .write_snapshot(lsn, &payload)
-        .with_context(|| format!("writing the snapshot at LSN {lsn}"))?;
+    let mut payload = encode_snapshot(lsn, taken_at, &states);
+    let (path, compacted) = match (shared.wal.as_file(), position, &shared.kafka_snapshots) {
+        (Some(file), _, _) => {
+            let path = file
+                .write_snapshot(lsn, &payload)
+                .with_context(|| format!("writing the snapshot at LSN {lsn}"))?;
+            let compacted = file
+                .compact_to_snapshots()
+                .context("compacting the log after a snapshot")?;
+            (path, compacted)
+        }
+        (None, Some(position), Some(dir)) => {
+            encode_snapshot_position(
+                pb::KafkaPosition {
+                    topic: position.topic,
+                    next_offsets: position.next_offsets,
+                },
+                &mut payload,
+            );
+            let path = write_snapshot(dir, lsn, &payload)
+                .with_context(|| format!("writing the snapshot at LSN {lsn}"))?;
+            let removed_snapshots = remove_old_snapshots(dir)
+                .with_context(|| format!("removing old snapshots in {}", dir.display()))?;
+            let compacted = CompactReport {
+                removed_snapshots,
+                ..CompactReport::default()
+            };
+            (path, compacted)
+        }
+        _ => unreachable!("invariant: a Kafka node has its snapshot directory"),
+    };
     *last_snapshot_lsn = lsn;
-    let compacted = file
-        .compact_to_snapshots()
-        .context("compacting the log after a snapshot")?;
     Ok(Some(SnapshotTaken {
         lsn,
         auctions: states.len(),
@@ -613,4 +656,62 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
         path,
         compacted,
     }))
+}
+
+/// Where a Kafka node keeps the snapshots of `topic`: `<data_dir>/kafka-<topic>`.
+pub fn kafka_snapshot_dir(data_dir: &Path, topic: &str) -> PathBuf {
+    data_dir.join(format!("kafka-{topic}"))
+}
+
+/// A Kafka node's start from a snapshot: restores the newest valid snapshot of `dir` into
+/// `engine` and returns its position in the topic. A corrupt newer snapshot is skipped for an
+/// older one (the topic still holds everything after any of them); no snapshot: `None`, the
+/// topic is replayed from its beginning.
+fn restore_kafka_snapshot(
+    engine: &Engine,
+    dir: &Path,
+    topic: &str,
+    report: &mut RecoveryReport,
+) -> Result<Option<KafkaPosition>> {
+    let files = list_snapshots(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for file in files.iter().rev() {
+        let snapshot = match read_snapshot(file)? {
+            Ok(snapshot) => snapshot,
+            Err(defect) => {
+                tracing::warn!(file = %file.path.display(), %defect, "corrupt snapshot skipped; using an older one");
+                report.snapshots_skipped.push((file.path.clone(), defect));
+                continue;
+            }
+        };
+        let path = file.path.display();
+        let (lsn, _taken_at, states, position) =
+            decode_snapshot_with_position(&snapshot.payload)
+                .with_context(|| format!("decoding snapshot {path}"))?;
+        ensure!(
+            lsn == snapshot.lsn,
+            "snapshot {path} says LSN {lsn} inside but its file is for LSN {}",
+            snapshot.lsn
+        );
+        let position = position
+            .with_context(|| format!("snapshot {path} records no position in a Kafka topic"))?;
+        ensure!(
+            position.topic == topic,
+            "snapshot {path} is of the Kafka topic {}, not {topic}",
+            position.topic
+        );
+        report.auctions_restored = states.len();
+        for state in states {
+            let id = state.spec.id();
+            engine
+                .restore(state)
+                .with_context(|| format!("restoring auction {id} from snapshot {path}"))?;
+        }
+        report.snapshot_lsn = Some(lsn);
+        return Ok(Some(KafkaPosition {
+            lsn,
+            topic: position.topic,
+            next_offsets: position.next_offsets,
+        }));
+    }
+    Ok(None)
 }

@@ -37,6 +37,7 @@ use gavel_engine::{
     Replayer, Settlement, SoftClose, Topic, UnixMicros,
 };
 use gavel_wal::WalMetrics;
+use gavel_wal::kafka::KafkaConfig;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -102,6 +103,17 @@ pub struct Options {
     /// file (`-` = stdout) as soon as its ack is observed. Hidden: a test hook, not a feature.
     #[arg(long, hide = true, conflicts_with = "in_memory")]
     pub ack_log: Option<PathBuf>,
+    /// Durable mode on a Kafka topic instead of the file log: bootstrap brokers,
+    /// host:port[,host:port...]. A run first replays the topic, as `gavel serve --wal kafka`.
+    #[arg(long, conflicts_with = "in_memory")]
+    pub kafka_brokers: Option<String>,
+    /// The Kafka topic, with --kafka-brokers.
+    #[arg(long, default_value = "gavel-wal", requires = "kafka_brokers")]
+    pub kafka_topic: String,
+    /// The topic's writer lease with --kafka-brokers, in milliseconds: a successor of a
+    /// crashed run waits this long.
+    #[arg(long, default_value_t = 10_000, requires = "kafka_brokers")]
+    pub kafka_writer_lease_ms: u64,
 }
 
 /// `--ack-log`: where durable acknowledgements are streamed, one flushed line each.
@@ -504,6 +516,12 @@ fn run_in_memory(options: &Options) -> Result<Report> {
 fn run_durable(options: &Options) -> Result<Report> {
     let config = NodeConfig {
         snapshot_every_records: options.snapshot_every_records,
+        kafka: options.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
+            brokers: brokers.clone(),
+            topic: options.kafka_topic.clone(),
+            writer_lease_ms: options.kafka_writer_lease_ms,
+            ..KafkaConfig::default()
+        }),
         ..NodeConfig::default()
     };
     let ack_log = options.ack_log.as_deref().map(AckLog::open).transpose()?;
@@ -988,6 +1006,9 @@ mod tests {
             in_memory: true,
             snapshot_every_records: 0,
             ack_log: None,
+            kafka_brokers: None,
+            kafka_topic: String::new(),
+            kafka_writer_lease_ms: 10_000,
         }
     }
 

@@ -48,150 +48,29 @@
 //! Rounds: 20 by default (about 15 s in debug); `GAVEL_CRASH_ROUNDS=500` runs more,
 //! `GAVEL_CRASH_SEED=<n>` replays another schedule.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+mod common;
+
+use std::path::Path;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use gavel_engine::{
-    AuctionId, Bid, BidOutcome, DiscardSink, Engine, EngineConfig, EventKind, Rejection, Replayer,
-};
 use gavel_node::node::{WAL_DIR, decode_record};
 use gavel_node::{Node, NodeConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use common::crash::{Ack, Reference, env_u64, kill_and_collect, spawn_loaded};
+
 /// Rounds when `GAVEL_CRASH_ROUNDS` is not set.
 const ROUNDS_DEFAULT: u64 = 20;
 /// Seed when `GAVEL_CRASH_SEED` is not set.
 const SEED_DEFAULT: u64 = 0x6761_7665_6c00;
-/// Longest wait for the child's first durable ack before the round fails.
-const FIRST_ACK_WAIT_MAX: Duration = Duration::from_secs(20);
-/// Longest wait for the killed child to be reaped and its pipe to close.
-const REAP_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Kill delay after the first ack, ms.
 const KILL_AFTER_ACK_MS: std::ops::RangeInclusive<u64> = 20..=400;
 /// Kill delay after the spawn in the rounds that kill before any ack, ms.
 const KILL_EARLY_MS: std::ops::RangeInclusive<u64> = 0..=60;
 /// Rounds on one directory at most before a fresh one (bounds the log, hence the round).
 const CHAIN_ROUNDS_MAX: u32 = 3;
-
-/// One line of the child's `--ack-log`.
-#[derive(Clone, Debug)]
-struct Ack {
-    auction: u64,
-    bidder: String,
-    bid: u128,
-    seq: u64,
-    lsn: u64,
-}
-
-fn parse_ack(line: &str) -> Option<Ack> {
-    let mut fields = line.strip_prefix("ack ")?.split(' ');
-    let ack = Ack {
-        auction: fields.next()?.parse().ok()?,
-        bidder: fields.next()?.to_owned(),
-        bid: fields.next()?.parse().ok()?,
-        seq: fields.next()?.parse().ok()?,
-        lsn: fields.next()?.parse().ok()?,
-    };
-    fields.next().is_none().then_some(ack)
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// A running child and the thread forwarding its ack lines.
-struct Loaded {
-    child: Child,
-    acks: Receiver<Ack>,
-    reader: JoinHandle<()>,
-    stderr: PathBuf,
-}
-
-fn spawn_loaded(dir: &Path, stderr: &Path, seed: u64, snapshot_every: u64) -> Loaded {
-    let log = std::fs::File::create(stderr).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
-        .args(["simulate", "--data-dir"])
-        .arg(dir)
-        .args(["--auctions", "20", "--bids", "50000000", "--threads", "2"])
-        .args(["--snapshot-every-records", &snapshot_every.to_string()])
-        .args(["--seed", &seed.to_string(), "--no-verify", "--show", "0"])
-        .args(["--ack-log", "-"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the gavel binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, acks) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match stdout.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            // The kill can cut the child's last write: a line without its newline was never
-            // delivered whole, so the client never received that ack. Nothing can follow it.
-            let Some(complete) = line.strip_suffix('\n') else {
-                return;
-            };
-            if let Some(ack) = parse_ack(complete) {
-                if tx.send(ack).is_err() {
-                    return;
-                }
-            } else if complete.starts_with("ack ") {
-                panic!("malformed ack line {complete:?}");
-            }
-        }
-    });
-    Loaded {
-        child,
-        acks,
-        reader,
-        stderr: stderr.to_path_buf(),
-    }
-}
-
-/// Kills the child (SIGKILL), reaps it and collects every ack it wrote. Fails if the child
-/// had already exited by itself with an error.
-fn kill_and_collect(mut loaded: Loaded, round: u64) -> Vec<Ack> {
-    // `Child::kill` sends SIGKILL on Unix.
-    let _ = loaded.child.kill();
-    let status = loaded.child.wait().unwrap();
-    let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(9);
-    // A child that exited by itself first must have succeeded (it never does with the
-    // bid count given, but that is not an error of durability).
-    assert!(
-        killed || status.success(),
-        "round {round}: the child exited by itself with {status}:\n{}",
-        std::fs::read_to_string(&loaded.stderr).unwrap_or_default()
-    );
-    // The pipe's write end died with the child: the reader sees EOF promptly.
-    let deadline = Instant::now() + REAP_WAIT_MAX;
-    while !loaded.reader.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "round {round}: the ack pipe did not close"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-    loaded.reader.join().expect("the ack reader panicked");
-    loaded.acks.try_iter().collect()
-}
 
 /// Runs one round's child on `dir` and kills it; returns the acks it wrote.
 fn crash_round(dir: &Path, scratch: &Path, round: u64, rng: &mut SmallRng) -> Vec<Ack> {
@@ -203,25 +82,16 @@ fn crash_round(dir: &Path, scratch: &Path, round: u64, rng: &mut SmallRng) -> Ve
         rng.random_range(KILL_AFTER_ACK_MS)
     });
     let stderr = scratch.join(format!("round-{round}.stderr"));
-    let loaded = spawn_loaded(dir, &stderr, rng.random(), snapshot_every);
+    let snapshot_every = snapshot_every.to_string();
+    let mut loaded = spawn_loaded(
+        dir,
+        &stderr,
+        rng.random(),
+        &["--snapshot-every-records", &snapshot_every],
+    );
     let mut early_acks = Vec::new();
     if !early {
-        match loaded.acks.recv_timeout(FIRST_ACK_WAIT_MAX) {
-            Ok(first) => early_acks.push(first),
-            Err(e) => {
-                let reason = match e {
-                    RecvTimeoutError::Timeout => "no durable ack in time",
-                    RecvTimeoutError::Disconnected => "the child exited before any ack",
-                };
-                let mut loaded = loaded;
-                let _ = loaded.child.kill();
-                let _ = loaded.child.wait();
-                panic!(
-                    "round {round}: {reason} ({FIRST_ACK_WAIT_MAX:?}); child stderr:\n{}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-        }
+        early_acks.push(loaded.first_ack(round));
     }
     thread::sleep(delay);
     early_acks.extend(kill_and_collect(loaded, round));
@@ -275,13 +145,12 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
     );
     found.torn_tail = verify.torn_tail.is_some();
     let n = verify.last_lsn;
-    let reference = Engine::new(EngineConfig::default());
-    let mut replayer = Replayer::new(&reference);
-    // (auction, seq) → (LSN, bid) of every BidAccepted.
-    let mut accepted: HashMap<(u64, u64), (u64, Bid)> = HashMap::new();
-    let mut expected_lsn = 1;
-    if n > 0 {
-        for record in gavel_wal::records(&wal_dir, 1).unwrap() {
+    let mut expected_lsn = 0;
+    let surviving = gavel_wal::records(&wal_dir, 1)
+        .unwrap()
+        .take(n as usize)
+        .map(|record| {
+            expected_lsn += 1;
             let record = record.unwrap_or_else(|e| {
                 panic!("round {round}: reading record {expected_lsn} of 1..={n}: {e}")
             });
@@ -289,29 +158,14 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
                 record.lsn, expected_lsn,
                 "round {round}: the surviving LSNs have a gap (the log was compacted?)"
             );
-            let event = decode_record(&record.payload)
-                .unwrap_or_else(|e| panic!("round {round}: LSN {}: {e:#}", record.lsn));
-            if let EventKind::BidAccepted { bid, .. } = &event.kind {
-                accepted.insert((event.auction.0, event.seq), (record.lsn, *bid));
-            }
-            replayer.apply(&event).unwrap_or_else(|e| {
-                panic!(
-                    "round {round}: the reference replay refuses LSN {}: {e}",
-                    record.lsn
-                )
-            });
-            if record.lsn == n {
-                break;
-            }
-            expected_lsn += 1;
-        }
-        assert_eq!(
-            expected_lsn, n,
-            "round {round}: the log ends before LSN {n}"
-        );
-    }
+            (record.lsn, record.payload)
+        });
+    let reference = Reference::replay(surviving, round);
+    assert_eq!(
+        expected_lsn, n,
+        "round {round}: the log ends before LSN {n}"
+    );
     found.records = n;
-    let summary = replayer.finish();
 
     // 2. Every acknowledged bid survived, at or before its receipt.
     let last_ack_lsn = acks.iter().map(|a| a.lsn).max().unwrap_or(0);
@@ -324,18 +178,9 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
             ack.seq,
             ack.lsn
         );
-        let Some((lsn, bid)) = accepted.get(&(ack.auction, ack.seq)) else {
-            panic!("round {round}: acknowledged {ack:?} has no BidAccepted record in the log");
-        };
-        assert_eq!(
-            (bid.bidder().to_string().as_str(), bid.id().0),
-            (ack.bidder.as_str(), ack.bid),
-            "round {round}: auction {} seq {} is another bid than the acknowledged one",
-            ack.auction,
-            ack.seq
-        );
+        let lsn = reference.logged(ack, round);
         assert!(
-            *lsn <= ack.lsn,
+            lsn <= ack.lsn,
             "round {round}: {ack:?} logged at LSN {lsn}, after its receipt"
         );
     }
@@ -354,72 +199,33 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
     found.missing_tail = report.missing_tail_appended;
     assert_eq!(
         gavel_node::hex(&report.state_hash),
-        gavel_node::hex(&reference.state_hash()),
+        gavel_node::hex(&reference.engine.state_hash()),
         "round {round}: the recovered state hash (snapshot at {:?}) differs from the reference fed LSN 1..={n}",
         report.snapshot_lsn
     );
     assert_eq!(
         report.missing_tail_appended,
-        summary.missing_tail.len(),
+        reference.summary.missing_tail.len(),
         "round {round}: the node re-appended another number of missing derived events than the reference lacks"
     );
     assert_eq!(
         report.last_lsn,
-        n + summary.missing_tail.len() as u64,
+        n + reference.summary.missing_tail.len() as u64,
         "round {round}"
     );
-    let engine = node.engine();
-    let mut last_per_auction: HashMap<u64, &Ack> = HashMap::new();
-    for ack in acks {
-        let seq = engine.auction_seq(AuctionId(ack.auction));
-        assert!(
-            seq.is_some_and(|s| s >= ack.seq),
-            "round {round}: auction {} recovered at seq {seq:?}, below the acknowledged {}",
-            ack.auction,
-            ack.seq
-        );
-        let last = last_per_auction.entry(ack.auction).or_insert(ack);
-        if ack.seq > last.seq {
-            *last = ack;
-        }
-    }
-    // Idempotency: a retry of the last acknowledged bid of each auction is a duplicate with
-    // its original seq (after the hash check: a non-duplicate would change the state) — as
-    // long as it is within the dedup window, which is all the engine promises: fewer than
-    // `dedup_window_bids` accepted bids after it, so fewer seq steps than that. (Acks are
-    // printed by the bidder threads once durable; on a loaded machine a thread's last ack
-    // can be far behind its auction, beyond the window.)
-    let window = NodeConfig::default().engine.dedup_window_bids as u64;
-    for ack in last_per_auction.values() {
-        let (_, bid) = accepted[&(ack.auction, ack.seq)];
-        let seq_now = engine.auction_seq(AuctionId(ack.auction)).unwrap_or(0);
-        if seq_now - ack.seq >= window {
-            found.retries_beyond_window += 1;
-            continue;
-        }
-        match engine.place_bid(&bid, bid.client_sent_at(), &DiscardSink) {
-            BidOutcome::Rejected(Rejection::Duplicate { original }) => assert_eq!(
-                original.seq, ack.seq,
-                "round {round}: a retry of {ack:?} got another original"
-            ),
-            other => panic!(
-                "round {round}: a retry of {ack:?} ({bid:?}) got {other:?}; the auction is at seq {seq_now}, recovered from snapshot {:?}",
-                report.snapshot_lsn
-            ),
-        }
-        found.retries_checked += 1;
-    }
+    (found.retries_checked, found.retries_beyond_window) =
+        reference.check_recovered(node.engine(), acks, round);
     node.shutdown(false).unwrap();
     drop(node);
 
     // The re-appended tail is exactly the reference's missing events, after N.
-    if !summary.missing_tail.is_empty() {
+    if !reference.summary.missing_tail.is_empty() {
         let appended: Vec<_> = gavel_wal::records(&wal_dir, n + 1)
             .unwrap()
             .map(|r| decode_record(&r.unwrap().payload).unwrap())
             .collect();
         assert_eq!(
-            appended, summary.missing_tail,
+            appended, reference.summary.missing_tail,
             "round {round}: the re-appended tail"
         );
     }

@@ -7,8 +7,23 @@
 //! - with the broker gone mid-run, the bounded in-flight queue turns bids into `Overloaded`
 //!   within a second, nothing is acknowledged durable, and the failed delivery reports fail
 //!   the log;
+//! - with a durable broker (sqlite storage) stopped mid-load and started again: while it is
+//!   down bids beyond the in-flight bound get `Overloaded` within a second and nothing is
+//!   acknowledged durable; once it is back the backlog drains, every bid accepted in the
+//!   outage becomes durable, and a fresh node replays the topic to the live state hash;
 //! - an unreachable broker fails the start within the bounded wait, naming the address;
-//! - a producer setting that would allow reordering or loss is refused at start.
+//! - a producer setting that would allow reordering or loss is refused at start;
+//! - `gavel simulate` on the topic under load, SIGKILLed at seeded random moments and
+//!   restarted on the same topic: every bid it acknowledged durable is in the topic, and a
+//!   node that starts from the newest snapshot (recording the partitions' offsets) and the
+//!   topic after it reaches the state hash of a reference engine fed exactly the records in
+//!   it;
+//! - one node writes a topic: a second is refused, naming the holder of the writer lease,
+//!   while the first runs, and starts at once after the first shut down; a node that cannot
+//!   renew its lease (broker gone) stops acknowledging;
+//! - delivery outcomes and latencies are recorded as `gavel_wal_kafka_*` metrics;
+//! - a snapshot records the partitions' offsets: a restart replays only the records after
+//!   them, to the same state hash as a replay of the whole topic.
 
 mod common;
 
@@ -22,7 +37,11 @@ use gavel_engine::{
 use gavel_node::{Node, NodeConfig};
 use gavel_wal::kafka::KafkaConfig;
 
+use common::crash::{Ack, Reference, env_u64, kill_and_collect, spawn_loaded};
 use common::kafka::{Broker, free_port};
+use gavel_wal::kafka::KafkaRecords;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 const WAIT: Duration = Duration::from_secs(30);
 const AUCTIONS: u64 = 6;
@@ -259,22 +278,7 @@ fn with_the_broker_gone_bids_are_overloaded_and_nothing_unpersisted_is_acknowled
     let mut accepted = Vec::new();
     let mut overloaded = 0;
     for n in 0..50u64 {
-        let bid = Bid::new(
-            AuctionId(1),
-            BidderId::new("b1").unwrap(),
-            BidId(u128::from(n)),
-            200 + 10 * n,
-            None,
-            UnixMicros(1 + n),
-        )
-        .unwrap();
-        let started = Instant::now();
-        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "bid {n} was answered after {:?}",
-            started.elapsed()
-        );
+        let (outcome, receipt) = timed_bid(&node, n);
         match outcome {
             BidOutcome::Accepted(_) => accepted.push(receipt.unwrap()),
             BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }) => {
@@ -305,4 +309,421 @@ fn with_the_broker_gone_bids_are_overloaded_and_nothing_unpersisted_is_acknowled
     assert_eq!(node.wal().durable_lsn(), created.0);
     let failure = node.failure().expect("the log failed");
     assert!(failure.contains("not persisted"), "{failure}");
+}
+
+/// Kafka crash rounds when `GAVEL_KAFKA_CRASH_ROUNDS` is not set.
+const CRASH_ROUNDS_DEFAULT: u64 = 3;
+
+/// Every record of the topic as `(read position, payload)`, each partition in its order.
+fn topic_records(kafka: &KafkaConfig) -> Vec<(u64, Vec<u8>)> {
+    KafkaRecords::open(kafka)
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn, r.payload)
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
+    let rounds = env_u64("GAVEL_KAFKA_CRASH_ROUNDS", CRASH_ROUNDS_DEFAULT);
+    let seed = env_u64("GAVEL_CRASH_SEED", 0x6b61_666b_6100);
+    eprintln!("kafka crash test: {rounds} rounds, seed {seed} (GAVEL_CRASH_SEED to repeat)");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-crash");
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut acks: Vec<Ack> = Vec::new();
+    let mut from_snapshot = 0;
+    for round in 0..rounds {
+        // Each child first recovers what the earlier ones left — from the newest snapshot
+        // of the shared data directory and the topic after its offsets — then bids.
+        let dir = scratch.path().join("data");
+        let stderr = scratch.path().join(format!("round-{round}.stderr"));
+        let mut loaded = spawn_loaded(
+            &dir,
+            &stderr,
+            rng.random(),
+            &[
+                "--kafka-brokers",
+                &kafka.brokers,
+                "--kafka-topic",
+                &kafka.topic,
+                "--snapshot-every-records",
+                "1000",
+                // The successor of a killed child waits out its writer lease.
+                "--kafka-writer-lease-ms",
+                "2000",
+            ],
+        );
+        let first = loaded.first_ack(round);
+        thread::sleep(Duration::from_millis(rng.random_range(50..=400)));
+        let round_acks = kill_and_collect(loaded, round);
+        let round_ack_count = round_acks.len() + 1;
+        acks.push(first);
+        acks.extend(round_acks);
+        // A produce request the child had already written to its socket may still reach
+        // the broker just after the kill; let it land before the topic is read.
+        thread::sleep(Duration::from_millis(300));
+
+        // Every acknowledged bid (of every round) is in the topic; the reference engine
+        // fed exactly the topic's records is what a node rebuilds from it.
+        let records = topic_records(&kafka);
+        let n = records.len();
+        let reference = Reference::replay(records, round);
+        for ack in &acks {
+            reference.logged(ack, round);
+        }
+        // A node on the killed child's data directory starts from its newest snapshot and
+        // the topic after the snapshot's offsets (no snapshot of its own: the next child
+        // finds the same ones).
+        let checking = NodeConfig {
+            snapshot_every_records: 0,
+            ..config(KafkaConfig {
+                writer_lease_ms: 2_000,
+                ..kafka.clone()
+            })
+        };
+        let (node, report) = Node::open(&dir, checking)
+            .unwrap_or_else(|e| panic!("round {round}: the node does not start: {e:#}"));
+        match report.snapshot_lsn {
+            Some(_) => {
+                from_snapshot += 1;
+                assert!(report.records_read < n as u64, "{}", report.summary());
+            }
+            None => assert_eq!(report.records_read, n as u64, "{}", report.summary()),
+        }
+        assert_eq!(
+            gavel_node::hex(&report.state_hash),
+            gavel_node::hex(&reference.engine.state_hash()),
+            "round {round}: the recovered state (snapshot at {:?}) differs from the reference fed the topic's {n} records",
+            report.snapshot_lsn
+        );
+        assert_eq!(
+            report.missing_tail_appended,
+            reference.summary.missing_tail.len(),
+            "round {round}: re-appended another number of missing derived events"
+        );
+        let (retries, _) = reference.check_recovered(node.engine(), &acks, round);
+        node.shutdown(false).unwrap();
+        drop(node);
+        eprintln!(
+            "round {round}: {round_ack_count} acks, {n} records in the topic, {} replayed after snapshot {:?}, {retries} retries checked, {:.1} s",
+            report.records_read,
+            report.snapshot_lsn,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    assert!(acks.len() as u64 >= rounds, "every round acknowledged bids");
+    if rounds >= CRASH_ROUNDS_DEFAULT {
+        assert!(from_snapshot > 0, "no round recovered from a snapshot");
+    }
+}
+
+/// Places bid `n` on auction 1 (rising amounts) and checks it is answered within a second.
+fn timed_bid(node: &Node, n: u64) -> (BidOutcome, Option<gavel_engine::Receipt>) {
+    let bid = Bid::new(
+        AuctionId(1),
+        BidderId::new(&format!("b{}", n % 5)).unwrap(),
+        BidId(u128::from(n)),
+        // Above every increment band's step.
+        200 + 100 * n,
+        None,
+        UnixMicros(1 + n),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let answer = node.place_bid(&bid, UnixMicros(1 + n));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "bid {n} was answered after {:?}",
+        started.elapsed()
+    );
+    answer
+}
+
+#[test]
+fn a_broker_outage_overloads_new_bids_and_the_backlog_drains_when_it_returns() {
+    const IN_FLIGHT_MAX: usize = 64;
+    const OUTAGE_BIDS: u64 = 2_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_durable(broker_dir.path());
+    let kafka = KafkaConfig {
+        queue_records_max: IN_FLIGHT_MAX,
+        // Longer than the outage: the records in flight wait for the broker's return.
+        message_timeout_ms: 60_000,
+        ..kafka(broker.bootstrap(), "gavel-wal-restart")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    let mut n = 0;
+    let mut before = None;
+    // Fewer than the in-flight bound: all accepted with the broker up.
+    while n < IN_FLIGHT_MAX as u64 / 2 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        before = receipt;
+        n += 1;
+    }
+    node.wait_durable(before.unwrap(), WAIT).unwrap();
+    let durable_before = node.wal().durable_lsn();
+
+    // The broker goes away under load: bids go on, each answered within a second.
+    broker.stop();
+    let stopped = Instant::now();
+    let mut accepted_in_outage = Vec::new();
+    let mut overloaded = 0u64;
+    let mut first_overloaded = None;
+    let mut queue_max = 0;
+    for _ in 0..OUTAGE_BIDS {
+        match timed_bid(&node, n) {
+            (BidOutcome::Accepted(_), receipt) => accepted_in_outage.push(receipt.unwrap()),
+            (BidOutcome::Rejected(Rejection::Overloaded { retry_after_us }), _) => {
+                assert!(retry_after_us > 0 && retry_after_us <= 1_000_000);
+                first_overloaded.get_or_insert_with(|| stopped.elapsed());
+                overloaded += 1;
+            }
+            other => panic!("bid {n} in the outage: {other:?}"),
+        }
+        queue_max = queue_max.max(node.wal().metrics().queue_records);
+        n += 1;
+        thread::sleep(Duration::from_micros(500));
+    }
+    let outage_load = stopped.elapsed();
+    // Nothing of the outage is acknowledged: the durable LSN did not move.
+    assert_eq!(node.wal().durable_lsn(), durable_before);
+    assert!(node.failure().is_none(), "{:?}", node.failure());
+    assert!(
+        accepted_in_outage.len() <= IN_FLIGHT_MAX && !accepted_in_outage.is_empty(),
+        "{} accepted while the broker was down",
+        accepted_in_outage.len()
+    );
+    assert_eq!(overloaded, OUTAGE_BIDS - accepted_in_outage.len() as u64);
+    assert!(queue_max <= IN_FLIGHT_MAX as u64, "in flight {queue_max}");
+    let first_overloaded = first_overloaded.expect("the bound was reached");
+
+    // The broker returns with its storage: the backlog drains, in order, and bids are
+    // accepted and made durable again.
+    broker.restart();
+    let restarted = Instant::now();
+    let last_in_outage = *accepted_in_outage.last().unwrap();
+    node.wait_durable(last_in_outage, WAIT)
+        .unwrap_or_else(|e| panic!("the backlog did not drain: {e}"));
+    let drained = restarted.elapsed();
+    for _ in 0..50 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        node.wait_durable(receipt.unwrap(), WAIT).unwrap();
+        n += 1;
+    }
+    let live_hash = node.engine().state_hash();
+    let appended = node.wal().last_appended_lsn();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let (fresh, report) = Node::open(fresh_dir.path(), config(kafka)).unwrap();
+    assert_eq!(report.records_read, appended, "{}", report.summary());
+    assert_eq!(
+        gavel_node::hex(&fresh.engine().state_hash()),
+        gavel_node::hex(&live_hash)
+    );
+    fresh.shutdown(false).unwrap();
+    eprintln!(
+        "outage: first Overloaded {first_overloaded:?} after the stop; {} accepted and {overloaded} \
+         Overloaded in {outage_load:?}; in flight at most {queue_max}; backlog durable \
+         {drained:?} after the restart",
+        accepted_in_outage.len()
+    );
+}
+
+#[test]
+fn a_restart_replays_only_the_records_after_the_snapshot_offsets() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-snapshot");
+    let dir = tempfile::tempdir().unwrap();
+    let no_auto_snapshots = NodeConfig {
+        snapshot_every_records: 0,
+        ..config(kafka.clone())
+    };
+    let (node, _) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    for id in 1..=AUCTIONS {
+        let receipt = node.create_auction(english(id), UnixMicros(0)).unwrap();
+        node.wait_durable(receipt, WAIT).unwrap();
+    }
+    bid_and_wait(&node, 0);
+    let taken = node.snapshot_now().unwrap().expect("a snapshot");
+    assert_eq!(taken.lsn, AUCTIONS + BIDS_PER_THREAD);
+    bid_and_wait(&node, 1);
+    let live_hash = node.engine().state_hash();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    // Same data directory: the snapshot, then only the other thread's bids.
+    let (restarted, report) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    assert_eq!(report.snapshot_lsn, Some(taken.lsn), "{}", report.summary());
+    assert_eq!(report.auctions_restored, AUCTIONS as usize);
+    assert_eq!(report.records_read, BIDS_PER_THREAD, "{}", report.summary());
+    assert_eq!(
+        gavel_node::hex(&report.state_hash),
+        gavel_node::hex(&live_hash)
+    );
+    // LSNs go on after the restored ones, so the next snapshot sorts after this one.
+    assert_eq!(report.last_lsn, taken.lsn + BIDS_PER_THREAD);
+    let next = restarted
+        .snapshot_now()
+        .unwrap()
+        .expect("a second snapshot");
+    assert!(next.lsn > taken.lsn);
+    restarted.shutdown(false).unwrap();
+    drop(restarted);
+
+    // And from the second snapshot nothing is left to replay; a fresh directory replays
+    // the whole topic to the same state.
+    let (again, report) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();
+    assert_eq!(
+        (report.snapshot_lsn, report.records_read),
+        (Some(next.lsn), 0)
+    );
+    assert_eq!(again.engine().state_hash(), live_hash);
+    again.shutdown(false).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let (whole, report) = Node::open(fresh.path(), no_auto_snapshots).unwrap();
+    assert_eq!(report.records_read, AUCTIONS + 2 * BIDS_PER_THREAD);
+    assert_eq!(whole.engine().state_hash(), live_hash);
+    whole.shutdown(false).unwrap();
+}
+
+#[test]
+fn a_second_node_on_the_same_topic_is_refused_while_the_first_holds_the_lease() {
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-fence");
+    let owned_by = |owner: &str, connect_timeout_ms| KafkaConfig {
+        owner: owner.to_owned(),
+        connect_timeout_ms,
+        ..base.clone()
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(dir_a.path(), config(owned_by("node-a", 10_000))).unwrap();
+    let created = a.create_auction(english(1), UnixMicros(0)).unwrap();
+    a.wait_durable(created, WAIT).unwrap();
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let error = match Node::open(dir_b.path(), config(owned_by("node-b", 2_000))) {
+        Ok(_) => panic!("two nodes write one topic"),
+        Err(error) => format!("{error:#}"),
+    };
+    let refused_after = started.elapsed();
+    assert!(
+        error.contains("gavel-wal-fence is written by another node (node-a"),
+        "{error}"
+    );
+    assert!(refused_after < Duration::from_secs(10), "{refused_after:?}");
+    // `gavel serve` likewise exits with the message.
+    let (_, stderr) = common::gavel_fails(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        dir_b.path().to_str().unwrap(),
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--https-listen",
+        "127.0.0.1:0",
+        "--wal",
+        "kafka",
+        "--kafka-brokers",
+        &base.brokers,
+        "--kafka-topic",
+        &base.topic,
+        "--kafka-connect-timeout-ms",
+        "1500",
+    ]);
+    assert!(
+        stderr.contains("gavel-wal-fence is written by another node (node-a"),
+        "{stderr}"
+    );
+    // The holder goes on undisturbed.
+    let (outcome, receipt) = timed_bid(&a, 1);
+    assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+    a.wait_durable(receipt.unwrap(), WAIT).unwrap();
+    let hash = a.engine().state_hash();
+    a.shutdown(false).unwrap();
+    drop(a);
+
+    // Released at shutdown: the next node starts without waiting for the lease (10 s).
+    let started = Instant::now();
+    let (b, _) = Node::open(dir_b.path(), config(owned_by("node-b", 2_000))).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.engine().state_hash(), hash);
+    b.shutdown(false).unwrap();
+    eprintln!("fence: second node refused after {refused_after:?}: {error}");
+}
+
+#[test]
+fn a_node_that_cannot_renew_its_lease_stops_acknowledging() {
+    let broker = Broker::start();
+    let kafka = KafkaConfig {
+        writer_lease_ms: 600,
+        ..kafka(broker.bootstrap(), "gavel-wal-lease")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka)).unwrap();
+    // Longer than several heartbeats: the lease stays held.
+    thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(node.failure(), None);
+    drop(broker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.failure().is_none() {
+        assert!(Instant::now() < deadline, "the lease was never given up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let failure = node.failure().unwrap();
+    assert!(failure.contains("writer lease"), "{failure}");
+    let (outcome, _) = timed_bid(&node, 0);
+    assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+}
+
+/// The value of the series `name{labels}` (or `name` without labels) in a Prometheus text
+/// rendering; 0 if absent.
+fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn delivery_outcomes_and_latencies_are_metrics() {
+    let handle = common::https::metrics_handle();
+    let before = handle.render();
+    let persisted = r#"gavel_wal_kafka_deliveries_total{status="persisted"}"#;
+    let latencies = "gavel_wal_kafka_delivery_seconds_count";
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(
+        dir.path(),
+        config(kafka(broker.bootstrap(), "gavel-wal-metrics")),
+    )
+    .unwrap();
+    let created = node.create_auction(english(1), UnixMicros(0)).unwrap();
+    node.wait_durable(created, WAIT).unwrap();
+    for n in 0..20 {
+        let (outcome, receipt) = timed_bid(&node, n);
+        assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+        node.wait_durable(receipt.unwrap(), WAIT).unwrap();
+    }
+    node.shutdown(false).unwrap();
+    let after = handle.render();
+    // Other tests of this binary record too: at least this test's 21 records.
+    let delta = |series| series_value(&after, series) - series_value(&before, series);
+    assert!(delta(persisted) >= 21.0, "{after}");
+    assert!(delta(latencies) >= 21.0, "{after}");
 }

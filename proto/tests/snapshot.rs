@@ -341,6 +341,7 @@ fn a_snapshot_written_one_auction_at_a_time_is_the_same_message() {
         lsn: 7,
         taken_at_us: 5,
         auctions: states.iter().map(Into::into).collect(),
+        kafka: None,
     };
     assert_eq!(streamed, whole.encode_to_vec());
     assert_eq!(streamed, encode_snapshot(7, UnixMicros(5), &states));

@@ -192,6 +192,22 @@ pub enum WalError {
         /// What librdkafka or the broker said.
         reason: String,
     },
+    /// Another node holds the topic's writer lease (see `fence`): one node writes a topic.
+    #[error(
+        "the Kafka topic {topic} is written by another node ({owner}, last heartbeat {age_ms} \
+         ms ago, lease {lease_ms} ms): only one node may write a topic; stop that node, or \
+         start this one once its lease has lapsed"
+    )]
+    KafkaFenced {
+        /// The log topic.
+        topic: String,
+        /// The holder of the lease.
+        owner: String,
+        /// Since its last claim or heartbeat, in milliseconds.
+        age_ms: u64,
+        /// Its lease, in milliseconds.
+        lease_ms: u64,
+    },
     /// The Kafka producer's effective configuration would allow reordering or duplicates.
     #[error("refusing the Kafka producer setting {setting}={value:?}: {why}")]
     KafkaUnsafeConfig {

@@ -34,9 +34,10 @@
 //! [`AppendError::Backpressure`] and enqueues nothing. librdkafka's own queue is sized above
 //! these bounds so it never refuses first. While the broker is slow or down the in-flight
 //! records wait in librdkafka (up to `message_timeout_ms`, after which their reports fail and
-//! so does the log), new bids get `Overloaded`, and the backlog drains when it returns.
+//! so does the log), new bids get `Overloaded`, and the backlog drains when it returns (the
+//! producer retries the connection at least once a second).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -60,9 +61,37 @@ use crate::durability::{
     Durability, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open, lock,
 };
 use crate::error::{AppendError, WalError};
+use crate::fence::WriterLease;
 use crate::frame::PAYLOAD_BYTES_MAX;
 use crate::segment::Record;
 use crate::{Lsn, WalMetrics};
+
+/// Delivery reports, by `status`: `persisted`, `not_persisted`, `possibly_persisted`,
+/// `error` (a failed delivery, whatever its persistence status).
+pub const METRIC_DELIVERIES: &str = "gavel_wal_kafka_deliveries_total";
+/// Produce → delivery report time of `PERSISTED` records, seconds.
+pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
+/// Records produced and not yet reported (published by the node from
+/// [`KafkaLog::metrics`]).
+pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
+/// Payload bytes produced and not yet reported (likewise).
+pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
+/// records in flight, a colliding entry only skews one latency sample).
+const SENT_AT_RING: usize = 1 << 16;
+
+/// `<host>/<pid>/<random>`: tells nodes (and incarnations of one node) apart in the lease.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_owned());
+    // std's hasher keys are random per process (and per `RandomState`).
+    let random =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
+    format!("{host}/{}/{random:016x}", std::process::id())
+}
 
 /// Retry hint on back-pressure: about one produce round trip on a healthy broker.
 const BACKPRESSURE_RETRY_AFTER_US: u64 = 10_000;
@@ -71,11 +100,26 @@ const BACKPRESSURE_RETRY_AFTER_US: u64 = 10_000;
 const IN_FLIGHT_REQUESTS_MAX: u32 = 5;
 /// Longest [`KafkaLog::shutdown`] waits for the reports of the records in flight.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(30);
+/// librdkafka's `reconnect.backoff.max.ms`: the longest pause between reconnect attempts.
+const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 /// One poll of the recovery consumer.
 const RECOVERY_POLL: Duration = Duration::from_millis(200);
 
 // The delivery opaque carries an LSN as a `usize`.
 const _: () = assert!(usize::BITS >= u64::BITS);
+
+/// Where a state stands in the topic: it includes every record up to the local LSN `lsn`,
+/// and replay resumes at `next_offsets[p]` in partition `p` (negative: its beginning;
+/// partitions past the end of the list: their beginning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaPosition {
+    /// The local LSN the state covers.
+    pub lsn: Lsn,
+    /// The topic.
+    pub topic: String,
+    /// Per partition, the offset replay resumes at.
+    pub next_offsets: Vec<i64>,
+}
 
 /// Configuration of a [`KafkaLog`]. Times in milliseconds, sizes in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +146,11 @@ pub struct KafkaConfig {
     /// Further librdkafka producer properties, applied last and then checked by
     /// [`check_producer_config`].
     pub producer_overrides: Vec<(String, String)>,
+    /// The writer lease (one node writes a topic; see [`crate::fence`]): a holder that
+    /// cannot renew it within this long stops; a successor after a crash waits this long.
+    pub writer_lease_ms: u64,
+    /// Who this node is in the lease (host, process and a random part by default).
+    pub owner: String,
 }
 
 impl Default for KafkaConfig {
@@ -117,6 +166,8 @@ impl Default for KafkaConfig {
             message_timeout_ms: 300_000,
             linger_ms: 1,
             producer_overrides: Vec::new(),
+            writer_lease_ms: 10_000,
+            owner: default_owner(),
         }
     }
 }
@@ -166,7 +217,34 @@ impl KafkaConfig {
         check(
             self.linger_ms <= 1_000,
             "kafka linger_ms must be at most 1000",
+        )?;
+        check(
+            (300..=600_000).contains(&self.writer_lease_ms),
+            "kafka writer_lease_ms must be between 300 and 600000",
+        )?;
+        check(
+            !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
+            "kafka owner must be a non-empty word",
         )
+    }
+
+    /// The lease producer's configuration: `acks=all`, one request in flight, each record
+    /// on its own. Not idempotent: a duplicated claim or beat means the same as one, and the
+    /// idempotent producer's start (hundreds of ms to get a producer id) would eat into the
+    /// lease.
+    pub(crate) fn lease_producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", self.writer_lease_ms.to_string())
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
+            );
+        config
     }
 
     /// The producer's librdkafka configuration: idempotent, `acks=all`, librdkafka's queue
@@ -197,6 +275,12 @@ impl KafkaConfig {
             .set(
                 "socket.connection.setup.timeout.ms",
                 self.connect_timeout_ms.max(1_000).to_string(),
+            )
+            // librdkafka backs off reconnects up to 10 s by default: a returning broker
+            // would wait that long for the backlog. A WAL reconnects within a second.
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
             );
         for (key, value) in &self.producer_overrides {
             config.set(key, value);
@@ -204,7 +288,7 @@ impl KafkaConfig {
         config
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         config
@@ -279,7 +363,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
+pub(crate) fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
     let brokers = brokers.to_owned();
     move |e| WalError::Kafka {
         op,
@@ -292,6 +376,15 @@ fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> Wa
 /// partitions when missing); returns its partition count. Bounded by `connect_timeout_ms`.
 pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
     config.validate()?;
+    ensure_topic_named(config, &config.topic, config.partitions)
+}
+
+/// [`ensure_topic`] for the topic `name` with `partitions` when created.
+pub(crate) fn ensure_topic_named(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<i32, WalError> {
     let brokers = config.brokers.as_str();
     let timeout = Duration::from_millis(config.connect_timeout_ms);
     let deadline = Instant::now() + timeout;
@@ -304,13 +397,13 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let metadata = admin
             .inner()
-            .fetch_metadata(Some(&config.topic), Timeout::After(left))
+            .fetch_metadata(Some(name), Timeout::After(left))
             .map_err(|e| WalError::KafkaUnreachable {
                 brokers: brokers.to_owned(),
                 timeout_ms: config.connect_timeout_ms,
                 reason: e.to_string(),
             })?;
-        let topic = metadata.topics().iter().find(|t| t.name() == config.topic);
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
         match topic.map(|t| (t.error(), t.partitions().len())) {
             Some((None, n)) if n > 0 => {
                 return Ok(i32::try_from(n).unwrap_or(i32::MAX));
@@ -321,11 +414,11 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
                 return Err(WalError::Kafka {
                     op: "describe the topic",
                     brokers: brokers.to_owned(),
-                    reason: format!("not authorised for topic {}", config.topic),
+                    reason: format!("not authorised for topic {name}"),
                 });
             }
             _ if !created => {
-                create_topic(&admin, config, left)?;
+                create_topic(&admin, config, name, partitions, left)?;
                 created = true;
             }
             // Created; the brokers' metadata catches up shortly.
@@ -335,7 +428,7 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
             return Err(WalError::KafkaUnreachable {
                 brokers: brokers.to_owned(),
                 timeout_ms: config.connect_timeout_ms,
-                reason: format!("topic {} has no partitions yet", config.topic),
+                reason: format!("topic {name} has no partitions yet"),
             });
         }
         thread::sleep(Duration::from_millis(50));
@@ -345,12 +438,14 @@ pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
 fn create_topic(
     admin: &AdminClient<DefaultClientContext>,
     config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
     timeout: Duration,
 ) -> Result<(), WalError> {
     let brokers = config.brokers.as_str();
     let topic = NewTopic::new(
-        &config.topic,
-        config.partitions,
+        name,
+        partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
     let options = AdminOptions::new()
@@ -384,8 +479,12 @@ struct InFlight {
     bytes: usize,
     /// The durable LSN as this struct last advanced it.
     durable: Lsn,
-    /// LSNs above `durable + 1` already reported `PERSISTED` (bounded by `records`).
-    persisted: BTreeSet<Lsn>,
+    /// LSNs above `durable + 1` already reported `PERSISTED`, with their partition and
+    /// offset (bounded by `records`).
+    persisted: BTreeMap<Lsn, (i32, i64)>,
+    /// Per partition, the offset after the last record the durable prefix covers (records
+    /// replayed at start included); negative: nothing yet, the partition's beginning.
+    offsets: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -400,12 +499,32 @@ struct Shared {
     durability: Arc<Durability>,
     in_flight: Mutex<InFlight>,
     counters: Counters,
+    /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
+    sent_at_us: Box<[AtomicU64]>,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn new(in_flight: InFlight) -> Shared {
+        Shared {
+            durability: Arc::new(Durability::new(0)),
+            in_flight: Mutex::new(in_flight),
+            counters: Counters::default(),
+            sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn sent_slot(&self, lsn: Lsn) -> &AtomicU64 {
+        &self.sent_at_us[lsn as usize % SENT_AT_RING]
+    }
 }
 
 /// A delivery outcome, reduced to what the durability rule needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Persisted,
+    /// Persisted at this partition and offset.
+    Persisted(i32, i64),
     Failed(String),
 }
 
@@ -420,7 +539,7 @@ impl Shared {
             return;
         }
         match outcome {
-            Outcome::Persisted => {
+            Outcome::Persisted(partition, offset) => {
                 // Ordering: Relaxed — statistics; the durable LSN is the synchronising store.
                 self.counters
                     .records_persisted
@@ -428,10 +547,17 @@ impl Shared {
                 self.counters
                     .bytes_persisted
                     .fetch_add(bytes as u64, Ordering::Relaxed);
-                in_flight.persisted.insert(lsn);
+                in_flight.persisted.insert(lsn, (partition, offset));
                 let mut durable = in_flight.durable;
-                while in_flight.persisted.remove(&(durable + 1)) {
+                while let Some((partition, offset)) = in_flight.persisted.remove(&(durable + 1)) {
                     durable += 1;
+                    // One producer, in order per partition: offsets grow with LSNs.
+                    let next = usize::try_from(partition)
+                        .ok()
+                        .and_then(|p| in_flight.offsets.get_mut(p));
+                    if let Some(next) = next {
+                        *next = (*next).max(offset + 1);
+                    }
                 }
                 if durable > in_flight.durable {
                     in_flight.durable = durable;
@@ -441,16 +567,40 @@ impl Shared {
                 }
             }
             Outcome::Failed(reason) => {
-                in_flight.status = STATUS_FAILED;
                 drop(in_flight);
-                self.durability.record_failure(format!(
+                self.fail(format!(
                     "the record at LSN {lsn} was not persisted: {reason}"
                 ));
-                self.durability.finish(STATUS_FAILED);
             }
         }
     }
+
+    /// Fails the log for good: nothing more is appended or becomes durable.
+    fn fail(&self, why: String) {
+        lock(&self.in_flight).status = STATUS_FAILED;
+        self.durability.record_failure(why);
+        self.durability.finish(STATUS_FAILED);
+    }
 }
+
+/// The readers' consumer context (recovery, lock topic): the end of a partition is how they
+/// know they are done, not an error worth a log line; any other client error is logged as
+/// rdkafka's default context logs it.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            log::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// The producer's context: turns delivery reports into [`Shared::delivered`].
 struct DeliveryContext {
@@ -473,15 +623,32 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, lsn: usize) {
         use rdkafka::bindings::rd_kafka_msg_status_t as Status;
         let lsn = lsn as Lsn;
-        let (bytes, outcome) = match result {
+        let (bytes, outcome, status_label) = match result {
             Ok(message) => {
                 let status = persistence_status(message);
-                let outcome = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
-                    Outcome::Persisted
+                let (outcome, label) = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
+                    let shared = &self.shared;
+                    // Ordering: Relaxed — a statistic; the slot was stored before the send.
+                    let sent_us = shared.sent_slot(lsn).load(Ordering::Relaxed);
+                    let now_us = shared.epoch.elapsed().as_micros() as u64;
+                    metrics::histogram!(METRIC_DELIVERY_SECONDS)
+                        .record(now_us.saturating_sub(sent_us) as f64 / 1e6);
+                    (
+                        Outcome::Persisted(message.partition(), message.offset()),
+                        "persisted",
+                    )
                 } else {
-                    Outcome::Failed(format!("delivery succeeded with status {status:?}"))
+                    let label = if status == Status::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED {
+                        "possibly_persisted"
+                    } else {
+                        "not_persisted"
+                    };
+                    (
+                        Outcome::Failed(format!("delivery succeeded with status {status:?}")),
+                        label,
+                    )
                 };
-                (message.payload_len(), outcome)
+                (message.payload_len(), outcome, label)
             }
             Err((error, message)) => (
                 message.payload_len(),
@@ -489,8 +656,10 @@ impl ProducerContext for DeliveryContext {
                     "{error} (status {:?})",
                     persistence_status(message)
                 )),
+                "error",
             ),
         };
+        metrics::counter!(METRIC_DELIVERIES, "status" => status_label).increment(1);
         self.shared.delivered(lsn, bytes, outcome);
     }
 }
@@ -500,6 +669,8 @@ pub struct KafkaLog {
     shared: Arc<Shared>,
     producer: ThreadedProducer<DeliveryContext>,
     config: KafkaConfig,
+    /// The topic's writer lease, released at shutdown.
+    lease: Mutex<Option<WriterLease>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -516,25 +687,32 @@ impl KafkaLog {
     /// Checks the configuration, reaches the brokers (an unreachable broker is
     /// [`WalError::KafkaUnreachable`] after `connect_timeout_ms`), creates the topic when
     /// missing, starts the idempotent producer, and opens the recovery reader positioned at
-    /// the beginning of every partition.
-    pub fn open(config: KafkaConfig) -> Result<(KafkaLog, KafkaRecords), WalError> {
+    /// `start` (a snapshot's position) or at the beginning of every partition. Read the
+    /// records to their end, then call [`KafkaLog::resume`] before the first append.
+    pub fn open(
+        config: KafkaConfig,
+        start: Option<&KafkaPosition>,
+    ) -> Result<(KafkaLog, KafkaRecords), WalError> {
         config.validate()?;
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
         ensure_topic(&config)?;
-        let records = KafkaRecords::open(&config)?;
-        let shared = Arc::new(Shared {
-            durability: Arc::new(Durability::new(0)),
-            in_flight: Mutex::new(InFlight {
-                status: STATUS_OPEN,
-                next_lsn: 1,
-                records: 0,
-                bytes: 0,
-                durable: 0,
-                persisted: BTreeSet::new(),
-            }),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(InFlight {
+            status: STATUS_OPEN,
+            next_lsn: 1,
+            records: 0,
+            bytes: 0,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: Vec::new(),
+        }));
+        // One writer per topic: the lease comes before reading, so nobody writes behind the
+        // replay. Losing it fails the log (nothing more is acknowledged).
+        let lease = {
+            let shared = Arc::clone(&shared);
+            WriterLease::acquire(&config, &config.owner, move |why| shared.fail(why))?
+        };
+        let records = KafkaRecords::open_at(&config, start)?;
         let producer = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
@@ -545,6 +723,7 @@ impl KafkaLog {
                 shared,
                 producer,
                 config,
+                lease: Mutex::new(Some(lease)),
             },
             records,
         ))
@@ -553,6 +732,35 @@ impl KafkaLog {
     /// The configuration.
     pub fn config(&self) -> &KafkaConfig {
         &self.config
+    }
+
+    /// Continues after the recovery reader `records` was read to its end: local LSNs go on
+    /// after its last one (so snapshot LSNs grow across restarts) and the durable position
+    /// starts where it stopped. Call once, before the first append.
+    pub fn resume(&self, records: &KafkaRecords) {
+        let mut in_flight = lock(&self.shared.in_flight);
+        assert!(
+            in_flight.next_lsn == 1 && in_flight.records == 0,
+            "KafkaLog::resume after an append is a bug"
+        );
+        let last = records.last_lsn();
+        in_flight.next_lsn = last + 1;
+        in_flight.durable = last;
+        in_flight.offsets = records.next_offsets().to_vec();
+        self.shared.durability.advance(last);
+    }
+
+    /// The durable LSN and, consistent with it, per partition the offset after the last
+    /// record it covers: a snapshot of state that includes every record up to the LSN can be
+    /// replayed from these offsets (every record below them is at or below the LSN, or was
+    /// replayed at start).
+    pub fn durable_position(&self) -> KafkaPosition {
+        let in_flight = lock(&self.shared.in_flight);
+        KafkaPosition {
+            lsn: in_flight.durable,
+            topic: self.config.topic.clone(),
+            next_offsets: in_flight.offsets.clone(),
+        }
     }
 
     /// Produces `payloads` — the events of one decision, all about the auction `key` — with
@@ -588,6 +796,12 @@ impl KafkaLog {
         }
         let key = key.to_string();
         let first = in_flight.next_lsn;
+        let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
+        for lsn in first..first + payloads.len() as Lsn {
+            // Ordering: Relaxed — a statistic; the report reads it on librdkafka's thread
+            // after the send below, which synchronises through librdkafka's queue.
+            self.shared.sent_slot(lsn).store(sent_us, Ordering::Relaxed);
+        }
         for (i, payload) in payloads.iter().enumerate() {
             let lsn = first + i as Lsn;
             let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
@@ -680,6 +894,10 @@ impl KafkaLog {
                 SHUTDOWN_FLUSH_MAX.as_secs()
             ));
         }
+        // Nothing more is written: a successor may start at once.
+        if let Some(mut lease) = lock(&self.lease).take() {
+            lease.release();
+        }
         if let Some(failure) = self.failure() {
             lock(&self.shared.in_flight).status = STATUS_FAILED;
             self.shared.durability.finish(STATUS_FAILED);
@@ -704,7 +922,7 @@ impl Drop for KafkaLog {
 /// Memory: librdkafka's fetch buffers and one payload. Ends at the first error; a stretch of
 /// `connect_timeout_ms` without any record or end event is an error too (bounded).
 pub struct KafkaRecords {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
     brokers: String,
     /// Per partition: whether its end was reached.
@@ -712,6 +930,9 @@ pub struct KafkaRecords {
     /// Partitions not yet read to their end.
     remaining: usize,
     next_lsn: Lsn,
+    /// Per partition, the offset after the last record read (negative: none read, and the
+    /// start was the beginning).
+    next_offsets: Vec<i64>,
     stall_max: Duration,
     failed: bool,
 }
@@ -730,16 +951,29 @@ impl KafkaRecords {
     /// Opens a reader of the whole topic; a missing topic is an error (this never creates
     /// one).
     pub fn open(config: &KafkaConfig) -> Result<KafkaRecords, WalError> {
+        KafkaRecords::open_at(config, None)
+    }
+
+    /// Opens a reader of the topic from `start` (records numbered from its LSN + 1), or from
+    /// the beginning. A start offset the broker no longer has (the topic was recreated or
+    /// truncated) is an error, never a silent reset.
+    pub fn open_at(
+        config: &KafkaConfig,
+        start: Option<&KafkaPosition>,
+    ) -> Result<KafkaRecords, WalError> {
         let brokers = config.brokers.as_str();
         let timeout = Duration::from_millis(config.connect_timeout_ms);
-        let consumer: BaseConsumer = config
+        let consumer: BaseConsumer<ReaderContext> = config
             .client_config()
             .set("group.id", "gavel-wal-recovery")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()
+            .set("auto.offset.reset", "error")
+            // At a partition's end a fetch waits this long for more (500 ms by default):
+            // recovery wants the end-of-partition event, not more records.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(ReaderContext)
             .map_err(kafka_error("create the recovery consumer", brokers))?;
         let metadata = consumer
             .fetch_metadata(Some(&config.topic), Timeout::After(timeout))
@@ -760,11 +994,37 @@ impl KafkaRecords {
                 reason: format!("topic {} does not exist", config.topic),
             });
         }
+        if let Some(start) = start
+            && (start.topic != config.topic || start.next_offsets.len() > partitions)
+        {
+            return Err(WalError::Kafka {
+                op: "resume from a snapshot",
+                brokers: brokers.to_owned(),
+                reason: format!(
+                    "the snapshot is of topic {} with {} partitions; topic {} has {partitions}",
+                    start.topic,
+                    start.next_offsets.len(),
+                    config.topic
+                ),
+            });
+        }
+        let next_offsets: Vec<i64> = (0..partitions)
+            .map(|p| {
+                start
+                    .and_then(|s| s.next_offsets.get(p).copied())
+                    .unwrap_or(-1)
+            })
+            .collect();
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for (partition, &next) in next_offsets.iter().enumerate() {
             let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            let offset = if next < 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(next)
+            };
             assignment
-                .add_partition_offset(&config.topic, partition, Offset::Beginning)
+                .add_partition_offset(&config.topic, partition, offset)
                 .map_err(kafka_error("assign a partition", brokers))?;
         }
         consumer
@@ -776,7 +1036,8 @@ impl KafkaRecords {
             brokers: config.brokers.clone(),
             done: vec![false; partitions],
             remaining: partitions,
-            next_lsn: 1,
+            next_lsn: start.map_or(0, |s| s.lsn) + 1,
+            next_offsets,
             stall_max: timeout,
             failed: false,
         })
@@ -787,9 +1048,15 @@ impl KafkaRecords {
         self.done.len()
     }
 
-    /// Records read so far.
-    pub fn records_read(&self) -> u64 {
+    /// The LSN of the last record read (the start's LSN before any).
+    pub fn last_lsn(&self) -> Lsn {
         self.next_lsn - 1
+    }
+
+    /// Per partition, the offset after the last record read (negative: none read from a
+    /// start at the beginning).
+    pub fn next_offsets(&self) -> &[i64] {
+        &self.next_offsets
     }
 }
 
@@ -822,6 +1089,12 @@ impl Iterator for KafkaRecords {
                 Ok(message) => {
                     let lsn = self.next_lsn;
                     self.next_lsn += 1;
+                    let next = usize::try_from(message.partition())
+                        .ok()
+                        .and_then(|p| self.next_offsets.get_mut(p));
+                    if let Some(next) = next {
+                        *next = message.offset() + 1;
+                    }
                     let payload = message.payload().unwrap_or_default().to_vec();
                     return Some(Ok(Record { lsn, payload }));
                 }
@@ -851,45 +1124,53 @@ mod tests {
     use crate::error::WaitError;
 
     fn shared() -> Shared {
-        Shared {
-            durability: Arc::new(Durability::new(0)),
-            in_flight: Mutex::new(InFlight {
-                status: STATUS_OPEN,
-                next_lsn: 6,
-                records: 5,
-                bytes: 50,
-                durable: 0,
-                persisted: BTreeSet::new(),
-            }),
-            counters: Counters::default(),
-        }
+        Shared::new(InFlight {
+            status: STATUS_OPEN,
+            next_lsn: 6,
+            records: 5,
+            bytes: 50,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: vec![-1; 2],
+        })
     }
 
     #[test]
     fn the_durable_lsn_advances_only_over_a_contiguous_persisted_prefix() {
         let s = shared();
-        s.delivered(2, 10, Outcome::Persisted);
-        s.delivered(3, 10, Outcome::Persisted);
+        s.delivered(2, 10, Outcome::Persisted(0, 5));
+        s.delivered(3, 10, Outcome::Persisted(1, 7));
         assert_eq!(s.durability.durable_lsn(), 0, "LSN 1 not reported yet");
-        s.delivered(1, 10, Outcome::Persisted);
+        assert_eq!(lock(&s.in_flight).offsets, [-1, -1]);
+        s.delivered(1, 10, Outcome::Persisted(0, 4));
         assert_eq!(s.durability.durable_lsn(), 3);
-        s.delivered(5, 10, Outcome::Persisted);
+        assert_eq!(
+            lock(&s.in_flight).offsets,
+            [6, 8],
+            "after the prefix's records"
+        );
+        s.delivered(5, 10, Outcome::Persisted(1, 9));
         assert_eq!(s.durability.durable_lsn(), 3);
         let in_flight = lock(&s.in_flight);
+        assert_eq!(
+            in_flight.offsets,
+            [6, 8],
+            "LSN 5 is beyond the durable prefix"
+        );
         assert_eq!((in_flight.records, in_flight.bytes), (1, 10));
     }
 
     #[test]
     fn a_report_that_is_not_persisted_fails_the_log_and_freezes_the_durable_lsn() {
         let s = shared();
-        s.delivered(1, 10, Outcome::Persisted);
+        s.delivered(1, 10, Outcome::Persisted(0, 0));
         s.delivered(
             2,
             10,
             Outcome::Failed("status RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED".into()),
         );
         // Later successes never move it: LSN 3 could depend on LSN 2's auction state.
-        s.delivered(3, 10, Outcome::Persisted);
+        s.delivered(3, 10, Outcome::Persisted(0, 0));
         assert_eq!(s.durability.durable_lsn(), 1);
         assert_eq!(
             s.durability.wait(3, Duration::from_secs(1)),

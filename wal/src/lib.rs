@@ -17,6 +17,8 @@
 //! - [`log`] — [`Log`], the one interface over the file log and the Kafka log.
 //! - `kafka` (feature `kafka`) — `KafkaLog`: an idempotent rdkafka producer, the durable LSN
 //!   from `PERSISTED` delivery reports, topic creation, and the recovery reader.
+//! - `fence` (feature `kafka`) — `WriterLease`: one writer per topic, a lease in a lock
+//!   topic.
 //! - [`snapshot`] — atomic snapshot files, the restore/fallback rule, retention.
 //! - [`inspect`] — offline [`verify`] and [`records`] for `gavel wal verify` / `dump`.
 //! - [`error`] — [`WalError`]; the hot path's small `Copy` errors [`AppendError`],
@@ -61,6 +63,8 @@
 
 mod durability;
 pub mod error;
+#[cfg(feature = "kafka")]
+pub mod fence;
 pub mod frame;
 pub mod inspect;
 #[cfg(feature = "kafka")]

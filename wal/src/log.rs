@@ -11,8 +11,10 @@
 //! agree on what replay needs: each auction's records in the order they were appended (the
 //! file log: log order; Kafka: each partition in order, one auction per partition).
 //!
-//! Snapshots stay file-based: only the file log writes and compacts them (a Kafka node
-//! replays its topic from the beginning; snapshots with recorded offsets come later).
+//! Snapshots are files either way: the file log keeps them beside its segments and compacts
+//! the log behind them; a Kafka node keeps them in its data directory with the partitions'
+//! offsets they cover ([`KafkaLog::durable_position`](crate::kafka::KafkaLog::durable_position))
+//! and replays the topic from those offsets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +28,10 @@ use crate::{DurableFuture, Lsn, Wal, WalMetrics};
 pub enum Log {
     /// The embedded segmented file log.
     File(Wal),
-    /// A Kafka topic.
+    /// A Kafka topic (boxed: its client handles and settings make it much larger than a
+    /// `Wal` handle).
     #[cfg(feature = "kafka")]
-    Kafka(crate::kafka::KafkaLog),
+    Kafka(Box<crate::kafka::KafkaLog>),
 }
 
 impl Log {

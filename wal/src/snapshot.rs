@@ -308,6 +308,22 @@ pub(crate) fn retention(dir: &Path) -> Result<Option<(Lsn, Vec<PathBuf>)>, WalEr
     Ok(None)
 }
 
+/// Keeps the two newest valid snapshots of `dir` and deletes the older snapshot files (the
+/// retention rule without a log to compact: a Kafka node's snapshot directory). Returns what
+/// it deleted.
+pub fn remove_old_snapshots(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    let Some((_, older)) = retention(dir)? else {
+        return Ok(Vec::new());
+    };
+    for path in &older {
+        fs::remove_file(path).map_err(WalError::io("remove", path))?;
+    }
+    if !older.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(older)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

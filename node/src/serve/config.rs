@@ -231,10 +231,37 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_PARTITIONS", value_name = "COUNT")]
     pub kafka_partitions: Option<i32>,
 
-    /// How long the start waits for the Kafka brokers before giving up, in milliseconds.
-    /// [default: 10000]
+    /// How long the start waits for the Kafka brokers (and for another node's lapsing
+    /// writer lease) before giving up, in milliseconds. [default: 10000]
     #[arg(long, env = "GAVEL_KAFKA_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub kafka_connect_timeout_ms: Option<u64>,
+
+    /// Records sent to Kafka and not yet reported persisted, at most; beyond, bids are
+    /// refused Overloaded. [default: 65536]
+    #[arg(long, env = "GAVEL_KAFKA_QUEUE_RECORDS_MAX", value_name = "COUNT")]
+    pub kafka_queue_records_max: Option<usize>,
+
+    /// Payload bytes sent to Kafka and not yet reported persisted, at most. [default:
+    /// 33554432]
+    #[arg(long, env = "GAVEL_KAFKA_QUEUE_BYTES_MAX", value_name = "BYTES")]
+    pub kafka_queue_bytes_max: Option<usize>,
+
+    /// How long a record may wait for its Kafka delivery (a broker outage included) before
+    /// it fails, and with it the log and the node, in milliseconds (librdkafka's
+    /// message.timeout.ms). [default: 300000]
+    #[arg(long, env = "GAVEL_KAFKA_MESSAGE_TIMEOUT_MS", value_name = "MS")]
+    pub kafka_message_timeout_ms: Option<u64>,
+
+    /// How long the Kafka producer waits to fill a batch, in milliseconds (librdkafka's
+    /// linger.ms). [default: 1]
+    #[arg(long, env = "GAVEL_KAFKA_LINGER_MS", value_name = "MS")]
+    pub kafka_linger_ms: Option<u64>,
+
+    /// The topic's writer lease, in milliseconds: one node writes a topic; a node that
+    /// cannot renew its lease this long stops, and a successor of a crashed node waits
+    /// this long. [default: 10000]
+    #[arg(long, env = "GAVEL_KAFKA_WRITER_LEASE_MS", value_name = "MS")]
+    pub kafka_writer_lease_ms: Option<u64>,
 
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     /// [default: 1000000]
@@ -342,6 +369,8 @@ impl ServeOptions {
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
             wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
+            kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
+            kafka_linger_ms, kafka_writer_lease_ms,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -502,7 +531,12 @@ impl ServeOptions {
                     self.kafka_brokers.is_none()
                         && self.kafka_topic.is_none()
                         && self.kafka_partitions.is_none()
-                        && self.kafka_connect_timeout_ms.is_none(),
+                        && self.kafka_connect_timeout_ms.is_none()
+                        && self.kafka_queue_records_max.is_none()
+                        && self.kafka_queue_bytes_max.is_none()
+                        && self.kafka_message_timeout_ms.is_none()
+                        && self.kafka_linger_ms.is_none()
+                        && self.kafka_writer_lease_ms.is_none(),
                     "--kafka-* options need --wal kafka"
                 );
                 None
@@ -518,6 +552,19 @@ impl ServeOptions {
                     connect_timeout_ms: self
                         .kafka_connect_timeout_ms
                         .unwrap_or(defaults.connect_timeout_ms),
+                    queue_records_max: self
+                        .kafka_queue_records_max
+                        .unwrap_or(defaults.queue_records_max),
+                    queue_bytes_max: self
+                        .kafka_queue_bytes_max
+                        .unwrap_or(defaults.queue_bytes_max),
+                    message_timeout_ms: self
+                        .kafka_message_timeout_ms
+                        .unwrap_or(defaults.message_timeout_ms),
+                    linger_ms: self.kafka_linger_ms.unwrap_or(defaults.linger_ms),
+                    writer_lease_ms: self
+                        .kafka_writer_lease_ms
+                        .unwrap_or(defaults.writer_lease_ms),
                     ..defaults
                 };
                 kafka.validate().context("invalid Kafka log setting")?;
@@ -713,6 +760,53 @@ mod tests {
         let err = format!(
             "{:#}",
             parse(&["--dev", "--kafka-topic", "t"])
+                .resolve()
+                .unwrap_err()
+        );
+        assert!(err.contains("--wal kafka"), "{err}");
+    }
+
+    #[test]
+    fn kafka_bounds_timeouts_and_lease_come_from_flags_or_toml_and_are_checked() {
+        let config = parse(&[
+            "--dev",
+            "--wal",
+            "kafka",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--kafka-queue-records-max",
+            "128",
+            "--kafka-queue-bytes-max",
+            "65536",
+            "--kafka-message-timeout-ms",
+            "5000",
+            "--kafka-linger-ms",
+            "0",
+            "--kafka-writer-lease-ms",
+            "2000",
+        ])
+        .resolve()
+        .unwrap();
+        let kafka = config.node.kafka.unwrap();
+        assert_eq!(
+            (
+                kafka.queue_records_max,
+                kafka.queue_bytes_max,
+                kafka.message_timeout_ms,
+                kafka.linger_ms,
+                kafka.writer_lease_ms
+            ),
+            (128, 65536, 5000, 0, 2000)
+        );
+        let file: ServeOptions = toml::from_str(
+            "dev = true\nwal = \"kafka\"\nkafka_brokers = \"127.0.0.1:9\"\nkafka_writer_lease_ms = 100\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", file.resolve().unwrap_err());
+        assert!(err.contains("writer_lease_ms"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse(&["--dev", "--kafka-linger-ms", "1"])
                 .resolve()
                 .unwrap_err()
         );

@@ -35,6 +35,7 @@ pub use config::{ServeConfig, ServeOptions, TlsSource};
 
 use crate::backend::NodeBackend;
 use crate::node::Node;
+use gavel_wal::{Log, kafka};
 
 /// Most auctions closed per tick; the rest wait for the next tick.
 const CLOSE_PER_TICK_MAX: usize = 1024;
@@ -117,6 +118,24 @@ fn describe_node_metrics() {
         "gavel_wal_last_sync_seconds",
         Unit::Seconds,
         "Duration of the log's latest fdatasync."
+    );
+    describe_counter!(
+        kafka::METRIC_DELIVERIES,
+        "Kafka log delivery reports, by status (persisted, not_persisted, possibly_persisted, error)."
+    );
+    metrics::describe_histogram!(
+        kafka::METRIC_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Kafka log produce to PERSISTED delivery report, seconds."
+    );
+    describe_gauge!(
+        kafka::METRIC_IN_FLIGHT_RECORDS,
+        "Kafka log records produced and not yet reported."
+    );
+    describe_gauge!(
+        kafka::METRIC_IN_FLIGHT_BYTES,
+        Unit::Bytes,
+        "Kafka log payload bytes produced and not yet reported."
     );
 }
 
@@ -515,5 +534,9 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         metrics::counter!("gavel_wal_syncs_total").absolute(wal.batches_synced_total);
         metrics::counter!("gavel_wal_backpressure_total").absolute(wal.backpressure_total);
         metrics::gauge!("gavel_wal_last_sync_seconds").set(wal.last_sync_latency_us as f64 / 1e6);
+        if let Log::Kafka(_) = node.wal() {
+            metrics::gauge!(kafka::METRIC_IN_FLIGHT_RECORDS).set(wal.queue_records as f64);
+            metrics::gauge!(kafka::METRIC_IN_FLIGHT_BYTES).set(wal.queue_bytes as f64);
+        }
     }
 }

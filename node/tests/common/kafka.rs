@@ -1,9 +1,11 @@
 //! A real Kafka-protocol broker for tests: [`Broker::start`] runs `tansu` (installed by
-//! `ops/test.sh` when missing) on a free loopback port with in-memory storage, waits until
-//! it accepts connections, and the guard kills it when dropped — on panic too.
+//! `ops/test.sh` when missing) on a free loopback port with in-memory storage (or, with
+//! [`Broker::start_durable`], sqlite storage that survives [`Broker::stop`] and
+//! [`Broker::restart`]), waits until it accepts connections, and the guard kills it when
+//! dropped — on panic too.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +18,10 @@ const BROKER_READY_MAX: Duration = Duration::from_secs(30);
 pub struct Broker {
     child: Child,
     addr: SocketAddr,
+    /// `--storage-engine`.
+    storage: String,
+    /// The broker's working directory (where a relative sqlite path lives).
+    dir: Option<PathBuf>,
 }
 
 /// The `tansu` binary: on `PATH`, or in `~/.cargo/bin` where `cargo install` puts it.
@@ -50,9 +56,19 @@ impl Broker {
     /// Starts a broker with in-memory storage on a free loopback port and waits until it
     /// accepts connections.
     pub fn start() -> Broker {
-        let port = free_port();
+        Broker::spawn(free_port(), "memory://tansu/", None)
+    }
+
+    /// Starts a broker whose storage survives a restart (`sqlite://tansu.db`, a file in
+    /// `dir`) on a free loopback port; [`Broker::stop`] and [`Broker::restart`] keep it.
+    pub fn start_durable(dir: &Path) -> Broker {
+        Broker::spawn(free_port(), "sqlite://tansu.db", Some(dir.to_path_buf()))
+    }
+
+    fn spawn(port: u16, storage: &str, dir: Option<PathBuf>) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
+        let mut command = Command::new(tansu_binary());
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -60,32 +76,58 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tansu");
+            .stderr(Stdio::null());
+        if let Some(dir) = &dir {
+            // A relative sqlite path is relative to the broker's working directory.
+            command.current_dir(dir);
+        }
+        let child = command.spawn().expect("starting tansu");
         let mut broker = Broker {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            storage: storage.to_owned(),
+            dir,
         };
+        broker.wait_ready();
+        broker
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + BROKER_READY_MAX;
         loop {
-            if TcpStream::connect_timeout(&broker.addr, Duration::from_millis(200)).is_ok() {
-                return broker;
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
             }
-            if let Ok(Some(status)) = broker.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tansu exited before accepting connections: {status}");
             }
             assert!(
                 Instant::now() < deadline,
                 "tansu did not accept connections on {} within {BROKER_READY_MAX:?}",
-                broker.addr
+                self.addr
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the broker (SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port with the same storage and waits until it
+    /// accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.addr.port();
+        let restarted = Broker::spawn(port, &self.storage.clone(), self.dir.clone());
+        // The old child is reaped; the guard now owns the new one.
+        *self = restarted;
     }
 
     /// `host:port` for `bootstrap.servers`.

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 pub mod cdp;
+pub mod crash;
 pub mod https;
 pub mod kafka;
 pub mod serve;

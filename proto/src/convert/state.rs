@@ -8,6 +8,8 @@
 //!   is not 0, …) is checked by `Engine::restore`, which owns those invariants and answers
 //!   with a `RestoreError`.
 //! - [`encode_snapshot`] / [`decode_snapshot`]: a whole [`pb::Snapshot`] in one buffer.
+//! - [`encode_snapshot_position`] / [`decode_snapshot_with_position`]: a Kafka log node's
+//!   snapshot also records where its states stand in the topic.
 //! - [`encode_snapshot_header`] and [`encode_snapshot_auction`]: the same bytes written piece
 //!   by piece, one auction at a time, so that the log can stream a large snapshot instead of
 //!   building every record first (a snapshot of a million auctions is large). A reader that
@@ -200,6 +202,7 @@ pub fn encode_snapshot_header(lsn: u64, taken_at: UnixMicros, buf: &mut Vec<u8>)
         lsn,
         taken_at_us: taken_at.0,
         auctions: Vec::new(),
+        kafka: None,
     };
     header
         .encode(buf)
@@ -235,6 +238,34 @@ pub fn encode_snapshot(lsn: u64, taken_at: UnixMicros, auctions: &[AuctionState]
 pub fn decode_snapshot(
     bytes: &[u8],
 ) -> Result<(u64, UnixMicros, Vec<AuctionState>), SnapshotError> {
+    let (lsn, taken_at, auctions, _) = decode_snapshot_with_position(bytes)?;
+    Ok((lsn, taken_at, auctions))
+}
+
+/// Appends a Kafka log's position to a snapshot being written (after its auctions or
+/// before: protobuf merges the fields of concatenated messages).
+pub fn encode_snapshot_position(position: pb::KafkaPosition, buf: &mut Vec<u8>) {
+    pb::Snapshot {
+        kafka: Some(position),
+        ..pb::Snapshot::default()
+    }
+    .encode(buf)
+    .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
+}
+
+/// [`decode_snapshot`], and the Kafka position the snapshot records, if any.
+#[allow(clippy::type_complexity)] // the tuple of `decode_snapshot` plus one field
+pub fn decode_snapshot_with_position(
+    bytes: &[u8],
+) -> Result<
+    (
+        u64,
+        UnixMicros,
+        Vec<AuctionState>,
+        Option<pb::KafkaPosition>,
+    ),
+    SnapshotError,
+> {
     let snapshot = pb::Snapshot::decode(bytes)?;
     if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(SnapshotError::Version {
@@ -250,7 +281,12 @@ pub fn decode_snapshot(
             AuctionState::try_from(record).map_err(|error| SnapshotError::Auction { index, error })
         })
         .collect::<Result<_, _>>()?;
-    Ok((snapshot.lsn, UnixMicros(snapshot.taken_at_us), auctions))
+    Ok((
+        snapshot.lsn,
+        UnixMicros(snapshot.taken_at_us),
+        auctions,
+        snapshot.kafka,
+    ))
 }
 
 #[cfg(test)]
@@ -271,6 +307,15 @@ mod tests {
         let mut buf = Vec::new();
         encode_snapshot_header(3, UnixMicros(4), &mut buf);
         assert_eq!(decode_snapshot(&buf), Ok((3, UnixMicros(4), Vec::new())));
+        let position = pb::KafkaPosition {
+            topic: "t".into(),
+            next_offsets: vec![-1, 7],
+        };
+        encode_snapshot_position(position.clone(), &mut buf);
+        assert_eq!(
+            decode_snapshot_with_position(&buf),
+            Ok((3, UnixMicros(4), Vec::new(), Some(position)))
+        );
         assert_eq!(
             pb::Snapshot::decode(buf.as_slice()).map(|s| s.format_version),
             Ok(SNAPSHOT_FORMAT_VERSION)

@@ -1,0 +1,481 @@
+//! [`WriterLease`]: one writer per Kafka topic — a lease held through records in a lock topic
+//! `<topic>.writer` (one partition, so every node sees the same order of claims).
+//!
+//! # The rule
+//!
+//! Records are `claim <owner> <lease_ms>`, `beat <owner> <lease_ms>` and `release <owner>`,
+//! each timestamped by its producer's clock. Folding the partition in order: a claim takes
+//! the lease if nobody holds it or the holder's last claim/beat is `lease_ms` older than the
+//! claim; a beat renews only a holder whose lease had not lapsed at the beat; a release by
+//! the holder frees it.
+//!
+//! A starting node reads the partition; while another owner holds a live lease it waits
+//! (at most `connect_timeout_ms`: a dead holder's lease runs out, a live one keeps beating)
+//! and is then refused with [`WalError::KafkaFenced`] naming the holder. Otherwise it
+//! produces its claim, reads up to it, and holds the lease only if its claim won (another
+//! node's claim in between wins instead). The holder beats every `lease_ms / 3`; if a beat
+//! cannot be persisted within `lease_ms` of the previous one, another claim may have won:
+//! the holder's log fails at once (it acknowledges nothing more). Shutdown releases the
+//! lease so a successor starts at once; after a crash the successor waits out the lease.
+//!
+//! # Limits
+//!
+//! Clocks of the nodes must agree to well within the lease. This is a lease, not a
+//! broker-enforced fence: records a stale owner had already sent when it stopped (a paused
+//! process) could still land after its successor's replay; the successor's next replay would
+//! then refuse to start on the diverging record rather than lose anything silently.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::durability::lock;
+use crate::error::WalError;
+use crate::kafka::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
+
+/// One poll of the lock reader.
+const POLL: Duration = Duration::from_millis(100);
+/// One poll for the lease producer's delivery report.
+const REPORT_POLL: Duration = Duration::from_millis(1);
+/// Longest wait for the release record at shutdown (best effort: without it a successor
+/// waits out the lease).
+const RELEASE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The lock topic of a log topic.
+pub fn lock_topic(topic: &str) -> String {
+    format!("{topic}.writer")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Who holds the lease, as the partition's records so far say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    owner: String,
+    last_beat_ms: i64,
+    lease_ms: i64,
+}
+
+/// The lease folded from the lock partition in order (see the module docs).
+#[derive(Debug, Default)]
+struct LeaseState {
+    holder: Option<Holder>,
+}
+
+impl LeaseState {
+    fn apply(&mut self, value: &str, timestamp_ms: i64) {
+        let mut words = value.split(' ');
+        let (Some(kind), Some(owner)) = (words.next(), words.next()) else {
+            return;
+        };
+        let lease_ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let live = |h: &Holder| timestamp_ms < h.last_beat_ms + h.lease_ms;
+        let held_by_owner = self.holder.as_ref().is_some_and(|h| h.owner == owner);
+        match kind {
+            "claim" if held_by_owner || !self.holder.as_ref().is_some_and(live) => {
+                self.holder = Some(Holder {
+                    owner: owner.to_owned(),
+                    last_beat_ms: timestamp_ms,
+                    lease_ms,
+                });
+            }
+            "beat" if held_by_owner && self.holder.as_ref().is_some_and(live) => {
+                if let Some(h) = &mut self.holder {
+                    h.last_beat_ms = timestamp_ms;
+                }
+            }
+            "release" if held_by_owner => self.holder = None,
+            _ => {}
+        }
+    }
+
+    /// The holder other than `me` whose lease is live at `now_ms`.
+    fn other_live_holder(&self, me: &str, now_ms: i64) -> Option<&Holder> {
+        self.holder
+            .as_ref()
+            .filter(|h| h.owner != me && now_ms < h.last_beat_ms + h.lease_ms)
+    }
+}
+
+/// Reads the lock partition in order into a [`LeaseState`].
+struct LockReader {
+    consumer: BaseConsumer<ReaderContext>,
+    state: LeaseState,
+    /// Offset after the last record read.
+    next_offset: i64,
+    /// The last event was the end of the partition.
+    at_end: bool,
+}
+
+impl LockReader {
+    fn open(config: &KafkaConfig, topic: &str) -> Result<LockReader, WalError> {
+        let brokers = config.brokers.as_str();
+        let consumer: BaseConsumer<ReaderContext> = config
+            .client_config()
+            .set("group.id", "gavel-wal-lock-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            // Claims and beats are few: answer each fetch at once rather than after 500 ms.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(ReaderContext)
+            .map_err(kafka_error("create the lock reader", brokers))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(kafka_error("assign the lock partition", brokers))?;
+        consumer
+            .assign(&assignment)
+            .map_err(kafka_error("assign the lock partition", brokers))?;
+        Ok(LockReader {
+            consumer,
+            state: LeaseState::default(),
+            next_offset: 0,
+            at_end: false,
+        })
+    }
+
+    /// Reads records until `until` is met (or fails at `deadline`).
+    fn read(&mut self, until: Until, deadline: Instant, brokers: &str) -> Result<(), WalError> {
+        let started = Instant::now();
+        loop {
+            let done = match until {
+                Until::End => self.at_end,
+                Until::Past(offset) => self.next_offset > offset,
+                Until::For(time) => started.elapsed() >= time,
+            };
+            if done {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(WalError::Kafka {
+                    op: "read the writer lock topic",
+                    brokers: brokers.to_owned(),
+                    reason: "it did not reach its end in time".to_owned(),
+                });
+            }
+            match self.consumer.poll(Timeout::After(POLL)) {
+                None => {}
+                Some(Ok(message)) => {
+                    self.at_end = false;
+                    self.next_offset = message.offset() + 1;
+                    let value = message
+                        .payload()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    let timestamp = message.timestamp().to_millis().unwrap_or(0);
+                    self.state.apply(&value, timestamp);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => self.at_end = true,
+                Some(Err(error)) => {
+                    return Err(kafka_error("read the writer lock topic", brokers)(error));
+                }
+            }
+        }
+    }
+}
+
+/// How far [`LockReader::read`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// The end of the partition (its end-of-partition event, which comes once per end).
+    End,
+    /// Past this offset.
+    Past(i64),
+    /// For this long (whatever arrives meanwhile).
+    For(Duration),
+}
+
+/// Delivery reports of the lease's producer: the last one, as an offset or an error.
+#[derive(Clone, Default)]
+struct LeaseDeliveries(Arc<Mutex<Option<Result<i64, String>>>>);
+
+impl ClientContext for LeaseDeliveries {}
+
+impl ProducerContext for LeaseDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let outcome = match result {
+            Ok(message) => Ok(message.offset()),
+            Err((error, _)) => Err(error.to_string()),
+        };
+        *lock(&self.0) = Some(outcome);
+    }
+}
+
+/// Produces one lock record and waits (up to `timeout`) for it to be persisted; its offset.
+/// Also gives up as soon as `stop` is set (a heartbeat must not hold up the shutdown).
+fn produce(
+    producer: &BaseProducer<LeaseDeliveries>,
+    topic: &str,
+    value: &str,
+    timeout: Duration,
+    stop: Option<&Mutex<bool>>,
+) -> Result<i64, String> {
+    *lock(&producer.context().0) = None;
+    let record = BaseRecord::to(topic)
+        .key("writer")
+        .payload(value)
+        .timestamp(now_ms());
+    producer.send(record).map_err(|(e, _)| e.to_string())?;
+    // Polling serves the report as soon as it comes (`flush` checks only every 100 ms).
+    let deadline = Instant::now() + timeout;
+    loop {
+        producer.poll(Timeout::After(REPORT_POLL));
+        if let Some(outcome) = lock(&producer.context().0).take() {
+            return outcome;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no delivery report within {} ms",
+                timeout.as_millis()
+            ));
+        }
+        if stop.is_some_and(|stop| *lock(stop)) {
+            return Err("stopped".to_owned());
+        }
+    }
+}
+
+/// What the heartbeat thread and the lease share.
+struct Beating {
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The writer lease of one topic, held from [`WriterLease::acquire`] until
+/// [`WriterLease::release`] (or drop); see the module docs.
+pub struct WriterLease {
+    owner: String,
+    topic: String,
+    beating: Arc<Beating>,
+    heartbeat: Option<JoinHandle<BaseProducer<LeaseDeliveries>>>,
+}
+
+impl std::fmt::Debug for WriterLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterLease")
+            .field("owner", &self.owner)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WriterLease {
+    /// Takes the writer lease of `config.topic` for `owner` (or refuses, see the module
+    /// docs), then beats in the background; `lost` is called once if the lease may have
+    /// lapsed.
+    pub fn acquire(
+        config: &KafkaConfig,
+        owner: &str,
+        lost: impl FnOnce(String) + Send + 'static,
+    ) -> Result<WriterLease, WalError> {
+        let brokers = config.brokers.as_str();
+        let topic = lock_topic(&config.topic);
+        let lease = Duration::from_millis(config.writer_lease_ms);
+        let lease_ms = config.writer_lease_ms as i64;
+        let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms);
+        ensure_topic_named(config, &topic, 1)?;
+        let mut reader = LockReader::open(config, &topic)?;
+        let refused = |holder: &Holder| WalError::KafkaFenced {
+            topic: config.topic.clone(),
+            owner: holder.owner.clone(),
+            age_ms: (now_ms() - holder.last_beat_ms).max(0) as u64,
+            lease_ms: holder.lease_ms.max(0) as u64,
+        };
+        // Wait out another holder's lease, within the start's bounded wait (a live holder
+        // keeps beating, a dead one's lease lapses).
+        reader.read(Until::End, deadline, brokers)?;
+        while let Some(holder) = reader.state.other_live_holder(owner, now_ms()) {
+            let lapses_in = Duration::from_millis(
+                (holder.last_beat_ms + holder.lease_ms - now_ms()).max(1) as u64,
+            );
+            if Instant::now() + lapses_in >= deadline {
+                return Err(refused(holder));
+            }
+            reader.read(Until::For(lapses_in), deadline, brokers)?;
+        }
+        let producer: BaseProducer<LeaseDeliveries> = config
+            .lease_producer_config()
+            .create_with_context(LeaseDeliveries::default())
+            .map_err(kafka_error("create the lease producer", brokers))?;
+        let claimed_at = Instant::now();
+        let claim = produce(
+            &producer,
+            &topic,
+            &format!("claim {owner} {lease_ms}"),
+            lease,
+            None,
+        )
+        .map_err(|reason| WalError::Kafka {
+            op: "claim the writer lease",
+            brokers: brokers.to_owned(),
+            reason,
+        })?;
+        // Beat from now on: the lease others see runs from the claim's timestamp.
+        let beating = Arc::new(Beating {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let heartbeat = {
+            let (beating, topic, owner) = (Arc::clone(&beating), topic.clone(), owner.to_owned());
+            thread::Builder::new()
+                .name("gavel-wal-lease".into())
+                .spawn(move || beat(producer, &topic, &owner, lease, claimed_at, &beating, lost))
+                .map_err(|e| WalError::Kafka {
+                    op: "start the lease heartbeat",
+                    brokers: brokers.to_owned(),
+                    reason: e.to_string(),
+                })?
+        };
+        let mut held = WriterLease {
+            owner: owner.to_owned(),
+            topic,
+            beating,
+            heartbeat: Some(heartbeat),
+        };
+        // Did the claim win? Another node's claim just before it wins instead.
+        reader.read(Until::Past(claim), deadline, brokers)?;
+        if let Some(holder) = reader.state.holder.as_ref().filter(|h| h.owner != owner) {
+            held.stop_beating();
+            return Err(refused(holder));
+        }
+        Ok(held)
+    }
+
+    /// Stops beating and releases the lease (so a successor starts at once); best effort:
+    /// without the release record a successor waits for the lease to lapse. Idempotent.
+    pub fn release(&mut self) {
+        // The heartbeat thread hands its producer back for the release record.
+        if let Some(producer) = self.stop_beating() {
+            let release = format!("release {}", self.owner);
+            let _ = produce(&producer, &self.topic, &release, RELEASE_WAIT_MAX, None);
+        }
+    }
+
+    /// Stops the heartbeat thread; its producer, if it was running.
+    fn stop_beating(&mut self) -> Option<BaseProducer<LeaseDeliveries>> {
+        let heartbeat = self.heartbeat.take()?;
+        *lock(&self.beating.stop) = true;
+        self.beating.wake.notify_all();
+        heartbeat.join().ok()
+    }
+}
+
+impl Drop for WriterLease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The heartbeat loop: a beat every `lease / 3`; a beat not persisted within `lease` of the
+/// previous one calls `lost` and ends the loop.
+fn beat(
+    producer: BaseProducer<LeaseDeliveries>,
+    topic: &str,
+    owner: &str,
+    lease: Duration,
+    claimed_at: Instant,
+    beating: &Beating,
+    lost: impl FnOnce(String),
+) -> BaseProducer<LeaseDeliveries> {
+    let mut last = claimed_at;
+    let lease_ms = lease.as_millis();
+    loop {
+        {
+            let stop = lock(&beating.stop);
+            let (stop, _) = beating
+                .wake
+                .wait_timeout_while(stop, lease / 3, |stop| !*stop)
+                .expect("lease mutex poisoned: nothing panics while holding it");
+            if *stop {
+                break;
+            }
+        }
+        let sent = Instant::now();
+        let left = lease.saturating_sub(last.elapsed());
+        let beat = format!("beat {owner} {lease_ms}");
+        let result = produce(&producer, topic, &beat, left, Some(&beating.stop));
+        if *lock(&beating.stop) {
+            break;
+        }
+        match result {
+            Ok(_) if last.elapsed() < lease => last = sent,
+            outcome => {
+                lost(format!(
+                    "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
+                     within {lease_ms} ms ({outcome:?}); another node may write the topic now"
+                ));
+                break;
+            }
+        }
+    }
+    // Handed back for the release record.
+    producer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(state: &LeaseState) -> Option<&str> {
+        state.holder.as_ref().map(|h| h.owner.as_str())
+    }
+
+    #[test]
+    fn a_claim_wins_only_when_nobody_holds_a_live_lease() {
+        let mut state = LeaseState::default();
+        state.apply("claim a 1000", 10_000);
+        assert_eq!(holder(&state), Some("a"));
+        state.apply("claim b 1000", 10_500);
+        assert_eq!(holder(&state), Some("a"), "a's lease is live");
+        state.apply("beat a 1000", 10_900);
+        state.apply("claim b 1000", 11_800);
+        assert_eq!(holder(&state), Some("a"), "renewed at 10 900");
+        assert_eq!(
+            state
+                .other_live_holder("b", 11_899)
+                .map(|h| h.owner.as_str()),
+            Some("a")
+        );
+        assert_eq!(state.other_live_holder("b", 11_900), None, "lapsed");
+        assert_eq!(state.other_live_holder("a", 11_000), None, "not another");
+        state.apply("claim b 1000", 11_900);
+        assert_eq!(holder(&state), Some("b"), "a's lease lapsed at 11 900");
+        state.apply("beat a 1000", 11_950);
+        assert_eq!(
+            holder(&state),
+            Some("b"),
+            "a stale holder's beat renews nothing"
+        );
+        state.apply("release a", 12_000);
+        assert_eq!(holder(&state), Some("b"), "only the holder releases");
+        state.apply("release b", 12_100);
+        assert_eq!(holder(&state), None);
+        state.apply("claim a 1000", 12_200);
+        assert_eq!(holder(&state), Some("a"), "free after a release");
+        state.apply("garbage", 12_300);
+        assert_eq!(holder(&state), Some("a"));
+    }
+
+    #[test]
+    fn a_beat_after_the_holders_own_lease_lapsed_does_not_renew_it() {
+        let mut state = LeaseState::default();
+        state.apply("claim a 1000", 0);
+        state.apply("beat a 1000", 1_000);
+        state.apply("claim b 1000", 1_001);
+        assert_eq!(holder(&state), Some("b"));
+    }
+}
