@@ -13,7 +13,7 @@ pub const BID_DECIDE_SECONDS: &str = "gavel_bid_decide_seconds";
 /// Accepted → durable time as seen by the edge, seconds.
 pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
 /// Requests refused before reaching the engine, by `transport` and `reason`
-/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`, `unsupported`,
+/// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`,
 /// `handshake`: a refused WebSocket handshake).
 pub const REQUEST_ERRORS: &str = "gavel_request_errors_total";
 /// Open connections, by `transport` and `role` (`bidder`, `device`, `admin`, `watcher`,

@@ -324,7 +324,7 @@ async fn serve_connection<B: Backend>(
         .filter(|i| i.role.may_bid())
         .map(|_| gateway.hub().bidder_present());
 
-    let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT).with_streams();
+    let session = Session::new(Arc::clone(&gateway), identity, TRANSPORT);
     let shutdown = gateway.shutdown().clone();
     let streams = TaskTracker::new();
     loop {
@@ -412,6 +412,9 @@ struct Updates {
 
 impl Updates {
     fn report(&mut self, subscriptions: usize, bytes: usize) {
+        if (subscriptions, bytes) == (self.subscriptions, self.bytes) {
+            return;
+        }
         ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => TRANSPORT)
             .increment(subscriptions as f64 - self.subscriptions as f64);
         ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => TRANSPORT)

@@ -57,8 +57,6 @@ pub struct Session<B> {
     identity: Option<Identity>,
     transport: &'static str,
     pending_durable: Arc<AtomicUsize>,
-    /// Whether the driver writes stream updates (`Subscribe` is served).
-    streams: bool,
     /// The connection's fan-out side, from its first `Subscribe` on.
     subscriber: Option<Arc<Subscriber>>,
     /// A `Subscribe` asked for price updates as datagrams (QUIC).
@@ -74,7 +72,6 @@ impl<B> Clone for Session<B> {
             identity: self.identity.clone(),
             transport: self.transport,
             pending_durable: Arc::clone(&self.pending_durable),
-            streams: self.streams,
             subscriber: self.subscriber.clone(),
             datagrams: self.datagrams,
         }
@@ -94,17 +91,9 @@ impl<B: Backend> Session<B> {
             identity,
             transport,
             pending_durable: Arc::new(AtomicUsize::new(0)),
-            streams: false,
             subscriber: None,
             datagrams: false,
         }
-    }
-
-    /// Serves `Subscribe`, `Unsubscribe` and `Resume`: for drivers that write the
-    /// subscriber's outbox ([`Session::subscriber`]) to the peer.
-    pub fn with_streams(mut self) -> Session<B> {
-        self.streams = true;
-        self
     }
 
     /// The connection's fan-out side, once it subscribed.
@@ -164,11 +153,11 @@ impl<B: Backend> Session<B> {
                 });
                 None
             }
-            Some(Request::Subscribe(request)) if self.streams => {
+            Some(Request::Subscribe(request)) => {
                 self.subscribe(request_id, request, out);
                 None
             }
-            Some(Request::Unsubscribe(request)) if self.streams => {
+            Some(Request::Unsubscribe(request)) => {
                 let subscriber = self.connect_subscriber(None);
                 let result = self.gateway.hub().change(
                     &subscriber,
@@ -179,7 +168,7 @@ impl<B: Backend> Session<B> {
                 self.answer_subscription(request_id, result, out);
                 None
             }
-            Some(Request::Resume(request)) if self.streams => {
+            Some(Request::Resume(request)) => {
                 let subscriber = self.connect_subscriber(None);
                 if let Some(backend) = self.gateway.backend() {
                     resume(
@@ -194,15 +183,6 @@ impl<B: Backend> Session<B> {
                     request_id,
                     body: Some(Reply::Subscribed(pb::Subscribed { subscriptions })),
                 });
-                None
-            }
-            Some(Request::Subscribe(_) | Request::Unsubscribe(_) | Request::Resume(_)) => {
-                metrics::request_error(self.transport, "unsupported");
-                out.push(error_message(
-                    request_id,
-                    pb::ErrorCode::InvalidArgument,
-                    "price streams are not served on this connection",
-                ));
                 None
             }
         }

@@ -308,8 +308,7 @@ pub(super) fn open<B: Backend>(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
-    )
-    .with_streams();
+    );
     let mut replies = Vec::new();
     let request = pb::ClientMessage {
         request_id: 0,

@@ -368,8 +368,7 @@ async fn run<B: Backend, S>(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
-    )
-    .with_streams();
+    );
     let mut stream_state = StreamState::new(TRANSPORT);
     let mut stream_timer = Instant::now() + STREAM_IDLE;
     let mut ping = stream::keepalive(&server.options, idle_timeout);
