@@ -150,7 +150,7 @@ impl Watcher {
                 .collect(),
         };
         loop {
-            match watcher.read_stream().await? {
+            match read_frame(&mut watcher.recv, &mut watcher.decoder).await? {
                 Some(pb::ServerMessage {
                     request_id: 1,
                     body: Some(Reply::Subscribed(_)),
@@ -203,10 +203,6 @@ impl Watcher {
             .collect();
         positions.sort_unstable_by_key(|p| p.auction_id);
         positions
-    }
-
-    async fn read_stream(&mut self) -> Result<Option<pb::ServerMessage>, BidError> {
-        read_frame(&mut self.recv, &mut self.decoder).await
     }
 
     /// Queues `message` if it moves its auction forward (stale datagrams are dropped).

@@ -251,6 +251,21 @@ struct Delivery {
     delivered: AtomicU64,
 }
 
+impl Delivery {
+    /// Adds one watcher's local histogram and count of updates, and resets both.
+    async fn merge(&self, local: &mut Histogram<u64>, count: &mut u64) {
+        self.latency_us
+            .lock()
+            .await
+            .add(&*local)
+            .expect("same bounds");
+        local.reset();
+        // Ordering: Relaxed; a counter read after the tasks are stopped.
+        self.delivered.fetch_add(*count, Ordering::Relaxed);
+        *count = 0;
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -347,26 +362,11 @@ async fn main() -> Result<()> {
                     let _ = local.record(latency.min(60_000_000));
                     count += 1;
                 }
-                if count % 1024 == 1023 {
-                    delivery
-                        .latency_us
-                        .lock()
-                        .await
-                        .add(&local)
-                        .expect("same bounds");
-                    local.reset();
-                    // Ordering: Relaxed; a counter read after the tasks are stopped.
-                    delivery.delivered.fetch_add(1024, Ordering::Relaxed);
-                    count = 0;
+                if count == 1024 {
+                    delivery.merge(&mut local, &mut count).await;
                 }
             }
-            delivery
-                .latency_us
-                .lock()
-                .await
-                .add(&local)
-                .expect("same bounds");
-            delivery.delivered.fetch_add(count, Ordering::Relaxed);
+            delivery.merge(&mut local, &mut count).await;
         }));
     }
     println!(
