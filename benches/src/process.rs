@@ -35,6 +35,11 @@ pub fn process_cpu_seconds() -> f64 {
     stat_cpu_seconds("/proc/self/stat")
 }
 
+/// CPU seconds (user + system) used so far by process `pid` (a child under test).
+pub fn pid_cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(format!("/proc/{pid}/stat"))
+}
+
 /// CPU seconds used by the calling thread so far.
 pub fn thread_cpu_seconds() -> f64 {
     stat_cpu_seconds("/proc/thread-self/stat")

@@ -757,6 +757,84 @@ async fn silent_connections_are_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_peer_that_reads_nothing_is_dropped_without_slowing_others() {
+    // Requests (pings) a stalling client sends at most: their pongs far exceed what the
+    // loopback socket buffers hold.
+    const PINGS_MAX: u64 = 400_000;
+    let node = TestNode::start(Setup {
+        limits: Limits {
+            idle_timeout_ms: 800,
+            ..Setup::default().limits
+        },
+        ws_ping_interval_ms: 100,
+        ..Setup::default()
+    })
+    .await;
+    let stalled = ["transport=\"ws\"", "reason=\"stalled\""];
+    let before = sample(
+        &node.metrics().await,
+        "gavel_connections_refused_total",
+        &stalled,
+    )
+    .unwrap_or(0.0);
+    let mut live = node.ws(BIDDER_2, "gavel.v1.json", None).await.unwrap();
+    let stalling = node.ws_small_window(BIDDER_1, "gavel.v1.json", 4096).await;
+    // The stalling client sends requests as fast as it can and reads nothing back. Its
+    // writes block once the node stops reading it; the node must then drop it.
+    let flood = tokio::spawn(async move {
+        let (mut sink, _unread) = stalling.split();
+        for n in 0..PINGS_MAX {
+            let ping = json!({"requestId": n.to_string(), "ping": {"nonce": "x"}});
+            if sink.feed(Message::text(ping.to_string())).await.is_err() {
+                return n;
+            }
+            if n % 256 == 255 && sink.flush().await.is_err() {
+                return n;
+            }
+        }
+        PINGS_MAX
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut nonce = 0_u64;
+    loop {
+        // Another socket is answered promptly throughout.
+        nonce += 1;
+        send_json(
+            &mut live,
+            json!({"requestId": nonce.to_string(), "ping": {"nonce": nonce.to_string()}}),
+        )
+        .await;
+        let pong = loop {
+            let reply = next_json(&mut live).await;
+            if reply.get("pong").is_some() {
+                break reply;
+            }
+        };
+        assert_eq!(pong["pong"]["nonce"], nonce.to_string());
+        let metrics = node.metrics().await;
+        let now = sample(&metrics, "gavel_connections_refused_total", &stalled).unwrap_or(0.0);
+        if now > before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalling WebSocket was not dropped: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = tokio::time::timeout(WAIT, flood)
+        .await
+        .expect("the dropped socket's writes fail")
+        .unwrap();
+    assert!(
+        sent < PINGS_MAX,
+        "the node read {sent} requests: it never stopped reading"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_metrics_listener_serves_probes_and_metrics() {
     let node = TestNode::start(Setup::default()).await;
     let (addr, listener) = node.start_metrics_listener().await;

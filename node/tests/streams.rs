@@ -251,8 +251,6 @@ async fn a_slow_consumer_is_closed_while_a_fast_watcher_keeps_up() {
             slow_consumer_timeout_ms: 300,
             ..Setup::default().limits
         },
-        // A short queue to the socket, so a reader that stops backs up into the outbox.
-        ws_outbound_messages_max: 8,
         ..Setup::default()
     })
     .await;

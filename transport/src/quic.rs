@@ -58,18 +58,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use gavel_proto::frame::{self, FrameDecoder, FrameError};
 use gavel_proto::pb;
 use gavel_proto::pb::ErrorCode;
-use gavel_proto::pb::server_message::Body as Reply;
-use prost::Message as _;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::fanout::{self, Subscriber};
+use crate::fanout::{self, Outgoing, Subscriber};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
 use crate::limits::Limits;
@@ -401,13 +398,13 @@ const STREAM_IDLE: Duration = Duration::from_secs(3600);
 /// Stream updates a subscribed QUIC stream writes at once.
 const STREAM_BATCH_MESSAGES_MAX: usize = 256;
 
-/// A subscribed stream's writer state: the gauges it reported and its update batch.
-#[derive(Default)]
+/// A subscribed stream's writer state: the gauges it reported, its delivery metrics and
+/// its update batch.
 struct Updates {
     subscriptions: usize,
     bytes: usize,
-    batch: Vec<pb::ServerMessage>,
-    datagram: Vec<u8>,
+    delivery: fanout::hub::Delivery,
+    batch: Vec<Outgoing>,
 }
 
 impl Updates {
@@ -439,25 +436,23 @@ impl Updates {
             now,
             frame_bytes_max,
             STREAM_BATCH_MESSAGES_MAX,
-            TRANSPORT,
+            &self.delivery,
             &mut self.batch,
         );
         self.report(subscriber.subscriptions(), bytes);
         let sent_at = now_micros();
-        fanout::hub::delivered(TRANSPORT, &self.batch, sent_at);
+        self.delivery.record(&self.batch, sent_at);
         let datagram_max = if datagrams {
             connection.max_datagram_size().unwrap_or(0)
         } else {
             0
         };
         for message in self.batch.drain(..) {
-            if datagram_max > 0 && matches!(message.body, Some(Reply::PriceUpdate(_))) {
-                self.datagram.clear();
-                message
-                    .encode(&mut self.datagram)
-                    .expect("a Vec grows as needed");
-                if self.datagram.len() <= datagram_max {
-                    match connection.send_datagram(Bytes::copy_from_slice(&self.datagram)) {
+            if datagram_max > 0 && message.is_price() {
+                // Encoded once per update for every connection it goes to.
+                let datagram = message.proto();
+                if datagram.len() <= datagram_max {
+                    match connection.send_datagram(datagram) {
                         Ok(()) => {
                             ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "sent")
                                 .increment(1);
@@ -472,7 +467,7 @@ impl Updates {
                         .increment(1);
                 }
             }
-            replies.push(message);
+            replies.push(message.into_message());
         }
         let check = tokio::time::Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
         match next {
@@ -504,7 +499,12 @@ async fn serve_stream<B: Backend>(
     let mut replies = Vec::new();
     let mut out = Vec::new();
     let mut reading = true;
-    let mut updates = Updates::default();
+    let mut updates = Updates {
+        subscriptions: 0,
+        bytes: 0,
+        delivery: fanout::hub::Delivery::new(TRANSPORT),
+        batch: Vec::new(),
+    };
     let mut stream_timer = tokio::time::Instant::now() + STREAM_IDLE;
     let mut slow = false;
     loop {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use gavel_benches::process::pid_cpu_seconds;
 use gavel_client::{Bid, BidError, Client, ClientConfig};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -399,6 +400,7 @@ async fn main() -> Result<()> {
     let rejected = Arc::new(AtomicU64::new(0));
     // Ordering: Relaxed; see the watcher loop.
     measuring.store(true, Ordering::Relaxed);
+    let node_cpu_before = pid_cpu_seconds(node.child.id());
     let started = Instant::now();
     let total = args.rate * args.seconds;
     let period = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -456,6 +458,7 @@ async fn main() -> Result<()> {
         .metric("gavel_stream_updates_conflated_total")
         .await?;
     let rss_loaded = node.rss_bytes()?;
+    let node_cpu = pid_cpu_seconds(node.child.id()) - node_cpu_before;
     drop(node);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -498,8 +501,10 @@ async fn main() -> Result<()> {
         bids.max() as f64 / 1000.0
     );
     println!(
-        "node RSS under load: {:.1} MiB",
-        rss_loaded as f64 / 1048576.0
+        "node RSS under load: {:.1} MiB; node CPU during the load {:.2} s ({:.1} µs per delivered update)",
+        rss_loaded as f64 / 1048576.0,
+        node_cpu,
+        node_cpu * 1e6 / delivered.max(1) as f64
     );
     Ok(())
 }

@@ -55,8 +55,6 @@ pub struct Setup {
     pub allowed_origins: Vec<String>,
     /// Time between the node's WebSocket pings, in milliseconds.
     pub ws_ping_interval_ms: u64,
-    /// Messages queued to one WebSocket's writer.
-    pub ws_outbound_messages_max: usize,
     /// Hand the gateway its backend at once (`false`: the test calls [`TestNode::set_ready`]).
     pub ready: bool,
     /// Admit clients without a certificate (as anonymous watchers).
@@ -73,7 +71,6 @@ impl Default for Setup {
             },
             allowed_origins: vec!["https://market.example.com".to_owned()],
             ws_ping_interval_ms: http::WS_PING_INTERVAL_MS_DEFAULT,
-            ws_outbound_messages_max: http::WS_OUTBOUND_MESSAGES_MAX_DEFAULT,
             ready: true,
             anonymous_watchers: true,
         }
@@ -114,7 +111,6 @@ impl TestNode {
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
         options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
-        options.ws_outbound_messages_max = setup.ws_outbound_messages_max;
         tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
         let server = tokio::spawn(http::serve_https(
             listener,

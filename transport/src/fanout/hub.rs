@@ -18,15 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
-use prost::Message as _;
 use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::fanout::feed::DirtyFeed;
-use crate::fanout::outbox::{Outbox, Pushed};
+use crate::fanout::outbox::{Outbox, Outgoing, Pushed, SharedPrice};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
 use crate::metrics;
@@ -53,17 +53,34 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Counts `messages` as written to a subscriber's peer over `transport`, and records the
-/// delivery latency (decision → now) of each price update among them.
-pub fn delivered(transport: &'static str, messages: &[pb::ServerMessage], now: UnixMicros) {
-    let latency = ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS);
-    for message in messages {
-        if let Some(Reply::PriceUpdate(update)) = &message.body {
-            latency.record(now.0.saturating_sub(update.accepted_at_us) as f64 / 1e6);
+/// One connection's delivery metrics, looked up once per connection rather than per
+/// write: updates delivered and conflated over its transport, and the delivery latency.
+#[derive(Debug)]
+pub struct Delivery {
+    delivered: ::metrics::Counter,
+    conflated: ::metrics::Counter,
+    latency: ::metrics::Histogram,
+}
+
+impl Delivery {
+    /// The handles for a connection over `transport` (a metric label).
+    pub fn new(transport: &'static str) -> Delivery {
+        Delivery {
+            delivered: ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => transport),
+            conflated: ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => transport),
+            latency: ::metrics::histogram!(metrics::STREAM_DELIVERY_SECONDS),
         }
     }
-    ::metrics::counter!(metrics::STREAM_UPDATES_DELIVERED, "transport" => transport)
-        .increment(messages.len() as u64);
+
+    /// Counts `messages` as written to the peer, and records the delivery latency
+    /// (decision → `now`) of each price update among them.
+    pub fn record(&self, messages: &[Outgoing], now: UnixMicros) {
+        for accepted_at_us in messages.iter().filter_map(Outgoing::accepted_at_us) {
+            self.latency
+                .record(now.0.saturating_sub(accepted_at_us) as f64 / 1e6);
+        }
+        self.delivered.increment(messages.len() as u64);
+    }
 }
 
 /// Presence of one bidder connection: counted in [`Hub::bidders_connected`] while it
@@ -117,7 +134,11 @@ pub enum Change {
 pub struct Subscriber {
     id: u64,
     outbox: Mutex<Outbox>,
-    wake: Notify,
+    /// Set when something was pushed since the connection's writer last looked; `waker` is
+    /// that writer's wake-up (one task per connection waits, so an `AtomicWaker` does: no
+    /// waiter list, and pushes before the writer runs again wake it once).
+    pushed: AtomicBool,
+    waker: AtomicWaker,
     patterns: Mutex<HashSet<Pattern>>,
     /// Set when the outbox refused a push at its hard bound: close the connection now.
     full: AtomicBool,
@@ -135,7 +156,23 @@ impl Subscriber {
     /// Resolves once something was pushed since the last wake-up (the writer then takes
     /// what is due).
     pub async fn woken(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| self.poll_woken(cx)).await;
+    }
+
+    /// Polls for [`Subscriber::woken`]: ready once something was pushed since the last
+    /// time it was ready. Only the connection's own task may poll it (one waker is kept).
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // Ordering: AcqRel/Acquire; the flag orders nothing itself (the outbox has its own
+        // lock), but a push after the swap must either be seen by the second swap or wake
+        // the registered waker.
+        if self.pushed.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.pushed.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
     }
 
     /// Whether the connection must be closed as a slow consumer at `now`: its outbox hit
@@ -151,15 +188,15 @@ impl Subscriber {
     }
 
     /// Moves what is due into `batch` for one write of at most about `bytes_max` bytes and
-    /// `messages_max` messages, counting conflated updates for `transport`. Returns when the
+    /// `messages_max` messages, counting conflated updates in `delivery`. Returns when the
     /// next held-back update becomes due and the bytes still pending.
     pub fn take_due(
         &self,
         now: Instant,
         bytes_max: usize,
         messages_max: usize,
-        transport: &'static str,
-        batch: &mut Vec<pb::ServerMessage>,
+        delivery: &Delivery,
+        batch: &mut Vec<Outgoing>,
     ) -> (Option<Instant>, usize) {
         let (next, conflated, bytes) = {
             let mut outbox = self.outbox();
@@ -167,15 +204,16 @@ impl Subscriber {
             (next, outbox.take_conflated(), outbox.bytes())
         };
         if conflated > 0 {
-            ::metrics::counter!(metrics::STREAM_UPDATES_CONFLATED, "transport" => transport)
-                .increment(conflated);
+            delivery.conflated.increment(conflated);
         }
         (next, bytes)
     }
 
     /// Wakes the connection's writer (after pushing into its outbox directly).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        // Ordering: Release; see `poll_woken`.
+        self.pushed.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Subscriptions held.
@@ -332,7 +370,7 @@ impl Hub {
             if !ok {
                 subscriber.mark_slow();
             }
-            subscriber.wake.notify_one();
+            subscriber.wake();
         }
         targets.len()
     }
@@ -380,7 +418,8 @@ impl Hub {
                 self.outbound_bytes_max,
                 self.slow_after,
             )),
-            wake: Notify::new(),
+            pushed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             patterns: Mutex::new(HashSet::new()),
             full: AtomicBool::new(false),
         });
@@ -471,16 +510,15 @@ impl Hub {
             watchers: count(watchers),
             bidders_connected: count(self.bidders_connected()),
         };
-        // One update shared by every outbox (cloned only when written), sized once.
-        let size = update.encoded_len();
-        let update = Arc::new(update);
+        // One update shared by every outbox, sized once and encoded once per wire form.
+        let update = Arc::new(SharedPrice::new(update));
         let at = Instant::now();
         let mut delivered = 0;
         for subscriber in &targets {
             let pushed = {
                 let mut outbox = subscriber.outbox();
                 if outbox.knows(id) {
-                    outbox.push_shared_price(Arc::clone(&update), size, at)
+                    outbox.push_shared_price(&update, at)
                 } else {
                     // First contact (an auction created after the subscription): the full
                     // state, in order.
@@ -495,11 +533,11 @@ impl Hub {
             match pushed {
                 Pushed::Queued | Pushed::Conflated => {
                     delivered += 1;
-                    subscriber.wake.notify_one();
+                    subscriber.wake();
                 }
                 Pushed::Full => {
                     subscriber.mark_slow();
-                    subscriber.wake.notify_one();
+                    subscriber.wake();
                 }
                 Pushed::Stale => {}
             }
@@ -625,7 +663,7 @@ mod tests {
             .outbox()
             .take_due(Instant::now(), usize::MAX, &mut out);
         out.iter()
-            .map(|m| match m.body.as_ref().unwrap() {
+            .map(|m| match m.message().body.as_ref().unwrap() {
                 Reply::PriceUpdate(u) => (u.auction_id, u.price.unwrap()),
                 Reply::AuctionSnapshot(s) => {
                     (s.rules.as_ref().unwrap().auction_id, s.price.unwrap())

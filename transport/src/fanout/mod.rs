@@ -19,5 +19,5 @@ pub mod worker;
 
 pub use feed::DirtyFeed;
 pub use hub::{Change, Hub, SubscribeError, Subscriber};
-pub use outbox::{Outbox, Pushed};
+pub use outbox::{Outbox, Outgoing, Pushed, SharedPrice};
 pub use trie::{Pattern, PatternError, TopicTrie};

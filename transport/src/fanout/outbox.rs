@@ -13,9 +13,10 @@
 //! it stayed there for `slow_consumer_timeout_ms`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gavel_engine::AuctionId;
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -37,11 +38,128 @@ pub enum Pushed {
     Full,
 }
 
+/// A price update published once and shared by every outbox it went to, with its wire
+/// encodings made once, by the first connection that writes it in that form (a hot
+/// auction's update goes to thousands of connections: one encoding, not thousands).
+#[derive(Debug)]
+pub struct SharedPrice {
+    /// The `ServerMessage` carrying the update.
+    message: pb::ServerMessage,
+    /// The message's encoded (protobuf) size.
+    size: usize,
+    proto: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+impl SharedPrice {
+    /// Wraps `update` for sharing.
+    pub fn new(update: pb::PriceUpdate) -> SharedPrice {
+        let message = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::PriceUpdate(update)),
+        };
+        SharedPrice {
+            size: message.encoded_len(),
+            message,
+            proto: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    fn update(&self) -> &pb::PriceUpdate {
+        match &self.message.body {
+            Some(Reply::PriceUpdate(update)) => update,
+            // Invariant: `new` is the only constructor.
+            _ => unreachable!("a SharedPrice always carries a price update"),
+        }
+    }
+}
+
+/// One message taken from an outbox for writing: a price update shared with other
+/// connections, or a message of this connection alone (a snapshot, a close, …).
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A shared price update.
+    Price(Arc<SharedPrice>),
+    /// Any other message (boxed: a `ServerMessage` is some 300 bytes, a shared update one
+    /// pointer).
+    Message(Box<pb::ServerMessage>),
+}
+
+impl Outgoing {
+    /// The message.
+    pub fn message(&self) -> &pb::ServerMessage {
+        match self {
+            Outgoing::Price(shared) => &shared.message,
+            Outgoing::Message(message) => message,
+        }
+    }
+
+    /// The message, owned (a shared update is cloned).
+    pub fn into_message(self) -> pb::ServerMessage {
+        match self {
+            Outgoing::Price(shared) => match Arc::try_unwrap(shared) {
+                Ok(shared) => shared.message,
+                Err(shared) => shared.message.clone(),
+            },
+            Outgoing::Message(message) => *message,
+        }
+    }
+
+    /// The message's protobuf encoding (made once for a shared update).
+    pub fn proto(&self) -> Bytes {
+        match self {
+            Outgoing::Price(shared) => shared
+                .proto
+                .get_or_init(|| Bytes::from(shared.message.encode_to_vec()))
+                .clone(),
+            Outgoing::Message(message) => Bytes::from(message.encode_to_vec()),
+        }
+    }
+
+    /// The message's canonical proto3 JSON, UTF-8 (made once for a shared update).
+    pub fn json(&self) -> Bytes {
+        match self {
+            Outgoing::Price(shared) => shared
+                .json
+                .get_or_init(|| json_bytes(&shared.message))
+                .clone(),
+            Outgoing::Message(message) => json_bytes(message),
+        }
+    }
+
+    /// When the decision a price update carries was taken (`accepted_at_us`); `None` for
+    /// other messages.
+    pub fn accepted_at_us(&self) -> Option<u64> {
+        match self.message().body.as_ref()? {
+            Reply::PriceUpdate(update) => Some(update.accepted_at_us),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a price update (what may go out as a QUIC datagram).
+    pub fn is_price(&self) -> bool {
+        matches!(self.message().body, Some(Reply::PriceUpdate(_)))
+    }
+}
+
+/// `message` as canonical proto3 JSON.
+fn json_bytes(message: &pb::ServerMessage) -> Bytes {
+    match serde_json::to_vec(message) {
+        Ok(json) => Bytes::from(json),
+        // Not reachable with the generated messages (no floats, no maps with non-string
+        // keys); still no panic.
+        Err(e) => Bytes::from(format!(
+            r#"{{"error":{{"code":"ERROR_CODE_INTERNAL","message":"encoding failed: {e}"}}}}"#
+        )),
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
-    /// The latest price update not written yet, and its encoded size.
-    /// Shared by every connection the update went to; cloned only when written.
-    pending: Option<(Arc<pb::PriceUpdate>, usize)>,
+    /// The latest price update not written yet (its size is in it).
+    /// Shared by every connection the update went to.
+    pending: Option<Arc<SharedPrice>>,
     /// The highest sequence number queued or written for this auction.
     seq_max: u64,
     /// When the last price update of this auction was taken for writing.
@@ -59,8 +177,9 @@ pub struct Outbox {
     slots: HashMap<AuctionId, Slot, foldhash::fast::RandomState>,
     /// Auctions with a pending price update, oldest first (each at most once).
     waiting: VecDeque<AuctionId>,
-    /// Messages that are never conflated (and a price update flushed ahead of them), in order.
-    ordered: VecDeque<(pb::ServerMessage, usize)>,
+    /// Messages that are never conflated (and a price update flushed ahead of them), in
+    /// order, with their encoded sizes.
+    ordered: VecDeque<(Outgoing, usize)>,
     bytes: usize,
     over_since: Option<Instant>,
     conflated: u64,
@@ -119,18 +238,13 @@ impl Outbox {
 
     /// Queues the latest price of an auction, replacing the one pending (if any).
     pub fn push_price(&mut self, update: pb::PriceUpdate, now: Instant) -> Pushed {
-        let size = update.encoded_len();
-        self.push_shared_price(Arc::new(update), size, now)
+        self.push_shared_price(&Arc::new(SharedPrice::new(update)), now)
     }
 
-    /// [`Outbox::push_price`] of an update shared with other connections, whose encoded
-    /// size is `size`.
-    pub fn push_shared_price(
-        &mut self,
-        update: Arc<pb::PriceUpdate>,
-        size: usize,
-        now: Instant,
-    ) -> Pushed {
+    /// [`Outbox::push_price`] of an update shared with other connections.
+    pub fn push_shared_price(&mut self, shared: &Arc<SharedPrice>, now: Instant) -> Pushed {
+        let update = shared.update();
+        let size = shared.size;
         let id = AuctionId(update.auction_id);
         let hard_bound = self.hard_bound();
         let slot = self.slots.entry(id).or_default();
@@ -138,12 +252,12 @@ impl Outbox {
         if update.seq <= slot.seq_max {
             return Pushed::Stale;
         }
-        let replaced = slot.pending.as_ref().map_or(0, |(_, bytes)| *bytes);
+        let replaced = slot.pending.as_ref().map_or(0, |pending| pending.size);
         if self.bytes - replaced + size > hard_bound {
             return Pushed::Full;
         }
         slot.seq_max = update.seq;
-        let was_pending = slot.pending.replace((update, size)).is_some();
+        let was_pending = slot.pending.replace(Arc::clone(shared)).is_some();
         self.bytes = self.bytes - replaced + size;
         let pushed = if was_pending {
             self.conflated += 1;
@@ -171,9 +285,10 @@ impl Outbox {
             return false;
         }
         if let Some(slot) = self.slots.get_mut(&auction) {
-            if let Some((update, bytes)) = slot.pending.take() {
+            if let Some(pending) = slot.pending.take() {
                 self.waiting.retain(|id| *id != auction);
-                self.ordered.push_back((price_message(update), bytes));
+                let size = pending.size;
+                self.ordered.push_back((Outgoing::Price(pending), size));
             }
             slot.sent_at = Some(now);
         }
@@ -181,7 +296,8 @@ impl Outbox {
             let slot = self.slots.entry(auction).or_default();
             slot.seq_max = slot.seq_max.max(seq);
         }
-        self.ordered.push_back((message, size));
+        self.ordered
+            .push_back((Outgoing::Message(Box::new(message)), size));
         self.bytes += size;
         self.track_bound(now);
         true
@@ -191,10 +307,10 @@ impl Outbox {
     /// pending for it is dropped.
     pub fn forget(&mut self, auction: AuctionId, now: Instant) {
         if let Some(slot) = self.slots.remove(&auction)
-            && let Some((_, bytes)) = slot.pending
+            && let Some(pending) = slot.pending
         {
             self.waiting.retain(|id| *id != auction);
-            self.bytes -= bytes;
+            self.bytes -= pending.size;
         }
         self.track_bound(now);
     }
@@ -206,7 +322,7 @@ impl Outbox {
         &mut self,
         now: Instant,
         batch_bytes_max: usize,
-        out: &mut Vec<pb::ServerMessage>,
+        out: &mut Vec<Outgoing>,
     ) -> Option<Instant> {
         self.take_due_at_most(now, batch_bytes_max, usize::MAX, out)
     }
@@ -218,7 +334,7 @@ impl Outbox {
         now: Instant,
         batch_bytes_max: usize,
         messages_max: usize,
-        out: &mut Vec<pb::ServerMessage>,
+        out: &mut Vec<Outgoing>,
     ) -> Option<Instant> {
         let mut taken = 0;
         let mut count = 0;
@@ -245,21 +361,21 @@ impl Outbox {
                 continue;
             };
             let due = slot.sent_at.map_or(now, |at| at + self.interval);
-            let size = slot.pending.as_ref().map_or(0, |(_, bytes)| *bytes);
+            let size = slot.pending.as_ref().map_or(0, |pending| pending.size);
             if due > now || (count > 0 && (taken + size > batch_bytes_max || count >= messages_max))
             {
                 next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)).max(now));
                 self.waiting.push_back(id);
                 continue;
             }
-            let Some((update, size)) = slot.pending.take() else {
+            let Some(pending) = slot.pending.take() else {
                 continue;
             };
             slot.sent_at = Some(now);
-            taken += size;
+            taken += pending.size;
             count += 1;
-            self.bytes -= size;
-            out.push(price_message(update));
+            self.bytes -= pending.size;
+            out.push(Outgoing::Price(pending));
         }
         self.track_bound(now);
         next_due
@@ -282,14 +398,6 @@ impl Outbox {
         } else {
             self.over_since = None;
         }
-    }
-}
-
-fn price_message(update: Arc<pb::PriceUpdate>) -> pb::ServerMessage {
-    let update = Arc::unwrap_or_clone(update);
-    pb::ServerMessage {
-        request_id: 0,
-        body: Some(Reply::PriceUpdate(update)),
     }
 }
 
@@ -331,14 +439,45 @@ mod tests {
     }
 
     /// (auction, seq, price) of the price updates, and `(auction, seq, 0)` for closes.
-    fn summary(out: &[pb::ServerMessage]) -> Vec<(u64, u64, u64)> {
+    fn summary(out: &[Outgoing]) -> Vec<(u64, u64, u64)> {
         out.iter()
-            .map(|m| match m.body.as_ref().unwrap() {
+            .map(|m| match m.message().body.as_ref().unwrap() {
                 Reply::PriceUpdate(u) => (u.auction_id, u.seq, u.price.unwrap()),
                 Reply::AuctionClosed(c) => (c.auction_id, c.seq, 0),
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_shared_update_is_encoded_once_for_every_outbox() {
+        let t0 = Instant::now();
+        let shared = Arc::new(SharedPrice::new(price(1, 2, 10)));
+        let mut taken = Vec::new();
+        for _ in 0..2 {
+            let mut outbox = Outbox::new(Duration::ZERO, 1 << 20, Duration::from_secs(1));
+            assert_eq!(outbox.push_shared_price(&shared, t0), Pushed::Queued);
+            outbox.take_due(t0, 1 << 20, &mut taken);
+        }
+        let [first, second] = &taken[..] else {
+            panic!("one update per outbox: {taken:?}");
+        };
+        let expected = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::PriceUpdate(price(1, 2, 10))),
+        };
+        assert_eq!(first.proto(), expected.encode_to_vec());
+        assert_eq!(
+            first.proto().as_ptr(),
+            second.proto().as_ptr(),
+            "the same bytes, not a second encoding"
+        );
+        assert_eq!(first.json(), serde_json::to_vec(&expected).unwrap());
+        assert_eq!(first.json().as_ptr(), second.json().as_ptr());
+        assert_eq!(first.accepted_at_us(), Some(0));
+        let own = Outgoing::Message(Box::new(closed(1, 3)));
+        assert_eq!(own.proto(), closed(1, 3).encode_to_vec());
+        assert_eq!(own.accepted_at_us(), None);
     }
 
     #[test]
@@ -430,7 +569,7 @@ mod tests {
         for auction in 1..=10 {
             outbox.push_price(price(auction, 2, auction), t0);
         }
-        let one = price(1, 2, 1).encoded_len();
+        let one = SharedPrice::new(price(1, 2, 1)).size;
         let mut out = Vec::new();
         assert_eq!(
             outbox.take_due(t0, 1, &mut out),
@@ -447,7 +586,7 @@ mod tests {
     fn a_reader_over_the_bound_past_the_timeout_is_slow() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let one = price(1, 2, 10).encoded_len();
+        let one = SharedPrice::new(price(1, 2, 10)).size;
         let mut outbox = Outbox::new(Duration::ZERO, one * 3, ms(100));
         for auction in 1..=3 {
             assert_eq!(outbox.push_price(price(auction, 2, 10), t0), Pushed::Queued);

@@ -115,8 +115,6 @@ pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const WS_PING_INTERVAL_MS_DEFAULT: u64 = 15_000;
 /// Least time between two WebSocket pings of the node, in milliseconds.
 pub const WS_PING_INTERVAL_MS_MIN: u64 = 10;
-/// Default [`HttpOptions::ws_outbound_messages_max`].
-pub const WS_OUTBOUND_MESSAGES_MAX_DEFAULT: usize = 1_024;
 
 /// Renders the Prometheus text exposition for `/metrics`.
 #[derive(Clone)]
@@ -158,9 +156,6 @@ pub struct HttpOptions {
     /// Time between two pings the node sends on a WebSocket, in milliseconds; at most half
     /// of `idle_timeout_ms` and at least [`WS_PING_INTERVAL_MS_MIN`] are used.
     pub ws_ping_interval_ms: u64,
-    /// Messages queued for one WebSocket's writer (at least 1 is used); a full queue makes
-    /// the reader wait.
-    pub ws_outbound_messages_max: usize,
     /// Longest wait for connections to finish after shutdown, in milliseconds.
     pub drain_timeout_ms: u64,
 }
@@ -172,7 +167,6 @@ impl HttpOptions {
             metrics,
             allowed_origins: Vec::new(),
             ws_ping_interval_ms: WS_PING_INTERVAL_MS_DEFAULT,
-            ws_outbound_messages_max: WS_OUTBOUND_MESSAGES_MAX_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
         }
     }

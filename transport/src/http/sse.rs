@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::routes::{self, AnyBody};
-use super::stream::{self, SlowConsumer, StreamState};
+use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
 use crate::fanout::{Pattern, Subscriber};
 use crate::gateway::Backend;
@@ -427,14 +427,14 @@ async fn run<B: Backend>(
             0
         };
         stream_timer = match state.take_due(subscriber, room, limits.ws_message_bytes_max) {
-            Ok(next) => next,
+            Ok(next) => next.unwrap_or_else(|| Instant::now() + STREAM_IDLE),
             Err(SlowConsumer) => break End::SlowConsumer,
         };
         if state.batch.is_empty() {
             continue;
         }
         for message in state.batch.drain(..) {
-            encode_event(&message, &mut chunk);
+            encode_event(message.message(), &mut chunk);
         }
         // Only this task sends, and it saw room: a failure means the body is gone.
         if chunks.try_send(chunk.split().freeze()).is_err() {

@@ -5,20 +5,19 @@
 
 use std::time::Duration;
 
-use gavel_proto::pb;
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 use super::{HttpOptions, Server};
-use crate::fanout::{Subscriber, hub};
+use crate::fanout::{Outgoing, Subscriber, hub};
 use crate::metrics;
 use crate::session::now_micros;
 
 /// How often a subscriber's outbox is looked at while its connection has no room
 /// (slow-consumer detection), in milliseconds.
 pub(super) const STREAM_CHECK_MS: u64 = 50;
-/// The stream timer when nothing is pending.
+/// The stream timer of a transport that keeps one when nothing is pending.
 pub(super) const STREAM_IDLE: Duration = Duration::from_secs(3600);
 
 /// The subscriber fell too far behind: close its connection and count it.
@@ -26,38 +25,46 @@ pub(super) const STREAM_IDLE: Duration = Duration::from_secs(3600);
 pub(super) struct SlowConsumer;
 
 /// One connection's stream side: what it last reported to the per-transport gauges (each
-/// connection adds its deltas) and the batch being written.
+/// connection adds its deltas), its metric handles (looked up once, not per write) and the
+/// batch being written.
 #[derive(Debug)]
 pub(super) struct StreamState {
-    transport: &'static str,
     subscriptions: usize,
     bytes: usize,
+    subscriptions_gauge: ::metrics::Gauge,
+    bytes_gauge: ::metrics::Gauge,
+    delivery: hub::Delivery,
     /// The messages taken for the current write.
-    pub(super) batch: Vec<pb::ServerMessage>,
+    pub(super) batch: Vec<Outgoing>,
 }
 
 impl StreamState {
     /// Nothing reported yet, for a connection of `transport` (a metric label).
     pub(super) fn new(transport: &'static str) -> StreamState {
         StreamState {
-            transport,
             subscriptions: 0,
             bytes: 0,
+            subscriptions_gauge: ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => transport),
+            bytes_gauge: ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => transport),
+            delivery: hub::Delivery::new(transport),
             batch: Vec::new(),
         }
     }
 
     /// Reports the subscriptions the connection holds now.
     pub(super) fn report_subscriptions(&mut self, now: usize) {
-        let gauge = ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => self.transport);
-        gauge.increment(now as f64 - self.subscriptions as f64);
-        self.subscriptions = now;
+        if now != self.subscriptions {
+            self.subscriptions_gauge
+                .increment(now as f64 - self.subscriptions as f64);
+            self.subscriptions = now;
+        }
     }
 
     fn report_bytes(&mut self, now: usize) {
-        let gauge = ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => self.transport);
-        gauge.increment(now as f64 - self.bytes as f64);
-        self.bytes = now;
+        if now != self.bytes {
+            self.bytes_gauge.increment(now as f64 - self.bytes as f64);
+            self.bytes = now;
+        }
     }
 
     /// Takes back the connection's share of the gauges (it is closing).
@@ -69,29 +76,30 @@ impl StreamState {
     /// Moves what is due in `subscriber`'s outbox into [`StreamState::batch`]: at most
     /// `room` messages and about `batch_bytes_max` bytes (at least one message when `room`
     /// is not zero). Counts them as delivered (the caller writes them now) and records
-    /// their delivery latency. Returns when to look again.
+    /// their delivery latency. Returns when to look again (`None`: nothing is pending; a
+    /// wake-up will come).
     pub(super) fn take_due(
         &mut self,
         subscriber: &Subscriber,
         room: usize,
         batch_bytes_max: usize,
-    ) -> Result<Instant, SlowConsumer> {
+    ) -> Result<Option<Instant>, SlowConsumer> {
         let now = std::time::Instant::now();
-        let check = Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
+        let check = Instant::from_std(now) + Duration::from_millis(STREAM_CHECK_MS);
         if subscriber.is_slow(now) {
             return Err(SlowConsumer);
         }
         if room == 0 {
-            return Ok(check);
+            return Ok(Some(check));
         }
         let (next, bytes) =
-            subscriber.take_due(now, batch_bytes_max, room, self.transport, &mut self.batch);
+            subscriber.take_due(now, batch_bytes_max, room, &self.delivery, &mut self.batch);
         self.report_bytes(bytes);
-        hub::delivered(self.transport, &self.batch, now_micros());
+        self.delivery.record(&self.batch, now_micros());
         Ok(match next {
-            Some(due) => Instant::from_std(due),
-            None if bytes > 0 => check,
-            None => Instant::now() + STREAM_IDLE,
+            Some(due) => Some(Instant::from_std(due)),
+            None if bytes > 0 => Some(check),
+            None => None,
         })
     }
 }

@@ -10,30 +10,35 @@
 //! on an internal fault; a protocol
 //! violation ends the socket as tungstenite decides (1002).
 //!
-//! The driver is one task reading the socket plus one writer task fed by a bounded queue
-//! ([`super::HttpOptions::ws_outbound_messages_max`] messages), which writes whatever is
-//! queued when it wakes (up to 256 messages) with one flush: the reader answers each
-//! request at once, keeps every durable wait in a set polled beside the socket (bounded by
-//! the session's `pending_durable_per_connection_max`), and sends each durable ack when its
-//! wait resolves. A full queue makes the reader wait: one slow socket slows only itself; a
-//! peer that reads nothing for `idle_timeout_ms` while its queue is full is dropped
-//! (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from which
-//! nothing arrives (not even the pong to the node's ping) for `idle_timeout_ms` gets an
-//! `ERROR_CODE_IDLE_TIMEOUT` error and close 1000. At shutdown a socket gets
-//! `ERROR_CODE_SHUTTING_DOWN`, then the durable acks still pending (within the drain timeout),
-//! then close 1001.
+//! The driver is one task per socket that both reads and writes it: answers go into
+//! tungstenite's write buffer and are flushed by the same task at once (no writer task, no
+//! queue, no wake-up in between), everything due at a wake-up in one flush. The task keeps
+//! every durable wait in a set polled beside the socket (bounded by the session's
+//! `pending_durable_per_connection_max`) and sends each durable ack when its wait resolves.
+//! At most [`WRITE_BUFFER_BYTES`] may wait for the peer: past it the task reads no more
+//! requests and takes no more updates until the peer takes some — one slow socket slows only
+//! itself; a peer that takes nothing for `idle_timeout_ms` while bytes wait for it is
+//! dropped (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from
+//! which nothing arrives (not even the pong to the node's ping) for `idle_timeout_ms` gets
+//! an `ERROR_CODE_IDLE_TIMEOUT` error and close 1000. At shutdown a socket gets
+//! `ERROR_CODE_SHUTTING_DOWN`, then the durable acks still pending (within the drain
+//! timeout), then close 1001.
 //!
-//! Streams: the session serves `Subscribe`; the reader loop also waits on the subscriber's
-//! wake-up and pacing timer and moves what is due from its outbox into the queue, as far as
-//! the queue has room — so a slow socket's updates stay conflated in its outbox, and one
-//! that stays over its byte bound is closed (1008) instead of slowing anyone.
+//! Streams: the session serves `Subscribe`; the loop also waits on the subscriber's
+//! wake-up and pacing timer and writes what is due from its outbox (a shared price update
+//! encoded once per codec for all sockets), as far as the socket has room — so a slow
+//! socket's updates stay conflated in its outbox, and one that stays over its byte bound is
+//! closed (1008) instead of slowing anyone.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use gavel_proto::pb;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -41,19 +46,19 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::routes::{self, Body};
-use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
+use super::stream::{self, STREAM_CHECK_MS, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
-use crate::fanout::Subscriber;
+use crate::fanout::{Outgoing, Subscriber};
 use crate::gateway::Backend;
 use crate::metrics;
 use crate::session::{Session, error_message};
@@ -73,8 +78,8 @@ const WS_VERSION: &str = "13";
 /// reads. 8 KiB here cost 7 KiB more resident memory per idle watcher (the fan-out probe:
 /// 25.0 → 18.0 KiB per idle watcher at 1 KiB).
 const READ_BUFFER_BYTES: usize = 1024;
-/// Bytes of fed messages gathered before a write to the socket (the writer flushes after
-/// each batch anyway).
+/// Bytes of fed messages that may wait for the peer (written but not flushed); past it
+/// the socket's task reads no requests and takes no updates until the peer takes some.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
@@ -125,6 +130,19 @@ impl Codec {
             }
             (Codec::Proto, _) => Err(format!("{SUBPROTOCOL_PROTO} carries binary messages")),
             (Codec::Json, _) => Err(format!("{SUBPROTOCOL_JSON} carries text messages")),
+        }
+    }
+
+    /// A message taken from the outbox; a shared price update's encoding is made once for
+    /// every socket of the codec.
+    fn encode_outgoing(self, message: &Outgoing) -> Message {
+        match self {
+            Codec::Proto => Message::Binary(message.proto()),
+            Codec::Json => match Utf8Bytes::try_from(message.json()) {
+                Ok(text) => Message::Text(text),
+                // serde_json writes UTF-8 only; still no panic.
+                Err(_) => self.encode(message.message()),
+            },
         }
     }
 
@@ -256,11 +274,11 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Bod
     routes::error(status, code, message)
 }
 
-/// Why the reader stopped.
+/// Why the connection loop stopped.
 enum End {
-    /// The peer closed, or the socket failed: nothing more to send.
+    /// The peer closed, or the socket failed: nothing more to send but the close echo.
     Peer,
-    /// The peer read nothing for the stall timeout while the queue was full: drop it.
+    /// The peer took nothing for the idle timeout while the node had bytes for it: drop it.
     Stalled,
     /// The node closes with this frame.
     Close(CloseCode, &'static str),
@@ -268,48 +286,177 @@ enum End {
     SlowConsumer,
 }
 
-/// Writes what is due in the subscriber's outbox, as far as the socket's queue has room;
-/// returns when to look again. A subscriber past its bound is closed.
-async fn write_stream(
-    outbound: &Outbound,
+/// The write side of a socket as its own task drives it: messages are fed into
+/// tungstenite's write buffer and flushed by the connection task itself — no writer task,
+/// no queue, no wake-up between deciding to send and sending. Bytes fed but not yet
+/// flushed are bounded by [`WRITE_BUFFER_BYTES`]: past it the task takes no more from the
+/// outbox (which conflates meanwhile) and reads no more requests (whose answers would have
+/// nowhere to go) until the peer takes some.
+struct Outbound {
+    codec: Codec,
+    /// Bytes fed since the last completed flush.
+    unflushed: usize,
+    /// Since when bytes have waited for the peer (a flush has not completed).
+    waiting_since: Option<Instant>,
+}
+
+impl Outbound {
+    /// Whether there is room for more messages before the next completed flush.
+    fn has_room(&self) -> bool {
+        self.unflushed < WRITE_BUFFER_BYTES
+    }
+
+    /// Whether the peer has taken nothing for `timeout` while bytes waited for it.
+    fn stalled(&self, timeout: Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|since| since.elapsed() >= timeout)
+    }
+
+    /// Feeds `message` into the socket's write buffer (no I/O wait); `Err` ends the socket.
+    fn feed<S>(&mut self, socket: &mut WebSocketStream<S>, message: Message) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The payload and the smallest frame header (an empty ping still needs a flush).
+        self.unflushed += message.len() + 2;
+        self.waiting_since.get_or_insert_with(Instant::now);
+        match Pin::new(socket).start_send(message) {
+            Ok(()) => Ok(()),
+            // More than the write buffer's hard bound waits for a peer that reads nothing.
+            Err(WsError::WriteBufferFull(_)) => Err(End::Stalled),
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket write failed");
+                Err(End::Peer)
+            }
+        }
+    }
+
+    fn feed_message<S>(
+        &mut self,
+        socket: &mut WebSocketStream<S>,
+        message: &pb::ServerMessage,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let message = self.codec.encode(message);
+        self.feed(socket, message)
+    }
+
+    fn feed_error<S>(
+        &mut self,
+        socket: &mut WebSocketStream<S>,
+        code: pb::ErrorCode,
+        text: &str,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.feed_message(socket, &error_message(0, code, text))
+    }
+
+    /// Writes what was fed, as far as the socket takes it now without waiting; the rest
+    /// goes when the connection loop sees the socket writable.
+    fn flush_now<S>(&mut self, socket: &mut WebSocketStream<S>) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.unflushed == 0 {
+            return Ok(());
+        }
+        match socket.flush().now_or_never() {
+            Some(Ok(())) => {
+                self.flushed();
+                Ok(())
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket flush failed");
+                Err(End::Peer)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn flushed(&mut self) {
+        self.unflushed = 0;
+        self.waiting_since = None;
+    }
+}
+
+/// What happened on the socket itself.
+enum Io {
+    /// Everything fed was written.
+    Flushed,
+    /// The peer sent a frame (`None`: the stream ended).
+    Read(Option<Result<Message, WsError>>),
+    /// Writing failed: the peer is gone.
+    WriteFailed,
+}
+
+/// Drives the socket: flushes what was fed (if anything) and, while there is room for the
+/// answers, reads the peer's next frame. Both wait on the same task, each with its own
+/// waker inside tokio-tungstenite.
+fn poll_socket<S>(
+    socket: &mut WebSocketStream<S>,
+    flush: bool,
+    read: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Io>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if flush {
+        match socket.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Io::Flushed),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket flush failed");
+                return Poll::Ready(Io::WriteFailed);
+            }
+            Poll::Pending => {}
+        }
+    }
+    if read {
+        return socket.poll_next_unpin(cx).map(Io::Read);
+    }
+    Poll::Pending
+}
+
+/// Writes what is due in the subscriber's outbox, as far as the socket has room; returns
+/// when to look again (`None`: when woken). A subscriber past its bound is closed.
+fn write_stream<S>(
+    socket: &mut WebSocketStream<S>,
+    outbound: &mut Outbound,
     subscriber: &Subscriber,
     state: &mut StreamState,
     limits: &crate::Limits,
-) -> Result<Instant, End> {
-    let room = outbound.queue.capacity();
+) -> Result<Option<Instant>, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let room = if outbound.has_room() {
+        WRITE_BATCH_MAX
+    } else {
+        0
+    };
     let next = state
         .take_due(subscriber, room, limits.ws_message_bytes_max)
         .map_err(|SlowConsumer| End::SlowConsumer)?;
-    for message in state.batch.drain(..) {
-        outbound.send_message(&message).await?;
+    if !state.batch.is_empty() {
+        for message in state.batch.drain(..) {
+            let message = outbound.codec.encode_outgoing(&message);
+            outbound.feed(socket, message)?;
+        }
+        outbound.flush_now(socket)?;
     }
     Ok(next)
 }
 
-/// The bounded queue to a socket's writer task.
-struct Outbound {
-    queue: mpsc::Sender<Message>,
-    codec: Codec,
-    /// Longest wait for room in the queue before the peer counts as stalled.
-    stall_timeout: Duration,
-}
-
-impl Outbound {
-    /// Queues `message`; `Err` ends the socket (the writer is gone, or the peer stalled).
-    async fn send(&self, message: Message) -> Result<(), End> {
-        match tokio::time::timeout(self.stall_timeout, self.queue.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Peer),
-            Err(_) => Err(End::Stalled),
-        }
-    }
-
-    async fn send_message(&self, message: &pb::ServerMessage) -> Result<(), End> {
-        self.send(self.codec.encode(message)).await
-    }
-
-    async fn send_error(&self, code: pb::ErrorCode, text: &str) -> Result<(), End> {
-        self.send_message(&error_message(0, code, text)).await
+/// Moves `sleep` to `at` unless it is there already (a reset touches the timer wheel).
+fn set_timer(sleep: Pin<&mut tokio::time::Sleep>, at: Option<Instant>) {
+    if let Some(at) = at
+        && sleep.deadline() != at
+    {
+        sleep.reset(at);
     }
 }
 
@@ -318,9 +465,9 @@ async fn run<B: Backend, S>(
     server: &Arc<Server<B>>,
     peer: Peer,
     codec: Codec,
-    socket: WebSocketStream<S>,
+    mut socket: WebSocketStream<S>,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
     let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
@@ -332,103 +479,59 @@ async fn run<B: Backend, S>(
         .map(|_| server.gateway.hub().bidder_present());
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, codec = codec.name(), "WebSocket open");
 
-    let (mut sink, mut stream) = socket.split();
-    let (queue, mut outbound) =
-        mpsc::channel::<Message>(server.options.ws_outbound_messages_max.max(1));
-    let writer = tokio::spawn(async move {
-        // Everything queued by the time the writer wakes goes out in one flush: several
-        // updates per TLS record and write call when a burst is due.
-        while let Some(message) = outbound.recv().await {
-            let mut fed = sink.feed(message).await;
-            let mut batched = 1;
-            while fed.is_ok() && batched < WRITE_BATCH_MAX {
-                match outbound.try_recv() {
-                    Ok(message) => {
-                        fed = sink.feed(message).await;
-                        batched += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if fed.is_err() || sink.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
     let limits = server.gateway.limits();
     let idle_timeout = limits.idle_timeout();
-    let outbound = Outbound {
-        queue,
+    let mut outbound = Outbound {
         codec,
-        stall_timeout: idle_timeout,
+        unflushed: 0,
+        waiting_since: None,
     };
-
     let mut session = Session::new(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
     );
     let mut stream_state = StreamState::new(TRANSPORT);
-    let mut stream_timer = Instant::now() + STREAM_IDLE;
+    // The stream timer (pacing, slow-consumer checks), armed while `stream_due` is set.
+    let mut stream_due: Option<Instant> = None;
+    let stream_timer = tokio::time::sleep(STREAM_IDLE);
+    tokio::pin!(stream_timer);
     let mut ping = stream::keepalive(&server.options, idle_timeout);
     let mut heard_at = Instant::now();
     // Bounded by the session: it refuses bids beyond pending_durable_per_connection_max.
     let mut durable = FuturesUnordered::new();
     let mut replies = Vec::new();
     let shutdown = server.gateway.shutdown().clone();
+    // One wait for the whole connection (not a new one per loop turn).
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
 
     let step: Result<(), End> = async {
         loop {
             let subscriber = session.subscriber().cloned();
+            let room = outbound.has_room();
+            let flush = outbound.unflushed > 0;
+            if !room && subscriber.is_some() && stream_due.is_none() {
+                // Wake-ups wait while the socket is full: check the outbox for a slow
+                // consumer on the timer instead.
+                stream_due = Some(Instant::now() + Duration::from_millis(STREAM_CHECK_MS));
+                set_timer(stream_timer.as_mut(), stream_due);
+            }
             tokio::select! {
-                () = async {
-                    match &subscriber {
-                        Some(s) => s.woken().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(s) = &subscriber {
-                        stream_timer = write_stream(&outbound, s, &mut stream_state, limits).await?;
-                    }
-                }
-                () = tokio::time::sleep_until(stream_timer), if subscriber.is_some() => {
-                    if let Some(s) = &subscriber {
-                        stream_timer = write_stream(&outbound, s, &mut stream_state, limits).await?;
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    outbound
-                        .send_error(
-                            pb::ErrorCode::ShuttingDown,
-                            "the node is shutting down; reconnect later or elsewhere",
-                        )
-                        .await?;
-                    // Acks already on their way are still sent (the log is flushed after
-                    // the listeners drain), within the drain timeout.
-                    let drain = Duration::from_millis(server.options.drain_timeout_ms);
-                    let _ = tokio::time::timeout(drain, async {
-                        while let Some(ack) = durable.next().await {
-                            outbound.send_message(&ack).await?;
+                io = poll_fn(|cx| poll_socket(&mut socket, flush, room, cx)) => {
+                    let frame = match io {
+                        Io::Flushed => {
+                            outbound.flushed();
+                            // What the outbox gathered while the socket was full.
+                            if let Some(s) = &subscriber {
+                                stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
+                                set_timer(stream_timer.as_mut(), stream_due);
+                            }
+                            continue;
                         }
-                        Ok::<(), End>(())
-                    })
-                    .await;
-                    return Err(End::Close(CloseCode::Away, "node shutting down"));
-                }
-                Some(ack) = durable.next(), if !durable.is_empty() => {
-                    outbound.send_message(&ack).await?;
-                }
-                _ = ping.tick() => {
-                    if heard_at.elapsed() >= idle_timeout {
-                        outbound
-                            .send_error(pb::ErrorCode::IdleTimeout, "nothing received within the idle timeout")
-                            .await?;
-                        return Err(End::Close(CloseCode::Normal, "idle timeout"));
-                    }
-                    outbound.send(Message::Ping(Bytes::new())).await?;
-                }
-                frame = stream.next() => {
+                        Io::WriteFailed => return Err(End::Peer),
+                        Io::Read(frame) => frame,
+                    };
                     heard_at = Instant::now();
                     let message = match frame {
                         None | Some(Ok(Message::Close(_))) => return Err(End::Peer),
@@ -450,13 +553,73 @@ async fn run<B: Backend, S>(
                                 durable.push(wait.into_message());
                             }
                             for reply in replies.drain(..) {
-                                outbound.send_message(&reply).await?;
+                                outbound.feed_message(&mut socket, &reply)?;
                             }
                             if let Some(s) = session.subscriber() {
                                 stream_state.report_subscriptions(s.subscriptions());
                             }
                         }
-                        Err(detail) => outbound.send_message(&session.malformed(detail)).await?,
+                        Err(detail) => outbound.feed_message(&mut socket, &session.malformed(detail))?,
+                    }
+                    outbound.flush_now(&mut socket)?;
+                }
+                () = async {
+                    match &subscriber {
+                        Some(s) => s.woken().await,
+                        None => std::future::pending().await,
+                    }
+                }, if room => {
+                    if let Some(s) = &subscriber {
+                        stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
+                        set_timer(stream_timer.as_mut(), stream_due);
+                    }
+                }
+                () = &mut stream_timer, if stream_due.is_some() => {
+                    stream_due = None;
+                    if let Some(s) = &subscriber {
+                        stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
+                        set_timer(stream_timer.as_mut(), stream_due);
+                    }
+                }
+                () = &mut cancelled => {
+                    outbound.feed_error(
+                        &mut socket,
+                        pb::ErrorCode::ShuttingDown,
+                        "the node is shutting down; reconnect later or elsewhere",
+                    )?;
+                    outbound.flush_now(&mut socket)?;
+                    // Acks already on their way are still sent (the log is flushed after
+                    // the listeners drain), within the drain timeout.
+                    let drain = Duration::from_millis(server.options.drain_timeout_ms);
+                    let _ = tokio::time::timeout(drain, async {
+                        while let Some(ack) = durable.next().await {
+                            outbound.feed_message(&mut socket, &ack)?;
+                            socket.flush().await.map_err(|_| End::Peer)?;
+                        }
+                        Ok::<(), End>(())
+                    })
+                    .await;
+                    return Err(End::Close(CloseCode::Away, "node shutting down"));
+                }
+                Some(ack) = durable.next(), if room && !durable.is_empty() => {
+                    outbound.feed_message(&mut socket, &ack)?;
+                    outbound.flush_now(&mut socket)?;
+                }
+                _ = ping.tick() => {
+                    if outbound.stalled(idle_timeout) {
+                        return Err(End::Stalled);
+                    }
+                    if heard_at.elapsed() >= idle_timeout {
+                        outbound.feed_error(
+                            &mut socket,
+                            pb::ErrorCode::IdleTimeout,
+                            "nothing received within the idle timeout",
+                        )?;
+                        return Err(End::Close(CloseCode::Normal, "idle timeout"));
+                    }
+                    if room {
+                        outbound.feed(&mut socket, Message::Ping(Bytes::new()))?;
+                        outbound.flush_now(&mut socket)?;
                     }
                 }
             }
@@ -465,7 +628,11 @@ async fn run<B: Backend, S>(
     .await;
     let end = step.err().unwrap_or(End::Peer);
 
-    let mut writer = writer;
+    if let Some(subscriber) = session.subscriber() {
+        server.gateway.hub().disconnect(subscriber);
+    }
+    stream_state.report_closed();
+    let close_wait = Duration::from_millis(CLOSE_WAIT_MS);
     match end {
         End::Close(code, reason) => {
             tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
@@ -473,50 +640,40 @@ async fn run<B: Backend, S>(
                 code,
                 reason: reason.into(),
             };
-            if outbound.send(Message::Close(Some(frame))).await.is_ok() {
-                // Read until the peer answers the close (or the wait ends), so it sees the
-                // frame rather than a reset.
-                let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
-            }
+            // Send the close, then read until the peer answers it (or the wait ends), so
+            // it sees the frame rather than a reset.
+            let _ = tokio::time::timeout(close_wait, async {
+                if socket.close(Some(frame)).await.is_ok() {
+                    while let Some(Ok(_)) = socket.next().await {}
+                }
+            })
+            .await;
         }
         End::Stalled => {
             tracing::debug!(remote = %peer.remote, "WebSocket peer stopped reading; dropped");
             ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => TRANSPORT, "reason" => "stalled")
                 .increment(1);
-            writer.abort();
         }
         End::SlowConsumer => {
             tracing::debug!(remote = %peer.remote, "WebSocket subscriber too slow; closing");
             stream::count_slow_consumer(TRANSPORT);
-            // The queue may be full: whatever fits goes, the rest is dropped with the socket.
-            let error = error_message(
-                0,
+            // The write buffer may be full: whatever fits goes, the rest is dropped with
+            // the socket.
+            let _ = outbound.feed_error(
+                &mut socket,
                 pb::ErrorCode::SlowConsumer,
                 "the connection fell too far behind on its updates",
             );
-            let _ = outbound.queue.try_send(codec.encode(&error));
-            let _ = outbound.queue.try_send(Message::Close(Some(CloseFrame {
+            let frame = CloseFrame {
                 code: CloseCode::Policy,
                 reason: "slow consumer".into(),
-            })));
+            };
+            let _ = tokio::time::timeout(close_wait, socket.close(Some(frame))).await;
         }
-        End::Peer => {}
-    }
-    if let Some(subscriber) = session.subscriber() {
-        server.gateway.hub().disconnect(subscriber);
-    }
-    stream_state.report_closed();
-    drop(outbound);
-    if tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), &mut writer)
-        .await
-        .is_err()
-    {
-        // The writer is stuck on a peer that reads nothing: dropping the task drops the
-        // socket.
-        writer.abort();
+        End::Peer => {
+            // Echo the peer's close (tungstenite queued the answer), within the wait.
+            let _ = tokio::time::timeout(close_wait, socket.close(None)).await;
+        }
     }
     gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "WebSocket closed");
