@@ -245,6 +245,9 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Bidder connections open (presence).
     bidders: AtomicUsize,
+    /// Subscriptions held by all connections: while there are none, changes are not marked
+    /// (no fan-out wake-ups for nobody; a later subscription starts from snapshots).
+    subscriptions: AtomicUsize,
     subscriptions_max: usize,
     outbound_bytes_max: usize,
     slow_after: Duration,
@@ -261,6 +264,7 @@ impl Hub {
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
             bidders: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
             subscriptions_max: limits.subscriptions_per_connection_max,
             outbound_bytes_max: limits.outbound_bytes_max_per_connection,
             slow_after: limits.slow_consumer_timeout(),
@@ -303,6 +307,14 @@ impl Hub {
     /// Announces that auction `id` changed (call it after the change is applied): marks it
     /// dirty and wakes its shard's worker if it was not queued already. Never waits.
     pub fn changed(&self, id: AuctionId) {
+        // Ordering: SeqCst fence, then the count. With the SeqCst read-modify-writes of
+        // `subscriptions` that precede a subscription's snapshot scan, either this load
+        // sees the subscription (and the change is marked), or the scan sees the change
+        // (it was applied before the fence): no change falls between the two.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.subscriptions.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         self.feed.mark(id, |shard| self.wakers[shard].notify_one());
     }
 
@@ -437,6 +449,9 @@ impl Hub {
         for pattern in &patterns {
             registry.trie.remove(pattern, subscriber.id);
         }
+        // Ordering: SeqCst; see `changed`.
+        self.subscriptions
+            .fetch_sub(patterns.len(), Ordering::SeqCst);
         registry.subscribers.remove(&subscriber.id);
         ::metrics::gauge!(metrics::PRESENCE_WATCHERS).set(registry.subscribers.len() as f64);
     }
@@ -461,6 +476,7 @@ impl Hub {
                 });
             }
         }
+        let before = held.len();
         let mut registry = self.registry_mut();
         for pattern in parsed {
             match change {
@@ -474,6 +490,14 @@ impl Hub {
                     }
                 }
             }
+        }
+        // Ordering: SeqCst, before the caller scans for snapshots; see `changed`.
+        if held.len() >= before {
+            self.subscriptions
+                .fetch_add(held.len() - before, Ordering::SeqCst);
+        } else {
+            self.subscriptions
+                .fetch_sub(before - held.len(), Ordering::SeqCst);
         }
         Ok(held.len())
     }
@@ -722,6 +746,35 @@ mod tests {
         hub.disconnect(&eu);
         assert_eq!(hub.publish(&engine, AuctionId(1), UnixMicros(3), 0), 0);
         assert!(hub.registry().trie.len() == 1, "only metals.cu is left");
+    }
+
+    #[test]
+    fn changes_are_marked_only_while_someone_subscribes() {
+        let hub = Hub::new(1, 64, &Limits::default());
+        let drained = |hub: &Hub| {
+            let mut ids = Vec::new();
+            hub.feed().drain(0, &mut ids, 64);
+            ids
+        };
+        hub.changed(AuctionId(1));
+        assert!(
+            drained(&hub).is_empty(),
+            "nobody subscribes: no fan-out work"
+        );
+        let watcher = hub.connect(Duration::ZERO);
+        hub.changed(AuctionId(1));
+        assert!(drained(&hub).is_empty(), "connected, not subscribed");
+        let patterns = ["energy.>".to_owned(), "metals.*".to_owned()];
+        hub.change(&watcher, Change::Add, &[], &patterns).unwrap();
+        hub.changed(AuctionId(2));
+        assert_eq!(drained(&hub), vec![AuctionId(2)]);
+        hub.change(&watcher, Change::Remove, &[], &patterns[..1])
+            .unwrap();
+        hub.changed(AuctionId(3));
+        assert_eq!(drained(&hub), vec![AuctionId(3)], "one subscription left");
+        hub.disconnect(&watcher);
+        hub.changed(AuctionId(4));
+        assert!(drained(&hub).is_empty(), "the last subscriber left");
     }
 
     #[test]
