@@ -61,6 +61,44 @@ pub struct Session<B> {
     subscriber: Option<Arc<Subscriber>>,
     /// A `Subscribe` asked for price updates as datagrams (QUIC).
     datagrams: bool,
+    /// The bid path's metric handles, looked up once per connection at its first bid (a
+    /// lookup hashes the name and labels under the registry's lock, several times per bid
+    /// otherwise; watchers never bid and keep none).
+    metrics: Option<BidMetrics>,
+}
+
+/// A connection's bid metrics: the decision and durable histograms, its durable-ack
+/// counter and the bid counters by (result, reason) met so far.
+#[derive(Clone, Debug)]
+struct BidMetrics {
+    decide: ::metrics::Histogram,
+    durable: ::metrics::Histogram,
+    durable_acks: ::metrics::Counter,
+    /// A handful at most (the outcome kinds), searched linearly.
+    bids: Vec<((&'static str, &'static str), ::metrics::Counter)>,
+}
+
+impl BidMetrics {
+    fn new(transport: &'static str) -> BidMetrics {
+        BidMetrics {
+            decide: ::metrics::histogram!(metrics::BID_DECIDE_SECONDS),
+            durable: ::metrics::histogram!(metrics::BID_DURABLE_SECONDS),
+            durable_acks: ::metrics::counter!(metrics::DURABLE_ACKS, "transport" => transport),
+            bids: Vec::new(),
+        }
+    }
+
+    /// Counts one bid of this `result` and `reason` over `transport`.
+    fn bid(&mut self, transport: &'static str, result: &'static str, reason: &'static str) {
+        let labels = (result, reason);
+        if let Some((_, counter)) = self.bids.iter().find(|(l, _)| *l == labels) {
+            counter.increment(1);
+            return;
+        }
+        let counter = ::metrics::counter!(metrics::BIDS, "transport" => transport, "result" => result, "reason" => reason);
+        counter.increment(1);
+        self.bids.push((labels, counter));
+    }
 }
 
 /// A clone serves another stream of the same connection: same peer, and the same count of
@@ -74,6 +112,7 @@ impl<B> Clone for Session<B> {
             pending_durable: Arc::clone(&self.pending_durable),
             subscriber: self.subscriber.clone(),
             datagrams: self.datagrams,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -93,7 +132,14 @@ impl<B: Backend> Session<B> {
             pending_durable: Arc::new(AtomicUsize::new(0)),
             subscriber: None,
             datagrams: false,
+            metrics: None,
         }
+    }
+
+    fn bid_metrics(&mut self) -> &mut BidMetrics {
+        let transport = self.transport;
+        self.metrics
+            .get_or_insert_with(|| BidMetrics::new(transport))
     }
 
     /// The connection's fan-out side, once it subscribed.
@@ -352,10 +398,11 @@ impl<B: Backend> Session<B> {
                 );
             }
         }
-        ::metrics::histogram!(metrics::BID_DECIDE_SECONDS).record(decided - started);
         let (result, reason) = metrics::outcome_labels(&outcome);
-        ::metrics::counter!(metrics::BIDS, "transport" => self.transport, "result" => result, "reason" => reason)
-            .increment(1);
+        let transport = self.transport;
+        let bid_metrics = self.bid_metrics();
+        bid_metrics.decide.record(decided - started);
+        bid_metrics.bid(transport, result, reason);
         out.push(pb::ServerMessage {
             request_id,
             body: Some(Reply::BidOutcome(outcome.into())),
@@ -382,14 +429,15 @@ impl<B: Backend> Session<B> {
                 seq: accepted.seq,
             },
             accepted_at: decided,
-            transport: self.transport,
+            latency: self.bid_metrics().durable.clone(),
+            acks: self.bid_metrics().durable_acks.clone(),
             wait: backend.durable(receipt),
             pending: PendingGuard(Arc::clone(&self.pending_durable)),
         })
     }
 
     fn refuse(
-        &self,
+        &mut self,
         request_id: u64,
         rejection: Rejection,
         out: &mut Vec<pb::ServerMessage>,
@@ -401,13 +449,9 @@ impl<B: Backend> Session<B> {
             ?rejection,
             "bid refused at the edge"
         );
-        ::metrics::counter!(
-            metrics::BIDS,
-            "transport" => self.transport,
-            "result" => "rejected",
-            "reason" => metrics::rejection_label(&rejection)
-        )
-        .increment(1);
+        let transport = self.transport;
+        self.bid_metrics()
+            .bid(transport, "rejected", metrics::rejection_label(&rejection));
         out.push(pb::ServerMessage {
             request_id,
             body: Some(Reply::BidOutcome(BidOutcome::Rejected(rejection).into())),
@@ -503,7 +547,9 @@ pub struct DurableWait<F> {
     request_id: u64,
     ack: pb::DurableAck,
     accepted_at: Instant,
-    transport: &'static str,
+    /// The connection's durable-latency histogram and durable-ack counter.
+    latency: ::metrics::Histogram,
+    acks: ::metrics::Counter,
     wait: F,
     pending: PendingGuard,
 }
@@ -522,7 +568,8 @@ impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
             request_id,
             ack,
             accepted_at,
-            transport,
+            latency,
+            acks,
             wait,
             pending,
         } = self;
@@ -530,8 +577,8 @@ impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
         drop(pending);
         match result {
             Ok(()) => {
-                ::metrics::histogram!(metrics::BID_DURABLE_SECONDS).record(accepted_at.elapsed());
-                ::metrics::counter!(metrics::DURABLE_ACKS, "transport" => transport).increment(1);
+                latency.record(accepted_at.elapsed());
+                acks.increment(1);
                 pb::ServerMessage {
                     request_id,
                     body: Some(Reply::DurableAck(ack)),
@@ -543,5 +590,39 @@ impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
                 format!("the bid was accepted but is {e}; it was never acknowledged durable"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn bid_counters_keep_each_result_and_reason_apart() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            let mut bids = BidMetrics::new("ws");
+            bids.bid("ws", "accepted", "none");
+            bids.bid("ws", "rejected", "too_low");
+            bids.bid("ws", "rejected", "too_low");
+            bids.bid("ws", "rejected", "closed");
+            bids.bid("ws", "accepted", "none");
+        });
+        let text = handle.render();
+        let value = |result: &str, reason: &str| {
+            let line = format!(
+                "{}{{transport=\"ws\",result=\"{result}\",reason=\"{reason}\"}} ",
+                metrics::BIDS
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap_or_else(|| panic!("no {line} in {text}"))
+                .to_owned()
+        };
+        assert_eq!(value("accepted", "none"), "2");
+        assert_eq!(value("rejected", "too_low"), "2");
+        assert_eq!(value("rejected", "closed"), "1");
     }
 }
