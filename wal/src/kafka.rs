@@ -605,6 +605,9 @@ impl ConsumerContext for ReaderContext {}
 /// The producer's context: turns delivery reports into [`Shared::delivered`].
 struct DeliveryContext {
     shared: Arc<Shared>,
+    /// Handles for the common case, looked up once (not per delivery report).
+    delivery_seconds: metrics::Histogram,
+    persisted: metrics::Counter,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -631,7 +634,7 @@ impl ProducerContext for DeliveryContext {
                     // Ordering: Relaxed — a statistic; the slot was stored before the send.
                     let sent_us = shared.sent_slot(lsn).load(Ordering::Relaxed);
                     let now_us = shared.epoch.elapsed().as_micros() as u64;
-                    metrics::histogram!(METRIC_DELIVERY_SECONDS)
+                    self.delivery_seconds
                         .record(now_us.saturating_sub(sent_us) as f64 / 1e6);
                     (
                         Outcome::Persisted(message.partition(), message.offset()),
@@ -659,7 +662,11 @@ impl ProducerContext for DeliveryContext {
                 "error",
             ),
         };
-        metrics::counter!(METRIC_DELIVERIES, "status" => status_label).increment(1);
+        if status_label == "persisted" {
+            self.persisted.increment(1);
+        } else {
+            metrics::counter!(METRIC_DELIVERIES, "status" => status_label).increment(1);
+        }
         self.shared.delivered(lsn, bytes, outcome);
     }
 }
@@ -716,6 +723,8 @@ impl KafkaLog {
         let producer = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
+                delivery_seconds: metrics::histogram!(METRIC_DELIVERY_SECONDS),
+                persisted: metrics::counter!(METRIC_DELIVERIES, "status" => "persisted"),
             })
             .map_err(kafka_error("create the producer", &config.brokers))?;
         Ok((
