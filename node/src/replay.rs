@@ -11,10 +11,19 @@
 //! summaries add up. The state hash after a parallel replay equals a sequential one; tests
 //! check it.
 //!
+//! Locality: a worker applies each batch grouped by auction (log order within an auction),
+//! for the same reason — only per-auction order matters. With many auctions and a skewed
+//! load, consecutive records in log order touch a different auction each (its registry
+//! entry, lock, book, idempotency memory and seen-bid filter, all cold in the cache); grouped,
+//! a hot auction's run of records finds them in the cache. Batches of [`BATCH_RECORDS`].
+//!
 //! Errors: every record is still dispatched after a worker failed (to the workers still
-//! running), and each worker stops at its own first failure, so the error reported — the
-//! lowest LSN among the workers' first failures — is the first bad record in log order,
-//! whatever the number of workers.
+//! running), and each worker stops after the batch holding its first failure, so the error
+//! reported — the lowest LSN among the workers' first failures — is the first bad record in
+//! log order, whatever the number of workers. Within a batch applied by auction, an
+//! auction's records after its first failure are skipped and the other auctions' records
+//! still applied, so the lowest failing LSN of the batch is its first failure in log order
+//! (every record before it, of any auction, applied cleanly).
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
@@ -25,10 +34,11 @@ use gavel_wal::{Lsn, WalError};
 
 use crate::node::decode_record;
 
-/// Records handed to a worker at once.
-const BATCH_RECORDS: usize = 1024;
+/// Records handed to a worker at once, and applied grouped by auction: the larger, the more
+/// records of a hot auction find its state in the cache (measured in BENCHMARKS.md).
+const BATCH_RECORDS: usize = 16_384;
 /// Batches queued per worker: bounds the memory of a reader running ahead.
-const BATCHES_QUEUED_MAX: usize = 8;
+const BATCHES_QUEUED_MAX: usize = 2;
 
 /// One record for a worker: its LSN and payload.
 type Item = (Lsn, Vec<u8>);
@@ -141,7 +151,7 @@ where
     Ok(())
 }
 
-/// One worker: decodes and applies its records in the order received.
+/// One worker: decodes each batch and applies it grouped by auction (see the module docs).
 fn worker(
     engine: &Engine,
     after_snapshot: bool,
@@ -152,18 +162,50 @@ fn worker(
     } else {
         Replayer::new(engine)
     };
+    let mut events: Vec<(Lsn, Event)> = Vec::with_capacity(BATCH_RECORDS);
+    let mut order: Vec<(AuctionId, Lsn, usize)> = Vec::with_capacity(BATCH_RECORDS);
     for batch in batches {
-        for (lsn, payload) in batch {
-            let applied = decode_record(&payload)
-                .with_context(|| format!("the record at LSN {lsn} does not decode"))
-                .and_then(|event: Event| {
-                    replayer
-                        .apply(&event)
-                        .with_context(|| format!("replaying the record at LSN {lsn}"))
-                });
-            if let Err(error) = applied {
-                return Err((lsn, error));
+        events.clear();
+        order.clear();
+        // The lowest LSN that failed in this batch.
+        let mut first_error: Option<(Lsn, anyhow::Error)> = None;
+        let mut fail = |lsn: Lsn, error: anyhow::Error| {
+            if first_error.as_ref().is_none_or(|(first, _)| lsn < *first) {
+                first_error = Some((lsn, error));
             }
+        };
+        for (lsn, payload) in batch {
+            match decode_record(&payload) {
+                Ok(event) => {
+                    order.push((event.auction, lsn, events.len()));
+                    events.push((lsn, event));
+                }
+                Err(error) => {
+                    fail(
+                        lsn,
+                        error.context(format!("the record at LSN {lsn} does not decode")),
+                    );
+                }
+            }
+        }
+        // LSNs are unique: this is log order within each auction.
+        order.sort_unstable_by_key(|&(auction, lsn, _)| (auction, lsn));
+        let mut failed: Option<AuctionId> = None;
+        for &(auction, _, at) in &order {
+            if failed == Some(auction) {
+                continue;
+            }
+            let (lsn, event) = &events[at];
+            if let Err(error) = replayer.apply(event) {
+                failed = Some(auction);
+                fail(
+                    *lsn,
+                    anyhow!(error).context(format!("replaying the record at LSN {lsn}")),
+                );
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
         }
     }
     Ok(replayer.finish())

@@ -85,3 +85,48 @@ fn a_bad_record_stops_replay_naming_its_lsn_whatever_the_worker() {
         );
     }
 }
+
+#[test]
+fn the_first_bad_record_in_log_order_is_reported_when_a_batch_is_applied_by_auction() {
+    let dir = tempfile::tempdir().unwrap();
+    simulate_small_with_snapshots(dir.path(), 0);
+    let wal_dir = dir.path().join(WAL_DIR);
+    let (wal, recovery) = Wal::open(&wal_dir, WalConfig::default()).unwrap();
+    let bids: Vec<pb::Record> = recovery
+        .replay(1)
+        .unwrap()
+        .map(|r| pb::Record::decode(r.unwrap().payload.as_slice()).unwrap())
+        .filter(|r| matches!(r.kind, Some(pb::record::Kind::BidAccepted(_))))
+        .collect();
+    let low = bids.iter().min_by_key(|r| r.auction_id).unwrap().clone();
+    let high = bids.iter().max_by_key(|r| r.auction_id).unwrap().clone();
+    assert!(low.auction_id < high.auction_id);
+    // Two records that did not happen, the higher auction's first in the log: grouped by
+    // auction, the lower auction's comes first, but the log's first is the one to report.
+    let forge = |r: pb::Record| {
+        pb::Record {
+            seq: r.seq + 1_000_000,
+            ..r
+        }
+        .encode_to_vec()
+    };
+    let first_lsn = wal.append(forge(high)).unwrap();
+    let second_lsn = wal.append(forge(low)).unwrap();
+    wal.shutdown().unwrap();
+    drop(wal);
+    for workers in [1, 2] {
+        let (_wal, recovery) = Wal::open(&wal_dir, WalConfig::default()).unwrap();
+        let engine = Engine::new(EngineConfig::default());
+        let err =
+            replay_parallel(&engine, false, recovery.replay(1).unwrap(), workers).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("LSN {first_lsn}")),
+            "{workers} workers: {text}"
+        );
+        assert!(
+            !text.contains(&format!("LSN {second_lsn}")),
+            "{workers} workers: {text}"
+        );
+    }
+}
