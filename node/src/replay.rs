@@ -28,7 +28,7 @@
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use gavel_engine::{AuctionId, Engine, Event, ReplaySummary, Replayer};
 use gavel_wal::{Lsn, WalError};
 
@@ -40,8 +40,46 @@ const BATCH_RECORDS: usize = 16_384;
 /// Batches queued per worker: bounds the memory of a reader running ahead.
 const BATCHES_QUEUED_MAX: usize = 2;
 
-/// One record for a worker: its LSN and payload.
-type Item = (Lsn, Vec<u8>);
+/// Initial payload bytes of a batch (it grows if records are larger).
+const BATCH_PAYLOAD_BYTES: usize = BATCH_RECORDS * 128;
+
+/// Records for one worker: their payloads copied end to end into one buffer, so that the
+/// reader frees each record's own buffer at once (in its own thread) and a worker frees one
+/// buffer per batch.
+struct Batch {
+    payloads: Vec<u8>,
+    records: Vec<Item>,
+}
+
+/// One record of a batch.
+struct Item {
+    /// The auction its payload starts with (see [`auction_of`]); 0 if none.
+    auction: AuctionId,
+    lsn: Lsn,
+    /// Its payload: `payloads[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            payloads: Vec::with_capacity(BATCH_PAYLOAD_BYTES),
+            records: Vec::with_capacity(BATCH_RECORDS),
+        }
+    }
+
+    fn push(&mut self, auction: AuctionId, lsn: Lsn, payload: &[u8]) {
+        let start = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.records.push(Item {
+            auction,
+            lsn,
+            start,
+            end: self.payloads.len(),
+        });
+    }
+}
 
 /// Replays `records` (in log order) into `engine` on `workers` threads (at least 1); see the
 /// module docs. `after_snapshot`: the engine was restored from a snapshot (see
@@ -57,10 +95,10 @@ where
 {
     let workers = workers.max(1);
     thread::scope(|scope| {
-        let mut senders: Vec<SyncSender<Vec<Item>>> = Vec::with_capacity(workers);
+        let mut senders: Vec<SyncSender<Batch>> = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = sync_channel::<Vec<Item>>(BATCHES_QUEUED_MAX);
+            let (tx, rx) = sync_channel::<Batch>(BATCHES_QUEUED_MAX);
             senders.push(tx);
             let handle = thread::Builder::new()
                 .name(format!("gavel-replay-{w}"))
@@ -111,39 +149,36 @@ where
 /// the LSN it happened after) if the log could not be read to its end.
 fn dispatch<I>(
     records: I,
-    senders: &[SyncSender<Vec<Item>>],
+    senders: &[SyncSender<Batch>],
 ) -> std::result::Result<(), (Lsn, anyhow::Error)>
 where
     I: IntoIterator<Item = Result<gavel_wal::Record, WalError>>,
 {
     let workers = senders.len();
-    let mut batches: Vec<Vec<Item>> = (0..workers)
-        .map(|_| Vec::with_capacity(BATCH_RECORDS))
-        .collect();
+    let mut batches: Vec<Batch> = (0..workers).map(|_| Batch::new()).collect();
     // A worker that stopped on an error takes nothing more; the others go on.
     let mut running = vec![true; workers];
     let mut last_lsn = 0;
     for record in records {
         let record = record.map_err(|e| (last_lsn + 1, anyhow!(e).context("reading the log")))?;
         last_lsn = record.lsn;
-        let w = match auction_of(&record.payload) {
-            // Truncation intended: the low bits spread auctions over workers.
-            Some(id) => (mix(id.0) as usize) % workers,
-            // Not a well-formed record: any worker reports the decode error with its LSN.
-            None => 0,
-        };
+        // No auction id first: an auction 0 record (prost leaves out a zero field), or not a
+        // well-formed record, whose decode error the worker reports with its LSN.
+        let auction = auction_of(&record.payload).unwrap_or(AuctionId(0));
+        // Truncation intended: the low bits spread auctions over workers.
+        let w = (mix(auction.0) as usize) % workers;
         if !running[w] {
             continue;
         }
-        batches[w].push((record.lsn, record.payload));
-        if batches[w].len() == BATCH_RECORDS {
-            let full = std::mem::replace(&mut batches[w], Vec::with_capacity(BATCH_RECORDS));
+        batches[w].push(auction, record.lsn, &record.payload);
+        if batches[w].records.len() == BATCH_RECORDS {
+            let full = std::mem::replace(&mut batches[w], Batch::new());
             // A closed channel: the worker stopped on an error, which it reports.
             running[w] = senders[w].send(full).is_ok();
         }
     }
     for (w, batch) in batches.into_iter().enumerate() {
-        if running[w] && !batch.is_empty() {
+        if running[w] && !batch.records.is_empty() {
             // As above: a failed send means the worker already has its error.
             let _ = senders[w].send(batch);
         }
@@ -155,53 +190,42 @@ where
 fn worker(
     engine: &Engine,
     after_snapshot: bool,
-    batches: &Receiver<Vec<Item>>,
+    batches: &Receiver<Batch>,
 ) -> std::result::Result<ReplaySummary, (Lsn, anyhow::Error)> {
     let mut replayer = if after_snapshot {
         Replayer::after_snapshot(engine)
     } else {
         Replayer::new(engine)
     };
-    let mut events: Vec<(Lsn, Event)> = Vec::with_capacity(BATCH_RECORDS);
-    let mut order: Vec<(AuctionId, Lsn, usize)> = Vec::with_capacity(BATCH_RECORDS);
-    for batch in batches {
-        events.clear();
-        order.clear();
-        // The lowest LSN that failed in this batch.
-        let mut first_error: Option<(Lsn, anyhow::Error)> = None;
-        let mut fail = |lsn: Lsn, error: anyhow::Error| {
-            if first_error.as_ref().is_none_or(|(first, _)| lsn < *first) {
-                first_error = Some((lsn, error));
-            }
-        };
-        for (lsn, payload) in batch {
-            match decode_record(&payload) {
-                Ok(event) => {
-                    order.push((event.auction, lsn, events.len()));
-                    events.push((lsn, event));
-                }
-                Err(error) => {
-                    fail(
-                        lsn,
-                        error.context(format!("the record at LSN {lsn} does not decode")),
-                    );
-                }
-            }
-        }
+    for mut batch in batches {
         // LSNs are unique: this is log order within each auction.
-        order.sort_unstable_by_key(|&(auction, lsn, _)| (auction, lsn));
+        batch.records.sort_unstable_by_key(|r| (r.auction, r.lsn));
+        // The lowest LSN that failed in this batch, and the auction being skipped.
+        let mut first_error: Option<(Lsn, anyhow::Error)> = None;
         let mut failed: Option<AuctionId> = None;
-        for &(auction, _, at) in &order {
-            if failed == Some(auction) {
+        for record in &batch.records {
+            if failed == Some(record.auction) {
                 continue;
             }
-            let (lsn, event) = &events[at];
-            if let Err(error) = replayer.apply(event) {
-                failed = Some(auction);
-                fail(
-                    *lsn,
-                    anyhow!(error).context(format!("replaying the record at LSN {lsn}")),
-                );
+            let lsn = record.lsn;
+            let applied = decode_record(&batch.payloads[record.start..record.end])
+                .with_context(|| format!("the record at LSN {lsn} does not decode"))
+                .and_then(|event: Event| {
+                    // Dispatch and grouping went by the id the payload starts with.
+                    ensure!(
+                        event.auction == record.auction,
+                        "the record at LSN {lsn} (auction {}) does not start with its auction id",
+                        event.auction
+                    );
+                    replayer
+                        .apply(&event)
+                        .with_context(|| format!("replaying the record at LSN {lsn}"))
+                });
+            if let Err(error) = applied {
+                failed = Some(record.auction);
+                if first_error.as_ref().is_none_or(|(first, _)| lsn < *first) {
+                    first_error = Some((lsn, error));
+                }
             }
         }
         if let Some(error) = first_error {
