@@ -17,13 +17,15 @@
 //!   must equal the live engine's.
 //!
 //! - (d) parallel replay: what the node's start-up does ([`replay_parallel`]: read + CRC on
-//!   one thread, decode + apply on one worker per core, partitioned by auction); the state
-//!   hash must equal (c)'s.
+//!   one thread, decode + apply on one worker per core, partitioned by auction, each batch
+//!   applied grouped by auction); the state hash must equal (c)'s.
 //!
 //! Restart time = open + (d): what a node restarting from the log alone spends.
 //!
 //! Usage: `cargo run --release -p gavel-benches --bin wal_replay -- [--records 10000000]
-//! [--dir DIR] [--keep]`, or `--measure DIR [--expect-hash HEX]` for an existing log.
+//! [--dir DIR] [--keep]`, or `--measure DIR [--expect-hash HEX] [--restart-only]` for an
+//! existing log (`--restart-only`: open and (d) alone). (c) and (d) print their CPU seconds
+//! too: on a shared machine they vary less than wall time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
