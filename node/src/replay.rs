@@ -42,6 +42,11 @@ const BATCHES_QUEUED_MAX: usize = 2;
 
 /// Initial payload bytes of a batch (it grows if records are larger).
 const BATCH_PAYLOAD_BYTES: usize = BATCH_RECORDS * 128;
+/// A batch is handed over once its payloads reach this many bytes, however few its records:
+/// with [`BATCHES_QUEUED_MAX`] it bounds a worker's queued bytes whatever the record sizes
+/// (a record may hold up to 1 MiB).
+const BATCH_PAYLOAD_BYTES_MAX: usize = 8 << 20;
+const _: () = assert!(BATCH_PAYLOAD_BYTES <= BATCH_PAYLOAD_BYTES_MAX);
 
 /// Records for one worker: their payloads copied end to end into one buffer, so that the
 /// reader frees each record's own buffer at once (in its own thread) and a worker frees one
@@ -67,6 +72,10 @@ impl Batch {
             payloads: Vec::with_capacity(BATCH_PAYLOAD_BYTES),
             records: Vec::with_capacity(BATCH_RECORDS),
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= BATCH_RECORDS || self.payloads.len() >= BATCH_PAYLOAD_BYTES_MAX
     }
 
     fn push(&mut self, auction: AuctionId, lsn: Lsn, payload: &[u8]) {
@@ -171,7 +180,7 @@ where
             continue;
         }
         batches[w].push(auction, record.lsn, &record.payload);
-        if batches[w].records.len() == BATCH_RECORDS {
+        if batches[w].is_full() {
             let full = std::mem::replace(&mut batches[w], Batch::new());
             // A closed channel: the worker stopped on an error, which it reports.
             running[w] = senders[w].send(full).is_ok();
@@ -268,6 +277,48 @@ mod tests {
     use super::*;
     use gavel_proto::pb;
     use prost::Message;
+
+    /// The batches `dispatch` hands one worker for `records`: (records, payload bytes) each.
+    fn batches_of(records: Vec<gavel_wal::Record>) -> Vec<(usize, usize)> {
+        let (tx, rx) = sync_channel::<Batch>(8);
+        dispatch(records.into_iter().map(Ok), &[tx]).unwrap();
+        rx.iter()
+            .map(|batch| (batch.records.len(), batch.payloads.len()))
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_bounded_in_records_and_in_bytes() {
+        let small: Vec<gavel_wal::Record> = (1..=2 * BATCH_RECORDS as u64 + 1)
+            .map(|lsn| gavel_wal::Record {
+                lsn,
+                payload: vec![0x08, 0x01],
+            })
+            .collect();
+        assert_eq!(
+            batches_of(small),
+            [(BATCH_RECORDS, 2 * BATCH_RECORDS); 2]
+                .into_iter()
+                .chain([(1, 2)])
+                .collect::<Vec<_>>()
+        );
+        let record_bytes = 1 << 20;
+        let large: Vec<gavel_wal::Record> = (1..=20)
+            .map(|lsn| gavel_wal::Record {
+                lsn,
+                payload: vec![0x08; record_bytes],
+            })
+            .collect();
+        let per_batch = BATCH_PAYLOAD_BYTES_MAX / record_bytes;
+        assert_eq!(
+            batches_of(large),
+            [
+                (per_batch, BATCH_PAYLOAD_BYTES_MAX),
+                (per_batch, BATCH_PAYLOAD_BYTES_MAX),
+                (20 - 2 * per_batch, (20 - 2 * per_batch) * record_bytes)
+            ]
+        );
+    }
 
     #[test]
     fn the_auction_id_is_read_from_the_first_field() {
