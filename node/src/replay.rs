@@ -11,27 +11,84 @@
 //! summaries add up. The state hash after a parallel replay equals a sequential one; tests
 //! check it.
 //!
+//! Locality: a worker applies each batch grouped by auction (log order within an auction),
+//! for the same reason — only per-auction order matters. With many auctions and a skewed
+//! load, consecutive records in log order touch a different auction each (its registry
+//! entry, lock, book, idempotency memory and seen-bid filter, all cold in the cache); grouped,
+//! a hot auction's run of records finds them in the cache. Batches of [`BATCH_RECORDS`].
+//!
 //! Errors: every record is still dispatched after a worker failed (to the workers still
-//! running), and each worker stops at its own first failure, so the error reported — the
-//! lowest LSN among the workers' first failures — is the first bad record in log order,
-//! whatever the number of workers.
+//! running), and each worker stops after the batch holding its first failure, so the error
+//! reported — the lowest LSN among the workers' first failures — is the first bad record in
+//! log order, whatever the number of workers. Within a batch applied by auction, an
+//! auction's records after its first failure are skipped and the other auctions' records
+//! still applied, so the lowest failing LSN of the batch is its first failure in log order
+//! (every record before it, of any auction, applied cleanly).
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use gavel_engine::{AuctionId, Engine, Event, ReplaySummary, Replayer};
 use gavel_wal::{Lsn, WalError};
 
 use crate::node::decode_record;
 
-/// Records handed to a worker at once.
-const BATCH_RECORDS: usize = 1024;
+/// Records handed to a worker at once, and applied grouped by auction: the larger, the more
+/// records of a hot auction find its state in the cache (measured in BENCHMARKS.md).
+const BATCH_RECORDS: usize = 16_384;
 /// Batches queued per worker: bounds the memory of a reader running ahead.
-const BATCHES_QUEUED_MAX: usize = 8;
+const BATCHES_QUEUED_MAX: usize = 2;
 
-/// One record for a worker: its LSN and payload.
-type Item = (Lsn, Vec<u8>);
+/// Initial payload bytes of a batch (it grows if records are larger).
+const BATCH_PAYLOAD_BYTES: usize = BATCH_RECORDS * 128;
+/// A batch is handed over once its payloads reach this many bytes, however few its records:
+/// with [`BATCHES_QUEUED_MAX`] it bounds a worker's queued bytes whatever the record sizes
+/// (a record may hold up to 1 MiB).
+const BATCH_PAYLOAD_BYTES_MAX: usize = 8 << 20;
+const _: () = assert!(BATCH_PAYLOAD_BYTES <= BATCH_PAYLOAD_BYTES_MAX);
+
+/// Records for one worker: their payloads copied end to end into one buffer, so that the
+/// reader frees each record's own buffer at once (in its own thread) and a worker frees one
+/// buffer per batch.
+struct Batch {
+    payloads: Vec<u8>,
+    records: Vec<Item>,
+}
+
+/// One record of a batch.
+struct Item {
+    /// The auction its payload starts with (see [`auction_of`]); 0 if none.
+    auction: AuctionId,
+    lsn: Lsn,
+    /// Its payload: `payloads[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            payloads: Vec::with_capacity(BATCH_PAYLOAD_BYTES),
+            records: Vec::with_capacity(BATCH_RECORDS),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= BATCH_RECORDS || self.payloads.len() >= BATCH_PAYLOAD_BYTES_MAX
+    }
+
+    fn push(&mut self, auction: AuctionId, lsn: Lsn, payload: &[u8]) {
+        let start = self.payloads.len();
+        self.payloads.extend_from_slice(payload);
+        self.records.push(Item {
+            auction,
+            lsn,
+            start,
+            end: self.payloads.len(),
+        });
+    }
+}
 
 /// Replays `records` (in log order) into `engine` on `workers` threads (at least 1); see the
 /// module docs. `after_snapshot`: the engine was restored from a snapshot (see
@@ -47,10 +104,10 @@ where
 {
     let workers = workers.max(1);
     thread::scope(|scope| {
-        let mut senders: Vec<SyncSender<Vec<Item>>> = Vec::with_capacity(workers);
+        let mut senders: Vec<SyncSender<Batch>> = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = sync_channel::<Vec<Item>>(BATCHES_QUEUED_MAX);
+            let (tx, rx) = sync_channel::<Batch>(BATCHES_QUEUED_MAX);
             senders.push(tx);
             let handle = thread::Builder::new()
                 .name(format!("gavel-replay-{w}"))
@@ -101,39 +158,36 @@ where
 /// the LSN it happened after) if the log could not be read to its end.
 fn dispatch<I>(
     records: I,
-    senders: &[SyncSender<Vec<Item>>],
+    senders: &[SyncSender<Batch>],
 ) -> std::result::Result<(), (Lsn, anyhow::Error)>
 where
     I: IntoIterator<Item = Result<gavel_wal::Record, WalError>>,
 {
     let workers = senders.len();
-    let mut batches: Vec<Vec<Item>> = (0..workers)
-        .map(|_| Vec::with_capacity(BATCH_RECORDS))
-        .collect();
+    let mut batches: Vec<Batch> = (0..workers).map(|_| Batch::new()).collect();
     // A worker that stopped on an error takes nothing more; the others go on.
     let mut running = vec![true; workers];
     let mut last_lsn = 0;
     for record in records {
         let record = record.map_err(|e| (last_lsn + 1, anyhow!(e).context("reading the log")))?;
         last_lsn = record.lsn;
-        let w = match auction_of(&record.payload) {
-            // Truncation intended: the low bits spread auctions over workers.
-            Some(id) => (mix(id.0) as usize) % workers,
-            // Not a well-formed record: any worker reports the decode error with its LSN.
-            None => 0,
-        };
+        // No auction id first: an auction 0 record (prost leaves out a zero field), or not a
+        // well-formed record, whose decode error the worker reports with its LSN.
+        let auction = auction_of(&record.payload).unwrap_or(AuctionId(0));
+        // Truncation intended: the low bits spread auctions over workers.
+        let w = (mix(auction.0) as usize) % workers;
         if !running[w] {
             continue;
         }
-        batches[w].push((record.lsn, record.payload));
-        if batches[w].len() == BATCH_RECORDS {
-            let full = std::mem::replace(&mut batches[w], Vec::with_capacity(BATCH_RECORDS));
+        batches[w].push(auction, record.lsn, &record.payload);
+        if batches[w].is_full() {
+            let full = std::mem::replace(&mut batches[w], Batch::new());
             // A closed channel: the worker stopped on an error, which it reports.
             running[w] = senders[w].send(full).is_ok();
         }
     }
     for (w, batch) in batches.into_iter().enumerate() {
-        if running[w] && !batch.is_empty() {
+        if running[w] && !batch.records.is_empty() {
             // As above: a failed send means the worker already has its error.
             let _ = senders[w].send(batch);
         }
@@ -141,29 +195,50 @@ where
     Ok(())
 }
 
-/// One worker: decodes and applies its records in the order received.
+/// One worker: decodes each batch and applies it grouped by auction (see the module docs).
 fn worker(
     engine: &Engine,
     after_snapshot: bool,
-    batches: &Receiver<Vec<Item>>,
+    batches: &Receiver<Batch>,
 ) -> std::result::Result<ReplaySummary, (Lsn, anyhow::Error)> {
     let mut replayer = if after_snapshot {
         Replayer::after_snapshot(engine)
     } else {
         Replayer::new(engine)
     };
-    for batch in batches {
-        for (lsn, payload) in batch {
-            let applied = decode_record(&payload)
+    for mut batch in batches {
+        // LSNs are unique: this is log order within each auction.
+        batch.records.sort_unstable_by_key(|r| (r.auction, r.lsn));
+        // The lowest LSN that failed in this batch, and the auction being skipped.
+        let mut first_error: Option<(Lsn, anyhow::Error)> = None;
+        let mut failed: Option<AuctionId> = None;
+        for record in &batch.records {
+            if failed == Some(record.auction) {
+                continue;
+            }
+            let lsn = record.lsn;
+            let applied = decode_record(&batch.payloads[record.start..record.end])
                 .with_context(|| format!("the record at LSN {lsn} does not decode"))
                 .and_then(|event: Event| {
+                    // Dispatch and grouping went by the id the payload starts with.
+                    ensure!(
+                        event.auction == record.auction,
+                        "the record at LSN {lsn} (auction {}) does not start with its auction id",
+                        event.auction
+                    );
                     replayer
                         .apply(&event)
                         .with_context(|| format!("replaying the record at LSN {lsn}"))
                 });
             if let Err(error) = applied {
-                return Err((lsn, error));
+                failed = Some(record.auction);
+                if first_error.as_ref().is_none_or(|(first, _)| lsn < *first) {
+                    first_error = Some((lsn, error));
+                }
             }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
         }
     }
     Ok(replayer.finish())
@@ -202,6 +277,48 @@ mod tests {
     use super::*;
     use gavel_proto::pb;
     use prost::Message;
+
+    /// The batches `dispatch` hands one worker for `records`: (records, payload bytes) each.
+    fn batches_of(records: Vec<gavel_wal::Record>) -> Vec<(usize, usize)> {
+        let (tx, rx) = sync_channel::<Batch>(8);
+        dispatch(records.into_iter().map(Ok), &[tx]).unwrap();
+        rx.iter()
+            .map(|batch| (batch.records.len(), batch.payloads.len()))
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_bounded_in_records_and_in_bytes() {
+        let small: Vec<gavel_wal::Record> = (1..=2 * BATCH_RECORDS as u64 + 1)
+            .map(|lsn| gavel_wal::Record {
+                lsn,
+                payload: vec![0x08, 0x01],
+            })
+            .collect();
+        assert_eq!(
+            batches_of(small),
+            [(BATCH_RECORDS, 2 * BATCH_RECORDS); 2]
+                .into_iter()
+                .chain([(1, 2)])
+                .collect::<Vec<_>>()
+        );
+        let record_bytes = 1 << 20;
+        let large: Vec<gavel_wal::Record> = (1..=20)
+            .map(|lsn| gavel_wal::Record {
+                lsn,
+                payload: vec![0x08; record_bytes],
+            })
+            .collect();
+        let per_batch = BATCH_PAYLOAD_BYTES_MAX / record_bytes;
+        assert_eq!(
+            batches_of(large),
+            [
+                (per_batch, BATCH_PAYLOAD_BYTES_MAX),
+                (per_batch, BATCH_PAYLOAD_BYTES_MAX),
+                (20 - 2 * per_batch, (20 - 2 * per_batch) * record_bytes)
+            ]
+        );
+    }
 
     #[test]
     fn the_auction_id_is_read_from_the_first_field() {

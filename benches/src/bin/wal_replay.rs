@@ -17,13 +17,15 @@
 //!   must equal the live engine's.
 //!
 //! - (d) parallel replay: what the node's start-up does ([`replay_parallel`]: read + CRC on
-//!   one thread, decode + apply on one worker per core, partitioned by auction); the state
-//!   hash must equal (c)'s.
+//!   one thread, decode + apply on one worker per core, partitioned by auction, each batch
+//!   applied grouped by auction); the state hash must equal (c)'s.
 //!
 //! Restart time = open + (d): what a node restarting from the log alone spends.
 //!
 //! Usage: `cargo run --release -p gavel-benches --bin wal_replay -- [--records 10000000]
-//! [--dir DIR] [--keep]`, or `--measure DIR [--expect-hash HEX]` for an existing log.
+//! [--dir DIR] [--keep]`, or `--measure DIR [--expect-hash HEX] [--restart-only]` for an
+//! existing log (`--restart-only`: open and (d) alone). (c) and (d) print their CPU seconds
+//! too: on a shared machine they vary less than wall time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,7 +41,7 @@ use gavel_engine::{
 };
 use gavel_node::replay::replay_parallel;
 use gavel_proto::pb;
-use gavel_wal::{Wal, WalConfig};
+use gavel_wal::{Recovery, Wal, WalConfig};
 use prost::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -73,6 +75,9 @@ struct Config {
     /// With `--measure`: the state hash (hex) the replayed engine must have.
     #[arg(long)]
     expect_hash: Option<String>,
+    /// With `--measure`: open and (d) only (the restart), skipping (a)–(c).
+    #[arg(long)]
+    restart_only: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -165,19 +170,13 @@ fn decode(payload: &[u8]) -> anyhow::Result<Event> {
     Event::try_from(record).context("pb::Record to Event")
 }
 
-/// Measures open, scan, decode and replay of the log in `dir` (a fresh process).
-fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
-    let rss_start = rss_mib();
-    let started = Instant::now();
-    let (wal, recovery) = Wal::open(dir, WalConfig::default()).context("open wal")?;
-    let open_seconds = started.elapsed().as_secs_f64();
-    let records = recovery.records();
-    println!(
-        "open (recovery scan: CRC + LSN of every record): {records} records in {open_seconds:.3} s = {}; RSS {} MiB",
-        per_second(records, open_seconds),
-        rss_mib()
-    );
-
+/// Steps (a)–(c) of the measurement (see the crate docs); returns the state hash of (c) and
+/// its time (s).
+fn sequential_steps(
+    recovery: &Recovery,
+    records: u64,
+    expect_hash: Option<&str>,
+) -> anyhow::Result<(String, f64)> {
     let started = Instant::now();
     let (mut scanned, mut payload_bytes) = (0u64, 0u64);
     for record in recovery.replay(1).context("replay")? {
@@ -208,6 +207,7 @@ fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let engine = Engine::new(EngineConfig::default());
     let mut replayer = Replayer::new(&engine);
     for record in recovery.replay(1).context("replay")? {
@@ -216,28 +216,57 @@ fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
     }
     let summary = replayer.finish();
     let replay_seconds = started.elapsed().as_secs_f64();
+    let replay_cpu = process_cpu_seconds() - cpu_before;
     ensure!(
         summary.events == records && summary.missing_tail.is_empty(),
         "replay summary: {summary:?}"
     );
     println!(
-        "(c) replay (+ Replayer::apply):   {} records in {replay_seconds:.3} s = {}; RSS {} MiB (engine with 10k auctions)",
+        "(c) replay (+ Replayer::apply):   {} records in {replay_seconds:.3} s = {}, CPU {replay_cpu:.2} s; RSS {} MiB (engine with 10k auctions)",
         summary.events,
         per_second(summary.events, replay_seconds),
         rss_mib()
     );
     let hash = hex(&engine.state_hash());
+    check_hash("(c)", &hash, expect_hash)?;
+    Ok((hash, replay_seconds))
+}
+
+/// Compares a replayed state hash with the live engine's, if known.
+fn check_hash(step: &str, hash: &str, expect_hash: Option<&str>) -> anyhow::Result<()> {
     match expect_hash {
         Some(expected) if expected != hash => {
-            bail!("replayed state hash {hash} differs from the live engine's {expected}")
+            bail!("{step}: replayed state hash {hash} differs from the live engine's {expected}")
         }
-        Some(_) => println!("state hash after replay equals the live engine's: {hash}"),
-        None => println!("state hash after replay: {hash}"),
+        Some(_) => println!("{step}: state hash after replay equals the live engine's: {hash}"),
+        None => println!("{step}: state hash after replay: {hash}"),
     }
-    drop(engine);
+    Ok(())
+}
+
+/// Measures open, scan, decode and replay of the log in `dir` (a fresh process); with
+/// `restart_only`, open and (d) only.
+fn measure(dir: &Path, expect_hash: Option<&str>, restart_only: bool) -> anyhow::Result<()> {
+    let rss_start = rss_mib();
+    let started = Instant::now();
+    let (wal, recovery) = Wal::open(dir, WalConfig::default()).context("open wal")?;
+    let open_seconds = started.elapsed().as_secs_f64();
+    let records = recovery.records();
+    println!(
+        "open (recovery scan: CRC + LSN of every record): {records} records in {open_seconds:.3} s = {}; RSS {} MiB",
+        per_second(records, open_seconds),
+        rss_mib()
+    );
+
+    let sequential = if restart_only {
+        None
+    } else {
+        Some(sequential_steps(&recovery, records, expect_hash)?)
+    };
 
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let engine = Engine::new(EngineConfig::default());
     let summary = replay_parallel(
         &engine,
@@ -247,20 +276,30 @@ fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
     )
     .context("parallel replay")?;
     let parallel_seconds = started.elapsed().as_secs_f64();
+    let parallel_cpu = process_cpu_seconds() - cpu_before;
     ensure!(
         summary.events == records && summary.missing_tail.is_empty(),
         "parallel replay summary: {summary:?}"
     );
-    ensure!(
-        hex(&engine.state_hash()) == hash,
-        "parallel replay reached another state than the sequential one"
-    );
+    let parallel_hash = hex(&engine.state_hash());
+    match &sequential {
+        Some((hash, _)) => ensure!(
+            parallel_hash == *hash,
+            "parallel replay reached another state than the sequential one"
+        ),
+        None => check_hash("(d)", &parallel_hash, expect_hash)?,
+    }
     println!(
         "(d) parallel replay, {workers} workers (the node's start-up path): {} records in \
-         {parallel_seconds:.3} s = {} ({:.2}× (c)); same state hash",
+         {parallel_seconds:.3} s = {}{}, CPU {parallel_cpu:.2} s",
         summary.events,
         per_second(summary.events, parallel_seconds),
-        replay_seconds / parallel_seconds,
+        sequential
+            .as_ref()
+            .map_or(String::new(), |(_, seconds)| format!(
+                " ({:.2}× (c); same state hash)",
+                seconds / parallel_seconds
+            )),
     );
     let restart = open_seconds + parallel_seconds;
     println!(
@@ -278,7 +317,7 @@ fn measure(dir: &Path, expect_hash: Option<&str>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     if let Some(dir) = &config.measure {
-        return measure(dir, config.expect_hash.as_deref());
+        return measure(dir, config.expect_hash.as_deref(), config.restart_only);
     }
     ensure!(
         (ZIPF_AUCTIONS + 1..=RECORDS_MAX).contains(&config.records),
