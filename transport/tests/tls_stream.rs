@@ -217,3 +217,34 @@ async fn a_peer_that_sends_no_tls_fails_the_handshake() {
     let error = server_error(server).await;
     assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
 }
+
+#[tokio::test]
+async fn data_passes_after_the_client_updates_its_keys() {
+    let (_dir, certs) = pki();
+    let (listener, config) = listen(&certs).await;
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut stream = accept_one(&listener, config).await.unwrap();
+        let mut line = [0; 5];
+        for _ in 0..3 {
+            stream.read_exact(&mut line).await.unwrap();
+            // The node's key update (asked for by the client's) goes out ahead of this.
+            stream.write_all(&line).await.unwrap();
+            stream.flush().await.unwrap();
+        }
+    });
+    let mut client = connect(addr, anonymous(&certs)).await.unwrap();
+    for round in 0..3_u8 {
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        let sent = [b'k', b'e', b'y', b'0' + round, b'\n'];
+        client.write_all(&sent).await.unwrap();
+        client.flush().await.unwrap();
+        let mut echoed = [0; 5];
+        tokio::time::timeout(WAIT, client.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, sent);
+    }
+    tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
+}

@@ -378,15 +378,15 @@ where
             let step = match this.process(Action::Nothing) {
                 Ok(step) => step,
                 Err(e) => {
+                    // A last try to get the alert out; the connection is done either way.
                     let _ = this.poll_send(cx);
                     return Poll::Ready(Err(e));
                 }
             };
-            // Whatever rustls queued on the way (a session ticket, a key update) goes out
-            // if the socket takes it now; the next write or flush sends the rest.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // Whatever else rustls queued on the way (a key update) goes out with the next
+            // write or flush: sending it from here would register the reading task for the
+            // socket's write readiness in place of a writing task waiting on it (a split
+            // stream reads and writes from two tasks), which would then never be woken.
             if !this.plain.is_empty() || this.peer_closed {
                 continue;
             }
