@@ -65,9 +65,14 @@ struct Args {
     /// Watchers' subscription interval in milliseconds (0: every update they can read).
     #[arg(long, default_value_t = 0)]
     interval_ms: u32,
-    /// The `gavel` binary (default: next to this one).
+    /// The `gavel` binary (default: next to this one; a wrapper script that runs it under a
+    /// heap profiler works too, the listening line being the first it prints).
     #[arg(long)]
     gavel: Option<PathBuf>,
+    /// Seconds to keep the idle watchers open after measuring them (time to snapshot the
+    /// node's heap with a profiler).
+    #[arg(long, default_value_t = 0)]
+    hold_idle_seconds: u64,
 }
 
 const CONNECTIONS_MAX: usize = 10_000;
@@ -271,8 +276,8 @@ impl Delivery {
 async fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(
-        args.seconds <= SECONDS_MAX,
-        "--seconds is at most {SECONDS_MAX}"
+        args.seconds <= SECONDS_MAX && args.hold_idle_seconds <= SECONDS_MAX,
+        "--seconds and --hold-idle-seconds are at most {SECONDS_MAX}"
     );
     ensure!(
         args.watchers + args.idle_watchers <= CONNECTIONS_MAX,
@@ -319,6 +324,7 @@ async fn main() -> Result<()> {
         rss_idle as f64 / 1048576.0,
         per_idle / 1024.0
     );
+    tokio::time::sleep(Duration::from_secs(args.hold_idle_seconds)).await;
     drop(idle);
 
     // Watchers of every auction.

@@ -89,7 +89,6 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -253,7 +252,7 @@ pub async fn serve_tls<B: Backend>(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let acceptor = TlsAcceptor::from(config());
+        let config = config();
         let server_for_task = Arc::clone(&server);
         server.tasks.spawn(async move {
             let server = server_for_task;
@@ -261,7 +260,7 @@ pub async fn serve_tls<B: Backend>(
             let shutdown = server.gateway.shutdown();
             let stream = tokio::select! {
                 () = shutdown.cancelled() => return,
-                accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match accepted {
+                accepted = tokio::time::timeout(timeout, tls::stream::accept(config, tcp)) => match accepted {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         handshake_failed("tls", remote, &e);
@@ -274,7 +273,7 @@ pub async fn serve_tls<B: Backend>(
                 },
             };
             drop(handshake);
-            let identity = match stream.get_ref().1.peer_certificates() {
+            let identity = match stream.peer_certificates() {
                 Some(chain) if !chain.is_empty() => match identify(chain) {
                     Ok(identity) => Some(identity),
                     Err(e) => {

@@ -11,6 +11,8 @@
 //! - [`client_config`]: a client configuration for tests, the load tester and tools.
 //! - [`dev`]: a development CA, server and client certificates and a CRL (`gavel cert`,
 //!   `gavel serve --dev`).
+//! - [`stream`]: the HTTPS port's TLS server stream (rustls's unbuffered API; no buffer
+//!   held while the connection is idle).
 //!
 //! Policy (PRODUCT.md §6):
 //! - TLS 1.3 only, `ring` provider installed explicitly (never the process default).
@@ -32,6 +34,7 @@
 pub mod dev;
 mod material;
 mod server;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 
