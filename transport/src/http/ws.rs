@@ -557,6 +557,9 @@ async fn run<B: Backend, S>(
                             for reply in replies.drain(..) {
                                 outbound.feed_message(&mut socket, &reply)?;
                             }
+                            // A bid has one answer: room for more (a subscribe's) is not
+                            // kept for the socket's life (a `ServerMessage` is ~300 bytes).
+                            replies.shrink_to(1);
                             if let Some(s) = session.subscriber() {
                                 stream_state.report_subscriptions(s.subscriptions());
                             }
@@ -593,13 +596,15 @@ async fn run<B: Backend, S>(
                     // Acks already on their way are still sent (the log is flushed after
                     // the listeners drain), within the drain timeout.
                     let drain = Duration::from_millis(server.options.drain_timeout_ms);
-                    let _ = tokio::time::timeout(drain, async {
+                    // Boxed: run once, and kept out of the connection's future (its size is
+                    // memory every idle socket holds).
+                    let _ = Box::pin(tokio::time::timeout(drain, async {
                         while let Some(ack) = durable.next().await {
                             outbound.feed_message(&mut socket, &ack)?;
                             socket.flush().await.map_err(|_| End::Peer)?;
                         }
                         Ok::<(), End>(())
-                    })
+                    }))
                     .await;
                     return Err(End::Close(CloseCode::Away, "node shutting down"));
                 }
@@ -634,27 +639,22 @@ async fn run<B: Backend, S>(
         server.gateway.hub().disconnect(subscriber);
     }
     stream_state.report_closed();
-    let close_wait = Duration::from_millis(CLOSE_WAIT_MS);
-    match end {
+    // The close to send (`Some(None)`: echo the peer's), and whether to read until the peer
+    // answers it, so it sees the frame rather than a reset.
+    let (close, read_answer) = match end {
         End::Close(code, reason) => {
             tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            // Send the close, then read until the peer answers it (or the wait ends), so
-            // it sees the frame rather than a reset.
-            let _ = tokio::time::timeout(close_wait, async {
-                if socket.close(Some(frame)).await.is_ok() {
-                    while let Some(Ok(_)) = socket.next().await {}
-                }
-            })
-            .await;
+            (Some(Some(frame)), true)
         }
         End::Stalled => {
             tracing::debug!(remote = %peer.remote, "WebSocket peer stopped reading; dropped");
             ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => TRANSPORT, "reason" => "stalled")
                 .increment(1);
+            (None, false)
         }
         End::SlowConsumer => {
             tracing::debug!(remote = %peer.remote, "WebSocket subscriber too slow; closing");
@@ -670,12 +670,23 @@ async fn run<B: Backend, S>(
                 code: CloseCode::Policy,
                 reason: "slow consumer".into(),
             };
-            let _ = tokio::time::timeout(close_wait, socket.close(Some(frame))).await;
+            (Some(Some(frame)), false)
         }
-        End::Peer => {
-            // Echo the peer's close (tungstenite queued the answer), within the wait.
-            let _ = tokio::time::timeout(close_wait, socket.close(None)).await;
-        }
+        // Echo the peer's close (tungstenite queued the answer).
+        End::Peer => (Some(None), false),
+    };
+    if let Some(frame) = close {
+        // Boxed: run once, at the end, and kept out of the connection's future (its size is
+        // memory held by every idle socket).
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_millis(CLOSE_WAIT_MS),
+            async {
+                if socket.close(frame).await.is_ok() && read_answer {
+                    while let Some(Ok(_)) = socket.next().await {}
+                }
+            },
+        ))
+        .await;
     }
     gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "WebSocket closed");
