@@ -303,6 +303,30 @@ fn batch_wait_gathers_and_still_completes() {
 }
 
 #[test]
+fn a_lone_record_is_not_held_back_by_the_gather() {
+    let dir = tempfile::tempdir().unwrap();
+    // A gather far longer than the waits below: only load may trigger it.
+    let config = WalConfig {
+        batch_wait_us_max: 900_000,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(dir.path(), config).unwrap();
+    for _ in 0..3 {
+        let lsn = wal.append(b"alone").unwrap();
+        wal.wait_durable(lsn, Duration::from_millis(400))
+            .expect("a lone record after a quiet spell is synced at once");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Under load the gather applies and everything still completes.
+    let mut last = 0;
+    for _ in 0..200 {
+        last = wal.append(b"burst").unwrap();
+    }
+    wal.wait_durable(last, Duration::from_secs(5)).unwrap();
+    wal.shutdown().unwrap();
+}
+
+#[test]
 fn compaction_removes_whole_old_segments_never_the_current_one() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), small_segments(200)).unwrap();

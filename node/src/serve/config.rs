@@ -208,8 +208,9 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_WAL_BATCH_BYTES_MAX", value_name = "BYTES")]
     pub wal_batch_bytes_max: Option<usize>,
 
-    /// How long the log writer may wait to fill a batch once records are pending, in
-    /// microseconds (0 = sync at once). [default: 0]
+    /// How long the log writer may wait to fill a batch once records are pending and its
+    /// previous batch held more than one record (under load; a lone record is synced at
+    /// once), in microseconds (0 = never wait). [default: 300]
     #[arg(long, env = "GAVEL_WAL_BATCH_WAIT_US_MAX", value_name = "US")]
     pub wal_batch_wait_us_max: Option<u64>,
 
