@@ -517,8 +517,8 @@ async fn run<B: Backend, S>(
                 // Wake-ups wait while the socket is full: check the outbox for a slow
                 // consumer on the timer instead.
                 stream_due = Some(Instant::now() + Duration::from_millis(STREAM_CHECK_MS));
-                set_timer(stream_timer.as_mut(), stream_due);
             }
+            set_timer(stream_timer.as_mut(), stream_due);
             tokio::select! {
                 io = poll_fn(|cx| poll_socket(&mut socket, flush, room, cx)) => {
                     let frame = match io {
@@ -527,7 +527,6 @@ async fn run<B: Backend, S>(
                             // What the outbox gathered while the socket was full.
                             if let Some(s) = &subscriber {
                                 stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                                set_timer(stream_timer.as_mut(), stream_due);
                             }
                             continue;
                         }
@@ -576,14 +575,12 @@ async fn run<B: Backend, S>(
                 }, if room => {
                     if let Some(s) = &subscriber {
                         stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                        set_timer(stream_timer.as_mut(), stream_due);
                     }
                 }
                 () = &mut stream_timer, if stream_due.is_some() => {
                     stream_due = None;
                     if let Some(s) = &subscriber {
                         stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                        set_timer(stream_timer.as_mut(), stream_due);
                     }
                 }
                 () = &mut cancelled => {
