@@ -204,6 +204,56 @@ async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
     client.place_bid(Bid::new(1, 150)).await.unwrap();
 }
 
+/// docs/quic.md: an oversized frame gets the `TOO_LARGE` error answer, then the stream is
+/// stopped (STOP_SENDING) with the application code `TOO_LARGE` (3) — whether the client sent
+/// only the length prefix, the whole frame, or far more; a broken length prefix gets
+/// `MALFORMED` and a stop with `MALFORMED` (1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_answered_then_its_stream_stopped_with_too_large() {
+    let node = QuicNode::start(limits()).await;
+    let raw = node.raw_connection("bidder", "bidder-1").await;
+    let framed = |len: usize, body_bytes: usize| {
+        let mut bytes = Vec::new();
+        prost::encode_length_delimiter(len, &mut bytes).unwrap();
+        bytes.resize(bytes.len() + body_bytes, 0x55);
+        bytes
+    };
+    let over = Limits::default().frame_bytes_max + 1; // 65,537: one byte over 64 KiB
+    let too_large = pb::ErrorCode::TooLarge;
+    for (what, bytes, code) in [
+        ("a length prefix alone", framed(over, 0), too_large),
+        ("a whole frame one byte over", framed(over, over), too_large),
+        ("a 1 MB frame", framed(1 << 20, 1 << 20), too_large),
+        (
+            "an 11-byte prefix",
+            vec![0xff; 11],
+            pb::ErrorCode::Malformed,
+        ),
+    ] {
+        let mut stream = raw.stream().await;
+        // Made before writing, so a stop that arrives during the write is not missed.
+        let stopped = stream.send.stopped();
+        let stop_code = Some(quinn::VarInt::from_u32(code as u32));
+        // The node stops reading mid-frame: the write may end with the stop.
+        if let Err(e) = stream.send.write_all(&bytes).await {
+            assert_eq!(Some(e), stop_code.map(quinn::WriteError::Stopped), "{what}");
+        }
+        let error = stream.read().await.unwrap();
+        let Some(Reply::Error(error)) = error.body else {
+            panic!("{what}: {error:?}")
+        };
+        assert_eq!(error.code(), code, "{what}");
+        let stopped = tokio::time::timeout(WAIT_MAX, stopped)
+            .await
+            .expect("the node stops the stream in time")
+            .expect("the stream is stopped, not lost");
+        assert_eq!(stopped, stop_code, "{what}: the stop code");
+    }
+    // docs/quic.md's numbers.
+    assert_eq!(pb::ErrorCode::TooLarge as u32, 3);
+    assert_eq!(pb::ErrorCode::Malformed as u32, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
     let node = QuicNode::start(limits()).await;
