@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::https::{WAIT, request_to};
-use common::served::{Served, english_rules, serve};
+use common::served::{Served, english_rules, serve, serve_with_env};
 use gavel_client::{Bid, Client, ClientConfig};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
@@ -207,8 +207,6 @@ fn configuration_mistakes_stop_the_start_with_their_name() {
     };
     let err = run(&[], &[]);
     assert!(err.contains("no TLS material"), "{err}");
-    let err = run(&["--dev"], &[("GAVEL_IDLE_TIMEOUT", "5")]);
-    assert!(err.contains("GAVEL_IDLE_TIMEOUT"), "{err}");
     let toml = dir.path().join("gavel.toml");
     std::fs::write(&toml, "dev = true\nconnections_maximum = 3\n").unwrap();
     let err = run(&["--config", toml.to_str().unwrap()], &[]);
@@ -229,4 +227,43 @@ fn configuration_mistakes_stop_the_start_with_their_name() {
         &[],
     );
     assert!(err.contains(&port), "{err}");
+}
+
+/// The environment is shared with other programs: unknown `GAVEL_*` variables (a script's own
+/// `GAVEL_BIN`, a typo) do not stop the start; each is named in a warning with the closest
+/// variable `gavel serve` reads. A TOML file is the user's own: its unknown keys still do
+/// (asserted in `configuration_mistakes_stop_the_start_with_their_name`).
+#[test]
+fn unknown_gavel_variables_are_warned_about_with_the_closest_known_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo_dir = dir.path().join("elsewhere");
+    let served = serve_with_env(
+        &dir.path().join("data"),
+        &[
+            ("GAVEL_BIN", "/usr/local/bin/gavel"),
+            ("GAVEL_DATA_DIRR", typo_dir.to_str().unwrap()),
+        ],
+    );
+    let stderr = terminate(served);
+    // The warning's `closest=` field for `variable`.
+    let closest = |variable: &str| -> String {
+        let line = stderr
+            .lines()
+            .find(|line| line.contains("WARN") && line.contains(&format!("={variable}")))
+            .unwrap_or_else(|| panic!("no warning naming {variable}:\n{stderr}"));
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("closest="))
+            .unwrap_or_else(|| panic!("no closest= in {line}"))
+            .to_owned()
+    };
+    assert_eq!(closest("GAVEL_DATA_DIRR"), "GAVEL_DATA_DIR");
+    assert!(closest("GAVEL_BIN").starts_with("GAVEL_"), "{stderr}");
+    assert!(!typo_dir.exists(), "an unknown variable is not read");
+    // The rule is in --help.
+    let (help, _) = common::gavel_ok(&["serve", "--help"]);
+    assert!(
+        help.contains("Unknown GAVEL_* environment variables do not"),
+        "{help}"
+    );
+    assert!(help.contains("Unknown keys in the --config file stop the start"));
 }

@@ -3,8 +3,10 @@
 //!
 //! Precedence: a flag beats its environment variable (clap reads both into the same field),
 //! which beats the TOML file, which beats the default. TOML keys are the long flag names with
-//! `_` for `-` (`frame_bytes_max = 65536`); unknown keys in the file, and unknown `GAVEL_*`
-//! variables in the environment, stop the start with an error naming them.
+//! `_` for `-` (`frame_bytes_max = 65536`). Unknown keys in the file stop the start with an
+//! error naming them (the user wrote that file); unknown `GAVEL_*` variables are only warned
+//! about, each with the closest known one (the environment is shared with other programs
+//! and scripts, which may use the prefix for themselves).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -343,6 +345,17 @@ pub struct ServeConfig {
     pub worker_threads: usize,
 }
 
+/// The end of `gavel serve --help`: where options come from, and what is refused.
+pub const SOURCES_HELP: &str = "\
+Every option is also a GAVEL_* environment variable (shown as [env: ...]) and a key of the \
+--config TOML file (the long flag's name with _ for -). A flag beats its variable, which \
+beats the file, which beats the default.
+
+Unknown keys in the --config file stop the start with an error naming them (you wrote that \
+file). Unknown GAVEL_* environment variables do not: each is named in a warning in the log, \
+with the closest known variable, and ignored (the environment is shared with other programs \
+and scripts).";
+
 /// The data directory's subdirectory for development certificates.
 pub const DEV_CERTS_DIR: &str = "certs";
 
@@ -620,22 +633,45 @@ pub fn known_env_vars() -> Vec<String> {
         .collect()
 }
 
-/// Refuses `GAVEL_*` variables that are not options (a typo would otherwise be ignored).
-pub fn check_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+/// A `GAVEL_*` variable that is no option of `gavel serve`, and the known one nearest to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEnvVar {
+    /// The variable's name.
+    pub name: String,
+    /// The known variable with the smallest edit distance to it (a typo's likely intent).
+    pub closest: String,
+}
+
+/// The `GAVEL_*` names among `names` that are not options, each with the closest known one.
+/// A typo would otherwise be ignored silently; the start warns about each and goes on.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<UnknownEnvVar> {
     let known = known_env_vars();
-    let unknown: Vec<String> = vars
+    names
         .into_iter()
-        .map(|(name, _)| name)
         .filter(|name| name.starts_with("GAVEL_") && !known.contains(name))
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "unknown environment variable(s) {}; gavel serve reads {}",
-            unknown.join(", "),
-            known.join(", ")
+        .map(|name| {
+            let closest = known
+                .iter()
+                .min_by_key(|candidate| strsim::levenshtein(&name, candidate))
+                .cloned()
+                .unwrap_or_default();
+            UnknownEnvVar { name, closest }
+        })
+        .collect()
+}
+
+/// Logs a warning for each unknown `GAVEL_*` variable of this process's environment
+/// (variables whose name is not UTF-8 are not ours and are skipped).
+pub fn warn_about_unknown_env_vars() {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for unknown in unknown_env_vars(names) {
+        tracing::warn!(
+            variable = %unknown.name,
+            closest = %unknown.closest,
+            "unknown GAVEL_* environment variable ignored (`gavel serve --help` lists the ones \
+             it reads)"
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -706,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_keys_and_env_vars_are_refused() {
+    fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gavel.toml");
         std::fs::write(&path, "dev = true\nframe_byte_max = 4096\n").unwrap();
@@ -717,16 +753,27 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("frame_byte_max"), "{err}");
+    }
 
-        check_env([
-            ("GAVEL_IDLE_TIMEOUT_MS".into(), "1".into()),
-            ("PATH".into(), "/".into()),
-        ])
-        .unwrap();
-        let err = check_env([("GAVEL_IDLE_TIMOUT_MS".into(), "1".into())])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("GAVEL_IDLE_TIMOUT_MS"), "{err}");
+    #[test]
+    fn unknown_env_vars_are_named_with_the_closest_known_one() {
+        let names = [
+            "GAVEL_IDLE_TIMEOUT_MS",
+            "PATH",
+            "GAVEL_IDLE_TIMOUT_MS",
+            "GAVEL_BIN",
+        ];
+        let unknown = unknown_env_vars(names.map(String::from));
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        assert_eq!(
+            unknown[0],
+            UnknownEnvVar {
+                name: "GAVEL_IDLE_TIMOUT_MS".into(),
+                closest: "GAVEL_IDLE_TIMEOUT_MS".into()
+            }
+        );
+        assert_eq!(unknown[1].name, "GAVEL_BIN");
+        assert!(known_env_vars().contains(&unknown[1].closest));
     }
 
     #[test]
