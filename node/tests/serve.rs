@@ -267,3 +267,15 @@ fn unknown_gavel_variables_are_warned_about_with_the_closest_known_one() {
     );
     assert!(help.contains("Unknown keys in the --config file stop the start"));
 }
+
+/// A SIGTERM sent as soon as the listening line is out is a graceful stop: the handler is in
+/// place before the line is printed (a script may signal the moment it reads it), not the
+/// signal's default exit. Five rounds: the window was a task's first poll.
+#[test]
+fn sigterm_right_after_the_listening_line_stops_gracefully() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = terminate(serve(&dir.path().join("data")));
+        assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+    }
+}

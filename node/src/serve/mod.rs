@@ -151,39 +151,44 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let runtime = builder.build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Registered before the listening line: a script may signal the moment it reads it,
+        // and a signal without a handler would end the process at once (no drain, no flush).
+        let stop_signal = stop_signal()?;
         let server = start(config, shutdown.clone()).await?;
-        tokio::spawn(cancel_on_signal(shutdown));
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            let name = stop_signal.await;
+            tracing::info!("{name}: shutting down");
+            cancel.cancel();
+        });
         // One line on stdout for scripts and tests (ports may be chosen by the OS).
         println!("{}", server.listening_line());
         server.wait().await
     })
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => tracing::info!("SIGINT: shutting down"),
-                    _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
-                let _ = interrupt.await;
-                tracing::info!("SIGINT: shutting down");
-            }
+/// Registers the handlers of SIGINT and SIGTERM now; the future resolves with the name of
+/// the first that arrives.
+#[cfg(unix)]
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    shutdown.cancel();
+    })
+}
+
+/// Ctrl-C where there are no Unix signals.
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
 }
 
 /// A started node: its bound addresses and what [`Server::wait`] drains.
