@@ -279,3 +279,34 @@ fn sigterm_right_after_the_listening_line_stops_gracefully() {
         assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
     }
 }
+
+/// `serve --dev` names the client certificate files it made, in its log at the start and in
+/// the README, so a client finds its certificate and key without reading code.
+#[test]
+fn serve_dev_names_its_client_certificate_files_in_the_log_and_the_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let stderr = terminate(serve(&data_dir));
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains("`clients/<role>-<id>.pem`"), "README");
+    let mut files: Vec<String> = std::fs::read_dir(data_dir.join("certs/clients"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        2 * dev::default_identities().len(),
+        "{files:?}"
+    );
+    for file in files {
+        let path = data_dir.join("certs/clients").join(&file);
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "the log names {}:\n{stderr}",
+            path.display()
+        );
+        let stem = file.rsplit_once('.').unwrap().0;
+        assert!(readme.contains(&format!("`{stem}`")), "README names {stem}");
+    }
+}

@@ -38,8 +38,9 @@ pub struct ServeOptions {
     pub data_dir: Option<PathBuf>,
 
     /// Development mode: without --tls-* paths, generate a development CA and certificates
-    /// into <data-dir>/certs on first run and use them; allows anonymous watchers unless
-    /// --anonymous-watchers=false.
+    /// into <data-dir>/certs on first run and use them (ca.pem; client certificates
+    /// clients/<role>-<id>.pem with keys clients/<role>-<id>.key, each listed in the log at
+    /// start); allows anonymous watchers unless --anonymous-watchers=false.
     #[arg(long, env = "GAVEL_DEV", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dev: Option<bool>,
 

@@ -419,14 +419,18 @@ async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
                 })?;
                 tracing::info!(
                     dir = %dir.display(),
-                    clients = %certs
-                        .clients
-                        .iter()
-                        .map(|c| c.identity.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    "development certificates (CA ca.pem; client certificates in clients/); not for production"
+                    clients = certs.clients.len(),
+                    "development certificates (CA ca.pem; client certificates \
+                     clients/<role>-<id>.pem with their keys beside them); not for production"
                 );
+                for client in &certs.clients {
+                    tracing::info!(
+                        identity = %client.identity,
+                        cert = %client.cert.display(),
+                        key = %client.key.display(),
+                        "development client certificate"
+                    );
+                }
                 certs.tls_paths()
             }
             TlsSource::Files {
