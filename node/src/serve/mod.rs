@@ -115,6 +115,10 @@ fn describe_node_metrics() {
         "Appends refused because the log's queue was full."
     );
     describe_gauge!(
+        "gavel_wal_last_batch_records",
+        "Records in the log's latest batch (one write + fdatasync)."
+    );
+    describe_gauge!(
         "gavel_wal_last_sync_seconds",
         Unit::Seconds,
         "Duration of the log's latest fdatasync."
