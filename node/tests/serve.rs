@@ -310,3 +310,27 @@ fn serve_dev_names_its_client_certificate_files_in_the_log_and_the_readme() {
         assert!(readme.contains(&format!("`{stem}`")), "README names {stem}");
     }
 }
+
+/// `gavel serve --help` shows, for every option whose default is a value of the code, exactly
+/// that value (`code_defaults()`: `Limits::default()`, the engine's, the log's and Kafka's
+/// defaults, and serve's constants), once.
+#[test]
+fn serve_help_shows_each_default_of_the_code() {
+    let (help, _) = common::gavel_ok(&["serve", "--help"]);
+    let defaults = gavel_node::serve::config::code_defaults();
+    assert!(defaults.len() >= 40, "{defaults:?}");
+    for (id, value) in defaults {
+        let flag = format!("--{} ", id.replace('_', "-"));
+        let block = help
+            .split("\n      --")
+            .map(|b| format!("--{b}"))
+            .find(|b| b.starts_with(&flag))
+            .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+        let shown: Vec<&str> = block
+            .split("[default: ")
+            .skip(1)
+            .map(|rest| rest.split(']').next().unwrap())
+            .collect();
+        assert_eq!(shown, [value.as_str()], "{flag}:\n{block}");
+    }
+}

@@ -2,7 +2,7 @@
 //! token bucket.
 //!
 //! Config may lower (or raise) each value; `gavel serve --help` documents them with their
-//! units. Names carry the unit last (`frame_bytes_max`, `idle_timeout_ms`).
+//! units and, from [`Limits::default`], their defaults. Names carry the unit last (`frame_bytes_max`, `idle_timeout_ms`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
