@@ -567,9 +567,7 @@ impl ServeOptions {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
             list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
         };
-        limits
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+        limits.validate().context("invalid limit")?;
         let engine_defaults = EngineConfig::default();
         let engine = EngineConfig {
             shards: self.engine_shards.unwrap_or(engine_defaults.shards),
