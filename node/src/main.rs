@@ -35,6 +35,7 @@ struct Cli {
 enum Command {
     /// Run the network node: recover the data directory and serve bidders, watchers and
     /// operators until SIGINT/SIGTERM.
+    #[command(after_help = serve::config::SOURCES_HELP, mut_args = serve::config::with_code_default)]
     Serve(Box<serve::ServeOptions>),
     /// Run demo auctions with simulated bidders in process and print what happened.
     Simulate(simulate::Options),

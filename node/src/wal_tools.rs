@@ -1,9 +1,10 @@
 //! `gavel wal verify` and `gavel wal dump`: offline looks at a log directory. Neither changes
 //! anything (a torn tail is reported, not truncated).
 //!
-//! Both take a data directory (whose log is in `wal/`) or the log directory itself; `dump
-//! --kafka <brokers> --topic <t>` reads a Kafka log's topic instead (every partition from
-//! its beginning).
+//! Both take a data directory (whose log is in `wal/`) or the log directory itself; `dump`
+//! starts at the log's first record (after compaction, the first one kept) unless `--from`
+//! says otherwise; `dump --kafka <brokers> --topic <t>` reads a Kafka log's topic instead
+//! (every partition from its beginning).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,9 +41,10 @@ pub enum WalCommand {
         /// The Kafka topic, with --kafka.
         #[arg(long, default_value = "gavel-wal", requires = "kafka")]
         topic: String,
-        /// First LSN to print.
-        #[arg(long, default_value_t = 1)]
-        from: Lsn,
+        /// First LSN to print; one below the log's first record (a snapshot compacted what
+        /// came before) is refused. [default: the log's first record]
+        #[arg(long, value_name = "LSN")]
+        from: Option<Lsn>,
         /// Most records to print.
         #[arg(long)]
         limit: Option<u64>,
@@ -84,22 +86,30 @@ pub fn run(command: &WalCommand, out: &mut impl std::io::Write) -> Result<()> {
                         let records = KafkaRecords::open(&config).with_context(|| {
                             format!("reading the Kafka topic {topic} on {brokers}")
                         })?;
+                        let from = from.unwrap_or(0);
                         Box::new(
-                            records.skip_while(move |r| r.as_ref().is_ok_and(|r| r.lsn < *from)),
+                            records.skip_while(move |r| r.as_ref().is_ok_and(|r| r.lsn < from)),
                         )
                     }
                     (Some(dir), None) => {
                         let dir = log_dir(dir);
-                        Box::new(
-                            gavel_wal::records(&dir, *from)
-                                .with_context(|| format!("reading the log in {}", dir.display()))?,
-                        )
+                        let records = first_lsn(&dir)
+                            .and_then(|first| gavel_wal::records(&dir, from.unwrap_or(first)))
+                            .with_context(|| format!("reading the log in {}", dir.display()))?;
+                        Box::new(records)
                     }
                     (None, None) => bail!("give a data directory or --kafka <brokers>"),
                 };
             dump(records, *limit, *json, out)
         }
     }
+}
+
+/// The LSN of the first record a log directory holds (its first segment's): after a
+/// snapshot compacted the log, later than 1. 1 for a log without segments.
+fn first_lsn(dir: &Path) -> Result<Lsn, WalError> {
+    let segments = gavel_wal::segment::list_segments(dir)?;
+    Ok(segments.first().map_or(1, |segment| segment.first_lsn))
 }
 
 /// The log directory for a data directory or a log directory.

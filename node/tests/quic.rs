@@ -204,6 +204,106 @@ async fn bad_frames_get_an_error_and_hurt_no_other_stream_or_client() {
     client.place_bid(Bid::new(1, 150)).await.unwrap();
 }
 
+/// docs/quic.md's stream limit is what a client gets: the documented number of streams open
+/// at once, each answered; one more waits until more than an eighth of them (3 of 16) have
+/// ended, the step in which the node's quinn grants new streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_the_documented_number_of_streams_at_once() {
+    let doc = include_str!("../../docs/quic.md");
+    let documented: u64 = doc
+        .split("`streams_per_connection_max` at once, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .expect("docs/quic.md states the default stream limit");
+    assert_eq!(
+        documented,
+        u64::from(Limits::default().streams_per_connection_max),
+        "docs/quic.md and Limits::default() disagree"
+    );
+    let step = documented / 8 + 1;
+    assert!(doc.contains(&format!("({step} streams at the default {documented})")));
+    let node = QuicNode::start(limits()).await;
+    let raw = node.raw_connection("bidder", "bidder-1").await;
+    let mut streams = Vec::new();
+    for request_id in 1..=documented {
+        let mut stream = tokio::time::timeout(WAIT_MAX, raw.stream())
+            .await
+            .unwrap_or_else(|_| panic!("stream {request_id} of {documented} opens"));
+        stream.write(&ping(request_id)).await;
+        assert_eq!(stream.read().await.unwrap().request_id, request_id);
+        streams.push(stream);
+    }
+    for ended in 0..step {
+        let one_more = tokio::time::timeout(Duration::from_millis(300), raw.connection.open_bi());
+        assert!(
+            one_more.await.is_err(),
+            "a stream opened while {documented} were open and {ended} had ended"
+        );
+        // One stream ends: both sides finished.
+        let mut stream = streams.pop().unwrap();
+        stream.send.finish().unwrap();
+        assert!(stream.read().await.is_none(), "the node finishes its side");
+    }
+    for request_id in 1..=step {
+        let mut stream = tokio::time::timeout(WAIT_MAX, raw.stream())
+            .await
+            .expect("streams open again once enough have ended");
+        stream.write(&ping(1000 + request_id)).await;
+        assert_eq!(stream.read().await.unwrap().request_id, 1000 + request_id);
+    }
+}
+
+/// docs/quic.md: an oversized frame gets the `TOO_LARGE` error answer, then the stream is
+/// stopped (STOP_SENDING) with the application code `TOO_LARGE` (3) — whether the client sent
+/// only the length prefix, the whole frame, or far more; a broken length prefix gets
+/// `MALFORMED` and a stop with `MALFORMED` (1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_answered_then_its_stream_stopped_with_too_large() {
+    let node = QuicNode::start(limits()).await;
+    let raw = node.raw_connection("bidder", "bidder-1").await;
+    let framed = |len: usize, body_bytes: usize| {
+        let mut bytes = Vec::new();
+        prost::encode_length_delimiter(len, &mut bytes).unwrap();
+        bytes.resize(bytes.len() + body_bytes, 0x55);
+        bytes
+    };
+    let over = Limits::default().frame_bytes_max + 1; // 65,537: one byte over 64 KiB
+    let too_large = pb::ErrorCode::TooLarge;
+    for (what, bytes, code) in [
+        ("a length prefix alone", framed(over, 0), too_large),
+        ("a whole frame one byte over", framed(over, over), too_large),
+        ("a 1 MB frame", framed(1 << 20, 1 << 20), too_large),
+        (
+            "an 11-byte prefix",
+            vec![0xff; 11],
+            pb::ErrorCode::Malformed,
+        ),
+    ] {
+        let mut stream = raw.stream().await;
+        // Made before writing, so a stop that arrives during the write is not missed.
+        let stopped = stream.send.stopped();
+        let stop_code = Some(quinn::VarInt::from_u32(code as u32));
+        // The node stops reading mid-frame: the write may end with the stop.
+        if let Err(e) = stream.send.write_all(&bytes).await {
+            assert_eq!(Some(e), stop_code.map(quinn::WriteError::Stopped), "{what}");
+        }
+        let error = stream.read().await.unwrap();
+        let Some(Reply::Error(error)) = error.body else {
+            panic!("{what}: {error:?}")
+        };
+        assert_eq!(error.code(), code, "{what}");
+        let stopped = tokio::time::timeout(WAIT_MAX, stopped)
+            .await
+            .expect("the node stops the stream in time")
+            .expect("the stream is stopped, not lost");
+        assert_eq!(stopped, stop_code, "{what}: the stop code");
+    }
+    // docs/quic.md's numbers.
+    assert_eq!(pb::ErrorCode::TooLarge as u32, 3);
+    assert_eq!(pb::ErrorCode::Malformed as u32, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_from_another_ca_is_refused_at_the_handshake() {
     let node = QuicNode::start(limits()).await;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::https::{WAIT, request_to};
-use common::served::{Served, english_rules, serve};
+use common::served::{Served, english_rules, serve, serve_with_env};
 use gavel_client::{Bid, Client, ClientConfig};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
@@ -207,8 +207,6 @@ fn configuration_mistakes_stop_the_start_with_their_name() {
     };
     let err = run(&[], &[]);
     assert!(err.contains("no TLS material"), "{err}");
-    let err = run(&["--dev"], &[("GAVEL_IDLE_TIMEOUT", "5")]);
-    assert!(err.contains("GAVEL_IDLE_TIMEOUT"), "{err}");
     let toml = dir.path().join("gavel.toml");
     std::fs::write(&toml, "dev = true\nconnections_maximum = 3\n").unwrap();
     let err = run(&["--config", toml.to_str().unwrap()], &[]);
@@ -229,4 +227,110 @@ fn configuration_mistakes_stop_the_start_with_their_name() {
         &[],
     );
     assert!(err.contains(&port), "{err}");
+}
+
+/// The environment is shared with other programs: unknown `GAVEL_*` variables (a script's own
+/// `GAVEL_BIN`, a typo) do not stop the start; each is named in a warning with the closest
+/// variable `gavel serve` reads. A TOML file is the user's own: its unknown keys still do
+/// (asserted in `configuration_mistakes_stop_the_start_with_their_name`).
+#[test]
+fn unknown_gavel_variables_are_warned_about_with_the_closest_known_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo_dir = dir.path().join("elsewhere");
+    let served = serve_with_env(
+        &dir.path().join("data"),
+        &[
+            ("GAVEL_BIN", "/usr/local/bin/gavel"),
+            ("GAVEL_DATA_DIRR", typo_dir.to_str().unwrap()),
+        ],
+    );
+    let stderr = terminate(served);
+    // The warning's `closest=` field for `variable`.
+    let closest = |variable: &str| -> String {
+        let line = stderr
+            .lines()
+            .find(|line| line.contains("WARN") && line.contains(&format!("={variable}")))
+            .unwrap_or_else(|| panic!("no warning naming {variable}:\n{stderr}"));
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("closest="))
+            .unwrap_or_else(|| panic!("no closest= in {line}"))
+            .to_owned()
+    };
+    assert_eq!(closest("GAVEL_DATA_DIRR"), "GAVEL_DATA_DIR");
+    assert!(closest("GAVEL_BIN").starts_with("GAVEL_"), "{stderr}");
+    assert!(!typo_dir.exists(), "an unknown variable is not read");
+    // The rule is in --help.
+    let (help, _) = common::gavel_ok(&["serve", "--help"]);
+    assert!(
+        help.contains("Unknown GAVEL_* environment variables do not"),
+        "{help}"
+    );
+    assert!(help.contains("Unknown keys in the --config file stop the start"));
+}
+
+/// A SIGTERM sent as soon as the listening line is out is a graceful stop: the handler is in
+/// place before the line is printed (a script may signal the moment it reads it), not the
+/// signal's default exit. Five rounds: the window was a task's first poll.
+#[test]
+fn sigterm_right_after_the_listening_line_stops_gracefully() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = terminate(serve(&dir.path().join("data")));
+        assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+    }
+}
+
+/// `serve --dev` names the client certificate files it made, in its log at the start and in
+/// the README, so a client finds its certificate and key without reading code.
+#[test]
+fn serve_dev_names_its_client_certificate_files_in_the_log_and_the_readme() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let stderr = terminate(serve(&data_dir));
+    let readme = include_str!("../../README.md");
+    assert!(readme.contains("`clients/<role>-<id>.pem`"), "README");
+    let mut files: Vec<String> = std::fs::read_dir(data_dir.join("certs/clients"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        2 * dev::default_identities().len(),
+        "{files:?}"
+    );
+    for file in files {
+        let path = data_dir.join("certs/clients").join(&file);
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "the log names {}:\n{stderr}",
+            path.display()
+        );
+        let stem = file.rsplit_once('.').unwrap().0;
+        assert!(readme.contains(&format!("`{stem}`")), "README names {stem}");
+    }
+}
+
+/// `gavel serve --help` shows, for every option whose default is a value of the code, exactly
+/// that value (`code_defaults()`: `Limits::default()`, the engine's, the log's and Kafka's
+/// defaults, and serve's constants), once.
+#[test]
+fn serve_help_shows_each_default_of_the_code() {
+    let (help, _) = common::gavel_ok(&["serve", "--help"]);
+    let defaults = gavel_node::serve::config::code_defaults();
+    assert!(defaults.len() >= 40, "{defaults:?}");
+    for (id, value) in defaults {
+        let flag = format!("--{} ", id.replace('_', "-"));
+        let block = help
+            .split("\n      --")
+            .map(|b| format!("--{b}"))
+            .find(|b| b.starts_with(&flag))
+            .unwrap_or_else(|| panic!("no {flag} in:\n{help}"));
+        let shown: Vec<&str> = block
+            .split("[default: ")
+            .skip(1)
+            .map(|rest| rest.split(']').next().unwrap())
+            .collect();
+        assert_eq!(shown, [value.as_str()], "{flag}:\n{block}");
+    }
 }

@@ -99,3 +99,78 @@ fn verify_fails_on_a_damaged_log_naming_file_and_offset() {
     assert_eq!(dump.lines().count(), spans.len() / 3);
     assert!(stderr.contains(name), "{stderr}");
 }
+
+/// A data directory whose log snapshots have compacted: small segments, bids in three rounds
+/// with a snapshot after each of the first two (compaction keeps what the older of the two
+/// kept snapshots needs, so the second one removes the first segments). Returns the log's
+/// first and last LSN.
+fn compacted_log(dir: &std::path::Path) -> (u64, u64) {
+    use gavel_engine::{AuctionId, Bid, BidId, BidderId, UnixMicros};
+    let config = gavel_node::NodeConfig {
+        wal: gavel_wal::WalConfig {
+            segment_bytes_max: 4 << 10,
+            ..gavel_wal::WalConfig::default()
+        },
+        snapshot_every_records: 0,
+        ..gavel_node::NodeConfig::default()
+    };
+    let (node, _) = gavel_node::Node::open(dir, config).unwrap();
+    node.create_auction(english(1, UnixMicros(1_000_000_000)), UnixMicros(0))
+        .unwrap();
+    for n in 1..=300_u64 {
+        let bidder = BidderId::new(&format!("b{}", n % 2)).unwrap();
+        let bid = Bid::new(
+            AuctionId(1),
+            bidder,
+            BidId(n.into()),
+            100 + 1_000 * n,
+            None,
+            UnixMicros(n),
+        );
+        let (outcome, receipt) = node.place_bid(&bid.unwrap(), UnixMicros(n));
+        let receipt = receipt.unwrap_or_else(|| panic!("bid {n}: {outcome:?}"));
+        if n % 100 == 0 && n < 300 {
+            // A snapshot covers what is durable.
+            node.wait_durable(receipt, std::time::Duration::from_secs(5))
+                .unwrap();
+            node.snapshot_now()
+                .unwrap()
+                .expect("a snapshot of a non-empty log");
+        }
+    }
+    let last = node.shutdown(false).unwrap();
+    let report = gavel_wal::verify(dir.join("wal")).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problem);
+    let first = report.first_lsn.unwrap();
+    assert!(first > 1, "the log was compacted: it starts at LSN {first}");
+    (first, last)
+}
+
+#[test]
+fn dump_of_a_compacted_log_starts_at_its_first_record_and_refuses_an_earlier_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, last) = compacted_log(dir.path());
+    let data_dir = dir.path().to_str().unwrap();
+
+    // The README's command, as it is.
+    let (dump, _) = gavel_ok(&["wal", "dump", data_dir, "--limit", "20"]);
+    assert_eq!(dump.lines().count(), 20, "{dump}");
+    assert!(dump.starts_with(&format!("lsn={first} ")), "{dump}");
+    let (all, _) = gavel_ok(&["wal", "dump", data_dir]);
+    assert_eq!(all.lines().count() as u64, last - first + 1);
+    assert!(all.contains(&format!("\nlsn={last} ")), "{all}");
+
+    // An explicit --from below the log's first record: refused, saying where it starts.
+    for from in ["1", &(first - 1).to_string()] {
+        let (out, stderr) = gavel_fails(&["wal", "dump", data_dir, "--from", from]);
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            stderr.contains(&format!(
+                "records from LSN {from} were asked for, but the log starts at LSN {first}"
+            )),
+            "{stderr}"
+        );
+    }
+    let (from_first, _) = gavel_ok(&["wal", "dump", data_dir, "--from", &first.to_string()]);
+    assert_eq!(from_first, all);
+}

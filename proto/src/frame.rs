@@ -223,6 +223,55 @@ mod tests {
         );
     }
 
+    /// The bytes of the ```text block that follows `heading` in `doc`: from each line, the
+    /// leading two-digit hex tokens (the rest of the line is commentary).
+    fn documented_hex(doc: &str, heading: &str) -> Vec<u8> {
+        let after = &doc[doc.find(heading).expect("the doc has the example")..];
+        let block = after
+            .split("```text\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a ```text block follows the example's sentence");
+        block
+            .lines()
+            .flat_map(|line| {
+                line.split_whitespace()
+                    .take_while(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .map(|t| u8::from_str_radix(t, 16).expect("two hex digits"))
+            })
+            .collect()
+    }
+
+    /// docs/quic.md's worked example is what this module writes, byte for byte, and its
+    /// varint is protobuf's (not QUIC's): the doc cannot drift from the code.
+    #[test]
+    fn docs_quic_md_framed_place_bid_example_is_what_encode_writes() {
+        let doc = include_str!("../../docs/quic.md");
+        let documented = documented_hex(doc, "A framed `PlaceBid`");
+        let message = pb::ClientMessage {
+            request_id: 1,
+            body: Some(Body::PlaceBid(pb::PlaceBid {
+                auction_id: 7,
+                amount: 150,
+                max: None,
+                bid_id_hi: 0,
+                bid_id_lo: 42,
+                client_sent_at_us: 0,
+            })),
+        };
+        let mut framed = Vec::new();
+        encode(&message, &mut framed);
+        assert_eq!(
+            documented, framed,
+            "docs/quic.md's hex differs from encode()"
+        );
+        // The doc's 300-byte prefix: protobuf's varint `ac 02` (QUIC's would be `41 2c`).
+        assert!(doc.contains("prefixed `ac 02`, not `41 2c`"));
+        let mut prefix = Vec::new();
+        prost::encode_length_delimiter(300, &mut prefix).unwrap();
+        assert_eq!(prefix, [0xac, 0x02]);
+    }
+
     #[test]
     fn a_frame_arriving_byte_by_byte_comes_out_once_whole() {
         let mut bytes = Vec::new();

@@ -39,4 +39,4 @@ pub mod tls;
 
 pub use gateway::{Backend, DurableError, Gateway};
 pub use identity::{Identity, IdentityError, Role};
-pub use limits::Limits;
+pub use limits::{LimitError, Limits};

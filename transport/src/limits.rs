@@ -2,7 +2,7 @@
 //! token bucket.
 //!
 //! Config may lower (or raise) each value; `gavel serve --help` documents them with their
-//! units. Names carry the unit last (`frame_bytes_max`, `idle_timeout_ms`).
+//! units and, from [`Limits::default`], their defaults. Names carry the unit last (`frame_bytes_max`, `idle_timeout_ms`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -72,10 +72,42 @@ impl Default for Limits {
     }
 }
 
+/// Smallest QUIC frame or WebSocket message limit, in bytes: one bid with its envelope must
+/// fit.
+pub const MESSAGE_BYTES_MAX_LEAST: usize = 256;
+/// Greatest QUIC frame or WebSocket message limit, in bytes.
+pub const MESSAGE_BYTES_MAX_MOST: usize = 16 * 1024 * 1024;
+
+/// A limit [`Limits::validate`] refuses: which one, and the bound it is on the wrong side of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// The value is below the limit's least allowed value.
+    #[error("{limit} must be at least {least}, got {value}")]
+    TooSmall {
+        /// The limit (its config key).
+        limit: &'static str,
+        /// The least allowed value.
+        least: u64,
+        /// The value given.
+        value: u64,
+    },
+    /// The value is above the limit's greatest allowed value.
+    #[error("{limit} must be at most {most}, got {value}")]
+    TooLarge {
+        /// The limit (its config key).
+        limit: &'static str,
+        /// The greatest allowed value.
+        most: u64,
+        /// The value given.
+        value: u64,
+    },
+}
+
 impl Limits {
-    /// Checks the values make sense together; called once at start.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = [
+    /// Checks every value is within its bounds; called once at start. The first limit out
+    /// of bounds is the error.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let at_least_one = [
             ("frame_bytes_max", self.frame_bytes_max as u64),
             ("ws_message_bytes_max", self.ws_message_bytes_max as u64),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
@@ -103,17 +135,19 @@ impl Limits {
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("list_limit_max", u64::from(self.list_limit_max)),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
+        for (limit, value) in at_least_one {
+            within(limit, value, 1, u64::MAX)?;
         }
-        // A frame must hold at least one bid with its envelope.
-        if self.frame_bytes_max < 256 || self.ws_message_bytes_max < 256 {
-            return Err("frame_bytes_max and ws_message_bytes_max must be at least 256".into());
-        }
-        if self.frame_bytes_max > 16 * 1024 * 1024 || self.ws_message_bytes_max > 16 * 1024 * 1024 {
-            return Err("frame_bytes_max and ws_message_bytes_max must be at most 16 MiB".into());
+        for (limit, value) in [
+            ("frame_bytes_max", self.frame_bytes_max),
+            ("ws_message_bytes_max", self.ws_message_bytes_max),
+        ] {
+            within(
+                limit,
+                value as u64,
+                MESSAGE_BYTES_MAX_LEAST as u64,
+                MESSAGE_BYTES_MAX_MOST as u64,
+            )?;
         }
         Ok(())
     }
@@ -131,6 +165,21 @@ impl Limits {
     /// [`Limits::handshake_timeout_ms`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// `Ok` if `least <= value <= most`, else the bound `limit` broke.
+fn within(limit: &'static str, value: u64, least: u64, most: u64) -> Result<(), LimitError> {
+    if value < least {
+        Err(LimitError::TooSmall {
+            limit,
+            least,
+            value,
+        })
+    } else if value > most {
+        Err(LimitError::TooLarge { limit, most, value })
+    } else {
+        Ok(())
     }
 }
 
@@ -217,13 +266,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_validate() {
+    fn defaults_validate_and_each_refusal_names_the_limit_and_its_bound() {
         Limits::default().validate().unwrap();
-        let zero = Limits {
+        let refused = |limits: Limits| limits.validate().unwrap_err();
+        let zero = refused(Limits {
             connections_max: 0,
             ..Limits::default()
+        });
+        assert_eq!(
+            zero,
+            LimitError::TooSmall {
+                limit: "connections_max",
+                least: 1,
+                value: 0
+            }
+        );
+        assert_eq!(
+            zero.to_string(),
+            "connections_max must be at least 1, got 0"
+        );
+        let small = refused(Limits {
+            frame_bytes_max: 255,
+            ..Limits::default()
+        });
+        assert_eq!(
+            small,
+            LimitError::TooSmall {
+                limit: "frame_bytes_max",
+                least: 256,
+                value: 255
+            }
+        );
+        let large = refused(Limits {
+            ws_message_bytes_max: MESSAGE_BYTES_MAX_MOST + 1,
+            ..Limits::default()
+        });
+        assert_eq!(
+            large,
+            LimitError::TooLarge {
+                limit: "ws_message_bytes_max",
+                most: 16 << 20,
+                value: (16 << 20) + 1
+            }
+        );
+        let bounds = Limits {
+            frame_bytes_max: MESSAGE_BYTES_MAX_LEAST,
+            ws_message_bytes_max: MESSAGE_BYTES_MAX_MOST,
+            ..Limits::default()
         };
-        assert!(zero.validate().unwrap_err().contains("connections_max"));
+        bounds.validate().unwrap();
     }
 
     #[test]

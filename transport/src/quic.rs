@@ -26,9 +26,10 @@
 //! grow, so the front is always the first to become durable) and their acks are written as
 //! they resolve, while reading goes on; the session bounds them per connection
 //! (`pending_durable_per_connection_max`). A frame longer than `frame_bytes_max` gets
-//! `TOO_LARGE` and the stream is closed after the answers already due; an undecodable
-//! message gets `MALFORMED` and the stream goes on; a broken length prefix gets `MALFORMED`
-//! and the stream is closed. Nothing a peer sends can panic the node or stall another
+//! `TOO_LARGE` and the stream is closed after the answers already due (its receiving side
+//! stopped with `TOO_LARGE`); an undecodable message gets `MALFORMED` and the stream goes on;
+//! a broken length prefix gets `MALFORMED` and the stream is closed (stopped with
+//! `MALFORMED`). Nothing a peer sends can panic the node or stall another
 //! stream or connection.
 //!
 //! Streams (`docs/quic.md`): a stream that sends `Subscribe` carries the updates of its
@@ -564,13 +565,14 @@ async fn serve_stream<B: Backend>(
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true), if reading => match chunk {
                 Ok(Some(chunk)) => {
                     decoder.push(&chunk.bytes);
-                    reading = handle_frames(&mut decoder, &mut session, &mut durable, &mut replies);
+                    let fatal = handle_frames(&mut decoder, &mut session, &mut durable, &mut replies).err();
                     if let Some(s) = session.subscriber() {
                         updates.report(s.subscriptions(), updates.bytes);
                     }
-                    if !reading {
-                        // Whatever follows a broken frame is not read.
-                        let _ = recv.stop(close_code(ErrorCode::Malformed));
+                    if let Some(code) = fatal {
+                        // Whatever follows a broken or oversized frame is not read.
+                        reading = false;
+                        let _ = recv.stop(close_code(code));
                     }
                 }
                 // The client finished sending: answer what is due, then finish.
@@ -596,13 +598,15 @@ async fn serve_stream<B: Backend>(
     }
 }
 
-/// Handles every whole frame in `decoder`; `false` if the stream must stop being read.
+/// Handles every whole frame in `decoder`; `Err(code)` if the stream must stop being read,
+/// with `code` as the STOP_SENDING code (`TOO_LARGE` after an oversized frame, `MALFORMED`
+/// after a broken length prefix, as docs/quic.md says).
 fn handle_frames<B: Backend>(
     decoder: &mut FrameDecoder,
     session: &mut Session<B>,
     durable: &mut DurableQueue,
     replies: &mut Vec<pb::ServerMessage>,
-) -> bool {
+) -> Result<(), ErrorCode> {
     loop {
         match decoder.next_message::<pb::ClientMessage>() {
             Ok(Some(request)) => {
@@ -610,7 +614,7 @@ fn handle_frames<B: Backend>(
                     durable.push_back(Box::pin(wait.into_message()));
                 }
             }
-            Ok(None) => return true,
+            Ok(None) => return Ok(()),
             Err(FrameError::Malformed(detail)) => replies.push(session.malformed(detail)),
             Err(FrameError::TooLarge { len, max }) => {
                 metrics::request_error(TRANSPORT, "too_large");
@@ -619,11 +623,11 @@ fn handle_frames<B: Backend>(
                     ErrorCode::TooLarge,
                     format!("a frame of {len} bytes exceeds the limit of {max} bytes; closing the stream"),
                 ));
-                return false;
+                return Err(ErrorCode::TooLarge);
             }
             Err(FrameError::BadLength) => {
                 replies.push(session.malformed("bad frame length prefix; closing the stream"));
-                return false;
+                return Err(ErrorCode::Malformed);
             }
         }
     }

@@ -3,15 +3,18 @@
 //!
 //! Precedence: a flag beats its environment variable (clap reads both into the same field),
 //! which beats the TOML file, which beats the default. TOML keys are the long flag names with
-//! `_` for `-` (`frame_bytes_max = 65536`); unknown keys in the file, and unknown `GAVEL_*`
-//! variables in the environment, stop the start with an error naming them.
+//! `_` for `-` (`frame_bytes_max = 65536`). Unknown keys in the file stop the start with an
+//! error naming them (the user wrote that file); unknown `GAVEL_*` variables are only warned
+//! about, each with the closest known one (the environment is shared with other programs
+//! and scripts, which may use the prefix for themselves). `--help` shows each default that is
+//! a value of the code from the code ([`code_defaults`]), so it cannot drift.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::{Args, Command};
+use clap::{Arg, Args, Command};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
@@ -31,22 +34,21 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
 
     /// Directory of the write-ahead log, snapshots and (with --dev) certificates.
-    /// [default: ./data]
     #[arg(long, env = "GAVEL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Development mode: without --tls-* paths, generate a development CA and certificates
-    /// into <data-dir>/certs on first run and use them; allows anonymous watchers unless
-    /// --anonymous-watchers=false.
+    /// into <data-dir>/certs on first run and use them (ca.pem; client certificates
+    /// clients/<role>-<id>.pem with keys clients/<role>-<id>.key, each listed in the log at
+    /// start); allows anonymous watchers unless --anonymous-watchers=false.
     #[arg(long, env = "GAVEL_DEV", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub dev: Option<bool>,
 
-    /// QUIC listen address for bidders (ALPN gavel/1). [default: 127.0.0.1:7443]
+    /// QUIC listen address for bidders (ALPN gavel/1).
     #[arg(long, env = "GAVEL_QUIC_LISTEN", value_name = "ADDR")]
     pub quic_listen: Option<SocketAddr>,
 
     /// HTTPS listen address: admin API, WebSocket (/v1/ws), /metrics, /healthz, /readyz.
-    /// [default: 127.0.0.1:8443]
     #[arg(long, env = "GAVEL_HTTPS_LISTEN", value_name = "ADDR")]
     pub https_listen: Option<SocketAddr>,
 
@@ -72,7 +74,7 @@ pub struct ServeOptions {
     pub tls_crl: Option<PathBuf>,
 
     /// How often the TLS files are checked for changes (they also reload on SIGHUP), in
-    /// milliseconds. [default: 2000]
+    /// milliseconds.
     #[arg(long, env = "GAVEL_TLS_RELOAD_POLL_MS", value_name = "MS")]
     pub tls_reload_poll_ms: Option<u64>,
 
@@ -93,35 +95,35 @@ pub struct ServeOptions {
     )]
     pub allowed_origins: Option<Vec<String>>,
 
-    /// Largest protobuf frame on a QUIC stream, in bytes. [default: 65536]
+    /// Largest protobuf frame on a QUIC stream, in bytes.
     #[arg(long, env = "GAVEL_FRAME_BYTES_MAX", value_name = "BYTES")]
     pub frame_bytes_max: Option<usize>,
 
-    /// Largest WebSocket message, in bytes; larger ones close with 1009. [default: 65536]
+    /// Largest WebSocket message, in bytes; larger ones close with 1009.
     #[arg(long, env = "GAVEL_WS_MESSAGE_BYTES_MAX", value_name = "BYTES")]
     pub ws_message_bytes_max: Option<usize>,
 
-    /// Largest admin API request body, in bytes. [default: 65536]
+    /// Largest admin API request body, in bytes.
     #[arg(long, env = "GAVEL_HTTP_BODY_BYTES_MAX", value_name = "BYTES")]
     pub http_body_bytes_max: Option<usize>,
 
-    /// Open client connections over all transports. [default: 10000]
+    /// Open client connections over all transports.
     #[arg(long, env = "GAVEL_CONNECTIONS_MAX", value_name = "COUNT")]
     pub connections_max: Option<usize>,
 
-    /// TLS handshakes in progress at once. [default: 256]
+    /// TLS handshakes in progress at once.
     #[arg(long, env = "GAVEL_HANDSHAKES_PENDING_MAX", value_name = "COUNT")]
     pub handshakes_pending_max: Option<usize>,
 
-    /// Time a TLS handshake may take, in milliseconds. [default: 10000]
+    /// Time a TLS handshake may take, in milliseconds.
     #[arg(long, env = "GAVEL_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     pub handshake_timeout_ms: Option<u64>,
 
-    /// Bidirectional QUIC streams per connection. [default: 16]
+    /// Bidirectional QUIC streams per connection.
     #[arg(long, env = "GAVEL_STREAMS_PER_CONNECTION_MAX", value_name = "COUNT")]
     pub streams_per_connection_max: Option<u32>,
 
-    /// Subscriptions (topics plus patterns) per connection. [default: 256]
+    /// Subscriptions (topics plus patterns) per connection.
     #[arg(
         long,
         env = "GAVEL_SUBSCRIPTIONS_PER_CONNECTION_MAX",
@@ -129,7 +131,7 @@ pub struct ServeOptions {
     )]
     pub subscriptions_per_connection_max: Option<usize>,
 
-    /// Bids of one connection waiting for their durable ack. [default: 4096]
+    /// Bids of one connection waiting for their durable ack.
     #[arg(
         long,
         env = "GAVEL_PENDING_DURABLE_PER_CONNECTION_MAX",
@@ -137,8 +139,8 @@ pub struct ServeOptions {
     )]
     pub pending_durable_per_connection_max: Option<usize>,
 
-    /// Stream updates one connection may have queued and not written, in bytes; twice this
-    /// is a hard bound. [default: 1048576]
+    /// Stream updates one connection may have queued and not written, in bytes; twice this is a
+    /// hard bound.
     #[arg(
         long,
         env = "GAVEL_OUTBOUND_BYTES_MAX_PER_CONNECTION",
@@ -147,11 +149,10 @@ pub struct ServeOptions {
     pub outbound_bytes_max_per_connection: Option<usize>,
 
     /// Close a stream connection over its outbound bound for this long, in milliseconds.
-    /// [default: 5000]
     #[arg(long, env = "GAVEL_SLOW_CONSUMER_TIMEOUT_MS", value_name = "MS")]
     pub slow_consumer_timeout_ms: Option<u64>,
 
-    /// Sustained bids per second per bidder, over all its connections. [default: 100000]
+    /// Sustained bids per second per bidder, over all its connections.
     #[arg(
         long,
         env = "GAVEL_BIDS_PER_SECOND_PER_BIDDER",
@@ -159,58 +160,57 @@ pub struct ServeOptions {
     )]
     pub bids_per_second_per_bidder: Option<u32>,
 
-    /// Bids a bidder may send in a burst above its rate. [default: 10000]
+    /// Bids a bidder may send in a burst above its rate.
     #[arg(long, env = "GAVEL_BID_BURST_PER_BIDDER", value_name = "COUNT")]
     pub bid_burst_per_bidder: Option<u32>,
 
-    /// Close a connection idle for this long, in milliseconds. [default: 60000]
+    /// Close a connection idle for this long, in milliseconds.
     #[arg(long, env = "GAVEL_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
 
-    /// Most auctions in one page of the admin list. [default: 1000]
+    /// Most auctions in one page of the admin list.
     #[arg(long, env = "GAVEL_LIST_LIMIT_MAX", value_name = "COUNT")]
     pub list_limit_max: Option<u32>,
 
-    /// Engine registry shards, a power of two. [default: 64]
+    /// Engine registry shards, a power of two.
     #[arg(long, env = "GAVEL_ENGINE_SHARDS", value_name = "COUNT")]
     pub engine_shards: Option<usize>,
 
-    /// Most auctions held in memory (open and settled). [default: 1000000]
+    /// Most auctions held in memory (open and settled).
     #[arg(long, env = "GAVEL_AUCTIONS_MAX", value_name = "COUNT")]
     pub auctions_max: Option<usize>,
 
-    /// Accepted bids remembered per auction to recognise retries. [default: 1024]
+    /// Accepted bids remembered per auction to recognise retries.
     #[arg(long, env = "GAVEL_DEDUP_WINDOW_BIDS", value_name = "COUNT")]
     pub dedup_window_bids: Option<usize>,
 
-    /// Most distinct bidders in one sealed auction. [default: 100000]
+    /// Most distinct bidders in one sealed auction.
     #[arg(long, env = "GAVEL_SEALED_BIDDERS_MAX", value_name = "COUNT")]
     pub sealed_bidders_max: Option<usize>,
 
-    /// Size at which a new log segment starts, in bytes. [default: 67108864]
+    /// Size at which a new log segment starts, in bytes.
     #[arg(long, env = "GAVEL_WAL_SEGMENT_BYTES_MAX", value_name = "BYTES")]
     pub wal_segment_bytes_max: Option<u64>,
 
-    /// Records waiting for the log writer; beyond, bids get Overloaded. [default: 65536]
+    /// Records waiting for the log writer; beyond, bids get Overloaded.
     #[arg(long, env = "GAVEL_WAL_QUEUE_RECORDS_MAX", value_name = "COUNT")]
     pub wal_queue_records_max: Option<usize>,
 
     /// Payload bytes waiting for the log writer; beyond, bids get Overloaded.
-    /// [default: 33554432]
     #[arg(long, env = "GAVEL_WAL_QUEUE_BYTES_MAX", value_name = "BYTES")]
     pub wal_queue_bytes_max: Option<usize>,
 
-    /// Records per write + fdatasync at most. [default: 16384]
+    /// Records per write + fdatasync at most.
     #[arg(long, env = "GAVEL_WAL_BATCH_RECORDS_MAX", value_name = "COUNT")]
     pub wal_batch_records_max: Option<usize>,
 
-    /// Bytes per write + fdatasync at most. [default: 8388608]
+    /// Bytes per write + fdatasync at most.
     #[arg(long, env = "GAVEL_WAL_BATCH_BYTES_MAX", value_name = "BYTES")]
     pub wal_batch_bytes_max: Option<usize>,
 
-    /// How long the log writer may wait to fill a batch once records are pending and its
-    /// previous batch held more than one record (under load; a lone record is synced at
-    /// once), in microseconds (0 = never wait). [default: 300]
+    /// How long the log writer may wait to fill a batch once records are pending and its previous
+    /// batch held more than one record (under load; a lone record is synced at once), in
+    /// microseconds (0 = never wait).
     #[arg(long, env = "GAVEL_WAL_BATCH_WAIT_US_MAX", value_name = "US")]
     pub wal_batch_wait_us_max: Option<u64>,
 
@@ -223,63 +223,56 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_BROKERS", value_name = "HOST:PORT")]
     pub kafka_brokers: Option<String>,
 
-    /// Kafka topic of the log. [default: gavel-wal]
+    /// Kafka topic of the log.
     #[arg(long, env = "GAVEL_KAFKA_TOPIC", value_name = "TOPIC")]
     pub kafka_topic: Option<String>,
 
-    /// Partitions of the Kafka topic when the node creates it (an existing topic keeps
-    /// its own). [default: 8]
+    /// Partitions of the Kafka topic when the node creates it (an existing topic keeps its own).
     #[arg(long, env = "GAVEL_KAFKA_PARTITIONS", value_name = "COUNT")]
     pub kafka_partitions: Option<i32>,
 
-    /// How long the start waits for the Kafka brokers (and for another node's lapsing
-    /// writer lease) before giving up, in milliseconds. [default: 10000]
+    /// How long the start waits for the Kafka brokers (and for another node's lapsing writer lease)
+    /// before giving up, in milliseconds.
     #[arg(long, env = "GAVEL_KAFKA_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub kafka_connect_timeout_ms: Option<u64>,
 
-    /// Records sent to Kafka and not yet reported persisted, at most; beyond, bids are
-    /// refused Overloaded. [default: 65536]
+    /// Records sent to Kafka and not yet reported persisted, at most; beyond, bids are refused
+    /// Overloaded.
     #[arg(long, env = "GAVEL_KAFKA_QUEUE_RECORDS_MAX", value_name = "COUNT")]
     pub kafka_queue_records_max: Option<usize>,
 
-    /// Payload bytes sent to Kafka and not yet reported persisted, at most. [default:
-    /// 33554432]
+    /// Payload bytes sent to Kafka and not yet reported persisted, at most.
     #[arg(long, env = "GAVEL_KAFKA_QUEUE_BYTES_MAX", value_name = "BYTES")]
     pub kafka_queue_bytes_max: Option<usize>,
 
-    /// How long a record may wait for its Kafka delivery (a broker outage included) before
-    /// it fails, and with it the log and the node, in milliseconds (librdkafka's
-    /// message.timeout.ms). [default: 300000]
+    /// How long a record may wait for its Kafka delivery (a broker outage included) before it
+    /// fails, and with it the log and the node, in milliseconds (librdkafka's message.timeout.ms).
     #[arg(long, env = "GAVEL_KAFKA_MESSAGE_TIMEOUT_MS", value_name = "MS")]
     pub kafka_message_timeout_ms: Option<u64>,
 
-    /// How long the Kafka producer waits to fill a batch, in milliseconds (librdkafka's
-    /// linger.ms). [default: 1]
+    /// How long the Kafka producer waits to fill a batch, in milliseconds (librdkafka's linger.ms).
     #[arg(long, env = "GAVEL_KAFKA_LINGER_MS", value_name = "MS")]
     pub kafka_linger_ms: Option<u64>,
 
-    /// The topic's writer lease, in milliseconds: one node writes a topic; a node that
-    /// cannot renew its lease this long stops, and a successor of a crashed node waits
-    /// this long. [default: 10000]
+    /// The topic's writer lease, in milliseconds: one node writes a topic; a node that cannot renew
+    /// its lease this long stops, and a successor of a crashed node waits this long.
     #[arg(long, env = "GAVEL_KAFKA_WRITER_LEASE_MS", value_name = "MS")]
     pub kafka_writer_lease_ms: Option<u64>,
 
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
-    /// [default: 1000000]
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
 
-    /// How often due auctions are closed and settled, in milliseconds. [default: 10]
+    /// How often due auctions are closed and settled, in milliseconds.
     #[arg(long, env = "GAVEL_CLOSE_TICK_MS", value_name = "MS")]
     pub close_tick_ms: Option<u64>,
 
     /// Longest graceful shutdown (stop accepting, drain, flush the log), in milliseconds.
-    /// [default: 10000]
     #[arg(long, env = "GAVEL_SHUTDOWN_DEADLINE_MS", value_name = "MS")]
     pub shutdown_deadline_ms: Option<u64>,
 
-    /// Worker threads of each of the two async runtimes (QUIC bidders; HTTPS, WebSocket,
-    /// SSE and fan-out); 0 = one per core. [default: 0]
+    /// Worker threads of each of the two async runtimes (QUIC bidders; HTTPS, WebSocket, SSE and
+    /// fan-out); 0 = one per core.
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_name = "COUNT")]
     pub worker_threads: Option<usize>,
 }
@@ -343,6 +336,104 @@ pub struct ServeConfig {
     pub worker_threads: usize,
 }
 
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+/// Default QUIC listen address.
+pub const QUIC_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7443));
+/// Default HTTPS listen address.
+pub const HTTPS_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8443));
+/// Default poll interval of the TLS files, in milliseconds.
+pub const TLS_RELOAD_POLL_MS_DEFAULT: u64 = 2_000;
+/// Default close/settle tick, in milliseconds.
+pub const CLOSE_TICK_MS_DEFAULT: u64 = 10;
+/// Default graceful shutdown deadline, in milliseconds.
+pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
+/// Default worker threads per runtime (0 = one per core).
+pub const WORKER_THREADS_DEFAULT: usize = 0;
+
+/// The default of every option whose default is a value of the code (the rest say theirs in
+/// their help, e.g. "off"), by argument id, from the structs' `Default`s and the constants
+/// above: `--help` shows these, so it cannot drift from what [`ServeOptions::resolve`] uses.
+pub fn code_defaults() -> Vec<(&'static str, String)> {
+    /// `(id, default)` of each field of `$config`: the id is `$prefix` + the field's name.
+    macro_rules! defaults_of {
+        ($prefix:literal, $config:expr; $($field:ident),* $(,)?) => {
+            [$((concat!($prefix, stringify!($field)), $config.$field.to_string())),*]
+        };
+    }
+    let limits = Limits::default();
+    let engine = EngineConfig::default();
+    let wal = WalConfig::default();
+    let kafka = KafkaConfig::default();
+    let mut defaults = vec![
+        ("data_dir", DATA_DIR_DEFAULT.to_owned()),
+        ("quic_listen", QUIC_LISTEN_DEFAULT.to_string()),
+        ("https_listen", HTTPS_LISTEN_DEFAULT.to_string()),
+        ("tls_reload_poll_ms", TLS_RELOAD_POLL_MS_DEFAULT.to_string()),
+        ("close_tick_ms", CLOSE_TICK_MS_DEFAULT.to_string()),
+        (
+            "shutdown_deadline_ms",
+            SHUTDOWN_DEADLINE_MS_DEFAULT.to_string(),
+        ),
+        ("worker_threads", WORKER_THREADS_DEFAULT.to_string()),
+        ("engine_shards", engine.shards.to_string()),
+        (
+            "snapshot_every_records",
+            NodeConfig::default().snapshot_every_records.to_string(),
+        ),
+    ];
+    defaults.extend(defaults_of!("", limits;
+        frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
+        handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
+        subscriptions_per_connection_max, pending_durable_per_connection_max,
+        outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+        bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max));
+    defaults.extend(defaults_of!("", engine; auctions_max, dedup_window_bids, sealed_bidders_max));
+    defaults.extend(defaults_of!("wal_", wal;
+        segment_bytes_max, queue_records_max, queue_bytes_max, batch_records_max,
+        batch_bytes_max, batch_wait_us_max));
+    defaults.extend(defaults_of!("kafka_", kafka;
+        topic, partitions, connect_timeout_ms, queue_records_max, queue_bytes_max,
+        message_timeout_ms, linger_ms, writer_lease_ms));
+    defaults
+}
+
+/// Appends ` [default: <value>]` from [`code_defaults`] to an option's help; for
+/// `Command::mut_args` on the `serve` command (`gavel`'s `main.rs`, and [`command`]).
+pub fn with_code_default(arg: Arg) -> Arg {
+    let id = arg.get_id().as_str();
+    let Some((_, value)) = code_defaults().into_iter().find(|(name, _)| *name == id) else {
+        return arg;
+    };
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    let arg = arg.help(format!("{help} [default: {value}]"));
+    match arg.get_long_help().map(ToString::to_string) {
+        Some(long) => arg.long_help(format!("{long} [default: {value}]")),
+        None => arg,
+    }
+}
+
+/// The `serve` command as `gavel` builds it: the options, their defaults from the code,
+/// and [`SOURCES_HELP`].
+pub fn command() -> Command {
+    ServeOptions::augment_args(Command::new("serve"))
+        .mut_args(with_code_default)
+        .after_help(SOURCES_HELP)
+}
+
+/// The end of `gavel serve --help`: where options come from, and what is refused.
+pub const SOURCES_HELP: &str = "\
+Every option is also a GAVEL_* environment variable (shown as [env: ...]) and a key of the \
+--config TOML file (the long flag's name with _ for -). A flag beats its variable, which \
+beats the file, which beats the default.
+
+Unknown keys in the --config file stop the start with an error naming them (you wrote that \
+file). Unknown GAVEL_* environment variables do not: each is named in a warning in the log, \
+with the closest known variable, and ignored (the environment is shared with other programs \
+and scripts).";
+
 /// The data directory's subdirectory for development certificates.
 pub const DEV_CERTS_DIR: &str = "certs";
 
@@ -397,7 +488,9 @@ impl ServeOptions {
 
     /// Fills in defaults and validates.
     pub fn resolve(self) -> Result<ServeConfig> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let dev = self.dev.unwrap_or(false);
         let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
@@ -420,9 +513,7 @@ impl ServeOptions {
             ),
             _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together: give all three"),
         };
-        let https_listen = self
-            .https_listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let https_listen = self.https_listen.unwrap_or(HTTPS_LISTEN_DEFAULT);
         let allowed_origins = self.allowed_origins.unwrap_or_else(|| {
             let port = https_listen.port();
             vec![
@@ -476,9 +567,7 @@ impl ServeOptions {
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
             list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
         };
-        limits
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+        limits.validate().context("invalid limit")?;
         let engine_defaults = EngineConfig::default();
         let engine = EngineConfig {
             shards: self.engine_shards.unwrap_or(engine_defaults.shards),
@@ -580,12 +669,14 @@ impl ServeOptions {
                 .snapshot_every_records
                 .unwrap_or(NodeConfig::default().snapshot_every_records),
         };
-        let close_tick_ms = self.close_tick_ms.unwrap_or(10);
+        let close_tick_ms = self.close_tick_ms.unwrap_or(CLOSE_TICK_MS_DEFAULT);
         ensure!(
             (1..=60_000).contains(&close_tick_ms),
             "close_tick_ms must be between 1 and 60000"
         );
-        let tls_reload_poll_ms = self.tls_reload_poll_ms.unwrap_or(2_000);
+        let tls_reload_poll_ms = self
+            .tls_reload_poll_ms
+            .unwrap_or(TLS_RELOAD_POLL_MS_DEFAULT);
         ensure!(
             tls_reload_poll_ms >= 10,
             "tls_reload_poll_ms must be at least 10"
@@ -596,16 +687,17 @@ impl ServeOptions {
             tls_reload_poll: Duration::from_millis(tls_reload_poll_ms),
             anonymous_watchers: self.anonymous_watchers.unwrap_or(dev),
             allowed_origins,
-            quic_listen: self
-                .quic_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7443))),
+            quic_listen: self.quic_listen.unwrap_or(QUIC_LISTEN_DEFAULT),
             https_listen,
             metrics_listen: self.metrics_listen,
             limits,
             node,
             close_tick: Duration::from_millis(close_tick_ms),
-            shutdown_deadline: Duration::from_millis(self.shutdown_deadline_ms.unwrap_or(10_000)),
-            worker_threads: self.worker_threads.unwrap_or(0),
+            shutdown_deadline: Duration::from_millis(
+                self.shutdown_deadline_ms
+                    .unwrap_or(SHUTDOWN_DEADLINE_MS_DEFAULT),
+            ),
+            worker_threads: self.worker_threads.unwrap_or(WORKER_THREADS_DEFAULT),
         })
     }
 }
@@ -620,22 +712,45 @@ pub fn known_env_vars() -> Vec<String> {
         .collect()
 }
 
-/// Refuses `GAVEL_*` variables that are not options (a typo would otherwise be ignored).
-pub fn check_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+/// A `GAVEL_*` variable that is no option of `gavel serve`, and the known one nearest to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEnvVar {
+    /// The variable's name.
+    pub name: String,
+    /// The known variable with the smallest edit distance to it (a typo's likely intent).
+    pub closest: String,
+}
+
+/// The `GAVEL_*` names among `names` that are not options, each with the closest known one.
+/// A typo would otherwise be ignored silently; the start warns about each and goes on.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<UnknownEnvVar> {
     let known = known_env_vars();
-    let unknown: Vec<String> = vars
+    names
         .into_iter()
-        .map(|(name, _)| name)
         .filter(|name| name.starts_with("GAVEL_") && !known.contains(name))
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "unknown environment variable(s) {}; gavel serve reads {}",
-            unknown.join(", "),
-            known.join(", ")
+        .map(|name| {
+            let closest = known
+                .iter()
+                .min_by_key(|candidate| strsim::levenshtein(&name, candidate))
+                .cloned()
+                .unwrap_or_default();
+            UnknownEnvVar { name, closest }
+        })
+        .collect()
+}
+
+/// Logs a warning for each unknown `GAVEL_*` variable of this process's environment
+/// (variables whose name is not UTF-8 are not ours and are skipped).
+pub fn warn_about_unknown_env_vars() {
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for unknown in unknown_env_vars(names) {
+        tracing::warn!(
+            variable = %unknown.name,
+            closest = %unknown.closest,
+            "unknown GAVEL_* environment variable ignored (`gavel serve --help` lists the ones \
+             it reads)"
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -706,7 +821,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_file_keys_and_env_vars_are_refused() {
+    fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gavel.toml");
         std::fs::write(&path, "dev = true\nframe_byte_max = 4096\n").unwrap();
@@ -717,16 +832,27 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("frame_byte_max"), "{err}");
+    }
 
-        check_env([
-            ("GAVEL_IDLE_TIMEOUT_MS".into(), "1".into()),
-            ("PATH".into(), "/".into()),
-        ])
-        .unwrap();
-        let err = check_env([("GAVEL_IDLE_TIMOUT_MS".into(), "1".into())])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("GAVEL_IDLE_TIMOUT_MS"), "{err}");
+    #[test]
+    fn unknown_env_vars_are_named_with_the_closest_known_one() {
+        let names = [
+            "GAVEL_IDLE_TIMEOUT_MS",
+            "PATH",
+            "GAVEL_IDLE_TIMOUT_MS",
+            "GAVEL_BIN",
+        ];
+        let unknown = unknown_env_vars(names.map(String::from));
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        assert_eq!(
+            unknown[0],
+            UnknownEnvVar {
+                name: "GAVEL_IDLE_TIMOUT_MS".into(),
+                closest: "GAVEL_IDLE_TIMEOUT_MS".into()
+            }
+        );
+        assert_eq!(unknown[1].name, "GAVEL_BIN");
+        assert!(known_env_vars().contains(&unknown[1].closest));
     }
 
     #[test]
@@ -832,7 +958,7 @@ mod tests {
 
     #[test]
     fn every_option_has_an_env_var_and_a_unit_or_default_in_its_help() {
-        let command = ServeOptions::augment_args(Command::new("serve"));
+        let command = command();
         for arg in command.get_arguments() {
             let name = arg.get_id().as_str();
             assert!(arg.get_env().is_some(), "{name} has no GAVEL_* variable");

@@ -115,6 +115,10 @@ fn describe_node_metrics() {
         "Appends refused because the log's queue was full."
     );
     describe_gauge!(
+        "gavel_wal_last_batch_records",
+        "Records in the log's latest batch (one write + fdatasync)."
+    );
+    describe_gauge!(
         "gavel_wal_last_sync_seconds",
         Unit::Seconds,
         "Duration of the log's latest fdatasync."
@@ -141,7 +145,7 @@ fn describe_node_metrics() {
 
 /// Reads the configuration and runs the node until SIGINT/SIGTERM.
 pub fn run(options: ServeOptions) -> Result<()> {
-    config::check_env(std::env::vars())?;
+    config::warn_about_unknown_env_vars();
     let config = options.load()?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("gavel-io");
@@ -151,39 +155,44 @@ pub fn run(options: ServeOptions) -> Result<()> {
     let runtime = builder.build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Registered before the listening line: a script may signal the moment it reads it,
+        // and a signal without a handler would end the process at once (no drain, no flush).
+        let stop_signal = stop_signal()?;
         let server = start(config, shutdown.clone()).await?;
-        tokio::spawn(cancel_on_signal(shutdown));
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            let name = stop_signal.await;
+            tracing::info!("{name}: shutting down");
+            cancel.cancel();
+        });
         // One line on stdout for scripts and tests (ports may be chosen by the OS).
         println!("{}", server.listening_line());
         server.wait().await
     })
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => tracing::info!("SIGINT: shutting down"),
-                    _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
-                let _ = interrupt.await;
-                tracing::info!("SIGINT: shutting down");
-            }
+/// Registers the handlers of SIGINT and SIGTERM now; the future resolves with the name of
+/// the first that arrives.
+#[cfg(unix)]
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    shutdown.cancel();
+    })
+}
+
+/// Ctrl-C where there are no Unix signals.
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
 }
 
 /// A started node: its bound addresses and what [`Server::wait`] drains.
@@ -414,14 +423,18 @@ async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
                 })?;
                 tracing::info!(
                     dir = %dir.display(),
-                    clients = %certs
-                        .clients
-                        .iter()
-                        .map(|c| c.identity.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    "development certificates (CA ca.pem; client certificates in clients/); not for production"
+                    clients = certs.clients.len(),
+                    "development certificates (CA ca.pem; client certificates \
+                     clients/<role>-<id>.pem with their keys beside them); not for production"
                 );
+                for client in &certs.clients {
+                    tracing::info!(
+                        identity = %client.identity,
+                        cert = %client.cert.display(),
+                        key = %client.key.display(),
+                        "development client certificate"
+                    );
+                }
                 certs.tls_paths()
             }
             TlsSource::Files {

@@ -249,7 +249,7 @@ impl TestNode {
         origin: Option<&str>,
     ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
         let stream = self.tls(who, &[b"http/1.1"]).await;
-        self.ws_over(stream, subprotocol, origin).await
+        ws_over(stream, subprotocol, origin).await
     }
 
     /// [`TestNode::ws`] over a socket whose receive buffer is `recv_buffer_bytes` (a
@@ -266,32 +266,33 @@ impl TestNode {
         let stream = tls_over(tcp, &self.certs, who, &[b"http/1.1"])
             .await
             .expect("handshake succeeds");
-        self.ws_over(stream, subprotocol, None).await.unwrap()
+        ws_over(stream, subprotocol, None).await.unwrap()
     }
+}
 
-    async fn ws_over(
-        &self,
-        stream: TlsStream<TcpStream>,
-        subprotocol: &str,
-        origin: Option<&str>,
-    ) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
-        let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
+/// Opens `/v1/ws` over a TLS `stream` to the HTTPS port, offering `subprotocol`, with
+/// `origin` if given.
+pub async fn ws_over(
+    stream: TlsStream<TcpStream>,
+    subprotocol: &str,
+    origin: Option<&str>,
+) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
+    let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
+    if let Some(origin) = origin {
         request
             .headers_mut()
-            .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
-        if let Some(origin) = origin {
-            request
-                .headers_mut()
-                .insert("origin", origin.parse().unwrap());
-        }
-        let (socket, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::client_async_with_config(request, stream, None),
-        )
-        .await
-        .expect("a WebSocket handshake in time")?;
-        Ok(socket)
+            .insert("origin", origin.parse().unwrap());
     }
+    let (socket, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async_with_config(request, stream, None),
+    )
+    .await
+    .expect("a WebSocket handshake in time")?;
+    Ok(socket)
 }
 
 /// One plain-HTTP/1.1 `GET` to `addr`; returns status and body.

@@ -29,6 +29,11 @@ impl Drop for Served {
 /// Starts `gavel serve --dev` on `data_dir` with OS-chosen ports; waits for its
 /// `listening …` line.
 pub fn serve(data_dir: &Path) -> Served {
+    serve_with_env(data_dir, &[])
+}
+
+/// [`serve`] with these variables added to its environment.
+pub fn serve_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args(["serve", "--dev", "--data-dir"])
         .arg(data_dir)
@@ -43,6 +48,7 @@ pub fn serve(data_dir: &Path) -> Served {
             "8000",
         ])
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -47,10 +47,12 @@ pub struct Bidder {
 impl Bidder {
     /// Connects as [`BIDDER`].
     pub async fn connect(node: &TestNode) -> Bidder {
-        Bidder {
-            socket: node.ws(BIDDER, "gavel.v1.proto", None).await.unwrap(),
-            next_id: 1,
-        }
+        Bidder::over(node.ws(BIDDER, "gavel.v1.proto", None).await.unwrap())
+    }
+
+    /// A bidder on an open `gavel.v1.proto` WebSocket.
+    pub fn over(socket: WebSocketStream<TlsStream<TcpStream>>) -> Bidder {
+        Bidder { socket, next_id: 1 }
     }
 
     /// Bids `amount` on `auction` and asserts it was accepted.
