@@ -7,6 +7,7 @@
 //! whose p99 stays under a bound, for the node and the echo.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bidders::{self, Lanes};
-use crate::pace::{self, LANE_QUEUE_MAX, Paced, Schedule};
+use crate::pace::{self, LANE_QUEUE_MAX, Lane, Paced, Schedule};
 use crate::report::{Phase, PhaseReport, Ratio, SearchStep};
-use crate::stats::{CpuMeter, CpuUse, Recorder, sample_process};
+use crate::stats::{CpuMeter, CpuUse, ProcessSample, Recorder, sample_process};
 use crate::target::{ChildServer, Node};
 use crate::workload::{Pick, Workload};
 use crate::{fsync, nats, ws};
@@ -148,64 +149,236 @@ fn phase(
     )
 }
 
-/// A bidding phase without watchers.
+/// What every phase of a run shares: the node, the load shape, the schedule of a phase and
+/// the workload on the run's auctions.
+struct Run<'a> {
+    node: &'a Node,
+    shape: &'a Shape,
+    schedule: Schedule,
+    workload: Arc<Workload>,
+}
+
+impl<'a> Run<'a> {
+    /// Creates `shape.auctions` auctions (ids `tag * 100_000 + offset + i`, topics
+    /// `load.r{tag}.{letter}{id}`, where `tag` is this second) open for `open_for`, and the
+    /// workload bidding on them. Returns the run and its tag.
+    async fn prepare(
+        node: &'a Node,
+        shape: &'a Shape,
+        offset: u64,
+        letter: char,
+        open_for: Duration,
+    ) -> Result<(Run<'a>, u64)> {
+        let tag = crate::stats::unix_us() / 1_000_000;
+        let ids: Vec<u64> = (1..=shape.auctions as u64)
+            .map(|i| tag * 100_000 + offset + i)
+            .collect();
+        node.create_auctions(&ids, |id| format!("load.r{tag}.{letter}{id}"), open_for)
+            .await
+            .context("creating the auctions through the admin API")?;
+        let workload = Arc::new(Workload::new(ids, shape.pick, shape.win_ratio)?);
+        let schedule = Schedule {
+            rate_per_s: shape.rate_per_s,
+            count_max: shape.count_max,
+            duration: shape.duration,
+        };
+        let run = Run {
+            node,
+            shape,
+            schedule,
+            workload,
+        };
+        Ok((run, tag))
+    }
+}
+
+/// Which client a bidding phase's connections use, and where they go.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// The lean QUIC client, to `addr` (the node or the echo floor); `durable`: it waits for
+    /// the node's durable acks too.
+    QuicRaw { addr: SocketAddr, durable: bool },
+    /// WebSocket bidders on the node.
+    WebSocket,
+    /// The SDK (`gavel-client`) on the node.
+    Sdk,
+}
+
+/// The set-up every bidding phase shares: its name, what it measures, its connections and
+/// the process whose CPU it measures.
 struct Bidding {
     name: &'static str,
     what: String,
+    client: Client,
     connections: usize,
     server_pid: Option<u32>,
 }
 
+/// What sending a bidding phase's bids left for its report.
+struct Driven {
+    paced: Paced,
+    meter: CpuMeter,
+    /// When the CPU meter started, just before the first bid was due.
+    started: Instant,
+}
+
 impl Bidding {
-    /// Drives `lanes` with `schedule` and reports what `recorder` saw.
-    async fn run(
-        self,
-        shape: &Shape,
+    /// Opens the phase's connections, recording into `recorder`.
+    async fn connect(&self, run: &Run<'_>, recorder: &Recorder) -> Result<Lanes> {
+        let workload = Arc::clone(&run.workload);
+        match self.client {
+            Client::QuicRaw { addr, durable } => {
+                bidders::quic_raw(
+                    addr,
+                    &run.node.certs,
+                    self.connections,
+                    workload,
+                    recorder.clone(),
+                    durable,
+                )
+                .await
+            }
+            Client::WebSocket => {
+                bidders::websocket(run.node, self.connections, workload, recorder.clone()).await
+            }
+            Client::Sdk => {
+                bidders::sdk(run.node, self.connections, workload, recorder.clone()).await
+            }
+        }
+    }
+
+    /// Connects, then sends `schedule`'s bids (CPU measured from the first), with a progress
+    /// bar labelled `label`.
+    async fn drive(
+        &self,
+        run: &Run<'_>,
         schedule: Schedule,
-        lanes: Lanes,
         recorder: &Recorder,
-    ) -> Result<Phase> {
+        label: &str,
+    ) -> Result<Driven> {
+        let lanes = self.connect(run, recorder).await?;
         let meter = CpuMeter::start(self.server_pid);
-        let bar = progress_bar(shape.progress, schedule.planned(), self.name);
+        let started = Instant::now();
+        let bar = progress_bar(run.shape.progress, schedule.planned(), label);
         let paced = drive(schedule, lanes, bar).await?;
-        Ok(phase(
+        Ok(Driven {
+            paced,
+            meter,
+            started,
+        })
+    }
+
+    /// The phase's report of what `recorder` saw, with `figures`.
+    fn report(
+        self,
+        schedule: &Schedule,
+        driven: &Driven,
+        recorder: &Recorder,
+        figures: BTreeMap<String, f64>,
+    ) -> Phase {
+        phase(
             self.name,
             self.what,
-            &schedule,
+            schedule,
             self.connections,
-            &paced,
+            &driven.paced,
             recorder,
-            &meter,
-            BTreeMap::new(),
-        ))
+            &driven.meter,
+            figures,
+        )
+    }
+
+    /// The whole phase at the run's schedule, without extra figures.
+    async fn run(self, run: &Run<'_>) -> Result<Phase> {
+        let recorder = Recorder::default();
+        let driven = self.drive(run, run.schedule, &recorder, self.name).await?;
+        Ok(self.report(&run.schedule, &driven, &recorder, BTreeMap::new()))
     }
 }
 
-/// Runs every phase of `shape` against `node`.
-pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
-    let tag = crate::stats::unix_us() / 1_000_000;
-    let ids: Vec<u64> = (1..=shape.auctions as u64)
-        .map(|i| tag * 100_000 + i)
-        .collect();
-    let topic = move |id: u64| format!("load.r{tag}.a{id}");
-    let pattern = format!("load.r{tag}.>");
-    let open_for = shape.duration * 4 + Duration::from_secs(600);
-    node.create_auctions(&ids, topic, open_for)
-        .await
-        .context("creating the auctions through the admin API")?;
-    let workload = Arc::new(Workload::new(ids, shape.pick, shape.win_ratio)?);
-    let schedule = Schedule {
-        rate_per_s: shape.rate_per_s,
-        count_max: shape.count_max,
-        duration: shape.duration,
-    };
-    let mut phases = Vec::new();
+/// The node's QUIC bidders (the lean client, as the echo floor's).
+fn quic_bidding(node: &Node, shape: &Shape, what_more: &str) -> Bidding {
+    Bidding {
+        name: "gavel_quic",
+        what: format!(
+            "gavel serve: QUIC bidders (lean client, as the echo floor's), {} connections, {} auctions {:?}, win ratio {}{what_more}",
+            shape.quic_connections, shape.auctions, shape.pick, shape.win_ratio
+        ),
+        client: Client::QuicRaw {
+            addr: node.quic,
+            durable: true,
+        },
+        connections: shape.quic_connections,
+        server_pid: node.pid(),
+    }
+}
 
-    // Watchers first, so they see every update of the bidding phases.
-    let stop_watchers = CancellationToken::new();
-    let watch_recorder = Recorder::default();
-    let mut watcher_figures = BTreeMap::new();
-    let watchers = if shape.watchers > 0 {
+/// The echo floor's bidders: the node's QUIC bidders, on the bare quinn echo at `addr`.
+fn echo_bidding(shape: &Shape, addr: SocketAddr, pid: u32, what_more: &str) -> Bidding {
+    Bidding {
+        name: "echo_floor",
+        what: format!(
+            "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections{what_more}",
+            shape.quic_connections
+        ),
+        client: Client::QuicRaw {
+            addr,
+            durable: false,
+        },
+        connections: shape.quic_connections,
+        server_pid: Some(pid),
+    }
+}
+
+/// The node's WebSocket bidders.
+fn ws_bidding(node: &Node, shape: &Shape) -> Bidding {
+    Bidding {
+        name: "gavel_ws",
+        what: format!(
+            "gavel serve: WebSocket bidders ({}), {} connections, {} auctions {:?}, win ratio {}",
+            ws::GAVEL_PROTO,
+            shape.ws_connections,
+            shape.auctions,
+            shape.pick,
+            shape.win_ratio
+        ),
+        client: Client::WebSocket,
+        connections: shape.ws_connections,
+        server_pid: node.pid(),
+    }
+}
+
+/// The node's QUIC bidders through the SDK.
+fn sdk_bidding(node: &Node, shape: &Shape) -> Bidding {
+    Bidding {
+        name: "gavel_sdk",
+        what: format!(
+            "gavel serve: QUIC bidders through the SDK (gavel-client), {} connections",
+            shape.quic_connections
+        ),
+        client: Client::Sdk,
+        connections: shape.quic_connections,
+        server_pid: node.pid(),
+    }
+}
+
+/// The node's watchers, connected before the bidding so they see every update of it.
+struct Watching {
+    watchers: ws::Watchers,
+    recorder: Recorder,
+    stop: CancellationToken,
+    /// The topic pattern they watch.
+    pattern: String,
+    /// Their count and the node's idle memory per watcher.
+    figures: BTreeMap<String, f64>,
+}
+
+impl Watching {
+    /// Connects `shape.watchers` watchers of `pattern` and measures the node's memory per
+    /// idle watcher.
+    async fn connect(node: &Node, shape: &Shape, pattern: String) -> Result<Watching> {
+        let recorder = Recorder::default();
+        let stop = CancellationToken::new();
         let before = node.pid().and_then(|pid| sample_process(Some(pid)));
         let bar = progress_bar(shape.progress, shape.watchers as u64, "gavel watchers");
         let watchers = ws::watch(
@@ -217,222 +390,107 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
                 interval_ms: shape.watch_interval_ms,
             },
             shape.watchers,
-            watch_recorder.clone(),
-            stop_watchers.clone(),
+            recorder.clone(),
+            stop.clone(),
             &bar,
         )
         .await?;
         bar.finish_and_clear();
         tokio::time::sleep(IDLE_SETTLE).await;
-        if let (Some(before), Some(after)) =
-            (before, node.pid().and_then(|pid| sample_process(Some(pid))))
-        {
-            let per =
-                (after.rss_bytes as f64 - before.rss_bytes as f64) / watchers.subscribed as f64;
-            watcher_figures.insert("server_rss_per_idle_watcher_bytes".to_owned(), per);
-        }
-        watcher_figures.insert("watchers_subscribed".to_owned(), watchers.subscribed as f64);
-        Some(watchers)
+        let after = node.pid().and_then(|pid| sample_process(Some(pid)));
+        let figures = idle_watcher_figures(before, after, watchers.subscribed);
+        Ok(Watching {
+            watchers,
+            recorder,
+            stop,
+            pattern,
+            figures,
+        })
+    }
+
+    /// After the bidding that `driven` describes: waits for the last deliveries of its
+    /// `published` updates, stops the watchers and reports their phase.
+    async fn finish(&self, run: &Run<'_>, driven: &Driven, published: u64) -> Phase {
+        let window = wait_deliveries(&self.watchers, driven.started).await;
+        self.stop.cancel();
+        fanout_phase(
+            "gavel_fanout",
+            format!(
+                "gavel serve: {} WebSocket watchers of pattern {}, interval {} ms",
+                self.watchers.subscribed, self.pattern, run.shape.watch_interval_ms
+            ),
+            &run.schedule,
+            &self.watchers,
+            &self.recorder,
+            &driven.meter,
+            &driven.paced,
+            window,
+            published,
+            self.figures.clone(),
+        )
+        .await
+    }
+}
+
+/// The figures of `subscribed` idle watchers: their count and the server's memory growth
+/// per watcher, from its samples `before` and `after` they connected.
+fn idle_watcher_figures(
+    before: Option<ProcessSample>,
+    after: Option<ProcessSample>,
+    subscribed: usize,
+) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    if let (Some(before), Some(after)) = (before, after) {
+        let per = (after.rss_bytes as f64 - before.rss_bytes as f64) / subscribed as f64;
+        figures.insert("server_rss_per_idle_watcher_bytes".to_owned(), per);
+    }
+    figures.insert("watchers_subscribed".to_owned(), subscribed as f64);
+    figures
+}
+
+/// Runs every phase of `shape` against `node`.
+pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
+    let open_for = shape.duration * 4 + Duration::from_secs(600);
+    let (run, tag) = Run::prepare(node, shape, 0, 'a', open_for).await?;
+    // Watchers first, so they see every update of the bidding phases.
+    let watching = if shape.watchers > 0 {
+        Some(Watching::connect(node, shape, format!("load.r{tag}.>")).await?)
     } else {
         None
     };
-
+    let mut phases = Vec::new();
     let mut gavel_update_rate = None;
     let mut echo_done = None;
-    if shape.quic_connections > 0 && shape.rounds > 1 && shape.floors.echo && watchers.is_none() {
-        let (quic_phase, echo_phase) = interleaved(node, shape, schedule, &workload).await?;
+    if shape.quic_connections > 0 && shape.rounds > 1 && shape.floors.echo && watching.is_none() {
+        let (quic_phase, echo_phase) = interleaved(&run).await?;
         gavel_update_rate = quic_phase.report.figures.get("accepted_per_s").copied();
         phases.push(quic_phase);
         echo_done = Some(echo_phase);
     } else if shape.quic_connections > 0 {
-        let recorder = Recorder::default();
-        let lanes = bidders::quic_raw(
-            node.quic,
-            &node.certs,
-            shape.quic_connections,
-            Arc::clone(&workload),
-            recorder.clone(),
-            true,
-        )
-        .await?;
-        let meter = CpuMeter::start(node.pid());
-        let started = Instant::now();
-        let bar = progress_bar(shape.progress, schedule.planned(), "gavel quic");
-        let paced = drive(schedule, lanes, bar).await?;
-        let mut figures = BTreeMap::new();
-        let accepted = recorder.snapshot().counts.get("accepted");
-        let accepted_rate = accepted as f64 / paced.elapsed.as_secs_f64().max(1e-9);
-        figures.insert("accepted_per_s".to_owned(), accepted_rate);
+        let (quic_phases, accepted_rate) = quic_phases(&run, watching.as_ref()).await?;
         gavel_update_rate = Some(accepted_rate);
-        let mut quic_phase = phase(
-            "gavel_quic",
-            format!(
-                "gavel serve: QUIC bidders (lean client, as the echo floor's), {} connections, {} auctions {:?}, win ratio {}",
-                shape.quic_connections, shape.auctions, shape.pick, shape.win_ratio
-            ),
-            &schedule,
-            shape.quic_connections,
-            &paced,
-            &recorder,
-            &meter,
-            figures,
-        );
-        if let Some(watchers) = &watchers {
-            let window = wait_deliveries(watchers, started).await;
-            stop_watchers.cancel();
-            let delivered_phase = fanout_phase(
-                "gavel_fanout",
-                format!(
-                    "gavel serve: {} WebSocket watchers of pattern {pattern}, interval {} ms",
-                    watchers.subscribed, shape.watch_interval_ms
-                ),
-                &schedule,
-                watchers,
-                &watch_recorder,
-                &meter,
-                &paced,
-                window,
-                accepted,
-                watcher_figures.clone(),
-            )
-            .await;
-            quic_phase.report.figures.insert(
-                "delivered_per_s".to_owned(),
-                delivered_phase
-                    .report
-                    .figures
-                    .get("delivered_per_s")
-                    .copied()
-                    .unwrap_or(0.0),
-            );
-            phases.push(quic_phase);
-            phases.push(delivered_phase);
-        } else {
-            phases.push(quic_phase);
-        }
+        phases.extend(quic_phases);
     }
-
     if shape.ws_connections > 0 {
-        let recorder = Recorder::default();
-        let lanes = bidders::websocket(
-            node,
-            shape.ws_connections,
-            Arc::clone(&workload),
-            recorder.clone(),
-        )
-        .await?;
-        let what = format!(
-            "gavel serve: WebSocket bidders ({}), {} connections, {} auctions {:?}, win ratio {}",
-            ws::GAVEL_PROTO,
-            shape.ws_connections,
-            shape.auctions,
-            shape.pick,
-            shape.win_ratio
-        );
-        let bidding = Bidding {
-            name: "gavel_ws",
-            what,
-            connections: shape.ws_connections,
-            server_pid: node.pid(),
-        };
-        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
+        phases.push(ws_bidding(node, shape).run(&run).await?);
     }
-    stop_watchers.cancel();
-
+    if let Some(watching) = &watching {
+        watching.stop.cancel();
+    }
     if shape.sdk && shape.quic_connections > 0 {
-        let recorder = Recorder::default();
-        let lanes = bidders::sdk(
-            node,
-            shape.quic_connections,
-            Arc::clone(&workload),
-            recorder.clone(),
-        )
-        .await?;
-        let what = format!(
-            "gavel serve: QUIC bidders through the SDK (gavel-client), {} connections",
-            shape.quic_connections
-        );
-        let bidding = Bidding {
-            name: "gavel_sdk",
-            what,
-            connections: shape.quic_connections,
-            server_pid: node.pid(),
-        };
-        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
+        phases.push(sdk_bidding(node, shape).run(&run).await?);
     }
-
     if let Some(echo_phase) = echo_done {
         phases.push(echo_phase);
     } else if shape.floors.echo && shape.quic_connections > 0 {
-        let echo_server = start_echo(node)?;
-        let recorder = Recorder::default();
-        let lanes = bidders::quic_raw(
-            echo_server.addr("quic=")?,
-            &node.certs,
-            shape.quic_connections,
-            Arc::clone(&workload),
-            recorder.clone(),
-            false,
-        )
-        .await?;
-        let what = format!(
-            "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections",
-            shape.quic_connections
-        );
-        let bidding = Bidding {
-            name: "echo_floor",
-            what,
-            connections: shape.quic_connections,
-            server_pid: Some(echo_server.pid()),
-        };
-        phases.push(bidding.run(shape, schedule, lanes, &recorder).await?);
+        phases.push(echo_floor(&run).await?);
     }
-
     if let (true, Some(rate)) = (shape.floors.fsync, gavel_update_rate) {
-        let dir = tempfile::tempdir().context("a directory for the raw log")?;
-        let fsync_schedule = Schedule {
-            rate_per_s: rate.max(1.0),
-            ..schedule
-        };
-        let recorder = Recorder::default();
-        let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
-        let writer = {
-            let recorder = recorder.clone();
-            let path = dir.path().to_owned();
-            std::thread::spawn(move || fsync::run(&path, fsync::RECORD_BYTES, due, &recorder))
-        };
-        let meter = CpuMeter::start(None);
-        let bar = progress_bar(shape.progress, fsync_schedule.planned(), "fsync floor");
-        let paced = drive(
-            fsync_schedule,
-            Lanes {
-                lanes: vec![lane],
-                tasks: vec![],
-            },
-            bar,
-        )
-        .await?;
-        writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the raw log writer panicked"))??;
-        phases.push(phase(
-            "fsync_floor",
-            format!(
-                "raw append + fdatasync of {}-byte records at the node's accepted rate, in {}",
-                fsync::RECORD_BYTES,
-                std::env::temp_dir().display()
-            ),
-            &fsync_schedule,
-            1,
-            &paced,
-            &recorder,
-            &meter,
-            BTreeMap::new(),
-        ));
+        phases.push(fsync_floor(&run, rate).await?);
     }
-
-    if let (true, Some(rate), Some(watchers)) = (shape.floors.nats, gavel_update_rate, &watchers) {
-        phases.push(nats_phase(node, shape, &schedule, rate, watchers.subscribed).await?);
+    if let (true, Some(rate), Some(watching)) = (shape.floors.nats, gavel_update_rate, &watching) {
+        let watchers = watching.watchers.subscribed;
+        phases.push(nats_phase(node, shape, &run.schedule, rate, watchers).await?);
     }
     Ok(Outcome {
         ratios: ratios(&phases),
@@ -440,96 +498,176 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     })
 }
 
+/// The node's QUIC bidding phase and, with watchers, their fan-out phase; and the node's
+/// accepted bids per second (its update rate).
+async fn quic_phases(run: &Run<'_>, watching: Option<&Watching>) -> Result<(Vec<Phase>, f64)> {
+    let bidding = quic_bidding(run.node, run.shape, "");
+    let recorder = Recorder::default();
+    let driven = bidding
+        .drive(run, run.schedule, &recorder, "gavel quic")
+        .await?;
+    let accepted = recorder.snapshot().counts.get("accepted");
+    let accepted_rate = accepted as f64 / driven.paced.elapsed.as_secs_f64().max(1e-9);
+    let figures = BTreeMap::from([("accepted_per_s".to_owned(), accepted_rate)]);
+    let mut quic_phase = bidding.report(&run.schedule, &driven, &recorder, figures);
+    let Some(watching) = watching else {
+        return Ok((vec![quic_phase], accepted_rate));
+    };
+    let delivered_phase = watching.finish(run, &driven, accepted).await;
+    quic_phase.report.figures.insert(
+        "delivered_per_s".to_owned(),
+        delivered_phase
+            .report
+            .figures
+            .get("delivered_per_s")
+            .copied()
+            .unwrap_or(0.0),
+    );
+    Ok((vec![quic_phase, delivered_phase], accepted_rate))
+}
+
+/// The echo floor: the node's QUIC bidders on a bare quinn echo.
+async fn echo_floor(run: &Run<'_>) -> Result<Phase> {
+    let echo_server = start_echo(run.node)?;
+    let addr = echo_server.addr("quic=")?;
+    echo_bidding(run.shape, addr, echo_server.pid(), "")
+        .run(run)
+        .await
+}
+
+/// The durability floor: raw append + fdatasync at `rate`, the node's accepted rate.
+async fn fsync_floor(run: &Run<'_>, rate: f64) -> Result<Phase> {
+    let dir = tempfile::tempdir().context("a directory for the raw log")?;
+    let schedule = Schedule {
+        rate_per_s: rate.max(1.0),
+        ..run.schedule
+    };
+    let recorder = Recorder::default();
+    let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+    let writer = {
+        let recorder = recorder.clone();
+        let path = dir.path().to_owned();
+        std::thread::spawn(move || fsync::run(&path, fsync::RECORD_BYTES, due, &recorder))
+    };
+    let meter = CpuMeter::start(None);
+    let bar = progress_bar(run.shape.progress, schedule.planned(), "fsync floor");
+    let paced = drive(schedule, one_lane(lane), bar).await?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the raw log writer panicked"))??;
+    Ok(phase(
+        "fsync_floor",
+        format!(
+            "raw append + fdatasync of {}-byte records at the node's accepted rate, in {}",
+            fsync::RECORD_BYTES,
+            std::env::temp_dir().display()
+        ),
+        &schedule,
+        1,
+        &paced,
+        &recorder,
+        &meter,
+        BTreeMap::new(),
+    ))
+}
+
+/// Lanes of one queue and no tasks (the caller consumes it).
+fn one_lane(lane: Lane) -> Lanes {
+    Lanes {
+        lanes: vec![lane],
+        tasks: vec![],
+    }
+}
+
+/// One side's totals over the rounds of [`interleaved`].
+#[derive(Clone, Copy, Default)]
+struct Rounds {
+    cpu: CpuUse,
+    sent: u64,
+    elapsed: Duration,
+}
+
 /// The node's QUIC phase and the echo floor in alternating rounds of `duration / rounds`:
 /// node, echo, node, echo, …; each side's rounds merged into one phase.
-async fn interleaved(
-    node: &Node,
-    shape: &Shape,
-    schedule: Schedule,
-    workload: &Arc<Workload>,
-) -> Result<(Phase, Phase)> {
-    let echo_server = start_echo(node)?;
+async fn interleaved(run: &Run<'_>) -> Result<(Phase, Phase)> {
+    let echo_server = start_echo(run.node)?;
     let echo_addr = echo_server.addr("quic=")?;
-    let rounds = shape.rounds;
+    let rounds = run.shape.rounds;
     let round = Schedule {
-        duration: schedule.duration / rounds,
-        count_max: (schedule.count_max / u64::from(rounds)).max(1),
-        ..schedule
+        duration: run.schedule.duration / rounds,
+        count_max: (run.schedule.count_max / u64::from(rounds)).max(1),
+        ..run.schedule
     };
     let sides = [
-        ("gavel_quic", node.quic, node.pid(), true),
-        ("echo_floor", echo_addr, Some(echo_server.pid()), false),
+        quic_bidding(
+            run.node,
+            run.shape,
+            &format!(", {rounds} rounds alternating with the echo"),
+        ),
+        echo_bidding(
+            run.shape,
+            echo_addr,
+            echo_server.pid(),
+            &format!(", {rounds} rounds alternating with the node"),
+        ),
     ];
     let recorders = [Recorder::default(), Recorder::default()];
-    let mut cpu = [CpuUse::default(), CpuUse::default()];
-    let mut sent = [0_u64; 2];
-    let mut elapsed = [Duration::ZERO; 2];
+    let mut totals = [Rounds::default(); 2];
     for r in 0..rounds {
-        for (i, (name, addr, pid, durable)) in sides.iter().enumerate() {
-            let lanes = bidders::quic_raw(
-                *addr,
-                &node.certs,
-                shape.quic_connections,
-                Arc::clone(workload),
-                recorders[i].clone(),
-                *durable,
-            )
-            .await?;
-            let meter = CpuMeter::start(*pid);
-            let bar = progress_bar(
-                shape.progress,
-                round.planned(),
-                &format!("{name} {}/{rounds}", r + 1),
-            );
-            let paced = drive(round, lanes, bar).await?;
-            cpu[i].add(meter.finish());
-            sent[i] += paced.sent;
-            elapsed[i] += paced.elapsed;
+        for (i, side) in sides.iter().enumerate() {
+            let label = format!("{} {}/{rounds}", side.name, r + 1);
+            let driven = side.drive(run, round, &recorders[i], &label).await?;
+            totals[i].cpu.add(driven.meter.finish());
+            totals[i].sent += driven.paced.sent;
+            totals[i].elapsed += driven.paced.elapsed;
         }
     }
-    let mut phases = Vec::with_capacity(2);
-    for (i, (name, _, _, _)) in sides.iter().enumerate() {
-        let what = if i == 0 {
-            format!(
-                "gavel serve: QUIC bidders (lean client, as the echo floor's), {} connections, {} auctions {:?}, win ratio {}, {rounds} rounds alternating with the echo",
-                shape.quic_connections, shape.auctions, shape.pick, shape.win_ratio
-            )
-        } else {
-            format!(
-                "bare quinn mTLS echo (node's TLS and QUIC settings, same frames), {} connections, {rounds} rounds alternating with the node",
-                shape.quic_connections
-            )
-        };
-        let paced = Paced {
-            sent: sent[i],
-            start: Instant::now(),
-            elapsed: elapsed[i],
-        };
-        let mut figures = BTreeMap::new();
-        if i == 0 {
-            let accepted = recorders[0].snapshot().counts.get("accepted");
-            figures.insert(
-                "accepted_per_s".to_owned(),
-                accepted as f64 / elapsed[0].as_secs_f64().max(1e-9),
-            );
-        }
-        let mut p = phase(
-            name,
-            what,
-            &schedule,
-            shape.quic_connections,
-            &paced,
-            &recorders[i],
-            &CpuMeter::start(None),
-            figures,
-        );
-        p.report.planned = round.planned() * u64::from(rounds);
-        p.report.cpu = cpu[i];
-        phases.push(p);
-    }
-    let echo_phase = phases.pop().context("two phases")?;
-    let quic_phase = phases.pop().context("two phases")?;
+    let planned = round.planned() * u64::from(rounds);
+    let [quic, echo] = sides;
+    let accepted = recorders[0].snapshot().counts.get("accepted");
+    let figures = BTreeMap::from([(
+        "accepted_per_s".to_owned(),
+        accepted as f64 / totals[0].elapsed.as_secs_f64().max(1e-9),
+    )]);
+    let quic_phase = merged_rounds(quic, run, &recorders[0], totals[0], planned, figures);
+    let echo_phase = merged_rounds(
+        echo,
+        run,
+        &recorders[1],
+        totals[1],
+        planned,
+        BTreeMap::new(),
+    );
     Ok((quic_phase, echo_phase))
+}
+
+/// One side's rounds of [`interleaved`] as one phase: bids, time and CPU summed.
+fn merged_rounds(
+    side: Bidding,
+    run: &Run<'_>,
+    recorder: &Recorder,
+    totals: Rounds,
+    planned: u64,
+    figures: BTreeMap<String, f64>,
+) -> Phase {
+    let paced = Paced {
+        sent: totals.sent,
+        start: Instant::now(),
+        elapsed: totals.elapsed,
+    };
+    let mut merged = phase(
+        side.name,
+        side.what,
+        &run.schedule,
+        side.connections,
+        &paced,
+        recorder,
+        &CpuMeter::start(None),
+        figures,
+    );
+    merged.report.planned = planned;
+    merged.report.cpu = totals.cpu;
+    merged
 }
 
 /// Waits until deliveries stop (no new one for [`DELIVERY_QUIET`], at most
@@ -638,35 +776,20 @@ async fn nats_phase(
     .await?;
     bar.finish_and_clear();
     tokio::time::sleep(IDLE_SETTLE).await;
-    let mut figures = BTreeMap::new();
-    if let (Some(before), Some(after)) = (before, sample_process(Some(server.child.pid()))) {
-        let per = (after.rss_bytes as f64 - before.rss_bytes as f64) / connected.subscribed as f64;
-        figures.insert("server_rss_per_idle_watcher_bytes".to_owned(), per);
-    }
-    figures.insert(
-        "watchers_subscribed".to_owned(),
-        connected.subscribed as f64,
-    );
+    let after = sample_process(Some(server.child.pid()));
+    let figures = idle_watcher_figures(before, after, connected.subscribed);
     let nats_schedule = Schedule {
         rate_per_s: rate.max(1.0),
         ..*schedule
     };
-    let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
-    let publisher = tokio::spawn(nats::publish(server.client, subject, due, recorder.clone()));
-    let meter = CpuMeter::start(Some(server.child.pid()));
-    let started = Instant::now();
-    let bar = progress_bar(shape.progress, nats_schedule.planned(), "nats publish");
-    let paced = drive(
-        nats_schedule,
-        Lanes {
-            lanes: vec![lane],
-            tasks: vec![],
-        },
-        bar,
-    )
-    .await?;
-    publisher.await.context("the nats publisher")??;
-    let window = wait_deliveries(&connected, started).await;
+    let publishing = Publishing {
+        server: &server,
+        subject,
+        schedule: nats_schedule,
+        recorder: &recorder,
+        watchers: &connected,
+    };
+    let (driven, window) = publishing.run(shape.progress).await?;
     stop.cancel();
     let published = recorder.snapshot().counts.get("published");
     let phase = fanout_phase(
@@ -679,8 +802,8 @@ async fn nats_phase(
         &nats_schedule,
         &connected,
         &recorder,
-        &meter,
-        &paced,
+        &driven.meter,
+        &driven.paced,
         window,
         published,
         figures,
@@ -690,6 +813,37 @@ async fn nats_phase(
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(phase)
+}
+
+/// The publishing half of [`nats_phase`].
+struct Publishing<'a> {
+    server: &'a nats::Nats,
+    subject: String,
+    schedule: Schedule,
+    recorder: &'a Recorder,
+    watchers: &'a ws::Watchers,
+}
+
+impl Publishing<'_> {
+    /// Publishes at the schedule's rate (nats-server's CPU measured), then waits for the
+    /// watchers' last deliveries; returns what was sent and the delivery window.
+    async fn run(self, progress: bool) -> Result<(Driven, Duration)> {
+        let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+        let publish = nats::publish(self.server.client, self.subject, due, self.recorder.clone());
+        let publisher = tokio::spawn(publish);
+        let meter = CpuMeter::start(Some(self.server.child.pid()));
+        let started = Instant::now();
+        let bar = progress_bar(progress, self.schedule.planned(), "nats publish");
+        let paced = drive(self.schedule, one_lane(lane), bar).await?;
+        publisher.await.context("the nats publisher")??;
+        let window = wait_deliveries(self.watchers, started).await;
+        let driven = Driven {
+            paced,
+            meter,
+            started,
+        };
+        Ok((driven, window))
+    }
 }
 
 fn server_version(binary: &std::path::Path) -> String {
@@ -785,17 +939,8 @@ pub async fn max_rate(
     shape: &Shape,
     search: Search,
 ) -> Result<(Vec<SearchStep>, BTreeMap<String, f64>)> {
-    let tag = crate::stats::unix_us() / 1_000_000;
-    let ids: Vec<u64> = (1..=shape.auctions as u64)
-        .map(|i| tag * 100_000 + 50_000 + i)
-        .collect();
-    node.create_auctions(
-        &ids,
-        |id| format!("load.r{tag}.s{id}"),
-        shape.duration * 2 * search.steps_max as u32 + Duration::from_secs(600),
-    )
-    .await?;
-    let workload = Arc::new(Workload::new(ids, shape.pick, shape.win_ratio)?);
+    let open_for = shape.duration * 2 * search.steps_max as u32 + Duration::from_secs(600);
+    let (run, _) = Run::prepare(node, shape, 50_000, 's', open_for).await?;
     let echo_server = if shape.floors.echo {
         Some(start_echo(node)?)
     } else {
@@ -808,78 +953,42 @@ pub async fn max_rate(
         systems.push("echo_floor");
     }
     for system in systems {
+        let searching = Searching {
+            run: &run,
+            system,
+            echo_server: echo_server.as_ref(),
+            search,
+        };
+        let good = searching.highest_good_rate(&mut steps).await?;
+        best.insert(system.to_owned(), good.unwrap_or(0.0));
+    }
+    Ok((steps, best))
+}
+
+/// The search of one system's highest good rate (see [`max_rate`]).
+struct Searching<'a> {
+    run: &'a Run<'a>,
+    /// `gavel_quic` or `echo_floor`.
+    system: &'static str,
+    echo_server: Option<&'a ChildServer>,
+    search: Search,
+}
+
+impl Searching<'_> {
+    /// Doubles, then bisects, adding each step to `steps`; the highest good rate found.
+    async fn highest_good_rate(&self, steps: &mut Vec<SearchStep>) -> Result<Option<f64>> {
+        let search = self.search;
         let mut good: Option<f64> = None;
         let mut bad: Option<f64> = None;
         let mut rate = search.start_rate_per_s;
         for _ in 0..search.steps_max {
-            let schedule = Schedule {
-                rate_per_s: rate,
-                count_max: shape.count_max,
-                duration: shape.duration,
-            };
-            let recorder = Recorder::default();
-            let lanes = if system == "gavel_quic" {
-                bidders::quic_raw(
-                    node.quic,
-                    &node.certs,
-                    shape.quic_connections,
-                    Arc::clone(&workload),
-                    recorder.clone(),
-                    true,
-                )
-                .await?
-            } else {
-                let server = echo_server.as_ref().context("the echo server")?;
-                bidders::quic_raw(
-                    server.addr("quic=")?,
-                    &node.certs,
-                    shape.quic_connections,
-                    Arc::clone(&workload),
-                    recorder.clone(),
-                    false,
-                )
-                .await?
-            };
-            let bar = progress_bar(
-                shape.progress,
-                schedule.planned(),
-                &format!("{system} {rate:.0}/s"),
-            );
-            let paced = drive(schedule, lanes, bar).await?;
-            let recorded = recorder.snapshot();
-            let p99 = recorded
-                .latencies
-                .get("decided")
-                .map_or(u64::MAX, |l| l.summary().p99_us);
-            let answered = recorded.latencies.get("decided").map_or(0, |l| l.count());
-            let errors = recorded.counts.total()
-                - recorded.counts.get("accepted")
-                - recorded.counts.get("too_low")
-                - recorded
-                    .counts
-                    .0
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("durable_"))
-                    .map(|(_, v)| v)
-                    .sum::<u64>();
-            let achieved = paced.sent as f64 / paced.elapsed.as_secs_f64().max(1e-9);
-            let ok = p99 <= u64::try_from(search.p99_bound.as_micros()).unwrap_or(u64::MAX)
-                && errors == 0
-                && answered == paced.sent
-                && achieved >= 0.95 * rate;
-            steps.push(SearchStep {
-                system: system.to_owned(),
-                rate_per_s: rate,
-                achieved_rate_per_s: achieved,
-                p99_us: p99,
-                errors,
-                ok,
-            });
-            if ok {
+            let step = self.step(rate).await?;
+            if step.ok {
                 good = Some(good.map_or(rate, |g: f64| g.max(rate)));
             } else {
                 bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
             }
+            steps.push(step);
             rate = match (good, bad) {
                 (Some(g), None) => (g * 2.0).min(search.rate_max_per_s),
                 (Some(g), Some(b)) => (g + b) / 2.0,
@@ -895,9 +1004,64 @@ pub async fn max_rate(
                 break;
             }
         }
-        best.insert(system.to_owned(), good.unwrap_or(0.0));
+        Ok(good)
     }
-    Ok((steps, best))
+
+    /// One step: bids at `rate` for the shape's duration, judged.
+    async fn step(&self, rate: f64) -> Result<SearchStep> {
+        let shape = self.run.shape;
+        let schedule = Schedule {
+            rate_per_s: rate,
+            count_max: shape.count_max,
+            duration: shape.duration,
+        };
+        let recorder = Recorder::default();
+        let bidding = if self.system == "gavel_quic" {
+            quic_bidding(self.run.node, shape, "")
+        } else {
+            let server = self.echo_server.context("the echo server")?;
+            echo_bidding(shape, server.addr("quic=")?, server.pid(), "")
+        };
+        let lanes = bidding.connect(self.run, &recorder).await?;
+        let label = format!("{} {rate:.0}/s", self.system);
+        let bar = progress_bar(shape.progress, schedule.planned(), &label);
+        let paced = drive(schedule, lanes, bar).await?;
+        Ok(self.judge(rate, &recorder, &paced))
+    }
+
+    /// A step is good when `decided` p99 is within the bound, every bid was answered without
+    /// an error, and the rate was achieved (95 %).
+    fn judge(&self, rate: f64, recorder: &Recorder, paced: &Paced) -> SearchStep {
+        let recorded = recorder.snapshot();
+        let p99 = recorded
+            .latencies
+            .get("decided")
+            .map_or(u64::MAX, |l| l.summary().p99_us);
+        let answered = recorded.latencies.get("decided").map_or(0, |l| l.count());
+        let errors = recorded.counts.total()
+            - recorded.counts.get("accepted")
+            - recorded.counts.get("too_low")
+            - recorded
+                .counts
+                .0
+                .iter()
+                .filter(|(k, _)| k.starts_with("durable_"))
+                .map(|(_, v)| v)
+                .sum::<u64>();
+        let achieved = paced.sent as f64 / paced.elapsed.as_secs_f64().max(1e-9);
+        let ok = p99 <= u64::try_from(self.search.p99_bound.as_micros()).unwrap_or(u64::MAX)
+            && errors == 0
+            && answered == paced.sent
+            && achieved >= 0.95 * rate;
+        SearchStep {
+            system: self.system.to_owned(),
+            rate_per_s: rate,
+            achieved_rate_per_s: achieved,
+            p99_us: p99,
+            errors,
+            ok,
+        }
+    }
 }
 
 /// The run's output directory default: `bench-results/` in the working directory.
