@@ -3,6 +3,7 @@
 //! both measure idle memory per watcher and delivery latency.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -44,26 +45,19 @@ impl Watching {
     pub(super) async fn connect(node: &Node, shape: &Shape, pattern: String) -> Result<Watching> {
         let recorder = Recorder::default();
         let stop = CancellationToken::new();
-        let before = node.pid().and_then(|pid| sample_process(Some(pid)));
-        let bar = progress_bar(shape.progress, shape.watchers as u64, "gavel watchers");
-        let watchers = ws::watch(
-            node.https_connector(None)?,
-            node.https,
-            "/v1/ws",
-            ws::Feed::Gavel {
+        let set = WatcherSet {
+            node,
+            addr: node.https,
+            path: "/v1/ws",
+            feed: ws::Feed::Gavel {
                 pattern: pattern.clone(),
                 interval_ms: shape.watch_interval_ms,
             },
-            shape.watchers,
-            recorder.clone(),
-            stop.clone(),
-            &bar,
-        )
-        .await?;
-        bar.finish_and_clear();
-        tokio::time::sleep(IDLE_SETTLE).await;
-        let after = node.pid().and_then(|pid| sample_process(Some(pid)));
-        let figures = idle_watcher_figures(before, after, watchers.subscribed);
+            count: shape.watchers,
+            server_pid: node.pid(),
+            label: "gavel watchers",
+        };
+        let (watchers, figures) = set.connect(shape.progress, &recorder, &stop).await?;
         Ok(Watching {
             watchers,
             recorder,
@@ -94,6 +88,49 @@ impl Watching {
             self.figures.clone(),
         )
         .await
+    }
+}
+
+/// Watchers to connect: `count` of them, to `addr` `path` (TLS with the node's trust), on
+/// `feed`; the server's process is `server_pid`.
+struct WatcherSet<'a> {
+    node: &'a Node,
+    addr: SocketAddr,
+    path: &'static str,
+    feed: ws::Feed,
+    count: usize,
+    server_pid: Option<u32>,
+    /// The progress bar's label.
+    label: &'static str,
+}
+
+impl WatcherSet<'_> {
+    /// Connects the watchers (recording into `recorder` until `stop`) and lets them settle
+    /// idle; returns them with their figures (see [`idle_watcher_figures`]).
+    async fn connect(
+        self,
+        progress: bool,
+        recorder: &Recorder,
+        stop: &CancellationToken,
+    ) -> Result<(ws::Watchers, BTreeMap<String, f64>)> {
+        let before = self.server_pid.and_then(|pid| sample_process(Some(pid)));
+        let bar = progress_bar(progress, self.count as u64, self.label);
+        let watchers = ws::watch(
+            self.node.https_connector(None)?,
+            self.addr,
+            self.path,
+            self.feed,
+            self.count,
+            recorder.clone(),
+            stop.clone(),
+            &bar,
+        )
+        .await?;
+        bar.finish_and_clear();
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let after = self.server_pid.and_then(|pid| sample_process(Some(pid)));
+        let figures = idle_watcher_figures(before, after, watchers.subscribed);
+        Ok((watchers, figures))
     }
 }
 
@@ -190,26 +227,19 @@ pub(super) async fn nats_phase(
     let server = nats::Nats::start(&binary, dir.path(), &node.certs, watchers + 16)?;
     let recorder = Recorder::default();
     let stop = CancellationToken::new();
-    let before = sample_process(Some(server.child.pid()));
-    let bar = progress_bar(shape.progress, watchers as u64, "nats watchers");
     let subject = "load.nats.a1".to_owned();
-    let connected = ws::watch(
-        node.https_connector(None)?,
-        server.websocket,
-        "/",
-        ws::Feed::Nats {
+    let set = WatcherSet {
+        node,
+        addr: server.websocket,
+        path: "/",
+        feed: ws::Feed::Nats {
             subject: subject.clone(),
         },
-        watchers,
-        recorder.clone(),
-        stop.clone(),
-        &bar,
-    )
-    .await?;
-    bar.finish_and_clear();
-    tokio::time::sleep(IDLE_SETTLE).await;
-    let after = sample_process(Some(server.child.pid()));
-    let figures = idle_watcher_figures(before, after, connected.subscribed);
+        count: watchers,
+        server_pid: Some(server.child.pid()),
+        label: "nats watchers",
+    };
+    let (connected, figures) = set.connect(shape.progress, &recorder, &stop).await?;
     let nats_schedule = Schedule {
         rate_per_s: rate.max(1.0),
         ..*schedule
