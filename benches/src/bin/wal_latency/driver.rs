@@ -82,23 +82,7 @@ fn appender(
     let until_start = shared.start.saturating_duration_since(Instant::now());
     std::thread::sleep(until_start);
     for i in 0..count {
-        let scheduled_ns = match rate {
-            Rate::PerSecond(r) => {
-                // Cast: i / r seconds in ns fits u64 for any run here.
-                let due = (u128::from(i) * 1_000_000_000 / u128::from(r)) as u64;
-                loop {
-                    let now = ns_since(shared.start);
-                    if now >= due {
-                        break;
-                    }
-                    // Sleeps overshoot by the timer slack (≈ 50 µs): records then leave in
-                    // small bursts, each still timed from its own due time.
-                    std::thread::sleep(Duration::from_nanos(due - now));
-                }
-                due
-            }
-            Rate::Max => ns_since(shared.start),
-        };
+        let scheduled_ns = wait_until_due(shared.start, rate, i);
         let now = ns_since(shared.start);
         if rate == Rate::Max && now >= run_ns {
             break;
@@ -117,21 +101,7 @@ fn appender(
         // after the log's durable position (synchronised through the log) covers `seq`.
         shared.scheduled[(seq % RING_SLOTS) as usize].store(scheduled_ns, Ordering::Release);
         let payload = &payloads[i as usize % payloads.len()];
-        loop {
-            match shared.log.try_append(payload)? {
-                Some(assigned) => {
-                    ensure!(
-                        assigned == seq,
-                        "the log assigned {assigned} to record {seq}: not a fresh log?"
-                    );
-                    break;
-                }
-                None => {
-                    report.rejections += 1;
-                    std::thread::yield_now();
-                }
-            }
-        }
+        report.rejections += append_until_admitted(shared.log, payload, seq)?;
         // Ordering: Release — the waiter reads `appended` after `finished` to know the end.
         shared.appended.store(seq, Ordering::Release);
         report.sent = seq;
@@ -141,6 +111,49 @@ fn appender(
     shared.finished.store(true, Ordering::Release);
     report.cpu_seconds = thread_cpu_seconds();
     Ok(report)
+}
+
+/// Sleeps until record `i` is due at `rate` (never, for `max`); its scheduled time, ns
+/// after `start`.
+fn wait_until_due(start: Instant, rate: Rate, i: u64) -> u64 {
+    match rate {
+        Rate::PerSecond(r) => {
+            // Cast: i / r seconds in ns fits u64 for any run here.
+            let due = (u128::from(i) * 1_000_000_000 / u128::from(r)) as u64;
+            loop {
+                let now = ns_since(start);
+                if now >= due {
+                    break;
+                }
+                // Sleeps overshoot by the timer slack (≈ 50 µs): records then leave in
+                // small bursts, each still timed from its own due time.
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+            due
+        }
+        Rate::Max => ns_since(start),
+    }
+}
+
+/// Appends `payload` as record `seq`, retrying at once while the queue is full; how many
+/// times the queue refused it.
+fn append_until_admitted(log: &dyn DurableLog, payload: &[u8], seq: u64) -> anyhow::Result<u64> {
+    let mut rejections = 0;
+    loop {
+        match log.try_append(payload)? {
+            Some(assigned) => {
+                ensure!(
+                    assigned == seq,
+                    "the log assigned {assigned} to record {seq}: not a fresh log?"
+                );
+                return Ok(rejections);
+            }
+            None => {
+                rejections += 1;
+                std::thread::yield_now();
+            }
+        }
+    }
 }
 
 /// What the waiter saw.
