@@ -6,7 +6,7 @@
 //! The log has its default configuration and lives in a temporary directory under
 //! `$GAVEL_BENCH_DIR` (default: the system temp directory); segments are compacted between
 //! iterations, outside the timing, so the disk use stays bounded. The latency side of the
-//! same log is `src/bin/wal_latency.rs`.
+//! same log is `src/bin/wal_latency/`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

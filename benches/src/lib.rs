@@ -1,7 +1,7 @@
 //! `gavel-benches`: shared workloads for Gavel's criterion benches and latency probes.
 //!
 //! Nothing here is timed by itself; the benches (`benches/*.rs`) and the probes
-//! (`src/bin/decide_latency.rs`, `wal_latency.rs`, `wal_replay.rs`) time it. Map:
+//! (`src/bin/decide_latency.rs`, `wal_latency/`, `wal_replay.rs`) time it. Map:
 //! - [`MeasuredSink`]: a sink the measuring thread drains itself, so producing each
 //!   decision's events (allocation, queue push, later pop and drop) is inside the timing.
 //! - [`Drainer`]: drains a [`MeasuredSink`] every [`DRAIN_EVERY_DECISIONS`] decisions.

@@ -5,9 +5,8 @@
 use gavel_engine::{
     AuctionId, Bid, BidId, BidderId, Event, EventKind, EventSink, Price, Receipt, UnixMicros,
 };
-use gavel_proto::pb;
+use gavel_proto::convert::wal::encode_record;
 use gavel_wal::{AppendError, Lsn, Wal};
-use prost::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -69,10 +68,7 @@ pub fn accepted_bid_event(
 /// Encodes `event` as a `pb::Record` into `buf` (cleared first).
 pub fn encode_event(event: &Event, buf: &mut Vec<u8>) {
     buf.clear();
-    // Invariant: encoding into a Vec cannot run out of room (it grows).
-    pb::Record::from(event)
-        .encode(buf)
-        .expect("a Vec has room for any message");
+    encode_record(event, buf);
 }
 
 /// `count` distinct encoded records of accepted bids on [`ZIPF_AUCTIONS`] auctions by

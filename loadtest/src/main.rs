@@ -247,27 +247,7 @@ async fn async_main(cli: Cli) -> Result<()> {
             echo::serve(listen, &certs).await
         }
         Command::Run { target, shape, out } => {
-            let shape = shape.shape()?;
-            let machine = Machine::probe();
-            let started = stats::unix_us() / 1_000_000;
-            let mut node = target.node(shape.watchers)?;
-            let outcome = run::run(&node, &shape).await;
-            let clean_stop = node.child.as_mut().map(|c| c.stop());
-            let outcome = outcome?;
-            if clean_stop == Some(false) {
-                eprintln!("warning: the node did not stop cleanly on SIGTERM");
-            }
-            let report = RunReport {
-                tool: format!("gavel-loadtest {}", env!("CARGO_PKG_VERSION")),
-                command: command_line,
-                started_at_unix_s: started,
-                machine,
-                phases: outcome.phases.iter().map(|p| p.report.clone()).collect(),
-                ratios: outcome.ratios,
-                search: vec![],
-                max_rate_per_s: Default::default(),
-            };
-            finish(&out, &report, &outcome.phases)
+            run_command(&target, &shape, &out, command_line).await
         }
         Command::MaxRate {
             target,
@@ -281,53 +261,96 @@ async fn async_main(cli: Cli) -> Result<()> {
             if steps == 0 || steps > 32 {
                 bail!("--steps must be within 1..=32");
             }
-            let machine = Machine::probe();
-            let started = stats::unix_us() / 1_000_000;
-            let mut node = target.node(0)?;
             let search = Search {
                 p99_bound: Duration::from_micros(p99_bound_us),
                 start_rate_per_s: shape.rate_per_s,
                 steps_max: steps,
                 rate_max_per_s: rate_max,
             };
-            let found = run::max_rate(&node, &shape, search).await;
-            if let Some(child) = node.child.as_mut() {
-                child.stop();
-            }
-            let (steps, best) = found?;
-            let mut ratios = Vec::new();
-            if let (Some(g), Some(e)) = (best.get("gavel_quic"), best.get("echo_floor")) {
-                ratios.push(report::Ratio::new(
-                    &format!("max rate with p99 < {p99_bound_us} µs / quinn echo's"),
-                    *g,
-                    *e,
-                    "≥ 0.8",
-                ));
-            }
-            let report = RunReport {
-                tool: format!("gavel-loadtest {}", env!("CARGO_PKG_VERSION")),
-                command: command_line,
-                started_at_unix_s: started,
-                machine,
-                phases: vec![],
-                ratios,
-                search: steps,
-                max_rate_per_s: best,
-            };
-            for s in &report.search {
-                println!(
-                    "{:<11} rate {:>10.0}/s achieved {:>10.0}/s p99 {:>8} µs errors {:>6} {}",
-                    s.system,
-                    s.rate_per_s,
-                    s.achieved_rate_per_s,
-                    s.p99_us,
-                    s.errors,
-                    if s.ok { "ok" } else { "over" }
-                );
-            }
-            finish(&out, &report, &[])
+            max_rate_command(&target, &shape, search, &out, command_line).await
         }
     }
+}
+
+/// `run`: every phase against the node, the report written.
+async fn run_command(
+    target: &TargetArgs,
+    shape: &ShapeArgs,
+    out: &OutArgs,
+    command_line: Vec<String>,
+) -> Result<()> {
+    let shape = shape.shape()?;
+    let machine = Machine::probe();
+    let started = stats::unix_us() / 1_000_000;
+    let mut node = target.node(shape.watchers)?;
+    let outcome = run::run(&node, &shape).await;
+    let clean_stop = node.child.as_mut().map(|c| c.stop());
+    let outcome = outcome?;
+    if clean_stop == Some(false) {
+        eprintln!("warning: the node did not stop cleanly on SIGTERM");
+    }
+    let report = RunReport {
+        tool: format!("gavel-loadtest {}", env!("CARGO_PKG_VERSION")),
+        command: command_line,
+        started_at_unix_s: started,
+        machine,
+        phases: outcome.phases.iter().map(|p| p.report.clone()).collect(),
+        ratios: outcome.ratios,
+        search: vec![],
+        max_rate_per_s: Default::default(),
+    };
+    finish(out, &report, &outcome.phases)
+}
+
+/// `max-rate`: the search against the node (and the echo), its steps printed and the report
+/// written.
+async fn max_rate_command(
+    target: &TargetArgs,
+    shape: &Shape,
+    search: Search,
+    out: &OutArgs,
+    command_line: Vec<String>,
+) -> Result<()> {
+    let machine = Machine::probe();
+    let started = stats::unix_us() / 1_000_000;
+    let mut node = target.node(0)?;
+    let found = run::max_rate(&node, shape, search).await;
+    if let Some(child) = node.child.as_mut() {
+        child.stop();
+    }
+    let (steps, best) = found?;
+    let mut ratios = Vec::new();
+    if let (Some(g), Some(e)) = (best.get("gavel_quic"), best.get("echo_floor")) {
+        let p99_bound_us = search.p99_bound.as_micros();
+        ratios.push(report::Ratio::new(
+            &format!("max rate with p99 < {p99_bound_us} µs / quinn echo's"),
+            *g,
+            *e,
+            "≥ 0.8",
+        ));
+    }
+    let report = RunReport {
+        tool: format!("gavel-loadtest {}", env!("CARGO_PKG_VERSION")),
+        command: command_line,
+        started_at_unix_s: started,
+        machine,
+        phases: vec![],
+        ratios,
+        search: steps,
+        max_rate_per_s: best,
+    };
+    for s in &report.search {
+        println!(
+            "{:<11} rate {:>10.0}/s achieved {:>10.0}/s p99 {:>8} µs errors {:>6} {}",
+            s.system,
+            s.rate_per_s,
+            s.achieved_rate_per_s,
+            s.p99_us,
+            s.errors,
+            if s.ok { "ok" } else { "over" }
+        );
+    }
+    finish(out, &report, &[])
 }
 
 fn finish(out: &OutArgs, report: &RunReport, phases: &[report::Phase]) -> Result<()> {

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Recorder, unix_us};
@@ -261,21 +261,7 @@ async fn read_updates(
             }
         };
         match &feed {
-            Feed::Gavel { .. } => match pb::ServerMessage::decode(bytes) {
-                Ok(pb::ServerMessage {
-                    body: Some(pb::server_message::Body::PriceUpdate(update)),
-                    ..
-                }) => seen.update(&update, &recorder, &delivered),
-                Ok(pb::ServerMessage {
-                    body: Some(pb::server_message::Body::Error(e)),
-                    ..
-                }) => recorder.count(
-                    &format!("watcher_error_{}", e.code().as_str_name().to_lowercase()),
-                    1,
-                ),
-                Ok(_) => {}
-                Err(_) => recorder.count("watcher_undecodable", 1),
-            },
+            Feed::Gavel { .. } => read_gavel_message(bytes, &mut seen, &recorder, &delivered),
             Feed::Nats { .. } => {
                 parser.push(&bytes);
                 loop {
@@ -311,6 +297,25 @@ async fn read_updates(
         }
     }
     let _ = socket.close(None).await;
+}
+
+/// Records one message of the node's feed: an update's delivery, or an error's code.
+fn read_gavel_message(bytes: Bytes, seen: &mut Seen, recorder: &Recorder, delivered: &AtomicU64) {
+    match pb::ServerMessage::decode(bytes) {
+        Ok(pb::ServerMessage {
+            body: Some(pb::server_message::Body::PriceUpdate(update)),
+            ..
+        }) => seen.update(&update, recorder, delivered),
+        Ok(pb::ServerMessage {
+            body: Some(pb::server_message::Body::Error(e)),
+            ..
+        }) => recorder.count(
+            &format!("watcher_error_{}", e.code().as_str_name().to_lowercase()),
+            1,
+        ),
+        Ok(_) => {}
+        Err(_) => recorder.count("watcher_undecodable", 1),
+    }
 }
 
 /// One watcher's view: the last `seq` per auction, to count gaps (conflated updates).

@@ -20,9 +20,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 
 use gavel_engine::{Backpressure, DECISION_EVENTS_MAX, Event, EventSink, Receipt};
-use gavel_proto::pb;
+use gavel_proto::convert::wal::encode_record;
 use gavel_wal::{AppendError, Log};
-use prost::Message;
 
 /// Retry hint when the log has failed or closed: long, since retrying cannot help; the node
 /// stops once it notices.
@@ -116,9 +115,7 @@ impl EventSink for WalSink {
             }
             for (event, buffer) in events.iter().zip(buffers.iter_mut()) {
                 buffer.clear();
-                pb::Record::from(event).encode(buffer).expect(
-                    "invariant: a Vec grows as needed, so encoding into it never runs out of room",
-                );
+                encode_record(event, buffer);
             }
             let result = self.wal.append_batch(key, &buffers[..events.len()]);
             for buffer in buffers.iter_mut() {
@@ -151,6 +148,7 @@ mod tests {
         AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
         Engine, EngineConfig, IncrementTable, Rejection, Topic, UnixMicros,
     };
+    use gavel_proto::convert::wal::decode_record;
     use gavel_wal::{Wal, WalConfig};
 
     use super::*;
@@ -200,7 +198,7 @@ mod tests {
             .unwrap()
             .map(|r| {
                 let r = r.unwrap();
-                Event::try_from(pb::Record::decode(r.payload.as_slice()).unwrap()).unwrap()
+                decode_record(&r.payload).unwrap()
             })
             .collect();
         assert_eq!(events.len(), 5);

@@ -40,11 +40,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
     AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
-    Event, ManageError, Receipt, ReplaySummary, UnixMicros,
+    ManageError, Receipt, ReplaySummary, UnixMicros,
 };
 use gavel_proto::convert::state::{
     decode_snapshot, decode_snapshot_with_position, encode_snapshot, encode_snapshot_position,
 };
+use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
 use gavel_wal::snapshot::{SnapshotDefect, list_snapshots, read_snapshot, remove_old_snapshots};
@@ -52,7 +53,6 @@ use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
     WalConfig, WriterHooks, latest_snapshot, write_snapshot,
 };
-use prost::Message;
 
 use crate::durable::WalSink;
 use crate::replay::replay_parallel;
@@ -278,7 +278,11 @@ impl Node {
             let payloads: Vec<Vec<u8>> = summary
                 .missing_tail
                 .iter()
-                .map(|e| pb::Record::from(e).encode_to_vec())
+                .map(|event| {
+                    let mut payload = Vec::new();
+                    encode_record(event, &mut payload);
+                    payload
+                })
                 .collect();
             // One batch per auction: the Kafka log keys a batch by its auction.
             let mut last = 0;
@@ -547,12 +551,6 @@ fn recover_file(
         .replay(from)
         .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
     replay_parallel(engine, snapshot.is_some(), records, workers)
-}
-
-/// Decodes one log record's payload into an engine event.
-pub fn decode_record(payload: &[u8]) -> Result<Event> {
-    let record = pb::Record::decode(payload).context("not a gavel.v1.Record")?;
-    Ok(Event::try_from(record)?)
 }
 
 /// Snapshots whenever the log has grown `every` records past the last snapshot (counting

@@ -30,9 +30,8 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use gavel_engine::{AuctionId, Engine, Event, ReplaySummary, Replayer};
+use gavel_proto::convert::wal::decode_record;
 use gavel_wal::{Lsn, WalError};
-
-use crate::node::decode_record;
 
 /// Records handed to a worker at once, and applied grouped by auction: the larger, the more
 /// records of a hot auction find its state in the cache (measured in BENCHMARKS.md).

@@ -54,8 +54,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gavel_node::node::{WAL_DIR, decode_record};
+use gavel_node::node::WAL_DIR;
 use gavel_node::{Node, NodeConfig};
+use gavel_proto::convert::wal::decode_record;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

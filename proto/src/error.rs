@@ -1,5 +1,6 @@
 //! The errors of the wire → engine conversions: [`ProtoError`] for one message,
-//! [`SnapshotError`] for a whole snapshot's bytes.
+//! [`RecordError`] for one write-ahead-log record's bytes, [`SnapshotError`] for a whole
+//! snapshot's bytes.
 
 use gavel_engine::{BidError, NameError, SpecError};
 use thiserror::Error;
@@ -54,6 +55,19 @@ pub enum ProtoError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// Why a write-ahead-log record's payload could not become an engine event. Built only for
+/// a bad record, which stops a replay, so it may carry prost's decode error (not `Copy`),
+/// like [`SnapshotError`].
+#[derive(Clone, PartialEq, Eq, Debug, Error)]
+pub enum RecordError {
+    /// The bytes are not a protobuf `gavel.v1.Record` (the cause says why).
+    #[error("not a gavel.v1.Record")]
+    Decode(#[from] prost::DecodeError),
+    /// The record decoded, but its content was refused.
+    #[error(transparent)]
+    Invalid(#[from] ProtoError),
 }
 
 /// Why a snapshot's bytes could not become engine states. Not on the hot path (a node reads

@@ -27,11 +27,12 @@
 //!   - [`convert::state`]: [`gavel_engine::AuctionState`] ↔ [`pb::AuctionStateRecord`],
 //!     lossless, and whole snapshots ([`convert::state::encode_snapshot`],
 //!     [`convert::state::decode_snapshot`], or written one auction at a time);
-//!   - [`convert::wal`]: [`gavel_engine::Event`] ↔ [`pb::Record`], lossless.
+//!   - [`convert::wal`]: [`gavel_engine::Event`] ↔ [`pb::Record`], lossless, and a record's
+//!     payload bytes ([`convert::wal::encode_record`], [`convert::wal::decode_record`]).
 //! - [`frame`]: length-delimited framing of messages on a QUIC stream (sans-IO), shared by
 //!   the node and the bidder SDK, with its size limit and the ALPN name.
-//! - [`ProtoError`]: why a message could not become an engine value; [`SnapshotError`]: why
-//!   a snapshot's bytes could not.
+//! - [`ProtoError`]: why a message could not become an engine value; [`RecordError`] and
+//!   [`SnapshotError`]: why a log record's or a snapshot's bytes could not.
 //!
 //! # JSON
 //!
@@ -55,7 +56,7 @@ pub mod convert;
 mod error;
 pub mod frame;
 
-pub use error::{ProtoError, SnapshotError};
+pub use error::{ProtoError, RecordError, SnapshotError};
 
 /// Messages of package `gavel.v1`, generated from `gavel/v1/*.proto` at build time.
 #[allow(clippy::all, clippy::pedantic)]

@@ -30,6 +30,7 @@ fn decode_everything(bytes: &[u8]) {
     if let Ok(record) = pb::Record::decode(bytes) {
         let _ = Event::try_from(record);
     }
+    let _ = gavel_proto::convert::wal::decode_record(bytes);
     if let Ok(request) = pb::CreateAuction::decode(bytes) {
         let _ = AuctionSpec::try_from(request);
     }

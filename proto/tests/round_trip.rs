@@ -3,6 +3,7 @@
 mod common;
 
 use gavel_engine::{Accepted, AuctionId, AuctionSpec, BidOutcome, Event, Rejection, UnixMicros};
+use gavel_proto::convert::wal::{decode_record, encode_record};
 use gavel_proto::pb;
 use proptest::prelude::*;
 use prost::Message;
@@ -54,6 +55,15 @@ proptest! {
     fn events_round_trip_through_wal_records(event in common::event()) {
         let record = through_bytes(&pb::Record::from(&event));
         prop_assert_eq!(Event::try_from(record), Ok(event));
+    }
+
+    /// `decode_record(encode_record(event))` is the event: the node's log codec, both halves
+    /// in this crate.
+    #[test]
+    fn events_round_trip_through_the_record_codec(event in common::event()) {
+        let mut payload = Vec::new();
+        encode_record(&event, &mut payload);
+        prop_assert_eq!(decode_record(&payload), Ok(event));
     }
 
     /// AuctionSpec → AuctionRules → bytes → AuctionSpec is the identity, also through the

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -272,29 +272,79 @@ impl Delivery {
     }
 }
 
+impl Args {
+    /// Checks the bounds and finds the `gavel` binary.
+    fn gavel_binary(&self) -> Result<PathBuf> {
+        ensure!(
+            self.seconds <= SECONDS_MAX && self.hold_idle_seconds <= SECONDS_MAX,
+            "--seconds and --hold-idle-seconds are at most {SECONDS_MAX}"
+        );
+        ensure!(
+            self.watchers + self.idle_watchers <= CONNECTIONS_MAX,
+            "at most {CONNECTIONS_MAX} watcher connections"
+        );
+        let gavel = match self.gavel.clone() {
+            Some(path) => path,
+            None => std::env::current_exe()?.with_file_name("gavel"),
+        };
+        ensure!(
+            gavel.exists(),
+            "{} not found: run `cargo build --release -p gavel` first",
+            gavel.display()
+        );
+        Ok(gavel)
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(
-        args.seconds <= SECONDS_MAX && args.hold_idle_seconds <= SECONDS_MAX,
-        "--seconds and --hold-idle-seconds are at most {SECONDS_MAX}"
-    );
-    ensure!(
-        args.watchers + args.idle_watchers <= CONNECTIONS_MAX,
-        "at most {CONNECTIONS_MAX} watcher connections"
-    );
-    let gavel = match args.gavel.clone() {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("gavel"),
-    };
-    ensure!(
-        gavel.exists(),
-        "{} not found: run `cargo build --release -p gavel` first",
-        gavel.display()
-    );
+    let gavel = args.gavel_binary()?;
     let node = NodeProcess::start(&gavel)?;
+    create_auctions(&node, args.auctions).await?;
+    measure_idle_watchers(&node, &args).await?;
+    let watchers = Watchers::connect(&node, &args).await?;
+    // Bidders: two, alternating per auction, open loop at `rate`.
+    let bidders = [
+        bidder(&node, "bidder-1").await?,
+        bidder(&node, "bidder-2").await?,
+    ];
+    let published_before = node
+        .target
+        .metric("gavel_stream_updates_published_total")
+        .await?;
+    // Ordering: Relaxed; see the watcher loop.
+    watchers.measuring.store(true, Ordering::Relaxed);
+    let node_cpu_before = pid_cpu_seconds(node.child.id());
+    let load = offer_bids(&args, bidders).await?;
+    // Let the last updates arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watchers.measuring.store(false, Ordering::Relaxed);
+    let node_figures = NodeFigures {
+        published: node
+            .target
+            .metric("gavel_stream_updates_published_total")
+            .await?
+            - published_before,
+        conflated: node
+            .target
+            .metric("gavel_stream_updates_conflated_total")
+            .await?,
+        rss_loaded: node.rss_bytes()?,
+        cpu_seconds: pid_cpu_seconds(node.child.id()) - node_cpu_before,
+    };
+    drop(node);
+    for task in watchers.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    print_results(&args, &load, &watchers.delivery, &node_figures).await;
+    Ok(())
+}
+
+/// Creates auctions 1..=`count` (English, open for an hour) through the admin API.
+async fn create_auctions(node: &NodeProcess, count: u64) -> Result<()> {
     let now = now_us();
-    for id in 1..=args.auctions {
+    for id in 1..=count {
         let body = format!(
             r#"{{"rules":{{"auctionId":"{id}","topic":"bench.lot-{id}","english":{{"startPrice":"100"}},"startsAtUs":"{}","endsAtUs":"{}"}}}}"#,
             now - 1_000_000,
@@ -306,8 +356,12 @@ async fn main() -> Result<()> {
             .await?;
         ensure!(status == 201, "creating auction {id}: {status} {answer}");
     }
+    Ok(())
+}
 
-    // Memory per idle watcher.
+/// Memory per idle watcher: the node's RSS before and after connecting `--idle-watchers`
+/// watchers of a topic no auction has; they stay open `--hold-idle-seconds`, then close.
+async fn measure_idle_watchers(node: &NodeProcess, args: &Args) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = node.rss_bytes()?;
     let mut idle = Vec::with_capacity(args.idle_watchers);
@@ -326,166 +380,200 @@ async fn main() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(args.hold_idle_seconds)).await;
     drop(idle);
+    Ok(())
+}
 
-    // Watchers of every auction.
-    let delivery = Arc::new(Delivery {
-        latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-        delivered: AtomicU64::new(0),
-    });
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let interval_ms = args.interval_ms;
-    // The watchers run on their own runtime, so the bidders' acks below are not queued
-    // behind thousands of watcher tasks in this process.
-    // Leaked: it lives until the process exits (dropping a runtime here would block).
-    let watch_runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("watchers")
-            .build()?,
-    ));
-    for _ in 0..args.watchers {
-        let target = node.target.clone();
-        let socket = watch_runtime
-            .spawn(async move { target.watcher("bench.>", interval_ms).await })
-            .await??;
-        let (delivery, measuring) = (Arc::clone(&delivery), Arc::clone(&measuring));
-        tasks.push(watch_runtime.spawn(async move {
-            let mut socket = socket;
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let mut count = 0_u64;
-            while let Some(Ok(message)) = socket.next().await {
-                let Message::Binary(bytes) = message else {
-                    continue;
-                };
-                let Ok(reply) = pb::ServerMessage::decode(bytes.as_ref()) else {
-                    continue;
-                };
-                if let Some(Reply::PriceUpdate(update)) = reply.body
-                    // Ordering: Relaxed; a flag for which updates count, no data behind it.
-                    && measuring.load(Ordering::Relaxed)
-                {
-                    let latency = now_us().saturating_sub(update.accepted_at_us).max(1);
-                    let _ = local.record(latency.min(60_000_000));
-                    count += 1;
-                }
-                if count == 1024 {
-                    delivery.merge(&mut local, &mut count).await;
-                }
-            }
-            delivery.merge(&mut local, &mut count).await;
-        }));
+/// The watchers of every auction, counting deliveries while `measuring` is set.
+struct Watchers {
+    delivery: Arc<Delivery>,
+    measuring: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Connects `--watchers` watchers of `bench.>`, each read by its own task.
+    async fn connect(node: &NodeProcess, args: &Args) -> Result<Watchers> {
+        let delivery = Arc::new(Delivery {
+            latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            delivered: AtomicU64::new(0),
+        });
+        let measuring = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        let interval_ms = args.interval_ms;
+        // The watchers run on their own runtime, so the bidders' acks below are not queued
+        // behind thousands of watcher tasks in this process.
+        // Leaked: it lives until the process exits (dropping a runtime here would block).
+        let watch_runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("watchers")
+                .build()?,
+        ));
+        for _ in 0..args.watchers {
+            let target = node.target.clone();
+            let socket = watch_runtime
+                .spawn(async move { target.watcher("bench.>", interval_ms).await })
+                .await??;
+            let (delivery, measuring) = (Arc::clone(&delivery), Arc::clone(&measuring));
+            tasks.push(watch_runtime.spawn(count_deliveries(socket, delivery, measuring)));
+        }
+        println!(
+            "{} watchers subscribed to bench.> (interval {} ms)",
+            args.watchers, args.interval_ms
+        );
+        Ok(Watchers {
+            delivery,
+            measuring,
+            tasks,
+        })
     }
-    println!(
-        "{} watchers subscribed to bench.> (interval {} ms)",
-        args.watchers, args.interval_ms
-    );
+}
 
-    // Bidders: two, alternating per auction, open loop at `rate`.
-    let bidders = [
-        Client::connect(ClientConfig::from_cert_dir(
-            node.quic,
-            &node.target.certs,
-            "bidder-1",
-        )?)
-        .await?,
-        Client::connect(ClientConfig::from_cert_dir(
-            node.quic,
-            &node.target.certs,
-            "bidder-2",
-        )?)
-        .await?,
-    ];
-    let next: Arc<Vec<AtomicU64>> =
-        Arc::new((0..args.auctions).map(|_| AtomicU64::new(100)).collect());
-    let published_before = node
-        .target
-        .metric("gavel_stream_updates_published_total")
-        .await?;
-    let accepted = Arc::new(AtomicU64::new(0));
-    let rejected = Arc::new(AtomicU64::new(0));
-    // Ordering: Relaxed; see the watcher loop.
-    measuring.store(true, Ordering::Relaxed);
-    let node_cpu_before = pid_cpu_seconds(node.child.id());
+/// One watcher's loop: records each update's delivery latency while `measuring`, merging
+/// into `delivery` every 1024 updates and at the end.
+async fn count_deliveries(
+    mut socket: WebSocketStream<TlsStream<TcpStream>>,
+    delivery: Arc<Delivery>,
+    measuring: Arc<AtomicBool>,
+) {
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut count = 0_u64;
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Binary(bytes) = message else {
+            continue;
+        };
+        let Ok(reply) = pb::ServerMessage::decode(bytes.as_ref()) else {
+            continue;
+        };
+        if let Some(Reply::PriceUpdate(update)) = reply.body
+            // Ordering: Relaxed; a flag for which updates count, no data behind it.
+            && measuring.load(Ordering::Relaxed)
+        {
+            let latency = now_us().saturating_sub(update.accepted_at_us).max(1);
+            let _ = local.record(latency.min(60_000_000));
+            count += 1;
+        }
+        if count == 1024 {
+            delivery.merge(&mut local, &mut count).await;
+        }
+    }
+    delivery.merge(&mut local, &mut count).await;
+}
+
+/// A bidder connected to the node's QUIC port with the dev certificate of `who`.
+async fn bidder(node: &NodeProcess, who: &str) -> Result<Client> {
+    let config = ClientConfig::from_cert_dir(node.quic, &node.target.certs, who)?;
+    Ok(Client::connect(config).await?)
+}
+
+/// What the bidders saw.
+struct Load {
+    /// Bids offered.
+    total: u64,
+    /// From the first bid due to the last answer.
+    seconds: f64,
+    accepted: u64,
+    rejected: u64,
+    /// From when each bid was due to its answer.
+    bid_latency_us: Histogram<u64>,
+}
+
+/// Shared by the bid tasks: each auction's next amount and the outcomes.
+struct Tally {
+    next: Vec<AtomicU64>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+/// Offers `rate × seconds` bids open loop, alternating `bidders` per auction, one task per
+/// bid; waits for every answer.
+async fn offer_bids(args: &Args, bidders: [Client; 2]) -> Result<Load> {
+    let tally = Arc::new(Tally {
+        next: (0..args.auctions).map(|_| AtomicU64::new(100)).collect(),
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        latency_us: Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?),
+    });
     let started = Instant::now();
     let total = args.rate * args.seconds;
     let period = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut inflight = Vec::new();
-    let bid_latency_us = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
     for n in 0..total {
         ticker.tick().await;
         // Open loop: latency from when the bid was due, not from when it went out.
         let intended = started + period.mul_f64(n as f64);
-        let bid_latency_us = Arc::clone(&bid_latency_us);
         let auction = n % args.auctions;
         let client = bidders[(n / args.auctions % 2) as usize].clone();
-        let (next, accepted, rejected) = (
-            Arc::clone(&next),
-            Arc::clone(&accepted),
-            Arc::clone(&rejected),
-        );
-        inflight.push(tokio::spawn(async move {
-            // Ordering: Relaxed; amounts only need to grow, races just cost a too-low bid.
-            let amount = next[auction as usize].fetch_add(1000, Ordering::Relaxed) + 1000;
-            let result = client.place_bid(Bid::new(auction + 1, amount)).await;
-            let latency = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let _ = bid_latency_us
-                .lock()
-                .await
-                .record(latency.clamp(1, 60_000_000));
-            match result {
-                Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
-                Err(BidError::TooLow { min_next }) => {
-                    next[auction as usize].fetch_max(min_next, Ordering::Relaxed);
-                    rejected.fetch_add(1, Ordering::Relaxed)
-                }
-                Err(_) => rejected.fetch_add(1, Ordering::Relaxed),
-            };
-        }));
+        let tally = Arc::clone(&tally);
+        inflight.push(tokio::spawn(place_bid(client, tally, auction, intended)));
     }
     for task in inflight {
         let _ = task.await;
     }
-    let load_seconds = started.elapsed().as_secs_f64();
-    // Let the last updates arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let published = node
-        .target
-        .metric("gavel_stream_updates_published_total")
-        .await?
-        - published_before;
-    let conflated = node
-        .target
-        .metric("gavel_stream_updates_conflated_total")
-        .await?;
-    let rss_loaded = node.rss_bytes()?;
-    let node_cpu = pid_cpu_seconds(node.child.id()) - node_cpu_before;
-    drop(node);
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Ordering: Relaxed; every bid task has ended.
+    Ok(Load {
+        total,
+        seconds,
+        accepted: tally.accepted.load(Ordering::Relaxed),
+        rejected: tally.rejected.load(Ordering::Relaxed),
+        bid_latency_us: tally.latency_us.lock().await.clone(),
+    })
+}
+
+/// Places one bid on `auction` (0-based) above the last amount seen, and tallies it.
+async fn place_bid(client: Client, tally: Arc<Tally>, auction: u64, intended: Instant) {
+    let next = &tally.next[auction as usize];
+    // Ordering: Relaxed; amounts only need to grow, races just cost a too-low bid.
+    let amount = next.fetch_add(1000, Ordering::Relaxed) + 1000;
+    let result = client.place_bid(Bid::new(auction + 1, amount)).await;
+    let latency = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let _ = tally
+        .latency_us
+        .lock()
+        .await
+        .record(latency.clamp(1, 60_000_000));
+    match result {
+        Ok(_) => tally.accepted.fetch_add(1, Ordering::Relaxed),
+        Err(BidError::TooLow { min_next }) => {
+            next.fetch_max(min_next, Ordering::Relaxed);
+            tally.rejected.fetch_add(1, Ordering::Relaxed)
+        }
+        Err(_) => tally.rejected.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+/// The node's figures over the load.
+struct NodeFigures {
+    /// Updates the node published during the load.
+    published: f64,
+    /// Updates conflated (all run).
+    conflated: f64,
+    rss_loaded: u64,
+    cpu_seconds: f64,
+}
+
+/// Prints the load, deliveries, both latencies and the node's figures.
+async fn print_results(args: &Args, load: &Load, delivery: &Delivery, node: &NodeFigures) {
     let histogram = delivery.latency_us.lock().await;
+    // Ordering: Relaxed; a counter read after the tasks are stopped.
     let delivered = delivery.delivered.load(Ordering::Relaxed);
+    let load_seconds = load.seconds;
     println!(
-        "load: {:.1} s, bids offered {total} ({} /s), accepted {}, rejected {}",
-        load_seconds,
-        args.rate,
-        accepted.load(Ordering::Relaxed),
-        rejected.load(Ordering::Relaxed)
+        "load: {:.1} s, bids offered {} ({} /s), accepted {}, rejected {}",
+        load_seconds, load.total, args.rate, load.accepted, load.rejected
     );
     println!(
         "updates published {:.0} ({:.0} /s), delivered {} ({:.0} /s, {:.0} per watcher /s), conflated {:.0}",
-        published,
-        published / load_seconds,
+        node.published,
+        node.published / load_seconds,
         delivered,
         delivered as f64 / load_seconds,
         delivered as f64 / load_seconds / args.watchers.max(1) as f64,
-        conflated
+        node.conflated
     );
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(
@@ -497,7 +585,7 @@ async fn main() -> Result<()> {
         histogram.max() as f64 / 1000.0,
         histogram.len()
     );
-    let bids = bid_latency_us.lock().await;
+    let bids = &load.bid_latency_us;
     let bid_ms = |q: f64| bids.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "bid -> accepted ack over QUIC during the fan-out (open loop): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -508,9 +596,8 @@ async fn main() -> Result<()> {
     );
     println!(
         "node RSS under load: {:.1} MiB; node CPU during the load {:.2} s ({:.1} µs per delivered update)",
-        rss_loaded as f64 / 1048576.0,
-        node_cpu,
-        node_cpu * 1e6 / delivered.max(1) as f64
+        node.rss_loaded as f64 / 1048576.0,
+        node.cpu_seconds,
+        node.cpu_seconds * 1e6 / delivered.max(1) as f64
     );
-    Ok(())
 }

@@ -37,12 +37,11 @@ use gavel_benches::process::{filesystem, peak_rss_mib, process_cpu_seconds, rss_
 use gavel_benches::wal_load::{EPOCH_US, WalAppendSink, bidder16};
 use gavel_benches::{INCREMENT, START_PRICE, ZIPF_AUCTIONS, ZIPF_EXPONENT, bid, english_spec};
 use gavel_engine::{
-    AuctionId, BidOutcome, BidderId, Engine, EngineConfig, Event, Price, Replayer, UnixMicros,
+    AuctionId, BidOutcome, BidderId, Engine, EngineConfig, Price, Replayer, UnixMicros,
 };
 use gavel_node::replay::replay_parallel;
-use gavel_proto::pb;
+use gavel_proto::convert::wal::decode_record;
 use gavel_wal::{Recovery, Wal, WalConfig};
-use prost::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -164,12 +163,6 @@ fn generate(dir: &Path, records: u64) -> anyhow::Result<[u8; 32]> {
     Ok(engine.state_hash())
 }
 
-/// Decodes one record's payload into an engine event.
-fn decode(payload: &[u8]) -> anyhow::Result<Event> {
-    let record = pb::Record::decode(payload).context("decode pb::Record")?;
-    Event::try_from(record).context("pb::Record to Event")
-}
-
 /// Steps (a)–(c) of the measurement (see the crate docs); returns the state hash of (c) and
 /// its time (s).
 fn sequential_steps(
@@ -196,7 +189,7 @@ fn sequential_steps(
     let started = Instant::now();
     let mut decoded = 0u64;
     for record in recovery.replay(1).context("replay")? {
-        let event = decode(&record.context("read record")?.payload)?;
+        let event = decode_record(&record.context("read record")?.payload)?;
         std::hint::black_box(&event);
         decoded += 1;
     }
@@ -211,7 +204,7 @@ fn sequential_steps(
     let engine = Engine::new(EngineConfig::default());
     let mut replayer = Replayer::new(&engine);
     for record in recovery.replay(1).context("replay")? {
-        let event = decode(&record.context("read record")?.payload)?;
+        let event = decode_record(&record.context("read record")?.payload)?;
         replayer.apply(&event).context("replay apply")?;
     }
     let summary = replayer.finish();

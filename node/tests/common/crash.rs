@@ -15,7 +15,7 @@ use gavel_engine::{
     AuctionId, Bid, BidOutcome, DiscardSink, Engine, EngineConfig, EventKind, Rejection,
     ReplaySummary, Replayer,
 };
-use gavel_node::node::decode_record;
+use gavel_proto::convert::wal::decode_record;
 
 /// Longest wait for the child's first durable ack before the round fails.
 pub const FIRST_ACK_WAIT_MAX: Duration = Duration::from_secs(20);

@@ -1,0 +1,317 @@
+//! Fan-out phases: the node's watchers ([`Watching`]), connected before the bidding and
+//! reported after it, and the nats-server peer with as many watchers ([`nats_phase`]);
+//! both measure idle memory per watcher and delivery latency.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::bidding::{Driven, drive, one_lane, phase, progress_bar};
+use super::{Run, Shape};
+use crate::pace::{LANE_QUEUE_MAX, Paced, Schedule};
+use crate::report::Phase;
+use crate::stats::{CpuMeter, ProcessSample, Recorder, sample_process};
+use crate::target::Node;
+use crate::{nats, ws};
+
+/// How long watchers wait, after the bidding stopped, for deliveries to stop coming.
+const DELIVERY_QUIET: Duration = Duration::from_millis(500);
+
+/// Longest wait for the last deliveries after the bidding stopped.
+const DELIVERY_TAIL_MAX: Duration = Duration::from_secs(10);
+
+/// Settling time after the watchers connected, before their memory is measured.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+/// The node's watchers, connected before the bidding so they see every update of it.
+pub(super) struct Watching {
+    pub(super) watchers: ws::Watchers,
+    recorder: Recorder,
+    pub(super) stop: CancellationToken,
+    /// The topic pattern they watch.
+    pattern: String,
+    /// Their count and the node's idle memory per watcher.
+    figures: BTreeMap<String, f64>,
+}
+
+impl Watching {
+    /// Connects `shape.watchers` watchers of `pattern` and measures the node's memory per
+    /// idle watcher.
+    pub(super) async fn connect(node: &Node, shape: &Shape, pattern: String) -> Result<Watching> {
+        let recorder = Recorder::default();
+        let stop = CancellationToken::new();
+        let set = WatcherSet {
+            node,
+            addr: node.https,
+            path: "/v1/ws",
+            feed: ws::Feed::Gavel {
+                pattern: pattern.clone(),
+                interval_ms: shape.watch_interval_ms,
+            },
+            count: shape.watchers,
+            server_pid: node.pid(),
+            label: "gavel watchers",
+        };
+        let (watchers, figures) = set.connect(shape.progress, &recorder, &stop).await?;
+        Ok(Watching {
+            watchers,
+            recorder,
+            stop,
+            pattern,
+            figures,
+        })
+    }
+
+    /// After the bidding that `driven` describes: waits for the last deliveries of its
+    /// `published` updates, stops the watchers and reports their phase.
+    pub(super) async fn finish(&self, run: &Run<'_>, driven: &Driven, published: u64) -> Phase {
+        let window = wait_deliveries(&self.watchers, driven.started).await;
+        self.stop.cancel();
+        fanout_phase(
+            "gavel_fanout",
+            format!(
+                "gavel serve: {} WebSocket watchers of pattern {}, interval {} ms",
+                self.watchers.subscribed, self.pattern, run.shape.watch_interval_ms
+            ),
+            &run.schedule,
+            &self.watchers,
+            &self.recorder,
+            &driven.meter,
+            &driven.paced,
+            window,
+            published,
+            self.figures.clone(),
+        )
+        .await
+    }
+}
+
+/// Watchers to connect: `count` of them, to `addr` `path` (TLS with the node's trust), on
+/// `feed`; the server's process is `server_pid`.
+struct WatcherSet<'a> {
+    node: &'a Node,
+    addr: SocketAddr,
+    path: &'static str,
+    feed: ws::Feed,
+    count: usize,
+    server_pid: Option<u32>,
+    /// The progress bar's label.
+    label: &'static str,
+}
+
+impl WatcherSet<'_> {
+    /// Connects the watchers (recording into `recorder` until `stop`) and lets them settle
+    /// idle; returns them with their figures (see [`idle_watcher_figures`]).
+    async fn connect(
+        self,
+        progress: bool,
+        recorder: &Recorder,
+        stop: &CancellationToken,
+    ) -> Result<(ws::Watchers, BTreeMap<String, f64>)> {
+        let before = self.server_pid.and_then(|pid| sample_process(Some(pid)));
+        let bar = progress_bar(progress, self.count as u64, self.label);
+        let watchers = ws::watch(
+            self.node.https_connector(None)?,
+            self.addr,
+            self.path,
+            self.feed,
+            self.count,
+            recorder.clone(),
+            stop.clone(),
+            &bar,
+        )
+        .await?;
+        bar.finish_and_clear();
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let after = self.server_pid.and_then(|pid| sample_process(Some(pid)));
+        let figures = idle_watcher_figures(before, after, watchers.subscribed);
+        Ok((watchers, figures))
+    }
+}
+
+/// The figures of `subscribed` idle watchers: their count and the server's memory growth
+/// per watcher, from its samples `before` and `after` they connected.
+fn idle_watcher_figures(
+    before: Option<ProcessSample>,
+    after: Option<ProcessSample>,
+    subscribed: usize,
+) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    if let (Some(before), Some(after)) = (before, after) {
+        let per = (after.rss_bytes as f64 - before.rss_bytes as f64) / subscribed as f64;
+        figures.insert("server_rss_per_idle_watcher_bytes".to_owned(), per);
+    }
+    figures.insert("watchers_subscribed".to_owned(), subscribed as f64);
+    figures
+}
+
+/// Waits until deliveries stop (no new one for [`DELIVERY_QUIET`], at most
+/// [`DELIVERY_TAIL_MAX`]); returns the time from `started` to the last delivery seen.
+async fn wait_deliveries(watchers: &ws::Watchers, started: Instant) -> Duration {
+    let tail_start = Instant::now();
+    // Ordering: a progress counter only.
+    let mut last = watchers.delivered.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while tail_start.elapsed() < DELIVERY_TAIL_MAX && last_change.elapsed() < DELIVERY_QUIET {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = watchers.delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+    last_change.duration_since(started)
+}
+
+/// The watchers' phase: deliveries, their latency, and deliveries per second over `window`.
+#[allow(clippy::too_many_arguments)]
+async fn fanout_phase(
+    name: &str,
+    what: String,
+    schedule: &Schedule,
+    watchers: &ws::Watchers,
+    recorder: &Recorder,
+    meter: &CpuMeter,
+    paced: &Paced,
+    window: Duration,
+    published: u64,
+    mut figures: BTreeMap<String, f64>,
+) -> Phase {
+    // Let the tasks add their final counts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let delivered = watchers.delivered.load(Ordering::Relaxed);
+    let expected = published * watchers.subscribed as u64;
+    figures.insert("published".to_owned(), published as f64);
+    figures.insert("delivered".to_owned(), delivered as f64);
+    figures.insert(
+        "delivered_per_s".to_owned(),
+        delivered as f64 / window.as_secs_f64().max(1e-9),
+    );
+    figures.insert(
+        "delivered_fraction".to_owned(),
+        if expected > 0 {
+            delivered as f64 / expected as f64
+        } else {
+            0.0
+        },
+    );
+    phase(
+        name,
+        what,
+        schedule,
+        watchers.subscribed,
+        paced,
+        recorder,
+        meter,
+        figures,
+    )
+}
+
+/// nats-server with `watchers` WebSocket watchers of one subject, publishes at `rate`.
+pub(super) async fn nats_phase(
+    node: &Node,
+    shape: &Shape,
+    schedule: &Schedule,
+    rate: f64,
+    watchers: usize,
+) -> Result<Phase> {
+    let binary = nats::find_binary().context(
+        "nats-server is not installed (Debian: apt-get install nats-server); run without --floors nats",
+    )?;
+    let dir = tempfile::tempdir()?;
+    let server = nats::Nats::start(&binary, dir.path(), &node.certs, watchers + 16)?;
+    let recorder = Recorder::default();
+    let stop = CancellationToken::new();
+    let subject = "load.nats.a1".to_owned();
+    let set = WatcherSet {
+        node,
+        addr: server.websocket,
+        path: "/",
+        feed: ws::Feed::Nats {
+            subject: subject.clone(),
+        },
+        count: watchers,
+        server_pid: Some(server.child.pid()),
+        label: "nats watchers",
+    };
+    let (connected, figures) = set.connect(shape.progress, &recorder, &stop).await?;
+    let nats_schedule = Schedule {
+        rate_per_s: rate.max(1.0),
+        ..*schedule
+    };
+    let publishing = Publishing {
+        server: &server,
+        subject,
+        schedule: nats_schedule,
+        recorder: &recorder,
+        watchers: &connected,
+    };
+    let (driven, window) = publishing.run(shape.progress).await?;
+    stop.cancel();
+    let published = recorder.snapshot().counts.get("published");
+    let phase = fanout_phase(
+        "nats_fanout",
+        format!(
+            "nats-server {}: {} WebSocket watchers (TLS) of one subject, publishing at the node's update rate",
+            server_version(&binary),
+            connected.subscribed
+        ),
+        &nats_schedule,
+        &connected,
+        &recorder,
+        &driven.meter,
+        &driven.paced,
+        window,
+        published,
+        figures,
+    )
+    .await;
+    for task in connected.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(phase)
+}
+
+/// The publishing half of [`nats_phase`].
+struct Publishing<'a> {
+    server: &'a nats::Nats,
+    subject: String,
+    schedule: Schedule,
+    recorder: &'a Recorder,
+    watchers: &'a ws::Watchers,
+}
+
+impl Publishing<'_> {
+    /// Publishes at the schedule's rate (nats-server's CPU measured), then waits for the
+    /// watchers' last deliveries; returns what was sent and the delivery window.
+    async fn run(self, progress: bool) -> Result<(Driven, Duration)> {
+        let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+        let publish = nats::publish(self.server.client, self.subject, due, self.recorder.clone());
+        let publisher = tokio::spawn(publish);
+        let meter = CpuMeter::start(Some(self.server.child.pid()));
+        let started = Instant::now();
+        let bar = progress_bar(progress, self.schedule.planned(), "nats publish");
+        let paced = drive(self.schedule, one_lane(lane), bar).await?;
+        publisher.await.context("the nats publisher")??;
+        let window = wait_deliveries(self.watchers, started).await;
+        let driven = Driven {
+            paced,
+            meter,
+            started,
+        };
+        Ok((driven, window))
+    }
+}
+
+fn server_version(binary: &std::path::Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
