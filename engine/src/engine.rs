@@ -7,15 +7,15 @@
 //! a popped entry whose auction was extended is simply put back at the new end.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
-use crate::auction::{Auction, CloseAttempt, Limits, mix64};
+use crate::auction::{Auction, CloseAttempt, Limits};
 use crate::event::{EventSink, Receipt};
+use crate::hash::{BuildMixHasher, mix64};
 use crate::snapshot::{AuctionState, RestoreError};
 use crate::types::{
     AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
@@ -92,8 +92,6 @@ pub enum ManageError {
     },
 }
 
-/// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
-/// engine's fixed mixer rather than a keyed (slower) hash.
 /// An auction that closed and settled. Announce the settlement only once the receipt is
 /// durable.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -106,27 +104,9 @@ pub struct ClosedAuction {
     pub receipt: Receipt,
 }
 
-type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildHasherDefault<IdHasher>>;
-
-/// Hashes an [`AuctionId`] (one `u64`) with `mix64`.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = mix64(self.0 ^ v);
-    }
-}
+/// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
+/// engine's fixed mixer rather than a keyed (slower) hash.
+type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
 
 struct Shard {
     auctions: ArcSwap<AuctionMap>,
