@@ -14,12 +14,11 @@ use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use crate::auction::{Auction, CloseAttempt, Limits};
+use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{EventSink, Receipt};
 use crate::hash::{BuildMixHasher, mix64};
 use crate::snapshot::{AuctionState, RestoreError};
-use crate::types::{
-    AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
-};
+use crate::types::{AuctionId, AuctionSpec, Bid, Price, Rejection, UnixMicros};
 use crate::view::AuctionView;
 
 /// Engine limits and sizing. Every field has a safe default.
@@ -90,18 +89,6 @@ pub enum ManageError {
         /// Suggested wait.
         retry_after_us: u64,
     },
-}
-
-/// An auction that closed and settled. Announce the settlement only once the receipt is
-/// durable.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ClosedAuction {
-    /// The auction.
-    pub id: AuctionId,
-    /// Winner and clearing price.
-    pub settlement: Settlement,
-    /// The sink's receipt for the `Closed` and `Settled` events.
-    pub receipt: Receipt,
 }
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
@@ -285,28 +272,18 @@ impl Engine {
             .collect()
     }
 
-    /// Decides one bid at `now`. Accepted bids hand their events to `sink` first.
+    /// Decides one bid at `now`. An accepted bid hands its events to `sink` first; the
+    /// decision carries the outcome, the sink's receipt and the close the bid made, if any.
     pub fn place_bid<S: EventSink + ?Sized>(
         &self,
         bid: &Bid,
         now: UnixMicros,
         sink: &S,
-    ) -> BidOutcome {
-        self.place_bid_with_receipt(bid, now, sink).0
-    }
-
-    /// [`Engine::place_bid`], also returning the sink's receipt for an accepted bid's
-    /// events (what a caller awaits for the durable acknowledgement).
-    pub fn place_bid_with_receipt<S: EventSink + ?Sized>(
-        &self,
-        bid: &Bid,
-        now: UnixMicros,
-        sink: &S,
-    ) -> (BidOutcome, Option<Receipt>) {
+    ) -> BidDecision {
         let map = self.shard(bid.auction()).auctions.load();
         match map.get(&bid.auction()) {
             Some(auction) => auction.place_bid(bid, now, sink, self.limits),
-            None => (BidOutcome::Rejected(Rejection::UnknownAuction), None),
+            None => BidDecision::rejected(Rejection::UnknownAuction),
         }
     }
 

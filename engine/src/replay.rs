@@ -174,7 +174,7 @@ impl<'e> Replayer<'e> {
                     })?;
             }
             EventKind::BidAccepted { bid, .. } => {
-                let outcome = self.engine.place_bid(bid, logged.at, capture);
+                let outcome = self.engine.place_bid(bid, logged.at, capture).outcome;
                 if !matches!(outcome, BidOutcome::Accepted(_)) {
                     return Err(ReplayError::BidNotAccepted {
                         auction: id,

@@ -61,7 +61,11 @@ fn bids_racing_the_close() {
             .into_iter()
             .map(|b| {
                 let (auction, sink) = (Arc::clone(&auction), Arc::clone(&sink));
-                thread::spawn(move || auction.place_bid(&b, UnixMicros(END - 1), &*sink, LIMITS).0)
+                thread::spawn(move || {
+                    auction
+                        .place_bid(&b, UnixMicros(END - 1), &*sink, LIMITS)
+                        .outcome
+                })
             })
             .collect();
         let closer = {
@@ -145,7 +149,7 @@ fn a_retry_racing_its_original_and_a_higher_bid() {
         let sink = Arc::new(RecordingSink::default());
         let spawn = |b: Bid| {
             let (auction, sink) = (Arc::clone(&auction), Arc::clone(&sink));
-            thread::spawn(move || auction.place_bid(&b, UnixMicros(1), &*sink, LIMITS).0)
+            thread::spawn(move || auction.place_bid(&b, UnixMicros(1), &*sink, LIMITS).outcome)
         };
         let copy1 = spawn(bid("a", 7, 10, None));
         let copy2 = spawn(bid("a", 7, 10, None));

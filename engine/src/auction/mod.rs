@@ -39,6 +39,7 @@ use arrayvec::ArrayVec;
 use self::recent::{BidKey, Recent};
 use self::rules::{Book, Decision};
 use self::word::{CLOSED, HAS_BID, PriceWord};
+use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink, Receipt};
 use crate::filter::SeenFilter;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
@@ -180,7 +181,7 @@ impl Auction {
         now: UnixMicros,
         sink: &S,
         limits: Limits,
-    ) -> (BidOutcome, Option<Receipt>) {
+    ) -> BidDecision {
         let key = BidKey::of(bid);
         let word = self.word.load();
         // The same checks, in the same order, as the locked path (docs/auction-rules.md).
@@ -197,7 +198,7 @@ impl Auction {
         if let Some(rejection) = fast
             && !self.seen.may_contain(key.filter_key())
         {
-            return (BidOutcome::Rejected(rejection), None);
+            return BidDecision::rejected(rejection);
         }
         let mut state = self.lock();
         self.place_bid_locked(&mut state, bid, key, now, sink, limits)
@@ -211,14 +212,13 @@ impl Auction {
         now: UnixMicros,
         sink: &S,
         limits: Limits,
-    ) -> (BidOutcome, Option<Receipt>) {
-        let rejected = |r| (BidOutcome::Rejected(r), None);
+    ) -> BidDecision {
         if let Some(rejection) = self.locked_rejection(state, key, now) {
-            return rejected(rejection);
+            return BidDecision::rejected(rejection);
         }
         let decision = match self.decide(state, bid, now, limits) {
             Ok(decision) => decision,
-            Err(rejection) => return rejected(rejection),
+            Err(rejection) => return BidDecision::rejected(rejection),
         };
         let extension = if decision.close.is_none() {
             self.extension(state, now)
@@ -230,7 +230,7 @@ impl Auction {
         let receipt = match sink.publish(&events) {
             Ok(receipt) => receipt,
             Err(backpressure) => {
-                return rejected(Rejection::Overloaded {
+                return BidDecision::rejected(Rejection::Overloaded {
                     retry_after_us: backpressure.retry_after_us,
                 });
             }
@@ -260,12 +260,19 @@ impl Auction {
         state
             .recent
             .insert(key, accepted, &self.seen, limits.dedup_window_bids);
-        let closed = decision.close.is_some();
         if let Some(close) = decision.close {
             state.settled = Some(close);
         }
-        self.publish_word(state, decision.price, closed);
-        (BidOutcome::Accepted(accepted), Some(receipt))
+        self.publish_word(state, decision.price, decision.close.is_some());
+        BidDecision {
+            outcome: BidOutcome::Accepted(accepted),
+            receipt: Some(receipt),
+            closed: decision.close.map(|(_, settlement)| ClosedAuction {
+                id: self.id(),
+                settlement,
+                receipt,
+            }),
+        }
     }
 
     /// What the locked path refuses before the rules: a retry (with its original's
