@@ -33,7 +33,9 @@ fn english_accepted<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>) {
         b.iter(|| {
             // Invariant of the bench: `amount` is one increment above the price.
             let who = bidders[(amount / INCREMENT) as usize % bidders.len()];
-            let outcome = engine.place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, &sink);
+            let outcome = engine
+                .place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, &sink)
+                .outcome;
             tally.count(&outcome);
             if let BidOutcome::Accepted(accepted) = outcome {
                 amount = accepted.price + INCREMENT;
@@ -53,11 +55,13 @@ fn english_too_low<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>) {
     // A price and a full idempotency memory, so the filter is as loaded as in steady state.
     let mut amount = START_PRICE;
     for n in 0..4_096 {
-        let outcome = engine.place_bid(
-            &bid(AUCTION, bidder(n % 8), ids.next_id(), amount),
-            NOW,
-            &DiscardSink,
-        );
+        let outcome = engine
+            .place_bid(
+                &bid(AUCTION, bidder(n % 8), ids.next_id(), amount),
+                NOW,
+                &DiscardSink,
+            )
+            .outcome;
         assert!(matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
         amount += INCREMENT;
     }
@@ -66,11 +70,13 @@ fn english_too_low<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>) {
     let mut tally = Tally::default();
     group.bench_function(format!("english_too_low/{}", S::NAME), |b| {
         b.iter(|| {
-            let outcome = engine.place_bid(
-                &bid(AUCTION, who, ids.next_id(), TOO_LOW_AMOUNT),
-                NOW,
-                &sink,
-            );
+            let outcome = engine
+                .place_bid(
+                    &bid(AUCTION, who, ids.next_id(), TOO_LOW_AMOUNT),
+                    NOW,
+                    &sink,
+                )
+                .outcome;
             tally.count(&outcome);
             drainer.tick(&sink);
             black_box(outcome)
@@ -94,7 +100,9 @@ fn sealed_accepted<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>) {
             let who = bidders[n % bidders.len()];
             // Cast: a small amount that varies; any amount >= 1 is accepted.
             let amount = 1_000 + (n % 997) as u64;
-            let outcome = engine.place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, &sink);
+            let outcome = engine
+                .place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, &sink)
+                .outcome;
             tally.count(&outcome);
             drainer.tick(&sink);
             black_box(outcome)
@@ -122,7 +130,9 @@ fn dutch_sold<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>) {
                 engine
             },
             |engine| {
-                let outcome = engine.place_bid(&bid(AUCTION, who, 1, START_PRICE), NOW, &sink);
+                let outcome = engine
+                    .place_bid(&bid(AUCTION, who, 1, START_PRICE), NOW, &sink)
+                    .outcome;
                 tally.count(&outcome);
                 drainer.tick(&sink);
                 black_box(outcome)

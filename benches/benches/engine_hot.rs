@@ -54,7 +54,9 @@ fn bidder_thread<S: MeasuredSink>(
             // Cast: a small varying amount; any amount >= 1 is accepted.
             Shape::SealedAccepted => 1_000 + (i % 997),
         };
-        let outcome = engine.place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, sink);
+        let outcome = engine
+            .place_bid(&bid(AUCTION, who, ids.next_id(), amount), NOW, sink)
+            .outcome;
         tally.count(&outcome);
         drainer.tick(sink);
         black_box(outcome);
@@ -68,7 +70,9 @@ fn hot<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>, shape: Shape, 
     let sink = S::fresh();
     if let Shape::EnglishTooLow = shape {
         // A price, so every later bid of 1 tick is too low.
-        let outcome = engine.place_bid(&bid(AUCTION, bidder(99), 1, START_PRICE), NOW, &sink);
+        let outcome = engine
+            .place_bid(&bid(AUCTION, bidder(99), 1, START_PRICE), NOW, &sink)
+            .outcome;
         assert!(matches!(outcome, gavel_engine::BidOutcome::Accepted(_)));
         sink.drain();
     }

@@ -394,7 +394,7 @@ impl ZipfBidder {
         let mut drainer = Drainer::default();
         for _ in 0..n {
             let bid = self.next_bid();
-            let outcome = engine.place_bid(&bid, NOW, sink);
+            let outcome = engine.place_bid(&bid, NOW, sink).outcome;
             self.learn(&bid, &outcome);
             tally.count(&outcome);
             drainer.tick(sink);

@@ -7,19 +7,18 @@
 //! a popped entry whose auction was extended is simply put back at the new end.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
 
-use crate::auction::{Auction, CloseAttempt, Limits, mix64};
+use crate::auction::{Auction, CloseAttempt, Limits};
+use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{EventSink, Receipt};
+use crate::hash::{BuildMixHasher, mix64};
 use crate::snapshot::{AuctionState, RestoreError};
-use crate::types::{
-    AuctionId, AuctionSpec, Bid, BidOutcome, Price, Rejection, Settlement, UnixMicros,
-};
+use crate::types::{AuctionId, AuctionSpec, Bid, Price, Rejection, UnixMicros};
 use crate::view::AuctionView;
 
 /// Engine limits and sizing. Every field has a safe default.
@@ -94,39 +93,7 @@ pub enum ManageError {
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
 /// engine's fixed mixer rather than a keyed (slower) hash.
-/// An auction that closed and settled. Announce the settlement only once the receipt is
-/// durable.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ClosedAuction {
-    /// The auction.
-    pub id: AuctionId,
-    /// Winner and clearing price.
-    pub settlement: Settlement,
-    /// The sink's receipt for the `Closed` and `Settled` events.
-    pub receipt: Receipt,
-}
-
-type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildHasherDefault<IdHasher>>;
-
-/// Hashes an [`AuctionId`] (one `u64`) with `mix64`.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = mix64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = mix64(self.0 ^ v);
-    }
-}
+type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
 
 struct Shard {
     auctions: ArcSwap<AuctionMap>,
@@ -305,28 +272,18 @@ impl Engine {
             .collect()
     }
 
-    /// Decides one bid at `now`. Accepted bids hand their events to `sink` first.
+    /// Decides one bid at `now`. An accepted bid hands its events to `sink` first; the
+    /// decision carries the outcome, the sink's receipt and the close the bid made, if any.
     pub fn place_bid<S: EventSink + ?Sized>(
         &self,
         bid: &Bid,
         now: UnixMicros,
         sink: &S,
-    ) -> BidOutcome {
-        self.place_bid_with_receipt(bid, now, sink).0
-    }
-
-    /// [`Engine::place_bid`], also returning the sink's receipt for an accepted bid's
-    /// events (what a caller awaits for the durable acknowledgement).
-    pub fn place_bid_with_receipt<S: EventSink + ?Sized>(
-        &self,
-        bid: &Bid,
-        now: UnixMicros,
-        sink: &S,
-    ) -> (BidOutcome, Option<Receipt>) {
+    ) -> BidDecision {
         let map = self.shard(bid.auction()).auctions.load();
         match map.get(&bid.auction()) {
             Some(auction) => auction.place_bid(bid, now, sink, self.limits),
-            None => (BidOutcome::Rejected(Rejection::UnknownAuction), None),
+            None => BidDecision::rejected(Rejection::UnknownAuction),
         }
     }
 

@@ -4,7 +4,7 @@
 //! It lets the lock-free path reject a too-low bid without missing a retry: a retried bid
 //! must get its original outcome (`Duplicate`), not `TooLow`, even though its amount is now
 //! below the price. The filter has no false negatives for keys inside the exact memory
-//! window (see `auction::Recent`), so "not in the filter" proves "not a retry"; "maybe in
+//! window (see `auction::recent::Recent`), so "not in the filter" proves "not a retry"; "maybe in
 //! it" sends the bid to the locked path, which looks the key up exactly.
 //!
 //! Two generations rotate together with the exact memory: inserts go to the current one;

@@ -9,23 +9,28 @@
 //! - [`types`]: validated value types — ids, money, time, bids, auction rules, outcomes.
 //! - [`event`]: the events every state change produces and the [`EventSink`] they go to.
 //! - `auction` (private): one auction — the lock-free price word and seen-bid filter, the
-//!   auction lock, and the rules of every kind.
+//!   auction lock, the idempotency memory, and the rules of every kind (one module each).
+//! - `filter` (private): the seen-bid filter; `hash` (private): the one fixed mixer.
+//! - [`decision`]: what a bid or a close decided ([`BidDecision`], [`ClosedAuction`]).
 //! - [`engine`]: the sharded registry of auctions, the close timer and the state hash.
 //! - [`replay`]: rebuilds an engine from its events through the live code path.
 //! - [`snapshot`]: the complete state of auctions as values, and restoring from it.
 //! - [`view`]: read-only snapshots of auctions.
 
 mod auction;
+pub mod decision;
 pub mod engine;
 pub mod event;
 mod filter;
+mod hash;
 pub mod replay;
 pub mod snapshot;
 mod sync;
 pub mod types;
 pub mod view;
 
-pub use engine::{ClosedAuction, CreateError, Engine, EngineConfig, ManageError};
+pub use decision::{BidDecision, ClosedAuction};
+pub use engine::{CreateError, Engine, EngineConfig, ManageError};
 
 pub use event::{
     Backpressure, BoundedSink, CloseReason, DECISION_EVENTS_MAX, DiscardSink, Event, EventKind,

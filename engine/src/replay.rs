@@ -9,12 +9,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 
 use thiserror::Error;
 
-use crate::engine::{CreateError, Engine, IdHasher, ManageError};
+use crate::engine::{CreateError, Engine, ManageError};
 use crate::event::{Backpressure, CloseReason, Event, EventKind, EventSink, Receipt};
+use crate::hash::BuildMixHasher;
 use crate::types::{AuctionId, BidOutcome};
 
 /// Why replay stopped.
@@ -88,7 +88,7 @@ pub struct Replayer<'e> {
     after_snapshot: bool,
     skipped: u64,
     /// Derived events each auction's last command produced that the log has not shown yet.
-    expected: HashMap<AuctionId, VecDeque<Event>, BuildHasherDefault<IdHasher>>,
+    expected: HashMap<AuctionId, VecDeque<Event>, BuildMixHasher>,
     /// Collects what each re-executed command produces.
     capture: Capture,
     events: u64,
@@ -174,7 +174,7 @@ impl<'e> Replayer<'e> {
                     })?;
             }
             EventKind::BidAccepted { bid, .. } => {
-                let outcome = self.engine.place_bid(bid, logged.at, capture);
+                let outcome = self.engine.place_bid(bid, logged.at, capture).outcome;
                 if !matches!(outcome, BidOutcome::Accepted(_)) {
                     return Err(ReplayError::BidNotAccepted {
                         auction: id,

@@ -857,7 +857,8 @@ impl Harness {
                     .expect("valid bid");
                 let outcome = self
                     .engine
-                    .place_bid(&bid, UnixMicros(self.now), &self.sink);
+                    .place_bid(&bid, UnixMicros(self.now), &self.sink)
+                    .outcome;
                 prop_assert_eq!(outcome, BidOutcome::Rejected(Rejection::UnknownAuction));
             }
             Op::CloseDue => {
@@ -967,7 +968,11 @@ impl Harness {
     /// Decides `bid` in engine and model; returns the batch the model expects published.
     fn bid(&mut self, bid: &Bid) -> Result<Vec<Vec<Event>>, TestCaseError> {
         let now = self.now;
-        let outcome = self.engine.place_bid(bid, UnixMicros(now), &self.sink);
+        let decision = self.engine.place_bid(bid, UnixMicros(now), &self.sink);
+        let outcome = decision.outcome;
+        if !matches!(outcome, BidOutcome::Accepted(_)) {
+            prop_assert_eq!(decision.closed, None, "a rejection closes nothing");
+        }
         let Some(model) = self.models.iter_mut().find(|m| m.id() == bid.auction()) else {
             unreachable!("bids go to created auctions");
         };
@@ -1017,6 +1022,17 @@ impl Harness {
                     outcome,
                     BidOutcome::Accepted(plan.accepted),
                     "bid {:?} at {}",
+                    bid,
+                    now
+                );
+                // The decision says whether the bid closed the auction, as the model does.
+                prop_assert_eq!(
+                    decision
+                        .closed
+                        .map(|c| (c.id, c.settlement, Some(c.receipt))),
+                    plan.settlement
+                        .map(|s| (bid.auction(), s, decision.receipt)),
+                    "the close of bid {:?} at {}",
                     bid,
                     now
                 );
@@ -1437,7 +1453,9 @@ fn too_low_bid_before_the_start_is_not_open() {
     for kind in every_kind() {
         let (engine, sink) = engine_with(kind.clone());
         assert_eq!(
-            engine.place_bid(&low_bid(1), UnixMicros(999), &sink),
+            engine
+                .place_bid(&low_bid(1), UnixMicros(999), &sink)
+                .outcome,
             BidOutcome::Rejected(Rejection::NotOpen),
             "{kind:?}"
         );
@@ -1451,7 +1469,9 @@ fn too_low_bid_after_the_end_is_closed() {
     for kind in every_kind() {
         let (engine, sink) = engine_with(kind.clone());
         assert_eq!(
-            engine.place_bid(&low_bid(1), UnixMicros(2_000), &sink),
+            engine
+                .place_bid(&low_bid(1), UnixMicros(2_000), &sink)
+                .outcome,
             BidOutcome::Rejected(Rejection::Closed),
             "{kind:?}"
         );

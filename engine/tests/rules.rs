@@ -83,7 +83,9 @@ impl World {
             UnixMicros(at),
         )
         .unwrap();
-        self.engine.place_bid(&bid, UnixMicros(at), &self.sink)
+        self.engine
+            .place_bid(&bid, UnixMicros(at), &self.sink)
+            .outcome
     }
 
     fn bid(&mut self, who: &str, amount: u64, at: u64) -> BidOutcome {
@@ -140,7 +142,7 @@ fn unknown_auction_is_rejected() {
     )
     .unwrap();
     assert_eq!(
-        w.engine.place_bid(&bid, UnixMicros(START), &w.sink),
+        w.engine.place_bid(&bid, UnixMicros(START), &w.sink).outcome,
         BidOutcome::Rejected(Rejection::UnknownAuction)
     );
 }
@@ -296,7 +298,7 @@ fn a_full_sink_rejects_with_overloaded_and_changes_nothing() {
     )
     .unwrap();
     assert_eq!(
-        w.engine.place_bid(&bid, UnixMicros(START), &Full),
+        w.engine.place_bid(&bid, UnixMicros(START), &Full).outcome,
         BidOutcome::Rejected(Rejection::Overloaded {
             retry_after_us: 250
         })
@@ -305,7 +307,7 @@ fn a_full_sink_rejects_with_overloaded_and_changes_nothing() {
     assert_eq!(w.engine.price(AuctionId(1)), Some((None, false)));
     // The same bid id is not remembered: it is accepted once the sink has room.
     assert!(matches!(
-        w.engine.place_bid(&bid, UnixMicros(START), &w.sink),
+        w.engine.place_bid(&bid, UnixMicros(START), &w.sink).outcome,
         BidOutcome::Accepted(_)
     ));
     // A close the sink refuses stays due and happens on the next tick.
@@ -343,7 +345,7 @@ fn bounded_sink_admits_a_decision_all_or_none() {
     )
     .unwrap();
     assert_eq!(
-        engine.place_bid(&buy, UnixMicros(START), &sink),
+        engine.place_bid(&buy, UnixMicros(START), &sink).outcome,
         BidOutcome::Rejected(Rejection::Overloaded { retry_after_us: 99 })
     );
     assert_eq!(sink.len(), 1, "nothing of the refused decision was queued");
@@ -363,18 +365,18 @@ fn bounded_sink_admits_a_decision_all_or_none() {
     )
     .unwrap();
     assert!(matches!(
-        engine.place_bid(&small, UnixMicros(START), &sink),
+        engine.place_bid(&small, UnixMicros(START), &sink).outcome,
         BidOutcome::Accepted(_)
     ));
     assert!(matches!(
-        engine.place_bid(&buy, UnixMicros(START), &sink),
+        engine.place_bid(&buy, UnixMicros(START), &sink).outcome,
         BidOutcome::Rejected(Rejection::Overloaded { .. })
     ));
     // Draining makes room; events come out in the auction's order.
     let seqs: Vec<u64> = std::iter::from_fn(|| sink.pop()).map(|e| e.seq).collect();
     assert_eq!(seqs, vec![1, 2]);
     assert!(matches!(
-        engine.place_bid(&buy, UnixMicros(START), &sink),
+        engine.place_bid(&buy, UnixMicros(START), &sink).outcome,
         BidOutcome::Accepted(_)
     ));
     assert_eq!(sink.len(), 3);
@@ -839,24 +841,83 @@ fn decisions_return_the_sinks_receipt_for_their_last_event() {
         )
         .unwrap()
     };
-    let (outcome, receipt) =
-        engine.place_bid_with_receipt(&bid(1, 10, START), UnixMicros(START), &sink);
-    assert!(matches!(outcome, BidOutcome::Accepted(_)));
-    assert_eq!(receipt, Some(Receipt(2)));
+    let decision = engine.place_bid(&bid(1, 10, START), UnixMicros(START), &sink);
+    assert!(matches!(decision.outcome, BidOutcome::Accepted(_)));
+    assert_eq!(decision.receipt, Some(Receipt(2)));
+    assert_eq!(decision.closed, None, "an ordinary bid closes nothing");
     // Accepted and extended: the receipt covers both events.
-    let (_, receipt) =
-        engine.place_bid_with_receipt(&bid(2, 11, END - 1), UnixMicros(END - 1), &sink);
-    assert_eq!(receipt, Some(Receipt(4)));
+    let decision = engine.place_bid(&bid(2, 11, END - 1), UnixMicros(END - 1), &sink);
+    assert_eq!(decision.receipt, Some(Receipt(4)));
+    assert_eq!(decision.closed, None);
     // Rejections publish nothing and have no receipt.
-    let (outcome, receipt) =
-        engine.place_bid_with_receipt(&bid(3, 5, END - 1), UnixMicros(END - 1), &sink);
+    let decision = engine.place_bid(&bid(3, 5, END - 1), UnixMicros(END - 1), &sink);
     assert!(matches!(
-        outcome,
+        decision.outcome,
         BidOutcome::Rejected(Rejection::TooLow { .. })
     ));
-    assert_eq!(receipt, None);
+    assert_eq!(decision.receipt, None);
+    assert_eq!(decision.closed, None);
     let closed = engine.close_due(UnixMicros(END + 100), usize::MAX, &sink);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].receipt, Receipt(6));
     assert_eq!(closed[0].settlement.winner.unwrap().price, 11);
+}
+
+/// A bid that ends its auction (an English or sealed buy-now, a Dutch sale) says so in its
+/// decision, with the settlement and the receipt covering the close: the driver announces
+/// it from that, without asking the engine again. Nothing else closes from a bid.
+#[test]
+fn a_bid_that_ends_its_auction_carries_the_close_in_its_decision() {
+    let mut english_buy_now = rules(1, english(10));
+    english_buy_now.buy_now = Some(500);
+    let mut sealed_buy_now = rules(2, AuctionKind::SealedFirstPrice { min_bid: 10 });
+    sealed_buy_now.buy_now = Some(500);
+    let dutch_sale = rules(3, dutch());
+    for (r, amount, price, reason) in [
+        (english_buy_now, 600, 500, CloseReason::BuyNow),
+        (sealed_buy_now, 600, 500, CloseReason::BuyNow),
+        (dutch_sale, 1_000, 100, CloseReason::Sold),
+    ] {
+        let id = r.id;
+        let w = World::new(r);
+        let ordinary = Bid::new(id, bidder("a"), BidId(1), 10, None, UnixMicros(START)).unwrap();
+        if id != AuctionId(3) {
+            let decision = w.engine.place_bid(&ordinary, UnixMicros(START), &w.sink);
+            assert!(matches!(decision.outcome, BidOutcome::Accepted(_)));
+            assert_eq!(decision.closed, None, "auction {id}");
+        }
+        let winning = Bid::new(id, bidder("b"), BidId(2), amount, None, UnixMicros(START)).unwrap();
+        let decision = w.engine.place_bid(&winning, UnixMicros(START), &w.sink);
+        assert!(
+            matches!(decision.outcome, BidOutcome::Accepted(_)),
+            "auction {id}"
+        );
+        let closed = decision.closed.expect("the bid closed its auction");
+        assert_eq!(closed.id, id);
+        assert_eq!(
+            Some(closed.receipt),
+            decision.receipt,
+            "one receipt covers the bid and the close"
+        );
+        let winner = closed.settlement.winner.expect("the bid wins");
+        assert_eq!(
+            (winner.bidder, winner.bid, winner.price),
+            (bidder("b"), BidId(2), price)
+        );
+        let view = w.engine.view(id, UnixMicros(START)).unwrap();
+        assert_eq!(view.close_reason, Some(reason), "auction {id}");
+        assert_eq!(view.settlement, Some(closed.settlement), "auction {id}");
+        // A retry of the closing bid gets its original outcome but closes nothing again.
+        let retry = w.engine.place_bid(&winning, UnixMicros(START), &w.sink);
+        assert!(matches!(
+            retry.outcome,
+            BidOutcome::Rejected(Rejection::Duplicate { .. })
+        ));
+        assert_eq!(retry.closed, None, "auction {id}");
+        assert!(
+            w.engine
+                .close_due(UnixMicros(END), usize::MAX, &w.sink)
+                .is_empty()
+        );
+    }
 }

@@ -259,7 +259,7 @@ fn run_bidder(
             ring.push_back(bid);
             (bid, Sent::New)
         };
-        let outcome = engine.place_bid(&bid, at, sink);
+        let outcome = engine.place_bid(&bid, at, sink).outcome;
         if let (Sent::New, BidOutcome::Accepted(accepted)) = (sent, outcome) {
             own_accepted.push((bid, accepted));
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, ManageError,
+    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, ManageError,
     Receipt, UnixMicros,
 };
 use gavel_transport::{Backend, DurableError};
@@ -26,7 +26,7 @@ impl Backend for NodeBackend {
         self.0.engine()
     }
 
-    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>) {
+    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
         self.0.place_bid(bid, now)
     }
 

@@ -182,13 +182,13 @@ mod tests {
         );
         let bidder = BidderId::new("acme").unwrap();
         let bid = Bid::new(AuctionId(1), bidder, BidId(1), 20, None, UnixMicros(5)).unwrap();
-        let (outcome, receipt) = engine.place_bid_with_receipt(&bid, UnixMicros(5), &sink);
-        assert!(matches!(outcome, BidOutcome::Accepted(_)));
-        assert_eq!(receipt, Some(Receipt(2)));
+        let decision = engine.place_bid(&bid, UnixMicros(5), &sink);
+        assert!(matches!(decision.outcome, BidOutcome::Accepted(_)));
+        assert_eq!(decision.receipt, Some(Receipt(2)));
         // Buy-now: accepted, closed and settled — three records, one batch.
         let buy = Bid::new(AuctionId(1), bidder, BidId(2), 1_000, None, UnixMicros(6)).unwrap();
-        let (_, receipt) = engine.place_bid_with_receipt(&buy, UnixMicros(6), &sink);
-        assert_eq!(receipt, Some(Receipt(5)));
+        let decision = engine.place_bid(&buy, UnixMicros(6), &sink);
+        assert_eq!(decision.receipt, Some(Receipt(5)));
         assert_eq!(sink.appended_records(), 5);
         sink.wal()
             .wait_durable(5, Duration::from_secs(5))
@@ -236,7 +236,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            engine.place_bid(&bid, UnixMicros(5), &sink),
+            engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
             BidOutcome::Rejected(Rejection::Overloaded {
                 retry_after_us: FAILED_RETRY_AFTER_US
             })

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, EngineConfig,
+    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, EngineConfig,
     ManageError, Receipt, ReplaySummary, UnixMicros,
 };
 use gavel_proto::convert::state::{
@@ -390,11 +390,10 @@ impl Node {
             .create_auction(spec, now, &self.shared.sink)
     }
 
-    /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for.
-    pub fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>) {
-        self.shared
-            .engine
-            .place_bid_with_receipt(bid, now, &self.shared.sink)
+    /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for, and
+    /// a bid that closed its auction says so.
+    pub fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
+        self.shared.engine.place_bid(bid, now, &self.shared.sink)
     }
 
     /// Closes and settles up to `max` due auctions; announce each settlement once its

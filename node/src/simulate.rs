@@ -819,12 +819,12 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
         };
         loop {
             tally.decisions += 1;
-            let (outcome, receipt) = engine.place_bid_with_receipt(&bid, now, sink);
-            match outcome {
+            let decision = engine.place_bid(&bid, now, sink);
+            match decision.outcome {
                 BidOutcome::Accepted(accepted) => {
                     tally.accepted += 1;
                     last_accepted = Some(bid);
-                    if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, receipt) {
+                    if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, decision.receipt) {
                         acks.pending.push_back(PendingAck {
                             lsn,
                             at: Instant::now(),

@@ -45,7 +45,8 @@ fn bids(node: &Node, first: u64, count: u64) {
             UnixMicros(n),
         )
         .unwrap();
-        match node.place_bid(&bid, UnixMicros(n)) {
+        let decision = node.place_bid(&bid, UnixMicros(n));
+        match (decision.outcome, decision.receipt) {
             (BidOutcome::Accepted(_), receipt) => last = receipt,
             other => panic!("bid {n}: {other:?}"),
         }

@@ -84,7 +84,8 @@ fn bid_and_wait(node: &Node, t: u64) -> Vec<(u64, u128)> {
             UnixMicros(1 + n),
         )
         .unwrap();
-        let (outcome, receipt) = node.place_bid(&bid, UnixMicros(1 + n));
+        let decision = node.place_bid(&bid, UnixMicros(1 + n));
+        let (outcome, receipt) = (decision.outcome, decision.receipt);
         assert!(
             matches!(outcome, BidOutcome::Accepted(_)),
             "thread {t} bid {n}: {outcome:?}"
@@ -435,7 +436,8 @@ fn timed_bid(node: &Node, n: u64) -> (BidOutcome, Option<gavel_engine::Receipt>)
     )
     .unwrap();
     let started = Instant::now();
-    let answer = node.place_bid(&bid, UnixMicros(1 + n));
+    let decision = node.place_bid(&bid, UnixMicros(1 + n));
+    let answer = (decision.outcome, decision.receipt);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "bid {n} was answered after {:?}",

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidId, BidOutcome, BidderId, Receipt, Rejection, UnixMicros,
+    AuctionId, AuctionSpec, Bid, BidDecision, BidId, BidOutcome, BidderId, Receipt, Rejection,
+    UnixMicros,
 };
 use gavel_node::durable::FAILED_RETRY_AFTER_US;
 use gavel_node::{Node, NodeConfig};
@@ -35,7 +36,8 @@ fn bid(node: &Node, auctions: u64, n: u64) -> Receipt {
         UnixMicros(n),
     )
     .unwrap();
-    match node.place_bid(&bid, UnixMicros(n)) {
+    let decision = node.place_bid(&bid, UnixMicros(n));
+    match (decision.outcome, decision.receipt) {
         (BidOutcome::Accepted(_), Some(receipt)) => receipt,
         other => panic!("bid {n}: {other:?}"),
     }
@@ -237,12 +239,9 @@ fn a_failing_log_refuses_decisions_and_acknowledges_nothing_durable() {
     .unwrap();
     assert_eq!(
         node.place_bid(&late, UnixMicros(9)),
-        (
-            BidOutcome::Rejected(Rejection::Overloaded {
-                retry_after_us: FAILED_RETRY_AFTER_US
-            }),
-            None
-        )
+        BidDecision::rejected(Rejection::Overloaded {
+            retry_after_us: FAILED_RETRY_AFTER_US
+        })
     );
     assert!(node.create_auction(english(1), UnixMicros(9)).is_err());
     assert_eq!(node.wal().durable_lsn(), created.0);

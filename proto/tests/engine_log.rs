@@ -88,7 +88,7 @@ fn run_market(engine: &Engine) -> Vec<Event> {
                 UnixMicros(now.0 - 3),
             )
             .unwrap();
-            if let BidOutcome::Accepted(_) = engine.place_bid(&bid, now, &sink) {
+            if let BidOutcome::Accepted(_) = engine.place_bid(&bid, now, &sink).outcome {
                 accepted += 1;
             }
         }

@@ -147,7 +147,9 @@ impl Market {
         .unwrap();
         self.next_bid_id += 1;
         self.sent.push(bid);
-        self.engine.place_bid(&bid, UnixMicros(now), &self.sink)
+        self.engine
+            .place_bid(&bid, UnixMicros(now), &self.sink)
+            .outcome
     }
 
     fn scripted() -> Market {
@@ -184,7 +186,9 @@ impl Market {
         // A retry inside the window gets its original outcome.
         let retry = *m.sent.last().unwrap();
         assert!(matches!(
-            m.engine.place_bid(&retry, UnixMicros(1_100), &m.sink),
+            m.engine
+                .place_bid(&retry, UnixMicros(1_100), &m.sink)
+                .outcome,
             BidOutcome::Rejected(Rejection::Duplicate { .. })
         ));
         // The sealed first-price auction ends at 9,000; auction 1 was extended to 10,100.
@@ -288,8 +292,12 @@ fn a_market_round_trips_through_bytes_and_has_the_same_future() {
     let (mut accepted, mut duplicates) = (0, 0);
     for bid in &bids {
         let now = UnixMicros(9_960);
-        let original = market.engine.place_bid(bid, now, &market.sink);
-        assert_eq!(copy.place_bid(bid, now, &copy_sink), original, "{bid:?}");
+        let original = market.engine.place_bid(bid, now, &market.sink).outcome;
+        assert_eq!(
+            copy.place_bid(bid, now, &copy_sink).outcome,
+            original,
+            "{bid:?}"
+        );
         match original {
             BidOutcome::Accepted(_) => accepted += 1,
             BidOutcome::Rejected(Rejection::Duplicate { .. }) => duplicates += 1,

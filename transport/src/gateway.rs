@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use gavel_engine::{
-    AuctionSpec, Bid, BidOutcome, ClosedAuction, CreateError, Engine, ManageError, Receipt,
+    AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, ManageError, Receipt,
     UnixMicros,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,8 +26,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The engine, for lock-free reads (views, lists, prices).
     fn engine(&self) -> &Engine;
 
-    /// Decides a bid; an accepted bid comes with the receipt its durable ack waits for.
-    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> (BidOutcome, Option<Receipt>);
+    /// Decides a bid; an accepted bid comes with the receipt its durable ack waits for, and
+    /// a bid that closed its auction with that close.
+    fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision;
 
     /// Creates an auction.
     fn create_auction(&self, spec: AuctionSpec, now: UnixMicros) -> Result<Receipt, CreateError>;

@@ -13,7 +13,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{AuctionId, BidOutcome, CloseReason, Engine, Receipt, Rejection, UnixMicros};
+use gavel_engine::{
+    AuctionId, BidDecision, BidOutcome, ClosedAuction, Engine, Rejection, UnixMicros,
+};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -381,22 +383,19 @@ impl<B: Backend> Session<B> {
             return self.refuse(request_id, Rejection::RateLimited, out, "rate");
         }
         let started = Instant::now();
-        let (outcome, receipt) = backend.place_bid(&bid, now_micros());
+        let decision = backend.place_bid(&bid, now_micros());
         let decided = Instant::now();
-        if let BidOutcome::Accepted(accepted) = outcome {
+        let BidDecision {
+            outcome,
+            receipt,
+            closed,
+        } = decision;
+        if let BidOutcome::Accepted(_) = outcome {
             // After the change applied: the fan-out reads what this announces.
             self.gateway.hub().changed(bid.auction());
-            if let (Some(receipt), Some((_, true))) =
-                (receipt, backend.engine().price(bid.auction()))
-            {
-                announce_bid_close(
-                    &backend,
-                    self.gateway.hub(),
-                    bid.auction(),
-                    accepted.seq,
-                    receipt,
-                );
-            }
+        }
+        if let Some(closed) = closed {
+            announce_bid_close(&backend, self.gateway.hub(), closed);
         }
         let (result, reason) = metrics::outcome_labels(&outcome);
         let transport = self.transport;
@@ -496,36 +495,19 @@ fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::
     subscriber.wake();
 }
 
-/// The auction closed right after the bid accepted at `seq`: by this bid (buy-now, a Dutch
-/// sale), or by something racing it (its end, a cancel, another bid). Once the bid is
-/// durable, a close by this very bid — its `Closed` and `Settled` events are `seq + 1` and
-/// `seq + 2` — goes to the watchers, whatever happens to the bidder's connection. Every other
-/// close is announced by whoever made it, so one announcement goes out per auction.
-fn announce_bid_close<B: Backend>(
-    backend: &Arc<B>,
-    hub: &Arc<Hub>,
-    id: AuctionId,
-    seq: u64,
-    receipt: Receipt,
-) {
-    let wait = backend.durable(receipt);
+/// This bid closed its auction (buy-now, a Dutch sale; the engine's decision says so). Once
+/// the bid is durable the close goes to the watchers, whatever happens to the bidder's
+/// connection. Every other close is announced by whoever made it, so one announcement goes
+/// out per auction.
+fn announce_bid_close<B: Backend>(backend: &Arc<B>, hub: &Arc<Hub>, closed: ClosedAuction) {
+    let wait = backend.durable(closed.receipt);
     let (backend, hub) = (Arc::clone(backend), Arc::clone(hub));
     tokio::spawn(async move {
         if let Err(e) = wait.await {
-            tracing::error!(auction = id.0, error = %e, "the closing bid is not durable; the close is not announced");
+            tracing::error!(auction = closed.id.0, error = %e, "the closing bid is not durable; the close is not announced");
             return;
         }
-        let now = now_micros();
-        let by_bid = backend.engine().view(id, now).is_some_and(|v| {
-            v.seq == seq + 2
-                && matches!(
-                    v.close_reason,
-                    Some(CloseReason::BuyNow | CloseReason::Sold)
-                )
-        });
-        if by_bid {
-            hub.settled(backend.engine(), id, now);
-        }
+        hub.settled(backend.engine(), closed.id, now_micros());
     });
 }
 

@@ -59,7 +59,7 @@ fn bidder_thread(
     for _ in 0..decisions {
         let bid = bidder.next_bid();
         let start = Instant::now();
-        let outcome = market.engine.place_bid(&bid, NOW, sink);
+        let outcome = market.engine.place_bid(&bid, NOW, sink).outcome;
         h.record(nanos(start)).expect("value within bounds");
         drainer.tick(sink);
         bidder.learn(&bid, &outcome);

@@ -200,7 +200,8 @@ fn kafka_log(
         let auction = 1 + n % AUCTIONS;
         let amount = START_PRICE + INCREMENT * (1 + n / AUCTIONS);
         let b = bid(AuctionId(auction), bidder16(n), u128::from(n), amount);
-        match node.place_bid(&b, NOW) {
+        let decision = node.place_bid(&b, NOW);
+        match (decision.outcome, decision.receipt) {
             (BidOutcome::Accepted(_), Some(receipt)) => {
                 pending.push_back((receipt.0, from));
                 scheduled = None;

@@ -125,7 +125,7 @@ fn generate(dir: &Path, records: u64) -> anyhow::Result<[u8; 32]> {
             rng.random(),
             min_next[auction],
         );
-        match engine.place_bid(&b, UnixMicros(now), &sink) {
+        match engine.place_bid(&b, UnixMicros(now), &sink).outcome {
             BidOutcome::Accepted(accepted) => {
                 min_next[auction] = accepted.price + INCREMENT;
                 appended += 1;

@@ -241,7 +241,10 @@ impl Reference {
                 beyond += 1;
                 continue;
             }
-            match engine.place_bid(&bid, bid.client_sent_at(), &DiscardSink) {
+            match engine
+                .place_bid(&bid, bid.client_sent_at(), &DiscardSink)
+                .outcome
+            {
                 BidOutcome::Rejected(Rejection::Duplicate { original }) => assert_eq!(
                     original.seq, ack.seq,
                     "round {round}: a retry of {ack:?} got another original"
