@@ -127,8 +127,10 @@ fn compacted_log(dir: &std::path::Path) -> (u64, u64) {
             None,
             UnixMicros(n),
         );
-        let (outcome, receipt) = node.place_bid(&bid.unwrap(), UnixMicros(n));
-        let receipt = receipt.unwrap_or_else(|| panic!("bid {n}: {outcome:?}"));
+        let decision = node.place_bid(&bid.unwrap(), UnixMicros(n));
+        let receipt = decision
+            .receipt
+            .unwrap_or_else(|| panic!("bid {n}: {:?}", decision.outcome));
         if n % 100 == 0 && n < 300 {
             // A snapshot covers what is durable.
             node.wait_durable(receipt, std::time::Duration::from_secs(5))
