@@ -167,6 +167,22 @@ pub fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }
 
+/// Registers, at 0, the counters of rare events that the shipped alerts and dashboard
+/// (`ops/`) read, for every value of their bounded labels: a series that appears only with
+/// its first event makes `rate()` miss that event and leaves a dashboard panel empty.
+pub fn start_rare_counters_at_zero() {
+    for transport in ["ws", "sse", "quic"] {
+        metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
+    }
+    for transport in ["https", "quic"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => "connections_max")
+            .increment(0);
+    }
+}
+
 /// Sets [`BUILD_INFO`] (idempotent).
 pub fn build_info() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
