@@ -4,22 +4,26 @@
 //! - the Grafana dashboard (Grafana itself is not installable here): its structure, every
 //!   panel query as PromQL (`promtool check rules` on a rules file made of them), and every
 //!   metric it names present on a live node's `/metrics` after a short load — the node runs
-//!   the Kafka log against a real broker (tansu), so the Kafka panels are checked too.
+//!   the Kafka log against a real broker (tansu), so the Kafka panels are checked too;
+//! - a real Prometheus server (Debian's `prometheus`) on loopback, with the shipped scrape
+//!   config and rules, scraping a live node: killing the node fires `GavelDown`, restarting it
+//!   resolves it.
 //!
-//! `promtool` comes with Debian's `prometheus` package (`ops/test.sh` installs it when
-//! missing). These tests fail, never skip, without it.
+//! `promtool` and `prometheus` come with Debian's `prometheus` package (`ops/test.sh`
+//! installs it when missing). These tests fail, never skip, without them.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::exercise::exercise;
 use common::https::{WAIT, plain_get};
-use common::kafka::Broker;
-use common::served::serve_with_env;
+use common::kafka::{Broker, free_port};
+use common::served::{serve_with_env, serve_with_metrics_on};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
 use serde_json::Value;
@@ -310,4 +314,199 @@ async fn every_metric_the_dashboard_reads_is_on_a_live_node() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The longest wait for Prometheus to start, scrape, or move an alert (its `for` included).
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
+
+/// A `prometheus` server on a free loopback port with the shipped configuration, templated
+/// (1 s scrape and evaluation intervals, the node's metrics address as the target, the
+/// rules file by its path), storing in a temporary directory; killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An active alert: its name, its instance label and its state (`pending`, `firing`).
+type Alert = (String, String, String);
+
+/// The shipped `prometheus.yml` with its `# templated` lines filled in.
+fn scrape_config(target: SocketAddr) -> String {
+    let shipped = std::fs::read_to_string(ops_dir().join("prometheus/prometheus.yml")).unwrap();
+    let rules = rules_file().canonicalize().unwrap();
+    let mut templated = 0;
+    let lines: Vec<String> = shipped
+        .lines()
+        .map(|line| {
+            let Some((setting, _)) = line.split_once(" # templated") else {
+                return line.to_owned();
+            };
+            templated += 1;
+            let indent = &setting[..setting.len() - setting.trim_start().len()];
+            match setting.trim_start() {
+                "scrape_interval: 15s" => format!("{indent}scrape_interval: 1s"),
+                "evaluation_interval: 15s" => format!("{indent}evaluation_interval: 1s"),
+                "- gavel.rules.yml" => format!("{indent}- {}", rules.display()),
+                r#"- targets: ["127.0.0.1:9464"]"# => format!(r#"{indent}- targets: ["{target}"]"#),
+                other => panic!("an unknown templated line in prometheus.yml: {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(templated, 4, "prometheus.yml's templated lines");
+    lines.join("\n")
+}
+
+impl Prometheus {
+    /// Starts it scraping `target` and waits until it is ready.
+    async fn start(target: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, scrape_config(target)).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the prometheus server is needed ({e}): install Debian's `prometheus` \
+                     package (ops/test.sh does it when it is missing)"
+                )
+            });
+        let prometheus = Prometheus { child, addr, dir };
+        let started = Instant::now();
+        // Connecting first: a GET of a port nobody listens on yet panics.
+        while std::net::TcpStream::connect(addr).is_err()
+            || plain_get(addr, "/-/ready").await.0 != StatusCode::OK
+        {
+            prometheus.poll_pause(started, "prometheus ready").await;
+        }
+        prometheus
+    }
+
+    /// The `data` of a GET of an API path.
+    async fn api(&self, path: &str) -> Value {
+        let (status, body) = plain_get(self.addr, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body:?}");
+        let mut answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["status"], "success", "{path}: {answer}");
+        answer["data"].take()
+    }
+
+    /// The active alerts.
+    async fn alerts(&self) -> Vec<Alert> {
+        let data = self.api("/api/v1/alerts").await;
+        data["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|alert| {
+                let label = |name: &str| alert["labels"][name].as_str().unwrap_or("").to_owned();
+                let state = alert["state"].as_str().unwrap().to_owned();
+                (label("alertname"), label("instance"), state)
+            })
+            .collect()
+    }
+
+    /// Fails with Prometheus's log once [`PROMETHEUS_WAIT`] has passed since `started`, else
+    /// sleeps a poll period.
+    async fn poll_pause(&self, started: Instant, what: &str) {
+        if started.elapsed() > PROMETHEUS_WAIT {
+            let log = std::fs::read_to_string(self.dir.path().join("prometheus.log"));
+            panic!("waited {PROMETHEUS_WAIT:?} for {what}; prometheus's log:\n{log:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    /// Polls the active alerts until `done` says so.
+    async fn wait_for_alerts(&self, what: &str, mut done: impl FnMut(&[Alert]) -> bool) {
+        let started = Instant::now();
+        while !done(&self.alerts().await) {
+            self.poll_pause(started, what).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut served = serve_with_metrics_on(&data_dir, metrics);
+    let prometheus = Prometheus::start(metrics).await;
+    let instance = metrics.to_string();
+
+    // The shipped rules are loaded, and the node is scraped and ready.
+    let rules = prometheus.api("/api/v1/rules").await;
+    let alerting = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| group["rules"].as_array().unwrap())
+        .filter(|rule| rule["type"] == "alerting")
+        .count();
+    assert_eq!(alerting, alerts().len(), "{rules}");
+    let started = Instant::now();
+    loop {
+        let ready = prometheus.api("/api/v1/query?query=gavel_ready").await;
+        if ready["result"][0]["value"][1] == "1" {
+            break;
+        }
+        prometheus
+            .poll_pause(started, "the node scraped and ready")
+            .await;
+    }
+    // A few evaluations of a healthy node: nothing pending, nothing firing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        prometheus.alerts().await,
+        [],
+        "a healthy node raises no alert"
+    );
+
+    // The fault: the node dies (SIGKILL). GavelDown goes pending, then firing after its 30 s.
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let down = |state: &str| ("GavelDown".to_owned(), instance.clone(), state.to_owned());
+    let mut states = Vec::new();
+    prometheus
+        .wait_for_alerts("GavelDown firing", |alerts| {
+            states.extend(
+                alerts
+                    .iter()
+                    .filter(|a| a.0 == "GavelDown")
+                    .map(|a| a.2.clone()),
+            );
+            alerts.contains(&down("firing"))
+        })
+        .await;
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("pending"),
+        "{states:?}"
+    );
+
+    // The node comes back on the same data and port: the alert resolves.
+    served = serve_with_metrics_on(&data_dir, metrics);
+    prometheus
+        .wait_for_alerts("GavelDown resolved", |alerts| {
+            !alerts.iter().any(|a| a.0 == "GavelDown")
+        })
+        .await;
+    drop(served);
 }
