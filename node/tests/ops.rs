@@ -7,7 +7,10 @@
 //!   the Kafka log against a real broker (tansu), so the Kafka panels are checked too;
 //! - a real Prometheus server (Debian's `prometheus`) on loopback, with the shipped scrape
 //!   config and rules, scraping a live node: killing the node fires `GavelDown`, restarting it
-//!   resolves it.
+//!   resolves it;
+//! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
+//!   `--log-format json`, `gavel config print` (sources) and `gavel config check` (the
+//!   example production file `ops/gavel.example.toml` passes it and names every option).
 //!
 //! `promtool` and `prometheus` come with Debian's `prometheus` package (`ops/test.sh`
 //! installs it when missing). These tests fail, never skip, without them.
@@ -23,7 +26,8 @@ use std::time::{Duration, Instant};
 use common::exercise::exercise;
 use common::https::{WAIT, plain_get};
 use common::kafka::{Broker, free_port};
-use common::served::{serve_with_env, serve_with_metrics_on};
+use common::served::{serve, serve_with_env, serve_with_metrics_on};
+use common::{gavel, gavel_fails, gavel_ok};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
 use serde_json::Value;
@@ -509,4 +513,144 @@ async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_o
         })
         .await;
     drop(served);
+}
+
+/// The commit `gavel --version` names (`gavel 0.1.0 (commit 1a2b3c4d5e6f)`).
+fn version_commit() -> String {
+    let (stdout, _) = gavel_ok(&["--version"]);
+    let version = format!("gavel {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = stdout
+        .trim()
+        .strip_prefix(&version)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("gavel --version: {stdout:?}"));
+    // A git checkout gives 12 hex digits; a build without git says so.
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit:?}"
+    );
+    commit.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_healthz_and_build_info_name_the_same_build() {
+    let commit = version_commit();
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let (status, body) = plain_get(served.metrics, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(body, format!("ok version={version} commit={commit}\n"));
+    let (_, metrics) = plain_get(served.metrics, "/metrics").await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let info = format!(r#"gavel_build_info{{version="{version}",commit="{commit}"}} 1"#);
+    assert!(metrics.contains(&info), "no {info} in:\n{metrics}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let (_, stderr) = gavel_ok(&["--log-format", "json", "cert", "--dir", certs]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "cert logs what it made");
+    for line in lines {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        for field in ["timestamp", "level", "message", "target"] {
+            assert!(event[field].is_string(), "no {field} in {line}");
+        }
+    }
+    // The default is text, which is not JSON.
+    let again = dir.path().join("again");
+    let (_, stderr) = gavel_ok(&["cert", "--dir", again.to_str().unwrap()]);
+    let first = stderr.lines().next().unwrap();
+    assert!(serde_json::from_str::<Value>(first).is_err(), "{first}");
+    let (_, stderr) = gavel_fails(&["--log-format", "xml", "cert"]);
+    assert!(stderr.contains("invalid value 'xml'"), "{stderr}");
+}
+
+#[test]
+fn config_print_shows_each_value_with_its_source_and_its_output_is_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gavel.toml");
+    std::fs::write(
+        &file,
+        "dev = true\nframe_bytes_max = 4096\nidle_timeout_ms = 1\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args([
+            "config",
+            "print",
+            "--config",
+            file,
+            "--quic-listen",
+            "127.0.0.1:9999",
+        ])
+        .env("GAVEL_IDLE_TIMEOUT_MS", "5000")
+        .output()
+        .unwrap();
+    assert_success("gavel config print", &output);
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        format!("frame_bytes_max = 4096 # file {file}"),
+        "idle_timeout_ms = 5000 # env GAVEL_IDLE_TIMEOUT_MS".to_owned(),
+        r#"quic_listen = "127.0.0.1:9999" # flag --quic-listen"#.to_owned(),
+        "# connections_max = 10000 # default".to_owned(),
+        r#"# data_dir = "./data" # default"#.to_owned(),
+        "# metrics_listen is not set # default (see gavel serve --help)".to_owned(),
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "no {line:?} in:\n{printed}"
+        );
+    }
+    // What it printed configures the same node.
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    gavel_ok(&["config", "check", again.to_str().unwrap()]);
+    // An invalid combination is printed, then refused.
+    let out = gavel(&["config", "print", "--dev", "--engine-shards", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("engine_shards = 3 # flag"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("engine_shards must be a power of two"));
+}
+
+#[test]
+fn config_check_accepts_the_example_production_file_which_names_every_option() {
+    let example = ops_dir().join("gavel.example.toml");
+    let (stdout, _) = gavel_ok(&["config", "check", example.to_str().unwrap()]);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let command = gavel_node::serve::config::command();
+    for arg in command.get_arguments() {
+        let key = arg.get_id().as_str();
+        if key == "config" {
+            continue;
+        }
+        let named = text.lines().any(|line| {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(" = "))
+        });
+        assert!(named, "ops/gavel.example.toml does not name {key}");
+    }
+    // A mistyped key, or a bad value, is refused naming it.
+    let dir = tempfile::tempdir().unwrap();
+    for (content, needle) in [
+        (text.replace("dev = false", "devv = false"), "devv"),
+        (
+            text.replace("# engine_shards = 64", "engine_shards = 3"),
+            "engine_shards",
+        ),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, content).unwrap();
+        let (_, stderr) = gavel_fails(&["config", "check", bad.to_str().unwrap()]);
+        assert!(stderr.contains(needle), "{stderr}");
+    }
 }

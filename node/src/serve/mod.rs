@@ -58,6 +58,10 @@ pub fn prometheus() -> PrometheusHandle {
             }
             gavel_transport::metrics::describe();
             describe_node_metrics();
+            gavel_transport::metrics::set_build(gavel_transport::metrics::Build {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+            });
             gavel_transport::metrics::build_info();
             gavel_transport::metrics::start_rare_counters_at_zero();
             handle
