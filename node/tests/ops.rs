@@ -1,6 +1,7 @@
 //! The operations kit in `ops/` checked with the real tools and a live node:
 //! - the alert and recording rules with `promtool check rules` and their unit tests
-//!   (`promtool test rules`), and every alert's runbook link and test cases;
+//!   (`promtool test rules`), every alert's test cases, and its runbook section in
+//!   `docs/runbook.md` (meaning, how to confirm, what to do);
 //! - the Grafana dashboard (Grafana itself is not installable here): its structure, every
 //!   panel query as PromQL (`promtool check rules` on a rules file made of them), and every
 //!   metric it names present on a live node's `/metrics` after a short load — the node runs
@@ -93,6 +94,58 @@ fn alerts() -> Vec<(String, String)> {
         }
     }
     alerts
+}
+
+/// The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_section_that_says_what_it_means_how_to_confirm_and_what_to_do() {
+    let runbook =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbook.md"))
+            .unwrap();
+    // Each heading's anchor, with the text of its section.
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in runbook.lines() {
+        match line.trim_start_matches('#') {
+            heading if line.starts_with('#') => sections.push((anchor(heading), String::new())),
+            _ => {
+                if let Some((_, text)) = sections.last_mut() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    for (name, url) in alerts() {
+        let wanted = url.strip_prefix(RUNBOOK_URL).unwrap();
+        let (_, text) = sections
+            .iter()
+            .find(|(anchor, _)| anchor == wanted)
+            .unwrap_or_else(|| panic!("docs/runbook.md has no section for {name} (#{wanted})"));
+        for part in ["**Meaning.**", "**Confirm.**", "**Do.**"] {
+            assert!(
+                text.contains(part),
+                "{name}'s runbook section has no {part}"
+            );
+        }
+    }
+    // Links inside the runbook land on a section.
+    for link in runbook.split("](#").skip(1) {
+        let target = link.split(')').next().unwrap();
+        assert!(
+            sections.iter().any(|(anchor, _)| anchor == target),
+            "docs/runbook.md links to #{target}, which is no heading"
+        );
+    }
 }
 
 #[test]
