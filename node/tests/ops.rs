@@ -9,6 +9,8 @@
 //! - a real Prometheus server (Debian's `prometheus`) on loopback, with the shipped scrape
 //!   config and rules, scraping a live node: killing the node fires `GavelDown`, restarting it
 //!   resolves it;
+//! - the deployment kit: `systemd-analyze verify` on the unit, and `ops/cluster.sh` bringing
+//!   up a broker, two nodes (a writer and a standby) and Prometheus, and taking them down;
 //! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
 //!   `--log-format json`, `gavel config print` (sources) and `gavel config check` (the
 //!   example production file `ops/gavel.example.toml` passes it and names every option).
@@ -706,4 +708,146 @@ fn config_check_accepts_the_example_production_file_which_names_every_option() {
         let (_, stderr) = gavel_fails(&["config", "check", bad.to_str().unwrap()]);
         assert!(stderr.contains(needle), "{stderr}");
     }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(ops_dir().join("systemd/gavel.service")).unwrap();
+    for directive in [
+        "User=gavel",
+        "StateDirectory=gavel",
+        "LimitNOFILE=65536",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/local/bin/gavel --log-format json serve --config /etc/gavel/gavel.toml",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == directive),
+            "no {directive:?} in the unit"
+        );
+    }
+    // systemd-analyze wants the binary to exist: the built one stands in for the installed.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gavel.service");
+    let unit = unit.replace("/usr/local/bin/gavel", env!("CARGO_BIN_EXE_gavel"));
+    std::fs::write(&copy, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is needed");
+    assert_success("systemd-analyze verify", &verify);
+    // An unknown or misspelt directive is only a warning for systemd: none may be printed.
+    assert!(
+        verify.stderr.is_empty() && verify.stdout.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// A `PORT_BASE` for `ops/cluster.sh` with two nodes whose every port is free now.
+fn free_port_base() -> u16 {
+    let offsets = [90, 92, 143, 144, 164, 243, 244, 264];
+    (20_000..30_000)
+        .step_by(1_000)
+        .find(|base: &u16| {
+            offsets.iter().all(|offset| {
+                std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", base + offset)).is_ok()
+            })
+        })
+        .expect("a free range of loopback ports")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let mut script = Command::new(ops_dir().join("cluster.sh"))
+        .arg("2")
+        .env("GAVEL_BIN", env!("CARGO_BIN_EXE_gavel"))
+        .env("CLUSTER_DIR", dir.path())
+        .env("PORT_BASE", base.to_string())
+        .env("PATH", tansu_on_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = script.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| line != "ready")
+            .collect::<Vec<String>>()
+    });
+    let lines = tokio::time::timeout(PROMETHEUS_WAIT, lines).await;
+    let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base + offset));
+    let stop = |mut script: Child| {
+        // SIGTERM, as Ctrl-C would: the script stops what it started.
+        let _ = Command::new("kill").arg(script.id().to_string()).status();
+        script.wait().unwrap()
+    };
+    let Ok(Ok(lines)) = lines else {
+        let status = stop(script);
+        panic!(
+            "cluster.sh did not come up ({status}); logs in {}",
+            dir.path().display()
+        );
+    };
+    assert!(lines[0].starts_with("cluster up in"), "{lines:?}");
+    // The writer is ready; the standby answers but waits for the lease.
+    let started = Instant::now();
+    while plain_get(port(164), "/readyz").await.0 != StatusCode::OK {
+        assert!(started.elapsed() < PROMETHEUS_WAIT, "node 1 never ready");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, body) = plain_get(port(264), "/readyz").await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..])
+    );
+    // Prometheus scrapes both with the shipped rules.
+    let started = Instant::now();
+    loop {
+        let (_, body) = plain_get(port(90), "/api/v1/query?query=up").await;
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        let up = answer["data"]["result"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
+        if up == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PROMETHEUS_WAIT,
+            "prometheus never saw both: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = stop(script);
+    assert!(
+        status.success(),
+        "cluster.sh exits 0 when stopped: {status}"
+    );
+    for offset in [90, 92, 144, 164, 244, 264] {
+        assert!(
+            std::net::TcpStream::connect(port(offset)).is_err(),
+            "port {offset} still open after the script stopped"
+        );
+    }
+}
+
+/// `PATH` with the directory of the tansu binary the Kafka tests use.
+fn tansu_on_path() -> std::ffi::OsString {
+    let tansu = common::kafka::tansu_binary();
+    let mut dirs = vec![tansu.parent().unwrap().to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
 }
