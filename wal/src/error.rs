@@ -193,10 +193,14 @@ pub enum WalError {
         reason: String,
     },
     /// Another node holds the topic's writer lease (see `fence`): one node writes a topic.
+    /// The start waited for the lease to lapse and the holder kept renewing it (or its claim
+    /// won over this node's).
     #[error(
-        "the Kafka topic {topic} is written by another node ({owner}, last heartbeat {age_ms} \
-         ms ago, lease {lease_ms} ms): only one node may write a topic; stop that node, or \
-         start this one once its lease has lapsed"
+        "the Kafka topic {topic} is written by another node ({owner}): it holds the writer \
+         lease ({lease_ms} ms), last renewed {age_ms} ms ago, which lapses in {lapses_in_ms} ms \
+         unless renewed; this node waited {waited_ms} ms and saw it renewed {renewals} times. \
+         Only one node may write a topic: stop that node (a clean stop releases the lease at \
+         once), or start this one once its lease has lapsed"
     )]
     KafkaFenced {
         /// The log topic.
@@ -207,6 +211,12 @@ pub enum WalError {
         age_ms: u64,
         /// Its lease, in milliseconds.
         lease_ms: u64,
+        /// Until the lease lapses unless the holder renews it, in milliseconds (0: lapsed).
+        lapses_in_ms: u64,
+        /// How long this node waited for the lease to lapse, in milliseconds.
+        waited_ms: u64,
+        /// Renewals by the holder seen while waiting.
+        renewals: u32,
     },
     /// The Kafka producer's effective configuration would allow reordering or duplicates.
     #[error("refusing the Kafka producer setting {setting}={value:?}: {why}")]

@@ -136,7 +136,8 @@ pub struct KafkaConfig {
     pub queue_records_max: usize,
     /// Payload bytes in flight at most.
     pub queue_bytes_max: usize,
-    /// How long the start waits for the brokers (metadata, topic creation, watermarks).
+    /// How long the start waits for the brokers (metadata, topic creation, watermarks); not
+    /// for another holder's writer lease, which is bounded by that lease (see [`crate::fence`]).
     pub connect_timeout_ms: u64,
     /// librdkafka's `message.timeout.ms`: how long a record may wait for its delivery
     /// (broker down included) before its report fails — and with it the log.
@@ -147,7 +148,8 @@ pub struct KafkaConfig {
     /// [`check_producer_config`].
     pub producer_overrides: Vec<(String, String)>,
     /// The writer lease (one node writes a topic; see [`crate::fence`]): a holder that
-    /// cannot renew it within this long stops; a successor after a crash waits this long.
+    /// cannot renew it within this long stops; a successor after a crash waits until it lapses
+    /// (plus [`LAPSE_MARGIN`](crate::fence::LAPSE_MARGIN)).
     pub writer_lease_ms: u64,
     /// Who this node is in the lease (host, process and a random part by default).
     pub owner: String,
