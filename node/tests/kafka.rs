@@ -428,7 +428,7 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
 /// `beat` records in the writer lock topic of `kafka`'s topic so far (0 before it exists).
 fn lease_beats(kafka: &KafkaConfig) -> usize {
     let lock = KafkaConfig {
-        topic: gavel_wal::fence::lock_topic(&kafka.topic),
+        topic: gavel_wal::kafka::fence::lock_topic(&kafka.topic),
         ..kafka.clone()
     };
     KafkaRecords::open(&lock).map_or(0, |records| {

@@ -1,5 +1,6 @@
 //! The log's error types: [`WalError`] for opening, recovery, compaction and offline tools;
-//! [`AppendError`] and [`WaitError`], small `Copy` values for the hot path.
+//! [`SnapshotDefect`], what is wrong with a snapshot file; [`AppendError`] and [`WaitError`],
+//! small `Copy` values for the hot path.
 
 use std::io;
 use std::path::PathBuf;
@@ -8,7 +9,6 @@ use thiserror::Error;
 
 use crate::Lsn;
 use crate::frame::FrameError;
-use crate::snapshot::SnapshotDefect;
 
 /// An error opening, recovering, reading or maintaining a log directory.
 #[derive(Debug, Error)]
@@ -238,6 +238,44 @@ impl WalError {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }
+}
+
+/// What is wrong with a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SnapshotDefect {
+    /// Shorter than the header.
+    #[error("shorter than the snapshot header")]
+    TooShort,
+    /// The magic bytes are wrong.
+    #[error("bad magic")]
+    BadMagic,
+    /// The version byte is not one this code reads.
+    #[error("unknown snapshot format version {0}")]
+    UnknownVersion(u8),
+    /// The file length disagrees with the declared payload length.
+    #[error("declared payload of {declared} bytes but {actual} bytes follow the header")]
+    LengthMismatch {
+        /// Declared payload length.
+        declared: u64,
+        /// Bytes actually after the header.
+        actual: u64,
+    },
+    /// The CRC does not match.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Stored CRC.
+        stored: u32,
+        /// Computed CRC.
+        computed: u32,
+    },
+    /// The LSN inside disagrees with the file name.
+    #[error("file name says LSN {named} but the header says {stored}")]
+    NameMismatch {
+        /// LSN in the name.
+        named: Lsn,
+        /// LSN in the header.
+        stored: Lsn,
+    },
 }
 
 /// Why [`Wal::append`](crate::Wal::append) refused a record. Nothing was enqueued.

@@ -43,9 +43,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 use crate::durability::lock;
 use crate::error::WalError;
-use crate::kafka::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 
 /// One poll of the lock reader.
 const POLL: Duration = Duration::from_millis(100);
