@@ -234,6 +234,15 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// `Ok` when `ok`, else [`WalError::Config`] saying `what` (a configuration check).
+    pub(crate) fn require(ok: bool, what: &'static str) -> Result<(), WalError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(WalError::Config(what))
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }

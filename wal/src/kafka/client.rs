@@ -95,13 +95,7 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     /// Checks that every value is in range.
     pub fn validate(&self) -> Result<(), WalError> {
-        let check = |ok: bool, what: &'static str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(WalError::Config(what))
-            }
-        };
+        let check = WalError::require;
         check(
             !self.brokers.trim().is_empty(),
             "kafka brokers must not be empty",
