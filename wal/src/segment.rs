@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::Lsn;
@@ -497,9 +497,12 @@ impl Iterator for Records {
 
 /// Fsyncs a directory so that created, renamed or removed entries in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(WalError::io("fsync directory", dir))
+    fsync_dir(dir).map_err(WalError::io("fsync directory", dir))
+}
+
+/// Makes the directory's entries (new, renamed or removed files) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -52,11 +52,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::Lsn;
-use crate::durability::{
-    Durability, DurableFuture, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open,
-    lock,
-};
-use crate::error::{AppendError, WaitError, WalError};
+use crate::durability::{Durability, DurableFuture, LogStatus, batch_bytes, lock};
+use crate::error::{AppendError, LogFailure, WaitError, WalError};
 use crate::frame::{self, HEADER_BYTES, PAYLOAD_BYTES_MAX};
 use crate::segment::{self, Records, Scan, ScanMode, SegmentFile, SegmentSummary, TornTail};
 use crate::snapshot;
@@ -235,8 +232,8 @@ enum WriterWait {
 struct Queue {
     next_lsn: Lsn,
     pending: Pending,
-    /// `STATUS_*`: appends are accepted only while open.
-    status: u8,
+    /// Appends are accepted only while open.
+    status: LogStatus,
     writer: WriterWait,
 }
 
@@ -257,7 +254,7 @@ struct Shared {
 
 impl Shared {
     /// Records the writer's final status and wakes every waiter.
-    fn stop(&self, status: u8, failure: Option<String>) {
+    fn stop(&self, status: LogStatus, failure: Option<LogFailure>) {
         if let Some(failure) = failure {
             self.durability.record_failure(failure);
         }
@@ -404,7 +401,8 @@ impl Wal {
                     first_lsn: 1,
                     path: dir.join(segment::segment_file_name(1)),
                 };
-                let file = create_segment(&first.path)?;
+                let file =
+                    create_segment(&first.path).map_err(WalError::io("create", &first.path))?;
                 segments.push(first);
                 (file, 0)
             }
@@ -420,7 +418,7 @@ impl Wal {
                     lens: Vec::new(),
                     bytes: Vec::new(),
                 },
-                status: STATUS_OPEN,
+                status: LogStatus::Open,
                 writer: WriterWait::Busy,
             }),
             writer_wake: Condvar::new(),
@@ -470,7 +468,7 @@ impl Wal {
         }
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        check_open(queue.status)?;
+        queue.status.check_open()?;
         let pending = &queue.pending;
         let full = pending.lens.len() >= config.queue_records_max
             || (!pending.lens.is_empty()
@@ -529,7 +527,7 @@ impl Wal {
         let batch_bytes = batch_bytes(payloads)?;
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        check_open(queue.status)?;
+        queue.status.check_open()?;
         if payloads.is_empty() {
             return Ok(queue.next_lsn - 1);
         }
@@ -591,7 +589,7 @@ impl Wal {
     }
 
     /// The writer's failure, if it failed (the log then accepts nothing).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogFailure> {
         self.shared.durability.failure()
     }
 
@@ -681,8 +679,8 @@ impl Wal {
     pub fn shutdown(&self) -> Result<Lsn, WalError> {
         {
             let mut queue = lock(&self.shared.queue);
-            if queue.status == STATUS_OPEN {
-                queue.status = STATUS_CLOSED;
+            if queue.status == LogStatus::Open {
+                queue.status = LogStatus::Closed;
             }
         }
         self.shared.writer_wake.notify_one();
@@ -715,12 +713,8 @@ fn batch_full(pending: &Pending, config: &WalConfig) -> bool {
     pending.lens.len() >= config.batch_records_max || pending.bytes.len() >= config.batch_bytes_max
 }
 
-fn create_segment(path: &Path) -> Result<File, WalError> {
-    OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(path)
-        .map_err(WalError::io("create", path))
+fn create_segment(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create_new(true).open(path)
 }
 
 impl std::fmt::Debug for Shared {
@@ -738,7 +732,7 @@ fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
     let config = &shared.config;
     let mut queue = lock(&shared.queue);
     while queue.pending.lens.is_empty() {
-        if queue.status != STATUS_OPEN {
+        if queue.status != LogStatus::Open {
             return false;
         }
         queue.writer = WriterWait::Idle;
@@ -750,7 +744,7 @@ fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
     }
     if gather && config.batch_wait_us_max > 0 {
         let deadline = Instant::now() + Duration::from_micros(config.batch_wait_us_max);
-        while !batch_full(&queue.pending, config) && queue.status == STATUS_OPEN {
+        while !batch_full(&queue.pending, config) && queue.status == LogStatus::Open {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -790,16 +784,16 @@ impl Writer {
             // is gathered; a lone record is synced at once.
             gather = batch.lens.len() > 1;
             if let Err(e) = self.write_batch(&batch) {
-                self.shared.stop(STATUS_FAILED, Some(e.to_string()));
+                self.shared.stop(LogStatus::Failed, Some(e));
                 return;
             }
             batch.clear();
         }
-        self.shared.stop(STATUS_CLOSED, None);
+        self.shared.stop(LogStatus::Closed, None);
     }
 
     /// Writes `batch` in chunks: one write and one fdatasync each, then the durable advance.
-    fn write_batch(&mut self, batch: &Pending) -> Result<(), WalError> {
+    fn write_batch(&mut self, batch: &Pending) -> Result<(), LogFailure> {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         let record_bytes = |len: u32| HEADER_BYTES as u64 + u64::from(len);
@@ -843,17 +837,17 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_chunk(&mut self, first: Lsn, last: Lsn) -> Result<(), WalError> {
+    fn sync_chunk(&mut self, first: Lsn, last: Lsn) -> Result<(), LogFailure> {
         let hooks = &self.shared.hooks;
         hooks
             .before_write(first, last)
             .and_then(|()| self.file.write_all(&self.buf))
-            .map_err(WalError::io("write", &self.path))?;
+            .map_err(LogFailure::io("write", &self.path))?;
         let started = Instant::now();
         hooks
             .before_sync(last)
             .and_then(|()| self.file.sync_data())
-            .map_err(WalError::io("fdatasync", &self.path))?;
+            .map_err(LogFailure::io("fdatasync", &self.path))?;
         let sync_us = started.elapsed().as_micros() as u64;
         hooks.after_sync(last);
         self.segment_bytes += self.buf.len() as u64;
@@ -875,11 +869,12 @@ impl Writer {
 
     /// Starts a new segment whose first record is `first_lsn`. The previous segment is
     /// already synced (every chunk is).
-    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
+    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), LogFailure> {
         let path = self.shared.dir.join(segment::segment_file_name(first_lsn));
-        self.file = create_segment(&path)?;
+        self.file = create_segment(&path).map_err(LogFailure::io("create", &path))?;
         // The new name must be durable before any record in it is acknowledged.
-        segment::sync_dir(&self.shared.dir)?;
+        segment::fsync_dir(&self.shared.dir)
+            .map_err(LogFailure::io("fsync directory", &self.shared.dir))?;
         self.segment_bytes = 0;
         self.path = path.clone();
         lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
