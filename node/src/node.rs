@@ -47,8 +47,9 @@ use gavel_proto::convert::state::{
 };
 use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
+use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
-use gavel_wal::snapshot::{SnapshotDefect, list_snapshots, read_snapshot, remove_old_snapshots};
+use gavel_wal::snapshot::{list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
     WalConfig, WriterHooks, latest_snapshot, write_snapshot,
@@ -432,7 +433,7 @@ impl Node {
     /// reason other than back-pressure. Nothing is acknowledged durable after that.
     pub fn failure(&self) -> Option<String> {
         if let Some(failure) = self.shared.wal.failure() {
-            return Some(failure);
+            return Some(failure.to_string());
         }
         self.shared.sink.failure().map(|e| match e {
             AppendError::Closed => "the write-ahead log is shut down".to_owned(),
