@@ -7,17 +7,18 @@
 #
 # What the nodes are, truthfully: scale-out (partitions shared among nodes, PRODUCT.md §8) is
 # not built yet. One node at a time writes the topic, holding its writer lease; node 1 starts
-# first and takes it. Nodes 2..N are standbys: each waits for the lease (up to
-# STANDBY_WAIT_MS), is refused while node 1 holds it, and is started again by this script.
-# While waiting a standby answers /healthz and says "recovering" on /readyz, so Prometheus
-# shows it not ready (GavelNotReady fires for it after 2 minutes; that is what a standby is
-# today). Kill node 1 (its pid is printed) and, once its lease lapses (10 s), a standby
-# takes it over, replays the topic and serves.
+# first and takes it. Nodes 2..N are standbys: each start waits for the lease, is refused once
+# it has seen the holder renew it (a few seconds), and is started again by this script a
+# second later. While it waits a standby answers /healthz and says "recovering" on /readyz,
+# so Prometheus shows it not ready, and between two starts it misses a scrape now and then.
+# Kill node 1 (its pid is printed): once its lease lapses (10 s after its last renewal; at
+# once after a graceful SIGTERM, which releases it), the next standby start takes the lease,
+# replays the topic and serves.
 #
 # Environment: GAVEL_BIN (default target/release/gavel, built if missing), CLUSTER_DIR (default
 # a new temporary directory; logs and data stay there), PORT_BASE (default 17000: the broker
 # on PORT_BASE+92, Prometheus on PORT_BASE+90, node i on PORT_BASE+100*i + 43 (QUIC),
-# + 44 (HTTPS), + 64 (metrics)), STANDBY_WAIT_MS (default 600000).
+# + 44 (HTTPS), + 64 (metrics)).
 # Needs tansu (ops/test.sh installs it) and Debian's prometheus package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,6 @@ nodes=${1:-3}
 base=${PORT_BASE:-17000}
 bin=${GAVEL_BIN:-target/release/gavel}
 dir=${CLUSTER_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/gavel-cluster.XXXXXX")}
-standby_wait_ms=${STANDBY_WAIT_MS:-600000}
 broker="127.0.0.1:$((base + 92))"
 prometheus_addr="127.0.0.1:$((base + 90))"
 mkdir -p "$dir"
@@ -87,7 +87,7 @@ wait_for_port "$broker"
 # 127.0.0.1) and trusts the same client certificates.
 "$bin" cert --dir "$dir/certs" >"$dir/cert.log" 2>&1
 
-# `gavel serve` for node $1 with the lease wait $2 (ms); its output goes to node<i>.log.
+# `gavel serve` for node $1; its output goes to node<i>.log.
 serve_node() {
     local i=$1 port=$((base + 100 * $1))
     "$bin" --log-format json serve --data-dir "$dir/node$i" \
@@ -97,13 +97,13 @@ serve_node() {
         --quic-listen "127.0.0.1:$((port + 43))" --https-listen "127.0.0.1:$((port + 44))" \
         --metrics-listen "127.0.0.1:$((port + 64))" \
         --wal kafka --kafka-brokers "$broker" --kafka-topic gavel-wal \
-        --kafka-connect-timeout-ms "$2" >>"$dir/node$i.log" 2>&1 &
+        --kafka-connect-timeout-ms 30000 >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
     wait "$(cat "$dir/node$i.pid")"
 }
 
 # Node 1 takes the lease; the standbys retry until the script stops.
-serve_node 1 30000 &
+serve_node 1 &
 started+=($!)
 wait_for_port "127.0.0.1:$((base + 100 + 64))"
 targets=""
@@ -112,7 +112,7 @@ for i in $(seq 1 "$nodes"); do
     [ "$i" = 1 ] && continue
     (
         while true; do
-            serve_node "$i" "$standby_wait_ms" || true
+            serve_node "$i" || true
             sleep 1
         done
     ) &

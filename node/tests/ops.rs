@@ -807,10 +807,21 @@ async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_
         assert!(started.elapsed() < PROMETHEUS_WAIT, "node 1 never ready");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // A standby start is refused once it has seen the writer renew its lease, and the script
+    // starts it again: catch it while it waits.
+    let started = Instant::now();
+    while std::net::TcpStream::connect(port(264)).is_err() {
+        assert!(
+            started.elapsed() < PROMETHEUS_WAIT,
+            "the standby never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, body) = plain_get(port(264), "/readyz").await;
     assert_eq!(
         (status, &body[..]),
-        (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..])
+        (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..]),
+        "the standby waits while node 1 holds the lease"
     );
     // Prometheus scrapes both with the shipped rules.
     let started = Instant::now();
