@@ -7,8 +7,8 @@
 //!   metric it names present on a live node's `/metrics` after a short load — the node runs
 //!   the Kafka log against a real broker (tansu), so the Kafka panels are checked too;
 //! - a real Prometheus server (Debian's `prometheus`) on loopback, with the shipped scrape
-//!   config and rules, scraping a live node: killing the node fires `GavelDown`, restarting it
-//!   resolves it;
+//!   config and rules, scraping a live node: every recording rule yields a series from the
+//!   node's real metrics, killing the node fires `GavelDown`, restarting it resolves it;
 //! - the deployment kit: `systemd-analyze verify` on the unit, and `ops/cluster.sh` bringing
 //!   up a broker, two nodes (a writer and a standby) and Prometheus, and taking them down;
 //! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
@@ -148,6 +148,18 @@ fn every_alert_has_a_runbook_section_that_says_what_it_means_how_to_confirm_and_
             "docs/runbook.md links to #{target}, which is no heading"
         );
     }
+}
+
+/// The names of the rules file's recording rules.
+fn recording_rules() -> Vec<String> {
+    let text = std::fs::read_to_string(rules_file()).unwrap();
+    let rules: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- record: "))
+        .map(str::to_owned)
+        .collect();
+    assert!(rules.len() >= 6, "{rules:?}");
+    rules
 }
 
 #[test]
@@ -530,8 +542,23 @@ async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_o
             .poll_pause(started, "the node scraped and ready")
             .await;
     }
-    // A few evaluations of a healthy node: nothing pending, nothing firing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Some load, then every recording rule yields a series from the real metric names and
+    // labels (the unit tests feed the rules made-up series; this is the real node's).
+    let certs = dev::ensure(&data_dir.join("certs")).unwrap();
+    exercise(&served, &certs).await;
+    for rule in recording_rules() {
+        let started = Instant::now();
+        loop {
+            let answer = prometheus.api(&format!("/api/v1/query?query={rule}")).await;
+            if answer["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                break;
+            }
+            prometheus
+                .poll_pause(started, &format!("a series of {rule}"))
+                .await;
+        }
+    }
+    // A healthy node: nothing pending, nothing firing.
     assert_eq!(
         prometheus.alerts().await,
         [],

@@ -177,6 +177,12 @@ pub fn start_rare_counters_at_zero() {
     for transport in ["ws", "sse", "quic"] {
         metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
     }
+    // The bidding transports' Overloaded answers (log back-pressure).
+    let overloaded = rejection_label(&Rejection::Overloaded { retry_after_us: 0 });
+    for transport in ["ws", "quic"] {
+        metrics::counter!(BIDS, "transport" => transport, "result" => "rejected", "reason" => overloaded)
+            .increment(0);
+    }
     for result in ["ok", "error"] {
         metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
     }
