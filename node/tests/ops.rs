@@ -357,20 +357,27 @@ async fn every_metric_the_dashboard_reads_is_on_a_live_node() {
     let certs = dev::ensure(&data_dir.join("certs")).unwrap();
     exercise(&served, &certs).await;
 
-    let wanted: BTreeSet<String> = queries(&dashboard())
+    let mut wanted: BTreeSet<String> = queries(&dashboard())
         .iter()
         .flat_map(|(_, _, expr)| metric_names(expr).into_iter().map(str::to_owned))
         .collect();
+    // The series the Kafka delivery alert reads start at 0 (its first failure is an increase).
+    wanted.extend(
+        ["not_persisted", "possibly_persisted", "error"]
+            .map(|status| format!(r#"gavel_wal_kafka_deliveries_total{{status="{status}"}}"#)),
+    );
     // The log's gauges come with their once-a-second refresh; the rest with the load.
     let started = Instant::now();
     loop {
         let (status, body) = plain_get(served.metrics, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         let text = String::from_utf8(body.to_vec()).unwrap();
+        // Each sample's name, and its name with its labels.
         let exposed: BTreeSet<&str> = text
             .lines()
             .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.split(['{', ' ']).next())
+            .flat_map(|line| [line.split(['{', ' ']).next(), line.split(' ').next()])
+            .flatten()
             .collect();
         let missing: Vec<&String> = wanted
             .iter()

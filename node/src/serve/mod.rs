@@ -528,6 +528,12 @@ async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 
 /// Refreshes the log and engine gauges until shutdown.
 async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
+    if let Log::Kafka(_) = node.wal() {
+        // Failed delivery reports start at 0, so the first one is an increase the alert sees.
+        for status in ["not_persisted", "possibly_persisted", "error"] {
+            metrics::counter!(kafka::METRIC_DELIVERIES, "status" => status).increment(0);
+        }
+    }
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
