@@ -11,6 +11,8 @@
 //!   node's real metrics, killing the node fires `GavelDown`, restarting it resolves it;
 //! - the deployment kit: `systemd-analyze verify` on the unit, and `ops/cluster.sh` bringing
 //!   up a broker, two nodes (a writer and a standby) and Prometheus, and taking them down;
+//! - the TLS gauges on a live node: expiry times, and a broken certificate file failing its
+//!   reload until it is fixed;
 //! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
 //!   `--log-format json`, `gavel config print` (sources) and `gavel config check` (the
 //!   example production file `ops/gavel.example.toml` passes it and names every option).
@@ -895,4 +897,52 @@ fn tansu_on_path() -> std::ffi::OsString {
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
     std::env::join_paths(dirs).unwrap()
+}
+
+/// The value of the sample `series` (name and labels as exposed) on a node's `/metrics`.
+async fn sample(metrics: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = plain_get(metrics, "/metrics").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+/// Polls `series` on `metrics` until it equals `value` (at most [`WAIT`]).
+async fn wait_for_sample(metrics: SocketAddr, series: &str, value: f64) {
+    let started = Instant::now();
+    while sample(metrics, series).await != Some(value) {
+        assert!(started.elapsed() < WAIT, "{series} never became {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_reload_and_the_expiry_of_the_material_show_on_a_live_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let served = serve(&data_dir);
+    let ok = "gavel_tls_last_reload_successful";
+    wait_for_sample(served.metrics, ok, 1.0).await;
+    // The development certificate is valid for a year, its CRL for 90 days.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (kind, days) in [("server_cert", 365.0), ("crl", 90.0)] {
+        let series = format!(r#"gavel_tls_expiry_timestamp_seconds{{kind="{kind}"}}"#);
+        let at = sample(served.metrics, &series).await.unwrap();
+        let left = (at - now) / 86_400.0;
+        assert!((left - days).abs() < 1.0, "{kind}: {left} days left");
+    }
+    // A broken certificate file: the reload fails, the gauge says so, the node keeps serving.
+    let cert = data_dir.join("certs/server.pem");
+    let good = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    wait_for_sample(served.metrics, ok, 0.0).await;
+    let errors = r#"gavel_tls_reloads_total{result="error"}"#;
+    assert!(sample(served.metrics, errors).await.unwrap() >= 1.0);
+    // Fixed: the next poll loads it.
+    std::fs::write(&cert, good).unwrap();
+    wait_for_sample(served.metrics, ok, 1.0).await;
 }
