@@ -503,6 +503,43 @@ impl Prometheus {
             .collect()
     }
 
+    /// Checks every alert of the rules file is loaded, then waits until the node is scraped
+    /// and ready.
+    async fn wait_for_rules_and_a_ready_node(&self) {
+        let rules = self.api("/api/v1/rules").await;
+        let alerting = rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|group| group["rules"].as_array().unwrap())
+            .filter(|rule| rule["type"] == "alerting")
+            .count();
+        assert_eq!(alerting, alerts().len(), "{rules}");
+        let started = Instant::now();
+        loop {
+            let ready = self.api("/api/v1/query?query=gavel_ready").await;
+            if ready["result"][0]["value"][1] == "1" {
+                return;
+            }
+            self.poll_pause(started, "the node scraped and ready").await;
+        }
+    }
+
+    /// Waits until every recording rule of the rules file has a series.
+    async fn wait_for_every_recording_rule(&self) {
+        for rule in recording_rules() {
+            let started = Instant::now();
+            loop {
+                let answer = self.api(&format!("/api/v1/query?query={rule}")).await;
+                if answer["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                    break;
+                }
+                self.poll_pause(started, &format!("a series of {rule}"))
+                    .await;
+            }
+        }
+    }
+
     /// Fails with Prometheus's log once [`PROMETHEUS_WAIT`] has passed since `started`, else
     /// sleeps a poll period.
     async fn poll_pause(&self, started: Instant, what: &str) {
@@ -531,42 +568,12 @@ async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_o
     let prometheus = Prometheus::start(metrics).await;
     let instance = metrics.to_string();
 
-    // The shipped rules are loaded, and the node is scraped and ready.
-    let rules = prometheus.api("/api/v1/rules").await;
-    let alerting = rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|group| group["rules"].as_array().unwrap())
-        .filter(|rule| rule["type"] == "alerting")
-        .count();
-    assert_eq!(alerting, alerts().len(), "{rules}");
-    let started = Instant::now();
-    loop {
-        let ready = prometheus.api("/api/v1/query?query=gavel_ready").await;
-        if ready["result"][0]["value"][1] == "1" {
-            break;
-        }
-        prometheus
-            .poll_pause(started, "the node scraped and ready")
-            .await;
-    }
+    prometheus.wait_for_rules_and_a_ready_node().await;
     // Some load, then every recording rule yields a series from the real metric names and
     // labels (the unit tests feed the rules made-up series; this is the real node's).
     let certs = dev::ensure(&data_dir.join("certs")).unwrap();
     exercise(&served, &certs).await;
-    for rule in recording_rules() {
-        let started = Instant::now();
-        loop {
-            let answer = prometheus.api(&format!("/api/v1/query?query={rule}")).await;
-            if answer["result"].as_array().is_some_and(|r| !r.is_empty()) {
-                break;
-            }
-            prometheus
-                .poll_pause(started, &format!("a series of {rule}"))
-                .await;
-        }
-    }
+    prometheus.wait_for_every_recording_rule().await;
     // A healthy node: nothing pending, nothing firing.
     assert_eq!(
         prometheus.alerts().await,
@@ -799,91 +806,136 @@ fn free_port_base() -> u16 {
         .expect("a free range of loopback ports")
 }
 
+/// `ops/cluster.sh 2` running on ports from a free base; stopped (SIGTERM, as Ctrl-C would)
+/// when dropped, so a failing test leaves nothing running.
+struct Cluster {
+    script: Option<Child>,
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the script and waits for its `ready` line.
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_port_base();
+        let mut script = Command::new(ops_dir().join("cluster.sh"))
+            .arg("2")
+            .env("GAVEL_BIN", env!("CARGO_BIN_EXE_gavel"))
+            .env("CLUSTER_DIR", dir.path())
+            .env("PORT_BASE", base.to_string())
+            .env("PATH", tansu_on_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = script.stdout.take().unwrap();
+        let cluster = Cluster {
+            script: Some(script),
+            base,
+            dir,
+        };
+        let lines = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .take_while(|line| line != "ready")
+                .collect::<Vec<String>>()
+        });
+        let lines = tokio::time::timeout(PROMETHEUS_WAIT, lines).await;
+        let logs = cluster.dir.path().display();
+        let Ok(Ok(lines)) = lines else {
+            panic!("cluster.sh did not come up; logs in {logs}");
+        };
+        assert!(
+            lines
+                .first()
+                .is_some_and(|l| l.starts_with("cluster up in")),
+            "{lines:?}"
+        );
+        cluster
+    }
+
+    /// The loopback address `PORT_BASE + offset`.
+    fn port(&self, offset: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + offset))
+    }
+
+    /// SIGTERMs the script and waits for it.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut script = self.script.take()?;
+        let _ = Command::new("kill").arg(script.id().to_string()).status();
+        Some(script.wait().unwrap())
+    }
+
+    /// Waits until Prometheus has scraped both nodes.
+    async fn wait_for_both_scraped(&self) {
+        let started = Instant::now();
+        loop {
+            let (_, body) = plain_get(self.port(90), "/api/v1/query?query=up").await;
+            let answer: Value = serde_json::from_slice(&body).unwrap();
+            let up = answer["data"]["result"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
+            if up == 2 {
+                return;
+            }
+            assert!(
+                started.elapsed() < PROMETHEUS_WAIT,
+                "prometheus never saw both: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits (at most [`PROMETHEUS_WAIT`]) until something accepts connections on `addr`.
+async fn wait_for_listener(addr: SocketAddr) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < PROMETHEUS_WAIT,
+            "nothing listens on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_port_base();
-    let mut script = Command::new(ops_dir().join("cluster.sh"))
-        .arg("2")
-        .env("GAVEL_BIN", env!("CARGO_BIN_EXE_gavel"))
-        .env("CLUSTER_DIR", dir.path())
-        .env("PORT_BASE", base.to_string())
-        .env("PATH", tansu_on_path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = script.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead as _;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take_while(|line| line != "ready")
-            .collect::<Vec<String>>()
-    });
-    let lines = tokio::time::timeout(PROMETHEUS_WAIT, lines).await;
-    let port = |offset: u16| SocketAddr::from(([127, 0, 0, 1], base + offset));
-    let stop = |mut script: Child| {
-        // SIGTERM, as Ctrl-C would: the script stops what it started.
-        let _ = Command::new("kill").arg(script.id().to_string()).status();
-        script.wait().unwrap()
-    };
-    let Ok(Ok(lines)) = lines else {
-        let status = stop(script);
-        panic!(
-            "cluster.sh did not come up ({status}); logs in {}",
-            dir.path().display()
-        );
-    };
-    assert!(lines[0].starts_with("cluster up in"), "{lines:?}");
+    let mut cluster = Cluster::start().await;
     // The writer is ready; the standby answers but waits for the lease.
     let started = Instant::now();
-    while plain_get(port(164), "/readyz").await.0 != StatusCode::OK {
+    while plain_get(cluster.port(164), "/readyz").await.0 != StatusCode::OK {
         assert!(started.elapsed() < PROMETHEUS_WAIT, "node 1 never ready");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A standby start is refused once it has seen the writer renew its lease, and the script
     // starts it again: catch it while it waits.
-    let started = Instant::now();
-    while std::net::TcpStream::connect(port(264)).is_err() {
-        assert!(
-            started.elapsed() < PROMETHEUS_WAIT,
-            "the standby never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, body) = plain_get(port(264), "/readyz").await;
+    wait_for_listener(cluster.port(264)).await;
+    let (status, body) = plain_get(cluster.port(264), "/readyz").await;
     assert_eq!(
         (status, &body[..]),
         (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..]),
         "the standby waits while node 1 holds the lease"
     );
     // Prometheus scrapes both with the shipped rules.
-    let started = Instant::now();
-    loop {
-        let (_, body) = plain_get(port(90), "/api/v1/query?query=up").await;
-        let answer: Value = serde_json::from_slice(&body).unwrap();
-        let up = answer["data"]["result"]
-            .as_array()
-            .map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
-        if up == 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < PROMETHEUS_WAIT,
-            "prometheus never saw both: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let status = stop(script);
+    cluster.wait_for_both_scraped().await;
+    let status = cluster.stop().unwrap();
     assert!(
         status.success(),
         "cluster.sh exits 0 when stopped: {status}"
     );
     for offset in [90, 92, 144, 164, 244, 264] {
         assert!(
-            std::net::TcpStream::connect(port(offset)).is_err(),
+            std::net::TcpStream::connect(cluster.port(offset)).is_err(),
             "port {offset} still open after the script stopped"
         );
     }
