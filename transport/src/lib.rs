@@ -3,6 +3,7 @@
 //! the limits that keep one bad client from hurting the others.
 //!
 //! Map of the crate:
+//! - [`clock`]: the wall clock as the engine's time ([`clock::now_micros`]).
 //! - [`identity`]: [`Identity`] and [`Role`], parsed from a certificate's
 //!   `gavel://<role>/<id>` SAN URI.
 //! - [`limits`]: [`Limits`], every bound of the edge with its safe default, and the
@@ -27,6 +28,7 @@
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
 //! reached only through [`Backend`].
 
+pub mod clock;
 pub mod fanout;
 pub mod gateway;
 pub mod http;

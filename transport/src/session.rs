@@ -8,18 +8,17 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{
-    AuctionId, BidDecision, BidOutcome, ClosedAuction, Engine, Rejection, UnixMicros,
-};
+use gavel_engine::{AuctionId, BidDecision, BidOutcome, ClosedAuction, Engine, Rejection};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
 
+use crate::clock::now_micros;
 use crate::fanout::hub::{Change, Hub, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
 use crate::gateway::{Backend, DurableError, Gateway};
 use crate::identity::Identity;
@@ -28,14 +27,6 @@ use crate::metrics;
 /// How long a bidder should wait before retrying when the node is not ready or a
 /// connection has too many durable acks pending, in microseconds.
 pub const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
-
-/// The wall clock as the engine's time.
-pub fn now_micros() -> UnixMicros {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixMicros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// A node answer that is an error, addressed to `request_id`.
 pub fn error_message(

@@ -469,7 +469,7 @@ fn spawn_closer(
         .spawn(move || {
             while !shutdown.is_cancelled() {
                 let closed =
-                    node.close_due(gavel_transport::session::now_micros(), CLOSE_PER_TICK_MAX);
+                    node.close_due(gavel_transport::clock::now_micros(), CLOSE_PER_TICK_MAX);
                 for auction in closed {
                     let durable = node.durable(auction.receipt);
                     let (node, hub) = (Arc::clone(&node), Arc::clone(&hub));
@@ -479,7 +479,7 @@ fn spawn_closer(
                                 hub.settled(
                                     node.engine(),
                                     auction.id,
-                                    gavel_transport::session::now_micros(),
+                                    gavel_transport::clock::now_micros(),
                                 );
                                 tracing::info!(
                                     auction = auction.id.0,
@@ -533,7 +533,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         let wal = node.wal().metrics();
         let [scheduled, open, settled] = node
             .engine()
-            .phase_counts(gavel_transport::session::now_micros());
+            .phase_counts(gavel_transport::clock::now_micros());
         metrics::gauge!("gavel_auctions", "state" => "scheduled").set(scheduled as f64);
         metrics::gauge!("gavel_auctions", "state" => "open").set(open as f64);
         metrics::gauge!("gavel_auctions", "state" => "settled").set(settled as f64);

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use gavel_engine::AuctionId;
 use tokio::task::JoinSet;
 
+use crate::clock::now_micros;
 use crate::gateway::{Backend, Gateway};
 use crate::metrics;
-use crate::session::now_micros;
 
 /// Dirty auctions a worker drains per round before it yields to other tasks.
 pub const DRAIN_IDS_MAX: usize = 1024;

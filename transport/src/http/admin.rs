@@ -25,11 +25,11 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::routes::{self, Body};
 use super::{Peer, Server};
+use crate::clock::now_micros;
 use crate::fanout::hub::STREAM_EPOCH;
 use crate::gateway::Backend;
 use crate::identity::Role;
 use crate::metrics;
-use crate::session::now_micros;
 
 /// The collection's path.
 pub(super) const COLLECTION: &str = "/v1/auctions";
