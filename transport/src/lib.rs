@@ -12,6 +12,8 @@
 //!   durable engine the node implements.
 //! - [`session`]: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//! - [`settlement`]: a close and settlement announced to the watchers once durable, the
+//!   same for the closer, the admin API's cancel and a bid that closes its auction.
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
 //!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
 //! - [`fanout`]: live price streams — topic patterns and the subscription trie, and the
@@ -37,6 +39,7 @@ pub mod limits;
 pub mod metrics;
 pub mod quic;
 pub mod session;
+pub mod settlement;
 pub mod tls;
 
 pub use gateway::{Backend, DurableError, Gateway};

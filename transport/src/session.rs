@@ -13,7 +13,7 @@ use std::time::Instant;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{AuctionId, BidDecision, BidOutcome, ClosedAuction, Engine, Rejection};
+use gavel_engine::{AuctionId, BidDecision, BidOutcome, Engine, Rejection};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -23,6 +23,7 @@ use crate::fanout::hub::{Change, Hub, STREAM_EPOCH, SubscribeError, Subscriber, 
 use crate::gateway::{Backend, DurableError, Gateway};
 use crate::identity::Identity;
 use crate::metrics;
+use crate::settlement;
 
 /// How long a bidder should wait before retrying when the node is not ready or a
 /// connection has too many durable acks pending, in microseconds.
@@ -386,7 +387,10 @@ impl<B: Backend> Session<B> {
             self.gateway.hub().changed(bid.auction());
         }
         if let Some(closed) = closed {
-            announce_bid_close(&backend, self.gateway.hub(), closed);
+            // This bid closed its auction (buy-now, a Dutch sale): the close goes to the
+            // watchers once durable, whatever happens to this connection.
+            let hub = Arc::clone(self.gateway.hub());
+            tokio::spawn(settlement::announce(Arc::clone(&backend), hub, closed));
         }
         let (result, reason) = metrics::outcome_labels(&outcome);
         let transport = self.transport;
@@ -484,22 +488,6 @@ fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::
         }
     }
     subscriber.wake();
-}
-
-/// This bid closed its auction (buy-now, a Dutch sale; the engine's decision says so). Once
-/// the bid is durable the close goes to the watchers, whatever happens to the bidder's
-/// connection. Every other close is announced by whoever made it, so one announcement goes
-/// out per auction.
-fn announce_bid_close<B: Backend>(backend: &Arc<B>, hub: &Arc<Hub>, closed: ClosedAuction) {
-    let wait = backend.durable(closed.receipt);
-    let (backend, hub) = (Arc::clone(backend), Arc::clone(hub));
-    tokio::spawn(async move {
-        if let Err(e) = wait.await {
-            tracing::error!(auction = closed.id.0, error = %e, "the closing bid is not durable; the close is not announced");
-            return;
-        }
-        hub.settled(backend.engine(), closed.id, now_micros());
-    });
 }
 
 /// Decrements a connection's pending-durable count when its wait ends (or is dropped).

@@ -331,11 +331,10 @@ impl Hub {
     /// subscriber, in order and never conflated (after a pending price of the auction).
     /// Call it once the settlement is durable, exactly once per auction: the closer for
     /// ends, the admin API for cancels, the bid path for bids that close (buy-now, a Dutch
-    /// sale). Returns how many subscribers it reached.
-    pub fn settled(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
-        let Some(view) = engine.view(id, now) else {
-            return 0;
-        };
+    /// sale), all through [`crate::settlement::announce`]. `view` is the auction's view
+    /// read after the close. Returns how many subscribers it reached.
+    pub fn settled(&self, view: &AuctionView, now: UnixMicros) -> usize {
+        let id = view.spec.id();
         let (Some(settlement), Some(reason)) = (view.settlement, view.close_reason) else {
             return 0;
         };

@@ -30,6 +30,7 @@ use crate::fanout::hub::STREAM_EPOCH;
 use crate::gateway::Backend;
 use crate::identity::Role;
 use crate::metrics;
+use crate::settlement;
 
 /// The collection's path.
 pub(super) const COLLECTION: &str = "/v1/auctions";
@@ -386,15 +387,14 @@ async fn cancel<B: Backend>(
 ) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
     let closed = backend.cancel_auction(AuctionId(id), now_micros())?;
-    backend.durable(closed.receipt).await.map_err(|e| {
-        AdminError::Internal(format!(
-            "auction {id} was cancelled but the cancellation is {e}"
-        ))
-    })?;
-    server
-        .gateway
-        .hub()
-        .settled(backend.engine(), AuctionId(id), now_micros());
+    let hub = Arc::clone(server.gateway.hub());
+    settlement::announce(Arc::clone(&backend), hub, closed)
+        .await
+        .map_err(|e| {
+            AdminError::Internal(format!(
+                "auction {id} was cancelled but the cancellation is {e}"
+            ))
+        })?;
     tracing::info!(auction = id, "auction cancelled through the admin API");
     Ok(routes::json(
         StatusCode::OK,
