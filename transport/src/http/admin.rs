@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::routes::{self, Body};
+use super::response::{self, Body};
 use super::{Peer, Server};
 use crate::clock::now_micros;
 use crate::fanout::hub::STREAM_EPOCH;
@@ -124,7 +124,7 @@ impl AdminError {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut response = routes::error(self.status(), self.code(), &self.to_string());
+        let mut response = response::error(self.status(), self.code(), &self.to_string());
         let retry_after_s = match &self {
             AdminError::NotReady => Some(RETRY_AFTER_NOT_READY_S),
             AdminError::Overloaded(us) => Some(us.div_ceil(1_000_000).max(1)),
@@ -308,7 +308,7 @@ async fn create<B: Backend>(
         .map_err(|e| AdminError::Internal(format!("auction {id} was created but is {e}")))?;
     server.gateway.hub().changed(id);
     tracing::info!(auction = id.0, "auction created through the admin API");
-    let mut response = routes::json(StatusCode::CREATED, &snapshot(&*backend, id)?);
+    let mut response = response::json(StatusCode::CREATED, &snapshot(&*backend, id)?);
     if let Ok(location) = HeaderValue::try_from(format!("{COLLECTION_SLASH}{}", id.0)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -317,7 +317,7 @@ async fn create<B: Backend>(
 
 fn get<B: Backend>(server: &Arc<Server<B>>, id: u64) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
-    Ok(routes::json(
+    Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
     ))
@@ -347,7 +347,7 @@ fn list<B: Backend>(
             .map(|view| pb::AuctionSnapshot::from_view(view, STREAM_EPOCH))
             .collect(),
     };
-    Ok(routes::json(StatusCode::OK, &response))
+    Ok(response::json(StatusCode::OK, &response))
 }
 
 /// Parses `after_id=<u64>&limit=<u32>` (both optional, other keys refused).
@@ -396,7 +396,7 @@ async fn cancel<B: Backend>(
             ))
         })?;
     tracing::info!(auction = id, "auction cancelled through the admin API");
-    Ok(routes::json(
+    Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
     ))
