@@ -48,8 +48,9 @@ use gavel_proto::convert::state::{
 use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
 use gavel_transport::clock::now_micros;
+use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
-use gavel_wal::snapshot::{SnapshotDefect, list_snapshots, read_snapshot, remove_old_snapshots};
+use gavel_wal::snapshot::{list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
     WalConfig, WriterHooks, latest_snapshot, write_snapshot,

@@ -27,6 +27,13 @@ pub const CONNECTIONS_REFUSED: &str = "gavel_connections_refused_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "gavel_tls_handshake_failures_total";
 /// TLS material reloads, by `result` (`ok`/`error`).
 pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
+/// 1 if the latest load or reload of the TLS material succeeded, 0 if it failed (the last
+/// good material stays in use).
+pub const TLS_LAST_RELOAD_SUCCESSFUL: &str = "gavel_tls_last_reload_successful";
+/// When the TLS material in use stops being valid, Unix seconds, by `kind`: `server_cert`
+/// (the earliest `notAfter` of the server's chain), `client_ca` (the earliest in the client
+/// CA bundle), `crl` (the earliest `nextUpdate`; past it every client is refused).
+pub const TLS_EXPIRY: &str = "gavel_tls_expiry_timestamp_seconds";
 /// Admin API requests, by `method`, `route` (the route template) and `status`.
 pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
 
@@ -97,6 +104,15 @@ pub fn describe() {
         "TLS handshakes that failed, by transport and reason."
     );
     describe_counter!(TLS_RELOADS, "Reloads of the TLS material, by result.");
+    describe_gauge!(
+        TLS_LAST_RELOAD_SUCCESSFUL,
+        "1 if the latest load of the TLS material succeeded, 0 if it failed and the last good material stays in use."
+    );
+    describe_gauge!(
+        TLS_EXPIRY,
+        Unit::Seconds,
+        "When the TLS material in use stops being valid (Unix time), by kind: server_cert, client_ca (earliest notAfter), crl (earliest nextUpdate)."
+    );
     describe_counter!(
         ADMIN_REQUESTS,
         "Admin API requests, by method, route template and status."
@@ -149,6 +165,22 @@ pub fn describe() {
         "Auctions settled and durable, by whether they had a winner."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+}
+
+/// Registers, at 0, the counters of rare events that the shipped alerts and dashboard
+/// (`ops/`) read, for every value of their bounded labels: a series that appears only with
+/// its first event makes `rate()` miss that event and leaves a dashboard panel empty.
+pub fn start_rare_counters_at_zero() {
+    for transport in ["ws", "sse", "quic"] {
+        metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
+    }
+    for transport in ["https", "quic"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => "connections_max")
+            .increment(0);
+    }
 }
 
 /// Sets [`BUILD_INFO`] (idempotent).

@@ -1,5 +1,6 @@
 //! The log's error types: [`WalError`] for opening, recovery, compaction and offline tools;
-//! [`AppendError`] and [`WaitError`], small `Copy` values for the hot path.
+//! [`SnapshotDefect`], what is wrong with a snapshot file; [`AppendError`] and [`WaitError`],
+//! small `Copy` values for the hot path.
 
 use std::io;
 use std::path::PathBuf;
@@ -8,7 +9,6 @@ use thiserror::Error;
 
 use crate::Lsn;
 use crate::frame::FrameError;
-use crate::snapshot::SnapshotDefect;
 
 /// An error opening, recovering, reading or maintaining a log directory.
 #[derive(Debug, Error)]
@@ -193,10 +193,14 @@ pub enum WalError {
         reason: String,
     },
     /// Another node holds the topic's writer lease (see `fence`): one node writes a topic.
+    /// The start waited for the lease to lapse and the holder kept renewing it (or its claim
+    /// won over this node's).
     #[error(
-        "the Kafka topic {topic} is written by another node ({owner}, last heartbeat {age_ms} \
-         ms ago, lease {lease_ms} ms): only one node may write a topic; stop that node, or \
-         start this one once its lease has lapsed"
+        "the Kafka topic {topic} is written by another node ({owner}): it holds the writer \
+         lease ({lease_ms} ms), last renewed {age_ms} ms ago, which lapses in {lapses_in_ms} ms \
+         unless renewed; this node waited {waited_ms} ms and saw it renewed {renewals} times. \
+         Only one node may write a topic: stop that node (a clean stop releases the lease at \
+         once), or start this one once its lease has lapsed"
     )]
     KafkaFenced {
         /// The log topic.
@@ -207,6 +211,12 @@ pub enum WalError {
         age_ms: u64,
         /// Its lease, in milliseconds.
         lease_ms: u64,
+        /// Until the lease lapses unless the holder renews it, in milliseconds (0: lapsed).
+        lapses_in_ms: u64,
+        /// How long this node waited for the lease to lapse, in milliseconds.
+        waited_ms: u64,
+        /// Renewals by the holder seen while waiting.
+        renewals: u32,
     },
     /// The Kafka producer's effective configuration would allow reordering or duplicates.
     #[error("refusing the Kafka producer setting {setting}={value:?}: {why}")]
@@ -224,10 +234,57 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// `Ok` when `ok`, else [`WalError::Config`] saying `what` (a configuration check).
+    pub(crate) fn require(ok: bool, what: &'static str) -> Result<(), WalError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(WalError::Config(what))
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }
+}
+
+/// What is wrong with a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SnapshotDefect {
+    /// Shorter than the header.
+    #[error("shorter than the snapshot header")]
+    TooShort,
+    /// The magic bytes are wrong.
+    #[error("bad magic")]
+    BadMagic,
+    /// The version byte is not one this code reads.
+    #[error("unknown snapshot format version {0}")]
+    UnknownVersion(u8),
+    /// The file length disagrees with the declared payload length.
+    #[error("declared payload of {declared} bytes but {actual} bytes follow the header")]
+    LengthMismatch {
+        /// Declared payload length.
+        declared: u64,
+        /// Bytes actually after the header.
+        actual: u64,
+    },
+    /// The CRC does not match.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Stored CRC.
+        stored: u32,
+        /// Computed CRC.
+        computed: u32,
+    },
+    /// The LSN inside disagrees with the file name.
+    #[error("file name says LSN {named} but the header says {stored}")]
+    NameMismatch {
+        /// LSN in the name.
+        named: Lsn,
+        /// LSN in the header.
+        stored: Lsn,
+    },
 }
 
 /// Why [`Wal::append`](crate::Wal::append) refused a record. Nothing was enqueued.

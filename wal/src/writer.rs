@@ -106,13 +106,7 @@ impl Default for WalConfig {
 impl WalConfig {
     /// Checks that every value is in range.
     pub fn validate(&self) -> Result<(), WalError> {
-        let check = |ok: bool, what: &'static str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(WalError::Config(what))
-            }
-        };
+        let check = WalError::require;
         check(
             self.segment_bytes_max >= 1,
             "segment_bytes_max must be at least 1",

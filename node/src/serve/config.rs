@@ -231,8 +231,8 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_PARTITIONS", value_name = "COUNT")]
     pub kafka_partitions: Option<i32>,
 
-    /// How long the start waits for the Kafka brokers (and for another node's lapsing writer lease)
-    /// before giving up, in milliseconds.
+    /// How long the start waits for the Kafka brokers before giving up, in milliseconds (waiting
+    /// for a crashed node's writer lease to lapse is bounded by that lease instead).
     #[arg(long, env = "GAVEL_KAFKA_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub kafka_connect_timeout_ms: Option<u64>,
 
@@ -255,7 +255,8 @@ pub struct ServeOptions {
     pub kafka_linger_ms: Option<u64>,
 
     /// The topic's writer lease, in milliseconds: one node writes a topic; a node that cannot renew
-    /// its lease this long stops, and a successor of a crashed node waits this long.
+    /// its lease this long stops, and a successor of a crashed node waits until it lapses (at most
+    /// this long plus 500 ms after the crashed node's last heartbeat).
     #[arg(long, env = "GAVEL_KAFKA_WRITER_LEASE_MS", value_name = "MS")]
     pub kafka_writer_lease_ms: Option<u64>,
 

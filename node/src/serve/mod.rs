@@ -57,6 +57,7 @@ pub fn prometheus() -> PrometheusHandle {
             gavel_transport::metrics::describe();
             describe_node_metrics();
             gavel_transport::metrics::build_info();
+            gavel_transport::metrics::start_rare_counters_at_zero();
             handle
         })
         .clone()

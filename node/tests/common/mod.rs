@@ -4,6 +4,7 @@
 
 pub mod cdp;
 pub mod crash;
+pub mod exercise;
 pub mod https;
 pub mod kafka;
 pub mod serve;
