@@ -42,6 +42,6 @@ pub mod session;
 pub mod settlement;
 pub mod tls;
 
-pub use gateway::{Backend, DurableError, Gateway};
+pub use gateway::{AuctionReads, Backend, DurableError, Gateway};
 pub use identity::{Identity, IdentityError, Role};
 pub use limits::{LimitError, Limits};

@@ -13,14 +13,14 @@ use std::time::Instant;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{AuctionId, BidDecision, BidOutcome, Engine, Rejection};
+use gavel_engine::{AuctionId, BidDecision, BidOutcome, Rejection};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
 
 use crate::clock::now_micros;
 use crate::fanout::hub::{Change, Hub, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
-use crate::gateway::{Backend, DurableError, Gateway};
+use crate::gateway::{AuctionReads, Backend, DurableError, Gateway};
 use crate::identity::Identity;
 use crate::metrics;
 use crate::settlement;
@@ -213,7 +213,7 @@ impl<B: Backend> Session<B> {
                 if let Some(backend) = self.gateway.backend() {
                     resume(
                         self.gateway.hub(),
-                        backend.engine(),
+                        &**backend,
                         &subscriber,
                         &request.positions,
                     );
@@ -273,13 +273,7 @@ impl<B: Backend> Session<B> {
                 snapshot_required(&subscriber, AuctionId(position.auction_id));
             }
         }
-        hub.snapshots(
-            backend.engine(),
-            &subscriber,
-            &patterns,
-            &positions,
-            now_micros(),
-        );
+        hub.snapshots(&**backend, &subscriber, &patterns, &positions, now_micros());
     }
 
     /// Answers a subscription change; `false` if it was refused.
@@ -470,7 +464,12 @@ fn snapshot_required(subscriber: &Subscriber, auction: AuctionId) {
 }
 
 /// `Resume`: the current state of every listed auction that moved since its position.
-fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosition]) {
+fn resume(
+    hub: &Hub,
+    reads: &impl AuctionReads,
+    subscriber: &Subscriber,
+    positions: &[pb::StreamPosition],
+) {
     let now = now_micros();
     let at = Instant::now();
     // Bounded by the request: a message holds at most `ws_message_bytes_max` of positions.
@@ -479,7 +478,7 @@ fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::
         if position.epoch != STREAM_EPOCH {
             snapshot_required(subscriber, id);
         }
-        let Some(view) = engine.view(id, now) else {
+        let Some(view) = reads.view(id, now) else {
             continue;
         };
         if position.epoch != STREAM_EPOCH || view.seq > position.seq {

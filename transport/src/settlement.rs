@@ -27,7 +27,7 @@ pub async fn announce<B: Backend>(
         tracing::error!(auction = id.0, error = %e, "settlement not durable; it is not announced");
         return Err(e);
     }
-    let reached = match backend.engine().view(id, now_micros()) {
+    let reached = match backend.view(id, now_micros()) {
         Some(view) => hub.settled(&view, now_micros()),
         None => 0,
     };

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
-use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
+use gavel_engine::{AuctionId, AuctionView, Phase, UnixMicros};
+
+use crate::gateway::AuctionReads;
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
 use thiserror::Error;
@@ -504,8 +506,14 @@ impl Hub {
     /// Delivers the current state of auction `id` to every matching subscriber that fan-out
     /// worker `shard` serves: one view, one trie lookup, one outbox push each (conflated
     /// there). Returns how many outboxes took it (queued or conflated).
-    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros, shard: usize) -> usize {
-        let Some(view) = engine.view(id, now) else {
+    pub fn publish(
+        &self,
+        reads: &(impl AuctionReads + ?Sized),
+        id: AuctionId,
+        now: UnixMicros,
+        shard: usize,
+    ) -> usize {
+        let Some(view) = reads.view(id, now) else {
             return 0;
         };
         let topic = view.spec.rules().topic.as_str();
@@ -574,7 +582,7 @@ impl Hub {
     /// `auctions_max`: subscribes are rare, bids are not.
     pub fn snapshots(
         &self,
-        engine: &Engine,
+        reads: &(impl AuctionReads + ?Sized),
         subscriber: &Subscriber,
         patterns: &[Pattern],
         positions: &HashMap<AuctionId, u64>,
@@ -584,7 +592,7 @@ impl Hub {
         let mut after = None;
         let at = Instant::now();
         loop {
-            let page = engine.list(after, SNAPSHOT_PAGE_MAX, now);
+            let page = reads.list(after, SNAPSHOT_PAGE_MAX, now);
             let Some(last) = page.last() else {
                 subscriber.wake();
                 return queued;
@@ -639,8 +647,8 @@ impl Hub {
 mod tests {
     use super::*;
     use gavel_engine::{
-        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, EngineConfig,
-        IncrementTable, Topic,
+        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, Engine,
+        EngineConfig, IncrementTable, Topic,
     };
 
     fn engine_with(auctions: &[(u64, &str)]) -> Engine {

@@ -335,9 +335,7 @@ fn list<B: Backend>(
         asked => asked.min(limit_max),
     } as usize;
     // One more than the page, to know whether another page follows.
-    let mut views = backend
-        .engine()
-        .list(after_id.map(AuctionId), limit + 1, now_micros());
+    let mut views = backend.list(after_id.map(AuctionId), limit + 1, now_micros());
     let more = views.len() > limit;
     views.truncate(limit);
     let response = pb::ListAuctionsResponse {
@@ -404,7 +402,6 @@ async fn cancel<B: Backend>(
 
 fn snapshot<B: Backend>(backend: &B, id: AuctionId) -> Result<pb::AuctionSnapshot, AdminError> {
     let view = backend
-        .engine()
         .view(id, now_micros())
         .ok_or_else(|| AdminError::NotFound(format!("unknown auction {id}")))?;
     Ok(pb::AuctionSnapshot::from_view(&view, STREAM_EPOCH))
