@@ -21,7 +21,7 @@
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
 //! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
 //!   certificates verified against the CA and its CRL, reloaded without restart;
-//!   [`tls::peer_identity`]; the development PKI ([`tls::dev`]) behind `gavel cert`.
+//!   [`tls::peer_identity`]; the development PKI (`tls::dev`, feature `dev-pki`) behind `gavel cert`.
 //! - [`quic`]: the QUIC listener for bidders ([`quic::bind`], [`quic::serve_quic`]):
 //!   connection and handshake limits, one task per stream, batched writes, durable acks as
 //!   they resolve, graceful drain.
