@@ -10,8 +10,7 @@ use gavel_engine::{AuctionId, Phase, UnixMicros};
 use gavel_node::{Node, NodeBackend, NodeConfig, closer};
 use gavel_transport::Limits;
 use gavel_transport::clock::now_micros;
-use gavel_transport::fanout::Hub;
-use gavel_transport::fanout::hub::Change;
+use gavel_transport::fanout::{Change, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// The closer sleeps towards an auction ending in an hour, and its longest sleep is an hour:

@@ -2,15 +2,18 @@
 //! the HTTPS admin API with `/metrics` and health probes, TLS with client certificates, and
 //! the limits that keep one bad client from hurting the others.
 //!
+//! The modules other crates need are public; the rest are private, and the crate root
+//! re-exports the few types of theirs that other crates name.
+//!
 //! Map of the crate:
 //! - [`clock`]: the wall clock as the engine's time ([`clock::now_micros`]).
-//! - [`identity`]: [`Identity`] and [`Role`], parsed from a certificate's
+//! - `identity`: [`Identity`] and [`Role`], parsed from a certificate's
 //!   `gavel://<role>/<id>` SAN URI.
-//! - [`limits`]: [`Limits`], every bound of the edge with its safe default, and the
+//! - `limits`: [`Limits`], every bound of the edge with its safe default, and the
 //!   per-bidder token bucket.
-//! - [`gateway`]: [`Gateway`], what all connections share, and [`Backend`], the seam to the
-//!   durable engine the node implements.
-//! - [`session`]: one connection's request handling, the same for every transport: a
+//! - `gateway`: [`Gateway`], what all connections share, and [`Backend`], the seam to the
+//!   durable engine the node implements (its reads: [`AuctionReads`]).
+//! - `session`: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
 //! - [`settlement`]: a close and settlement announced to the watchers once durable, the
 //!   same for the closer, the admin API's cancel and a bid that closes its auction.
@@ -32,16 +35,16 @@
 
 pub mod clock;
 pub mod fanout;
-pub mod gateway;
+mod gateway;
 pub mod http;
-pub mod identity;
-pub mod limits;
+mod identity;
+mod limits;
 pub mod metrics;
 pub mod quic;
-pub mod session;
+mod session;
 pub mod settlement;
 pub mod tls;
 
 pub use gateway::{AuctionReads, Backend, DurableError, Gateway};
-pub use identity::{Identity, IdentityError, Role};
+pub use identity::{IDENTITY_URI_SCHEME, Identity, IdentityError, Role};
 pub use limits::{LimitError, Limits};

@@ -27,10 +27,10 @@ use crate::settlement;
 
 /// How long a bidder should wait before retrying when the node is not ready or a
 /// connection has too many durable acks pending, in microseconds.
-pub const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
+pub(crate) const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
 
 /// A node answer that is an error, addressed to `request_id`.
-pub fn error_message(
+pub(crate) fn error_message(
     request_id: u64,
     code: pb::ErrorCode,
     message: impl Into<String>,
@@ -46,7 +46,7 @@ pub fn error_message(
 
 /// One connection's protocol state (clone it for each stream of the connection).
 #[derive(Debug)]
-pub struct Session<B> {
+pub(crate) struct Session<B> {
     gateway: Arc<Gateway<B>>,
     identity: Option<Identity>,
     transport: &'static str,
@@ -114,7 +114,7 @@ impl<B> Clone for Session<B> {
 impl<B: Backend> Session<B> {
     /// A session for a connection authenticated as `identity` (`None`: an anonymous
     /// watcher), over `transport` (a metric label: `quic`, `ws`).
-    pub fn new(
+    pub(crate) fn new(
         gateway: Arc<Gateway<B>>,
         identity: Option<Identity>,
         transport: &'static str,
@@ -137,27 +137,22 @@ impl<B: Backend> Session<B> {
     }
 
     /// The connection's fan-out side, once it subscribed.
-    pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
+    pub(crate) fn subscriber(&self) -> Option<&Arc<Subscriber>> {
         self.subscriber.as_ref()
     }
 
     /// Whether a `Subscribe` asked for price updates as QUIC datagrams.
-    pub fn wants_datagrams(&self) -> bool {
+    pub(crate) fn wants_datagrams(&self) -> bool {
         self.datagrams
     }
 
-    /// The peer's identity, if it presented a certificate.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
-    }
-
     /// The gateway this session belongs to.
-    pub fn gateway(&self) -> &Arc<Gateway<B>> {
+    pub(crate) fn gateway(&self) -> &Arc<Gateway<B>> {
         &self.gateway
     }
 
     /// Durable acks this connection is waiting for.
-    pub fn pending_durable(&self) -> usize {
+    pub(crate) fn pending_durable(&self) -> usize {
         // Ordering: a gauge for limits; no other memory depends on it.
         self.pending_durable.load(Ordering::Relaxed)
     }
@@ -165,7 +160,7 @@ impl<B: Backend> Session<B> {
     /// Handles one request. Direct answers are appended to `out`; an accepted bid returns
     /// the wait for its durable ack, which the driver awaits (concurrently with later
     /// requests) and then sends.
-    pub fn handle(
+    pub(crate) fn handle(
         &mut self,
         request: pb::ClientMessage,
         out: &mut Vec<pb::ServerMessage>,
@@ -306,7 +301,7 @@ impl<B: Backend> Session<B> {
     }
 
     /// Counts and answers a frame that could not be decoded.
-    pub fn malformed(&self, detail: impl std::fmt::Display) -> pb::ServerMessage {
+    pub(crate) fn malformed(&self, detail: impl std::fmt::Display) -> pb::ServerMessage {
         metrics::request_error(self.transport, "malformed");
         error_message(
             0,
@@ -503,7 +498,7 @@ impl Drop for PendingGuard {
 /// The wait for one accepted bid's durable ack.
 #[derive(Debug)]
 #[must_use = "the durable ack is sent only if the wait is awaited"]
-pub struct DurableWait<F> {
+pub(crate) struct DurableWait<F> {
     request_id: u64,
     ack: pb::DurableAck,
     accepted_at: Instant,
@@ -515,15 +510,10 @@ pub struct DurableWait<F> {
 }
 
 impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
-    /// The request this wait answers.
-    pub fn request_id(&self) -> u64 {
-        self.request_id
-    }
-
     /// Waits for the sync and returns the message to send: the durable ack, or an internal
     /// error if the log failed (the bid's fate is then decided by the next recovery; it was
     /// never acknowledged durable).
-    pub async fn into_message(self) -> pb::ServerMessage {
+    pub(crate) async fn into_message(self) -> pb::ServerMessage {
         let DurableWait {
             request_id,
             ack,

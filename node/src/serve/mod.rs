@@ -318,7 +318,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         Arc::clone(&node),
         shutdown.clone(),
     )));
-    tasks.push(streams.spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway))));
+    tasks.push(streams.spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway))));
     let closer = closer::spawn(
         backend,
         Arc::clone(gateway.hub()),

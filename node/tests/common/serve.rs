@@ -114,7 +114,7 @@ impl QuicNode {
             Duration::from_secs(5),
         ));
         // Price streams: the fan-out workers end with the gateway's shutdown.
-        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
+        tokio::spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway)));
         QuicNode {
             dir,
             node,

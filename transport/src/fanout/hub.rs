@@ -35,7 +35,7 @@ use crate::metrics;
 
 /// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
 /// it never loses state and the epoch stays 1.
-pub const STREAM_EPOCH: u64 = 1;
+pub(crate) const STREAM_EPOCH: u64 = 1;
 
 /// Auctions read per page when a subscription scans for its snapshots.
 const SNAPSHOT_PAGE_MAX: usize = 1024;
@@ -99,7 +99,10 @@ impl Drop for BidderPresence {
 }
 
 /// The exact `topics` and `patterns` of a `Subscribe` or `Unsubscribe`, parsed.
-pub fn parse_request(topics: &[String], patterns: &[String]) -> Result<Vec<Pattern>, PatternError> {
+pub(crate) fn parse_request(
+    topics: &[String],
+    patterns: &[String],
+) -> Result<Vec<Pattern>, PatternError> {
     topics
         .iter()
         .map(|t| Pattern::exact(t))

@@ -14,7 +14,7 @@ use crate::gateway::{Backend, Gateway};
 use crate::metrics;
 
 /// Dirty auctions a worker drains per round before it yields to other tasks.
-pub const DRAIN_IDS_MAX: usize = 1024;
+pub(crate) const DRAIN_IDS_MAX: usize = 1024;
 /// Auctions read per page when a worker sweeps its shard after a feed overflow.
 const SWEEP_PAGE_MAX: usize = 1024;
 

@@ -61,7 +61,7 @@ pub const PATH: &str = "/v1/sse";
 const TRANSPORT: &str = "sse";
 /// Chunks queued for one response body; a full queue leaves updates conflating in the
 /// subscriber's outbox.
-pub const CHUNKS_MAX: usize = 4;
+pub(super) const CHUNKS_MAX: usize = 4;
 /// Events written in one chunk at most (and about `ws_message_bytes_max` bytes).
 const CHUNK_EVENTS_MAX: usize = 256;
 /// Positions a query may name in `resume` (the URI's length bounds them too).
@@ -74,7 +74,7 @@ pub(super) type AnyBody = http_body_util::Either<Body, EventStream>;
 
 /// A stream's response body: the chunks its task queues, until the task drops the sender.
 #[derive(Debug)]
-pub struct EventStream {
+pub(super) struct EventStream {
     chunks: mpsc::Receiver<Bytes>,
 }
 
