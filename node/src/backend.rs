@@ -11,7 +11,7 @@ use gavel_engine::{
     Receipt, UnixMicros,
 };
 use gavel_transport::{AuctionReads, Backend, DurableError};
-use gavel_wal::DurableFuture;
+use gavel_wal::{DurableFuture, WaitError};
 
 use crate::node::Node;
 
@@ -64,6 +64,35 @@ impl Future for NodeDurable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0)
             .poll(cx)
-            .map(|r| r.map(|_| ()).map_err(|e| DurableError(e.to_string())))
+            .map(|r| r.map(|_| ()).map_err(durable_error))
+    }
+}
+
+/// The transports' view of a failed durability wait (same message).
+fn durable_error(error: WaitError) -> DurableError {
+    match error {
+        WaitError::Failed { durable } => DurableError::Failed { durable },
+        WaitError::Closed { durable } => DurableError::Closed { durable },
+        WaitError::Timeout { durable } => DurableError::Timeout { durable },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_error_reads_as_the_wait_error_it_comes_from() {
+        for error in [
+            WaitError::Failed { durable: 5 },
+            WaitError::Closed { durable: 6 },
+            WaitError::Timeout { durable: 7 },
+        ] {
+            // The text bidders get in the Internal error answer stays what it was.
+            assert_eq!(
+                durable_error(error).to_string(),
+                format!("not durable: {error}")
+            );
+        }
     }
 }

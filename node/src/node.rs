@@ -461,7 +461,7 @@ impl Node {
     /// reason other than back-pressure. Nothing is acknowledged durable after that.
     pub fn failure(&self) -> Option<String> {
         if let Some(failure) = self.shared.wal.failure() {
-            return Some(failure);
+            return Some(failure.to_string());
         }
         self.shared.sink.failure().map(|e| match e {
             AppendError::Closed => "the write-ahead log is shut down".to_owned(),

@@ -61,10 +61,29 @@ pub trait Backend: AuctionReads + Send + Sync + 'static {
     fn last_receipt(&self) -> Receipt;
 }
 
-/// A receipt that will never become durable in this process (the log failed or stopped).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("not durable: {0}")]
-pub struct DurableError(pub String);
+/// Why a receipt will never become durable in this process; `durable` is the log's durable
+/// LSN when that was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurableError {
+    /// The log failed (a write, sync or delivery error); nothing more becomes durable.
+    #[error("not durable: the write-ahead log failed; durable LSN stays at {durable}")]
+    Failed {
+        /// The last durable LSN.
+        durable: u64,
+    },
+    /// The log shut down without this receipt's record.
+    #[error("not durable: the write-ahead log is shut down; durable LSN is {durable}")]
+    Closed {
+        /// The last durable LSN.
+        durable: u64,
+    },
+    /// A bounded wait for durability ended first.
+    #[error("not durable: timed out waiting for durability; durable LSN is {durable}")]
+    Timeout {
+        /// The durable LSN when the wait ended.
+        durable: u64,
+    },
+}
 
 /// The state all connections of one node share.
 #[derive(Debug)]

@@ -76,7 +76,9 @@ pub mod writer;
 pub type Lsn = u64;
 
 pub use durability::DurableFuture;
-pub use error::{AppendError, SnapshotDefect, WaitError, WalError};
+pub use error::{AppendError, LogFailure, SnapshotDefect, WaitError, WalError};
+#[cfg(feature = "kafka")]
+pub use error::{HeartbeatFailure, Persistence};
 pub use inspect::{VerifyReport, records, verify};
 pub use log::Log;
 pub use segment::{Record, Records, TornTail};

@@ -277,6 +277,12 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// librdkafka's error code of `error` (every producer error carries one; `Fail`, "generic
+/// failure", for the few client errors that do not).
+pub(crate) fn error_code(error: &KafkaError) -> RDKafkaErrorCode {
+    error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)
+}
+
 pub(crate) fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
     let brokers = brokers.to_owned();
     move |e| WalError::Kafka {

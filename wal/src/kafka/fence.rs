@@ -43,9 +43,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::client::error_code;
 use super::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 use crate::durability::lock;
-use crate::error::WalError;
+use crate::error::{HeartbeatFailure, LogFailure, WalError};
 
 /// One poll of the lock reader.
 const POLL: Duration = Duration::from_millis(100);
@@ -291,7 +292,7 @@ impl<'a> LapseWait<'a> {
 
 /// Delivery reports of the lease's producer: the last one, as an offset or an error.
 #[derive(Clone, Default)]
-struct LeaseDeliveries(Arc<Mutex<Option<Result<i64, String>>>>);
+struct LeaseDeliveries(Arc<Mutex<Option<Result<i64, HeartbeatFailure>>>>);
 
 impl ClientContext for LeaseDeliveries {}
 
@@ -301,7 +302,9 @@ impl ProducerContext for LeaseDeliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let outcome = match result {
             Ok(message) => Ok(message.offset()),
-            Err((error, _)) => Err(error.to_string()),
+            Err((error, _)) => Err(HeartbeatFailure::Kafka {
+                code: error_code(error),
+            }),
         };
         *lock(&self.0) = Some(outcome);
     }
@@ -315,13 +318,17 @@ fn produce(
     value: &str,
     timeout: Duration,
     stop: Option<&Mutex<bool>>,
-) -> Result<i64, String> {
+) -> Result<i64, HeartbeatFailure> {
     *lock(&producer.context().0) = None;
     let record = BaseRecord::to(topic)
         .key("writer")
         .payload(value)
         .timestamp(now_ms());
-    producer.send(record).map_err(|(e, _)| e.to_string())?;
+    producer
+        .send(record)
+        .map_err(|(e, _)| HeartbeatFailure::Kafka {
+            code: error_code(&e),
+        })?;
     // Polling serves the report as soon as it comes (`flush` checks only every 100 ms).
     let deadline = Instant::now() + timeout;
     loop {
@@ -330,13 +337,12 @@ fn produce(
             return outcome;
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "no delivery report within {} ms",
-                timeout.as_millis()
-            ));
+            return Err(HeartbeatFailure::NoReport {
+                waited_ms: timeout.as_millis() as u64,
+            });
         }
         if stop.is_some_and(|stop| *lock(stop)) {
-            return Err("stopped".to_owned());
+            return Err(HeartbeatFailure::Stopped);
         }
     }
 }
@@ -372,7 +378,7 @@ impl WriterLease {
     pub fn acquire(
         config: &KafkaConfig,
         owner: &str,
-        lost: impl FnOnce(String) + Send + 'static,
+        lost: impl FnOnce(LogFailure) + Send + 'static,
     ) -> Result<WriterLease, WalError> {
         let brokers = config.brokers.as_str();
         let topic = lock_topic(&config.topic);
@@ -409,10 +415,10 @@ impl WriterLease {
             lease,
             None,
         )
-        .map_err(|reason| WalError::Kafka {
+        .map_err(|failure| WalError::Kafka {
             op: "claim the writer lease",
             brokers: brokers.to_owned(),
-            reason,
+            reason: failure.to_string(),
         })?;
         // Beat from now on: the lease others see runs from the claim's timestamp.
         let beating = Arc::new(Beating {
@@ -483,7 +489,7 @@ fn beat(
     lease: Duration,
     claimed_at: Instant,
     beating: &Beating,
-    lost: impl FnOnce(String),
+    lost: impl FnOnce(LogFailure),
 ) -> BaseProducer<LeaseDeliveries> {
     let mut last = claimed_at;
     let lease_ms = lease.as_millis();
@@ -505,16 +511,20 @@ fn beat(
         if *lock(&beating.stop) {
             break;
         }
-        match result {
-            Ok(_) if last.elapsed() < lease => last = sent,
-            outcome => {
-                lost(format!(
-                    "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
-                     within {lease_ms} ms ({outcome:?}); another node may write the topic now"
-                ));
-                break;
+        let failure = match result {
+            Ok(_) if last.elapsed() < lease => {
+                last = sent;
+                continue;
             }
-        }
+            Ok(_) => HeartbeatFailure::Late,
+            Err(failure) => failure,
+        };
+        lost(LogFailure::LeaseLost {
+            topic: topic.to_owned(),
+            lease_ms: lease_ms as u64,
+            beat: failure,
+        });
+        break;
     }
     // Handed back for the release record.
     producer

@@ -13,13 +13,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
-use super::client::{KafkaConfig, check_producer_config, ensure_topic, kafka_error};
+use super::client::{KafkaConfig, check_producer_config, ensure_topic, error_code, kafka_error};
 use super::fence::WriterLease;
 use super::reader::{KafkaPosition, KafkaRecords};
-use crate::durability::{
-    Durability, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open, lock,
-};
-use crate::error::{AppendError, WalError};
+use crate::durability::{Durability, LogStatus, batch_bytes, lock};
+use crate::error::{AppendError, LogFailure, Persistence, WalError};
 use crate::{Lsn, WalMetrics};
 
 /// Delivery reports, by `status`: `persisted`, `not_persisted`, `possibly_persisted`,
@@ -47,8 +45,8 @@ const _: () = assert!(usize::BITS >= u64::BITS);
 /// order.
 #[derive(Debug)]
 struct InFlight {
-    /// `STATUS_*`: appends are accepted only while open.
-    status: u8,
+    /// Appends are accepted only while open.
+    status: LogStatus,
     next_lsn: Lsn,
     records: usize,
     bytes: usize,
@@ -100,7 +98,11 @@ impl Shared {
 enum Outcome {
     /// Persisted at this partition and offset.
     Persisted(i32, i64),
-    Failed(String),
+    /// Anything else: a report that succeeded with another status, or an error (`code`).
+    Failed {
+        status: Persistence,
+        code: Option<RDKafkaErrorCode>,
+    },
 }
 
 impl Shared {
@@ -109,7 +111,7 @@ impl Shared {
         let mut in_flight = lock(&self.in_flight);
         in_flight.records = in_flight.records.saturating_sub(1);
         in_flight.bytes = in_flight.bytes.saturating_sub(bytes);
-        if in_flight.status == STATUS_FAILED {
+        if in_flight.status == LogStatus::Failed {
             // The durable LSN never moves after a failure, even for later successes.
             return;
         }
@@ -141,20 +143,18 @@ impl Shared {
                     self.durability.advance(durable);
                 }
             }
-            Outcome::Failed(reason) => {
+            Outcome::Failed { status, code } => {
                 drop(in_flight);
-                self.fail(format!(
-                    "the record at LSN {lsn} was not persisted: {reason}"
-                ));
+                self.fail(LogFailure::NotPersisted { lsn, status, code });
             }
         }
     }
 
     /// Fails the log for good: nothing more is appended or becomes durable.
-    fn fail(&self, why: String) {
-        lock(&self.in_flight).status = STATUS_FAILED;
+    fn fail(&self, why: LogFailure) {
+        lock(&self.in_flight).status = LogStatus::Failed;
         self.durability.record_failure(why);
-        self.durability.finish(STATUS_FAILED);
+        self.durability.finish(LogStatus::Failed);
     }
 }
 
@@ -170,53 +170,46 @@ impl ClientContext for DeliveryContext {}
 
 /// The persistence status librdkafka gives a produced message.
 #[allow(unsafe_code)]
-fn persistence_status(message: &BorrowedMessage<'_>) -> rdkafka::bindings::rd_kafka_msg_status_t {
+fn persistence(message: &BorrowedMessage<'_>) -> Persistence {
+    use rdkafka::bindings::rd_kafka_msg_status_t as Status;
     // SAFETY: `message.ptr()` is the live `rd_kafka_message_t` of this delivery report,
     // borrowed for the duration of the callback; `rd_kafka_message_status` only reads it.
-    unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) }
+    match unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) } {
+        Status::RD_KAFKA_MSG_STATUS_PERSISTED => Persistence::Persisted,
+        Status::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED => Persistence::PossiblyPersisted,
+        Status::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => Persistence::NotPersisted,
+    }
 }
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, lsn: usize) {
-        use rdkafka::bindings::rd_kafka_msg_status_t as Status;
         let lsn = lsn as Lsn;
         let (bytes, outcome, status_label) = match result {
-            Ok(message) => {
-                let status = persistence_status(message);
-                let (outcome, label) = if status == Status::RD_KAFKA_MSG_STATUS_PERSISTED {
+            Ok(message) => match persistence(message) {
+                Persistence::Persisted => {
                     let shared = &self.shared;
                     // Ordering: Relaxed — a statistic; the slot was stored before the send.
                     let sent_us = shared.sent_slot(lsn).load(Ordering::Relaxed);
                     let now_us = shared.epoch.elapsed().as_micros() as u64;
                     self.delivery_seconds
                         .record(now_us.saturating_sub(sent_us) as f64 / 1e6);
-                    (
-                        Outcome::Persisted(message.partition(), message.offset()),
-                        "persisted",
-                    )
-                } else {
-                    let label = if status == Status::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED {
-                        "possibly_persisted"
-                    } else {
-                        "not_persisted"
-                    };
-                    (
-                        Outcome::Failed(format!("delivery succeeded with status {status:?}")),
-                        label,
-                    )
+                    let outcome = Outcome::Persisted(message.partition(), message.offset());
+                    (message.payload_len(), outcome, "persisted")
+                }
+                status => {
+                    let outcome = Outcome::Failed { status, code: None };
+                    (message.payload_len(), outcome, status.label())
+                }
+            },
+            Err((error, message)) => {
+                let outcome = Outcome::Failed {
+                    status: persistence(message),
+                    code: Some(error_code(error)),
                 };
-                (message.payload_len(), outcome, label)
+                (message.payload_len(), outcome, "error")
             }
-            Err((error, message)) => (
-                message.payload_len(),
-                Outcome::Failed(format!(
-                    "{error} (status {:?})",
-                    persistence_status(message)
-                )),
-                "error",
-            ),
         };
         if status_label == "persisted" {
             self.persisted.increment(1);
@@ -261,7 +254,7 @@ impl KafkaLog {
         check_producer_config(&producer_config)?;
         ensure_topic(&config)?;
         let shared = Arc::new(Shared::new(InFlight {
-            status: STATUS_OPEN,
+            status: LogStatus::Open,
             next_lsn: 1,
             records: 0,
             bytes: 0,
@@ -339,7 +332,7 @@ impl KafkaLog {
     ) -> Result<Lsn, AppendError> {
         let batch_bytes = batch_bytes(payloads)?;
         let mut in_flight = lock(&self.shared.in_flight);
-        check_open(in_flight.status)?;
+        in_flight.status.check_open()?;
         if payloads.is_empty() {
             return Ok(in_flight.next_lsn - 1);
         }
@@ -386,14 +379,15 @@ impl KafkaLog {
                     });
                 }
                 // Part of a decision may be on its way: the log cannot stay consistent.
-                in_flight.status = STATUS_FAILED;
+                in_flight.status = LogStatus::Failed;
                 in_flight.next_lsn = lsn;
                 in_flight.records += i;
                 drop(in_flight);
-                self.shared
-                    .durability
-                    .record_failure(format!("producing the record at LSN {lsn}: {error}"));
-                self.shared.durability.finish(STATUS_FAILED);
+                self.shared.durability.record_failure(LogFailure::Produce {
+                    lsn,
+                    code: error_code(&error),
+                });
+                self.shared.durability.finish(LogStatus::Failed);
                 return Err(AppendError::Failed);
             }
         }
@@ -416,7 +410,7 @@ impl KafkaLog {
     }
 
     /// Why the log failed, if it did.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogFailure> {
         self.shared.durability.failure()
     }
 
@@ -446,29 +440,31 @@ impl KafkaLog {
     pub fn shutdown(&self) -> Result<Lsn, WalError> {
         {
             let mut in_flight = lock(&self.shared.in_flight);
-            if in_flight.status == STATUS_OPEN {
-                in_flight.status = STATUS_CLOSED;
+            if in_flight.status == LogStatus::Open {
+                in_flight.status = LogStatus::Closed;
             }
         }
         let flushed = self.producer.flush(Timeout::After(SHUTDOWN_FLUSH_MAX));
         if let Err(error) = flushed {
             let unreported = lock(&self.shared.in_flight).records;
-            self.shared.durability.record_failure(format!(
-                "shutdown: {unreported} records still without a delivery report after {} s: \
-                 {error}",
-                SHUTDOWN_FLUSH_MAX.as_secs()
-            ));
+            self.shared
+                .durability
+                .record_failure(LogFailure::Unflushed {
+                    records: unreported,
+                    waited_s: SHUTDOWN_FLUSH_MAX.as_secs(),
+                    code: error_code(&error),
+                });
         }
         // Nothing more is written: a successor may start at once.
         if let Some(mut lease) = lock(&self.lease).take() {
             lease.release();
         }
         if let Some(failure) = self.failure() {
-            lock(&self.shared.in_flight).status = STATUS_FAILED;
-            self.shared.durability.finish(STATUS_FAILED);
+            lock(&self.shared.in_flight).status = LogStatus::Failed;
+            self.shared.durability.finish(LogStatus::Failed);
             return Err(WalError::WriterFailed(failure));
         }
-        self.shared.durability.finish(STATUS_CLOSED);
+        self.shared.durability.finish(LogStatus::Closed);
         Ok(self.shared.durability.durable_lsn())
     }
 }
@@ -487,7 +483,7 @@ mod tests {
 
     fn shared() -> Shared {
         Shared::new(InFlight {
-            status: STATUS_OPEN,
+            status: LogStatus::Open,
             next_lsn: 6,
             records: 5,
             bytes: 50,
@@ -529,7 +525,10 @@ mod tests {
         s.delivered(
             2,
             10,
-            Outcome::Failed("status RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED".into()),
+            Outcome::Failed {
+                status: Persistence::PossiblyPersisted,
+                code: None,
+            },
         );
         // Later successes never move it: LSN 3 could depend on LSN 2's auction state.
         s.delivered(3, 10, Outcome::Persisted(0, 0));
@@ -539,6 +538,11 @@ mod tests {
             Err(WaitError::Failed { durable: 1 })
         );
         assert_eq!(s.durability.wait(1, Duration::ZERO), Ok(1));
-        assert!(s.durability.failure().unwrap().contains("LSN 2"));
+        let failure = s.durability.failure().unwrap().to_string();
+        assert_eq!(
+            failure,
+            "the record at LSN 2 was not persisted: delivery succeeded with status \
+             POSSIBLY_PERSISTED"
+        );
     }
 }

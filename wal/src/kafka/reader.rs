@@ -90,39 +90,7 @@ impl KafkaRecords {
             .set("fetch.wait.max.ms", "10")
             .create_with_context(ReaderContext)
             .map_err(kafka_error("create the recovery consumer", brokers))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&config.topic), Timeout::After(timeout))
-            .map_err(|e| WalError::KafkaUnreachable {
-                brokers: brokers.to_owned(),
-                timeout_ms: config.connect_timeout_ms,
-                reason: e.to_string(),
-            })?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == config.topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if partitions == 0 {
-            return Err(WalError::Kafka {
-                op: "read the topic",
-                brokers: brokers.to_owned(),
-                reason: format!("topic {} does not exist", config.topic),
-            });
-        }
-        if let Some(start) = start
-            && (start.topic != config.topic || start.next_offsets.len() > partitions)
-        {
-            return Err(WalError::Kafka {
-                op: "resume from a snapshot",
-                brokers: brokers.to_owned(),
-                reason: format!(
-                    "the snapshot is of topic {} with {} partitions; topic {} has {partitions}",
-                    start.topic,
-                    start.next_offsets.len(),
-                    config.topic
-                ),
-            });
-        }
+        let partitions = partitions(&consumer, config, start)?;
         let next_offsets: Vec<i64> = (0..partitions)
             .map(|p| {
                 start
@@ -130,21 +98,7 @@ impl KafkaRecords {
                     .unwrap_or(-1)
             })
             .collect();
-        let mut assignment = TopicPartitionList::new();
-        for (partition, &next) in next_offsets.iter().enumerate() {
-            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-            let offset = if next < 0 {
-                Offset::Beginning
-            } else {
-                Offset::Offset(next)
-            };
-            assignment
-                .add_partition_offset(&config.topic, partition, offset)
-                .map_err(kafka_error("assign a partition", brokers))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(kafka_error("assign the partitions", brokers))?;
+        assign(&consumer, config, &next_offsets)?;
         Ok(KafkaRecords {
             consumer,
             topic: config.topic.clone(),
@@ -173,6 +127,76 @@ impl KafkaRecords {
     pub fn next_offsets(&self) -> &[i64] {
         &self.next_offsets
     }
+}
+
+/// The topic's partition count; an error if the topic is missing or `start` is a position in
+/// another topic (or in more partitions than it has).
+fn partitions(
+    consumer: &BaseConsumer<ReaderContext>,
+    config: &KafkaConfig,
+    start: Option<&KafkaPosition>,
+) -> Result<usize, WalError> {
+    let brokers = config.brokers.as_str();
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let metadata = consumer
+        .fetch_metadata(Some(&config.topic), Timeout::After(timeout))
+        .map_err(|e| WalError::KafkaUnreachable {
+            brokers: brokers.to_owned(),
+            timeout_ms: config.connect_timeout_ms,
+            reason: e.to_string(),
+        })?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == config.topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        return Err(WalError::Kafka {
+            op: "read the topic",
+            brokers: brokers.to_owned(),
+            reason: format!("topic {} does not exist", config.topic),
+        });
+    }
+    if let Some(start) = start
+        && (start.topic != config.topic || start.next_offsets.len() > partitions)
+    {
+        return Err(WalError::Kafka {
+            op: "resume from a snapshot",
+            brokers: brokers.to_owned(),
+            reason: format!(
+                "the snapshot is of topic {} with {} partitions; topic {} has {partitions}",
+                start.topic,
+                start.next_offsets.len(),
+                config.topic
+            ),
+        });
+    }
+    Ok(partitions)
+}
+
+/// Assigns every partition to `consumer` at its offset in `next_offsets` (negative: its
+/// beginning).
+fn assign(
+    consumer: &BaseConsumer<ReaderContext>,
+    config: &KafkaConfig,
+    next_offsets: &[i64],
+) -> Result<(), WalError> {
+    let brokers = config.brokers.as_str();
+    let mut assignment = TopicPartitionList::new();
+    for (partition, &next) in next_offsets.iter().enumerate() {
+        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+        let offset = if next < 0 {
+            Offset::Beginning
+        } else {
+            Offset::Offset(next)
+        };
+        assignment
+            .add_partition_offset(&config.topic, partition, offset)
+            .map_err(kafka_error("assign a partition", brokers))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_error("assign the partitions", brokers))
 }
 
 impl Iterator for KafkaRecords {
