@@ -3,6 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`backend`]: [`NodeBackend`], the node as the transports' [`gavel_transport::Backend`].
+//! - [`closer`]: the closer thread — closes due auctions, sleeping until the next end (or an
+//!   earlier creation), and announces each settlement once durable.
 //! - [`durable`]: [`WalSink`], the engine's event sink that encodes each decision's events as
 //!   WAL records and appends them all or none; its receipt is the decision's last LSN.
 //! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
@@ -19,6 +21,7 @@
 //! reached its receipt; a failed log stops the node, it never acknowledges.
 
 pub mod backend;
+pub mod closer;
 pub mod durable;
 pub mod node;
 pub mod replay;

@@ -265,7 +265,9 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
 
-    /// How often due auctions are closed and settled, in milliseconds.
+    /// Longest the closer sleeps between looks for due auctions, in milliseconds (it wakes at
+    /// the next auction's end, or when an earlier-ending auction is created; this bounds the
+    /// effect of a wall-clock jump).
     #[arg(long, env = "GAVEL_CLOSE_TICK_MS", value_name = "MS")]
     pub close_tick_ms: Option<u64>,
 
@@ -330,7 +332,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Engine, log and snapshot settings.
     pub node: NodeConfig,
-    /// Close/settle tick.
+    /// Longest sleep of the closer.
     pub close_tick: Duration,
     /// Graceful shutdown deadline.
     pub shutdown_deadline: Duration,
@@ -348,8 +350,8 @@ pub const HTTPS_LISTEN_DEFAULT: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8443));
 /// Default poll interval of the TLS files, in milliseconds.
 pub const TLS_RELOAD_POLL_MS_DEFAULT: u64 = 2_000;
-/// Default close/settle tick, in milliseconds.
-pub const CLOSE_TICK_MS_DEFAULT: u64 = 10;
+/// Default longest sleep of the closer, in milliseconds.
+pub const CLOSE_TICK_MS_DEFAULT: u64 = 1_000;
 /// Default graceful shutdown deadline, in milliseconds.
 pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Default worker threads per runtime (0 = one per core).
