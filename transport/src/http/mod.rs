@@ -376,6 +376,9 @@ fn http_builder(limits: &crate::Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.streams_per_connection_max)
+        // What a response (an SSE stream) may have buffered per HTTP/2 stream beyond the
+        // socket: more waits in its producer (for SSE, conflating in the outbox).
+        .max_send_buf_size(limits.stream_unsent_bytes_max)
         .keep_alive_interval(limits.idle_timeout() / 2)
         .keep_alive_timeout(limits.idle_timeout() / 2);
     builder

@@ -46,6 +46,29 @@ impl Pacing {
         self.bound.store(bound, Ordering::Relaxed);
     }
 
+    /// Resolves once a flush completed after the last write with the kernel below the
+    /// bound (at once if that is so now): what was written has reached the kernel and the
+    /// kernel can take more without the reader falling further behind.
+    pub(super) async fn drained(&self) {
+        loop {
+            let notified = self.drained_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Ordering: Acquire pairs with the Release in `set_drained`; the flag guards no
+            // data, but a flush after the check must either be seen or notify.
+            if self.drained.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a flush completed after the last write with the kernel below the bound.
+    pub(super) fn is_drained(&self) -> bool {
+        // Ordering: Acquire; see `drained`.
+        self.drained.load(Ordering::Acquire)
+    }
+
     /// Marks the connection as having bytes on their way (a chunk handed to the HTTP
     /// layer): [`Pacing::drained`] waits for the flush that follows.
     pub(super) fn undrain(&self) {
