@@ -153,6 +153,12 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SLOW_CONSUMER_TIMEOUT_MS", value_name = "MS")]
     pub slow_consumer_timeout_ms: Option<u64>,
 
+    /// Bytes of stream updates a WebSocket, SSE or QUIC stream may have written but not yet
+    /// sent (the kernel's unsent bytes, the HTTP/2 send buffer, one write's batch); newer
+    /// updates wait, conflated, until the reader takes these.
+    #[arg(long, env = "GAVEL_STREAM_UNSENT_BYTES_MAX", value_name = "BYTES")]
+    pub stream_unsent_bytes_max: Option<usize>,
+
     /// Sustained bids per second per bidder, over all its connections.
     #[arg(
         long,
@@ -392,7 +398,7 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
         frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
         handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
         subscriptions_per_connection_max, pending_durable_per_connection_max,
-        outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+        outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
         bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max));
     defaults.extend(defaults_of!("", engine; auctions_max, dedup_window_bids, sealed_bidders_max));
     defaults.extend(defaults_of!("wal_", wal;
@@ -459,7 +465,7 @@ impl ServeOptions {
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
             subscriptions_per_connection_max, pending_durable_per_connection_max,
-            outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+            outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
@@ -562,6 +568,9 @@ impl ServeOptions {
             slow_consumer_timeout_ms: self
                 .slow_consumer_timeout_ms
                 .unwrap_or(defaults.slow_consumer_timeout_ms),
+            stream_unsent_bytes_max: self
+                .stream_unsent_bytes_max
+                .unwrap_or(defaults.stream_unsent_bytes_max),
             bids_per_second_per_bidder: self
                 .bids_per_second_per_bidder
                 .unwrap_or(defaults.bids_per_second_per_bidder),
