@@ -657,3 +657,34 @@ async fn a_paused_reader_that_reads_again_gets_close_1008() {
     assert_eq!(close.code, CloseCode::Policy, "{close:?}");
     assert_eq!(u16::from(close.code), 1008);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauge_shows_the_bytes_waiting_for_a_stalled_reader() {
+    const AUCTIONS: u64 = 20;
+    /// Fewer bytes than any price update takes (auction id, topic, seq, price, leader, …).
+    const UPDATE_BYTES_LEAST: u64 = 40;
+    const QUEUE_BYTES: &str = "gavel_stream_queue_bytes{transport=\"ws\"}";
+    let _serial = SERIAL.lock().await;
+    let (_dir, served, certs) = start(&[]);
+    let _stalled = watcher(&served, &certs, "slow.gauge", AUCTIONS).await;
+    // The reader stalls: nothing is read from here on, while every auction moves.
+    let mut bidder = QuicBidder::connect(&served, &certs).await;
+    let started = Instant::now();
+    let mut queued = 0.0;
+    for round in 0.. {
+        assert!(
+            round < BIDS && started.elapsed() < WAIT,
+            "{QUEUE_BYTES} stayed at {queued} after {round} rounds"
+        );
+        for id in 10..10 + AUCTIONS {
+            bidder.bid(id, amount(round)).await;
+        }
+        if round % 5 == 4 {
+            queued = metric(&served, QUEUE_BYTES).await;
+            if queued >= (AUCTIONS * UPDATE_BYTES_LEAST) as f64 {
+                break;
+            }
+        }
+    }
+    println!("{QUEUE_BYTES} {queued} while the reader is stalled");
+}

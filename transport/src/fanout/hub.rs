@@ -182,6 +182,11 @@ impl Subscriber {
         self.full.load(Ordering::Relaxed) || self.outbox().is_slow(now)
     }
 
+    /// Bytes pending in the outbox (encoded sizes).
+    pub fn pending_bytes(&self) -> usize {
+        self.outbox().bytes()
+    }
+
     fn mark_slow(&self) {
         // Ordering: Relaxed; see `is_slow`.
         self.full.store(true, Ordering::Relaxed);
