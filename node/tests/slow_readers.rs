@@ -633,6 +633,16 @@ async fn a_paused_reader_that_reads_again_gets_close_1008() {
     }
     // Longer than the node's one-second wait for other closes.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let updates = until_close_1008(&mut socket).await;
+    println!("the paused reader got {updates} updates, then the error and the close");
+}
+
+/// Reads `socket` until its close frame (within [`WAIT`]); asserts an
+/// `ERROR_CODE_SLOW_CONSUMER` error came before it and its code is 1008. Returns the price
+/// updates read on the way.
+async fn until_close_1008<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> u64 {
     let (mut updates, mut error) = (0, None);
     let close = loop {
         let message = tokio::time::timeout(WAIT, socket.next())
@@ -651,11 +661,24 @@ async fn a_paused_reader_that_reads_again_gets_close_1008() {
             other => panic!("the stream ended without a close frame: {other:?}"),
         }
     };
-    println!("the paused reader got {updates} updates, then the error and the close");
     assert_eq!(error.as_deref(), Some("ERROR_CODE_SLOW_CONSUMER"));
     let close = close.expect("a close frame with a code");
     assert_eq!(close.code, CloseCode::Policy, "{close:?}");
     assert_eq!(u16::from(close.code), 1008);
+    updates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_snapshots_do_not_fit_is_closed_with_1008() {
+    let _serial = SERIAL.lock().await;
+    // Five snapshots (≈ 300 bytes each) exceed twice the bound at once.
+    let (_dir, served, certs) = start(&[("GAVEL_OUTBOUND_BYTES_MAX_PER_CONNECTION", "200")]);
+    for id in 0..5 {
+        create(&served, &certs, 10 + id, &format!("slow.big.lot-{id}")).await;
+    }
+    let mut socket = watcher(&served, &certs, "slow.big", 0).await;
+    until_close_1008(&mut socket).await;
+    assert_eq!(metric(&served, WS_SLOW_CONSUMERS).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -617,6 +617,8 @@ impl Hub {
                 if !outbox.push_ordered(id, snapshot, at) {
                     drop(outbox);
                     subscriber.mark_slow();
+                    // The writer closes the connection at its next look.
+                    subscriber.wake();
                     return queued;
                 }
                 queued += 1;
