@@ -6,15 +6,18 @@
 # crate's bundled sources. The Kafka log's tests need a Kafka-protocol broker: tansu, installed
 # here with cargo when it is missing (about 17 minutes on 2 cores, once: it stays in
 # ~/.cargo/bin and is never rebuilt when present). The browser page's end-to-end test needs
-# Chromium, and the metrics lint needs promtool (Debian's prometheus package): both installed
-# here with apt-get when missing. Later issues add their tools here too.
+# Chromium, and the metrics lint, the alert rules' tests and the real-Prometheus alert test need
+# promtool and prometheus (Debian's prometheus package): both installed here with apt-get when
+# missing. Later issues add their tools here too.
 #
 # Steps:
 #   1. the engine stays sans-IO: `cargo tree` of gavel-engine must not list tokio; the
 #      bidder SDK (gavel-client) lists neither the node, the WAL nor the transports;
 #   2. tansu (the Kafka-protocol broker), chromium (the browser test's headless browser,
-#      Debian's package) and promtool (`promtool check metrics` on a live node's /metrics,
-#      from Debian's prometheus package) installed if missing; nats-server (Debian package)
+#      Debian's package) and Debian's prometheus package (promtool: `check metrics` on a live
+#      node's /metrics, `check rules` and `test rules` on ops/prometheus; the prometheus
+#      server: node/tests/ops.rs shows the alerts firing) and systemd-analyze (the unit's
+#      check) installed if missing; nats-server (Debian package)
 #      too when root, for the load tester's smoke (which skips its nats phase without it);
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
@@ -56,15 +59,27 @@ else
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
 fi
 
-step "promtool for the metrics lint (Debian's prometheus package)"
-if command -v promtool >/dev/null 2>&1; then
-    echo "ok: promtool present"
+step "promtool and prometheus for the metrics lint and the alert tests (Debian's prometheus package)"
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    echo "ok: promtool and prometheus present"
 else
-    # The test (node/tests/metrics_lint.rs) pipes a live node's /metrics through
-    # `promtool check metrics`; it fails without promtool, it never skips.
+    # node/tests/metrics_lint.rs pipes a live node's /metrics through `promtool check
+    # metrics`; node/tests/ops.rs runs `promtool check rules` and `promtool test rules` on
+    # ops/prometheus and starts a prometheus server. They fail without them, never skip.
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
+fi
+
+step "systemd-analyze for the systemd unit's check (Debian's systemd package)"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    echo "ok: systemd-analyze present"
+else
+    # node/tests/ops.rs runs `systemd-analyze verify` on ops/systemd/gavel.service; it fails
+    # without it, it never skips.
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends systemd
 fi
 
 step "nats-server for the load tester's smoke (its fan-out peer; optional)"

@@ -73,6 +73,24 @@ pub enum NameError {
     },
 }
 
+/// The rule shared by bidder ids and topics: not empty, at most `len_max` bytes, only ASCII
+/// letters, digits, `.`, `_` and `-`.
+fn check_name(text: &str, len_max: usize) -> Result<(), NameError> {
+    if text.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if text.len() > len_max {
+        return Err(NameError::TooLong { len_max });
+    }
+    match text
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+    {
+        Some(at) => Err(NameError::InvalidChar { at }),
+        None => Ok(()),
+    }
+}
+
 /// Identity of a bidder, taken from its mTLS certificate by the transport (never from a
 /// message body). Stored inline so that bids, outcomes and events stay `Copy` and allocation
 /// free: at most [`BidderId::LEN_MAX`] bytes of `[A-Za-z0-9._-]`.
@@ -88,20 +106,7 @@ impl BidderId {
 
     /// Parses a bidder id.
     pub fn new(text: &str) -> Result<BidderId, NameError> {
-        if text.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if text.len() > Self::LEN_MAX {
-            return Err(NameError::TooLong {
-                len_max: Self::LEN_MAX,
-            });
-        }
-        if let Some(at) = text
-            .bytes()
-            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-        {
-            return Err(NameError::InvalidChar { at });
-        }
+        check_name(text, Self::LEN_MAX)?;
         let mut bytes = [0u8; Self::LEN_MAX];
         bytes[..text.len()].copy_from_slice(text.as_bytes());
         Ok(BidderId {
@@ -161,20 +166,7 @@ impl Topic {
 
     /// Parses a topic.
     pub fn new(text: &str) -> Result<Topic, NameError> {
-        if text.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if text.len() > Self::LEN_MAX {
-            return Err(NameError::TooLong {
-                len_max: Self::LEN_MAX,
-            });
-        }
-        if let Some(at) = text
-            .bytes()
-            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
-        {
-            return Err(NameError::InvalidChar { at });
-        }
+        check_name(text, Self::LEN_MAX)?;
         if text.split('.').any(str::is_empty) {
             return Err(NameError::EmptySegment);
         }

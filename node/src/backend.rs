@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, ManageError,
+    AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, ManageError,
     Receipt, UnixMicros,
 };
-use gavel_transport::{Backend, DurableError};
-use gavel_wal::DurableFuture;
+use gavel_transport::{AuctionReads, Backend, DurableError};
+use gavel_wal::{DurableFuture, WaitError};
 
 use crate::node::Node;
 
@@ -19,12 +19,18 @@ use crate::node::Node;
 #[derive(Debug, Clone)]
 pub struct NodeBackend(pub Arc<Node>);
 
+impl AuctionReads for NodeBackend {
+    fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        self.0.engine().view(id, now)
+    }
+
+    fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
+        self.0.engine().list(after, limit, now)
+    }
+}
+
 impl Backend for NodeBackend {
     type Durable = NodeDurable;
-
-    fn engine(&self) -> &Engine {
-        self.0.engine()
-    }
 
     fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
         self.0.place_bid(bid, now)
@@ -58,6 +64,35 @@ impl Future for NodeDurable {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0)
             .poll(cx)
-            .map(|r| r.map(|_| ()).map_err(|e| DurableError(e.to_string())))
+            .map(|r| r.map(|_| ()).map_err(durable_error))
+    }
+}
+
+/// The transports' view of a failed durability wait (same message).
+fn durable_error(error: WaitError) -> DurableError {
+    match error {
+        WaitError::Failed { durable } => DurableError::Failed { durable },
+        WaitError::Closed { durable } => DurableError::Closed { durable },
+        WaitError::Timeout { durable } => DurableError::Timeout { durable },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_error_reads_as_the_wait_error_it_comes_from() {
+        for error in [
+            WaitError::Failed { durable: 5 },
+            WaitError::Closed { durable: 6 },
+            WaitError::Timeout { durable: 7 },
+        ] {
+            // The text bidders get in the Internal error answer stays what it was.
+            assert_eq!(
+                durable_error(error).to_string(),
+                format!("not durable: {error}")
+            );
+        }
     }
 }

@@ -47,13 +47,16 @@ use gavel_proto::convert::state::{
 };
 use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
+use gavel_transport::clock::now_micros;
+use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
-use gavel_wal::snapshot::{SnapshotDefect, list_snapshots, read_snapshot, remove_old_snapshots};
+use gavel_wal::snapshot::{list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
     WalConfig, WriterHooks, latest_snapshot, write_snapshot,
 };
 
+use crate::closer::{DueAlarm, Wake};
 use crate::durable::WalSink;
 use crate::replay::replay_parallel;
 
@@ -171,6 +174,8 @@ pub struct Node {
     shared: Arc<Shared>,
     snapshotter: Mutex<Option<JoinHandle<()>>>,
     data_dir: PathBuf,
+    /// Wakes the closer when a creation ends before its planned wake-up.
+    due: DueAlarm,
 }
 
 impl std::fmt::Debug for Node {
@@ -352,6 +357,7 @@ impl Node {
             Node {
                 shared,
                 snapshotter: Mutex::new(snapshotter),
+                due: DueAlarm::default(),
                 data_dir: data_dir.to_path_buf(),
             },
             report,
@@ -379,15 +385,20 @@ impl Node {
         &self.shared.wal
     }
 
-    /// Creates an auction; durable once the receipt is.
+    /// Creates an auction; durable once the receipt is. Wakes the closer if the auction
+    /// ends before the closer planned to wake.
     pub fn create_auction(
         &self,
         spec: AuctionSpec,
         now: UnixMicros,
     ) -> Result<Receipt, CreateError> {
-        self.shared
+        let ends_at = spec.rules().ends_at;
+        let receipt = self
+            .shared
             .engine
-            .create_auction(spec, now, &self.shared.sink)
+            .create_auction(spec, now, &self.shared.sink)?;
+        self.due.due_at(ends_at);
+        Ok(receipt)
     }
 
     /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for, and
@@ -400,6 +411,24 @@ impl Node {
     /// receipt is durable.
     pub fn close_due(&self, now: UnixMicros, max: usize) -> Vec<ClosedAuction> {
         self.shared.engine.close_due(now, max, &self.shared.sink)
+    }
+
+    /// The next time an auction is due to close (possibly stale: an extended auction shows
+    /// its old end, which only wakes the closer early), in the manner of quinn's
+    /// `poll_timeout`; [`Node::close_due`] is its `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<UnixMicros> {
+        self.shared.engine.next_due()
+    }
+
+    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends earlier,
+    /// [`Node::wake_closer`] rings, or `longest` passes (the closer's sleep).
+    pub fn sleep_until_due(&self, longest: Duration) -> Wake {
+        self.due.sleep(self.poll_timeout(), now_micros(), longest)
+    }
+
+    /// Wakes a closer sleeping in [`Node::sleep_until_due`] now (shutdown).
+    pub fn wake_closer(&self) {
+        self.due.ring();
     }
 
     /// Cancels an open auction.
@@ -432,7 +461,7 @@ impl Node {
     /// reason other than back-pressure. Nothing is acknowledged durable after that.
     pub fn failure(&self) -> Option<String> {
         if let Some(failure) = self.shared.wal.failure() {
-            return Some(failure);
+            return Some(failure.to_string());
         }
         self.shared.sink.failure().map(|e| match e {
             AppendError::Closed => "the write-ahead log is shut down".to_owned(),

@@ -80,9 +80,9 @@ impl Default for Limits {
 
 /// Smallest QUIC frame or WebSocket message limit, in bytes: one bid with its envelope must
 /// fit.
-pub const MESSAGE_BYTES_MAX_LEAST: usize = 256;
+pub(crate) const MESSAGE_BYTES_MAX_LEAST: usize = 256;
 /// Greatest QUIC frame or WebSocket message limit, in bytes.
-pub const MESSAGE_BYTES_MAX_MOST: usize = 16 * 1024 * 1024;
+pub(crate) const MESSAGE_BYTES_MAX_MOST: usize = 16 * 1024 * 1024;
 
 /// A limit [`Limits::validate`] refuses: which one, and the bound it is on the wrong side of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -27,6 +27,13 @@ pub const CONNECTIONS_REFUSED: &str = "gavel_connections_refused_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "gavel_tls_handshake_failures_total";
 /// TLS material reloads, by `result` (`ok`/`error`).
 pub const TLS_RELOADS: &str = "gavel_tls_reloads_total";
+/// 1 if the latest load or reload of the TLS material succeeded, 0 if it failed (the last
+/// good material stays in use).
+pub const TLS_LAST_RELOAD_SUCCESSFUL: &str = "gavel_tls_last_reload_successful";
+/// When the TLS material in use stops being valid, Unix seconds, by `kind`: `server_cert`
+/// (the earliest `notAfter` of the server's chain), `client_ca` (the earliest in the client
+/// CA bundle), `crl` (the earliest `nextUpdate`; past it every client is refused).
+pub const TLS_EXPIRY: &str = "gavel_tls_expiry_timestamp_seconds";
 /// Admin API requests, by `method`, `route` (the route template) and `status`.
 pub const ADMIN_REQUESTS: &str = "gavel_admin_requests_total";
 
@@ -58,7 +65,7 @@ pub const PRESENCE_BIDDERS: &str = "gavel_presence_bidders";
 /// cancel, buy-now, Dutch sale).
 pub const AUCTIONS_SETTLED: &str = "gavel_auctions_settled_total";
 
-/// Always 1, labelled with the node's `version`.
+/// Always 1, labelled with the node's `version` and source `commit`.
 pub const BUILD_INFO: &str = "gavel_build_info";
 
 /// Registers the descriptions of the metrics above with the installed recorder.
@@ -97,6 +104,15 @@ pub fn describe() {
         "TLS handshakes that failed, by transport and reason."
     );
     describe_counter!(TLS_RELOADS, "Reloads of the TLS material, by result.");
+    describe_gauge!(
+        TLS_LAST_RELOAD_SUCCESSFUL,
+        "1 if the latest load of the TLS material succeeded, 0 if it failed and the last good material stays in use."
+    );
+    describe_gauge!(
+        TLS_EXPIRY,
+        Unit::Seconds,
+        "When the TLS material in use stops being valid (Unix time), by kind: server_cert, client_ca (earliest notAfter), crl (earliest nextUpdate)."
+    );
     describe_counter!(
         ADMIN_REQUESTS,
         "Admin API requests, by method, route template and status."
@@ -148,12 +164,63 @@ pub fn describe() {
         AUCTIONS_SETTLED,
         "Auctions settled and durable, by whether they had a winner."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and commit labels name the build."
+    );
+}
+
+/// Registers, at 0, the counters of rare events that the shipped alerts and dashboard
+/// (`ops/`) read, for every value of their bounded labels: a series that appears only with
+/// its first event makes `rate()` miss that event and leaves a dashboard panel empty.
+pub fn start_rare_counters_at_zero() {
+    for transport in ["ws", "sse", "quic"] {
+        metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
+    }
+    // The bidding transports' Overloaded answers (log back-pressure).
+    let overloaded = rejection_label(&Rejection::Overloaded { retry_after_us: 0 });
+    for transport in ["ws", "quic"] {
+        metrics::counter!(BIDS, "transport" => transport, "result" => "rejected", "reason" => overloaded)
+            .increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
+    }
+    for transport in ["https", "quic"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "transport" => transport, "reason" => "connections_max")
+            .increment(0);
+    }
+}
+
+/// The running build: its version and source commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The release version (`0.1.0`).
+    pub version: &'static str,
+    /// The source commit (`unknown` when the build did not know it).
+    pub commit: &'static str,
+}
+
+static BUILD: std::sync::OnceLock<Build> = std::sync::OnceLock::new();
+
+/// Names the running build for [`BUILD_INFO`] and `/healthz`; the binary calls it before it
+/// serves. The first call wins (the build of a process does not change).
+pub fn set_build(build: Build) {
+    let _ = BUILD.set(build);
+}
+
+/// The build named by [`set_build`], or this crate's version with an unknown commit.
+pub fn build() -> Build {
+    BUILD.get().copied().unwrap_or(Build {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: "unknown",
+    })
 }
 
 /// Sets [`BUILD_INFO`] (idempotent).
 pub fn build_info() {
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let Build { version, commit } = build();
+    metrics::gauge!(BUILD_INFO, "version" => version, "commit" => commit).set(1.0);
 }
 
 /// The `role` label of a connection: its certificate's role, or `anonymous`.

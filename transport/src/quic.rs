@@ -69,12 +69,13 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_micros;
 use crate::fanout::{self, Outgoing, Subscriber};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::session::{Session, error_message, now_micros};
+use crate::session::{Session, error_message};
 use crate::tls::ServerTls;
 
 /// Bytes of price-tick datagrams a connection buffers for sending; beyond it the oldest are

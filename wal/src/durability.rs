@@ -20,22 +20,38 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use crate::Lsn;
-use crate::error::{AppendError, WaitError};
+use crate::error::{AppendError, LogFailure, WaitError};
 use crate::frame::PAYLOAD_BYTES_MAX;
 
-/// The log accepts appends.
-pub(crate) const STATUS_OPEN: u8 = 0;
-/// The log was shut down after writing everything it had accepted.
-pub(crate) const STATUS_CLOSED: u8 = 1;
-/// The log failed; nothing more becomes durable.
-pub(crate) const STATUS_FAILED: u8 = 2;
+/// Where a log stands: it accepts appends only while open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LogStatus {
+    /// The log accepts appends.
+    Open = 0,
+    /// The log was shut down after writing everything it had accepted.
+    Closed = 1,
+    /// The log failed; nothing more becomes durable.
+    Failed = 2,
+}
 
-/// Refuses an append unless `status` is `STATUS_OPEN`.
-pub(crate) fn check_open(status: u8) -> Result<(), AppendError> {
-    match status {
-        STATUS_OPEN => Ok(()),
-        STATUS_FAILED => Err(AppendError::Failed),
-        _ => Err(AppendError::Closed),
+impl LogStatus {
+    /// The status stored as `self as u8` in an atomic.
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Open,
+            1 => Self::Closed,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Refuses an append unless open.
+    pub(crate) fn check_open(self) -> Result<(), AppendError> {
+        match self {
+            Self::Open => Ok(()),
+            Self::Failed => Err(AppendError::Failed),
+            Self::Closed => Err(AppendError::Closed),
+        }
     }
 }
 
@@ -65,11 +81,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct Durability {
     durable: AtomicU64,
-    /// `STATUS_*`, set once the backend has stopped (closed after draining, or failed).
+    /// A [`LogStatus`] as `u8`, set once the backend has stopped (closed after draining, or
+    /// failed).
     status: AtomicU8,
     waiters: Mutex<BTreeMap<Lsn, Vec<Waker>>>,
     changed: Condvar,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<LogFailure>>,
 }
 
 impl Durability {
@@ -77,7 +94,7 @@ impl Durability {
     pub(crate) fn new(durable: Lsn) -> Self {
         Self {
             durable: AtomicU64::new(durable),
-            status: AtomicU8::new(STATUS_OPEN),
+            status: AtomicU8::new(LogStatus::Open as u8),
             waiters: Mutex::new(BTreeMap::new()),
             changed: Condvar::new(),
             failure: Mutex::new(None),
@@ -99,14 +116,14 @@ impl Durability {
         }
         // Ordering: Acquire pairs with the Release store of the final status, which the
         // backend makes after its last durable store; so the durable reload below is final.
-        let status = self.status.load(Ordering::Acquire);
-        if status == STATUS_OPEN {
+        let status = LogStatus::from_u8(self.status.load(Ordering::Acquire));
+        if status == LogStatus::Open {
             return None;
         }
         let durable = self.durable_lsn();
         Some(if durable >= lsn {
             Ok(durable)
-        } else if status == STATUS_FAILED {
+        } else if status == LogStatus::Failed {
             Err(WaitError::Failed { durable })
         } else {
             Err(WaitError::Closed { durable })
@@ -129,21 +146,21 @@ impl Durability {
     }
 
     /// Remembers why the log failed (the first reason wins).
-    pub(crate) fn record_failure(&self, failure: String) {
+    pub(crate) fn record_failure(&self, failure: LogFailure) {
         lock(&self.failure).get_or_insert(failure);
     }
 
-    /// Records the final status (`STATUS_CLOSED` or `STATUS_FAILED`) and wakes every waiter.
-    pub(crate) fn finish(&self, status: u8) {
+    /// Records the final status (closed or failed) and wakes every waiter.
+    pub(crate) fn finish(&self, status: LogStatus) {
         // Ordering: Release — see `check`.
-        self.status.store(status, Ordering::Release);
+        self.status.store(status as u8, Ordering::Release);
         let all = mem::take(&mut *lock(&self.waiters));
         self.changed.notify_all();
         all.into_values().flatten().for_each(Waker::wake);
     }
 
     /// The failure, if the log failed.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<LogFailure> {
         lock(&self.failure).clone()
     }
 

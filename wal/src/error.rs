@@ -1,14 +1,19 @@
 //! The log's error types: [`WalError`] for opening, recovery, compaction and offline tools;
-//! [`AppendError`] and [`WaitError`], small `Copy` values for the hot path.
+//! [`SnapshotDefect`], what is wrong with a snapshot file; [`AppendError`] and [`WaitError`],
+//! small `Copy` values for the hot path.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+#[cfg(feature = "kafka")]
+use rdkafka::types::RDKafkaErrorCode;
 
 use thiserror::Error;
 
 use crate::Lsn;
 use crate::frame::FrameError;
-use crate::snapshot::SnapshotDefect;
 
 /// An error opening, recovering, reading or maintaining a log directory.
 #[derive(Debug, Error)]
@@ -193,10 +198,14 @@ pub enum WalError {
         reason: String,
     },
     /// Another node holds the topic's writer lease (see `fence`): one node writes a topic.
+    /// The start waited for the lease to lapse and the holder kept renewing it (or its claim
+    /// won over this node's).
     #[error(
-        "the Kafka topic {topic} is written by another node ({owner}, last heartbeat {age_ms} \
-         ms ago, lease {lease_ms} ms): only one node may write a topic; stop that node, or \
-         start this one once its lease has lapsed"
+        "the Kafka topic {topic} is written by another node ({owner}): it holds the writer \
+         lease ({lease_ms} ms), last renewed {age_ms} ms ago, which lapses in {lapses_in_ms} ms \
+         unless renewed; this node waited {waited_ms} ms and saw it renewed {renewals} times. \
+         Only one node may write a topic: stop that node (a clean stop releases the lease at \
+         once), or start this one once its lease has lapsed"
     )]
     KafkaFenced {
         /// The log topic.
@@ -207,6 +216,12 @@ pub enum WalError {
         age_ms: u64,
         /// Its lease, in milliseconds.
         lease_ms: u64,
+        /// Until the lease lapses unless the holder renews it, in milliseconds (0: lapsed).
+        lapses_in_ms: u64,
+        /// How long this node waited for the lease to lapse, in milliseconds.
+        waited_ms: u64,
+        /// Renewals by the holder seen while waiting.
+        renewals: u32,
     },
     /// The Kafka producer's effective configuration would allow reordering or duplicates.
     #[error("refusing the Kafka producer setting {setting}={value:?}: {why}")]
@@ -220,14 +235,255 @@ pub enum WalError {
     },
     /// The writer failed earlier (see [`Wal::failure`](crate::Wal::failure)); the log is stopped.
     #[error("the log writer failed and the log is stopped: {0}")]
-    WriterFailed(String),
+    WriterFailed(#[source] LogFailure),
 }
 
 impl WalError {
+    /// `Ok` when `ok`, else [`WalError::Config`] saying `what` (a configuration check).
+    pub(crate) fn require(ok: bool, what: &'static str) -> Result<(), WalError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(WalError::Config(what))
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }
+}
+
+/// Why a log stopped for good ([`Log::failure`](crate::Log::failure)): nothing more is
+/// appended or becomes durable. The first failure wins.
+#[derive(Debug, Clone)]
+pub enum LogFailure {
+    /// A file operation of the file log's writer failed (a write, an fdatasync, a new
+    /// segment); fsync is never retried.
+    Io {
+        /// What was being done (`"write"`, `"fdatasync"`, `"create"`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The kind of the I/O error.
+        kind: io::ErrorKind,
+        /// The I/O error itself, for its message.
+        source: Arc<io::Error>,
+    },
+    /// librdkafka refused a record of a decision, so the rest of it cannot follow.
+    #[cfg(feature = "kafka")]
+    Produce {
+        /// The record's local LSN.
+        lsn: Lsn,
+        /// librdkafka's error.
+        code: RDKafkaErrorCode,
+    },
+    /// A record's delivery report was not a success with status `PERSISTED`.
+    #[cfg(feature = "kafka")]
+    NotPersisted {
+        /// The record's local LSN.
+        lsn: Lsn,
+        /// The report's persistence status.
+        status: Persistence,
+        /// The report's error, if it was one (`None`: it said success).
+        code: Option<RDKafkaErrorCode>,
+    },
+    /// Shutdown gave up waiting for the delivery reports of the records in flight.
+    #[cfg(feature = "kafka")]
+    Unflushed {
+        /// Records without a report.
+        records: usize,
+        /// How long shutdown waited, in seconds.
+        waited_s: u64,
+        /// librdkafka's error.
+        code: RDKafkaErrorCode,
+    },
+    /// The node may have lost its Kafka writer lease (another node may write the topic now):
+    /// a heartbeat was not persisted within the lease.
+    #[cfg(feature = "kafka")]
+    LeaseLost {
+        /// The log topic.
+        topic: String,
+        /// The lease, in milliseconds.
+        lease_ms: u64,
+        /// What happened to the heartbeat.
+        beat: HeartbeatFailure,
+    },
+}
+
+impl LogFailure {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io {
+            op,
+            path,
+            kind: source.kind(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl fmt::Display for LogFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io {
+                op, path, source, ..
+            } => write!(f, "{op} {}: {source}", path.display()),
+            #[cfg(feature = "kafka")]
+            Self::Produce { lsn, code } => write!(
+                f,
+                "producing the record at LSN {lsn}: Message production error: {code}"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::NotPersisted {
+                lsn,
+                status,
+                code: None,
+            } => write!(
+                f,
+                "the record at LSN {lsn} was not persisted: delivery succeeded with status \
+                 {status}"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::NotPersisted {
+                lsn,
+                status,
+                code: Some(code),
+            } => write!(
+                f,
+                "the record at LSN {lsn} was not persisted: Message production error: {code} \
+                 (status {status})"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::Unflushed {
+                records,
+                waited_s,
+                code,
+            } => write!(
+                f,
+                "shutdown: {records} records still without a delivery report after {waited_s} \
+                 s: Flush error: {code}"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::LeaseLost {
+                topic,
+                lease_ms,
+                beat,
+            } => write!(
+                f,
+                "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
+                 within {lease_ms} ms ({beat}); another node may write the topic now"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LogFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source.as_ref()),
+            #[cfg(feature = "kafka")]
+            _ => None,
+        }
+    }
+}
+
+/// The persistence status of a Kafka delivery report (librdkafka's `rd_kafka_msg_status_t`).
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Never sent, or the broker said it was not written.
+    NotPersisted,
+    /// Sent, and no answer says whether it was written.
+    PossiblyPersisted,
+    /// Written and acknowledged by all in-sync replicas (`acks=all`).
+    Persisted,
+}
+
+#[cfg(feature = "kafka")]
+impl Persistence {
+    /// The label of the `gavel_wal_kafka_deliveries_total` metric for a successful report.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::NotPersisted => "not_persisted",
+            Self::PossiblyPersisted => "possibly_persisted",
+            Self::Persisted => "persisted",
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl fmt::Display for Persistence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotPersisted => "NOT_PERSISTED",
+            Self::PossiblyPersisted => "POSSIBLY_PERSISTED",
+            Self::Persisted => "PERSISTED",
+        })
+    }
+}
+
+/// What became of a writer-lease record (a claim, heartbeat or release) that was not
+/// persisted in time.
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HeartbeatFailure {
+    /// It was persisted, but later than the lease after the previous heartbeat.
+    #[error("persisted too late")]
+    Late,
+    /// librdkafka refused it or its delivery failed.
+    #[error("Message production error: {code}")]
+    Kafka {
+        /// librdkafka's error.
+        code: RDKafkaErrorCode,
+    },
+    /// No delivery report came within the wait.
+    #[error("no delivery report within {waited_ms} ms")]
+    NoReport {
+        /// The wait, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The lease was being given up (shutdown); the record was abandoned.
+    #[error("stopped")]
+    Stopped,
+}
+
+/// What is wrong with a snapshot file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SnapshotDefect {
+    /// Shorter than the header.
+    #[error("shorter than the snapshot header")]
+    TooShort,
+    /// The magic bytes are wrong.
+    #[error("bad magic")]
+    BadMagic,
+    /// The version byte is not one this code reads.
+    #[error("unknown snapshot format version {0}")]
+    UnknownVersion(u8),
+    /// The file length disagrees with the declared payload length.
+    #[error("declared payload of {declared} bytes but {actual} bytes follow the header")]
+    LengthMismatch {
+        /// Declared payload length.
+        declared: u64,
+        /// Bytes actually after the header.
+        actual: u64,
+    },
+    /// The CRC does not match.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// Stored CRC.
+        stored: u32,
+        /// Computed CRC.
+        computed: u32,
+    },
+    /// The LSN inside disagrees with the file name.
+    #[error("file name says LSN {named} but the header says {stored}")]
+    NameMismatch {
+        /// LSN in the name.
+        named: Lsn,
+        /// LSN in the header.
+        stored: Lsn,
+    },
 }
 
 /// Why [`Wal::append`](crate::Wal::append) refused a record. Nothing was enqueued.

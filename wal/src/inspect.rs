@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::Lsn;
-use crate::error::WalError;
+use crate::error::{SnapshotDefect, WalError};
 use crate::segment::{self, Records, Scan, ScanMode, SegmentSummary, TornTail};
-use crate::snapshot::{self, SnapshotDefect};
+use crate::snapshot;
 
 /// A snapshot file and whether it verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]

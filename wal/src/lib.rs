@@ -15,13 +15,13 @@
 //!   group-commit writer thread, durable LSN (atomic, blocking wait, `Future`), metrics,
 //!   compaction, shutdown.
 //! - [`log`] — [`Log`], the one interface over the file log and the Kafka log.
-//! - `kafka` (feature `kafka`) — `KafkaLog`: an idempotent rdkafka producer, the durable LSN
-//!   from `PERSISTED` delivery reports, topic creation, and the recovery reader.
-//! - `fence` (feature `kafka`) — `WriterLease`: one writer per topic, a lease in a lock
-//!   topic.
+//! - `kafka` (feature `kafka`) — the log on a Kafka topic: `client` (configuration, topic
+//!   creation), `log` (`KafkaLog`: an idempotent rdkafka producer, the durable LSN from
+//!   `PERSISTED` delivery reports), `reader` (`KafkaRecords`, the recovery reader) and
+//!   `fence` (`WriterLease`: one writer per topic, a lease in a lock topic).
 //! - [`snapshot`] — atomic snapshot files, the restore/fallback rule, retention.
 //! - [`inspect`] — offline [`verify`] and [`records`] for `gavel wal verify` / `dump`.
-//! - [`error`] — [`WalError`]; the hot path's small `Copy` errors [`AppendError`],
+//! - [`error`] — [`WalError`], [`SnapshotDefect`]; the hot path's small `Copy` errors [`AppendError`],
 //!   [`WaitError`].
 //!
 //! # On-disk format
@@ -63,8 +63,6 @@
 
 mod durability;
 pub mod error;
-#[cfg(feature = "kafka")]
-pub mod fence;
 pub mod frame;
 pub mod inspect;
 #[cfg(feature = "kafka")]
@@ -78,7 +76,9 @@ pub mod writer;
 pub type Lsn = u64;
 
 pub use durability::DurableFuture;
-pub use error::{AppendError, WaitError, WalError};
+pub use error::{AppendError, LogFailure, SnapshotDefect, WaitError, WalError};
+#[cfg(feature = "kafka")]
+pub use error::{HeartbeatFailure, Persistence};
 pub use inspect::{VerifyReport, records, verify};
 pub use log::Log;
 pub use segment::{Record, Records, TornTail};

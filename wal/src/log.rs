@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::durability::Durability;
-use crate::error::{AppendError, WaitError, WalError};
+use crate::error::{AppendError, LogFailure, WaitError, WalError};
 use crate::{DurableFuture, Lsn, Wal, WalMetrics};
 
 /// The node's write-ahead log, whichever backend holds it.
@@ -77,7 +77,7 @@ impl Log {
     }
 
     /// Why the log failed, if it did (it then accepts nothing and nothing more is durable).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogFailure> {
         self.durability().failure()
     }
 

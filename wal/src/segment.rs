@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::Lsn;
@@ -241,8 +241,34 @@ fn scan_segment(
             reason,
         });
     }
-    // The last segment: a torn tail unless a valid record of a later batch follows.
-    let mut file = reader.into_inner();
+    let torn_tail = torn_tail(
+        reader.into_inner(),
+        path,
+        offset,
+        len,
+        reason,
+        last_batch_start,
+        mode,
+    )?;
+    Ok(SegmentScan {
+        records,
+        good_bytes: offset,
+        torn_tail: Some(torn_tail),
+    })
+}
+
+/// The last segment's bad record at `offset` (of `len` bytes): a torn tail, truncated in
+/// [`ScanMode::Repair`], unless a valid record of a batch after `last_batch_start` follows it
+/// ([`WalError::CorruptBeforeValid`]).
+fn torn_tail(
+    mut file: File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    reason: FrameError,
+    last_batch_start: u64,
+    mode: ScanMode,
+) -> Result<TornTail, WalError> {
     file.seek(SeekFrom::Start(offset))
         .map_err(WalError::io("seek", path))?;
     let mut rest = Vec::new();
@@ -250,7 +276,7 @@ fn scan_segment(
         .map_err(WalError::io("read", path))?;
     if let Some(valid_offset) = later_batch_record(&rest, offset, last_batch_start) {
         return Err(WalError::CorruptBeforeValid {
-            file: path.clone(),
+            file: path.to_path_buf(),
             offset,
             reason,
             valid_offset,
@@ -265,15 +291,11 @@ fn scan_segment(
             .map_err(WalError::io("truncate", path))?;
         file.sync_all().map_err(WalError::io("fsync", path))?;
     }
-    Ok(SegmentScan {
-        records,
-        good_bytes: offset,
-        torn_tail: Some(TornTail {
-            path: path.clone(),
-            offset,
-            bytes_removed: len - offset,
-            reason,
-        }),
+    Ok(TornTail {
+        path: path.to_path_buf(),
+        offset,
+        bytes_removed: len - offset,
+        reason,
     })
 }
 
@@ -497,9 +519,12 @@ impl Iterator for Records {
 
 /// Fsyncs a directory so that created, renamed or removed entries in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(WalError::io("fsync directory", dir))
+    fsync_dir(dir).map_err(WalError::io("fsync directory", dir))
+}
+
+/// Makes the directory's entries (new, renamed or removed files) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -33,10 +33,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use thiserror::Error;
-
 use crate::Lsn;
-use crate::error::WalError;
+use crate::error::{SnapshotDefect, WalError};
 use crate::segment::{self, sync_dir};
 
 /// Snapshot file magic.
@@ -51,44 +49,6 @@ pub const SNAPSHOT_PAYLOAD_BYTES_MAX: u64 = 16 << 30;
 const PREFIX: &str = "snapshot-";
 const EXTENSION: &str = ".snap";
 const TEMP_EXTENSION: &str = ".snap.tmp";
-
-/// What is wrong with a snapshot file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum SnapshotDefect {
-    /// Shorter than the header.
-    #[error("shorter than the snapshot header")]
-    TooShort,
-    /// The magic bytes are wrong.
-    #[error("bad magic")]
-    BadMagic,
-    /// The version byte is not one this code reads.
-    #[error("unknown snapshot format version {0}")]
-    UnknownVersion(u8),
-    /// The file length disagrees with the declared payload length.
-    #[error("declared payload of {declared} bytes but {actual} bytes follow the header")]
-    LengthMismatch {
-        /// Declared payload length.
-        declared: u64,
-        /// Bytes actually after the header.
-        actual: u64,
-    },
-    /// The CRC does not match.
-    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum {
-        /// Stored CRC.
-        stored: u32,
-        /// Computed CRC.
-        computed: u32,
-    },
-    /// The LSN inside disagrees with the file name.
-    #[error("file name says LSN {named} but the header says {stored}")]
-    NameMismatch {
-        /// LSN in the name.
-        named: Lsn,
-        /// LSN in the header.
-        stored: Lsn,
-    },
-}
 
 /// A snapshot file found in a directory (not yet verified).
 #[derive(Debug, Clone, PartialEq, Eq)]

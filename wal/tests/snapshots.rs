@@ -7,7 +7,8 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use gavel_wal::snapshot::{SnapshotDefect, snapshot_file_name};
+use gavel_wal::SnapshotDefect;
+use gavel_wal::snapshot::snapshot_file_name;
 use gavel_wal::{Wal, WalConfig, WalError, latest_snapshot, verify, write_snapshot};
 
 fn corrupt(path: &Path) {

@@ -4,13 +4,14 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gavel_wal::{AppendError, WaitError, Wal, WalConfig, WalError};
+use gavel_wal::{AppendError, LogFailure, WaitError, Wal, WalConfig, WalError};
 
 #[test]
 fn concurrent_appends_replay_dense_and_in_each_threads_order() {
@@ -234,7 +235,22 @@ fn failed_fsync_stops_the_log_and_durable_never_advances() {
     );
     assert_eq!(wal.append(b"after"), Err(AppendError::Failed));
     assert_eq!(wal.durable_lsn(), 4);
-    assert!(wal.failure().unwrap().contains("injected fsync failure"));
+    let failure = wal.failure().unwrap();
+    assert!(
+        matches!(
+            &failure,
+            LogFailure::Io {
+                op: "fdatasync",
+                kind: io::ErrorKind::Other,
+                ..
+            }
+        ),
+        "{failure:?}"
+    );
+    assert!(
+        failure.to_string().contains("injected fsync failure"),
+        "{failure}"
+    );
     // No retry: the fsync hook was reached once for the failing batch, never again.
     thread::sleep(Duration::from_millis(20));
     assert_eq!(hooks.syncs.load(Ordering::SeqCst), 4);

@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::{Arg, Args, Command};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, Command};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
 use gavel_wal::kafka::KafkaConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::node::NodeConfig;
 
 /// Every option of `gavel serve`. All are optional here; [`ServeOptions::resolve`] fills
 /// in the defaults and checks the result.
-#[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServeOptions {
     /// A TOML file with any of the options below (keys as the flag names, `_` for `-`).
@@ -237,8 +238,8 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_PARTITIONS", value_name = "COUNT")]
     pub kafka_partitions: Option<i32>,
 
-    /// How long the start waits for the Kafka brokers (and for another node's lapsing writer lease)
-    /// before giving up, in milliseconds.
+    /// How long the start waits for the Kafka brokers before giving up, in milliseconds (waiting
+    /// for a crashed node's writer lease to lapse is bounded by that lease instead).
     #[arg(long, env = "GAVEL_KAFKA_CONNECT_TIMEOUT_MS", value_name = "MS")]
     pub kafka_connect_timeout_ms: Option<u64>,
 
@@ -261,7 +262,8 @@ pub struct ServeOptions {
     pub kafka_linger_ms: Option<u64>,
 
     /// The topic's writer lease, in milliseconds: one node writes a topic; a node that cannot renew
-    /// its lease this long stops, and a successor of a crashed node waits this long.
+    /// its lease this long stops, and a successor of a crashed node waits until it lapses (at most
+    /// this long plus 500 ms after the crashed node's last heartbeat).
     #[arg(long, env = "GAVEL_KAFKA_WRITER_LEASE_MS", value_name = "MS")]
     pub kafka_writer_lease_ms: Option<u64>,
 
@@ -269,7 +271,9 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
 
-    /// How often due auctions are closed and settled, in milliseconds.
+    /// Longest the closer sleeps between looks for due auctions, in milliseconds (it wakes at
+    /// the next auction's end, or when an earlier-ending auction is created; this bounds the
+    /// effect of a wall-clock jump).
     #[arg(long, env = "GAVEL_CLOSE_TICK_MS", value_name = "MS")]
     pub close_tick_ms: Option<u64>,
 
@@ -284,7 +288,7 @@ pub struct ServeOptions {
 }
 
 /// The write-ahead log's backend.
-#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {
     /// The embedded segmented file log in `<data-dir>/wal`.
@@ -334,7 +338,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Engine, log and snapshot settings.
     pub node: NodeConfig,
-    /// Close/settle tick.
+    /// Longest sleep of the closer.
     pub close_tick: Duration,
     /// Graceful shutdown deadline.
     pub shutdown_deadline: Duration,
@@ -352,8 +356,8 @@ pub const HTTPS_LISTEN_DEFAULT: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8443));
 /// Default poll interval of the TLS files, in milliseconds.
 pub const TLS_RELOAD_POLL_MS_DEFAULT: u64 = 2_000;
-/// Default close/settle tick, in milliseconds.
-pub const CLOSE_TICK_MS_DEFAULT: u64 = 10;
+/// Default longest sleep of the closer, in milliseconds.
+pub const CLOSE_TICK_MS_DEFAULT: u64 = 1_000;
 /// Default graceful shutdown deadline, in milliseconds.
 pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Default worker threads per runtime (0 = one per core).
@@ -709,6 +713,92 @@ impl ServeOptions {
             worker_threads: self.worker_threads.unwrap_or(WORKER_THREADS_DEFAULT),
         })
     }
+}
+
+/// `gavel config print`: the options `gavel serve` would run with, given `options` as parsed
+/// from flags and environment (`matches` are that parse's, to tell a flag from a variable)
+/// and the `--config` file they name; one TOML line per option with its source as a comment
+/// (`# flag --x`, `# env GAVEL_X`, `# file PATH`, `# default`). Options left at their
+/// default are commented out, so the output is itself a valid `--config` file. Fails, after
+/// printing, if the configuration is invalid.
+pub fn print_effective(
+    options: &ServeOptions,
+    matches: &ArgMatches,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let file = match &options.config {
+        Some(path) => ServeOptions::from_toml_file(path)?,
+        None => ServeOptions::default(),
+    };
+    let merged = options.clone().or(file);
+    let toml::Value::Table(values) =
+        toml::Value::try_from(&merged).context("showing the options as TOML")?
+    else {
+        bail!("the options are not a TOML table");
+    };
+    let defaults = code_defaults();
+    writeln!(
+        out,
+        "# gavel serve's effective configuration; after each value, its source."
+    )?;
+    for arg in command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "config" {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            writeln!(out, "# --config {}", file.as_deref().unwrap_or("not given"))?;
+            continue;
+        }
+        let line = match (
+            values.get(id),
+            defaults.iter().find(|(name, _)| *name == id),
+        ) {
+            (Some(value), _) => format!("{id} = {value} # {}", source(arg, matches, options)),
+            (None, Some((_, default))) => format!("# {id} = {} # default", literal(default)),
+            (None, None) => format!("# {id} is not set # default (see gavel serve --help)"),
+        };
+        writeln!(out, "{line}")?;
+    }
+    merged
+        .resolve()
+        .context("the configuration above is invalid")?;
+    Ok(())
+}
+
+/// Where a set option's value came from.
+fn source(arg: &Arg, matches: &ArgMatches, options: &ServeOptions) -> String {
+    let id = arg.get_id().as_str();
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => {
+            format!("flag --{}", arg.get_long().unwrap_or(id))
+        }
+        Some(ValueSource::EnvVariable) => {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            format!("env {}", env.unwrap_or_default())
+        }
+        _ => {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            format!("file {}", file.unwrap_or_default())
+        }
+    }
+}
+
+/// A default from [`code_defaults`] as a TOML value: numbers and booleans bare, the rest
+/// quoted.
+fn literal(default: &str) -> String {
+    if default.parse::<i64>().is_ok() || default == "true" || default == "false" {
+        default.to_owned()
+    } else {
+        toml::Value::String(default.to_owned()).to_string()
+    }
+}
+
+/// `gavel config check FILE`: reads `path` as `gavel serve --config` would (unknown keys are
+/// an error) and validates it alone — no flags or environment. The TLS files and the data
+/// directory are not read.
+pub fn check_file(path: &Path) -> Result<ServeConfig> {
+    ServeOptions::from_toml_file(path)?
+        .resolve()
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
 /// The `GAVEL_*` variables `gavel serve` reads.

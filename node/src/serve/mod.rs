@@ -5,12 +5,12 @@
 //! Start-up order: configuration (flags, env, TOML — [`config`]), TLS material (generated
 //! with `--dev`), the metrics recorder, the HTTPS listener (so `/healthz` answers and
 //! `/readyz` says "not ready" during recovery), recovery of the node on a blocking thread,
-//! then the gateway turns ready and the QUIC listener opens. A close ticker settles due
-//! auctions.
+//! then the gateway turns ready and the QUIC listener opens. The closer ([`closer`]) settles
+//! auctions at their ends.
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token given to [`start`]): the gateway's token is
-//! cancelled, listeners stop accepting, connections drain their in-flight replies, the close
-//! ticker stops, and the node writes a final snapshot and flushes the log — all under the
+//! cancelled, listeners stop accepting, connections drain their in-flight replies, the closer
+//! stops, and the node writes a final snapshot and flushes the log — all under the
 //! configured deadline; past it, the process exits with an error and recovery handles the
 //! rest on the next start.
 
@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gavel_transport::Gateway;
-use gavel_transport::fanout::Hub;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
 use gavel_transport::quic;
 use gavel_transport::tls::{self, ServerTls, TlsPaths};
@@ -34,11 +33,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ServeConfig, ServeOptions, TlsSource};
 
 use crate::backend::NodeBackend;
+use crate::closer;
 use crate::node::Node;
 use gavel_wal::{Log, kafka};
 
-/// Most auctions closed per tick; the rest wait for the next tick.
-const CLOSE_PER_TICK_MAX: usize = 1024;
 /// How often the log and engine gauges are refreshed.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
@@ -58,7 +56,12 @@ pub fn prometheus() -> PrometheusHandle {
             }
             gavel_transport::metrics::describe();
             describe_node_metrics();
+            gavel_transport::metrics::set_build(gavel_transport::metrics::Build {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+            });
             gavel_transport::metrics::build_info();
+            gavel_transport::metrics::start_rare_counters_at_zero();
             handle
         })
         .clone()
@@ -297,7 +300,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         .with_context(|| format!("recovering {}", config.data_dir.display()))?;
     tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
     let node = Arc::new(node);
-    gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
+    let backend = Arc::new(NodeBackend(Arc::clone(&node)));
+    gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
     // QUIC opens once ready: a bidder that connects can bid at once.
     let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
@@ -318,9 +322,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         Arc::clone(&node),
         shutdown.clone(),
     )));
-    tasks.push(streams.spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway))));
-    let closer = spawn_closer(
-        Arc::clone(&node),
+    tasks.push(streams.spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway))));
+    let closer = closer::spawn(
+        backend,
         Arc::clone(gateway.hub()),
         config.close_tick,
         shutdown.clone(),
@@ -386,6 +390,7 @@ impl Server {
             }
         }
         let node = Arc::clone(&self.node);
+        node.wake_closer();
         let closer = self.closer.take();
         let flush = tokio::task::spawn_blocking(move || -> Result<u64> {
             if let Some(closer) = closer {
@@ -455,58 +460,6 @@ async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
     .context("the TLS loading thread panicked")?
 }
 
-/// Closes and settles due auctions every `tick` on its own thread (deciding is CPU work,
-/// not async); each settlement is announced once its records are durable.
-fn spawn_closer(
-    node: Arc<Node>,
-    hub: Arc<Hub>,
-    tick: Duration,
-    shutdown: CancellationToken,
-    runtime: tokio::runtime::Handle,
-) -> Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("gavel-closer".into())
-        .spawn(move || {
-            while !shutdown.is_cancelled() {
-                let closed =
-                    node.close_due(gavel_transport::session::now_micros(), CLOSE_PER_TICK_MAX);
-                for auction in closed {
-                    let durable = node.durable(auction.receipt);
-                    let (node, hub) = (Arc::clone(&node), Arc::clone(&hub));
-                    runtime.spawn(async move {
-                        match durable.await {
-                            Ok(_) => {
-                                hub.settled(
-                                    node.engine(),
-                                    auction.id,
-                                    gavel_transport::session::now_micros(),
-                                );
-                                tracing::info!(
-                                    auction = auction.id.0,
-                                    winner = ?auction.settlement.winner.map(|w| w.bidder),
-                                    price = ?auction.settlement.winner.map(|w| w.price),
-                                    "auction settled"
-                                );
-                            }
-                            Err(e) => tracing::error!(
-                                auction = auction.id.0,
-                                error = %e,
-                                "settlement not durable; it is not announced"
-                            ),
-                        }
-                    });
-                }
-                if node.failure().is_some() {
-                    tracing::error!("the log failed; the close ticker stops");
-                    shutdown.cancel();
-                    return;
-                }
-                std::thread::park_timeout(tick);
-            }
-        })
-        .context("starting the close ticker thread")
-}
-
 /// How often the Prometheus recorder's histograms are maintained.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -523,6 +476,12 @@ async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 
 /// Refreshes the log and engine gauges until shutdown.
 async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
+    if let Log::Kafka(_) = node.wal() {
+        // Failed delivery reports start at 0, so the first one is an increase the alert sees.
+        for status in ["not_persisted", "possibly_persisted", "error"] {
+            metrics::counter!(kafka::METRIC_DELIVERIES, "status" => status).increment(0);
+        }
+    }
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -533,7 +492,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         let wal = node.wal().metrics();
         let [scheduled, open, settled] = node
             .engine()
-            .phase_counts(gavel_transport::session::now_micros());
+            .phase_counts(gavel_transport::clock::now_micros());
         metrics::gauge!("gavel_auctions", "state" => "scheduled").set(scheduled as f64);
         metrics::gauge!("gavel_auctions", "state" => "open").set(open as f64);
         metrics::gauge!("gavel_auctions", "state" => "settled").set(settled as f64);

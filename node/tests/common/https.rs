@@ -112,7 +112,7 @@ impl TestNode {
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
         options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
-        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
+        tokio::spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway)));
         let server = tokio::spawn(http::serve_https(
             listener,
             tls,

@@ -15,7 +15,7 @@ use gavel_engine::{AuctionId, AuctionView, UnixMicros};
 use gavel_node::{Node, NodeBackend, NodeConfig};
 use gavel_proto::frame::{self, ALPN, FrameDecoder};
 use gavel_proto::pb;
-use gavel_transport::session::now_micros;
+use gavel_transport::clock::now_micros;
 use gavel_transport::tls::{self, ServerTls, dev};
 use gavel_transport::{Gateway, Identity, Limits, quic};
 use gavel_wal::{Lsn, WriterHooks};
@@ -114,7 +114,7 @@ impl QuicNode {
             Duration::from_secs(5),
         ));
         // Price streams: the fan-out workers end with the gateway's shutdown.
-        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
+        tokio::spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway)));
         QuicNode {
             dir,
             node,

@@ -34,6 +34,15 @@ pub fn serve(data_dir: &Path) -> Served {
 
 /// [`serve`] with these variables added to its environment.
 pub fn serve_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Served {
+    spawn(data_dir, "127.0.0.1:0", env)
+}
+
+/// [`serve`] with its metrics on `metrics` (so a scraper finds it again after a restart).
+pub fn serve_with_metrics_on(data_dir: &Path, metrics: SocketAddr) -> Served {
+    spawn(data_dir, &metrics.to_string(), &[])
+}
+
+fn spawn(data_dir: &Path, metrics_listen: &str, env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args(["serve", "--dev", "--data-dir"])
         .arg(data_dir)
@@ -43,7 +52,7 @@ pub fn serve_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Served {
             "--https-listen",
             "127.0.0.1:0",
             "--metrics-listen",
-            "127.0.0.1:0",
+            metrics_listen,
             "--shutdown-deadline-ms",
             "8000",
         ])

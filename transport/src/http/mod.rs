@@ -7,7 +7,8 @@
 //! - this file: [`HttpOptions`], [`MetricsRenderer`], the accept loops ([`serve_https`],
 //!   [`serve_tls`], [`serve_metrics`]) and one connection's life (limits, TLS handshake,
 //!   identity, graceful shutdown);
-//! - `routes`: the router, the probes and `/metrics`, and the response helpers;
+//! - `routes`: the router, the probes and `/metrics`;
+//! - `response`: the responses every handler builds (text, JSON, JSON errors, 405);
 //! - `admin`: `POST/GET /v1/auctions[...]`, JSON in and out, [`AdminError`];
 //! - `ws`: the WebSocket handshake (subprotocol, Origin allow-list) and the driver that runs
 //!   a [`crate::session::Session`] over it;
@@ -72,6 +73,7 @@
 mod admin;
 mod paced;
 mod page;
+mod response;
 mod routes;
 mod sse;
 mod stream;

@@ -52,7 +52,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::routes::{self, AnyBody};
+use super::response::{self, Body};
 use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
 use crate::fanout::{Pattern, Subscriber};
@@ -66,7 +66,7 @@ pub const PATH: &str = "/v1/sse";
 const TRANSPORT: &str = "sse";
 /// Chunks queued for one response body; a full queue leaves updates conflating in the
 /// subscriber's outbox.
-pub const CHUNKS_MAX: usize = 1;
+pub(super) const CHUNKS_MAX: usize = 1;
 /// Events written in one chunk at most (and about `ws_message_bytes_max` bytes).
 const CHUNK_EVENTS_MAX: usize = 256;
 /// Positions a query may name in `resume` (the URI's length bounds them too).
@@ -74,9 +74,12 @@ pub const RESUME_POSITIONS_MAX: usize = 1024;
 /// The reconnection delay the node suggests to `EventSource` clients, in milliseconds.
 const RETRY_MS: u64 = 1_000;
 
+/// The body of any response of the HTTPS port: whole, or an SSE event stream.
+pub(super) type AnyBody = http_body_util::Either<Body, EventStream>;
+
 /// A stream's response body: the chunks its task queues, until the task drops the sender.
 #[derive(Debug)]
-pub struct EventStream {
+pub(super) struct EventStream {
     chunks: mpsc::Receiver<Bytes>,
 }
 
@@ -278,7 +281,7 @@ fn percent_decode(text: &str) -> Option<String> {
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<AnyBody> {
     metrics::request_error(TRANSPORT, "bad_request");
     tracing::debug!(code, message, "SSE request refused");
-    routes::error(status, code, message).map(AnyBody::Left)
+    response::error(status, code, message).map(AnyBody::Left)
 }
 
 /// Answers `GET /v1/sse`: 200 and a task feeding the event stream, or a refusal.
@@ -288,7 +291,7 @@ pub(super) fn open<B: Backend>(
     request: &Request<Incoming>,
 ) -> Response<AnyBody> {
     if request.method() != Method::GET {
-        return routes::method_not_allowed("GET").map(AnyBody::Left);
+        return response::method_not_allowed("GET").map(AnyBody::Left);
     }
     if let Some((status, code, message)) = stream::refusal(server, request) {
         return refuse(status, code, message);
@@ -334,7 +337,7 @@ pub(super) fn open<B: Backend>(
             Some(Reply::Error(e)) => ("bad_topic", e.message.as_str()),
             _ => ("internal", "the subscription was not made"),
         };
-        return routes::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
+        return response::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
     };
 
     let (chunks, body) = mpsc::channel(CHUNKS_MAX);

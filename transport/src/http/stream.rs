@@ -10,9 +10,9 @@ use hyper::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 use super::{HttpOptions, Server};
+use crate::clock::now_micros;
 use crate::fanout::{Outgoing, Subscriber, hub};
 use crate::metrics;
-use crate::session::now_micros;
 
 /// How often a subscriber's outbox is looked at while its connection has no room
 /// (slow-consumer detection), in milliseconds.

@@ -59,7 +59,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::routes::{self, Body};
+use super::response::{self, Body};
 use super::stream::{self, STREAM_CHECK_MS, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
 use crate::fanout::{Outgoing, Subscriber};
@@ -175,7 +175,7 @@ pub(super) fn upgrade<B: Backend>(
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     if request.method() != Method::GET {
-        return routes::method_not_allowed("GET");
+        return response::method_not_allowed("GET");
     }
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
@@ -279,7 +279,7 @@ pub(super) fn upgrade<B: Backend>(
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     metrics::request_error(TRANSPORT, "handshake");
     tracing::debug!(code, "WebSocket handshake refused");
-    routes::error(status, code, message)
+    response::error(status, code, message)
 }
 
 /// Why the connection loop stopped.

@@ -84,6 +84,19 @@ impl std::fmt::Debug for RawFiles {
 pub(super) struct Configs {
     pub(super) quic: Arc<ServerConfig>,
     pub(super) https: Arc<ServerConfig>,
+    pub(super) expiry: Expiry,
+}
+
+/// When the material of one reading stops being valid, in Unix seconds (for the
+/// `gavel_tls_expiry_timestamp_seconds` gauges and their alerts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Expiry {
+    /// The earliest `notAfter` of the server's chain.
+    pub(super) server_cert: i64,
+    /// The earliest `notAfter` in the client CA bundle.
+    pub(super) client_ca: i64,
+    /// The earliest `nextUpdate` of the CRLs, if a CRL is configured.
+    pub(super) crl: Option<i64>,
 }
 
 impl Configs {
@@ -97,6 +110,11 @@ impl Configs {
     ) -> Result<Configs, TlsError> {
         let provider = provider();
         let chain = certificates(&paths.cert, &raw.cert)?;
+        let mut expiry = Expiry {
+            server_cert: not_after_min(&chain),
+            client_ca: not_after_min(&certificates(&paths.client_ca, &raw.client_ca)?),
+            crl: None,
+        };
         let key = private_key(&paths.key, &raw.key)?;
         let certified = Arc::new(
             CertifiedKey::from_der(chain, key, &provider)
@@ -107,9 +125,9 @@ impl Configs {
         let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         if let (Some(path), Some(bytes)) = (&paths.crl, &raw.crl) {
             // Unknown status stays denied (the builder's default): see the module doc.
-            verifier = verifier
-                .with_crls(crls(path, bytes, now)?)
-                .enforce_revocation_expiration();
+            let crls = crls(path, bytes, now)?;
+            expiry.crl = next_update_min(&crls);
+            verifier = verifier.with_crls(crls).enforce_revocation_expiration();
         }
         if anonymous_watchers {
             verifier = verifier.allow_unauthenticated();
@@ -135,8 +153,29 @@ impl Configs {
         Ok(Configs {
             quic: config(&[ALPN_GAVEL])?,
             https: config(ALPN_HTTPS)?,
+            expiry,
         })
     }
+}
+
+/// The earliest `notAfter` of `certs`, Unix seconds. They come from [`certificates`], which
+/// parsed each and returns at least one; were that ever broken, `i64::MIN` reads as
+/// "expired" and alerts.
+fn not_after_min(certs: &[CertificateDer<'_>]) -> i64 {
+    certs
+        .iter()
+        .filter_map(|cert| x509_parser::parse_x509_certificate(cert).ok())
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .min()
+        .unwrap_or(i64::MIN)
+}
+
+/// The earliest `nextUpdate` of `crls` (from [`crls`], which checked each has one).
+fn next_update_min(crls: &[CertificateRevocationListDer<'_>]) -> Option<i64> {
+    crls.iter()
+        .filter_map(|crl| x509_parser::parse_x509_crl(crl).ok())
+        .filter_map(|(_, crl)| crl.next_update().map(|at| at.timestamp()))
+        .min()
 }
 
 /// The certificates of a PEM file, in file order; at least one.

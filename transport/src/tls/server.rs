@@ -21,9 +21,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::material::{Configs, RawFiles};
+use super::material::{Configs, Expiry, RawFiles};
 use super::{TlsError, TlsPaths};
-use crate::metrics::TLS_RELOADS;
+use crate::metrics::{TLS_EXPIRY, TLS_LAST_RELOAD_SUCCESSFUL, TLS_RELOADS};
 
 /// Shortest poll period of [`ServerTls::spawn_reloader`]; shorter requests are raised to it.
 pub const RELOAD_POLL_MIN: Duration = Duration::from_millis(50);
@@ -73,6 +73,7 @@ impl ServerTls {
             warn!(ca = %paths.client_ca.display(), "no CRL configured: client certificates are not checked for revocation");
         }
         info!(cert = %paths.cert.display(), ca = %paths.client_ca.display(), anonymous_watchers, "TLS material loaded");
+        record_in_use(&configs.expiry);
         Ok(ServerTls {
             inner: Arc::new(Inner {
                 paths,
@@ -160,6 +161,7 @@ impl ServerTls {
     fn apply(&self, raw: &RawFiles) -> Result<(), TlsError> {
         let configs = Configs::build(&self.inner.paths, raw, self.inner.anonymous_watchers, now())
             .map_err(|e| self.failed(e))?;
+        record_in_use(&configs.expiry);
         self.inner.configs.store(Arc::new(configs));
         let mut generation = 0;
         self.inner.generation.send_modify(|g| {
@@ -174,6 +176,7 @@ impl ServerTls {
     /// Logs and counts a failed reload; returns the error.
     fn failed(&self, error: TlsError) -> TlsError {
         metrics::counter!(TLS_RELOADS, "result" => "error").increment(1);
+        metrics::gauge!(TLS_LAST_RELOAD_SUCCESSFUL).set(0.0);
         error!(%error, "TLS reload failed; keeping the last good configuration");
         error
     }
@@ -225,6 +228,17 @@ impl ServerTls {
             }
         })
     }
+}
+
+/// Sets the gauges of the material now in use: its expiry times, and that the latest load
+/// succeeded.
+fn record_in_use(expiry: &Expiry) {
+    metrics::gauge!(TLS_EXPIRY, "kind" => "server_cert").set(expiry.server_cert as f64);
+    metrics::gauge!(TLS_EXPIRY, "kind" => "client_ca").set(expiry.client_ca as f64);
+    if let Some(crl) = expiry.crl {
+        metrics::gauge!(TLS_EXPIRY, "kind" => "crl").set(crl as f64);
+    }
+    metrics::gauge!(TLS_LAST_RELOAD_SUCCESSFUL).set(1.0);
 }
 
 fn now() -> time::OffsetDateTime {
@@ -313,6 +327,31 @@ mod tests {
         fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
             Histogram::noop()
         }
+    }
+
+    #[test]
+    fn the_expiry_of_the_material_in_use_is_read_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = dev::DevCertOptions {
+            cert_valid_for: Duration::from_secs(20 * 86_400),
+            crl_valid_for: Duration::from_secs(2 * 86_400),
+            ..dev::DevCertOptions::default()
+        };
+        let certs = dev::generate(dir.path(), &options).unwrap();
+        let tls = ServerTls::load(certs.tls_paths(), false).unwrap();
+        let expiry = tls.inner.configs.load().expiry;
+        let now = now().unix_timestamp();
+        // Generous bounds: the certificates are backdated a little and issued a moment ago.
+        let near = |at: i64, from_now: i64| (at - now - from_now).abs() < 3_600;
+        assert!(near(expiry.server_cert, 20 * 86_400), "{expiry:?}");
+        assert!(near(expiry.crl.unwrap(), 2 * 86_400), "{expiry:?}");
+        assert!(
+            near(
+                expiry.client_ca,
+                dev::CA_VALID_FOR.as_secs().try_into().unwrap()
+            ),
+            "{expiry:?}"
+        );
     }
 
     #[test]

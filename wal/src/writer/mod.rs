@@ -43,23 +43,23 @@
 //! batch while writing it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::mem;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Lsn;
-use crate::durability::{
-    Durability, DurableFuture, STATUS_CLOSED, STATUS_FAILED, STATUS_OPEN, batch_bytes, check_open,
-    lock,
-};
-use crate::error::{AppendError, WaitError, WalError};
-use crate::frame::{self, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use crate::durability::{Durability, DurableFuture, LogStatus, batch_bytes, lock};
+use crate::error::{AppendError, LogFailure, WaitError, WalError};
+use crate::frame::PAYLOAD_BYTES_MAX;
 use crate::segment::{self, Records, Scan, ScanMode, SegmentFile, SegmentSummary, TornTail};
 use crate::snapshot;
+
+mod commit;
+
+use commit::{Writer, batch_full, create_segment};
 
 /// Smallest back-pressure retry hint.
 const RETRY_AFTER_US_MIN: u64 = 100;
@@ -106,13 +106,7 @@ impl Default for WalConfig {
 impl WalConfig {
     /// Checks that every value is in range.
     pub fn validate(&self) -> Result<(), WalError> {
-        let check = |ok: bool, what: &'static str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(WalError::Config(what))
-            }
-        };
+        let check = WalError::require;
         check(
             self.segment_bytes_max >= 1,
             "segment_bytes_max must be at least 1",
@@ -221,6 +215,14 @@ struct Pending {
 }
 
 impl Pending {
+    /// Adds a record; its length was checked against [`PAYLOAD_BYTES_MAX`] (< 2^32), so it
+    /// cannot truncate.
+    fn push(&mut self, payload: &[u8]) {
+        debug_assert!(payload.len() <= PAYLOAD_BYTES_MAX);
+        self.lens.push(payload.len() as u32);
+        self.bytes.extend_from_slice(payload);
+    }
+
     fn clear(&mut self) {
         self.lens.clear();
         self.bytes.clear();
@@ -241,9 +243,21 @@ enum WriterWait {
 struct Queue {
     next_lsn: Lsn,
     pending: Pending,
-    /// `STATUS_*`: appends are accepted only while open.
-    status: u8,
+    /// Appends are accepted only while open.
+    status: LogStatus,
     writer: WriterWait,
+}
+
+impl Queue {
+    /// Whether an append that just added to the pending batch must wake the writer: it
+    /// sleeps on an empty queue, or gathers until the batch is full.
+    fn wakes_writer(&self, config: &WalConfig) -> bool {
+        match self.writer {
+            WriterWait::Busy => false,
+            WriterWait::Idle => true,
+            WriterWait::Gathering => batch_full(&self.pending, config),
+        }
+    }
 }
 
 struct Shared {
@@ -263,7 +277,7 @@ struct Shared {
 
 impl Shared {
     /// Records the writer's final status and wakes every waiter.
-    fn stop(&self, status: u8, failure: Option<String>) {
+    fn stop(&self, status: LogStatus, failure: Option<LogFailure>) {
         if let Some(failure) = failure {
             self.durability.record_failure(failure);
         }
@@ -362,6 +376,39 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
     }
 }
 
+/// Opens the last segment for appending and syncs it (what a killed process left in the
+/// page cache is on disk only after this), or creates the first one; its size. Then syncs
+/// the directory.
+fn open_tail(
+    dir: &Path,
+    segments: &mut Vec<SegmentFile>,
+    scan: &Scan,
+) -> Result<(File, u64), WalError> {
+    let tail = match segments.last() {
+        Some(last) => {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(WalError::io("open", &last.path))?;
+            file.sync_data()
+                .map_err(WalError::io("fsync", &last.path))?;
+            let bytes = scan.segments.last().map_or(0, |s| s.bytes);
+            (file, bytes)
+        }
+        None => {
+            let first = SegmentFile {
+                first_lsn: 1,
+                path: dir.join(segment::segment_file_name(1)),
+            };
+            let file = create_segment(&first.path).map_err(WalError::io("create", &first.path))?;
+            segments.push(first);
+            (file, 0)
+        }
+    };
+    segment::sync_dir(dir)?;
+    Ok(tail)
+}
+
 impl Wal {
     /// Opens (creating if needed) the log in `dir`: scans and repairs it under the recovery
     /// rules (see [`segment`](crate::segment)), removes stale snapshot temp files, syncs the
@@ -393,29 +440,7 @@ impl Wal {
         let mut scan = Scan::default();
         segment::scan(&segments, ScanMode::Repair, &mut scan)?;
 
-        let (file, segment_bytes) = match segments.last() {
-            Some(last) => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(WalError::io("open", &last.path))?;
-                // What a killed process left in the page cache is on disk only after this.
-                file.sync_data()
-                    .map_err(WalError::io("fsync", &last.path))?;
-                let bytes = scan.segments.last().map_or(0, |s| s.bytes);
-                (file, bytes)
-            }
-            None => {
-                let first = SegmentFile {
-                    first_lsn: 1,
-                    path: dir.join(segment::segment_file_name(1)),
-                };
-                let file = create_segment(&first.path)?;
-                segments.push(first);
-                (file, 0)
-            }
-        };
-        segment::sync_dir(&dir)?;
+        let (file, segment_bytes) = open_tail(&dir, &mut segments, &scan)?;
 
         let next_lsn = scan.last_lsn + 1;
         let shared = Arc::new(Shared {
@@ -426,7 +451,7 @@ impl Wal {
                     lens: Vec::new(),
                     bytes: Vec::new(),
                 },
-                status: STATUS_OPEN,
+                status: LogStatus::Open,
                 writer: WriterWait::Busy,
             }),
             writer_wake: Condvar::new(),
@@ -438,17 +463,8 @@ impl Wal {
             dir,
             lock,
         });
-        let writer = Writer {
-            shared: Arc::clone(&shared),
-            file,
-            path: segments.last().map(|s| s.path.clone()).unwrap_or_default(),
-            segment_bytes,
-            buf: Vec::new(),
-        };
-        let handle = std::thread::Builder::new()
-            .name("gavel-wal-writer".into())
-            .spawn(move || writer.run())
-            .map_err(WalError::io("spawn writer thread", &shared.dir))?;
+        let path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let handle = Writer::spawn(Arc::clone(&shared), file, path, segment_bytes)?;
         let wal = Self {
             shared,
             writer: Mutex::new(Some(handle)),
@@ -476,7 +492,7 @@ impl Wal {
         }
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        check_open(queue.status)?;
+        queue.status.check_open()?;
         let pending = &queue.pending;
         let full = pending.lens.len() >= config.queue_records_max
             || (!pending.lens.is_empty()
@@ -491,14 +507,8 @@ impl Wal {
         if was_empty {
             queue.pending.first_lsn = lsn;
         }
-        // Cannot truncate: checked against PAYLOAD_BYTES_MAX (< 2^32) above.
-        queue.pending.lens.push(payload.len() as u32);
-        queue.pending.bytes.extend_from_slice(payload);
-        let wake = match queue.writer {
-            WriterWait::Busy => false,
-            WriterWait::Idle => true,
-            WriterWait::Gathering => batch_full(&queue.pending, config),
-        };
+        queue.pending.push(payload);
+        let wake = queue.wakes_writer(config);
         drop(queue);
         if wake {
             self.shared.writer_wake.notify_one();
@@ -535,7 +545,7 @@ impl Wal {
         let batch_bytes = batch_bytes(payloads)?;
         let config = &self.shared.config;
         let mut queue = lock(&self.shared.queue);
-        check_open(queue.status)?;
+        queue.status.check_open()?;
         if payloads.is_empty() {
             return Ok(queue.next_lsn - 1);
         }
@@ -556,16 +566,9 @@ impl Wal {
         }
         queue.pending.bytes.reserve(batch_bytes);
         for payload in payloads {
-            let payload = payload.as_ref();
-            // Cannot truncate: checked against PAYLOAD_BYTES_MAX (< 2^32) above.
-            queue.pending.lens.push(payload.len() as u32);
-            queue.pending.bytes.extend_from_slice(payload);
+            queue.pending.push(payload.as_ref());
         }
-        let wake = match queue.writer {
-            WriterWait::Busy => false,
-            WriterWait::Idle => true,
-            WriterWait::Gathering => batch_full(&queue.pending, config),
-        };
+        let wake = queue.wakes_writer(config);
         let last = queue.next_lsn - 1;
         drop(queue);
         if wake {
@@ -597,7 +600,7 @@ impl Wal {
     }
 
     /// The writer's failure, if it failed (the log then accepts nothing).
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogFailure> {
         self.shared.durability.failure()
     }
 
@@ -687,8 +690,8 @@ impl Wal {
     pub fn shutdown(&self) -> Result<Lsn, WalError> {
         {
             let mut queue = lock(&self.shared.queue);
-            if queue.status == STATUS_OPEN {
-                queue.status = STATUS_CLOSED;
+            if queue.status == LogStatus::Open {
+                queue.status = LogStatus::Closed;
             }
         }
         self.shared.writer_wake.notify_one();
@@ -717,178 +720,10 @@ impl Drop for Wal {
     }
 }
 
-fn batch_full(pending: &Pending, config: &WalConfig) -> bool {
-    pending.lens.len() >= config.batch_records_max || pending.bytes.len() >= config.batch_bytes_max
-}
-
-fn create_segment(path: &Path) -> Result<File, WalError> {
-    OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(path)
-        .map_err(WalError::io("create", path))
-}
-
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// Waits for pending records and swaps them into the empty `batch` (after gathering for up
-/// to `batch_wait_us_max` when `gather`: the log is under load); `false` once the log is
-/// closed and drained (or failed).
-fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
-    let config = &shared.config;
-    let mut queue = lock(&shared.queue);
-    while queue.pending.lens.is_empty() {
-        if queue.status != STATUS_OPEN {
-            return false;
-        }
-        queue.writer = WriterWait::Idle;
-        queue = shared
-            .writer_wake
-            .wait(queue)
-            .expect("wal mutex poisoned: a panic under a wal lock is a bug");
-        queue.writer = WriterWait::Busy;
-    }
-    if gather && config.batch_wait_us_max > 0 {
-        let deadline = Instant::now() + Duration::from_micros(config.batch_wait_us_max);
-        while !batch_full(&queue.pending, config) && queue.status == STATUS_OPEN {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            queue.writer = WriterWait::Gathering;
-            queue = shared
-                .writer_wake
-                .wait_timeout(queue, deadline - now)
-                .expect("wal mutex poisoned: a panic under a wal lock is a bug")
-                .0;
-            queue.writer = WriterWait::Busy;
-        }
-    }
-    let next_first = queue.next_lsn;
-    mem::swap(&mut queue.pending, batch);
-    queue.pending.first_lsn = next_first;
-    true
-}
-
-/// The writer thread's state.
-struct Writer {
-    shared: Arc<Shared>,
-    file: File,
-    /// Path of the segment being written.
-    path: PathBuf,
-    segment_bytes: u64,
-    /// The encoded batch; reused.
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut batch = Pending::default();
-        let mut gather = false;
-        while take_pending(&self.shared, &mut batch, gather) {
-            // Under load (more than one record arrived since the last sync) the next batch
-            // is gathered; a lone record is synced at once.
-            gather = batch.lens.len() > 1;
-            if let Err(e) = self.write_batch(&batch) {
-                self.shared.stop(STATUS_FAILED, Some(e.to_string()));
-                return;
-            }
-            batch.clear();
-        }
-        self.shared.stop(STATUS_CLOSED, None);
-    }
-
-    /// Writes `batch` in chunks: one write and one fdatasync each, then the durable advance.
-    fn write_batch(&mut self, batch: &Pending) -> Result<(), WalError> {
-        let shared = Arc::clone(&self.shared);
-        let config = &shared.config;
-        let record_bytes = |len: u32| HEADER_BYTES as u64 + u64::from(len);
-        let mut i = 0;
-        let mut payload_at = 0usize;
-        while i < batch.lens.len() {
-            if self.segment_bytes > 0
-                && self.segment_bytes + record_bytes(batch.lens[i]) > config.segment_bytes_max
-            {
-                self.rotate(batch.first_lsn + i as Lsn)?;
-            }
-            let start = self.segment_bytes;
-            self.buf.clear();
-            let mut j = i;
-            while j < batch.lens.len() {
-                let bytes = record_bytes(batch.lens[j]);
-                let fits = j - i < config.batch_records_max
-                    && self.buf.len() as u64 + bytes <= config.batch_bytes_max as u64
-                    && start + self.buf.len() as u64 + bytes <= config.segment_bytes_max;
-                if j > i && !fits {
-                    break;
-                }
-                let len = batch.lens[j] as usize;
-                let payload = &batch.bytes[payload_at..payload_at + len];
-                payload_at += len;
-                let offset = start + self.buf.len() as u64;
-                frame::encode(
-                    &mut self.buf,
-                    batch.first_lsn + j as Lsn,
-                    offset,
-                    start,
-                    payload,
-                );
-                j += 1;
-            }
-            let first = batch.first_lsn + i as Lsn;
-            let last = batch.first_lsn + j as Lsn - 1;
-            self.sync_chunk(first, last)?;
-            i = j;
-        }
-        Ok(())
-    }
-
-    fn sync_chunk(&mut self, first: Lsn, last: Lsn) -> Result<(), WalError> {
-        let hooks = &self.shared.hooks;
-        hooks
-            .before_write(first, last)
-            .and_then(|()| self.file.write_all(&self.buf))
-            .map_err(WalError::io("write", &self.path))?;
-        let started = Instant::now();
-        hooks
-            .before_sync(last)
-            .and_then(|()| self.file.sync_data())
-            .map_err(WalError::io("fdatasync", &self.path))?;
-        let sync_us = started.elapsed().as_micros() as u64;
-        hooks.after_sync(last);
-        self.segment_bytes += self.buf.len() as u64;
-
-        let c = &self.shared.counters;
-        // Ordering: Relaxed — statistics; the durable LSN below is the synchronising store.
-        c.records_written
-            .fetch_add(last - first + 1, Ordering::Relaxed);
-        c.bytes_written
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        c.batches_synced.fetch_add(1, Ordering::Relaxed);
-        c.last_batch_records
-            .store(last - first + 1, Ordering::Relaxed);
-        c.last_sync_us.store(sync_us, Ordering::Relaxed);
-        c.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
-        self.shared.durability.advance(last);
-        Ok(())
-    }
-
-    /// Starts a new segment whose first record is `first_lsn`. The previous segment is
-    /// already synced (every chunk is).
-    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), WalError> {
-        let path = self.shared.dir.join(segment::segment_file_name(first_lsn));
-        self.file = create_segment(&path)?;
-        // The new name must be durable before any record in it is acknowledged.
-        segment::sync_dir(&self.shared.dir)?;
-        self.segment_bytes = 0;
-        self.path = path.clone();
-        lock(&self.shared.segments).push(SegmentFile { first_lsn, path });
-        Ok(())
     }
 }

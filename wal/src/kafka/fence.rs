@@ -9,14 +9,21 @@
 //! claim; a beat renews only a holder whose lease had not lapsed at the beat; a release by
 //! the holder frees it.
 //!
-//! A starting node reads the partition; while another owner holds a live lease it waits
-//! (at most `connect_timeout_ms`: a dead holder's lease runs out, a live one keeps beating)
-//! and is then refused with [`WalError::KafkaFenced`] naming the holder. Otherwise it
-//! produces its claim, reads up to it, and holds the lease only if its claim won (another
-//! node's claim in between wins instead). The holder beats every `lease_ms / 3`; if a beat
-//! cannot be persisted within `lease_ms` of the previous one, another claim may have won:
-//! the holder's log fails at once (it acknowledges nothing more). Shutdown releases the
-//! lease so a successor starts at once; after a crash the successor waits out the lease.
+//! A starting node reads the partition (within `connect_timeout_ms`). While another owner
+//! holds a live lease it waits for that lease to lapse, plus [`LAPSE_MARGIN`] so that a beat
+//! the holder sent just before the lapse is read before this node claims. That wait is bounded
+//! by the lease, not by `connect_timeout_ms`: a successor started right after a crash takes
+//! over once the dead holder's lease has lapsed, whatever the connect timeout. A holder that
+//! renews its lease twice while this node waits is alive (a dead one can have at most one beat
+//! in flight: the lease producer sends one record at a time), and the start is refused at once
+//! with [`WalError::KafkaFenced`], naming the holder, its lease and when it lapses; so is a
+//! wait that outlasts twice the holder's lease (clocks far apart). Otherwise it produces its
+//! claim, reads up to it, and holds the lease only if its claim won (another node's claim in
+//! between wins instead). The holder beats every `lease_ms / 3`; if a beat cannot be persisted
+//! within `lease_ms` of the previous one, another claim may have won: the holder's log fails at
+//! once (it acknowledges nothing more). Shutdown releases the lease so a successor starts at
+//! once; after a crash the successor waits out the lease (at most `lease_ms` plus the margin
+//! after the dead node's last heartbeat).
 //!
 //! # Limits
 //!
@@ -36,9 +43,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::client::error_code;
+use super::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
 use crate::durability::lock;
-use crate::error::WalError;
-use crate::kafka::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
+use crate::error::{HeartbeatFailure, LogFailure, WalError};
 
 /// One poll of the lock reader.
 const POLL: Duration = Duration::from_millis(100);
@@ -47,6 +55,14 @@ const REPORT_POLL: Duration = Duration::from_millis(1);
 /// Longest wait for the release record at shutdown (best effort: without it a successor
 /// waits out the lease).
 const RELEASE_WAIT_MAX: Duration = Duration::from_secs(1);
+/// How long past another holder's lapse a starting node still reads before it claims: a beat
+/// the holder sent just before the lapse lands in the meantime (five lock-reader polls).
+pub const LAPSE_MARGIN: Duration = Duration::from_millis(500);
+/// Renewals of another holder's lease, seen while waiting for it to lapse, that prove the
+/// holder alive: a dead holder can have at most one beat in flight.
+const RENEWALS_PROVE_LIFE: u32 = 2;
+/// How long one slice of the wait for a lapse reads before the lease is judged again.
+const LAPSE_WAIT_SLICE: Duration = Duration::from_millis(250);
 
 /// The lock topic of a log topic.
 pub fn lock_topic(topic: &str) -> String {
@@ -197,9 +213,86 @@ enum Until {
     For(Duration),
 }
 
+/// What a starting node does about another holder's lease (see the module docs).
+#[derive(Debug, PartialEq, Eq)]
+enum Lapse<'a> {
+    /// Nobody else holds a live lease (with the margin): claim.
+    Free,
+    /// Read the lock partition this long, then decide again.
+    Wait(Duration),
+    /// The holder is alive (or the wait outlasted its bound): refuse the start.
+    Refuse(&'a Holder),
+}
+
+/// The wait for another holder's lease to lapse: a sans-IO judge of the folded lease, fed
+/// the wall clock; it counts the holder's renewals since the wait began.
+#[derive(Debug)]
+struct LapseWait<'a> {
+    me: &'a str,
+    started: Instant,
+    /// The holder being waited for and its last beat, as first seen or last renewed.
+    watched: Option<(String, i64)>,
+    renewals: u32,
+}
+
+impl<'a> LapseWait<'a> {
+    fn new(me: &'a str) -> Self {
+        Self {
+            me,
+            started: Instant::now(),
+            watched: None,
+            renewals: 0,
+        }
+    }
+
+    /// Judges the lease at `now_ms`: free once every other holder's lease lapsed
+    /// [`LAPSE_MARGIN`] ago; refused once the holder renewed [`RENEWALS_PROVE_LIFE`] times
+    /// or the wait outlasted twice its lease plus the margin.
+    fn decide<'s>(&mut self, state: &'s LeaseState, now_ms: i64) -> Lapse<'s> {
+        let margin_ms = LAPSE_MARGIN.as_millis() as i64;
+        let Some(holder) = state.other_live_holder(self.me, now_ms - margin_ms) else {
+            return Lapse::Free;
+        };
+        match &mut self.watched {
+            Some((owner, beat)) if *owner == holder.owner => {
+                if *beat != holder.last_beat_ms {
+                    *beat = holder.last_beat_ms;
+                    self.renewals += 1;
+                }
+            }
+            // A new holder (another node claimed a lapsed lease meanwhile): count anew.
+            _ => {
+                self.watched = Some((holder.owner.clone(), holder.last_beat_ms));
+                self.renewals = 0;
+            }
+        }
+        let bound = Duration::from_millis(2 * holder.lease_ms.max(0) as u64) + LAPSE_MARGIN;
+        if self.renewals >= RENEWALS_PROVE_LIFE || self.started.elapsed() >= bound {
+            return Lapse::Refuse(holder);
+        }
+        // Clocks may differ: never wait longer than one lease for one lapse.
+        let lapses_in_ms = (holder.last_beat_ms + holder.lease_ms + margin_ms - now_ms)
+            .clamp(1, holder.lease_ms.max(1) + margin_ms);
+        Lapse::Wait(Duration::from_millis(lapses_in_ms as u64).min(LAPSE_WAIT_SLICE))
+    }
+
+    /// The start's refusal because `holder` holds the lease.
+    fn refusal(&self, topic: &str, holder: &Holder, now_ms: i64) -> WalError {
+        WalError::KafkaFenced {
+            topic: topic.to_owned(),
+            owner: holder.owner.clone(),
+            age_ms: (now_ms - holder.last_beat_ms).max(0) as u64,
+            lease_ms: holder.lease_ms.max(0) as u64,
+            lapses_in_ms: (holder.last_beat_ms + holder.lease_ms - now_ms).max(0) as u64,
+            waited_ms: self.started.elapsed().as_millis() as u64,
+            renewals: self.renewals,
+        }
+    }
+}
+
 /// Delivery reports of the lease's producer: the last one, as an offset or an error.
 #[derive(Clone, Default)]
-struct LeaseDeliveries(Arc<Mutex<Option<Result<i64, String>>>>);
+struct LeaseDeliveries(Arc<Mutex<Option<Result<i64, HeartbeatFailure>>>>);
 
 impl ClientContext for LeaseDeliveries {}
 
@@ -209,7 +302,9 @@ impl ProducerContext for LeaseDeliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let outcome = match result {
             Ok(message) => Ok(message.offset()),
-            Err((error, _)) => Err(error.to_string()),
+            Err((error, _)) => Err(HeartbeatFailure::Kafka {
+                code: error_code(error),
+            }),
         };
         *lock(&self.0) = Some(outcome);
     }
@@ -223,13 +318,17 @@ fn produce(
     value: &str,
     timeout: Duration,
     stop: Option<&Mutex<bool>>,
-) -> Result<i64, String> {
+) -> Result<i64, HeartbeatFailure> {
     *lock(&producer.context().0) = None;
     let record = BaseRecord::to(topic)
         .key("writer")
         .payload(value)
         .timestamp(now_ms());
-    producer.send(record).map_err(|(e, _)| e.to_string())?;
+    producer
+        .send(record)
+        .map_err(|(e, _)| HeartbeatFailure::Kafka {
+            code: error_code(&e),
+        })?;
     // Polling serves the report as soon as it comes (`flush` checks only every 100 ms).
     let deadline = Instant::now() + timeout;
     loop {
@@ -238,13 +337,12 @@ fn produce(
             return outcome;
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "no delivery report within {} ms",
-                timeout.as_millis()
-            ));
+            return Err(HeartbeatFailure::NoReport {
+                waited_ms: timeout.as_millis() as u64,
+            });
         }
         if stop.is_some_and(|stop| *lock(stop)) {
-            return Err("stopped".to_owned());
+            return Err(HeartbeatFailure::Stopped);
         }
     }
 }
@@ -280,32 +378,30 @@ impl WriterLease {
     pub fn acquire(
         config: &KafkaConfig,
         owner: &str,
-        lost: impl FnOnce(String) + Send + 'static,
+        lost: impl FnOnce(LogFailure) + Send + 'static,
     ) -> Result<WriterLease, WalError> {
         let brokers = config.brokers.as_str();
         let topic = lock_topic(&config.topic);
         let lease = Duration::from_millis(config.writer_lease_ms);
         let lease_ms = config.writer_lease_ms as i64;
-        let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms);
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         ensure_topic_named(config, &topic, 1)?;
         let mut reader = LockReader::open(config, &topic)?;
-        let refused = |holder: &Holder| WalError::KafkaFenced {
-            topic: config.topic.clone(),
-            owner: holder.owner.clone(),
-            age_ms: (now_ms() - holder.last_beat_ms).max(0) as u64,
-            lease_ms: holder.lease_ms.max(0) as u64,
-        };
-        // Wait out another holder's lease, within the start's bounded wait (a live holder
-        // keeps beating, a dead one's lease lapses).
-        reader.read(Until::End, deadline, brokers)?;
-        while let Some(holder) = reader.state.other_live_holder(owner, now_ms()) {
-            let lapses_in = Duration::from_millis(
-                (holder.last_beat_ms + holder.lease_ms - now_ms()).max(1) as u64,
-            );
-            if Instant::now() + lapses_in >= deadline {
-                return Err(refused(holder));
+        reader.read(Until::End, Instant::now() + connect_timeout, brokers)?;
+        // Wait out another holder's lease: bounded by that lease, not the connect timeout.
+        let mut waiting = LapseWait::new(owner);
+        loop {
+            match waiting.decide(&reader.state, now_ms()) {
+                Lapse::Free => break,
+                Lapse::Wait(slice) => reader.read(
+                    Until::For(slice),
+                    Instant::now() + slice + connect_timeout,
+                    brokers,
+                )?,
+                Lapse::Refuse(holder) => {
+                    return Err(waiting.refusal(&config.topic, holder, now_ms()));
+                }
             }
-            reader.read(Until::For(lapses_in), deadline, brokers)?;
         }
         let producer: BaseProducer<LeaseDeliveries> = config
             .lease_producer_config()
@@ -319,10 +415,10 @@ impl WriterLease {
             lease,
             None,
         )
-        .map_err(|reason| WalError::Kafka {
+        .map_err(|failure| WalError::Kafka {
             op: "claim the writer lease",
             brokers: brokers.to_owned(),
-            reason,
+            reason: failure.to_string(),
         })?;
         // Beat from now on: the lease others see runs from the claim's timestamp.
         let beating = Arc::new(Beating {
@@ -347,10 +443,14 @@ impl WriterLease {
             heartbeat: Some(heartbeat),
         };
         // Did the claim win? Another node's claim just before it wins instead.
-        reader.read(Until::Past(claim), deadline, brokers)?;
+        reader.read(
+            Until::Past(claim),
+            Instant::now() + connect_timeout,
+            brokers,
+        )?;
         if let Some(holder) = reader.state.holder.as_ref().filter(|h| h.owner != owner) {
             held.stop_beating();
-            return Err(refused(holder));
+            return Err(waiting.refusal(&config.topic, holder, now_ms()));
         }
         Ok(held)
     }
@@ -389,7 +489,7 @@ fn beat(
     lease: Duration,
     claimed_at: Instant,
     beating: &Beating,
-    lost: impl FnOnce(String),
+    lost: impl FnOnce(LogFailure),
 ) -> BaseProducer<LeaseDeliveries> {
     let mut last = claimed_at;
     let lease_ms = lease.as_millis();
@@ -411,16 +511,20 @@ fn beat(
         if *lock(&beating.stop) {
             break;
         }
-        match result {
-            Ok(_) if last.elapsed() < lease => last = sent,
-            outcome => {
-                lost(format!(
-                    "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
-                     within {lease_ms} ms ({outcome:?}); another node may write the topic now"
-                ));
-                break;
+        let failure = match result {
+            Ok(_) if last.elapsed() < lease => {
+                last = sent;
+                continue;
             }
-        }
+            Ok(_) => HeartbeatFailure::Late,
+            Err(failure) => failure,
+        };
+        lost(LogFailure::LeaseLost {
+            topic: topic.to_owned(),
+            lease_ms: lease_ms as u64,
+            beat: failure,
+        });
+        break;
     }
     // Handed back for the release record.
     producer
@@ -477,5 +581,51 @@ mod tests {
         state.apply("beat a 1000", 1_000);
         state.apply("claim b 1000", 1_001);
         assert_eq!(holder(&state), Some("b"));
+    }
+
+    #[test]
+    fn a_successor_waits_for_the_lapse_plus_the_margin_and_refuses_a_holder_that_renews() {
+        let mut state = LeaseState::default();
+        state.apply("claim a 1000", 10_000);
+        let mut waiting = LapseWait::new("b");
+        assert_eq!(
+            waiting.decide(&state, 10_100),
+            Lapse::Wait(LAPSE_WAIT_SLICE)
+        );
+        // Lapses at 11 000; the margin keeps reading until 11 500.
+        assert_eq!(
+            waiting.decide(&state, 11_400),
+            Lapse::Wait(Duration::from_millis(100))
+        );
+        assert_eq!(waiting.decide(&state, 11_500), Lapse::Free);
+        // One renewal may be a dead holder's last beat in flight: keep waiting.
+        state.apply("beat a 1000", 10_300);
+        assert!(matches!(waiting.decide(&state, 10_400), Lapse::Wait(_)));
+        state.apply("beat a 1000", 10_600);
+        let Lapse::Refuse(holder) = waiting.decide(&state, 10_700) else {
+            panic!("a holder that renewed twice is alive");
+        };
+        assert_eq!(holder.owner, "a");
+        let refusal = waiting.refusal("t", holder, 10_700).to_string();
+        assert!(
+            refusal.contains("lapses in 900 ms") && refusal.contains("renewed 2 times"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn renewals_are_counted_anew_for_a_new_holder_and_never_for_oneself() {
+        let mut state = LeaseState::default();
+        state.apply("claim a 1000", 0);
+        let mut waiting = LapseWait::new("b");
+        assert!(matches!(waiting.decide(&state, 0), Lapse::Wait(_)));
+        state.apply("beat a 1000", 300);
+        assert!(matches!(waiting.decide(&state, 300), Lapse::Wait(_)));
+        // a's lease lapsed and c claimed it: c's renewals count from zero.
+        state.apply("claim c 1000", 1_400);
+        state.apply("beat c 1000", 1_700);
+        assert!(matches!(waiting.decide(&state, 1_700), Lapse::Wait(_)));
+        assert_eq!(waiting.renewals, 0);
+        assert_eq!(LapseWait::new("c").decide(&state, 1_700), Lapse::Free);
     }
 }

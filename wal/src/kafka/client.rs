@@ -1,0 +1,432 @@
+//! The Kafka clients' configuration and set-up: [`KafkaConfig`] (the producer's, the lease
+//! producer's and the readers' librdkafka settings), [`check_producer_config`], topic creation
+//! ([`ensure_topic`]) and the readers' client context.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use crate::error::WalError;
+use crate::frame::PAYLOAD_BYTES_MAX;
+
+/// librdkafka's `max.in.flight.requests.per.connection` above which the idempotent producer
+/// can no longer guarantee order.
+const IN_FLIGHT_REQUESTS_MAX: u32 = 5;
+/// librdkafka's `reconnect.backoff.max.ms`: the longest pause between reconnect attempts.
+const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+/// `<host>/<pid>/<random>`: tells nodes (and incarnations of one node) apart in the lease.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_owned());
+    // std's hasher keys are random per process (and per `RandomState`).
+    let random =
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
+    format!("{host}/{}/{random:016x}", std::process::id())
+}
+
+/// Configuration of a [`KafkaLog`](super::KafkaLog). Times in milliseconds, sizes in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The topic holding the log.
+    pub topic: String,
+    /// Partitions of the topic when this log creates it (an existing topic keeps its own).
+    pub partitions: i32,
+    /// Replication factor of the topic when this log creates it.
+    pub replication_factor: i32,
+    /// Records in flight (appended, no delivery report yet) at most.
+    pub queue_records_max: usize,
+    /// Payload bytes in flight at most.
+    pub queue_bytes_max: usize,
+    /// How long the start waits for the brokers (metadata, topic creation, watermarks); not
+    /// for another holder's writer lease, which is bounded by that lease (see [`super::fence`]).
+    pub connect_timeout_ms: u64,
+    /// librdkafka's `message.timeout.ms`: how long a record may wait for its delivery
+    /// (broker down included) before its report fails — and with it the log.
+    pub message_timeout_ms: u64,
+    /// librdkafka's `linger.ms`: how long the producer waits to fill a batch.
+    pub linger_ms: u64,
+    /// Further librdkafka producer properties, applied last and then checked by
+    /// [`check_producer_config`].
+    pub producer_overrides: Vec<(String, String)>,
+    /// The writer lease (one node writes a topic; see [`super::fence`]): a holder that
+    /// cannot renew it within this long stops; a successor after a crash waits until it lapses
+    /// (plus [`LAPSE_MARGIN`](super::fence::LAPSE_MARGIN)).
+    pub writer_lease_ms: u64,
+    /// Who this node is in the lease (host, process and a random part by default).
+    pub owner: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            topic: "gavel-wal".to_owned(),
+            partitions: 8,
+            replication_factor: 1,
+            queue_records_max: 65_536,
+            queue_bytes_max: 32 << 20,
+            connect_timeout_ms: 10_000,
+            message_timeout_ms: 300_000,
+            linger_ms: 1,
+            producer_overrides: Vec::new(),
+            writer_lease_ms: 10_000,
+            owner: default_owner(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Checks that every value is in range.
+    pub fn validate(&self) -> Result<(), WalError> {
+        let check = WalError::require;
+        check(
+            !self.brokers.trim().is_empty(),
+            "kafka brokers must not be empty",
+        )?;
+        check(
+            !self.topic.trim().is_empty(),
+            "kafka topic must not be empty",
+        )?;
+        check(
+            (1..=10_000).contains(&self.partitions),
+            "kafka partitions must be between 1 and 10000",
+        )?;
+        check(
+            (1..=32).contains(&self.replication_factor),
+            "kafka replication factor must be between 1 and 32",
+        )?;
+        check(
+            (1..=1 << 24).contains(&self.queue_records_max),
+            "kafka queue_records_max must be between 1 and 2^24",
+        )?;
+        check(
+            (1..=1 << 30).contains(&self.queue_bytes_max),
+            "kafka queue_bytes_max must be between 1 and 1 GiB",
+        )?;
+        check(
+            (1..=600_000).contains(&self.connect_timeout_ms),
+            "kafka connect_timeout_ms must be between 1 and 600000",
+        )?;
+        check(
+            (1..=3_600_000).contains(&self.message_timeout_ms),
+            "kafka message_timeout_ms must be between 1 and 3600000",
+        )?;
+        check(
+            self.linger_ms <= 1_000,
+            "kafka linger_ms must be at most 1000",
+        )?;
+        check(
+            (300..=600_000).contains(&self.writer_lease_ms),
+            "kafka writer_lease_ms must be between 300 and 600000",
+        )?;
+        check(
+            !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
+            "kafka owner must be a non-empty word",
+        )
+    }
+
+    /// The lease producer's configuration: `acks=all`, one request in flight, each record
+    /// on its own. Not idempotent: a duplicated claim or beat means the same as one, and the
+    /// idempotent producer's start (hundreds of ms to get a producer id) would eat into the
+    /// lease.
+    pub(crate) fn lease_producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", self.writer_lease_ms.to_string())
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
+            );
+        config
+    }
+
+    /// The producer's librdkafka configuration: idempotent, `acks=all`, librdkafka's queue
+    /// sized above this log's bounds, then the overrides. Check it with
+    /// [`check_producer_config`].
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "max.in.flight.requests.per.connection",
+                IN_FLIGHT_REQUESTS_MAX.to_string(),
+            )
+            // Twice our bounds: librdkafka must never refuse a record our bound admitted
+            // (a refusal in the middle of a decision's batch would fail the log).
+            .set(
+                "queue.buffering.max.messages",
+                (self.queue_records_max * 2).to_string(),
+            )
+            .set(
+                "queue.buffering.max.kbytes",
+                (self.queue_bytes_max / 1024 * 2 + 2 * PAYLOAD_BYTES_MAX / 1024).to_string(),
+            )
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("linger.ms", self.linger_ms.to_string())
+            .set(
+                "socket.connection.setup.timeout.ms",
+                self.connect_timeout_ms.max(1_000).to_string(),
+            )
+            // librdkafka backs off reconnects up to 10 s by default: a returning broker
+            // would wait that long for the backlog. A WAL reconnects within a second.
+            .set(
+                "reconnect.backoff.max.ms",
+                RECONNECT_BACKOFF_MAX_MS.to_string(),
+            );
+        for (key, value) in &self.producer_overrides {
+            config.set(key, value);
+        }
+        config
+    }
+
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+}
+
+/// Refuses a producer configuration that would allow reordering or duplicates:
+/// idempotence off, `acks` other than `all`/`-1`, more than 5 requests in flight per
+/// connection, or retries disabled.
+pub fn check_producer_config(config: &ClientConfig) -> Result<(), WalError> {
+    let refuse = |setting: &str, value: &str, why: &'static str| {
+        Err(WalError::KafkaUnsafeConfig {
+            setting: setting.to_owned(),
+            value: value.to_owned(),
+            why,
+        })
+    };
+    let value = |key: &str| config.get(key).unwrap_or("").trim().to_ascii_lowercase();
+    let idempotence = value("enable.idempotence");
+    if idempotence != "true" {
+        return refuse(
+            "enable.idempotence",
+            &idempotence,
+            "without idempotence a retried produce can duplicate or reorder records",
+        );
+    }
+    let acks = value("acks");
+    if acks != "all" && acks != "-1" {
+        return refuse(
+            "acks",
+            &acks,
+            "a record acknowledged by fewer than all in-sync replicas can be lost",
+        );
+    }
+    let in_flight = value("max.in.flight.requests.per.connection");
+    match in_flight.parse::<u32>() {
+        Ok(n) if (1..=IN_FLIGHT_REQUESTS_MAX).contains(&n) => {}
+        _ => {
+            return refuse(
+                "max.in.flight.requests.per.connection",
+                &in_flight,
+                "the idempotent producer keeps order only with 1 to 5 requests in flight",
+            );
+        }
+    }
+    for key in ["retries", "message.send.max.retries"] {
+        let retries = value(key);
+        if retries == "0" {
+            return refuse(key, &retries, "the idempotent producer needs retries");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a future to completion on this thread (the admin client's futures complete from
+/// librdkafka's own thread; no async runtime is needed).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+/// librdkafka's error code of `error` (every producer error carries one; `Fail`, "generic
+/// failure", for the few client errors that do not).
+pub(crate) fn error_code(error: &KafkaError) -> RDKafkaErrorCode {
+    error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)
+}
+
+pub(crate) fn kafka_error(op: &'static str, brokers: &str) -> impl FnOnce(KafkaError) -> WalError {
+    let brokers = brokers.to_owned();
+    move |e| WalError::Kafka {
+        op,
+        brokers,
+        reason: e.to_string(),
+    }
+}
+
+/// Reaches the brokers and makes sure the topic exists (creating it with the configured
+/// partitions when missing); returns its partition count. Bounded by `connect_timeout_ms`.
+pub fn ensure_topic(config: &KafkaConfig) -> Result<i32, WalError> {
+    config.validate()?;
+    ensure_topic_named(config, &config.topic, config.partitions)
+}
+
+/// [`ensure_topic`] for the topic `name` with `partitions` when created.
+pub(crate) fn ensure_topic_named(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<i32, WalError> {
+    let brokers = config.brokers.as_str();
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(kafka_error("create an admin client", brokers))?;
+    let mut created = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Timeout::After(left))
+            .map_err(|e| WalError::KafkaUnreachable {
+                brokers: brokers.to_owned(),
+                timeout_ms: config.connect_timeout_ms,
+                reason: e.to_string(),
+            })?;
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
+        match topic.map(|t| (t.error(), t.partitions().len())) {
+            Some((None, n)) if n > 0 => {
+                return Ok(i32::try_from(n).unwrap_or(i32::MAX));
+            }
+            Some((Some(err), _))
+                if RDKafkaErrorCode::from(err) == RDKafkaErrorCode::TopicAuthorizationFailed =>
+            {
+                return Err(WalError::Kafka {
+                    op: "describe the topic",
+                    brokers: brokers.to_owned(),
+                    reason: format!("not authorised for topic {name}"),
+                });
+            }
+            _ if !created => {
+                create_topic(&admin, config, name, partitions, left)?;
+                created = true;
+            }
+            // Created; the brokers' metadata catches up shortly.
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(WalError::KafkaUnreachable {
+                brokers: brokers.to_owned(),
+                timeout_ms: config.connect_timeout_ms,
+                reason: format!("topic {name} has no partitions yet"),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), WalError> {
+    let brokers = config.brokers.as_str();
+    let topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    let options = AdminOptions::new()
+        .request_timeout(Some(Timeout::After(timeout)))
+        .operation_timeout(Some(Timeout::After(timeout)));
+    let results = block_on(admin.create_topics([&topic], &options))
+        .map_err(kafka_error("create the topic", brokers))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(WalError::Kafka {
+                    op: "create the topic",
+                    brokers: brokers.to_owned(),
+                    reason: format!("{name}: {code}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The readers' consumer context (recovery, lock topic): the end of a partition is how they
+/// know they are done, not an error worth a log line; any other client error is logged as
+/// rdkafka's default context logs it.
+pub(crate) struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            log::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_producer_settings_are_refused() {
+        let base = KafkaConfig::default();
+        check_producer_config(&base.producer_config()).unwrap();
+        for (key, value) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("max.in.flight.requests.per.connection", "6"),
+            ("retries", "0"),
+        ] {
+            let config = KafkaConfig {
+                producer_overrides: vec![(key.into(), value.into())],
+                ..base.clone()
+            };
+            let err = check_producer_config(&config.producer_config()).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+}

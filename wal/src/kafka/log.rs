@@ -1,0 +1,548 @@
+//! [`KafkaLog`]: the producer side of the Kafka log — local LSNs, the bounded in-flight
+//! queue, delivery reports and the durability rule (see the [module docs](super)).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use super::client::{KafkaConfig, check_producer_config, ensure_topic, error_code, kafka_error};
+use super::fence::WriterLease;
+use super::reader::{KafkaPosition, KafkaRecords};
+use crate::durability::{Durability, LogStatus, batch_bytes, lock};
+use crate::error::{AppendError, LogFailure, Persistence, WalError};
+use crate::{Lsn, WalMetrics};
+
+/// Delivery reports, by `status`: `persisted`, `not_persisted`, `possibly_persisted`,
+/// `error` (a failed delivery, whatever its persistence status).
+pub const METRIC_DELIVERIES: &str = "gavel_wal_kafka_deliveries_total";
+/// Produce → delivery report time of `PERSISTED` records, seconds.
+pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
+/// Records produced and not yet reported (published by the node from
+/// [`KafkaLog::metrics`]).
+pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
+/// Payload bytes produced and not yet reported (likewise).
+pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
+/// records in flight, a colliding entry only skews one latency sample).
+const SENT_AT_RING: usize = 1 << 16;
+
+/// Retry hint on back-pressure: about one produce round trip on a healthy broker.
+const BACKPRESSURE_RETRY_AFTER_US: u64 = 10_000;
+/// Longest [`KafkaLog::shutdown`] waits for the reports of the records in flight.
+const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(30);
+// The delivery opaque carries an LSN as a `usize`.
+const _: () = assert!(usize::BITS >= u64::BITS);
+
+/// In-flight bookkeeping, under one mutex with the produce calls so LSN order is produce
+/// order.
+#[derive(Debug)]
+struct InFlight {
+    /// Appends are accepted only while open.
+    status: LogStatus,
+    next_lsn: Lsn,
+    records: usize,
+    bytes: usize,
+    /// The durable LSN as this struct last advanced it.
+    durable: Lsn,
+    /// LSNs above `durable + 1` already reported `PERSISTED`, with their partition and
+    /// offset (bounded by `records`).
+    persisted: BTreeMap<Lsn, (i32, i64)>,
+    /// Per partition, the offset after the last record the durable prefix covers (records
+    /// replayed at start included); negative: nothing yet, the partition's beginning.
+    offsets: Vec<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    records_persisted: AtomicU64,
+    bytes_persisted: AtomicU64,
+    backpressure: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    durability: Arc<Durability>,
+    in_flight: Mutex<InFlight>,
+    counters: Counters,
+    /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
+    sent_at_us: Box<[AtomicU64]>,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn new(in_flight: InFlight) -> Shared {
+        Shared {
+            durability: Arc::new(Durability::new(0)),
+            in_flight: Mutex::new(in_flight),
+            counters: Counters::default(),
+            sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn sent_slot(&self, lsn: Lsn) -> &AtomicU64 {
+        &self.sent_at_us[lsn as usize % SENT_AT_RING]
+    }
+}
+
+/// A delivery outcome, reduced to what the durability rule needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Persisted at this partition and offset.
+    Persisted(i32, i64),
+    /// Anything else: a report that succeeded with another status, or an error (`code`).
+    Failed {
+        status: Persistence,
+        code: Option<RDKafkaErrorCode>,
+    },
+}
+
+impl Shared {
+    /// Applies one delivery report (see the module docs for the rule).
+    fn delivered(&self, lsn: Lsn, bytes: usize, outcome: Outcome) {
+        let mut in_flight = lock(&self.in_flight);
+        in_flight.records = in_flight.records.saturating_sub(1);
+        in_flight.bytes = in_flight.bytes.saturating_sub(bytes);
+        if in_flight.status == LogStatus::Failed {
+            // The durable LSN never moves after a failure, even for later successes.
+            return;
+        }
+        match outcome {
+            Outcome::Persisted(partition, offset) => {
+                // Ordering: Relaxed — statistics; the durable LSN is the synchronising store.
+                self.counters
+                    .records_persisted
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_persisted
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                in_flight.persisted.insert(lsn, (partition, offset));
+                let mut durable = in_flight.durable;
+                while let Some((partition, offset)) = in_flight.persisted.remove(&(durable + 1)) {
+                    durable += 1;
+                    // One producer, in order per partition: offsets grow with LSNs.
+                    let next = usize::try_from(partition)
+                        .ok()
+                        .and_then(|p| in_flight.offsets.get_mut(p));
+                    if let Some(next) = next {
+                        *next = (*next).max(offset + 1);
+                    }
+                }
+                if durable > in_flight.durable {
+                    in_flight.durable = durable;
+                    // Under the in-flight lock: reports also come from `flush`'s thread, and
+                    // two advances must not store out of order.
+                    self.durability.advance(durable);
+                }
+            }
+            Outcome::Failed { status, code } => {
+                drop(in_flight);
+                self.fail(LogFailure::NotPersisted { lsn, status, code });
+            }
+        }
+    }
+
+    /// Fails the log for good: nothing more is appended or becomes durable.
+    fn fail(&self, why: LogFailure) {
+        lock(&self.in_flight).status = LogStatus::Failed;
+        self.durability.record_failure(why);
+        self.durability.finish(LogStatus::Failed);
+    }
+}
+
+/// The producer's context: turns delivery reports into [`Shared::delivered`].
+struct DeliveryContext {
+    shared: Arc<Shared>,
+    /// Handles for the common case, looked up once (not per delivery report).
+    delivery_seconds: metrics::Histogram,
+    persisted: metrics::Counter,
+}
+
+impl ClientContext for DeliveryContext {}
+
+/// The persistence status librdkafka gives a produced message.
+#[allow(unsafe_code)]
+fn persistence(message: &BorrowedMessage<'_>) -> Persistence {
+    use rdkafka::bindings::rd_kafka_msg_status_t as Status;
+    // SAFETY: `message.ptr()` is the live `rd_kafka_message_t` of this delivery report,
+    // borrowed for the duration of the callback; `rd_kafka_message_status` only reads it.
+    match unsafe { rdkafka::bindings::rd_kafka_message_status(message.ptr()) } {
+        Status::RD_KAFKA_MSG_STATUS_PERSISTED => Persistence::Persisted,
+        Status::RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED => Persistence::PossiblyPersisted,
+        Status::RD_KAFKA_MSG_STATUS_NOT_PERSISTED => Persistence::NotPersisted,
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, lsn: usize) {
+        let lsn = lsn as Lsn;
+        let (bytes, outcome, status_label) = match result {
+            Ok(message) => match persistence(message) {
+                Persistence::Persisted => {
+                    let shared = &self.shared;
+                    // Ordering: Relaxed — a statistic; the slot was stored before the send.
+                    let sent_us = shared.sent_slot(lsn).load(Ordering::Relaxed);
+                    let now_us = shared.epoch.elapsed().as_micros() as u64;
+                    self.delivery_seconds
+                        .record(now_us.saturating_sub(sent_us) as f64 / 1e6);
+                    let outcome = Outcome::Persisted(message.partition(), message.offset());
+                    (message.payload_len(), outcome, "persisted")
+                }
+                status => {
+                    let outcome = Outcome::Failed { status, code: None };
+                    (message.payload_len(), outcome, status.label())
+                }
+            },
+            Err((error, message)) => {
+                let outcome = Outcome::Failed {
+                    status: persistence(message),
+                    code: Some(error_code(error)),
+                };
+                (message.payload_len(), outcome, "error")
+            }
+        };
+        if status_label == "persisted" {
+            self.persisted.increment(1);
+        } else {
+            metrics::counter!(METRIC_DELIVERIES, "status" => status_label).increment(1);
+        }
+        self.shared.delivered(lsn, bytes, outcome);
+    }
+}
+
+/// The write-ahead log on a Kafka topic; see the module docs.
+pub struct KafkaLog {
+    shared: Arc<Shared>,
+    producer: ThreadedProducer<DeliveryContext>,
+    config: KafkaConfig,
+    /// The topic's writer lease, released at shutdown.
+    lease: Mutex<Option<WriterLease>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.config.brokers)
+            .field("topic", &self.config.topic)
+            .field("durable_lsn", &self.shared.durability.durable_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Checks the configuration, reaches the brokers (an unreachable broker is
+    /// [`WalError::KafkaUnreachable`] after `connect_timeout_ms`), creates the topic when
+    /// missing, starts the idempotent producer, and opens the recovery reader positioned at
+    /// `start` (a snapshot's position) or at the beginning of every partition. Read the
+    /// records to their end, then call [`KafkaLog::resume`] before the first append.
+    pub fn open(
+        config: KafkaConfig,
+        start: Option<&KafkaPosition>,
+    ) -> Result<(KafkaLog, KafkaRecords), WalError> {
+        config.validate()?;
+        let producer_config = config.producer_config();
+        check_producer_config(&producer_config)?;
+        ensure_topic(&config)?;
+        let shared = Arc::new(Shared::new(InFlight {
+            status: LogStatus::Open,
+            next_lsn: 1,
+            records: 0,
+            bytes: 0,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: Vec::new(),
+        }));
+        // One writer per topic: the lease comes before reading, so nobody writes behind the
+        // replay. Losing it fails the log (nothing more is acknowledged).
+        let lease = {
+            let shared = Arc::clone(&shared);
+            WriterLease::acquire(&config, &config.owner, move |why| shared.fail(why))?
+        };
+        let records = KafkaRecords::open_at(&config, start)?;
+        let producer = producer_config
+            .create_with_context(DeliveryContext {
+                shared: Arc::clone(&shared),
+                delivery_seconds: metrics::histogram!(METRIC_DELIVERY_SECONDS),
+                persisted: metrics::counter!(METRIC_DELIVERIES, "status" => "persisted"),
+            })
+            .map_err(kafka_error("create the producer", &config.brokers))?;
+        Ok((
+            KafkaLog {
+                shared,
+                producer,
+                config,
+                lease: Mutex::new(Some(lease)),
+            },
+            records,
+        ))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Continues after the recovery reader `records` was read to its end: local LSNs go on
+    /// after its last one (so snapshot LSNs grow across restarts) and the durable position
+    /// starts where it stopped. Call once, before the first append.
+    pub fn resume(&self, records: &KafkaRecords) {
+        let mut in_flight = lock(&self.shared.in_flight);
+        assert!(
+            in_flight.next_lsn == 1 && in_flight.records == 0,
+            "KafkaLog::resume after an append is a bug"
+        );
+        let last = records.last_lsn();
+        in_flight.next_lsn = last + 1;
+        in_flight.durable = last;
+        in_flight.offsets = records.next_offsets().to_vec();
+        self.shared.durability.advance(last);
+    }
+
+    /// The durable LSN and, consistent with it, per partition the offset after the last
+    /// record it covers: a snapshot of state that includes every record up to the LSN can be
+    /// replayed from these offsets (every record below them is at or below the LSN, or was
+    /// replayed at start).
+    pub fn durable_position(&self) -> KafkaPosition {
+        let in_flight = lock(&self.shared.in_flight);
+        KafkaPosition {
+            lsn: in_flight.durable,
+            topic: self.config.topic.clone(),
+            next_offsets: in_flight.offsets.clone(),
+        }
+    }
+
+    /// Produces `payloads` — the events of one decision, all about the auction `key` — with
+    /// contiguous LSNs, and returns the LSN of the last one. All or none: the bounds are
+    /// checked for the whole batch before anything is produced. The records are durable once
+    /// [`Log::durable_lsn`](crate::Log::durable_lsn) reaches the LSN.
+    pub fn append_batch<P: AsRef<[u8]>>(
+        &self,
+        key: u64,
+        payloads: &[P],
+    ) -> Result<Lsn, AppendError> {
+        let batch_bytes = batch_bytes(payloads)?;
+        let mut in_flight = lock(&self.shared.in_flight);
+        in_flight.status.check_open()?;
+        if payloads.is_empty() {
+            return Ok(in_flight.next_lsn - 1);
+        }
+        // As in the file log, a batch larger than a bound is admitted when nothing is in
+        // flight, so it is never refused for ever.
+        let full = in_flight.records > 0
+            && (in_flight.records + payloads.len() > self.config.queue_records_max
+                || in_flight.bytes + batch_bytes > self.config.queue_bytes_max);
+        if full {
+            drop(in_flight);
+            // Ordering: Relaxed — a statistic.
+            self.shared
+                .counters
+                .backpressure
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(AppendError::Backpressure {
+                retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
+            });
+        }
+        let key = key.to_string();
+        let first = in_flight.next_lsn;
+        let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
+        for lsn in first..first + payloads.len() as Lsn {
+            // Ordering: Relaxed — a statistic; the report reads it on librdkafka's thread
+            // after the send below, which synchronises through librdkafka's queue.
+            self.shared.sent_slot(lsn).store(sent_us, Ordering::Relaxed);
+        }
+        for (i, payload) in payloads.iter().enumerate() {
+            let lsn = first + i as Lsn;
+            let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
+                .key(key.as_str())
+                .payload(payload.as_ref());
+            // Non-blocking: librdkafka only enqueues. Its queue is sized above our bounds.
+            if let Err((error, _)) = self.producer.send(record) {
+                if i == 0
+                    && matches!(
+                        error,
+                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                    )
+                {
+                    drop(in_flight);
+                    return Err(AppendError::Backpressure {
+                        retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
+                    });
+                }
+                // Part of a decision may be on its way: the log cannot stay consistent.
+                in_flight.status = LogStatus::Failed;
+                in_flight.next_lsn = lsn;
+                in_flight.records += i;
+                drop(in_flight);
+                self.shared.durability.record_failure(LogFailure::Produce {
+                    lsn,
+                    code: error_code(&error),
+                });
+                self.shared.durability.finish(LogStatus::Failed);
+                return Err(AppendError::Failed);
+            }
+        }
+        let n = payloads.len();
+        in_flight.next_lsn = first + n as Lsn;
+        in_flight.records += n;
+        in_flight.bytes += batch_bytes;
+        Ok(first + n as Lsn - 1)
+    }
+
+    /// The last LSN assigned by an append so far (0 before the first).
+    pub fn last_appended_lsn(&self) -> Lsn {
+        lock(&self.shared.in_flight).next_lsn - 1
+    }
+
+    /// The durable LSN (the highest LSN such that it and every LSN below it were reported
+    /// `PERSISTED`), its waiters and the failure, for [`Log`](crate::Log).
+    pub(crate) fn durability(&self) -> &Arc<Durability> {
+        &self.shared.durability
+    }
+
+    /// Why the log failed, if it did.
+    pub fn failure(&self) -> Option<LogFailure> {
+        self.shared.durability.failure()
+    }
+
+    /// The counters, for metrics (`batches_synced_total` and the sync latencies stay 0: a
+    /// Kafka log has no syncs of its own).
+    pub fn metrics(&self) -> WalMetrics {
+        let c = &self.shared.counters;
+        // Ordering: Relaxed — statistics, no data depends on them.
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (queue_records, queue_bytes) = {
+            let in_flight = lock(&self.shared.in_flight);
+            (in_flight.records as u64, in_flight.bytes as u64)
+        };
+        WalMetrics {
+            records_written_total: get(&c.records_persisted),
+            bytes_written_total: get(&c.bytes_persisted),
+            backpressure_total: get(&c.backpressure),
+            durable_lsn: self.shared.durability.durable_lsn(),
+            queue_records,
+            queue_bytes,
+            ..WalMetrics::default()
+        }
+    }
+
+    /// Stops accepting appends and waits (up to 30 s) for the reports of every record in
+    /// flight. Returns the final durable LSN, or the failure. Idempotent.
+    pub fn shutdown(&self) -> Result<Lsn, WalError> {
+        {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if in_flight.status == LogStatus::Open {
+                in_flight.status = LogStatus::Closed;
+            }
+        }
+        let flushed = self.producer.flush(Timeout::After(SHUTDOWN_FLUSH_MAX));
+        if let Err(error) = flushed {
+            let unreported = lock(&self.shared.in_flight).records;
+            self.shared
+                .durability
+                .record_failure(LogFailure::Unflushed {
+                    records: unreported,
+                    waited_s: SHUTDOWN_FLUSH_MAX.as_secs(),
+                    code: error_code(&error),
+                });
+        }
+        // Nothing more is written: a successor may start at once.
+        if let Some(mut lease) = lock(&self.lease).take() {
+            lease.release();
+        }
+        if let Some(failure) = self.failure() {
+            lock(&self.shared.in_flight).status = LogStatus::Failed;
+            self.shared.durability.finish(LogStatus::Failed);
+            return Err(WalError::WriterFailed(failure));
+        }
+        self.shared.durability.finish(LogStatus::Closed);
+        Ok(self.shared.durability.durable_lsn())
+    }
+}
+
+impl Drop for KafkaLog {
+    fn drop(&mut self) {
+        // Waits for what is in flight; anything acknowledged durable is in the topic anyway.
+        let _ = self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::WaitError;
+
+    fn shared() -> Shared {
+        Shared::new(InFlight {
+            status: LogStatus::Open,
+            next_lsn: 6,
+            records: 5,
+            bytes: 50,
+            durable: 0,
+            persisted: BTreeMap::new(),
+            offsets: vec![-1; 2],
+        })
+    }
+
+    #[test]
+    fn the_durable_lsn_advances_only_over_a_contiguous_persisted_prefix() {
+        let s = shared();
+        s.delivered(2, 10, Outcome::Persisted(0, 5));
+        s.delivered(3, 10, Outcome::Persisted(1, 7));
+        assert_eq!(s.durability.durable_lsn(), 0, "LSN 1 not reported yet");
+        assert_eq!(lock(&s.in_flight).offsets, [-1, -1]);
+        s.delivered(1, 10, Outcome::Persisted(0, 4));
+        assert_eq!(s.durability.durable_lsn(), 3);
+        assert_eq!(
+            lock(&s.in_flight).offsets,
+            [6, 8],
+            "after the prefix's records"
+        );
+        s.delivered(5, 10, Outcome::Persisted(1, 9));
+        assert_eq!(s.durability.durable_lsn(), 3);
+        let in_flight = lock(&s.in_flight);
+        assert_eq!(
+            in_flight.offsets,
+            [6, 8],
+            "LSN 5 is beyond the durable prefix"
+        );
+        assert_eq!((in_flight.records, in_flight.bytes), (1, 10));
+    }
+
+    #[test]
+    fn a_report_that_is_not_persisted_fails_the_log_and_freezes_the_durable_lsn() {
+        let s = shared();
+        s.delivered(1, 10, Outcome::Persisted(0, 0));
+        s.delivered(
+            2,
+            10,
+            Outcome::Failed {
+                status: Persistence::PossiblyPersisted,
+                code: None,
+            },
+        );
+        // Later successes never move it: LSN 3 could depend on LSN 2's auction state.
+        s.delivered(3, 10, Outcome::Persisted(0, 0));
+        assert_eq!(s.durability.durable_lsn(), 1);
+        assert_eq!(
+            s.durability.wait(3, Duration::from_secs(1)),
+            Err(WaitError::Failed { durable: 1 })
+        );
+        assert_eq!(s.durability.wait(1, Duration::ZERO), Ok(1));
+        let failure = s.durability.failure().unwrap().to_string();
+        assert_eq!(
+            failure,
+            "the record at LSN 2 was not persisted: delivery succeeded with status \
+             POSSIBLY_PERSISTED"
+        );
+    }
+}
