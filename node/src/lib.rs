@@ -33,6 +33,18 @@ pub use backend::NodeBackend;
 pub use durable::WalSink;
 pub use node::{Node, NodeConfig, RecoveryReport, SnapshotTaken};
 
+/// The source commit this build comes from (`unknown` when it was built without git and
+/// without `GAVEL_COMMIT`; see `build.rs`).
+pub const COMMIT: &str = env!("GAVEL_COMMIT");
+
+/// The version and build, as `gavel --version` prints it: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GAVEL_COMMIT"),
+    ")"
+);
+
 /// Hex of a state hash, for humans and for tests that compare runs.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::{Arg, Args, Command};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, Command};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
 use gavel_wal::kafka::KafkaConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::node::NodeConfig;
 
 /// Every option of `gavel serve`. All are optional here; [`ServeOptions::resolve`] fills
 /// in the defaults and checks the result.
-#[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServeOptions {
     /// A TOML file with any of the options below (keys as the flag names, `_` for `-`).
@@ -151,6 +152,12 @@ pub struct ServeOptions {
     /// Close a stream connection over its outbound bound for this long, in milliseconds.
     #[arg(long, env = "GAVEL_SLOW_CONSUMER_TIMEOUT_MS", value_name = "MS")]
     pub slow_consumer_timeout_ms: Option<u64>,
+
+    /// Bytes of stream updates a WebSocket, SSE or QUIC stream may have written but not yet
+    /// sent (the kernel's unsent bytes, the HTTP/2 send buffer, one write's batch); newer
+    /// updates wait, conflated, until the reader takes these.
+    #[arg(long, env = "GAVEL_STREAM_UNSENT_BYTES_MAX", value_name = "BYTES")]
+    pub stream_unsent_bytes_max: Option<usize>,
 
     /// Sustained bids per second per bidder, over all its connections.
     #[arg(
@@ -281,7 +288,7 @@ pub struct ServeOptions {
 }
 
 /// The write-ahead log's backend.
-#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {
     /// The embedded segmented file log in `<data-dir>/wal`.
@@ -391,7 +398,7 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
         frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
         handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
         subscriptions_per_connection_max, pending_durable_per_connection_max,
-        outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+        outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
         bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max));
     defaults.extend(defaults_of!("", engine; auctions_max, dedup_window_bids, sealed_bidders_max));
     defaults.extend(defaults_of!("wal_", wal;
@@ -458,7 +465,7 @@ impl ServeOptions {
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
             subscriptions_per_connection_max, pending_durable_per_connection_max,
-            outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+            outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
@@ -621,6 +628,9 @@ impl ServeOptions {
             slow_consumer_timeout_ms: self
                 .slow_consumer_timeout_ms
                 .unwrap_or(defaults.slow_consumer_timeout_ms),
+            stream_unsent_bytes_max: self
+                .stream_unsent_bytes_max
+                .unwrap_or(defaults.stream_unsent_bytes_max),
             bids_per_second_per_bidder: self
                 .bids_per_second_per_bidder
                 .unwrap_or(defaults.bids_per_second_per_bidder),
@@ -743,6 +753,92 @@ impl ServeOptions {
         };
         Ok(kafka)
     }
+}
+
+/// `gavel config print`: the options `gavel serve` would run with, given `options` as parsed
+/// from flags and environment (`matches` are that parse's, to tell a flag from a variable)
+/// and the `--config` file they name; one TOML line per option with its source as a comment
+/// (`# flag --x`, `# env GAVEL_X`, `# file PATH`, `# default`). Options left at their
+/// default are commented out, so the output is itself a valid `--config` file. Fails, after
+/// printing, if the configuration is invalid.
+pub fn print_effective(
+    options: &ServeOptions,
+    matches: &ArgMatches,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let file = match &options.config {
+        Some(path) => ServeOptions::from_toml_file(path)?,
+        None => ServeOptions::default(),
+    };
+    let merged = options.clone().or(file);
+    let toml::Value::Table(values) =
+        toml::Value::try_from(&merged).context("showing the options as TOML")?
+    else {
+        bail!("the options are not a TOML table");
+    };
+    let defaults = code_defaults();
+    writeln!(
+        out,
+        "# gavel serve's effective configuration; after each value, its source."
+    )?;
+    for arg in command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "config" {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            writeln!(out, "# --config {}", file.as_deref().unwrap_or("not given"))?;
+            continue;
+        }
+        let line = match (
+            values.get(id),
+            defaults.iter().find(|(name, _)| *name == id),
+        ) {
+            (Some(value), _) => format!("{id} = {value} # {}", source(arg, matches, options)),
+            (None, Some((_, default))) => format!("# {id} = {} # default", literal(default)),
+            (None, None) => format!("# {id} is not set # default (see gavel serve --help)"),
+        };
+        writeln!(out, "{line}")?;
+    }
+    merged
+        .resolve()
+        .context("the configuration above is invalid")?;
+    Ok(())
+}
+
+/// Where a set option's value came from.
+fn source(arg: &Arg, matches: &ArgMatches, options: &ServeOptions) -> String {
+    let id = arg.get_id().as_str();
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => {
+            format!("flag --{}", arg.get_long().unwrap_or(id))
+        }
+        Some(ValueSource::EnvVariable) => {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            format!("env {}", env.unwrap_or_default())
+        }
+        _ => {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            format!("file {}", file.unwrap_or_default())
+        }
+    }
+}
+
+/// A default from [`code_defaults`] as a TOML value: numbers and booleans bare, the rest
+/// quoted.
+fn literal(default: &str) -> String {
+    if default.parse::<i64>().is_ok() || default == "true" || default == "false" {
+        default.to_owned()
+    } else {
+        toml::Value::String(default.to_owned()).to_string()
+    }
+}
+
+/// `gavel config check FILE`: reads `path` as `gavel serve --config` would (unknown keys are
+/// an error) and validates it alone — no flags or environment. The TLS files and the data
+/// directory are not read.
+pub fn check_file(path: &Path) -> Result<ServeConfig> {
+    ServeOptions::from_toml_file(path)?
+        .resolve()
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
 /// The `GAVEL_*` variables `gavel serve` reads.

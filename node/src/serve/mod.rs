@@ -56,6 +56,10 @@ pub fn prometheus() -> PrometheusHandle {
             }
             gavel_transport::metrics::describe();
             describe_node_metrics();
+            gavel_transport::metrics::set_build(gavel_transport::metrics::Build {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+            });
             gavel_transport::metrics::build_info();
             gavel_transport::metrics::start_rare_counters_at_zero();
             handle
@@ -508,6 +512,12 @@ async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 
 /// Refreshes the log and engine gauges until shutdown.
 async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
+    if let Log::Kafka(_) = node.wal() {
+        // Failed delivery reports start at 0, so the first one is an increase the alert sees.
+        for status in ["not_persisted", "possibly_persisted", "error"] {
+            metrics::counter!(kafka::METRIC_DELIVERIES, "status" => status).increment(0);
+        }
+    }
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

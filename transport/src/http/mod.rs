@@ -16,6 +16,8 @@
 //!   `Last-Event-ID` resume, one task per stream feeding the response body);
 //! - `stream`: what `ws` and `sse` share when writing a subscriber's outbox (slow-consumer
 //!   check, gauges and counters per transport, keepalive timer, Origin/shutdown admission);
+//! - `paced`: the accepted TCP socket, which a stream connection paces (at most
+//!   `stream_unsent_bytes_max` unsent bytes in the kernel; a flush completes only below it);
 //! - `page`: the browser page at `/` and its assets, compiled into the binary.
 //!
 //! # Limits
@@ -69,6 +71,7 @@
 //! ```
 
 mod admin;
+mod paced;
 mod page;
 mod response;
 mod routes;
@@ -199,6 +202,8 @@ struct Peer {
     remote: SocketAddr,
     /// The `connections_max` permit, shared with a WebSocket the connection upgrades to.
     _permit: Arc<OwnedSemaphorePermit>,
+    /// The socket's pacing, enabled once the connection carries a price stream.
+    pacing: Arc<paced::Pacing>,
 }
 
 /// Serves the HTTPS port on `listener` until the gateway shuts down, then drains.
@@ -256,6 +261,8 @@ pub async fn serve_tls<B: Backend>(
         }
         let config = config();
         let server_for_task = Arc::clone(&server);
+        let pacing = Arc::new(paced::Pacing::default());
+        let tcp = paced::PacedTcp::new(tcp, Arc::clone(&pacing));
         server.tasks.spawn(async move {
             let server = server_for_task;
             let timeout = server.gateway.limits().handshake_timeout();
@@ -291,6 +298,7 @@ pub async fn serve_tls<B: Backend>(
                 identity,
                 remote,
                 _permit: Arc::new(permit),
+                pacing,
             };
             serve_connection(&server, stream, peer).await;
         });
@@ -370,6 +378,9 @@ fn http_builder(limits: &crate::Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.streams_per_connection_max)
+        // What a response (an SSE stream) may have buffered per HTTP/2 stream beyond the
+        // socket: more waits in its producer (for SSE, conflating in the outbox).
+        .max_send_buf_size(limits.stream_unsent_bytes_max)
         .keep_alive_interval(limits.idle_timeout() / 2)
         .keep_alive_timeout(limits.idle_timeout() / 2);
     builder

@@ -49,8 +49,12 @@ pub(super) fn probes_only<B: Backend, T>(
         return method_not_allowed("GET, HEAD");
     }
     match path {
-        // The process serves requests: alive.
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        // The process serves requests: alive; and which build it is.
+        "/healthz" => {
+            let build = crate::metrics::build();
+            let body = format!("ok version={} commit={}\n", build.version, build.commit);
+            text(StatusCode::OK, body)
+        }
         "/readyz" if server.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -6,8 +6,13 @@
 //! client would send and handed to the same [`Session`]; the answer decides the status (a
 //! refusal is a 400 naming the problem, before any event). Then a task per stream moves what
 //! is due from the subscriber's outbox into the response body, several events per chunk,
-//! through a bounded queue ([`CHUNKS_MAX`] chunks): one event per `ServerMessage`, `data:`
-//! its canonical proto3 JSON (as `gavel.v1.json` sends it), `id:` its position.
+//! through a queue of one chunk ([`CHUNKS_MAX`]): one event per `ServerMessage`, `data:`
+//! its canonical proto3 JSON (as `gavel.v1.json` sends it), `id:` its position. The task
+//! takes the next chunk's updates only once the HTTP layer took the last chunk and flushed
+//! it into the kernel with the kernel below `stream_unsent_bytes_max` unsent bytes (the
+//! socket is paced, `paced`); the HTTP/2 send buffer per stream is bounded the same. A slow
+//! reader's updates so wait, conflated, in the outbox, and the next chunk it gets is the
+//! latest state.
 //!
 //! # Event ids and `Last-Event-ID`
 //!
@@ -61,7 +66,7 @@ pub const PATH: &str = "/v1/sse";
 const TRANSPORT: &str = "sse";
 /// Chunks queued for one response body; a full queue leaves updates conflating in the
 /// subscriber's outbox.
-pub(super) const CHUNKS_MAX: usize = 4;
+pub(super) const CHUNKS_MAX: usize = 1;
 /// Events written in one chunk at most (and about `ws_message_bytes_max` bytes).
 const CHUNK_EVENTS_MAX: usize = 256;
 /// Positions a query may name in `resume` (the URI's length bounds them too).
@@ -348,6 +353,8 @@ pub(super) fn open<B: Backend>(
     // Invariant: the queue is new and has room for CHUNKS_MAX ≥ 1 chunks.
     let _ = chunks.try_send(first.freeze());
     let subscriptions = subscriber.subscriptions();
+    peer.pacing
+        .enable(server.gateway.limits().stream_unsent_bytes_max);
     let server_for_task = Arc::clone(server);
     let peer = peer.clone();
     server.tasks.spawn(async move {
@@ -405,6 +412,9 @@ async fn run<B: Backend>(
     let mut blocked_since: Option<Instant> = None;
     let mut chunk = BytesMut::new();
     let shutdown = server.gateway.shutdown().clone();
+    let pacing = &peer.pacing;
+    // Updates are due but the last chunk is not in the kernel yet.
+    let mut deferred = false;
 
     let end = loop {
         let write = tokio::select! {
@@ -412,7 +422,13 @@ async fn run<B: Backend>(
             () = shutdown.cancelled() => break End::Shutdown,
             () = subscriber.woken() => true,
             () = tokio::time::sleep_until(stream_timer) => true,
+            () = async {
+                // The queue has room once the HTTP layer took the chunk; then its flush.
+                let _room = chunks.reserve().await;
+                pacing.drained().await;
+            }, if deferred => true,
             _ = keepalive.tick() => {
+                pacing.undrain();
                 if chunks.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok() {
                     blocked_since = None;
                 } else if blocked_since.get_or_insert_with(Instant::now).elapsed() >= idle_timeout {
@@ -424,12 +440,13 @@ async fn run<B: Backend>(
         if !write {
             continue;
         }
-        let room = if chunks.capacity() > 0 {
+        let room = if chunks.capacity() > 0 && pacing.is_drained() {
             CHUNK_EVENTS_MAX
         } else {
             0
         };
-        stream_timer = match state.take_due(subscriber, room, limits.ws_message_bytes_max) {
+        deferred = room == 0;
+        stream_timer = match state.take_due(subscriber, room, limits.stream_unsent_bytes_max) {
             Ok(next) => next.unwrap_or_else(|| Instant::now() + STREAM_IDLE),
             Err(SlowConsumer) => break End::SlowConsumer,
         };
@@ -439,6 +456,8 @@ async fn run<B: Backend>(
         for message in state.batch.drain(..) {
             encode_event(message.message(), &mut chunk);
         }
+        // Cleared before the chunk goes: the flush that follows it sets it again.
+        pacing.undrain();
         // Only this task sends, and it saw room: a failure means the body is gone.
         if chunks.try_send(chunk.split().freeze()).is_err() {
             break End::Peer;

@@ -16,7 +16,7 @@
 //! every durable wait in a set polled beside the socket (bounded by the session's
 //! `pending_durable_per_connection_max`) and sends each durable ack when its wait resolves.
 //! At most [`WRITE_BUFFER_BYTES`] may wait for the peer: past it the task reads no more
-//! requests and takes no more updates until the peer takes some — one slow socket slows only
+//! requests until the peer takes some — one slow socket slows only
 //! itself; a peer that takes nothing for `idle_timeout_ms` while bytes wait for it is
 //! dropped (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from
 //! which nothing arrives (not even the pong to the node's ping) for `idle_timeout_ms` gets
@@ -26,9 +26,12 @@
 //!
 //! Streams: the session serves `Subscribe`; the loop also waits on the subscriber's
 //! wake-up and pacing timer and writes what is due from its outbox (a shared price update
-//! encoded once per codec for all sockets), as far as the socket has room — so a slow
-//! socket's updates stay conflated in its outbox, and one that stays over its byte bound is
-//! closed (1008) instead of slowing anyone.
+//! encoded once per codec for all sockets), one batch of at most `stream_unsent_bytes_max`
+//! bytes at a time. A subscribed socket is paced (`super::paced`): the next batch is taken
+//! only once the last one was flushed, and a flush completes only once the kernel holds
+//! less than `stream_unsent_bytes_max` unsent bytes — so a slow socket's updates stay
+//! conflated in its outbox rather than queueing in the kernel, and one that stays over its
+//! byte bound is closed (1008) instead of slowing anyone.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -81,7 +84,8 @@ const WS_VERSION: &str = "13";
 /// 18.0 KiB at 1 KiB, 17.2 KiB at 256 B.
 const READ_BUFFER_BYTES: usize = 256;
 /// Bytes of fed messages that may wait for the peer (written but not flushed); past it
-/// the socket's task reads no requests and takes no updates until the peer takes some.
+/// the socket's task reads no requests until the peer takes some. (Stream updates are taken
+/// only once everything fed was flushed.)
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
@@ -308,6 +312,13 @@ impl Outbound {
         self.unflushed < WRITE_BUFFER_BYTES
     }
 
+    /// Whether the next stream batch may be taken: everything fed before was flushed — for
+    /// a paced socket, handed to the kernel with the kernel below its unsent bound — so the
+    /// batch is the latest state at the moment the reader can take it.
+    fn has_stream_room(&self) -> bool {
+        self.unflushed == 0
+    }
+
     /// Whether the peer has taken nothing for `timeout` while bytes waited for it.
     fn stalled(&self, timeout: Duration) -> bool {
         self.waiting_since
@@ -435,13 +446,13 @@ fn write_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let room = if outbound.has_room() {
+    let room = if outbound.has_stream_room() {
         WRITE_BATCH_MAX
     } else {
         0
     };
     let next = state
-        .take_due(subscriber, room, limits.ws_message_bytes_max)
+        .take_due(subscriber, room, limits.stream_unsent_bytes_max)
         .map_err(|SlowConsumer| End::SlowConsumer)?;
     if !state.batch.is_empty() {
         for message in state.batch.drain(..) {
@@ -513,9 +524,9 @@ async fn run<B: Backend, S>(
             let subscriber = session.subscriber().cloned();
             let room = outbound.has_room();
             let flush = outbound.unflushed > 0;
-            if !room && subscriber.is_some() && stream_due.is_none() {
-                // Wake-ups wait while the socket is full: check the outbox for a slow
-                // consumer on the timer instead.
+            if !outbound.has_stream_room() && subscriber.is_some() && stream_due.is_none() {
+                // Updates wait while the socket has not taken the last batch: check the
+                // outbox for a slow consumer on the timer.
                 stream_due = Some(Instant::now() + Duration::from_millis(STREAM_CHECK_MS));
             }
             set_timer(stream_timer.as_mut(), stream_due);
@@ -561,6 +572,7 @@ async fn run<B: Backend, S>(
                             replies.shrink_to(1);
                             if let Some(s) = session.subscriber() {
                                 stream_state.report_subscriptions(s.subscriptions());
+                                peer.pacing.enable(limits.stream_unsent_bytes_max);
                             }
                         }
                         Err(detail) => outbound.feed_message(&mut socket, &session.malformed(detail))?,
