@@ -141,6 +141,11 @@ impl EdgeEncoder {
         self.sent.len()
     }
 
+    /// Whether the stream has a delta base for `auction` (its next update is a delta).
+    pub fn knows(&self, auction: u64) -> bool {
+        self.sent.contains_key(&auction)
+    }
+
     /// Forgets an auction: its next message goes out as a keyframe (the peer asked for
     /// one, or no longer watches it).
     pub fn forget(&mut self, auction: u64) {
