@@ -889,31 +889,7 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
         let bid_id = BidId((thread_index as u128) << 64 | u128::from(i));
         // Kind index is the auction's index in this run, by construction of the demo.
         let kind = &kinds[usize::try_from(index).expect("auction indexes index kinds")];
-        let (amount, max) = match kind {
-            AuctionKind::English { start_price, .. } => {
-                let price = engine.price(id).and_then(|(p, _)| p);
-                let base = price.unwrap_or(*start_price);
-                let inc = increments.increment_at(base);
-                if rng.random_bool(0.2) {
-                    (base.saturating_sub(inc).max(1), None)
-                } else {
-                    let amount = base + inc * rng.random_range(1..=3);
-                    let max = rng
-                        .random_bool(0.1)
-                        .then(|| amount + inc * rng.random_range(0..50));
-                    (amount, max)
-                }
-            }
-            AuctionKind::SealedFirstPrice { min_bid }
-            | AuctionKind::SealedSecondPrice { min_bid } => {
-                (rng.random_range(*min_bid..*min_bid * 20), None)
-            }
-            AuctionKind::Dutch {
-                start_price,
-                floor_price,
-                ..
-            } => (rng.random_range(*floor_price..*start_price), None),
-        };
+        let (amount, max) = amount_for(kind, engine.price(id), &increments, &mut rng);
         // 1 % of bids are retries of this desk's last accepted bid.
         let bid = match last_accepted {
             Some(previous) if rng.random_bool(0.01) => previous,
@@ -922,58 +898,13 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
                 Err(_) => continue,
             },
         };
-        loop {
-            tally.decisions += 1;
-            let decision = engine.place_bid(&bid, now, sink);
-            match decision.outcome {
-                BidOutcome::Accepted(accepted) => {
-                    tally.accepted += 1;
-                    last_accepted = Some(bid);
-                    if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, decision.receipt) {
-                        acks.pending.push_back(PendingAck {
-                            lsn,
-                            at: Instant::now(),
-                            bid,
-                            seq: accepted.seq,
-                        });
-                    }
-                }
-                BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
-                    *tally.rejected.entry("overloaded").or_default() += 1;
-                    if durability.failed() {
-                        tally.stopped = true;
-                        return tally;
-                    }
-                    // The queue is full: let the consumer (or the log writer) catch up.
-                    match durability.node {
-                        Some(_) => thread::sleep(OVERLOADED_SLEEP),
-                        None => thread::yield_now(),
-                    }
-                    continue;
-                }
-                BidOutcome::Rejected(r) => *tally.rejected.entry(r.name()).or_default() += 1,
-            }
-            break;
+        let placed = place(engine, sink, durability, &bid, now, &mut tally);
+        if placed.is_none() || !keep_up_with_acks(&mut tally, durability, ack_log) {
+            tally.stopped = true;
+            return tally;
         }
-        if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
-            if !acks.observe(node.wal().durable_lsn(), ack_log) {
-                tally.stopped = true;
-                return tally;
-            }
-            if acks.pending.len() >= ACKS_PENDING_MAX {
-                let oldest = acks.pending.front().map_or(0, |p| p.lsn);
-                if node
-                    .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
-                    .is_err()
-                {
-                    tally.stopped = true;
-                    return tally;
-                }
-                if !acks.observe(node.wal().durable_lsn(), ack_log) {
-                    tally.stopped = true;
-                    return tally;
-                }
-            }
+        if placed == Some(true) {
+            last_accepted = Some(bid);
         }
     }
     // The end of the desk's day: wait for its last acks.
@@ -987,33 +918,118 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
     tally
 }
 
+/// A desk's amount (and proxy maximum) for an auction of `kind` whose price word reads
+/// `price`: for English auctions mostly one to three increments over the price (a fifth too
+/// low, a tenth with a maximum), for the others anywhere in their range.
+fn amount_for(
+    kind: &AuctionKind,
+    price: Option<(Option<u64>, bool)>,
+    increments: &IncrementTable,
+    rng: &mut SmallRng,
+) -> (u64, Option<u64>) {
+    match kind {
+        AuctionKind::English { start_price, .. } => {
+            let base = price.and_then(|(p, _)| p).unwrap_or(*start_price);
+            let inc = increments.increment_at(base);
+            if rng.random_bool(0.2) {
+                (base.saturating_sub(inc).max(1), None)
+            } else {
+                let amount = base + inc * rng.random_range(1..=3);
+                let max = rng
+                    .random_bool(0.1)
+                    .then(|| amount + inc * rng.random_range(0..50));
+                (amount, max)
+            }
+        }
+        AuctionKind::SealedFirstPrice { min_bid } | AuctionKind::SealedSecondPrice { min_bid } => {
+            (rng.random_range(*min_bid..*min_bid * 20), None)
+        }
+        AuctionKind::Dutch {
+            start_price,
+            floor_price,
+            ..
+        } => (rng.random_range(*floor_price..*start_price), None),
+    }
+}
+
+/// Places `bid` until the engine decides it (an overloaded queue is waited out) and tallies
+/// the outcome; an accepted bid's durable ack becomes pending. Returns whether it was
+/// accepted, or `None` if the log failed.
+fn place<S: EventSink>(
+    engine: &Engine,
+    sink: &S,
+    durability: Durability<'_>,
+    bid: &Bid,
+    now: UnixMicros,
+    tally: &mut Tally,
+) -> Option<bool> {
+    loop {
+        tally.decisions += 1;
+        let decision = engine.place_bid(bid, now, sink);
+        match decision.outcome {
+            BidOutcome::Accepted(accepted) => {
+                tally.accepted += 1;
+                if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, decision.receipt) {
+                    acks.pending.push_back(PendingAck {
+                        lsn,
+                        at: Instant::now(),
+                        bid: *bid,
+                        seq: accepted.seq,
+                    });
+                }
+                return Some(true);
+            }
+            BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
+                *tally.rejected.entry("overloaded").or_default() += 1;
+                if durability.failed() {
+                    return None;
+                }
+                // The queue is full: let the consumer (or the log writer) catch up.
+                match durability.node {
+                    Some(_) => thread::sleep(OVERLOADED_SLEEP),
+                    None => thread::yield_now(),
+                }
+            }
+            BidOutcome::Rejected(r) => {
+                *tally.rejected.entry(r.name()).or_default() += 1;
+                return Some(false);
+            }
+        }
+    }
+}
+
+/// Durable mode: releases the acks the log's durable LSN reached, and waits for the oldest
+/// when `ACKS_PENDING_MAX` are pending. `false` if the log or the ack log failed.
+fn keep_up_with_acks(
+    tally: &mut Tally,
+    durability: Durability<'_>,
+    ack_log: Option<&AckLog>,
+) -> bool {
+    let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) else {
+        return true;
+    };
+    if !acks.observe(node.wal().durable_lsn(), ack_log) {
+        return false;
+    }
+    if acks.pending.len() >= ACKS_PENDING_MAX {
+        let oldest = acks.pending.front().map_or(0, |p| p.lsn);
+        if node
+            .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
+            .is_err()
+        {
+            return false;
+        }
+        return acks.observe(node.wal().durable_lsn(), ack_log);
+    }
+    true
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         writeln!(f, "gavel simulate")?;
         if let Some(durable) = &self.durable {
-            writeln!(f, "  data dir       {}", durable.data_dir.display())?;
-            writeln!(f, "  start          {}", durable.recovered.summary())?;
-            if let Some(torn) = &durable.recovered.torn_tail {
-                writeln!(
-                    f,
-                    "  torn tail      truncated {} bytes of {} at byte offset {}",
-                    torn.bytes_removed,
-                    torn.path.display(),
-                    torn.offset
-                )?;
-            }
-            writeln!(
-                f,
-                "  recovered hash {}",
-                crate::hex(&durable.recovered.state_hash)
-            )?;
-            writeln!(
-                f,
-                "  this run       auctions #{}..#{}",
-                durable.first_auction,
-                durable.first_auction + self.settlements.len() as u64
-            )?;
+            durable.fmt_start(f, self.settlements.len() as u64)?;
         }
         writeln!(
             f,
@@ -1027,6 +1043,33 @@ impl fmt::Display for Report {
             writeln!(f, "  rejected       {n} {reason}")?;
         }
         writeln!(f, "  events         {}", self.events)?;
+        self.fmt_settlements(f)?;
+        if let Some(durable) = &self.durable {
+            durable.fmt_end(f)?;
+        }
+        writeln!(f, "  state hash     {}", crate::hex(&self.state_hash))?;
+        let (verified, mismatch) = if self.durable.is_some() {
+            (
+                "data directory reopened: recovered state hash is the same",
+                "MISMATCH: the reopened data directory has another state hash",
+            )
+        } else {
+            (
+                "events replayed into a fresh engine: same state hash",
+                "MISMATCH: replayed state hash differs",
+            )
+        };
+        match self.replay_verified {
+            Some(true) => writeln!(f, "  replay         {verified}"),
+            Some(false) => writeln!(f, "  replay         {mismatch}"),
+            None => writeln!(f, "  replay         not verified (--no-verify)"),
+        }
+    }
+}
+
+impl Report {
+    /// The settlement totals and the first `show` settlements.
+    fn fmt_settlements(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sold = self
             .settlements
             .values()
@@ -1053,44 +1096,58 @@ impl fmt::Display for Report {
                 None => writeln!(f, "    #{id:<6} {topic:<28} no winner")?,
             }
         }
-        if let Some(durable) = &self.durable {
-            match durable.ack_latency_us {
-                Some([p50, p99, p999, max]) => writeln!(
-                    f,
-                    "  durable acks   {} accepted bids acknowledged durable; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
-                    durable.durable_acks
-                )?,
-                None => writeln!(f, "  durable acks   none")?,
-            }
-            let w = &durable.wal;
+        Ok(())
+    }
+}
+
+impl DurableReport {
+    /// What the start recovered and which auctions this run of `auctions` used.
+    fn fmt_start(&self, f: &mut fmt::Formatter<'_>, auctions: u64) -> fmt::Result {
+        writeln!(f, "  data dir       {}", self.data_dir.display())?;
+        writeln!(f, "  start          {}", self.recovered.summary())?;
+        if let Some(torn) = &self.recovered.torn_tail {
             writeln!(
                 f,
-                "  wal            {} records in {} fdatasyncs ({:.1} records/sync, {:.0} µs/sync), {} refused by back-pressure, durable LSN {}",
-                w.records_written_total,
-                w.batches_synced_total,
-                w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
-                w.sync_latency_us_total as f64 / w.batches_synced_total.max(1) as f64,
-                w.backpressure_total,
-                durable.final_lsn
+                "  torn tail      truncated {} bytes of {} at byte offset {}",
+                torn.bytes_removed,
+                torn.path.display(),
+                torn.offset
             )?;
         }
-        writeln!(f, "  state hash     {}", crate::hex(&self.state_hash))?;
-        let (verified, mismatch) = if self.durable.is_some() {
-            (
-                "data directory reopened: recovered state hash is the same",
-                "MISMATCH: the reopened data directory has another state hash",
-            )
-        } else {
-            (
-                "events replayed into a fresh engine: same state hash",
-                "MISMATCH: replayed state hash differs",
-            )
-        };
-        match self.replay_verified {
-            Some(true) => writeln!(f, "  replay         {verified}"),
-            Some(false) => writeln!(f, "  replay         {mismatch}"),
-            None => writeln!(f, "  replay         not verified (--no-verify)"),
+        writeln!(
+            f,
+            "  recovered hash {}",
+            crate::hex(&self.recovered.state_hash)
+        )?;
+        writeln!(
+            f,
+            "  this run       auctions #{}..#{}",
+            self.first_auction,
+            self.first_auction + auctions
+        )
+    }
+
+    /// The durable acks' latency and the log's work.
+    fn fmt_end(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ack_latency_us {
+            Some([p50, p99, p999, max]) => writeln!(
+                f,
+                "  durable acks   {} accepted bids acknowledged durable; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
+                self.durable_acks
+            )?,
+            None => writeln!(f, "  durable acks   none")?,
         }
+        let w = &self.wal;
+        writeln!(
+            f,
+            "  wal            {} records in {} fdatasyncs ({:.1} records/sync, {:.0} µs/sync), {} refused by back-pressure, durable LSN {}",
+            w.records_written_total,
+            w.batches_synced_total,
+            w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
+            w.sync_latency_us_total as f64 / w.batches_synced_total.max(1) as f64,
+            w.backpressure_total,
+            self.final_lsn
+        )
     }
 }
 

@@ -70,7 +70,27 @@ pub const BUILD_INFO: &str = "gavel_build_info";
 
 /// Registers the descriptions of the metrics above with the installed recorder.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
+    describe_bid_path();
+    describe_connections();
+    describe_streams();
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API requests, by method, route template and status."
+    );
+    describe_counter!(
+        AUCTIONS_SETTLED,
+        "Auctions settled and durable, by whether they had a winner."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and commit labels name the build."
+    );
+}
+
+/// The bid path's metrics.
+fn describe_bid_path() {
+    use metrics::{Unit, describe_counter, describe_histogram};
     describe_counter!(BIDS, "Bids decided, by transport, result and reason.");
     describe_counter!(DURABLE_ACKS, "Durable acknowledgements sent, by transport.");
     describe_histogram!(
@@ -87,6 +107,11 @@ pub fn describe() {
         REQUEST_ERRORS,
         "Requests refused before reaching the engine, by transport and reason."
     );
+}
+
+/// Connections and TLS.
+fn describe_connections() {
+    use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(
         CONNECTIONS,
         "Open client connections, by transport and role."
@@ -113,10 +138,11 @@ pub fn describe() {
         Unit::Seconds,
         "When the TLS material in use stops being valid (Unix time), by kind: server_cert, client_ca (earliest notAfter), crl (earliest nextUpdate)."
     );
-    describe_counter!(
-        ADMIN_REQUESTS,
-        "Admin API requests, by method, route template and status."
-    );
+}
+
+/// Price streams and presence.
+fn describe_streams() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         STREAM_UPDATES_PUBLISHED,
         "Dirty auctions whose state a fan-out worker read and published."
@@ -160,14 +186,6 @@ pub fn describe() {
         "Connections holding stream subscriptions, all transports."
     );
     describe_gauge!(PRESENCE_BIDDERS, "Bidder connections open, all transports.");
-    describe_counter!(
-        AUCTIONS_SETTLED,
-        "Auctions settled and durable, by whether they had a winner."
-    );
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version and commit labels name the build."
-    );
 }
 
 /// Registers, at 0, the counters of rare events that the shipped alerts and dashboard

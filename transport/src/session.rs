@@ -13,7 +13,7 @@ use std::time::Instant;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{AuctionId, BidDecision, BidOutcome, Rejection};
+use gavel_engine::{AuctionId, Bid, BidDecision, BidOutcome, Rejection};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
@@ -316,61 +316,14 @@ impl<B: Backend> Session<B> {
         bid: &pb::PlaceBid,
         out: &mut Vec<pb::ServerMessage>,
     ) -> Option<DurableWait<B::Durable>> {
-        let Some(identity) = self.identity.as_ref().filter(|i| i.role.may_bid()) else {
-            let role = self
-                .identity
-                .as_ref()
-                .map_or("anonymous", |i| i.role.as_str());
-            return self.refuse(request_id, Rejection::Forbidden, out, role);
-        };
-        let bidder = identity.id;
-        let Some(backend) = self.gateway.backend().cloned() else {
-            let retry = Rejection::Overloaded {
-                retry_after_us: RETRY_AFTER_NOT_READY_US,
-            };
-            return self.refuse(request_id, retry, out, "recovering");
-        };
-        if self.gateway.shutdown().is_cancelled() {
-            out.push(error_message(
-                request_id,
-                pb::ErrorCode::ShuttingDown,
-                "the node is shutting down; retry on another node or later",
-            ));
-            return None;
-        }
-        let bid = match bid.to_bid(bidder) {
-            Ok(bid) => bid,
-            Err(e) => {
-                metrics::request_error(self.transport, "invalid_argument");
-                out.push(error_message(
-                    request_id,
-                    pb::ErrorCode::InvalidArgument,
-                    format!("bad bid: {e}"),
-                ));
-                return None;
-            }
-        };
-        if self.pending_durable() >= self.gateway.limits().pending_durable_per_connection_max {
-            let retry = Rejection::Overloaded {
-                retry_after_us: RETRY_AFTER_NOT_READY_US,
-            };
-            return self.refuse(request_id, retry, out, "pending_durable");
-        }
-        if !self
-            .gateway
-            .rate_limiter()
-            .try_take(&bidder, Instant::now())
-        {
-            return self.refuse(request_id, Rejection::RateLimited, out, "rate");
-        }
+        let (backend, bid) = self.admit(request_id, bid, out)?;
         let started = Instant::now();
-        let decision = backend.place_bid(&bid, now_micros());
-        let decided = Instant::now();
         let BidDecision {
             outcome,
             receipt,
             closed,
-        } = decision;
+        } = backend.place_bid(&bid, now_micros());
+        let decided = Instant::now();
         if let BidOutcome::Accepted(_) = outcome {
             // After the change applied: the fan-out reads what this announces.
             self.gateway.hub().changed(bid.auction());
@@ -400,32 +353,99 @@ impl<B: Backend> Session<B> {
             }
             _ => return None,
         };
-        // Ordering: a counter for the limit above; no other memory depends on it.
-        self.pending_durable.fetch_add(1, Ordering::Relaxed);
-        let (bid_id_hi, bid_id_lo) = gavel_proto::convert::bid_id_halves(bid.id());
-        Some(DurableWait {
-            request_id,
-            ack: pb::DurableAck {
-                auction_id: bid.auction().0,
-                bid_id_hi,
-                bid_id_lo,
-                seq: accepted.seq,
-            },
-            accepted_at: decided,
-            latency: self.bid_metrics().durable.clone(),
-            acks: self.bid_metrics().durable_acks.clone(),
-            wait: backend.durable(receipt),
-            pending: PendingGuard(Arc::clone(&self.pending_durable)),
-        })
+        let ack = durable_ack(&bid, accepted.seq);
+        Some(self.durable_wait(request_id, ack, decided, backend.durable(receipt)))
     }
 
-    fn refuse(
+    /// The edge's checks before a bid reaches the engine — the role may bid, the node is
+    /// ready and not shutting down, the bid parses, the connection's pending durable acks and
+    /// the bidder's rate are within their limits. Answers a bid that fails one and returns
+    /// `None`; else the backend and the parsed bid.
+    fn admit(
+        &mut self,
+        request_id: u64,
+        bid: &pb::PlaceBid,
+        out: &mut Vec<pb::ServerMessage>,
+    ) -> Option<(Arc<B>, Bid)> {
+        let not_ready = Rejection::Overloaded {
+            retry_after_us: RETRY_AFTER_NOT_READY_US,
+        };
+        let Some(identity) = self.identity.as_ref().filter(|i| i.role.may_bid()) else {
+            let role = self
+                .identity
+                .as_ref()
+                .map_or("anonymous", |i| i.role.as_str());
+            return self.refuse(request_id, Rejection::Forbidden, out, role);
+        };
+        let bidder = identity.id;
+        let Some(backend) = self.gateway.backend().cloned() else {
+            return self.refuse(request_id, not_ready, out, "recovering");
+        };
+        if self.gateway.shutdown().is_cancelled() {
+            out.push(error_message(
+                request_id,
+                pb::ErrorCode::ShuttingDown,
+                "the node is shutting down; retry on another node or later",
+            ));
+            return None;
+        }
+        let bid = match bid.to_bid(bidder) {
+            Ok(bid) => bid,
+            Err(e) => {
+                metrics::request_error(self.transport, "invalid_argument");
+                let message = format!("bad bid: {e}");
+                out.push(error_message(
+                    request_id,
+                    pb::ErrorCode::InvalidArgument,
+                    message,
+                ));
+                return None;
+            }
+        };
+        if self.pending_durable() >= self.gateway.limits().pending_durable_per_connection_max {
+            return self.refuse(request_id, not_ready, out, "pending_durable");
+        }
+        if !self
+            .gateway
+            .rate_limiter()
+            .try_take(&bidder, Instant::now())
+        {
+            return self.refuse(request_id, Rejection::RateLimited, out, "rate");
+        }
+        Some((backend, bid))
+    }
+
+    /// The wait for `ack` (of a bid accepted at `accepted_at`), counted among the
+    /// connection's pending durable acks until it ends.
+    fn durable_wait(
+        &mut self,
+        request_id: u64,
+        ack: pb::DurableAck,
+        accepted_at: Instant,
+        wait: B::Durable,
+    ) -> DurableWait<B::Durable> {
+        // Ordering: a counter for the limit in `admit`; no other memory depends on it.
+        self.pending_durable.fetch_add(1, Ordering::Relaxed);
+        let metrics = self.bid_metrics();
+        DurableWait {
+            request_id,
+            ack,
+            accepted_at,
+            latency: metrics.durable.clone(),
+            acks: metrics.durable_acks.clone(),
+            wait,
+            pending: PendingGuard(Arc::clone(&self.pending_durable)),
+        }
+    }
+
+    /// Answers a bid refused at the edge; returns `None` (nothing to wait for).
+    fn refuse<T>(
         &mut self,
         request_id: u64,
         rejection: Rejection,
         out: &mut Vec<pb::ServerMessage>,
         why: &'static str,
-    ) -> Option<DurableWait<B::Durable>> {
+    ) -> Option<T> {
         tracing::debug!(
             transport = self.transport,
             why,
@@ -482,6 +502,17 @@ fn resume(
         }
     }
     subscriber.wake();
+}
+
+/// The durable ack of `bid`, accepted at sequence number `seq`.
+fn durable_ack(bid: &Bid, seq: u64) -> pb::DurableAck {
+    let (bid_id_hi, bid_id_lo) = gavel_proto::convert::bid_id_halves(bid.id());
+    pb::DurableAck {
+        auction_id: bid.auction().0,
+        bid_id_hi,
+        bid_id_lo,
+        seq,
+    }
 }
 
 /// Decrements a connection's pending-durable count when its wait ends (or is dropped).

@@ -500,14 +500,65 @@ impl ServeOptions {
     pub fn resolve(self) -> Result<ServeConfig> {
         let data_dir = self
             .data_dir
+            .clone()
             .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let dev = self.dev.unwrap_or(false);
-        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
+        let tls = self.tls_source(&data_dir, dev)?;
+        let https_listen = self.https_listen.unwrap_or(HTTPS_LISTEN_DEFAULT);
+        let allowed_origins = self.allowed_origins(https_listen)?;
+        let limits = self.limits()?;
+        let node = NodeConfig {
+            engine: self.engine_config()?,
+            kafka: self.kafka_config()?,
+            wal: self.wal_config()?,
+            snapshot_every_records: self
+                .snapshot_every_records
+                .unwrap_or(NodeConfig::default().snapshot_every_records),
+        };
+        let close_tick_ms = self.close_tick_ms.unwrap_or(CLOSE_TICK_MS_DEFAULT);
+        ensure!(
+            (1..=60_000).contains(&close_tick_ms),
+            "close_tick_ms must be between 1 and 60000"
+        );
+        let tls_reload_poll_ms = self
+            .tls_reload_poll_ms
+            .unwrap_or(TLS_RELOAD_POLL_MS_DEFAULT);
+        ensure!(
+            tls_reload_poll_ms >= 10,
+            "tls_reload_poll_ms must be at least 10"
+        );
+        Ok(ServeConfig {
+            data_dir,
+            tls,
+            tls_reload_poll: Duration::from_millis(tls_reload_poll_ms),
+            anonymous_watchers: self.anonymous_watchers.unwrap_or(dev),
+            allowed_origins,
+            quic_listen: self.quic_listen.unwrap_or(QUIC_LISTEN_DEFAULT),
+            https_listen,
+            metrics_listen: self.metrics_listen,
+            limits,
+            node,
+            close_tick: Duration::from_millis(close_tick_ms),
+            shutdown_deadline: Duration::from_millis(
+                self.shutdown_deadline_ms
+                    .unwrap_or(SHUTDOWN_DEADLINE_MS_DEFAULT),
+            ),
+            worker_threads: self.worker_threads.unwrap_or(WORKER_THREADS_DEFAULT),
+        })
+    }
+
+    /// The TLS material: all three files, or `--dev` certificates under `data_dir`.
+    fn tls_source(&self, data_dir: &Path, dev: bool) -> Result<TlsSource> {
+        let tls = match (
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca.clone(),
+        ) {
             (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
                 cert,
                 key,
                 client_ca,
-                crl: self.tls_crl,
+                crl: self.tls_crl.clone(),
             },
             (None, None, None) if dev => {
                 ensure!(
@@ -523,8 +574,12 @@ impl ServeOptions {
             ),
             _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together: give all three"),
         };
-        let https_listen = self.https_listen.unwrap_or(HTTPS_LISTEN_DEFAULT);
-        let allowed_origins = self.allowed_origins.unwrap_or_else(|| {
+        Ok(tls)
+    }
+
+    /// The Origins allowed to open WebSockets (default: this node's HTTPS port on loopback).
+    fn allowed_origins(&self, https_listen: SocketAddr) -> Result<Vec<String>> {
+        let allowed_origins = self.allowed_origins.clone().unwrap_or_else(|| {
             let port = https_listen.port();
             vec![
                 format!("https://localhost:{port}"),
@@ -537,6 +592,11 @@ impl ServeOptions {
                 "allowed origin {origin:?} must start with https:// or http://"
             );
         }
+        Ok(allowed_origins)
+    }
+
+    /// The edge's limits, validated.
+    fn limits(&self) -> Result<Limits> {
         let defaults = Limits::default();
         let limits = Limits {
             frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
@@ -581,6 +641,11 @@ impl ServeOptions {
             list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
         };
         limits.validate().context("invalid limit")?;
+        Ok(limits)
+    }
+
+    /// The engine's settings, validated.
+    fn engine_config(&self) -> Result<EngineConfig> {
         let engine_defaults = EngineConfig::default();
         let engine = EngineConfig {
             shards: self.engine_shards.unwrap_or(engine_defaults.shards),
@@ -606,6 +671,11 @@ impl ServeOptions {
             engine.sealed_bidders_max >= 1,
             "sealed_bidders_max must be at least 1"
         );
+        Ok(engine)
+    }
+
+    /// The file log's settings, validated.
+    fn wal_config(&self) -> Result<WalConfig> {
         let wal_defaults = WalConfig::default();
         let wal = WalConfig {
             segment_bytes_max: self
@@ -628,6 +698,12 @@ impl ServeOptions {
                 .unwrap_or(wal_defaults.batch_wait_us_max),
         };
         wal.validate().context("invalid write-ahead log setting")?;
+        Ok(wal)
+    }
+
+    /// The Kafka log's settings with `--wal kafka` (validated); `--kafka-*` without it is an
+    /// error.
+    fn kafka_config(&self) -> Result<Option<KafkaConfig>> {
         let kafka = match self.wal.unwrap_or(LogKind::File) {
             LogKind::File => {
                 ensure!(
@@ -649,8 +725,9 @@ impl ServeOptions {
                 let kafka = KafkaConfig {
                     brokers: self
                         .kafka_brokers
+                        .clone()
                         .context("--wal kafka needs --kafka-brokers (host:port)")?,
-                    topic: self.kafka_topic.unwrap_or(defaults.topic),
+                    topic: self.kafka_topic.clone().unwrap_or(defaults.topic),
                     partitions: self.kafka_partitions.unwrap_or(defaults.partitions),
                     connect_timeout_ms: self
                         .kafka_connect_timeout_ms
@@ -674,44 +751,7 @@ impl ServeOptions {
                 Some(kafka)
             }
         };
-        let node = NodeConfig {
-            engine,
-            kafka,
-            wal,
-            snapshot_every_records: self
-                .snapshot_every_records
-                .unwrap_or(NodeConfig::default().snapshot_every_records),
-        };
-        let close_tick_ms = self.close_tick_ms.unwrap_or(CLOSE_TICK_MS_DEFAULT);
-        ensure!(
-            (1..=60_000).contains(&close_tick_ms),
-            "close_tick_ms must be between 1 and 60000"
-        );
-        let tls_reload_poll_ms = self
-            .tls_reload_poll_ms
-            .unwrap_or(TLS_RELOAD_POLL_MS_DEFAULT);
-        ensure!(
-            tls_reload_poll_ms >= 10,
-            "tls_reload_poll_ms must be at least 10"
-        );
-        Ok(ServeConfig {
-            data_dir,
-            tls,
-            tls_reload_poll: Duration::from_millis(tls_reload_poll_ms),
-            anonymous_watchers: self.anonymous_watchers.unwrap_or(dev),
-            allowed_origins,
-            quic_listen: self.quic_listen.unwrap_or(QUIC_LISTEN_DEFAULT),
-            https_listen,
-            metrics_listen: self.metrics_listen,
-            limits,
-            node,
-            close_tick: Duration::from_millis(close_tick_ms),
-            shutdown_deadline: Duration::from_millis(
-                self.shutdown_deadline_ms
-                    .unwrap_or(SHUTDOWN_DEADLINE_MS_DEFAULT),
-            ),
-            worker_threads: self.worker_threads.unwrap_or(WORKER_THREADS_DEFAULT),
-        })
+        Ok(kafka)
     }
 }
 

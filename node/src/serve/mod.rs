@@ -283,38 +283,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     // Watchers (HTTPS: WebSocket, SSE, the page) and the fan-out run on their own runtime,
     // so thousands of stream sockets never queue ahead of QUIC bids on the same threads.
     let streams = stream_runtime(config.worker_threads)?;
-    // The HTTPS port opens before recovery: /healthz answers and /readyz says "recovering"
-    // (and the admin API 503) until the node is ready.
-    let listener = std::net::TcpListener::bind(config.https_listen)
-        .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
-    listener.set_nonblocking(true)?;
-    let https_addr = listener.local_addr()?;
-    let listener = {
-        // Registered with the stream runtime's reactor, as every socket it accepts.
-        let _entered = streams.enter();
-        TcpListener::from_std(listener)?
-    };
-    let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
-        .with_allowed_origins(config.allowed_origins.clone());
-    tasks.push(streams.spawn(http::serve_https(
-        listener,
-        tls.clone(),
-        Arc::clone(&gateway),
-        options,
-    )));
+    let https_addr = open_https(&config, &streams, &tls, &gateway, &prometheus, &mut tasks)?;
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics port {addr}"))?;
-            let bound = listener.local_addr()?;
-            tasks.push(tokio::spawn(http::serve_metrics(
-                listener,
-                Arc::clone(&gateway),
-                MetricsRenderer::prometheus(prometheus),
-            )));
-            Some(bound)
-        }
+        Some(addr) => Some(open_metrics(addr, &gateway, prometheus, &mut tasks).await?),
         None => None,
     };
     tracing::info!(https = %https_addr, metrics = ?metrics_addr, "listening; recovering the data directory");
@@ -323,24 +294,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         tracing::info!("stopped during recovery; the next start recovers from the start");
         return Err(StoppedDuringRecovery.into());
     };
-    let node = Arc::new(node);
     let backend = Arc::new(NodeBackend(Arc::clone(&node)));
     gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
     // QUIC opens once ready: a bidder that connects can bid at once.
-    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
-        .context("opening the QUIC listener")?;
-    let quic_addr = endpoint
-        .local_addr()
-        .context("the QUIC listener's address")?;
-    // Half the deadline for draining connections leaves the rest for the final snapshot
-    // and the log flush.
-    tasks.push(tokio::spawn(quic::serve_quic(
-        endpoint,
-        Arc::clone(&gateway),
-        Some(tls.clone()),
-        config.shutdown_deadline / 2,
-    )));
+    let quic_addr = open_quic(&config, &tls, &gateway, &mut tasks)?;
     tracing::info!(quic = %quic_addr, https = %https_addr, "ready");
     tasks.push(tokio::spawn(refresh_gauges(
         Arc::clone(&node),
@@ -368,9 +326,81 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     })
 }
 
+/// Opens the HTTPS port on the stream runtime. It opens before recovery: `/healthz` answers
+/// and `/readyz` says "recovering" (and the admin API 503) until the node is ready.
+fn open_https(
+    config: &ServeConfig,
+    streams: &StreamRuntime,
+    tls: &ServerTls,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    prometheus: &PrometheusHandle,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(config.https_listen)
+        .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
+    listener.set_nonblocking(true)?;
+    let https_addr = listener.local_addr()?;
+    let listener = {
+        // Registered with the stream runtime's reactor, as every socket it accepts.
+        let _entered = streams.enter();
+        TcpListener::from_std(listener)?
+    };
+    let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
+        .with_allowed_origins(config.allowed_origins.clone());
+    tasks.push(streams.spawn(http::serve_https(
+        listener,
+        tls.clone(),
+        Arc::clone(gateway),
+        options,
+    )));
+    Ok(https_addr)
+}
+
+/// Opens the plain-HTTP metrics port on `addr`.
+async fn open_metrics(
+    addr: SocketAddr,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    prometheus: PrometheusHandle,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics port {addr}"))?;
+    let bound = listener.local_addr()?;
+    tasks.push(tokio::spawn(http::serve_metrics(
+        listener,
+        Arc::clone(gateway),
+        MetricsRenderer::prometheus(prometheus),
+    )));
+    Ok(bound)
+}
+
+/// Opens the QUIC listener for bidders.
+fn open_quic(
+    config: &ServeConfig,
+    tls: &ServerTls,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
+        .context("opening the QUIC listener")?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("the QUIC listener's address")?;
+    // Half the deadline for draining connections leaves the rest for the final snapshot
+    // and the log flush.
+    tasks.push(tokio::spawn(quic::serve_quic(
+        endpoint,
+        Arc::clone(gateway),
+        Some(tls.clone()),
+        config.shutdown_deadline / 2,
+    )));
+    Ok(quic_addr)
+}
+
 /// Recovers the node on a blocking thread; `None` if the stop came first (then the recovery
 /// was interrupted: [`interrupt_recovery`]).
-async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<Option<Node>> {
+async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<Option<Arc<Node>>> {
     let interrupt = Interrupt::default();
     let mut recovery = {
         let (dir, node_config) = (config.data_dir.clone(), config.node.clone());
@@ -389,7 +419,7 @@ async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<O
         .context("the recovery thread panicked")?
         .with_context(|| format!("recovering {}", config.data_dir.display()))?;
     tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
-    Ok(Some(node))
+    Ok(Some(Arc::new(node)))
 }
 
 /// Interrupts a recovery because a stop came during it and waits (up to `deadline`) for
