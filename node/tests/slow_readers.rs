@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Bids of the item-9 setup, and the time between two (about 750 per second).
 const BIDS: u64 = 2_000;
@@ -572,4 +573,141 @@ async fn a_slow_quic_stream_reader_sees_the_final_price_promptly() {
         None,
     )
     .await;
+}
+
+/// `gavel_stream_slow_consumer_disconnects_total{transport="ws"}`.
+const WS_SLOW_CONSUMERS: &str = "gavel_stream_slow_consumer_disconnects_total{transport=\"ws\"}";
+
+/// A [`WATCHER`] WebSocket (`gavel.v1.json`, small receive buffer) subscribed to `pattern`,
+/// past its `Subscribed`; then `auctions` English auctions `10..` on `<pattern>.lot-<id>` are
+/// created one by one, each snapshot read (so a tiny outbound bound holds one at a time).
+async fn watcher(
+    served: &Served,
+    certs: &DevCerts,
+    prefix: &str,
+    auctions: u64,
+) -> tokio_tungstenite::WebSocketStream<impl AsyncRead + AsyncWrite + Unpin> {
+    let never_slow = Arc::new(AtomicBool::new(false));
+    let tls = slow_tls(served, certs, b"http/1.1", &never_slow).await;
+    let mut socket = ws_over(tls, "gavel.v1.json", None).await.unwrap();
+    let pattern = format!("{prefix}.>");
+    let subscribe = json!({"requestId": "1", "subscribe": {"patterns": [pattern]}});
+    socket
+        .send(Message::text(subscribe.to_string()))
+        .await
+        .unwrap();
+    assert!(next_json(&mut socket).await.get("subscribed").is_some());
+    for id in 10..10 + auctions {
+        create(served, certs, id, &format!("{prefix}.lot-{id}")).await;
+        let snapshot = next_json(&mut socket).await;
+        assert!(snapshot.get("auctionSnapshot").is_some(), "{snapshot}");
+    }
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_that_reads_again_gets_close_1008() {
+    const AUCTIONS: u64 = 5;
+    let _serial = SERIAL.lock().await;
+    // Five auctions' pending updates (≈ 60 bytes each) exceed the bound.
+    let (_dir, served, certs) = start(&[
+        ("GAVEL_OUTBOUND_BYTES_MAX_PER_CONNECTION", "200"),
+        ("GAVEL_SLOW_CONSUMER_TIMEOUT_MS", "300"),
+    ]);
+    let mut socket = watcher(&served, &certs, "slow.pause", AUCTIONS).await;
+    // The reader pauses: nothing is read until the node gave up on it.
+    let mut bidder = QuicBidder::connect(&served, &certs).await;
+    let started = Instant::now();
+    for round in 0.. {
+        assert!(
+            round < BIDS && started.elapsed() < WAIT,
+            "no slow-consumer close after {round} rounds"
+        );
+        for id in 0..AUCTIONS {
+            bidder.bid(10 + id, amount(round)).await;
+        }
+        if round % 10 == 9 && metric(&served, WS_SLOW_CONSUMERS).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Longer than the node's one-second wait for other closes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let updates = until_close_1008(&mut socket).await;
+    println!("the paused reader got {updates} updates, then the error and the close");
+}
+
+/// Reads `socket` until its close frame (within [`WAIT`]); asserts an
+/// `ERROR_CODE_SLOW_CONSUMER` error came before it and its code is 1008. Returns the price
+/// updates read on the way.
+async fn until_close_1008<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> u64 {
+    let (mut updates, mut error) = (0, None);
+    let close = loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the close in time");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                updates += u64::from(message.get("priceUpdate").is_some());
+                if let Some(e) = message.get("error") {
+                    error = e["code"].as_str().map(str::to_owned);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(error.as_deref(), Some("ERROR_CODE_SLOW_CONSUMER"));
+    let close = close.expect("a close frame with a code");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert_eq!(u16::from(close.code), 1008);
+    updates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_snapshots_do_not_fit_is_closed_with_1008() {
+    let _serial = SERIAL.lock().await;
+    // Five snapshots (≈ 300 bytes each) exceed twice the bound at once.
+    let (_dir, served, certs) = start(&[("GAVEL_OUTBOUND_BYTES_MAX_PER_CONNECTION", "200")]);
+    for id in 0..5 {
+        create(&served, &certs, 10 + id, &format!("slow.big.lot-{id}")).await;
+    }
+    let mut socket = watcher(&served, &certs, "slow.big", 0).await;
+    until_close_1008(&mut socket).await;
+    assert_eq!(metric(&served, WS_SLOW_CONSUMERS).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_gauge_shows_the_bytes_waiting_for_a_stalled_reader() {
+    const AUCTIONS: u64 = 20;
+    /// Fewer bytes than any price update takes (auction id, topic, seq, price, leader, …).
+    const UPDATE_BYTES_LEAST: u64 = 40;
+    const QUEUE_BYTES: &str = "gavel_stream_queue_bytes{transport=\"ws\"}";
+    let _serial = SERIAL.lock().await;
+    let (_dir, served, certs) = start(&[]);
+    let _stalled = watcher(&served, &certs, "slow.gauge", AUCTIONS).await;
+    // The reader stalls: nothing is read from here on, while every auction moves.
+    let mut bidder = QuicBidder::connect(&served, &certs).await;
+    let started = Instant::now();
+    let mut queued = 0.0;
+    for round in 0.. {
+        assert!(
+            round < BIDS && started.elapsed() < WAIT,
+            "{QUEUE_BYTES} stayed at {queued} after {round} rounds"
+        );
+        for id in 10..10 + AUCTIONS {
+            bidder.bid(id, amount(round)).await;
+        }
+        if round % 5 == 4 {
+            queued = metric(&served, QUEUE_BYTES).await;
+            if queued >= (AUCTIONS * UPDATE_BYTES_LEAST) as f64 {
+                break;
+            }
+        }
+    }
+    println!("{QUEUE_BYTES} {queued} while the reader is stalled");
 }

@@ -187,6 +187,11 @@ impl Subscriber {
         self.full.load(Ordering::Relaxed) || self.outbox().is_slow(now)
     }
 
+    /// Bytes pending in the outbox (encoded sizes).
+    pub fn pending_bytes(&self) -> usize {
+        self.outbox().bytes()
+    }
+
     fn mark_slow(&self) {
         // Ordering: Relaxed; see `is_slow`.
         self.full.store(true, Ordering::Relaxed);
@@ -622,6 +627,8 @@ impl Hub {
                 if !outbox.push_ordered(id, snapshot, at) {
                     drop(outbox);
                     subscriber.mark_slow();
+                    // The writer closes the connection at its next look.
+                    subscriber.wake();
                     return queued;
                 }
                 queued += 1;

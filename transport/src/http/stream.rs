@@ -90,6 +90,8 @@ impl StreamState {
             return Err(SlowConsumer);
         }
         if room == 0 {
+            // The gauge shows what waits while the connection cannot take it.
+            self.report_bytes(subscriber.pending_bytes());
             return Ok(Some(check));
         }
         let (next, bytes) =

@@ -6,8 +6,9 @@
 //! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message.
 //!
 //! Close codes the node sends: 1000 after an idle timeout, 1001 when the node shuts down,
-//! 1008 for a slow stream consumer, 1009 for a message over `ws_message_bytes_max`, 1011
-//! on an internal fault; a protocol
+//! 1008 for a slow stream consumer (queued behind what the paced socket holds; the node
+//! waits up to `idle_timeout_ms` for the reader to take it), 1009 for a message over
+//! `ws_message_bytes_max`, 1011 on an internal fault; a protocol
 //! violation ends the socket as tungstenite decides (1002).
 //!
 //! The driver is one task per socket that both reads and writes it: answers go into
@@ -89,7 +90,8 @@ const READ_BUFFER_BYTES: usize = 256;
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
-/// How long the node waits for the peer's answer to its close frame, in milliseconds.
+/// How long the node waits for the peer's answer to its close frame, in milliseconds (a slow
+/// consumer's close waits up to `idle_timeout_ms` instead: see [`run`]).
 const CLOSE_WAIT_MS: u64 = 1_000;
 
 /// How messages of one socket are encoded.
@@ -671,6 +673,7 @@ async fn run<B: Backend, S>(
     stream_state.report_closed();
     // The close to send (`Some(None)`: echo the peer's), and whether to read until the peer
     // answers it, so it sees the frame rather than a reset.
+    let slow = matches!(end, End::SlowConsumer);
     let (close, read_answer) = match end {
         End::Close(code, reason) => {
             tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
@@ -700,23 +703,31 @@ async fn run<B: Backend, S>(
                 code: CloseCode::Policy,
                 reason: "slow consumer".into(),
             };
-            (Some(Some(frame)), false)
+            (Some(Some(frame)), true)
         }
         // Echo the peer's close (tungstenite queued the answer).
         End::Peer => (Some(None), false),
     };
     if let Some(frame) = close {
+        // A slow consumer's close waits behind what the paced socket holds (at most
+        // `stream_unsent_bytes_max` in the kernel and one batch): a reader that comes back
+        // within the idle timeout takes those, then the error and the close frame.
+        let wait = if slow {
+            idle_timeout
+        } else {
+            Duration::from_millis(CLOSE_WAIT_MS)
+        };
         // Boxed: run once, at the end, and kept out of the connection's future (its size is
         // memory held by every idle socket).
-        let _ = Box::pin(tokio::time::timeout(
-            Duration::from_millis(CLOSE_WAIT_MS),
-            async {
-                if socket.close(frame).await.is_ok() && read_answer {
-                    while let Some(Ok(_)) = socket.next().await {}
-                }
-            },
-        ))
-        .await;
+        let closing = Box::pin(tokio::time::timeout(wait, async {
+            if socket.close(frame).await.is_ok() && read_answer {
+                while let Some(Ok(_)) = socket.next().await {}
+            }
+        }));
+        tokio::select! {
+            _ = closing => {}
+            () = &mut cancelled, if slow => {}
+        }
     }
     gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "WebSocket closed");
