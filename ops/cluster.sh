@@ -43,26 +43,28 @@ command -v prometheus >/dev/null || { echo "prometheus is needed (apt-get instal
 # current node's pid to node<i>.pid.
 started=()
 stop_all() {
-    # The loops first, so that none starts a node again; then the nodes. A node still waiting
-    # for the broker or the lease does not act on SIGTERM until that wait ends, so it gets
-    # SIGKILL after 10 s (the log recovers what it had; a standby has written nothing).
+    # The loops first, so that none starts a node again; then the nodes. A node stops on
+    # SIGTERM within its shutdown deadline (10 s), also while it still waits for the broker
+    # or the lease (that wait is interrupted at once; a standby has written nothing).
     for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
     local nodes=()
     for pidfile in "$dir"/node*.pid; do
         [ -f "$pidfile" ] && nodes+=("$(cat "$pidfile")")
     done
     for pid in "${nodes[@]}"; do kill "$pid" 2>/dev/null || true; done
-    # Then until they are gone: 10 s for SIGTERM, then SIGKILL and 5 s more.
-    for round in $(seq 150); do
-        alive=0
-        for pid in "${nodes[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
-        if [ "$round" = 100 ]; then
-            for pid in "${nodes[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-        fi
+    # Then until they are gone (at most 20 s: a node past its deadline exits by itself).
+    local alive=()
+    for _ in $(seq 200); do
+        alive=()
+        for pid in "${nodes[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        [ "${#alive[@]}" = 0 ] && break
         sleep 0.1
     done
     wait 2>/dev/null || true
+    if [ "${#alive[@]}" != 0 ]; then
+        echo "node(s) ${alive[*]} still running 20 s after SIGTERM (see $dir/*.log)" >&2
+        exit 1
+    fi
 }
 trap stop_all EXIT
 trap 'exit 0' INT TERM

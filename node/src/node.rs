@@ -21,6 +21,9 @@
 //! `<data_dir>/kafka-<topic>` ([`kafka_snapshot_dir`]) it restores the newest valid one and
 //! replays each partition from the offset the snapshot recorded instead of its beginning.
 //!
+//! [`Node::open_interruptible`] gives up within a poll once asked to stop (`gavel serve`
+//! stopped during recovery), writing nothing a restart would not write anyway.
+//!
 //! # Snapshots
 //!
 //! A background thread takes a snapshot every `snapshot_every_records` appended records:
@@ -52,8 +55,8 @@ use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
 use gavel_wal::snapshot::{list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
-    AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
-    WalConfig, WriterHooks, latest_snapshot, write_snapshot,
+    AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, Recovery, TornTail, WaitError,
+    Wal, WalConfig, WriterHooks, latest_snapshot, write_snapshot,
 };
 
 use crate::closer::{DueAlarm, Wake};
@@ -197,7 +200,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     /// Opens (creating if needed) the data directory and recovers the engine from it.
     pub fn open(data_dir: impl AsRef<Path>, config: NodeConfig) -> Result<(Node, RecoveryReport)> {
-        Self::open_inner(data_dir.as_ref(), config, None)
+        Self::open_inner(data_dir.as_ref(), config, None, &Interrupt::default())
+    }
+
+    /// [`Node::open`] that gives up with [`WalError::Interrupted`](gavel_wal::WalError)
+    /// (within a poll, a few hundred milliseconds) once `interrupt` is set: while it waits for
+    /// the Kafka brokers or another node's writer lease, or replays. An interrupted start
+    /// writes nothing past what every start writes first (the file log's torn tail
+    /// truncated): no missing tail appended, no compaction, no snapshot. Steps that cannot be
+    /// interrupted, each bounded: opening the file log (reading its last segment), restoring
+    /// a snapshot, one Kafka topic creation or metadata request after the brokers answered,
+    /// and the lease claim (bounded by the lease).
+    pub fn open_interruptible(
+        data_dir: impl AsRef<Path>,
+        config: NodeConfig,
+        interrupt: &Interrupt,
+    ) -> Result<(Node, RecoveryReport)> {
+        Self::open_inner(data_dir.as_ref(), config, None, interrupt)
     }
 
     /// [`Node::open`] with the log writer's hooks (fault injection in tests).
@@ -206,13 +225,19 @@ impl Node {
         config: NodeConfig,
         hooks: Arc<dyn WriterHooks>,
     ) -> Result<(Node, RecoveryReport)> {
-        Self::open_inner(data_dir.as_ref(), config, Some(hooks))
+        Self::open_inner(
+            data_dir.as_ref(),
+            config,
+            Some(hooks),
+            &Interrupt::default(),
+        )
     }
 
     fn open_inner(
         data_dir: &Path,
         config: NodeConfig,
         hooks: Option<Arc<dyn WriterHooks>>,
+        interrupt: &Interrupt,
     ) -> Result<(Node, RecoveryReport)> {
         let started = Instant::now();
         let engine = Engine::new(config.engine);
@@ -221,8 +246,15 @@ impl Node {
         let (wal, summary, kafka_snapshots) = match &config.kafka {
             None => {
                 let wal_dir = data_dir.join(WAL_DIR);
-                let opened =
-                    open_file_log(&engine, &wal_dir, &config, hooks, workers, &mut report)?;
+                let opened = open_file_log(
+                    &engine,
+                    &wal_dir,
+                    &config,
+                    hooks,
+                    interrupt,
+                    workers,
+                    &mut report,
+                )?;
                 (opened.0, opened.1, None)
             }
             Some(kafka) => {
@@ -231,10 +263,16 @@ impl Node {
                     "writer hooks are for the file log; the Kafka log has none"
                 );
                 let dir = kafka_snapshot_dir(data_dir, &kafka.topic);
-                let opened = open_kafka_log(&engine, &dir, kafka, workers, &mut report)?;
+                let kafka = KafkaConfig {
+                    interrupt: interrupt.clone(),
+                    ..kafka.clone()
+                };
+                let opened = open_kafka_log(&engine, &dir, &kafka, workers, &mut report)?;
                 (opened.0, opened.1, Some(dir))
             }
         };
+        // Asked to stop during the replay's last moments: stop before writing anything.
+        interrupt.check()?;
         let wal = Arc::new(wal);
         report.records_read = summary.events;
         report.records_skipped = summary.skipped;
@@ -451,6 +489,7 @@ fn open_file_log(
     wal_dir: &Path,
     config: &NodeConfig,
     hooks: Option<Arc<dyn WriterHooks>>,
+    interrupt: &Interrupt,
     workers: usize,
     report: &mut RecoveryReport,
 ) -> Result<(Log, ReplaySummary)> {
@@ -460,7 +499,7 @@ fn open_file_log(
     };
     let (wal, recovery) =
         opened.with_context(|| format!("opening the write-ahead log in {}", wal_dir.display()))?;
-    let summary = recover_file(engine, wal_dir, &recovery, workers, report)?;
+    let summary = recover_file(engine, wal_dir, &recovery, interrupt, workers, report)?;
     Ok((Log::File(wal), summary))
 }
 
@@ -553,6 +592,7 @@ fn recover_file(
     engine: &Engine,
     wal_dir: &Path,
     recovery: &Recovery,
+    interrupt: &Interrupt,
     workers: usize,
     report: &mut RecoveryReport,
 ) -> Result<ReplaySummary> {
@@ -597,6 +637,8 @@ fn recover_file(
     let records = recovery
         .replay(from)
         .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
+    // Interrupted: the reading ends at the next record with the interrupt's error.
+    let records = records.map(|record| interrupt.check().and(record));
     replay_parallel(engine, snapshot.is_some(), records, workers)
 }
 

@@ -928,11 +928,17 @@ async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_
     );
     // Prometheus scrapes both with the shipped rules.
     cluster.wait_for_both_scraped().await;
+    // The standby waiting for the lease stops on SIGTERM too, within its shutdown deadline
+    // (10 s): the script sends no SIGKILL.
+    let stopping = Instant::now();
     let status = cluster.stop().unwrap();
+    let stopped_in = stopping.elapsed();
     assert!(
         status.success(),
         "cluster.sh exits 0 when stopped: {status}"
     );
+    assert!(stopped_in < Duration::from_secs(10), "{stopped_in:?}");
+    eprintln!("cluster.sh stopped in {stopped_in:?}");
     for offset in [90, 92, 144, 164, 244, 264] {
         assert!(
             std::net::TcpStream::connect(cluster.port(offset)).is_err(),

@@ -8,6 +8,11 @@
 //! then the gateway turns ready and the QUIC listener opens. The closer ([`closer`]) settles
 //! auctions at their ends.
 //!
+//! A stop during recovery (SIGINT/SIGTERM, or the token) interrupts it
+//! ([`Node::open_interruptible`]): the listeners close, recovery gives up within a poll
+//! without writing anything, and [`start`] returns [`StoppedDuringRecovery`] — `gavel serve`
+//! exits 0, as after any requested stop.
+//!
 //! Shutdown (SIGINT/SIGTERM, or the token given to [`start`]): the gateway's token is
 //! cancelled, listeners stop accepting, connections drain their in-flight replies, the closer
 //! stops, and the node writes a final snapshot and flushes the log — all under the
@@ -34,8 +39,8 @@ pub use config::{ServeConfig, ServeOptions, TlsSource};
 
 use crate::backend::NodeBackend;
 use crate::closer;
-use crate::node::Node;
-use gavel_wal::{Log, kafka};
+use crate::node::{Node, RecoveryReport};
+use gavel_wal::{Interrupt, Log, kafka};
 
 /// How often the log and engine gauges are refreshed.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
@@ -156,23 +161,44 @@ pub fn run(options: ServeOptions) -> Result<()> {
         builder.worker_threads(config.worker_threads);
     }
     let runtime = builder.build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         // Registered before the listening line: a script may signal the moment it reads it,
         // and a signal without a handler would end the process at once (no drain, no flush).
+        // Acted on from the start: a stop during recovery interrupts it.
         let stop_signal = stop_signal()?;
-        let server = start(config, shutdown.clone()).await?;
         let cancel = shutdown.clone();
         tokio::spawn(async move {
             let name = stop_signal.await;
             tracing::info!("{name}: shutting down");
             cancel.cancel();
         });
+        let server = match start(config, shutdown).await {
+            Err(error) if error.is::<StoppedDuringRecovery>() => return Ok(()),
+            started => started?,
+        };
         // One line on stdout for scripts and tests (ports may be chosen by the OS).
         println!("{}", server.listening_line());
         server.wait().await
-    })
+    });
+    // Dropping the runtime would wait for a recovery thread still in a step that cannot be
+    // interrupted (past the deadline); the exit ends it as a crash would.
+    runtime.shutdown_background();
+    result
 }
+
+/// [`start`] returned without a server: the stop (the shutdown token) came during recovery,
+/// which was interrupted; everything started was stopped and nothing was written.
+#[derive(Debug)]
+pub struct StoppedDuringRecovery;
+
+impl std::fmt::Display for StoppedDuringRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped during recovery")
+    }
+}
+
+impl std::error::Error for StoppedDuringRecovery {}
 
 /// Registers the handlers of SIGINT and SIGTERM now; the future resolves with the name of
 /// the first that arrives.
@@ -263,7 +289,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         None => None,
     };
     tracing::info!(https = %https_addr, metrics = ?metrics_addr, "listening; recovering the data directory");
-    let node = recover(&config).await?;
+    let Some(node) = recover(&config, &shutdown).await? else {
+        drain(tasks, config.shutdown_deadline).await?;
+        tracing::info!("stopped during recovery; the next start recovers from the start");
+        return Err(StoppedDuringRecovery.into());
+    };
     let backend = Arc::new(NodeBackend(Arc::clone(&node)));
     gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
@@ -345,18 +375,6 @@ async fn open_metrics(
     Ok(bound)
 }
 
-/// Recovers the node from the data directory on a blocking thread.
-async fn recover(config: &ServeConfig) -> Result<Arc<Node>> {
-    let data_dir = config.data_dir.clone();
-    let node_config = config.node.clone();
-    let (node, report) = tokio::task::spawn_blocking(move || Node::open(&data_dir, node_config))
-        .await
-        .context("the recovery thread panicked")?
-        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
-    Ok(Arc::new(node))
-}
-
 /// Opens the QUIC listener for bidders.
 fn open_quic(
     config: &ServeConfig,
@@ -378,6 +396,68 @@ fn open_quic(
         config.shutdown_deadline / 2,
     )));
     Ok(quic_addr)
+}
+
+/// Recovers the node on a blocking thread; `None` if the stop came first (then the recovery
+/// was interrupted: [`interrupt_recovery`]).
+async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<Option<Arc<Node>>> {
+    let interrupt = Interrupt::default();
+    let mut recovery = {
+        let (dir, node_config) = (config.data_dir.clone(), config.node.clone());
+        let interrupt = interrupt.clone();
+        tokio::task::spawn_blocking(move || Node::open_interruptible(&dir, node_config, &interrupt))
+    };
+    let opened = tokio::select! {
+        biased;
+        joined = &mut recovery => joined,
+        () = shutdown.cancelled() => {
+            interrupt_recovery(recovery, &interrupt, config.shutdown_deadline).await?;
+            return Ok(None);
+        }
+    };
+    let (node, report) = opened
+        .context("the recovery thread panicked")?
+        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
+    Ok(Some(Arc::new(node)))
+}
+
+/// Interrupts a recovery because a stop came during it and waits (up to `deadline`) for
+/// its thread: the waits and the replay see the interrupt within a poll and return without
+/// writing anything, so the log closes and a Kafka writer lease is released. A recovery
+/// that finished meanwhile is shut down without a final snapshot. Past the deadline (a step
+/// that cannot be interrupted, see [`Node::open_interruptible`]) the thread is left behind
+/// and the error says so: the process exits as a crash would, which the next start recovers.
+async fn interrupt_recovery(
+    recovery: JoinHandle<Result<(Node, RecoveryReport)>>,
+    interrupt: &Interrupt,
+    deadline: Duration,
+) -> Result<()> {
+    tracing::warn!("stop requested during recovery: interrupting it");
+    interrupt.interrupt();
+    let Ok(joined) = tokio::time::timeout(deadline, recovery).await else {
+        anyhow::bail!("shutdown deadline of {deadline:?} passed while interrupting recovery");
+    };
+    match joined.context("the recovery thread panicked")? {
+        Ok((node, _)) => {
+            tokio::task::spawn_blocking(move || node.shutdown(false))
+                .await
+                .context("the flush thread panicked")??;
+        }
+        Err(error) => tracing::info!("recovery ended: {error:#}"),
+    }
+    Ok(())
+}
+
+/// Waits for `tasks` (which watch the shutdown token) to end, at most `deadline`.
+async fn drain(tasks: Vec<JoinHandle<()>>, deadline: Duration) -> Result<()> {
+    let until = tokio::time::Instant::now() + deadline;
+    for task in tasks {
+        if tokio::time::timeout_at(until, task).await.is_err() {
+            anyhow::bail!("shutdown deadline of {deadline:?} passed while draining connections");
+        }
+    }
+    Ok(())
 }
 
 /// The runtime of the stream side (HTTPS listener, WebSocket/SSE sockets, fan-out workers):
@@ -417,14 +497,7 @@ impl Server {
         metrics::gauge!("gavel_ready").set(0.0);
         let started = tokio::time::Instant::now();
         let deadline = started + self.deadline;
-        for task in self.tasks.drain(..) {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                anyhow::bail!(
-                    "shutdown deadline of {:?} passed while draining connections",
-                    self.deadline
-                );
-            }
-        }
+        drain(std::mem::take(&mut self.tasks), self.deadline).await?;
         let node = Arc::clone(&self.node);
         node.wake_closer();
         let closer = self.closer.take();

@@ -104,6 +104,7 @@ pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};
 use crate::metrics;
+use crate::tls::stream::ServerStream;
 use crate::tls::{self, ServerTls};
 
 /// The metric label of connections served by this module.
@@ -265,34 +266,12 @@ pub async fn serve_tls<B: Backend>(
         let tcp = paced::PacedTcp::new(tcp, Arc::clone(&pacing));
         server.tasks.spawn(async move {
             let server = server_for_task;
-            let timeout = server.gateway.limits().handshake_timeout();
-            let shutdown = server.gateway.shutdown();
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = tokio::time::timeout(timeout, tls::stream::accept(config, tcp)) => match accepted {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        handshake_failed("tls", remote, &e);
-                        return;
-                    }
-                    Err(_) => {
-                        handshake_failed("timeout", remote, &"no handshake in time");
-                        return;
-                    }
-                },
+            let Some(stream) = handshake_within_timeout(&server, config, tcp, remote).await else {
+                return;
             };
             drop(handshake);
-            let identity = match stream.peer_certificates() {
-                Some(chain) if !chain.is_empty() => match identify(chain) {
-                    Ok(identity) => Some(identity),
-                    Err(e) => {
-                        handshake_failed("identity", remote, &e);
-                        return;
-                    }
-                },
-                // The TLS configuration admitted a client without a certificate: an
-                // anonymous watcher.
-                _ => None,
+            let Ok(identity) = identity_of(&stream, identify, remote) else {
+                return;
             };
             let peer = Peer {
                 identity,
@@ -477,6 +456,47 @@ fn refuse(transport: &'static str, reason: &'static str, remote: SocketAddr) {
     tracing::debug!(%remote, reason, "connection refused by a limit");
     ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason)
         .increment(1);
+}
+
+/// The TLS handshake of one connection under `handshake_timeout_ms`; `None` if it failed, timed
+/// out (both counted) or the node began shutting down.
+async fn handshake_within_timeout<B: Backend, IO: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server<B>,
+    config: Arc<rustls::ServerConfig>,
+    io: IO,
+    remote: SocketAddr,
+) -> Option<ServerStream<IO>> {
+    let timeout = server.gateway.limits().handshake_timeout();
+    tokio::select! {
+        () = server.gateway.shutdown().cancelled() => None,
+        accepted = tokio::time::timeout(timeout, tls::stream::accept(config, io)) => match accepted {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                handshake_failed("tls", remote, &e);
+                None
+            }
+            Err(_) => {
+                handshake_failed("timeout", remote, &"no handshake in time");
+                None
+            }
+        },
+    }
+}
+
+/// The identity the peer's certificate names (`None`: the TLS configuration admitted a
+/// client without a certificate, an anonymous watcher); `Err` (counted) if the certificate
+/// names none.
+fn identity_of<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: &ServerStream<IO>,
+    identify: PeerIdentity,
+    remote: SocketAddr,
+) -> Result<Option<Identity>, ()> {
+    match stream.peer_certificates() {
+        Some(chain) if !chain.is_empty() => identify(chain).map(Some).map_err(|e| {
+            handshake_failed("identity", remote, &e);
+        }),
+        _ => Ok(None),
+    }
 }
 
 fn handshake_failed(reason: &'static str, remote: SocketAddr, error: &dyn std::fmt::Display) {

@@ -296,22 +296,10 @@ pub(super) fn open<B: Backend>(
     if let Some((status, code, message)) = stream::refusal(server, request) {
         return refuse(status, code, message);
     }
-    let last_event_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                "Last-Event-ID is not text",
-            );
-        }
-    };
-    let subscribe = match parse_query(request.uri().query().unwrap_or(""), last_event_id) {
+    let subscribe = match subscribe_request(request) {
         Ok(subscribe) => subscribe,
-        Err(BadQuery(code, message)) => return refuse(StatusCode::BAD_REQUEST, code, &message),
+        Err(refusal) => return *refusal,
     };
-
     let mut session = Session::new(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
@@ -340,13 +328,44 @@ pub(super) fn open<B: Backend>(
         return response::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
     };
 
+    let body = spawn_feed(server, peer, session, subscriber, *subscribed);
+    event_stream_response(body)
+}
+
+/// The `Subscribe` a request asks for: its query and `Last-Event-ID`; else the refusal.
+fn subscribe_request(request: &Request<Incoming>) -> Result<pb::Subscribe, Box<Response<AnyBody>>> {
+    let last_event_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            return Err(Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "Last-Event-ID is not text",
+            )));
+        }
+    };
+    parse_query(request.uri().query().unwrap_or(""), last_event_id).map_err(
+        |BadQuery(code, message)| Box::new(refuse(StatusCode::BAD_REQUEST, code, &message)),
+    )
+}
+
+/// Queues the stream's first chunk (the reconnection delay and `subscribed`) and starts the
+/// task that feeds the rest; returns the body's receiving end.
+fn spawn_feed<B: Backend>(
+    server: &Arc<Server<B>>,
+    peer: &Peer,
+    session: Session<B>,
+    subscriber: Arc<Subscriber>,
+    subscribed: pb::Subscribed,
+) -> mpsc::Receiver<Bytes> {
     let (chunks, body) = mpsc::channel(CHUNKS_MAX);
     let mut first = BytesMut::new();
     first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
     encode_event(
         &pb::ServerMessage {
             request_id: 0,
-            body: Some(Reply::Subscribed(*subscribed)),
+            body: Some(Reply::Subscribed(subscribed)),
         },
         &mut first,
     );
@@ -364,6 +383,11 @@ pub(super) fn open<B: Backend>(
         drop(session);
     });
 
+    body
+}
+
+/// 200 with the event stream's headers over the chunks `body` receives.
+fn event_stream_response(body: mpsc::Receiver<Bytes>) -> Response<AnyBody> {
     let mut response = Response::new(AnyBody::Right(EventStream { chunks: body }));
     let headers = response.headers_mut();
     headers.insert(

@@ -178,42 +178,9 @@ pub(super) fn upgrade<B: Backend>(
         return response::method_not_allowed("GET");
     }
     let headers = request.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "this route is a WebSocket endpoint (HTTP/1.1 Upgrade: websocket)",
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != WS_VERSION)
-    {
-        let mut response = refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "bad_version",
-            "the node speaks WebSocket version 13",
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static(WS_VERSION),
-        );
-        return response;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "Sec-WebSocket-Key is missing",
-        );
+    let key = match handshake_key(headers) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
     };
     if let Some((status, code, message)) = stream::refusal(server, &request) {
         return refuse(status, code, message);
@@ -233,8 +200,74 @@ pub(super) fn upgrade<B: Backend>(
             "bad accept key",
         );
     };
-
     let on_upgrade = hyper::upgrade::on(&mut request);
+    spawn_socket(server, peer, codec, on_upgrade);
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(codec.name()),
+    );
+    response
+}
+
+/// The handshake's `Sec-WebSocket-Key`, once the request is an HTTP/1.1 WebSocket upgrade of
+/// version 13; else the refusal to answer.
+fn handshake_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response<Body>>> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "this route is a WebSocket endpoint (HTTP/1.1 Upgrade: websocket)",
+        )));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != WS_VERSION)
+    {
+        let mut response = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_version",
+            "the node speaks WebSocket version 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static(WS_VERSION),
+        );
+        return Err(Box::new(response));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                "Sec-WebSocket-Key is missing",
+            ))
+        })
+}
+
+/// Runs the socket on the server's task set once hyper hands over the upgraded connection,
+/// with the edge's buffer and message bounds.
+fn spawn_socket<B: Backend>(
+    server: &Arc<Server<B>>,
+    peer: &Peer,
+    codec: Codec,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) {
     let server_for_task = Arc::clone(server);
     let peer = peer.clone();
     server.tasks.spawn(async move {
@@ -262,18 +295,6 @@ pub(super) fn upgrade<B: Backend>(
                 .await;
         run(&server, peer, codec, socket).await;
     });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(codec.name()),
-    );
-    response
 }
 
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
