@@ -185,6 +185,7 @@ fn read_varint(bytes: &[u8]) -> Varint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doc_example::documented_hex;
     use crate::pb;
     use crate::pb::client_message::Body;
     use proptest::prelude::*;
@@ -221,25 +222,6 @@ mod tests {
             pb::ClientMessage::decode_length_delimited(out.as_slice()).unwrap(),
             message
         );
-    }
-
-    /// The bytes of the ```text block that follows `heading` in `doc`: from each line, the
-    /// leading two-digit hex tokens (the rest of the line is commentary).
-    fn documented_hex(doc: &str, heading: &str) -> Vec<u8> {
-        let after = &doc[doc.find(heading).expect("the doc has the example")..];
-        let block = after
-            .split("```text\n")
-            .nth(1)
-            .and_then(|rest| rest.split("```").next())
-            .expect("a ```text block follows the example's sentence");
-        block
-            .lines()
-            .flat_map(|line| {
-                line.split_whitespace()
-                    .take_while(|t| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .map(|t| u8::from_str_radix(t, 16).expect("two hex digits"))
-            })
-            .collect()
     }
 
     /// docs/quic.md's worked example is what this module writes, byte for byte, and its

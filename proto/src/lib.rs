@@ -31,6 +31,8 @@
 //!     payload bytes ([`convert::wal::encode_record`], [`convert::wal::decode_record`]).
 //! - [`frame`]: length-delimited framing of messages on a QUIC stream (sans-IO), shared by
 //!   the node and the bidder SDK, with its size limit and the ALPN name.
+//! - `doc_example` (tests only, feature `doc-examples`): reads the worked hex examples of
+//!   `docs/*.md`, so tests check them byte for byte against the code.
 //! - [`ProtoError`]: why a message could not become an engine value; [`RecordError`] and
 //!   [`SnapshotError`]: why a log record's or a snapshot's bytes could not.
 //!
@@ -53,6 +55,8 @@
 //! the WAL's record framing belongs to `wal`.
 
 pub mod convert;
+#[cfg(any(test, feature = "doc-examples"))]
+pub mod doc_example;
 mod error;
 pub mod frame;
 
