@@ -11,8 +11,11 @@
 //! - [`Tally`]: outcome counts, to check a run measured what it claims to.
 //! - [`wal_load`]: realistic WAL records (encoded accepted-bid events) and a sink that
 //!   appends an engine's events to a [`gavel_wal::Wal`].
+//! - [`edge_trace`]: a hot-auction and a Zipf price-update trace, and their sizes as the
+//!   protobuf stream and as edge frames.
 //! - [`process`]: CPU time, resident memory and filesystem, from `/proc` and `df`.
 
+pub mod edge_trace;
 pub mod process;
 pub mod wal_load;
 
