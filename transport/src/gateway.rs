@@ -40,8 +40,9 @@ impl AuctionReads for Engine {
 /// receipts become durable. The node implements it over its engine and write-ahead log; the
 /// transports know nothing of files or logs, and never hold the engine itself.
 pub trait Backend: AuctionReads + Send + Sync + 'static {
-    /// Resolves once a receipt is durable.
-    type Durable: Future<Output = Result<(), DurableError>> + Send + 'static;
+    /// Resolves once a receipt is durable. `Unpin` so a stream's waits sit inline in its
+    /// durable-ack queue, with no `Box` per bid; it may be polled again after `Pending`.
+    type Durable: Future<Output = Result<(), DurableError>> + Send + Unpin + 'static;
 
     /// Decides a bid; an accepted bid comes with the receipt its durable ack waits for, and
     /// a bid that closed its auction with that close.

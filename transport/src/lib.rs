@@ -14,7 +14,9 @@
 //! - `gateway`: [`Gateway`], what all connections share, and [`Backend`], the seam to the
 //!   durable engine the node implements (its reads: [`AuctionReads`]).
 //! - `session`: one connection's request handling, the same for every transport: a
-//!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as waits.
+//! - `durable_acks`: one stream's accepted bids waiting for their durable acks, answered
+//!   in request order — the queue of both QUIC streams and WebSockets, no `Box` per bid.
 //! - [`settlement`]: a close and settlement announced to the watchers once durable, the
 //!   same for the closer, the admin API's cancel and a bid that closes its auction.
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
@@ -34,6 +36,7 @@
 //! reached only through [`Backend`].
 
 pub mod clock;
+mod durable_acks;
 pub mod fanout;
 mod gateway;
 pub mod http;

@@ -22,10 +22,10 @@
 //!
 //! Per stream, one task: it reads what arrived, decodes every whole frame, hands each request
 //! to the connection's [`Session`], and writes every answer available in one write before it
-//! reads again (batching). Durable waits queue in request order (a stream's receipts only
-//! grow, so the front is always the first to become durable) and their acks are written as
-//! they resolve, while reading goes on; the session bounds them per connection
-//! (`pending_durable_per_connection_max`). A frame longer than `frame_bytes_max` gets
+//! reads again (batching). Durable waits queue in request order ([`DurableAcks`]: a
+//! stream's receipts only grow, so the front is always the first to become durable) and
+//! their acks are written as they resolve, while reading goes on; the session bounds them
+//! per connection (`pending_durable_per_connection_max`). A frame longer than `frame_bytes_max` gets
 //! `TOO_LARGE` and the stream is closed after the answers already due (its receiving side
 //! stopped with `TOO_LARGE`); an undecodable message gets `MALFORMED` and the stream goes on;
 //! a broken length prefix gets `MALFORMED` and the stream is closed (stopped with
@@ -53,12 +53,9 @@
 //! (QUIC application codes are the wire's `ErrorCode` numbers). Whatever is not done by the
 //! drain deadline is closed the same way; the endpoint then waits until it is idle.
 
-use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gavel_proto::frame::{self, FrameDecoder, FrameError};
@@ -70,6 +67,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::clock::now_micros;
+use crate::durable_acks::DurableAcks;
 use crate::fanout::{self, Outgoing, Subscriber};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
@@ -370,29 +368,6 @@ fn peer_identity(connection: &quinn::Connection) -> Result<Option<Identity>, Str
         .map_err(|e| e.to_string())
 }
 
-/// The accepted bids of one stream waiting for their durable acks, in request order.
-type DurableQueue = VecDeque<Pin<Box<dyn Future<Output = pb::ServerMessage> + Send>>>;
-
-/// Moves every durable ack ready at the front of `queue` to `out`; `Ready` if there was one.
-fn poll_durable(
-    queue: &mut DurableQueue,
-    cx: &mut Context<'_>,
-    out: &mut Vec<pb::ServerMessage>,
-) -> Poll<()> {
-    let mut any = false;
-    while let Some(front) = queue.front_mut() {
-        match front.as_mut().poll(cx) {
-            Poll::Ready(message) => {
-                out.push(message);
-                queue.pop_front();
-                any = true;
-            }
-            Poll::Pending => break,
-        }
-    }
-    if any { Poll::Ready(()) } else { Poll::Pending }
-}
-
 /// How often a subscribed stream's outbox is looked at while nothing wakes it (slow-consumer
 /// detection), in milliseconds.
 const STREAM_CHECK_MS: u64 = 50;
@@ -499,7 +474,7 @@ async fn serve_stream<B: Backend>(
     let shutdown = session.gateway().shutdown().clone();
     let limits = session.gateway().limits().clone();
     let mut decoder = FrameDecoder::new(limits.frame_bytes_max);
-    let mut durable = DurableQueue::new();
+    let mut durable = DurableAcks::new(limits.pending_durable_per_connection_max);
     let mut replies = Vec::new();
     let mut out = Vec::new();
     let mut reading = true;
@@ -553,7 +528,7 @@ async fn serve_stream<B: Backend>(
         let subscriber = session.subscriber().cloned();
         tokio::select! {
             biased;
-            () = poll_fn(|cx| poll_durable(&mut durable, cx, &mut replies)), if !durable.is_empty() => {}
+            () = poll_fn(|cx| durable.poll_answers(cx, &mut replies, usize::MAX)), if !durable.is_empty() => {}
             () = shutdown.cancelled(), if reading => reading = false,
             () = woken(subscriber.as_ref()), if reading => {
                 if let Some(s) = &subscriber {
@@ -607,14 +582,14 @@ async fn serve_stream<B: Backend>(
 fn handle_frames<B: Backend>(
     decoder: &mut FrameDecoder,
     session: &mut Session<B>,
-    durable: &mut DurableQueue,
+    durable: &mut DurableAcks<B::Durable>,
     replies: &mut Vec<pb::ServerMessage>,
 ) -> Result<(), ErrorCode> {
     loop {
         match decoder.next_message::<pb::ClientMessage>() {
             Ok(Some(request)) => {
                 if let Some(wait) = session.handle(request, replies) {
-                    durable.push_back(Box::pin(wait.into_message()));
+                    durable.push(wait);
                 }
             }
             Ok(None) => return Ok(()),

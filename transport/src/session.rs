@@ -1,13 +1,16 @@
 //! One connection's request handling, shared by every transport.
 //!
 //! A driver (QUIC stream, WebSocket) decodes a [`pb::ClientMessage`], hands it to
-//! [`Session::handle`], writes the direct answers it gets back at once, and awaits the
-//! returned [`DurableWait`] (if any) to send the durable ack later — so an accepted ack never
-//! waits for the disk, and the durable ack never comes before the sync.
+//! [`Session::handle`], writes the direct answers it gets back at once, and queues the
+//! returned [`DurableWait`] (if any) in its [`DurableAcks`](crate::durable_acks::DurableAcks)
+//! to send the durable ack later — so an accepted ack never waits for the disk, and the
+//! durable ack never comes before the sync.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use std::collections::HashMap;
@@ -158,8 +161,8 @@ impl<B: Backend> Session<B> {
     }
 
     /// Handles one request. Direct answers are appended to `out`; an accepted bid returns
-    /// the wait for its durable ack, which the driver awaits (concurrently with later
-    /// requests) and then sends.
+    /// the wait for its durable ack, which the driver queues in its `DurableAcks`
+    /// (answered concurrently with later requests, in request order).
     pub(crate) fn handle(
         &mut self,
         request: pb::ClientMessage,
@@ -528,7 +531,7 @@ impl Drop for PendingGuard {
 
 /// The wait for one accepted bid's durable ack.
 #[derive(Debug)]
-#[must_use = "the durable ack is sent only if the wait is awaited"]
+#[must_use = "the durable ack is sent only if the wait is polled to its answer"]
 pub(crate) struct DurableWait<F> {
     request_id: u64,
     ack: pb::DurableAck,
@@ -540,21 +543,26 @@ pub(crate) struct DurableWait<F> {
     pending: PendingGuard,
 }
 
-impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
-    /// Waits for the sync and returns the message to send: the durable ack, or an internal
-    /// error if the log failed (the bid's fate is then decided by the next recovery; it was
-    /// never acknowledged durable).
-    pub(crate) async fn into_message(self) -> pb::ServerMessage {
+impl<F: Future<Output = Result<(), DurableError>> + Unpin> DurableWait<F> {
+    /// Polls the backend's wait for this bid's receipt: `Ready` once it is durable or never
+    /// will be.
+    pub(crate) fn poll_durable(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DurableError>> {
+        Pin::new(&mut self.wait).poll(cx)
+    }
+
+    /// The message to send once the wait ended with `result`: the durable ack, or an
+    /// internal error if the log failed (the bid's fate is then decided by the next
+    /// recovery; it was never acknowledged durable). Ends the wait's pending count.
+    pub(crate) fn answer(self, result: Result<(), DurableError>) -> pb::ServerMessage {
         let DurableWait {
             request_id,
             ack,
             accepted_at,
             latency,
             acks,
-            wait,
+            wait: _,
             pending,
         } = self;
-        let result = wait.await;
         drop(pending);
         match result {
             Ok(()) => {
@@ -570,6 +578,24 @@ impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
                 pb::ErrorCode::Internal,
                 format!("the bid was accepted but is {e}; it was never acknowledged durable"),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+impl<F> DurableWait<F> {
+    /// A wait for request `request_id` on `wait`, counted in `pending` until answered, with
+    /// metric handles that record nothing.
+    pub(crate) fn for_test(request_id: u64, wait: F, pending: &Arc<AtomicUsize>) -> Self {
+        pending.fetch_add(1, Ordering::Relaxed);
+        DurableWait {
+            request_id,
+            ack: pb::DurableAck::default(),
+            accepted_at: Instant::now(),
+            latency: ::metrics::Histogram::noop(),
+            acks: ::metrics::Counter::noop(),
+            wait,
+            pending: PendingGuard(Arc::clone(pending)),
         }
     }
 }

@@ -14,8 +14,9 @@
 //! The driver is one task per socket that both reads and writes it: answers go into
 //! tungstenite's write buffer and are flushed by the same task at once (no writer task, no
 //! queue, no wake-up in between), everything due at a wake-up in one flush. The task keeps
-//! every durable wait in a set polled beside the socket (bounded by the session's
-//! `pending_durable_per_connection_max`) and sends each durable ack when its wait resolves.
+//! the durable waits in request order in a [`DurableAcks`] queue polled beside the socket
+//! (bounded by the session's `pending_durable_per_connection_max`) and sends each durable
+//! ack when its wait resolves.
 //! At most [`WRITE_BUFFER_BYTES`] may wait for the peer: past it the task reads no more
 //! requests until the peer takes some — one slow socket slows only
 //! itself; a peer that takes nothing for `idle_timeout_ms` while bytes wait for it is
@@ -41,7 +42,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use gavel_proto::pb;
 use http_body_util::Full;
@@ -62,6 +62,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::response::{self, Body};
 use super::stream::{self, STREAM_CHECK_MS, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
+use crate::durable_acks::DurableAcks;
 use crate::fanout::{Outgoing, Subscriber};
 use crate::gateway::Backend;
 use crate::metrics;
@@ -88,6 +89,9 @@ const READ_BUFFER_BYTES: usize = 256;
 /// the socket's task reads no requests until the peer takes some. (Stream updates are taken
 /// only once everything fed was flushed.)
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+/// Durable acks fed per loop turn: one, so each goes only while the write buffer has room
+/// (a burst after a slow sync would otherwise overrun its hard bound).
+const ACKS_PER_TURN: usize = 1;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
 /// How long the node waits for the peer's answer to its close frame, in milliseconds (a slow
@@ -535,7 +539,7 @@ async fn run<B: Backend, S>(
     let mut ping = stream::keepalive(&server.options, idle_timeout);
     let mut heard_at = Instant::now();
     // Bounded by the session: it refuses bids beyond pending_durable_per_connection_max.
-    let mut durable = FuturesUnordered::new();
+    let mut durable = DurableAcks::new(limits.pending_durable_per_connection_max);
     let mut replies = Vec::new();
     let shutdown = server.gateway.shutdown().clone();
     // One wait for the whole connection (not a new one per loop turn).
@@ -585,7 +589,7 @@ async fn run<B: Backend, S>(
                     match codec.decode(&message) {
                         Ok(request) => {
                             if let Some(wait) = session.handle(request, &mut replies) {
-                                durable.push(wait.into_message());
+                                durable.push(wait);
                             }
                             for reply in replies.drain(..) {
                                 outbound.feed_message(&mut socket, &reply)?;
@@ -631,8 +635,11 @@ async fn run<B: Backend, S>(
                     // Boxed: run once, and kept out of the connection's future (its size is
                     // memory every idle socket holds).
                     let _ = Box::pin(tokio::time::timeout(drain, async {
-                        while let Some(ack) = durable.next().await {
-                            outbound.feed_message(&mut socket, &ack)?;
+                        while !durable.is_empty() {
+                            poll_fn(|cx| durable.poll_answers(cx, &mut replies, ACKS_PER_TURN)).await;
+                            for ack in replies.drain(..) {
+                                outbound.feed_message(&mut socket, &ack)?;
+                            }
                             socket.flush().await.map_err(|_| End::Peer)?;
                         }
                         Ok::<(), End>(())
@@ -640,8 +647,10 @@ async fn run<B: Backend, S>(
                     .await;
                     return Err(End::Close(CloseCode::Away, "node shutting down"));
                 }
-                Some(ack) = durable.next(), if room && !durable.is_empty() => {
-                    outbound.feed_message(&mut socket, &ack)?;
+                () = poll_fn(|cx| durable.poll_answers(cx, &mut replies, ACKS_PER_TURN)), if room && !durable.is_empty() => {
+                    for ack in replies.drain(..) {
+                        outbound.feed_message(&mut socket, &ack)?;
+                    }
                     outbound.flush_now(&mut socket)?;
                 }
                 _ = ping.tick() => {
