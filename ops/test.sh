@@ -16,7 +16,8 @@
 #   2. tansu (the Kafka-protocol broker), chromium (the browser test's headless browser,
 #      Debian's package) and Debian's prometheus package (promtool: `check metrics` on a live
 #      node's /metrics, `check rules` and `test rules` on ops/prometheus; the prometheus
-#      server: node/tests/ops.rs shows the alerts firing) installed if missing; nats-server (Debian package)
+#      server: node/tests/ops.rs shows the alerts firing) and systemd-analyze (the unit's
+#      check) installed if missing; nats-server (Debian package)
 #      too when root, for the load tester's smoke (which skips its nats phase without it);
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
@@ -69,6 +70,17 @@ else
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
+fi
+
+step "systemd-analyze for the systemd unit's check (Debian's systemd package)"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    echo "ok: systemd-analyze present"
+else
+    # node/tests/ops.rs runs `systemd-analyze verify` on ops/systemd/gavel.service; it fails
+    # without it, it never skips.
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends systemd
 fi
 
 step "nats-server for the load tester's smoke (its fan-out peer; optional)"

@@ -8,7 +8,12 @@ use rand::Rng;
 
 /// The delay before reconnect attempt `attempt` (0 for the first retry): uniform in
 /// `[0, min(max, base · 2^attempt)]`.
-pub fn full_jitter(attempt: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+pub(crate) fn full_jitter(
+    attempt: u32,
+    base: Duration,
+    max: Duration,
+    rng: &mut impl Rng,
+) -> Duration {
     let cap = base
         .checked_mul(1_u32.checked_shl(attempt).unwrap_or(u32::MAX))
         .unwrap_or(max)

@@ -316,45 +316,64 @@ impl Driver {
                         if let Some(done) = self.take(command, &mut out) {
                             close_requested = Some(done);
                         }
-                        // Batch: gather what else is queued before writing.
-                        while out.len() < WRITE_BATCH_BYTES
-                            && self.pending.len() < self.config.requests_in_flight_max
-                            && close_requested.is_none()
-                        {
-                            match self.commands.try_recv() {
-                                Ok(Command::Connection { reply }) => {
-                                    let _ = reply.send(connection.clone());
-                                }
-                                Ok(command) => {
-                                    if let Some(done) = self.take(command, &mut out) {
-                                        close_requested = Some(done);
-                                    }
-                                }
-                                Err(mpsc::error::TryRecvError::Empty) => break,
-                                Err(mpsc::error::TryRecvError::Disconnected) => {
-                                    self.commands_closed = true;
-                                    break;
-                                }
-                            }
-                        }
+                        self.take_queued(&connection, &mut out, &mut close_requested);
                     }
                 },
                 chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => match chunk {
                     Ok(Some(chunk)) => {
-                        decoder.push(&chunk.bytes);
-                        loop {
-                            match decoder.next_message::<pb::ServerMessage>() {
-                                Ok(Some(message)) => self.answer(message),
-                                Ok(None) => break,
-                                Err(e) if e.is_fatal() => return Ended::Lost(e.to_string()),
-                                Err(e) => tracing::warn!(error = %e, "undecodable message from the node"),
-                            }
+                        if let Err(ended) = self.read(&mut decoder, &chunk.bytes) {
+                            return ended;
                         }
                     }
                     Ok(None) => return Ended::Lost("the node finished the stream".into()),
                     Err(e) => return Ended::Lost(e.to_string()),
                 },
                 _ = sweep.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// Batching: takes what else is queued (answering connection queries at once) while the
+    /// write stays under `WRITE_BATCH_BYTES`, requests in flight under their maximum, and no
+    /// close was asked for.
+    fn take_queued(
+        &mut self,
+        connection: &quinn::Connection,
+        out: &mut Vec<u8>,
+        close_requested: &mut Option<oneshot::Sender<()>>,
+    ) {
+        while out.len() < WRITE_BATCH_BYTES
+            && self.pending.len() < self.config.requests_in_flight_max
+            && close_requested.is_none()
+        {
+            match self.commands.try_recv() {
+                Ok(Command::Connection { reply }) => {
+                    let _ = reply.send(connection.clone());
+                }
+                Ok(command) => {
+                    if let Some(done) = self.take(command, out) {
+                        *close_requested = Some(done);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.commands_closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Decodes `bytes` read from the node and routes every whole message; a fatal framing
+    /// error ends the connection.
+    fn read(&mut self, decoder: &mut FrameDecoder, bytes: &[u8]) -> Result<(), Ended> {
+        decoder.push(bytes);
+        loop {
+            match decoder.next_message::<pb::ServerMessage>() {
+                Ok(Some(message)) => self.answer(message),
+                Ok(None) => return Ok(()),
+                Err(e) if e.is_fatal() => return Err(Ended::Lost(e.to_string())),
+                Err(e) => tracing::warn!(error = %e, "undecodable message from the node"),
             }
         }
     }
@@ -430,82 +449,103 @@ impl Driver {
             return;
         };
         let Pending { message, kind } = pending;
-        let kind = match (kind, body) {
-            (PendingKind::Ping { reply, .. }, Reply::Pong(_)) => {
-                let _ = reply.send(Ok(()));
-                None
-            }
-            (PendingKind::Ping { reply, .. }, Reply::Error(error)) => {
-                let _ = reply.send(Err(server_error(error)));
-                None
-            }
-            (
-                PendingKind::Bid {
-                    mut outcome,
-                    durable,
-                    retried,
-                    sent,
-                },
-                Reply::BidOutcome(answer),
-            ) => match bid_result(answer, retried) {
-                Ok(accepted) => {
-                    if let Some(outcome) = outcome.take() {
-                        let _ = outcome.send(Ok(accepted));
-                    }
-                    // Keep it until the durable ack.
-                    Some(PendingKind::Bid {
-                        outcome,
-                        durable,
-                        retried,
-                        sent,
-                    })
+        let kind = match kind {
+            PendingKind::Ping { reply, sent } => answer_ping(reply, sent, body, request_id),
+            PendingKind::Bid {
+                outcome,
+                durable,
+                retried,
+                sent,
+            } => answer_bid(outcome, durable, retried, sent, body, request_id),
+        };
+        if let Some(kind) = kind {
+            self.pending.insert(request_id, Pending { message, kind });
+        }
+    }
+}
+
+/// A ping's answer: resolves the caller's wait, or keeps it for an unexpected message.
+fn answer_ping(
+    reply: oneshot::Sender<Result<(), BidError>>,
+    sent: bool,
+    body: Reply,
+    request_id: u64,
+) -> Option<PendingKind> {
+    match body {
+        Reply::Pong(_) => {
+            let _ = reply.send(Ok(()));
+            None
+        }
+        Reply::Error(error) => {
+            let _ = reply.send(Err(server_error(error)));
+            None
+        }
+        other => {
+            tracing::warn!(request_id, ?other, "unexpected answer from the node");
+            Some(PendingKind::Ping { reply, sent })
+        }
+    }
+}
+
+/// One answer to a bid: its outcome (an accepted bid stays pending until its durable ack),
+/// its durable ack, or an error (`SHUTTING_DOWN`: not decided, resent after reconnecting).
+/// Returns what stays pending.
+fn answer_bid(
+    mut outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
+    durable: oneshot::Sender<Result<DurableAck, BidError>>,
+    retried: bool,
+    sent: bool,
+    body: Reply,
+    request_id: u64,
+) -> Option<PendingKind> {
+    match body {
+        Reply::BidOutcome(answer) => match bid_result(answer, retried) {
+            Ok(accepted) => {
+                if let Some(outcome) = outcome.take() {
+                    let _ = outcome.send(Ok(accepted));
                 }
-                Err(error) => {
-                    fail_bid(outcome, durable, error);
-                    None
-                }
-            },
-            (PendingKind::Bid { durable, .. }, Reply::DurableAck(ack)) => {
-                let _ = durable.send(Ok(DurableAck {
-                    auction_id: ack.auction_id,
-                    bid_id: join_bid_id(ack.bid_id_hi, ack.bid_id_lo),
-                    seq: ack.seq,
-                }));
-                None
-            }
-            (
-                PendingKind::Bid {
-                    outcome,
-                    durable,
-                    retried,
-                    ..
-                },
-                Reply::Error(error),
-            ) if error.code == pb::ErrorCode::ShuttingDown as i32 => {
-                // Not decided: the node is going away. Resend after reconnecting.
+                // Keep it until the durable ack.
                 Some(PendingKind::Bid {
                     outcome,
                     durable,
                     retried,
-                    sent: false,
+                    sent,
                 })
             }
-            (
-                PendingKind::Bid {
-                    outcome, durable, ..
-                },
-                Reply::Error(error),
-            ) => {
-                fail_bid(outcome, durable, server_error(error));
+            Err(error) => {
+                fail_bid(outcome, durable, error);
                 None
             }
-            (kind, other) => {
-                tracing::warn!(request_id, ?other, "unexpected answer from the node");
-                Some(kind)
-            }
-        };
-        if let Some(kind) = kind {
-            self.pending.insert(request_id, Pending { message, kind });
+        },
+        Reply::DurableAck(ack) => {
+            let _ = durable.send(Ok(DurableAck {
+                auction_id: ack.auction_id,
+                bid_id: join_bid_id(ack.bid_id_hi, ack.bid_id_lo),
+                seq: ack.seq,
+            }));
+            None
+        }
+        Reply::Error(error) if error.code == pb::ErrorCode::ShuttingDown as i32 => {
+            // Not decided: the node is going away. Resend after reconnecting.
+            Some(PendingKind::Bid {
+                outcome,
+                durable,
+                retried,
+                sent: false,
+            })
+        }
+        Reply::Error(error) => {
+            fail_bid(outcome, durable, server_error(error));
+            None
+        }
+        other => {
+            tracing::warn!(request_id, ?other, "unexpected answer from the node");
+            Some(PendingKind::Bid {
+                outcome,
+                durable,
+                retried,
+                sent,
+            })
         }
     }
 }

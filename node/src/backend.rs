@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, ManageError,
+    AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, ManageError,
     Receipt, UnixMicros,
 };
-use gavel_transport::{Backend, DurableError};
+use gavel_transport::{AuctionReads, Backend, DurableError};
 use gavel_wal::{DurableFuture, WaitError};
 
 use crate::node::Node;
@@ -19,12 +19,18 @@ use crate::node::Node;
 #[derive(Debug, Clone)]
 pub struct NodeBackend(pub Arc<Node>);
 
+impl AuctionReads for NodeBackend {
+    fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        self.0.engine().view(id, now)
+    }
+
+    fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
+        self.0.engine().list(after, limit, now)
+    }
+}
+
 impl Backend for NodeBackend {
     type Durable = NodeDurable;
-
-    fn engine(&self) -> &Engine {
-        self.0.engine()
-    }
 
     fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
         self.0.place_bid(bid, now)

@@ -14,7 +14,7 @@ use gavel_transport::tls::dev::{self, DevCertOptions};
 
 /// Options of `gavel cert`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct CertArgs {
+pub(crate) struct CertArgs {
     /// Issue or revoke with the existing CA instead of creating one.
     #[command(subcommand)]
     pub action: Option<CertAction>,
@@ -37,7 +37,7 @@ pub struct CertArgs {
 
 /// What to do with an existing CA.
 #[derive(clap::Subcommand, Debug, Clone)]
-pub enum CertAction {
+pub(crate) enum CertAction {
     /// Issue client certificates from the existing CA.
     Issue {
         /// The identity to issue for, as ROLE/ID; repeat for more.
@@ -54,16 +54,16 @@ pub enum CertAction {
 
 /// `role/id` or `gavel://role/id`.
 fn parse_identity(text: &str) -> Result<Identity, String> {
-    let uri = if text.starts_with(gavel_transport::identity::IDENTITY_URI_SCHEME) {
+    let uri = if text.starts_with(gavel_transport::IDENTITY_URI_SCHEME) {
         text.to_owned()
     } else {
-        format!("{}{text}", gavel_transport::identity::IDENTITY_URI_SCHEME)
+        format!("{}{text}", gavel_transport::IDENTITY_URI_SCHEME)
     };
     Identity::from_uri(&uri).map_err(|e| e.to_string())
 }
 
 /// Runs `gavel cert`, printing what it wrote to `out`.
-pub fn run(args: &CertArgs, out: &mut impl Write) -> Result<()> {
+pub(crate) fn run(args: &CertArgs, out: &mut impl Write) -> Result<()> {
     let dir = &args.dir;
     // Not `args_conflicts_with_subcommands`: that would also refuse `--dir` before them.
     if args.action.is_some()

@@ -3,6 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`backend`]: [`NodeBackend`], the node as the transports' [`gavel_transport::Backend`].
+//! - [`closer`]: the closer thread — closes due auctions, sleeping until the next end (or an
+//!   earlier creation), and announces each settlement once durable.
 //! - [`durable`]: [`WalSink`], the engine's event sink that encodes each decision's events as
 //!   WAL records and appends them all or none; its receipt is the decision's last LSN.
 //! - [`node`]: [`Node`], the durable engine — start-up (snapshot + replay of the log after it),
@@ -19,6 +21,7 @@
 //! reached its receipt; a failed log stops the node, it never acknowledges.
 
 pub mod backend;
+pub mod closer;
 pub mod durable;
 pub mod node;
 pub mod replay;
@@ -29,6 +32,18 @@ pub mod wal_tools;
 pub use backend::NodeBackend;
 pub use durable::WalSink;
 pub use node::{Node, NodeConfig, RecoveryReport, SnapshotTaken};
+
+/// The source commit this build comes from (`unknown` when it was built without git and
+/// without `GAVEL_COMMIT`; see `build.rs`).
+pub const COMMIT: &str = env!("GAVEL_COMMIT");
+
+/// The version and build, as `gavel --version` prints it: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GAVEL_COMMIT"),
+    ")"
+);
 
 /// Hex of a state hash, for humans and for tests that compare runs.
 pub fn hex(bytes: &[u8]) -> String {

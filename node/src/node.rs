@@ -21,6 +21,9 @@
 //! `<data_dir>/kafka-<topic>` ([`kafka_snapshot_dir`]) it restores the newest valid one and
 //! replays each partition from the offset the snapshot recorded instead of its beginning.
 //!
+//! [`Node::open_interruptible`] gives up within a poll once asked to stop (`gavel serve`
+//! stopped during recovery), writing nothing a restart would not write anyway.
+//!
 //! # Snapshots
 //!
 //! A background thread takes a snapshot every `snapshot_every_records` appended records:
@@ -40,21 +43,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::{
     AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, EngineConfig,
-    ManageError, Receipt, ReplaySummary, UnixMicros,
+    Event, ManageError, Receipt, ReplaySummary, UnixMicros,
 };
 use gavel_proto::convert::state::{
     decode_snapshot, decode_snapshot_with_position, encode_snapshot, encode_snapshot_position,
 };
 use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
+use gavel_transport::clock::now_micros;
 use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
 use gavel_wal::snapshot::{list_snapshots, read_snapshot, remove_old_snapshots};
 use gavel_wal::{
-    AppendError, CompactReport, DurableFuture, Log, Lsn, Recovery, TornTail, WaitError, Wal,
-    WalConfig, WriterHooks, latest_snapshot, write_snapshot,
+    AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, Recovery, TornTail, WaitError,
+    Wal, WalConfig, WriterHooks, latest_snapshot, write_snapshot,
 };
 
+use crate::closer::{DueAlarm, Wake};
 use crate::durable::WalSink;
 use crate::replay::replay_parallel;
 
@@ -91,7 +96,7 @@ impl Default for NodeConfig {
 }
 
 /// What start-up recovered.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
     /// LSN of the snapshot restored, if any.
     pub snapshot_lsn: Option<Lsn>,
@@ -172,6 +177,8 @@ pub struct Node {
     shared: Arc<Shared>,
     snapshotter: Mutex<Option<JoinHandle<()>>>,
     data_dir: PathBuf,
+    /// Wakes the closer when a creation ends before its planned wake-up.
+    due: DueAlarm,
 }
 
 impl std::fmt::Debug for Node {
@@ -193,7 +200,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     /// Opens (creating if needed) the data directory and recovers the engine from it.
     pub fn open(data_dir: impl AsRef<Path>, config: NodeConfig) -> Result<(Node, RecoveryReport)> {
-        Self::open_inner(data_dir.as_ref(), config, None)
+        Self::open_inner(data_dir.as_ref(), config, None, &Interrupt::default())
+    }
+
+    /// [`Node::open`] that gives up with [`WalError::Interrupted`](gavel_wal::WalError)
+    /// (within a poll, a few hundred milliseconds) once `interrupt` is set: while it waits for
+    /// the Kafka brokers or another node's writer lease, or replays. An interrupted start
+    /// writes nothing past what every start writes first (the file log's torn tail
+    /// truncated): no missing tail appended, no compaction, no snapshot. Steps that cannot be
+    /// interrupted, each bounded: opening the file log (reading its last segment), restoring
+    /// a snapshot, one Kafka topic creation or metadata request after the brokers answered,
+    /// and the lease claim (bounded by the lease).
+    pub fn open_interruptible(
+        data_dir: impl AsRef<Path>,
+        config: NodeConfig,
+        interrupt: &Interrupt,
+    ) -> Result<(Node, RecoveryReport)> {
+        Self::open_inner(data_dir.as_ref(), config, None, interrupt)
     }
 
     /// [`Node::open`] with the log writer's hooks (fault injection in tests).
@@ -202,43 +225,37 @@ impl Node {
         config: NodeConfig,
         hooks: Arc<dyn WriterHooks>,
     ) -> Result<(Node, RecoveryReport)> {
-        Self::open_inner(data_dir.as_ref(), config, Some(hooks))
+        Self::open_inner(
+            data_dir.as_ref(),
+            config,
+            Some(hooks),
+            &Interrupt::default(),
+        )
     }
 
     fn open_inner(
         data_dir: &Path,
         config: NodeConfig,
         hooks: Option<Arc<dyn WriterHooks>>,
+        interrupt: &Interrupt,
     ) -> Result<(Node, RecoveryReport)> {
         let started = Instant::now();
-        let wal_dir = data_dir.join(WAL_DIR);
         let engine = Engine::new(config.engine);
-        let mut report = RecoveryReport {
-            snapshot_lsn: None,
-            auctions_restored: 0,
-            snapshots_skipped: Vec::new(),
-            records_read: 0,
-            records_skipped: 0,
-            missing_tail_appended: 0,
-            torn_tail: None,
-            last_lsn: 0,
-            auctions: 0,
-            state_hash: [0; 32],
-            elapsed: Duration::ZERO,
-        };
+        let mut report = RecoveryReport::default();
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
-        let mut kafka_snapshots = None;
-        let (wal, summary) = match &config.kafka {
+        let (wal, summary, kafka_snapshots) = match &config.kafka {
             None => {
-                let opened = match hooks {
-                    Some(hooks) => Wal::open_with_hooks(&wal_dir, config.wal.clone(), hooks),
-                    None => Wal::open(&wal_dir, config.wal.clone()),
-                };
-                let (wal, recovery) = opened.with_context(|| {
-                    format!("opening the write-ahead log in {}", wal_dir.display())
-                })?;
-                let summary = recover_file(&engine, &wal_dir, &recovery, workers, &mut report)?;
-                (Log::File(wal), summary)
+                let wal_dir = data_dir.join(WAL_DIR);
+                let opened = open_file_log(
+                    &engine,
+                    &wal_dir,
+                    &config,
+                    hooks,
+                    interrupt,
+                    workers,
+                    &mut report,
+                )?;
+                (opened.0, opened.1, None)
             }
             Some(kafka) => {
                 ensure!(
@@ -246,69 +263,21 @@ impl Node {
                     "writer hooks are for the file log; the Kafka log has none"
                 );
                 let dir = kafka_snapshot_dir(data_dir, &kafka.topic);
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let start = restore_kafka_snapshot(&engine, &dir, &kafka.topic, &mut report)?;
-                let (log, mut records) = KafkaLog::open(kafka.clone(), start.as_ref())
-                    .with_context(|| {
-                        format!(
-                            "opening the Kafka write-ahead log (topic {} on {})",
-                            kafka.topic, kafka.brokers
-                        )
-                    })?;
-                tracing::info!(
-                    brokers = %kafka.brokers,
-                    topic = %kafka.topic,
-                    partitions = records.partitions(),
-                    from = ?start.as_ref().map(|s| &s.next_offsets),
-                    "replaying the Kafka log (from the snapshot's offsets, or every partition's beginning)"
-                );
-                let summary = replay_parallel(&engine, start.is_some(), &mut records, workers)
-                    .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
-                log.resume(&records);
-                kafka_snapshots = Some(dir);
-                (Log::Kafka(Box::new(log)), summary)
+                let kafka = KafkaConfig {
+                    interrupt: interrupt.clone(),
+                    ..kafka.clone()
+                };
+                let opened = open_kafka_log(&engine, &dir, &kafka, workers, &mut report)?;
+                (opened.0, opened.1, Some(dir))
             }
         };
+        // Asked to stop during the replay's last moments: stop before writing anything.
+        interrupt.check()?;
         let wal = Arc::new(wal);
         report.records_read = summary.events;
         report.records_skipped = summary.skipped;
-
         let sink = WalSink::new(Arc::clone(&wal), config.snapshot_every_records);
-        if !summary.missing_tail.is_empty() {
-            let payloads: Vec<Vec<u8>> = summary
-                .missing_tail
-                .iter()
-                .map(|event| {
-                    let mut payload = Vec::new();
-                    encode_record(event, &mut payload);
-                    payload
-                })
-                .collect();
-            // One batch per auction: the Kafka log keys a batch by its auction.
-            let mut last = 0;
-            let mut start = 0;
-            while start < payloads.len() {
-                let auction = summary.missing_tail[start].auction;
-                let end = start
-                    + summary.missing_tail[start..]
-                        .iter()
-                        .take_while(|e| e.auction == auction)
-                        .count();
-                last = wal
-                    .append_batch(auction.0, &payloads[start..end])
-                    .context("appending the events missing at the end of the log")?;
-                start = end;
-            }
-            wal.wait_durable(last, DURABLE_WAIT_MAX)
-                .context("syncing the events missing at the end of the log")?;
-            tracing::warn!(
-                events = payloads.len(),
-                last_lsn = last,
-                "the log ended inside a decision: appended its missing derived events"
-            );
-            report.missing_tail_appended = payloads.len();
-        }
+        report.missing_tail_appended = append_missing_tail(&wal, &summary.missing_tail)?;
         report.last_lsn = wal.last_appended_lsn();
         report.auctions = engine.len();
         report.state_hash = engine.state_hash();
@@ -325,20 +294,7 @@ impl Node {
         if let Some(file) = shared.wal.as_file() {
             file.compact_to_snapshots().context("compacting the log")?;
         }
-        let snapshotter = if config.snapshot_every_records > 0 {
-            let shared = Arc::clone(&shared);
-            let every = config.snapshot_every_records;
-            let handle = thread::Builder::new()
-                .name("gavel-snapshot".into())
-                .spawn(move || snapshot_loop(&shared, every))
-                .context("spawning the snapshot thread")?;
-            Some(handle)
-        } else {
-            None
-        };
-        if let Some(handle) = &snapshotter {
-            shared.sink.set_snapshot_thread(handle.thread().clone());
-        }
+        let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
         report.elapsed = started.elapsed();
         tracing::info!(
             auctions = report.auctions,
@@ -353,6 +309,7 @@ impl Node {
             Node {
                 shared,
                 snapshotter: Mutex::new(snapshotter),
+                due: DueAlarm::default(),
                 data_dir: data_dir.to_path_buf(),
             },
             report,
@@ -380,15 +337,20 @@ impl Node {
         &self.shared.wal
     }
 
-    /// Creates an auction; durable once the receipt is.
+    /// Creates an auction; durable once the receipt is. Wakes the closer if the auction
+    /// ends before the closer planned to wake.
     pub fn create_auction(
         &self,
         spec: AuctionSpec,
         now: UnixMicros,
     ) -> Result<Receipt, CreateError> {
-        self.shared
+        let ends_at = spec.rules().ends_at;
+        let receipt = self
+            .shared
             .engine
-            .create_auction(spec, now, &self.shared.sink)
+            .create_auction(spec, now, &self.shared.sink)?;
+        self.due.due_at(ends_at);
+        Ok(receipt)
     }
 
     /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for, and
@@ -401,6 +363,24 @@ impl Node {
     /// receipt is durable.
     pub fn close_due(&self, now: UnixMicros, max: usize) -> Vec<ClosedAuction> {
         self.shared.engine.close_due(now, max, &self.shared.sink)
+    }
+
+    /// The next time an auction is due to close (possibly stale: an extended auction shows
+    /// its old end, which only wakes the closer early), in the manner of quinn's
+    /// `poll_timeout`; [`Node::close_due`] is its `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<UnixMicros> {
+        self.shared.engine.next_due()
+    }
+
+    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends earlier,
+    /// [`Node::wake_closer`] rings, or `longest` passes (the closer's sleep).
+    pub fn sleep_until_due(&self, longest: Duration) -> Wake {
+        self.due.sleep(self.poll_timeout(), now_micros(), longest)
+    }
+
+    /// Wakes a closer sleeping in [`Node::sleep_until_due`] now (shutdown).
+    pub fn wake_closer(&self) {
+        self.due.ring();
     }
 
     /// Cancels an open auction.
@@ -502,10 +482,117 @@ impl Drop for Node {
 
 /// The file log's recovery: logs a truncated torn tail, restores the latest valid snapshot
 /// into `engine`, and replays the records after it.
+/// Opens the file log in `wal_dir` (with the writer's `hooks`, if any) and recovers the
+/// engine from it: the latest snapshot, then the records after it.
+fn open_file_log(
+    engine: &Engine,
+    wal_dir: &Path,
+    config: &NodeConfig,
+    hooks: Option<Arc<dyn WriterHooks>>,
+    interrupt: &Interrupt,
+    workers: usize,
+    report: &mut RecoveryReport,
+) -> Result<(Log, ReplaySummary)> {
+    let opened = match hooks {
+        Some(hooks) => Wal::open_with_hooks(wal_dir, config.wal.clone(), hooks),
+        None => Wal::open(wal_dir, config.wal.clone()),
+    };
+    let (wal, recovery) =
+        opened.with_context(|| format!("opening the write-ahead log in {}", wal_dir.display()))?;
+    let summary = recover_file(engine, wal_dir, &recovery, interrupt, workers, report)?;
+    Ok((Log::File(wal), summary))
+}
+
+/// Opens the Kafka log and recovers the engine from it: the newest snapshot in
+/// `snapshots` (created if missing), then every partition from the snapshot's offsets (or
+/// from its beginning).
+fn open_kafka_log(
+    engine: &Engine,
+    snapshots: &Path,
+    kafka: &KafkaConfig,
+    workers: usize,
+    report: &mut RecoveryReport,
+) -> Result<(Log, ReplaySummary)> {
+    std::fs::create_dir_all(snapshots)
+        .with_context(|| format!("creating {}", snapshots.display()))?;
+    let start = restore_kafka_snapshot(engine, snapshots, &kafka.topic, report)?;
+    let (log, mut records) = KafkaLog::open(kafka.clone(), start.as_ref()).with_context(|| {
+        format!(
+            "opening the Kafka write-ahead log (topic {} on {})",
+            kafka.topic, kafka.brokers
+        )
+    })?;
+    tracing::info!(
+        brokers = %kafka.brokers,
+        topic = %kafka.topic,
+        partitions = records.partitions(),
+        from = ?start.as_ref().map(|s| &s.next_offsets),
+        "replaying the Kafka log (from the snapshot's offsets, or every partition's beginning)"
+    );
+    let summary = replay_parallel(engine, start.is_some(), &mut records, workers)
+        .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
+    log.resume(&records);
+    Ok((Log::Kafka(Box::new(log)), summary))
+}
+
+/// Appends and syncs the derived events a decision cut short by a crash left out of the log
+/// (the replayer reports them), one batch per auction (the Kafka log keys a batch by its
+/// auction). Returns how many.
+fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize> {
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let payloads: Vec<Vec<u8>> = missing
+        .iter()
+        .map(|event| {
+            let mut payload = Vec::new();
+            encode_record(event, &mut payload);
+            payload
+        })
+        .collect();
+    let mut last = 0;
+    let mut start = 0;
+    while start < payloads.len() {
+        let auction = missing[start].auction;
+        let end = start
+            + missing[start..]
+                .iter()
+                .take_while(|e| e.auction == auction)
+                .count();
+        last = wal
+            .append_batch(auction.0, &payloads[start..end])
+            .context("appending the events missing at the end of the log")?;
+        start = end;
+    }
+    wal.wait_durable(last, DURABLE_WAIT_MAX)
+        .context("syncing the events missing at the end of the log")?;
+    tracing::warn!(
+        events = payloads.len(),
+        last_lsn = last,
+        "the log ended inside a decision: appended its missing derived events"
+    );
+    Ok(payloads.len())
+}
+
+/// Starts the snapshot thread when snapshots are on (`every` > 0 records).
+fn spawn_snapshotter(shared: &Arc<Shared>, every: u64) -> Result<Option<JoinHandle<()>>> {
+    if every == 0 {
+        return Ok(None);
+    }
+    let for_thread = Arc::clone(shared);
+    let handle = thread::Builder::new()
+        .name("gavel-snapshot".into())
+        .spawn(move || snapshot_loop(&for_thread, every))
+        .context("spawning the snapshot thread")?;
+    shared.sink.set_snapshot_thread(handle.thread().clone());
+    Ok(Some(handle))
+}
+
 fn recover_file(
     engine: &Engine,
     wal_dir: &Path,
     recovery: &Recovery,
+    interrupt: &Interrupt,
     workers: usize,
     report: &mut RecoveryReport,
 ) -> Result<ReplaySummary> {
@@ -550,6 +637,8 @@ fn recover_file(
     let records = recovery
         .replay(from)
         .with_context(|| format!("reading the log in {} from LSN {from}", wal_dir.display()))?;
+    // Interrupted: the reading ends at the next record with the interrupt's error.
+    let records = records.map(|record| interrupt.check().and(record));
     replay_parallel(engine, snapshot.is_some(), records, workers)
 }
 

@@ -43,6 +43,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
+use crate::durable::WalSink;
 use crate::node::{Node, NodeConfig, RecoveryReport};
 
 /// Simulated length of the auction day, in µs of engine time.
@@ -347,254 +348,137 @@ pub fn run(options: &Options) -> Result<Report> {
     ensure!(options.threads >= 1, "--threads must be at least 1");
     ensure!(options.bids <= BIDS_MAX, "--bids is limited to {BIDS_MAX}");
     if options.in_memory {
-        run_in_memory(options)
+        let venue = InMemory::new(options)?;
+        let (report, _) = simulate(options, &venue, Day::default())?;
+        venue.verify(options, report)
     } else {
-        run_durable(options)
+        let venue = OnNode::open(options)?;
+        let day = venue.day(options)?;
+        let (report, tallies) = simulate(options, &venue, day)?;
+        venue.finish(options, day, report, tallies)
     }
 }
 
-fn run_in_memory(options: &Options) -> Result<Report> {
-    if !options.no_verify && options.bids > VERIFY_BIDS_MAX {
-        bail!(
-            "verifying replay keeps every event in memory: use --bids <= {VERIFY_BIDS_MAX} or --no-verify"
-        );
-    }
+/// Where this run's auctions live: its first auction id, and the engine time its day starts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Day {
+    first_auction: u64,
+    epoch: u64,
+}
+
+/// What differs between the two modes; [`simulate`] is the day they share.
+trait Venue: Sync {
+    /// The sink the bidders hand the engine.
+    type Sink: EventSink + Sync;
+
+    fn engine(&self) -> &Engine;
+    fn sink(&self) -> &Self::Sink;
+    /// The node, in durable mode (durable acks are then tracked).
+    fn node(&self) -> Option<&Node>;
+    /// `--ack-log`, if given (durable mode only).
+    fn ack_log(&self) -> Option<&AckLog>;
+    /// Creates one of the day's auctions at `now`.
+    fn create(&self, spec: AuctionSpec, now: UnixMicros) -> Result<()>;
+    /// Runs `bidding`, with whatever must drain the sink meanwhile.
+    fn drain_during<R: Send>(&self, bidding: impl FnOnce() -> R + Send) -> R;
+    /// Checks the bidders' run once they joined.
+    fn after_bidding(&self) -> Result<()>;
+    /// Closes every auction due at `close_at`; their settlements are final when it returns.
+    fn close_all(&self, close_at: UnixMicros) -> Result<()>;
+}
+
+/// The day both modes share: create the auctions, bid from `options.threads` desks, close
+/// everything, read the settlements. The report lacks what only a mode knows (the event
+/// count, the replay check, the durable part), and the tallies are returned for it.
+fn simulate<V: Venue>(options: &Options, venue: &V, day: Day) -> Result<(Report, Vec<Tally>)> {
     let zipf =
         Zipf::new(options.auctions as f64, options.zipf.max(0.0)).context("bad --zipf exponent")?;
-
-    let engine = Engine::new(EngineConfig {
-        auctions_max: usize::try_from(options.auctions)?.max(1),
-        ..EngineConfig::default()
-    });
-    let sink = BoundedSink::new(QUEUE_EVENTS_MAX, 100);
     let mut kinds = Vec::new();
-    for i in 0..options.auctions {
-        let spec = demo_rules(i, 0)?;
+    for i in day.first_auction..day.first_auction + options.auctions {
+        let spec = demo_rules(i, day.epoch)?;
         kinds.push(spec.rules().kind.clone());
-        // The consumer is not running yet: drain as we go.
-        engine.create_auction(spec, UnixMicros(0), &sink)?;
-    }
-    let mut created: Vec<Event> = Vec::new();
-    while let Some(event) = sink.pop() {
-        created.push(event);
+        venue.create(spec, UnixMicros(day.epoch))?;
     }
     let bidders: Vec<BidderId> = (0..BIDDERS)
         .map(|b| BidderId::new(&format!("sim-bidder-{b:02}")))
         .collect::<Result<_, _>>()?;
-
-    let done = AtomicBool::new(false);
-    let threads = options.threads;
-    let start_line = Barrier::new(threads + 1);
-    let (tallies, consumed, elapsed) = thread::scope(|scope| {
-        let consumer = scope.spawn(|| {
-            let mut kept = Vec::new();
-            let mut count = 0u64;
-            loop {
-                match sink.pop() {
-                    Some(event) => {
-                        count += 1;
-                        if !options.no_verify {
-                            kept.push(event);
-                        }
-                    }
-                    // Ordering: Acquire pairs with the Release store after the bidders
-                    // joined: every event they pushed is visible to the final drain.
-                    None if done.load(Ordering::Acquire) => {
-                        while let Some(event) = sink.pop() {
-                            count += 1;
-                            if !options.no_verify {
-                                kept.push(event);
-                            }
-                        }
-                        return (count, kept);
-                    }
-                    None => thread::yield_now(),
-                }
-            }
-        });
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let (engine, sink, zipf, kinds, bidders, start_line) =
-                    (&engine, &sink, &zipf, &kinds, &bidders, &start_line);
-                let share = options.bids / threads as u64
-                    + u64::from((t as u64) < options.bids % threads as u64);
-                let seed = options.seed.wrapping_add(t as u64);
-                scope.spawn(move || {
-                    start_line.wait();
-                    let desk = Desk {
-                        engine,
-                        durability: Durability { node: None },
-                        ack_log: None,
-                        zipf,
-                        kinds,
-                        bidders,
-                        first_auction: 0,
-                        epoch: 0,
-                        thread_index: t,
-                    };
-                    bid_loop(&desk, sink, share, seed)
-                })
-            })
-            .collect();
-        start_line.wait();
-        let started = Instant::now();
-        let tallies: Vec<Tally> = workers
-            .into_iter()
-            .map(|w| w.join().expect("a bidder thread panicked"))
-            .collect();
-        let elapsed = started.elapsed();
-        // Ordering: Release; see the consumer.
-        done.store(true, Ordering::Release);
-        let consumed = consumer.join().expect("the consumer thread panicked");
-        (tallies, consumed, elapsed)
-    });
-    let (events_consumed, mut kept) = consumed;
+    let desks = Desks {
+        zipf: &zipf,
+        kinds: &kinds,
+        bidders: &bidders,
+        day,
+    };
+    let (tallies, elapsed) = venue.drain_during(|| bid_all(options, venue, &desks));
+    venue.after_bidding()?;
 
     // The day is over: the timer closes everything, soft-close extensions included.
-    let close_sink = BoundedSink::new(QUEUE_EVENTS_MAX, 100);
-    let mut closing_events = Vec::new();
-    let close_at = UnixMicros(DAY_US + 10 * DAY_US);
-    while !engine.close_due(close_at, 1_024, &close_sink).is_empty() {
-        while let Some(event) = close_sink.pop() {
-            closing_events.push(event);
-        }
-    }
-    let settlements = settlements_of(&engine, 0, options.auctions, close_at);
+    let close_at = UnixMicros(day.epoch + DAY_US + 10 * DAY_US);
+    venue.close_all(close_at)?;
+    let engine = venue.engine();
+    let settlements = settlements_of(engine, day.first_auction, options.auctions, close_at);
     ensure!(
         settlements.len() as u64 == options.auctions,
         "{} of {} auctions settled",
         settlements.len(),
         options.auctions
     );
-
-    let state_hash = engine.state_hash();
-    let replay_verified = if options.no_verify {
-        None
-    } else {
-        let fresh = Engine::new(*engine.config());
-        let mut replayer = Replayer::new(&fresh);
-        let log = created
-            .iter()
-            .chain(kept.iter())
-            .chain(closing_events.iter());
-        for event in log {
-            replayer
-                .apply(event)
-                .context("replaying the simulation's events")?;
-        }
-        ensure!(
-            replayer.finish().missing_tail.is_empty(),
-            "replay left decisions half-applied"
-        );
-        Some(fresh.state_hash() == state_hash)
-    };
-    kept.clear();
-
     let mut report = Report {
         decisions: 0,
         elapsed,
         accepted: 0,
         rejected: BTreeMap::new(),
-        events: created.len() as u64 + events_consumed + closing_events.len() as u64,
+        events: 0,
         settlements,
-        state_hash,
-        replay_verified,
+        state_hash: engine.state_hash(),
+        replay_verified: None,
         durable: None,
         show: options.show,
     };
-    for tally in tallies {
+    for tally in &tallies {
         report.decisions += tally.decisions;
         report.accepted += tally.accepted;
-        for (reason, n) in tally.rejected {
+        for (reason, n) in &tally.rejected {
             *report.rejected.entry(reason).or_default() += n;
         }
     }
-    Ok(report)
+    Ok((report, tallies))
 }
 
-/// The durable mode: the simulation on a [`Node`] over `options.data_dir`.
-fn run_durable(options: &Options) -> Result<Report> {
-    let config = NodeConfig {
-        snapshot_every_records: options.snapshot_every_records,
-        kafka: options.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
-            brokers: brokers.clone(),
-            topic: options.kafka_topic.clone(),
-            writer_lease_ms: options.kafka_writer_lease_ms,
-            ..KafkaConfig::default()
-        }),
-        ..NodeConfig::default()
-    };
-    let ack_log = options.ack_log.as_deref().map(AckLog::open).transpose()?;
-    let (node, recovered) = Node::open(&options.data_dir, config.clone())
-        .with_context(|| format!("starting on {}", options.data_dir.display()))?;
-    let engine = node.engine();
-    let auctions_max = engine.config().auctions_max as u64;
-    ensure!(
-        engine.len() as u64 + options.auctions <= auctions_max,
-        "{} holds {} auctions; {} more would pass the limit of {auctions_max}: use another --data-dir",
-        options.data_dir.display(),
-        engine.len(),
-        options.auctions
-    );
-    // This run's day: new auction ids after the recovered ones, and engine time after the
-    // latest end among them, so the log reads in time order.
-    let mut first_auction = engine.len() as u64;
-    while engine.auction_seq(AuctionId(first_auction)).is_some() {
-        first_auction += 1;
-    }
-    let epoch = engine
-        .snapshot()
-        .iter()
-        .map(|state| state.ends_at.0)
-        .max()
-        .map_or(0, |latest| latest + DAY_US);
-    let zipf =
-        Zipf::new(options.auctions as f64, options.zipf.max(0.0)).context("bad --zipf exponent")?;
+/// What every desk of a run shares.
+struct Desks<'a> {
+    zipf: &'a Zipf<f64>,
+    /// The kinds of this run's auctions, by id − `first_auction`.
+    kinds: &'a [AuctionKind],
+    bidders: &'a [BidderId],
+    day: Day,
+}
 
-    let mut kinds = Vec::new();
-    for i in first_auction..first_auction + options.auctions {
-        let spec = demo_rules(i, epoch)?;
-        kinds.push(spec.rules().kind.clone());
-        loop {
-            match node.create_auction(spec.clone(), UnixMicros(epoch)) {
-                Ok(_) => break,
-                Err(gavel_engine::CreateError::Overloaded { .. }) => {
-                    if let Some(failure) = node.failure() {
-                        bail!("the log failed: {failure}");
-                    }
-                    thread::sleep(OVERLOADED_SLEEP);
-                }
-                Err(e) => return Err(e).context("creating the demo auctions"),
-            }
-        }
-    }
-    let bidders: Vec<BidderId> = (0..BIDDERS)
-        .map(|b| BidderId::new(&format!("sim-bidder-{b:02}")))
-        .collect::<Result<_, _>>()?;
-
+/// Runs `options.threads` desks from one start line; returns their tallies and the time from
+/// the start to the last one's end.
+fn bid_all<V: Venue>(options: &Options, venue: &V, desks: &Desks<'_>) -> (Vec<Tally>, Duration) {
     let threads = options.threads;
     let start_line = Barrier::new(threads + 1);
-    let (tallies, elapsed) = thread::scope(|scope| {
+    thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 let share = options.bids / threads as u64
                     + u64::from((t as u64) < options.bids % threads as u64);
                 let seed = options.seed.wrapping_add(t as u64);
                 let desk = Desk {
-                    engine,
-                    durability: Durability { node: Some(&node) },
-                    ack_log: ack_log.as_ref(),
-                    zipf: &zipf,
-                    kinds: &kinds,
-                    bidders: &bidders,
-                    first_auction,
-                    epoch,
+                    engine: venue.engine(),
+                    durability: Durability { node: venue.node() },
+                    ack_log: venue.ack_log(),
+                    zipf: desks.zipf,
+                    kinds: desks.kinds,
+                    bidders: desks.bidders,
+                    first_auction: desks.day.first_auction,
+                    epoch: desks.day.epoch,
                     thread_index: t,
                 };
-                let (node, start_line) = (&node, &start_line);
+                let start_line = &start_line;
                 scope.spawn(move || {
                     start_line.wait();
-                    bid_loop(&desk, node.sink(), share, seed)
+                    bid_loop(&desk, venue.sink(), share, seed)
                 })
             })
             .collect();
@@ -605,90 +489,236 @@ fn run_durable(options: &Options) -> Result<Report> {
             .map(|w| w.join().expect("a bidder thread panicked"))
             .collect();
         (tallies, started.elapsed())
-    });
-    if let Some(failure) = node.failure() {
-        bail!("the log failed during the run; nothing after it was acknowledged: {failure}");
-    }
-    // Ordering: read after the bidders joined.
-    if ack_log
-        .as_ref()
-        .is_some_and(|l| l.failed.load(Ordering::Relaxed))
-    {
-        bail!("writing the ack log failed; the bidders stopped");
+    })
+}
+
+/// The in-memory mode: the engine's events go to a bounded queue, drained as they come and
+/// kept (unless `--no-verify`) for the replay check.
+struct InMemory {
+    engine: Engine,
+    sink: BoundedSink,
+    keep: bool,
+    /// Every event of the run in order (when kept) and their count.
+    log: Mutex<(Vec<Event>, u64)>,
+}
+
+impl InMemory {
+    fn new(options: &Options) -> Result<InMemory> {
+        if !options.no_verify && options.bids > VERIFY_BIDS_MAX {
+            bail!(
+                "verifying replay keeps every event in memory: use --bids <= {VERIFY_BIDS_MAX} or --no-verify"
+            );
+        }
+        Ok(InMemory {
+            engine: Engine::new(EngineConfig {
+                auctions_max: usize::try_from(options.auctions)?.max(1),
+                ..EngineConfig::default()
+            }),
+            sink: BoundedSink::new(QUEUE_EVENTS_MAX, 100),
+            keep: !options.no_verify,
+            log: Mutex::new((Vec::new(), 0)),
+        })
     }
 
-    // The day is over: the timer closes everything; settlements are announced once durable.
-    let close_at = UnixMicros(epoch + DAY_US + 10 * DAY_US);
-    let deadline = Instant::now() + DURABLE_WAIT_MAX;
-    let mut last_close = Receipt::NONE;
-    loop {
-        let closed = node.close_due(close_at, 1_024);
-        last_close = closed
-            .iter()
-            .map(|c| c.receipt)
-            .fold(last_close, Receipt::max);
-        if closed.is_empty() {
-            // Nothing closed: done, unless the log refused some (back-pressure).
-            if engine.next_due().is_none_or(|due| due > close_at) {
-                break;
+    /// Moves what the queue holds to the log.
+    fn drain(&self) {
+        let mut log = self.log.lock().expect("log mutex poisoned");
+        while let Some(event) = self.sink.pop() {
+            log.1 += 1;
+            if self.keep {
+                log.0.push(event);
             }
-            if let Some(failure) = node.failure() {
-                bail!("the log failed while closing: {failure}");
-            }
-            ensure!(Instant::now() < deadline, "closing the auctions timed out");
-            thread::sleep(OVERLOADED_SLEEP);
         }
     }
-    node.wait_durable(last_close, DURABLE_WAIT_MAX)
-        .context("waiting for the settlements to be durable")?;
-    let settlements = settlements_of(engine, first_auction, options.auctions, close_at);
-    ensure!(
-        settlements.len() as u64 == options.auctions,
-        "{} of {} auctions settled",
-        settlements.len(),
-        options.auctions
-    );
 
-    let state_hash = engine.state_hash();
-    let wal = node.wal().metrics();
-    let final_lsn = node.shutdown(false)?;
-    drop(node);
-    let replay_verified = if options.no_verify {
+    /// Replays the log into a fresh engine (unless `--no-verify`) and completes the report.
+    fn verify(self, options: &Options, mut report: Report) -> Result<Report> {
+        let (kept, events) = self.log.into_inner().expect("log mutex poisoned");
+        report.events = events;
+        if options.no_verify {
+            return Ok(report);
+        }
+        let fresh = Engine::new(*self.engine.config());
+        let mut replayer = Replayer::new(&fresh);
+        for event in &kept {
+            replayer
+                .apply(event)
+                .context("replaying the simulation's events")?;
+        }
+        ensure!(
+            replayer.finish().missing_tail.is_empty(),
+            "replay left decisions half-applied"
+        );
+        report.replay_verified = Some(fresh.state_hash() == report.state_hash);
+        Ok(report)
+    }
+}
+
+impl Venue for InMemory {
+    type Sink = BoundedSink;
+
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn sink(&self) -> &BoundedSink {
+        &self.sink
+    }
+
+    fn node(&self) -> Option<&Node> {
         None
-    } else {
-        let (reopened, report) = Node::open(
-            &options.data_dir,
-            NodeConfig {
-                snapshot_every_records: 0,
-                ..config
-            },
-        )
-        .context("reopening the data directory to verify it")?;
-        reopened.shutdown(false)?;
-        Some(report.state_hash == state_hash)
-    };
+    }
 
-    let mut report = Report {
-        decisions: 0,
-        elapsed,
-        accepted: 0,
-        rejected: BTreeMap::new(),
-        events: final_lsn - recovered.last_lsn,
-        settlements,
-        state_hash,
-        replay_verified,
-        durable: None,
-        show: options.show,
-    };
+    fn ack_log(&self) -> Option<&AckLog> {
+        None
+    }
+
+    fn create(&self, spec: AuctionSpec, now: UnixMicros) -> Result<()> {
+        self.engine.create_auction(spec, now, &self.sink)?;
+        // Nothing drains the queue yet: drain as we go.
+        self.drain();
+        Ok(())
+    }
+
+    fn drain_during<R: Send>(&self, bidding: impl FnOnce() -> R + Send) -> R {
+        let done = AtomicBool::new(false);
+        thread::scope(|scope| {
+            let consumer = scope.spawn(|| {
+                // Ordering: Acquire pairs with the Release store after the bidders joined:
+                // every event they pushed is visible to the final drain.
+                while !done.load(Ordering::Acquire) {
+                    self.drain();
+                    thread::yield_now();
+                }
+                self.drain();
+            });
+            let result = bidding();
+            // Ordering: Release; see the consumer.
+            done.store(true, Ordering::Release);
+            consumer.join().expect("the consumer thread panicked");
+            result
+        })
+    }
+
+    fn after_bidding(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn close_all(&self, close_at: UnixMicros) -> Result<()> {
+        while !self
+            .engine
+            .close_due(close_at, 1_024, &self.sink)
+            .is_empty()
+        {
+            self.drain();
+        }
+        self.drain();
+        Ok(())
+    }
+}
+
+/// The durable mode: the simulation on a [`Node`] over `options.data_dir`.
+struct OnNode {
+    node: Node,
+    config: NodeConfig,
+    recovered: RecoveryReport,
+    ack_log: Option<AckLog>,
+}
+
+impl OnNode {
+    fn open(options: &Options) -> Result<OnNode> {
+        let config = NodeConfig {
+            snapshot_every_records: options.snapshot_every_records,
+            kafka: options.kafka_brokers.as_ref().map(|brokers| KafkaConfig {
+                brokers: brokers.clone(),
+                topic: options.kafka_topic.clone(),
+                writer_lease_ms: options.kafka_writer_lease_ms,
+                ..KafkaConfig::default()
+            }),
+            ..NodeConfig::default()
+        };
+        let ack_log = options.ack_log.as_deref().map(AckLog::open).transpose()?;
+        let (node, recovered) = Node::open(&options.data_dir, config.clone())
+            .with_context(|| format!("starting on {}", options.data_dir.display()))?;
+        Ok(OnNode {
+            node,
+            config,
+            recovered,
+            ack_log,
+        })
+    }
+
+    /// This run's day: new auction ids after the recovered ones, and engine time after the
+    /// latest end among them, so the log reads in time order.
+    fn day(&self, options: &Options) -> Result<Day> {
+        let engine = self.node.engine();
+        let auctions_max = engine.config().auctions_max as u64;
+        ensure!(
+            engine.len() as u64 + options.auctions <= auctions_max,
+            "{} holds {} auctions; {} more would pass the limit of {auctions_max}: use another --data-dir",
+            options.data_dir.display(),
+            engine.len(),
+            options.auctions
+        );
+        let mut first_auction = engine.len() as u64;
+        while engine.auction_seq(AuctionId(first_auction)).is_some() {
+            first_auction += 1;
+        }
+        let epoch = engine
+            .snapshot()
+            .iter()
+            .map(|state| state.ends_at.0)
+            .max()
+            .map_or(0, |latest| latest + DAY_US);
+        Ok(Day {
+            first_auction,
+            epoch,
+        })
+    }
+
+    /// Stops the node, reopens the data directory to check the recovered state hash (unless
+    /// `--no-verify`), and completes the report with the durable part.
+    fn finish(
+        self,
+        options: &Options,
+        day: Day,
+        mut report: Report,
+        tallies: Vec<Tally>,
+    ) -> Result<Report> {
+        let wal = self.node.wal().metrics();
+        let final_lsn = self.node.shutdown(false)?;
+        drop(self.node);
+        if !options.no_verify {
+            let config = NodeConfig {
+                snapshot_every_records: 0,
+                ..self.config
+            };
+            let (reopened, recovered) = Node::open(&options.data_dir, config)
+                .context("reopening the data directory to verify it")?;
+            reopened.shutdown(false)?;
+            report.replay_verified = Some(recovered.state_hash == report.state_hash);
+        }
+        report.events = final_lsn - self.recovered.last_lsn;
+        let (durable_acks, ack_latency_us) = ack_latencies(tallies)?;
+        report.durable = Some(DurableReport {
+            data_dir: options.data_dir.clone(),
+            recovered: self.recovered,
+            first_auction: day.first_auction,
+            durable_acks,
+            ack_latency_us,
+            wal,
+            final_lsn,
+        });
+        Ok(report)
+    }
+}
+
+/// The durable acks the desks observed, and their latency's p50, p99, p99.9 and max in µs.
+fn ack_latencies(tallies: Vec<Tally>) -> Result<(u64, Option<[u64; 4]>)> {
     let mut latency: Option<Histogram<u64>> = None;
     let mut durable_acks = 0;
     for tally in tallies {
         ensure!(!tally.stopped, "a bidder stopped early: the log failed");
-        report.decisions += tally.decisions;
-        report.accepted += tally.accepted;
-        for (reason, n) in tally.rejected {
-            *report.rejected.entry(reason).or_default() += n;
-        }
         if let Some(acks) = tally.acks {
             durable_acks += acks.latency_us.len();
             match &mut latency {
@@ -699,23 +729,98 @@ fn run_durable(options: &Options) -> Result<Report> {
             }
         }
     }
-    report.durable = Some(DurableReport {
-        data_dir: options.data_dir.clone(),
-        recovered,
-        first_auction,
-        durable_acks,
-        ack_latency_us: latency.filter(|h| !h.is_empty()).map(|h| {
-            [
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-            ]
-        }),
-        wal,
-        final_lsn,
+    let quantiles = latency.filter(|h| !h.is_empty()).map(|h| {
+        [
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+        ]
     });
-    Ok(report)
+    Ok((durable_acks, quantiles))
+}
+
+impl Venue for OnNode {
+    type Sink = WalSink;
+
+    fn engine(&self) -> &Engine {
+        self.node.engine()
+    }
+
+    fn sink(&self) -> &WalSink {
+        self.node.sink()
+    }
+
+    fn node(&self) -> Option<&Node> {
+        Some(&self.node)
+    }
+
+    fn ack_log(&self) -> Option<&AckLog> {
+        self.ack_log.as_ref()
+    }
+
+    fn create(&self, spec: AuctionSpec, now: UnixMicros) -> Result<()> {
+        loop {
+            match self.node.create_auction(spec.clone(), now) {
+                Ok(_) => return Ok(()),
+                Err(gavel_engine::CreateError::Overloaded { .. }) => {
+                    if let Some(failure) = self.node.failure() {
+                        bail!("the log failed: {failure}");
+                    }
+                    thread::sleep(OVERLOADED_SLEEP);
+                }
+                Err(e) => return Err(e).context("creating the demo auctions"),
+            }
+        }
+    }
+
+    fn drain_during<R: Send>(&self, bidding: impl FnOnce() -> R + Send) -> R {
+        // The log's writer drains the sink.
+        bidding()
+    }
+
+    fn after_bidding(&self) -> Result<()> {
+        if let Some(failure) = self.node.failure() {
+            bail!("the log failed during the run; nothing after it was acknowledged: {failure}");
+        }
+        // Ordering: read after the bidders joined.
+        if self
+            .ack_log
+            .as_ref()
+            .is_some_and(|l| l.failed.load(Ordering::Relaxed))
+        {
+            bail!("writing the ack log failed; the bidders stopped");
+        }
+        Ok(())
+    }
+
+    /// Settlements are final once durable: waits for the last close's receipt.
+    fn close_all(&self, close_at: UnixMicros) -> Result<()> {
+        let deadline = Instant::now() + DURABLE_WAIT_MAX;
+        let mut last_close = Receipt::NONE;
+        loop {
+            let closed = self.node.close_due(close_at, 1_024);
+            last_close = closed
+                .iter()
+                .map(|c| c.receipt)
+                .fold(last_close, Receipt::max);
+            if closed.is_empty() {
+                // Nothing closed: done, unless the log refused some (back-pressure).
+                if self.node.poll_timeout().is_none_or(|due| due > close_at) {
+                    break;
+                }
+                if let Some(failure) = self.node.failure() {
+                    bail!("the log failed while closing: {failure}");
+                }
+                ensure!(Instant::now() < deadline, "closing the auctions timed out");
+                thread::sleep(OVERLOADED_SLEEP);
+            }
+        }
+        self.node
+            .wait_durable(last_close, DURABLE_WAIT_MAX)
+            .context("waiting for the settlements to be durable")?;
+        Ok(())
+    }
 }
 
 /// The settlements of auctions `first..first + n`, by id.
@@ -784,31 +889,7 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
         let bid_id = BidId((thread_index as u128) << 64 | u128::from(i));
         // Kind index is the auction's index in this run, by construction of the demo.
         let kind = &kinds[usize::try_from(index).expect("auction indexes index kinds")];
-        let (amount, max) = match kind {
-            AuctionKind::English { start_price, .. } => {
-                let price = engine.price(id).and_then(|(p, _)| p);
-                let base = price.unwrap_or(*start_price);
-                let inc = increments.increment_at(base);
-                if rng.random_bool(0.2) {
-                    (base.saturating_sub(inc).max(1), None)
-                } else {
-                    let amount = base + inc * rng.random_range(1..=3);
-                    let max = rng
-                        .random_bool(0.1)
-                        .then(|| amount + inc * rng.random_range(0..50));
-                    (amount, max)
-                }
-            }
-            AuctionKind::SealedFirstPrice { min_bid }
-            | AuctionKind::SealedSecondPrice { min_bid } => {
-                (rng.random_range(*min_bid..*min_bid * 20), None)
-            }
-            AuctionKind::Dutch {
-                start_price,
-                floor_price,
-                ..
-            } => (rng.random_range(*floor_price..*start_price), None),
-        };
+        let (amount, max) = amount_for(kind, engine.price(id), &increments, &mut rng);
         // 1 % of bids are retries of this desk's last accepted bid.
         let bid = match last_accepted {
             Some(previous) if rng.random_bool(0.01) => previous,
@@ -817,58 +898,13 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
                 Err(_) => continue,
             },
         };
-        loop {
-            tally.decisions += 1;
-            let decision = engine.place_bid(&bid, now, sink);
-            match decision.outcome {
-                BidOutcome::Accepted(accepted) => {
-                    tally.accepted += 1;
-                    last_accepted = Some(bid);
-                    if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, decision.receipt) {
-                        acks.pending.push_back(PendingAck {
-                            lsn,
-                            at: Instant::now(),
-                            bid,
-                            seq: accepted.seq,
-                        });
-                    }
-                }
-                BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
-                    *tally.rejected.entry("overloaded").or_default() += 1;
-                    if durability.failed() {
-                        tally.stopped = true;
-                        return tally;
-                    }
-                    // The queue is full: let the consumer (or the log writer) catch up.
-                    match durability.node {
-                        Some(_) => thread::sleep(OVERLOADED_SLEEP),
-                        None => thread::yield_now(),
-                    }
-                    continue;
-                }
-                BidOutcome::Rejected(r) => *tally.rejected.entry(r.name()).or_default() += 1,
-            }
-            break;
+        let placed = place(engine, sink, durability, &bid, now, &mut tally);
+        if placed.is_none() || !keep_up_with_acks(&mut tally, durability, ack_log) {
+            tally.stopped = true;
+            return tally;
         }
-        if let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) {
-            if !acks.observe(node.wal().durable_lsn(), ack_log) {
-                tally.stopped = true;
-                return tally;
-            }
-            if acks.pending.len() >= ACKS_PENDING_MAX {
-                let oldest = acks.pending.front().map_or(0, |p| p.lsn);
-                if node
-                    .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
-                    .is_err()
-                {
-                    tally.stopped = true;
-                    return tally;
-                }
-                if !acks.observe(node.wal().durable_lsn(), ack_log) {
-                    tally.stopped = true;
-                    return tally;
-                }
-            }
+        if placed == Some(true) {
+            last_accepted = Some(bid);
         }
     }
     // The end of the desk's day: wait for its last acks.
@@ -882,33 +918,118 @@ fn bid_loop<S: EventSink>(desk: &Desk<'_>, sink: &S, share: u64, seed: u64) -> T
     tally
 }
 
+/// A desk's amount (and proxy maximum) for an auction of `kind` whose price word reads
+/// `price`: for English auctions mostly one to three increments over the price (a fifth too
+/// low, a tenth with a maximum), for the others anywhere in their range.
+fn amount_for(
+    kind: &AuctionKind,
+    price: Option<(Option<u64>, bool)>,
+    increments: &IncrementTable,
+    rng: &mut SmallRng,
+) -> (u64, Option<u64>) {
+    match kind {
+        AuctionKind::English { start_price, .. } => {
+            let base = price.and_then(|(p, _)| p).unwrap_or(*start_price);
+            let inc = increments.increment_at(base);
+            if rng.random_bool(0.2) {
+                (base.saturating_sub(inc).max(1), None)
+            } else {
+                let amount = base + inc * rng.random_range(1..=3);
+                let max = rng
+                    .random_bool(0.1)
+                    .then(|| amount + inc * rng.random_range(0..50));
+                (amount, max)
+            }
+        }
+        AuctionKind::SealedFirstPrice { min_bid } | AuctionKind::SealedSecondPrice { min_bid } => {
+            (rng.random_range(*min_bid..*min_bid * 20), None)
+        }
+        AuctionKind::Dutch {
+            start_price,
+            floor_price,
+            ..
+        } => (rng.random_range(*floor_price..*start_price), None),
+    }
+}
+
+/// Places `bid` until the engine decides it (an overloaded queue is waited out) and tallies
+/// the outcome; an accepted bid's durable ack becomes pending. Returns whether it was
+/// accepted, or `None` if the log failed.
+fn place<S: EventSink>(
+    engine: &Engine,
+    sink: &S,
+    durability: Durability<'_>,
+    bid: &Bid,
+    now: UnixMicros,
+    tally: &mut Tally,
+) -> Option<bool> {
+    loop {
+        tally.decisions += 1;
+        let decision = engine.place_bid(bid, now, sink);
+        match decision.outcome {
+            BidOutcome::Accepted(accepted) => {
+                tally.accepted += 1;
+                if let (Some(acks), Some(Receipt(lsn))) = (&mut tally.acks, decision.receipt) {
+                    acks.pending.push_back(PendingAck {
+                        lsn,
+                        at: Instant::now(),
+                        bid: *bid,
+                        seq: accepted.seq,
+                    });
+                }
+                return Some(true);
+            }
+            BidOutcome::Rejected(Rejection::Overloaded { .. }) => {
+                *tally.rejected.entry("overloaded").or_default() += 1;
+                if durability.failed() {
+                    return None;
+                }
+                // The queue is full: let the consumer (or the log writer) catch up.
+                match durability.node {
+                    Some(_) => thread::sleep(OVERLOADED_SLEEP),
+                    None => thread::yield_now(),
+                }
+            }
+            BidOutcome::Rejected(r) => {
+                *tally.rejected.entry(r.name()).or_default() += 1;
+                return Some(false);
+            }
+        }
+    }
+}
+
+/// Durable mode: releases the acks the log's durable LSN reached, and waits for the oldest
+/// when `ACKS_PENDING_MAX` are pending. `false` if the log or the ack log failed.
+fn keep_up_with_acks(
+    tally: &mut Tally,
+    durability: Durability<'_>,
+    ack_log: Option<&AckLog>,
+) -> bool {
+    let (Some(acks), Some(node)) = (&mut tally.acks, durability.node) else {
+        return true;
+    };
+    if !acks.observe(node.wal().durable_lsn(), ack_log) {
+        return false;
+    }
+    if acks.pending.len() >= ACKS_PENDING_MAX {
+        let oldest = acks.pending.front().map_or(0, |p| p.lsn);
+        if node
+            .wait_durable(Receipt(oldest), DURABLE_WAIT_MAX)
+            .is_err()
+        {
+            return false;
+        }
+        return acks.observe(node.wal().durable_lsn(), ack_log);
+    }
+    true
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         writeln!(f, "gavel simulate")?;
         if let Some(durable) = &self.durable {
-            writeln!(f, "  data dir       {}", durable.data_dir.display())?;
-            writeln!(f, "  start          {}", durable.recovered.summary())?;
-            if let Some(torn) = &durable.recovered.torn_tail {
-                writeln!(
-                    f,
-                    "  torn tail      truncated {} bytes of {} at byte offset {}",
-                    torn.bytes_removed,
-                    torn.path.display(),
-                    torn.offset
-                )?;
-            }
-            writeln!(
-                f,
-                "  recovered hash {}",
-                crate::hex(&durable.recovered.state_hash)
-            )?;
-            writeln!(
-                f,
-                "  this run       auctions #{}..#{}",
-                durable.first_auction,
-                durable.first_auction + self.settlements.len() as u64
-            )?;
+            durable.fmt_start(f, self.settlements.len() as u64)?;
         }
         writeln!(
             f,
@@ -922,6 +1043,33 @@ impl fmt::Display for Report {
             writeln!(f, "  rejected       {n} {reason}")?;
         }
         writeln!(f, "  events         {}", self.events)?;
+        self.fmt_settlements(f)?;
+        if let Some(durable) = &self.durable {
+            durable.fmt_end(f)?;
+        }
+        writeln!(f, "  state hash     {}", crate::hex(&self.state_hash))?;
+        let (verified, mismatch) = if self.durable.is_some() {
+            (
+                "data directory reopened: recovered state hash is the same",
+                "MISMATCH: the reopened data directory has another state hash",
+            )
+        } else {
+            (
+                "events replayed into a fresh engine: same state hash",
+                "MISMATCH: replayed state hash differs",
+            )
+        };
+        match self.replay_verified {
+            Some(true) => writeln!(f, "  replay         {verified}"),
+            Some(false) => writeln!(f, "  replay         {mismatch}"),
+            None => writeln!(f, "  replay         not verified (--no-verify)"),
+        }
+    }
+}
+
+impl Report {
+    /// The settlement totals and the first `show` settlements.
+    fn fmt_settlements(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sold = self
             .settlements
             .values()
@@ -948,44 +1096,58 @@ impl fmt::Display for Report {
                 None => writeln!(f, "    #{id:<6} {topic:<28} no winner")?,
             }
         }
-        if let Some(durable) = &self.durable {
-            match durable.ack_latency_us {
-                Some([p50, p99, p999, max]) => writeln!(
-                    f,
-                    "  durable acks   {} accepted bids acknowledged durable; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
-                    durable.durable_acks
-                )?,
-                None => writeln!(f, "  durable acks   none")?,
-            }
-            let w = &durable.wal;
+        Ok(())
+    }
+}
+
+impl DurableReport {
+    /// What the start recovered and which auctions this run of `auctions` used.
+    fn fmt_start(&self, f: &mut fmt::Formatter<'_>, auctions: u64) -> fmt::Result {
+        writeln!(f, "  data dir       {}", self.data_dir.display())?;
+        writeln!(f, "  start          {}", self.recovered.summary())?;
+        if let Some(torn) = &self.recovered.torn_tail {
             writeln!(
                 f,
-                "  wal            {} records in {} fdatasyncs ({:.1} records/sync, {:.0} µs/sync), {} refused by back-pressure, durable LSN {}",
-                w.records_written_total,
-                w.batches_synced_total,
-                w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
-                w.sync_latency_us_total as f64 / w.batches_synced_total.max(1) as f64,
-                w.backpressure_total,
-                durable.final_lsn
+                "  torn tail      truncated {} bytes of {} at byte offset {}",
+                torn.bytes_removed,
+                torn.path.display(),
+                torn.offset
             )?;
         }
-        writeln!(f, "  state hash     {}", crate::hex(&self.state_hash))?;
-        let (verified, mismatch) = if self.durable.is_some() {
-            (
-                "data directory reopened: recovered state hash is the same",
-                "MISMATCH: the reopened data directory has another state hash",
-            )
-        } else {
-            (
-                "events replayed into a fresh engine: same state hash",
-                "MISMATCH: replayed state hash differs",
-            )
-        };
-        match self.replay_verified {
-            Some(true) => writeln!(f, "  replay         {verified}"),
-            Some(false) => writeln!(f, "  replay         {mismatch}"),
-            None => writeln!(f, "  replay         not verified (--no-verify)"),
+        writeln!(
+            f,
+            "  recovered hash {}",
+            crate::hex(&self.recovered.state_hash)
+        )?;
+        writeln!(
+            f,
+            "  this run       auctions #{}..#{}",
+            self.first_auction,
+            self.first_auction + auctions
+        )
+    }
+
+    /// The durable acks' latency and the log's work.
+    fn fmt_end(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ack_latency_us {
+            Some([p50, p99, p999, max]) => writeln!(
+                f,
+                "  durable acks   {} accepted bids acknowledged durable; latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
+                self.durable_acks
+            )?,
+            None => writeln!(f, "  durable acks   none")?,
         }
+        let w = &self.wal;
+        writeln!(
+            f,
+            "  wal            {} records in {} fdatasyncs ({:.1} records/sync, {:.0} µs/sync), {} refused by back-pressure, durable LSN {}",
+            w.records_written_total,
+            w.batches_synced_total,
+            w.records_written_total as f64 / w.batches_synced_total.max(1) as f64,
+            w.sync_latency_us_total as f64 / w.batches_synced_total.max(1) as f64,
+            w.backpressure_total,
+            self.final_lsn
+        )
     }
 }
 

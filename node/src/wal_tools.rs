@@ -133,6 +133,34 @@ fn file_name(path: &Path) -> String {
 pub fn format_verify(dir: &Path, report: &VerifyReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "log        {}", dir.display());
+    format_segments(&mut s, report);
+    format_snapshots(&mut s, report);
+    match report.restore_from_lsn {
+        Some(0) => {
+            let _ = writeln!(s, "start      replays the log from its first record");
+        }
+        Some(lsn) => {
+            let _ = writeln!(
+                s,
+                "start      restores the snapshot at LSN {lsn}, replays from LSN {}",
+                lsn + 1
+            );
+        }
+        None => {}
+    }
+    match &report.problem {
+        None => {
+            let _ = writeln!(s, "result     ok");
+        }
+        Some(problem) => {
+            let _ = writeln!(s, "result     PROBLEM: {problem}");
+        }
+    }
+    s
+}
+
+/// The segments, the records they hold and the torn tail.
+fn format_segments(s: &mut String, report: &VerifyReport) {
     let _ = writeln!(s, "segments   {}", report.segments.len());
     for segment in &report.segments {
         let _ = writeln!(
@@ -171,6 +199,10 @@ pub fn format_verify(dir: &Path, report: &VerifyReport) -> String {
             let _ = writeln!(s, "torn tail  none");
         }
     }
+}
+
+/// The snapshots and their state.
+fn format_snapshots(s: &mut String, report: &VerifyReport) {
     let _ = writeln!(s, "snapshots  {}", report.snapshots.len());
     for snapshot in &report.snapshots {
         let status = match &snapshot.defect {
@@ -184,28 +216,6 @@ pub fn format_verify(dir: &Path, report: &VerifyReport) -> String {
             snapshot.lsn
         );
     }
-    match report.restore_from_lsn {
-        Some(0) => {
-            let _ = writeln!(s, "start      replays the log from its first record");
-        }
-        Some(lsn) => {
-            let _ = writeln!(
-                s,
-                "start      restores the snapshot at LSN {lsn}, replays from LSN {}",
-                lsn + 1
-            );
-        }
-        None => {}
-    }
-    match &report.problem {
-        None => {
-            let _ = writeln!(s, "result     ok");
-        }
-        Some(problem) => {
-            let _ = writeln!(s, "result     PROBLEM: {problem}");
-        }
-    }
-    s
 }
 
 fn dump(

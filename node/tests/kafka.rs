@@ -25,11 +25,17 @@
 //!   acknowledged bid; a node that cannot renew its lease (broker gone) stops acknowledging;
 //! - delivery outcomes and latencies are recorded as `gavel_wal_kafka_*` metrics;
 //! - a snapshot records the partitions' offsets: a restart replays only the records after
-//!   them, to the same state hash as a replay of the whole topic.
+//!   them, to the same state hash as a replay of the whole topic;
+//! - `gavel serve` stopped by SIGTERM while it recovers — waiting for an unreachable broker
+//!   (60 s connect timeout) or out another node's writer lease — exits 0 at once, says the
+//!   stop came during recovery, writes no snapshot, and a later start recovers.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -823,4 +829,155 @@ fn delivery_outcomes_and_latencies_are_metrics() {
     let delta = |series| series_value(&after, series) - series_value(&before, series);
     assert!(delta(persisted) >= 21.0, "{after}");
     assert!(delta(latencies) >= 21.0, "{after}");
+}
+
+/// `gavel serve` on the Kafka log `brokers`/`topic` in `dir`, its HTTPS and metrics ports
+/// free loopback ports chosen here (no listening line is printed before recovery ends):
+/// the child and its metrics address, where `/readyz` answers plain HTTP.
+fn serve_on_kafka(dir: &Path, brokers: &str, topic: &str, connect_ms: &str) -> (Child, SocketAddr) {
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(dir)
+        .args(["--quic-listen", "127.0.0.1:0", "--https-listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--metrics-listen")
+        .arg(metrics.to_string())
+        .args([
+            "--wal",
+            "kafka",
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            topic,
+        ])
+        .args(["--kafka-connect-timeout-ms", connect_ms])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gavel starts");
+    (child, metrics)
+}
+
+/// Waits until `/readyz` on `metrics` answers 503 `recovering` (and `child` still runs, so
+/// it is recovering), then `settle` more; sends SIGTERM and waits for the exit (at most
+/// 10 s, far below the wait the recovery is in): its status, stderr and how long it took.
+async fn sigterm_while_recovering(
+    mut child: Child,
+    metrics: SocketAddr,
+    settle: Duration,
+) -> (ExitStatus, String, Duration) {
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(metrics).await.is_err() {
+        assert!(started.elapsed() < WAIT, "the metrics port never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = common::https::plain_get(metrics, "/readyz").await;
+    assert_eq!((status.as_u16(), &body[..]), (503, &b"recovering\n"[..]));
+    tokio::time::sleep(settle).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it must still be recovering"
+    );
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!(
+                "still running 10 s after SIGTERM; stderr:\n{}",
+                reader.join().unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    (exit, reader.join().unwrap(), took)
+}
+
+/// What a stop during recovery must look like: exit status 0 (a requested stop, README),
+/// the log line saying so, and no snapshot written.
+fn assert_stopped_during_recovery(exit: ExitStatus, stderr: &str, snapshots: &Path) {
+    assert_eq!(exit.code(), Some(0), "stderr:\n{stderr}");
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+    assert!(
+        stderr.contains("stop requested during recovery: interrupting it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("interrupted: asked to stop during recovery"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stopped during recovery;"), "{stderr}");
+    assert!(!stderr.contains("listening quic="), "{stderr}");
+    let written = std::fs::read_dir(snapshots).map_or(0, |dir| dir.count());
+    assert_eq!(written, 0, "an interrupted recovery writes no snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_an_unreachable_broker_stops_at_once_with_status_0() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    // A 60 s connect wait: without the interrupt the stop would wait for all of it.
+    let (child, metrics) = serve_on_kafka(dir.path(), &brokers, "gavel-wal-stop", "60000");
+    let (exit, stderr, took) = sigterm_while_recovering(child, metrics, Duration::ZERO).await;
+    assert_stopped_during_recovery(exit, &stderr, &dir.path().join("kafka-gavel-wal-stop"));
+    assert!(!stderr.contains("did not answer within"), "{stderr}");
+    eprintln!("stop while connecting: exited {took:?} after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_out_another_nodes_writer_lease_stops_at_once() {
+    let broker = Broker::start();
+    // a holds a 60 s lease and beats every 20 s: b would wait about 40 s before refusing.
+    let base = KafkaConfig {
+        writer_lease_ms: 60_000,
+        owner: "node-a".to_owned(),
+        ..kafka(broker.bootstrap(), "gavel-wal-stop-lease")
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(dir_a.path(), config(base.clone())).unwrap();
+    let created = a.create_auction(english(1), UnixMicros(0)).unwrap();
+    a.wait_durable(created, WAIT).unwrap();
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let (child, metrics) = serve_on_kafka(dir_b.path(), &base.brokers, &base.topic, "10000");
+    // Reaching the broker takes milliseconds; two seconds on, b waits for a's lease.
+    let settle = Duration::from_secs(2);
+    let (exit, stderr, took) = sigterm_while_recovering(child, metrics, settle).await;
+    let snapshots = dir_b.path().join("kafka-gavel-wal-stop-lease");
+    assert_stopped_during_recovery(exit, &stderr, &snapshots);
+    assert!(!stderr.contains("is written by another node"), "{stderr}");
+
+    // Nothing half-written: once a releases the lease, a start on b's directory recovers
+    // a's state at once.
+    let hash = a.engine().state_hash();
+    a.shutdown(false).unwrap();
+    drop(a);
+    let b_config = KafkaConfig {
+        owner: "node-b".to_owned(),
+        ..base
+    };
+    let (b, report) = Node::open(dir_b.path(), config(b_config)).unwrap();
+    assert_eq!(b.engine().state_hash(), hash);
+    assert_eq!(report.auctions, 1);
+    b.shutdown(false).unwrap();
+    eprintln!("stop while waiting for the lease: exited {took:?} after SIGTERM");
 }

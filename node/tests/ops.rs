@@ -1,13 +1,21 @@
 //! The operations kit in `ops/` checked with the real tools and a live node:
 //! - the alert and recording rules with `promtool check rules` and their unit tests
-//!   (`promtool test rules`), and every alert's runbook link and test cases;
+//!   (`promtool test rules`), every alert's test cases, and its runbook section in
+//!   `docs/runbook.md` (meaning, how to confirm, what to do);
 //! - the Grafana dashboard (Grafana itself is not installable here): its structure, every
 //!   panel query as PromQL (`promtool check rules` on a rules file made of them), and every
 //!   metric it names present on a live node's `/metrics` after a short load — the node runs
 //!   the Kafka log against a real broker (tansu), so the Kafka panels are checked too;
 //! - a real Prometheus server (Debian's `prometheus`) on loopback, with the shipped scrape
-//!   config and rules, scraping a live node: killing the node fires `GavelDown`, restarting it
-//!   resolves it.
+//!   config and rules, scraping a live node: every recording rule yields a series from the
+//!   node's real metrics, killing the node fires `GavelDown`, restarting it resolves it;
+//! - the deployment kit: `systemd-analyze verify` on the unit, and `ops/cluster.sh` bringing
+//!   up a broker, two nodes (a writer and a standby) and Prometheus, and taking them down;
+//! - the TLS gauges on a live node: expiry times, and a broken certificate file failing its
+//!   reload until it is fixed;
+//! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
+//!   `--log-format json`, `gavel config print` (sources) and `gavel config check` (the
+//!   example production file `ops/gavel.example.toml` passes it and names every option).
 //!
 //! `promtool` and `prometheus` come with Debian's `prometheus` package (`ops/test.sh`
 //! installs it when missing). These tests fail, never skip, without them.
@@ -23,7 +31,8 @@ use std::time::{Duration, Instant};
 use common::exercise::exercise;
 use common::https::{WAIT, plain_get};
 use common::kafka::{Broker, free_port};
-use common::served::{serve_with_env, serve_with_metrics_on};
+use common::served::{serve, serve_with_env, serve_with_metrics_on};
+use common::{gavel, gavel_fails, gavel_ok};
 use gavel_transport::tls::dev;
 use hyper::StatusCode;
 use serde_json::Value;
@@ -89,6 +98,70 @@ fn alerts() -> Vec<(String, String)> {
         }
     }
     alerts
+}
+
+/// The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_section_that_says_what_it_means_how_to_confirm_and_what_to_do() {
+    let runbook =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbook.md"))
+            .unwrap();
+    // Each heading's anchor, with the text of its section.
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in runbook.lines() {
+        match line.trim_start_matches('#') {
+            heading if line.starts_with('#') => sections.push((anchor(heading), String::new())),
+            _ => {
+                if let Some((_, text)) = sections.last_mut() {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    for (name, url) in alerts() {
+        let wanted = url.strip_prefix(RUNBOOK_URL).unwrap();
+        let (_, text) = sections
+            .iter()
+            .find(|(anchor, _)| anchor == wanted)
+            .unwrap_or_else(|| panic!("docs/runbook.md has no section for {name} (#{wanted})"));
+        for part in ["**Meaning.**", "**Confirm.**", "**Do.**"] {
+            assert!(
+                text.contains(part),
+                "{name}'s runbook section has no {part}"
+            );
+        }
+    }
+    // Links inside the runbook land on a section.
+    for link in runbook.split("](#").skip(1) {
+        let target = link.split(')').next().unwrap();
+        assert!(
+            sections.iter().any(|(anchor, _)| anchor == target),
+            "docs/runbook.md links to #{target}, which is no heading"
+        );
+    }
+}
+
+/// The names of the rules file's recording rules.
+fn recording_rules() -> Vec<String> {
+    let text = std::fs::read_to_string(rules_file()).unwrap();
+    let rules: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- record: "))
+        .map(str::to_owned)
+        .collect();
+    assert!(rules.len() >= 6, "{rules:?}");
+    rules
 }
 
 #[test]
@@ -286,20 +359,27 @@ async fn every_metric_the_dashboard_reads_is_on_a_live_node() {
     let certs = dev::ensure(&data_dir.join("certs")).unwrap();
     exercise(&served, &certs).await;
 
-    let wanted: BTreeSet<String> = queries(&dashboard())
+    let mut wanted: BTreeSet<String> = queries(&dashboard())
         .iter()
         .flat_map(|(_, _, expr)| metric_names(expr).into_iter().map(str::to_owned))
         .collect();
+    // The series the Kafka delivery alert reads start at 0 (its first failure is an increase).
+    wanted.extend(
+        ["not_persisted", "possibly_persisted", "error"]
+            .map(|status| format!(r#"gavel_wal_kafka_deliveries_total{{status="{status}"}}"#)),
+    );
     // The log's gauges come with their once-a-second refresh; the rest with the load.
     let started = Instant::now();
     loop {
         let (status, body) = plain_get(served.metrics, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         let text = String::from_utf8(body.to_vec()).unwrap();
+        // Each sample's name, and its name with its labels.
         let exposed: BTreeSet<&str> = text
             .lines()
             .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.split(['{', ' ']).next())
+            .flat_map(|line| [line.split(['{', ' ']).next(), line.split(' ').next()])
+            .flatten()
             .collect();
         let missing: Vec<&String> = wanted
             .iter()
@@ -423,6 +503,43 @@ impl Prometheus {
             .collect()
     }
 
+    /// Checks every alert of the rules file is loaded, then waits until the node is scraped
+    /// and ready.
+    async fn wait_for_rules_and_a_ready_node(&self) {
+        let rules = self.api("/api/v1/rules").await;
+        let alerting = rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|group| group["rules"].as_array().unwrap())
+            .filter(|rule| rule["type"] == "alerting")
+            .count();
+        assert_eq!(alerting, alerts().len(), "{rules}");
+        let started = Instant::now();
+        loop {
+            let ready = self.api("/api/v1/query?query=gavel_ready").await;
+            if ready["result"][0]["value"][1] == "1" {
+                return;
+            }
+            self.poll_pause(started, "the node scraped and ready").await;
+        }
+    }
+
+    /// Waits until every recording rule of the rules file has a series.
+    async fn wait_for_every_recording_rule(&self) {
+        for rule in recording_rules() {
+            let started = Instant::now();
+            loop {
+                let answer = self.api(&format!("/api/v1/query?query={rule}")).await;
+                if answer["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                    break;
+                }
+                self.poll_pause(started, &format!("a series of {rule}"))
+                    .await;
+            }
+        }
+    }
+
     /// Fails with Prometheus's log once [`PROMETHEUS_WAIT`] has passed since `started`, else
     /// sleeps a poll period.
     async fn poll_pause(&self, started: Instant, what: &str) {
@@ -451,28 +568,13 @@ async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_o
     let prometheus = Prometheus::start(metrics).await;
     let instance = metrics.to_string();
 
-    // The shipped rules are loaded, and the node is scraped and ready.
-    let rules = prometheus.api("/api/v1/rules").await;
-    let alerting = rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|group| group["rules"].as_array().unwrap())
-        .filter(|rule| rule["type"] == "alerting")
-        .count();
-    assert_eq!(alerting, alerts().len(), "{rules}");
-    let started = Instant::now();
-    loop {
-        let ready = prometheus.api("/api/v1/query?query=gavel_ready").await;
-        if ready["result"][0]["value"][1] == "1" {
-            break;
-        }
-        prometheus
-            .poll_pause(started, "the node scraped and ready")
-            .await;
-    }
-    // A few evaluations of a healthy node: nothing pending, nothing firing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    prometheus.wait_for_rules_and_a_ready_node().await;
+    // Some load, then every recording rule yields a series from the real metric names and
+    // labels (the unit tests feed the rules made-up series; this is the real node's).
+    let certs = dev::ensure(&data_dir.join("certs")).unwrap();
+    exercise(&served, &certs).await;
+    prometheus.wait_for_every_recording_rule().await;
+    // A healthy node: nothing pending, nothing firing.
     assert_eq!(
         prometheus.alerts().await,
         [],
@@ -509,4 +611,396 @@ async fn a_real_prometheus_fires_gavel_down_when_the_node_dies_and_resolves_it_o
         })
         .await;
     drop(served);
+}
+
+/// The commit `gavel --version` names (`gavel 0.1.0 (commit 1a2b3c4d5e6f)`).
+fn version_commit() -> String {
+    let (stdout, _) = gavel_ok(&["--version"]);
+    let version = format!("gavel {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = stdout
+        .trim()
+        .strip_prefix(&version)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("gavel --version: {stdout:?}"));
+    // A git checkout gives 12 hex digits; a build without git says so.
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit:?}"
+    );
+    commit.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_healthz_and_build_info_name_the_same_build() {
+    let commit = version_commit();
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(&dir.path().join("data"));
+    let (status, body) = plain_get(served.metrics, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(body, format!("ok version={version} commit={commit}\n"));
+    let (_, metrics) = plain_get(served.metrics, "/metrics").await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    let info = format!(r#"gavel_build_info{{version="{version}",commit="{commit}"}} 1"#);
+    assert!(metrics.contains(&info), "no {info} in:\n{metrics}");
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    let (_, stderr) = gavel_ok(&["--log-format", "json", "cert", "--dir", certs]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "cert logs what it made");
+    for line in lines {
+        let event: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        for field in ["timestamp", "level", "message", "target"] {
+            assert!(event[field].is_string(), "no {field} in {line}");
+        }
+    }
+    // The default is text, which is not JSON.
+    let again = dir.path().join("again");
+    let (_, stderr) = gavel_ok(&["cert", "--dir", again.to_str().unwrap()]);
+    let first = stderr.lines().next().unwrap();
+    assert!(serde_json::from_str::<Value>(first).is_err(), "{first}");
+    let (_, stderr) = gavel_fails(&["--log-format", "xml", "cert"]);
+    assert!(stderr.contains("invalid value 'xml'"), "{stderr}");
+}
+
+#[test]
+fn config_print_shows_each_value_with_its_source_and_its_output_is_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gavel.toml");
+    std::fs::write(
+        &file,
+        "dev = true\nframe_bytes_max = 4096\nidle_timeout_ms = 1\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args([
+            "config",
+            "print",
+            "--config",
+            file,
+            "--quic-listen",
+            "127.0.0.1:9999",
+        ])
+        .env("GAVEL_IDLE_TIMEOUT_MS", "5000")
+        .output()
+        .unwrap();
+    assert_success("gavel config print", &output);
+    let printed = String::from_utf8(output.stdout).unwrap();
+    for line in [
+        format!("frame_bytes_max = 4096 # file {file}"),
+        "idle_timeout_ms = 5000 # env GAVEL_IDLE_TIMEOUT_MS".to_owned(),
+        r#"quic_listen = "127.0.0.1:9999" # flag --quic-listen"#.to_owned(),
+        "# connections_max = 10000 # default".to_owned(),
+        r#"# data_dir = "./data" # default"#.to_owned(),
+        "# metrics_listen is not set # default (see gavel serve --help)".to_owned(),
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "no {line:?} in:\n{printed}"
+        );
+    }
+    // What it printed configures the same node.
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &printed).unwrap();
+    gavel_ok(&["config", "check", again.to_str().unwrap()]);
+    // An invalid combination is printed, then refused.
+    let out = gavel(&["config", "print", "--dev", "--engine-shards", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("engine_shards = 3 # flag"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("engine_shards must be a power of two"));
+}
+
+#[test]
+fn config_check_accepts_the_example_production_file_which_names_every_option() {
+    let example = ops_dir().join("gavel.example.toml");
+    let (stdout, _) = gavel_ok(&["config", "check", example.to_str().unwrap()]);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let command = gavel_node::serve::config::command();
+    for arg in command.get_arguments() {
+        let key = arg.get_id().as_str();
+        if key == "config" {
+            continue;
+        }
+        let named = text.lines().any(|line| {
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(" = "))
+        });
+        assert!(named, "ops/gavel.example.toml does not name {key}");
+    }
+    // A mistyped key, or a bad value, is refused naming it.
+    let dir = tempfile::tempdir().unwrap();
+    for (content, needle) in [
+        (text.replace("dev = false", "devv = false"), "devv"),
+        (
+            text.replace("# engine_shards = 64", "engine_shards = 3"),
+            "engine_shards",
+        ),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, content).unwrap();
+        let (_, stderr) = gavel_fails(&["config", "check", bad.to_str().unwrap()]);
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(ops_dir().join("systemd/gavel.service")).unwrap();
+    for directive in [
+        "User=gavel",
+        "StateDirectory=gavel",
+        "LimitNOFILE=65536",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/local/bin/gavel --log-format json serve --config /etc/gavel/gavel.toml",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == directive),
+            "no {directive:?} in the unit"
+        );
+    }
+    // systemd-analyze wants the binary to exist: the built one stands in for the installed.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("gavel.service");
+    let unit = unit.replace("/usr/local/bin/gavel", env!("CARGO_BIN_EXE_gavel"));
+    std::fs::write(&copy, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is needed");
+    assert_success("systemd-analyze verify", &verify);
+    // An unknown or misspelt directive is only a warning for systemd: none may be printed.
+    assert!(
+        verify.stderr.is_empty() && verify.stdout.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// A `PORT_BASE` for `ops/cluster.sh` with two nodes whose every port is free now.
+fn free_port_base() -> u16 {
+    let offsets = [90, 92, 143, 144, 164, 243, 244, 264];
+    (20_000..30_000)
+        .step_by(1_000)
+        .find(|base: &u16| {
+            offsets.iter().all(|offset| {
+                std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", base + offset)).is_ok()
+            })
+        })
+        .expect("a free range of loopback ports")
+}
+
+/// `ops/cluster.sh 2` running on ports from a free base; stopped (SIGTERM, as Ctrl-C would)
+/// when dropped, so a failing test leaves nothing running.
+struct Cluster {
+    script: Option<Child>,
+    base: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the script and waits for its `ready` line.
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_port_base();
+        let mut script = Command::new(ops_dir().join("cluster.sh"))
+            .arg("2")
+            .env("GAVEL_BIN", env!("CARGO_BIN_EXE_gavel"))
+            .env("CLUSTER_DIR", dir.path())
+            .env("PORT_BASE", base.to_string())
+            .env("PATH", tansu_on_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = script.stdout.take().unwrap();
+        let cluster = Cluster {
+            script: Some(script),
+            base,
+            dir,
+        };
+        let lines = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .take_while(|line| line != "ready")
+                .collect::<Vec<String>>()
+        });
+        let lines = tokio::time::timeout(PROMETHEUS_WAIT, lines).await;
+        let logs = cluster.dir.path().display();
+        let Ok(Ok(lines)) = lines else {
+            panic!("cluster.sh did not come up; logs in {logs}");
+        };
+        assert!(
+            lines
+                .first()
+                .is_some_and(|l| l.starts_with("cluster up in")),
+            "{lines:?}"
+        );
+        cluster
+    }
+
+    /// The loopback address `PORT_BASE + offset`.
+    fn port(&self, offset: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.base + offset))
+    }
+
+    /// SIGTERMs the script and waits for it.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut script = self.script.take()?;
+        let _ = Command::new("kill").arg(script.id().to_string()).status();
+        Some(script.wait().unwrap())
+    }
+
+    /// Waits until Prometheus has scraped both nodes.
+    async fn wait_for_both_scraped(&self) {
+        let started = Instant::now();
+        loop {
+            let (_, body) = plain_get(self.port(90), "/api/v1/query?query=up").await;
+            let answer: Value = serde_json::from_slice(&body).unwrap();
+            let up = answer["data"]["result"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
+            if up == 2 {
+                return;
+            }
+            assert!(
+                started.elapsed() < PROMETHEUS_WAIT,
+                "prometheus never saw both: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits (at most [`PROMETHEUS_WAIT`]) until something accepts connections on `addr`.
+async fn wait_for_listener(addr: SocketAddr) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < PROMETHEUS_WAIT,
+            "nothing listens on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_them() {
+    let mut cluster = Cluster::start().await;
+    // The writer is ready; the standby answers but waits for the lease.
+    let started = Instant::now();
+    while plain_get(cluster.port(164), "/readyz").await.0 != StatusCode::OK {
+        assert!(started.elapsed() < PROMETHEUS_WAIT, "node 1 never ready");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A standby start is refused once it has seen the writer renew its lease, and the script
+    // starts it again: catch it while it waits.
+    wait_for_listener(cluster.port(264)).await;
+    let (status, body) = plain_get(cluster.port(264), "/readyz").await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..]),
+        "the standby waits while node 1 holds the lease"
+    );
+    // Prometheus scrapes both with the shipped rules.
+    cluster.wait_for_both_scraped().await;
+    // The standby waiting for the lease stops on SIGTERM too, within its shutdown deadline
+    // (10 s): the script sends no SIGKILL.
+    let stopping = Instant::now();
+    let status = cluster.stop().unwrap();
+    let stopped_in = stopping.elapsed();
+    assert!(
+        status.success(),
+        "cluster.sh exits 0 when stopped: {status}"
+    );
+    assert!(stopped_in < Duration::from_secs(10), "{stopped_in:?}");
+    eprintln!("cluster.sh stopped in {stopped_in:?}");
+    for offset in [90, 92, 144, 164, 244, 264] {
+        assert!(
+            std::net::TcpStream::connect(cluster.port(offset)).is_err(),
+            "port {offset} still open after the script stopped"
+        );
+    }
+}
+
+/// `PATH` with the directory of the tansu binary the Kafka tests use.
+fn tansu_on_path() -> std::ffi::OsString {
+    let tansu = common::kafka::tansu_binary();
+    let mut dirs = vec![tansu.parent().unwrap().to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
+/// The value of the sample `series` (name and labels as exposed) on a node's `/metrics`.
+async fn sample(metrics: SocketAddr, series: &str) -> Option<f64> {
+    let (_, body) = plain_get(metrics, "/metrics").await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
+}
+
+/// Polls `series` on `metrics` until it equals `value` (at most [`WAIT`]).
+async fn wait_for_sample(metrics: SocketAddr, series: &str, value: f64) {
+    let started = Instant::now();
+    while sample(metrics, series).await != Some(value) {
+        assert!(started.elapsed() < WAIT, "{series} never became {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_reload_and_the_expiry_of_the_material_show_on_a_live_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let served = serve(&data_dir);
+    let ok = "gavel_tls_last_reload_successful";
+    wait_for_sample(served.metrics, ok, 1.0).await;
+    // The development certificate is valid for a year, its CRL for 90 days.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (kind, days) in [("server_cert", 365.0), ("crl", 90.0)] {
+        let series = format!(r#"gavel_tls_expiry_timestamp_seconds{{kind="{kind}"}}"#);
+        let at = sample(served.metrics, &series).await.unwrap();
+        let left = (at - now) / 86_400.0;
+        assert!((left - days).abs() < 1.0, "{kind}: {left} days left");
+    }
+    // A broken certificate file: the reload fails, the gauge says so, the node keeps serving.
+    let cert = data_dir.join("certs/server.pem");
+    let good = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    wait_for_sample(served.metrics, ok, 0.0).await;
+    let errors = r#"gavel_tls_reloads_total{result="error"}"#;
+    assert!(sample(served.metrics, errors).await.unwrap() >= 1.0);
+    // Fixed: the next poll loads it.
+    std::fs::write(&cert, good).unwrap();
+    wait_for_sample(served.metrics, ok, 1.0).await;
 }

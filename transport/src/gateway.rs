@@ -7,8 +7,8 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use gavel_engine::{
-    AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, ManageError, Receipt,
-    UnixMicros,
+    AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, Engine,
+    ManageError, Receipt, UnixMicros,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -17,14 +17,31 @@ use crate::fanout::Hub;
 use crate::fanout::feed::FEED_QUEUE_LEN_MAX;
 use crate::limits::{BidRateLimiter, Limits};
 
-/// The durable engine as the transports see it. The node implements it over its engine and
-/// write-ahead log; the transports know nothing of files or logs.
-pub trait Backend: Send + Sync + 'static {
+/// The engine's lock-free reads the transports need: one auction's view, or a page of them.
+pub trait AuctionReads {
+    /// A consistent view of auction `id` at `now`, if it exists.
+    fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView>;
+
+    /// Views of up to `limit` auctions with ids after `after`, ascending by id.
+    fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView>;
+}
+
+impl AuctionReads for Engine {
+    fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        Engine::view(self, id, now)
+    }
+
+    fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
+        Engine::list(self, after, limit, now)
+    }
+}
+
+/// The durable engine as the transports see it: its reads, and its operations whose
+/// receipts become durable. The node implements it over its engine and write-ahead log; the
+/// transports know nothing of files or logs, and never hold the engine itself.
+pub trait Backend: AuctionReads + Send + Sync + 'static {
     /// Resolves once a receipt is durable.
     type Durable: Future<Output = Result<(), DurableError>> + Send + 'static;
-
-    /// The engine, for lock-free reads (views, lists, prices).
-    fn engine(&self) -> &Engine;
 
     /// Decides a bid; an accepted bid comes with the receipt its durable ack waits for, and
     /// a bid that closed its auction with that close.
@@ -34,11 +51,7 @@ pub trait Backend: Send + Sync + 'static {
     fn create_auction(&self, spec: AuctionSpec, now: UnixMicros) -> Result<Receipt, CreateError>;
 
     /// Cancels an open auction.
-    fn cancel_auction(
-        &self,
-        id: gavel_engine::AuctionId,
-        now: UnixMicros,
-    ) -> Result<ClosedAuction, ManageError>;
+    fn cancel_auction(&self, id: AuctionId, now: UnixMicros) -> Result<ClosedAuction, ManageError>;
 
     /// A future resolving once `receipt` is durable, or failing if it never will be.
     fn durable(&self, receipt: Receipt) -> Self::Durable;

@@ -2,15 +2,21 @@
 //! the HTTPS admin API with `/metrics` and health probes, TLS with client certificates, and
 //! the limits that keep one bad client from hurting the others.
 //!
+//! The modules other crates need are public; the rest are private, and the crate root
+//! re-exports the few types of theirs that other crates name.
+//!
 //! Map of the crate:
-//! - [`identity`]: [`Identity`] and [`Role`], parsed from a certificate's
+//! - [`clock`]: the wall clock as the engine's time ([`clock::now_micros`]).
+//! - `identity`: [`Identity`] and [`Role`], parsed from a certificate's
 //!   `gavel://<role>/<id>` SAN URI.
-//! - [`limits`]: [`Limits`], every bound of the edge with its safe default, and the
+//! - `limits`: [`Limits`], every bound of the edge with its safe default, and the
 //!   per-bidder token bucket.
-//! - [`gateway`]: [`Gateway`], what all connections share, and [`Backend`], the seam to the
-//!   durable engine the node implements.
-//! - [`session`]: one connection's request handling, the same for every transport: a
+//! - `gateway`: [`Gateway`], what all connections share, and [`Backend`], the seam to the
+//!   durable engine the node implements (its reads: [`AuctionReads`]).
+//! - `session`: one connection's request handling, the same for every transport: a
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as futures.
+//! - [`settlement`]: a close and settlement announced to the watchers once durable, the
+//!   same for the closer, the admin API's cancel and a bid that closes its auction.
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
 //!   WebSocket endpoint `/v1/ws` — and a plain-HTTP metrics listener.
 //! - [`fanout`]: live price streams — topic patterns and the subscription trie, and the
@@ -18,7 +24,7 @@
 //! - [`metrics`]: the names of the edge's Prometheus metrics.
 //! - [`tls`]: [`tls::ServerTls`], the QUIC and HTTPS server configurations with client
 //!   certificates verified against the CA and its CRL, reloaded without restart;
-//!   [`tls::peer_identity`]; the development PKI ([`tls::dev`]) behind `gavel cert`.
+//!   [`tls::peer_identity`]; the development PKI (`tls::dev`, feature `dev-pki`) behind `gavel cert`.
 //! - [`quic`]: the QUIC listener for bidders ([`quic::bind`], [`quic::serve_quic`]):
 //!   connection and handshake limits, one task per stream, batched writes, durable acks as
 //!   they resolve, graceful drain.
@@ -27,16 +33,18 @@
 //! nothing of the write-ahead log or files beyond the TLS material they load; the engine is
 //! reached only through [`Backend`].
 
+pub mod clock;
 pub mod fanout;
-pub mod gateway;
+mod gateway;
 pub mod http;
-pub mod identity;
-pub mod limits;
+mod identity;
+mod limits;
 pub mod metrics;
 pub mod quic;
-pub mod session;
+mod session;
+pub mod settlement;
 pub mod tls;
 
-pub use gateway::{Backend, DurableError, Gateway};
-pub use identity::{Identity, IdentityError, Role};
+pub use gateway::{AuctionReads, Backend, DurableError, Gateway};
+pub use identity::{IDENTITY_URI_SCHEME, Identity, IdentityError, Role};
 pub use limits::{LimitError, Limits};

@@ -39,6 +39,11 @@ pub struct Limits {
     /// A connection over `outbound_bytes_max_per_connection` for this long is closed as a
     /// slow consumer, in milliseconds.
     pub slow_consumer_timeout_ms: u64,
+    /// Bytes of stream updates a stream connection may have written that were not sent yet
+    /// (the kernel's `TCP_NOTSENT_LOWAT` of WebSocket and SSE sockets, the HTTP/2 send
+    /// buffer per stream, the batch a stream writes at once): newer updates wait, conflated,
+    /// in the outbox until the reader takes these.
+    pub stream_unsent_bytes_max: usize,
     /// Sustained bids per second per bidder (token bucket refill rate), over all of the
     /// bidder's connections.
     pub bids_per_second_per_bidder: u32,
@@ -64,6 +69,7 @@ impl Default for Limits {
             pending_durable_per_connection_max: 4096,
             outbound_bytes_max_per_connection: 1024 * 1024,
             slow_consumer_timeout_ms: 5_000,
+            stream_unsent_bytes_max: 4 * 1024,
             bids_per_second_per_bidder: 100_000,
             bid_burst_per_bidder: 10_000,
             idle_timeout_ms: 60_000,
@@ -74,9 +80,9 @@ impl Default for Limits {
 
 /// Smallest QUIC frame or WebSocket message limit, in bytes: one bid with its envelope must
 /// fit.
-pub const MESSAGE_BYTES_MAX_LEAST: usize = 256;
+pub(crate) const MESSAGE_BYTES_MAX_LEAST: usize = 256;
 /// Greatest QUIC frame or WebSocket message limit, in bytes.
-pub const MESSAGE_BYTES_MAX_MOST: usize = 16 * 1024 * 1024;
+pub(crate) const MESSAGE_BYTES_MAX_MOST: usize = 16 * 1024 * 1024;
 
 /// A limit [`Limits::validate`] refuses: which one, and the bound it is on the wrong side of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +133,10 @@ impl Limits {
                 self.outbound_bytes_max_per_connection as u64,
             ),
             ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
+            (
+                "stream_unsent_bytes_max",
+                self.stream_unsent_bytes_max as u64,
+            ),
             (
                 "bids_per_second_per_bidder",
                 u64::from(self.bids_per_second_per_bidder),

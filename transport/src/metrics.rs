@@ -65,12 +65,32 @@ pub const PRESENCE_BIDDERS: &str = "gavel_presence_bidders";
 /// cancel, buy-now, Dutch sale).
 pub const AUCTIONS_SETTLED: &str = "gavel_auctions_settled_total";
 
-/// Always 1, labelled with the node's `version`.
+/// Always 1, labelled with the node's `version` and source `commit`.
 pub const BUILD_INFO: &str = "gavel_build_info";
 
 /// Registers the descriptions of the metrics above with the installed recorder.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge};
+    describe_bid_path();
+    describe_connections();
+    describe_streams();
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API requests, by method, route template and status."
+    );
+    describe_counter!(
+        AUCTIONS_SETTLED,
+        "Auctions settled and durable, by whether they had a winner."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and commit labels name the build."
+    );
+}
+
+/// The bid path's metrics.
+fn describe_bid_path() {
+    use metrics::{Unit, describe_counter, describe_histogram};
     describe_counter!(BIDS, "Bids decided, by transport, result and reason.");
     describe_counter!(DURABLE_ACKS, "Durable acknowledgements sent, by transport.");
     describe_histogram!(
@@ -87,6 +107,11 @@ pub fn describe() {
         REQUEST_ERRORS,
         "Requests refused before reaching the engine, by transport and reason."
     );
+}
+
+/// Connections and TLS.
+fn describe_connections() {
+    use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(
         CONNECTIONS,
         "Open client connections, by transport and role."
@@ -113,10 +138,11 @@ pub fn describe() {
         Unit::Seconds,
         "When the TLS material in use stops being valid (Unix time), by kind: server_cert, client_ca (earliest notAfter), crl (earliest nextUpdate)."
     );
-    describe_counter!(
-        ADMIN_REQUESTS,
-        "Admin API requests, by method, route template and status."
-    );
+}
+
+/// Price streams and presence.
+fn describe_streams() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         STREAM_UPDATES_PUBLISHED,
         "Dirty auctions whose state a fan-out worker read and published."
@@ -160,11 +186,6 @@ pub fn describe() {
         "Connections holding stream subscriptions, all transports."
     );
     describe_gauge!(PRESENCE_BIDDERS, "Bidder connections open, all transports.");
-    describe_counter!(
-        AUCTIONS_SETTLED,
-        "Auctions settled and durable, by whether they had a winner."
-    );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
 }
 
 /// Registers, at 0, the counters of rare events that the shipped alerts and dashboard
@@ -173,6 +194,12 @@ pub fn describe() {
 pub fn start_rare_counters_at_zero() {
     for transport in ["ws", "sse", "quic"] {
         metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
+    }
+    // The bidding transports' Overloaded answers (log back-pressure).
+    let overloaded = rejection_label(&Rejection::Overloaded { retry_after_us: 0 });
+    for transport in ["ws", "quic"] {
+        metrics::counter!(BIDS, "transport" => transport, "result" => "rejected", "reason" => overloaded)
+            .increment(0);
     }
     for result in ["ok", "error"] {
         metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
@@ -183,9 +210,35 @@ pub fn start_rare_counters_at_zero() {
     }
 }
 
+/// The running build: its version and source commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The release version (`0.1.0`).
+    pub version: &'static str,
+    /// The source commit (`unknown` when the build did not know it).
+    pub commit: &'static str,
+}
+
+static BUILD: std::sync::OnceLock<Build> = std::sync::OnceLock::new();
+
+/// Names the running build for [`BUILD_INFO`] and `/healthz`; the binary calls it before it
+/// serves. The first call wins (the build of a process does not change).
+pub fn set_build(build: Build) {
+    let _ = BUILD.set(build);
+}
+
+/// The build named by [`set_build`], or this crate's version with an unknown commit.
+pub fn build() -> Build {
+    BUILD.get().copied().unwrap_or(Build {
+        version: env!("CARGO_PKG_VERSION"),
+        commit: "unknown",
+    })
+}
+
 /// Sets [`BUILD_INFO`] (idempotent).
 pub fn build_info() {
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let Build { version, commit } = build();
+    metrics::gauge!(BUILD_INFO, "version" => version, "commit" => commit).set(1.0);
 }
 
 /// The `role` label of a connection: its certificate's role, or `anonymous`.

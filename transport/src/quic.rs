@@ -35,7 +35,9 @@
 //! Streams (`docs/quic.md`): a stream that sends `Subscribe` carries the updates of its
 //! subscriptions; the stream task also waits on its subscriber's wake-up and pacing timer and
 //! writes what is due, price updates as QUIC datagrams when the stream asked for them and
-//! they fit. A subscribed stream whose peer takes nothing for the slow-consumer timeout (or
+//! they fit. It takes one batch of at most `stream_unsent_bytes_max` bytes at a time, and the
+//! next only once quinn took the last (within the peer's flow-control window): what a slow
+//! reader has not taken waits, conflated, in the outbox. A subscribed stream whose peer takes nothing for the slow-consumer timeout (or
 //! whose outbox stays over its bound) is reset with `SLOW_CONSUMER`.
 //!
 //! Metrics (labelled `transport="quic"`): `gavel_connections` (open),
@@ -67,12 +69,13 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_micros;
 use crate::fanout::{self, Outgoing, Subscriber};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::session::{Session, error_message, now_micros};
+use crate::session::{Session, error_message};
 use crate::tls::ServerTls;
 
 /// Bytes of price-tick datagrams a connection buffers for sending; beyond it the oldest are
@@ -429,13 +432,13 @@ impl Updates {
         subscriber: &Subscriber,
         connection: &quinn::Connection,
         datagrams: bool,
-        frame_bytes_max: usize,
+        batch_bytes_max: usize,
         replies: &mut Vec<pb::ServerMessage>,
     ) -> tokio::time::Instant {
         let now = std::time::Instant::now();
         let (next, bytes) = subscriber.take_due(
             now,
-            frame_bytes_max,
+            batch_bytes_max,
             STREAM_BATCH_MESSAGES_MAX,
             &self.delivery,
             &mut self.batch,
@@ -554,12 +557,12 @@ async fn serve_stream<B: Backend>(
             () = shutdown.cancelled(), if reading => reading = false,
             () = woken(subscriber.as_ref()), if reading => {
                 if let Some(s) = &subscriber {
-                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.frame_bytes_max, &mut replies);
+                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.stream_unsent_bytes_max, &mut replies);
                 }
             }
             () = tokio::time::sleep_until(stream_timer), if reading && subscriber.is_some() => {
                 if let Some(s) = &subscriber {
-                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.frame_bytes_max, &mut replies);
+                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.stream_unsent_bytes_max, &mut replies);
                 }
             }
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true), if reading => match chunk {

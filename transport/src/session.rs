@@ -8,37 +8,29 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gavel_engine::{
-    AuctionId, BidDecision, BidOutcome, ClosedAuction, Engine, Rejection, UnixMicros,
-};
+use gavel_engine::{AuctionId, Bid, BidDecision, BidOutcome, Rejection};
 use gavel_proto::pb;
 use gavel_proto::pb::client_message::Body as Request;
 use gavel_proto::pb::server_message::Body as Reply;
 
+use crate::clock::now_micros;
 use crate::fanout::hub::{Change, Hub, STREAM_EPOCH, SubscribeError, Subscriber, parse_request};
-use crate::gateway::{Backend, DurableError, Gateway};
+use crate::gateway::{AuctionReads, Backend, DurableError, Gateway};
 use crate::identity::Identity;
 use crate::metrics;
+use crate::settlement;
 
 /// How long a bidder should wait before retrying when the node is not ready or a
 /// connection has too many durable acks pending, in microseconds.
-pub const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
-
-/// The wall clock as the engine's time.
-pub fn now_micros() -> UnixMicros {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UnixMicros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
-}
+pub(crate) const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
 
 /// A node answer that is an error, addressed to `request_id`.
-pub fn error_message(
+pub(crate) fn error_message(
     request_id: u64,
     code: pb::ErrorCode,
     message: impl Into<String>,
@@ -54,7 +46,7 @@ pub fn error_message(
 
 /// One connection's protocol state (clone it for each stream of the connection).
 #[derive(Debug)]
-pub struct Session<B> {
+pub(crate) struct Session<B> {
     gateway: Arc<Gateway<B>>,
     identity: Option<Identity>,
     transport: &'static str,
@@ -122,7 +114,7 @@ impl<B> Clone for Session<B> {
 impl<B: Backend> Session<B> {
     /// A session for a connection authenticated as `identity` (`None`: an anonymous
     /// watcher), over `transport` (a metric label: `quic`, `ws`).
-    pub fn new(
+    pub(crate) fn new(
         gateway: Arc<Gateway<B>>,
         identity: Option<Identity>,
         transport: &'static str,
@@ -145,27 +137,22 @@ impl<B: Backend> Session<B> {
     }
 
     /// The connection's fan-out side, once it subscribed.
-    pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
+    pub(crate) fn subscriber(&self) -> Option<&Arc<Subscriber>> {
         self.subscriber.as_ref()
     }
 
     /// Whether a `Subscribe` asked for price updates as QUIC datagrams.
-    pub fn wants_datagrams(&self) -> bool {
+    pub(crate) fn wants_datagrams(&self) -> bool {
         self.datagrams
     }
 
-    /// The peer's identity, if it presented a certificate.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
-    }
-
     /// The gateway this session belongs to.
-    pub fn gateway(&self) -> &Arc<Gateway<B>> {
+    pub(crate) fn gateway(&self) -> &Arc<Gateway<B>> {
         &self.gateway
     }
 
     /// Durable acks this connection is waiting for.
-    pub fn pending_durable(&self) -> usize {
+    pub(crate) fn pending_durable(&self) -> usize {
         // Ordering: a gauge for limits; no other memory depends on it.
         self.pending_durable.load(Ordering::Relaxed)
     }
@@ -173,7 +160,7 @@ impl<B: Backend> Session<B> {
     /// Handles one request. Direct answers are appended to `out`; an accepted bid returns
     /// the wait for its durable ack, which the driver awaits (concurrently with later
     /// requests) and then sends.
-    pub fn handle(
+    pub(crate) fn handle(
         &mut self,
         request: pb::ClientMessage,
         out: &mut Vec<pb::ServerMessage>,
@@ -221,7 +208,7 @@ impl<B: Backend> Session<B> {
                 if let Some(backend) = self.gateway.backend() {
                     resume(
                         self.gateway.hub(),
-                        backend.engine(),
+                        &**backend,
                         &subscriber,
                         &request.positions,
                     );
@@ -281,13 +268,7 @@ impl<B: Backend> Session<B> {
                 snapshot_required(&subscriber, AuctionId(position.auction_id));
             }
         }
-        hub.snapshots(
-            backend.engine(),
-            &subscriber,
-            &patterns,
-            &positions,
-            now_micros(),
-        );
+        hub.snapshots(&**backend, &subscriber, &patterns, &positions, now_micros());
     }
 
     /// Answers a subscription change; `false` if it was refused.
@@ -320,7 +301,7 @@ impl<B: Backend> Session<B> {
     }
 
     /// Counts and answers a frame that could not be decoded.
-    pub fn malformed(&self, detail: impl std::fmt::Display) -> pb::ServerMessage {
+    pub(crate) fn malformed(&self, detail: impl std::fmt::Display) -> pb::ServerMessage {
         metrics::request_error(self.transport, "malformed");
         error_message(
             0,
@@ -335,67 +316,23 @@ impl<B: Backend> Session<B> {
         bid: &pb::PlaceBid,
         out: &mut Vec<pb::ServerMessage>,
     ) -> Option<DurableWait<B::Durable>> {
-        let Some(identity) = self.identity.as_ref().filter(|i| i.role.may_bid()) else {
-            let role = self
-                .identity
-                .as_ref()
-                .map_or("anonymous", |i| i.role.as_str());
-            return self.refuse(request_id, Rejection::Forbidden, out, role);
-        };
-        let bidder = identity.id;
-        let Some(backend) = self.gateway.backend().cloned() else {
-            let retry = Rejection::Overloaded {
-                retry_after_us: RETRY_AFTER_NOT_READY_US,
-            };
-            return self.refuse(request_id, retry, out, "recovering");
-        };
-        if self.gateway.shutdown().is_cancelled() {
-            out.push(error_message(
-                request_id,
-                pb::ErrorCode::ShuttingDown,
-                "the node is shutting down; retry on another node or later",
-            ));
-            return None;
-        }
-        let bid = match bid.to_bid(bidder) {
-            Ok(bid) => bid,
-            Err(e) => {
-                metrics::request_error(self.transport, "invalid_argument");
-                out.push(error_message(
-                    request_id,
-                    pb::ErrorCode::InvalidArgument,
-                    format!("bad bid: {e}"),
-                ));
-                return None;
-            }
-        };
-        if self.pending_durable() >= self.gateway.limits().pending_durable_per_connection_max {
-            let retry = Rejection::Overloaded {
-                retry_after_us: RETRY_AFTER_NOT_READY_US,
-            };
-            return self.refuse(request_id, retry, out, "pending_durable");
-        }
-        if !self
-            .gateway
-            .rate_limiter()
-            .try_take(&bidder, Instant::now())
-        {
-            return self.refuse(request_id, Rejection::RateLimited, out, "rate");
-        }
+        let (backend, bid) = self.admit(request_id, bid, out)?;
         let started = Instant::now();
-        let decision = backend.place_bid(&bid, now_micros());
-        let decided = Instant::now();
         let BidDecision {
             outcome,
             receipt,
             closed,
-        } = decision;
+        } = backend.place_bid(&bid, now_micros());
+        let decided = Instant::now();
         if let BidOutcome::Accepted(_) = outcome {
             // After the change applied: the fan-out reads what this announces.
             self.gateway.hub().changed(bid.auction());
         }
         if let Some(closed) = closed {
-            announce_bid_close(&backend, self.gateway.hub(), closed);
+            // This bid closed its auction (buy-now, a Dutch sale): the close goes to the
+            // watchers once durable, whatever happens to this connection.
+            let hub = Arc::clone(self.gateway.hub());
+            tokio::spawn(settlement::announce(Arc::clone(&backend), hub, closed));
         }
         let (result, reason) = metrics::outcome_labels(&outcome);
         let transport = self.transport;
@@ -416,32 +353,99 @@ impl<B: Backend> Session<B> {
             }
             _ => return None,
         };
-        // Ordering: a counter for the limit above; no other memory depends on it.
-        self.pending_durable.fetch_add(1, Ordering::Relaxed);
-        let (bid_id_hi, bid_id_lo) = gavel_proto::convert::bid_id_halves(bid.id());
-        Some(DurableWait {
-            request_id,
-            ack: pb::DurableAck {
-                auction_id: bid.auction().0,
-                bid_id_hi,
-                bid_id_lo,
-                seq: accepted.seq,
-            },
-            accepted_at: decided,
-            latency: self.bid_metrics().durable.clone(),
-            acks: self.bid_metrics().durable_acks.clone(),
-            wait: backend.durable(receipt),
-            pending: PendingGuard(Arc::clone(&self.pending_durable)),
-        })
+        let ack = durable_ack(&bid, accepted.seq);
+        Some(self.durable_wait(request_id, ack, decided, backend.durable(receipt)))
     }
 
-    fn refuse(
+    /// The edge's checks before a bid reaches the engine — the role may bid, the node is
+    /// ready and not shutting down, the bid parses, the connection's pending durable acks and
+    /// the bidder's rate are within their limits. Answers a bid that fails one and returns
+    /// `None`; else the backend and the parsed bid.
+    fn admit(
+        &mut self,
+        request_id: u64,
+        bid: &pb::PlaceBid,
+        out: &mut Vec<pb::ServerMessage>,
+    ) -> Option<(Arc<B>, Bid)> {
+        let not_ready = Rejection::Overloaded {
+            retry_after_us: RETRY_AFTER_NOT_READY_US,
+        };
+        let Some(identity) = self.identity.as_ref().filter(|i| i.role.may_bid()) else {
+            let role = self
+                .identity
+                .as_ref()
+                .map_or("anonymous", |i| i.role.as_str());
+            return self.refuse(request_id, Rejection::Forbidden, out, role);
+        };
+        let bidder = identity.id;
+        let Some(backend) = self.gateway.backend().cloned() else {
+            return self.refuse(request_id, not_ready, out, "recovering");
+        };
+        if self.gateway.shutdown().is_cancelled() {
+            out.push(error_message(
+                request_id,
+                pb::ErrorCode::ShuttingDown,
+                "the node is shutting down; retry on another node or later",
+            ));
+            return None;
+        }
+        let bid = match bid.to_bid(bidder) {
+            Ok(bid) => bid,
+            Err(e) => {
+                metrics::request_error(self.transport, "invalid_argument");
+                let message = format!("bad bid: {e}");
+                out.push(error_message(
+                    request_id,
+                    pb::ErrorCode::InvalidArgument,
+                    message,
+                ));
+                return None;
+            }
+        };
+        if self.pending_durable() >= self.gateway.limits().pending_durable_per_connection_max {
+            return self.refuse(request_id, not_ready, out, "pending_durable");
+        }
+        if !self
+            .gateway
+            .rate_limiter()
+            .try_take(&bidder, Instant::now())
+        {
+            return self.refuse(request_id, Rejection::RateLimited, out, "rate");
+        }
+        Some((backend, bid))
+    }
+
+    /// The wait for `ack` (of a bid accepted at `accepted_at`), counted among the
+    /// connection's pending durable acks until it ends.
+    fn durable_wait(
+        &mut self,
+        request_id: u64,
+        ack: pb::DurableAck,
+        accepted_at: Instant,
+        wait: B::Durable,
+    ) -> DurableWait<B::Durable> {
+        // Ordering: a counter for the limit in `admit`; no other memory depends on it.
+        self.pending_durable.fetch_add(1, Ordering::Relaxed);
+        let metrics = self.bid_metrics();
+        DurableWait {
+            request_id,
+            ack,
+            accepted_at,
+            latency: metrics.durable.clone(),
+            acks: metrics.durable_acks.clone(),
+            wait,
+            pending: PendingGuard(Arc::clone(&self.pending_durable)),
+        }
+    }
+
+    /// Answers a bid refused at the edge; returns `None` (nothing to wait for).
+    fn refuse<T>(
         &mut self,
         request_id: u64,
         rejection: Rejection,
         out: &mut Vec<pb::ServerMessage>,
         why: &'static str,
-    ) -> Option<DurableWait<B::Durable>> {
+    ) -> Option<T> {
         tracing::debug!(
             transport = self.transport,
             why,
@@ -475,7 +479,12 @@ fn snapshot_required(subscriber: &Subscriber, auction: AuctionId) {
 }
 
 /// `Resume`: the current state of every listed auction that moved since its position.
-fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::StreamPosition]) {
+fn resume(
+    hub: &Hub,
+    reads: &impl AuctionReads,
+    subscriber: &Subscriber,
+    positions: &[pb::StreamPosition],
+) {
     let now = now_micros();
     let at = Instant::now();
     // Bounded by the request: a message holds at most `ws_message_bytes_max` of positions.
@@ -484,7 +493,7 @@ fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::
         if position.epoch != STREAM_EPOCH {
             snapshot_required(subscriber, id);
         }
-        let Some(view) = engine.view(id, now) else {
+        let Some(view) = reads.view(id, now) else {
             continue;
         };
         if position.epoch != STREAM_EPOCH || view.seq > position.seq {
@@ -495,20 +504,15 @@ fn resume(hub: &Hub, engine: &Engine, subscriber: &Subscriber, positions: &[pb::
     subscriber.wake();
 }
 
-/// This bid closed its auction (buy-now, a Dutch sale; the engine's decision says so). Once
-/// the bid is durable the close goes to the watchers, whatever happens to the bidder's
-/// connection. Every other close is announced by whoever made it, so one announcement goes
-/// out per auction.
-fn announce_bid_close<B: Backend>(backend: &Arc<B>, hub: &Arc<Hub>, closed: ClosedAuction) {
-    let wait = backend.durable(closed.receipt);
-    let (backend, hub) = (Arc::clone(backend), Arc::clone(hub));
-    tokio::spawn(async move {
-        if let Err(e) = wait.await {
-            tracing::error!(auction = closed.id.0, error = %e, "the closing bid is not durable; the close is not announced");
-            return;
-        }
-        hub.settled(backend.engine(), closed.id, now_micros());
-    });
+/// The durable ack of `bid`, accepted at sequence number `seq`.
+fn durable_ack(bid: &Bid, seq: u64) -> pb::DurableAck {
+    let (bid_id_hi, bid_id_lo) = gavel_proto::convert::bid_id_halves(bid.id());
+    pb::DurableAck {
+        auction_id: bid.auction().0,
+        bid_id_hi,
+        bid_id_lo,
+        seq,
+    }
 }
 
 /// Decrements a connection's pending-durable count when its wait ends (or is dropped).
@@ -525,7 +529,7 @@ impl Drop for PendingGuard {
 /// The wait for one accepted bid's durable ack.
 #[derive(Debug)]
 #[must_use = "the durable ack is sent only if the wait is awaited"]
-pub struct DurableWait<F> {
+pub(crate) struct DurableWait<F> {
     request_id: u64,
     ack: pb::DurableAck,
     accepted_at: Instant,
@@ -537,15 +541,10 @@ pub struct DurableWait<F> {
 }
 
 impl<F: Future<Output = Result<(), DurableError>>> DurableWait<F> {
-    /// The request this wait answers.
-    pub fn request_id(&self) -> u64 {
-        self.request_id
-    }
-
     /// Waits for the sync and returns the message to send: the durable ack, or an internal
     /// error if the log failed (the bid's fate is then decided by the next recovery; it was
     /// never acknowledged durable).
-    pub async fn into_message(self) -> pb::ServerMessage {
+    pub(crate) async fn into_message(self) -> pb::ServerMessage {
         let DurableWait {
             request_id,
             ack,

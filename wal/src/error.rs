@@ -236,6 +236,11 @@ pub enum WalError {
     /// The writer failed earlier (see [`Wal::failure`](crate::Wal::failure)); the log is stopped.
     #[error("the log writer failed and the log is stopped: {0}")]
     WriterFailed(#[source] LogFailure),
+    /// The start was interrupted ([`Interrupt`](crate::Interrupt)): asked to stop while it
+    /// waited or replayed. Nothing was written past what recovery writes first (a torn tail
+    /// truncated); the next start recovers as this one would have.
+    #[error("interrupted: asked to stop during recovery")]
+    Interrupted,
 }
 
 impl WalError {

@@ -65,6 +65,7 @@ mod durability;
 pub mod error;
 pub mod frame;
 pub mod inspect;
+mod interrupt;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod log;
@@ -80,6 +81,7 @@ pub use error::{AppendError, LogFailure, SnapshotDefect, WaitError, WalError};
 #[cfg(feature = "kafka")]
 pub use error::{HeartbeatFailure, Persistence};
 pub use inspect::{VerifyReport, records, verify};
+pub use interrupt::Interrupt;
 pub use log::Log;
 pub use segment::{Record, Records, TornTail};
 pub use snapshot::{Snapshot, latest_snapshot, write_snapshot};

@@ -4,6 +4,8 @@
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
+// Helpers shared by several test crates (each test file is one): `pub` is their interface.
+#![allow(unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

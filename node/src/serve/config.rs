@@ -14,18 +14,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::{Arg, Args, Command};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, Command};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
 use gavel_wal::kafka::KafkaConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::node::NodeConfig;
 
 /// Every option of `gavel serve`. All are optional here; [`ServeOptions::resolve`] fills
 /// in the defaults and checks the result.
-#[derive(Args, Deserialize, Debug, Default, Clone, PartialEq)]
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServeOptions {
     /// A TOML file with any of the options below (keys as the flag names, `_` for `-`).
@@ -152,6 +153,12 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SLOW_CONSUMER_TIMEOUT_MS", value_name = "MS")]
     pub slow_consumer_timeout_ms: Option<u64>,
 
+    /// Bytes of stream updates a WebSocket, SSE or QUIC stream may have written but not yet
+    /// sent (the kernel's unsent bytes, the HTTP/2 send buffer, one write's batch); newer
+    /// updates wait, conflated, until the reader takes these.
+    #[arg(long, env = "GAVEL_STREAM_UNSENT_BYTES_MAX", value_name = "BYTES")]
+    pub stream_unsent_bytes_max: Option<usize>,
+
     /// Sustained bids per second per bidder, over all its connections.
     #[arg(
         long,
@@ -264,7 +271,9 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
 
-    /// How often due auctions are closed and settled, in milliseconds.
+    /// Longest the closer sleeps between looks for due auctions, in milliseconds (it wakes at
+    /// the next auction's end, or when an earlier-ending auction is created; this bounds the
+    /// effect of a wall-clock jump).
     #[arg(long, env = "GAVEL_CLOSE_TICK_MS", value_name = "MS")]
     pub close_tick_ms: Option<u64>,
 
@@ -279,7 +288,7 @@ pub struct ServeOptions {
 }
 
 /// The write-ahead log's backend.
-#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogKind {
     /// The embedded segmented file log in `<data-dir>/wal`.
@@ -329,7 +338,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Engine, log and snapshot settings.
     pub node: NodeConfig,
-    /// Close/settle tick.
+    /// Longest sleep of the closer.
     pub close_tick: Duration,
     /// Graceful shutdown deadline.
     pub shutdown_deadline: Duration,
@@ -347,8 +356,8 @@ pub const HTTPS_LISTEN_DEFAULT: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8443));
 /// Default poll interval of the TLS files, in milliseconds.
 pub const TLS_RELOAD_POLL_MS_DEFAULT: u64 = 2_000;
-/// Default close/settle tick, in milliseconds.
-pub const CLOSE_TICK_MS_DEFAULT: u64 = 10;
+/// Default longest sleep of the closer, in milliseconds.
+pub const CLOSE_TICK_MS_DEFAULT: u64 = 1_000;
 /// Default graceful shutdown deadline, in milliseconds.
 pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Default worker threads per runtime (0 = one per core).
@@ -389,7 +398,7 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
         frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
         handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
         subscriptions_per_connection_max, pending_durable_per_connection_max,
-        outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+        outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
         bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max));
     defaults.extend(defaults_of!("", engine; auctions_max, dedup_window_bids, sealed_bidders_max));
     defaults.extend(defaults_of!("wal_", wal;
@@ -456,7 +465,7 @@ impl ServeOptions {
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
             subscriptions_per_connection_max, pending_durable_per_connection_max,
-            outbound_bytes_max_per_connection, slow_consumer_timeout_ms,
+            outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
             wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
@@ -491,181 +500,17 @@ impl ServeOptions {
     pub fn resolve(self) -> Result<ServeConfig> {
         let data_dir = self
             .data_dir
+            .clone()
             .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let dev = self.dev.unwrap_or(false);
-        let tls = match (self.tls_cert, self.tls_key, self.tls_client_ca) {
-            (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
-                cert,
-                key,
-                client_ca,
-                crl: self.tls_crl,
-            },
-            (None, None, None) if dev => {
-                ensure!(
-                    self.tls_crl.is_none(),
-                    "--tls-crl needs --tls-cert, --tls-key and --tls-client-ca"
-                );
-                TlsSource::Dev(data_dir.join(DEV_CERTS_DIR))
-            }
-            (None, None, None) => bail!(
-                "no TLS material: give --tls-cert, --tls-key and --tls-client-ca, or run with \
-                 --dev to generate development certificates into {}",
-                data_dir.join(DEV_CERTS_DIR).display()
-            ),
-            _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together: give all three"),
-        };
+        let tls = self.tls_source(&data_dir, dev)?;
         let https_listen = self.https_listen.unwrap_or(HTTPS_LISTEN_DEFAULT);
-        let allowed_origins = self.allowed_origins.unwrap_or_else(|| {
-            let port = https_listen.port();
-            vec![
-                format!("https://localhost:{port}"),
-                format!("https://127.0.0.1:{port}"),
-            ]
-        });
-        for origin in &allowed_origins {
-            ensure!(
-                origin.starts_with("https://") || origin.starts_with("http://"),
-                "allowed origin {origin:?} must start with https:// or http://"
-            );
-        }
-        let defaults = Limits::default();
-        let limits = Limits {
-            frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
-            ws_message_bytes_max: self
-                .ws_message_bytes_max
-                .unwrap_or(defaults.ws_message_bytes_max),
-            http_body_bytes_max: self
-                .http_body_bytes_max
-                .unwrap_or(defaults.http_body_bytes_max),
-            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
-            handshakes_pending_max: self
-                .handshakes_pending_max
-                .unwrap_or(defaults.handshakes_pending_max),
-            handshake_timeout_ms: self
-                .handshake_timeout_ms
-                .unwrap_or(defaults.handshake_timeout_ms),
-            streams_per_connection_max: self
-                .streams_per_connection_max
-                .unwrap_or(defaults.streams_per_connection_max),
-            subscriptions_per_connection_max: self
-                .subscriptions_per_connection_max
-                .unwrap_or(defaults.subscriptions_per_connection_max),
-            pending_durable_per_connection_max: self
-                .pending_durable_per_connection_max
-                .unwrap_or(defaults.pending_durable_per_connection_max),
-            outbound_bytes_max_per_connection: self
-                .outbound_bytes_max_per_connection
-                .unwrap_or(defaults.outbound_bytes_max_per_connection),
-            slow_consumer_timeout_ms: self
-                .slow_consumer_timeout_ms
-                .unwrap_or(defaults.slow_consumer_timeout_ms),
-            bids_per_second_per_bidder: self
-                .bids_per_second_per_bidder
-                .unwrap_or(defaults.bids_per_second_per_bidder),
-            bid_burst_per_bidder: self
-                .bid_burst_per_bidder
-                .unwrap_or(defaults.bid_burst_per_bidder),
-            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
-            list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
-        };
-        limits.validate().context("invalid limit")?;
-        let engine_defaults = EngineConfig::default();
-        let engine = EngineConfig {
-            shards: self.engine_shards.unwrap_or(engine_defaults.shards),
-            auctions_max: self.auctions_max.unwrap_or(engine_defaults.auctions_max),
-            dedup_window_bids: self
-                .dedup_window_bids
-                .unwrap_or(engine_defaults.dedup_window_bids),
-            sealed_bidders_max: self
-                .sealed_bidders_max
-                .unwrap_or(engine_defaults.sealed_bidders_max),
-        };
-        ensure!(
-            engine.shards.is_power_of_two(),
-            "engine_shards must be a power of two, got {}",
-            engine.shards
-        );
-        ensure!(engine.auctions_max >= 1, "auctions_max must be at least 1");
-        ensure!(
-            engine.dedup_window_bids >= 1,
-            "dedup_window_bids must be at least 1"
-        );
-        ensure!(
-            engine.sealed_bidders_max >= 1,
-            "sealed_bidders_max must be at least 1"
-        );
-        let wal_defaults = WalConfig::default();
-        let wal = WalConfig {
-            segment_bytes_max: self
-                .wal_segment_bytes_max
-                .unwrap_or(wal_defaults.segment_bytes_max),
-            queue_records_max: self
-                .wal_queue_records_max
-                .unwrap_or(wal_defaults.queue_records_max),
-            queue_bytes_max: self
-                .wal_queue_bytes_max
-                .unwrap_or(wal_defaults.queue_bytes_max),
-            batch_records_max: self
-                .wal_batch_records_max
-                .unwrap_or(wal_defaults.batch_records_max),
-            batch_bytes_max: self
-                .wal_batch_bytes_max
-                .unwrap_or(wal_defaults.batch_bytes_max),
-            batch_wait_us_max: self
-                .wal_batch_wait_us_max
-                .unwrap_or(wal_defaults.batch_wait_us_max),
-        };
-        wal.validate().context("invalid write-ahead log setting")?;
-        let kafka = match self.wal.unwrap_or(LogKind::File) {
-            LogKind::File => {
-                ensure!(
-                    self.kafka_brokers.is_none()
-                        && self.kafka_topic.is_none()
-                        && self.kafka_partitions.is_none()
-                        && self.kafka_connect_timeout_ms.is_none()
-                        && self.kafka_queue_records_max.is_none()
-                        && self.kafka_queue_bytes_max.is_none()
-                        && self.kafka_message_timeout_ms.is_none()
-                        && self.kafka_linger_ms.is_none()
-                        && self.kafka_writer_lease_ms.is_none(),
-                    "--kafka-* options need --wal kafka"
-                );
-                None
-            }
-            LogKind::Kafka => {
-                let defaults = KafkaConfig::default();
-                let kafka = KafkaConfig {
-                    brokers: self
-                        .kafka_brokers
-                        .context("--wal kafka needs --kafka-brokers (host:port)")?,
-                    topic: self.kafka_topic.unwrap_or(defaults.topic),
-                    partitions: self.kafka_partitions.unwrap_or(defaults.partitions),
-                    connect_timeout_ms: self
-                        .kafka_connect_timeout_ms
-                        .unwrap_or(defaults.connect_timeout_ms),
-                    queue_records_max: self
-                        .kafka_queue_records_max
-                        .unwrap_or(defaults.queue_records_max),
-                    queue_bytes_max: self
-                        .kafka_queue_bytes_max
-                        .unwrap_or(defaults.queue_bytes_max),
-                    message_timeout_ms: self
-                        .kafka_message_timeout_ms
-                        .unwrap_or(defaults.message_timeout_ms),
-                    linger_ms: self.kafka_linger_ms.unwrap_or(defaults.linger_ms),
-                    writer_lease_ms: self
-                        .kafka_writer_lease_ms
-                        .unwrap_or(defaults.writer_lease_ms),
-                    ..defaults
-                };
-                kafka.validate().context("invalid Kafka log setting")?;
-                Some(kafka)
-            }
-        };
+        let allowed_origins = self.allowed_origins(https_listen)?;
+        let limits = self.limits()?;
         let node = NodeConfig {
-            engine,
-            kafka,
-            wal,
+            engine: self.engine_config()?,
+            kafka: self.kafka_config()?,
+            wal: self.wal_config()?,
             snapshot_every_records: self
                 .snapshot_every_records
                 .unwrap_or(NodeConfig::default().snapshot_every_records),
@@ -701,6 +546,299 @@ impl ServeOptions {
             worker_threads: self.worker_threads.unwrap_or(WORKER_THREADS_DEFAULT),
         })
     }
+
+    /// The TLS material: all three files, or `--dev` certificates under `data_dir`.
+    fn tls_source(&self, data_dir: &Path, dev: bool) -> Result<TlsSource> {
+        let tls = match (
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_client_ca.clone(),
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => TlsSource::Files {
+                cert,
+                key,
+                client_ca,
+                crl: self.tls_crl.clone(),
+            },
+            (None, None, None) if dev => {
+                ensure!(
+                    self.tls_crl.is_none(),
+                    "--tls-crl needs --tls-cert, --tls-key and --tls-client-ca"
+                );
+                TlsSource::Dev(data_dir.join(DEV_CERTS_DIR))
+            }
+            (None, None, None) => bail!(
+                "no TLS material: give --tls-cert, --tls-key and --tls-client-ca, or run with \
+                 --dev to generate development certificates into {}",
+                data_dir.join(DEV_CERTS_DIR).display()
+            ),
+            _ => bail!("--tls-cert, --tls-key and --tls-client-ca go together: give all three"),
+        };
+        Ok(tls)
+    }
+
+    /// The Origins allowed to open WebSockets (default: this node's HTTPS port on loopback).
+    fn allowed_origins(&self, https_listen: SocketAddr) -> Result<Vec<String>> {
+        let allowed_origins = self.allowed_origins.clone().unwrap_or_else(|| {
+            let port = https_listen.port();
+            vec![
+                format!("https://localhost:{port}"),
+                format!("https://127.0.0.1:{port}"),
+            ]
+        });
+        for origin in &allowed_origins {
+            ensure!(
+                origin.starts_with("https://") || origin.starts_with("http://"),
+                "allowed origin {origin:?} must start with https:// or http://"
+            );
+        }
+        Ok(allowed_origins)
+    }
+
+    /// The edge's limits, validated.
+    fn limits(&self) -> Result<Limits> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            frame_bytes_max: self.frame_bytes_max.unwrap_or(defaults.frame_bytes_max),
+            ws_message_bytes_max: self
+                .ws_message_bytes_max
+                .unwrap_or(defaults.ws_message_bytes_max),
+            http_body_bytes_max: self
+                .http_body_bytes_max
+                .unwrap_or(defaults.http_body_bytes_max),
+            connections_max: self.connections_max.unwrap_or(defaults.connections_max),
+            handshakes_pending_max: self
+                .handshakes_pending_max
+                .unwrap_or(defaults.handshakes_pending_max),
+            handshake_timeout_ms: self
+                .handshake_timeout_ms
+                .unwrap_or(defaults.handshake_timeout_ms),
+            streams_per_connection_max: self
+                .streams_per_connection_max
+                .unwrap_or(defaults.streams_per_connection_max),
+            subscriptions_per_connection_max: self
+                .subscriptions_per_connection_max
+                .unwrap_or(defaults.subscriptions_per_connection_max),
+            pending_durable_per_connection_max: self
+                .pending_durable_per_connection_max
+                .unwrap_or(defaults.pending_durable_per_connection_max),
+            outbound_bytes_max_per_connection: self
+                .outbound_bytes_max_per_connection
+                .unwrap_or(defaults.outbound_bytes_max_per_connection),
+            slow_consumer_timeout_ms: self
+                .slow_consumer_timeout_ms
+                .unwrap_or(defaults.slow_consumer_timeout_ms),
+            stream_unsent_bytes_max: self
+                .stream_unsent_bytes_max
+                .unwrap_or(defaults.stream_unsent_bytes_max),
+            bids_per_second_per_bidder: self
+                .bids_per_second_per_bidder
+                .unwrap_or(defaults.bids_per_second_per_bidder),
+            bid_burst_per_bidder: self
+                .bid_burst_per_bidder
+                .unwrap_or(defaults.bid_burst_per_bidder),
+            idle_timeout_ms: self.idle_timeout_ms.unwrap_or(defaults.idle_timeout_ms),
+            list_limit_max: self.list_limit_max.unwrap_or(defaults.list_limit_max),
+        };
+        limits.validate().context("invalid limit")?;
+        Ok(limits)
+    }
+
+    /// The engine's settings, validated.
+    fn engine_config(&self) -> Result<EngineConfig> {
+        let engine_defaults = EngineConfig::default();
+        let engine = EngineConfig {
+            shards: self.engine_shards.unwrap_or(engine_defaults.shards),
+            auctions_max: self.auctions_max.unwrap_or(engine_defaults.auctions_max),
+            dedup_window_bids: self
+                .dedup_window_bids
+                .unwrap_or(engine_defaults.dedup_window_bids),
+            sealed_bidders_max: self
+                .sealed_bidders_max
+                .unwrap_or(engine_defaults.sealed_bidders_max),
+        };
+        ensure!(
+            engine.shards.is_power_of_two(),
+            "engine_shards must be a power of two, got {}",
+            engine.shards
+        );
+        ensure!(engine.auctions_max >= 1, "auctions_max must be at least 1");
+        ensure!(
+            engine.dedup_window_bids >= 1,
+            "dedup_window_bids must be at least 1"
+        );
+        ensure!(
+            engine.sealed_bidders_max >= 1,
+            "sealed_bidders_max must be at least 1"
+        );
+        Ok(engine)
+    }
+
+    /// The file log's settings, validated.
+    fn wal_config(&self) -> Result<WalConfig> {
+        let wal_defaults = WalConfig::default();
+        let wal = WalConfig {
+            segment_bytes_max: self
+                .wal_segment_bytes_max
+                .unwrap_or(wal_defaults.segment_bytes_max),
+            queue_records_max: self
+                .wal_queue_records_max
+                .unwrap_or(wal_defaults.queue_records_max),
+            queue_bytes_max: self
+                .wal_queue_bytes_max
+                .unwrap_or(wal_defaults.queue_bytes_max),
+            batch_records_max: self
+                .wal_batch_records_max
+                .unwrap_or(wal_defaults.batch_records_max),
+            batch_bytes_max: self
+                .wal_batch_bytes_max
+                .unwrap_or(wal_defaults.batch_bytes_max),
+            batch_wait_us_max: self
+                .wal_batch_wait_us_max
+                .unwrap_or(wal_defaults.batch_wait_us_max),
+        };
+        wal.validate().context("invalid write-ahead log setting")?;
+        Ok(wal)
+    }
+
+    /// The Kafka log's settings with `--wal kafka` (validated); `--kafka-*` without it is an
+    /// error.
+    fn kafka_config(&self) -> Result<Option<KafkaConfig>> {
+        let kafka = match self.wal.unwrap_or(LogKind::File) {
+            LogKind::File => {
+                ensure!(
+                    self.kafka_brokers.is_none()
+                        && self.kafka_topic.is_none()
+                        && self.kafka_partitions.is_none()
+                        && self.kafka_connect_timeout_ms.is_none()
+                        && self.kafka_queue_records_max.is_none()
+                        && self.kafka_queue_bytes_max.is_none()
+                        && self.kafka_message_timeout_ms.is_none()
+                        && self.kafka_linger_ms.is_none()
+                        && self.kafka_writer_lease_ms.is_none(),
+                    "--kafka-* options need --wal kafka"
+                );
+                None
+            }
+            LogKind::Kafka => {
+                let defaults = KafkaConfig::default();
+                let kafka = KafkaConfig {
+                    brokers: self
+                        .kafka_brokers
+                        .clone()
+                        .context("--wal kafka needs --kafka-brokers (host:port)")?,
+                    topic: self.kafka_topic.clone().unwrap_or(defaults.topic),
+                    partitions: self.kafka_partitions.unwrap_or(defaults.partitions),
+                    connect_timeout_ms: self
+                        .kafka_connect_timeout_ms
+                        .unwrap_or(defaults.connect_timeout_ms),
+                    queue_records_max: self
+                        .kafka_queue_records_max
+                        .unwrap_or(defaults.queue_records_max),
+                    queue_bytes_max: self
+                        .kafka_queue_bytes_max
+                        .unwrap_or(defaults.queue_bytes_max),
+                    message_timeout_ms: self
+                        .kafka_message_timeout_ms
+                        .unwrap_or(defaults.message_timeout_ms),
+                    linger_ms: self.kafka_linger_ms.unwrap_or(defaults.linger_ms),
+                    writer_lease_ms: self
+                        .kafka_writer_lease_ms
+                        .unwrap_or(defaults.writer_lease_ms),
+                    ..defaults
+                };
+                kafka.validate().context("invalid Kafka log setting")?;
+                Some(kafka)
+            }
+        };
+        Ok(kafka)
+    }
+}
+
+/// `gavel config print`: the options `gavel serve` would run with, given `options` as parsed
+/// from flags and environment (`matches` are that parse's, to tell a flag from a variable)
+/// and the `--config` file they name; one TOML line per option with its source as a comment
+/// (`# flag --x`, `# env GAVEL_X`, `# file PATH`, `# default`). Options left at their
+/// default are commented out, so the output is itself a valid `--config` file. Fails, after
+/// printing, if the configuration is invalid.
+pub fn print_effective(
+    options: &ServeOptions,
+    matches: &ArgMatches,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let file = match &options.config {
+        Some(path) => ServeOptions::from_toml_file(path)?,
+        None => ServeOptions::default(),
+    };
+    let merged = options.clone().or(file);
+    let toml::Value::Table(values) =
+        toml::Value::try_from(&merged).context("showing the options as TOML")?
+    else {
+        bail!("the options are not a TOML table");
+    };
+    let defaults = code_defaults();
+    writeln!(
+        out,
+        "# gavel serve's effective configuration; after each value, its source."
+    )?;
+    for arg in command().get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "config" {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            writeln!(out, "# --config {}", file.as_deref().unwrap_or("not given"))?;
+            continue;
+        }
+        let line = match (
+            values.get(id),
+            defaults.iter().find(|(name, _)| *name == id),
+        ) {
+            (Some(value), _) => format!("{id} = {value} # {}", source(arg, matches, options)),
+            (None, Some((_, default))) => format!("# {id} = {} # default", literal(default)),
+            (None, None) => format!("# {id} is not set # default (see gavel serve --help)"),
+        };
+        writeln!(out, "{line}")?;
+    }
+    merged
+        .resolve()
+        .context("the configuration above is invalid")?;
+    Ok(())
+}
+
+/// Where a set option's value came from.
+fn source(arg: &Arg, matches: &ArgMatches, options: &ServeOptions) -> String {
+    let id = arg.get_id().as_str();
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => {
+            format!("flag --{}", arg.get_long().unwrap_or(id))
+        }
+        Some(ValueSource::EnvVariable) => {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            format!("env {}", env.unwrap_or_default())
+        }
+        _ => {
+            let file = options.config.as_ref().map(|p| p.display().to_string());
+            format!("file {}", file.unwrap_or_default())
+        }
+    }
+}
+
+/// A default from [`code_defaults`] as a TOML value: numbers and booleans bare, the rest
+/// quoted.
+fn literal(default: &str) -> String {
+    if default.parse::<i64>().is_ok() || default == "true" || default == "false" {
+        default.to_owned()
+    } else {
+        toml::Value::String(default.to_owned()).to_string()
+    }
+}
+
+/// `gavel config check FILE`: reads `path` as `gavel serve --config` would (unknown keys are
+/// an error) and validates it alone — no flags or environment. The TLS files and the data
+/// directory are not read.
+pub fn check_file(path: &Path) -> Result<ServeConfig> {
+    ServeOptions::from_toml_file(path)?
+        .resolve()
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
 /// The `GAVEL_*` variables `gavel serve` reads.

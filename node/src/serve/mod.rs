@@ -5,12 +5,17 @@
 //! Start-up order: configuration (flags, env, TOML — [`config`]), TLS material (generated
 //! with `--dev`), the metrics recorder, the HTTPS listener (so `/healthz` answers and
 //! `/readyz` says "not ready" during recovery), recovery of the node on a blocking thread,
-//! then the gateway turns ready and the QUIC listener opens. A close ticker settles due
-//! auctions.
+//! then the gateway turns ready and the QUIC listener opens. The closer ([`closer`]) settles
+//! auctions at their ends.
+//!
+//! A stop during recovery (SIGINT/SIGTERM, or the token) interrupts it
+//! ([`Node::open_interruptible`]): the listeners close, recovery gives up within a poll
+//! without writing anything, and [`start`] returns [`StoppedDuringRecovery`] — `gavel serve`
+//! exits 0, as after any requested stop.
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token given to [`start`]): the gateway's token is
-//! cancelled, listeners stop accepting, connections drain their in-flight replies, the close
-//! ticker stops, and the node writes a final snapshot and flushes the log — all under the
+//! cancelled, listeners stop accepting, connections drain their in-flight replies, the closer
+//! stops, and the node writes a final snapshot and flushes the log — all under the
 //! configured deadline; past it, the process exits with an error and recovery handles the
 //! rest on the next start.
 
@@ -22,7 +27,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gavel_transport::Gateway;
-use gavel_transport::fanout::Hub;
 use gavel_transport::http::{self, HttpOptions, MetricsRenderer};
 use gavel_transport::quic;
 use gavel_transport::tls::{self, ServerTls, TlsPaths};
@@ -34,11 +38,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ServeConfig, ServeOptions, TlsSource};
 
 use crate::backend::NodeBackend;
-use crate::node::Node;
-use gavel_wal::{Log, kafka};
+use crate::closer;
+use crate::node::{Node, RecoveryReport};
+use gavel_wal::{Interrupt, Log, kafka};
 
-/// Most auctions closed per tick; the rest wait for the next tick.
-const CLOSE_PER_TICK_MAX: usize = 1024;
 /// How often the log and engine gauges are refreshed.
 const GAUGE_REFRESH: Duration = Duration::from_secs(1);
 
@@ -58,6 +61,10 @@ pub fn prometheus() -> PrometheusHandle {
             }
             gavel_transport::metrics::describe();
             describe_node_metrics();
+            gavel_transport::metrics::set_build(gavel_transport::metrics::Build {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: crate::COMMIT,
+            });
             gavel_transport::metrics::build_info();
             gavel_transport::metrics::start_rare_counters_at_zero();
             handle
@@ -154,23 +161,44 @@ pub fn run(options: ServeOptions) -> Result<()> {
         builder.worker_threads(config.worker_threads);
     }
     let runtime = builder.build().context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         // Registered before the listening line: a script may signal the moment it reads it,
         // and a signal without a handler would end the process at once (no drain, no flush).
+        // Acted on from the start: a stop during recovery interrupts it.
         let stop_signal = stop_signal()?;
-        let server = start(config, shutdown.clone()).await?;
         let cancel = shutdown.clone();
         tokio::spawn(async move {
             let name = stop_signal.await;
             tracing::info!("{name}: shutting down");
             cancel.cancel();
         });
+        let server = match start(config, shutdown).await {
+            Err(error) if error.is::<StoppedDuringRecovery>() => return Ok(()),
+            started => started?,
+        };
         // One line on stdout for scripts and tests (ports may be chosen by the OS).
         println!("{}", server.listening_line());
         server.wait().await
-    })
+    });
+    // Dropping the runtime would wait for a recovery thread still in a step that cannot be
+    // interrupted (past the deadline); the exit ends it as a crash would.
+    runtime.shutdown_background();
+    result
 }
+
+/// [`start`] returned without a server: the stop (the shutdown token) came during recovery,
+/// which was interrupted; everything started was stopped and nothing was written.
+#[derive(Debug)]
+pub struct StoppedDuringRecovery;
+
+impl std::fmt::Display for StoppedDuringRecovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped during recovery")
+    }
+}
+
+impl std::error::Error for StoppedDuringRecovery {}
 
 /// Registers the handlers of SIGINT and SIGTERM now; the future resolves with the name of
 /// the first that arrives.
@@ -255,73 +283,30 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     // Watchers (HTTPS: WebSocket, SSE, the page) and the fan-out run on their own runtime,
     // so thousands of stream sockets never queue ahead of QUIC bids on the same threads.
     let streams = stream_runtime(config.worker_threads)?;
-    // The HTTPS port opens before recovery: /healthz answers and /readyz says "recovering"
-    // (and the admin API 503) until the node is ready.
-    let listener = std::net::TcpListener::bind(config.https_listen)
-        .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
-    listener.set_nonblocking(true)?;
-    let https_addr = listener.local_addr()?;
-    let listener = {
-        // Registered with the stream runtime's reactor, as every socket it accepts.
-        let _entered = streams.enter();
-        TcpListener::from_std(listener)?
-    };
-    let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
-        .with_allowed_origins(config.allowed_origins.clone());
-    tasks.push(streams.spawn(http::serve_https(
-        listener,
-        tls.clone(),
-        Arc::clone(&gateway),
-        options,
-    )));
+    let https_addr = open_https(&config, &streams, &tls, &gateway, &prometheus, &mut tasks)?;
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics port {addr}"))?;
-            let bound = listener.local_addr()?;
-            tasks.push(tokio::spawn(http::serve_metrics(
-                listener,
-                Arc::clone(&gateway),
-                MetricsRenderer::prometheus(prometheus),
-            )));
-            Some(bound)
-        }
+        Some(addr) => Some(open_metrics(addr, &gateway, prometheus, &mut tasks).await?),
         None => None,
     };
     tracing::info!(https = %https_addr, metrics = ?metrics_addr, "listening; recovering the data directory");
-    let data_dir = config.data_dir.clone();
-    let node_config = config.node.clone();
-    let (node, report) = tokio::task::spawn_blocking(move || Node::open(&data_dir, node_config))
-        .await
-        .context("the recovery thread panicked")?
-        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
-    let node = Arc::new(node);
-    gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
+    let Some(node) = recover(&config, &shutdown).await? else {
+        drain(tasks, config.shutdown_deadline).await?;
+        tracing::info!("stopped during recovery; the next start recovers from the start");
+        return Err(StoppedDuringRecovery.into());
+    };
+    let backend = Arc::new(NodeBackend(Arc::clone(&node)));
+    gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
     // QUIC opens once ready: a bidder that connects can bid at once.
-    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
-        .context("opening the QUIC listener")?;
-    let quic_addr = endpoint
-        .local_addr()
-        .context("the QUIC listener's address")?;
-    // Half the deadline for draining connections leaves the rest for the final snapshot
-    // and the log flush.
-    tasks.push(tokio::spawn(quic::serve_quic(
-        endpoint,
-        Arc::clone(&gateway),
-        Some(tls.clone()),
-        config.shutdown_deadline / 2,
-    )));
+    let quic_addr = open_quic(&config, &tls, &gateway, &mut tasks)?;
     tracing::info!(quic = %quic_addr, https = %https_addr, "ready");
     tasks.push(tokio::spawn(refresh_gauges(
         Arc::clone(&node),
         shutdown.clone(),
     )));
-    tasks.push(streams.spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway))));
-    let closer = spawn_closer(
-        Arc::clone(&node),
+    tasks.push(streams.spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway))));
+    let closer = closer::spawn(
+        backend,
         Arc::clone(gateway.hub()),
         config.close_tick,
         shutdown.clone(),
@@ -339,6 +324,140 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         closer: Some(closer),
         _streams: streams,
     })
+}
+
+/// Opens the HTTPS port on the stream runtime. It opens before recovery: `/healthz` answers
+/// and `/readyz` says "recovering" (and the admin API 503) until the node is ready.
+fn open_https(
+    config: &ServeConfig,
+    streams: &StreamRuntime,
+    tls: &ServerTls,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    prometheus: &PrometheusHandle,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(config.https_listen)
+        .with_context(|| format!("binding the HTTPS port {}", config.https_listen))?;
+    listener.set_nonblocking(true)?;
+    let https_addr = listener.local_addr()?;
+    let listener = {
+        // Registered with the stream runtime's reactor, as every socket it accepts.
+        let _entered = streams.enter();
+        TcpListener::from_std(listener)?
+    };
+    let options = HttpOptions::new(MetricsRenderer::prometheus(prometheus.clone()))
+        .with_allowed_origins(config.allowed_origins.clone());
+    tasks.push(streams.spawn(http::serve_https(
+        listener,
+        tls.clone(),
+        Arc::clone(gateway),
+        options,
+    )));
+    Ok(https_addr)
+}
+
+/// Opens the plain-HTTP metrics port on `addr`.
+async fn open_metrics(
+    addr: SocketAddr,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    prometheus: PrometheusHandle,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics port {addr}"))?;
+    let bound = listener.local_addr()?;
+    tasks.push(tokio::spawn(http::serve_metrics(
+        listener,
+        Arc::clone(gateway),
+        MetricsRenderer::prometheus(prometheus),
+    )));
+    Ok(bound)
+}
+
+/// Opens the QUIC listener for bidders.
+fn open_quic(
+    config: &ServeConfig,
+    tls: &ServerTls,
+    gateway: &Arc<Gateway<NodeBackend>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<SocketAddr> {
+    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
+        .context("opening the QUIC listener")?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("the QUIC listener's address")?;
+    // Half the deadline for draining connections leaves the rest for the final snapshot
+    // and the log flush.
+    tasks.push(tokio::spawn(quic::serve_quic(
+        endpoint,
+        Arc::clone(gateway),
+        Some(tls.clone()),
+        config.shutdown_deadline / 2,
+    )));
+    Ok(quic_addr)
+}
+
+/// Recovers the node on a blocking thread; `None` if the stop came first (then the recovery
+/// was interrupted: [`interrupt_recovery`]).
+async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<Option<Arc<Node>>> {
+    let interrupt = Interrupt::default();
+    let mut recovery = {
+        let (dir, node_config) = (config.data_dir.clone(), config.node.clone());
+        let interrupt = interrupt.clone();
+        tokio::task::spawn_blocking(move || Node::open_interruptible(&dir, node_config, &interrupt))
+    };
+    let opened = tokio::select! {
+        biased;
+        joined = &mut recovery => joined,
+        () = shutdown.cancelled() => {
+            interrupt_recovery(recovery, &interrupt, config.shutdown_deadline).await?;
+            return Ok(None);
+        }
+    };
+    let (node, report) = opened
+        .context("the recovery thread panicked")?
+        .with_context(|| format!("recovering {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "{}", report.summary());
+    Ok(Some(Arc::new(node)))
+}
+
+/// Interrupts a recovery because a stop came during it and waits (up to `deadline`) for
+/// its thread: the waits and the replay see the interrupt within a poll and return without
+/// writing anything, so the log closes and a Kafka writer lease is released. A recovery
+/// that finished meanwhile is shut down without a final snapshot. Past the deadline (a step
+/// that cannot be interrupted, see [`Node::open_interruptible`]) the thread is left behind
+/// and the error says so: the process exits as a crash would, which the next start recovers.
+async fn interrupt_recovery(
+    recovery: JoinHandle<Result<(Node, RecoveryReport)>>,
+    interrupt: &Interrupt,
+    deadline: Duration,
+) -> Result<()> {
+    tracing::warn!("stop requested during recovery: interrupting it");
+    interrupt.interrupt();
+    let Ok(joined) = tokio::time::timeout(deadline, recovery).await else {
+        anyhow::bail!("shutdown deadline of {deadline:?} passed while interrupting recovery");
+    };
+    match joined.context("the recovery thread panicked")? {
+        Ok((node, _)) => {
+            tokio::task::spawn_blocking(move || node.shutdown(false))
+                .await
+                .context("the flush thread panicked")??;
+        }
+        Err(error) => tracing::info!("recovery ended: {error:#}"),
+    }
+    Ok(())
+}
+
+/// Waits for `tasks` (which watch the shutdown token) to end, at most `deadline`.
+async fn drain(tasks: Vec<JoinHandle<()>>, deadline: Duration) -> Result<()> {
+    let until = tokio::time::Instant::now() + deadline;
+    for task in tasks {
+        if tokio::time::timeout_at(until, task).await.is_err() {
+            anyhow::bail!("shutdown deadline of {deadline:?} passed while draining connections");
+        }
+    }
+    Ok(())
 }
 
 /// The runtime of the stream side (HTTPS listener, WebSocket/SSE sockets, fan-out workers):
@@ -378,15 +497,9 @@ impl Server {
         metrics::gauge!("gavel_ready").set(0.0);
         let started = tokio::time::Instant::now();
         let deadline = started + self.deadline;
-        for task in self.tasks.drain(..) {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                anyhow::bail!(
-                    "shutdown deadline of {:?} passed while draining connections",
-                    self.deadline
-                );
-            }
-        }
+        drain(std::mem::take(&mut self.tasks), self.deadline).await?;
         let node = Arc::clone(&self.node);
+        node.wake_closer();
         let closer = self.closer.take();
         let flush = tokio::task::spawn_blocking(move || -> Result<u64> {
             if let Some(closer) = closer {
@@ -456,58 +569,6 @@ async fn load_tls(config: &ServeConfig) -> Result<ServerTls> {
     .context("the TLS loading thread panicked")?
 }
 
-/// Closes and settles due auctions every `tick` on its own thread (deciding is CPU work,
-/// not async); each settlement is announced once its records are durable.
-fn spawn_closer(
-    node: Arc<Node>,
-    hub: Arc<Hub>,
-    tick: Duration,
-    shutdown: CancellationToken,
-    runtime: tokio::runtime::Handle,
-) -> Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("gavel-closer".into())
-        .spawn(move || {
-            while !shutdown.is_cancelled() {
-                let closed =
-                    node.close_due(gavel_transport::session::now_micros(), CLOSE_PER_TICK_MAX);
-                for auction in closed {
-                    let durable = node.durable(auction.receipt);
-                    let (node, hub) = (Arc::clone(&node), Arc::clone(&hub));
-                    runtime.spawn(async move {
-                        match durable.await {
-                            Ok(_) => {
-                                hub.settled(
-                                    node.engine(),
-                                    auction.id,
-                                    gavel_transport::session::now_micros(),
-                                );
-                                tracing::info!(
-                                    auction = auction.id.0,
-                                    winner = ?auction.settlement.winner.map(|w| w.bidder),
-                                    price = ?auction.settlement.winner.map(|w| w.price),
-                                    "auction settled"
-                                );
-                            }
-                            Err(e) => tracing::error!(
-                                auction = auction.id.0,
-                                error = %e,
-                                "settlement not durable; it is not announced"
-                            ),
-                        }
-                    });
-                }
-                if node.failure().is_some() {
-                    tracing::error!("the log failed; the close ticker stops");
-                    shutdown.cancel();
-                    return;
-                }
-                std::thread::park_timeout(tick);
-            }
-        })
-        .context("starting the close ticker thread")
-}
-
 /// How often the Prometheus recorder's histograms are maintained.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -524,6 +585,12 @@ async fn metrics_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 
 /// Refreshes the log and engine gauges until shutdown.
 async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
+    if let Log::Kafka(_) = node.wal() {
+        // Failed delivery reports start at 0, so the first one is an increase the alert sees.
+        for status in ["not_persisted", "possibly_persisted", "error"] {
+            metrics::counter!(kafka::METRIC_DELIVERIES, "status" => status).increment(0);
+        }
+    }
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -534,7 +601,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         let wal = node.wal().metrics();
         let [scheduled, open, settled] = node
             .engine()
-            .phase_counts(gavel_transport::session::now_micros());
+            .phase_counts(gavel_transport::clock::now_micros());
         metrics::gauge!("gavel_auctions", "state" => "scheduled").set(scheduled as f64);
         metrics::gauge!("gavel_auctions", "state" => "open").set(open as f64);
         metrics::gauge!("gavel_auctions", "state" => "settled").set(settled as f64);

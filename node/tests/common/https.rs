@@ -20,6 +20,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -111,7 +112,7 @@ impl TestNode {
         let mut options = HttpOptions::new(MetricsRenderer::prometheus(handle))
             .with_allowed_origins(setup.allowed_origins);
         options.ws_ping_interval_ms = setup.ws_ping_interval_ms;
-        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
+        tokio::spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway)));
         let server = tokio::spawn(http::serve_https(
             listener,
             tls,
@@ -263,6 +264,7 @@ impl TestNode {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(recv_buffer_bytes).unwrap();
         let tcp = socket.connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
         let stream = tls_over(tcp, &self.certs, who, &[b"http/1.1"])
             .await
             .expect("handshake succeeds");
@@ -272,11 +274,11 @@ impl TestNode {
 
 /// Opens `/v1/ws` over a TLS `stream` to the HTTPS port, offering `subprotocol`, with
 /// `origin` if given.
-pub async fn ws_over(
-    stream: TlsStream<TcpStream>,
+pub async fn ws_over<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     subprotocol: &str,
     origin: Option<&str>,
-) -> Result<WebSocketStream<TlsStream<TcpStream>>, tungstenite::Error> {
+) -> Result<WebSocketStream<S>, tungstenite::Error> {
     let mut request = "wss://localhost/v1/ws".into_client_request().unwrap();
     request
         .headers_mut()
@@ -320,16 +322,19 @@ pub async fn try_tls_to(
     who: Option<&str>,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    tls_over(TcpStream::connect(addr).await?, certs, who, alpn).await
+    let tcp = TcpStream::connect(addr).await?;
+    // Small request/answer exchanges: no Nagle delay.
+    tcp.set_nodelay(true)?;
+    tls_over(tcp, certs, who, alpn).await
 }
 
-/// [`try_tls_to`] over a connected `tcp`.
-pub async fn tls_over(
-    tcp: TcpStream,
+/// [`try_tls_to`] over a connected socket `io`.
+pub async fn tls_over<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: IO,
     certs: &DevCerts,
     who: Option<&str>,
     alpn: &[&[u8]],
-) -> std::io::Result<TlsStream<TcpStream>> {
+) -> std::io::Result<TlsStream<IO>> {
     let client = who.map(|who| {
         let identity = Identity::from_uri(&format!("gavel://{who}")).unwrap();
         certs.client(&identity).expect("a dev certificate").clone()
@@ -340,15 +345,10 @@ pub async fn tls_over(
         alpn,
     )
     .unwrap();
-    // Small request/answer exchanges: no Nagle delay.
-    tcp.set_nodelay(true)?;
     let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(
-        WAIT,
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("handshake in time")
+    tokio::time::timeout(WAIT, TlsConnector::from(Arc::new(config)).connect(name, io))
+        .await
+        .expect("handshake in time")
 }
 
 /// One HTTP/1.1 request to the HTTPS port at `addr` as `who`; returns status, headers and

@@ -1,6 +1,9 @@
 //! Shared helpers for the node's integration tests: running the built `gavel` binary, reading
 //! values out of its report, and finding records in segment files.
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code)]
+// each test binary uses a subset
+// Helpers shared by several test crates (each test file is one): `pub` is their interface.
+#![allow(unreachable_pub)]
 
 pub mod cdp;
 pub mod crash;

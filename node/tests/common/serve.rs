@@ -15,7 +15,7 @@ use gavel_engine::{AuctionId, AuctionView, UnixMicros};
 use gavel_node::{Node, NodeBackend, NodeConfig};
 use gavel_proto::frame::{self, ALPN, FrameDecoder};
 use gavel_proto::pb;
-use gavel_transport::session::now_micros;
+use gavel_transport::clock::now_micros;
 use gavel_transport::tls::{self, ServerTls, dev};
 use gavel_transport::{Gateway, Identity, Limits, quic};
 use gavel_wal::{Lsn, WriterHooks};
@@ -114,7 +114,7 @@ impl QuicNode {
             Duration::from_secs(5),
         ));
         // Price streams: the fan-out workers end with the gateway's shutdown.
-        tokio::spawn(gavel_transport::fanout::worker::run(Arc::clone(&gateway)));
+        tokio::spawn(gavel_transport::fanout::run_workers(Arc::clone(&gateway)));
         QuicNode {
             dir,
             node,
@@ -180,16 +180,35 @@ impl QuicNode {
         &self,
         cert_key: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Result<RawConnection, quinn::ConnectionError> {
-        let tls = tls::client_config(&self.certs.ca_cert, cert_key, &[ALPN]).unwrap();
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connection = endpoint.connect(self.addr, "localhost").unwrap().await?;
-        Ok(RawConnection {
-            _endpoint: endpoint,
-            connection,
-        })
+        raw_connect(
+            self.addr,
+            &self.certs.ca_cert,
+            cert_key,
+            quinn::TransportConfig::default(),
+        )
+        .await
     }
+}
+
+/// A raw QUIC connection to the node at `addr` (CA `ca`) presenting `cert_key` (none:
+/// anonymous), with the client transport parameters `transport`.
+pub async fn raw_connect(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    transport: quinn::TransportConfig,
+) -> Result<RawConnection, quinn::ConnectionError> {
+    let tls = tls::client_config(ca, cert_key, &[ALPN]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    let connection = endpoint.connect(addr, "localhost").unwrap().await?;
+    Ok(RawConnection {
+        _endpoint: endpoint,
+        connection,
+    })
 }
 
 /// A QUIC connection driven by hand.

@@ -38,6 +38,21 @@ pub async fn create(node: &TestNode, id: u64, topic: &str) {
     node.create_auction(body.to_string().into_bytes()).await;
 }
 
+/// Request `id`: a bid of `amount` on `auction` (bid id `7:id`).
+pub fn place_bid(id: u64, auction: u64, amount: u64) -> pb::ClientMessage {
+    pb::ClientMessage {
+        request_id: id,
+        body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
+            auction_id: auction,
+            amount,
+            max: None,
+            bid_id_hi: 7,
+            bid_id_lo: id,
+            client_sent_at_us: now_us(),
+        })),
+    }
+}
+
 /// A bidder's socket placing bids and reading their outcomes.
 pub struct Bidder {
     socket: WebSocketStream<TlsStream<TcpStream>>,
@@ -66,17 +81,7 @@ impl Bidder {
         for &(auction, amount) in bids {
             let id = self.next_id;
             self.next_id += 1;
-            let request = pb::ClientMessage {
-                request_id: id,
-                body: Some(pb::client_message::Body::PlaceBid(pb::PlaceBid {
-                    auction_id: auction,
-                    amount,
-                    max: None,
-                    bid_id_hi: 7,
-                    bid_id_lo: id,
-                    client_sent_at_us: now_us(),
-                })),
-            };
+            let request = place_bid(id, auction, amount);
             self.socket
                 .feed(Message::Binary(request.encode_to_vec().into()))
                 .await

@@ -1,6 +1,9 @@
 //! Proptest strategies shared by the integration tests: random valid engine values.
 
-#![allow(dead_code)] // Each test binary uses a different subset.
+#![allow(dead_code)]
+// Each test binary uses a different subset.
+// Helpers shared by several test crates (each test file is one): `pub` is their interface.
+#![allow(unreachable_pub)]
 
 use std::sync::Arc;
 

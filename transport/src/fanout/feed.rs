@@ -30,13 +30,13 @@ use crossbeam_queue::ArrayQueue;
 use gavel_engine::AuctionId;
 
 /// A mark slot holding no auction.
-pub const EMPTY: u64 = 0;
+pub(crate) const EMPTY: u64 = 0;
 /// Dirty ids one shard's queue holds before it overflows into a sweep.
-pub const FEED_QUEUE_LEN_MAX: usize = 64 * 1024;
+pub(crate) const FEED_QUEUE_LEN_MAX: usize = 64 * 1024;
 /// Mark slots per shard; a power of two. More slots, fewer duplicate pushes on collisions.
-pub const FEED_MARK_SLOTS: usize = 4096;
+pub(crate) const FEED_MARK_SLOTS: usize = 4096;
 /// Most fan-out shards (workers).
-pub const FEED_SHARDS_MAX: usize = 64;
+pub(crate) const FEED_SHARDS_MAX: usize = 64;
 
 const _: () = assert!(FEED_MARK_SLOTS.is_power_of_two());
 const _: () = assert!(FEED_QUEUE_LEN_MAX >= FEED_MARK_SLOTS);

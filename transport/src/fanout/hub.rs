@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
-use gavel_engine::{AuctionId, AuctionView, Engine, Phase, UnixMicros};
+use gavel_engine::{AuctionId, AuctionView, Phase, UnixMicros};
+
+use crate::gateway::AuctionReads;
 use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
 use thiserror::Error;
@@ -33,7 +35,7 @@ use crate::metrics;
 
 /// The stream epoch: the node keeps every auction's history across restarts (the WAL), so
 /// it never loses state and the epoch stays 1.
-pub const STREAM_EPOCH: u64 = 1;
+pub(crate) const STREAM_EPOCH: u64 = 1;
 
 /// Auctions read per page when a subscription scans for its snapshots.
 const SNAPSHOT_PAGE_MAX: usize = 1024;
@@ -97,7 +99,10 @@ impl Drop for BidderPresence {
 }
 
 /// The exact `topics` and `patterns` of a `Subscribe` or `Unsubscribe`, parsed.
-pub fn parse_request(topics: &[String], patterns: &[String]) -> Result<Vec<Pattern>, PatternError> {
+pub(crate) fn parse_request(
+    topics: &[String],
+    patterns: &[String],
+) -> Result<Vec<Pattern>, PatternError> {
     topics
         .iter()
         .map(|t| Pattern::exact(t))
@@ -180,6 +185,11 @@ impl Subscriber {
     pub fn is_slow(&self, now: Instant) -> bool {
         // Ordering: Relaxed; a flag read by the connection's own writer, no data behind it.
         self.full.load(Ordering::Relaxed) || self.outbox().is_slow(now)
+    }
+
+    /// Bytes pending in the outbox (encoded sizes).
+    pub fn pending_bytes(&self) -> usize {
+        self.outbox().bytes()
     }
 
     fn mark_slow(&self) {
@@ -331,11 +341,10 @@ impl Hub {
     /// subscriber, in order and never conflated (after a pending price of the auction).
     /// Call it once the settlement is durable, exactly once per auction: the closer for
     /// ends, the admin API for cancels, the bid path for bids that close (buy-now, a Dutch
-    /// sale). Returns how many subscribers it reached.
-    pub fn settled(&self, engine: &Engine, id: AuctionId, now: UnixMicros) -> usize {
-        let Some(view) = engine.view(id, now) else {
-            return 0;
-        };
+    /// sale), all through [`crate::settlement::announce`]. `view` is the auction's view
+    /// read after the close. Returns how many subscribers it reached.
+    pub fn settled(&self, view: &AuctionView, now: UnixMicros) -> usize {
+        let id = view.spec.id();
         let (Some(settlement), Some(reason)) = (view.settlement, view.close_reason) else {
             return 0;
         };
@@ -505,8 +514,14 @@ impl Hub {
     /// Delivers the current state of auction `id` to every matching subscriber that fan-out
     /// worker `shard` serves: one view, one trie lookup, one outbox push each (conflated
     /// there). Returns how many outboxes took it (queued or conflated).
-    pub fn publish(&self, engine: &Engine, id: AuctionId, now: UnixMicros, shard: usize) -> usize {
-        let Some(view) = engine.view(id, now) else {
+    pub fn publish(
+        &self,
+        reads: &(impl AuctionReads + ?Sized),
+        id: AuctionId,
+        now: UnixMicros,
+        shard: usize,
+    ) -> usize {
+        let Some(view) = reads.view(id, now) else {
             return 0;
         };
         let topic = view.spec.rules().topic.as_str();
@@ -575,7 +590,7 @@ impl Hub {
     /// `auctions_max`: subscribes are rare, bids are not.
     pub fn snapshots(
         &self,
-        engine: &Engine,
+        reads: &(impl AuctionReads + ?Sized),
         subscriber: &Subscriber,
         patterns: &[Pattern],
         positions: &HashMap<AuctionId, u64>,
@@ -585,7 +600,7 @@ impl Hub {
         let mut after = None;
         let at = Instant::now();
         loop {
-            let page = engine.list(after, SNAPSHOT_PAGE_MAX, now);
+            let page = reads.list(after, SNAPSHOT_PAGE_MAX, now);
             let Some(last) = page.last() else {
                 subscriber.wake();
                 return queued;
@@ -612,6 +627,8 @@ impl Hub {
                 if !outbox.push_ordered(id, snapshot, at) {
                     drop(outbox);
                     subscriber.mark_slow();
+                    // The writer closes the connection at its next look.
+                    subscriber.wake();
                     return queued;
                 }
                 queued += 1;
@@ -640,8 +657,8 @@ impl Hub {
 mod tests {
     use super::*;
     use gavel_engine::{
-        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, EngineConfig,
-        IncrementTable, Topic,
+        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, Engine,
+        EngineConfig, IncrementTable, Topic,
     };
 
     fn engine_with(auctions: &[(u64, &str)]) -> Engine {

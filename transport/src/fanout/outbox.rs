@@ -23,7 +23,7 @@ use gavel_proto::pb::server_message::Body as Reply;
 use prost::Message;
 
 /// The hard bound on pending bytes, as a multiple of the soft bound.
-pub const OUTBOX_HARD_BOUND_FACTOR: usize = 2;
+pub(crate) const OUTBOX_HARD_BOUND_FACTOR: usize = 2;
 
 /// What [`Outbox::push_price`] did with an update.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

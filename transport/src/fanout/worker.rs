@@ -9,12 +9,12 @@ use std::sync::Arc;
 use gavel_engine::AuctionId;
 use tokio::task::JoinSet;
 
+use crate::clock::now_micros;
 use crate::gateway::{Backend, Gateway};
 use crate::metrics;
-use crate::session::now_micros;
 
 /// Dirty auctions a worker drains per round before it yields to other tasks.
-pub const DRAIN_IDS_MAX: usize = 1024;
+pub(crate) const DRAIN_IDS_MAX: usize = 1024;
 /// Auctions read per page when a worker sweeps its shard after a feed overflow.
 const SWEEP_PAGE_MAX: usize = 1024;
 
@@ -40,7 +40,6 @@ async fn run_shard<B: Backend>(gateway: Arc<Gateway<B>>, shard: usize) {
         let Some(backend) = gateway.backend().cloned() else {
             continue;
         };
-        let engine = backend.engine();
         loop {
             ids.clear();
             let drained = hub.feed().drain(shard, &mut ids, DRAIN_IDS_MAX);
@@ -50,7 +49,7 @@ async fn run_shard<B: Backend>(gateway: Arc<Gateway<B>>, shard: usize) {
                 // what they already have (by sequence number).
                 let mut after = None;
                 loop {
-                    let page = engine.list(after, SWEEP_PAGE_MAX, now);
+                    let page = backend.list(after, SWEEP_PAGE_MAX, now);
                     after = page.last().map(|v| v.spec.id());
                     ids.extend(page.iter().map(|v| v.spec.id()));
                     if page.len() < SWEEP_PAGE_MAX {
@@ -62,7 +61,7 @@ async fn run_shard<B: Backend>(gateway: Arc<Gateway<B>>, shard: usize) {
             }
             let mut delivered = 0;
             for id in &ids {
-                delivered += hub.publish(engine, AuctionId(id.0), now, shard);
+                delivered += hub.publish(&*backend, AuctionId(id.0), now, shard);
             }
             if shard == 0 {
                 // Every worker reads every dirty auction; count each publication once.

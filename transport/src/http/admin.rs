@@ -23,13 +23,14 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::routes::{self, Body};
+use super::response::{self, Body};
 use super::{Peer, Server};
+use crate::clock::now_micros;
 use crate::fanout::hub::STREAM_EPOCH;
 use crate::gateway::Backend;
 use crate::identity::Role;
 use crate::metrics;
-use crate::session::now_micros;
+use crate::settlement;
 
 /// The collection's path.
 pub(super) const COLLECTION: &str = "/v1/auctions";
@@ -123,7 +124,7 @@ impl AdminError {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut response = routes::error(self.status(), self.code(), &self.to_string());
+        let mut response = response::error(self.status(), self.code(), &self.to_string());
         let retry_after_s = match &self {
             AdminError::NotReady => Some(RETRY_AFTER_NOT_READY_S),
             AdminError::Overloaded(us) => Some(us.div_ceil(1_000_000).max(1)),
@@ -307,7 +308,7 @@ async fn create<B: Backend>(
         .map_err(|e| AdminError::Internal(format!("auction {id} was created but is {e}")))?;
     server.gateway.hub().changed(id);
     tracing::info!(auction = id.0, "auction created through the admin API");
-    let mut response = routes::json(StatusCode::CREATED, &snapshot(&*backend, id)?);
+    let mut response = response::json(StatusCode::CREATED, &snapshot(&*backend, id)?);
     if let Ok(location) = HeaderValue::try_from(format!("{COLLECTION_SLASH}{}", id.0)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -316,7 +317,7 @@ async fn create<B: Backend>(
 
 fn get<B: Backend>(server: &Arc<Server<B>>, id: u64) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
-    Ok(routes::json(
+    Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
     ))
@@ -334,9 +335,7 @@ fn list<B: Backend>(
         asked => asked.min(limit_max),
     } as usize;
     // One more than the page, to know whether another page follows.
-    let mut views = backend
-        .engine()
-        .list(after_id.map(AuctionId), limit + 1, now_micros());
+    let mut views = backend.list(after_id.map(AuctionId), limit + 1, now_micros());
     let more = views.len() > limit;
     views.truncate(limit);
     let response = pb::ListAuctionsResponse {
@@ -346,7 +345,7 @@ fn list<B: Backend>(
             .map(|view| pb::AuctionSnapshot::from_view(view, STREAM_EPOCH))
             .collect(),
     };
-    Ok(routes::json(StatusCode::OK, &response))
+    Ok(response::json(StatusCode::OK, &response))
 }
 
 /// Parses `after_id=<u64>&limit=<u32>` (both optional, other keys refused).
@@ -386,17 +385,16 @@ async fn cancel<B: Backend>(
 ) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
     let closed = backend.cancel_auction(AuctionId(id), now_micros())?;
-    backend.durable(closed.receipt).await.map_err(|e| {
-        AdminError::Internal(format!(
-            "auction {id} was cancelled but the cancellation is {e}"
-        ))
-    })?;
-    server
-        .gateway
-        .hub()
-        .settled(backend.engine(), AuctionId(id), now_micros());
+    let hub = Arc::clone(server.gateway.hub());
+    settlement::announce(Arc::clone(&backend), hub, closed)
+        .await
+        .map_err(|e| {
+            AdminError::Internal(format!(
+                "auction {id} was cancelled but the cancellation is {e}"
+            ))
+        })?;
     tracing::info!(auction = id, "auction cancelled through the admin API");
-    Ok(routes::json(
+    Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
     ))
@@ -404,7 +402,6 @@ async fn cancel<B: Backend>(
 
 fn snapshot<B: Backend>(backend: &B, id: AuctionId) -> Result<pb::AuctionSnapshot, AdminError> {
     let view = backend
-        .engine()
         .view(id, now_micros())
         .ok_or_else(|| AdminError::NotFound(format!("unknown auction {id}")))?;
     Ok(pb::AuctionSnapshot::from_view(&view, STREAM_EPOCH))

@@ -7,7 +7,8 @@
 //! - this file: [`HttpOptions`], [`MetricsRenderer`], the accept loops ([`serve_https`],
 //!   [`serve_tls`], [`serve_metrics`]) and one connection's life (limits, TLS handshake,
 //!   identity, graceful shutdown);
-//! - `routes`: the router, the probes and `/metrics`, and the response helpers;
+//! - `routes`: the router, the probes and `/metrics`;
+//! - `response`: the responses every handler builds (text, JSON, JSON errors, 405);
 //! - `admin`: `POST/GET /v1/auctions[...]`, JSON in and out, [`AdminError`];
 //! - `ws`: the WebSocket handshake (subprotocol, Origin allow-list) and the driver that runs
 //!   a [`crate::session::Session`] over it;
@@ -15,6 +16,8 @@
 //!   `Last-Event-ID` resume, one task per stream feeding the response body);
 //! - `stream`: what `ws` and `sse` share when writing a subscriber's outbox (slow-consumer
 //!   check, gauges and counters per transport, keepalive timer, Origin/shutdown admission);
+//! - `paced`: the accepted TCP socket, which a stream connection paces (at most
+//!   `stream_unsent_bytes_max` unsent bytes in the kernel; a flush completes only below it);
 //! - `page`: the browser page at `/` and its assets, compiled into the binary.
 //!
 //! # Limits
@@ -68,7 +71,9 @@
 //! ```
 
 mod admin;
+mod paced;
 mod page;
+mod response;
 mod routes;
 mod sse;
 mod stream;
@@ -99,6 +104,7 @@ pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};
 use crate::metrics;
+use crate::tls::stream::ServerStream;
 use crate::tls::{self, ServerTls};
 
 /// The metric label of connections served by this module.
@@ -197,6 +203,8 @@ struct Peer {
     remote: SocketAddr,
     /// The `connections_max` permit, shared with a WebSocket the connection upgrades to.
     _permit: Arc<OwnedSemaphorePermit>,
+    /// The socket's pacing, enabled once the connection carries a price stream.
+    pacing: Arc<paced::Pacing>,
 }
 
 /// Serves the HTTPS port on `listener` until the gateway shuts down, then drains.
@@ -254,41 +262,22 @@ pub async fn serve_tls<B: Backend>(
         }
         let config = config();
         let server_for_task = Arc::clone(&server);
+        let pacing = Arc::new(paced::Pacing::default());
+        let tcp = paced::PacedTcp::new(tcp, Arc::clone(&pacing));
         server.tasks.spawn(async move {
             let server = server_for_task;
-            let timeout = server.gateway.limits().handshake_timeout();
-            let shutdown = server.gateway.shutdown();
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = tokio::time::timeout(timeout, tls::stream::accept(config, tcp)) => match accepted {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        handshake_failed("tls", remote, &e);
-                        return;
-                    }
-                    Err(_) => {
-                        handshake_failed("timeout", remote, &"no handshake in time");
-                        return;
-                    }
-                },
+            let Some(stream) = handshake_within_timeout(&server, config, tcp, remote).await else {
+                return;
             };
             drop(handshake);
-            let identity = match stream.peer_certificates() {
-                Some(chain) if !chain.is_empty() => match identify(chain) {
-                    Ok(identity) => Some(identity),
-                    Err(e) => {
-                        handshake_failed("identity", remote, &e);
-                        return;
-                    }
-                },
-                // The TLS configuration admitted a client without a certificate: an
-                // anonymous watcher.
-                _ => None,
+            let Ok(identity) = identity_of(&stream, identify, remote) else {
+                return;
             };
             let peer = Peer {
                 identity,
                 remote,
                 _permit: Arc::new(permit),
+                pacing,
             };
             serve_connection(&server, stream, peer).await;
         });
@@ -368,6 +357,9 @@ fn http_builder(limits: &crate::Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.streams_per_connection_max)
+        // What a response (an SSE stream) may have buffered per HTTP/2 stream beyond the
+        // socket: more waits in its producer (for SSE, conflating in the outbox).
+        .max_send_buf_size(limits.stream_unsent_bytes_max)
         .keep_alive_interval(limits.idle_timeout() / 2)
         .keep_alive_timeout(limits.idle_timeout() / 2);
     builder
@@ -464,6 +456,47 @@ fn refuse(transport: &'static str, reason: &'static str, remote: SocketAddr) {
     tracing::debug!(%remote, reason, "connection refused by a limit");
     ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => transport, "reason" => reason)
         .increment(1);
+}
+
+/// The TLS handshake of one connection under `handshake_timeout_ms`; `None` if it failed, timed
+/// out (both counted) or the node began shutting down.
+async fn handshake_within_timeout<B: Backend, IO: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server<B>,
+    config: Arc<rustls::ServerConfig>,
+    io: IO,
+    remote: SocketAddr,
+) -> Option<ServerStream<IO>> {
+    let timeout = server.gateway.limits().handshake_timeout();
+    tokio::select! {
+        () = server.gateway.shutdown().cancelled() => None,
+        accepted = tokio::time::timeout(timeout, tls::stream::accept(config, io)) => match accepted {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                handshake_failed("tls", remote, &e);
+                None
+            }
+            Err(_) => {
+                handshake_failed("timeout", remote, &"no handshake in time");
+                None
+            }
+        },
+    }
+}
+
+/// The identity the peer's certificate names (`None`: the TLS configuration admitted a
+/// client without a certificate, an anonymous watcher); `Err` (counted) if the certificate
+/// names none.
+fn identity_of<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: &ServerStream<IO>,
+    identify: PeerIdentity,
+    remote: SocketAddr,
+) -> Result<Option<Identity>, ()> {
+    match stream.peer_certificates() {
+        Some(chain) if !chain.is_empty() => identify(chain).map(Some).map_err(|e| {
+            handshake_failed("identity", remote, &e);
+        }),
+        _ => Ok(None),
+    }
 }
 
 fn handshake_failed(reason: &'static str, remote: SocketAddr, error: &dyn std::fmt::Display) {

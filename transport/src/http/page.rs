@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::routes::{self, Body};
+use super::response::{self, Body};
 
 /// One file of the page.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ pub(super) fn asset(path: &str) -> Option<Asset> {
 /// Serves `asset` (`GET` or `HEAD`).
 pub(super) fn serve<T>(asset: Asset, request: &Request<T>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return routes::method_not_allowed("GET, HEAD");
+        return response::method_not_allowed("GET, HEAD");
     }
     // hyper writes no body for HEAD, and keeps the GET's Content-Length.
     let mut response = Response::new(Full::new(Bytes::from_static(asset.body.as_bytes())));

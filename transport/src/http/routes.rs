@@ -1,21 +1,15 @@
-//! The router of the HTTPS port, the probes (`/healthz`, `/readyz`), `/metrics`, and the
-//! response helpers the handlers share.
+//! The router of the HTTPS port, the probes (`/healthz`, `/readyz`) and `/metrics`.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::response::{Body, error, method_not_allowed, text};
+use super::sse::AnyBody;
 use super::{Peer, Server, admin, page, sse, ws};
 use crate::gateway::Backend;
-
-/// The body of a response built whole before it is sent.
-pub(super) type Body = Full<Bytes>;
-/// The body of any response: whole, or an SSE event stream.
-pub(super) type AnyBody = http_body_util::Either<Body, sse::EventStream>;
 
 /// The Prometheus text exposition format's content type.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -55,8 +49,12 @@ pub(super) fn probes_only<B: Backend, T>(
         return method_not_allowed("GET, HEAD");
     }
     match path {
-        // The process serves requests: alive.
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        // The process serves requests: alive; and which build it is.
+        "/healthz" => {
+            let build = crate::metrics::build();
+            let body = format!("ok version={} commit={}\n", build.version, build.commit);
+            text(StatusCode::OK, body)
+        }
         "/readyz" if server.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -75,62 +73,4 @@ pub(super) fn probes_only<B: Backend, T>(
             response
         }
     }
-}
-
-/// A plain-text response.
-pub(super) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// A JSON response of `value` (a `gavel.v1` message: canonical proto3 JSON).
-pub(super) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        // Not reachable with the generated messages (no floats, no maps with non-string
-        // keys), but a fault must not take the connection down.
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &format!("could not encode the response: {e}"),
-        ),
-    }
-}
-
-/// A JSON error: `{"code": "...", "message": "..."}`.
-pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "code": code, "message": message });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// 405 with the methods the route allows.
-pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        &format!("this route allows {allow}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
 }

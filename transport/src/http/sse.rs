@@ -6,8 +6,13 @@
 //! client would send and handed to the same [`Session`]; the answer decides the status (a
 //! refusal is a 400 naming the problem, before any event). Then a task per stream moves what
 //! is due from the subscriber's outbox into the response body, several events per chunk,
-//! through a bounded queue ([`CHUNKS_MAX`] chunks): one event per `ServerMessage`, `data:`
-//! its canonical proto3 JSON (as `gavel.v1.json` sends it), `id:` its position.
+//! through a queue of one chunk ([`CHUNKS_MAX`]): one event per `ServerMessage`, `data:`
+//! its canonical proto3 JSON (as `gavel.v1.json` sends it), `id:` its position. The task
+//! takes the next chunk's updates only once the HTTP layer took the last chunk and flushed
+//! it into the kernel with the kernel below `stream_unsent_bytes_max` unsent bytes (the
+//! socket is paced, `paced`); the HTTP/2 send buffer per stream is bounded the same. A slow
+//! reader's updates so wait, conflated, in the outbox, and the next chunk it gets is the
+//! latest state.
 //!
 //! # Event ids and `Last-Event-ID`
 //!
@@ -47,7 +52,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::routes::{self, AnyBody};
+use super::response::{self, Body};
 use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
 use crate::fanout::{Pattern, Subscriber};
@@ -61,7 +66,7 @@ pub const PATH: &str = "/v1/sse";
 const TRANSPORT: &str = "sse";
 /// Chunks queued for one response body; a full queue leaves updates conflating in the
 /// subscriber's outbox.
-pub const CHUNKS_MAX: usize = 4;
+pub(super) const CHUNKS_MAX: usize = 1;
 /// Events written in one chunk at most (and about `ws_message_bytes_max` bytes).
 const CHUNK_EVENTS_MAX: usize = 256;
 /// Positions a query may name in `resume` (the URI's length bounds them too).
@@ -69,9 +74,12 @@ pub const RESUME_POSITIONS_MAX: usize = 1024;
 /// The reconnection delay the node suggests to `EventSource` clients, in milliseconds.
 const RETRY_MS: u64 = 1_000;
 
+/// The body of any response of the HTTPS port: whole, or an SSE event stream.
+pub(super) type AnyBody = http_body_util::Either<Body, EventStream>;
+
 /// A stream's response body: the chunks its task queues, until the task drops the sender.
 #[derive(Debug)]
-pub struct EventStream {
+pub(super) struct EventStream {
     chunks: mpsc::Receiver<Bytes>,
 }
 
@@ -273,7 +281,7 @@ fn percent_decode(text: &str) -> Option<String> {
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<AnyBody> {
     metrics::request_error(TRANSPORT, "bad_request");
     tracing::debug!(code, message, "SSE request refused");
-    routes::error(status, code, message).map(AnyBody::Left)
+    response::error(status, code, message).map(AnyBody::Left)
 }
 
 /// Answers `GET /v1/sse`: 200 and a task feeding the event stream, or a refusal.
@@ -283,27 +291,15 @@ pub(super) fn open<B: Backend>(
     request: &Request<Incoming>,
 ) -> Response<AnyBody> {
     if request.method() != Method::GET {
-        return routes::method_not_allowed("GET").map(AnyBody::Left);
+        return response::method_not_allowed("GET").map(AnyBody::Left);
     }
     if let Some((status, code, message)) = stream::refusal(server, request) {
         return refuse(status, code, message);
     }
-    let last_event_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                "Last-Event-ID is not text",
-            );
-        }
-    };
-    let subscribe = match parse_query(request.uri().query().unwrap_or(""), last_event_id) {
+    let subscribe = match subscribe_request(request) {
         Ok(subscribe) => subscribe,
-        Err(BadQuery(code, message)) => return refuse(StatusCode::BAD_REQUEST, code, &message),
+        Err(refusal) => return *refusal,
     };
-
     let mut session = Session::new(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
@@ -329,22 +325,55 @@ pub(super) fn open<B: Backend>(
             Some(Reply::Error(e)) => ("bad_topic", e.message.as_str()),
             _ => ("internal", "the subscription was not made"),
         };
-        return routes::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
+        return response::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
     };
 
+    let body = spawn_feed(server, peer, session, subscriber, *subscribed);
+    event_stream_response(body)
+}
+
+/// The `Subscribe` a request asks for: its query and `Last-Event-ID`; else the refusal.
+fn subscribe_request(request: &Request<Incoming>) -> Result<pb::Subscribe, Box<Response<AnyBody>>> {
+    let last_event_id = match request.headers().get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            return Err(Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "Last-Event-ID is not text",
+            )));
+        }
+    };
+    parse_query(request.uri().query().unwrap_or(""), last_event_id).map_err(
+        |BadQuery(code, message)| Box::new(refuse(StatusCode::BAD_REQUEST, code, &message)),
+    )
+}
+
+/// Queues the stream's first chunk (the reconnection delay and `subscribed`) and starts the
+/// task that feeds the rest; returns the body's receiving end.
+fn spawn_feed<B: Backend>(
+    server: &Arc<Server<B>>,
+    peer: &Peer,
+    session: Session<B>,
+    subscriber: Arc<Subscriber>,
+    subscribed: pb::Subscribed,
+) -> mpsc::Receiver<Bytes> {
     let (chunks, body) = mpsc::channel(CHUNKS_MAX);
     let mut first = BytesMut::new();
     first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
     encode_event(
         &pb::ServerMessage {
             request_id: 0,
-            body: Some(Reply::Subscribed(*subscribed)),
+            body: Some(Reply::Subscribed(subscribed)),
         },
         &mut first,
     );
     // Invariant: the queue is new and has room for CHUNKS_MAX ≥ 1 chunks.
     let _ = chunks.try_send(first.freeze());
     let subscriptions = subscriber.subscriptions();
+    peer.pacing
+        .enable(server.gateway.limits().stream_unsent_bytes_max);
     let server_for_task = Arc::clone(server);
     let peer = peer.clone();
     server.tasks.spawn(async move {
@@ -354,6 +383,11 @@ pub(super) fn open<B: Backend>(
         drop(session);
     });
 
+    body
+}
+
+/// 200 with the event stream's headers over the chunks `body` receives.
+fn event_stream_response(body: mpsc::Receiver<Bytes>) -> Response<AnyBody> {
     let mut response = Response::new(AnyBody::Right(EventStream { chunks: body }));
     let headers = response.headers_mut();
     headers.insert(
@@ -402,6 +436,9 @@ async fn run<B: Backend>(
     let mut blocked_since: Option<Instant> = None;
     let mut chunk = BytesMut::new();
     let shutdown = server.gateway.shutdown().clone();
+    let pacing = &peer.pacing;
+    // Updates are due but the last chunk is not in the kernel yet.
+    let mut deferred = false;
 
     let end = loop {
         let write = tokio::select! {
@@ -409,7 +446,13 @@ async fn run<B: Backend>(
             () = shutdown.cancelled() => break End::Shutdown,
             () = subscriber.woken() => true,
             () = tokio::time::sleep_until(stream_timer) => true,
+            () = async {
+                // The queue has room once the HTTP layer took the chunk; then its flush.
+                let _room = chunks.reserve().await;
+                pacing.drained().await;
+            }, if deferred => true,
             _ = keepalive.tick() => {
+                pacing.undrain();
                 if chunks.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok() {
                     blocked_since = None;
                 } else if blocked_since.get_or_insert_with(Instant::now).elapsed() >= idle_timeout {
@@ -421,12 +464,13 @@ async fn run<B: Backend>(
         if !write {
             continue;
         }
-        let room = if chunks.capacity() > 0 {
+        let room = if chunks.capacity() > 0 && pacing.is_drained() {
             CHUNK_EVENTS_MAX
         } else {
             0
         };
-        stream_timer = match state.take_due(subscriber, room, limits.ws_message_bytes_max) {
+        deferred = room == 0;
+        stream_timer = match state.take_due(subscriber, room, limits.stream_unsent_bytes_max) {
             Ok(next) => next.unwrap_or_else(|| Instant::now() + STREAM_IDLE),
             Err(SlowConsumer) => break End::SlowConsumer,
         };
@@ -436,6 +480,8 @@ async fn run<B: Backend>(
         for message in state.batch.drain(..) {
             encode_event(message.message(), &mut chunk);
         }
+        // Cleared before the chunk goes: the flush that follows it sets it again.
+        pacing.undrain();
         // Only this task sends, and it saw room: a failure means the body is gone.
         if chunks.try_send(chunk.split().freeze()).is_err() {
             break End::Peer;

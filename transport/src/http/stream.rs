@@ -10,9 +10,9 @@ use hyper::header::{self, HeaderMap};
 use tokio::time::Instant;
 
 use super::{HttpOptions, Server};
+use crate::clock::now_micros;
 use crate::fanout::{Outgoing, Subscriber, hub};
 use crate::metrics;
-use crate::session::now_micros;
 
 /// How often a subscriber's outbox is looked at while its connection has no room
 /// (slow-consumer detection), in milliseconds.
@@ -90,6 +90,8 @@ impl StreamState {
             return Err(SlowConsumer);
         }
         if room == 0 {
+            // The gauge shows what waits while the connection cannot take it.
+            self.report_bytes(subscriber.pending_bytes());
             return Ok(Some(check));
         }
         let (next, bytes) =

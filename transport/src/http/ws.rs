@@ -6,8 +6,9 @@
 //! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message.
 //!
 //! Close codes the node sends: 1000 after an idle timeout, 1001 when the node shuts down,
-//! 1008 for a slow stream consumer, 1009 for a message over `ws_message_bytes_max`, 1011
-//! on an internal fault; a protocol
+//! 1008 for a slow stream consumer (queued behind what the paced socket holds; the node
+//! waits up to `idle_timeout_ms` for the reader to take it), 1009 for a message over
+//! `ws_message_bytes_max`, 1011 on an internal fault; a protocol
 //! violation ends the socket as tungstenite decides (1002).
 //!
 //! The driver is one task per socket that both reads and writes it: answers go into
@@ -16,7 +17,7 @@
 //! every durable wait in a set polled beside the socket (bounded by the session's
 //! `pending_durable_per_connection_max`) and sends each durable ack when its wait resolves.
 //! At most [`WRITE_BUFFER_BYTES`] may wait for the peer: past it the task reads no more
-//! requests and takes no more updates until the peer takes some — one slow socket slows only
+//! requests until the peer takes some — one slow socket slows only
 //! itself; a peer that takes nothing for `idle_timeout_ms` while bytes wait for it is
 //! dropped (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from
 //! which nothing arrives (not even the pong to the node's ping) for `idle_timeout_ms` gets
@@ -26,9 +27,12 @@
 //!
 //! Streams: the session serves `Subscribe`; the loop also waits on the subscriber's
 //! wake-up and pacing timer and writes what is due from its outbox (a shared price update
-//! encoded once per codec for all sockets), as far as the socket has room — so a slow
-//! socket's updates stay conflated in its outbox, and one that stays over its byte bound is
-//! closed (1008) instead of slowing anyone.
+//! encoded once per codec for all sockets), one batch of at most `stream_unsent_bytes_max`
+//! bytes at a time. A subscribed socket is paced (`super::paced`): the next batch is taken
+//! only once the last one was flushed, and a flush completes only once the kernel holds
+//! less than `stream_unsent_bytes_max` unsent bytes — so a slow socket's updates stay
+//! conflated in its outbox rather than queueing in the kernel, and one that stays over its
+//! byte bound is closed (1008) instead of slowing anyone.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -55,7 +59,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use super::routes::{self, Body};
+use super::response::{self, Body};
 use super::stream::{self, STREAM_CHECK_MS, STREAM_IDLE, SlowConsumer, StreamState};
 use super::{Peer, Server};
 use crate::fanout::{Outgoing, Subscriber};
@@ -81,11 +85,13 @@ const WS_VERSION: &str = "13";
 /// 18.0 KiB at 1 KiB, 17.2 KiB at 256 B.
 const READ_BUFFER_BYTES: usize = 256;
 /// Bytes of fed messages that may wait for the peer (written but not flushed); past it
-/// the socket's task reads no requests and takes no updates until the peer takes some.
+/// the socket's task reads no requests until the peer takes some. (Stream updates are taken
+/// only once everything fed was flushed.)
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most messages written to a socket per flush.
 const WRITE_BATCH_MAX: usize = 256;
-/// How long the node waits for the peer's answer to its close frame, in milliseconds.
+/// How long the node waits for the peer's answer to its close frame, in milliseconds (a slow
+/// consumer's close waits up to `idle_timeout_ms` instead: see [`run`]).
 const CLOSE_WAIT_MS: u64 = 1_000;
 
 /// How messages of one socket are encoded.
@@ -169,45 +175,12 @@ pub(super) fn upgrade<B: Backend>(
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     if request.method() != Method::GET {
-        return routes::method_not_allowed("GET");
+        return response::method_not_allowed("GET");
     }
     let headers = request.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "this route is a WebSocket endpoint (HTTP/1.1 Upgrade: websocket)",
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != WS_VERSION)
-    {
-        let mut response = refuse(
-            StatusCode::UPGRADE_REQUIRED,
-            "bad_version",
-            "the node speaks WebSocket version 13",
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static(WS_VERSION),
-        );
-        return response;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "not_websocket",
-            "Sec-WebSocket-Key is missing",
-        );
+    let key = match handshake_key(headers) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
     };
     if let Some((status, code, message)) = stream::refusal(server, &request) {
         return refuse(status, code, message);
@@ -227,8 +200,74 @@ pub(super) fn upgrade<B: Backend>(
             "bad accept key",
         );
     };
-
     let on_upgrade = hyper::upgrade::on(&mut request);
+    spawn_socket(server, peer, codec, on_upgrade);
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(codec.name()),
+    );
+    response
+}
+
+/// The handshake's `Sec-WebSocket-Key`, once the request is an HTTP/1.1 WebSocket upgrade of
+/// version 13; else the refusal to answer.
+fn handshake_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response<Body>>> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "this route is a WebSocket endpoint (HTTP/1.1 Upgrade: websocket)",
+        )));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != WS_VERSION)
+    {
+        let mut response = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_version",
+            "the node speaks WebSocket version 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static(WS_VERSION),
+        );
+        return Err(Box::new(response));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                "not_websocket",
+                "Sec-WebSocket-Key is missing",
+            ))
+        })
+}
+
+/// Runs the socket on the server's task set once hyper hands over the upgraded connection,
+/// with the edge's buffer and message bounds.
+fn spawn_socket<B: Backend>(
+    server: &Arc<Server<B>>,
+    peer: &Peer,
+    codec: Codec,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) {
     let server_for_task = Arc::clone(server);
     let peer = peer.clone();
     server.tasks.spawn(async move {
@@ -256,24 +295,12 @@ pub(super) fn upgrade<B: Backend>(
                 .await;
         run(&server, peer, codec, socket).await;
     });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(codec.name()),
-    );
-    response
 }
 
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     metrics::request_error(TRANSPORT, "handshake");
     tracing::debug!(code, "WebSocket handshake refused");
-    routes::error(status, code, message)
+    response::error(status, code, message)
 }
 
 /// Why the connection loop stopped.
@@ -306,6 +333,13 @@ impl Outbound {
     /// Whether there is room for more messages before the next completed flush.
     fn has_room(&self) -> bool {
         self.unflushed < WRITE_BUFFER_BYTES
+    }
+
+    /// Whether the next stream batch may be taken: everything fed before was flushed — for
+    /// a paced socket, handed to the kernel with the kernel below its unsent bound — so the
+    /// batch is the latest state at the moment the reader can take it.
+    fn has_stream_room(&self) -> bool {
+        self.unflushed == 0
     }
 
     /// Whether the peer has taken nothing for `timeout` while bytes waited for it.
@@ -435,13 +469,13 @@ fn write_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let room = if outbound.has_room() {
+    let room = if outbound.has_stream_room() {
         WRITE_BATCH_MAX
     } else {
         0
     };
     let next = state
-        .take_due(subscriber, room, limits.ws_message_bytes_max)
+        .take_due(subscriber, room, limits.stream_unsent_bytes_max)
         .map_err(|SlowConsumer| End::SlowConsumer)?;
     if !state.batch.is_empty() {
         for message in state.batch.drain(..) {
@@ -513,9 +547,9 @@ async fn run<B: Backend, S>(
             let subscriber = session.subscriber().cloned();
             let room = outbound.has_room();
             let flush = outbound.unflushed > 0;
-            if !room && subscriber.is_some() && stream_due.is_none() {
-                // Wake-ups wait while the socket is full: check the outbox for a slow
-                // consumer on the timer instead.
+            if !outbound.has_stream_room() && subscriber.is_some() && stream_due.is_none() {
+                // Updates wait while the socket has not taken the last batch: check the
+                // outbox for a slow consumer on the timer.
                 stream_due = Some(Instant::now() + Duration::from_millis(STREAM_CHECK_MS));
             }
             set_timer(stream_timer.as_mut(), stream_due);
@@ -561,6 +595,7 @@ async fn run<B: Backend, S>(
                             replies.shrink_to(1);
                             if let Some(s) = session.subscriber() {
                                 stream_state.report_subscriptions(s.subscriptions());
+                                peer.pacing.enable(limits.stream_unsent_bytes_max);
                             }
                         }
                         Err(detail) => outbound.feed_message(&mut socket, &session.malformed(detail))?,
@@ -638,6 +673,7 @@ async fn run<B: Backend, S>(
     stream_state.report_closed();
     // The close to send (`Some(None)`: echo the peer's), and whether to read until the peer
     // answers it, so it sees the frame rather than a reset.
+    let slow = matches!(end, End::SlowConsumer);
     let (close, read_answer) = match end {
         End::Close(code, reason) => {
             tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
@@ -667,23 +703,31 @@ async fn run<B: Backend, S>(
                 code: CloseCode::Policy,
                 reason: "slow consumer".into(),
             };
-            (Some(Some(frame)), false)
+            (Some(Some(frame)), true)
         }
         // Echo the peer's close (tungstenite queued the answer).
         End::Peer => (Some(None), false),
     };
     if let Some(frame) = close {
+        // A slow consumer's close waits behind what the paced socket holds (at most
+        // `stream_unsent_bytes_max` in the kernel and one batch): a reader that comes back
+        // within the idle timeout takes those, then the error and the close frame.
+        let wait = if slow {
+            idle_timeout
+        } else {
+            Duration::from_millis(CLOSE_WAIT_MS)
+        };
         // Boxed: run once, at the end, and kept out of the connection's future (its size is
         // memory held by every idle socket).
-        let _ = Box::pin(tokio::time::timeout(
-            Duration::from_millis(CLOSE_WAIT_MS),
-            async {
-                if socket.close(frame).await.is_ok() && read_answer {
-                    while let Some(Ok(_)) = socket.next().await {}
-                }
-            },
-        ))
-        .await;
+        let closing = Box::pin(tokio::time::timeout(wait, async {
+            if socket.close(frame).await.is_ok() && read_answer {
+                while let Some(Ok(_)) = socket.next().await {}
+            }
+        }));
+        tokio::select! {
+            _ = closing => {}
+            () = &mut cancelled, if slow => {}
+        }
     }
     gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "WebSocket closed");

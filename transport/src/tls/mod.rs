@@ -9,8 +9,8 @@
 //! - `material`: reading and parsing the PEM files, building the rustls configurations.
 //! - [`peer_identity`]: the [`Identity`] named by a verified client certificate.
 //! - [`client_config`]: a client configuration for tests, the load tester and tools.
-//! - [`dev`]: a development CA, server and client certificates and a CRL (`gavel cert`,
-//!   `gavel serve --dev`).
+//! - `dev` (feature `dev-pki`): a development CA, server and client certificates and a CRL
+//!   (`gavel cert`, `gavel serve --dev`).
 //! - [`stream`]: the HTTPS port's TLS server stream (rustls's unbuffered API; no buffer
 //!   held while the connection is idle).
 //!
@@ -31,6 +31,7 @@
 //!   reload: a revoked client cannot resume a session its certificate opened before the CRL
 //!   changed.
 
+#[cfg(feature = "dev-pki")]
 pub mod dev;
 mod material;
 mod server;
@@ -130,6 +131,7 @@ pub enum TlsError {
         source: rustls::server::VerifierBuilderError,
     },
     /// A certificate or CRL could not be generated (development CA).
+    #[cfg(feature = "dev-pki")]
     #[error("generating {what}: {source}")]
     Generate {
         /// What was being generated.

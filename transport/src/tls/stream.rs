@@ -24,8 +24,8 @@ use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
+    UnbufferedStatus, WriteTraffic,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -167,17 +167,7 @@ where
             let step = match state {
                 Err(e) => Err(e),
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                    let mut failed = None;
-                    while let Some(record) = traffic.next_record() {
-                        match record {
-                            Ok(record) => self.plain.extend_from_slice(record.payload),
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    failed.map_or(Ok(None), Err)
+                    read_records(&mut traffic, &mut self.plain).map(|()| None)
                 }
                 Ok(ConnectionState::ReadEarlyData(mut early)) => {
                     // The configuration accepts no early data; none is passed on.
@@ -200,25 +190,7 @@ where
                 }
                 Ok(ConnectionState::Closed) => Ok(Some(Step::Closed)),
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                    let start = self.out.len();
-                    let encrypted = match action {
-                        Action::Nothing => Ok(Step::NeedInput),
-                        Action::Encrypt(data) => {
-                            let data = &data[..data.len().min(WRITE_CHUNK)];
-                            encrypt_into(&mut self.out, data.len(), |out| {
-                                traffic.encrypt(data, out)
-                            })
-                            .map(|()| Step::Encrypted(data.len()))
-                        }
-                        Action::CloseNotify => {
-                            encrypt_into(&mut self.out, 0, |out| traffic.queue_close_notify(out))
-                                .map(|()| Step::NeedInput)
-                        }
-                    };
-                    encrypted.map(Some).map_err(|e| {
-                        self.out.truncate(start);
-                        rustls::Error::General(format!("encrypting: {e}"))
-                    })
+                    write_traffic(&mut traffic, action, &mut self.out).map(Some)
                 }
                 Ok(_) => Err(rustls::Error::General(
                     "a TLS connection state this stream does not know".into(),
@@ -320,6 +292,42 @@ where
 }
 
 /// Encodes what `encode` holds at the end of `out`, growing it to the size rustls asks for.
+/// Appends the application data of every received record to `plain`.
+fn read_records(
+    traffic: &mut ReadTraffic<'_, '_, ServerConnectionData>,
+    plain: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    while let Some(record) = traffic.next_record() {
+        plain.extend_from_slice(record?.payload);
+    }
+    Ok(())
+}
+
+/// Does `action` once rustls may write: encrypts (at most `WRITE_CHUNK` of) the data or
+/// queues close_notify into `out`; nothing is left in `out` on failure.
+fn write_traffic(
+    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    action: Action<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Step, rustls::Error> {
+    let start = out.len();
+    let encrypted = match action {
+        Action::Nothing => Ok(Step::NeedInput),
+        Action::Encrypt(data) => {
+            let data = &data[..data.len().min(WRITE_CHUNK)];
+            encrypt_into(out, data.len(), |buf| traffic.encrypt(data, buf))
+                .map(|()| Step::Encrypted(data.len()))
+        }
+        Action::CloseNotify => {
+            encrypt_into(out, 0, |buf| traffic.queue_close_notify(buf)).map(|()| Step::NeedInput)
+        }
+    };
+    encrypted.map_err(|e| {
+        out.truncate(start);
+        rustls::Error::General(format!("encrypting: {e}"))
+    })
+}
+
 fn encode_into(out: &mut Vec<u8>, encode: &mut EncodeTlsData<'_, ServerConnectionData>) {
     let start = out.len();
     if let Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) =

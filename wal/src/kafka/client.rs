@@ -18,12 +18,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
+use crate::Interrupt;
 use crate::error::WalError;
 use crate::frame::PAYLOAD_BYTES_MAX;
 
 /// librdkafka's `max.in.flight.requests.per.connection` above which the idempotent producer
 /// can no longer guarantee order.
 const IN_FLIGHT_REQUESTS_MAX: u32 = 5;
+/// The longest metadata request of [`ensure_topic`]: the connect wait is made of such
+/// requests, so that an [`Interrupt`] is seen between two.
+const METADATA_SLICE: Duration = Duration::from_millis(250);
+/// The pause between two metadata requests of [`ensure_topic`].
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// librdkafka's `reconnect.backoff.max.ms`: the longest pause between reconnect attempts.
 const RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
 /// `<host>/<pid>/<random>`: tells nodes (and incarnations of one node) apart in the lease.
@@ -71,6 +77,9 @@ pub struct KafkaConfig {
     pub writer_lease_ms: u64,
     /// Who this node is in the lease (host, process and a random part by default).
     pub owner: String,
+    /// Set it to make the start's waits (brokers, lease, recovery reader) return
+    /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
+    pub interrupt: Interrupt,
 }
 
 impl Default for KafkaConfig {
@@ -88,6 +97,7 @@ impl Default for KafkaConfig {
             producer_overrides: Vec::new(),
             writer_lease_ms: 10_000,
             owner: default_owner(),
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -314,15 +324,26 @@ pub(crate) fn ensure_topic_named(
         .map_err(kafka_error("create an admin client", brokers))?;
     let mut created = false;
     loop {
+        config.interrupt.check()?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let metadata = admin
+        let asked = admin
             .inner()
-            .fetch_metadata(Some(name), Timeout::After(left))
-            .map_err(|e| WalError::KafkaUnreachable {
-                brokers: brokers.to_owned(),
-                timeout_ms: config.connect_timeout_ms,
-                reason: e.to_string(),
-            })?;
+            .fetch_metadata(Some(name), Timeout::After(left.min(METADATA_SLICE)));
+        let metadata = match asked {
+            Ok(metadata) => metadata,
+            // No broker answered yet (down, or still starting): ask again until the deadline.
+            Err(e) if unanswered(&e) && Instant::now() < deadline => {
+                thread::sleep(RETRY_PAUSE);
+                continue;
+            }
+            Err(e) => {
+                return Err(WalError::KafkaUnreachable {
+                    brokers: brokers.to_owned(),
+                    timeout_ms: config.connect_timeout_ms,
+                    reason: e.to_string(),
+                });
+            }
+        };
         let topic = metadata.topics().iter().find(|t| t.name() == name);
         match topic.map(|t| (t.error(), t.partitions().len())) {
             Some((None, n)) if n > 0 => {
@@ -337,6 +358,8 @@ pub(crate) fn ensure_topic_named(
                     reason: format!("not authorised for topic {name}"),
                 });
             }
+            // One admin request, after the brokers answered: bounded by the connect
+            // timeout, not by an interrupt.
             _ if !created => {
                 create_topic(&admin, config, name, partitions, left)?;
                 created = true;
@@ -351,8 +374,20 @@ pub(crate) fn ensure_topic_named(
                 reason: format!("topic {name} has no partitions yet"),
             });
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(RETRY_PAUSE);
     }
+}
+
+/// Whether a metadata request failed only because no broker answered (yet).
+fn unanswered(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MetadataFetch(
+            RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+        )
+    )
 }
 
 fn create_topic(

@@ -24,6 +24,9 @@
 //! once (it acknowledges nothing more). Shutdown releases the lease so a successor starts at
 //! once; after a crash the successor waits out the lease (at most `lease_ms` plus the margin
 //! after the dead node's last heartbeat).
+//! Every wait of a starting node (reading the lock partition, waiting out a lease) ends with
+//! [`WalError::Interrupted`] within a poll once the configuration's
+//! [`Interrupt`](crate::Interrupt) is set.
 //!
 //! # Limits
 //!
@@ -45,6 +48,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::client::error_code;
 use super::{KafkaConfig, ReaderContext, ensure_topic_named, kafka_error};
+use crate::Interrupt;
 use crate::durability::lock;
 use crate::error::{HeartbeatFailure, LogFailure, WalError};
 
@@ -132,6 +136,8 @@ struct LockReader {
     next_offset: i64,
     /// The last event was the end of the partition.
     at_end: bool,
+    /// Ends [`LockReader::read`] early (the wait for another holder's lease included).
+    interrupt: Interrupt,
 }
 
 impl LockReader {
@@ -159,6 +165,7 @@ impl LockReader {
             state: LeaseState::default(),
             next_offset: 0,
             at_end: false,
+            interrupt: config.interrupt.clone(),
         })
     }
 
@@ -174,6 +181,7 @@ impl LockReader {
             if done {
                 return Ok(());
             }
+            self.interrupt.check()?;
             if Instant::now() >= deadline {
                 return Err(WalError::Kafka {
                     op: "read the writer lock topic",

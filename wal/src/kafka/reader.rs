@@ -10,9 +10,9 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{KafkaConfig, ReaderContext, kafka_error};
-use crate::Lsn;
 use crate::error::WalError;
 use crate::segment::Record;
+use crate::{Interrupt, Lsn};
 
 /// One poll of the recovery consumer.
 const RECOVERY_POLL: Duration = Duration::from_millis(200);
@@ -35,7 +35,8 @@ pub struct KafkaPosition {
 /// listed offset), numbering them 1, 2, … in read order. Partitions interleave, but each
 /// partition — and so each auction — comes in its log order, which is what replay needs.
 /// Memory: librdkafka's fetch buffers and one payload. Ends at the first error; a stretch of
-/// `connect_timeout_ms` without any record or end event is an error too (bounded).
+/// `connect_timeout_ms` without any record or end event is an error too (bounded), and so is
+/// the configuration's [`Interrupt`] once set ([`WalError::Interrupted`], within a poll).
 pub struct KafkaRecords {
     consumer: BaseConsumer<ReaderContext>,
     topic: String,
@@ -50,6 +51,8 @@ pub struct KafkaRecords {
     next_offsets: Vec<i64>,
     stall_max: Duration,
     failed: bool,
+    /// Ends the reading early with [`WalError::Interrupted`].
+    interrupt: Interrupt,
 }
 
 impl std::fmt::Debug for KafkaRecords {
@@ -109,6 +112,7 @@ impl KafkaRecords {
             next_offsets,
             stall_max: timeout,
             failed: false,
+            interrupt: config.interrupt.clone(),
         })
     }
 
@@ -208,6 +212,10 @@ impl Iterator for KafkaRecords {
         }
         let mut idle_since = Instant::now();
         while self.remaining > 0 {
+            if let Err(interrupted) = self.interrupt.check() {
+                self.failed = true;
+                return Some(Err(interrupted));
+            }
             let Some(polled) = self.consumer.poll(Timeout::After(RECOVERY_POLL)) else {
                 if idle_since.elapsed() >= self.stall_max {
                     self.failed = true;

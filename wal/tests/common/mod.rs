@@ -1,6 +1,9 @@
 //! Shared helpers for the WAL integration tests: configs, hooks that count, slow, block or fail
 //! the writer, a tiny `block_on`, and readers of a log directory.
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code)]
+// each test binary uses a subset
+// Helpers shared by several test crates (each test file is one): `pub` is their interface.
+#![allow(unreachable_pub)]
 
 use std::future::Future;
 use std::io;

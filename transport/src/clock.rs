@@ -1,0 +1,14 @@
+//! The wall clock as the engine's time. The engine takes `now` on every call and reads no
+//! clock itself; the drivers (transports, the node's closer) read it here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gavel_engine::UnixMicros;
+
+/// Microseconds since the Unix epoch now (0 before the epoch, saturating far after it).
+pub fn now_micros() -> UnixMicros {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMicros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,196 @@
+//! The HTTPS port's TCP socket, and how a stream connection (WebSocket, SSE) keeps what the
+//! kernel holds for a slow reader small, so that back-pressure reaches the subscriber's
+//! outbox, where price updates conflate.
+//!
+//! A socket that carries a price stream is *paced* ([`Pacing::enable`]): the kernel may hold
+//! at most `stream_unsent_bytes_max` bytes that it has not sent yet (`TCP_NOTSENT_LOWAT`;
+//! what a slow reader's receive window has taken is the reader's own buffer), and a flush of
+//! the socket completes only once everything written was handed to the kernel *and* the
+//! kernel is below that bound again (it reports the socket writable, `poll(2)`). The
+//! stream writers take their next batch from the outbox only after such a flush, so
+//! everything newer waits — conflated — in the outbox instead of queueing in the kernel,
+//! and the next batch is the latest state when the reader can take it.
+//!
+//! Sockets that carry no stream (the admin API, bidders) are not paced: their writes and
+//! flushes are the socket's own.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// The pacing of one TCP connection, shared by its socket and the stream tasks it serves.
+#[derive(Debug, Default)]
+pub(super) struct Pacing {
+    /// The bound on bytes the kernel holds unsent, once the connection carries a stream
+    /// (0: not paced).
+    bound: AtomicU32,
+    /// Set when a flush completed with the kernel below the bound, cleared by every write.
+    drained: AtomicBool,
+    /// Woken when `drained` is set.
+    drained_notify: Notify,
+}
+
+impl Pacing {
+    /// Paces the connection from now on: at most `bound` bytes unsent in the kernel.
+    pub(super) fn enable(&self, bound: usize) {
+        let bound = u32::try_from(bound.max(1)).unwrap_or(u32::MAX);
+        // Ordering: Relaxed; the socket applies the value at its next write or flush, and
+        // nothing else depends on when it sees it.
+        self.bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// Resolves once a flush completed after the last write with the kernel below the
+    /// bound (at once if that is so now): what was written has reached the kernel and the
+    /// kernel can take more without the reader falling further behind.
+    pub(super) async fn drained(&self) {
+        loop {
+            let notified = self.drained_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Ordering: Acquire pairs with the Release in `set_drained`; the flag guards no
+            // data, but a flush after the check must either be seen or notify.
+            if self.drained.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether a flush completed after the last write with the kernel below the bound.
+    pub(super) fn is_drained(&self) -> bool {
+        // Ordering: Acquire; see `drained`.
+        self.drained.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection as having bytes on their way (a chunk handed to the HTTP
+    /// layer): [`Pacing::drained`] waits for the flush that follows.
+    pub(super) fn undrain(&self) {
+        // Ordering: Release; see `drained`.
+        self.drained.store(false, Ordering::Release);
+    }
+
+    fn set_drained(&self) {
+        // Ordering: Release; see `drained`.
+        self.drained.store(true, Ordering::Release);
+        self.drained_notify.notify_waiters();
+    }
+}
+
+/// An accepted TCP connection of the HTTPS port, paced once its [`Pacing`] is enabled.
+#[derive(Debug)]
+pub(super) struct PacedTcp {
+    tcp: TcpStream,
+    pacing: Arc<Pacing>,
+    /// The bound set on the socket (`TCP_NOTSENT_LOWAT`); 0: none yet.
+    applied: u32,
+}
+
+impl PacedTcp {
+    /// `tcp`, paced as `pacing` says.
+    pub(super) fn new(tcp: TcpStream, pacing: Arc<Pacing>) -> PacedTcp {
+        PacedTcp {
+            tcp,
+            pacing,
+            applied: 0,
+        }
+    }
+
+    /// The bound in force, set on the socket on first sight; 0: not paced.
+    fn bound(&mut self) -> u32 {
+        // Ordering: Relaxed; see `Pacing::enable`.
+        let bound = self.pacing.bound.load(Ordering::Relaxed);
+        if bound != self.applied {
+            self.applied = bound;
+            // Failing to set it (not Linux, say) leaves the kernel's own buffer size: the
+            // flush below still waits for the socket to be writable.
+            if let Err(e) = socket2::SockRef::from(&self.tcp).set_tcp_notsent_lowat(bound) {
+                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+            }
+        }
+        bound
+    }
+
+    /// Ready once the kernel reports the socket writable: below its unsent bound, for a
+    /// paced socket.
+    fn poll_kernel_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            // tokio's readiness says writable until a write fails: ask the kernel. A "no"
+            // clears the readiness, so the next poll waits for the kernel's wake-up, which
+            // `poll(2)` asked for (it marks the socket as wanting space).
+            match self
+                .tcp
+                .try_io(Interest::WRITABLE, || kernel_writable(&self.tcp))
+            {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// `Ok` if the kernel reports `tcp` writable (or failed: the next write says how),
+/// `WouldBlock` if not.
+fn kernel_writable(tcp: &TcpStream) -> io::Result<()> {
+    let mut fds = [PollFd::new(tcp, PollFlags::OUT)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&now)).map_err(io::Error::from)?;
+    if fds[0]
+        .revents()
+        .intersects(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP)
+    {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl AsyncRead for PacedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PacedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.bound() != 0 {
+            this.pacing.undrain();
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.tcp).poll_flush(cx))?;
+        if this.bound() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_kernel_writable(cx))?;
+        this.pacing.set_drained();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
