@@ -21,7 +21,8 @@
 #      too when root, for the load tester's smoke (which skips its nats phase without it);
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
-#   4. the loom model check of the price-word / settlement-lock protocol.
+#   4. the loom model check of the price-word / settlement-lock protocol;
+#   5. every fuzz target for FUZZ_SECONDS (20) each: ops/fuzz.sh (installs cargo-fuzz if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,5 +102,8 @@ step "loom model check of the auction protocol"
 # A separate target dir: RUSTFLAGS would otherwise invalidate the main build's cache.
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
     cargo test -p gavel-engine --lib --release loom
+
+step "fuzz every decoder of outside bytes (bounded)"
+./ops/fuzz.sh
 
 step "all tests passed"
