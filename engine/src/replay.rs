@@ -161,8 +161,27 @@ impl<'e> Replayer<'e> {
             });
         }
         // One buffer for every command: no allocation per replayed event.
+        self.capture.0.borrow_mut().clear();
+        self.run_command(logged)?;
+        let id = logged.auction;
         let capture = &self.capture;
-        capture.0.borrow_mut().clear();
+        let mut captured = capture.0.borrow_mut();
+        let mut produced = captured.drain(..);
+        match produced.next() {
+            Some(first) if first == *logged => {}
+            other => return Err(diverged(logged, other)),
+        }
+        if produced.len() > 0 {
+            self.expected.entry(id).or_default().extend(produced);
+        }
+        Ok(())
+    }
+
+    /// Runs a logged command through the engine into the capture buffer, so its events can be
+    /// compared with the log's.
+    #[inline]
+    fn run_command(&self, logged: &Event) -> Result<(), ReplayError> {
+        let capture = &self.capture;
         let id = logged.auction;
         match &logged.kind {
             EventKind::Created(spec) => {
@@ -206,15 +225,6 @@ impl<'e> Replayer<'e> {
             EventKind::Closed { .. } | EventKind::Extended { .. } | EventKind::Settled(_) => {
                 unreachable!("derived events were handled above")
             }
-        }
-        let mut captured = capture.0.borrow_mut();
-        let mut produced = captured.drain(..);
-        match produced.next() {
-            Some(first) if first == *logged => {}
-            other => return Err(diverged(logged, other)),
-        }
-        if produced.len() > 0 {
-            self.expected.entry(id).or_default().extend(produced);
         }
         Ok(())
     }

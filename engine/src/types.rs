@@ -490,53 +490,7 @@ impl TryFrom<AuctionRules> for AuctionSpec {
         if rules.ends_at <= rules.starts_at {
             return Err(SpecError::EndsBeforeStart);
         }
-        let price_ok = |name, p: Price| match p {
-            0 => Err(SpecError::ZeroPrice(name)),
-            p if p > PRICE_MAX => Err(SpecError::Overflow(name)),
-            _ => Ok(()),
-        };
-        let lowest_bid = match &rules.kind {
-            AuctionKind::English { start_price, .. } => {
-                price_ok("start_price", *start_price)?;
-                *start_price
-            }
-            AuctionKind::SealedFirstPrice { min_bid }
-            | AuctionKind::SealedSecondPrice { min_bid } => {
-                price_ok("min_bid", *min_bid)?;
-                *min_bid
-            }
-            AuctionKind::Dutch {
-                start_price,
-                floor_price,
-                step,
-                step_interval_us,
-            } => {
-                price_ok("start_price", *start_price)?;
-                price_ok("floor_price", *floor_price)?;
-                price_ok("step", *step)?;
-                if floor_price >= start_price {
-                    return Err(SpecError::DutchSchedule(
-                        "floor_price must be below start_price",
-                    ));
-                }
-                if *step_interval_us == 0 {
-                    return Err(SpecError::DutchSchedule(
-                        "step_interval_us must be at least 1",
-                    ));
-                }
-                if rules.buy_now.is_some() {
-                    return Err(SpecError::BuyNow(
-                        "a Dutch auction sells at once; no buy-now",
-                    ));
-                }
-                if rules.reserve.is_some_and(|r| r > *floor_price) {
-                    return Err(SpecError::Reserve(
-                        "a Dutch auction's reserve is its floor_price; raise the floor instead",
-                    ));
-                }
-                *floor_price
-            }
-        };
+        let lowest_bid = lowest_bid(&rules)?;
         if let Some(reserve) = rules.reserve {
             price_ok("reserve", reserve)?;
         }
@@ -550,24 +504,86 @@ impl TryFrom<AuctionRules> for AuctionSpec {
             }
         }
         if let Some(sc) = rules.soft_close {
-            if sc.window_us == 0 || sc.extension_us == 0 {
-                return Err(SpecError::SoftClose(
-                    "window_us and extension_us must be at least 1",
-                ));
-            }
-            if sc.extensions_max > EXTENSIONS_MAX {
-                return Err(SpecError::SoftClose("extensions_max above 10000"));
-            }
-            let latest = sc
-                .extension_us
-                .checked_mul(u64::from(sc.extensions_max))
-                .and_then(|total| rules.ends_at.checked_add_us(total));
-            if latest.is_none() {
-                return Err(SpecError::SoftClose("the latest possible end overflows"));
-            }
+            check_soft_close(sc, rules.ends_at)?;
         }
         Ok(AuctionSpec(rules))
     }
+}
+
+/// A price field of the rules: at least one tick, at most [`PRICE_MAX`].
+fn price_ok(name: &'static str, p: Price) -> Result<(), SpecError> {
+    match p {
+        0 => Err(SpecError::ZeroPrice(name)),
+        p if p > PRICE_MAX => Err(SpecError::Overflow(name)),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the kind's own prices and schedule, and returns the lowest bid the kind can
+/// accept (a buy-now price must not be below it).
+fn lowest_bid(rules: &AuctionRules) -> Result<Price, SpecError> {
+    match &rules.kind {
+        AuctionKind::English { start_price, .. } => {
+            price_ok("start_price", *start_price)?;
+            Ok(*start_price)
+        }
+        AuctionKind::SealedFirstPrice { min_bid } | AuctionKind::SealedSecondPrice { min_bid } => {
+            price_ok("min_bid", *min_bid)?;
+            Ok(*min_bid)
+        }
+        AuctionKind::Dutch {
+            start_price,
+            floor_price,
+            step,
+            step_interval_us,
+        } => {
+            price_ok("start_price", *start_price)?;
+            price_ok("floor_price", *floor_price)?;
+            price_ok("step", *step)?;
+            if floor_price >= start_price {
+                return Err(SpecError::DutchSchedule(
+                    "floor_price must be below start_price",
+                ));
+            }
+            if *step_interval_us == 0 {
+                return Err(SpecError::DutchSchedule(
+                    "step_interval_us must be at least 1",
+                ));
+            }
+            if rules.buy_now.is_some() {
+                return Err(SpecError::BuyNow(
+                    "a Dutch auction sells at once; no buy-now",
+                ));
+            }
+            if rules.reserve.is_some_and(|r| r > *floor_price) {
+                return Err(SpecError::Reserve(
+                    "a Dutch auction's reserve is its floor_price; raise the floor instead",
+                ));
+            }
+            Ok(*floor_price)
+        }
+    }
+}
+
+/// Soft close: a non-zero window and extension, at most [`EXTENSIONS_MAX`] extensions, and a
+/// latest possible end that fits in the clock.
+fn check_soft_close(sc: SoftClose, ends_at: UnixMicros) -> Result<(), SpecError> {
+    if sc.window_us == 0 || sc.extension_us == 0 {
+        return Err(SpecError::SoftClose(
+            "window_us and extension_us must be at least 1",
+        ));
+    }
+    if sc.extensions_max > EXTENSIONS_MAX {
+        return Err(SpecError::SoftClose("extensions_max above 10000"));
+    }
+    let latest = sc
+        .extension_us
+        .checked_mul(u64::from(sc.extensions_max))
+        .and_then(|total| ends_at.checked_add_us(total));
+    if latest.is_none() {
+        return Err(SpecError::SoftClose("the latest possible end overflows"));
+    }
+    Ok(())
 }
 
 impl AuctionSpec {
