@@ -1,0 +1,97 @@
+//! `gavel_edge_agent`: the edge agent (`gavel-edge`) as a library, so integration tests can
+//! drive it. The agent lives on a device or a site gateway: it keeps the latest state of the
+//! auctions it subscribed to and re-publishes them locally, and it takes bids from local
+//! clients into a bounded queue on disk that it forwards to the node in order.
+//!
+//! Map of the crate:
+//! - [`config`]: flags, `GAVEL_EDGE_*` environment, TOML; validated once;
+//! - `metrics`: the `gavel_edge_*` metrics and the Prometheus recorder;
+//! - `backoff`: full-jitter exponential reconnect delays (node and broker);
+//! - `http`: the local HTTP port (`/metrics`, `/healthz`, bids, states, SSE).
+//!
+//! Shutdown (SIGINT/SIGTERM, or the token given to [`run`]): the HTTP port stops accepting,
+//! every task stops at its next await, and the process exits; nothing queued is lost, since
+//! every queued bid was on disk before it was answered.
+
+pub mod config;
+
+mod http;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::AgentConfig;
+
+/// What every task of a running agent shares.
+struct Shared {
+    config: AgentConfig,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// A started agent: its bound local address and what [`Agent::wait`] drains.
+pub struct Agent {
+    /// The local HTTP address bound (port 0 in the config picks a free one).
+    pub http_addr: SocketAddr,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    deadline: std::time::Duration,
+}
+
+impl Agent {
+    /// Waits until `shutdown` is cancelled and every task stopped (at most the shutdown
+    /// deadline after the cancel).
+    pub async fn wait(self) -> Result<()> {
+        self.shutdown.cancelled().await;
+        self.tasks.close();
+        tokio::time::timeout(self.deadline, self.tasks.wait())
+            .await
+            .context("the agent's tasks did not stop within the shutdown deadline")
+    }
+}
+
+/// Starts the agent's tasks; they run until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Agent> {
+    let listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("binding the local HTTP port {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let deadline = config.shutdown_deadline;
+    let shared = Arc::new(Shared {
+        config,
+        prometheus: metrics::prometheus(),
+    });
+    let tasks = TaskTracker::new();
+    tasks.spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
+    tracing::info!(http = %http_addr, node = %shared.config.node, "gavel-edge listening");
+    Ok(Agent {
+        http_addr,
+        tasks,
+        shutdown,
+        deadline,
+    })
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run_until_signal(config: AgentConfig) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Registered before the listening line: a script may signal as soon as it reads it.
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let shutdown = CancellationToken::new();
+    let agent = run(config, shutdown.clone()).await?;
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(signal = name, "shutting down; the bid queue stays on disk");
+    shutdown.cancel();
+    agent.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
