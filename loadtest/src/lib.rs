@@ -13,7 +13,8 @@
 //! - [`target`]: the node as a child process (`gavel serve --dev`) or a running one, and the
 //!   admin API;
 //! - [`run`]: the phases of a run and `--max-rate` search;
-//! - [`stats`], [`report`]: HdrHistogram, counts, CPU; JSON, `.hgrm`, SVG and the table.
+//! - [`stats`], [`report`]: HdrHistogram, counts, CPU; JSON, `.hgrm`, SVG and the table;
+//! - [`trace`]: `--record-trace`, the run's price stream written to a file.
 //!
 //! Every run is bounded in time and count, and targets loopback addresses unless told
 //! otherwise.
@@ -27,5 +28,6 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod target;
+pub mod trace;
 pub mod workload;
 pub mod ws;

@@ -161,7 +161,7 @@ pub async fn watch(
 }
 
 /// Sends the subscription and waits for its confirmation.
-async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
+pub(crate) async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
     match feed {
         Feed::Gavel {
             pattern,
