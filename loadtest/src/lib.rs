@@ -13,6 +13,8 @@
 //! - [`target`]: the node as a child process (`gavel serve --dev`) or a running one, and the
 //!   admin API;
 //! - [`run`]: the phases of a run and `--max-rate` search;
+//! - [`staleness`]: fan-out freshness — each (watcher, change)'s time until the watcher holds
+//!   it or a newer one;
 //! - [`stats`], [`report`]: HdrHistogram, counts, CPU; JSON, `.hgrm`, SVG and the table;
 //! - [`trace`]: `--record-trace`, the run's price stream written to a file.
 //!
@@ -26,6 +28,7 @@ pub mod nats;
 pub mod pace;
 pub mod report;
 pub mod run;
+pub mod staleness;
 pub mod stats;
 pub mod target;
 pub mod trace;
