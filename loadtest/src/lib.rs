@@ -13,7 +13,10 @@
 //! - [`target`]: the node as a child process (`gavel serve --dev`) or a running one, and the
 //!   admin API;
 //! - [`run`]: the phases of a run and `--max-rate` search;
-//! - [`stats`], [`report`]: HdrHistogram, counts, CPU; JSON, `.hgrm`, SVG and the table.
+//! - [`staleness`]: fan-out freshness — each (watcher, change)'s time until the watcher holds
+//!   it or a newer one;
+//! - [`stats`], [`report`]: HdrHistogram, counts, CPU; JSON, `.hgrm`, SVG and the table;
+//! - [`trace`]: `--record-trace`, the run's price stream written to a file.
 //!
 //! Every run is bounded in time and count, and targets loopback addresses unless told
 //! otherwise.
@@ -25,7 +28,9 @@ pub mod nats;
 pub mod pace;
 pub mod report;
 pub mod run;
+pub mod staleness;
 pub mod stats;
 pub mod target;
+pub mod trace;
 pub mod workload;
 pub mod ws;

@@ -135,6 +135,10 @@ struct ShapeArgs {
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Write the price stream of the run's auctions (every update, as one more WebSocket
+    /// watcher receives it: length-delimited protobuf `ServerMessage`s) to this file.
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +206,7 @@ impl ShapeArgs {
             watch_interval_ms: self.watch_interval_ms,
             floors,
             progress: !self.no_progress,
+            record_trace: self.record_trace.clone(),
         })
     }
 }

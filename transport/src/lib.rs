@@ -46,6 +46,9 @@ pub mod metrics;
 pub mod quic;
 mod session;
 pub mod settlement;
+mod stream;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 
 pub use gateway::{AuctionReads, Backend, DurableError, Gateway};

@@ -2,7 +2,7 @@
 //! reported after it, and the nats-server peer with as many watchers ([`nats_phase`]);
 //! both measure idle memory per watcher and delivery latency.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,7 +15,8 @@ use super::bidding::{Driven, drive, one_lane, phase, progress_bar};
 use super::{Run, Shape};
 use crate::pace::{LANE_QUEUE_MAX, Paced, Schedule};
 use crate::report::Phase;
-use crate::stats::{CpuMeter, ProcessSample, Recorder, sample_process};
+use crate::staleness::{Decisions, Staleness, measure};
+use crate::stats::{CpuMeter, ProcessSample, Recorder, sample_process, unix_us};
 use crate::target::Node;
 use crate::{nats, ws};
 
@@ -24,6 +25,9 @@ const DELIVERY_QUIET: Duration = Duration::from_millis(500);
 
 /// Longest wait for the last deliveries after the bidding stopped.
 const DELIVERY_TAIL_MAX: Duration = Duration::from_secs(10);
+
+/// Longest wait for the sampled watchers' logs once they were told to stop.
+const LOGS_WAIT: Duration = Duration::from_secs(5);
 
 /// Settling time after the watchers connected, before their memory is measured.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
@@ -68,10 +72,35 @@ impl Watching {
     }
 
     /// After the bidding that `driven` describes: waits for the last deliveries of its
-    /// `published` updates, stops the watchers and reports their phase.
+    /// `published` updates, stops the watchers and reports their phase, with their
+    /// staleness against the node's log when this process started the node.
     pub(super) async fn finish(&self, run: &Run<'_>, driven: &Driven, published: u64) -> Phase {
+        let from_us = unix_us().saturating_sub(driven.started.elapsed().as_micros() as u64);
         let window = wait_deliveries(&self.watchers, driven.started).await;
         self.stop.cancel();
+        let logs = self.watchers.sampled_logs(LOGS_WAIT).await;
+        let staleness = match run.node.wal_dir() {
+            Some(wal_dir) => {
+                let ids: HashSet<u64> = run.workload.ids().iter().copied().collect();
+                match Decisions::from_wal(&wal_dir, |id| ids.contains(&id)) {
+                    Ok(decisions) => Some(measure(&decisions, &logs, from_us)),
+                    Err(e) => {
+                        eprintln!("no staleness figures: {e:#}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut figures = self.figures.clone();
+        if let Some(staleness) = &staleness {
+            figures.extend(staleness_figures(
+                staleness,
+                logs.len(),
+                &self.watchers,
+                window,
+            ));
+        }
         fanout_phase(
             "gavel_fanout",
             format!(
@@ -85,10 +114,51 @@ impl Watching {
             &driven.paced,
             window,
             published,
-            self.figures.clone(),
+            figures,
         )
         .await
     }
+}
+
+/// The staleness figures of a phase (see [`crate::staleness`]): percentiles over the
+/// sampled watchers' (watcher, change) pairs, the share never held, and fresh changes per
+/// second scaled from `logs` sampled watchers to all of them over `window`.
+fn staleness_figures(
+    staleness: &Staleness,
+    logs: usize,
+    watchers: &ws::Watchers,
+    window: Duration,
+) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    let ms = |us: u64| us as f64 / 1_000.0;
+    let histogram = staleness.latency.histogram();
+    if staleness.latency.count() > 0 {
+        figures.insert(
+            "staleness_p50_ms".to_owned(),
+            ms(histogram.value_at_quantile(0.5)),
+        );
+        figures.insert(
+            "staleness_p99_ms".to_owned(),
+            ms(histogram.value_at_quantile(0.99)),
+        );
+        figures.insert("staleness_max_ms".to_owned(), ms(histogram.max()));
+    }
+    let pairs = staleness.pairs.max(1) as f64;
+    figures.insert("staleness_sampled_watchers".to_owned(), logs as f64);
+    figures.insert(
+        "changes_never_held_fraction".to_owned(),
+        staleness.never_held as f64 / pairs,
+    );
+    figures.insert(
+        "fresh_pairs_fraction".to_owned(),
+        staleness.fresh as f64 / pairs,
+    );
+    let scale = watchers.subscribed as f64 / logs.max(1) as f64;
+    figures.insert(
+        "fresh_changes_per_s".to_owned(),
+        staleness.fresh as f64 * scale / window.as_secs_f64().max(1e-9),
+    );
+    figures
 }
 
 /// Watchers to connect: `count` of them, to `addr` `path` (TLS with the node's trust), on
@@ -251,9 +321,23 @@ pub(super) async fn nats_phase(
         recorder: &recorder,
         watchers: &connected,
     };
-    let (driven, window) = publishing.run(shape.progress).await?;
+    let from_us = unix_us();
+    let (driven, window, stamps) = publishing.run(shape.progress).await?;
     stop.cancel();
     let published = recorder.snapshot().counts.get("published");
+    let logs = connected.sampled_logs(LOGS_WAIT).await;
+    let mut decisions = Decisions::default();
+    for (seq, stamp) in stamps {
+        decisions.add(1, seq, stamp);
+    }
+    decisions.sort();
+    let mut figures = figures;
+    figures.extend(staleness_figures(
+        &measure(&decisions, &logs, from_us),
+        logs.len(),
+        &connected,
+        window,
+    ));
     let phase = fanout_phase(
         "nats_fanout",
         format!(
@@ -288,8 +372,9 @@ struct Publishing<'a> {
 
 impl Publishing<'_> {
     /// Publishes at the schedule's rate (nats-server's CPU measured), then waits for the
-    /// watchers' last deliveries; returns what was sent and the delivery window.
-    async fn run(self, progress: bool) -> Result<(Driven, Duration)> {
+    /// watchers' last deliveries; returns what was sent, the delivery window and each
+    /// publish's `(seq, stamp)`.
+    async fn run(self, progress: bool) -> Result<(Driven, Duration, Vec<(u64, u64)>)> {
         let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
         let publish = nats::publish(self.server.client, self.subject, due, self.recorder.clone());
         let publisher = tokio::spawn(publish);
@@ -297,14 +382,14 @@ impl Publishing<'_> {
         let started = Instant::now();
         let bar = progress_bar(progress, self.schedule.planned(), "nats publish");
         let paced = drive(self.schedule, one_lane(lane), bar).await?;
-        publisher.await.context("the nats publisher")??;
+        let stamps = publisher.await.context("the nats publisher")??;
         let window = wait_deliveries(self.watchers, started).await;
         let driven = Driven {
             paced,
             meter,
             started,
         };
-        Ok((driven, window))
+        Ok((driven, window, stamps))
     }
 }
 
