@@ -38,7 +38,7 @@ use gavel_proto::frame::{FrameDecoder, FrameError};
 use gavel_proto::pb;
 use gavel_proto::pb::ErrorCode;
 
-pub(crate) use encoding::{Delimited, Encoding, Output};
+pub(crate) use encoding::{Delimited, EDGE_FRAME_BYTES_MAX, Encoding, Output};
 use updates::{SlowConsumer, Updates};
 
 use crate::durable_acks::DurableAcks;
