@@ -36,12 +36,7 @@ const WATCHER: Option<&str> = Some("watcher/watcher-1");
 /// The next JSON message of a watcher (control frames skipped).
 async fn next(socket: &mut Socket) -> Value {
     loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Message::Text(text) = message {
+        if let Message::Text(text) = next_message(socket).await {
             return serde_json::from_str(text.as_str()).unwrap();
         }
     }
@@ -397,7 +392,7 @@ async fn a_buy_now_close_presence_and_decision_times_reach_watchers() {
     node.stop().await;
 }
 
-/// The next binary message of a socket (control frames skipped), or its text as JSON.
+/// The next data message (binary or text) of a socket, control frames skipped.
 async fn next_message(socket: &mut Socket) -> Message {
     loop {
         let message = tokio::time::timeout(WAIT, socket.next())
