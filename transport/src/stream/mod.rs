@@ -606,6 +606,7 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
     }
 
     fn request(&mut self, request: pb::ClientMessage) {
+        self.encoding.on_request(&request);
         if let Some(wait) = self.session.handle(request, &mut self.replies) {
             self.durable.push(wait);
         }
