@@ -464,3 +464,19 @@ fn the_encoding_sees_each_request_before_the_session_answers_it() {
     assert_eq!(core.encoding.requests, [4, 5]);
     assert_eq!(written(&mut core, f.now), ["subscribed", "subscribed"]);
 }
+
+#[test]
+fn the_quic_stop_and_reset_codes_are_the_documented_ones() {
+    let doc = include_str!("../../../docs/quic.md");
+    for (name, code) in [
+        ("MALFORMED", ErrorCode::Malformed),
+        ("TOO_LARGE", ErrorCode::TooLarge),
+        ("SLOW_CONSUMER", ErrorCode::SlowConsumer),
+    ] {
+        let stated = format!("`{name}` ({}", code as u32);
+        assert!(doc.contains(&stated), "docs/quic.md states {stated}");
+    }
+    for end in [End::Finished, End::Peer, End::Shutdown] {
+        assert_eq!(end.quic_reset(), None, "{end:?} finishes the stream");
+    }
+}
