@@ -131,20 +131,7 @@ fn staleness_figures(
     watchers: &ws::Watchers,
     window: Duration,
 ) -> BTreeMap<String, f64> {
-    let mut figures = BTreeMap::new();
-    let ms = |us: u64| us as f64 / 1_000.0;
-    let histogram = staleness.latency.histogram();
-    if staleness.latency.count() > 0 {
-        figures.insert(
-            "staleness_p50_ms".to_owned(),
-            ms(histogram.value_at_quantile(0.5)),
-        );
-        figures.insert(
-            "staleness_p99_ms".to_owned(),
-            ms(histogram.value_at_quantile(0.99)),
-        );
-        figures.insert("staleness_max_ms".to_owned(), ms(histogram.max()));
-    }
+    let mut figures = percentile_figures("staleness", &staleness.latency);
     let pairs = staleness.pairs.max(1) as f64;
     figures.insert("staleness_sampled_watchers".to_owned(), logs as f64);
     figures.insert(
@@ -502,21 +489,21 @@ fn reach_all_figures(stamps: &[(u64, u64)], logs: &[Vec<Held>]) -> BTreeMap<Stri
             _ => incomplete += 1,
         }
     }
-    let ms = |us: u64| us as f64 / 1_000.0;
-    let mut figures = BTreeMap::new();
-    if reach_all.count() > 0 {
-        let h = reach_all.histogram();
-        figures.insert(
-            "round_reach_all_p50_ms".to_owned(),
-            ms(h.value_at_quantile(0.5)),
-        );
-        figures.insert(
-            "round_reach_all_p99_ms".to_owned(),
-            ms(h.value_at_quantile(0.99)),
-        );
-        figures.insert("round_reach_all_max_ms".to_owned(), ms(h.max()));
-    }
+    let mut figures = percentile_figures("round_reach_all", &reach_all);
     figures.insert("rounds".to_owned(), stamps.len() as f64);
     figures.insert("rounds_incomplete".to_owned(), incomplete as f64);
+    figures
+}
+
+/// `<name>_p50_ms`, `_p99_ms` and `_max_ms` of `latency` (µs), when it has values.
+fn percentile_figures(name: &str, latency: &Latency) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    if latency.count() > 0 {
+        let h = latency.histogram();
+        let ms = |us: u64| us as f64 / 1_000.0;
+        figures.insert(format!("{name}_p50_ms"), ms(h.value_at_quantile(0.5)));
+        figures.insert(format!("{name}_p99_ms"), ms(h.value_at_quantile(0.99)));
+        figures.insert(format!("{name}_max_ms"), ms(h.max()));
+    }
     figures
 }
