@@ -11,11 +11,14 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::bids::{BidRequest, parse_bid_id, status_json};
 use crate::queue::PushError;
+use crate::state::state_json;
 
 /// A response body: whole, or a stream (SSE).
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -64,6 +67,10 @@ const BID_BODY_BYTES_MAX: usize = 4_096;
 ///   current status for a bid id already known; `400` for a bad request; `503`
 ///   `queue_full` when the queue is at a bound; `500` `disk` when the write failed;
 /// - `GET /v1/bids/<bid id>`: the bid's status, `404` if unknown;
+/// - `GET /v1/auctions`: every auction's state (a JSON array, by id);
+/// - `GET /v1/auctions/<id>`: one auction's state, `404` if not held;
+/// - `GET /v1/stream`: SSE — every state at once, then each change, as `event: state`
+///   with `id: <auction>:<epoch>:<seq>` and the state's JSON as data;
 /// - `GET /metrics`: Prometheus text;
 /// - `GET /healthz`: `ok`.
 async fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
@@ -73,6 +80,25 @@ async fn route(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Body
         (&Method::GET, path) if path.starts_with("/v1/bids/") => {
             bid_status(&shared, &path["/v1/bids/".len()..])
         }
+        (&Method::GET, "/v1/auctions") => {
+            let all: Vec<_> = shared.store.all().iter().map(|s| state_json(s)).collect();
+            json(StatusCode::OK, &serde_json::Value::Array(all))
+        }
+        (&Method::GET, path) if path.starts_with("/v1/auctions/") => {
+            let state = path["/v1/auctions/".len()..]
+                .parse()
+                .ok()
+                .and_then(|id| shared.store.get(id));
+            match state {
+                Some(state) => json(StatusCode::OK, &state_json(&state)),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_auction",
+                    "no auction with this id is held",
+                ),
+            }
+        }
+        (&Method::GET, "/v1/stream") => sse(shared),
         (&Method::GET, "/metrics") => text(StatusCode::OK, shared.prometheus.render()),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".to_owned()),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
@@ -130,6 +156,74 @@ fn bid_status(shared: &Shared, hex: &str) -> Response<Body> {
     }
 }
 
+/// Events an SSE connection may have waiting to be written; a reader slower than this
+/// misses updates, then gets every state again (`Lagged` below).
+const SSE_EVENTS_MAX: usize = 256;
+
+/// The SSE stream: every state, then changes; ends at shutdown or when the reader leaves.
+fn sse(shared: Arc<Shared>) -> Response<Body> {
+    let (events, receiver) = mpsc::channel::<Bytes>(SSE_EVENTS_MAX);
+    tokio::spawn(async move {
+        let mut updates = shared.store.subscribe();
+        let mut all = shared.store.all();
+        loop {
+            for state in all.drain(..) {
+                if events.send(sse_event(&state)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = events.closed() => return,
+                update = updates.recv() => match update {
+                    Ok(state) => all.push(state),
+                    Err(RecvError::Lagged(_)) => all = shared.store.all(),
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let body = SseBody(receiver).boxed();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+fn sse_event(state: &gavel_edge_proto::AuctionState) -> Bytes {
+    Bytes::from(format!(
+        "event: state\nid: {}:{}:{}\ndata: {}\n\n",
+        state.auction_id,
+        state.epoch,
+        state.seq,
+        state_json(state)
+    ))
+}
+
+/// The SSE body: frames from a bounded channel; it ends when the sender does.
+struct SseBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|bytes| bytes.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
 /// A plain-text response.
 pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
@@ -158,4 +252,83 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<B
         status,
         &serde_json::json!({ "error": code, "message": message }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    use super::*;
+    use crate::state::tests::state;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sse_sends_every_state_then_changes_and_get_reads_the_current_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::for_tests(dir.path(), |_| {});
+        shared.store.apply(state(3, 110));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            Arc::clone(&shared),
+            shared.shutdown.clone(),
+        ));
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            write!(stream, "GET /v1/stream HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+            let mut lines = BufReader::new(stream).lines().map_while(Result::ok);
+            let head: Vec<String> = lines.by_ref().take_while(|l| !l.is_empty()).collect();
+            let data: Vec<String> = lines
+                .filter(|l| l.starts_with("data: ") || l.starts_with("id: "))
+                .take(4)
+                .collect();
+            (head, data)
+        });
+        // Once the reader has the first event, a change follows it.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        shared.store.apply(state(4, 120));
+        let (head, data) = reader.await.unwrap();
+        assert!(head[0].contains("200"), "{head:?}");
+        assert!(
+            head.iter()
+                .any(|h| h.eq_ignore_ascii_case("content-type: text/event-stream")),
+            "{head:?}"
+        );
+        assert_eq!(data[0], "id: 7:1:3");
+        assert!(data[1].contains(r#""price":110"#), "{data:?}");
+        assert_eq!(data[2], "id: 7:1:4");
+        assert!(data[3].contains(r#""price":120"#), "{data:?}");
+        let get = move |path: &str| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        };
+        let one = tokio::task::spawn_blocking(move || {
+            (
+                get("/v1/auctions/7"),
+                get("/v1/auctions"),
+                get("/v1/auctions/9"),
+            )
+        });
+        let (one, all, missing) = one.await.unwrap();
+        assert!(
+            one.starts_with("HTTP/1.1 200") && one.contains(r#""seq":4"#),
+            "{one}"
+        );
+        assert!(all.contains(r#"[{"auction_id":7"#), "{all}");
+        assert!(
+            missing.starts_with("HTTP/1.1 404") && missing.contains("unknown_auction"),
+            "{missing}"
+        );
+        shared.shutdown.cancel();
+    }
 }

@@ -11,6 +11,8 @@
 //! - `bids`: local clients' bid requests and statuses, the queue behind its lock;
 //! - `link`: the node client (the `gavel-client` SDK with the device certificate);
 //! - `forward`: the forwarder — queued bids to the node in order, idempotently;
+//! - `state`: the latest state per auction (moves only forward), as JSON or an edge frame;
+//! - `mqtt`: retained states, bid requests and statuses on the local MQTT broker;
 //! - `http`: the local HTTP port (`/metrics`, `/healthz`, bids, states, SSE).
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token given to [`run`]): the HTTP port stops accepting,
@@ -25,7 +27,13 @@ mod forward;
 mod http;
 mod link;
 mod metrics;
+mod mqtt;
 mod queue;
+mod state;
+/// The tests' real broker (mosquitto), shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/broker.rs"]
+mod test_broker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +51,31 @@ struct Shared {
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     bids: Arc<bids::Bids>,
     link: Arc<link::NodeLink>,
+    store: state::Store,
+    /// Cancelled at shutdown (long-lived responses such as SSE end on it).
+    shutdown: CancellationToken,
+}
+
+#[cfg(test)]
+impl Shared {
+    /// A shared state over a queue in `dir`, no node connection, defaults otherwise.
+    fn for_tests(dir: &std::path::Path, change: impl FnOnce(&mut AgentConfig)) -> Arc<Shared> {
+        let mut config = config::AgentOptions::default()
+            .resolve()
+            .expect("defaults resolve");
+        config.data_dir = dir.to_owned();
+        change(&mut config);
+        let queue = queue::Queue::open(dir, config.queue_bids_max, config.queue_bytes_max)
+            .expect("the queue opens");
+        Arc::new(Shared {
+            prometheus: metrics::prometheus(),
+            bids: Arc::new(bids::Bids::new(queue)),
+            link: Arc::new(link::NodeLink::new()),
+            store: state::Store::new(config.auctions_max),
+            shutdown: CancellationToken::new(),
+            config,
+        })
+    }
 }
 
 /// A started agent: its bound local address and what [`Agent::wait`] drains.
@@ -74,6 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Age
     let http_addr = listener.local_addr()?;
     let deadline = config.shutdown_deadline;
     let prometheus = metrics::prometheus();
+    let auctions_max = config.auctions_max;
     let queue = queue::Queue::open(
         &config.data_dir,
         config.queue_bids_max,
@@ -86,6 +120,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Age
         prometheus,
         bids: Arc::new(bids::Bids::new(queue)),
         link: Arc::new(link::NodeLink::new()),
+        store: state::Store::new(auctions_max),
+        shutdown: shutdown.clone(),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
@@ -96,6 +132,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Age
         shutdown.clone(),
     ));
     tasks.spawn(forward::run(Arc::clone(&shared), shutdown.clone()));
+    if let Some(mqtt) = shared.config.mqtt.clone() {
+        tasks.spawn(mqtt::run(Arc::clone(&shared), mqtt, shutdown.clone()));
+    }
     tracing::info!(http = %http_addr, node = %shared.config.node,
         queued = shared.bids.lock().len(), "gavel-edge listening");
     Ok(Agent {

@@ -150,3 +150,5 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("a free port")
 }
+
+pub mod broker;
