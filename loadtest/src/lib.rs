@@ -8,8 +8,9 @@
 //! - [`bidders`]: bidder connections over QUIC (the SDK) and WebSocket;
 //! - [`ws`]: WebSocket over TLS and the watchers (the node's subscriptions, nats-server's
 //!   subjects) recording delivery latency from the updates' `accepted_at_us`;
-//! - [`echo`], [`fsync`], [`nats`]: the baselines — a bare quinn mTLS echo (transport floor),
-//!   raw append + fsync (durability floor), nats-server's WebSocket fan-out (peer);
+//! - [`echo`], [`fsync`], [`nats`], [`burst`]: the baselines — a bare quinn mTLS echo
+//!   (transport floor), raw append + fsync (durability floor), nats-server's WebSocket
+//!   fan-out (peer), one message to every TLS WebSocket at once (fan-out floor);
 //! - [`target`]: the node as a child process (`gavel serve --dev`) or a running one, and the
 //!   admin API;
 //! - [`run`]: the phases of a run and `--max-rate` search;
@@ -22,6 +23,7 @@
 //! otherwise.
 
 pub mod bidders;
+pub mod burst;
 pub mod echo;
 pub mod fsync;
 pub mod nats;

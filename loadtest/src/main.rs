@@ -129,7 +129,8 @@ struct ShapeArgs {
     /// The watchers' subscription interval, ms (0: every update).
     #[arg(long, default_value_t = 0)]
     watch_interval_ms: u32,
-    /// Baselines to run after the node: any of echo, fsync, nats (comma-separated).
+    /// Baselines to run after the node: any of echo, fsync, nats, burst (comma-separated;
+    /// nats and burst need --watchers).
     #[arg(long, value_delimiter = ',')]
     floors: Vec<String>,
     /// No progress bars.
@@ -188,7 +189,8 @@ impl ShapeArgs {
                 "echo" => floors.echo = true,
                 "fsync" => floors.fsync = true,
                 "nats" => floors.nats = true,
-                other => bail!("unknown floor {other:?}; expected echo, fsync or nats"),
+                "burst" => floors.burst = true,
+                other => bail!("unknown floor {other:?}; expected echo, fsync, nats or burst"),
             }
         }
         Ok(Shape {

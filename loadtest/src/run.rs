@@ -34,7 +34,7 @@ mod floors;
 mod search;
 
 use bidding::{quic_bidding, sdk_bidding, ws_bidding};
-use fanout::{Watching, nats_phase};
+use fanout::{Watching, burst_phase, nats_phase};
 use floors::{echo_floor, fsync_floor, interleaved};
 pub use search::{Search, max_rate};
 
@@ -47,6 +47,8 @@ pub struct Floors {
     pub fsync: bool,
     /// nats-server's WebSocket fan-out.
     pub nats: bool,
+    /// The burst floor: one message to every watcher's socket at once ([`crate::burst`]).
+    pub burst: bool,
 }
 
 /// The load shape of a run.
@@ -199,6 +201,10 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     if let (true, Some(rate), Some(watching)) = (shape.floors.nats, gavel_update_rate, &watching) {
         let watchers = watching.watchers.subscribed;
         phases.push(nats_phase(node, shape, &run.schedule, rate, watchers).await?);
+    }
+    if let (true, Some(watching)) = (shape.floors.burst, &watching) {
+        let watchers = watching.watchers.subscribed;
+        phases.push(burst_phase(node, shape, &run.schedule, watchers).await?);
     }
     Ok(Outcome {
         ratios: ratios(&phases),

@@ -75,6 +75,16 @@ pub enum Feed {
         /// The subject subscribed to.
         subject: String,
     },
+    /// The burst floor ([`crate::burst`]): nothing to subscribe to; it sends the node's
+    /// messages. Every watcher logs its updates (the floor needs each round's last arrival).
+    Burst,
+}
+
+impl Feed {
+    /// Whether watcher `index` of `count` logs its updates.
+    fn logs(&self, index: usize, count: usize) -> bool {
+        matches!(self, Feed::Burst) || staleness::sampled(index, count)
+    }
 }
 
 /// Running watchers.
@@ -149,7 +159,7 @@ pub async fn watch(
         match connecting.await.context("watcher task")? {
             Ok(socket) => {
                 let seen = Seen {
-                    log: staleness::sampled(index, count).then(Vec::new),
+                    log: feed.logs(index, count).then(Vec::new),
                     ..Seen::default()
                 };
                 sampled += usize::from(seen.log.is_some());
@@ -235,6 +245,7 @@ pub(crate) async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
             }
             bail!("the node closed the WebSocket before confirming the subscription")
         }
+        Feed::Burst => Ok(()),
         Feed::Nats { subject } => {
             // verbose off (no +OK per message); the PONG to our PING confirms the SUB.
             let hello = format!(
@@ -300,7 +311,9 @@ async fn read_updates(
             }
         };
         match &feed {
-            Feed::Gavel { .. } => read_gavel_message(bytes, &mut seen, &recorder, &delivered),
+            Feed::Gavel { .. } | Feed::Burst => {
+                read_gavel_message(bytes, &mut seen, &recorder, &delivered);
+            }
             Feed::Nats { .. } => {
                 parser.push(&bytes);
                 loop {

@@ -515,13 +515,14 @@ fn open_kafka_log(
 ) -> Result<(Log, ReplaySummary)> {
     std::fs::create_dir_all(snapshots)
         .with_context(|| format!("creating {}", snapshots.display()))?;
-    let start = restore_kafka_snapshot(engine, snapshots, &kafka.topic, report)?;
-    let (log, mut records) = KafkaLog::open(kafka.clone(), start.as_ref()).with_context(|| {
-        format!(
-            "opening the Kafka write-ahead log (topic {} on {})",
-            kafka.topic, kafka.brokers
-        )
-    })?;
+    let start = restore_kafka_snapshot(engine, snapshots, kafka, report)?;
+    let (log, mut records) = KafkaLog::open(kafka.clone(), start.as_ref(), kafka_partition)
+        .with_context(|| {
+            format!(
+                "opening the Kafka write-ahead log (topic {} on {})",
+                kafka.topic, kafka.brokers
+            )
+        })?;
     tracing::info!(
         brokers = %kafka.brokers,
         topic = %kafka.topic,
@@ -533,6 +534,13 @@ fn open_kafka_log(
         .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
     log.resume(&records);
     Ok((Log::Kafka(Box::new(log)), summary))
+}
+
+/// The node's partitioner of the Kafka log: [`partition_of`](gavel_proto::partition::partition_of),
+/// the function the SDK routes by.
+fn kafka_partition(auction: u64, partitions: i32) -> i32 {
+    let partitions = u32::try_from(partitions).unwrap_or(1);
+    gavel_proto::partition::partition_of(auction, partitions) as i32
 }
 
 /// Appends and syncs the derived events a decision cut short by a crash left out of the log
@@ -753,13 +761,16 @@ pub fn kafka_snapshot_dir(data_dir: &Path, topic: &str) -> PathBuf {
 /// A Kafka node's start from a snapshot: restores the newest valid snapshot of `dir` into
 /// `engine` and returns its position in the topic. A corrupt newer snapshot is skipped for an
 /// older one (the topic still holds everything after any of them); no snapshot: `None`, the
-/// topic is replayed from its beginning.
+/// topic is replayed from its beginning. Only the auctions of partitions this node owns are
+/// restored (the reader replays the others' partitions, if owned again later, from their
+/// beginning).
 fn restore_kafka_snapshot(
     engine: &Engine,
     dir: &Path,
-    topic: &str,
+    kafka: &KafkaConfig,
     report: &mut RecoveryReport,
 ) -> Result<Option<KafkaPosition>> {
+    let topic = kafka.topic.as_str();
     let files = list_snapshots(dir).with_context(|| format!("listing {}", dir.display()))?;
     for file in files.iter().rev() {
         let snapshot = match read_snapshot(file)? {
@@ -786,12 +797,17 @@ fn restore_kafka_snapshot(
             "snapshot {path} is of the Kafka topic {}, not {topic}",
             position.topic
         );
-        report.auctions_restored = states.len();
+        let partitions = i32::try_from(position.next_offsets.len()).unwrap_or(i32::MAX);
+        let owned = kafka.owned_in(partitions)?;
         for state in states {
             let id = state.spec.id();
+            if !owned.contains(&kafka_partition(id.0, partitions)) {
+                continue;
+            }
             engine
                 .restore(state)
                 .with_context(|| format!("restoring auction {id} from snapshot {path}"))?;
+            report.auctions_restored += 1;
         }
         report.snapshot_lsn = Some(lsn);
         return Ok(Some(KafkaPosition {

@@ -20,7 +20,7 @@
 //! length-delimited `ClientMessage`s one way and `ServerMessage`s the other
 //! ([`gavel_proto::frame`]).
 //!
-//! Per stream, one task moving bytes between the stream and its [`StreamCore`]
+//! Per stream, one task moving bytes between the stream and its `StreamCore`
 //! (`crate::stream`, profile `QUIC`): the core decodes every whole frame, hands each request
 //! to the connection's [`Session`], and the task writes every answer available in one write
 //! before it reads again (batching). Durable waits queue in request order (`DurableAcks`: a

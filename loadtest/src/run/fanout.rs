@@ -1,8 +1,9 @@
 //! Fan-out phases: the node's watchers ([`Watching`]), connected before the bidding and
-//! reported after it, and the nats-server peer with as many watchers ([`nats_phase`]);
-//! both measure idle memory per watcher and delivery latency.
+//! reported after it, the nats-server peer with as many watchers ([`nats_phase`]) and the
+//! burst floor ([`burst_phase`]); each measures idle memory per watcher, delivery latency
+//! and staleness.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::bidding::{Driven, drive, one_lane, phase, progress_bar};
 use super::{Run, Shape};
+use crate::burst::BurstServer;
 use crate::pace::{LANE_QUEUE_MAX, Paced, Schedule};
 use crate::report::Phase;
-use crate::staleness::{Decisions, Staleness, measure};
-use crate::stats::{CpuMeter, ProcessSample, Recorder, sample_process, unix_us};
+use crate::staleness::{Decisions, Held, Staleness, measure};
+use crate::stats::{CpuMeter, Latency, ProcessSample, Recorder, sample_process, unix_us};
 use crate::target::Node;
 use crate::{nats, ws};
 
@@ -129,20 +131,7 @@ fn staleness_figures(
     watchers: &ws::Watchers,
     window: Duration,
 ) -> BTreeMap<String, f64> {
-    let mut figures = BTreeMap::new();
-    let ms = |us: u64| us as f64 / 1_000.0;
-    let histogram = staleness.latency.histogram();
-    if staleness.latency.count() > 0 {
-        figures.insert(
-            "staleness_p50_ms".to_owned(),
-            ms(histogram.value_at_quantile(0.5)),
-        );
-        figures.insert(
-            "staleness_p99_ms".to_owned(),
-            ms(histogram.value_at_quantile(0.99)),
-        );
-        figures.insert("staleness_max_ms".to_owned(), ms(histogram.max()));
-    }
+    let mut figures = percentile_figures("staleness", &staleness.latency);
     let pairs = staleness.pairs.max(1) as f64;
     figures.insert("staleness_sampled_watchers".to_owned(), logs as f64);
     figures.insert(
@@ -399,4 +388,122 @@ fn server_version(binary: &std::path::Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Rounds per second of the burst floor: far enough apart that one round is done before
+/// the next starts, at any watcher count the tester holds.
+const BURST_ROUNDS_PER_S: f64 = 5.0;
+/// Most rounds of the burst floor.
+const BURST_ROUNDS_MAX: u64 = 100;
+
+/// The burst floor with as many watchers as the node's phase: rounds of one message to
+/// every watcher ([`crate::burst`]); each round's time to reach all of them, and the same
+/// staleness figures as the node's phase.
+pub(super) async fn burst_phase(
+    node: &Node,
+    shape: &Shape,
+    schedule: &Schedule,
+    watchers: usize,
+) -> Result<Phase> {
+    let recorder = Recorder::default();
+    let server = BurstServer::start(&node.certs, recorder.clone()).await?;
+    let stop = CancellationToken::new();
+    let set = WatcherSet {
+        node,
+        addr: server.addr,
+        path: "/",
+        feed: ws::Feed::Burst,
+        count: watchers,
+        server_pid: None,
+        label: "burst watchers",
+    };
+    let (connected, mut figures) = set.connect(shape.progress, &recorder, &stop).await?;
+    let rounds = Schedule {
+        rate_per_s: BURST_ROUNDS_PER_S,
+        count_max: BURST_ROUNDS_MAX,
+        ..*schedule
+    };
+    let from_us = unix_us();
+    let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+    // The server runs in this process, beside the watchers.
+    let meter = CpuMeter::start(Some(std::process::id()));
+    let started = Instant::now();
+    let bar = progress_bar(shape.progress, rounds.planned(), "burst rounds");
+    let (paced, stamps) = tokio::join!(
+        drive(rounds, one_lane(lane), bar),
+        server.send_rounds(due, &recorder)
+    );
+    let paced = paced?;
+    let window = wait_deliveries(&connected, started).await;
+    stop.cancel();
+    let logs = connected.sampled_logs(LOGS_WAIT).await;
+    figures.extend(reach_all_figures(&stamps, &logs));
+    let mut decisions = Decisions::default();
+    for &(seq, stamp) in &stamps {
+        decisions.add(1, seq, stamp);
+    }
+    decisions.sort();
+    let staleness = measure(&decisions, &logs, from_us);
+    figures.extend(staleness_figures(
+        &staleness,
+        logs.len(),
+        &connected,
+        window,
+    ));
+    Ok(fanout_phase(
+        "burst_floor",
+        format!(
+            "burst floor: one message to each of {} TLS WebSocket watchers per round, tokio-rustls + tungstenite, no engine",
+            connected.subscribed
+        ),
+        &rounds,
+        &connected,
+        &recorder,
+        &meter,
+        &paced,
+        window,
+        stamps.len() as u64,
+        figures,
+    )
+    .await)
+}
+
+/// Per round, the time from its start until the last of the watchers (`logs`, one per
+/// watcher) held it: p50/p99/max over the rounds, and the rounds some watcher never got.
+fn reach_all_figures(stamps: &[(u64, u64)], logs: &[Vec<Held>]) -> BTreeMap<String, f64> {
+    let mut last_arrival: HashMap<u64, (u64, usize)> = HashMap::new();
+    for log in logs {
+        for held in log {
+            let entry = last_arrival.entry(held.seq).or_insert((0, 0));
+            entry.0 = entry.0.max(held.at_us);
+            entry.1 += 1;
+        }
+    }
+    let mut reach_all = Latency::default();
+    let mut incomplete = 0_u64;
+    for (seq, stamp) in stamps {
+        match last_arrival.get(seq) {
+            Some(&(last, got)) if got == logs.len() => {
+                reach_all.record_us(last.saturating_sub(*stamp))
+            }
+            _ => incomplete += 1,
+        }
+    }
+    let mut figures = percentile_figures("round_reach_all", &reach_all);
+    figures.insert("rounds".to_owned(), stamps.len() as f64);
+    figures.insert("rounds_incomplete".to_owned(), incomplete as f64);
+    figures
+}
+
+/// `<name>_p50_ms`, `_p99_ms` and `_max_ms` of `latency` (µs), when it has values.
+fn percentile_figures(name: &str, latency: &Latency) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    if latency.count() > 0 {
+        let h = latency.histogram();
+        let ms = |us: u64| us as f64 / 1_000.0;
+        figures.insert(format!("{name}_p50_ms"), ms(h.value_at_quantile(0.5)));
+        figures.insert(format!("{name}_p99_ms"), ms(h.value_at_quantile(0.99)));
+        figures.insert(format!("{name}_max_ms"), ms(h.max()));
+    }
+    figures
 }

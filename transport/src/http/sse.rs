@@ -546,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_starts_with_the_reconnection_delay_and_keeps_alive_with_comments() {
+        let mut events = SseEvents::default();
+        let mut out = BytesMut::new();
+        let subscribed = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::Subscribed(pb::Subscribed { subscriptions: 1 })),
+        };
+        let first = events.reply(&subscribed, &mut out);
+        let second = events.reply(&subscribed, &mut out);
+        let keepalive = events.keepalive(&mut out);
+        assert_eq!(first + second + keepalive, out.len());
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with("retry: 1000\n\ndata: {\"subscribed\""),
+            "{text}"
+        );
+        assert_eq!(text.matches("retry:").count(), 1, "{text}");
+        assert!(text.ends_with("\n\n: keepalive\n\n"), "{text}");
+    }
+
+    #[test]
     fn events_carry_their_position_as_id() {
         let update = pb::ServerMessage {
             request_id: 0,

@@ -5,8 +5,10 @@
 //! protobuf or text JSON message each) and the SSE events (`http::sse::SseEvents`).
 //!
 //! A stateful format (the compact edge stream, one `EdgeEncoder` per subscriber stream)
-//! keeps its state in `self` and closes a frame over several updates in
-//! [`Encoding::end_batch`].
+//! keeps its state in `self`, closes a frame over several updates in
+//! [`Encoding::end_batch`], and learns from [`Encoding::on_request`] when a `Subscribe`
+//! asks for it (QUIC) or starts a new stream; the WebSocket subprotocol picks it at the
+//! handshake, as it picks the codec today.
 
 use bytes::{Bytes, BytesMut};
 use gavel_edge_proto::EdgeEncoder;
@@ -44,6 +46,11 @@ impl Output for BytesMut {
 pub(crate) trait Encoding {
     /// What one write of the transport carries.
     type Out: Output;
+
+    /// Sees each request before the session handles it (a no-op by default): an encoding
+    /// a `Subscribe` may choose (the edge stream) switches here, and a re-subscribe starts
+    /// its new stream.
+    fn on_request(&mut self, _request: &pb::ClientMessage) {}
 
     /// A direct answer, durable ack or notice of the session.
     fn reply(&mut self, message: &pb::ServerMessage, out: &mut Self::Out) -> usize;

@@ -178,7 +178,10 @@ pub(crate) struct StreamCore<B: Backend, E: Encoding> {
     session: Session<B>,
     /// Bounded by the session: it refuses bids beyond `pending_durable_per_connection_max`.
     durable: DurableAcks<B::Durable>,
-    decoder: FrameDecoder,
+    /// QUIC's frame decoder, made at the first bytes (boxed: a WebSocket or SSE stream,
+    /// whose core every idle watcher holds, has none).
+    decoder: Option<Box<FrameDecoder>>,
+    frame_bytes_max: usize,
     encoding: E,
     updates: Updates,
     replies: Vec<pb::ServerMessage>,
@@ -222,7 +225,7 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
             outbound_max: limits.outbound_bytes_max_per_connection,
         };
         let durable = DurableAcks::new(limits.pending_durable_per_connection_max);
-        let decoder = FrameDecoder::new(limits.frame_bytes_max);
+        let frame_bytes_max = limits.frame_bytes_max;
         let mut updates = Updates::new(profile.transport);
         if let Some(subscriber) = session.subscriber() {
             updates.report_subscriptions(subscriber.subscriptions());
@@ -232,7 +235,8 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
             bounds,
             session,
             durable,
-            decoder,
+            decoder: None,
+            frame_bytes_max,
             encoding,
             updates,
             replies: Vec::new(),
@@ -295,9 +299,14 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
     /// `MALFORMED`, as docs/quic.md says) after its error answer.
     pub(crate) fn handle_bytes(&mut self, bytes: &[u8], now: Instant) {
         self.heard_at = now;
-        self.decoder.push(bytes);
+        let max = self.frame_bytes_max;
+        let mut decoder = self
+            .decoder
+            .take()
+            .unwrap_or_else(|| Box::new(FrameDecoder::new(max)));
+        decoder.push(bytes);
         loop {
-            match self.decoder.next_message::<pb::ClientMessage>() {
+            match decoder.next_message::<pb::ClientMessage>() {
                 Ok(Some(request)) => self.request(request),
                 Ok(None) => break,
                 Err(FrameError::Malformed(detail)) => {
@@ -323,6 +332,7 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
                 }
             }
         }
+        self.decoder = Some(decoder);
         self.answered();
     }
 
@@ -595,6 +605,7 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
     }
 
     fn request(&mut self, request: pb::ClientMessage) {
+        self.encoding.on_request(&request);
         if let Some(wait) = self.session.handle(request, &mut self.replies) {
             self.durable.push(wait);
         }

@@ -57,9 +57,12 @@ impl Backend for Memory {
     }
 }
 
-/// Writes each message as a short name, so a test reads what went out.
+/// Writes each message as a short name, so a test reads what went out; keeps the ids of
+/// the requests it saw.
 #[derive(Debug, Default)]
-struct Names;
+struct Names {
+    requests: Vec<u64>,
+}
 
 fn name(message: &pb::ServerMessage) -> String {
     match message.body.as_ref() {
@@ -79,6 +82,10 @@ fn name(message: &pb::ServerMessage) -> String {
 
 impl Encoding for Names {
     type Out = Vec<String>;
+
+    fn on_request(&mut self, request: &pb::ClientMessage) {
+        self.requests.push(request.request_id);
+    }
 
     fn reply(&mut self, message: &pb::ServerMessage, out: &mut Vec<String>) -> usize {
         out.push(name(message));
@@ -126,7 +133,7 @@ impl Fixture {
             id: BidderId::new("b1").unwrap(),
         });
         let session = Session::new(Arc::clone(&self.gateway), identity, profile.transport);
-        StreamCore::new(session, Names, profile, self.now)
+        StreamCore::new(session, Names::default(), profile, self.now)
     }
 
     /// A bid at `amount` on auction 1, published to the watchers.
@@ -444,4 +451,32 @@ fn datagrams_carry_the_price_updates_that_fit_and_fall_back_to_the_stream() {
         ["price 150"],
         "not sent: on the stream"
     );
+}
+
+#[test]
+fn the_encoding_sees_each_request_before_the_session_answers_it() {
+    let f = Fixture::new(Limits::default());
+    let mut core = f.core(&QUIC, None);
+    let mut frames = Vec::new();
+    frame::encode(&subscribe(4), &mut frames);
+    frame::encode(&subscribe(5), &mut frames);
+    core.handle_bytes(&frames, f.now);
+    assert_eq!(core.encoding.requests, [4, 5]);
+    assert_eq!(written(&mut core, f.now), ["subscribed", "subscribed"]);
+}
+
+#[test]
+fn the_quic_stop_and_reset_codes_are_the_documented_ones() {
+    let doc = include_str!("../../../docs/quic.md");
+    for (name, code) in [
+        ("MALFORMED", ErrorCode::Malformed),
+        ("TOO_LARGE", ErrorCode::TooLarge),
+        ("SLOW_CONSUMER", ErrorCode::SlowConsumer),
+    ] {
+        let stated = format!("`{name}` ({}", code as u32);
+        assert!(doc.contains(&stated), "docs/quic.md states {stated}");
+    }
+    for end in [End::Finished, End::Peer, End::Shutdown] {
+        assert_eq!(end.quic_reset(), None, "{end:?} finishes the stream");
+    }
 }

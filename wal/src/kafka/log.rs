@@ -3,19 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use super::client::{KafkaConfig, check_producer_config, ensure_topic, error_code, kafka_error};
-use super::fence::WriterLease;
+use super::fence::{LeaseClock, WriterLease};
 use super::reader::{KafkaPosition, KafkaRecords};
+use super::{EPOCH_HEADER, Partitioner, TAKEOVER_HEADER};
 use crate::durability::{Durability, LogStatus, batch_bytes, lock};
 use crate::error::{AppendError, LogFailure, Persistence, WalError};
 use crate::{Lsn, WalMetrics};
@@ -67,9 +70,29 @@ struct Counters {
     backpressure: AtomicU64,
 }
 
+/// Per partition, the clock of this node's lease on it (`None`: not owned).
+#[derive(Debug)]
+struct Fences {
+    topic: String,
+    clocks: Vec<Option<Arc<LeaseClock>>>,
+}
+
+impl Fences {
+    fn live(&self, partition: i32) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.clocks.get(p))
+            .and_then(Option::as_ref)
+            .is_some_and(|clock| clock.live())
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     durability: Arc<Durability>,
+    /// Set once the partitions' leases are held: a report for a partition whose lease is not
+    /// certainly held fails the log (see [`LeaseClock`]).
+    fences: OnceLock<Fences>,
     in_flight: Mutex<InFlight>,
     counters: Counters,
     /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
@@ -81,6 +104,7 @@ impl Shared {
     fn new(in_flight: InFlight) -> Shared {
         Shared {
             durability: Arc::new(Durability::new(0)),
+            fences: OnceLock::new(),
             in_flight: Mutex::new(in_flight),
             counters: Counters::default(),
             sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
@@ -116,6 +140,21 @@ impl Shared {
             return;
         }
         match outcome {
+            Outcome::Persisted(partition, _)
+                if self.fences.get().is_some_and(|f| !f.live(partition)) =>
+            {
+                drop(in_flight);
+                let topic = self
+                    .fences
+                    .get()
+                    .map(|f| f.topic.clone())
+                    .unwrap_or_default();
+                self.fail(LogFailure::Fenced {
+                    topic,
+                    partition,
+                    lsn,
+                });
+            }
             Outcome::Persisted(partition, offset) => {
                 // Ordering: Relaxed — statistics; the durable LSN is the synchronising store.
                 self.counters
@@ -225,8 +264,13 @@ pub struct KafkaLog {
     shared: Arc<Shared>,
     producer: ThreadedProducer<DeliveryContext>,
     config: KafkaConfig,
-    /// The topic's writer lease, released at shutdown.
-    lease: Mutex<Option<WriterLease>>,
+    /// The topic's partition count at open, and the key → partition map over it.
+    partitions: i32,
+    partitioner: Partitioner,
+    /// Per partition, the owner epoch this node writes it under (0: not owned).
+    epochs: Vec<u64>,
+    /// The owned partitions' writer leases, released at shutdown.
+    leases: Mutex<Vec<WriterLease>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -243,16 +287,19 @@ impl KafkaLog {
     /// Checks the configuration, reaches the brokers (an unreachable broker is
     /// [`WalError::KafkaUnreachable`] after `connect_timeout_ms`), creates the topic when
     /// missing, starts the idempotent producer, and opens the recovery reader positioned at
-    /// `start` (a snapshot's position) or at the beginning of every partition. Read the
-    /// records to their end, then call [`KafkaLog::resume`] before the first append.
+    /// `start` (a snapshot's position) or at the beginning of every partition. Every record
+    /// goes to the partition `partitioner` names for its key, and the reader refuses one
+    /// found elsewhere. Read the records to their end, then call [`KafkaLog::resume`] before
+    /// the first append.
     pub fn open(
         config: KafkaConfig,
         start: Option<&KafkaPosition>,
+        partitioner: Partitioner,
     ) -> Result<(KafkaLog, KafkaRecords), WalError> {
         config.validate()?;
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
-        ensure_topic(&config)?;
+        let partitions = ensure_topic(&config)?;
         let shared = Arc::new(Shared::new(InFlight {
             status: LogStatus::Open,
             next_lsn: 1,
@@ -262,13 +309,25 @@ impl KafkaLog {
             persisted: BTreeMap::new(),
             offsets: Vec::new(),
         }));
-        // One writer per topic: the lease comes before reading, so nobody writes behind the
-        // replay. Losing it fails the log (nothing more is acknowledged).
-        let lease = {
-            let shared = Arc::clone(&shared);
-            WriterLease::acquire(&config, &config.owner, move |why| shared.fail(why))?
+        // One writer per partition: its lease, then a takeover marker under the new epoch,
+        // come before reading, so whatever a former owner still writes lands after the marker
+        // with an older epoch and every replay skips it. Losing a lease fails the log
+        // (nothing more is acknowledged).
+        let owned = config.owned_in(partitions)?;
+        let leases = acquire_leases(&config, &owned, &shared)?;
+        let slots = usize::try_from(partitions).unwrap_or(0);
+        let (mut epochs, mut clocks) = (vec![0; slots], vec![None; slots]);
+        for (&p, lease) in owned.iter().zip(&leases) {
+            epochs[p as usize] = lease.epoch();
+            clocks[p as usize] = Some(Arc::clone(lease.clock()));
+        }
+        write_markers(&config, &owned, &epochs)?;
+        let fences = Fences {
+            topic: config.topic.clone(),
+            clocks,
         };
-        let records = KafkaRecords::open_at(&config, start)?;
+        let _ = shared.fences.set(fences);
+        let records = KafkaRecords::open_at(&config, start)?.check_placement(partitioner);
         let producer = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
@@ -281,7 +340,10 @@ impl KafkaLog {
                 shared,
                 producer,
                 config,
-                lease: Mutex::new(Some(lease)),
+                partitions,
+                partitioner,
+                epochs,
+                leases: Mutex::new(leases),
             },
             records,
         ))
@@ -352,6 +414,16 @@ impl KafkaLog {
                 retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
             });
         }
+        let partition = (self.partitioner)(key, self.partitions);
+        let epoch = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.epochs.get(p))
+            .copied()
+            .unwrap_or(0);
+        if epoch == 0 {
+            return Err(AppendError::NotOwner { partition });
+        }
+        let epoch = epoch.to_be_bytes();
         let key = key.to_string();
         let first = in_flight.next_lsn;
         let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
@@ -364,6 +436,11 @@ impl KafkaLog {
             let lsn = first + i as Lsn;
             let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
                 .key(key.as_str())
+                .partition(partition)
+                .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: EPOCH_HEADER,
+                    value: Some(&epoch),
+                }))
                 .payload(payload.as_ref());
             // Non-blocking: librdkafka only enqueues. Its queue is sized above our bounds.
             if let Err((error, _)) = self.producer.send(record) {
@@ -456,7 +533,7 @@ impl KafkaLog {
                 });
         }
         // Nothing more is written: a successor may start at once.
-        if let Some(mut lease) = lock(&self.lease).take() {
+        for mut lease in lock(&self.leases).drain(..) {
             lease.release();
         }
         if let Some(failure) = self.failure() {
@@ -466,6 +543,98 @@ impl KafkaLog {
         }
         self.shared.durability.finish(LogStatus::Closed);
         Ok(self.shared.durability.durable_lsn())
+    }
+}
+
+/// Takes the writer lease of every partition in `owned`, in order; losing any later fails
+/// `shared`'s log. A refusal releases the leases already taken.
+fn acquire_leases(
+    config: &KafkaConfig,
+    owned: &[i32],
+    shared: &Arc<Shared>,
+) -> Result<Vec<WriterLease>, WalError> {
+    owned
+        .iter()
+        .map(|&partition| {
+            let shared = Arc::clone(shared);
+            WriterLease::acquire(config, partition, &config.owner, move |why| {
+                shared.fail(why);
+            })
+        })
+        .collect()
+}
+
+/// Writes a takeover marker — no payload, the headers [`EPOCH_HEADER`] and
+/// [`TAKEOVER_HEADER`] — to every owned partition and waits until each is persisted. A reader
+/// raises the partition's epoch at the marker, so records of an older owner after it are
+/// skipped, and everything before it is in this node's replay.
+fn write_markers(config: &KafkaConfig, owned: &[i32], epochs: &[u64]) -> Result<(), WalError> {
+    const OP: &str = "write a takeover marker";
+    let brokers = config.brokers.as_str();
+    let refused = |reason: String| WalError::Kafka {
+        op: OP,
+        brokers: brokers.to_owned(),
+        reason,
+    };
+    let producer: BaseProducer<MarkerReports> = config
+        .lease_producer_config()
+        .create_with_context(MarkerReports::default())
+        .map_err(kafka_error("create the takeover producer", brokers))?;
+    for &partition in owned {
+        let epoch = epochs[partition as usize].to_be_bytes();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(&epoch),
+            })
+            .insert(Header {
+                key: TAKEOVER_HEADER,
+                value: Some(config.owner.as_str()),
+            });
+        let record = BaseRecord::<(), [u8]>::to(&config.topic)
+            .partition(partition)
+            .payload(&[])
+            .headers(headers);
+        producer
+            .send(record)
+            .map_err(|(e, _)| kafka_error(OP, brokers)(e))?;
+    }
+    // The marker producer's message timeout is the lease: every report comes by then.
+    let deadline = Instant::now() + Duration::from_millis(config.writer_lease_ms + 1_000);
+    loop {
+        producer.poll(Timeout::After(Duration::from_millis(5)));
+        let reports = lock(&producer.context().0);
+        if let Some((partition, code)) = reports.iter().find_map(|r| r.err()) {
+            return Err(refused(format!("partition {partition}: {code}")));
+        }
+        if reports.len() == owned.len() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(refused(format!(
+                "{} of {} markers reported persisted in time",
+                reports.len(),
+                owned.len()
+            )));
+        }
+    }
+}
+
+/// The takeover markers' delivery reports: the partition, or it and the error.
+#[derive(Default)]
+struct MarkerReports(Mutex<Vec<Result<i32, (i32, RDKafkaErrorCode)>>>);
+
+impl ClientContext for MarkerReports {}
+
+impl ProducerContext for MarkerReports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let report = match result {
+            Ok(message) => Ok(message.partition()),
+            Err((error, message)) => Err((message.partition(), error_code(error))),
+        };
+        lock(&self.0).push(report);
     }
 }
 

@@ -1,0 +1,425 @@
+//! Scale-out on a Kafka topic (issue 14) against a real Kafka-protocol broker (`tansu`,
+//! started per test on a free loopback port, killed when the test ends):
+//!
+//! - an auction's partition is `gavel_proto::partition::partition_of` of its id — the same as
+//!   librdkafka's default partitioner on the decimal key, which is how topics written before
+//!   chose partitions — and every record the node writes is in that partition;
+//! - a record found in another partition than its key hashes to (the topic's partition count
+//!   changed under its records) stops the replay with an error naming it;
+//! - two nodes own disjoint partitions of one topic (static assignment, a writer lease per
+//!   partition): each creates and decides only its own auctions (another node's creation is
+//!   refused without harm, its bids are unknown there), and a node owning every partition
+//!   replays both to the same views;
+//! - a record written under an owner epoch older than a takeover marker already in its
+//!   partition is skipped by every replay;
+//! - a zombie: a `gavel simulate` owner SIGSTOPped under load until a successor waited out
+//!   its lease and took its partitions over, then SIGCONTed — every bid it acknowledged
+//!   durable (before or after) is in the topic as replayed, nothing it wrote after the
+//!   takeover is replayed (a fresh replay has the successor's state hash), and it stops.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gavel_engine::{
+    AuctionId, Bid, BidId, BidOutcome, BidderId, CreateError, Rejection, UnixMicros,
+};
+use gavel_node::{Node, NodeConfig};
+use gavel_proto::partition::partition_of;
+use gavel_wal::kafka::{KafkaConfig, ensure_topic};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use common::crash::{Reference, collect_after, spawn_loaded_on_kafka};
+use common::kafka::Broker;
+use gavel_wal::kafka::KafkaRecords;
+
+const PARTITIONS: i32 = 4;
+/// Longest wait for the broker in a raw client's call.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn kafka(brokers: String, topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers,
+        topic: topic.to_owned(),
+        partitions: PARTITIONS,
+        connect_timeout_ms: 10_000,
+        writer_lease_ms: 2_000,
+        ..KafkaConfig::default()
+    }
+}
+
+fn config(kafka: KafkaConfig) -> NodeConfig {
+    NodeConfig {
+        kafka: Some(kafka),
+        ..NodeConfig::default()
+    }
+}
+
+/// A plain producer (librdkafka's defaults: its own partitioner) on `brokers`.
+fn raw_producer(brokers: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("creating a raw producer")
+}
+
+/// Produces one record keyed `key` (to `partition`, or where librdkafka's default
+/// partitioner puts it; with the owner epoch `epoch` if any) and waits until the broker has it.
+fn produce_as(
+    producer: &BaseProducer,
+    topic: &str,
+    (key, partition, epoch): (&str, Option<i32>, Option<u64>),
+    payload: &[u8],
+) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    if let Some(epoch) = epoch {
+        let epoch = epoch.to_be_bytes();
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: "gavel-epoch",
+            value: Some(&epoch),
+        }));
+    }
+    producer
+        .send(record)
+        .map_err(|(e, _)| e)
+        .expect("producing");
+    producer.flush(Timeout::After(WAIT)).expect("flushing");
+}
+
+/// `(partition, key)` of every keyed record of `topic`, each partition from its beginning to its end.
+fn placement(brokers: &str, topic: &str) -> Vec<(i32, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "gavel-scaleout-test")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("creating a raw consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let (mut ends, mut records) = (0, Vec::new());
+    let deadline = Instant::now() + WAIT;
+    while ends < PARTITIONS {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} not read to its end in {WAIT:?}"
+        );
+        match consumer.poll(Timeout::After(Duration::from_millis(100))) {
+            // A takeover marker has no key.
+            Some(Ok(message)) => {
+                if let Some(key) = message.key() {
+                    let key = String::from_utf8(key.to_vec()).unwrap();
+                    records.push((message.partition(), key));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => ends += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+fn create_auctions(node: &Node, ids: std::ops::RangeInclusive<u64>) {
+    let mut last = None;
+    for id in ids {
+        let spec = common::english(id, UnixMicros(u64::MAX / 4));
+        last = Some(node.create_auction(spec, UnixMicros(1)).unwrap());
+    }
+    node.wait_durable(last.unwrap(), WAIT).unwrap();
+}
+
+#[test]
+fn an_auction_lives_in_the_partition_its_id_hashes_to_as_librdkafka_would_put_its_key() {
+    let broker = Broker::start();
+    let brokers = broker.bootstrap();
+    // Topics written before the node chose partitions used librdkafka's default partitioner
+    // on the decimal id: partition_of must agree with it for every key.
+    let old = kafka(brokers.clone(), "gavel-wal-old");
+    ensure_topic(&old).unwrap();
+    let producer = raw_producer(&brokers);
+    for id in 1..=64u64 {
+        produce_as(&producer, &old.topic, (&id.to_string(), None, None), b"x");
+    }
+    let old_placement = placement(&brokers, &old.topic);
+    assert_eq!(old_placement.len(), 64);
+    for (partition, key) in &old_placement {
+        let id: u64 = key.parse().unwrap();
+        assert_eq!(
+            *partition as u32,
+            partition_of(id, PARTITIONS as u32),
+            "key {key}"
+        );
+    }
+    let used: std::collections::BTreeSet<i32> = old_placement.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        used.len(),
+        PARTITIONS as usize,
+        "64 keys spread over every partition"
+    );
+
+    // And the node writes each auction's records to that partition.
+    let new = kafka(brokers.clone(), "gavel-wal-placed");
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(new.clone())).unwrap();
+    create_auctions(&node, 1..=32);
+    node.shutdown(false).unwrap();
+    let placed = placement(&brokers, &new.topic);
+    assert_eq!(placed.len(), 32);
+    for (partition, key) in placed {
+        let id: u64 = key.parse().unwrap();
+        assert_eq!(
+            partition as u32,
+            partition_of(id, PARTITIONS as u32),
+            "auction {id}"
+        );
+    }
+}
+
+#[test]
+fn a_record_outside_the_partition_its_auction_hashes_to_stops_the_replay() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-misplaced");
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    create_auctions(&node, 1..=8);
+    node.shutdown(false).unwrap();
+    // As if partitions were added: auction 3's next record lands in another partition.
+    let home = partition_of(3, PARTITIONS as u32) as i32;
+    let elsewhere = (home + 1) % PARTITIONS;
+    // Written under the node's epoch (1): a record without one would be skipped as stale.
+    let misplaced = ("3", Some(elsewhere), Some(1));
+    produce_as(
+        &raw_producer(&kafka.brokers),
+        &kafka.topic,
+        misplaced,
+        b"moved",
+    );
+    let error = Node::open(tempfile::tempdir().unwrap().path(), config(kafka))
+        .map(|_| ())
+        .expect_err("a split auction must not replay");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(&format!(
+            "partition {elsewhere} of gavel-wal-misplaced has key 3"
+        )) && error.contains(&format!("belongs in partition {home} of {PARTITIONS}"))
+            && error.contains("partition count changed"),
+        "{error}"
+    );
+}
+
+fn owning(base: &KafkaConfig, owner: &str, owned: &[i32]) -> KafkaConfig {
+    KafkaConfig {
+        owner: owner.to_owned(),
+        owned_partitions: owned.to_vec(),
+        ..base.clone()
+    }
+}
+
+fn bid(auction: u64, n: u64) -> Bid {
+    let bidder = BidderId::new(&format!("bidder-{}", n % 3)).unwrap();
+    let id = BidId(u128::from(auction) << 32 | u128::from(n));
+    Bid::new(
+        AuctionId(auction),
+        bidder,
+        id,
+        200 + 10 * n,
+        None,
+        UnixMicros(2),
+    )
+    .unwrap()
+}
+
+#[test]
+fn two_nodes_own_disjoint_partitions_and_a_node_owning_all_replays_both() {
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-shared");
+    let scratch = tempfile::tempdir().unwrap();
+    let open = |name: &str, owned: &[i32]| {
+        let config = config(owning(&base, name, owned));
+        Node::open(scratch.path().join(name), config).unwrap().0
+    };
+    let (a, b) = (open("node-a", &[0, 1]), open("node-b", &[2, 3]));
+    let owner = |id: u64| {
+        if partition_of(id, 4) < 2 {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        }
+    };
+    let far = UnixMicros(u64::MAX / 4);
+    for id in 1..=24 {
+        let (owner, other) = owner(id);
+        let refused = other.create_auction(common::english(id, far), UnixMicros(1));
+        assert!(
+            matches!(refused, Err(CreateError::Overloaded { .. })),
+            "{id}: {refused:?}"
+        );
+        owner
+            .create_auction(common::english(id, far), UnixMicros(1))
+            .unwrap();
+        for n in 0..3 {
+            let decision = owner.place_bid(&bid(id, n), UnixMicros(2));
+            assert!(
+                matches!(decision.outcome, BidOutcome::Accepted(_)),
+                "{decision:?}"
+            );
+            owner.wait_durable(decision.receipt.unwrap(), WAIT).unwrap();
+        }
+        let elsewhere = other.place_bid(&bid(id, 9), UnixMicros(2)).outcome;
+        assert_eq!(elsewhere, BidOutcome::Rejected(Rejection::UnknownAuction));
+    }
+    assert_eq!(
+        (a.failure(), b.failure()),
+        (None, None),
+        "a refusal harms no log"
+    );
+    assert_eq!(a.engine().len() + b.engine().len(), 24);
+    let views: Vec<_> = (1..=24)
+        .map(|id| {
+            owner(id)
+                .0
+                .engine()
+                .view(AuctionId(id), UnixMicros(3))
+                .unwrap()
+        })
+        .collect();
+    a.shutdown(true).unwrap();
+    b.shutdown(true).unwrap();
+    drop((a, b));
+    let all = open("node-c", &[]);
+    assert_eq!(all.engine().len(), 24);
+    for (id, view) in (1..=24).zip(&views) {
+        assert_eq!(
+            all.engine().view(AuctionId(id), UnixMicros(3)).as_ref(),
+            Some(view)
+        );
+    }
+    all.shutdown(false).unwrap();
+    // Node a again, from its snapshot: only its own partitions' auctions.
+    let a = open("node-a", &[0, 1]);
+    let own = (1..=24).filter(|&id| partition_of(id, 4) < 2).count();
+    assert_eq!(a.engine().len(), own);
+}
+
+#[test]
+fn a_record_of_an_older_owner_epoch_after_a_takeover_is_skipped_by_every_replay() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-epochs");
+    let scratch = tempfile::tempdir().unwrap();
+    let (first, _) = Node::open(scratch.path().join("1"), config(kafka.clone())).unwrap();
+    create_auctions(&first, 1..=8);
+    first.shutdown(false).unwrap();
+    drop(first);
+    // The second owner takes every partition over under epoch 2 (the first held epoch 1).
+    let (second, _) = Node::open(scratch.path().join("2"), config(kafka.clone())).unwrap();
+    let hash = second.engine().state_hash();
+    second.shutdown(false).unwrap();
+    drop(second);
+    // A late write of the first owner (epoch 1) after the takeover marker; not even a valid
+    // record, so a replay that did not skip it would fail.
+    let home = partition_of(3, PARTITIONS as u32) as i32;
+    let producer = raw_producer(&kafka.brokers);
+    produce_as(
+        &producer,
+        &kafka.topic,
+        ("3", Some(home), Some(1)),
+        b"zombie",
+    );
+    let mut records = KafkaRecords::open(&kafka).unwrap();
+    assert_eq!(records.by_ref().map(Result::unwrap).count(), 8);
+    assert_eq!(records.stale_records(), 1);
+    let (third, _) = Node::open(scratch.path().join("3"), config(kafka.clone())).unwrap();
+    assert_eq!(third.engine().state_hash(), hash);
+    third.shutdown(false).unwrap();
+    // A record of the current epoch is replayed (and this one does not decode).
+    produce_as(
+        &producer,
+        &kafka.topic,
+        ("3", Some(home), Some(3)),
+        b"current",
+    );
+    let error = Node::open(scratch.path().join("4"), config(kafka))
+        .map(|_| ())
+        .expect_err("a current record that does not decode stops the replay");
+    assert!(format!("{error:#}").contains("LSN"), "{error:#}");
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[test]
+fn a_paused_owner_resumed_after_a_takeover_never_acknowledges_or_replays_what_it_writes() {
+    const LEASE_MS: u64 = 1_500;
+    let broker = Broker::start();
+    let kafka = KafkaConfig {
+        partitions: 8,
+        writer_lease_ms: LEASE_MS,
+        owner: "successor".to_owned(),
+        ..kafka(broker.bootstrap(), "gavel-wal-zombie")
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let mut zombie = spawn_loaded_on_kafka(scratch.path(), "zombie", 11, &kafka);
+    let first = zombie.first_ack(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = zombie.child.id();
+    signal(pid, "STOP");
+    let stopped = Instant::now();
+    let (successor, report) = Node::open(scratch.path().join("successor"), config(kafka.clone()))
+        .unwrap_or_else(|e| panic!("the successor does not take over: {e:#}"));
+    let took_over = stopped.elapsed();
+    let hash = successor.engine().state_hash();
+    signal(pid, "CONT");
+    // Resumed, it writes on (its threads were mid-load) until it notices its leases lapsed.
+    let (mut acks, status, stderr) = collect_after(zombie, Duration::from_secs(10));
+    acks.push(first);
+    let records: Vec<(u64, Vec<u8>)> = KafkaRecords::open(&kafka)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    let stale = {
+        let mut reader = KafkaRecords::open(&kafka).unwrap();
+        reader.by_ref().for_each(|r| drop(r.unwrap()));
+        reader.stale_records()
+    };
+    let reference = Reference::replay(records, 0);
+    for ack in &acks {
+        reference.logged(ack, 0);
+    }
+    assert_eq!(
+        gavel_node::hex(&reference.engine.state_hash()),
+        gavel_node::hex(&hash),
+        "the topic as replayed holds something the successor did not replay"
+    );
+    assert!(
+        stderr.contains("writer lease"),
+        "the zombie did not notice it was fenced ({status}):\n{stderr}"
+    );
+    successor.shutdown(false).unwrap();
+    eprintln!(
+        "zombie: {} durable acks all replayed; successor took over {took_over:?} after SIGSTOP \
+         ({} records replayed); {stale} late records of the zombie skipped; zombie exit {status}",
+        acks.len(),
+        report.records_read
+    );
+}
