@@ -176,6 +176,8 @@ struct Shared {
 pub struct Node {
     shared: Arc<Shared>,
     snapshotter: Mutex<Option<JoinHandle<()>>>,
+    /// Takes standby partitions over (Kafka log with standby partitions only).
+    taker: Mutex<Option<JoinHandle<()>>>,
     data_dir: PathBuf,
     /// Wakes the closer when a creation ends before its planned wake-up.
     due: DueAlarm,
@@ -295,6 +297,8 @@ impl Node {
             file.compact_to_snapshots().context("compacting the log")?;
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
+        let standby = config.kafka.as_ref().map(|k| k.standby_partitions.clone());
+        let taker = spawn_taker(&shared, standby.unwrap_or_default(), workers)?;
         report.elapsed = started.elapsed();
         tracing::info!(
             auctions = report.auctions,
@@ -309,6 +313,7 @@ impl Node {
             Node {
                 shared,
                 snapshotter: Mutex::new(snapshotter),
+                taker: Mutex::new(taker),
                 due: DueAlarm::default(),
                 data_dir: data_dir.to_path_buf(),
             },
@@ -464,10 +469,12 @@ impl Node {
     fn stop_snapshotter(&self) {
         // Ordering: Release pairs with the snapshot thread's Acquire load.
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(handle) = lock(&self.snapshotter).take() {
-            handle.thread().unpark();
-            if let Err(panic) = handle.join() {
-                std::panic::resume_unwind(panic);
+        for thread in [&self.snapshotter, &self.taker] {
+            if let Some(handle) = lock(thread).take() {
+                handle.thread().unpark();
+                if let Err(panic) = handle.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
     }
@@ -546,7 +553,7 @@ fn kafka_partition(auction: u64, partitions: i32) -> i32 {
 /// Appends and syncs the derived events a decision cut short by a crash left out of the log
 /// (the replayer reports them), one batch per auction (the Kafka log keys a batch by its
 /// auction). Returns how many.
-fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize> {
+pub(crate) fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize> {
     if missing.is_empty() {
         return Ok(0);
     }
@@ -593,6 +600,32 @@ fn spawn_snapshotter(shared: &Arc<Shared>, every: u64) -> Result<Option<JoinHand
         .spawn(move || snapshot_loop(&for_thread, every))
         .context("spawning the snapshot thread")?;
     shared.sink.set_snapshot_thread(handle.thread().clone());
+    Ok(Some(handle))
+}
+
+/// Starts the thread taking the Kafka log's `standby` partitions over (none: no thread).
+fn spawn_taker(
+    shared: &Arc<Shared>,
+    standby: Vec<i32>,
+    workers: usize,
+) -> Result<Option<JoinHandle<()>>> {
+    if standby.is_empty() {
+        return Ok(None);
+    }
+    let shared = Arc::clone(shared);
+    let handle = thread::Builder::new()
+        .name("gavel-takeover".into())
+        .spawn(move || {
+            let parts = crate::takeover::Parts {
+                engine: &shared.engine,
+                wal: &shared.wal,
+                snapshots: &shared.last_snapshot_lsn,
+                stop: &shared.stop,
+                workers,
+            };
+            crate::takeover::run(&parts, &standby);
+        })
+        .context("spawning the takeover thread")?;
     Ok(Some(handle))
 }
 

@@ -15,11 +15,18 @@
 //! - a zombie: a `gavel simulate` owner SIGSTOPped under load until a successor waited out
 //!   its lease and took its partitions over, then SIGCONTed — every bid it acknowledged
 //!   durable (before or after) is in the topic as replayed, nothing it wrote after the
-//!   takeover is replayed (a fresh replay has the successor's state hash), and it stops.
+//!   takeover is replayed (a fresh replay has the successor's state hash), and it stops;
+//! - live takeover: an owner process (this test binary re-run as [`owner_process`]) owns
+//!   partitions 0 and 1 and bids under load; a running node owning 2 and 3 with 0 and 1 as
+//!   standby sees its lease lapse after a SIGKILL, takes both over (replay into the running
+//!   engine) and accepts bids on their auctions; every bid the owner acknowledged durable is
+//!   there (checked against the owner's own acks) and the state hash is the topic's. The time
+//!   from the kill to the first accepted bid is printed (`GAVEL_TAKEOVER_ROUNDS` rounds).
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
@@ -36,7 +43,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::crash::{Reference, collect_after, spawn_loaded_on_kafka};
+use common::crash::{Ack, Reference, collect_after, env_u64, spawn_loaded_on_kafka};
 use common::kafka::Broker;
 use gavel_wal::kafka::KafkaRecords;
 
@@ -421,5 +428,193 @@ fn a_paused_owner_resumed_after_a_takeover_never_acknowledges_or_replays_what_it
          ({} records replayed); {stale} late records of the zombie skipped; zombie exit {status}",
         acks.len(),
         report.records_read
+    );
+}
+
+/// Environment of [`owner_process`]: `brokers topic data_dir`.
+const OWNER_ENV: &str = "GAVEL_SCALEOUT_OWNER";
+/// The partitions the owner process owns (of [`PARTITIONS`]); the standby node owns the rest.
+const OWNER_PARTITIONS: [i32; 2] = [0, 1];
+/// Longest an owner process bids.
+const OWNER_RUN_MAX: Duration = Duration::from_secs(60);
+
+/// The owner's auctions: of ids 1..=40, those in its partitions.
+fn owner_auctions() -> Vec<u64> {
+    (1..=40)
+        .filter(|&id| OWNER_PARTITIONS.contains(&(partition_of(id, PARTITIONS as u32) as i32)))
+        .collect()
+}
+
+/// Not a test on its own: the owner process of
+/// `a_standby_node_takes_a_killed_owners_partitions_over_and_accepts_bids`, which runs this
+/// test binary again with [`OWNER_ENV`] set. Owns [`OWNER_PARTITIONS`], creates its auctions
+/// and bids on them until killed, printing `ack auction bidder bid seq lsn` for every bid
+/// acknowledged durable.
+#[test]
+#[ignore = "the owner process of the live takeover test, run by it"]
+fn owner_process() {
+    let spec = std::env::var(OWNER_ENV).expect("run by the live takeover test");
+    let mut words = spec.split(' ');
+    let (brokers, topic, dir) = (
+        words.next().unwrap(),
+        words.next().unwrap(),
+        words.next().unwrap(),
+    );
+    let kafka = KafkaConfig {
+        owned_partitions: OWNER_PARTITIONS.to_vec(),
+        owner: "owner-a".to_owned(),
+        ..kafka(brokers.to_owned(), topic)
+    };
+    let (node, _) = Node::open(dir, config(kafka)).unwrap();
+    let auctions = owner_auctions();
+    for &id in &auctions {
+        let spec = common::english(id, UnixMicros(u64::MAX / 4));
+        node.create_auction(spec, UnixMicros(1)).unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < OWNER_RUN_MAX {
+        let mut pending = Vec::new();
+        for _ in 0..20 {
+            let bid = bid(auctions[(n % auctions.len() as u64) as usize], n);
+            n += 1;
+            let decision = node.place_bid(&bid, UnixMicros(2));
+            if let (BidOutcome::Accepted(accepted), Some(receipt)) =
+                (decision.outcome, decision.receipt)
+            {
+                pending.push((bid, accepted.seq, receipt));
+            }
+        }
+        let Some(&(_, _, last)) = pending.last() else {
+            continue;
+        };
+        node.wait_durable(last, WAIT).unwrap();
+        for (bid, seq, receipt) in pending {
+            let (auction, bidder, id) = (bid.auction().0, bid.bidder(), bid.id().0);
+            writeln!(out, "ack {auction} {bidder} {id} {seq} {}", receipt.0).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+fn parse_ack(line: &str) -> Option<Ack> {
+    let mut w = line.strip_prefix("ack ")?.split(' ');
+    Some(Ack {
+        auction: w.next()?.parse().ok()?,
+        bidder: w.next()?.to_owned(),
+        bid: w.next()?.parse().ok()?,
+        seq: w.next()?.parse().ok()?,
+        lsn: w.next()?.parse().ok()?,
+    })
+}
+
+/// One round: owner process and standby node on a fresh topic; SIGKILL the owner under load;
+/// returns the time from the kill to the standby's first accepted bid on the owner's auction.
+fn takeover_round(broker: &Broker, round: u64) -> Duration {
+    let scratch = tempfile::tempdir().unwrap();
+    let topic = format!("gavel-wal-standby-{round}");
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "owner_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            OWNER_ENV,
+            format!(
+                "{} {topic} {}",
+                broker.bootstrap(),
+                scratch.path().join("a").display()
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(owner.stdout.take().unwrap()).lines();
+    let mut acks = Vec::new();
+    while acks.len() < 200 {
+        let line = lines
+            .next()
+            .expect("the owner process stopped before 200 acks")
+            .unwrap();
+        acks.extend(parse_ack(&line));
+    }
+    let standby = KafkaConfig {
+        owned_partitions: vec![2, 3],
+        standby_partitions: OWNER_PARTITIONS.to_vec(),
+        owner: "node-b".to_owned(),
+        ..kafka(broker.bootstrap(), &topic)
+    };
+    let (b, _) = Node::open(scratch.path().join("b"), config(standby.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    owner.kill().unwrap();
+    let killed = Instant::now();
+    owner.wait().unwrap();
+    acks.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
+    // Bid on the owner's first auction until the standby accepts one.
+    let probe = owner_auctions()[0];
+    let (first_accepted, receipt) = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no takeover in 60 s"
+        );
+        let bid = bid(probe, 1_000_000_000 + killed.elapsed().as_micros() as u64);
+        let decision = b.place_bid(&bid, UnixMicros(3));
+        match decision.outcome {
+            BidOutcome::Accepted(_) => break (killed.elapsed(), decision.receipt.unwrap()),
+            BidOutcome::Rejected(Rejection::UnknownAuction | Rejection::Overloaded { .. }) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => panic!("round {round}: the standby answered {other:?}"),
+        }
+    };
+    b.wait_durable(receipt, WAIT).unwrap();
+    let all = KafkaConfig {
+        owned_partitions: Vec::new(),
+        standby_partitions: Vec::new(),
+        ..standby
+    };
+    let records: Vec<(u64, Vec<u8>)> = KafkaRecords::open(&all)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    let reference = Reference::replay(records, round);
+    for ack in &acks {
+        reference.logged(ack, round);
+    }
+    assert_eq!(
+        gavel_node::hex(&b.engine().state_hash()),
+        gavel_node::hex(&reference.engine.state_hash()),
+        "round {round}: the standby's state is not the topic's"
+    );
+    reference.check_recovered(b.engine(), &acks, round);
+    assert!((0..PARTITIONS).all(|p| match b.wal() {
+        gavel_wal::Log::Kafka(k) => k.owns(p),
+        gavel_wal::Log::File(_) => false,
+    }));
+    b.shutdown(false).unwrap();
+    eprintln!(
+        "takeover round {round}: {} acks checked, first accepted bid {first_accepted:?} after the kill",
+        acks.len()
+    );
+    first_accepted
+}
+
+#[test]
+fn a_standby_node_takes_a_killed_owners_partitions_over_and_accepts_bids() {
+    let broker = Broker::start();
+    let rounds = env_u64("GAVEL_TAKEOVER_ROUNDS", 2);
+    let mut times: Vec<Duration> = (0..rounds)
+        .map(|round| takeover_round(&broker, round))
+        .collect();
+    times.sort();
+    eprintln!(
+        "takeover: kill → first accepted bid over {rounds} rounds (lease 2000 ms): p50 {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
     );
 }

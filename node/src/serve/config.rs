@@ -277,6 +277,16 @@ pub struct ServeOptions {
     )]
     pub kafka_owned_partitions: Option<Vec<i32>>,
 
+    /// Partitions of other nodes this node takes over while running once their owner's writer
+    /// lease lapses (comma-separated); needs --kafka-owned-partitions, disjoint from them.
+    #[arg(
+        long,
+        env = "GAVEL_KAFKA_STANDBY_PARTITIONS",
+        value_name = "P,P,...",
+        value_delimiter = ','
+    )]
+    pub kafka_standby_partitions: Option<Vec<i32>>,
+
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
@@ -483,6 +493,7 @@ impl ServeOptions {
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
             kafka_linger_ms, kafka_writer_lease_ms, kafka_owned_partitions,
+            kafka_standby_partitions,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -726,7 +737,8 @@ impl ServeOptions {
                         && self.kafka_message_timeout_ms.is_none()
                         && self.kafka_linger_ms.is_none()
                         && self.kafka_writer_lease_ms.is_none()
-                        && self.kafka_owned_partitions.is_none(),
+                        && self.kafka_owned_partitions.is_none()
+                        && self.kafka_standby_partitions.is_none(),
                     "--kafka-* options need --wal kafka"
                 );
                 None
@@ -757,6 +769,7 @@ impl ServeOptions {
                         .kafka_writer_lease_ms
                         .unwrap_or(defaults.writer_lease_ms),
                     owned_partitions: self.kafka_owned_partitions.clone().unwrap_or_default(),
+                    standby_partitions: self.kafka_standby_partitions.clone().unwrap_or_default(),
                     ..defaults
                 };
                 kafka.validate().context("invalid Kafka log setting")?;
