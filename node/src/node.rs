@@ -170,6 +170,8 @@ struct Shared {
     stop: AtomicBool,
     /// With the Kafka log: the directory of its snapshots.
     kafka_snapshots: Option<PathBuf>,
+    /// With the Kafka log: per partition not owned here, its holder as last read.
+    holders: Mutex<Vec<Option<crate::takeover::Holder>>>,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
@@ -291,14 +293,22 @@ impl Node {
             last_snapshot_lsn: Mutex::new(report.snapshot_lsn.unwrap_or(0)),
             stop: AtomicBool::new(false),
             kafka_snapshots,
+            holders: Mutex::new(Vec::new()),
         });
+        if let Log::Kafka(kafka) = &*shared.wal {
+            *lock(&shared.holders) = vec![None; kafka.partitions().max(0) as usize];
+        }
         // Old segments may be removable already (a snapshot written just before a crash).
         if let Some(file) = shared.wal.as_file() {
             file.compact_to_snapshots().context("compacting the log")?;
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
-        let standby = config.kafka.as_ref().map(|k| k.standby_partitions.clone());
-        let taker = spawn_taker(&shared, standby.unwrap_or_default(), workers)?;
+        let taker = match &config.kafka {
+            Some(kafka) if !kafka.owned_partitions.is_empty() => {
+                spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
+            }
+            _ => None,
+        };
         report.elapsed = started.elapsed();
         tracing::info!(
             auctions = report.auctions,
@@ -397,6 +407,49 @@ impl Node {
         self.shared
             .engine
             .cancel_auction(id, now, &self.shared.sink)
+    }
+
+    /// The Kafka log's partitions and their holders (`GET /v1/cluster`); `None` on the file
+    /// log. Partitions this node does not own are as its follower thread last read them
+    /// (none read yet for a node that owns every partition: it follows nothing).
+    pub fn cluster(&self) -> Option<pb::Cluster> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let config = kafka.config();
+        let holders = lock(&self.shared.holders);
+        let partitions: Vec<pb::ClusterPartition> = (0..kafka.partitions())
+            .map(|p| {
+                let (owner, epoch, live) = match kafka.epoch_of(p) {
+                    0 => holders
+                        .get(p as usize)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
+                    epoch => (config.owner.clone(), epoch, true),
+                };
+                pb::ClusterPartition {
+                    partition: p as u32,
+                    owner,
+                    epoch,
+                    live,
+                    standby: config.standby_partitions.contains(&p),
+                }
+            })
+            .collect();
+        let mut members: Vec<String> = partitions
+            .iter()
+            .filter(|p| p.live && !p.owner.is_empty())
+            .map(|p| p.owner.clone())
+            .collect();
+        members.sort();
+        members.dedup();
+        Some(pb::Cluster {
+            topic: config.topic.clone(),
+            node: config.owner.clone(),
+            partitions,
+            members,
+        })
     }
 
     /// Whether `receipt` is durable now.
@@ -540,6 +593,8 @@ fn open_kafka_log(
     let summary = replay_parallel(engine, start.is_some(), &mut records, workers)
         .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
     log.resume(&records);
+    let owned = (0..log.partitions()).filter(|&p| log.owns(p)).count();
+    metrics::gauge!(crate::takeover::METRIC_PARTITIONS_OWNED).set(owned as f64);
     Ok((Log::Kafka(Box::new(log)), summary))
 }
 
@@ -603,15 +658,13 @@ fn spawn_snapshotter(shared: &Arc<Shared>, every: u64) -> Result<Option<JoinHand
     Ok(Some(handle))
 }
 
-/// Starts the thread taking the Kafka log's `standby` partitions over (none: no thread).
+/// Starts the thread following the partitions this node does not own and taking the
+/// `standby` ones over.
 fn spawn_taker(
     shared: &Arc<Shared>,
     standby: Vec<i32>,
     workers: usize,
 ) -> Result<Option<JoinHandle<()>>> {
-    if standby.is_empty() {
-        return Ok(None);
-    }
     let shared = Arc::clone(shared);
     let handle = thread::Builder::new()
         .name("gavel-takeover".into())
@@ -622,6 +675,7 @@ fn spawn_taker(
                 snapshots: &shared.last_snapshot_lsn,
                 stop: &shared.stop,
                 workers,
+                holders: &shared.holders,
             };
             crate::takeover::run(&parts, &standby);
         })

@@ -1,8 +1,10 @@
-//! Standby partitions (issue 14 item 4): a running node takes over a partition of the Kafka
-//! log once its owner's writer lease lapsed — the owner died or was paused.
+//! Other nodes' partitions (issue 14 items 4 and 7): a node that owns some partitions of the
+//! Kafka log follows the leases of the others, for `GET /v1/cluster`, and takes a standby
+//! partition over once its owner's writer lease lapsed — the owner died or was paused.
 //!
-//! One thread follows the lease of every standby partition ([`LeaseWatch`]). When one lapses
-//! it takes the partition over ([`KafkaLog::take_over`]: the lease under a new owner epoch,
+//! One thread follows the lease of every partition this node does not own ([`LeaseWatch`]),
+//! recording each holder in the cluster map. When a standby partition's lease lapses it takes
+//! the partition over ([`KafkaLog::take_over`]: the lease under a new owner epoch,
 //! then the takeover marker), replays the partition from its beginning into the running
 //! engine through the same parallel replay as the start, appends the derived events a cut
 //! decision left out, and only then activates it: until then the engine does not hold the
@@ -26,7 +28,9 @@ use crate::replay::replay_parallel;
 pub const METRIC_TAKEOVERS: &str = "gavel_kafka_takeovers_total";
 /// Time from a lapsed lease seen to the partition activated (lease, marker, replay), seconds.
 pub const METRIC_TAKEOVER_SECONDS: &str = "gavel_kafka_takeover_seconds";
-/// How long one look at a standby partition's lock topic reads.
+/// Partitions this node writes (owned from the start or taken over).
+pub const METRIC_PARTITIONS_OWNED: &str = "gavel_kafka_partitions_owned";
+/// How long one look at a partition's lock topic reads.
 const WATCH_SLICE: Duration = Duration::from_millis(100);
 
 /// What the takeover thread needs of the node.
@@ -37,20 +41,27 @@ pub(crate) struct Parts<'a> {
     pub snapshots: &'a Mutex<Lsn>,
     pub stop: &'a AtomicBool,
     pub workers: usize,
+    /// Per partition, its holder as last read: name, owner epoch, live.
+    pub holders: &'a Mutex<Vec<Option<Holder>>>,
 }
 
-/// Follows the standby partitions' leases and takes each over once it lapses; returns when
-/// all are owned, the log failed, or `stop` is set.
+/// A partition's lease holder as last read: name, owner epoch, whether its lease is live.
+pub type Holder = (String, u64, bool);
+
+/// Follows the leases of the partitions this node does not own and takes each `standby` one
+/// over once its lease lapses; returns when the log failed or `stop` is set.
 pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
     let Log::Kafka(kafka) = &**parts.wal else {
         return;
     };
-    let mut watches: Vec<(i32, Option<LeaseWatch>)> = standby.iter().map(|&p| (p, None)).collect();
+    let mut watches: Vec<(i32, Option<LeaseWatch>)> = (0..kafka.partitions())
+        .filter(|&p| !kafka.owns(p))
+        .map(|p| (p, None))
+        .collect();
     // Ordering: Acquire pairs with the node's Release store at shutdown.
     while !parts.stop.load(Ordering::Acquire) && parts.wal.failure().is_none() {
-        if watches.iter().all(|(p, _)| kafka.owns(*p)) {
-            return;
-        }
+        let owned = (0..kafka.partitions()).filter(|&p| kafka.owns(p)).count();
+        metrics::gauge!(METRIC_PARTITIONS_OWNED).set(owned as f64);
         for (partition, watch) in &mut watches {
             if kafka.owns(*partition) || parts.stop.load(Ordering::Acquire) {
                 continue;
@@ -66,8 +77,14 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
                 }
             }
             let lapsed = watch.as_mut().map(|w| w.lapsed(WATCH_SLICE));
+            if let (Some(slot), Some(watch)) = (
+                lock(parts.holders).get_mut(*partition as usize),
+                watch.as_ref(),
+            ) {
+                *slot = watch.holder();
+            }
             match lapsed {
-                Some(Ok(true)) => {
+                Some(Ok(true)) if standby.contains(partition) => {
                     if let Err(e) = take_over(parts, kafka, *partition) {
                         tracing::warn!(
                             partition,
@@ -76,7 +93,7 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
                         );
                     }
                 }
-                Some(Ok(false)) | None => {}
+                Some(Ok(_)) | None => {}
                 Some(Err(e)) => {
                     tracing::warn!(partition, error = %e, "lost the standby partition's lease reader");
                     *watch = None;
@@ -86,13 +103,16 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("node mutex poisoned: a panic under a node lock is a bug")
+}
+
 /// Takes `partition` over: lease and marker, replay into the engine, missing tail, activate.
 fn take_over(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<()> {
     let started = Instant::now();
-    let _no_snapshot = parts
-        .snapshots
-        .lock()
-        .expect("node mutex poisoned: a panic under a node lock is a bug");
+    let _no_snapshot = lock(parts.snapshots);
     let mut takeover = kafka.take_over(partition)?;
     let summary = replay_parallel(parts.engine, false, &mut takeover.records, parts.workers)?;
     kafka.activate(&takeover);

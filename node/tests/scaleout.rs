@@ -252,6 +252,27 @@ fn bid(auction: u64, n: u64) -> Bid {
     .unwrap()
 }
 
+/// `GET /v1/cluster` of a node of the two-node cluster: partitions 0-1 held by node-a, 2-3
+/// by node-b, each under epoch 1 (waits for the node's follower to have read the other's).
+fn assert_cluster_map(node: &Node) {
+    let owner = |p: u32| if p < 2 { "node-a" } else { "node-b" };
+    let map = |c: &gavel_proto::pb::Cluster| -> Vec<(u32, String, u64, bool)> {
+        let p = c.partitions.iter();
+        p.map(|p| (p.partition, p.owner.clone(), p.epoch, p.live))
+            .collect()
+    };
+    let expected: Vec<_> = (0..4).map(|p| (p, owner(p).to_owned(), 1, true)).collect();
+    let deadline = Instant::now() + WAIT;
+    let mut cluster = node.cluster().unwrap();
+    while map(&cluster) != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        cluster = node.cluster().unwrap();
+    }
+    assert_eq!(map(&cluster), expected);
+    assert_eq!(cluster.members, ["node-a", "node-b"]);
+    assert_eq!(cluster.topic, "gavel-wal-shared");
+}
+
 #[test]
 fn two_nodes_own_disjoint_partitions_and_a_node_owning_all_replays_both() {
     let broker = Broker::start();
@@ -296,6 +317,10 @@ fn two_nodes_own_disjoint_partitions_and_a_node_owning_all_replays_both() {
         (None, None),
         "a refusal harms no log"
     );
+    // Each follows the other's leases: both see the whole map (within a few reads).
+    for node in [&a, &b] {
+        assert_cluster_map(node);
+    }
     assert_eq!(a.engine().len() + b.engine().len(), 24);
     let views: Vec<_> = (1..=24)
         .map(|id| {
@@ -592,10 +617,16 @@ fn takeover_round(broker: &Broker, round: u64) -> Duration {
         "round {round}: the standby's state is not the topic's"
     );
     reference.check_recovered(b.engine(), &acks, round);
-    assert!((0..PARTITIONS).all(|p| match b.wal() {
-        gavel_wal::Log::Kafka(k) => k.owns(p),
-        gavel_wal::Log::File(_) => false,
-    }));
+    let cluster = b.cluster().unwrap();
+    let map: Vec<_> = cluster
+        .partitions
+        .iter()
+        .map(|p| (p.owner.as_str(), p.epoch, p.standby))
+        .collect();
+    // The owner's partitions under epoch 2 (it held 1), standby; b's own under epoch 1.
+    let (taken, own) = (("node-b", 2, true), ("node-b", 1, false));
+    assert_eq!(map, [taken, taken, own, own], "round {round}");
+    assert_eq!(cluster.members, ["node-b"]);
     b.shutdown(false).unwrap();
     eprintln!(
         "takeover round {round}: {} acks checked, first accepted bid {first_accepted:?} after the kill",

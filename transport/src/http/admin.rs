@@ -34,6 +34,8 @@ use crate::settlement;
 
 /// The collection's path.
 pub(super) const COLLECTION: &str = "/v1/auctions";
+/// The cluster view's path.
+pub(super) const CLUSTER: &str = "/v1/cluster";
 /// Prefix of one auction's paths.
 pub(super) const COLLECTION_SLASH: &str = "/v1/auctions/";
 /// Auctions in a page when the request asks for the node's default (`limit` absent or 0);
@@ -181,6 +183,8 @@ enum Route {
     Auction(u64),
     /// `/v1/auctions/{id}/cancel`
     Cancel(u64),
+    /// `/v1/cluster`
+    Cluster,
 }
 
 impl Route {
@@ -190,6 +194,7 @@ impl Route {
             Some(Route::Collection) => "/v1/auctions",
             Some(Route::Auction(_)) => "/v1/auctions/{id}",
             Some(Route::Cancel(_)) => "/v1/auctions/{id}/cancel",
+            Some(Route::Cluster) => CLUSTER,
             None => "other",
         }
     }
@@ -197,6 +202,9 @@ impl Route {
     fn parse(path: &str) -> Result<Route, AdminError> {
         if path == COLLECTION {
             return Ok(Route::Collection);
+        }
+        if path == CLUSTER {
+            return Ok(Route::Cluster);
         }
         let rest = path
             .strip_prefix(COLLECTION_SLASH)
@@ -267,6 +275,14 @@ async fn dispatch<B: Backend>(
         }
         (Route::Auction(_), _) => Err(AdminError::MethodNotAllowed("GET, DELETE")),
         (Route::Cancel(_), _) => Err(AdminError::MethodNotAllowed("POST")),
+        (Route::Cluster, Method::GET) => {
+            let cluster = backend(server)?.cluster();
+            let cluster = cluster.ok_or_else(|| {
+                AdminError::NotFound("this node writes its own log: no cluster".into())
+            })?;
+            Ok(response::json(StatusCode::OK, &cluster))
+        }
+        (Route::Cluster, _) => Err(AdminError::MethodNotAllowed("GET")),
     }
 }
 
@@ -434,6 +450,7 @@ mod tests {
     #[test]
     fn parses_routes() {
         assert_eq!(Route::parse("/v1/auctions"), Ok(Route::Collection));
+        assert_eq!(Route::parse("/v1/cluster"), Ok(Route::Cluster));
         assert_eq!(Route::parse("/v1/auctions/42"), Ok(Route::Auction(42)));
         assert_eq!(
             Route::parse("/v1/auctions/42/cancel"),

@@ -246,6 +246,15 @@ impl LeaseWatch {
         })
     }
 
+    /// The holder as last read: its name, the partition's owner epoch, and whether its lease
+    /// is live now; `None` if nobody holds it.
+    pub fn holder(&self) -> Option<(String, u64, bool)> {
+        let state = &self.reader.state;
+        let holder = state.holder.as_ref()?;
+        let live = now_ms() < holder.last_beat_ms + holder.lease_ms;
+        Some((holder.owner.clone(), state.epoch, live))
+    }
+
     /// Reads what came for `slice`, then says whether nobody else holds a live lease (with
     /// [`LAPSE_MARGIN`]): free, released, or lapsed.
     pub fn lapsed(&mut self, slice: Duration) -> Result<bool, WalError> {

@@ -33,6 +33,9 @@ pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
 pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
 /// Payload bytes produced and not yet reported (likewise).
 pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Times this node stopped because a partition's writer lease may have lapsed (a heartbeat
+/// not persisted in time, or a delivery reported after the lease).
+pub const METRIC_FENCED: &str = "gavel_wal_kafka_fenced_total";
 /// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
 /// records in flight, a colliding entry only skews one latency sample).
 const SENT_AT_RING: usize = 1 << 16;
@@ -215,6 +218,12 @@ impl Shared {
 
     /// Fails the log for good: nothing more is appended or becomes durable.
     fn fail(&self, why: LogFailure) {
+        if matches!(
+            why,
+            LogFailure::Fenced { .. } | LogFailure::LeaseLost { .. }
+        ) {
+            metrics::counter!(METRIC_FENCED).increment(1);
+        }
         lock(&self.in_flight).status = LogStatus::Failed;
         self.durability.record_failure(why);
         self.durability.finish(LogStatus::Failed);
@@ -502,7 +511,7 @@ impl KafkaLog {
     }
 
     /// The owner epoch this node writes `partition` under; 0 if it does not own it.
-    fn epoch_of(&self, partition: i32) -> u64 {
+    pub fn epoch_of(&self, partition: i32) -> u64 {
         usize::try_from(partition)
             .ok()
             .and_then(|p| self.epochs.get(p))
