@@ -1,8 +1,9 @@
 //! One connection's request handling, shared by every transport.
 //!
-//! A driver (QUIC stream, WebSocket) decodes a [`pb::ClientMessage`], hands it to
-//! [`Session::handle`], writes the direct answers it gets back at once, and queues the
-//! returned [`DurableWait`] (if any) in its [`DurableAcks`](crate::durable_acks::DurableAcks)
+//! A stream core (`crate::stream`: a QUIC stream, WebSocket or SSE stream) hands each decoded
+//! [`pb::ClientMessage`] to [`Session::handle`], writes the direct answers it gets back at
+//! once, and queues the returned [`DurableWait`] (if any) in its
+//! [`DurableAcks`](crate::durable_acks::DurableAcks)
 //! to send the durable ack later — so an accepted ack never waits for the disk, and the
 //! durable ack never comes before the sync.
 
@@ -161,7 +162,7 @@ impl<B: Backend> Session<B> {
     }
 
     /// Handles one request. Direct answers are appended to `out`; an accepted bid returns
-    /// the wait for its durable ack, which the driver queues in its `DurableAcks`
+    /// the wait for its durable ack, which the stream core queues in its `DurableAcks`
     /// (answered concurrently with later requests, in request order).
     pub(crate) fn handle(
         &mut self,

@@ -3,11 +3,13 @@
 //! truncated).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Lsn;
 use crate::error::{SnapshotDefect, WalError};
 use crate::segment::{self, Records, Scan, ScanMode, SegmentSummary, TornTail};
 use crate::snapshot;
+use crate::storage::OsStorage;
 
 /// A snapshot file and whether it verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +57,7 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, WalError> {
     let dir = dir.as_ref();
     let segments = segment::list_segments(dir)?;
     let mut scan = Scan::default();
-    let mut problem = segment::scan(&segments, ScanMode::ReadOnly, &mut scan).err();
+    let mut problem = segment::scan(&OsStorage, &segments, ScanMode::ReadOnly, &mut scan).err();
 
     let mut snapshots = Vec::new();
     for file in snapshot::list_snapshots(dir)? {
@@ -98,5 +100,10 @@ pub fn verify(dir: impl AsRef<Path>) -> Result<VerifyReport, WalError> {
 /// Streams every record with LSN ≥ `from_lsn` from a log directory, verifying as it goes;
 /// the iterator ends with an error at the first bad record (including a torn tail).
 pub fn records(dir: impl AsRef<Path>, from_lsn: Lsn) -> Result<Records, WalError> {
-    Records::new(segment::list_segments(dir.as_ref())?, from_lsn, None)
+    Records::new(
+        Arc::new(OsStorage),
+        segment::list_segments(dir.as_ref())?,
+        from_lsn,
+        None,
+    )
 }

@@ -20,6 +20,8 @@
 //!   `PERSISTED` delivery reports), `reader` (`KafkaRecords`, the recovery reader) and
 //!   `fence` (`WriterLease`: one writer per topic, a lease in a lock topic).
 //! - [`snapshot`] — atomic snapshot files, the restore/fallback rule, retention.
+//! - [`storage`] — [`Storage`], the seam of every file operation: [`OsStorage`] (the real
+//!   filesystem, the default) or a simulated disk ([`Wal::open_on`]).
 //! - [`inspect`] — offline [`verify`] and [`records`] for `gavel wal verify` / `dump`.
 //! - [`error`] — [`WalError`], [`SnapshotDefect`]; the hot path's small `Copy` errors [`AppendError`],
 //!   [`WaitError`].
@@ -71,6 +73,7 @@ pub mod kafka;
 pub mod log;
 pub mod segment;
 pub mod snapshot;
+pub mod storage;
 pub mod writer;
 
 /// A log sequence number: dense, starting at 1, +1 per record; 0 means "none".
@@ -84,5 +87,6 @@ pub use inspect::{VerifyReport, records, verify};
 pub use interrupt::Interrupt;
 pub use log::Log;
 pub use segment::{Record, Records, TornTail};
-pub use snapshot::{Snapshot, latest_snapshot, write_snapshot};
+pub use snapshot::{Snapshot, latest_snapshot, latest_snapshot_in, write_snapshot};
+pub use storage::{AppendFile, DirLock, OsStorage, ReadFile, Storage};
 pub use writer::{CompactReport, Recovery, Wal, WalConfig, WalMetrics, WriterHooks};

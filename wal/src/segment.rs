@@ -33,13 +33,14 @@
 //! (both look alike on disk); such a loss is truncated and reported, not hidden.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Lsn;
 use crate::error::WalError;
 use crate::frame::{self, FrameError, HEADER_BYTES, Header, VERSION};
+use crate::storage::{OsStorage, Storage};
 
 /// File name extension of segments.
 pub const SEGMENT_EXTENSION: &str = "wal";
@@ -63,10 +64,16 @@ pub struct SegmentFile {
 /// Lists the segments of `dir`, sorted by first LSN. Files not ending in `.wal` are ignored;
 /// a `.wal` file whose name is not 20 digits is an error.
 pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
+    list_segments_in(&OsStorage, dir)
+}
+
+/// [`list_segments`] on `storage`.
+pub(crate) fn list_segments_in(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Vec<SegmentFile>, WalError> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(WalError::io("list", dir))? {
-        let entry = entry.map_err(WalError::io("list", dir))?;
-        let path = entry.path();
+    for path in storage.list(dir).map_err(WalError::io("list", dir))? {
         if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXTENSION) {
             continue;
         }
@@ -138,6 +145,7 @@ pub(crate) enum ScanMode {
 /// Scans `segments` (as listed by [`list_segments`]) into `scan` under the recovery rules of
 /// this module. On error, `scan` holds what was found before the problem.
 pub(crate) fn scan(
+    storage: &dyn Storage,
     segments: &[SegmentFile],
     mode: ScanMode,
     scan: &mut Scan,
@@ -167,7 +175,7 @@ pub(crate) fn scan(
             }
         }
         let is_last = index + 1 == segments.len();
-        let found = scan_segment(segment, is_last, mode, scan)?;
+        let found = scan_segment(storage, segment, is_last, mode, scan)?;
         scan.segments.push(SegmentSummary {
             path: segment.path.clone(),
             first_lsn: segment.first_lsn,
@@ -187,15 +195,18 @@ struct SegmentScan {
 }
 
 fn scan_segment(
+    storage: &dyn Storage,
     segment: &SegmentFile,
     is_last: bool,
     mode: ScanMode,
     progress: &mut Scan,
 ) -> Result<SegmentScan, WalError> {
     let path = &segment.path;
-    let file = File::open(path).map_err(WalError::io("open", path))?;
-    let len = file.metadata().map_err(WalError::io("stat", path))?.len();
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    let file = storage
+        .open_read(path, 0)
+        .map_err(WalError::io("open", path))?;
+    let len = file.len;
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file.reader);
     let mut payload = Vec::new();
     let mut offset = 0u64;
     let mut expected = segment.first_lsn;
@@ -241,15 +252,8 @@ fn scan_segment(
             reason,
         });
     }
-    let torn_tail = torn_tail(
-        reader.into_inner(),
-        path,
-        offset,
-        len,
-        reason,
-        last_batch_start,
-        mode,
-    )?;
+    drop(reader);
+    let torn_tail = torn_tail(storage, path, offset, len, reason, last_batch_start, mode)?;
     Ok(SegmentScan {
         records,
         good_bytes: offset,
@@ -261,7 +265,7 @@ fn scan_segment(
 /// [`ScanMode::Repair`], unless a valid record of a batch after `last_batch_start` follows it
 /// ([`WalError::CorruptBeforeValid`]).
 fn torn_tail(
-    mut file: File,
+    storage: &dyn Storage,
     path: &Path,
     offset: u64,
     len: u64,
@@ -269,10 +273,12 @@ fn torn_tail(
     last_batch_start: u64,
     mode: ScanMode,
 ) -> Result<TornTail, WalError> {
-    file.seek(SeekFrom::Start(offset))
-        .map_err(WalError::io("seek", path))?;
+    let mut file = storage
+        .open_read(path, offset)
+        .map_err(WalError::io("open", path))?;
     let mut rest = Vec::new();
-    file.read_to_end(&mut rest)
+    file.reader
+        .read_to_end(&mut rest)
         .map_err(WalError::io("read", path))?;
     if let Some(valid_offset) = later_batch_record(&rest, offset, last_batch_start) {
         return Err(WalError::CorruptBeforeValid {
@@ -283,13 +289,9 @@ fn torn_tail(
         });
     }
     if mode == ScanMode::Repair {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(WalError::io("open for truncation", path))?;
-        file.set_len(offset)
+        storage
+            .truncate(path, offset)
             .map_err(WalError::io("truncate", path))?;
-        file.sync_all().map_err(WalError::io("fsync", path))?;
     }
     Ok(TornTail {
         path: path.to_path_buf(),
@@ -364,8 +366,8 @@ pub struct Record {
 
 /// A streaming iterator over records, segment by segment, verifying each record's CRC and
 /// LSN as it reads. Memory: one read buffer and one payload. After the first error it ends.
-#[derive(Debug)]
 pub struct Records {
+    storage: Arc<dyn Storage>,
     segments: VecDeque<SegmentFile>,
     current: Option<Current>,
     /// The LSN the next record read must carry.
@@ -377,9 +379,17 @@ pub struct Records {
     done: bool,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records")
+            .field("segments", &self.segments)
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Current {
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + Send>>,
     path: PathBuf,
     offset: u64,
     len: u64,
@@ -389,6 +399,7 @@ impl Records {
     /// Records from `from_lsn` through `end_lsn` (inclusive; `None` = to the end of the last
     /// segment, ending with an error at a torn tail) of `segments`.
     pub(crate) fn new(
+        storage: Arc<dyn Storage>,
         mut segments: Vec<SegmentFile>,
         from_lsn: Lsn,
         end_lsn: Option<Lsn>,
@@ -419,6 +430,7 @@ impl Records {
         segments.drain(..keep_from);
         let expected = segments.first().map_or(from_lsn, |s| s.first_lsn);
         Ok(Self {
+            storage,
             segments: segments.into(),
             current: None,
             expected,
@@ -445,17 +457,15 @@ impl Records {
                         found: segment.first_lsn,
                     });
                 }
-                let file =
-                    File::open(&segment.path).map_err(WalError::io("open", &segment.path))?;
-                let len = file
-                    .metadata()
-                    .map_err(WalError::io("stat", &segment.path))?
-                    .len();
+                let file = self
+                    .storage
+                    .open_read(&segment.path, 0)
+                    .map_err(WalError::io("open", &segment.path))?;
                 self.current = Some(Current {
-                    reader: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+                    reader: BufReader::with_capacity(READ_BUFFER_BYTES, file.reader),
                     path: segment.path,
                     offset: 0,
-                    len,
+                    len: file.len,
                 });
                 continue;
             };
@@ -518,13 +528,10 @@ impl Iterator for Records {
 }
 
 /// Fsyncs a directory so that created, renamed or removed entries in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    fsync_dir(dir).map_err(WalError::io("fsync directory", dir))
-}
-
-/// Makes the directory's entries (new, renamed or removed files) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all())
+pub(crate) fn sync_dir(storage: &dyn Storage, dir: &Path) -> Result<(), WalError> {
+    storage
+        .sync_dir(dir)
+        .map_err(WalError::io("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -29,13 +29,13 @@
 //! so one corrupt newest snapshot can always be recovered from. Two corrupt snapshots in a
 //! row refuse to start.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::Lsn;
 use crate::error::{SnapshotDefect, WalError};
 use crate::segment::{self, sync_dir};
+use crate::storage::{OsStorage, Storage};
 
 /// Snapshot file magic.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"GAVELSNP";
@@ -94,56 +94,81 @@ fn encode(lsn: Lsn, payload: &[u8]) -> Vec<u8> {
 /// caller must only snapshot state whose records are durable (see
 /// [`Wal::write_snapshot`](crate::Wal::write_snapshot), which checks).
 pub fn write_snapshot(dir: &Path, lsn: Lsn, payload: &[u8]) -> Result<PathBuf, WalError> {
+    write_snapshot_in(&OsStorage, dir, lsn, payload)
+}
+
+/// [`write_snapshot`] on `storage`.
+pub(crate) fn write_snapshot_in(
+    storage: &dyn Storage,
+    dir: &Path,
+    lsn: Lsn,
+    payload: &[u8],
+) -> Result<PathBuf, WalError> {
     if payload.len() as u64 > SNAPSHOT_PAYLOAD_BYTES_MAX {
         return Err(WalError::Config(
             "snapshot payload exceeds SNAPSHOT_PAYLOAD_BYTES_MAX",
         ));
     }
-    remove_stale_temp_files(dir)?;
+    remove_stale_temp_files_in(storage, dir)?;
     let name = snapshot_file_name(lsn);
     let path = dir.join(&name);
     let temp = dir.join(format!("{name}.tmp"));
     let bytes = encode(lsn, payload);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)
+    let mut file = storage
+        .create_truncate(&temp)
         .map_err(WalError::io("create", &temp))?;
     file.write_all(&bytes)
         .map_err(WalError::io("write", &temp))?;
     file.sync_all().map_err(WalError::io("fsync", &temp))?;
     drop(file);
-    fs::rename(&temp, &path).map_err(WalError::io("rename", &temp))?;
-    sync_dir(dir)?;
+    storage
+        .rename(&temp, &path)
+        .map_err(WalError::io("rename", &temp))?;
+    sync_dir(storage, dir)?;
     Ok(path)
 }
 
 /// Removes `*.snap.tmp` files left by a crash during a snapshot write.
 pub fn remove_stale_temp_files(dir: &Path) -> Result<(), WalError> {
+    remove_stale_temp_files_in(&OsStorage, dir)
+}
+
+/// [`remove_stale_temp_files`] on `storage`.
+pub(crate) fn remove_stale_temp_files_in(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<(), WalError> {
     let mut removed = false;
-    for entry in fs::read_dir(dir).map_err(WalError::io("list", dir))? {
-        let path = entry.map_err(WalError::io("list", dir))?.path();
+    for path in storage.list(dir).map_err(WalError::io("list", dir))? {
         let is_temp = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(TEMP_EXTENSION));
         if is_temp {
-            fs::remove_file(&path).map_err(WalError::io("remove", &path))?;
+            storage
+                .remove(&path)
+                .map_err(WalError::io("remove", &path))?;
             removed = true;
         }
     }
     if removed {
-        sync_dir(dir)?;
+        sync_dir(storage, dir)?;
     }
     Ok(())
 }
 
 /// Lists the snapshot files of `dir`, oldest first. Temp files and other names are ignored.
 pub fn list_snapshots(dir: &Path) -> Result<Vec<SnapshotFile>, WalError> {
+    list_snapshots_in(&OsStorage, dir)
+}
+
+/// [`list_snapshots`] on `storage`.
+pub(crate) fn list_snapshots_in(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Vec<SnapshotFile>, WalError> {
     let mut snapshots = Vec::new();
-    for entry in fs::read_dir(dir).map_err(WalError::io("list", dir))? {
-        let path = entry.map_err(WalError::io("list", dir))?.path();
+    for path in storage.list(dir).map_err(WalError::io("list", dir))? {
         let lsn = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -161,9 +186,19 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<SnapshotFile>, WalError> {
 
 /// Reads and verifies one snapshot file. The outer error is I/O, the inner a defect.
 pub fn read_snapshot(file: &SnapshotFile) -> Result<Result<Snapshot, SnapshotDefect>, WalError> {
+    read_snapshot_in(&OsStorage, file)
+}
+
+/// [`read_snapshot`] on `storage`.
+fn read_snapshot_in(
+    storage: &dyn Storage,
+    file: &SnapshotFile,
+) -> Result<Result<Snapshot, SnapshotDefect>, WalError> {
     let path = &file.path;
-    let mut f = File::open(path).map_err(WalError::io("open", path))?;
-    let len = f.metadata().map_err(WalError::io("stat", path))?.len();
+    let opened = storage
+        .open_read(path, 0)
+        .map_err(WalError::io("open", path))?;
+    let (mut f, len) = (opened.reader, opened.len);
     if len < SNAPSHOT_HEADER_BYTES as u64 {
         return Ok(Err(SnapshotDefect::TooShort));
     }
@@ -212,11 +247,18 @@ pub fn read_snapshot(file: &SnapshotFile) -> Result<Result<Snapshot, SnapshotDef
 /// The snapshot to restore from, under the fallback rule of this module; `None` if there is
 /// no snapshot and the log holds every record from LSN 1.
 pub fn latest_snapshot(dir: &Path) -> Result<Option<Snapshot>, WalError> {
-    let log_first_lsn = segment::list_segments(dir)?.first().map(|s| s.first_lsn);
+    latest_snapshot_in(&OsStorage, dir)
+}
+
+/// [`latest_snapshot`] on `storage`.
+pub fn latest_snapshot_in(storage: &dyn Storage, dir: &Path) -> Result<Option<Snapshot>, WalError> {
+    let log_first_lsn = segment::list_segments_in(storage, dir)?
+        .first()
+        .map(|s| s.first_lsn);
     let mut skipped = Vec::new();
     let mut chosen = None;
-    for file in list_snapshots(dir)?.iter().rev() {
-        match read_snapshot(file)? {
+    for file in list_snapshots_in(storage, dir)?.iter().rev() {
+        match read_snapshot_in(storage, file)? {
             Ok(snapshot) => {
                 chosen = Some(snapshot);
                 break;
@@ -253,11 +295,14 @@ pub fn latest_snapshot(dir: &Path) -> Result<Option<Snapshot>, WalError> {
 /// The retention rule: if at least two snapshots verify, returns the LSN of the second newest
 /// valid one (the log may be compacted up to it) and the snapshot files older than it (which
 /// may be deleted). `None` with fewer than two valid snapshots.
-pub(crate) fn retention(dir: &Path) -> Result<Option<(Lsn, Vec<PathBuf>)>, WalError> {
-    let files = list_snapshots(dir)?;
+pub(crate) fn retention(
+    storage: &dyn Storage,
+    dir: &Path,
+) -> Result<Option<(Lsn, Vec<PathBuf>)>, WalError> {
+    let files = list_snapshots_in(storage, dir)?;
     let mut valid = 0;
     for (index, file) in files.iter().enumerate().rev() {
-        if read_snapshot(file)?.is_ok() {
+        if read_snapshot_in(storage, file)?.is_ok() {
             valid += 1;
             if valid == 2 {
                 let older = files[..index].iter().map(|f| f.path.clone()).collect();
@@ -272,20 +317,22 @@ pub(crate) fn retention(dir: &Path) -> Result<Option<(Lsn, Vec<PathBuf>)>, WalEr
 /// retention rule without a log to compact: a Kafka node's snapshot directory). Returns what
 /// it deleted.
 pub fn remove_old_snapshots(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
-    let Some((_, older)) = retention(dir)? else {
+    let Some((_, older)) = retention(&OsStorage, dir)? else {
         return Ok(Vec::new());
     };
     for path in &older {
-        fs::remove_file(path).map_err(WalError::io("remove", path))?;
+        std::fs::remove_file(path).map_err(WalError::io("remove", path))?;
     }
     if !older.is_empty() {
-        sync_dir(dir)?;
+        sync_dir(&OsStorage, dir)?;
     }
     Ok(older)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

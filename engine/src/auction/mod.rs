@@ -226,7 +226,17 @@ impl Auction {
             None
         };
         let ends_at = extension.map_or(state.ends_at, |(ends_at, _)| ends_at);
-        let events = self.accepted_events(state.seq, bid, &decision, extension, ends_at, now);
+        // Filled in place: the events are large, and a returned array of them was copied.
+        let mut events = ArrayVec::new();
+        self.accepted_events(
+            &mut events,
+            state.seq,
+            bid,
+            &decision,
+            extension,
+            ends_at,
+            now,
+        );
         let receipt = match sink.publish(&events) {
             Ok(receipt) => receipt,
             Err(backpressure) => {
@@ -277,6 +287,7 @@ impl Auction {
 
     /// What the locked path refuses before the rules: a retry (with its original's
     /// outcome), a closed auction, one not open yet.
+    #[inline]
     fn locked_rejection(&self, state: &State, key: BidKey, now: UnixMicros) -> Option<Rejection> {
         // The filter holds every key of the memory: most fresh bids skip the lookup.
         if self.seen.may_contain(key.filter_key())
@@ -290,19 +301,21 @@ impl Auction {
         (now < self.starts_at).then_some(Rejection::NotOpen)
     }
 
-    /// The events of an accepted bid after sequence number `seq`: `BidAccepted`, then an
-    /// `Extended` it earned, or the `Closed` and `Settled` of a bid that ends the auction.
+    /// Pushes the events of an accepted bid after sequence number `seq`: `BidAccepted`, then
+    /// an `Extended` it earned, or the `Closed` and `Settled` of a bid that ends the auction.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn accepted_events(
         &self,
+        events: &mut ArrayVec<Event, DECISION_EVENTS_MAX>,
         mut seq: u64,
         bid: &Bid,
         decision: &Decision,
         extension: Option<(UnixMicros, u32)>,
         ends_at: UnixMicros,
         now: UnixMicros,
-    ) -> ArrayVec<Event, DECISION_EVENTS_MAX> {
+    ) {
         let id = self.id();
-        let mut events = ArrayVec::new();
         let mut next = |kind| {
             seq += 1;
             Event {
@@ -328,7 +341,6 @@ impl Auction {
             events.push(next(EventKind::Closed { reason }));
             events.push(next(EventKind::Settled(settlement)));
         }
-        events
     }
 
     /// Stores a new price word. Only ever called under the lock.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 
 use crate::filter::{FilterKey, SeenFilter};
-use crate::hash::{BuildMixHasher, mix64};
+use crate::hash::{BuildPassThroughHasher, mix64};
 use crate::types::{Accepted, Bid, BidId, BidderId};
 
 /// Key of the idempotency memory: bid ids are scoped by bidder, so one bidder cannot learn
@@ -45,7 +45,7 @@ impl BidKey {
 /// random), the older one leaves the memory early.
 pub(super) struct Recent {
     /// Fingerprint → absolute position in `entries`.
-    index: HashMap<u64, u64, BuildMixHasher>,
+    index: HashMap<u64, u64, BuildPassThroughHasher>,
     /// `(fingerprint, key, outcome)`, oldest first; at most `window`.
     entries: VecDeque<(u64, BidKey, Accepted)>,
     /// Absolute position of `entries[0]`.

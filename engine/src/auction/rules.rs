@@ -214,6 +214,7 @@ impl Auction {
 }
 
 /// The close a bid at or above the buy-now price makes: it wins at that price.
+#[inline]
 fn bought_now(bid: &Bid, buy_now: Price) -> (CloseReason, Settlement) {
     let winner = Winner {
         bidder: bid.bidder(),
@@ -229,6 +230,7 @@ fn bought_now(bid: &Bid, buy_now: Price) -> (CloseReason, Settlement) {
 }
 
 /// English: a buy-now, or the proxy contest with the leader, then the reserve.
+#[inline]
 fn decide_english(
     rules: &AuctionRules,
     increments: &IncrementTable,
@@ -285,6 +287,7 @@ fn decide_english(
 }
 
 /// English proxy bidding: the price and leader after `bid` meets the current `lead`.
+#[inline]
 fn proxy_contest(increments: &IncrementTable, lead: Option<Lead>, bid: &Bid) -> (Price, Lead) {
     let inc = |p: Price| increments.increment_at(p);
     let amount = bid.amount();
@@ -325,6 +328,7 @@ fn proxy_contest(increments: &IncrementTable, lead: Option<Lead>, bid: &Bid) -> 
 
 /// Sealed: one standing bid per bidder, at most `sealed_bidders_max` bidders; a bid at or
 /// above the buy-now price wins at once.
+#[inline]
 fn decide_sealed(
     rules: &AuctionRules,
     bids: &HashMap<BidderId, SealedBid>,
@@ -359,6 +363,7 @@ fn decide_sealed(
 }
 
 /// Dutch: the first bid at or above the clock (`clock`, which the bid met) wins at it.
+#[inline]
 fn decide_dutch(sold: Option<Winner>, bid: &Bid, clock: Price) -> Result<Decision, Rejection> {
     assert!(sold.is_none(), "a sold Dutch auction must be closed");
     if bid.max().is_some() {

@@ -2,10 +2,8 @@
 //! batch, writes it in chunks of one `write` and one `fdatasync` each, advances the durable
 //! LSN, and starts new segments; its first error stops the log for good.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
 use std::mem;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -17,13 +15,10 @@ use crate::durability::{LogStatus, lock};
 use crate::error::{LogFailure, WalError};
 use crate::frame::{self, HEADER_BYTES};
 use crate::segment::{self, SegmentFile};
+use crate::storage::AppendFile;
 
 pub(super) fn batch_full(pending: &Pending, config: &WalConfig) -> bool {
     pending.lens.len() >= config.batch_records_max || pending.bytes.len() >= config.batch_bytes_max
-}
-
-pub(super) fn create_segment(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).create_new(true).open(path)
 }
 
 /// Waits for pending records and swaps them into the empty `batch` (after gathering for up
@@ -68,7 +63,7 @@ fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
 /// The writer thread's state.
 pub(super) struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    file: Box<dyn AppendFile>,
     /// Path of the segment being written.
     path: PathBuf,
     segment_bytes: u64,
@@ -80,7 +75,7 @@ impl Writer {
     /// Starts the writer thread on `file`, the segment at `path` of `segment_bytes` bytes.
     pub(super) fn spawn(
         shared: Arc<Shared>,
-        file: File,
+        file: Box<dyn AppendFile>,
         path: PathBuf,
         segment_bytes: u64,
     ) -> Result<JoinHandle<()>, WalError> {
@@ -193,9 +188,13 @@ impl Writer {
     /// already synced (every chunk is).
     fn rotate(&mut self, first_lsn: Lsn) -> Result<(), LogFailure> {
         let path = self.shared.dir.join(segment::segment_file_name(first_lsn));
-        self.file = create_segment(&path).map_err(LogFailure::io("create", &path))?;
+        let storage = &self.shared.storage;
+        self.file = storage
+            .create_new(&path)
+            .map_err(LogFailure::io("create", &path))?;
         // The new name must be durable before any record in it is acknowledged.
-        segment::fsync_dir(&self.shared.dir)
+        storage
+            .sync_dir(&self.shared.dir)
             .map_err(LogFailure::io("fsync directory", &self.shared.dir))?;
         self.segment_bytes = 0;
         self.path = path.clone();

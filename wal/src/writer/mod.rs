@@ -42,7 +42,6 @@
 //! byte bound is `max(queue_bytes_max, PAYLOAD_BYTES_MAX)`); the writer holds one more such
 //! batch while writing it.
 
-use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,10 +55,11 @@ use crate::error::{AppendError, LogFailure, WaitError, WalError};
 use crate::frame::PAYLOAD_BYTES_MAX;
 use crate::segment::{self, Records, Scan, ScanMode, SegmentFile, SegmentSummary, TornTail};
 use crate::snapshot;
+use crate::storage::{AppendFile, DirLock, OsStorage, Storage};
 
 mod commit;
 
-use commit::{Writer, batch_full, create_segment};
+use commit::{Writer, batch_full};
 
 /// Smallest back-pressure retry hint.
 const RETRY_AFTER_US_MIN: u64 = 100;
@@ -265,7 +265,9 @@ struct Shared {
     dir: PathBuf,
     /// The directory lock, held (by the OS, per open file) until [`Wal::shutdown`] or the
     /// process dies: two writers on one log would interleave LSNs and corrupt it.
-    lock: File,
+    lock: Box<dyn DirLock>,
+    /// Where the files are: the real filesystem unless a simulation says otherwise.
+    storage: Arc<dyn Storage>,
     queue: Mutex<Queue>,
     writer_wake: Condvar,
     /// The durable LSN, the writer's final status and the waiters.
@@ -292,10 +294,19 @@ impl Shared {
 }
 
 /// What [`Wal::open`] recovered: the records to replay and what was truncated.
-#[derive(Debug)]
 pub struct Recovery {
     segments: Vec<SegmentFile>,
     scan: Scan,
+    storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("segments", &self.segments)
+            .field("scan", &self.scan)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Recovery {
@@ -323,7 +334,12 @@ impl Recovery {
     /// up to [`Recovery::last_lsn`]. Fails at once if the log starts after `from_lsn` or ends
     /// before `from_lsn − 1`. Call it before compacting.
     pub fn replay(&self, from_lsn: Lsn) -> Result<Records, WalError> {
-        Records::new(self.segments.clone(), from_lsn, Some(self.scan.last_lsn))
+        Records::new(
+            Arc::clone(&self.storage),
+            self.segments.clone(),
+            from_lsn,
+            Some(self.scan.last_lsn),
+        )
     }
 }
 
@@ -358,21 +374,15 @@ pub const LOCK_FILE: &str = "LOCK";
 
 /// Takes the exclusive lock of a log directory, or says who holds it. The OS releases it
 /// when the process dies, so a crash never leaves a stale lock behind.
-fn lock_dir(dir: &Path) -> Result<File, WalError> {
+fn lock_dir(storage: &dyn Storage, dir: &Path) -> Result<Box<dyn DirLock>, WalError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(WalError::io("open lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
+    match storage.try_lock(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(WalError::Locked {
             dir: dir.to_path_buf(),
             lock_file: path,
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(WalError::io("lock", &path)(e)),
+        Err(e) => Err(WalError::io("lock", &path)(e)),
     }
 }
 
@@ -380,15 +390,15 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
 /// page cache is on disk only after this), or creates the first one; its size. Then syncs
 /// the directory.
 fn open_tail(
+    storage: &dyn Storage,
     dir: &Path,
     segments: &mut Vec<SegmentFile>,
     scan: &Scan,
-) -> Result<(File, u64), WalError> {
+) -> Result<(Box<dyn AppendFile>, u64), WalError> {
     let tail = match segments.last() {
         Some(last) => {
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&last.path)
+            let mut file = storage
+                .open_append(&last.path)
                 .map_err(WalError::io("open", &last.path))?;
             file.sync_data()
                 .map_err(WalError::io("fsync", &last.path))?;
@@ -400,12 +410,14 @@ fn open_tail(
                 first_lsn: 1,
                 path: dir.join(segment::segment_file_name(1)),
             };
-            let file = create_segment(&first.path).map_err(WalError::io("create", &first.path))?;
+            let file = storage
+                .create_new(&first.path)
+                .map_err(WalError::io("create", &first.path))?;
             segments.push(first);
             (file, 0)
         }
     };
-    segment::sync_dir(dir)?;
+    segment::sync_dir(storage, dir)?;
     Ok(tail)
 }
 
@@ -423,24 +435,38 @@ impl Wal {
         config: WalConfig,
         hooks: Arc<dyn WriterHooks>,
     ) -> Result<(Self, Recovery), WalError> {
+        Self::open_on(Arc::new(OsStorage), dir, config, hooks)
+    }
+
+    /// [`Wal::open_with_hooks`] on `storage` instead of the real filesystem (a simulated
+    /// disk). Every file operation of the log, its recovery, replay, compaction and
+    /// snapshots then goes to `storage`.
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        hooks: Arc<dyn WriterHooks>,
+    ) -> Result<(Self, Recovery), WalError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(WalError::io("create directory", &dir))?;
+        let disk = &*storage;
+        if !disk.is_dir(&dir) {
+            disk.create_dir_all(&dir)
+                .map_err(WalError::io("create directory", &dir))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                segment::sync_dir(parent)?;
+                segment::sync_dir(disk, parent)?;
             }
         }
-        let lock = lock_dir(&dir)?;
-        snapshot::remove_stale_temp_files(&dir)?;
-        let mut segments = segment::list_segments(&dir)?;
-        if segments.is_empty() && !snapshot::list_snapshots(&dir)?.is_empty() {
+        let lock = lock_dir(disk, &dir)?;
+        snapshot::remove_stale_temp_files_in(disk, &dir)?;
+        let mut segments = segment::list_segments_in(disk, &dir)?;
+        if segments.is_empty() && !snapshot::list_snapshots_in(disk, &dir)?.is_empty() {
             return Err(WalError::SegmentsMissing { dir });
         }
         let mut scan = Scan::default();
-        segment::scan(&segments, ScanMode::Repair, &mut scan)?;
+        segment::scan(disk, &segments, ScanMode::Repair, &mut scan)?;
 
-        let (file, segment_bytes) = open_tail(&dir, &mut segments, &scan)?;
+        let (file, segment_bytes) = open_tail(disk, &dir, &mut segments, &scan)?;
 
         let next_lsn = scan.last_lsn + 1;
         let shared = Arc::new(Shared {
@@ -462,6 +488,7 @@ impl Wal {
             config,
             dir,
             lock,
+            storage: Arc::clone(&storage),
         });
         let path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let handle = Writer::spawn(Arc::clone(&shared), file, path, segment_bytes)?;
@@ -469,7 +496,12 @@ impl Wal {
             shared,
             writer: Mutex::new(Some(handle)),
         };
-        Ok((wal, Recovery { segments, scan }))
+        let recovery = Recovery {
+            segments,
+            scan,
+            storage,
+        };
+        Ok((wal, recovery))
     }
 
     /// The durable LSN and its waiters (for [`Log`](crate::Log)).
@@ -645,12 +677,15 @@ impl Wal {
             segments.drain(..removable).collect()
         };
         let mut report = CompactReport::default();
+        let storage = &*self.shared.storage;
         for segment in removed {
-            fs::remove_file(&segment.path).map_err(WalError::io("remove", &segment.path))?;
+            storage
+                .remove(&segment.path)
+                .map_err(WalError::io("remove", &segment.path))?;
             report.removed_segments.push(segment.path);
         }
         if !report.removed_segments.is_empty() {
-            segment::sync_dir(&self.shared.dir)?;
+            segment::sync_dir(storage, &self.shared.dir)?;
         }
         Ok(report)
     }
@@ -660,16 +695,19 @@ impl Wal {
     /// snapshot files, and compacts the log up to the *older* of the two kept snapshots. With
     /// fewer than two valid snapshots it removes nothing.
     pub fn compact_to_snapshots(&self) -> Result<CompactReport, WalError> {
-        let Some((bound, older)) = snapshot::retention(&self.shared.dir)? else {
+        let storage = &*self.shared.storage;
+        let Some((bound, older)) = snapshot::retention(storage, &self.shared.dir)? else {
             return Ok(CompactReport::default());
         };
         let mut report = self.compact(bound)?;
         for path in older {
-            fs::remove_file(&path).map_err(WalError::io("remove", &path))?;
+            storage
+                .remove(&path)
+                .map_err(WalError::io("remove", &path))?;
             report.removed_snapshots.push(path);
         }
         if !report.removed_snapshots.is_empty() {
-            segment::sync_dir(&self.shared.dir)?;
+            segment::sync_dir(storage, &self.shared.dir)?;
         }
         Ok(report)
     }
@@ -682,7 +720,7 @@ impl Wal {
         if lsn > durable {
             return Err(WalError::SnapshotAheadOfLog { lsn, durable });
         }
-        snapshot::write_snapshot(&self.shared.dir, lsn, payload)
+        snapshot::write_snapshot_in(&*self.shared.storage, &self.shared.dir, lsn, payload)
     }
 
     /// Stops accepting appends, writes and syncs everything queued, and joins the writer.
