@@ -598,6 +598,21 @@ fn takeover_round(broker: &Broker, round: u64) -> Duration {
         }
     };
     b.wait_durable(receipt, WAIT).unwrap();
+    // The partitions are taken over one after the other: wait for the last one before
+    // comparing with the topic.
+    let taken = |b: &Node| {
+        let cluster = b.cluster().unwrap();
+        OWNER_PARTITIONS
+            .iter()
+            .all(|&p| cluster.partitions[p as usize].owner == "node-b")
+    };
+    while !taken(&b) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "round {round}: not all taken over"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let all = KafkaConfig {
         owned_partitions: Vec::new(),
         standby_partitions: Vec::new(),

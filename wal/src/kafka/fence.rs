@@ -255,15 +255,17 @@ impl LeaseWatch {
         Some((holder.owner.clone(), state.epoch, live))
     }
 
-    /// Reads what came for `slice`, then says whether nobody else holds a live lease (with
-    /// [`LAPSE_MARGIN`]): free, released, or lapsed.
+    /// Reads what came for `slice`, then says whether the partition was owned once and
+    /// nobody else holds a live lease now (with [`LAPSE_MARGIN`]): released or lapsed. A
+    /// partition never claimed is not lapsed: it waits for its owner's first start.
     pub fn lapsed(&mut self, slice: Duration) -> Result<bool, WalError> {
         let deadline = Instant::now() + slice + Duration::from_secs(10);
         self.reader
             .read(Until::For(slice), deadline, &self.brokers)?;
         let margin_ms = LAPSE_MARGIN.as_millis() as i64;
         let now = now_ms() - margin_ms;
-        Ok(self.reader.state.other_live_holder(&self.me, now).is_none())
+        let state = &self.reader.state;
+        Ok(state.epoch > 0 && state.other_live_holder(&self.me, now).is_none())
     }
 }
 
