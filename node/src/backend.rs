@@ -55,6 +55,10 @@ impl Backend for NodeBackend {
     fn cluster(&self) -> Option<gavel_proto::pb::Cluster> {
         self.0.cluster()
     }
+
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        self.0.owner_elsewhere(auction)
+    }
 }
 
 /// Resolves once a receipt's LSN is durable; fails if the log stopped first.

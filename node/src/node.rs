@@ -452,6 +452,23 @@ impl Node {
         })
     }
 
+    /// The node that owns the partition of `auction` when it is not this one: its lease
+    /// name as last read ("another node" if none read yet). `None` on the file log and for
+    /// this node's own partitions.
+    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let partition = kafka.partition_of(auction.0);
+        if kafka.owns(partition) {
+            return None;
+        }
+        let holders = lock(&self.shared.holders);
+        let holder = holders.get(partition as usize).cloned().flatten();
+        let owner = holder.map_or_else(|| "another node".to_owned(), |(owner, ..)| owner);
+        Some(format!("{owner} (partition {partition})"))
+    }
+
     /// Whether `receipt` is durable now.
     pub fn is_durable(&self, receipt: Receipt) -> bool {
         self.shared.wal.durable_lsn() >= receipt.0

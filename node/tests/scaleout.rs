@@ -16,6 +16,9 @@
 //!   its lease and took its partitions over, then SIGCONTed — every bid it acknowledged
 //!   durable (before or after) is in the topic as replayed, nothing it wrote after the
 //!   takeover is replayed (a fresh replay has the successor's state hash), and it stops;
+//! - the admin API of a node owning partitions 2-3 beside one owning 0-1: `GET /v1/cluster`
+//!   shows both; creating, reading or cancelling an auction of the other's partitions is
+//!   421 `misdirected` naming that node; its own auctions work as usual;
 //! - live takeover: an owner process (this test binary re-run as [`owner_process`]) owns
 //!   partitions 0 and 1 and bids under load; a running node owning 2 and 3 with 0 and 1 as
 //!   standby sees its lease lapse after a SIGKILL, takes both over (replay into the running
@@ -44,6 +47,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::crash::{Ack, Reference, collect_after, env_u64, spawn_loaded_on_kafka};
+use common::https::{Setup, TestNode};
 use common::kafka::Broker;
 use gavel_wal::kafka::KafkaRecords;
 
@@ -663,4 +667,68 @@ fn a_standby_node_takes_a_killed_owners_partitions_over_and_accepts_bids() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_is_shown() {
+    const ADMIN: Option<&str> = Some("admin/admin");
+    const WATCHER: Option<&str> = Some("watcher/watcher-1");
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-admin");
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(scratch.path(), config(owning(&base, "node-a", &[0, 1]))).unwrap();
+    let b = TestNode::start(Setup {
+        node: config(owning(&base, "node-b", &[2, 3])),
+        ..Setup::default()
+    })
+    .await;
+    // b follows a's leases: the map shows both (within a few reads).
+    let deadline = Instant::now() + WAIT;
+    let cluster = loop {
+        let (status, _, body) = b.request(WATCHER, "GET", "/v1/cluster", None).await;
+        assert_eq!(status, 200);
+        let cluster: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let read_both = (0..2).all(|p| cluster["partitions"][p]["owner"] == "node-a");
+        if read_both || Instant::now() > deadline {
+            break cluster;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        cluster["members"],
+        serde_json::json!(["node-a", "node-b"]),
+        "{cluster}"
+    );
+    assert_eq!(cluster["node"], "node-b");
+    assert_eq!(cluster["partitions"][0]["owner"], "node-a");
+    assert_eq!(cluster["partitions"][3]["owner"], "node-b");
+    let theirs = (1..).find(|&id| partition_of(id, 4) < 2).unwrap();
+    let ours = (1..).find(|&id| partition_of(id, 4) >= 2).unwrap();
+    let rules = |id: u64| common::served::english_rules(id, "energy.eu.a", 1).into_bytes();
+    let misdirected = format!("partition {}", partition_of(theirs, 4));
+    let requests = [
+        ("POST", "/v1/auctions".to_owned(), Some(rules(theirs))),
+        ("GET", format!("/v1/auctions/{theirs}"), None),
+        ("POST", format!("/v1/auctions/{theirs}/cancel"), None),
+    ];
+    for (method, path, body) in requests {
+        let (status, _, body) = b.request(ADMIN, method, &path, body).await;
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status.as_u16(), &error["code"]),
+            (421, &serde_json::json!("misdirected"))
+        );
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("node-a") && message.contains(&misdirected),
+            "{message}"
+        );
+    }
+    b.create_auction(rules(ours)).await;
+    let (status, _, _) = b
+        .request(WATCHER, "GET", &format!("/v1/auctions/{ours}"), None)
+        .await;
+    assert_eq!(status, 200);
+    a.shutdown(false).unwrap();
+    b.stop().await;
 }

@@ -66,6 +66,13 @@ pub trait Backend: AuctionReads + Send + Sync + 'static {
     fn cluster(&self) -> Option<gavel_proto::pb::Cluster> {
         None
     }
+
+    /// Another node that owns the partition of `auction` (its lease name), if one does: the
+    /// admin API answers 421 for that auction instead of deciding it here.
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        let _ = auction;
+        None
+    }
 }
 
 /// Why a receipt will never become durable in this process; `durable` is the log's durable

@@ -74,6 +74,9 @@ pub enum AdminError {
     /// The node holds its maximum of auctions (409 `too_many_auctions`).
     #[error("the node holds its maximum of {0} auctions")]
     TooManyAuctions(usize),
+    /// The auction's partition of the shared log is another node's (421 `misdirected`).
+    #[error("{0}")]
+    Misdirected(String),
     /// The body is longer than `http_body_bytes_max` (413 `too_large`).
     #[error("the body is longer than {0} bytes")]
     TooLarge(usize),
@@ -101,6 +104,7 @@ impl AdminError {
             | AdminError::AlreadyClosed(_)
             | AdminError::TooManyAuctions(_) => StatusCode::CONFLICT,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             AdminError::NotReady | AdminError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,6 +123,7 @@ impl AdminError {
             AdminError::AlreadyClosed(_) => "already_closed",
             AdminError::TooManyAuctions(_) => "too_many_auctions",
             AdminError::TooLarge(_) => "too_large",
+            AdminError::Misdirected(_) => "misdirected",
             AdminError::NotReady => "not_ready",
             AdminError::Overloaded(_) => "overloaded",
             AdminError::Internal(_) => "internal",
@@ -286,6 +291,17 @@ async fn dispatch<B: Backend>(
     }
 }
 
+/// 421 if another node owns the auction's partition of the shared log.
+fn misdirected<B: Backend>(backend: &B, id: AuctionId) -> Result<(), AdminError> {
+    match backend.owner_elsewhere(id) {
+        Some(owner) => Err(AdminError::Misdirected(format!(
+            "auction {id} lives in a partition of the shared log that another node owns: \
+             {owner}; send this request there (GET /v1/cluster shows who owns what)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn require_admin(peer: &Peer) -> Result<(), AdminError> {
     match &peer.identity {
         None => Err(AdminError::Unauthenticated),
@@ -317,6 +333,7 @@ async fn create<B: Backend>(
     let spec =
         AuctionSpec::try_from(message).map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
     let id = spec.id();
+    misdirected(&*backend, id)?;
     let receipt = backend.create_auction(spec, now_micros())?;
     backend
         .durable(receipt)
@@ -333,6 +350,7 @@ async fn create<B: Backend>(
 
 fn get<B: Backend>(server: &Arc<Server<B>>, id: u64) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
+    misdirected(&*backend, AuctionId(id))?;
     Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
@@ -400,6 +418,7 @@ async fn cancel<B: Backend>(
     id: u64,
 ) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
+    misdirected(&*backend, AuctionId(id))?;
     let closed = backend.cancel_auction(AuctionId(id), now_micros())?;
     let hub = Arc::clone(server.gateway.hub());
     settlement::announce(Arc::clone(&backend), hub, closed)
