@@ -114,7 +114,15 @@ fn take_over(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<()> 
     let started = Instant::now();
     let _no_snapshot = lock(parts.snapshots);
     let mut takeover = kafka.take_over(partition)?;
-    let summary = replay_parallel(parts.engine, false, &mut takeover.records, parts.workers)?;
+    let replayed = replay_parallel(parts.engine, false, &mut takeover.records, parts.workers);
+    let summary = match replayed {
+        Ok(summary) => summary,
+        Err(e) => {
+            // Part of the partition is in the engine: stop rather than serve it half.
+            kafka.fail_takeover(&takeover, format!("{e:#}"));
+            return Err(e);
+        }
+    };
     kafka.activate(&takeover);
     let missing = crate::node::append_missing_tail(parts.wal, &summary.missing_tail)?;
     let elapsed = started.elapsed();

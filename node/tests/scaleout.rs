@@ -19,6 +19,8 @@
 //! - the admin API of a node owning partitions 2-3 beside one owning 0-1: `GET /v1/cluster`
 //!   shows both; creating, reading or cancelling an auction of the other's partitions is
 //!   421 `misdirected` naming that node; its own auctions work as usual;
+//! - a standby whose replay of a partition it took over fails (a record that does not
+//!   decode) stops acknowledging, naming the partition, rather than serve half of it;
 //! - live takeover: an owner process (this test binary re-run as [`owner_process`]) owns
 //!   partitions 0 and 1 and bids under load; a running node owning 2 and 3 with 0 and 1 as
 //!   standby sees its lease lapse after a SIGKILL, takes both over (replay into the running
@@ -731,4 +733,48 @@ async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_i
     assert_eq!(status, 200);
     a.shutdown(false).unwrap();
     b.stop().await;
+}
+
+#[test]
+fn a_takeover_whose_replay_fails_stops_the_node_naming_the_partition() {
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-bad-takeover");
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(
+        scratch.path().join("a"),
+        config(owning(&base, "node-a", &[0, 1])),
+    )
+    .unwrap();
+    let home = (1..).find(|&id| partition_of(id, 4) == 0).unwrap();
+    create_auctions(&a, home..=home);
+    // A record of a's epoch (1) that does not decode, then a clean stop (leases released).
+    let bad = (home.to_string(), Some(0), Some(1));
+    produce_as(
+        &raw_producer(&base.brokers),
+        &base.topic,
+        (&bad.0, bad.1, bad.2),
+        b"garbage",
+    );
+    a.shutdown(false).unwrap();
+    drop(a);
+    let standby = KafkaConfig {
+        standby_partitions: vec![0, 1],
+        ..owning(&base, "node-b", &[2, 3])
+    };
+    let (b, _) = Node::open(scratch.path().join("b"), config(standby)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while b.failure().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed takeover did not stop the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failure = b.failure().unwrap();
+    assert!(
+        failure.contains("replaying partition 0, taken over"),
+        "{failure}"
+    );
+    let outcome = b.place_bid(&bid(home, 1), UnixMicros(2)).outcome;
+    assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
 }

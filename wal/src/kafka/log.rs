@@ -559,18 +559,28 @@ impl KafkaLog {
             .expect("invariant: one lease per partition asked");
         let epoch = lease.epoch();
         write_markers(&self.config, &[(partition, epoch)])?;
-        let _ = slot.set(Arc::clone(lease.clock()));
-        lock(&self.leases).push(lease);
         let config = KafkaConfig {
             owned_partitions: vec![partition],
             ..self.config.clone()
         };
+        // Any failure so far drops the lease, which releases it.
         let records = KafkaRecords::open_at(&config, None)?.check_placement(self.partitioner);
+        let _ = slot.set(Arc::clone(lease.clock()));
+        lock(&self.leases).push(lease);
         Ok(Takeover {
             records,
             partition,
             epoch,
         })
+    }
+
+    /// Fails the log for good because the replay of a partition taken over failed: the state
+    /// holds part of it, which no retry can mend; the node stops and releases its leases.
+    pub fn fail_takeover(&self, takeover: &Takeover, reason: String) {
+        self.shared.fail(LogFailure::Takeover {
+            partition: takeover.partition,
+            reason,
+        });
     }
 
     /// Starts writing a partition taken over once its records were replayed to their end:
