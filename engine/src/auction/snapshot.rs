@@ -38,6 +38,13 @@ impl Auction {
                     bid: key.id,
                     accepted: *accepted,
                 })
+                .filter(|_| {
+                    #[cfg(feature = "sim-bugs")]
+                    if crate::sim_bugs::on(&crate::sim_bugs::FORGET_DEDUP_ON_SNAPSHOT) {
+                        return false;
+                    }
+                    true
+                })
                 .collect(),
         }
     }
