@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Soft close moves the end by twice `extension_us` (an extension applied twice).
 pub static EXTENSION_TWICE: AtomicBool = AtomicBool::new(false);
+/// A bid at exactly the end is accepted (`now > ends_at` instead of `>=`).
+pub static ACCEPT_AT_END: AtomicBool = AtomicBool::new(false);
 /// A snapshot leaves out the idempotency memory (a forgotten dedup entry).
 pub static FORGET_DEDUP_ON_SNAPSHOT: AtomicBool = AtomicBool::new(false);
 

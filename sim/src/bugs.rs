@@ -24,7 +24,7 @@ impl Bug {
 }
 
 /// Every injected bug.
-pub static ALL: [Bug; 5] = [
+pub static ALL: [Bug; 6] = [
     Bug {
         name: "ack_without_fsync",
         fault: "log: a batch is acknowledged durable after its write, without fdatasync — \
@@ -48,6 +48,12 @@ pub static ALL: [Bug; 5] = [
         fault: "engine: soft close moves the end twice as far — exposed by the clock (bids in \
                 the closing window, closes)",
         switch: &gavel_engine::sim_bugs::EXTENSION_TWICE,
+    },
+    Bug {
+        name: "accept_at_end",
+        fault: "engine: a bid at exactly the end is accepted — exposed by bids racing closes \
+                (the clock moved to an auction's end, by a step or a slow fsync)",
+        switch: &gavel_engine::sim_bugs::ACCEPT_AT_END,
     },
     Bug {
         name: "forget_dedup_on_snapshot",
