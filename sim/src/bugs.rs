@@ -24,7 +24,7 @@ impl Bug {
 }
 
 /// Every injected bug.
-pub static ALL: [Bug; 6] = [
+pub static ALL: [Bug; 7] = [
     Bug {
         name: "ack_without_fsync",
         fault: "log: a batch is acknowledged durable after its write, without fdatasync — \
@@ -36,6 +36,12 @@ pub static ALL: [Bug; 6] = [
         fault: "log: recovery skips the CRC of a segment's last record — exposed by torn and \
                 reordered writes at a crash (and bit flips)",
         switch: &gavel_wal::sim_bugs::SKIP_CRC_LAST_RECORD,
+    },
+    Bug {
+        name: "truncate_middle_corruption",
+        fault: "log: recovery truncates corruption that a later batch follows instead of \
+                refusing — exposed by bit flips",
+        switch: &gavel_wal::sim_bugs::TRUNCATE_MIDDLE_CORRUPTION,
     },
     Bug {
         name: "ignore_write_error",

@@ -280,7 +280,11 @@ fn torn_tail(
     file.reader
         .read_to_end(&mut rest)
         .map_err(WalError::io("read", path))?;
-    if let Some(valid_offset) = later_batch_record(&rest, offset, last_batch_start) {
+    let later = later_batch_record(&rest, offset, last_batch_start);
+    #[cfg(feature = "sim-bugs")]
+    let later =
+        later.filter(|_| !crate::sim_bugs::on(&crate::sim_bugs::TRUNCATE_MIDDLE_CORRUPTION));
+    if let Some(valid_offset) = later {
         return Err(WalError::CorruptBeforeValid {
             file: path.to_path_buf(),
             offset,

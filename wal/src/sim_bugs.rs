@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub static ACK_WITHOUT_FSYNC: AtomicBool = AtomicBool::new(false);
 /// Recovery does not check the CRC of the last record of a segment.
 pub static SKIP_CRC_LAST_RECORD: AtomicBool = AtomicBool::new(false);
+/// Recovery truncates corruption followed by a valid record of a later batch as if it were
+/// a torn tail, instead of refusing.
+pub static TRUNCATE_MIDDLE_CORRUPTION: AtomicBool = AtomicBool::new(false);
 /// The writer ignores a failed write (e.g. a full disk) and syncs and acknowledges anyway.
 pub static IGNORE_WRITE_ERROR: AtomicBool = AtomicBool::new(false);
 
