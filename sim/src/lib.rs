@@ -43,3 +43,10 @@ pub const STEPS_DEFAULT: usize = 200;
 pub fn run_seed(seed: u64, steps: usize, trace: bool) -> Result<Stats, Failure> {
     world::World::new(seed, trace).run(steps)
 }
+
+/// Runs `seed` traced: its result and one line per step, whether it passed or not.
+pub fn trace_seed(seed: u64, steps: usize) -> (Result<Stats, Failure>, Vec<String>) {
+    let mut world = world::World::new(seed, true);
+    let result = world.run(steps);
+    (result, world.trace())
+}

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use gavel_sim::{STEPS_DEFAULT, run_seed};
+use gavel_sim::{STEPS_DEFAULT, run_seed, trace_seed};
 
 struct Args {
     seeds: std::ops::Range<u64>,
@@ -73,14 +73,21 @@ fn main() -> Result<ExitCode> {
     let mut runs = 0u64;
     for seed in args.seeds.clone().chain(extra) {
         runs += 1;
-        match run_seed(seed, args.steps, args.trace) {
+        let result = if args.trace {
+            let (result, trace) = trace_seed(seed, args.steps);
+            trace.iter().for_each(|line| println!("{line}"));
+            result.map_err(|f| (f, true))
+        } else {
+            run_seed(seed, args.steps, false).map_err(|f| (f, false))
+        };
+        match result {
             Ok(stats) if args.trace => println!("seed {seed}: ok {stats:?}"),
             Ok(_) => {}
-            Err(_) => {
-                // Replay it traced: the trace is the steps up to the failure.
+            Err((_, traced)) => {
+                // Replay it traced: the trace is every step up to the failing one.
                 let failure = run_seed(seed, args.steps, true).expect_err("a seed replays");
-                for line in &failure.trace {
-                    println!("{line}");
+                if !traced {
+                    failure.trace.iter().for_each(|line| println!("{line}"));
                 }
                 println!(
                     "FAILED seed {seed} at step {}: {}",

@@ -2,7 +2,7 @@
 //! through random steps — creations, bids, retries, the clock and closes, snapshots,
 //! crashes, a full disk, a bit flip — and checks the invariants after every step.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +27,11 @@ const EPOCH_US: u64 = 1_700_000_000_000_000;
 /// The disk's capacity when it is not being filled.
 const CAPACITY_BYTES: u64 = 1 << 30;
 /// Most auctions per run.
-const AUCTIONS_MAX: u64 = 8;
+const AUCTIONS_MAX: u64 = 40;
+/// Most auctions open at once.
+const OPEN_AUCTIONS_MAX: usize = 6;
+/// Farthest a bid racing a close moves the clock.
+const RACE_JUMP_US_MAX: u64 = 3_000_000;
 /// Most `close_due` calls in one close step.
 const CLOSE_CALLS_MAX: usize = 64;
 /// A real-time bound on a durability wait (the writer thread answers in microseconds;
@@ -126,6 +130,8 @@ pub(crate) struct World {
     pub(crate) step: usize,
     tracing: bool,
     trace: RefCell<Vec<String>>,
+    /// The clock as the driver last read it (the trace's time).
+    clock_seen: Cell<u64>,
 }
 
 /// The result of a step: go on, or stop the run early (after a bit flip's check).
@@ -163,29 +169,40 @@ impl World {
             step: 0,
             tracing,
             trace: RefCell::new(Vec::new()),
+            clock_seen: Cell::new(EPOCH_US),
         }
     }
 
     /// Records a line of the trace (built only when tracing).
     pub(crate) fn note(&self, line: impl FnOnce() -> String) {
         if self.tracing {
-            let now = self.now() - EPOCH_US;
+            // Not `now()`: between an append and its durable wait the writer thread may be
+            // moving the clock (a sync); the last time the driver read is deterministic.
+            let now = self.clock_seen.get() - EPOCH_US;
             self.trace
                 .borrow_mut()
                 .push(format!("{:>4} t={:>10}us {}", self.step, now, line()));
         }
     }
 
+    /// The trace so far.
+    pub(crate) fn trace(&self) -> Vec<String> {
+        self.trace.borrow().clone()
+    }
+
     pub(crate) fn fail(&self, what: String) -> Failure {
         Failure {
             step: self.step,
             what,
-            trace: self.trace.borrow().clone(),
+            trace: self.trace(),
         }
     }
 
+    /// The simulated clock, read only while the writer thread is idle.
     pub(crate) fn now(&self) -> u64 {
-        self.disk.now_us()
+        let now = self.disk.now_us();
+        self.clock_seen.set(now);
+        now
     }
 
     pub(crate) fn node(&self) -> &Node {
@@ -216,8 +233,8 @@ impl World {
 
     fn one_step(&mut self) -> Result<Flow, Failure> {
         match self.rng.below(100) {
-            0..=7 => self.create()?,
-            8..=64 => self.bid()?,
+            0..=9 => self.create()?,
+            10..=64 => self.bid()?,
             65..=79 => self.close_due()?,
             80..=84 => self.snapshot()?,
             85..=91 => {
@@ -261,6 +278,8 @@ impl World {
     /// `false` if the log stopped first.
     fn wait(&mut self, lsn: Lsn) -> bool {
         let durable = self.node().wal.wait_durable(lsn, DURABLE_WAIT).is_ok();
+        // The writer is idle again (synced or stopped): the clock is settled.
+        self.now();
         if durable {
             self.acked_lsn = self.acked_lsn.max(lsn);
             if let Some(point) = self.pending.take() {
@@ -272,14 +291,17 @@ impl World {
     }
 
     fn create(&mut self) -> Result<(), Failure> {
-        if self.next_auction > AUCTIONS_MAX {
+        let now = self.now();
+        let open = (self.model.auctions.values())
+            .filter(|a| a.settled.is_none() && a.ends_at() > now)
+            .count();
+        if self.next_auction > AUCTIONS_MAX || open >= OPEN_AUCTIONS_MAX {
             return Ok(());
         }
         let id = self.next_auction;
-        let now = self.now();
         let spec = random_spec(&mut self.rng, now);
         self.note(|| format!("create auction {id}: {spec:?}"));
-        let now = UnixMicros(self.now());
+        let now = UnixMicros(now);
         let node = self.node();
         match node
             .engine
@@ -302,17 +324,24 @@ impl World {
         if !self.sent.is_empty() && self.rng.chance(20) {
             return self.sent[self.rng.below(self.sent.len() as u64) as usize];
         }
+        let now = self.now();
+        let open: Vec<u64> = (self.model.auctions.iter())
+            .filter(|(_, a)| a.settled.is_none() && a.ends_at() > now)
+            .map(|(id, _)| *id)
+            .collect();
         let auction = match self.rng.below(40) {
             0 => 999,
-            _ => self.rng.range(1, self.next_auction.max(2) - 1),
+            1..=7 => self.rng.range(1, self.next_auction.max(2) - 1),
+            _ if open.is_empty() => self.rng.range(1, self.next_auction.max(2) - 1),
+            _ => open[self.rng.below(open.len() as u64) as usize],
         };
         if let Some(a) = self.model.auctions.get(&auction)
             && self.rng.chance(10)
         {
-            // Race the close: just before, at, or just after the current end.
+            // Race the close: just before, at, or just after the current end (if near).
             let target = (a.ends_at() + self.rng.below(3)).saturating_sub(1);
-            if target > self.now() {
-                self.disk.advance_us(target - self.now());
+            if target > now && target - now <= RACE_JUMP_US_MAX {
+                self.disk.advance_us(target - now);
             }
         }
         let min_next = self
