@@ -367,77 +367,76 @@ impl World {
         sent
     }
 
+    /// A bid (once, or twice as a duplicate copy), checked against the model.
     fn bid(&mut self) -> Result<(), Failure> {
         let b = self.next_bid();
         let now = self.now();
-        let twice = self.rng.chance(5);
-        for copy in 0..if twice { 2 } else { 1 } {
+        let copies = if self.rng.chance(5) { 2 } else { 1 };
+        for copy in 0..copies {
             self.note(|| {
+                let dup = if copy == 1 { " (duplicate copy)" } else { "" };
                 format!(
-                    "bid{}: auction {} b{} id {} amount {}",
-                    if copy == 1 { " (duplicate copy)" } else { "" },
-                    b.auction,
-                    b.bidder,
-                    b.id,
-                    b.amount
+                    "bid{dup}: auction {} b{} id {} amount {}",
+                    b.auction, b.bidder, b.id, b.amount
                 )
             });
-            let before = self
-                .model
-                .auctions
-                .get(&b.auction)
-                .and_then(|a| a.english_price());
-            let expected = self
-                .model
-                .bid(b.auction, b.bidder, b.id, b.amount, now, false);
-            let node = self.node();
-            let bid = engine_bid(b.auction, b.bidder, b.id, b.amount, now);
-            let decision = node
-                .engine
-                .place_bid(&bid, UnixMicros(now), &LogSink(&node.wal));
-            let got = answer(&decision.outcome);
-            self.note(|| format!("  engine {got:?}, model {expected:?}"));
-            if got.is_none() && self.log_broken() && matches!(expected, Answer::Accepted(_)) {
-                return Ok(());
-            }
-            if got != Some(expected) {
-                return Err(self.fail(format!(
-                    "bid {b:?} at {now}: engine answered {:?}, the model says {expected:?}",
-                    decision.outcome
-                )));
-            }
-            let Answer::Accepted(acc) = expected else {
-                continue;
-            };
-            if let Some(price) = before
-                && acc.price <= price
-            {
-                return Err(self.fail(format!(
-                    "English price not increasing: {price} then {} (auction {})",
-                    acc.price, b.auction
-                )));
-            }
-            self.model
-                .bid(b.auction, b.bidder, b.id, b.amount, now, true);
-            if let Some(closed) = decision.closed {
-                let model_win = self.model.auctions[&b.auction].settled;
-                if Some(win(&closed.settlement)) != model_win {
-                    return Err(self.fail(format!(
-                        "closing bid settled {:?}, the model says {model_win:?}",
-                        closed.settlement
-                    )));
-                }
-            }
-            // Invariant: an accepted decision has a receipt.
-            let lsn = decision.receipt.expect("accepted bids have a receipt").0;
-            self.decided(lsn);
-            if self.wait(lsn) {
-                self.stats.durable_acks += 1;
-            } else {
-                return Ok(());
+            if !self.send(b, now)? {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Sends one bid; `false` if the log stopped (the process must restart).
+    fn send(&mut self, b: Sent, now: u64) -> Result<bool, Failure> {
+        let before = (self.model.auctions.get(&b.auction)).and_then(|a| a.english_price());
+        let expected = self
+            .model
+            .bid(b.auction, b.bidder, b.id, b.amount, now, false);
+        let node = self.node();
+        let bid = engine_bid(b.auction, b.bidder, b.id, b.amount, now);
+        let decision = node
+            .engine
+            .place_bid(&bid, UnixMicros(now), &LogSink(&node.wal));
+        let got = answer(&decision.outcome);
+        self.note(|| format!("  engine {got:?}, model {expected:?}"));
+        if got.is_none() && self.log_broken() && matches!(expected, Answer::Accepted(_)) {
+            return Ok(false);
+        }
+        if got != Some(expected) {
+            return Err(self.fail(format!(
+                "bid {b:?} at {now}: engine answered {:?}, the model says {expected:?}",
+                decision.outcome
+            )));
+        }
+        let Answer::Accepted(acc) = expected else {
+            return Ok(true);
+        };
+        if let Some(price) = before
+            && acc.price <= price
+        {
+            return Err(self.fail(format!(
+                "English price not increasing: {price} then {} (auction {})",
+                acc.price, b.auction
+            )));
+        }
+        self.model
+            .bid(b.auction, b.bidder, b.id, b.amount, now, true);
+        if let Some(closed) = decision.closed {
+            let model_win = self.model.auctions[&b.auction].settled;
+            if Some(win(&closed.settlement)) != model_win {
+                return Err(self.fail(format!(
+                    "closing bid settled {:?}, the model says {model_win:?}",
+                    closed.settlement
+                )));
+            }
+        }
+        // Invariant: an accepted decision has a receipt.
+        let lsn = decision.receipt.expect("accepted bids have a receipt").0;
+        self.decided(lsn);
+        let durable = self.wait(lsn);
+        self.stats.durable_acks += usize::from(durable);
+        Ok(durable)
     }
 
     /// Moves the clock (Dutch steps, ends) and closes what is due, one auction at a time.
