@@ -24,7 +24,7 @@ impl Bug {
 }
 
 /// Every injected bug.
-pub static ALL: [Bug; 7] = [
+pub static ALL: [Bug; 8] = [
     Bug {
         name: "ack_without_fsync",
         fault: "log: a batch is acknowledged durable after its write, without fdatasync — \
@@ -42,6 +42,12 @@ pub static ALL: [Bug; 7] = [
         fault: "log: recovery truncates corruption that a later batch follows instead of \
                 refusing — exposed by bit flips",
         switch: &gavel_wal::sim_bugs::TRUNCATE_MIDDLE_CORRUPTION,
+    },
+    Bug {
+        name: "snapshot_skip_crc",
+        fault: "log: a snapshot is restored without checking its CRC — exposed by a bit flip \
+                in a snapshot",
+        switch: &gavel_wal::sim_bugs::SNAPSHOT_SKIP_CRC,
     },
     Bug {
         name: "ignore_write_error",

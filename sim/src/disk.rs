@@ -188,14 +188,15 @@ impl SimDisk {
         fates
     }
 
-    /// Flips one random bit in the synced bytes of a random non-empty segment.
-    pub fn flip_bit(&self) -> Option<Flip> {
+    /// Flips one random bit in the synced bytes of a random non-empty file whose name
+    /// ends in `.{extension}` (segments: `wal`, snapshots: `snap`).
+    pub fn flip_bit(&self, extension: &str) -> Option<Flip> {
         let mut d = self.disk();
         let segments: Vec<(PathBuf, u64)> = d
             .names
             .iter()
             .filter(|(p, id)| {
-                p.extension().is_some_and(|e| e == "wal")
+                p.extension().is_some_and(|e| e == extension)
                     && d.files.get(id).is_some_and(|f| !f.durable.is_empty())
             })
             .map(|(p, id)| (p.clone(), *id))

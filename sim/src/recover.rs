@@ -64,6 +64,7 @@ fn rebuild(world: &mut World) -> Result<Node, String> {
     let snapshot = latest_snapshot_in(&world.disk, dir()).map_err(|e| e.to_string())?;
     let from = match &snapshot {
         Some(s) => {
+            world.note(|| format!("restore snapshot at lsn {}, skipped {:?}", s.lsn, s.skipped));
             let (_, _, states) = decode_snapshot(&s.payload).map_err(|e| e.to_string())?;
             for state in states {
                 engine.restore(state).map_err(|e| e.to_string())?;

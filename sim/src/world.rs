@@ -128,6 +128,8 @@ pub(crate) struct World {
     next_bid: u128,
     pub(crate) stats: Stats,
     pub(crate) step: usize,
+    /// A snapshot was damaged (one per run: two in a row refuse, as documented).
+    snapshot_flipped: bool,
     tracing: bool,
     trace: RefCell<Vec<String>>,
     /// The clock as the driver last read it (the trace's time).
@@ -167,6 +169,7 @@ impl World {
             next_bid: 1,
             stats: Stats::default(),
             step: 0,
+            snapshot_flipped: false,
             tracing,
             trace: RefCell::new(Vec::new()),
             clock_seen: Cell::new(EPOCH_US),
@@ -254,6 +257,9 @@ impl World {
             _ => {
                 if self.rng.chance(30) {
                     return self.bit_flip();
+                }
+                if !self.snapshot_flipped && self.rng.chance(30) {
+                    self.snapshot_flip()?;
                 }
             }
         }
@@ -507,7 +513,7 @@ impl World {
     /// Injects a bit flip, restarts, checks the documented refusal or truncation, and ends
     /// the run (the log is then damaged or lost a synced batch, by the documented rule).
     fn bit_flip(&mut self) -> Result<Flow, Failure> {
-        let Some(flip) = self.disk.flip_bit() else {
+        let Some(flip) = self.disk.flip_bit("wal") else {
             return Ok(Flow::Continue);
         };
         self.note(|| format!("bit flip: {flip:?}"));
@@ -516,6 +522,19 @@ impl World {
         self.disk.reboot();
         crate::recover::check_flip(self, &flip)?;
         Ok(Flow::Stop)
+    }
+
+    /// Flips a bit in a snapshot (once per run) and restarts: by the fallback rule of
+    /// `wal/src/snapshot.rs` (retention keeps the log back to the older of two valid
+    /// snapshots), one corrupt snapshot never stops recovery, which must reach the same
+    /// state (`restart` checks the hash).
+    fn snapshot_flip(&mut self) -> Result<(), Failure> {
+        let Some(flip) = self.disk.flip_bit("snap") else {
+            return Ok(());
+        };
+        self.snapshot_flipped = true;
+        self.note(|| format!("bit flip in a snapshot: {flip:?}"));
+        self.restart()
     }
 
     /// Kills the process (if running), powers the disk down and up (with room again),

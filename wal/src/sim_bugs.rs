@@ -12,6 +12,8 @@ pub static SKIP_CRC_LAST_RECORD: AtomicBool = AtomicBool::new(false);
 /// Recovery truncates corruption followed by a valid record of a later batch as if it were
 /// a torn tail, instead of refusing.
 pub static TRUNCATE_MIDDLE_CORRUPTION: AtomicBool = AtomicBool::new(false);
+/// A snapshot is restored without checking its CRC.
+pub static SNAPSHOT_SKIP_CRC: AtomicBool = AtomicBool::new(false);
 /// The writer ignores a failed write (e.g. a full disk) and syncs and acknowledges anyway.
 pub static IGNORE_WRITE_ERROR: AtomicBool = AtomicBool::new(false);
 
