@@ -17,7 +17,8 @@
 #      Debian's package) and Debian's prometheus package (promtool: `check metrics` on a live
 #      node's /metrics, `check rules` and `test rules` on ops/prometheus; the prometheus
 #      server: node/tests/ops.rs shows the alerts firing) and systemd-analyze (the unit's
-#      check) installed if missing; nats-server (Debian package)
+#      check) and mosquitto with mosquitto-clients (the edge agent's MQTT tests) installed
+#      if missing; nats-server (Debian package)
 #      too when root, for the load tester's smoke (which skips its nats phase without it);
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
@@ -83,6 +84,18 @@ else
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends systemd
+fi
+
+step "mosquitto and mosquitto_sub/pub for the edge agent's MQTT tests (Debian's mosquitto, mosquitto-clients)"
+if command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1 \
+    && command -v mosquitto_pub >/dev/null 2>&1; then
+    echo "ok: mosquitto and its clients present"
+else
+    # edge-agent's tests start mosquitto on a free loopback port and read what the agent
+    # publishes with mosquitto_sub (a client that is not the agent). They fail without them.
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends mosquitto mosquitto-clients
 fi
 
 step "nats-server for the load tester's smoke (its fan-out peer; optional)"

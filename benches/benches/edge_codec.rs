@@ -1,5 +1,6 @@
-//! Edge stream encode and decode, per update (issue 13 item 1), on the two traces of
-//! `gavel_benches::edge_trace`: one hot auction, and a Zipf-skewed market of 1,000 auctions.
+//! Edge stream encode and decode, per update (issue 13 item 1), on the traces of
+//! `gavel_benches::edge_trace`: one hot auction, and a Zipf-skewed market of 1,000 auctions,
+//! each generated, and each recorded from a load-tester run (`benches/data/`).
 //! Each iteration runs a whole trace through a new stream (a new encoder or decoder), in
 //! the writer's batches of 10 ms, so first-contact keyframes are included as a subscriber
 //! pays them. Before timing, the sizes against the protobuf stream are printed for one
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use gavel_benches::edge_trace::{
-    TRACE_FRAME_BYTES, Traced, batches, encode_edge, hot_trace, protobuf_bytes, zipf_trace,
+    RECORDED_TRACES, TRACE_FRAME_BYTES, Traced, batches, encode_edge, hot_trace, protobuf_bytes,
+    recorded_trace, zipf_trace,
 };
 use gavel_edge_proto::{EdgeDecoder, frame_len};
 
@@ -50,15 +52,25 @@ fn report_sizes(name: &str, trace: &[Traced]) {
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("edge_codec");
     group
-        .throughput(Throughput::Elements(UPDATES as u64))
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
+    let recorded = RECORDED_TRACES.map(|(name, bytes)| {
+        // Invariant: the recorded traces are checked by the crate's tests.
+        (
+            name,
+            recorded_trace(bytes).expect("the recorded traces decode"),
+        )
+    });
     for (name, trace) in [
         ("hot", hot_trace(1, UPDATES)),
         ("zipf", zipf_trace(1, UPDATES)),
-    ] {
+    ]
+    .into_iter()
+    .chain(recorded)
+    {
         report_sizes(name, &trace);
+        group.throughput(Throughput::Elements(trace.len() as u64));
         let batched = batches(&trace, WINDOW_US);
         let mut out = Vec::with_capacity(1 << 20);
         group.bench_function(format!("{name}/encode"), |b| {
@@ -71,7 +83,7 @@ fn benches(c: &mut Criterion) {
         let mut bytes = Vec::new();
         encode_edge(&batched, &mut bytes);
         let frames = split(&bytes);
-        let mut decoded = Vec::with_capacity(UPDATES);
+        let mut decoded = Vec::with_capacity(trace.len());
         group.bench_function(format!("{name}/decode"), |b| {
             b.iter_batched_ref(
                 || EdgeDecoder::new(TRACE_FRAME_BYTES, 4_096),

@@ -127,6 +127,30 @@ pub fn zipf_trace(seed: u64, updates: usize) -> Vec<Traced> {
         .collect()
 }
 
+/// A price stream the load tester recorded (`gavel-loadtest --record-trace FILE`:
+/// length-delimited `ServerMessage`s as one watcher received them), as a trace: every
+/// message, each at the `accepted_at_us` of the latest price update up to it (snapshots,
+/// closes and settlements go with the updates before them).
+pub fn recorded_trace(mut bytes: &[u8]) -> Result<Vec<Traced>, prost::DecodeError> {
+    let mut trace = Vec::new();
+    let mut at_us = 0;
+    while !bytes.is_empty() {
+        let message = <pb::ServerMessage as prost::Message>::decode_length_delimited(&mut bytes)?;
+        if let Some(Body::PriceUpdate(update)) = &message.body {
+            at_us = update.accepted_at_us;
+        }
+        trace.push(Traced { message, at_us });
+    }
+    Ok(trace)
+}
+
+/// The recorded traces kept with the benches (`benches/data/`, see its README): a name and
+/// the file's bytes.
+pub const RECORDED_TRACES: [(&str, &[u8]); 2] = [
+    ("recorded zipf", include_bytes!("../data/zipf-1000.trace")),
+    ("recorded hot", include_bytes!("../data/hot-1.trace")),
+];
+
 /// Bytes of the trace as the protobuf stream sends it: length-delimited `ServerMessage`s.
 pub fn protobuf_bytes(trace: &[Traced]) -> usize {
     trace
@@ -163,17 +187,41 @@ mod tests {
 
     /// The goal as a deterministic check (bytes, not time): the edge stream takes at
     /// most 25 % of the protobuf stream's bytes for the same updates, first-contact
-    /// keyframes included, on both traces, batched as a writer would (10 ms windows).
+    /// keyframes included, on the generated and the recorded traces, batched as a writer
+    /// would (10 ms windows).
     #[test]
     fn edge_frames_take_at_most_a_quarter_of_the_protobuf_bytes() {
+        for (name, bytes) in RECORDED_TRACES {
+            let trace = recorded_trace(bytes).expect("the recorded traces decode");
+            let updates = trace
+                .iter()
+                .filter(|t| matches!(t.message.body, Some(Body::PriceUpdate(_))))
+                .count();
+            assert!(updates >= 5_000, "{name}: only {updates} price updates");
+        }
+        let recorded = RECORDED_TRACES.map(|(name, bytes)| {
+            (
+                name,
+                recorded_trace(bytes).expect("the recorded traces decode"),
+            )
+        });
         for (name, trace) in [
             ("hot", hot_trace(1, 20_000)),
             ("zipf", zipf_trace(1, 20_000)),
-        ] {
+        ]
+        .into_iter()
+        .chain(recorded)
+        {
             let mut edge = Vec::new();
             encode_edge(&batches(&trace, 10_000), &mut edge);
             let proto = protobuf_bytes(&trace);
             let ratio = edge.len() as f64 / proto as f64;
+            eprintln!(
+                "{name}: {} messages, protobuf {proto} B, edge {} B = {:.1} %",
+                trace.len(),
+                edge.len(),
+                100.0 * ratio
+            );
             assert!(
                 ratio <= 0.25,
                 "{name}: {} / {proto} = {ratio:.3}",

@@ -7,6 +7,13 @@
 //! - [`config`]: flags, `GAVEL_EDGE_*` environment, TOML; validated once;
 //! - `metrics`: the `gavel_edge_*` metrics and the Prometheus recorder;
 //! - `backoff`: full-jitter exponential reconnect delays (node and broker);
+//! - `queue`: the bounded bid queue on disk (append, fdatasync, torn-tail truncation);
+//! - `bids`: local clients' bid requests and statuses, the queue behind its lock;
+//! - `link`: the node client (the `gavel-client` SDK with the device certificate);
+//! - `forward`: the forwarder — queued bids to the node in order, idempotently;
+//! - `state`: the latest state per auction (moves only forward), as JSON or an edge frame;
+//! - `stream`: the edge stream from the node (subscribe, resume, decode, keyframe requests);
+//! - `mqtt`: retained states, bid requests and statuses on the local MQTT broker;
 //! - `http`: the local HTTP port (`/metrics`, `/healthz`, bids, states, SSE).
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token given to [`run`]): the HTTP port stops accepting,
@@ -15,8 +22,20 @@
 
 pub mod config;
 
+mod backoff;
+mod bids;
+mod forward;
 mod http;
+mod link;
 mod metrics;
+mod mqtt;
+mod queue;
+mod state;
+mod stream;
+/// The tests' real broker (mosquitto), shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/broker.rs"]
+mod test_broker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +51,33 @@ use config::AgentConfig;
 struct Shared {
     config: AgentConfig,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    bids: Arc<bids::Bids>,
+    link: Arc<link::NodeLink>,
+    store: state::Store,
+    /// Cancelled at shutdown (long-lived responses such as SSE end on it).
+    shutdown: CancellationToken,
+}
+
+#[cfg(test)]
+impl Shared {
+    /// A shared state over a queue in `dir`, no node connection, defaults otherwise.
+    fn for_tests(dir: &std::path::Path, change: impl FnOnce(&mut AgentConfig)) -> Arc<Shared> {
+        let mut config = config::AgentOptions::default()
+            .resolve()
+            .expect("defaults resolve");
+        config.data_dir = dir.to_owned();
+        change(&mut config);
+        let queue = queue::Queue::open(dir, config.queue_bids_max, config.queue_bytes_max)
+            .expect("the queue opens");
+        Arc::new(Shared {
+            prometheus: metrics::prometheus(),
+            bids: Arc::new(bids::Bids::new(queue)),
+            link: Arc::new(link::NodeLink::new()),
+            store: state::Store::new(config.auctions_max),
+            shutdown: CancellationToken::new(),
+            config,
+        })
+    }
 }
 
 /// A started agent: its bound local address and what [`Agent::wait`] drains.
@@ -62,13 +108,38 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Age
         .with_context(|| format!("binding the local HTTP port {}", config.http_listen))?;
     let http_addr = listener.local_addr()?;
     let deadline = config.shutdown_deadline;
+    let prometheus = metrics::prometheus();
+    let auctions_max = config.auctions_max;
+    let queue = queue::Queue::open(
+        &config.data_dir,
+        config.queue_bids_max,
+        config.queue_bytes_max,
+    )
+    .context("opening the bid queue")?;
+    let client_config = link::client_config(&config).context("reading the device certificate")?;
     let shared = Arc::new(Shared {
         config,
-        prometheus: metrics::prometheus(),
+        prometheus,
+        bids: Arc::new(bids::Bids::new(queue)),
+        link: Arc::new(link::NodeLink::new()),
+        store: state::Store::new(auctions_max),
+        shutdown: shutdown.clone(),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(http::serve(listener, Arc::clone(&shared), shutdown.clone()));
-    tracing::info!(http = %http_addr, node = %shared.config.node, "gavel-edge listening");
+    tasks.spawn(link::connect(
+        client_config,
+        shared.config.clone(),
+        Arc::clone(&shared.link),
+        shutdown.clone(),
+    ));
+    tasks.spawn(forward::run(Arc::clone(&shared), shutdown.clone()));
+    tasks.spawn(stream::run(Arc::clone(&shared), shutdown.clone()));
+    if let Some(mqtt) = shared.config.mqtt.clone() {
+        tasks.spawn(mqtt::run(Arc::clone(&shared), mqtt, shutdown.clone()));
+    }
+    tracing::info!(http = %http_addr, node = %shared.config.node,
+        queued = shared.bids.lock().len(), "gavel-edge listening");
     Ok(Agent {
         http_addr,
         tasks,

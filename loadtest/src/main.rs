@@ -129,12 +129,17 @@ struct ShapeArgs {
     /// The watchers' subscription interval, ms (0: every update).
     #[arg(long, default_value_t = 0)]
     watch_interval_ms: u32,
-    /// Baselines to run after the node: any of echo, fsync, nats (comma-separated).
+    /// Baselines to run after the node: any of echo, fsync, nats, burst (comma-separated;
+    /// nats and burst need --watchers).
     #[arg(long, value_delimiter = ',')]
     floors: Vec<String>,
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Write the price stream of the run's auctions (every update, as one more WebSocket
+    /// watcher receives it: length-delimited protobuf `ServerMessage`s) to this file.
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -184,7 +189,8 @@ impl ShapeArgs {
                 "echo" => floors.echo = true,
                 "fsync" => floors.fsync = true,
                 "nats" => floors.nats = true,
-                other => bail!("unknown floor {other:?}; expected echo, fsync or nats"),
+                "burst" => floors.burst = true,
+                other => bail!("unknown floor {other:?}; expected echo, fsync, nats or burst"),
             }
         }
         Ok(Shape {
@@ -202,6 +208,7 @@ impl ShapeArgs {
             watch_interval_ms: self.watch_interval_ms,
             floors,
             progress: !self.no_progress,
+            record_trace: self.record_trace.clone(),
         })
     }
 }

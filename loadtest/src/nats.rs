@@ -84,13 +84,15 @@ impl Nats {
 /// Publishes to `subject` at each due time from `due` until it closes; each payload is a
 /// `PriceUpdate` of auction 1 with the next `seq` and `accepted_at_us` = now. Flushes
 /// whenever no publish is due right away. Ends with a PING/PONG so every publish reached
-/// the server.
+/// the server. Returns each publish's `(seq, accepted_at_us)`, the changes its watchers'
+/// staleness is measured against.
 pub async fn publish(
     client: SocketAddr,
     subject: String,
     mut due: mpsc::Receiver<(Instant, u64)>,
     recorder: Recorder,
-) -> Result<()> {
+) -> Result<Vec<(u64, u64)>> {
+    let mut stamps = Vec::new();
     let tcp = TcpStream::connect(client)
         .await
         .context("connecting to nats-server")?;
@@ -111,6 +113,8 @@ pub async fn publish(
         let mut seq = first;
         loop {
             payload.clear();
+            let stamp = unix_us();
+            stamps.push((seq + 2, stamp));
             pb::PriceUpdate {
                 auction_id: 1,
                 topic: subject.clone(),
@@ -120,7 +124,7 @@ pub async fn publish(
                 leader: Some("bidder-1".into()),
                 ends_at_us: unix_us() + 600_000_000,
                 bids_accepted: seq + 1,
-                accepted_at_us: unix_us(),
+                accepted_at_us: stamp,
                 // The presence counts the node's updates carry in the suite's shape, so
                 // both payloads have the same size.
                 watchers: 10_000,
@@ -151,5 +155,5 @@ pub async fn publish(
             write.write_all(b"PONG\r\n").await?;
         }
     }
-    Ok(())
+    Ok(stamps)
 }

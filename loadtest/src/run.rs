@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
 
 use crate::pace::Schedule;
 use crate::report::{Phase, PhaseReport, Ratio};
@@ -33,7 +34,7 @@ mod floors;
 mod search;
 
 use bidding::{quic_bidding, sdk_bidding, ws_bidding};
-use fanout::{Watching, nats_phase};
+use fanout::{Watching, burst_phase, nats_phase};
 use floors::{echo_floor, fsync_floor, interleaved};
 pub use search::{Search, max_rate};
 
@@ -46,6 +47,8 @@ pub struct Floors {
     pub fsync: bool,
     /// nats-server's WebSocket fan-out.
     pub nats: bool,
+    /// The burst floor: one message to every watcher's socket at once ([`crate::burst`]).
+    pub burst: bool,
 }
 
 /// The load shape of a run.
@@ -80,6 +83,8 @@ pub struct Shape {
     pub floors: Floors,
     /// Show progress bars.
     pub progress: bool,
+    /// Write the run's price stream here (`--record-trace`, see [`crate::trace`]).
+    pub record_trace: Option<PathBuf>,
 }
 
 /// The results of a run: the phases and the ratios between them.
@@ -138,6 +143,18 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     let open_for = shape.duration * 4 + Duration::from_secs(600);
     let (run, tag) = Run::prepare(node, shape, 0, 'a', open_for).await?;
     // Watchers first, so they see every update of the bidding phases.
+    let trace_stop = CancellationToken::new();
+    let trace = match &shape.record_trace {
+        Some(path) => {
+            let connector = node.https_connector(None)?;
+            let pattern = format!("load.r{tag}.>");
+            Some(
+                crate::trace::record(&connector, node.https, &pattern, path, trace_stop.clone())
+                    .await?,
+            )
+        }
+        None => None,
+    };
     let watching = if shape.watchers > 0 {
         Some(Watching::connect(node, shape, format!("load.r{tag}.>")).await?)
     } else {
@@ -162,6 +179,14 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     if let Some(watching) = &watching {
         watching.stop.cancel();
     }
+    trace_stop.cancel();
+    if let (Some(trace), Some(path)) = (trace, &shape.record_trace) {
+        let written = trace.await.context("the trace watcher")??;
+        eprintln!(
+            "recorded {written} messages of the price stream to {}",
+            path.display()
+        );
+    }
     if shape.sdk && shape.quic_connections > 0 {
         phases.push(sdk_bidding(node, shape).run(&run).await?);
     }
@@ -176,6 +201,10 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     if let (true, Some(rate), Some(watching)) = (shape.floors.nats, gavel_update_rate, &watching) {
         let watchers = watching.watchers.subscribed;
         phases.push(nats_phase(node, shape, &run.schedule, rate, watchers).await?);
+    }
+    if let (true, Some(watching)) = (shape.floors.burst, &watching) {
+        let watchers = watching.watchers.subscribed;
+        phases.push(burst_phase(node, shape, &run.schedule, watchers).await?);
     }
     Ok(Outcome {
         ratios: ratios(&phases),

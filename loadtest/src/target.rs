@@ -211,6 +211,14 @@ impl Node {
         })
     }
 
+    /// The node's file log, when this process started the node (its data directory is
+    /// ours); `None` for a node already running.
+    pub fn wal_dir(&self) -> Option<PathBuf> {
+        self._data
+            .as_ref()
+            .map(|data| data.path().join("data").join("wal"))
+    }
+
     /// The certificate and key files of the dev client `<role>/<id>`.
     pub fn client_files(&self, role: &str, id: &str) -> (PathBuf, PathBuf) {
         let clients = self.certs.join("clients");

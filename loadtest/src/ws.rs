@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::staleness::{self, Held};
 use crate::stats::{Recorder, unix_us};
 use crate::target::https_connect;
 
@@ -74,6 +75,16 @@ pub enum Feed {
         /// The subject subscribed to.
         subject: String,
     },
+    /// The burst floor ([`crate::burst`]): nothing to subscribe to; it sends the node's
+    /// messages. Every watcher logs its updates (the floor needs each round's last arrival).
+    Burst,
+}
+
+impl Feed {
+    /// Whether watcher `index` of `count` logs its updates.
+    fn logs(&self, index: usize, count: usize) -> bool {
+        matches!(self, Feed::Burst) || staleness::sampled(index, count)
+    }
 }
 
 /// Running watchers.
@@ -84,6 +95,26 @@ pub struct Watchers {
     pub subscribed: usize,
     /// Updates delivered so far over all watchers (read it to see the fan-out progress).
     pub delivered: Arc<AtomicU64>,
+    /// Watchers that log their updates ([`staleness::sampled`]) ...
+    pub sampled: usize,
+    /// ... and their logs, each added when its watcher ends.
+    pub logs: Arc<Mutex<Vec<Vec<Held>>>>,
+}
+
+impl Watchers {
+    /// The sampled watchers' logs, once they all ended (after `stop`), or whatever came
+    /// within `wait`.
+    pub async fn sampled_logs(&self, wait: Duration) -> Vec<Vec<Held>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let ended = self.logs.lock().expect("no panic holding the logs").len();
+            if ended >= self.sampled || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::mem::take(&mut *self.logs.lock().expect("no panic holding the logs"))
+    }
 }
 
 /// Connects `count` watchers (anonymous TLS) to `https_addr` `path`, subscribes each to
@@ -122,16 +153,30 @@ pub async fn watch(
     let mut tasks = Vec::with_capacity(count);
     let mut failed = 0_usize;
     let mut first_error = None;
-    for connecting in pending {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let mut sampled = 0;
+    for (index, connecting) in pending.into_iter().enumerate() {
         match connecting.await.context("watcher task")? {
             Ok(socket) => {
-                tasks.push(tokio::spawn(read_updates(
+                let seen = Seen {
+                    log: feed.logs(index, count).then(Vec::new),
+                    ..Seen::default()
+                };
+                sampled += usize::from(seen.log.is_some());
+                let reading = read_updates(
                     socket,
                     feed.clone(),
+                    seen,
                     recorder.clone(),
                     Arc::clone(&delivered),
                     stop.clone(),
-                )));
+                );
+                let logs = Arc::clone(&logs);
+                tasks.push(tokio::spawn(async move {
+                    if let Some(log) = reading.await {
+                        logs.lock().expect("no panic holding the logs").push(log);
+                    }
+                }));
                 progress.inc(1);
             }
             Err(e) => {
@@ -157,11 +202,13 @@ pub async fn watch(
         subscribed: tasks.len(),
         tasks,
         delivered,
+        sampled,
+        logs,
     })
 }
 
 /// Sends the subscription and waits for its confirmation.
-async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
+pub(crate) async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
     match feed {
         Feed::Gavel {
             pattern,
@@ -175,6 +222,7 @@ async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
                     interval_ms: *interval_ms,
                     resume: vec![],
                     datagrams: false,
+                    encoding: pb::StreamEncoding::Protobuf as i32,
                 })),
             };
             socket
@@ -197,6 +245,7 @@ async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
             }
             bail!("the node closed the WebSocket before confirming the subscription")
         }
+        Feed::Burst => Ok(()),
         Feed::Nats { subject } => {
             // verbose off (no +OK per message); the PONG to our PING confirms the SUB.
             let hello = format!(
@@ -231,15 +280,16 @@ async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
     }
 }
 
-/// Reads updates until `stop`, recording each `PriceUpdate`'s delivery latency.
+/// Reads updates until `stop`, recording each `PriceUpdate`'s delivery latency; returns
+/// the watcher's log of updates if it keeps one.
 async fn read_updates(
     mut socket: Socket,
     feed: Feed,
+    mut seen: Seen,
     recorder: Recorder,
     delivered: Arc<AtomicU64>,
     stop: CancellationToken,
-) {
-    let mut seen = Seen::default();
+) -> Option<Vec<Held>> {
     let mut parser = NatsParser::default();
     loop {
         let message = tokio::select! {
@@ -252,16 +302,18 @@ async fn read_updates(
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.map_or(0, |f| u16::from(f.code));
                 recorder.count(&format!("watcher_closed_{code}"), 1);
-                return;
+                return seen.log;
             }
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => {
                 recorder.count("watcher_disconnected", 1);
-                return;
+                return seen.log;
             }
         };
         match &feed {
-            Feed::Gavel { .. } => read_gavel_message(bytes, &mut seen, &recorder, &delivered),
+            Feed::Gavel { .. } | Feed::Burst => {
+                read_gavel_message(bytes, &mut seen, &recorder, &delivered);
+            }
             Feed::Nats { .. } => {
                 parser.push(&bytes);
                 loop {
@@ -289,7 +341,7 @@ async fn read_updates(
                         Ok(None) => break,
                         Err(_) => {
                             recorder.count("watcher_undecodable", 1);
-                            return;
+                            return seen.log;
                         }
                     }
                 }
@@ -297,6 +349,7 @@ async fn read_updates(
         }
     }
     let _ = socket.close(None).await;
+    seen.log
 }
 
 /// Records one message of the node's feed: an update's delivery, or an error's code.
@@ -318,15 +371,25 @@ fn read_gavel_message(bytes: Bytes, seen: &mut Seen, recorder: &Recorder, delive
     }
 }
 
-/// One watcher's view: the last `seq` per auction, to count gaps (conflated updates).
+/// One watcher's view: the last `seq` per auction, to count gaps (conflated updates), and,
+/// for a sampled watcher, the log of what arrived when (for its staleness).
 #[derive(Default)]
 struct Seen {
     last_seq: HashMap<u64, u64>,
+    log: Option<Vec<Held>>,
 }
 
 impl Seen {
     fn update(&mut self, update: &pb::PriceUpdate, recorder: &Recorder, delivered: &AtomicU64) {
-        let latency_us = unix_us().saturating_sub(update.accepted_at_us);
+        let now_us = unix_us();
+        if let Some(log) = &mut self.log {
+            log.push(Held {
+                auction: update.auction_id,
+                seq: update.seq,
+                at_us: now_us,
+            });
+        }
+        let latency_us = now_us.saturating_sub(update.accepted_at_us);
         let skipped = match self.last_seq.insert(update.auction_id, update.seq) {
             Some(last) if update.seq > last + 1 => update.seq - last - 1,
             _ => 0,

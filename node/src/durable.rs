@@ -88,6 +88,11 @@ impl WalSink {
     fn refuse(&self, error: AppendError) -> Backpressure {
         match error {
             AppendError::Backpressure { retry_after_us } => Backpressure { retry_after_us },
+            // Another node's partition: refused, but the log is fine (the node checks
+            // ownership before deciding; this is the last line).
+            AppendError::NotOwner { .. } => Backpressure {
+                retry_after_us: FAILED_RETRY_AFTER_US,
+            },
             AppendError::TooLarge { .. } | AppendError::Failed | AppendError::Closed => {
                 let _ = self.failure.set(error);
                 Backpressure {

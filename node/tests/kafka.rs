@@ -45,7 +45,9 @@ use gavel_engine::{
 use gavel_node::{Node, NodeConfig};
 use gavel_wal::kafka::KafkaConfig;
 
-use common::crash::{Ack, Reference, env_u64, kill_and_collect, spawn_loaded};
+use common::crash::{
+    Ack, Reference, env_u64, kill_and_collect, spawn_loaded, spawn_loaded_on_kafka,
+};
 use common::kafka::{Broker, free_port};
 use gavel_wal::kafka::KafkaRecords;
 use rand::rngs::SmallRng;
@@ -434,7 +436,7 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
 /// `beat` records in the writer lock topic of `kafka`'s topic so far (0 before it exists).
 fn lease_beats(kafka: &KafkaConfig) -> usize {
     let lock = KafkaConfig {
-        topic: gavel_wal::kafka::fence::lock_topic(&kafka.topic),
+        topic: gavel_wal::kafka::fence::lock_topic(&kafka.topic, 0),
         ..kafka.clone()
     };
     KafkaRecords::open(&lock).map_or(0, |records| {
@@ -461,20 +463,7 @@ fn a_successor_started_right_after_a_crash_takes_over_once_the_lease_lapses() {
         ..kafka(broker.bootstrap(), "gavel-wal-takeover")
     };
     let scratch = tempfile::tempdir().unwrap();
-    let lease = LEASE_MS.to_string();
-    let mut loaded = spawn_loaded(
-        &scratch.path().join("crashed"),
-        &scratch.path().join("crashed.stderr"),
-        7,
-        &[
-            "--kafka-brokers",
-            &kafka.brokers,
-            "--kafka-topic",
-            &kafka.topic,
-            "--kafka-writer-lease-ms",
-            &lease,
-        ],
-    );
+    let mut loaded = spawn_loaded_on_kafka(scratch.path(), "crashed", 7, &kafka);
     let first = loaded.first_ack(0);
     // Kill the holder just after a heartbeat: its lease then has almost all of its 4 s left.
     let beats = lease_beats(&kafka);
@@ -715,7 +704,9 @@ fn a_second_node_on_the_same_topic_is_refused_while_the_first_holds_the_lease() 
     };
     let refused_after = started.elapsed();
     assert!(
-        error.contains("gavel-wal-fence is written by another node (node-a)"),
+        error.contains(
+            "partition 0 of the Kafka topic gavel-wal-fence is written by another node (node-a)"
+        ),
         "{error}"
     );
     // Refused because the holder renewed its lease twice while b waited (about 2/3 of its
@@ -747,7 +738,9 @@ fn a_second_node_on_the_same_topic_is_refused_while_the_first_holds_the_lease() 
         "1500",
     ]);
     assert!(
-        stderr.contains("gavel-wal-fence is written by another node (node-a"),
+        stderr.contains(
+            "partition 0 of the Kafka topic gavel-wal-fence is written by another node (node-a"
+        ),
         "{stderr}"
     );
     // The holder goes on undisturbed.

@@ -59,6 +59,7 @@ pub mod convert;
 pub mod doc_example;
 mod error;
 pub mod frame;
+pub mod partition;
 
 pub use error::{ProtoError, RecordError, SnapshotError};
 

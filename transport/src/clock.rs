@@ -12,3 +12,11 @@ pub fn now_micros() -> UnixMicros {
         .unwrap_or_default();
     UnixMicros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
+
+/// Sleeps until `at` (a driver's next deadline from its sans-IO core); never without one.
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

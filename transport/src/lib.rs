@@ -17,6 +17,9 @@
 //!   decoded `ClientMessage` in, `ServerMessage`s out, durable acks as waits.
 //! - `durable_acks`: one stream's accepted bids waiting for their durable acks, answered
 //!   in request order — the queue of both QUIC streams and WebSockets, no `Box` per bid.
+//! - `stream`: the sans-IO stream core, one per QUIC stream, WebSocket or SSE stream:
+//!   requests, durable acks, outbox batches, timers and the end with its documented code;
+//!   the transports' loops only move bytes between their socket and it.
 //! - [`settlement`]: a close and settlement announced to the watchers once durable, the
 //!   same for the closer, the admin API's cancel and a bid that closes its auction.
 //! - [`http`]: the HTTPS port — admin API, `/metrics`, `/healthz`, `/readyz` and the
@@ -46,6 +49,9 @@ pub mod metrics;
 pub mod quic;
 mod session;
 pub mod settlement;
+mod stream;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 
 pub use gateway::{AuctionReads, Backend, DurableError, Gateway};

@@ -20,9 +20,10 @@
 //! length-delimited `ClientMessage`s one way and `ServerMessage`s the other
 //! ([`gavel_proto::frame`]).
 //!
-//! Per stream, one task: it reads what arrived, decodes every whole frame, hands each request
-//! to the connection's [`Session`], and writes every answer available in one write before it
-//! reads again (batching). Durable waits queue in request order ([`DurableAcks`]: a
+//! Per stream, one task moving bytes between the stream and its `StreamCore`
+//! (`crate::stream`, profile `QUIC`): the core decodes every whole frame, hands each request
+//! to the connection's [`Session`], and the task writes every answer available in one write
+//! before it reads again (batching). Durable waits queue in request order (`DurableAcks`: a
 //! stream's receipts only grow, so the front is always the first to become durable) and
 //! their acks are written as they resolve, while reading goes on; the session bounds them
 //! per connection (`pending_durable_per_connection_max`). A frame longer than `frame_bytes_max` gets
@@ -33,8 +34,8 @@
 //! stream or connection.
 //!
 //! Streams (`docs/quic.md`): a stream that sends `Subscribe` carries the updates of its
-//! subscriptions; the stream task also waits on its subscriber's wake-up and pacing timer and
-//! writes what is due, price updates as QUIC datagrams when the stream asked for them and
+//! subscriptions; the core also takes what is due at its subscriber's wake-up and pacing
+//! timer, price updates as QUIC datagrams when the stream asked for them and
 //! they fit. It takes one batch of at most `stream_unsent_bytes_max` bytes at a time, and the
 //! next only once quinn took the last (within the peer's flow-control window): what a slow
 //! reader has not taken waits, conflated, in the outbox. A subscribed stream whose peer takes nothing for the slow-consumer timeout (or
@@ -56,24 +57,23 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use gavel_proto::frame::{self, FrameDecoder, FrameError};
-use gavel_proto::pb;
+#[cfg(test)]
+use gavel_proto::frame;
 use gavel_proto::pb::ErrorCode;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::clock::now_micros;
-use crate::durable_acks::DurableAcks;
-use crate::fanout::{self, Outgoing, Subscriber};
+use crate::clock::sleep_until;
 use crate::gateway::{Backend, Gateway};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::metrics;
-use crate::session::{Session, error_message};
+use crate::session::Session;
+use crate::stream::{self, Delimited, End, Event, StreamCore};
 use crate::tls::ServerTls;
 
 /// Bytes of price-tick datagrams a connection buffers for sending; beyond it the oldest are
@@ -82,7 +82,7 @@ const DATAGRAM_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// Bytes of client datagrams a connection buffers (the node reads none).
 const DATAGRAM_RECEIVE_BUFFER_BYTES: usize = 2 * 1024;
 /// The transport's metric label.
-pub const TRANSPORT: &str = "quic";
+pub const TRANSPORT: &str = stream::QUIC.transport;
 /// A sensible drain deadline at shutdown, in milliseconds.
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Bytes read from a stream at once; bounds the answers one read can produce.
@@ -368,246 +368,73 @@ fn peer_identity(connection: &quinn::Connection) -> Result<Option<Identity>, Str
         .map_err(|e| e.to_string())
 }
 
-/// How often a subscribed stream's outbox is looked at while nothing wakes it (slow-consumer
-/// detection), in milliseconds.
-const STREAM_CHECK_MS: u64 = 50;
-/// The stream timer when nothing is pending.
-const STREAM_IDLE: Duration = Duration::from_secs(3600);
-
-/// Stream updates a subscribed QUIC stream writes at once.
-const STREAM_BATCH_MESSAGES_MAX: usize = 256;
-
-/// A subscribed stream's writer state: the gauges it reported, its delivery metrics and
-/// its update batch.
-struct Updates {
-    subscriptions: usize,
-    bytes: usize,
-    delivery: fanout::hub::Delivery,
-    batch: Vec<Outgoing>,
-}
-
-impl Updates {
-    fn report(&mut self, subscriptions: usize, bytes: usize) {
-        if (subscriptions, bytes) == (self.subscriptions, self.bytes) {
-            return;
-        }
-        ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => TRANSPORT)
-            .increment(subscriptions as f64 - self.subscriptions as f64);
-        ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => TRANSPORT)
-            .increment(bytes as f64 - self.bytes as f64);
-        self.subscriptions = subscriptions;
-        self.bytes = bytes;
-    }
-
-    /// Takes what is due from `subscriber`'s outbox: price updates go out as datagrams if
-    /// asked for and they fit, everything else into `replies` for the stream. Returns when
-    /// to look again.
-    fn take(
-        &mut self,
-        subscriber: &Subscriber,
-        connection: &quinn::Connection,
-        datagrams: bool,
-        batch_bytes_max: usize,
-        replies: &mut Vec<pb::ServerMessage>,
-    ) -> tokio::time::Instant {
-        let now = std::time::Instant::now();
-        let (next, bytes) = subscriber.take_due(
-            now,
-            batch_bytes_max,
-            STREAM_BATCH_MESSAGES_MAX,
-            &self.delivery,
-            &mut self.batch,
-        );
-        self.report(subscriber.subscriptions(), bytes);
-        let sent_at = now_micros();
-        self.delivery.record(&self.batch, sent_at);
-        let datagram_max = if datagrams {
-            connection.max_datagram_size().unwrap_or(0)
-        } else {
-            0
-        };
-        for message in self.batch.drain(..) {
-            if datagram_max > 0 && message.is_price() {
-                // Encoded once per update for every connection it goes to.
-                let datagram = message.proto();
-                if datagram.len() <= datagram_max {
-                    match connection.send_datagram(datagram) {
-                        Ok(()) => {
-                            ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "sent")
-                                .increment(1);
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "QUIC datagram not sent; using the stream")
-                        }
-                    }
-                } else {
-                    ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "too_large")
-                        .increment(1);
-                }
-            }
-            replies.push(message.into_message());
-        }
-        let check = tokio::time::Instant::now() + Duration::from_millis(STREAM_CHECK_MS);
-        match next {
-            Some(due) => tokio::time::Instant::from_std(due).min(check),
-            None if bytes > 0 => check,
-            None => tokio::time::Instant::now() + STREAM_IDLE,
-        }
-    }
-}
-
-/// Resolves when `subscriber` has something new; never without one.
-async fn woken(subscriber: Option<&Arc<Subscriber>>) {
-    match subscriber {
-        Some(s) => s.woken().await,
-        None => std::future::pending().await,
-    }
-}
-
+/// Serves one bidirectional stream: moves bytes between it and its [`StreamCore`] — reads
+/// into the core, writes what it hands out (one inline write at a time, cut off at its
+/// write deadline), sends its price datagrams — until the core ends it.
 async fn serve_stream<B: Backend>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    mut session: Session<B>,
+    session: Session<B>,
     connection: quinn::Connection,
 ) {
     let shutdown = session.gateway().shutdown().clone();
-    let limits = session.gateway().limits().clone();
-    let mut decoder = FrameDecoder::new(limits.frame_bytes_max);
-    let mut durable = DurableAcks::new(limits.pending_durable_per_connection_max);
-    let mut replies = Vec::new();
+    let mut core = StreamCore::new(session, Delimited::default(), &stream::QUIC, Instant::now());
     let mut out = Vec::new();
-    let mut reading = true;
-    let mut updates = Updates {
-        subscriptions: 0,
-        bytes: 0,
-        delivery: fanout::hub::Delivery::new(TRANSPORT),
-        batch: Vec::new(),
-    };
-    let mut stream_timer = tokio::time::Instant::now() + STREAM_IDLE;
-    let mut slow = false;
-    loop {
-        for reply in replies.drain(..) {
-            frame::encode(&reply, &mut out);
-        }
-        if !out.is_empty() {
-            // A subscribed stream's peer that takes nothing for the slow-consumer timeout
-            // is cut off; an unsubscribed one is bounded by flow control and the idle
-            // timeout as before.
-            let write = send.write_all(&out);
-            let written = match session.subscriber() {
-                Some(_) => tokio::time::timeout(limits.slow_consumer_timeout(), write)
-                    .await
-                    .unwrap_or_else(|_| {
-                        slow = true;
-                        Ok(())
-                    }),
-                None => write.await,
-            };
-            if let Err(e) = written {
-                tracing::debug!(error = %e, "QUIC stream write failed");
-                break;
+    let end = 'serve: loop {
+        core.set_datagram_max(connection.max_datagram_size().unwrap_or(0));
+        while let Some(datagram) = core.poll_datagram() {
+            let sent = connection.send_datagram(datagram);
+            if let Err(e) = &sent {
+                tracing::debug!(error = %e, "QUIC datagram not sent; using the stream");
             }
-            out.clear();
+            core.handle_datagram_sent(sent.is_ok());
         }
-        if slow
-            || session
-                .subscriber()
-                .is_some_and(|s| s.is_slow(std::time::Instant::now()))
-        {
-            tracing::debug!("QUIC subscriber too slow; resetting its stream");
-            ::metrics::counter!(metrics::STREAM_SLOW_CONSUMERS, "transport" => TRANSPORT)
-                .increment(1);
-            let _ = send.reset(close_code(ErrorCode::SlowConsumer));
-            let _ = recv.stop(close_code(ErrorCode::SlowConsumer));
-            break;
+        if core.poll_write(Instant::now(), &mut out) {
+            let write = send.write_all(&out);
+            let written = match core.write_deadline() {
+                Some(at) => tokio::time::timeout_at(at.into(), write).await,
+                None => Ok(write.await),
+            };
+            match written {
+                Ok(Ok(())) => core.handle_flushed(Instant::now()),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "QUIC stream write failed");
+                    break 'serve End::Peer;
+                }
+                Err(_) => core.handle_timeout(Instant::now()),
+            }
         }
-        if !reading && durable.is_empty() {
-            break;
+        while let Some(event) = core.poll_event() {
+            match event {
+                Event::StopReading(code) => drop(recv.stop(close_code(code))),
+                Event::End(end) => break 'serve end,
+            }
         }
-        let subscriber = session.subscriber().cloned();
+        let (reading, timeout) = (core.is_reading(), core.poll_timeout());
         tokio::select! {
             biased;
-            () = poll_fn(|cx| durable.poll_answers(cx, &mut replies, usize::MAX)), if !durable.is_empty() => {}
-            () = shutdown.cancelled(), if reading => reading = false,
-            () = woken(subscriber.as_ref()), if reading => {
-                if let Some(s) = &subscriber {
-                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.stream_unsent_bytes_max, &mut replies);
-                }
-            }
-            () = tokio::time::sleep_until(stream_timer), if reading && subscriber.is_some() => {
-                if let Some(s) = &subscriber {
-                    stream_timer = updates.take(s, &connection, session.wants_datagrams(), limits.stream_unsent_bytes_max, &mut replies);
-                }
-            }
+            () = poll_fn(|cx| core.poll_ready(cx, Instant::now())) => {}
+            () = shutdown.cancelled(), if reading => core.handle_shutdown(Instant::now(), None),
+            () = sleep_until(timeout), if timeout.is_some() => core.handle_timeout(Instant::now()),
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true), if reading => match chunk {
-                Ok(Some(chunk)) => {
-                    decoder.push(&chunk.bytes);
-                    let fatal = handle_frames(&mut decoder, &mut session, &mut durable, &mut replies).err();
-                    if let Some(s) = session.subscriber() {
-                        updates.report(s.subscriptions(), updates.bytes);
-                    }
-                    if let Some(code) = fatal {
-                        // Whatever follows a broken or oversized frame is not read.
-                        reading = false;
-                        let _ = recv.stop(close_code(code));
-                    }
-                }
+                Ok(Some(chunk)) => core.handle_bytes(&chunk.bytes, Instant::now()),
                 // The client finished sending: answer what is due, then finish.
-                Ok(None) => reading = false,
+                Ok(None) => core.handle_read_end(),
                 Err(e) => {
                     tracing::debug!(error = %e, "QUIC stream read failed");
-                    reading = false;
+                    core.handle_read_end();
                 }
             },
         }
-    }
-    if let Some(subscriber) = session.subscriber() {
-        session.gateway().hub().disconnect(subscriber);
-        updates.report(0, 0);
-    }
-    if slow {
-        return;
-    }
-    if send.finish().is_ok() {
+    };
+    core.close(end);
+    if let Some(code) = end.quic_reset() {
+        let _ = send.reset(close_code(code));
+        let _ = recv.stop(close_code(code));
+    } else if send.finish().is_ok() {
         // Until the client has every byte (or the connection ends); closing the connection
         // before that could lose the last answers.
         let _ = send.stopped().await;
-    }
-}
-
-/// Handles every whole frame in `decoder`; `Err(code)` if the stream must stop being read,
-/// with `code` as the STOP_SENDING code (`TOO_LARGE` after an oversized frame, `MALFORMED`
-/// after a broken length prefix, as docs/quic.md says).
-fn handle_frames<B: Backend>(
-    decoder: &mut FrameDecoder,
-    session: &mut Session<B>,
-    durable: &mut DurableAcks<B::Durable>,
-    replies: &mut Vec<pb::ServerMessage>,
-) -> Result<(), ErrorCode> {
-    loop {
-        match decoder.next_message::<pb::ClientMessage>() {
-            Ok(Some(request)) => {
-                if let Some(wait) = session.handle(request, replies) {
-                    durable.push(wait);
-                }
-            }
-            Ok(None) => return Ok(()),
-            Err(FrameError::Malformed(detail)) => replies.push(session.malformed(detail)),
-            Err(FrameError::TooLarge { len, max }) => {
-                metrics::request_error(TRANSPORT, "too_large");
-                replies.push(error_message(
-                    0,
-                    ErrorCode::TooLarge,
-                    format!("a frame of {len} bytes exceeds the limit of {max} bytes; closing the stream"),
-                ));
-                return Err(ErrorCode::TooLarge);
-            }
-            Err(FrameError::BadLength) => {
-                replies.push(session.malformed("bad frame length prefix; closing the stream"));
-                return Err(ErrorCode::Malformed);
-            }
-        }
     }
 }
 

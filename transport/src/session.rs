@@ -1,8 +1,9 @@
 //! One connection's request handling, shared by every transport.
 //!
-//! A driver (QUIC stream, WebSocket) decodes a [`pb::ClientMessage`], hands it to
-//! [`Session::handle`], writes the direct answers it gets back at once, and queues the
-//! returned [`DurableWait`] (if any) in its [`DurableAcks`](crate::durable_acks::DurableAcks)
+//! A stream core (`crate::stream`: a QUIC stream, WebSocket or SSE stream) hands each decoded
+//! [`pb::ClientMessage`] to [`Session::handle`], writes the direct answers it gets back at
+//! once, and queues the returned [`DurableWait`] (if any) in its
+//! [`DurableAcks`](crate::durable_acks::DurableAcks)
 //! to send the durable ack later — so an accepted ack never waits for the disk, and the
 //! durable ack never comes before the sync.
 
@@ -58,6 +59,8 @@ pub(crate) struct Session<B> {
     subscriber: Option<Arc<Subscriber>>,
     /// A `Subscribe` asked for price updates as datagrams (QUIC).
     datagrams: bool,
+    /// A `Subscribe` asked for the edge encoding (QUIC).
+    edge: bool,
     /// The bid path's metric handles, looked up once per connection at its first bid (a
     /// lookup hashes the name and labels under the registry's lock, several times per bid
     /// otherwise; watchers never bid and keep none).
@@ -109,6 +112,7 @@ impl<B> Clone for Session<B> {
             pending_durable: Arc::clone(&self.pending_durable),
             subscriber: self.subscriber.clone(),
             datagrams: self.datagrams,
+            edge: self.edge,
             metrics: self.metrics.clone(),
         }
     }
@@ -129,6 +133,7 @@ impl<B: Backend> Session<B> {
             pending_durable: Arc::new(AtomicUsize::new(0)),
             subscriber: None,
             datagrams: false,
+            edge: false,
             metrics: None,
         }
     }
@@ -149,6 +154,11 @@ impl<B: Backend> Session<B> {
         self.datagrams
     }
 
+    /// Whether a `Subscribe` asked for the edge encoding (QUIC).
+    pub(crate) fn wants_edge(&self) -> bool {
+        self.edge
+    }
+
     /// The gateway this session belongs to.
     pub(crate) fn gateway(&self) -> &Arc<Gateway<B>> {
         &self.gateway
@@ -161,7 +171,7 @@ impl<B: Backend> Session<B> {
     }
 
     /// Handles one request. Direct answers are appended to `out`; an accepted bid returns
-    /// the wait for its durable ack, which the driver queues in its `DurableAcks`
+    /// the wait for its durable ack, which the stream core queues in its `DurableAcks`
     /// (answered concurrently with later requests, in request order).
     pub(crate) fn handle(
         &mut self,
@@ -257,6 +267,7 @@ impl<B: Backend> Session<B> {
             return;
         }
         self.datagrams |= request.datagrams;
+        self.edge |= request.encoding == pb::StreamEncoding::Edge as i32;
         let Some(backend) = self.gateway.backend() else {
             // Recovering: the snapshots come with the updates once auctions change.
             return;

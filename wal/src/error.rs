@@ -197,19 +197,23 @@ pub enum WalError {
         /// What librdkafka or the broker said.
         reason: String,
     },
-    /// Another node holds the topic's writer lease (see `fence`): one node writes a topic.
+    /// Another node holds a partition's writer lease (see `fence`): one node writes a
+    /// partition.
     /// The start waited for the lease to lapse and the holder kept renewing it (or its claim
     /// won over this node's).
     #[error(
-        "the Kafka topic {topic} is written by another node ({owner}): it holds the writer \
-         lease ({lease_ms} ms), last renewed {age_ms} ms ago, which lapses in {lapses_in_ms} ms \
-         unless renewed; this node waited {waited_ms} ms and saw it renewed {renewals} times. \
-         Only one node may write a topic: stop that node (a clean stop releases the lease at \
-         once), or start this one once its lease has lapsed"
+        "partition {partition} of the Kafka topic {topic} is written by another node \
+         ({owner}): it holds the partition's writer lease ({lease_ms} ms), last renewed \
+         {age_ms} ms ago, which lapses in {lapses_in_ms} ms unless renewed; this node waited \
+         {waited_ms} ms and saw it renewed {renewals} times. Only one node may write a \
+         partition: stop that node (a clean stop releases the lease at once), start this one \
+         once its lease has lapsed, or give the nodes disjoint --kafka-owned-partitions"
     )]
     KafkaFenced {
         /// The log topic.
         topic: String,
+        /// The partition whose lease another node holds.
+        partition: i32,
         /// The holder of the lease.
         owner: String,
         /// Since its last claim or heartbeat, in milliseconds.
@@ -314,6 +318,25 @@ pub enum LogFailure {
         /// What happened to the heartbeat.
         beat: HeartbeatFailure,
     },
+    /// The replay of a partition taken over while running failed; the state holds part of it.
+    #[cfg(feature = "kafka")]
+    Takeover {
+        /// The partition.
+        partition: i32,
+        /// What failed.
+        reason: String,
+    },
+    /// A record was reported persisted after its partition's lease had lapsed (a paused
+    /// process, say): another node may have taken the partition over.
+    #[cfg(feature = "kafka")]
+    Fenced {
+        /// The log topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The record's LSN.
+        lsn: Lsn,
+    },
 }
 
 impl LogFailure {
@@ -378,6 +401,25 @@ impl fmt::Display for LogFailure {
                 f,
                 "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
                  within {lease_ms} ms ({beat}); another node may write the topic now"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::Takeover { partition, reason } => write!(
+                f,
+                "replaying partition {partition}, taken over from another node, failed: \
+                 {reason}; the state holds part of it, so the node stops (a restart replays \
+                 it whole)"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::Fenced {
+                topic,
+                partition,
+                lsn,
+            } => write!(
+                f,
+                "the writer lease of partition {partition} of the Kafka topic {topic} had \
+                 lapsed when the record at LSN {lsn} was reported persisted: another node may \
+                 own the partition now (its replay skips this node's later records), so \
+                 nothing more is acknowledged"
             ),
         }
     }
@@ -512,6 +554,12 @@ pub enum AppendError {
     /// The log was shut down.
     #[error("the write-ahead log is shut down")]
     Closed,
+    /// The record's Kafka partition is not this node's to write (another node owns it).
+    #[error("partition {partition} of the write-ahead log is owned by another node")]
+    NotOwner {
+        /// The partition.
+        partition: i32,
+    },
 }
 
 /// Why waiting for durability ended without the LSN being durable.

@@ -136,3 +136,20 @@ pub fn parse_json(body: &str) -> serde_json::Value {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Development certificates (`gavel cert`'s PKI) in `dir`: ca.pem, the server's, and
+/// clients/device-device-1.{pem,key} among others.
+pub fn dev_certs(dir: &Path) {
+    gavel_transport::tls::dev::ensure(dir).expect("dev certificates");
+}
+
+/// A loopback port nothing listens on now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+pub mod broker;
+pub mod node;

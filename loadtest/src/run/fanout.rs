@@ -1,8 +1,9 @@
 //! Fan-out phases: the node's watchers ([`Watching`]), connected before the bidding and
-//! reported after it, and the nats-server peer with as many watchers ([`nats_phase`]);
-//! both measure idle memory per watcher and delivery latency.
+//! reported after it, the nats-server peer with as many watchers ([`nats_phase`]) and the
+//! burst floor ([`burst_phase`]); each measures idle memory per watcher, delivery latency
+//! and staleness.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::bidding::{Driven, drive, one_lane, phase, progress_bar};
 use super::{Run, Shape};
+use crate::burst::BurstServer;
 use crate::pace::{LANE_QUEUE_MAX, Paced, Schedule};
 use crate::report::Phase;
-use crate::stats::{CpuMeter, ProcessSample, Recorder, sample_process};
+use crate::staleness::{Decisions, Held, Staleness, measure};
+use crate::stats::{CpuMeter, Latency, ProcessSample, Recorder, sample_process, unix_us};
 use crate::target::Node;
 use crate::{nats, ws};
 
@@ -24,6 +27,9 @@ const DELIVERY_QUIET: Duration = Duration::from_millis(500);
 
 /// Longest wait for the last deliveries after the bidding stopped.
 const DELIVERY_TAIL_MAX: Duration = Duration::from_secs(10);
+
+/// Longest wait for the sampled watchers' logs once they were told to stop.
+const LOGS_WAIT: Duration = Duration::from_secs(5);
 
 /// Settling time after the watchers connected, before their memory is measured.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
@@ -68,10 +74,35 @@ impl Watching {
     }
 
     /// After the bidding that `driven` describes: waits for the last deliveries of its
-    /// `published` updates, stops the watchers and reports their phase.
+    /// `published` updates, stops the watchers and reports their phase, with their
+    /// staleness against the node's log when this process started the node.
     pub(super) async fn finish(&self, run: &Run<'_>, driven: &Driven, published: u64) -> Phase {
+        let from_us = unix_us().saturating_sub(driven.started.elapsed().as_micros() as u64);
         let window = wait_deliveries(&self.watchers, driven.started).await;
         self.stop.cancel();
+        let logs = self.watchers.sampled_logs(LOGS_WAIT).await;
+        let staleness = match run.node.wal_dir() {
+            Some(wal_dir) => {
+                let ids: HashSet<u64> = run.workload.ids().iter().copied().collect();
+                match Decisions::from_wal(&wal_dir, |id| ids.contains(&id)) {
+                    Ok(decisions) => Some(measure(&decisions, &logs, from_us)),
+                    Err(e) => {
+                        eprintln!("no staleness figures: {e:#}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let mut figures = self.figures.clone();
+        if let Some(staleness) = &staleness {
+            figures.extend(staleness_figures(
+                staleness,
+                logs.len(),
+                &self.watchers,
+                window,
+            ));
+        }
         fanout_phase(
             "gavel_fanout",
             format!(
@@ -85,10 +116,38 @@ impl Watching {
             &driven.paced,
             window,
             published,
-            self.figures.clone(),
+            figures,
         )
         .await
     }
+}
+
+/// The staleness figures of a phase (see [`crate::staleness`]): percentiles over the
+/// sampled watchers' (watcher, change) pairs, the share never held, and fresh changes per
+/// second scaled from `logs` sampled watchers to all of them over `window`.
+fn staleness_figures(
+    staleness: &Staleness,
+    logs: usize,
+    watchers: &ws::Watchers,
+    window: Duration,
+) -> BTreeMap<String, f64> {
+    let mut figures = percentile_figures("staleness", &staleness.latency);
+    let pairs = staleness.pairs.max(1) as f64;
+    figures.insert("staleness_sampled_watchers".to_owned(), logs as f64);
+    figures.insert(
+        "changes_never_held_fraction".to_owned(),
+        staleness.never_held as f64 / pairs,
+    );
+    figures.insert(
+        "fresh_pairs_fraction".to_owned(),
+        staleness.fresh as f64 / pairs,
+    );
+    let scale = watchers.subscribed as f64 / logs.max(1) as f64;
+    figures.insert(
+        "fresh_changes_per_s".to_owned(),
+        staleness.fresh as f64 * scale / window.as_secs_f64().max(1e-9),
+    );
+    figures
 }
 
 /// Watchers to connect: `count` of them, to `addr` `path` (TLS with the node's trust), on
@@ -251,9 +310,23 @@ pub(super) async fn nats_phase(
         recorder: &recorder,
         watchers: &connected,
     };
-    let (driven, window) = publishing.run(shape.progress).await?;
+    let from_us = unix_us();
+    let (driven, window, stamps) = publishing.run(shape.progress).await?;
     stop.cancel();
     let published = recorder.snapshot().counts.get("published");
+    let logs = connected.sampled_logs(LOGS_WAIT).await;
+    let mut decisions = Decisions::default();
+    for (seq, stamp) in stamps {
+        decisions.add(1, seq, stamp);
+    }
+    decisions.sort();
+    let mut figures = figures;
+    figures.extend(staleness_figures(
+        &measure(&decisions, &logs, from_us),
+        logs.len(),
+        &connected,
+        window,
+    ));
     let phase = fanout_phase(
         "nats_fanout",
         format!(
@@ -288,8 +361,9 @@ struct Publishing<'a> {
 
 impl Publishing<'_> {
     /// Publishes at the schedule's rate (nats-server's CPU measured), then waits for the
-    /// watchers' last deliveries; returns what was sent and the delivery window.
-    async fn run(self, progress: bool) -> Result<(Driven, Duration)> {
+    /// watchers' last deliveries; returns what was sent, the delivery window and each
+    /// publish's `(seq, stamp)`.
+    async fn run(self, progress: bool) -> Result<(Driven, Duration, Vec<(u64, u64)>)> {
         let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
         let publish = nats::publish(self.server.client, self.subject, due, self.recorder.clone());
         let publisher = tokio::spawn(publish);
@@ -297,14 +371,14 @@ impl Publishing<'_> {
         let started = Instant::now();
         let bar = progress_bar(progress, self.schedule.planned(), "nats publish");
         let paced = drive(self.schedule, one_lane(lane), bar).await?;
-        publisher.await.context("the nats publisher")??;
+        let stamps = publisher.await.context("the nats publisher")??;
         let window = wait_deliveries(self.watchers, started).await;
         let driven = Driven {
             paced,
             meter,
             started,
         };
-        Ok((driven, window))
+        Ok((driven, window, stamps))
     }
 }
 
@@ -314,4 +388,122 @@ fn server_version(binary: &std::path::Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Rounds per second of the burst floor: far enough apart that one round is done before
+/// the next starts, at any watcher count the tester holds.
+const BURST_ROUNDS_PER_S: f64 = 5.0;
+/// Most rounds of the burst floor.
+const BURST_ROUNDS_MAX: u64 = 100;
+
+/// The burst floor with as many watchers as the node's phase: rounds of one message to
+/// every watcher ([`crate::burst`]); each round's time to reach all of them, and the same
+/// staleness figures as the node's phase.
+pub(super) async fn burst_phase(
+    node: &Node,
+    shape: &Shape,
+    schedule: &Schedule,
+    watchers: usize,
+) -> Result<Phase> {
+    let recorder = Recorder::default();
+    let server = BurstServer::start(&node.certs, recorder.clone()).await?;
+    let stop = CancellationToken::new();
+    let set = WatcherSet {
+        node,
+        addr: server.addr,
+        path: "/",
+        feed: ws::Feed::Burst,
+        count: watchers,
+        server_pid: None,
+        label: "burst watchers",
+    };
+    let (connected, mut figures) = set.connect(shape.progress, &recorder, &stop).await?;
+    let rounds = Schedule {
+        rate_per_s: BURST_ROUNDS_PER_S,
+        count_max: BURST_ROUNDS_MAX,
+        ..*schedule
+    };
+    let from_us = unix_us();
+    let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
+    // The server runs in this process, beside the watchers.
+    let meter = CpuMeter::start(Some(std::process::id()));
+    let started = Instant::now();
+    let bar = progress_bar(shape.progress, rounds.planned(), "burst rounds");
+    let (paced, stamps) = tokio::join!(
+        drive(rounds, one_lane(lane), bar),
+        server.send_rounds(due, &recorder)
+    );
+    let paced = paced?;
+    let window = wait_deliveries(&connected, started).await;
+    stop.cancel();
+    let logs = connected.sampled_logs(LOGS_WAIT).await;
+    figures.extend(reach_all_figures(&stamps, &logs));
+    let mut decisions = Decisions::default();
+    for &(seq, stamp) in &stamps {
+        decisions.add(1, seq, stamp);
+    }
+    decisions.sort();
+    let staleness = measure(&decisions, &logs, from_us);
+    figures.extend(staleness_figures(
+        &staleness,
+        logs.len(),
+        &connected,
+        window,
+    ));
+    Ok(fanout_phase(
+        "burst_floor",
+        format!(
+            "burst floor: one message to each of {} TLS WebSocket watchers per round, tokio-rustls + tungstenite, no engine",
+            connected.subscribed
+        ),
+        &rounds,
+        &connected,
+        &recorder,
+        &meter,
+        &paced,
+        window,
+        stamps.len() as u64,
+        figures,
+    )
+    .await)
+}
+
+/// Per round, the time from its start until the last of the watchers (`logs`, one per
+/// watcher) held it: p50/p99/max over the rounds, and the rounds some watcher never got.
+fn reach_all_figures(stamps: &[(u64, u64)], logs: &[Vec<Held>]) -> BTreeMap<String, f64> {
+    let mut last_arrival: HashMap<u64, (u64, usize)> = HashMap::new();
+    for log in logs {
+        for held in log {
+            let entry = last_arrival.entry(held.seq).or_insert((0, 0));
+            entry.0 = entry.0.max(held.at_us);
+            entry.1 += 1;
+        }
+    }
+    let mut reach_all = Latency::default();
+    let mut incomplete = 0_u64;
+    for (seq, stamp) in stamps {
+        match last_arrival.get(seq) {
+            Some(&(last, got)) if got == logs.len() => {
+                reach_all.record_us(last.saturating_sub(*stamp))
+            }
+            _ => incomplete += 1,
+        }
+    }
+    let mut figures = percentile_figures("round_reach_all", &reach_all);
+    figures.insert("rounds".to_owned(), stamps.len() as f64);
+    figures.insert("rounds_incomplete".to_owned(), incomplete as f64);
+    figures
+}
+
+/// `<name>_p50_ms`, `_p99_ms` and `_max_ms` of `latency` (µs), when it has values.
+fn percentile_figures(name: &str, latency: &Latency) -> BTreeMap<String, f64> {
+    let mut figures = BTreeMap::new();
+    if latency.count() > 0 {
+        let h = latency.histogram();
+        let ms = |us: u64| us as f64 / 1_000.0;
+        figures.insert(format!("{name}_p50_ms"), ms(h.value_at_quantile(0.5)));
+        figures.insert(format!("{name}_p99_ms"), ms(h.value_at_quantile(0.99)));
+        figures.insert(format!("{name}_max_ms"), ms(h.max()));
+    }
+    figures
 }

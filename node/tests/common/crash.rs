@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -112,6 +112,27 @@ pub fn spawn_loaded(dir: &Path, stderr: &Path, seed: u64, extra: &[&str]) -> Loa
     }
 }
 
+/// [`spawn_loaded`] in `<scratch>/<name>` (stderr in `<name>.stderr`) writing the Kafka log
+/// `kafka` (its brokers, topic and writer lease).
+pub fn spawn_loaded_on_kafka(
+    scratch: &Path,
+    name: &str,
+    seed: u64,
+    kafka: &gavel_wal::kafka::KafkaConfig,
+) -> Loaded {
+    let lease = kafka.writer_lease_ms.to_string();
+    let extra = [
+        "--kafka-brokers",
+        &kafka.brokers,
+        "--kafka-topic",
+        &kafka.topic,
+        "--kafka-writer-lease-ms",
+        &lease,
+    ];
+    let stderr = scratch.join(format!("{name}.stderr"));
+    spawn_loaded(&scratch.join(name), &stderr, seed, &extra)
+}
+
 impl Loaded {
     /// Waits for the first durable ack; kills the child and fails the round if none comes
     /// within [`FIRST_ACK_WAIT_MAX`].
@@ -159,6 +180,30 @@ pub fn kill_and_collect(mut loaded: Loaded, round: u64) -> Vec<Ack> {
     }
     loaded.reader.join().expect("the ack reader panicked");
     loaded.acks.try_iter().collect()
+}
+
+/// Waits up to `wait` for the child to exit by itself (a fenced node stops), kills it if it
+/// has not, and collects every ack it wrote; also its exit status and stderr.
+pub fn collect_after(mut loaded: Loaded, wait: Duration) -> (Vec<Ack>, ExitStatus, String) {
+    let deadline = Instant::now() + wait;
+    let status = loop {
+        if let Some(status) = loaded.child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = loaded.child.kill();
+            break loaded.child.wait().unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let deadline = Instant::now() + REAP_WAIT_MAX;
+    while !loaded.reader.is_finished() {
+        assert!(Instant::now() < deadline, "the ack pipe did not close");
+        thread::sleep(Duration::from_millis(5));
+    }
+    loaded.reader.join().expect("the ack reader panicked");
+    let stderr = std::fs::read_to_string(&loaded.stderr).unwrap_or_default();
+    (loaded.acks.try_iter().collect(), status, stderr)
 }
 
 /// A reference engine fed exactly the surviving records, through `Replayer` (no snapshot),

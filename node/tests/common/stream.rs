@@ -16,6 +16,8 @@ use super::https::{TestNode, WAIT};
 
 /// The dev bidder the tests bid as.
 pub const BIDDER: Option<&str> = Some("bidder/bidder-1");
+/// Tries of a batch of bids refused `OVERLOADED` before a test gives up.
+const OVERLOADED_RETRIES_MAX: usize = 50;
 
 /// The wall clock in microseconds since the Unix epoch.
 pub fn now_us() -> u64 {
@@ -76,8 +78,37 @@ impl Bidder {
     }
 
     /// Sends every `(auction, amount)` bid at once (pipelined), then asserts each was
-    /// accepted.
+    /// accepted — as a client following the docs would: a bid refused `OVERLOADED` (the
+    /// log's queue was full on a busy machine) is sent again after its `retry_after_us`,
+    /// unless a later bid of the batch on its auction was accepted (it would be too low
+    /// now, and the price already moved past it).
     pub async fn bids(&mut self, bids: &[(u64, u64)]) {
+        let mut pending = bids.to_vec();
+        for _ in 0..OVERLOADED_RETRIES_MAX {
+            let (accepted, overloaded, retry_after_us) = self.send_all(&pending).await;
+            if overloaded.is_empty() {
+                return;
+            }
+            pending = overloaded
+                .into_iter()
+                .filter(|&i| {
+                    let (auction, amount) = pending[i];
+                    !accepted
+                        .iter()
+                        .any(|&(a, later)| a == auction && later > amount)
+                })
+                .map(|i| pending[i])
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_micros(retry_after_us)).await;
+        }
+        panic!("bids still overloaded after {OVERLOADED_RETRIES_MAX} tries: {pending:?}");
+    }
+
+    /// Sends `bids` pipelined and reads their outcomes; asserts each was accepted or
+    /// refused `OVERLOADED`. Returns the accepted `(auction, amount)`s, the indexes of the
+    /// overloaded bids, and the longest `retry_after_us` among them.
+    async fn send_all(&mut self, bids: &[(u64, u64)]) -> (Vec<(u64, u64)>, Vec<usize>, u64) {
+        let first_id = self.next_id;
         for &(auction, amount) in bids {
             let id = self.next_id;
             self.next_id += 1;
@@ -88,8 +119,8 @@ impl Bidder {
                 .unwrap();
         }
         self.socket.flush().await.unwrap();
-        let mut outcomes = 0;
-        while outcomes < bids.len() {
+        let (mut accepted, mut overloaded, mut retry_after_us) = (Vec::new(), Vec::new(), 0);
+        while accepted.len() + overloaded.len() < bids.len() {
             let message = tokio::time::timeout(WAIT, self.socket.next())
                 .await
                 .expect("an outcome in time")
@@ -99,14 +130,23 @@ impl Bidder {
                 continue;
             };
             let reply = pb::ServerMessage::decode(bytes.as_ref()).unwrap();
-            if let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body {
-                assert!(
-                    matches!(outcome.outcome, Some(pb::bid_outcome::Outcome::Accepted(_))),
-                    "{:?}: {outcome:?}",
-                    bids[outcomes]
-                );
-                outcomes += 1;
+            let Some(pb::server_message::Body::BidOutcome(outcome)) = reply.body else {
+                continue;
+            };
+            // Cast: request ids of this batch, counted from `first_id`.
+            let index = (reply.request_id - first_id) as usize;
+            match outcome.outcome {
+                Some(pb::bid_outcome::Outcome::Accepted(_)) => accepted.push(bids[index]),
+                Some(pb::bid_outcome::Outcome::Rejected(rejected))
+                    if rejected.reason() == pb::RejectReason::Overloaded =>
+                {
+                    overloaded.push(index);
+                    retry_after_us = retry_after_us.max(rejected.retry_after_us.unwrap_or(0));
+                }
+                other => panic!("{:?}: {other:?}", bids[index]),
             }
         }
+        overloaded.sort_unstable();
+        (accepted, overloaded, retry_after_us)
     }
 }

@@ -656,28 +656,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gavel_engine::{
-        AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidderId, DiscardSink, Engine,
-        EngineConfig, IncrementTable, Topic,
-    };
+    use crate::test_support::english;
+    use gavel_engine::{Bid, BidId, BidderId, DiscardSink, Engine, EngineConfig};
 
     fn engine_with(auctions: &[(u64, &str)]) -> Engine {
         let engine = Engine::new(EngineConfig::default());
         for (id, topic) in auctions {
-            let spec = AuctionSpec::try_from(AuctionRules {
-                id: AuctionId(*id),
-                topic: Topic::new(topic).unwrap(),
-                kind: AuctionKind::English {
-                    start_price: 100,
-                    increments: IncrementTable::default(),
-                },
-                reserve: None,
-                buy_now: None,
-                starts_at: UnixMicros(0),
-                ends_at: UnixMicros(1_000_000),
-                soft_close: None,
-            })
-            .unwrap();
+            let spec = english(*id, topic, UnixMicros(1_000_000));
             engine
                 .create_auction(spec, UnixMicros(1), &DiscardSink)
                 .unwrap();

@@ -14,8 +14,8 @@
 //!   a [`crate::session::Session`] over it;
 //! - `sse`: `GET /v1/sse`, the price streams as server-sent events (query → `Subscribe`,
 //!   `Last-Event-ID` resume, one task per stream feeding the response body);
-//! - `stream`: what `ws` and `sse` share when writing a subscriber's outbox (slow-consumer
-//!   check, gauges and counters per transport, keepalive timer, Origin/shutdown admission);
+//! - `stream`: what `ws` and `sse` share besides their stream core (`crate::stream`):
+//!   connection metrics, the keepalive period, Origin/shutdown admission;
 //! - `paced`: the accepted TCP socket, which a stream connection paces (at most
 //!   `stream_unsent_bytes_max` unsent bytes in the kernel; a flush completes only below it);
 //! - `page`: the browser page at `/` and its assets, compiled into the binary.
@@ -99,7 +99,7 @@ use tokio_util::task::TaskTracker;
 
 pub use admin::{AdminError, LIST_LIMIT_DEFAULT};
 pub use sse::{PATH as SSE_PATH, RESUME_POSITIONS_MAX};
-pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
+pub use ws::{PATH as WS_PATH, SUBPROTOCOL_EDGE, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};

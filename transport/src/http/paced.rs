@@ -63,12 +63,6 @@ impl Pacing {
         }
     }
 
-    /// Whether a flush completed after the last write with the kernel below the bound.
-    pub(super) fn is_drained(&self) -> bool {
-        // Ordering: Acquire; see `drained`.
-        self.drained.load(Ordering::Acquire)
-    }
-
     /// Marks the connection as having bytes on their way (a chunk handed to the HTTP
     /// layer): [`Pacing::drained`] waits for the flush that follows.
     pub(super) fn undrain(&self) {

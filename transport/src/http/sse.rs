@@ -39,9 +39,11 @@
 //! "stalled"}`); at shutdown an `ERROR_CODE_SHUTTING_DOWN` event ends every stream.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use gavel_proto::pb;
@@ -50,15 +52,18 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::response::{self, Body};
-use super::stream::{self, STREAM_IDLE, SlowConsumer, StreamState};
+use super::stream;
 use super::{Peer, Server};
-use crate::fanout::{Pattern, Subscriber};
+use crate::clock::sleep_until;
+use crate::fanout::{Outgoing, Pattern};
 use crate::gateway::Backend;
 use crate::metrics;
-use crate::session::{Session, error_message};
+use crate::session::Session;
+#[cfg(test)]
+use crate::session::error_message;
+use crate::stream::{Encoding, End, Event, SSE, StreamCore};
 
 /// The path of the endpoint.
 pub const PATH: &str = "/v1/sse";
@@ -67,8 +72,6 @@ const TRANSPORT: &str = "sse";
 /// Chunks queued for one response body; a full queue leaves updates conflating in the
 /// subscriber's outbox.
 pub(super) const CHUNKS_MAX: usize = 1;
-/// Events written in one chunk at most (and about `ws_message_bytes_max` bytes).
-const CHUNK_EVENTS_MAX: usize = 256;
 /// Positions a query may name in `resume` (the URI's length bounds them too).
 pub const RESUME_POSITIONS_MAX: usize = 1024;
 /// The reconnection delay the node suggests to `EventSource` clients, in milliseconds.
@@ -312,9 +315,9 @@ pub(super) fn open<B: Backend>(
     };
     // A subscription never waits for the log.
     let _no_durable_wait = session.handle(request, &mut replies);
-    let subscriber = session.subscriber().cloned();
     let answer = replies.first().and_then(|r| r.body.as_ref());
-    let (Some(Reply::Subscribed(subscribed)), Some(subscriber)) = (answer, subscriber) else {
+    let (Some(Reply::Subscribed(subscribed)), true) = (answer, session.subscriber().is_some())
+    else {
         if let Some(subscriber) = session.subscriber() {
             server.gateway.hub().disconnect(subscriber);
         }
@@ -328,7 +331,7 @@ pub(super) fn open<B: Backend>(
         return response::error(StatusCode::BAD_REQUEST, code, message).map(AnyBody::Left);
     };
 
-    let body = spawn_feed(server, peer, session, subscriber, *subscribed);
+    let body = spawn_feed(server, peer, session, *subscribed);
     event_stream_response(body)
 }
 
@@ -356,33 +359,29 @@ fn spawn_feed<B: Backend>(
     server: &Arc<Server<B>>,
     peer: &Peer,
     session: Session<B>,
-    subscriber: Arc<Subscriber>,
     subscribed: pb::Subscribed,
 ) -> mpsc::Receiver<Bytes> {
     let (chunks, body) = mpsc::channel(CHUNKS_MAX);
+    let now = Instant::now();
+    let every = stream::keepalive(&server.options, server.gateway.limits().idle_timeout());
+    let mut core =
+        StreamCore::new(session, SseEvents::default(), &SSE, now).with_keepalive(every, now);
+    core.send(&pb::ServerMessage {
+        request_id: 0,
+        body: Some(Reply::Subscribed(subscribed)),
+    });
     let mut first = BytesMut::new();
-    first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-    encode_event(
-        &pb::ServerMessage {
-            request_id: 0,
-            body: Some(Reply::Subscribed(subscribed)),
-        },
-        &mut first,
-    );
-    // Invariant: the queue is new and has room for CHUNKS_MAX ≥ 1 chunks.
-    let _ = chunks.try_send(first.freeze());
-    let subscriptions = subscriber.subscriptions();
+    if core.poll_write(now, &mut first) {
+        // Invariant: the queue is new and has room for CHUNKS_MAX ≥ 1 chunks.
+        let _ = chunks.try_send(first.freeze());
+    }
     peer.pacing
         .enable(server.gateway.limits().stream_unsent_bytes_max);
     let server_for_task = Arc::clone(server);
     let peer = peer.clone();
-    server.tasks.spawn(async move {
-        run(&server_for_task, &peer, &subscriber, subscriptions, chunks).await;
-        server_for_task.gateway.hub().disconnect(&subscriber);
-        // The session (and so the subscriber) lives as long as the stream.
-        drop(session);
-    });
-
+    server
+        .tasks
+        .spawn(async move { run(&server_for_task, &peer, core, chunks).await });
     body
 }
 
@@ -402,120 +401,85 @@ fn event_stream_response(body: mpsc::Receiver<Bytes>) -> Response<AnyBody> {
     response
 }
 
-/// Why a stream ended.
-enum End {
-    /// The client went away.
-    Peer,
-    /// The client took nothing for the idle timeout.
-    Stalled,
-    /// The subscriber fell too far behind.
-    SlowConsumer,
-    /// The node shuts down.
-    Shutdown,
+/// A stream's core: SSE events.
+type SseCore<B> = StreamCore<B, SseEvents>;
+
+/// The events of a stream: one per message ([`encode_event`]), the reconnection delay
+/// before the first, a comment as keepalive.
+#[derive(Debug, Default)]
+struct SseEvents {
+    started: bool,
 }
 
-/// Feeds one stream until it ends.
+impl Encoding for SseEvents {
+    type Out = BytesMut;
+
+    fn reply(&mut self, message: &pb::ServerMessage, out: &mut BytesMut) -> usize {
+        let before = out.len();
+        if !self.started {
+            self.started = true;
+            out.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+        }
+        encode_event(message, out);
+        out.len() - before
+    }
+
+    fn update(&mut self, message: &Outgoing, out: &mut BytesMut) -> usize {
+        self.reply(message.message(), out)
+    }
+
+    fn keepalive(&mut self, out: &mut BytesMut) -> usize {
+        const COMMENT: &[u8] = b": keepalive\n\n";
+        out.put_slice(COMMENT);
+        COMMENT.len()
+    }
+}
+
+/// Feeds one stream until it ends: moves chunks from its [`StreamCore`] into the response
+/// body, one at a time, the next once the HTTP layer took the last and flushed it.
 async fn run<B: Backend>(
     server: &Server<B>,
     peer: &Peer,
-    subscriber: &Subscriber,
-    subscriptions: usize,
+    mut core: SseCore<B>,
     chunks: mpsc::Sender<Bytes>,
 ) {
-    ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
-    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
-    gauge.increment(1.0);
+    let _open = stream::Open::new(TRANSPORT, peer);
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, "SSE stream open");
-    let mut state = StreamState::new(TRANSPORT);
-    state.report_subscriptions(subscriptions);
-    let limits = server.gateway.limits();
-    let idle_timeout = limits.idle_timeout();
-    let mut keepalive = stream::keepalive(&server.options, idle_timeout);
-    // The snapshots of the subscription are queued already.
-    let mut stream_timer = Instant::now();
-    let mut blocked_since: Option<Instant> = None;
-    let mut chunk = BytesMut::new();
     let shutdown = server.gateway.shutdown().clone();
     let pacing = &peer.pacing;
-    // Updates are due but the last chunk is not in the kernel yet.
-    let mut deferred = false;
-
+    let mut chunk = BytesMut::new();
     let end = loop {
-        let write = tokio::select! {
+        if core.poll_write(Instant::now(), &mut chunk) {
+            // Cleared before the chunk goes: the flush that follows it sets it again.
+            pacing.undrain();
+            // Only this task sends, and the core hands out updates only once the last
+            // chunk was taken; a notice that does not fit is dropped.
+            if chunks.try_send(chunk.split().freeze()).is_err() && chunks.is_closed() {
+                break End::Peer;
+            }
+        }
+        if let Some(Event::End(end)) = core.poll_event() {
+            break end;
+        }
+        let (timeout, flushing) = (core.poll_timeout(), core.awaits_flush());
+        let draining = core.is_shutting_down();
+        tokio::select! {
             () = chunks.closed() => break End::Peer,
-            () = shutdown.cancelled() => break End::Shutdown,
-            () = subscriber.woken() => true,
-            () = tokio::time::sleep_until(stream_timer) => true,
+            () = shutdown.cancelled(), if !draining => core.handle_shutdown(Instant::now(), None),
+            () = poll_fn(|cx| core.poll_ready(cx, Instant::now())) => {}
+            () = sleep_until(timeout), if timeout.is_some() => core.handle_timeout(Instant::now()),
             () = async {
                 // The queue has room once the HTTP layer took the chunk; then its flush.
                 let _room = chunks.reserve().await;
                 pacing.drained().await;
-            }, if deferred => true,
-            _ = keepalive.tick() => {
-                pacing.undrain();
-                if chunks.try_send(Bytes::from_static(b": keepalive\n\n")).is_ok() {
-                    blocked_since = None;
-                } else if blocked_since.get_or_insert_with(Instant::now).elapsed() >= idle_timeout {
-                    break End::Stalled;
-                }
-                false
-            }
-        };
-        if !write {
-            continue;
-        }
-        let room = if chunks.capacity() > 0 && pacing.is_drained() {
-            CHUNK_EVENTS_MAX
-        } else {
-            0
-        };
-        deferred = room == 0;
-        stream_timer = match state.take_due(subscriber, room, limits.stream_unsent_bytes_max) {
-            Ok(next) => next.unwrap_or_else(|| Instant::now() + STREAM_IDLE),
-            Err(SlowConsumer) => break End::SlowConsumer,
-        };
-        if state.batch.is_empty() {
-            continue;
-        }
-        for message in state.batch.drain(..) {
-            encode_event(message.message(), &mut chunk);
-        }
-        // Cleared before the chunk goes: the flush that follows it sets it again.
-        pacing.undrain();
-        // Only this task sends, and it saw room: a failure means the body is gone.
-        if chunks.try_send(chunk.split().freeze()).is_err() {
-            break End::Peer;
+            }, if flushing => core.handle_flushed(Instant::now()),
         }
     };
-
-    let last_words = |code: pb::ErrorCode, text: &str| {
-        let mut out = BytesMut::new();
-        encode_event(&error_message(0, code, text), &mut out);
-        // Whatever fits goes; the stream ends either way.
-        let _ = chunks.try_send(out.freeze());
-    };
-    match end {
-        End::Peer => {}
-        End::Stalled => {
-            tracing::debug!(remote = %peer.remote, "SSE client stopped reading; dropped");
-            ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => TRANSPORT, "reason" => "stalled")
-                .increment(1);
-        }
-        End::SlowConsumer => {
-            tracing::debug!(remote = %peer.remote, "SSE subscriber too slow; closing");
-            stream::count_slow_consumer(TRANSPORT);
-            last_words(
-                pb::ErrorCode::SlowConsumer,
-                "the connection fell too far behind on its updates",
-            );
-        }
-        End::Shutdown => last_words(
-            pb::ErrorCode::ShuttingDown,
-            "the node is shutting down; reconnect later or elsewhere",
-        ),
+    core.close(end);
+    // The notice of the end: whatever fits goes; the stream ends either way.
+    if core.poll_write(Instant::now(), &mut chunk) {
+        let _ = chunks.try_send(chunk.split().freeze());
     }
-    state.report_closed();
-    gauge.decrement(1.0);
     tracing::debug!(remote = %peer.remote, "SSE stream closed");
 }
 
@@ -579,6 +543,27 @@ mod tests {
             ))
         );
         assert!(err("pattern=a", Some("yesterday")).contains("Last-Event-ID"));
+    }
+
+    #[test]
+    fn a_stream_starts_with_the_reconnection_delay_and_keeps_alive_with_comments() {
+        let mut events = SseEvents::default();
+        let mut out = BytesMut::new();
+        let subscribed = pb::ServerMessage {
+            request_id: 0,
+            body: Some(Reply::Subscribed(pb::Subscribed { subscriptions: 1 })),
+        };
+        let first = events.reply(&subscribed, &mut out);
+        let second = events.reply(&subscribed, &mut out);
+        let keepalive = events.keepalive(&mut out);
+        assert_eq!(first + second + keepalive, out.len());
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with("retry: 1000\n\ndata: {\"subscribed\""),
+            "{text}"
+        );
+        assert_eq!(text.matches("retry:").count(), 1, "{text}");
+        assert!(text.ends_with("\n\n: keepalive\n\n"), "{text}");
     }
 
     #[test]

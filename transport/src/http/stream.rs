@@ -1,126 +1,43 @@
-//! What the stream transports of the HTTPS port (WebSocket, SSE) share when they write a
-//! subscriber's outbox: taking what is due with the slow-consumer check, the per-transport
-//! gauges each connection reports its share of, the delivered/conflated counters and the
-//! delivery latency — and the Origin allow-list both check.
+//! What the stream transports of the HTTPS port (WebSocket, SSE) share besides their
+//! stream core (`crate::stream`): the connection metrics, the keepalive period, and the
+//! Origin allow-list both check.
 
 use std::time::Duration;
 
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap};
-use tokio::time::Instant;
 
-use super::{HttpOptions, Server};
-use crate::clock::now_micros;
-use crate::fanout::{Outgoing, Subscriber, hub};
+use super::{HttpOptions, Peer, Server};
 use crate::metrics;
 
-/// How often a subscriber's outbox is looked at while its connection has no room
-/// (slow-consumer detection), in milliseconds.
-pub(super) const STREAM_CHECK_MS: u64 = 50;
-/// The stream timer of a transport that keeps one when nothing is pending.
-pub(super) const STREAM_IDLE: Duration = Duration::from_secs(3600);
-
-/// The subscriber fell too far behind: close its connection and count it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct SlowConsumer;
-
-/// One connection's stream side: what it last reported to the per-transport gauges (each
-/// connection adds its deltas), its metric handles (looked up once, not per write) and the
-/// batch being written.
+/// A stream connection counted in the connection metrics while it lives: accepted, and
+/// open by role.
 #[derive(Debug)]
-pub(super) struct StreamState {
-    subscriptions: usize,
-    bytes: usize,
-    subscriptions_gauge: ::metrics::Gauge,
-    bytes_gauge: ::metrics::Gauge,
-    delivery: hub::Delivery,
-    /// The messages taken for the current write.
-    pub(super) batch: Vec<Outgoing>,
-}
+pub(super) struct Open(::metrics::Gauge);
 
-impl StreamState {
-    /// Nothing reported yet, for a connection of `transport` (a metric label).
-    pub(super) fn new(transport: &'static str) -> StreamState {
-        StreamState {
-            subscriptions: 0,
-            bytes: 0,
-            subscriptions_gauge: ::metrics::gauge!(metrics::STREAM_SUBSCRIPTIONS, "transport" => transport),
-            bytes_gauge: ::metrics::gauge!(metrics::STREAM_QUEUE_BYTES, "transport" => transport),
-            delivery: hub::Delivery::new(transport),
-            batch: Vec::new(),
-        }
-    }
-
-    /// Reports the subscriptions the connection holds now.
-    pub(super) fn report_subscriptions(&mut self, now: usize) {
-        if now != self.subscriptions {
-            self.subscriptions_gauge
-                .increment(now as f64 - self.subscriptions as f64);
-            self.subscriptions = now;
-        }
-    }
-
-    fn report_bytes(&mut self, now: usize) {
-        if now != self.bytes {
-            self.bytes_gauge.increment(now as f64 - self.bytes as f64);
-            self.bytes = now;
-        }
-    }
-
-    /// Takes back the connection's share of the gauges (it is closing).
-    pub(super) fn report_closed(&mut self) {
-        self.report_subscriptions(0);
-        self.report_bytes(0);
-    }
-
-    /// Moves what is due in `subscriber`'s outbox into [`StreamState::batch`]: at most
-    /// `room` messages and about `batch_bytes_max` bytes (at least one message when `room`
-    /// is not zero). Counts them as delivered (the caller writes them now) and records
-    /// their delivery latency. Returns when to look again (`None`: nothing is pending; a
-    /// wake-up will come).
-    pub(super) fn take_due(
-        &mut self,
-        subscriber: &Subscriber,
-        room: usize,
-        batch_bytes_max: usize,
-    ) -> Result<Option<Instant>, SlowConsumer> {
-        let now = std::time::Instant::now();
-        let check = Instant::from_std(now) + Duration::from_millis(STREAM_CHECK_MS);
-        if subscriber.is_slow(now) {
-            return Err(SlowConsumer);
-        }
-        if room == 0 {
-            // The gauge shows what waits while the connection cannot take it.
-            self.report_bytes(subscriber.pending_bytes());
-            return Ok(Some(check));
-        }
-        let (next, bytes) =
-            subscriber.take_due(now, batch_bytes_max, room, &self.delivery, &mut self.batch);
-        self.report_bytes(bytes);
-        self.delivery.record(&self.batch, now_micros());
-        Ok(match next {
-            Some(due) => Some(Instant::from_std(due)),
-            None if bytes > 0 => Some(check),
-            None => None,
-        })
+impl Open {
+    /// Counts a connection of `transport` from `peer` as accepted and open.
+    pub(super) fn new(transport: &'static str, peer: &Peer) -> Open {
+        ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => transport).increment(1);
+        let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => transport, "role" => metrics::role_label(peer.identity.as_ref()));
+        gauge.increment(1.0);
+        Open(gauge)
     }
 }
 
-/// The keepalive timer of a stream connection (WebSocket pings, SSE comments): every
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The keepalive period of a stream connection (WebSocket pings, SSE comments): every
 /// `ws_ping_interval_ms`, and at least twice per idle timeout so a live peer's answer
-/// always comes in time; the first tick one period from now.
-pub(super) fn keepalive(options: &HttpOptions, idle_timeout: Duration) -> tokio::time::Interval {
-    let every = Duration::from_millis(options.ws_ping_interval_ms)
+/// always comes in time.
+pub(super) fn keepalive(options: &HttpOptions, idle_timeout: Duration) -> Duration {
+    Duration::from_millis(options.ws_ping_interval_ms)
         .min(idle_timeout / 2)
-        .max(Duration::from_millis(super::WS_PING_INTERVAL_MS_MIN));
-    let mut interval = tokio::time::interval_at(Instant::now() + every, every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval
-}
-
-/// Counts a connection closed as a slow consumer.
-pub(super) fn count_slow_consumer(transport: &'static str) {
-    ::metrics::counter!(metrics::STREAM_SLOW_CONSUMERS, "transport" => transport).increment(1);
+        .max(Duration::from_millis(super::WS_PING_INTERVAL_MS_MIN))
 }
 
 /// Why the node refuses to open a stream for `request` (status, code, message), if it

@@ -3,7 +3,10 @@
 //! reference.
 //!
 //! Subprotocols: `gavel.v1.proto` carries one protobuf `ClientMessage`/`ServerMessage` per
-//! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message.
+//! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message;
+//! `gavel.v1.edge` requests as in `gavel.v1.proto`, stream updates as edge frames (one per
+//! binary message, `docs/edge-stream.md`), and the node's answers and notices as text
+//! messages of canonical JSON.
 //!
 //! Close codes the node sends: 1000 after an idle timeout, 1001 when the node shuts down,
 //! 1008 for a slow stream consumer (queued behind what the paced socket holds; the node
@@ -11,13 +14,13 @@
 //! `ws_message_bytes_max`, 1011 on an internal fault; a protocol
 //! violation ends the socket as tungstenite decides (1002).
 //!
-//! The driver is one task per socket that both reads and writes it: answers go into
-//! tungstenite's write buffer and are flushed by the same task at once (no writer task, no
-//! queue, no wake-up in between), everything due at a wake-up in one flush. The task keeps
-//! the durable waits in request order in a [`DurableAcks`] queue polled beside the socket
-//! (bounded by the session's `pending_durable_per_connection_max`) and sends each durable
-//! ack when its wait resolves.
-//! At most [`WRITE_BUFFER_BYTES`] may wait for the peer: past it the task reads no more
+//! The driver is one task per socket that both reads and writes it, moving frames between
+//! the socket and the socket's [`StreamCore`] (`crate::stream`, profile `WS`), which owns
+//! the [`Session`], the durable waits in request order and the stream updates: answers go
+//! into tungstenite's write buffer and are flushed by the same task at once (no writer task,
+//! no queue, no wake-up in between), everything due at a wake-up in one flush; each
+//! durable ack goes when its wait resolves and there is room for it.
+//! At most `WS_WRITE_BUFFER_BYTES` may wait for the peer: past it the task reads no more
 //! requests until the peer takes some — one slow socket slows only
 //! itself; a peer that takes nothing for `idle_timeout_ms` while bytes wait for it is
 //! dropped (`gavel_connections_refused_total{transport="ws",reason="stalled"}`). A peer from
@@ -26,8 +29,8 @@
 //! `ERROR_CODE_SHUTTING_DOWN`, then the durable acks still pending (within the drain
 //! timeout), then close 1001.
 //!
-//! Streams: the session serves `Subscribe`; the loop also waits on the subscriber's
-//! wake-up and pacing timer and writes what is due from its outbox (a shared price update
+//! Streams: the session serves `Subscribe`; the core takes what is due from the
+//! subscriber's outbox at its wake-up or timer (a shared price update
 //! encoded once per codec for all sockets), one batch of at most `stream_unsent_bytes_max`
 //! bytes at a time. A subscribed socket is paced (`super::paced`): the next batch is taken
 //! only once the last one was flushed, and a flush completes only once the kernel holds
@@ -39,10 +42,11 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use gavel_edge_proto::{EdgeEncoder, FRAME_BYTES_LIMIT, frame_len};
 use gavel_proto::pb;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,7 +55,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -59,14 +62,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use tokio_util::sync::WaitForCancellationFuture;
+
 use super::response::{self, Body};
-use super::stream::{self, STREAM_CHECK_MS, STREAM_IDLE, SlowConsumer, StreamState};
+use super::stream;
 use super::{Peer, Server};
-use crate::durable_acks::DurableAcks;
-use crate::fanout::{Outgoing, Subscriber};
+use crate::fanout::Outgoing;
 use crate::gateway::Backend;
 use crate::metrics;
-use crate::session::{Session, error_message};
+use crate::session::Session;
+use crate::stream::{Encoding, End, Event, StreamCore, WS, WS_WRITE_BUFFER_BYTES};
 
 /// The path of the endpoint.
 pub const PATH: &str = "/v1/ws";
@@ -74,6 +79,8 @@ pub const PATH: &str = "/v1/ws";
 pub const SUBPROTOCOL_PROTO: &str = "gavel.v1.proto";
 /// Text messages of canonical proto3 JSON.
 pub const SUBPROTOCOL_JSON: &str = "gavel.v1.json";
+/// Binary protobuf requests; stream updates as edge frames, answers as JSON text.
+pub const SUBPROTOCOL_EDGE: &str = "gavel.v1.edge";
 /// The metric label of WebSocket connections and requests.
 const TRANSPORT: &str = "ws";
 /// The WebSocket version the node speaks (RFC 6455).
@@ -85,15 +92,6 @@ const WS_VERSION: &str = "13";
 /// Resident memory per idle watcher (the fan-out probe, 2,000 idle): 25.0 KiB at 8 KiB,
 /// 18.0 KiB at 1 KiB, 17.2 KiB at 256 B.
 const READ_BUFFER_BYTES: usize = 256;
-/// Bytes of fed messages that may wait for the peer (written but not flushed); past it
-/// the socket's task reads no requests until the peer takes some. (Stream updates are taken
-/// only once everything fed was flushed.)
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Durable acks fed per loop turn: one, so each goes only while the write buffer has room
-/// (a burst after a slow sync would otherwise overrun its hard bound).
-const ACKS_PER_TURN: usize = 1;
-/// Most messages written to a socket per flush.
-const WRITE_BATCH_MAX: usize = 256;
 /// How long the node waits for the peer's answer to its close frame, in milliseconds (a slow
 /// consumer's close waits up to `idle_timeout_ms` instead: see [`run`]).
 const CLOSE_WAIT_MS: u64 = 1_000;
@@ -105,6 +103,8 @@ enum Codec {
     Proto,
     /// `gavel.v1.json`: text messages.
     Json,
+    /// `gavel.v1.edge`: binary requests, binary edge frames, JSON text answers.
+    Edge,
 }
 
 impl Codec {
@@ -112,6 +112,7 @@ impl Codec {
         match self {
             Codec::Proto => SUBPROTOCOL_PROTO,
             Codec::Json => SUBPROTOCOL_JSON,
+            Codec::Edge => SUBPROTOCOL_EDGE,
         }
     }
 
@@ -127,6 +128,7 @@ impl Codec {
             .find_map(|offered| match offered {
                 SUBPROTOCOL_PROTO => Some(Codec::Proto),
                 SUBPROTOCOL_JSON => Some(Codec::Json),
+                SUBPROTOCOL_EDGE => Some(Codec::Edge),
                 _ => None,
             })
     }
@@ -134,13 +136,14 @@ impl Codec {
     /// The request in a data message, or why it is not one.
     fn decode(self, message: &Message) -> Result<pb::ClientMessage, String> {
         match (self, message) {
-            (Codec::Proto, Message::Binary(bytes)) => {
+            (Codec::Proto | Codec::Edge, Message::Binary(bytes)) => {
                 pb::ClientMessage::decode(bytes.as_ref()).map_err(|e| e.to_string())
             }
             (Codec::Json, Message::Text(text)) => {
                 serde_json::from_str(text.as_str()).map_err(|e| e.to_string())
             }
             (Codec::Proto, _) => Err(format!("{SUBPROTOCOL_PROTO} carries binary messages")),
+            (Codec::Edge, _) => Err(format!("{SUBPROTOCOL_EDGE} requests are binary messages")),
             (Codec::Json, _) => Err(format!("{SUBPROTOCOL_JSON} carries text messages")),
         }
     }
@@ -150,7 +153,7 @@ impl Codec {
     fn encode_outgoing(self, message: &Outgoing) -> Message {
         match self {
             Codec::Proto => Message::Binary(message.proto()),
-            Codec::Json => match Utf8Bytes::try_from(message.json()) {
+            Codec::Json | Codec::Edge => match Utf8Bytes::try_from(message.json()) {
                 Ok(text) => Message::Text(text),
                 // serde_json writes UTF-8 only; still no panic.
                 Err(_) => self.encode(message.message()),
@@ -161,7 +164,8 @@ impl Codec {
     fn encode(self, message: &pb::ServerMessage) -> Message {
         match self {
             Codec::Proto => Message::Binary(Bytes::from(message.encode_to_vec())),
-            Codec::Json => match serde_json::to_string(message) {
+            // An edge socket's answers and notices are JSON text: binary is edge frames.
+            Codec::Json | Codec::Edge => match serde_json::to_string(message) {
                 Ok(text) => Message::text(text),
                 // Not reachable with the generated messages (no floats); still no panic.
                 Err(e) => Message::text(format!(
@@ -193,7 +197,7 @@ pub(super) fn upgrade<B: Backend>(
         return refuse(
             StatusCode::BAD_REQUEST,
             "no_subprotocol",
-            "offer Sec-WebSocket-Protocol gavel.v1.proto or gavel.v1.json",
+            "offer Sec-WebSocket-Protocol gavel.v1.proto, gavel.v1.json or gavel.v1.edge",
         );
     };
     let Ok(accept) = HeaderValue::try_from(derive_accept_key(key.as_bytes())) else {
@@ -288,9 +292,9 @@ fn spawn_socket<B: Backend>(
             .read_buffer_size(READ_BUFFER_BYTES)
             // Messages fed between two flushes gather up to this much before they are
             // written: one TLS record and one write call for a burst of updates.
-            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .write_buffer_size(WS_WRITE_BUFFER_BYTES)
             .max_write_buffer_size(
-                WRITE_BUFFER_BYTES + limits.ws_message_bytes_max.saturating_mul(4),
+                WS_WRITE_BUFFER_BYTES + limits.ws_message_bytes_max.saturating_mul(4),
             )
             .max_message_size(Some(limits.ws_message_bytes_max))
             .max_frame_size(Some(limits.ws_message_bytes_max));
@@ -307,120 +311,79 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Bod
     response::error(status, code, message)
 }
 
-/// Why the connection loop stopped.
-enum End {
-    /// The peer closed, or the socket failed: nothing more to send but the close echo.
-    Peer,
-    /// The peer took nothing for the idle timeout while the node had bytes for it: drop it.
-    Stalled,
-    /// The node closes with this frame.
-    Close(CloseCode, &'static str),
-    /// The subscriber fell too far behind: close with 1008 and count it.
-    SlowConsumer,
-}
+/// A socket's core: WebSocket messages in the negotiated codec.
+type WsCore<B> = StreamCore<B, WsEncoding>;
 
-/// The write side of a socket as its own task drives it: messages are fed into
-/// tungstenite's write buffer and flushed by the connection task itself — no writer task,
-/// no queue, no wake-up between deciding to send and sending. Bytes fed but not yet
-/// flushed are bounded by [`WRITE_BUFFER_BYTES`]: past it the task takes no more from the
-/// outbox (which conflates meanwhile) and reads no more requests (whose answers would have
-/// nowhere to go) until the peer takes some.
-struct Outbound {
+/// The negotiated codec, and for `gavel.v1.edge` the socket's edge encoder (one stream
+/// per socket: every auction's first update is a keyframe) with the frame being built.
+struct WsEncoding {
     codec: Codec,
-    /// Bytes fed since the last completed flush.
-    unflushed: usize,
-    /// Since when bytes have waited for the peer (a flush has not completed).
-    waiting_since: Option<Instant>,
+    edge: Option<Box<EdgeEncoder>>,
+    frames: Vec<u8>,
+    edge_bytes: ::metrics::Counter,
 }
 
-impl Outbound {
-    /// Whether there is room for more messages before the next completed flush.
-    fn has_room(&self) -> bool {
-        self.unflushed < WRITE_BUFFER_BYTES
+impl WsEncoding {
+    fn new(codec: Codec) -> WsEncoding {
+        WsEncoding {
+            codec,
+            edge: (codec == Codec::Edge)
+                .then(|| Box::new(EdgeEncoder::new(crate::stream::EDGE_FRAME_BYTES_MAX))),
+            frames: Vec::new(),
+            edge_bytes: ::metrics::counter!(metrics::STREAM_EDGE_BYTES, "transport" => TRANSPORT),
+        }
+    }
+}
+
+impl Encoding for WsEncoding {
+    type Out = Vec<Message>;
+
+    fn reply(&mut self, message: &pb::ServerMessage, out: &mut Vec<Message>) -> usize {
+        push(out, self.codec.encode(message))
     }
 
-    /// Whether the next stream batch may be taken: everything fed before was flushed — for
-    /// a paced socket, handed to the kernel with the kernel below its unsent bound — so the
-    /// batch is the latest state at the moment the reader can take it.
-    fn has_stream_room(&self) -> bool {
-        self.unflushed == 0
-    }
-
-    /// Whether the peer has taken nothing for `timeout` while bytes waited for it.
-    fn stalled(&self, timeout: Duration) -> bool {
-        self.waiting_since
-            .is_some_and(|since| since.elapsed() >= timeout)
-    }
-
-    /// Feeds `message` into the socket's write buffer (no I/O wait); `Err` ends the socket.
-    fn feed<S>(&mut self, socket: &mut WebSocketStream<S>, message: Message) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        // The payload and the smallest frame header (an empty ping still needs a flush).
-        self.unflushed += message.len() + 2;
-        self.waiting_since.get_or_insert_with(Instant::now);
-        match Pin::new(socket).start_send(message) {
-            Ok(()) => Ok(()),
-            // More than the write buffer's hard bound waits for a peer that reads nothing.
-            Err(WsError::WriteBufferFull(_)) => Err(End::Stalled),
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket write failed");
-                Err(End::Peer)
+    fn update(&mut self, message: &Outgoing, out: &mut Vec<Message>) -> usize {
+        match &mut self.edge {
+            None => push(out, self.codec.encode_outgoing(message)),
+            Some(encoder) => {
+                encoder.encode(message.message(), &mut self.frames);
+                0
             }
         }
     }
 
-    fn feed_message<S>(
-        &mut self,
-        socket: &mut WebSocketStream<S>,
-        message: &pb::ServerMessage,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let message = self.codec.encode(message);
-        self.feed(socket, message)
-    }
-
-    fn feed_error<S>(
-        &mut self,
-        socket: &mut WebSocketStream<S>,
-        code: pb::ErrorCode,
-        text: &str,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        self.feed_message(socket, &error_message(0, code, text))
-    }
-
-    /// Writes what was fed, as far as the socket takes it now without waiting; the rest
-    /// goes when the connection loop sees the socket writable.
-    fn flush_now<S>(&mut self, socket: &mut WebSocketStream<S>) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.unflushed == 0 {
-            return Ok(());
+    /// Edge: seals the frame and sends each frame written as one binary message.
+    fn end_batch(&mut self, out: &mut Vec<Message>) -> usize {
+        let Some(encoder) = &mut self.edge else {
+            return 0;
+        };
+        encoder.flush(&mut self.frames);
+        self.edge_bytes.increment(self.frames.len() as u64);
+        let mut added = 0;
+        let mut rest = self.frames.as_slice();
+        // Invariant: the encoder writes whole frames, each within the frame limit.
+        while let Ok(Some(len)) = frame_len(rest, FRAME_BYTES_LIMIT) {
+            let Some((frame, tail)) = rest.split_at_checked(len) else {
+                break;
+            };
+            added += push(out, Message::Binary(Bytes::copy_from_slice(frame)));
+            rest = tail;
         }
-        match socket.flush().now_or_never() {
-            Some(Ok(())) => {
-                self.flushed();
-                Ok(())
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "WebSocket flush failed");
-                Err(End::Peer)
-            }
-            None => Ok(()),
-        }
+        self.frames.clear();
+        added
     }
 
-    fn flushed(&mut self) {
-        self.unflushed = 0;
-        self.waiting_since = None;
+    fn keepalive(&mut self, out: &mut Vec<Message>) -> usize {
+        push(out, Message::Ping(Bytes::new()))
     }
+}
+
+/// Appends `message`; returns its size with the smallest frame header (an empty ping
+/// still needs a flush).
+fn push(out: &mut Vec<Message>, message: Message) -> usize {
+    let len = message.len() + 2;
+    out.push(message);
+    len
 }
 
 /// What happened on the socket itself.
@@ -461,46 +424,80 @@ where
     Poll::Pending
 }
 
-/// Writes what is due in the subscriber's outbox, as far as the socket has room; returns
-/// when to look again (`None`: when woken). A subscriber past its bound is closed.
-fn write_stream<S>(
+/// Feeds what the core hands out into tungstenite's write buffer and writes it as far as
+/// the socket takes it now without waiting (the rest goes when the loop sees the socket
+/// writable); `Err` ends the socket.
+fn write<B: Backend, S>(
     socket: &mut WebSocketStream<S>,
-    outbound: &mut Outbound,
-    subscriber: &Subscriber,
-    state: &mut StreamState,
-    limits: &crate::Limits,
-) -> Result<Option<Instant>, End>
+    core: &mut WsCore<B>,
+    out: &mut Vec<Message>,
+) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let room = if outbound.has_stream_room() {
-        WRITE_BATCH_MAX
-    } else {
-        0
-    };
-    let next = state
-        .take_due(subscriber, room, limits.stream_unsent_bytes_max)
-        .map_err(|SlowConsumer| End::SlowConsumer)?;
-    if !state.batch.is_empty() {
-        for message in state.batch.drain(..) {
-            let message = outbound.codec.encode_outgoing(&message);
-            outbound.feed(socket, message)?;
+    while core.poll_write(Instant::now(), out) {
+        for message in out.drain(..) {
+            match Pin::new(&mut *socket).start_send(message) {
+                Ok(()) => {}
+                // More than the write buffer's hard bound waits for a peer that reads nothing.
+                Err(WsError::WriteBufferFull(_)) => return Err(End::Stalled),
+                Err(e) => {
+                    tracing::debug!(error = %e, "WebSocket write failed");
+                    return Err(End::Peer);
+                }
+            }
         }
-        outbound.flush_now(socket)?;
+        match socket.flush().now_or_never() {
+            Some(Ok(())) => core.handle_flushed(Instant::now()),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket flush failed");
+                return Err(End::Peer);
+            }
+            None => return Ok(()),
+        }
     }
-    Ok(next)
+    Ok(())
+}
+
+/// Hands what the peer sent to the core; `Err` ends the socket.
+fn read_frame<B: Backend>(
+    core: &mut WsCore<B>,
+    codec: Codec,
+    frame: Option<Result<Message, WsError>>,
+) -> Result<(), End> {
+    let now = Instant::now();
+    match frame {
+        None | Some(Ok(Message::Close(_))) => Err(End::Peer),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+            core.handle_heard(now);
+            Ok(())
+        }
+        Some(Ok(message)) => {
+            core.handle_request(codec.decode(&message), now);
+            Ok(())
+        }
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+            tracing::debug!(size, max_size, "WebSocket message too large");
+            Err(End::TooLarge)
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "WebSocket read failed");
+            Err(End::Peer)
+        }
+    }
 }
 
 /// Moves `sleep` to `at` unless it is there already (a reset touches the timer wheel).
 fn set_timer(sleep: Pin<&mut tokio::time::Sleep>, at: Option<Instant>) {
-    if let Some(at) = at
+    if let Some(at) = at.map(tokio::time::Instant::from_std)
         && sleep.deadline() != at
     {
         sleep.reset(at);
     }
 }
 
-/// Runs one socket until either side closes it.
+/// Runs one socket until either side closes it: moves frames between the socket and its
+/// [`StreamCore`].
 async fn run<B: Backend, S>(
     server: &Arc<Server<B>>,
     peer: Peer,
@@ -509,237 +506,111 @@ async fn run<B: Backend, S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    ::metrics::counter!(metrics::CONNECTIONS_ACCEPTED, "transport" => TRANSPORT).increment(1);
-    let gauge = ::metrics::gauge!(metrics::CONNECTIONS, "transport" => TRANSPORT, "role" => metrics::role_label(peer.identity.as_ref()));
-    gauge.increment(1.0);
+    let _open = stream::Open::new(TRANSPORT, &peer);
     let _presence = peer
         .identity
         .as_ref()
         .filter(|i| i.role.may_bid())
         .map(|_| server.gateway.hub().bidder_present());
     tracing::debug!(remote = %peer.remote, identity = ?peer.identity, codec = codec.name(), "WebSocket open");
-
     let limits = server.gateway.limits();
-    let idle_timeout = limits.idle_timeout();
-    let mut outbound = Outbound {
-        codec,
-        unflushed: 0,
-        waiting_since: None,
-    };
-    let mut session = Session::new(
+    let session = Session::new(
         Arc::clone(&server.gateway),
         peer.identity.clone(),
         TRANSPORT,
     );
-    let mut stream_state = StreamState::new(TRANSPORT);
-    // The stream timer (pacing, slow-consumer checks), armed while `stream_due` is set.
-    let mut stream_due: Option<Instant> = None;
-    let stream_timer = tokio::time::sleep(STREAM_IDLE);
-    tokio::pin!(stream_timer);
-    let mut ping = stream::keepalive(&server.options, idle_timeout);
-    let mut heard_at = Instant::now();
-    // Bounded by the session: it refuses bids beyond pending_durable_per_connection_max.
-    let mut durable = DurableAcks::new(limits.pending_durable_per_connection_max);
-    let mut replies = Vec::new();
+    let now = Instant::now();
+    let every = stream::keepalive(&server.options, limits.idle_timeout());
+    let mut core =
+        StreamCore::new(session, WsEncoding::new(codec), &WS, now).with_keepalive(every, now);
+    let drain = Duration::from_millis(server.options.drain_timeout_ms);
     let shutdown = server.gateway.shutdown().clone();
     // One wait for the whole connection (not a new one per loop turn).
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-
-    let step: Result<(), End> = async {
-        loop {
-            let subscriber = session.subscriber().cloned();
-            let room = outbound.has_room();
-            let flush = outbound.unflushed > 0;
-            if !outbound.has_stream_room() && subscriber.is_some() && stream_due.is_none() {
-                // Updates wait while the socket has not taken the last batch: check the
-                // outbox for a slow consumer on the timer.
-                stream_due = Some(Instant::now() + Duration::from_millis(STREAM_CHECK_MS));
-            }
-            set_timer(stream_timer.as_mut(), stream_due);
-            tokio::select! {
-                io = poll_fn(|cx| poll_socket(&mut socket, flush, room, cx)) => {
-                    let frame = match io {
-                        Io::Flushed => {
-                            outbound.flushed();
-                            // What the outbox gathered while the socket was full.
-                            if let Some(s) = &subscriber {
-                                stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                            }
-                            continue;
-                        }
-                        Io::WriteFailed => return Err(End::Peer),
-                        Io::Read(frame) => frame,
-                    };
-                    heard_at = Instant::now();
-                    let message = match frame {
-                        None | Some(Ok(Message::Close(_))) => return Err(End::Peer),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                        Some(Ok(message)) => message,
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                            tracing::debug!(size, max_size, "WebSocket message too large");
-                            metrics::request_error(TRANSPORT, "too_large");
-                            return Err(End::Close(CloseCode::Size, "message too large"));
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "WebSocket read failed");
-                            return Err(End::Peer);
-                        }
-                    };
-                    match codec.decode(&message) {
-                        Ok(request) => {
-                            if let Some(wait) = session.handle(request, &mut replies) {
-                                durable.push(wait);
-                            }
-                            for reply in replies.drain(..) {
-                                outbound.feed_message(&mut socket, &reply)?;
-                            }
-                            // A bid has one answer: room for more (a subscribe's) is not
-                            // kept for the socket's life (a `ServerMessage` is ~300 bytes).
-                            replies.shrink_to(1);
-                            if let Some(s) = session.subscriber() {
-                                stream_state.report_subscriptions(s.subscriptions());
-                                peer.pacing.enable(limits.stream_unsent_bytes_max);
-                            }
-                        }
-                        Err(detail) => outbound.feed_message(&mut socket, &session.malformed(detail))?,
-                    }
-                    outbound.flush_now(&mut socket)?;
-                }
-                () = async {
-                    match &subscriber {
-                        Some(s) => s.woken().await,
-                        None => std::future::pending().await,
-                    }
-                }, if room => {
-                    if let Some(s) = &subscriber {
-                        stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                    }
-                }
-                () = &mut stream_timer, if stream_due.is_some() => {
-                    stream_due = None;
-                    if let Some(s) = &subscriber {
-                        stream_due = write_stream(&mut socket, &mut outbound, s, &mut stream_state, limits)?;
-                    }
-                }
-                () = &mut cancelled => {
-                    outbound.feed_error(
-                        &mut socket,
-                        pb::ErrorCode::ShuttingDown,
-                        "the node is shutting down; reconnect later or elsewhere",
-                    )?;
-                    outbound.flush_now(&mut socket)?;
-                    // Acks already on their way are still sent (the log is flushed after
-                    // the listeners drain), within the drain timeout.
-                    let drain = Duration::from_millis(server.options.drain_timeout_ms);
-                    // Boxed: run once, and kept out of the connection's future (its size is
-                    // memory every idle socket holds).
-                    let _ = Box::pin(tokio::time::timeout(drain, async {
-                        while !durable.is_empty() {
-                            poll_fn(|cx| durable.poll_answers(cx, &mut replies, ACKS_PER_TURN)).await;
-                            for ack in replies.drain(..) {
-                                outbound.feed_message(&mut socket, &ack)?;
-                            }
-                            socket.flush().await.map_err(|_| End::Peer)?;
-                        }
-                        Ok::<(), End>(())
-                    }))
-                    .await;
-                    return Err(End::Close(CloseCode::Away, "node shutting down"));
-                }
-                () = poll_fn(|cx| durable.poll_answers(cx, &mut replies, ACKS_PER_TURN)), if room && !durable.is_empty() => {
-                    for ack in replies.drain(..) {
-                        outbound.feed_message(&mut socket, &ack)?;
-                    }
-                    outbound.flush_now(&mut socket)?;
-                }
-                _ = ping.tick() => {
-                    if outbound.stalled(idle_timeout) {
-                        return Err(End::Stalled);
-                    }
-                    if heard_at.elapsed() >= idle_timeout {
-                        outbound.feed_error(
-                            &mut socket,
-                            pb::ErrorCode::IdleTimeout,
-                            "nothing received within the idle timeout",
-                        )?;
-                        return Err(End::Close(CloseCode::Normal, "idle timeout"));
-                    }
-                    if room {
-                        outbound.feed(&mut socket, Message::Ping(Bytes::new()))?;
-                        outbound.flush_now(&mut socket)?;
-                    }
-                }
-            }
+    let timer = tokio::time::sleep(limits.idle_timeout());
+    tokio::pin!(timer);
+    let mut out = Vec::new();
+    let end = loop {
+        if let Err(end) = write(&mut socket, &mut core, &mut out) {
+            break end;
         }
-    }
-    .await;
-    let end = step.err().unwrap_or(End::Peer);
+        if let Some(Event::End(end)) = core.poll_event() {
+            break end;
+        }
+        let timeout = core.poll_timeout();
+        set_timer(timer.as_mut(), timeout);
+        let (flush, read) = (core.awaits_flush(), core.wants_read());
+        let draining = core.is_shutting_down();
+        tokio::select! {
+            io = poll_fn(|cx| poll_socket(&mut socket, flush, read, cx)) => match io {
+                Io::Flushed => core.handle_flushed(Instant::now()),
+                Io::WriteFailed => break End::Peer,
+                Io::Read(frame) => {
+                    if let Err(end) = read_frame(&mut core, codec, frame) {
+                        break end;
+                    }
+                    if core.is_subscribed() {
+                        peer.pacing.enable(limits.stream_unsent_bytes_max);
+                    }
+                }
+            },
+            () = poll_fn(|cx| core.poll_ready(cx, Instant::now())) => {}
+            () = &mut timer, if timeout.is_some() => core.handle_timeout(Instant::now()),
+            () = &mut cancelled, if !draining => core.handle_shutdown(Instant::now(), Some(drain)),
+        }
+    };
+    core.close(end);
+    // The notice of the end: whatever fits the write buffer goes.
+    let _ = write(&mut socket, &mut core, &mut out);
+    goodbye(&mut socket, end, &peer, limits.idle_timeout(), cancelled).await;
+    tracing::debug!(remote = %peer.remote, "WebSocket closed");
+}
 
-    if let Some(subscriber) = session.subscriber() {
-        server.gateway.hub().disconnect(subscriber);
-    }
-    stream_state.report_closed();
-    // The close to send (`Some(None)`: echo the peer's), and whether to read until the peer
-    // answers it, so it sees the frame rather than a reset.
-    let slow = matches!(end, End::SlowConsumer);
-    let (close, read_answer) = match end {
-        End::Close(code, reason) => {
-            tracing::debug!(remote = %peer.remote, code = u16::from(code), reason, "closing WebSocket");
+/// Ends the socket as `end` says: the node's close frame (then reads until the peer
+/// answers it, so the peer sees the frame rather than a reset), the peer's close echoed
+/// (tungstenite queued the answer), or nothing for a stalled peer.
+async fn goodbye<S>(
+    socket: &mut WebSocketStream<S>,
+    end: End,
+    peer: &Peer,
+    idle_timeout: Duration,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (frame, read_answer) = match end.ws_close() {
+        Some((code, reason)) => {
+            tracing::debug!(remote = %peer.remote, code, reason, "closing WebSocket");
             let frame = CloseFrame {
-                code,
+                code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            (Some(Some(frame)), true)
+            (Some(frame), true)
         }
-        End::Stalled => {
-            tracing::debug!(remote = %peer.remote, "WebSocket peer stopped reading; dropped");
-            ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "transport" => TRANSPORT, "reason" => "stalled")
-                .increment(1);
-            (None, false)
-        }
-        End::SlowConsumer => {
-            tracing::debug!(remote = %peer.remote, "WebSocket subscriber too slow; closing");
-            stream::count_slow_consumer(TRANSPORT);
-            // The write buffer may be full: whatever fits goes, the rest is dropped with
-            // the socket.
-            let _ = outbound.feed_error(
-                &mut socket,
-                pb::ErrorCode::SlowConsumer,
-                "the connection fell too far behind on its updates",
-            );
-            let frame = CloseFrame {
-                code: CloseCode::Policy,
-                reason: "slow consumer".into(),
-            };
-            (Some(Some(frame)), true)
-        }
-        // Echo the peer's close (tungstenite queued the answer).
-        End::Peer => (Some(None), false),
+        None if end == End::Stalled => return,
+        None => (None, false),
     };
-    if let Some(frame) = close {
-        // A slow consumer's close waits behind what the paced socket holds (at most
-        // `stream_unsent_bytes_max` in the kernel and one batch): a reader that comes back
-        // within the idle timeout takes those, then the error and the close frame.
-        let wait = if slow {
-            idle_timeout
-        } else {
-            Duration::from_millis(CLOSE_WAIT_MS)
-        };
-        // Boxed: run once, at the end, and kept out of the connection's future (its size is
-        // memory held by every idle socket).
-        let closing = Box::pin(tokio::time::timeout(wait, async {
-            if socket.close(frame).await.is_ok() && read_answer {
-                while let Some(Ok(_)) = socket.next().await {}
-            }
-        }));
-        tokio::select! {
-            _ = closing => {}
-            () = &mut cancelled, if slow => {}
+    // A slow consumer's close waits behind what the paced socket holds (at most
+    // `stream_unsent_bytes_max` in the kernel and one batch): a reader that comes back
+    // within the idle timeout takes those, then the error and the close frame.
+    let slow = end == End::SlowConsumer;
+    let wait = if slow {
+        idle_timeout
+    } else {
+        Duration::from_millis(CLOSE_WAIT_MS)
+    };
+    // Boxed: run once, at the end, and kept out of the connection's future (its size is
+    // memory held by every idle socket).
+    let closing = Box::pin(tokio::time::timeout(wait, async {
+        if socket.close(frame).await.is_ok() && read_answer {
+            while let Some(Ok(_)) = socket.next().await {}
         }
+    }));
+    tokio::select! {
+        _ = closing => {}
+        () = cancelled, if slow => {}
     }
-    gauge.decrement(1.0);
-    tracing::debug!(remote = %peer.remote, "WebSocket closed");
 }
 
 #[cfg(test)]

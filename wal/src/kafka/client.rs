@@ -71,12 +71,19 @@ pub struct KafkaConfig {
     /// Further librdkafka producer properties, applied last and then checked by
     /// [`check_producer_config`].
     pub producer_overrides: Vec<(String, String)>,
-    /// The writer lease (one node writes a topic; see [`super::fence`]): a holder that
-    /// cannot renew it within this long stops; a successor after a crash waits until it lapses
-    /// (plus [`LAPSE_MARGIN`](super::fence::LAPSE_MARGIN)).
+    /// Each owned partition's writer lease (one node writes a partition; see
+    /// [`super::fence`]): a holder that cannot renew it within this long stops; a successor
+    /// after a crash waits until it lapses (plus [`LAPSE_MARGIN`](super::fence::LAPSE_MARGIN)).
     pub writer_lease_ms: u64,
     /// Who this node is in the lease (host, process and a random part by default).
     pub owner: String,
+    /// The partitions this node writes and replays (static assignment), each under its own
+    /// writer lease; empty: every partition of the topic (a node alone).
+    pub owned_partitions: Vec<i32>,
+    /// Partitions of other nodes this node takes over, while running, once their owner's
+    /// lease lapses (see [`KafkaLog::take_over`](super::KafkaLog::take_over)); needs
+    /// `owned_partitions`, disjoint from them.
+    pub standby_partitions: Vec<i32>,
     /// Set it to make the start's waits (brokers, lease, recovery reader) return
     /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
     pub interrupt: Interrupt,
@@ -97,6 +104,8 @@ impl Default for KafkaConfig {
             producer_overrides: Vec::new(),
             writer_lease_ms: 10_000,
             owner: default_owner(),
+            owned_partitions: Vec::new(),
+            standby_partitions: Vec::new(),
             interrupt: Interrupt::default(),
         }
     }
@@ -149,7 +158,38 @@ impl KafkaConfig {
         check(
             !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
             "kafka owner must be a non-empty word",
+        )?;
+        let mut all = [&self.owned_partitions[..], &self.standby_partitions[..]].concat();
+        all.sort_unstable();
+        all.dedup();
+        check(
+            all.len() == self.owned_partitions.len() + self.standby_partitions.len()
+                && all.iter().all(|p| (0..10_000).contains(p)),
+            "kafka owned and standby partitions must be distinct numbers from 0 to 9999",
+        )?;
+        check(
+            self.standby_partitions.is_empty() || !self.owned_partitions.is_empty(),
+            "kafka standby partitions need owned partitions (a node without them owns all)",
         )
+    }
+
+    /// The partitions this node owns in a topic of `partitions`: the configured ones, or
+    /// every one. An owned partition the topic does not have is an error.
+    pub fn owned_in(&self, partitions: i32) -> Result<Vec<i32>, WalError> {
+        if self.owned_partitions.is_empty() {
+            return Ok((0..partitions).collect());
+        }
+        match self.owned_partitions.iter().find(|&&p| p >= partitions) {
+            Some(p) => Err(WalError::Kafka {
+                op: "own partitions",
+                brokers: self.brokers.clone(),
+                reason: format!(
+                    "partition {p} is configured owned but topic {} has {partitions}",
+                    self.topic
+                ),
+            }),
+            None => Ok(self.owned_partitions.clone()),
+        }
     }
 
     /// The lease producer's configuration: `acks=all`, one request in flight, each record

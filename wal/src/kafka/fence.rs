@@ -1,5 +1,6 @@
-//! [`WriterLease`]: one writer per Kafka topic — a lease held through records in a lock topic
-//! `<topic>.writer` (one partition, so every node sees the same order of claims).
+//! [`WriterLease`]: one writer per partition of a Kafka topic — a lease held through records
+//! in a lock topic `<topic>.writer.<partition>` (one partition, so every node sees the same
+//! order of claims), and the partition's **owner epoch**.
 //!
 //! # The rule
 //!
@@ -7,7 +8,9 @@
 //! each timestamped by its producer's clock. Folding the partition in order: a claim takes
 //! the lease if nobody holds it or the holder's last claim/beat is `lease_ms` older than the
 //! claim; a beat renews only a holder whose lease had not lapsed at the beat; a release by
-//! the holder frees it.
+//! the holder frees it. Every claim that wins raises the partition's owner epoch by one (from
+//! 0, the epoch of records written before epochs existed), so every node folding the lock
+//! topic agrees on it; the lock topics must keep their records (no retention, no compaction).
 //!
 //! A starting node reads the partition (within `connect_timeout_ms`). While another owner
 //! holds a live lease it waits for that lease to lapse, plus [`LAPSE_MARGIN`] so that a beat
@@ -35,6 +38,7 @@
 //! process) could still land after its successor's replay; the successor's next replay would
 //! then refuse to start on the diverging record rather than lose anything silently.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,9 +72,9 @@ const RENEWALS_PROVE_LIFE: u32 = 2;
 /// How long one slice of the wait for a lapse reads before the lease is judged again.
 const LAPSE_WAIT_SLICE: Duration = Duration::from_millis(250);
 
-/// The lock topic of a log topic.
-pub fn lock_topic(topic: &str) -> String {
-    format!("{topic}.writer")
+/// The lock topic of a partition of a log topic.
+pub fn lock_topic(topic: &str, partition: i32) -> String {
+    format!("{topic}.writer.{partition}")
 }
 
 fn now_ms() -> i64 {
@@ -91,6 +95,8 @@ struct Holder {
 #[derive(Debug, Default)]
 struct LeaseState {
     holder: Option<Holder>,
+    /// Claims that won so far: the current holder's owner epoch.
+    epoch: u64,
 }
 
 impl LeaseState {
@@ -104,6 +110,7 @@ impl LeaseState {
         let held_by_owner = self.holder.as_ref().is_some_and(|h| h.owner == owner);
         match kind {
             "claim" if held_by_owner || !self.holder.as_ref().is_some_and(live) => {
+                self.epoch += 1;
                 self.holder = Some(Holder {
                     owner: owner.to_owned(),
                     last_beat_ms: timestamp_ms,
@@ -210,6 +217,58 @@ impl LockReader {
     }
 }
 
+/// Follows the lock topic of one partition another node holds, to see when its lease
+/// lapses (a standby node's cue to [take it over](super::KafkaLog::take_over)).
+pub struct LeaseWatch {
+    reader: LockReader,
+    me: String,
+    brokers: String,
+}
+
+impl std::fmt::Debug for LeaseWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseWatch")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseWatch {
+    /// Starts following the lease of `partition` of `config.topic` (creating its lock topic
+    /// if missing), as `config.owner`.
+    pub fn open(config: &KafkaConfig, partition: i32) -> Result<LeaseWatch, WalError> {
+        let topic = lock_topic(&config.topic, partition);
+        ensure_topic_named(config, &topic, 1)?;
+        Ok(LeaseWatch {
+            reader: LockReader::open(config, &topic)?,
+            me: config.owner.clone(),
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// The holder as last read: its name, the partition's owner epoch, and whether its lease
+    /// is live now; `None` if nobody holds it.
+    pub fn holder(&self) -> Option<(String, u64, bool)> {
+        let state = &self.reader.state;
+        let holder = state.holder.as_ref()?;
+        let live = now_ms() < holder.last_beat_ms + holder.lease_ms;
+        Some((holder.owner.clone(), state.epoch, live))
+    }
+
+    /// Reads what came for `slice`, then says whether the partition was owned once and
+    /// nobody else holds a live lease now (with [`LAPSE_MARGIN`]): released or lapsed. A
+    /// partition never claimed is not lapsed: it waits for its owner's first start.
+    pub fn lapsed(&mut self, slice: Duration) -> Result<bool, WalError> {
+        let deadline = Instant::now() + slice + Duration::from_secs(10);
+        self.reader
+            .read(Until::For(slice), deadline, &self.brokers)?;
+        let margin_ms = LAPSE_MARGIN.as_millis() as i64;
+        let now = now_ms() - margin_ms;
+        let state = &self.reader.state;
+        Ok(state.epoch > 0 && state.other_live_holder(&self.me, now).is_none())
+    }
+}
+
 /// How far [`LockReader::read`] reads.
 #[derive(Debug, Clone, Copy)]
 enum Until {
@@ -284,10 +343,11 @@ impl<'a> LapseWait<'a> {
         Lapse::Wait(Duration::from_millis(lapses_in_ms as u64).min(LAPSE_WAIT_SLICE))
     }
 
-    /// The start's refusal because `holder` holds the lease.
-    fn refusal(&self, topic: &str, holder: &Holder, now_ms: i64) -> WalError {
+    /// The start's refusal because `holder` holds the lease of `partition`.
+    fn refusal(&self, topic: &str, partition: i32, holder: &Holder, now_ms: i64) -> WalError {
         WalError::KafkaFenced {
             topic: topic.to_owned(),
+            partition,
             owner: holder.owner.clone(),
             age_ms: (now_ms - holder.last_beat_ms).max(0) as u64,
             lease_ms: holder.lease_ms.max(0) as u64,
@@ -361,11 +421,47 @@ struct Beating {
     wake: Condvar,
 }
 
+/// Until when a lease is certainly held, by this process's monotonic clock: the send time of
+/// the claim or of the last beat persisted, plus the lease. Another node claims only once the
+/// lease lapsed by the holder's timestamps plus [`LAPSE_MARGIN`], so a record reported
+/// persisted while [`LeaseClock::live`] was written before any successor's claim.
+#[derive(Debug)]
+pub struct LeaseClock {
+    base: Instant,
+    valid_until_us: AtomicU64,
+}
+
+impl LeaseClock {
+    fn new() -> LeaseClock {
+        LeaseClock {
+            base: Instant::now(),
+            valid_until_us: AtomicU64::new(0),
+        }
+    }
+
+    fn extend(&self, sent: Instant, lease: Duration) {
+        let until = (sent + lease)
+            .saturating_duration_since(self.base)
+            .as_micros() as u64;
+        // Ordering: Release pairs with `live`'s Acquire; the value alone is the message.
+        self.valid_until_us.fetch_max(until, Ordering::Release);
+    }
+
+    /// Whether the lease is certainly still held now.
+    pub fn live(&self) -> bool {
+        let now = self.base.elapsed().as_micros() as u64;
+        // Ordering: Acquire pairs with `extend`'s Release.
+        now < self.valid_until_us.load(Ordering::Acquire)
+    }
+}
+
 /// The writer lease of one topic, held from [`WriterLease::acquire`] until
 /// [`WriterLease::release`] (or drop); see the module docs.
 pub struct WriterLease {
     owner: String,
     topic: String,
+    epoch: u64,
+    clock: Arc<LeaseClock>,
     beating: Arc<Beating>,
     heartbeat: Option<JoinHandle<BaseProducer<LeaseDeliveries>>>,
 }
@@ -380,16 +476,17 @@ impl std::fmt::Debug for WriterLease {
 }
 
 impl WriterLease {
-    /// Takes the writer lease of `config.topic` for `owner` (or refuses, see the module
-    /// docs), then beats in the background; `lost` is called once if the lease may have
-    /// lapsed.
+    /// Takes the writer lease of `partition` of `config.topic` for `owner` (or refuses, see
+    /// the module docs), then beats in the background; `lost` is called once if the lease
+    /// may have lapsed.
     pub fn acquire(
         config: &KafkaConfig,
+        partition: i32,
         owner: &str,
         lost: impl FnOnce(LogFailure) + Send + 'static,
     ) -> Result<WriterLease, WalError> {
         let brokers = config.brokers.as_str();
-        let topic = lock_topic(&config.topic);
+        let topic = lock_topic(&config.topic, partition);
         let lease = Duration::from_millis(config.writer_lease_ms);
         let lease_ms = config.writer_lease_ms as i64;
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
@@ -407,7 +504,7 @@ impl WriterLease {
                     brokers,
                 )?,
                 Lapse::Refuse(holder) => {
-                    return Err(waiting.refusal(&config.topic, holder, now_ms()));
+                    return Err(waiting.refusal(&config.topic, partition, holder, now_ms()));
                 }
             }
         }
@@ -416,6 +513,7 @@ impl WriterLease {
             .create_with_context(LeaseDeliveries::default())
             .map_err(kafka_error("create the lease producer", brokers))?;
         let claimed_at = Instant::now();
+        let clock = Arc::new(LeaseClock::new());
         let claim = produce(
             &producer,
             &topic,
@@ -435,9 +533,16 @@ impl WriterLease {
         });
         let heartbeat = {
             let (beating, topic, owner) = (Arc::clone(&beating), topic.clone(), owner.to_owned());
+            let clock = Arc::clone(&clock);
+            let renewal = Renewal {
+                topic,
+                owner,
+                lease,
+                claimed_at,
+            };
             thread::Builder::new()
                 .name("gavel-wal-lease".into())
-                .spawn(move || beat(producer, &topic, &owner, lease, claimed_at, &beating, lost))
+                .spawn(move || beat(producer, &renewal, &beating, &clock, lost))
                 .map_err(|e| WalError::Kafka {
                     op: "start the lease heartbeat",
                     brokers: brokers.to_owned(),
@@ -447,6 +552,8 @@ impl WriterLease {
         let mut held = WriterLease {
             owner: owner.to_owned(),
             topic,
+            epoch: 0,
+            clock,
             beating,
             heartbeat: Some(heartbeat),
         };
@@ -458,9 +565,23 @@ impl WriterLease {
         )?;
         if let Some(holder) = reader.state.holder.as_ref().filter(|h| h.owner != owner) {
             held.stop_beating();
-            return Err(waiting.refusal(&config.topic, holder, now_ms()));
+            return Err(waiting.refusal(&config.topic, partition, holder, now_ms()));
         }
+        // Held since the claim was sent (its timestamp is no earlier).
+        held.clock.extend(claimed_at, lease);
+        held.epoch = reader.state.epoch;
         Ok(held)
+    }
+
+    /// The owner epoch this lease holds the partition with (its claim's rank among the claims
+    /// that won).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Until when the lease is certainly held.
+    pub fn clock(&self) -> &Arc<LeaseClock> {
+        &self.clock
     }
 
     /// Stops beating and releases the lease (so a successor starts at once); best effort:
@@ -488,18 +609,31 @@ impl Drop for WriterLease {
     }
 }
 
-/// The heartbeat loop: a beat every `lease / 3`; a beat not persisted within `lease` of the
-/// previous one calls `lost` and ends the loop.
-fn beat(
-    producer: BaseProducer<LeaseDeliveries>,
-    topic: &str,
-    owner: &str,
+/// What the heartbeat renews: the lock topic, the holder, its lease and when it claimed.
+struct Renewal {
+    topic: String,
+    owner: String,
     lease: Duration,
     claimed_at: Instant,
+}
+
+/// The heartbeat loop: a beat every `lease / 3`, each persisted one extending `clock`; a beat
+/// not persisted within `lease` of the previous one calls `lost` and ends the loop.
+fn beat(
+    producer: BaseProducer<LeaseDeliveries>,
+    renewal: &Renewal,
     beating: &Beating,
+    clock: &LeaseClock,
     lost: impl FnOnce(LogFailure),
 ) -> BaseProducer<LeaseDeliveries> {
-    let mut last = claimed_at;
+    let Renewal {
+        topic,
+        owner,
+        lease,
+        claimed_at,
+    } = renewal;
+    let (topic, lease) = (topic.as_str(), *lease);
+    let mut last = *claimed_at;
     let lease_ms = lease.as_millis();
     loop {
         {
@@ -522,6 +656,7 @@ fn beat(
         let failure = match result {
             Ok(_) if last.elapsed() < lease => {
                 last = sent;
+                clock.extend(sent, lease);
                 continue;
             }
             Ok(_) => HeartbeatFailure::Late,
@@ -580,6 +715,8 @@ mod tests {
         assert_eq!(holder(&state), Some("a"), "free after a release");
         state.apply("garbage", 12_300);
         assert_eq!(holder(&state), Some("a"));
+        // Claims that won: a, b (after a lapsed), a (after b released).
+        assert_eq!(state.epoch, 3);
     }
 
     #[test]
@@ -614,7 +751,7 @@ mod tests {
             panic!("a holder that renewed twice is alive");
         };
         assert_eq!(holder.owner, "a");
-        let refusal = waiting.refusal("t", holder, 10_700).to_string();
+        let refusal = waiting.refusal("t", 0, holder, 10_700).to_string();
         assert!(
             refusal.contains("lapses in 900 ms") && refusal.contains("renewed 2 times"),
             "{refusal}"

@@ -3,19 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use super::client::{KafkaConfig, check_producer_config, ensure_topic, error_code, kafka_error};
-use super::fence::WriterLease;
+use super::fence::{LeaseClock, WriterLease};
 use super::reader::{KafkaPosition, KafkaRecords};
+use super::{EPOCH_HEADER, Partitioner, TAKEOVER_HEADER};
 use crate::durability::{Durability, LogStatus, batch_bytes, lock};
 use crate::error::{AppendError, LogFailure, Persistence, WalError};
 use crate::{Lsn, WalMetrics};
@@ -30,6 +33,9 @@ pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
 pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
 /// Payload bytes produced and not yet reported (likewise).
 pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Times this node stopped because a partition's writer lease may have lapsed (a heartbeat
+/// not persisted in time, or a delivery reported after the lease).
+pub const METRIC_FENCED: &str = "gavel_wal_kafka_fenced_total";
 /// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
 /// records in flight, a colliding entry only skews one latency sample).
 const SENT_AT_RING: usize = 1 << 16;
@@ -67,9 +73,53 @@ struct Counters {
     backpressure: AtomicU64,
 }
 
+/// Per partition, the clock of this node's lease on it (unset: not owned; set once, at
+/// open or at a takeover).
+#[derive(Debug)]
+struct Fences {
+    topic: String,
+    clocks: Vec<OnceLock<Arc<LeaseClock>>>,
+}
+
+impl Fences {
+    fn live(&self, partition: i32) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.clocks.get(p))
+            .and_then(OnceLock::get)
+            .is_some_and(|clock| clock.live())
+    }
+}
+
+/// A partition taken over by a running node ([`KafkaLog::take_over`]): its lease is held and
+/// its marker written; replay `records` (the partition from its beginning) into the state,
+/// then [`KafkaLog::activate`] it.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The partition's records, to replay.
+    pub records: KafkaRecords,
+    partition: i32,
+    epoch: u64,
+}
+
+impl Takeover {
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The owner epoch it is taken over under.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     durability: Arc<Durability>,
+    /// Set once the partitions' leases are held: a report for a partition whose lease is not
+    /// certainly held fails the log (see [`LeaseClock`]).
+    fences: OnceLock<Fences>,
     in_flight: Mutex<InFlight>,
     counters: Counters,
     /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
@@ -81,6 +131,7 @@ impl Shared {
     fn new(in_flight: InFlight) -> Shared {
         Shared {
             durability: Arc::new(Durability::new(0)),
+            fences: OnceLock::new(),
             in_flight: Mutex::new(in_flight),
             counters: Counters::default(),
             sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
@@ -116,6 +167,21 @@ impl Shared {
             return;
         }
         match outcome {
+            Outcome::Persisted(partition, _)
+                if self.fences.get().is_some_and(|f| !f.live(partition)) =>
+            {
+                drop(in_flight);
+                let topic = self
+                    .fences
+                    .get()
+                    .map(|f| f.topic.clone())
+                    .unwrap_or_default();
+                self.fail(LogFailure::Fenced {
+                    topic,
+                    partition,
+                    lsn,
+                });
+            }
             Outcome::Persisted(partition, offset) => {
                 // Ordering: Relaxed — statistics; the durable LSN is the synchronising store.
                 self.counters
@@ -152,6 +218,12 @@ impl Shared {
 
     /// Fails the log for good: nothing more is appended or becomes durable.
     fn fail(&self, why: LogFailure) {
+        if matches!(
+            why,
+            LogFailure::Fenced { .. } | LogFailure::LeaseLost { .. }
+        ) {
+            metrics::counter!(METRIC_FENCED).increment(1);
+        }
         lock(&self.in_flight).status = LogStatus::Failed;
         self.durability.record_failure(why);
         self.durability.finish(LogStatus::Failed);
@@ -225,8 +297,13 @@ pub struct KafkaLog {
     shared: Arc<Shared>,
     producer: ThreadedProducer<DeliveryContext>,
     config: KafkaConfig,
-    /// The topic's writer lease, released at shutdown.
-    lease: Mutex<Option<WriterLease>>,
+    /// The topic's partition count at open, and the key → partition map over it.
+    partitions: i32,
+    partitioner: Partitioner,
+    /// Per partition, the owner epoch this node writes it under (0: not owned).
+    epochs: Vec<AtomicU64>,
+    /// The owned partitions' writer leases, released at shutdown.
+    leases: Mutex<Vec<WriterLease>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -243,16 +320,19 @@ impl KafkaLog {
     /// Checks the configuration, reaches the brokers (an unreachable broker is
     /// [`WalError::KafkaUnreachable`] after `connect_timeout_ms`), creates the topic when
     /// missing, starts the idempotent producer, and opens the recovery reader positioned at
-    /// `start` (a snapshot's position) or at the beginning of every partition. Read the
-    /// records to their end, then call [`KafkaLog::resume`] before the first append.
+    /// `start` (a snapshot's position) or at the beginning of every partition. Every record
+    /// goes to the partition `partitioner` names for its key, and the reader refuses one
+    /// found elsewhere. Read the records to their end, then call [`KafkaLog::resume`] before
+    /// the first append.
     pub fn open(
         config: KafkaConfig,
         start: Option<&KafkaPosition>,
+        partitioner: Partitioner,
     ) -> Result<(KafkaLog, KafkaRecords), WalError> {
         config.validate()?;
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
-        ensure_topic(&config)?;
+        let partitions = ensure_topic(&config)?;
         let shared = Arc::new(Shared::new(InFlight {
             status: LogStatus::Open,
             next_lsn: 1,
@@ -262,13 +342,31 @@ impl KafkaLog {
             persisted: BTreeMap::new(),
             offsets: Vec::new(),
         }));
-        // One writer per topic: the lease comes before reading, so nobody writes behind the
-        // replay. Losing it fails the log (nothing more is acknowledged).
-        let lease = {
-            let shared = Arc::clone(&shared);
-            WriterLease::acquire(&config, &config.owner, move |why| shared.fail(why))?
+        // One writer per partition: its lease, then a takeover marker under the new epoch,
+        // come before reading, so whatever a former owner still writes lands after the marker
+        // with an older epoch and every replay skips it. Losing a lease fails the log
+        // (nothing more is acknowledged).
+        let owned = config.owned_in(partitions)?;
+        let leases = acquire_leases(&config, &owned, &shared)?;
+        let slots = usize::try_from(partitions).unwrap_or(0);
+        let epochs: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
+        let fences = Fences {
+            topic: config.topic.clone(),
+            clocks: (0..slots).map(|_| OnceLock::new()).collect(),
         };
-        let records = KafkaRecords::open_at(&config, start)?;
+        let held: Vec<(i32, u64)> = owned
+            .iter()
+            .zip(&leases)
+            .map(|(&p, l)| (p, l.epoch()))
+            .collect();
+        write_markers(&config, &held)?;
+        for (&p, lease) in owned.iter().zip(&leases) {
+            // Ordering: Relaxed — published to other threads with the log itself.
+            epochs[p as usize].store(lease.epoch(), Ordering::Relaxed);
+            let _ = fences.clocks[p as usize].set(Arc::clone(lease.clock()));
+        }
+        let _ = shared.fences.set(fences);
+        let records = KafkaRecords::open_at(&config, start)?.check_placement(partitioner);
         let producer = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
@@ -281,7 +379,10 @@ impl KafkaLog {
                 shared,
                 producer,
                 config,
-                lease: Mutex::new(Some(lease)),
+                partitions,
+                partitioner,
+                epochs,
+                leases: Mutex::new(leases),
             },
             records,
         ))
@@ -352,6 +453,12 @@ impl KafkaLog {
                 retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
             });
         }
+        let partition = (self.partitioner)(key, self.partitions);
+        let epoch = self.epoch_of(partition);
+        if epoch == 0 {
+            return Err(AppendError::NotOwner { partition });
+        }
+        let epoch = epoch.to_be_bytes();
         let key = key.to_string();
         let first = in_flight.next_lsn;
         let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
@@ -364,6 +471,11 @@ impl KafkaLog {
             let lsn = first + i as Lsn;
             let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
                 .key(key.as_str())
+                .partition(partition)
+                .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: EPOCH_HEADER,
+                    value: Some(&epoch),
+                }))
                 .payload(payload.as_ref());
             // Non-blocking: librdkafka only enqueues. Its queue is sized above our bounds.
             if let Err((error, _)) = self.producer.send(record) {
@@ -396,6 +508,93 @@ impl KafkaLog {
         in_flight.records += n;
         in_flight.bytes += batch_bytes;
         Ok(first + n as Lsn - 1)
+    }
+
+    /// The owner epoch this node writes `partition` under; 0 if it does not own it.
+    pub fn epoch_of(&self, partition: i32) -> u64 {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.epochs.get(p))
+            // Ordering: Acquire pairs with `activate`'s Release: an append that sees the
+            // epoch sees the partition's offsets set.
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The partition of an auction (the key → partition map the log writes by).
+    pub fn partition_of(&self, key: u64) -> i32 {
+        (self.partitioner)(key, self.partitions)
+    }
+
+    /// Whether this node writes `partition` (owned from the start, or taken over and
+    /// activated).
+    pub fn owns(&self, partition: i32) -> bool {
+        self.epoch_of(partition) != 0
+    }
+
+    /// Takes `partition` over while running: its lease (waiting out a lapsed holder's, or
+    /// refused with [`WalError::KafkaFenced`] while it lives), then a takeover marker under
+    /// the new epoch, then a reader of the partition from its beginning. Appends to it stay
+    /// refused until [`KafkaLog::activate`]. Blocks for up to about twice the lease.
+    pub fn take_over(&self, partition: i32) -> Result<Takeover, WalError> {
+        let fences = (self.shared.fences.get())
+            .expect("invariant: KafkaLog::open sets the fences before returning the log");
+        let slot = usize::try_from(partition)
+            .ok()
+            .and_then(|p| fences.clocks.get(p));
+        let Some(slot) = slot.filter(|s| s.get().is_none()) else {
+            return Err(WalError::Kafka {
+                op: "take a partition over",
+                brokers: self.config.brokers.clone(),
+                reason: format!("partition {partition} is owned already or does not exist"),
+            });
+        };
+        let mut lease = acquire_leases(&self.config, &[partition], &self.shared)?;
+        let lease = lease
+            .pop()
+            .expect("invariant: one lease per partition asked");
+        let epoch = lease.epoch();
+        write_markers(&self.config, &[(partition, epoch)])?;
+        let config = KafkaConfig {
+            owned_partitions: vec![partition],
+            ..self.config.clone()
+        };
+        // Any failure so far drops the lease, which releases it.
+        let records = KafkaRecords::open_at(&config, None)?.check_placement(self.partitioner);
+        let _ = slot.set(Arc::clone(lease.clock()));
+        lock(&self.leases).push(lease);
+        Ok(Takeover {
+            records,
+            partition,
+            epoch,
+        })
+    }
+
+    /// Fails the log for good because the replay of a partition taken over failed: the state
+    /// holds part of it, which no retry can mend; the node stops and releases its leases.
+    pub fn fail_takeover(&self, takeover: &Takeover, reason: String) {
+        self.shared.fail(LogFailure::Takeover {
+            partition: takeover.partition,
+            reason,
+        });
+    }
+
+    /// Starts writing a partition taken over once its records were replayed to their end:
+    /// its position in later snapshots is after them, and appends to it are accepted.
+    pub fn activate(&self, takeover: &Takeover) {
+        let p = takeover.partition as usize;
+        if let Some(&next) = takeover.records.next_offsets().get(p) {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if let Some(offset) = in_flight.offsets.get_mut(p) {
+                *offset = next;
+            }
+        }
+        // Ordering: Release pairs with `epoch_of`'s Acquire.
+        self.epochs[p].store(takeover.epoch, Ordering::Release);
     }
 
     /// The last LSN assigned by an append so far (0 before the first).
@@ -456,7 +655,7 @@ impl KafkaLog {
                 });
         }
         // Nothing more is written: a successor may start at once.
-        if let Some(mut lease) = lock(&self.lease).take() {
+        for mut lease in lock(&self.leases).drain(..) {
             lease.release();
         }
         if let Some(failure) = self.failure() {
@@ -466,6 +665,98 @@ impl KafkaLog {
         }
         self.shared.durability.finish(LogStatus::Closed);
         Ok(self.shared.durability.durable_lsn())
+    }
+}
+
+/// Takes the writer lease of every partition in `owned`, in order; losing any later fails
+/// `shared`'s log. A refusal releases the leases already taken.
+fn acquire_leases(
+    config: &KafkaConfig,
+    owned: &[i32],
+    shared: &Arc<Shared>,
+) -> Result<Vec<WriterLease>, WalError> {
+    owned
+        .iter()
+        .map(|&partition| {
+            let shared = Arc::clone(shared);
+            WriterLease::acquire(config, partition, &config.owner, move |why| {
+                shared.fail(why);
+            })
+        })
+        .collect()
+}
+
+/// Writes a takeover marker — no payload, the headers [`EPOCH_HEADER`] and
+/// [`TAKEOVER_HEADER`] — to every `(partition, epoch)` held and waits until each is
+/// persisted. A reader raises the partition's epoch at the marker, so records of an older
+/// owner after it are skipped, and everything before it is in this node's replay.
+fn write_markers(config: &KafkaConfig, held: &[(i32, u64)]) -> Result<(), WalError> {
+    const OP: &str = "write a takeover marker";
+    let brokers = config.brokers.as_str();
+    let refused = |reason: String| WalError::Kafka {
+        op: OP,
+        brokers: brokers.to_owned(),
+        reason,
+    };
+    let producer: BaseProducer<MarkerReports> = config
+        .lease_producer_config()
+        .create_with_context(MarkerReports::default())
+        .map_err(kafka_error("create the takeover producer", brokers))?;
+    for &(partition, epoch) in held {
+        let epoch = epoch.to_be_bytes();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(&epoch),
+            })
+            .insert(Header {
+                key: TAKEOVER_HEADER,
+                value: Some(config.owner.as_str()),
+            });
+        let record = BaseRecord::<(), [u8]>::to(&config.topic)
+            .partition(partition)
+            .payload(&[])
+            .headers(headers);
+        producer
+            .send(record)
+            .map_err(|(e, _)| kafka_error(OP, brokers)(e))?;
+    }
+    // The marker producer's message timeout is the lease: every report comes by then.
+    let deadline = Instant::now() + Duration::from_millis(config.writer_lease_ms + 1_000);
+    loop {
+        producer.poll(Timeout::After(Duration::from_millis(5)));
+        let reports = lock(&producer.context().0);
+        if let Some((partition, code)) = reports.iter().find_map(|r| r.err()) {
+            return Err(refused(format!("partition {partition}: {code}")));
+        }
+        if reports.len() == held.len() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(refused(format!(
+                "{} of {} markers reported persisted in time",
+                reports.len(),
+                held.len()
+            )));
+        }
+    }
+}
+
+/// The takeover markers' delivery reports: the partition, or it and the error.
+#[derive(Default)]
+struct MarkerReports(Mutex<Vec<Result<i32, (i32, RDKafkaErrorCode)>>>);
+
+impl ClientContext for MarkerReports {}
+
+impl ProducerContext for MarkerReports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let report = match result {
+            Ok(message) => Ok(message.partition()),
+            Err((error, message)) => Err((message.partition(), error_code(error))),
+        };
+        lock(&self.0).push(report);
     }
 }
 

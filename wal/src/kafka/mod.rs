@@ -5,8 +5,12 @@
 //!
 //! # Ordering
 //!
-//! Every record carries a key (the auction id, in decimal): one auction's records hash to one
-//! partition, and the idempotent producer (`enable.idempotence=true`, `acks=all`, at most 5
+//! Every record carries a key (the auction id, in decimal) and goes to the partition the
+//! caller's [`Partitioner`] names for it (the node's is `gavel_proto::partition::partition_of`,
+//! librdkafka's default partitioner on that key, so topics written before keep their
+//! placement): one auction's records are in one partition. A recovery reader given the
+//! partitioner refuses a record found in another partition than it names — the sign that the
+//! topic's partition count changed under its records. The idempotent producer (`enable.idempotence=true`, `acks=all`, at most 5
 //! requests in flight per connection) keeps them in order there without duplicates, even
 //! across retries. [`KafkaConfig::producer_config`] builds that configuration and
 //! [`check_producer_config`] refuses any effective configuration that would allow
@@ -45,7 +49,19 @@ mod reader;
 pub use client::{KafkaConfig, check_producer_config, ensure_topic};
 pub(crate) use client::{ReaderContext, ensure_topic_named, kafka_error};
 pub use log::{
-    KafkaLog, METRIC_DELIVERIES, METRIC_DELIVERY_SECONDS, METRIC_IN_FLIGHT_BYTES,
-    METRIC_IN_FLIGHT_RECORDS,
+    KafkaLog, METRIC_DELIVERIES, METRIC_DELIVERY_SECONDS, METRIC_FENCED, METRIC_IN_FLIGHT_BYTES,
+    METRIC_IN_FLIGHT_RECORDS, Takeover,
 };
 pub use reader::{KafkaPosition, KafkaRecords};
+
+/// The header carrying the owner epoch a record was written under (8 bytes, big-endian); a
+/// record without it was written before epochs existed and has epoch 0.
+pub(crate) const EPOCH_HEADER: &str = "gavel-epoch";
+/// The header of a takeover marker (its value: the new owner); the marker carries no payload
+/// and is not a log record.
+pub(crate) const TAKEOVER_HEADER: &str = "gavel-takeover";
+
+/// Maps a record's key (an auction id) to its partition in a topic of `partitions`
+/// partitions. It must be a pure function of its arguments, the same in every process that
+/// writes or reads the topic.
+pub type Partitioner = fn(key: u64, partitions: i32) -> i32;

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::client::{KafkaConfig, ReaderContext, kafka_error};
+use super::{EPOCH_HEADER, Partitioner, TAKEOVER_HEADER};
 use crate::error::WalError;
 use crate::segment::Record;
 use crate::{Interrupt, Lsn};
@@ -51,6 +52,10 @@ pub struct KafkaRecords {
     next_offsets: Vec<i64>,
     stall_max: Duration,
     failed: bool,
+    /// Set: every record's key must map to the partition it was read from.
+    partitioner: Option<Partitioner>,
+    /// The owner epochs read so far, and the stale records skipped.
+    fence: EpochFence,
     /// Ends the reading early with [`WalError::Interrupted`].
     interrupt: Interrupt,
 }
@@ -94,26 +99,53 @@ impl KafkaRecords {
             .create_with_context(ReaderContext)
             .map_err(kafka_error("create the recovery consumer", brokers))?;
         let partitions = partitions(&consumer, config, start)?;
+        let owned = config.owned_in(i32::try_from(partitions).unwrap_or(i32::MAX))?;
+        // A partition this node does not own is not read, and its position is its beginning
+        // (its auctions are not in this node's state).
         let next_offsets: Vec<i64> = (0..partitions)
             .map(|p| {
                 start
                     .and_then(|s| s.next_offsets.get(p).copied())
+                    .filter(|_| owned.contains(&(p as i32)))
                     .unwrap_or(-1)
             })
             .collect();
-        assign(&consumer, config, &next_offsets)?;
+        assign(&consumer, config, &owned, &next_offsets)?;
+        let mut done = vec![true; partitions];
+        for &p in &owned {
+            done[p as usize] = false;
+        }
         Ok(KafkaRecords {
             consumer,
             topic: config.topic.clone(),
             brokers: config.brokers.clone(),
-            done: vec![false; partitions],
-            remaining: partitions,
+            done,
+            remaining: owned.len(),
             next_lsn: start.map_or(0, |s| s.lsn) + 1,
             next_offsets,
             stall_max: timeout,
             failed: false,
+            partitioner: None,
+            fence: EpochFence {
+                epochs: vec![0; partitions],
+                stale: 0,
+            },
             interrupt: config.interrupt.clone(),
         })
+    }
+
+    /// Refuses, from now on, a record whose key `partitioner` maps to another partition than
+    /// the one it is in (or whose key is not a decimal id): the topic's partition count
+    /// changed under its records, and an auction's records would be split.
+    pub fn check_placement(mut self, partitioner: Partitioner) -> KafkaRecords {
+        self.partitioner = Some(partitioner);
+        self
+    }
+
+    /// Records skipped so far because a newer owner of their partition had taken over before
+    /// them (a fenced node's late writes).
+    pub fn stale_records(&self) -> u64 {
+        self.fence.stale
     }
 
     /// Partitions of the topic.
@@ -162,7 +194,7 @@ fn partitions(
         });
     }
     if let Some(start) = start
-        && (start.topic != config.topic || start.next_offsets.len() > partitions)
+        && (start.topic != config.topic || start.next_offsets.len() != partitions)
     {
         return Err(WalError::Kafka {
             op: "resume from a snapshot",
@@ -178,17 +210,18 @@ fn partitions(
     Ok(partitions)
 }
 
-/// Assigns every partition to `consumer` at its offset in `next_offsets` (negative: its
-/// beginning).
+/// Assigns the `owned` partitions to `consumer`, each at its offset in `next_offsets`
+/// (negative: its beginning).
 fn assign(
     consumer: &BaseConsumer<ReaderContext>,
     config: &KafkaConfig,
+    owned: &[i32],
     next_offsets: &[i64],
 ) -> Result<(), WalError> {
     let brokers = config.brokers.as_str();
     let mut assignment = TopicPartitionList::new();
-    for (partition, &next) in next_offsets.iter().enumerate() {
-        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+    for &partition in owned {
+        let next = next_offsets[partition as usize];
         let offset = if next < 0 {
             Offset::Beginning
         } else {
@@ -201,6 +234,93 @@ fn assign(
     consumer
         .assign(&assignment)
         .map_err(kafka_error("assign the partitions", brokers))
+}
+
+/// A record's owner epoch (0 without the header) and whether it is a takeover marker.
+fn epoch_of(message: &impl Message) -> (u64, bool) {
+    let (mut epoch, mut takeover) = (0, false);
+    for header in message.headers().iter().flat_map(|h| h.iter()) {
+        match header.key {
+            EPOCH_HEADER => {
+                let bytes = header.value.and_then(|v| <[u8; 8]>::try_from(v).ok());
+                epoch = bytes.map_or(0, u64::from_be_bytes);
+            }
+            TAKEOVER_HEADER => takeover = true,
+            _ => {}
+        }
+    }
+    (epoch, takeover)
+}
+
+/// Per partition, the highest owner epoch read so far (records or takeover markers), and the
+/// records skipped for an older one.
+#[derive(Debug)]
+struct EpochFence {
+    epochs: Vec<u64>,
+    stale: u64,
+}
+
+impl EpochFence {
+    /// Whether `message` is a log record to replay: not a takeover marker (which raises its
+    /// partition's epoch), and not written under an epoch older than one already read in its
+    /// partition (a fenced owner's late write: skipped, counted and logged).
+    fn admit(&mut self, topic: &str, message: &impl Message) -> bool {
+        let (epoch, takeover) = epoch_of(message);
+        let Some(highest) = usize::try_from(message.partition())
+            .ok()
+            .and_then(|p| self.epochs.get_mut(p))
+        else {
+            return true;
+        };
+        if epoch < *highest {
+            self.stale += 1;
+            log::warn!(
+                target: "gavel_wal::kafka",
+                "skipping the record at offset {} of partition {} of {}: written under owner \
+                 epoch {epoch} after the partition was taken over under epoch {}",
+                message.offset(),
+                message.partition(),
+                topic,
+                *highest
+            );
+            return false;
+        }
+        *highest = epoch;
+        !takeover
+    }
+}
+
+impl KafkaRecords {
+    /// Whether `message` is in the partition the partitioner names for its key (always,
+    /// without a partitioner).
+    fn placed(&self, message: &impl Message) -> Result<(), WalError> {
+        let Some(partitioner) = self.partitioner else {
+            return Ok(());
+        };
+        let partitions = i32::try_from(self.done.len()).unwrap_or(i32::MAX);
+        let key = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.parse::<u64>().ok());
+        let expected = key.map(|key| partitioner(key, partitions));
+        if expected == Some(message.partition()) {
+            return Ok(());
+        }
+        let key = key.map_or_else(|| "no decimal key".to_owned(), |k| format!("key {k}"));
+        Err(WalError::Kafka {
+            op: "read the topic",
+            brokers: self.brokers.clone(),
+            reason: format!(
+                "the record at offset {} of partition {} of {} has {key}, which belongs in \
+                 partition {} of {partitions}: the topic's partition count changed (or \
+                 another writer chose partitions); refusing to replay a split auction",
+                message.offset(),
+                message.partition(),
+                self.topic,
+                expected.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+            ),
+        })
+    }
 }
 
 impl Iterator for KafkaRecords {
@@ -234,14 +354,21 @@ impl Iterator for KafkaRecords {
             };
             match polled {
                 Ok(message) => {
-                    let lsn = self.next_lsn;
-                    self.next_lsn += 1;
                     let next = usize::try_from(message.partition())
                         .ok()
                         .and_then(|p| self.next_offsets.get_mut(p));
                     if let Some(next) = next {
                         *next = message.offset() + 1;
                     }
+                    if !self.fence.admit(&self.topic, &message) {
+                        continue;
+                    }
+                    if let Err(misplaced) = self.placed(&message) {
+                        self.failed = true;
+                        return Some(Err(misplaced));
+                    }
+                    let lsn = self.next_lsn;
+                    self.next_lsn += 1;
                     let payload = message.payload().unwrap_or_default().to_vec();
                     return Some(Ok(Record { lsn, payload }));
                 }
