@@ -121,6 +121,7 @@ fn main() -> Result<ExitCode> {
     }
     let started = Instant::now();
     let mut runs = 0u64;
+    let mut total = gavel_sim::Stats::default();
     for seed in args.seeds.clone().chain(extra) {
         runs += 1;
         let result = if args.trace {
@@ -132,7 +133,13 @@ fn main() -> Result<ExitCode> {
         };
         match result {
             Ok(stats) if args.trace => println!("seed {seed}: ok {stats:?}"),
-            Ok(_) => {}
+            Ok(stats) => {
+                total.steps += stats.steps;
+                total.crashes += stats.crashes;
+                total.torn_tails += stats.torn_tails;
+                total.bit_flips += stats.bit_flips;
+                total.durable_acks += stats.durable_acks;
+            }
             Err(failure) if args.trace => {
                 println!(
                     "FAILED seed {seed} at step {} ({}): {}",
@@ -151,6 +158,11 @@ fn main() -> Result<ExitCode> {
         "{runs} seeds passed in {secs:.1} s ({:.0} seeds/s, {} steps each)",
         runs as f64 / secs,
         args.steps
+    );
+    println!(
+        "in all: {} steps, {} crashes recovered, {} torn tails truncated, {} bit flips, \
+         {} bids acknowledged durable",
+        total.steps, total.crashes, total.torn_tails, total.bit_flips, total.durable_acks
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,8 @@ pub struct Stats {
     pub crashes: usize,
     /// Torn tails recovery truncated.
     pub torn_tails: usize,
+    /// Bit flips injected (segments and snapshots) and checked.
+    pub bit_flips: usize,
     /// Bids accepted and acknowledged durable.
     pub durable_acks: usize,
     /// The last durable LSN at the end.
@@ -548,6 +550,7 @@ impl World {
             return Ok(Flow::Continue);
         };
         self.note(|| format!("bit flip: {flip:?}"));
+        self.stats.bit_flips += 1;
         self.disk.crash_now();
         self.node = None;
         self.disk.reboot();
@@ -564,6 +567,7 @@ impl World {
             return Ok(());
         };
         self.snapshot_flipped = true;
+        self.stats.bit_flips += 1;
         self.note(|| format!("bit flip in a snapshot: {flip:?}"));
         self.restart()
     }
