@@ -162,11 +162,11 @@ impl From<ManageError> for AdminError {
             ManageError::UnknownAuction(id) => {
                 AdminError::NotFound(format!("unknown auction {id}"))
             }
-            // `NotDue` comes from closing an auction at its end, which the API does not
-            // offer; a cancel never returns it.
-            ManageError::AlreadyClosed(id) | ManageError::NotDue { id, .. } => {
-                AdminError::AlreadyClosed(id.0)
-            }
+            // `NotDue` comes from closing an auction at its end and `NotSettled` from
+            // pruning one, which the API does not offer; a cancel returns neither.
+            ManageError::AlreadyClosed(id)
+            | ManageError::NotDue { id, .. }
+            | ManageError::NotSettled(id) => AdminError::AlreadyClosed(id.0),
             ManageError::Overloaded { retry_after_us } => AdminError::Overloaded(retry_after_us),
         }
     }
