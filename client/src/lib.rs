@@ -264,6 +264,14 @@ impl Client {
         .map_err(|_| BidError::Timeout)?
     }
 
+    /// The client's current QUIC connection (waiting for a reconnect if it is down, at most
+    /// the request timeout): for a stream the SDK does not speak itself, such as the edge
+    /// stream (`Subscribe.encoding = EDGE`, docs/quic.md).
+    pub async fn connection(&self) -> Result<quinn::Connection, BidError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Command::Connection { reply }, answer).await
+    }
+
     /// Measures one round trip to the node (through the request stream, behind any requests
     /// queued before it).
     pub async fn ping(&self) -> Result<Duration, BidError> {

@@ -131,6 +131,7 @@ impl Watcher {
                 interval_ms: watch.interval_ms,
                 resume: watch.resume.clone(),
                 datagrams: watch.datagrams,
+                encoding: pb::StreamEncoding::Protobuf as i32,
             })),
         };
         let mut bytes = Vec::new();

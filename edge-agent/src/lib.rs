@@ -12,6 +12,7 @@
 //! - `link`: the node client (the `gavel-client` SDK with the device certificate);
 //! - `forward`: the forwarder — queued bids to the node in order, idempotently;
 //! - `state`: the latest state per auction (moves only forward), as JSON or an edge frame;
+//! - `stream`: the edge stream from the node (subscribe, resume, decode, keyframe requests);
 //! - `mqtt`: retained states, bid requests and statuses on the local MQTT broker;
 //! - `http`: the local HTTP port (`/metrics`, `/healthz`, bids, states, SSE).
 //!
@@ -30,6 +31,7 @@ mod metrics;
 mod mqtt;
 mod queue;
 mod state;
+mod stream;
 /// The tests' real broker (mosquitto), shared with the integration tests.
 #[cfg(test)]
 #[path = "../tests/common/broker.rs"]
@@ -132,6 +134,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Age
         shutdown.clone(),
     ));
     tasks.spawn(forward::run(Arc::clone(&shared), shutdown.clone()));
+    tasks.spawn(stream::run(Arc::clone(&shared), shutdown.clone()));
     if let Some(mqtt) = shared.config.mqtt.clone() {
         tasks.spawn(mqtt::run(Arc::clone(&shared), mqtt, shutdown.clone()));
     }

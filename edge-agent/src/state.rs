@@ -40,8 +40,6 @@ impl Store {
     }
 
     /// Takes `state` if it moves its auction forward, and announces it; whether it did.
-    // The node stream (the next step of issue 13) calls it; the tests do now.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn apply(&self, state: AuctionState) -> bool {
         let state = {
             let mut auctions = self.lock();
@@ -81,7 +79,6 @@ impl Store {
     }
 
     /// Every held `(auction, epoch, seq)`: the resume positions of a re-subscribe.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn positions(&self) -> Vec<pb::StreamPosition> {
         let mut positions: Vec<_> = self
             .lock()

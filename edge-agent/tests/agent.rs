@@ -28,6 +28,22 @@ fn metrics_show_every_gavel_edge_metric_and_sigterm_exits_zero() {
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }
+    // Prometheus's own linter (Debian's prometheus package; ops/test.sh installs it).
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
     assert_eq!(http(agent.http, "GET", "/healthz", "").0, 200);
     assert_eq!(http(agent.http, "GET", "/nope", "").0, 404);
     agent.signal("-TERM");

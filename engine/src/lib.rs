@@ -24,6 +24,8 @@ pub mod event;
 mod filter;
 mod hash;
 pub mod replay;
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs;
 pub mod snapshot;
 mod sync;
 pub mod types;

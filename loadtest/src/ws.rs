@@ -222,6 +222,7 @@ pub(crate) async fn subscribe(socket: &mut Socket, feed: &Feed) -> Result<()> {
                     interval_ms: *interval_ms,
                     resume: vec![],
                     datagrams: false,
+                    encoding: pb::StreamEncoding::Protobuf as i32,
                 })),
             };
             socket

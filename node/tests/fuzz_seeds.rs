@@ -153,6 +153,7 @@ fn client_messages() -> Vec<(&'static str, pb::ClientMessage)> {
                     interval_ms: 50,
                     resume: vec![position],
                     datagrams: true,
+                    encoding: pb::StreamEncoding::Protobuf as i32,
                 }),
             ),
         ),

@@ -36,12 +36,7 @@ const WATCHER: Option<&str> = Some("watcher/watcher-1");
 /// The next JSON message of a watcher (control frames skipped).
 async fn next(socket: &mut Socket) -> Value {
     loop {
-        let message = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .expect("a valid frame");
-        if let Message::Text(text) = message {
+        if let Message::Text(text) = next_message(socket).await {
             return serde_json::from_str(text.as_str()).unwrap();
         }
     }
@@ -394,5 +389,80 @@ async fn a_buy_now_close_presence_and_decision_times_reach_watchers() {
             .any(|l| l.starts_with("gavel_presence_watchers ")),
         "presence gauges are exported"
     );
+    node.stop().await;
+}
+
+/// The next data message (binary or text) of a socket, control frames skipped.
+async fn next_message(socket: &mut Socket) -> Message {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        if matches!(message, Message::Binary(_) | Message::Text(_)) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_subprotocol_sends_one_edge_frame_per_binary_message_and_answers_as_json() {
+    use gavel_edge_proto::{Decoded, EdgeDecoder};
+    use gavel_proto::pb;
+    use prost::Message as _;
+    let node = TestNode::start(Setup::default()).await;
+    create(&node, 1, "energy.eu.de.a1").await;
+    let mut bidder = Bidder::connect(&node).await;
+    let mut socket = node.ws(WATCHER, "gavel.v1.edge", None).await.unwrap();
+    let subscribe = pb::ClientMessage {
+        request_id: 1,
+        body: Some(pb::client_message::Body::Subscribe(pb::Subscribe {
+            patterns: vec!["energy.>".into()],
+            ..pb::Subscribe::default()
+        })),
+    };
+    socket
+        .send(Message::binary(subscribe.encode_to_vec()))
+        .await
+        .unwrap();
+    let Message::Text(answer) = next_message(&mut socket).await else {
+        panic!("the answer is JSON text")
+    };
+    let answer: Value = serde_json::from_str(answer.as_str()).unwrap();
+    assert_eq!(answer["subscribed"]["subscriptions"], 1, "{answer}");
+    let mut decoder = EdgeDecoder::new(16 * 1024, 10);
+    let mut states = Vec::new();
+    let mut read_frame = async |socket: &mut Socket| {
+        let Message::Binary(frame) = next_message(socket).await else {
+            panic!("stream updates are binary edge frames")
+        };
+        let mut decoded = Vec::new();
+        decoder.decode_frame(&frame, &mut decoded).unwrap();
+        decoded
+    };
+    let keyframe = read_frame(&mut socket).await;
+    assert!(
+        matches!(&keyframe[..], [Decoded::State(s)] if s.auction_id == 1 && s.price.is_none()),
+        "{keyframe:?}"
+    );
+    bidder.bid(1, 100).await;
+    while !states
+        .iter()
+        .any(|s: &gavel_edge_proto::AuctionState| s.price == Some(100))
+    {
+        for decoded in read_frame(&mut socket).await {
+            let Decoded::State(state) = decoded else {
+                panic!("every record applies: {decoded:?}")
+            };
+            states.push(state);
+        }
+    }
+    let metrics = node.metrics().await;
+    let edge_bytes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gavel_stream_edge_bytes_total{transport=\"ws\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(edge_bytes.is_some_and(|b| b > 0.0), "{metrics}");
     node.stop().await;
 }

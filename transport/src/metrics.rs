@@ -56,6 +56,8 @@ pub const STREAM_QUEUE_BYTES: &str = "gavel_stream_queue_bytes";
 pub const STREAM_DELIVERY_SECONDS: &str = "gavel_stream_delivery_seconds";
 /// Price updates sent as QUIC datagrams (loss-tolerant ticks to bidders who asked).
 pub const STREAM_DATAGRAMS: &str = "gavel_stream_datagrams_total";
+/// Bytes of edge stream (docs/edge-stream.md) written, by `transport` (`quic`, `ws`).
+pub const STREAM_EDGE_BYTES: &str = "gavel_stream_edge_bytes_total";
 /// Presence: connections holding at least one stream subscription, all transports.
 pub const PRESENCE_WATCHERS: &str = "gavel_presence_watchers";
 /// Presence: bidder connections open, all transports.
@@ -181,6 +183,11 @@ fn describe_streams() {
         STREAM_DATAGRAMS,
         "Price updates sent as QUIC datagrams (loss-tolerant ticks), by result (sent, too_large)."
     );
+    describe_counter!(
+        STREAM_EDGE_BYTES,
+        Unit::Bytes,
+        "Bytes of the compact edge stream written (frames, datagrams included), by transport."
+    );
     describe_gauge!(
         PRESENCE_WATCHERS,
         "Connections holding stream subscriptions, all transports."
@@ -194,6 +201,9 @@ fn describe_streams() {
 pub fn start_rare_counters_at_zero() {
     for transport in ["ws", "sse", "quic"] {
         metrics::counter!(STREAM_SLOW_CONSUMERS, "transport" => transport).increment(0);
+    }
+    for transport in ["ws", "quic"] {
+        metrics::counter!(STREAM_EDGE_BYTES, "transport" => transport).increment(0);
     }
     // The bidding transports' Overloaded answers (log back-pressure).
     let overloaded = rejection_label(&Rejection::Overloaded { retry_after_us: 0 });

@@ -378,7 +378,7 @@ async fn serve_stream<B: Backend>(
     connection: quinn::Connection,
 ) {
     let shutdown = session.gateway().shutdown().clone();
-    let mut core = StreamCore::new(session, Delimited, &stream::QUIC, Instant::now());
+    let mut core = StreamCore::new(session, Delimited::default(), &stream::QUIC, Instant::now());
     let mut out = Vec::new();
     let end = 'serve: loop {
         core.set_datagram_max(connection.max_datagram_size().unwrap_or(0));

@@ -59,6 +59,8 @@ pub(crate) struct Session<B> {
     subscriber: Option<Arc<Subscriber>>,
     /// A `Subscribe` asked for price updates as datagrams (QUIC).
     datagrams: bool,
+    /// A `Subscribe` asked for the edge encoding (QUIC).
+    edge: bool,
     /// The bid path's metric handles, looked up once per connection at its first bid (a
     /// lookup hashes the name and labels under the registry's lock, several times per bid
     /// otherwise; watchers never bid and keep none).
@@ -110,6 +112,7 @@ impl<B> Clone for Session<B> {
             pending_durable: Arc::clone(&self.pending_durable),
             subscriber: self.subscriber.clone(),
             datagrams: self.datagrams,
+            edge: self.edge,
             metrics: self.metrics.clone(),
         }
     }
@@ -130,6 +133,7 @@ impl<B: Backend> Session<B> {
             pending_durable: Arc::new(AtomicUsize::new(0)),
             subscriber: None,
             datagrams: false,
+            edge: false,
             metrics: None,
         }
     }
@@ -148,6 +152,11 @@ impl<B: Backend> Session<B> {
     /// Whether a `Subscribe` asked for price updates as QUIC datagrams.
     pub(crate) fn wants_datagrams(&self) -> bool {
         self.datagrams
+    }
+
+    /// Whether a `Subscribe` asked for the edge encoding (QUIC).
+    pub(crate) fn wants_edge(&self) -> bool {
+        self.edge
     }
 
     /// The gateway this session belongs to.
@@ -258,6 +267,7 @@ impl<B: Backend> Session<B> {
             return;
         }
         self.datagrams |= request.datagrams;
+        self.edge |= request.encoding == pb::StreamEncoding::Edge as i32;
         let Some(backend) = self.gateway.backend() else {
             // Recovering: the snapshots come with the updates once auctions change.
             return;

@@ -72,6 +72,8 @@ mod interrupt;
 pub mod kafka;
 pub mod log;
 pub mod segment;
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs;
 pub mod snapshot;
 pub mod storage;
 pub mod writer;

@@ -152,3 +152,4 @@ pub fn free_port() -> u16 {
 }
 
 pub mod broker;
+pub mod node;

@@ -272,6 +272,11 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_WRITER_LEASE_MS", value_name = "MS")]
     pub kafka_writer_lease_ms: Option<u64>,
 
+    /// This node's name in the Kafka log's writer leases and GET /v1/cluster (host, process and
+    /// a random part by default; give each node its own).
+    #[arg(long, env = "GAVEL_KAFKA_OWNER", value_name = "NAME")]
+    pub kafka_owner: Option<String>,
+
     /// The Kafka topic's partitions this node owns (static assignment, comma-separated, e.g.
     /// 0,1,2); each is written under its own writer lease. Unset: every partition (a node alone).
     #[arg(
@@ -281,6 +286,16 @@ pub struct ServeOptions {
         value_delimiter = ','
     )]
     pub kafka_owned_partitions: Option<Vec<i32>>,
+
+    /// Partitions of other nodes this node takes over while running once their owner's writer
+    /// lease lapses (comma-separated); needs --kafka-owned-partitions, disjoint from them.
+    #[arg(
+        long,
+        env = "GAVEL_KAFKA_STANDBY_PARTITIONS",
+        value_name = "P,P,...",
+        value_delimiter = ','
+    )]
+    pub kafka_standby_partitions: Option<Vec<i32>>,
 
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
@@ -491,7 +506,8 @@ impl ServeOptions {
             wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
-            kafka_linger_ms, kafka_writer_lease_ms, kafka_owned_partitions,
+            kafka_linger_ms, kafka_writer_lease_ms, kafka_owner, kafka_owned_partitions,
+            kafka_standby_partitions,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -741,7 +757,9 @@ impl ServeOptions {
                         && self.kafka_message_timeout_ms.is_none()
                         && self.kafka_linger_ms.is_none()
                         && self.kafka_writer_lease_ms.is_none()
-                        && self.kafka_owned_partitions.is_none(),
+                        && self.kafka_owner.is_none()
+                        && self.kafka_owned_partitions.is_none()
+                        && self.kafka_standby_partitions.is_none(),
                     "--kafka-* options need --wal kafka"
                 );
                 None
@@ -771,7 +789,9 @@ impl ServeOptions {
                     writer_lease_ms: self
                         .kafka_writer_lease_ms
                         .unwrap_or(defaults.writer_lease_ms),
+                    owner: self.kafka_owner.clone().unwrap_or(defaults.owner),
                     owned_partitions: self.kafka_owned_partitions.clone().unwrap_or_default(),
+                    standby_partitions: self.kafka_standby_partitions.clone().unwrap_or_default(),
                     ..defaults
                 };
                 kafka.validate().context("invalid Kafka log setting")?;

@@ -99,7 +99,7 @@ use tokio_util::task::TaskTracker;
 
 pub use admin::{AdminError, LIST_LIMIT_DEFAULT};
 pub use sse::{PATH as SSE_PATH, RESUME_POSITIONS_MAX};
-pub use ws::{PATH as WS_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
+pub use ws::{PATH as WS_PATH, SUBPROTOCOL_EDGE, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 
 use crate::gateway::{Backend, Gateway};
 use crate::identity::{Identity, IdentityError};

@@ -3,7 +3,10 @@
 //! reference.
 //!
 //! Subprotocols: `gavel.v1.proto` carries one protobuf `ClientMessage`/`ServerMessage` per
-//! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message.
+//! binary message; `gavel.v1.json` one canonical proto3 JSON message per text message;
+//! `gavel.v1.edge` requests as in `gavel.v1.proto`, stream updates as edge frames (one per
+//! binary message, `docs/edge-stream.md`), and the node's answers and notices as text
+//! messages of canonical JSON.
 //!
 //! Close codes the node sends: 1000 after an idle timeout, 1001 when the node shuts down,
 //! 1008 for a slow stream consumer (queued behind what the paced socket holds; the node
@@ -43,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use gavel_edge_proto::{EdgeEncoder, FRAME_BYTES_LIMIT, frame_len};
 use gavel_proto::pb;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -75,6 +79,8 @@ pub const PATH: &str = "/v1/ws";
 pub const SUBPROTOCOL_PROTO: &str = "gavel.v1.proto";
 /// Text messages of canonical proto3 JSON.
 pub const SUBPROTOCOL_JSON: &str = "gavel.v1.json";
+/// Binary protobuf requests; stream updates as edge frames, answers as JSON text.
+pub const SUBPROTOCOL_EDGE: &str = "gavel.v1.edge";
 /// The metric label of WebSocket connections and requests.
 const TRANSPORT: &str = "ws";
 /// The WebSocket version the node speaks (RFC 6455).
@@ -97,6 +103,8 @@ enum Codec {
     Proto,
     /// `gavel.v1.json`: text messages.
     Json,
+    /// `gavel.v1.edge`: binary requests, binary edge frames, JSON text answers.
+    Edge,
 }
 
 impl Codec {
@@ -104,6 +112,7 @@ impl Codec {
         match self {
             Codec::Proto => SUBPROTOCOL_PROTO,
             Codec::Json => SUBPROTOCOL_JSON,
+            Codec::Edge => SUBPROTOCOL_EDGE,
         }
     }
 
@@ -119,6 +128,7 @@ impl Codec {
             .find_map(|offered| match offered {
                 SUBPROTOCOL_PROTO => Some(Codec::Proto),
                 SUBPROTOCOL_JSON => Some(Codec::Json),
+                SUBPROTOCOL_EDGE => Some(Codec::Edge),
                 _ => None,
             })
     }
@@ -126,13 +136,14 @@ impl Codec {
     /// The request in a data message, or why it is not one.
     fn decode(self, message: &Message) -> Result<pb::ClientMessage, String> {
         match (self, message) {
-            (Codec::Proto, Message::Binary(bytes)) => {
+            (Codec::Proto | Codec::Edge, Message::Binary(bytes)) => {
                 pb::ClientMessage::decode(bytes.as_ref()).map_err(|e| e.to_string())
             }
             (Codec::Json, Message::Text(text)) => {
                 serde_json::from_str(text.as_str()).map_err(|e| e.to_string())
             }
             (Codec::Proto, _) => Err(format!("{SUBPROTOCOL_PROTO} carries binary messages")),
+            (Codec::Edge, _) => Err(format!("{SUBPROTOCOL_EDGE} requests are binary messages")),
             (Codec::Json, _) => Err(format!("{SUBPROTOCOL_JSON} carries text messages")),
         }
     }
@@ -142,7 +153,7 @@ impl Codec {
     fn encode_outgoing(self, message: &Outgoing) -> Message {
         match self {
             Codec::Proto => Message::Binary(message.proto()),
-            Codec::Json => match Utf8Bytes::try_from(message.json()) {
+            Codec::Json | Codec::Edge => match Utf8Bytes::try_from(message.json()) {
                 Ok(text) => Message::Text(text),
                 // serde_json writes UTF-8 only; still no panic.
                 Err(_) => self.encode(message.message()),
@@ -153,7 +164,8 @@ impl Codec {
     fn encode(self, message: &pb::ServerMessage) -> Message {
         match self {
             Codec::Proto => Message::Binary(Bytes::from(message.encode_to_vec())),
-            Codec::Json => match serde_json::to_string(message) {
+            // An edge socket's answers and notices are JSON text: binary is edge frames.
+            Codec::Json | Codec::Edge => match serde_json::to_string(message) {
                 Ok(text) => Message::text(text),
                 // Not reachable with the generated messages (no floats); still no panic.
                 Err(e) => Message::text(format!(
@@ -185,7 +197,7 @@ pub(super) fn upgrade<B: Backend>(
         return refuse(
             StatusCode::BAD_REQUEST,
             "no_subprotocol",
-            "offer Sec-WebSocket-Protocol gavel.v1.proto or gavel.v1.json",
+            "offer Sec-WebSocket-Protocol gavel.v1.proto, gavel.v1.json or gavel.v1.edge",
         );
     };
     let Ok(accept) = HeaderValue::try_from(derive_accept_key(key.as_bytes())) else {
@@ -300,17 +312,65 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response<Bod
 }
 
 /// A socket's core: WebSocket messages in the negotiated codec.
-type WsCore<B> = StreamCore<B, Codec>;
+type WsCore<B> = StreamCore<B, WsEncoding>;
 
-impl Encoding for Codec {
+/// The negotiated codec, and for `gavel.v1.edge` the socket's edge encoder (one stream
+/// per socket: every auction's first update is a keyframe) with the frame being built.
+struct WsEncoding {
+    codec: Codec,
+    edge: Option<Box<EdgeEncoder>>,
+    frames: Vec<u8>,
+    edge_bytes: ::metrics::Counter,
+}
+
+impl WsEncoding {
+    fn new(codec: Codec) -> WsEncoding {
+        WsEncoding {
+            codec,
+            edge: (codec == Codec::Edge)
+                .then(|| Box::new(EdgeEncoder::new(crate::stream::EDGE_FRAME_BYTES_MAX))),
+            frames: Vec::new(),
+            edge_bytes: ::metrics::counter!(metrics::STREAM_EDGE_BYTES, "transport" => TRANSPORT),
+        }
+    }
+}
+
+impl Encoding for WsEncoding {
     type Out = Vec<Message>;
 
     fn reply(&mut self, message: &pb::ServerMessage, out: &mut Vec<Message>) -> usize {
-        push(out, self.encode(message))
+        push(out, self.codec.encode(message))
     }
 
     fn update(&mut self, message: &Outgoing, out: &mut Vec<Message>) -> usize {
-        push(out, self.encode_outgoing(message))
+        match &mut self.edge {
+            None => push(out, self.codec.encode_outgoing(message)),
+            Some(encoder) => {
+                encoder.encode(message.message(), &mut self.frames);
+                0
+            }
+        }
+    }
+
+    /// Edge: seals the frame and sends each frame written as one binary message.
+    fn end_batch(&mut self, out: &mut Vec<Message>) -> usize {
+        let Some(encoder) = &mut self.edge else {
+            return 0;
+        };
+        encoder.flush(&mut self.frames);
+        self.edge_bytes.increment(self.frames.len() as u64);
+        let mut added = 0;
+        let mut rest = self.frames.as_slice();
+        // Invariant: the encoder writes whole frames, each within the frame limit.
+        while let Ok(Some(len)) = frame_len(rest, FRAME_BYTES_LIMIT) {
+            let Some((frame, tail)) = rest.split_at_checked(len) else {
+                break;
+            };
+            added += push(out, Message::Binary(Bytes::copy_from_slice(frame)));
+            rest = tail;
+        }
+        self.frames.clear();
+        added
     }
 
     fn keepalive(&mut self, out: &mut Vec<Message>) -> usize {
@@ -461,7 +521,8 @@ async fn run<B: Backend, S>(
     );
     let now = Instant::now();
     let every = stream::keepalive(&server.options, limits.idle_timeout());
-    let mut core = StreamCore::new(session, codec, &WS, now).with_keepalive(every, now);
+    let mut core =
+        StreamCore::new(session, WsEncoding::new(codec), &WS, now).with_keepalive(every, now);
     let drain = Duration::from_millis(server.options.drain_timeout_ms);
     let shutdown = server.gateway.shutdown().clone();
     // One wait for the whole connection (not a new one per loop turn).

@@ -38,7 +38,7 @@ use gavel_proto::frame::{FrameDecoder, FrameError};
 use gavel_proto::pb;
 use gavel_proto::pb::ErrorCode;
 
-pub(crate) use encoding::{Delimited, Encoding, Output};
+pub(crate) use encoding::{Delimited, EDGE_FRAME_BYTES_MAX, Encoding, Output};
 use updates::{SlowConsumer, Updates};
 
 use crate::durable_acks::DurableAcks;
@@ -200,7 +200,8 @@ pub(crate) struct StreamCore<B: Backend, E: Encoding> {
     keepalive: Option<(Duration, Instant)>,
     heard_at: Instant,
     datagram_max: usize,
-    datagrams: VecDeque<Outgoing>,
+    /// Price updates to send as datagrams, with their bytes.
+    datagrams: VecDeque<(Outgoing, Bytes)>,
     datagram_in_flight: Option<Outgoing>,
     stop: Option<ErrorCode>,
     end: Option<End>,
@@ -529,9 +530,7 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
     /// The next price update to send as a datagram (asked for, and it fits); the driver
     /// answers with [`StreamCore::handle_datagram_sent`].
     pub(crate) fn poll_datagram(&mut self) -> Option<Bytes> {
-        let update = self.datagrams.pop_front()?;
-        // Encoded once per update for every connection it goes to.
-        let datagram = update.proto();
+        let (update, datagram) = self.datagrams.pop_front()?;
         self.datagram_in_flight = Some(update);
         Some(datagram)
     }
@@ -616,6 +615,12 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
     fn answered(&mut self) {
         for reply in self.replies.drain(..) {
             self.out_bytes += self.encoding.reply(&reply, &mut self.out);
+            if self.session.wants_edge()
+                && matches!(reply.body, Some(pb::server_message::Body::Subscribed(_)))
+            {
+                // What follows the `Subscribed` answer is edge frames (docs/quic.md).
+                self.encoding.start_edge();
+            }
         }
         if let Some(subscriber) = self.session.subscriber() {
             self.updates
@@ -675,8 +680,9 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
         };
         for update in self.updates.batch.drain(..) {
             if datagram_max > 0 && update.is_price() {
-                if update.proto().len() <= datagram_max {
-                    self.datagrams.push_back(update);
+                let datagram = self.encoding.datagram(&update);
+                if datagram.len() <= datagram_max {
+                    self.datagrams.push_back((update, datagram));
                     continue;
                 }
                 ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "too_large")
