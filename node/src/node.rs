@@ -374,7 +374,20 @@ impl Node {
     /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for, and
     /// a bid that closed its auction says so.
     pub fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
-        self.shared.engine.place_bid(bid, now, &self.shared.sink)
+        let decision = self.shared.engine.place_bid(bid, now, &self.shared.sink);
+        if decision.closed.is_some() {
+            self.settled_at(now);
+        }
+        decision
+    }
+
+    /// An auction settled at `now` outside the closer: wakes the closer if its prune is due
+    /// before the closer planned to wake.
+    fn settled_at(&self, now: UnixMicros) {
+        let retention = self.shared.engine.config().settled_retention_us;
+        if retention > 0 {
+            self.due.due_at(UnixMicros(now.0.saturating_add(retention)));
+        }
     }
 
     /// Closes and settles up to `max` due auctions; announce each settlement once its
@@ -383,14 +396,29 @@ impl Node {
         self.shared.engine.close_due(now, max, &self.shared.sink)
     }
 
-    /// The next time an auction is due to close (possibly stale: an extended auction shows
-    /// its old end, which only wakes the closer early), in the manner of quinn's
-    /// `poll_timeout`; [`Node::close_due`] is its `handle_timeout`.
-    pub fn poll_timeout(&self) -> Option<UnixMicros> {
-        self.shared.engine.next_due()
+    /// Prunes up to `max` auctions settled longer ago than the engine's retention (each
+    /// by a logged `Pruned` record); returns how many.
+    pub fn prune_due(&self, now: UnixMicros, max: usize) -> usize {
+        self.shared
+            .engine
+            .prune_due(now, max, &self.shared.sink)
+            .len()
     }
 
-    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends earlier,
+    /// The next time an auction is due to close or to be pruned (possibly stale: an
+    /// extended auction shows its old end, which only wakes the closer early), in the
+    /// manner of quinn's `poll_timeout`; [`Node::close_due`] and [`Node::prune_due`] are
+    /// its `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<UnixMicros> {
+        let engine = &self.shared.engine;
+        match (engine.next_due(), engine.next_prune_due()) {
+            (Some(close), Some(prune)) => Some(close.min(prune)),
+            (close, prune) => close.or(prune),
+        }
+    }
+
+    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends (or one
+    /// settled since is due for pruning) earlier,
     /// [`Node::wake_closer`] rings, or `longest` passes (the closer's sleep).
     pub fn sleep_until_due(&self, longest: Duration) -> Wake {
         self.due.sleep(self.poll_timeout(), now_micros(), longest)
@@ -407,9 +435,12 @@ impl Node {
         id: AuctionId,
         now: UnixMicros,
     ) -> Result<ClosedAuction, ManageError> {
-        self.shared
+        let closed = self
+            .shared
             .engine
-            .cancel_auction(id, now, &self.shared.sink)
+            .cancel_auction(id, now, &self.shared.sink)?;
+        self.settled_at(now);
+        Ok(closed)
     }
 
     /// The Kafka log's partitions and their holders (`GET /v1/cluster`); `None` on the file

@@ -816,12 +816,12 @@ fn pruned_results_survive_a_snapshot_and_version_1_still_reads() {
     assert_eq!(engine.next_prune_due(), Some(due), "settled at its end");
 
     let mut corrupt = pb::Snapshot::decode(bytes.as_slice()).unwrap();
-    corrupt.pruned[1].reason = 0;
+    corrupt.pruned[1].close_reason = 0;
     assert_eq!(
         decode_snapshot_parts(&corrupt.encode_to_vec()),
         Err(SnapshotError::Pruned {
             index: 1,
-            error: ProtoError::Missing("PrunedAuctionRecord.reason")
+            error: ProtoError::Missing("PrunedAuction.close_reason")
         })
     );
 }

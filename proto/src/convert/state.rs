@@ -170,12 +170,13 @@ fn closed(closed: record::Closed) -> Result<(CloseReason, Settlement), ProtoErro
     Ok((reason, Settlement::try_from(settlement)?))
 }
 
-impl From<&PrunedAuction> for pb::PrunedAuctionRecord {
+/// A pruned auction's result: in a snapshot, and the admin API's 410 body.
+impl From<&PrunedAuction> for pb::PrunedAuction {
     fn from(result: &PrunedAuction) -> Self {
-        pb::PrunedAuctionRecord {
+        pb::PrunedAuction {
             auction_id: result.id.0,
             topic: result.topic.as_str().to_owned(),
-            reason: pb::CloseReason::from(result.reason).into(),
+            close_reason: pb::CloseReason::from(result.reason).into(),
             settlement: Some(result.settlement.into()),
             seq: result.seq,
             settled_at_us: result.settled_at.0,
@@ -184,22 +185,22 @@ impl From<&PrunedAuction> for pb::PrunedAuctionRecord {
     }
 }
 
-impl TryFrom<pb::PrunedAuctionRecord> for PrunedAuction {
+impl TryFrom<pb::PrunedAuction> for PrunedAuction {
     type Error = ProtoError;
 
     /// Parses every field; whether the sequence number is plausible is
     /// `Engine::restore_pruned`'s.
-    fn try_from(result: pb::PrunedAuctionRecord) -> Result<Self, ProtoError> {
+    fn try_from(result: pb::PrunedAuction) -> Result<Self, ProtoError> {
         let settlement = result
             .settlement
-            .ok_or(ProtoError::Missing("PrunedAuctionRecord.settlement"))?;
+            .ok_or(ProtoError::Missing("PrunedAuction.settlement"))?;
         Ok(PrunedAuction {
             id: AuctionId(result.auction_id),
             topic: Topic::new(&result.topic).map_err(|error| ProtoError::Name {
-                field: "PrunedAuctionRecord.topic",
+                field: "PrunedAuction.topic",
                 error,
             })?,
-            reason: close_reason("PrunedAuctionRecord.reason", result.reason)?,
+            reason: close_reason("PrunedAuction.close_reason", result.close_reason)?,
             settlement: Settlement::try_from(settlement)?,
             seq: result.seq,
             settled_at: UnixMicros(result.settled_at_us),
@@ -273,7 +274,7 @@ pub fn encode_snapshot_auction(state: &AuctionState, buf: &mut Vec<u8>) {
 pub fn encode_snapshot_pruned(results: &[PrunedAuction], buf: &mut Vec<u8>) {
     for result in results {
         buf.push(PRUNED_ENTRY_KEY);
-        pb::PrunedAuctionRecord::from(result)
+        pb::PrunedAuction::from(result)
             .encode_length_delimited(buf)
             .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
     }
