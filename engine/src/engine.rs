@@ -5,10 +5,14 @@
 //! The close timer is an ordered set per shard keyed by end time, so finding due auctions
 //! costs O(due + log n) rather than a scan; a soft-close extension does not touch it —
 //! a popped entry whose auction was extended is simply put back at the new end.
+//!
+//! Retention: a second ordered set per shard holds settled auctions by settlement time;
+//! [`Engine::prune_due`] removes those settled longer than `settled_retention_us` ago with a
+//! logged `Pruned` event each, keeping only their [`PrunedAuction`] results.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -17,9 +21,11 @@ use crate::auction::{Auction, CloseAttempt, Limits};
 use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{EventSink, Receipt};
 use crate::hash::{BuildMixHasher, mix64};
-use crate::snapshot::{AuctionState, RestoreError};
+use crate::snapshot::{AuctionState, PrunedAuction, RestoreError};
 use crate::types::{AuctionId, AuctionSpec, Bid, Price, Rejection, UnixMicros};
 use crate::view::AuctionView;
+
+mod retention;
 
 /// Engine limits and sizing. Every field has a safe default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +39,9 @@ pub struct EngineConfig {
     pub dedup_window_bids: usize,
     /// Most distinct bidders in one sealed auction.
     pub sealed_bidders_max: usize,
+    /// How long a settled auction stays whole before [`Engine::prune_due`] prunes it to
+    /// its final result, in µs; 0 keeps settled auctions forever.
+    pub settled_retention_us: u64,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +51,7 @@ impl Default for EngineConfig {
             auctions_max: 1_000_000,
             dedup_window_bids: 1024,
             sealed_bidders_max: 100_000,
+            settled_retention_us: 24 * 3_600 * 1_000_000,
         }
     }
 }
@@ -89,18 +99,28 @@ pub enum ManageError {
         /// Suggested wait.
         retry_after_us: u64,
     },
+    /// Only a settled auction can be pruned.
+    #[error("auction {0} has not settled")]
+    NotSettled(AuctionId),
 }
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
 /// engine's fixed mixer rather than a keyed (slower) hash.
 type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
+/// The results of pruned auctions.
+type PrunedMap = HashMap<AuctionId, PrunedAuction, BuildMixHasher>;
 
 struct Shard {
     auctions: ArcSwap<AuctionMap>,
     /// Serialises creations in this shard (copy-on-write of `auctions`).
     writer: Mutex<()>,
-    /// `(end, id)` of every auction not yet closed, possibly with stale ends.
+    /// `(end, id)` of every auction not yet closed, possibly with stale ends (and of
+    /// auctions closed early, until their old end comes).
     timer: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    /// `(settled at, id)` of every settled auction still held whole.
+    settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    /// Results of the auctions pruned from `auctions`; changed under `writer`.
+    pruned: RwLock<PrunedMap>,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -137,6 +157,8 @@ impl Engine {
                     auctions: ArcSwap::from_pointee(AuctionMap::default()),
                     writer: Mutex::new(()),
                     timer: Mutex::new(BTreeSet::new()),
+                    settled: Mutex::new(BTreeSet::new()),
+                    pruned: RwLock::new(PrunedMap::default()),
                 })
                 .collect(),
             config,
@@ -173,7 +195,7 @@ impl Engine {
         let id = spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) {
+        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
             return Err(CreateError::AlreadyExists(id));
         }
         // Ordering: Relaxed; the count is a limit, not a synchronisation point, and
@@ -234,7 +256,7 @@ impl Engine {
         let id = state.spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) {
+        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
             return Err(RestoreError::AlreadyExists(id));
         }
         // Ordering: Relaxed; see `create_auction`.
@@ -245,6 +267,9 @@ impl Engine {
         }
         let auction = Auction::from_state(state, self.limits)?;
         let (ends_at, closed) = auction.end();
+        if let Some(settled_at) = auction.settled_at() {
+            shard.settled_since(settled_at, id);
+        }
         let mut map = AuctionMap::clone(&shard.auctions.load());
         map.insert(id, Arc::new(auction));
         shard.auctions.store(Arc::new(map));
@@ -260,9 +285,41 @@ impl Engine {
         Ok(())
     }
 
-    /// The sequence number of an auction's latest state change.
+    /// Adds a pruned auction's result from a snapshot (into an engine being rebuilt).
+    pub fn restore_pruned(&self, result: PrunedAuction) -> Result<(), RestoreError> {
+        let id = result.id;
+        let shard = self.shard(id);
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+            return Err(RestoreError::AlreadyExists(id));
+        }
+        if result.seq < 3 {
+            // Created, Closed, Settled come before Pruned.
+            return Err(RestoreError::Inconsistent {
+                id,
+                what: "a pruned auction's last sequence number is at least 4",
+            });
+        }
+        shard.pruned_write().insert(id, result);
+        Ok(())
+    }
+
+    /// The sequence number of an auction's latest state change (a pruned auction's: its
+    /// `Pruned` event's).
     pub fn auction_seq(&self, id: AuctionId) -> Option<u64> {
-        self.auction(id).map(|a| a.seq())
+        self.auction(id)
+            .map(|a| a.seq())
+            .or_else(|| self.pruned(id).map(|p| p.seq))
+    }
+
+    /// The result of a pruned auction, if `id` was pruned.
+    pub fn pruned(&self, id: AuctionId) -> Option<PrunedAuction> {
+        self.shard(id).pruned_read().get(&id).cloned()
+    }
+
+    /// How many pruned auctions' results are held.
+    pub fn pruned_len(&self) -> usize {
+        self.shards.iter().map(|s| s.pruned_read().len()).sum()
     }
 
     fn all_auctions(&self) -> Vec<Arc<Auction>> {
@@ -280,9 +337,17 @@ impl Engine {
         now: UnixMicros,
         sink: &S,
     ) -> BidDecision {
-        let map = self.shard(bid.auction()).auctions.load();
+        let shard = self.shard(bid.auction());
+        let map = shard.auctions.load();
         match map.get(&bid.auction()) {
-            Some(auction) => auction.place_bid(bid, now, sink, self.limits),
+            Some(auction) => {
+                let decision = auction.place_bid(bid, now, sink, self.limits);
+                if decision.closed.is_some() {
+                    shard.settled_since(now, bid.auction());
+                }
+                decision
+            }
+            None if shard.is_pruned(bid.auction()) => BidDecision::rejected(Rejection::Closed),
             None => BidDecision::rejected(Rejection::UnknownAuction),
         }
     }
@@ -300,8 +365,10 @@ impl Engine {
         now: UnixMicros,
         sink: &S,
     ) -> Result<ClosedAuction, ManageError> {
-        let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
-        close_result(id, auction.cancel(now, sink))
+        let auction = self.managed(id)?;
+        let closed = close_result(id, auction.cancel(now, sink))?;
+        self.shard(id).settled_since(now, id);
+        Ok(closed)
     }
 
     /// Closes one auction whose end has passed at `now` (the timer does this for all of
@@ -312,8 +379,19 @@ impl Engine {
         now: UnixMicros,
         sink: &S,
     ) -> Result<ClosedAuction, ManageError> {
-        let auction = self.auction(id).ok_or(ManageError::UnknownAuction(id))?;
-        close_result(id, auction.close_if_due(now, sink))
+        let auction = self.managed(id)?;
+        let closed = close_result(id, auction.close_if_due(now, sink))?;
+        self.shard(id).settled_since(now, id);
+        Ok(closed)
+    }
+
+    /// The auction `id`, for an operation: a pruned one is closed, any other unknown.
+    fn managed(&self, id: AuctionId) -> Result<Arc<Auction>, ManageError> {
+        match self.auction(id) {
+            Some(auction) => Ok(auction),
+            None if self.shard(id).is_pruned(id) => Err(ManageError::AlreadyClosed(id)),
+            None => Err(ManageError::UnknownAuction(id)),
+        }
     }
 
     /// Closes and settles up to `max` auctions whose end passed at `now`. Returns what
@@ -347,15 +425,20 @@ impl Engine {
             let map = shard.auctions.load();
             let mut put_back = Vec::new();
             for (ends_at, id) in due {
-                // Invariant: timer entries are only added for auctions in the map, and
-                // auctions are never removed from it.
-                let auction = map.get(&id).expect("timer entry for a registered auction");
+                // Timer entries are only added for auctions in the map; one that is gone
+                // was closed early (a cancel, buy-now, a Dutch sale) and then pruned.
+                let Some(auction) = map.get(&id) else {
+                    continue;
+                };
                 match auction.close_if_due(now, sink) {
-                    CloseAttempt::Closed(settlement, receipt) => closed.push(ClosedAuction {
-                        id,
-                        settlement,
-                        receipt,
-                    }),
+                    CloseAttempt::Closed(settlement, receipt) => {
+                        shard.settled_since(now, id);
+                        closed.push(ClosedAuction {
+                            id,
+                            settlement,
+                            receipt,
+                        });
+                    }
                     CloseAttempt::NotDue(new_end) => put_back.push((new_end, id)),
                     CloseAttempt::AlreadyClosed => {}
                     CloseAttempt::Backpressure { .. } => put_back.push((ends_at, id)),
@@ -450,7 +533,45 @@ impl Engine {
         for auction in all {
             auction.hash_into(&mut hasher);
         }
+        let mut pruned = self.pruned_results();
+        // Without pruned auctions the hash is what it was before there were any.
+        if !pruned.is_empty() {
+            pruned.sort_unstable_by_key(|p| p.id);
+            hasher.update(&(pruned.len() as u64).to_le_bytes());
+            for result in &pruned {
+                crate::auction::hash_pruned(result, &mut hasher);
+            }
+        }
         *hasher.finalize().as_bytes()
+    }
+
+    fn pruned_results(&self) -> Vec<PrunedAuction> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.pruned_read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+impl Shard {
+    fn pruned_read(&self) -> std::sync::RwLockReadGuard<'_, PrunedMap> {
+        self.pruned.read().expect("pruned lock poisoned")
+    }
+
+    fn pruned_write(&self) -> std::sync::RwLockWriteGuard<'_, PrunedMap> {
+        self.pruned.write().expect("pruned lock poisoned")
+    }
+
+    fn is_pruned(&self, id: AuctionId) -> bool {
+        self.pruned_read().contains_key(&id)
+    }
+
+    /// Auction `id` settled at `settled_at`: the retention rule starts counting.
+    fn settled_since(&self, settled_at: UnixMicros, id: AuctionId) {
+        self.settled
+            .lock()
+            .expect("settled lock poisoned")
+            .insert((settled_at, id));
     }
 }
 

@@ -23,9 +23,9 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// What changed. *Commands* (`Created`, `BidAccepted`, `Closed` by end time or cancel) are
-/// re-executed on replay; the other variants are *derived*: replay expects the command
-/// before them to produce them again.
+/// What changed. *Commands* (`Created`, `BidAccepted`, `Closed` by end time or cancel,
+/// `Pruned`) are re-executed on replay; the other variants are *derived*: replay expects
+/// the command before them to produce them again.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum EventKind {
     /// The auction was created with these rules.
@@ -55,6 +55,9 @@ pub enum EventKind {
     },
     /// Winner and clearing price (always right after `Closed`, derived from it).
     Settled(Settlement),
+    /// The settled auction was removed from memory; only its final result
+    /// ([`crate::PrunedAuction`]) is kept. The auction's last event.
+    Pruned,
 }
 
 impl EventKind {
@@ -62,7 +65,7 @@ impl EventKind {
     /// the command before it (derived).
     pub fn is_command(&self) -> bool {
         match self {
-            EventKind::Created(_) | EventKind::BidAccepted { .. } => true,
+            EventKind::Created(_) | EventKind::BidAccepted { .. } | EventKind::Pruned => true,
             EventKind::Closed { reason } => reason.is_command(),
             EventKind::Extended { .. } | EventKind::Settled(_) => false,
         }

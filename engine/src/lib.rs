@@ -41,6 +41,8 @@ pub use event::{
     EventSink, Receipt, RecordingSink,
 };
 pub use replay::{ReplayError, ReplaySummary, Replayer};
-pub use snapshot::{AuctionState, BookState, LeaderState, RecentBid, RestoreError, SealedBidState};
+pub use snapshot::{
+    AuctionState, BookState, LeaderState, PrunedAuction, RecentBid, RestoreError, SealedBidState,
+};
 pub use types::*;
 pub use view::{AuctionView, Phase};

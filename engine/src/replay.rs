@@ -1,6 +1,6 @@
 //! Replay: rebuilds an engine from its events through the same code path as live traffic.
 //!
-//! Each *command* event (creation, accepted bid, close by end time, cancel) is executed
+//! Each *command* event (creation, accepted bid, close by end time, cancel, prune) is executed
 //! again with the `now` it was decided at; the events that execution produces must equal
 //! the logged ones, the command itself first and then its *derived* events (extension,
 //! buy-now or Dutch close, settlement), which the log must hold next for that auction.
@@ -53,6 +53,14 @@ pub enum ReplayError {
     /// A logged close or cancel could not be re-executed.
     #[error("re-closing auction {auction} failed: {source}")]
     Close {
+        /// The auction.
+        auction: AuctionId,
+        /// Why.
+        source: ManageError,
+    },
+    /// A logged prune could not be re-executed.
+    #[error("re-pruning auction {auction} failed: {source}")]
+    Prune {
         /// The auction.
         auction: AuctionId,
         /// Why.
@@ -218,6 +226,14 @@ impl<'e> Replayer<'e> {
                 self.engine
                     .cancel_auction(id, logged.at, capture)
                     .map_err(|source| ReplayError::Close {
+                        auction: id,
+                        source,
+                    })?;
+            }
+            EventKind::Pruned => {
+                self.engine
+                    .prune_auction(id, logged.at, capture)
+                    .map_err(|source| ReplayError::Prune {
                         auction: id,
                         source,
                     })?;

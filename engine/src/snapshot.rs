@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::event::CloseReason;
 use crate::types::{
-    Accepted, AuctionId, AuctionSpec, BidId, BidderId, Price, Settlement, UnixMicros, Winner,
+    Accepted, AuctionId, AuctionSpec, BidId, BidderId, Price, Settlement, Topic, UnixMicros, Winner,
 };
 
 /// The complete state of one auction.
@@ -34,10 +34,36 @@ pub struct AuctionState {
     pub bids_accepted: u64,
     /// Why and how it closed, once closed (close and settlement happen together).
     pub closed: Option<(CloseReason, Settlement)>,
+    /// When it closed and settled, once closed (`UnixMicros(0)` while open, and when a
+    /// snapshot written before this was recorded does not say: restore then takes the end).
+    /// Only the retention rule reads it, so the state hash does not cover it.
+    pub settled_at: UnixMicros,
     /// Kind-specific state.
     pub book: BookState,
     /// The idempotency memory, oldest first.
     pub recent: Vec<RecentBid>,
+}
+
+/// The final result of a settled auction that was pruned from memory (the engine's
+/// retention rule, [`crate::EngineConfig::settled_retention_us`]): all the engine keeps of
+/// it, so reads can still answer and its id is never reused.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PrunedAuction {
+    /// The auction.
+    pub id: AuctionId,
+    /// Its topic (the only part of its rules kept).
+    pub topic: Topic,
+    /// Why it closed.
+    pub reason: CloseReason,
+    /// Its result.
+    pub settlement: Settlement,
+    /// Sequence number of its `Pruned` event, its last.
+    pub seq: u64,
+    /// When it closed and settled (informational: not covered by the state hash, see
+    /// [`AuctionState::settled_at`]).
+    pub settled_at: UnixMicros,
+    /// When it was pruned.
+    pub pruned_at: UnixMicros,
 }
 
 /// Kind-specific state of an auction.

@@ -27,6 +27,10 @@ impl AuctionReads for NodeBackend {
     fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
         self.0.engine().list(after, limit, now)
     }
+
+    fn pruned(&self, id: AuctionId) -> Option<gavel_engine::PrunedAuction> {
+        self.0.engine().pruned(id)
+    }
 }
 
 impl Backend for NodeBackend {

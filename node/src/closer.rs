@@ -1,8 +1,12 @@
 //! The closer: closes and settles auctions at their ends, on a thread of its own (deciding
 //! is CPU work, not async), and announces each settlement once it is durable
-//! ([`gavel_transport::settlement::announce`]).
+//! ([`gavel_transport::settlement::announce`]). It also prunes auctions settled longer ago
+//! than the retention ([`Node::prune_due`]), at most [`PRUNE_PER_ROUND_MAX`] per round:
+//! a prune holds one registry shard's writer lock (creations in that shard wait; bids never
+//! do) while it copies that shard's map once per batch.
 //!
-//! It sleeps until the engine's next due time ([`Node::poll_timeout`]) rather than ticking:
+//! It sleeps until the engine's next due time ([`Node::poll_timeout`], the next close or
+//! prune) rather than ticking:
 //! a creation that ends before the closer would wake rings its [`DueAlarm`], and so does
 //! shutdown. It never sleeps longer than `longest`, because due times are wall-clock times
 //! and the wall clock may jump. Soft-close extensions only move ends later (the closer
@@ -24,6 +28,10 @@ use crate::node::Node;
 
 /// Most auctions closed per round; when more are due the next round starts at once.
 const CLOSE_PER_ROUND_MAX: usize = 1024;
+/// Most auctions pruned per round; when more are due the next round starts at once.
+pub const PRUNE_PER_ROUND_MAX: usize = 256;
+/// Settled auctions pruned by this process (the counter's name).
+pub const METRIC_PRUNED: &str = "gavel_auctions_pruned_total";
 /// The pause before closing again when an auction is still due after a round (the log's
 /// queue refused its close: back-pressure).
 const RETRY_DUE_AFTER: Duration = Duration::from_millis(1);
@@ -144,8 +152,11 @@ fn run(
 ) {
     let node: &Node = &backend.0;
     while !shutdown.is_cancelled() {
-        let closed = node.close_due(now_micros(), CLOSE_PER_ROUND_MAX);
-        let more = closed.len() == CLOSE_PER_ROUND_MAX;
+        let now = now_micros();
+        let closed = node.close_due(now, CLOSE_PER_ROUND_MAX);
+        let pruned = node.prune_due(now, PRUNE_PER_ROUND_MAX);
+        metrics::counter!(METRIC_PRUNED).increment(pruned as u64);
+        let more = closed.len() == CLOSE_PER_ROUND_MAX || pruned == PRUNE_PER_ROUND_MAX;
         for auction in closed {
             let announce = settlement::announce(Arc::clone(backend), Arc::clone(hub), auction);
             // The outcome is logged by `announce`; nobody else waits for it.

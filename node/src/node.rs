@@ -46,7 +46,8 @@ use gavel_engine::{
     Event, ManageError, Receipt, ReplaySummary, UnixMicros,
 };
 use gavel_proto::convert::state::{
-    decode_snapshot, decode_snapshot_with_position, encode_snapshot, encode_snapshot_position,
+    SnapshotParts, decode_snapshot_parts, encode_snapshot, encode_snapshot_position,
+    encode_snapshot_pruned,
 };
 use gavel_proto::convert::wal::encode_record;
 use gavel_proto::pb;
@@ -102,6 +103,8 @@ pub struct RecoveryReport {
     pub snapshot_lsn: Option<Lsn>,
     /// Auctions restored from the snapshot.
     pub auctions_restored: usize,
+    /// Pruned auctions' results restored from the snapshot.
+    pub pruned_restored: usize,
     /// Newer snapshot files that were corrupt and skipped for an older one.
     pub snapshots_skipped: Vec<(PathBuf, SnapshotDefect)>,
     /// Records read after the snapshot.
@@ -371,7 +374,20 @@ impl Node {
     /// Decides a bid; the receipt of an accepted bid is what its durable ack waits for, and
     /// a bid that closed its auction says so.
     pub fn place_bid(&self, bid: &Bid, now: UnixMicros) -> BidDecision {
-        self.shared.engine.place_bid(bid, now, &self.shared.sink)
+        let decision = self.shared.engine.place_bid(bid, now, &self.shared.sink);
+        if decision.closed.is_some() {
+            self.settled_at(now);
+        }
+        decision
+    }
+
+    /// An auction settled at `now` outside the closer: wakes the closer if its prune is due
+    /// before the closer planned to wake.
+    fn settled_at(&self, now: UnixMicros) {
+        let retention = self.shared.engine.config().settled_retention_us;
+        if retention > 0 {
+            self.due.due_at(UnixMicros(now.0.saturating_add(retention)));
+        }
     }
 
     /// Closes and settles up to `max` due auctions; announce each settlement once its
@@ -380,14 +396,29 @@ impl Node {
         self.shared.engine.close_due(now, max, &self.shared.sink)
     }
 
-    /// The next time an auction is due to close (possibly stale: an extended auction shows
-    /// its old end, which only wakes the closer early), in the manner of quinn's
-    /// `poll_timeout`; [`Node::close_due`] is its `handle_timeout`.
-    pub fn poll_timeout(&self) -> Option<UnixMicros> {
-        self.shared.engine.next_due()
+    /// Prunes up to `max` auctions settled longer ago than the engine's retention (each
+    /// by a logged `Pruned` record); returns how many.
+    pub fn prune_due(&self, now: UnixMicros, max: usize) -> usize {
+        self.shared
+            .engine
+            .prune_due(now, max, &self.shared.sink)
+            .len()
     }
 
-    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends earlier,
+    /// The next time an auction is due to close or to be pruned (possibly stale: an
+    /// extended auction shows its old end, which only wakes the closer early), in the
+    /// manner of quinn's `poll_timeout`; [`Node::close_due`] and [`Node::prune_due`] are
+    /// its `handle_timeout`.
+    pub fn poll_timeout(&self) -> Option<UnixMicros> {
+        let engine = &self.shared.engine;
+        match (engine.next_due(), engine.next_prune_due()) {
+            (Some(close), Some(prune)) => Some(close.min(prune)),
+            (close, prune) => close.or(prune),
+        }
+    }
+
+    /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends (or one
+    /// settled since is due for pruning) earlier,
     /// [`Node::wake_closer`] rings, or `longest` passes (the closer's sleep).
     pub fn sleep_until_due(&self, longest: Duration) -> Wake {
         self.due.sleep(self.poll_timeout(), now_micros(), longest)
@@ -404,9 +435,12 @@ impl Node {
         id: AuctionId,
         now: UnixMicros,
     ) -> Result<ClosedAuction, ManageError> {
-        self.shared
+        let closed = self
+            .shared
             .engine
-            .cancel_auction(id, now, &self.shared.sink)
+            .cancel_auction(id, now, &self.shared.sink)?;
+        self.settled_at(now);
+        Ok(closed)
     }
 
     /// The Kafka log's partitions and their holders (`GET /v1/cluster`); `None` on the file
@@ -725,24 +759,17 @@ fn recover_file(
             tracing::warn!(file = %path.display(), %defect, "corrupt snapshot skipped; using an older one");
         }
         report.snapshots_skipped = snapshot.skipped.clone();
-        let (lsn, _taken_at, states) = decode_snapshot(&snapshot.payload)
+        let parts = decode_snapshot_parts(&snapshot.payload)
             .with_context(|| format!("decoding snapshot {}", snapshot.path.display()))?;
         ensure!(
-            lsn == snapshot.lsn,
-            "snapshot {} says LSN {lsn} inside but its file is for LSN {}",
+            parts.lsn == snapshot.lsn,
+            "snapshot {} says LSN {} inside but its file is for LSN {}",
             snapshot.path.display(),
+            parts.lsn,
             snapshot.lsn
         );
-        report.auctions_restored = states.len();
-        for state in states {
-            let id = state.spec.id();
-            engine.restore(state).with_context(|| {
-                format!(
-                    "restoring auction {id} from snapshot {}",
-                    snapshot.path.display()
-                )
-            })?;
-        }
+        let path = snapshot.path.display().to_string();
+        restore_parts(engine, parts, &path, |_| true, report)?;
         report.snapshot_lsn = Some(snapshot.lsn);
     }
     let from = snapshot.as_ref().map_or(1, |s| s.lsn + 1);
@@ -805,7 +832,7 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
     if lsn == 0 || lsn <= *last_snapshot_lsn {
         return Ok(None);
     }
-    let states = shared.engine.snapshot();
+    let (states, pruned) = shared.engine.snapshot_with_pruned();
     let appended = shared.wal.last_appended_lsn();
     shared
         .wal
@@ -817,6 +844,7 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
             .map_or(0, |d| d.as_micros() as u64),
     );
     let mut payload = encode_snapshot(lsn, taken_at, &states);
+    encode_snapshot_pruned(&pruned, &mut payload);
     let (path, compacted) = match (shared.wal.as_file(), position, &shared.kafka_snapshots) {
         (Some(file), _, _) => {
             let path = file
@@ -858,6 +886,38 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
     }))
 }
 
+/// Restores a snapshot's auctions and pruned results for which `wanted` holds into
+/// `engine`, counting them in `report`.
+fn restore_parts(
+    engine: &Engine,
+    parts: SnapshotParts,
+    path: &str,
+    wanted: impl Fn(AuctionId) -> bool,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    for state in parts.auctions {
+        let id = state.spec.id();
+        if !wanted(id) {
+            continue;
+        }
+        engine
+            .restore(state)
+            .with_context(|| format!("restoring auction {id} from snapshot {path}"))?;
+        report.auctions_restored += 1;
+    }
+    for result in parts.pruned {
+        let id = result.id;
+        if !wanted(id) {
+            continue;
+        }
+        engine
+            .restore_pruned(result)
+            .with_context(|| format!("restoring pruned auction {id} from snapshot {path}"))?;
+        report.pruned_restored += 1;
+    }
+    Ok(())
+}
+
 /// Where a Kafka node keeps the snapshots of `topic`: `<data_dir>/kafka-<topic>`.
 pub fn kafka_snapshot_dir(data_dir: &Path, topic: &str) -> PathBuf {
     data_dir.join(format!("kafka-{topic}"))
@@ -887,9 +947,9 @@ fn restore_kafka_snapshot(
             }
         };
         let path = file.path.display();
-        let (lsn, _taken_at, states, position) =
-            decode_snapshot_with_position(&snapshot.payload)
-                .with_context(|| format!("decoding snapshot {path}"))?;
+        let mut parts = decode_snapshot_parts(&snapshot.payload)
+            .with_context(|| format!("decoding snapshot {path}"))?;
+        let (lsn, position) = (parts.lsn, parts.kafka.take());
         ensure!(
             lsn == snapshot.lsn,
             "snapshot {path} says LSN {lsn} inside but its file is for LSN {}",
@@ -904,16 +964,8 @@ fn restore_kafka_snapshot(
         );
         let partitions = i32::try_from(position.next_offsets.len()).unwrap_or(i32::MAX);
         let owned = kafka.owned_in(partitions)?;
-        for state in states {
-            let id = state.spec.id();
-            if !owned.contains(&kafka_partition(id.0, partitions)) {
-                continue;
-            }
-            engine
-                .restore(state)
-                .with_context(|| format!("restoring auction {id} from snapshot {path}"))?;
-            report.auctions_restored += 1;
-        }
+        let is_owned = |id: AuctionId| owned.contains(&kafka_partition(id.0, partitions));
+        restore_parts(engine, parts, &path.to_string(), is_owned, report)?;
         report.snapshot_lsn = Some(lsn);
         return Ok(Some(KafkaPosition {
             lsn,

@@ -861,3 +861,61 @@ async fn the_plain_metrics_listener_serves_probes_and_metrics() {
         .expect("the metrics listener stops with the node")
         .unwrap();
 }
+
+/// Retention (issue 21 §2, docs/admin-api.md): an auction pruned from memory answers
+/// `410 Gone` with its final result; it is left out of the list, its id cannot be created
+/// again (409 `already_exists`), a cancel finds it closed (409 `already_closed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruned_auction_answers_410_gone_with_its_final_result() {
+    let node = TestNode::start(Setup::default()).await;
+    create(&node, 41).await;
+    create(&node, 42).await;
+    let (status, _, _) = node
+        .request(ADMIN, "POST", "/v1/auctions/41/cancel", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let durable = node.node();
+    let result = durable
+        .engine()
+        .prune_auction(
+            gavel_engine::AuctionId(41),
+            gavel_engine::UnixMicros(now_us()),
+            durable.sink(),
+        )
+        .unwrap();
+
+    let (status, _, body) = node.request(WATCHER, "GET", "/v1/auctions/41", None).await;
+    assert_eq!(
+        status,
+        StatusCode::GONE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let gone: pb::PrunedAuction = serde_json::from_slice(&body).unwrap();
+    assert_eq!(gone, pb::PrunedAuction::from(&result));
+    let gone = parse(&body);
+    assert_eq!(gone["auctionId"], "41");
+    assert_eq!(gone["topic"], "energy.eu.de.block-41");
+    assert_eq!(gone["closeReason"], "CLOSE_REASON_CANCELLED");
+    assert_eq!(gone["seq"], "4", "created, closed, settled, pruned");
+    assert_eq!(gone["settlement"], json!({}), "a cancel has no winner");
+
+    let (status, _, body) = node.request(WATCHER, "GET", "/v1/auctions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = parse(&body)["auctions"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["rules"]["auctionId"], "42");
+    let (status, _, body) = node
+        .request(ADMIN, "POST", "/v1/auctions", Some(english(41)))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(parse(&body)["code"], "already_exists");
+    let (status, _, body) = node
+        .request(ADMIN, "POST", "/v1/auctions/41/cancel", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(parse(&body)["code"], "already_closed");
+    let (status, _, _) = node.request(WATCHER, "GET", "/v1/auctions/43", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    node.stop().await;
+}

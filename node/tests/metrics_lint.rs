@@ -20,7 +20,7 @@ use gavel_transport::tls::dev;
 
 /// Families the exercise must make appear before the lint (it checks only what is there),
 /// from each kind of activity; the log's gauges come with their once-a-second refresh.
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 10] = [
     "gavel_admin_requests_total",
     "gavel_bids_total",
     "gavel_bid_durable_seconds",
@@ -29,6 +29,7 @@ const FAMILIES: [&str; 9] = [
     "gavel_stream_datagrams_total",
     "gavel_stream_delivery_seconds",
     "gavel_auctions_settled_total",
+    "gavel_auctions_pruned_total",
     "gavel_wal_last_batch_records",
 ];
 

@@ -78,8 +78,8 @@ pub enum SnapshotError {
     /// The bytes are not a protobuf `Snapshot` (truncated, corrupt, or not a snapshot).
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] prost::DecodeError),
-    /// The snapshot's format version is not the one this build reads.
-    #[error("snapshot format version {found} is unknown (this build reads {expected})")]
+    /// The snapshot's format version is not one this build reads.
+    #[error("snapshot format version {found} is unknown (this build reads 1 to {expected})")]
     Version {
         /// The version found (0: the field is missing).
         found: u32,
@@ -90,6 +90,14 @@ pub enum SnapshotError {
     #[error("snapshot auction #{index}: {error}")]
     Auction {
         /// Position of the auction in the snapshot, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: ProtoError,
+    },
+    /// One pruned auction's result was refused.
+    #[error("snapshot pruned auction #{index}: {error}")]
+    Pruned {
+        /// Position of the result in the snapshot, from 0.
         index: usize,
         /// Why it was refused.
         error: ProtoError,

@@ -107,9 +107,14 @@ fn run_market(engine: &Engine) -> Vec<Event> {
 #[test]
 fn engine_events_survive_the_wal_codec_and_replay_identically() {
     let live = Engine::new(EngineConfig::default());
-    let events = run_market(&live);
+    let mut events = run_market(&live);
+    // Retention: prune every settled auction, a day after the market.
+    let sink = RecordingSink::default();
+    let day_after = UnixMicros(100_000 + live.config().settled_retention_us);
+    assert!(!live.prune_due(day_after, usize::MAX, &sink).is_empty());
+    events.extend(sink.take());
 
-    let mut kinds = [false; 5];
+    let mut kinds = [false; 6];
     let log: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
@@ -119,11 +124,12 @@ fn engine_events_survive_the_wal_codec_and_replay_identically() {
                 EventKind::Extended { .. } => 2,
                 EventKind::Closed { .. } => 3,
                 EventKind::Settled(_) => 4,
+                EventKind::Pruned => 5,
             }] = true;
             pb::Record::from(e).encode_to_vec()
         })
         .collect();
-    assert_eq!(kinds, [true; 5], "the market must produce every event kind");
+    assert_eq!(kinds, [true; 6], "the market must produce every event kind");
 
     let read: Vec<Event> = log
         .iter()

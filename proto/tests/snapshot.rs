@@ -10,8 +10,9 @@ use gavel_engine::{
     Topic, UnixMicros,
 };
 use gavel_proto::convert::state::{
-    SNAPSHOT_FORMAT_VERSION, decode_snapshot, encode_snapshot, encode_snapshot_auction,
-    encode_snapshot_header,
+    SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION_OLDEST, decode_snapshot,
+    decode_snapshot_parts, encode_snapshot, encode_snapshot_auction, encode_snapshot_header,
+    encode_snapshot_pruned,
 };
 use gavel_proto::pb::auction_state_record::Book;
 use gavel_proto::{ProtoError, SnapshotError, pb};
@@ -350,6 +351,7 @@ fn a_snapshot_written_one_auction_at_a_time_is_the_same_message() {
         taken_at_us: 5,
         auctions: states.iter().map(Into::into).collect(),
         kafka: None,
+        pruned: Vec::new(),
     };
     assert_eq!(streamed, whole.encode_to_vec());
     assert_eq!(streamed, encode_snapshot(7, UnixMicros(5), &states));
@@ -761,4 +763,65 @@ thread_local! {
     /// The scripted market's snapshot, built once per test thread.
     static SNAPSHOT_BYTES: Vec<u8> =
         encode_snapshot(1, UnixMicros(1), &Market::scripted().engine.snapshot());
+}
+
+/// Retention (issue 21 §2): a snapshot carries the pruned auctions' results after the
+/// auctions (format version 2) and restores to the same state hash; a version 1 snapshot
+/// (written before) still reads, with no pruned result and each closed auction's settlement
+/// time taken from its end; a corrupt result is refused with its index.
+#[test]
+fn pruned_results_survive_a_snapshot_and_version_1_still_reads() {
+    let market = Market::scripted();
+    let late = UnixMicros(1 << 60);
+    market.engine.close_due(late, usize::MAX, &market.sink);
+    let pruned_now = market.engine.prune_due(late, 2, &market.sink);
+    assert_eq!(
+        pruned_now.len(),
+        2,
+        "the scripted market has settled auctions to prune"
+    );
+    let (states, pruned) = market.engine.snapshot_with_pruned();
+    assert!(!states.is_empty());
+    let mut bytes = encode_snapshot(11, UnixMicros(4), &states);
+    encode_snapshot_pruned(&pruned, &mut bytes);
+    let parts = decode_snapshot_parts(&bytes).unwrap();
+    assert_eq!(
+        (parts.lsn, &parts.auctions, &parts.pruned),
+        (11, &states, &pruned)
+    );
+    let restored = Engine::new(config());
+    for state in parts.auctions {
+        restored.restore(state).unwrap();
+    }
+    for result in parts.pruned {
+        restored.restore_pruned(result).unwrap();
+    }
+    assert_eq!(restored.state_hash(), market.engine.state_hash());
+
+    // Version 1: no pruned results, no settlement times.
+    let mut old =
+        pb::Snapshot::decode(encode_snapshot(11, UnixMicros(4), &states).as_slice()).unwrap();
+    old.format_version = SNAPSHOT_FORMAT_VERSION_OLDEST;
+    for record in &mut old.auctions {
+        if let Some(closed) = record.closed.as_mut() {
+            closed.settled_at_us = 0;
+        }
+    }
+    let parts = decode_snapshot_parts(&old.encode_to_vec()).unwrap();
+    assert!(parts.pruned.is_empty());
+    let closed = parts.auctions.iter().find(|s| s.closed.is_some()).unwrap();
+    let engine = Engine::new(config());
+    engine.restore(closed.clone()).unwrap();
+    let due = UnixMicros(closed.ends_at.0 + config().settled_retention_us);
+    assert_eq!(engine.next_prune_due(), Some(due), "settled at its end");
+
+    let mut corrupt = pb::Snapshot::decode(bytes.as_slice()).unwrap();
+    corrupt.pruned[1].close_reason = 0;
+    assert_eq!(
+        decode_snapshot_parts(&corrupt.encode_to_vec()),
+        Err(SnapshotError::Pruned {
+            index: 1,
+            error: ProtoError::Missing("PrunedAuction.close_reason")
+        })
+    );
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use gavel_engine::{
     AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, Engine,
-    ManageError, Receipt, UnixMicros,
+    ManageError, PrunedAuction, Receipt, UnixMicros,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,10 @@ pub trait AuctionReads {
 
     /// Views of up to `limit` auctions with ids after `after`, ascending by id.
     fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView>;
+
+    /// The final result of auction `id`, if the retention rule pruned it (then `view` has
+    /// none).
+    fn pruned(&self, id: AuctionId) -> Option<PrunedAuction>;
 }
 
 impl AuctionReads for Engine {
@@ -33,6 +37,10 @@ impl AuctionReads for Engine {
 
     fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
         Engine::list(self, after, limit, now)
+    }
+
+    fn pruned(&self, id: AuctionId) -> Option<PrunedAuction> {
+        Engine::pruned(self, id)
     }
 }
 

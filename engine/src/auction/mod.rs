@@ -36,12 +36,15 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
+pub(crate) use self::state_hash::hash_pruned;
+
 use self::recent::{BidKey, Recent};
 use self::rules::{Book, Decision};
 use self::word::{CLOSED, HAS_BID, PriceWord};
 use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink, Receipt};
 use crate::filter::SeenFilter;
+use crate::snapshot::PrunedAuction;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::types::{
     Accepted, AuctionId, AuctionKind, AuctionSpec, Bid, BidOutcome, PRICE_MAX, Price, Rejection,
@@ -69,6 +72,11 @@ struct State {
     recent: Recent,
     /// Set once, together with `CLOSED` in the price word.
     settled: Option<(CloseReason, Settlement)>,
+    /// When `settled` was set (zero before); not part of the state hash (see
+    /// `AuctionState::settled_at`).
+    settled_at: UnixMicros,
+    /// Set once by `prune`; the auction takes no event after it.
+    pruned: bool,
     /// The last value this lock holder stored in the price word.
     word: u64,
     /// When `seq` last moved (the decision's `now`); zero after a restore until the next
@@ -86,6 +94,15 @@ pub(crate) enum CloseAttempt {
     /// Already closed and settled earlier.
     AlreadyClosed,
     /// The sink refused the events; nothing changed.
+    Backpressure { retry_after_us: u64 },
+}
+
+/// Why an auction was not pruned.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PruneRefusal {
+    /// It has not settled.
+    NotSettled,
+    /// The sink refused the event; nothing changed.
     Backpressure { retry_after_us: u64 },
 }
 
@@ -132,6 +149,8 @@ impl Auction {
                 book,
                 recent: Recent::new(),
                 settled: None,
+                settled_at: UnixMicros(0),
+                pruned: false,
                 word: 0,
                 changed_at: now,
             }),
@@ -272,6 +291,7 @@ impl Auction {
             .insert(key, accepted, &self.seen, limits.dedup_window_bids);
         if let Some(close) = decision.close {
             state.settled = Some(close);
+            state.settled_at = now;
         }
         self.publish_word(state, decision.price, decision.close.is_some());
         BidDecision {
@@ -360,6 +380,49 @@ impl Auction {
         state.word = word;
     }
 
+    /// Prunes the settled auction at `now`: its `Pruned` event goes to `sink`, and its
+    /// final result comes back. The caller removes the auction from the registry before
+    /// anyone else can prune it (the shard's writer lock); an auction still open is refused.
+    pub(crate) fn prune<S: EventSink + ?Sized>(
+        &self,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<PrunedAuction, PruneRefusal> {
+        let mut state = self.lock();
+        assert!(!state.pruned, "an auction was pruned twice");
+        let Some((reason, settlement)) = state.settled else {
+            return Err(PruneRefusal::NotSettled);
+        };
+        let event = Event {
+            auction: self.id(),
+            seq: state.seq + 1,
+            at: now,
+            kind: EventKind::Pruned,
+        };
+        sink.publish(std::slice::from_ref(&event))
+            .map_err(|bp| PruneRefusal::Backpressure {
+                retry_after_us: bp.retry_after_us,
+            })?;
+        state.seq += 1;
+        state.changed_at = now;
+        state.pruned = true;
+        Ok(PrunedAuction {
+            id: self.id(),
+            topic: self.spec.rules().topic.clone(),
+            reason,
+            settlement,
+            seq: state.seq,
+            settled_at: state.settled_at,
+            pruned_at: now,
+        })
+    }
+
+    /// When the auction settled, if it has.
+    pub(crate) fn settled_at(&self) -> Option<UnixMicros> {
+        let state = self.lock();
+        state.settled.map(|_| state.settled_at)
+    }
+
     /// Closes the auction if its end has passed at `now`.
     pub(crate) fn close_if_due<S: EventSink + ?Sized>(
         &self,
@@ -426,6 +489,7 @@ impl Auction {
         state.seq += 2;
         state.changed_at = now;
         state.settled = Some((reason, settlement));
+        state.settled_at = now;
         let price = state.word & PRICE_MAX;
         let has_bid = state.word & HAS_BID;
         let word = price | has_bid | CLOSED;

@@ -31,6 +31,7 @@ impl Auction {
             extensions: state.extensions,
             bids_accepted: state.bids_accepted,
             closed: state.settled,
+            settled_at: state.settled_at,
             book: book_state(&state.book),
             recent: state
                 .recent
@@ -84,6 +85,15 @@ impl Auction {
                 book,
                 recent,
                 settled: snapshot.closed,
+                // A snapshot that does not say when it settled (written before it did):
+                // the end — a close by end time came soon after it, any other close before
+                // it, so retention keeps the auction about as long as it should or longer.
+                settled_at: match (closed, snapshot.settled_at) {
+                    (true, UnixMicros(0)) => snapshot.ends_at,
+                    (true, at) => at,
+                    (false, _) => UnixMicros(0),
+                },
+                pruned: false,
                 word,
                 changed_at: UnixMicros(0),
             }),

@@ -4,6 +4,7 @@
 
 use super::Auction;
 use super::rules::Book;
+use crate::snapshot::PrunedAuction;
 use crate::types::{AuctionKind, AuctionSpec, BidderId, Winner};
 
 impl Auction {
@@ -51,6 +52,18 @@ impl Auction {
             h.bidder(accepted.leader);
         }
     }
+}
+
+/// Feeds a pruned auction's result into `hasher`, in a canonical order. Its `settled_at`
+/// is left out, as it is for a whole auction (`AuctionState::settled_at`).
+pub(crate) fn hash_pruned(result: &PrunedAuction, hasher: &mut blake3::Hasher) {
+    let mut h = Canonical(hasher);
+    h.u64(result.id.0);
+    h.text(result.topic.as_str());
+    h.u64(1 + result.reason as u64);
+    h.winner(result.settlement.winner);
+    h.u64(result.seq);
+    h.u64(result.pruned_at.0);
 }
 
 /// Canonical little-endian encoding of state into the state hash; every optional value is

@@ -90,6 +90,14 @@ fn describe_node_metrics() {
         "Auctions held in memory (open and settled)."
     );
     describe_gauge!(
+        "gavel_auctions_pruned",
+        "Final results held of auctions pruned by the retention rule."
+    );
+    describe_counter!(
+        crate::closer::METRIC_PRUNED,
+        "Settled auctions pruned to their final result by this process."
+    );
+    describe_gauge!(
         "gavel_wal_durable_lsn",
         "The write-ahead log's durable LSN."
     );
@@ -611,6 +619,8 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         metrics::counter!(kafka::METRIC_FENCED).increment(0);
         metrics::counter!(takeover::METRIC_TAKEOVERS).increment(0);
     }
+    // Present from the start, so a scrape before the first prune sees 0.
+    metrics::counter!(crate::closer::METRIC_PRUNED).increment(0);
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -625,6 +635,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         metrics::gauge!("gavel_auctions", "state" => "scheduled").set(scheduled as f64);
         metrics::gauge!("gavel_auctions", "state" => "open").set(open as f64);
         metrics::gauge!("gavel_auctions", "state" => "settled").set(settled as f64);
+        metrics::gauge!("gavel_auctions_pruned").set(node.engine().pruned_len() as f64);
         metrics::gauge!("gavel_wal_last_batch_records").set(wal.last_batch_records as f64);
         metrics::gauge!("gavel_wal_durable_lsn").set(wal.durable_lsn as f64);
         metrics::gauge!("gavel_wal_appended_lsn").set(node.wal().last_appended_lsn() as f64);

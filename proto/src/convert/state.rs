@@ -8,8 +8,9 @@
 //!   is not 0, …) is checked by `Engine::restore`, which owns those invariants and answers
 //!   with a `RestoreError`.
 //! - [`encode_snapshot`] / [`decode_snapshot`]: a whole [`pb::Snapshot`] in one buffer.
-//! - [`encode_snapshot_position`] / [`decode_snapshot_with_position`]: a Kafka log node's
-//!   snapshot also records where its states stand in the topic.
+//! - [`encode_snapshot_pruned`]: the results of pruned auctions (format version 2), after
+//!   the auctions; [`encode_snapshot_position`]: a Kafka log node's snapshot also records
+//!   where its states stand in the topic; [`decode_snapshot_parts`] reads all of it back.
 //! - [`encode_snapshot_header`] and [`encode_snapshot_auction`]: the same bytes written piece
 //!   by piece, one auction at a time, so that the log can stream a large snapshot instead of
 //!   building every record first (a snapshot of a million auctions is large). A reader that
@@ -27,8 +28,8 @@
 use std::sync::Arc;
 
 use gavel_engine::{
-    Accepted, AuctionSpec, AuctionState, BidError, BookState, CloseReason, LeaderState, RecentBid,
-    SealedBidState, Settlement, UnixMicros, Winner,
+    Accepted, AuctionId, AuctionSpec, AuctionState, BidError, BookState, CloseReason, LeaderState,
+    PrunedAuction, RecentBid, SealedBidState, Settlement, Topic, UnixMicros, Winner,
 };
 use prost::Message;
 
@@ -38,12 +39,17 @@ use crate::pb;
 use crate::pb::auction_state_record::{self as record, Book};
 use crate::{ProtoError, SnapshotError};
 
-/// The [`pb::Snapshot::format_version`] this code writes, and the only one it reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The [`pb::Snapshot::format_version`] this code writes, and the newest it reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The oldest [`pb::Snapshot::format_version`] this code reads: 1, from before pruned
+/// results (read as a snapshot with none).
+pub const SNAPSHOT_FORMAT_VERSION_OLDEST: u32 = 1;
 
 /// The key of one `Snapshot.auctions` entry: field 4, wire type 2 (length-delimited), as
 /// `(4 << 3) | 2`. One byte, because the field number is below 16.
 const AUCTIONS_ENTRY_KEY: u8 = (4 << 3) | 2;
+/// The key of one `Snapshot.pruned` entry: field 6, wire type 2.
+const PRUNED_ENTRY_KEY: u8 = (6 << 3) | 2;
 
 impl From<&AuctionState> for pb::AuctionStateRecord {
     fn from(state: &AuctionState) -> Self {
@@ -88,6 +94,7 @@ impl From<&AuctionState> for pb::AuctionStateRecord {
             closed: state.closed.map(|(reason, settlement)| record::Closed {
                 reason: pb::CloseReason::from(reason).into(),
                 settlement: Some(settlement.into()),
+                settled_at_us: state.settled_at.0,
             }),
             book: Some(book),
             recent: state
@@ -116,6 +123,7 @@ impl TryFrom<pb::AuctionStateRecord> for AuctionState {
                 .rules
                 .ok_or(ProtoError::Missing("AuctionStateRecord.rules"))?,
         )?;
+        let settled_at = UnixMicros(state.closed.as_ref().map_or(0, |c| c.settled_at_us));
         let closed = state.closed.map(closed).transpose()?;
         let book = match state
             .book
@@ -143,6 +151,7 @@ impl TryFrom<pb::AuctionStateRecord> for AuctionState {
             extensions: state.extensions,
             bids_accepted: state.bids_accepted,
             closed,
+            settled_at,
             book,
             recent: state
                 .recent
@@ -159,6 +168,45 @@ fn closed(closed: record::Closed) -> Result<(CloseReason, Settlement), ProtoErro
         .settlement
         .ok_or(ProtoError::Missing("AuctionStateRecord.Closed.settlement"))?;
     Ok((reason, Settlement::try_from(settlement)?))
+}
+
+/// A pruned auction's result: in a snapshot, and the admin API's 410 body.
+impl From<&PrunedAuction> for pb::PrunedAuction {
+    fn from(result: &PrunedAuction) -> Self {
+        pb::PrunedAuction {
+            auction_id: result.id.0,
+            topic: result.topic.as_str().to_owned(),
+            close_reason: pb::CloseReason::from(result.reason).into(),
+            settlement: Some(result.settlement.into()),
+            seq: result.seq,
+            settled_at_us: result.settled_at.0,
+            pruned_at_us: result.pruned_at.0,
+        }
+    }
+}
+
+impl TryFrom<pb::PrunedAuction> for PrunedAuction {
+    type Error = ProtoError;
+
+    /// Parses every field; whether the sequence number is plausible is
+    /// `Engine::restore_pruned`'s.
+    fn try_from(result: pb::PrunedAuction) -> Result<Self, ProtoError> {
+        let settlement = result
+            .settlement
+            .ok_or(ProtoError::Missing("PrunedAuction.settlement"))?;
+        Ok(PrunedAuction {
+            id: AuctionId(result.auction_id),
+            topic: Topic::new(&result.topic).map_err(|error| ProtoError::Name {
+                field: "PrunedAuction.topic",
+                error,
+            })?,
+            reason: close_reason("PrunedAuction.close_reason", result.close_reason)?,
+            settlement: Settlement::try_from(settlement)?,
+            seq: result.seq,
+            settled_at: UnixMicros(result.settled_at_us),
+            pruned_at: UnixMicros(result.pruned_at_us),
+        })
+    }
 }
 
 fn leader(leader: record::Leader) -> Result<LeaderState, ProtoError> {
@@ -203,6 +251,7 @@ pub fn encode_snapshot_header(lsn: u64, taken_at: UnixMicros, buf: &mut Vec<u8>)
         taken_at_us: taken_at.0,
         auctions: Vec::new(),
         kafka: None,
+        pruned: Vec::new(),
     };
     header
         .encode(buf)
@@ -219,6 +268,75 @@ pub fn encode_snapshot_auction(state: &AuctionState, buf: &mut Vec<u8>) {
         .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
 }
 
+/// Appends the pruned auctions' results to a snapshot being written (after its auctions:
+/// one `Snapshot.pruned` entry each, ascending by id, as
+/// [`gavel_engine::Engine::snapshot_with_pruned`] returns them).
+pub fn encode_snapshot_pruned(results: &[PrunedAuction], buf: &mut Vec<u8>) {
+    for result in results {
+        buf.push(PRUNED_ENTRY_KEY);
+        pb::PrunedAuction::from(result)
+            .encode_length_delimited(buf)
+            .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
+    }
+}
+
+/// A decoded snapshot: everything [`encode_snapshot`], [`encode_snapshot_pruned`] and
+/// [`encode_snapshot_position`] wrote.
+#[derive(Clone, PartialEq, Debug)]
+pub struct SnapshotParts {
+    /// The LSN it covers.
+    pub lsn: u64,
+    /// When it was taken.
+    pub taken_at: UnixMicros,
+    /// Every auction held whole, in the order written.
+    pub auctions: Vec<AuctionState>,
+    /// Every pruned auction's result, in the order written (none in a version 1 snapshot).
+    pub pruned: Vec<PrunedAuction>,
+    /// With the Kafka log: where the states stand in the topic.
+    pub kafka: Option<pb::KafkaPosition>,
+}
+
+/// Decodes a whole snapshot into its parts. Refuses bytes that are not a [`pb::Snapshot`],
+/// a format version outside [`SNAPSHOT_FORMAT_VERSION_OLDEST`]..=[`SNAPSHOT_FORMAT_VERSION`],
+/// and the first invalid auction or pruned result (with its index). The states still have
+/// to pass `Engine::restore` and `Engine::restore_pruned`.
+pub fn decode_snapshot_parts(bytes: &[u8]) -> Result<SnapshotParts, SnapshotError> {
+    let snapshot = pb::Snapshot::decode(bytes)?;
+    if !(SNAPSHOT_FORMAT_VERSION_OLDEST..=SNAPSHOT_FORMAT_VERSION)
+        .contains(&snapshot.format_version)
+    {
+        return Err(SnapshotError::Version {
+            found: snapshot.format_version,
+            expected: SNAPSHOT_FORMAT_VERSION,
+        });
+    }
+    Ok(SnapshotParts {
+        lsn: snapshot.lsn,
+        taken_at: UnixMicros(snapshot.taken_at_us),
+        auctions: parse_each(snapshot.auctions, |index, error| SnapshotError::Auction {
+            index,
+            error,
+        })?,
+        pruned: parse_each(snapshot.pruned, |index, error| SnapshotError::Pruned {
+            index,
+            error,
+        })?,
+        kafka: snapshot.kafka,
+    })
+}
+
+/// Parses every record; the first refused one fails the whole, named by its index.
+fn parse_each<R, T: TryFrom<R, Error = ProtoError>>(
+    records: Vec<R>,
+    refused: fn(usize, ProtoError) -> SnapshotError,
+) -> Result<Vec<T>, SnapshotError> {
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| T::try_from(record).map_err(|error| refused(index, error)))
+        .collect()
+}
+
 /// Encodes a whole snapshot: the states `auctions` (as [`gavel_engine::Engine::snapshot`]
 /// returns them, ascending by id), covering the log up to and including `lsn`, taken at
 /// `taken_at`. The bytes are one [`pb::Snapshot`].
@@ -231,15 +349,13 @@ pub fn encode_snapshot(lsn: u64, taken_at: UnixMicros, auctions: &[AuctionState]
     buf
 }
 
-/// Decodes a snapshot written by [`encode_snapshot`] (or piece by piece): its `lsn`, when it
-/// was taken, and every auction's state, in the order written. Refuses bytes that are not a
-/// [`pb::Snapshot`], an unknown format version, and the first invalid auction (with its
-/// index). The states still have to pass `Engine::restore`.
+/// Decodes a snapshot's header and auctions: [`decode_snapshot_parts`] without the pruned
+/// results and the Kafka position (which a restore must not drop: it uses the parts).
 pub fn decode_snapshot(
     bytes: &[u8],
 ) -> Result<(u64, UnixMicros, Vec<AuctionState>), SnapshotError> {
-    let (lsn, taken_at, auctions, _) = decode_snapshot_with_position(bytes)?;
-    Ok((lsn, taken_at, auctions))
+    let parts = decode_snapshot_parts(bytes)?;
+    Ok((parts.lsn, parts.taken_at, parts.auctions))
 }
 
 /// Appends a Kafka log's position to a snapshot being written (after its auctions or
@@ -251,42 +367,6 @@ pub fn encode_snapshot_position(position: pb::KafkaPosition, buf: &mut Vec<u8>) 
     }
     .encode(buf)
     .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
-}
-
-/// [`decode_snapshot`], and the Kafka position the snapshot records, if any.
-#[allow(clippy::type_complexity)] // the tuple of `decode_snapshot` plus one field
-pub fn decode_snapshot_with_position(
-    bytes: &[u8],
-) -> Result<
-    (
-        u64,
-        UnixMicros,
-        Vec<AuctionState>,
-        Option<pb::KafkaPosition>,
-    ),
-    SnapshotError,
-> {
-    let snapshot = pb::Snapshot::decode(bytes)?;
-    if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
-        return Err(SnapshotError::Version {
-            found: snapshot.format_version,
-            expected: SNAPSHOT_FORMAT_VERSION,
-        });
-    }
-    let auctions = snapshot
-        .auctions
-        .into_iter()
-        .enumerate()
-        .map(|(index, record)| {
-            AuctionState::try_from(record).map_err(|error| SnapshotError::Auction { index, error })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((
-        snapshot.lsn,
-        UnixMicros(snapshot.taken_at_us),
-        auctions,
-        snapshot.kafka,
-    ))
 }
 
 #[cfg(test)]
@@ -314,8 +394,14 @@ mod tests {
         };
         encode_snapshot_position(position.clone(), &mut buf);
         assert_eq!(
-            decode_snapshot_with_position(&buf),
-            Ok((3, UnixMicros(4), Vec::new(), Some(position)))
+            decode_snapshot_parts(&buf),
+            Ok(SnapshotParts {
+                lsn: 3,
+                taken_at: UnixMicros(4),
+                auctions: Vec::new(),
+                pruned: Vec::new(),
+                kafka: Some(position)
+            })
         );
         assert_eq!(
             pb::Snapshot::decode(buf.as_slice()).map(|s| s.format_version),

@@ -81,6 +81,7 @@ impl From<&Event> for pb::Record {
             EventKind::Settled(settlement) => Kind::Settled(record::Settled {
                 winner: settlement.winner.map(Into::into),
             }),
+            EventKind::Pruned => Kind::Pruned(record::Pruned {}),
         };
         pb::Record {
             auction_id: event.auction.0,
@@ -151,6 +152,7 @@ impl TryFrom<pb::Record> for Event {
             Kind::Settled(settled) => EventKind::Settled(Settlement {
                 winner: settled.winner.map(Winner::try_from).transpose()?,
             }),
+            Kind::Pruned(record::Pruned {}) => EventKind::Pruned,
         };
         Ok(Event {
             auction,
@@ -245,6 +247,7 @@ mod tests {
                 }),
             ),
             event(6, EventKind::Settled(Settlement { winner: None })),
+            event(7, EventKind::Pruned),
         ]
     }
 

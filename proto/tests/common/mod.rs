@@ -199,11 +199,19 @@ pub fn event() -> impl Strategy<Value = Event> {
             at,
             kind: EventKind::Closed { reason },
         }),
-        (head, prop::option::of(winner())).prop_map(|((auction, seq, at), winner)| Event {
+        (head.clone(), prop::option::of(winner())).prop_map(|((auction, seq, at), winner)| {
+            Event {
+                auction,
+                seq,
+                at,
+                kind: EventKind::Settled(Settlement { winner }),
+            }
+        }),
+        head.prop_map(|(auction, seq, at)| Event {
             auction,
             seq,
             at,
-            kind: EventKind::Settled(Settlement { winner }),
+            kind: EventKind::Pruned,
         }),
     ]
 }

@@ -169,11 +169,11 @@ impl From<ManageError> for AdminError {
             ManageError::UnknownAuction(id) => {
                 AdminError::NotFound(format!("unknown auction {id}"))
             }
-            // `NotDue` comes from closing an auction at its end, which the API does not
-            // offer; a cancel never returns it.
-            ManageError::AlreadyClosed(id) | ManageError::NotDue { id, .. } => {
-                AdminError::AlreadyClosed(id.0)
-            }
+            // `NotDue` comes from closing an auction at its end and `NotSettled` from
+            // pruning one, which the API does not offer; a cancel returns neither.
+            ManageError::AlreadyClosed(id)
+            | ManageError::NotDue { id, .. }
+            | ManageError::NotSettled(id) => AdminError::AlreadyClosed(id.0),
             ManageError::Overloaded { retry_after_us } => AdminError::Overloaded(retry_after_us),
         }
     }
@@ -348,13 +348,23 @@ async fn create<B: Backend>(
     Ok(response)
 }
 
+/// `GET /v1/auctions/{id}`: the snapshot, or for an auction the retention rule pruned,
+/// `410 Gone` with its final result.
 fn get<B: Backend>(server: &Arc<Server<B>>, id: u64) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
-    misdirected(&*backend, AuctionId(id))?;
-    Ok(response::json(
-        StatusCode::OK,
-        &snapshot(&*backend, AuctionId(id))?,
-    ))
+    let id = AuctionId(id);
+    misdirected(&*backend, id)?;
+    if let Some(view) = backend.view(id, now_micros()) {
+        let snapshot = pb::AuctionSnapshot::from_view(&view, STREAM_EPOCH);
+        return Ok(response::json(StatusCode::OK, &snapshot));
+    }
+    match backend.pruned(id) {
+        Some(result) => Ok(response::json(
+            StatusCode::GONE,
+            &pb::PrunedAuction::from(&result),
+        )),
+        None => Err(AdminError::NotFound(format!("unknown auction {id}"))),
+    }
 }
 
 fn list<B: Backend>(

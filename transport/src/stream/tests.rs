@@ -31,6 +31,10 @@ impl AuctionReads for Memory {
     fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
         self.0.list(after, limit, now)
     }
+
+    fn pruned(&self, id: AuctionId) -> Option<gavel_engine::PrunedAuction> {
+        self.0.pruned(id)
+    }
 }
 
 impl Backend for Memory {

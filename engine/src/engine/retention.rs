@@ -1,0 +1,192 @@
+//! The retention rule: settled auctions older than `settled_retention_us` are pruned to
+//! their [`PrunedAuction`] results, each by a logged `Pruned` event, so a replay of the log
+//! prunes exactly what the live engine pruned.
+//!
+//! The rule (the age) is the live driver's policy: [`Engine::prune_auction`], which replay
+//! runs, prunes any settled auction whatever its age, so a change of the configured
+//! retention between runs never makes a replay diverge. Removal copies the shard's map
+//! once per batch (the map is copy-on-write), under the shard's writer lock, which also
+//! keeps a snapshot from seeing an auction both whole and pruned.
+
+use std::sync::Arc;
+
+use super::{AuctionMap, Engine, ManageError, Shard};
+use crate::auction::PruneRefusal;
+use crate::event::EventSink;
+use crate::snapshot::{AuctionState, PrunedAuction};
+use crate::types::{AuctionId, UnixMicros};
+
+impl Engine {
+    /// Prunes the settled auction `id` at `now` (whatever its age): its `Pruned` event goes
+    /// to `sink`, and its result is kept in its place. Replay re-executes logged prunes
+    /// with this.
+    pub fn prune_auction<S: EventSink + ?Sized>(
+        &self,
+        id: AuctionId,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<PrunedAuction, ManageError> {
+        let shard = self.shard(id);
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        let map = shard.auctions.load();
+        let Some(auction) = map.get(&id) else {
+            return Err(if shard.is_pruned(id) {
+                ManageError::AlreadyClosed(id)
+            } else {
+                ManageError::UnknownAuction(id)
+            });
+        };
+        let settled_at = auction.settled_at();
+        let result = auction.prune(now, sink).map_err(|refusal| match refusal {
+            PruneRefusal::NotSettled => ManageError::NotSettled(id),
+            PruneRefusal::Backpressure { retry_after_us } => {
+                ManageError::Overloaded { retry_after_us }
+            }
+        })?;
+        if let Some(settled_at) = settled_at {
+            shard
+                .settled
+                .lock()
+                .expect("settled lock poisoned")
+                .remove(&(settled_at, id));
+        }
+        self.remove_pruned(shard, &map, vec![result.clone()]);
+        Ok(result)
+    }
+
+    /// Prunes up to `max` auctions settled at least `settled_retention_us` before `now`,
+    /// oldest first within each shard. Returns their results. Auctions whose events the
+    /// sink refuses stay and are tried again on the next call.
+    pub fn prune_due<S: EventSink + ?Sized>(
+        &self,
+        now: UnixMicros,
+        max: usize,
+        sink: &S,
+    ) -> Vec<PrunedAuction> {
+        let mut pruned = Vec::new();
+        let Some(cutoff) = self.prune_cutoff(now) else {
+            return pruned;
+        };
+        for shard in self.shards.iter() {
+            if pruned.len() >= max {
+                break;
+            }
+            let due: Vec<(UnixMicros, AuctionId)> = {
+                let mut settled = shard.settled.lock().expect("settled lock poisoned");
+                let due: Vec<_> = settled
+                    .iter()
+                    .take_while(|(settled_at, _)| *settled_at <= cutoff)
+                    .take(max - pruned.len())
+                    .copied()
+                    .collect();
+                for entry in &due {
+                    settled.remove(entry);
+                }
+                due
+            };
+            if !due.is_empty() {
+                pruned.extend(self.prune_in_shard(shard, due, now, sink));
+            }
+        }
+        pruned
+    }
+
+    /// The earliest time an auction is due to be pruned; `None` when none is held or the
+    /// engine keeps settled auctions forever.
+    pub fn next_prune_due(&self) -> Option<UnixMicros> {
+        let retention = self.config.settled_retention_us;
+        if retention == 0 {
+            return None;
+        }
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                s.settled
+                    .lock()
+                    .expect("settled lock poisoned")
+                    .first()
+                    .map(|(t, _)| UnixMicros(t.0.saturating_add(retention)))
+            })
+            .min()
+    }
+
+    /// The latest settlement time that is due for pruning at `now`.
+    fn prune_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
+        let retention = self.config.settled_retention_us;
+        if retention == 0 {
+            return None;
+        }
+        now.0.checked_sub(retention).map(UnixMicros)
+    }
+
+    /// Prunes the `due` auctions of one shard, all settled; what the sink refuses goes back
+    /// to the shard's retention set.
+    fn prune_in_shard<S: EventSink + ?Sized>(
+        &self,
+        shard: &Shard,
+        due: Vec<(UnixMicros, AuctionId)>,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Vec<PrunedAuction> {
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        let map = shard.auctions.load();
+        let mut results = Vec::with_capacity(due.len());
+        let mut entries = due.into_iter();
+        for (settled_at, id) in entries.by_ref() {
+            // Invariant: an entry is added when its auction settles and removed when it is
+            // pruned, under the writer lock held here.
+            let auction = map.get(&id).expect("a retention entry for a held auction");
+            match auction.prune(now, sink) {
+                Ok(result) => results.push(result),
+                Err(PruneRefusal::NotSettled) => {
+                    unreachable!("a retention entry for an auction that has not settled")
+                }
+                Err(PruneRefusal::Backpressure { .. }) => {
+                    let mut settled = shard.settled.lock().expect("settled lock poisoned");
+                    settled.insert((settled_at, id));
+                    settled.extend(entries);
+                    break;
+                }
+            }
+        }
+        self.remove_pruned(shard, &map, results.clone());
+        results
+    }
+
+    /// Replaces the shard's map by one without the pruned auctions and keeps their
+    /// results. The caller holds the shard's writer lock and loaded `map` under it.
+    fn remove_pruned(&self, shard: &Shard, map: &AuctionMap, results: Vec<PrunedAuction>) {
+        if results.is_empty() {
+            return;
+        }
+        let mut without = AuctionMap::clone(map);
+        let mut pruned = shard.pruned_write();
+        for result in results {
+            without.remove(&result.id);
+            pruned.insert(result.id, result);
+        }
+        let removed = map.len() - without.len();
+        shard.auctions.store(Arc::new(without));
+        // Ordering: Relaxed; see `create_auction`.
+        self.auctions
+            .fetch_sub(removed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The complete state of every auction held whole and every pruned auction's result,
+    /// each ascending by id: what a snapshot holds. As [`Engine::snapshot`], with each
+    /// shard's auctions and results read together under its writer lock, which a prune
+    /// holds from publishing its event until the result replaces the auction: every
+    /// auction is in exactly one of the two lists.
+    pub fn snapshot_with_pruned(&self) -> (Vec<AuctionState>, Vec<PrunedAuction>) {
+        let mut all = Vec::new();
+        let mut pruned = Vec::new();
+        for shard in self.shards.iter() {
+            let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+            all.extend(shard.auctions.load().values().cloned());
+            pruned.extend(shard.pruned_read().values().cloned());
+        }
+        all.sort_unstable_by_key(|a| a.id());
+        pruned.sort_unstable_by_key(|p| p.id);
+        (all.iter().map(|a| a.state()).collect(), pruned)
+    }
+}
