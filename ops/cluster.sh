@@ -5,15 +5,14 @@
 #
 #   ops/cluster.sh [NODES]        # default 3; Ctrl-C (or SIGTERM) stops everything it started
 #
-# What the nodes are, truthfully: scale-out (partitions shared among nodes, PRODUCT.md §8) is
-# not built yet. One node at a time writes the topic, holding its writer lease; node 1 starts
-# first and takes it. Nodes 2..N are standbys: each start waits for the lease, is refused once
-# it has seen the holder renew it (a few seconds), and is started again by this script a
-# second later. While it waits a standby answers /healthz and says "recovering" on /readyz,
-# so Prometheus shows it not ready, and between two starts it misses a scrape now and then.
-# Kill node 1 (its pid is printed): once its lease lapses (10 s after its last renewal; at
-# once after a graceful SIGTERM, which releases it), the next standby start takes the lease,
-# replays the topic and serves.
+# Scale-out with a static assignment (PRODUCT.md §8, ARCHITECTURE.md "Scale-out"): the topic has
+# max(8, N) partitions; partition p belongs to node (p mod N) + 1, and node i is the standby of
+# node i-1's partitions (node 1 of node N's). Every node writes its own partitions under a
+# writer lease per partition and follows the others' leases (GET /v1/cluster shows the map).
+# Kill a node (its pid is printed): once its leases lapse (10 s after its last renewal; at once
+# after a graceful SIGTERM, which releases them) its standby takes its partitions over and
+# serves their auctions. Bidders must reach the owner of an auction's partition
+# (gavel_proto::partition::partition_of); routing is not built yet.
 #
 # Environment: GAVEL_BIN (default target/release/gavel, built if missing), CLUSTER_DIR (default
 # a new temporary directory; logs and data stay there), PORT_BASE (default 17000: the broker
@@ -89,9 +88,23 @@ wait_for_port "$broker"
 # 127.0.0.1) and trusts the same client certificates.
 "$bin" cert --dir "$dir/certs" >"$dir/cert.log" 2>&1
 
+partitions=$(( nodes > 8 ? nodes : 8 ))
+# Comma-separated partitions of node $1 (1-based): p with p mod N = $1 - 1.
+partitions_of() {
+    local list="" p
+    for p in $(seq 0 $((partitions - 1))); do
+        [ $((p % nodes)) = $(($1 - 1)) ] && list+="${list:+,}$p"
+    done
+    echo "$list"
+}
+
 # `gavel serve` for node $1; its output goes to node<i>.log.
 serve_node() {
-    local i=$1 port=$((base + 100 * $1))
+    local i=$1 port=$((base + 100 * $1)) own=()
+    if [ "$nodes" -gt 1 ]; then
+        own=(--kafka-owned-partitions "$(partitions_of "$i")"
+             --kafka-standby-partitions "$(partitions_of $(( (i + nodes - 2) % nodes + 1 )))")
+    fi
     "$bin" --log-format json serve --data-dir "$dir/node$i" \
         --tls-cert "$dir/certs/server.pem" --tls-key "$dir/certs/server.key" \
         --tls-client-ca "$dir/certs/ca.pem" --tls-crl "$dir/certs/crl.pem" \
@@ -99,26 +112,22 @@ serve_node() {
         --quic-listen "127.0.0.1:$((port + 43))" --https-listen "127.0.0.1:$((port + 44))" \
         --metrics-listen "127.0.0.1:$((port + 64))" \
         --wal kafka --kafka-brokers "$broker" --kafka-topic gavel-wal \
+        --kafka-partitions "$partitions" --kafka-owner "node$i" "${own[@]}" \
         --kafka-connect-timeout-ms 30000 >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
     wait "$(cat "$dir/node$i.pid")"
 }
 
-# Node 1 takes the lease; the standbys retry until the script stops.
-serve_node 1 &
-started+=($!)
-wait_for_port "127.0.0.1:$((base + 100 + 64))"
+# Every node at once: each owns its own partitions (a standby takes over only partitions that
+# were owned once and lapsed, so no start races another's first claim).
 targets=""
 for i in $(seq 1 "$nodes"); do
     targets+="${targets:+, }\"127.0.0.1:$((base + 100 * i + 64))\""
-    [ "$i" = 1 ] && continue
-    (
-        while true; do
-            serve_node "$i" || true
-            sleep 1
-        done
-    ) &
+    serve_node "$i" &
     started+=($!)
+done
+for i in $(seq 1 "$nodes"); do
+    wait_for_port "127.0.0.1:$((base + 100 * i + 64))"
 done
 
 # The shipped scrape configuration, its `# templated` lines filled in.
@@ -141,12 +150,15 @@ cat <<EOF
 cluster up in $dir ($nodes node(s), logs: $dir/*.log)
   broker      $broker (tansu, in memory)
   prometheus  http://$prometheus_addr/alerts  (targets: http://$prometheus_addr/targets)
-  node 1      quic 127.0.0.1:$((base + 143))  https https://127.0.0.1:$((base + 144))  metrics http://127.0.0.1:$((base + 164))/metrics  pid $(cat "$dir/node1.pid")  (the writer)
 EOF
-for i in $(seq 2 "$nodes"); do
-    echo "  node $i      https https://127.0.0.1:$((base + 100 * i + 44))  metrics http://127.0.0.1:$((base + 100 * i + 64))/metrics  (standby: waits for the writer lease)"
+for i in $(seq 1 "$nodes"); do
+    port=$((base + 100 * i))
+    echo "  node $i      quic 127.0.0.1:$((port + 43))  https https://127.0.0.1:$((port + 44))  metrics http://127.0.0.1:$((port + 64))/metrics  pid $(cat "$dir/node$i.pid")  partitions $(partitions_of "$i")"
 done
 echo "  CA $dir/certs/ca.pem, client certificates in $dir/certs/clients/"
-echo "try: kill $(cat "$dir/node1.pid")   # GavelDown fires for node 1; a standby takes the lease"
+echo "  the partition map: curl --cacert $dir/certs/ca.pem https://127.0.0.1:$((base + 144))/v1/cluster"
+if [ "$nodes" -gt 1 ]; then
+    echo "try: kill -9 $(cat "$dir/node1.pid")   # GavelDown fires for node 1; node 2 takes its partitions over"
+fi
 echo "ready"
 wait

@@ -23,7 +23,9 @@
 #   3. all unit, integration, property and stress tests of the workspace, plus the benches
 #      and binaries built and run once in test mode;
 #   4. the loom model check of the price-word / settlement-lock protocol;
-#   5. every fuzz target for FUZZ_SECONDS (20) each: ops/fuzz.sh (installs cargo-fuzz if missing).
+#   5. every fuzz target for FUZZ_SECONDS (20) each: ops/fuzz.sh (installs cargo-fuzz if missing);
+#   6. the deterministic simulation: a fixed block of seeds plus a few random ones, and the
+#      fault matrix of injected bugs each caught by a seed: ops/sim.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -118,5 +120,8 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
 
 step "fuzz every decoder of outside bytes (bounded)"
 ./ops/fuzz.sh
+
+step "deterministic simulation of the engine and the file log under faults (bounded)"
+./ops/sim.sh
 
 step "all tests passed"

@@ -16,6 +16,8 @@
 //! - [`replay`]: rebuilds an engine from its events through the live code path.
 //! - [`snapshot`]: the complete state of auctions as values, and restoring from it.
 //! - [`view`]: read-only snapshots of auctions.
+//! - `sim_bugs` (feature `sim-bugs`, never in a real build): switches of hand-injected bugs
+//!   for the fault matrix of `gavel-sim`.
 
 mod auction;
 pub mod decision;
@@ -24,6 +26,8 @@ pub mod event;
 mod filter;
 mod hash;
 pub mod replay;
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs;
 pub mod snapshot;
 mod sync;
 pub mod types;

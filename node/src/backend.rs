@@ -51,6 +51,14 @@ impl Backend for NodeBackend {
     fn last_receipt(&self) -> Receipt {
         Receipt(self.0.wal().last_appended_lsn())
     }
+
+    fn cluster(&self) -> Option<gavel_proto::pb::Cluster> {
+        self.0.cluster()
+    }
+
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        self.0.owner_elsewhere(auction)
+    }
 }
 
 /// Resolves once a receipt's LSN is durable; fails if the log stopped first.

@@ -27,6 +27,7 @@ pub mod node;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
+pub mod takeover;
 pub mod wal_tools;
 
 pub use backend::NodeBackend;

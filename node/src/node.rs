@@ -170,12 +170,16 @@ struct Shared {
     stop: AtomicBool,
     /// With the Kafka log: the directory of its snapshots.
     kafka_snapshots: Option<PathBuf>,
+    /// With the Kafka log: per partition not owned here, its holder as last read.
+    holders: Mutex<Vec<Option<crate::takeover::Holder>>>,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
 pub struct Node {
     shared: Arc<Shared>,
     snapshotter: Mutex<Option<JoinHandle<()>>>,
+    /// Takes standby partitions over (Kafka log with standby partitions only).
+    taker: Mutex<Option<JoinHandle<()>>>,
     data_dir: PathBuf,
     /// Wakes the closer when a creation ends before its planned wake-up.
     due: DueAlarm,
@@ -289,12 +293,22 @@ impl Node {
             last_snapshot_lsn: Mutex::new(report.snapshot_lsn.unwrap_or(0)),
             stop: AtomicBool::new(false),
             kafka_snapshots,
+            holders: Mutex::new(Vec::new()),
         });
+        if let Log::Kafka(kafka) = &*shared.wal {
+            *lock(&shared.holders) = vec![None; kafka.partitions().max(0) as usize];
+        }
         // Old segments may be removable already (a snapshot written just before a crash).
         if let Some(file) = shared.wal.as_file() {
             file.compact_to_snapshots().context("compacting the log")?;
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
+        let taker = match &config.kafka {
+            Some(kafka) if !kafka.owned_partitions.is_empty() => {
+                spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
+            }
+            _ => None,
+        };
         report.elapsed = started.elapsed();
         tracing::info!(
             auctions = report.auctions,
@@ -309,6 +323,7 @@ impl Node {
             Node {
                 shared,
                 snapshotter: Mutex::new(snapshotter),
+                taker: Mutex::new(taker),
                 due: DueAlarm::default(),
                 data_dir: data_dir.to_path_buf(),
             },
@@ -394,6 +409,66 @@ impl Node {
             .cancel_auction(id, now, &self.shared.sink)
     }
 
+    /// The Kafka log's partitions and their holders (`GET /v1/cluster`); `None` on the file
+    /// log. Partitions this node does not own are as its follower thread last read them
+    /// (none read yet for a node that owns every partition: it follows nothing).
+    pub fn cluster(&self) -> Option<pb::Cluster> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let config = kafka.config();
+        let holders = lock(&self.shared.holders);
+        let partitions: Vec<pb::ClusterPartition> = (0..kafka.partitions())
+            .map(|p| {
+                let (owner, epoch, live) = match kafka.epoch_of(p) {
+                    0 => holders
+                        .get(p as usize)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
+                    epoch => (config.owner.clone(), epoch, true),
+                };
+                pb::ClusterPartition {
+                    partition: p as u32,
+                    owner,
+                    epoch,
+                    live,
+                    standby: config.standby_partitions.contains(&p),
+                }
+            })
+            .collect();
+        let mut members: Vec<String> = partitions
+            .iter()
+            .filter(|p| p.live && !p.owner.is_empty())
+            .map(|p| p.owner.clone())
+            .collect();
+        members.sort();
+        members.dedup();
+        Some(pb::Cluster {
+            topic: config.topic.clone(),
+            node: config.owner.clone(),
+            partitions,
+            members,
+        })
+    }
+
+    /// The node that owns the partition of `auction` when it is not this one: its lease
+    /// name as last read ("another node" if none read yet). `None` on the file log and for
+    /// this node's own partitions.
+    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let partition = kafka.partition_of(auction.0);
+        if kafka.owns(partition) {
+            return None;
+        }
+        let holders = lock(&self.shared.holders);
+        let holder = holders.get(partition as usize).cloned().flatten();
+        let owner = holder.map_or_else(|| "another node".to_owned(), |(owner, ..)| owner);
+        Some(format!("{owner} (partition {partition})"))
+    }
+
     /// Whether `receipt` is durable now.
     pub fn is_durable(&self, receipt: Receipt) -> bool {
         self.shared.wal.durable_lsn() >= receipt.0
@@ -464,10 +539,12 @@ impl Node {
     fn stop_snapshotter(&self) {
         // Ordering: Release pairs with the snapshot thread's Acquire load.
         self.shared.stop.store(true, Ordering::Release);
-        if let Some(handle) = lock(&self.snapshotter).take() {
-            handle.thread().unpark();
-            if let Err(panic) = handle.join() {
-                std::panic::resume_unwind(panic);
+        for thread in [&self.snapshotter, &self.taker] {
+            if let Some(handle) = lock(thread).take() {
+                handle.thread().unpark();
+                if let Err(panic) = handle.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
     }
@@ -533,6 +610,8 @@ fn open_kafka_log(
     let summary = replay_parallel(engine, start.is_some(), &mut records, workers)
         .with_context(|| format!("replaying the Kafka topic {}", kafka.topic))?;
     log.resume(&records);
+    let owned = (0..log.partitions()).filter(|&p| log.owns(p)).count();
+    metrics::gauge!(crate::takeover::METRIC_PARTITIONS_OWNED).set(owned as f64);
     Ok((Log::Kafka(Box::new(log)), summary))
 }
 
@@ -546,7 +625,7 @@ fn kafka_partition(auction: u64, partitions: i32) -> i32 {
 /// Appends and syncs the derived events a decision cut short by a crash left out of the log
 /// (the replayer reports them), one batch per auction (the Kafka log keys a batch by its
 /// auction). Returns how many.
-fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize> {
+pub(crate) fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize> {
     if missing.is_empty() {
         return Ok(0);
     }
@@ -593,6 +672,31 @@ fn spawn_snapshotter(shared: &Arc<Shared>, every: u64) -> Result<Option<JoinHand
         .spawn(move || snapshot_loop(&for_thread, every))
         .context("spawning the snapshot thread")?;
     shared.sink.set_snapshot_thread(handle.thread().clone());
+    Ok(Some(handle))
+}
+
+/// Starts the thread following the partitions this node does not own and taking the
+/// `standby` ones over.
+fn spawn_taker(
+    shared: &Arc<Shared>,
+    standby: Vec<i32>,
+    workers: usize,
+) -> Result<Option<JoinHandle<()>>> {
+    let shared = Arc::clone(shared);
+    let handle = thread::Builder::new()
+        .name("gavel-takeover".into())
+        .spawn(move || {
+            let parts = crate::takeover::Parts {
+                engine: &shared.engine,
+                wal: &shared.wal,
+                snapshots: &shared.last_snapshot_lsn,
+                stop: &shared.stop,
+                workers,
+                holders: &shared.holders,
+            };
+            crate::takeover::run(&parts, &standby);
+        })
+        .context("spawning the takeover thread")?;
     Ok(Some(handle))
 }
 
@@ -728,6 +832,7 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
                 pb::KafkaPosition {
                     topic: position.topic,
                     next_offsets: position.next_offsets,
+                    epochs: position.epochs,
                 },
                 &mut payload,
             );
@@ -814,6 +919,7 @@ fn restore_kafka_snapshot(
             lsn,
             topic: position.topic,
             next_offsets: position.next_offsets,
+            epochs: position.epochs,
         }));
     }
     Ok(None)

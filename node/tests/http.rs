@@ -180,6 +180,13 @@ async fn admin_api_creates_reads_lists_and_cancels_auctions() {
     let (status, headers, _) = node.request(ADMIN, "PUT", "/v1/auctions", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(headers["allow"], "GET, POST");
+    // A node on its own file log is no cluster (tests/scaleout.rs reads a Kafka node's).
+    let (status, _, body) = node.request(WATCHER, "GET", "/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(parse(&body)["code"], "not_found");
+    let (status, headers, _) = node.request(ADMIN, "POST", "/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET");
 
     // Pages in id order.
     create(&node, 8).await;

@@ -10,7 +10,8 @@
 //!   config and rules, scraping a live node: every recording rule yields a series from the
 //!   node's real metrics, killing the node fires `GavelDown`, restarting it resolves it;
 //! - the deployment kit: `systemd-analyze verify` on the unit, and `ops/cluster.sh` bringing
-//!   up a broker, two nodes (a writer and a standby) and Prometheus, and taking them down;
+//!   up a broker, two nodes (each owning half the partitions, standby of the other's) and
+//!   Prometheus; node 1 SIGKILLed, node 2 takes its partitions over; all taken down;
 //! - the TLS gauges on a live node: expiry times, and a broken certificate file failing its
 //!   reload until it is fixed;
 //! - the operator's conveniences: `gavel --version` and `/healthz` name the build,
@@ -869,8 +870,8 @@ impl Cluster {
         Some(script.wait().unwrap())
     }
 
-    /// Waits until Prometheus has scraped both nodes.
-    async fn wait_for_both_scraped(&self) {
+    /// Waits until Prometheus has scraped `nodes` nodes up.
+    async fn wait_for_scraped(&self, nodes: usize) {
         let started = Instant::now();
         loop {
             let (_, body) = plain_get(self.port(90), "/api/v1/query?query=up").await;
@@ -878,12 +879,12 @@ impl Cluster {
             let up = answer["data"]["result"]
                 .as_array()
                 .map_or(0, |r| r.iter().filter(|s| s["value"][1] == "1").count());
-            if up == 2 {
+            if up == nodes {
                 return;
             }
             assert!(
                 started.elapsed() < PROMETHEUS_WAIT,
-                "prometheus never saw both: {answer}"
+                "prometheus never saw {nodes} up: {answer}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -896,40 +897,43 @@ impl Drop for Cluster {
     }
 }
 
-/// Waits (at most [`PROMETHEUS_WAIT`]) until something accepts connections on `addr`.
-async fn wait_for_listener(addr: SocketAddr) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            started.elapsed() < PROMETHEUS_WAIT,
-            "nothing listens on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_sh_starts_a_broker_a_writer_a_standby_and_prometheus_and_stops_them() {
+async fn cluster_sh_starts_a_broker_two_owners_and_prometheus_and_a_killed_owner_is_taken_over() {
     let mut cluster = Cluster::start().await;
-    // The writer is ready; the standby answers but waits for the lease.
+    // Both nodes own half of the 8 partitions and are ready.
     let started = Instant::now();
-    while plain_get(cluster.port(164), "/readyz").await.0 != StatusCode::OK {
-        assert!(started.elapsed() < PROMETHEUS_WAIT, "node 1 never ready");
+    for metrics in [cluster.port(164), cluster.port(264)] {
+        while plain_get(metrics, "/readyz").await.0 != StatusCode::OK {
+            assert!(started.elapsed() < PROMETHEUS_WAIT, "{metrics} never ready");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let owned = "gavel_kafka_partitions_owned";
+    assert_eq!(sample(cluster.port(264), owned).await, Some(4.0));
+    // SIGKILL node 1: node 2, its standby, takes its partitions over once its leases lapse
+    // (10 s after the last renewal).
+    let pid = std::fs::read_to_string(cluster.dir.path().join("node1.pid")).unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let killed_at = Instant::now();
+    while sample(cluster.port(264), owned).await != Some(8.0) {
+        assert!(
+            killed_at.elapsed() < PROMETHEUS_WAIT,
+            "node 2 never took node 1's partitions"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // A standby start is refused once it has seen the writer renew its lease, and the script
-    // starts it again: catch it while it waits.
-    wait_for_listener(cluster.port(264)).await;
-    let (status, body) = plain_get(cluster.port(264), "/readyz").await;
-    assert_eq!(
-        (status, &body[..]),
-        (StatusCode::SERVICE_UNAVAILABLE, &b"recovering\n"[..]),
-        "the standby waits while node 1 holds the lease"
+    eprintln!(
+        "cluster.sh: node 2 owns all 8 partitions {:?} after node 1's SIGKILL",
+        killed_at.elapsed()
     );
-    // Prometheus scrapes both with the shipped rules.
-    cluster.wait_for_both_scraped().await;
-    // The standby waiting for the lease stops on SIGTERM too, within its shutdown deadline
-    // (10 s): the script sends no SIGKILL.
+    // Prometheus scrapes node 2 with the shipped rules (node 1 is down).
+    cluster.wait_for_scraped(1).await;
+    // The node stops on SIGTERM within its shutdown deadline (10 s): the script sends no
+    // SIGKILL.
     let stopping = Instant::now();
     let status = cluster.stop().unwrap();
     let stopped_in = stopping.elapsed();

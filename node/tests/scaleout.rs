@@ -11,15 +11,28 @@
 //!   refused without harm, its bids are unknown there), and a node owning every partition
 //!   replays both to the same views;
 //! - a record written under an owner epoch older than a takeover marker already in its
-//!   partition is skipped by every replay;
+//!   partition is skipped by every replay, also by a restart from a snapshot whose offsets
+//!   are past that marker (the snapshot records the epochs);
 //! - a zombie: a `gavel simulate` owner SIGSTOPped under load until a successor waited out
 //!   its lease and took its partitions over, then SIGCONTed — every bid it acknowledged
 //!   durable (before or after) is in the topic as replayed, nothing it wrote after the
-//!   takeover is replayed (a fresh replay has the successor's state hash), and it stops.
+//!   takeover is replayed (a fresh replay has the successor's state hash), and it stops;
+//! - the admin API of a node owning partitions 2-3 beside one owning 0-1: `GET /v1/cluster`
+//!   shows both; creating, reading or cancelling an auction of the other's partitions is
+//!   421 `misdirected` naming that node; its own auctions work as usual;
+//! - a standby whose replay of a partition it took over fails (a record that does not
+//!   decode) stops acknowledging, naming the partition, rather than serve half of it;
+//! - live takeover: an owner process (this test binary re-run as [`owner_process`]) owns
+//!   partitions 0 and 1 and bids under load; a running node owning 2 and 3 with 0 and 1 as
+//!   standby sees its lease lapse after a SIGKILL, takes both over (replay into the running
+//!   engine) and accepts bids on their auctions; every bid the owner acknowledged durable is
+//!   there (checked against the owner's own acks) and the state hash is the topic's. The time
+//!   from the kill to the first accepted bid is printed (`GAVEL_TAKEOVER_ROUNDS` rounds).
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
@@ -36,7 +49,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use common::crash::{Reference, collect_after, spawn_loaded_on_kafka};
+use common::crash::{Ack, Reference, collect_after, env_u64, spawn_loaded_on_kafka};
+use common::https::{Setup, TestNode};
 use common::kafka::Broker;
 use gavel_wal::kafka::KafkaRecords;
 
@@ -245,6 +259,27 @@ fn bid(auction: u64, n: u64) -> Bid {
     .unwrap()
 }
 
+/// `GET /v1/cluster` of a node of the two-node cluster: partitions 0-1 held by node-a, 2-3
+/// by node-b, each under epoch 1 (waits for the node's follower to have read the other's).
+fn assert_cluster_map(node: &Node) {
+    let owner = |p: u32| if p < 2 { "node-a" } else { "node-b" };
+    let map = |c: &gavel_proto::pb::Cluster| -> Vec<(u32, String, u64, bool)> {
+        let p = c.partitions.iter();
+        p.map(|p| (p.partition, p.owner.clone(), p.epoch, p.live))
+            .collect()
+    };
+    let expected: Vec<_> = (0..4).map(|p| (p, owner(p).to_owned(), 1, true)).collect();
+    let deadline = Instant::now() + WAIT;
+    let mut cluster = node.cluster().unwrap();
+    while map(&cluster) != expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        cluster = node.cluster().unwrap();
+    }
+    assert_eq!(map(&cluster), expected);
+    assert_eq!(cluster.members, ["node-a", "node-b"]);
+    assert_eq!(cluster.topic, "gavel-wal-shared");
+}
+
 #[test]
 fn two_nodes_own_disjoint_partitions_and_a_node_owning_all_replays_both() {
     let broker = Broker::start();
@@ -289,6 +324,10 @@ fn two_nodes_own_disjoint_partitions_and_a_node_owning_all_replays_both() {
         (None, None),
         "a refusal harms no log"
     );
+    // Each follows the other's leases: both see the whole map (within a few reads).
+    for node in [&a, &b] {
+        assert_cluster_map(node);
+    }
     assert_eq!(a.engine().len() + b.engine().len(), 24);
     let views: Vec<_> = (1..=24)
         .map(|id| {
@@ -422,4 +461,346 @@ fn a_paused_owner_resumed_after_a_takeover_never_acknowledges_or_replays_what_it
         acks.len(),
         report.records_read
     );
+}
+
+/// Environment of [`owner_process`]: `brokers topic data_dir`.
+const OWNER_ENV: &str = "GAVEL_SCALEOUT_OWNER";
+/// The partitions the owner process owns (of [`PARTITIONS`]); the standby node owns the rest.
+const OWNER_PARTITIONS: [i32; 2] = [0, 1];
+/// Longest an owner process bids.
+const OWNER_RUN_MAX: Duration = Duration::from_secs(60);
+
+/// The owner's auctions: of ids 1..=40, those in its partitions.
+fn owner_auctions() -> Vec<u64> {
+    (1..=40)
+        .filter(|&id| OWNER_PARTITIONS.contains(&(partition_of(id, PARTITIONS as u32) as i32)))
+        .collect()
+}
+
+/// Not a test on its own: the owner process of
+/// `a_standby_node_takes_a_killed_owners_partitions_over_and_accepts_bids`, which runs this
+/// test binary again with [`OWNER_ENV`] set. Owns [`OWNER_PARTITIONS`], creates its auctions
+/// and bids on them until killed, printing `ack auction bidder bid seq lsn` for every bid
+/// acknowledged durable.
+#[test]
+#[ignore = "the owner process of the live takeover test, run by it"]
+fn owner_process() {
+    let spec = std::env::var(OWNER_ENV).expect("run by the live takeover test");
+    let mut words = spec.split(' ');
+    let (brokers, topic, dir) = (
+        words.next().unwrap(),
+        words.next().unwrap(),
+        words.next().unwrap(),
+    );
+    let kafka = KafkaConfig {
+        owned_partitions: OWNER_PARTITIONS.to_vec(),
+        owner: "owner-a".to_owned(),
+        ..kafka(brokers.to_owned(), topic)
+    };
+    let (node, _) = Node::open(dir, config(kafka)).unwrap();
+    let auctions = owner_auctions();
+    for &id in &auctions {
+        let spec = common::english(id, UnixMicros(u64::MAX / 4));
+        node.create_auction(spec, UnixMicros(1)).unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < OWNER_RUN_MAX {
+        let mut pending = Vec::new();
+        for _ in 0..20 {
+            let bid = bid(auctions[(n % auctions.len() as u64) as usize], n);
+            n += 1;
+            let decision = node.place_bid(&bid, UnixMicros(2));
+            if let (BidOutcome::Accepted(accepted), Some(receipt)) =
+                (decision.outcome, decision.receipt)
+            {
+                pending.push((bid, accepted.seq, receipt));
+            }
+        }
+        let Some(&(_, _, last)) = pending.last() else {
+            continue;
+        };
+        node.wait_durable(last, WAIT).unwrap();
+        for (bid, seq, receipt) in pending {
+            let (auction, bidder, id) = (bid.auction().0, bid.bidder(), bid.id().0);
+            writeln!(out, "ack {auction} {bidder} {id} {seq} {}", receipt.0).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+fn parse_ack(line: &str) -> Option<Ack> {
+    let mut w = line.strip_prefix("ack ")?.split(' ');
+    Some(Ack {
+        auction: w.next()?.parse().ok()?,
+        bidder: w.next()?.to_owned(),
+        bid: w.next()?.parse().ok()?,
+        seq: w.next()?.parse().ok()?,
+        lsn: w.next()?.parse().ok()?,
+    })
+}
+
+/// One round: owner process and standby node on a fresh topic; SIGKILL the owner under load;
+/// returns the time from the kill to the standby's first accepted bid on the owner's auction.
+fn takeover_round(broker: &Broker, round: u64) -> Duration {
+    let scratch = tempfile::tempdir().unwrap();
+    let topic = format!("gavel-wal-standby-{round}");
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "owner_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            OWNER_ENV,
+            format!(
+                "{} {topic} {}",
+                broker.bootstrap(),
+                scratch.path().join("a").display()
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(owner.stdout.take().unwrap()).lines();
+    let mut acks = Vec::new();
+    while acks.len() < 200 {
+        let line = lines
+            .next()
+            .expect("the owner process stopped before 200 acks")
+            .unwrap();
+        acks.extend(parse_ack(&line));
+    }
+    let standby = KafkaConfig {
+        owned_partitions: vec![2, 3],
+        standby_partitions: OWNER_PARTITIONS.to_vec(),
+        owner: "node-b".to_owned(),
+        ..kafka(broker.bootstrap(), &topic)
+    };
+    let (b, _) = Node::open(scratch.path().join("b"), config(standby.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    owner.kill().unwrap();
+    let killed = Instant::now();
+    owner.wait().unwrap();
+    acks.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
+    // Bid on the owner's first auction until the standby accepts one.
+    let probe = owner_auctions()[0];
+    let (first_accepted, receipt) = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no takeover in 60 s"
+        );
+        let bid = bid(probe, 1_000_000_000 + killed.elapsed().as_micros() as u64);
+        let decision = b.place_bid(&bid, UnixMicros(3));
+        match decision.outcome {
+            BidOutcome::Accepted(_) => break (killed.elapsed(), decision.receipt.unwrap()),
+            BidOutcome::Rejected(Rejection::UnknownAuction | Rejection::Overloaded { .. }) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => panic!("round {round}: the standby answered {other:?}"),
+        }
+    };
+    b.wait_durable(receipt, WAIT).unwrap();
+    // The partitions are taken over one after the other: wait for the last one before
+    // comparing with the topic.
+    let taken = |b: &Node| {
+        let cluster = b.cluster().unwrap();
+        OWNER_PARTITIONS
+            .iter()
+            .all(|&p| cluster.partitions[p as usize].owner == "node-b")
+    };
+    while !taken(&b) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "round {round}: not all taken over"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = KafkaConfig {
+        owned_partitions: Vec::new(),
+        standby_partitions: Vec::new(),
+        ..standby
+    };
+    let records: Vec<(u64, Vec<u8>)> = KafkaRecords::open(&all)
+        .unwrap()
+        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
+        .collect();
+    let reference = Reference::replay(records, round);
+    for ack in &acks {
+        reference.logged(ack, round);
+    }
+    assert_eq!(
+        gavel_node::hex(&b.engine().state_hash()),
+        gavel_node::hex(&reference.engine.state_hash()),
+        "round {round}: the standby's state is not the topic's"
+    );
+    reference.check_recovered(b.engine(), &acks, round);
+    let cluster = b.cluster().unwrap();
+    let map: Vec<_> = cluster
+        .partitions
+        .iter()
+        .map(|p| (p.owner.as_str(), p.epoch, p.standby))
+        .collect();
+    // The owner's partitions under epoch 2 (it held 1), standby; b's own under epoch 1.
+    let (taken, own) = (("node-b", 2, true), ("node-b", 1, false));
+    assert_eq!(map, [taken, taken, own, own], "round {round}");
+    assert_eq!(cluster.members, ["node-b"]);
+    b.shutdown(false).unwrap();
+    eprintln!(
+        "takeover round {round}: {} acks checked, first accepted bid {first_accepted:?} after the kill",
+        acks.len()
+    );
+    first_accepted
+}
+
+#[test]
+fn a_standby_node_takes_a_killed_owners_partitions_over_and_accepts_bids() {
+    let broker = Broker::start();
+    let rounds = env_u64("GAVEL_TAKEOVER_ROUNDS", 2);
+    let mut times: Vec<Duration> = (0..rounds)
+        .map(|round| takeover_round(&broker, round))
+        .collect();
+    times.sort();
+    eprintln!(
+        "takeover: kill → first accepted bid over {rounds} rounds (lease 2000 ms): p50 {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_is_shown() {
+    const ADMIN: Option<&str> = Some("admin/admin");
+    const WATCHER: Option<&str> = Some("watcher/watcher-1");
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-admin");
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(scratch.path(), config(owning(&base, "node-a", &[0, 1]))).unwrap();
+    let b = TestNode::start(Setup {
+        node: config(owning(&base, "node-b", &[2, 3])),
+        ..Setup::default()
+    })
+    .await;
+    // b follows a's leases: the map shows both (within a few reads).
+    let deadline = Instant::now() + WAIT;
+    let cluster = loop {
+        let (status, _, body) = b.request(WATCHER, "GET", "/v1/cluster", None).await;
+        assert_eq!(status, 200);
+        let cluster: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let read_both = (0..2).all(|p| cluster["partitions"][p]["owner"] == "node-a");
+        if read_both || Instant::now() > deadline {
+            break cluster;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        cluster["members"],
+        serde_json::json!(["node-a", "node-b"]),
+        "{cluster}"
+    );
+    assert_eq!(cluster["node"], "node-b");
+    assert_eq!(cluster["partitions"][0]["owner"], "node-a");
+    assert_eq!(cluster["partitions"][3]["owner"], "node-b");
+    let theirs = (1..).find(|&id| partition_of(id, 4) < 2).unwrap();
+    let ours = (1..).find(|&id| partition_of(id, 4) >= 2).unwrap();
+    let rules = |id: u64| common::served::english_rules(id, "energy.eu.a", 1).into_bytes();
+    let misdirected = format!("partition {}", partition_of(theirs, 4));
+    let requests = [
+        ("POST", "/v1/auctions".to_owned(), Some(rules(theirs))),
+        ("GET", format!("/v1/auctions/{theirs}"), None),
+        ("POST", format!("/v1/auctions/{theirs}/cancel"), None),
+    ];
+    for (method, path, body) in requests {
+        let (status, _, body) = b.request(ADMIN, method, &path, body).await;
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status.as_u16(), &error["code"]),
+            (421, &serde_json::json!("misdirected"))
+        );
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("node-a") && message.contains(&misdirected),
+            "{message}"
+        );
+    }
+    b.create_auction(rules(ours)).await;
+    let (status, _, _) = b
+        .request(WATCHER, "GET", &format!("/v1/auctions/{ours}"), None)
+        .await;
+    assert_eq!(status, 200);
+    a.shutdown(false).unwrap();
+    b.stop().await;
+}
+
+#[test]
+fn a_takeover_whose_replay_fails_stops_the_node_naming_the_partition() {
+    let broker = Broker::start();
+    let base = kafka(broker.bootstrap(), "gavel-wal-bad-takeover");
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, _) = Node::open(
+        scratch.path().join("a"),
+        config(owning(&base, "node-a", &[0, 1])),
+    )
+    .unwrap();
+    let home = (1..).find(|&id| partition_of(id, 4) == 0).unwrap();
+    create_auctions(&a, home..=home);
+    // A record of a's epoch (1) that does not decode, then a clean stop (leases released).
+    let bad = (home.to_string(), Some(0), Some(1));
+    produce_as(
+        &raw_producer(&base.brokers),
+        &base.topic,
+        (&bad.0, bad.1, bad.2),
+        b"garbage",
+    );
+    a.shutdown(false).unwrap();
+    drop(a);
+    let standby = KafkaConfig {
+        standby_partitions: vec![0, 1],
+        ..owning(&base, "node-b", &[2, 3])
+    };
+    let (b, _) = Node::open(scratch.path().join("b"), config(standby)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while b.failure().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed takeover did not stop the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failure = b.failure().unwrap();
+    assert!(
+        failure.contains("replaying partition 0, taken over"),
+        "{failure}"
+    );
+    let outcome = b.place_bid(&bid(home, 1), UnixMicros(2)).outcome;
+    assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+}
+
+#[test]
+fn a_late_record_of_an_older_epoch_after_a_snapshots_offsets_is_skipped_on_restart() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-snapshot-epochs");
+    let dir = tempfile::tempdir().unwrap();
+    // Run 1 (epoch 1) creates; run 2 (epoch 2) creates more and snapshots past its marker.
+    let (first, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    create_auctions(&first, 1..=4);
+    first.shutdown(false).unwrap();
+    drop(first);
+    let (second, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    create_auctions(&second, 5..=8);
+    second.snapshot_now().unwrap().expect("a snapshot");
+    let hash = second.engine().state_hash();
+    second.shutdown(false).unwrap();
+    drop(second);
+    // Run 1's late write lands after the snapshot's offsets (not a valid record either).
+    let home = partition_of(3, PARTITIONS as u32) as i32;
+    let late = ("3", Some(home), Some(1));
+    produce_as(&raw_producer(&kafka.brokers), &kafka.topic, late, b"late");
+    let (third, report) = Node::open(dir.path(), config(kafka)).unwrap();
+    assert!(report.snapshot_lsn.is_some(), "restarted from the snapshot");
+    assert_eq!(third.engine().state_hash(), hash);
 }

@@ -60,6 +60,19 @@ pub trait Backend: AuctionReads + Send + Sync + 'static {
     /// The receipt of everything decided so far: once it is durable, so is every earlier
     /// decision (used to acknowledge a retried bid whose original is older).
     fn last_receipt(&self) -> Receipt;
+
+    /// The partitions of a log shared by several nodes and who owns each (`GET /v1/cluster`);
+    /// `None` for a node alone on its own log.
+    fn cluster(&self) -> Option<gavel_proto::pb::Cluster> {
+        None
+    }
+
+    /// Another node that owns the partition of `auction` (its lease name), if one does: the
+    /// admin API answers 421 for that auction instead of deciding it here.
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+        let _ = auction;
+        None
+    }
 }
 
 /// Why a receipt will never become durable in this process; `durable` is the log's durable

@@ -318,6 +318,14 @@ pub enum LogFailure {
         /// What happened to the heartbeat.
         beat: HeartbeatFailure,
     },
+    /// The replay of a partition taken over while running failed; the state holds part of it.
+    #[cfg(feature = "kafka")]
+    Takeover {
+        /// The partition.
+        partition: i32,
+        /// What failed.
+        reason: String,
+    },
     /// A record was reported persisted after its partition's lease had lapsed (a paused
     /// process, say): another node may have taken the partition over.
     #[cfg(feature = "kafka")]
@@ -393,6 +401,13 @@ impl fmt::Display for LogFailure {
                 f,
                 "the Kafka writer lease of {topic} may have lapsed: no heartbeat persisted \
                  within {lease_ms} ms ({beat}); another node may write the topic now"
+            ),
+            #[cfg(feature = "kafka")]
+            Self::Takeover { partition, reason } => write!(
+                f,
+                "replaying partition {partition}, taken over from another node, failed: \
+                 {reason}; the state holds part of it, so the node stops (a restart replays \
+                 it whole)"
             ),
             #[cfg(feature = "kafka")]
             Self::Fenced {

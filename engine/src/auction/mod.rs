@@ -187,7 +187,7 @@ impl Auction {
         // The same checks, in the same order, as the locked path (docs/auction-rules.md).
         // The end: Acquire pairs with the Release store of an extension. A stale (earlier)
         // end only makes this bid linearise before the extension, where `Closed` is right.
-        let fast = if word & CLOSED != 0 || now.0 >= self.ends_at.load(Ordering::Acquire) {
+        let fast = if word & CLOSED != 0 || past_end(now.0, self.ends_at.load(Ordering::Acquire)) {
             Some(Rejection::Closed)
         } else if now < self.starts_at {
             Some(Rejection::NotOpen)
@@ -295,7 +295,7 @@ impl Auction {
         {
             return Some(Rejection::Duplicate { original });
         }
-        if state.settled.is_some() || now >= state.ends_at {
+        if state.settled.is_some() || past_end(now.0, state.ends_at.0) {
             return Some(Rejection::Closed);
         }
         (now < self.starts_at).then_some(Rejection::NotOpen)
@@ -471,4 +471,14 @@ impl Auction {
             changed_at: state.changed_at,
         }
     }
+}
+
+/// Whether a bid at `now` is at or past the end `end` (µs): the auction takes no more bids.
+#[inline(always)]
+fn past_end(now: u64, end: u64) -> bool {
+    #[cfg(feature = "sim-bugs")]
+    if crate::sim_bugs::on(&crate::sim_bugs::ACCEPT_AT_END) {
+        return now > end;
+    }
+    now >= end
 }

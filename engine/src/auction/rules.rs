@@ -168,6 +168,15 @@ impl Auction {
         if left_us >= sc.window_us || state.extensions >= sc.extensions_max {
             return None;
         }
+        #[cfg(feature = "sim-bugs")]
+        let sc = if crate::sim_bugs::on(&crate::sim_bugs::EXTENSION_TWICE) {
+            crate::types::SoftClose {
+                extension_us: sc.extension_us * 2,
+                ..sc
+            }
+        } else {
+            sc
+        };
         // Invariant: validation proved `ends_at + extension_us * extensions_max` fits.
         let ends_at = state
             .ends_at

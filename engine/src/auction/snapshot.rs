@@ -20,9 +20,11 @@ type Inconsistency = &'static str;
 
 impl Auction {
     /// The complete state, taken under the lock.
+    // The binding returned at once is where the `sim-bugs` build alters the state.
+    #[cfg_attr(not(feature = "sim-bugs"), allow(clippy::let_and_return))]
     pub(crate) fn state(&self) -> AuctionState {
         let state = self.lock();
-        AuctionState {
+        let state = AuctionState {
             spec: Arc::clone(&self.spec),
             seq: state.seq,
             ends_at: state.ends_at,
@@ -39,7 +41,17 @@ impl Auction {
                     accepted: *accepted,
                 })
                 .collect(),
-        }
+        };
+        #[cfg(feature = "sim-bugs")]
+        let state = if crate::sim_bugs::on(&crate::sim_bugs::FORGET_DEDUP_ON_SNAPSHOT) {
+            AuctionState {
+                recent: Vec::new(),
+                ..state
+            }
+        } else {
+            state
+        };
+        state
     }
 
     /// An auction from a snapshot state, checked against its own rules. The idempotency

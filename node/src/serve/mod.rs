@@ -40,6 +40,7 @@ pub use config::{ServeConfig, ServeOptions, TlsSource};
 use crate::backend::NodeBackend;
 use crate::closer;
 use crate::node::{Node, RecoveryReport};
+use crate::takeover;
 use gavel_wal::{Interrupt, Log, kafka};
 
 /// How often the log and engine gauges are refreshed.
@@ -148,6 +149,23 @@ fn describe_node_metrics() {
         kafka::METRIC_IN_FLIGHT_BYTES,
         Unit::Bytes,
         "Kafka log payload bytes produced and not yet reported."
+    );
+    describe_counter!(
+        kafka::METRIC_FENCED,
+        "Times the Kafka log stopped because a partition's writer lease may have lapsed."
+    );
+    describe_gauge!(
+        takeover::METRIC_PARTITIONS_OWNED,
+        "Partitions of the Kafka log this node writes."
+    );
+    describe_counter!(
+        takeover::METRIC_TAKEOVERS,
+        "Partitions of the Kafka log taken over from a node whose lease lapsed."
+    );
+    metrics::describe_histogram!(
+        takeover::METRIC_TAKEOVER_SECONDS,
+        Unit::Seconds,
+        "Kafka partition takeover, lapsed lease seen to partition activated, seconds."
     );
 }
 
@@ -590,6 +608,8 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         for status in ["not_persisted", "possibly_persisted", "error"] {
             metrics::counter!(kafka::METRIC_DELIVERIES, "status" => status).increment(0);
         }
+        metrics::counter!(kafka::METRIC_FENCED).increment(0);
+        metrics::counter!(takeover::METRIC_TAKEOVERS).increment(0);
     }
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

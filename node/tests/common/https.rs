@@ -60,6 +60,8 @@ pub struct Setup {
     pub ready: bool,
     /// Admit clients without a certificate (as anonymous watchers).
     pub anonymous_watchers: bool,
+    /// The node's configuration (its own file log by default).
+    pub node: NodeConfig,
 }
 
 impl Default for Setup {
@@ -74,6 +76,7 @@ impl Default for Setup {
             ws_ping_interval_ms: http::WS_PING_INTERVAL_MS_DEFAULT,
             ready: true,
             anonymous_watchers: true,
+            node: NodeConfig::default(),
         }
     }
 }
@@ -99,7 +102,7 @@ impl TestNode {
         let handle = metrics_handle();
         let dir = tempfile::tempdir().unwrap();
         let certs = dev::generate(&dir.path().join("pki"), &DevCertOptions::default()).unwrap();
-        let (node, _) = Node::open(dir.path().join("data"), NodeConfig::default()).unwrap();
+        let (node, _) = Node::open(dir.path().join("data"), setup.node).unwrap();
         let node = Arc::new(node);
         let shutdown = CancellationToken::new();
         let gateway = Arc::new(Gateway::new(setup.limits, shutdown.clone()));

@@ -34,6 +34,8 @@ use crate::settlement;
 
 /// The collection's path.
 pub(super) const COLLECTION: &str = "/v1/auctions";
+/// The cluster view's path.
+pub(super) const CLUSTER: &str = "/v1/cluster";
 /// Prefix of one auction's paths.
 pub(super) const COLLECTION_SLASH: &str = "/v1/auctions/";
 /// Auctions in a page when the request asks for the node's default (`limit` absent or 0);
@@ -72,6 +74,9 @@ pub enum AdminError {
     /// The node holds its maximum of auctions (409 `too_many_auctions`).
     #[error("the node holds its maximum of {0} auctions")]
     TooManyAuctions(usize),
+    /// The auction's partition of the shared log is another node's (421 `misdirected`).
+    #[error("{0}")]
+    Misdirected(String),
     /// The body is longer than `http_body_bytes_max` (413 `too_large`).
     #[error("the body is longer than {0} bytes")]
     TooLarge(usize),
@@ -99,6 +104,7 @@ impl AdminError {
             | AdminError::AlreadyClosed(_)
             | AdminError::TooManyAuctions(_) => StatusCode::CONFLICT,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             AdminError::NotReady | AdminError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +123,7 @@ impl AdminError {
             AdminError::AlreadyClosed(_) => "already_closed",
             AdminError::TooManyAuctions(_) => "too_many_auctions",
             AdminError::TooLarge(_) => "too_large",
+            AdminError::Misdirected(_) => "misdirected",
             AdminError::NotReady => "not_ready",
             AdminError::Overloaded(_) => "overloaded",
             AdminError::Internal(_) => "internal",
@@ -181,6 +188,8 @@ enum Route {
     Auction(u64),
     /// `/v1/auctions/{id}/cancel`
     Cancel(u64),
+    /// `/v1/cluster`
+    Cluster,
 }
 
 impl Route {
@@ -190,6 +199,7 @@ impl Route {
             Some(Route::Collection) => "/v1/auctions",
             Some(Route::Auction(_)) => "/v1/auctions/{id}",
             Some(Route::Cancel(_)) => "/v1/auctions/{id}/cancel",
+            Some(Route::Cluster) => CLUSTER,
             None => "other",
         }
     }
@@ -197,6 +207,9 @@ impl Route {
     fn parse(path: &str) -> Result<Route, AdminError> {
         if path == COLLECTION {
             return Ok(Route::Collection);
+        }
+        if path == CLUSTER {
+            return Ok(Route::Cluster);
         }
         let rest = path
             .strip_prefix(COLLECTION_SLASH)
@@ -267,6 +280,25 @@ async fn dispatch<B: Backend>(
         }
         (Route::Auction(_), _) => Err(AdminError::MethodNotAllowed("GET, DELETE")),
         (Route::Cancel(_), _) => Err(AdminError::MethodNotAllowed("POST")),
+        (Route::Cluster, Method::GET) => {
+            let cluster = backend(server)?.cluster();
+            let cluster = cluster.ok_or_else(|| {
+                AdminError::NotFound("this node writes its own log: no cluster".into())
+            })?;
+            Ok(response::json(StatusCode::OK, &cluster))
+        }
+        (Route::Cluster, _) => Err(AdminError::MethodNotAllowed("GET")),
+    }
+}
+
+/// 421 if another node owns the auction's partition of the shared log.
+fn misdirected<B: Backend>(backend: &B, id: AuctionId) -> Result<(), AdminError> {
+    match backend.owner_elsewhere(id) {
+        Some(owner) => Err(AdminError::Misdirected(format!(
+            "auction {id} lives in a partition of the shared log that another node owns: \
+             {owner}; send this request there (GET /v1/cluster shows who owns what)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -301,6 +333,7 @@ async fn create<B: Backend>(
     let spec =
         AuctionSpec::try_from(message).map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
     let id = spec.id();
+    misdirected(&*backend, id)?;
     let receipt = backend.create_auction(spec, now_micros())?;
     backend
         .durable(receipt)
@@ -317,6 +350,7 @@ async fn create<B: Backend>(
 
 fn get<B: Backend>(server: &Arc<Server<B>>, id: u64) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
+    misdirected(&*backend, AuctionId(id))?;
     Ok(response::json(
         StatusCode::OK,
         &snapshot(&*backend, AuctionId(id))?,
@@ -384,6 +418,7 @@ async fn cancel<B: Backend>(
     id: u64,
 ) -> Result<Response<Body>, AdminError> {
     let backend = backend(server)?;
+    misdirected(&*backend, AuctionId(id))?;
     let closed = backend.cancel_auction(AuctionId(id), now_micros())?;
     let hub = Arc::clone(server.gateway.hub());
     settlement::announce(Arc::clone(&backend), hub, closed)
@@ -434,6 +469,7 @@ mod tests {
     #[test]
     fn parses_routes() {
         assert_eq!(Route::parse("/v1/auctions"), Ok(Route::Collection));
+        assert_eq!(Route::parse("/v1/cluster"), Ok(Route::Cluster));
         assert_eq!(Route::parse("/v1/auctions/42"), Ok(Route::Auction(42)));
         assert_eq!(
             Route::parse("/v1/auctions/42/cancel"),

@@ -24,7 +24,10 @@ pub(super) async fn route<B: Backend>(
         "/healthz" | "/readyz" | "/metrics" => probes_only(server, &request),
         ws::PATH => ws::upgrade(server, peer, request),
         sse::PATH => return sse::open(server, peer, &request),
-        path if path == admin::COLLECTION || path.starts_with(admin::COLLECTION_SLASH) => {
+        path if path == admin::COLLECTION
+            || path == admin::CLUSTER
+            || path.starts_with(admin::COLLECTION_SLASH) =>
+        {
             admin::handle(server, peer, request).await
         }
         path => match page::asset(path) {

@@ -80,6 +80,10 @@ pub struct KafkaConfig {
     /// The partitions this node writes and replays (static assignment), each under its own
     /// writer lease; empty: every partition of the topic (a node alone).
     pub owned_partitions: Vec<i32>,
+    /// Partitions of other nodes this node takes over, while running, once their owner's
+    /// lease lapses (see [`KafkaLog::take_over`](super::KafkaLog::take_over)); needs
+    /// `owned_partitions`, disjoint from them.
+    pub standby_partitions: Vec<i32>,
     /// Set it to make the start's waits (brokers, lease, recovery reader) return
     /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
     pub interrupt: Interrupt,
@@ -101,6 +105,7 @@ impl Default for KafkaConfig {
             writer_lease_ms: 10_000,
             owner: default_owner(),
             owned_partitions: Vec::new(),
+            standby_partitions: Vec::new(),
             interrupt: Interrupt::default(),
         }
     }
@@ -154,13 +159,17 @@ impl KafkaConfig {
             !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
             "kafka owner must be a non-empty word",
         )?;
-        let mut owned = self.owned_partitions.clone();
-        owned.sort_unstable();
-        owned.dedup();
+        let mut all = [&self.owned_partitions[..], &self.standby_partitions[..]].concat();
+        all.sort_unstable();
+        all.dedup();
         check(
-            owned.len() == self.owned_partitions.len()
-                && owned.iter().all(|p| (0..10_000).contains(p)),
-            "kafka owned partitions must be distinct numbers from 0 to 9999",
+            all.len() == self.owned_partitions.len() + self.standby_partitions.len()
+                && all.iter().all(|p| (0..10_000).contains(p)),
+            "kafka owned and standby partitions must be distinct numbers from 0 to 9999",
+        )?;
+        check(
+            self.standby_partitions.is_empty() || !self.owned_partitions.is_empty(),
+            "kafka standby partitions need owned partitions (a node without them owns all)",
         )
     }
 

@@ -217,6 +217,58 @@ impl LockReader {
     }
 }
 
+/// Follows the lock topic of one partition another node holds, to see when its lease
+/// lapses (a standby node's cue to [take it over](super::KafkaLog::take_over)).
+pub struct LeaseWatch {
+    reader: LockReader,
+    me: String,
+    brokers: String,
+}
+
+impl std::fmt::Debug for LeaseWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseWatch")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseWatch {
+    /// Starts following the lease of `partition` of `config.topic` (creating its lock topic
+    /// if missing), as `config.owner`.
+    pub fn open(config: &KafkaConfig, partition: i32) -> Result<LeaseWatch, WalError> {
+        let topic = lock_topic(&config.topic, partition);
+        ensure_topic_named(config, &topic, 1)?;
+        Ok(LeaseWatch {
+            reader: LockReader::open(config, &topic)?,
+            me: config.owner.clone(),
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// The holder as last read: its name, the partition's owner epoch, and whether its lease
+    /// is live now; `None` if nobody holds it.
+    pub fn holder(&self) -> Option<(String, u64, bool)> {
+        let state = &self.reader.state;
+        let holder = state.holder.as_ref()?;
+        let live = now_ms() < holder.last_beat_ms + holder.lease_ms;
+        Some((holder.owner.clone(), state.epoch, live))
+    }
+
+    /// Reads what came for `slice`, then says whether the partition was owned once and
+    /// nobody else holds a live lease now (with [`LAPSE_MARGIN`]): released or lapsed. A
+    /// partition never claimed is not lapsed: it waits for its owner's first start.
+    pub fn lapsed(&mut self, slice: Duration) -> Result<bool, WalError> {
+        let deadline = Instant::now() + slice + Duration::from_secs(10);
+        self.reader
+            .read(Until::For(slice), deadline, &self.brokers)?;
+        let margin_ms = LAPSE_MARGIN.as_millis() as i64;
+        let now = now_ms() - margin_ms;
+        let state = &self.reader.state;
+        Ok(state.epoch > 0 && state.other_live_holder(&self.me, now).is_none())
+    }
+}
+
 /// How far [`LockReader::read`] reads.
 #[derive(Debug, Clone, Copy)]
 enum Until {

@@ -33,6 +33,9 @@ pub const METRIC_DELIVERY_SECONDS: &str = "gavel_wal_kafka_delivery_seconds";
 pub const METRIC_IN_FLIGHT_RECORDS: &str = "gavel_wal_kafka_in_flight_records";
 /// Payload bytes produced and not yet reported (likewise).
 pub const METRIC_IN_FLIGHT_BYTES: &str = "gavel_wal_kafka_in_flight_bytes";
+/// Times this node stopped because a partition's writer lease may have lapsed (a heartbeat
+/// not persisted in time, or a delivery reported after the lease).
+pub const METRIC_FENCED: &str = "gavel_wal_kafka_fenced_total";
 /// Send times kept for the delivery latency, a ring indexed by LSN (a power of two; with more
 /// records in flight, a colliding entry only skews one latency sample).
 const SENT_AT_RING: usize = 1 << 16;
@@ -70,11 +73,12 @@ struct Counters {
     backpressure: AtomicU64,
 }
 
-/// Per partition, the clock of this node's lease on it (`None`: not owned).
+/// Per partition, the clock of this node's lease on it (unset: not owned; set once, at
+/// open or at a takeover).
 #[derive(Debug)]
 struct Fences {
     topic: String,
-    clocks: Vec<Option<Arc<LeaseClock>>>,
+    clocks: Vec<OnceLock<Arc<LeaseClock>>>,
 }
 
 impl Fences {
@@ -82,8 +86,31 @@ impl Fences {
         usize::try_from(partition)
             .ok()
             .and_then(|p| self.clocks.get(p))
-            .and_then(Option::as_ref)
+            .and_then(OnceLock::get)
             .is_some_and(|clock| clock.live())
+    }
+}
+
+/// A partition taken over by a running node ([`KafkaLog::take_over`]): its lease is held and
+/// its marker written; replay `records` (the partition from its beginning) into the state,
+/// then [`KafkaLog::activate`] it.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The partition's records, to replay.
+    pub records: KafkaRecords,
+    partition: i32,
+    epoch: u64,
+}
+
+impl Takeover {
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The owner epoch it is taken over under.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 
@@ -191,6 +218,12 @@ impl Shared {
 
     /// Fails the log for good: nothing more is appended or becomes durable.
     fn fail(&self, why: LogFailure) {
+        if matches!(
+            why,
+            LogFailure::Fenced { .. } | LogFailure::LeaseLost { .. }
+        ) {
+            metrics::counter!(METRIC_FENCED).increment(1);
+        }
         lock(&self.in_flight).status = LogStatus::Failed;
         self.durability.record_failure(why);
         self.durability.finish(LogStatus::Failed);
@@ -268,7 +301,7 @@ pub struct KafkaLog {
     partitions: i32,
     partitioner: Partitioner,
     /// Per partition, the owner epoch this node writes it under (0: not owned).
-    epochs: Vec<u64>,
+    epochs: Vec<AtomicU64>,
     /// The owned partitions' writer leases, released at shutdown.
     leases: Mutex<Vec<WriterLease>>,
 }
@@ -316,16 +349,22 @@ impl KafkaLog {
         let owned = config.owned_in(partitions)?;
         let leases = acquire_leases(&config, &owned, &shared)?;
         let slots = usize::try_from(partitions).unwrap_or(0);
-        let (mut epochs, mut clocks) = (vec![0; slots], vec![None; slots]);
-        for (&p, lease) in owned.iter().zip(&leases) {
-            epochs[p as usize] = lease.epoch();
-            clocks[p as usize] = Some(Arc::clone(lease.clock()));
-        }
-        write_markers(&config, &owned, &epochs)?;
+        let epochs: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
         let fences = Fences {
             topic: config.topic.clone(),
-            clocks,
+            clocks: (0..slots).map(|_| OnceLock::new()).collect(),
         };
+        let held: Vec<(i32, u64)> = owned
+            .iter()
+            .zip(&leases)
+            .map(|(&p, l)| (p, l.epoch()))
+            .collect();
+        write_markers(&config, &held)?;
+        for (&p, lease) in owned.iter().zip(&leases) {
+            // Ordering: Relaxed — published to other threads with the log itself.
+            epochs[p as usize].store(lease.epoch(), Ordering::Relaxed);
+            let _ = fences.clocks[p as usize].set(Arc::clone(lease.clock()));
+        }
         let _ = shared.fences.set(fences);
         let records = KafkaRecords::open_at(&config, start)?.check_placement(partitioner);
         let producer = producer_config
@@ -376,10 +415,16 @@ impl KafkaLog {
     /// replayed at start).
     pub fn durable_position(&self) -> KafkaPosition {
         let in_flight = lock(&self.shared.in_flight);
+        // An owned partition's offsets are past its takeover marker (read at open or
+        // takeover): the highest epoch below them is this node's.
+        let epochs = (0..self.epochs.len() as i32)
+            .map(|p| self.epoch_of(p))
+            .collect();
         KafkaPosition {
             lsn: in_flight.durable,
             topic: self.config.topic.clone(),
             next_offsets: in_flight.offsets.clone(),
+            epochs,
         }
     }
 
@@ -415,11 +460,7 @@ impl KafkaLog {
             });
         }
         let partition = (self.partitioner)(key, self.partitions);
-        let epoch = usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.epochs.get(p))
-            .copied()
-            .unwrap_or(0);
+        let epoch = self.epoch_of(partition);
         if epoch == 0 {
             return Err(AppendError::NotOwner { partition });
         }
@@ -473,6 +514,93 @@ impl KafkaLog {
         in_flight.records += n;
         in_flight.bytes += batch_bytes;
         Ok(first + n as Lsn - 1)
+    }
+
+    /// The owner epoch this node writes `partition` under; 0 if it does not own it.
+    pub fn epoch_of(&self, partition: i32) -> u64 {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.epochs.get(p))
+            // Ordering: Acquire pairs with `activate`'s Release: an append that sees the
+            // epoch sees the partition's offsets set.
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The partition of an auction (the key → partition map the log writes by).
+    pub fn partition_of(&self, key: u64) -> i32 {
+        (self.partitioner)(key, self.partitions)
+    }
+
+    /// Whether this node writes `partition` (owned from the start, or taken over and
+    /// activated).
+    pub fn owns(&self, partition: i32) -> bool {
+        self.epoch_of(partition) != 0
+    }
+
+    /// Takes `partition` over while running: its lease (waiting out a lapsed holder's, or
+    /// refused with [`WalError::KafkaFenced`] while it lives), then a takeover marker under
+    /// the new epoch, then a reader of the partition from its beginning. Appends to it stay
+    /// refused until [`KafkaLog::activate`]. Blocks for up to about twice the lease.
+    pub fn take_over(&self, partition: i32) -> Result<Takeover, WalError> {
+        let fences = (self.shared.fences.get())
+            .expect("invariant: KafkaLog::open sets the fences before returning the log");
+        let slot = usize::try_from(partition)
+            .ok()
+            .and_then(|p| fences.clocks.get(p));
+        let Some(slot) = slot.filter(|s| s.get().is_none()) else {
+            return Err(WalError::Kafka {
+                op: "take a partition over",
+                brokers: self.config.brokers.clone(),
+                reason: format!("partition {partition} is owned already or does not exist"),
+            });
+        };
+        let mut lease = acquire_leases(&self.config, &[partition], &self.shared)?;
+        let lease = lease
+            .pop()
+            .expect("invariant: one lease per partition asked");
+        let epoch = lease.epoch();
+        write_markers(&self.config, &[(partition, epoch)])?;
+        let config = KafkaConfig {
+            owned_partitions: vec![partition],
+            ..self.config.clone()
+        };
+        // Any failure so far drops the lease, which releases it.
+        let records = KafkaRecords::open_at(&config, None)?.check_placement(self.partitioner);
+        let _ = slot.set(Arc::clone(lease.clock()));
+        lock(&self.leases).push(lease);
+        Ok(Takeover {
+            records,
+            partition,
+            epoch,
+        })
+    }
+
+    /// Fails the log for good because the replay of a partition taken over failed: the state
+    /// holds part of it, which no retry can mend; the node stops and releases its leases.
+    pub fn fail_takeover(&self, takeover: &Takeover, reason: String) {
+        self.shared.fail(LogFailure::Takeover {
+            partition: takeover.partition,
+            reason,
+        });
+    }
+
+    /// Starts writing a partition taken over once its records were replayed to their end:
+    /// its position in later snapshots is after them, and appends to it are accepted.
+    pub fn activate(&self, takeover: &Takeover) {
+        let p = takeover.partition as usize;
+        if let Some(&next) = takeover.records.next_offsets().get(p) {
+            let mut in_flight = lock(&self.shared.in_flight);
+            if let Some(offset) = in_flight.offsets.get_mut(p) {
+                *offset = next;
+            }
+        }
+        // Ordering: Release pairs with `epoch_of`'s Acquire.
+        self.epochs[p].store(takeover.epoch, Ordering::Release);
     }
 
     /// The last LSN assigned by an append so far (0 before the first).
@@ -565,10 +693,10 @@ fn acquire_leases(
 }
 
 /// Writes a takeover marker — no payload, the headers [`EPOCH_HEADER`] and
-/// [`TAKEOVER_HEADER`] — to every owned partition and waits until each is persisted. A reader
-/// raises the partition's epoch at the marker, so records of an older owner after it are
-/// skipped, and everything before it is in this node's replay.
-fn write_markers(config: &KafkaConfig, owned: &[i32], epochs: &[u64]) -> Result<(), WalError> {
+/// [`TAKEOVER_HEADER`] — to every `(partition, epoch)` held and waits until each is
+/// persisted. A reader raises the partition's epoch at the marker, so records of an older
+/// owner after it are skipped, and everything before it is in this node's replay.
+fn write_markers(config: &KafkaConfig, held: &[(i32, u64)]) -> Result<(), WalError> {
     const OP: &str = "write a takeover marker";
     let brokers = config.brokers.as_str();
     let refused = |reason: String| WalError::Kafka {
@@ -580,8 +708,8 @@ fn write_markers(config: &KafkaConfig, owned: &[i32], epochs: &[u64]) -> Result<
         .lease_producer_config()
         .create_with_context(MarkerReports::default())
         .map_err(kafka_error("create the takeover producer", brokers))?;
-    for &partition in owned {
-        let epoch = epochs[partition as usize].to_be_bytes();
+    for &(partition, epoch) in held {
+        let epoch = epoch.to_be_bytes();
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: EPOCH_HEADER,
@@ -607,14 +735,14 @@ fn write_markers(config: &KafkaConfig, owned: &[i32], epochs: &[u64]) -> Result<
         if let Some((partition, code)) = reports.iter().find_map(|r| r.err()) {
             return Err(refused(format!("partition {partition}: {code}")));
         }
-        if reports.len() == owned.len() {
+        if reports.len() == held.len() {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(refused(format!(
                 "{} of {} markers reported persisted in time",
                 reports.len(),
-                owned.len()
+                held.len()
             )));
         }
     }

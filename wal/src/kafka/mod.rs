@@ -49,8 +49,8 @@ mod reader;
 pub use client::{KafkaConfig, check_producer_config, ensure_topic};
 pub(crate) use client::{ReaderContext, ensure_topic_named, kafka_error};
 pub use log::{
-    KafkaLog, METRIC_DELIVERIES, METRIC_DELIVERY_SECONDS, METRIC_IN_FLIGHT_BYTES,
-    METRIC_IN_FLIGHT_RECORDS,
+    KafkaLog, METRIC_DELIVERIES, METRIC_DELIVERY_SECONDS, METRIC_FENCED, METRIC_IN_FLIGHT_BYTES,
+    METRIC_IN_FLIGHT_RECORDS, Takeover,
 };
 pub use reader::{KafkaPosition, KafkaRecords};
 

@@ -156,14 +156,25 @@ impl Writer {
 
     fn sync_chunk(&mut self, first: Lsn, last: Lsn) -> Result<(), LogFailure> {
         let hooks = &self.shared.hooks;
-        hooks
+        let written = hooks
             .before_write(first, last)
-            .and_then(|()| self.file.write_all(&self.buf))
-            .map_err(LogFailure::io("write", &self.path))?;
+            .and_then(|()| self.file.write_all(&self.buf));
+        #[cfg(feature = "sim-bugs")]
+        let written = written.or_else(|e| {
+            let ignore = crate::sim_bugs::on(&crate::sim_bugs::IGNORE_WRITE_ERROR);
+            if ignore { Ok(()) } else { Err(e) }
+        });
+        written.map_err(LogFailure::io("write", &self.path))?;
         let started = Instant::now();
         hooks
             .before_sync(last)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| {
+                #[cfg(feature = "sim-bugs")]
+                if crate::sim_bugs::on(&crate::sim_bugs::ACK_WITHOUT_FSYNC) {
+                    return Ok(());
+                }
+                self.file.sync_data()
+            })
             .map_err(LogFailure::io("fdatasync", &self.path))?;
         let sync_us = started.elapsed().as_micros() as u64;
         hooks.after_sync(last);
