@@ -232,7 +232,8 @@ impl Engine {
         self.auction(id).map(|a| a.state())
     }
 
-    /// The complete state of every auction, ascending by id: a snapshot. Each auction's
+    /// The complete state of every auction held whole, ascending by id: a snapshot without
+    /// the pruned auctions' results ([`Engine::snapshot_with_pruned`] has both). Each auction's
     /// state is taken under its own lock, one after another, so on a live engine the
     /// snapshot is consistent per auction; each state's `seq` says what it includes.
     ///
