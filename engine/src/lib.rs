@@ -16,6 +16,8 @@
 //! - [`replay`]: rebuilds an engine from its events through the live code path.
 //! - [`snapshot`]: the complete state of auctions as values, and restoring from it.
 //! - [`view`]: read-only snapshots of auctions.
+//! - `sim_bugs` (feature `sim-bugs`, never in a real build): switches of hand-injected bugs
+//!   for the fault matrix of `gavel-sim`.
 
 mod auction;
 pub mod decision;

@@ -860,6 +860,7 @@ fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {
                 pb::KafkaPosition {
                     topic: position.topic,
                     next_offsets: position.next_offsets,
+                    epochs: position.epochs,
                 },
                 &mut payload,
             );
@@ -970,6 +971,7 @@ fn restore_kafka_snapshot(
             lsn,
             topic: position.topic,
             next_offsets: position.next_offsets,
+            epochs: position.epochs,
         }));
     }
     Ok(None)

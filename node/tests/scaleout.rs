@@ -11,7 +11,8 @@
 //!   refused without harm, its bids are unknown there), and a node owning every partition
 //!   replays both to the same views;
 //! - a record written under an owner epoch older than a takeover marker already in its
-//!   partition is skipped by every replay;
+//!   partition is skipped by every replay, also by a restart from a snapshot whose offsets
+//!   are past that marker (the snapshot records the epochs);
 //! - a zombie: a `gavel simulate` owner SIGSTOPped under load until a successor waited out
 //!   its lease and took its partitions over, then SIGCONTed — every bid it acknowledged
 //!   durable (before or after) is in the topic as replayed, nothing it wrote after the
@@ -777,4 +778,29 @@ fn a_takeover_whose_replay_fails_stops_the_node_naming_the_partition() {
     );
     let outcome = b.place_bid(&bid(home, 1), UnixMicros(2)).outcome;
     assert!(!matches!(outcome, BidOutcome::Accepted(_)), "{outcome:?}");
+}
+
+#[test]
+fn a_late_record_of_an_older_epoch_after_a_snapshots_offsets_is_skipped_on_restart() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-snapshot-epochs");
+    let dir = tempfile::tempdir().unwrap();
+    // Run 1 (epoch 1) creates; run 2 (epoch 2) creates more and snapshots past its marker.
+    let (first, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    create_auctions(&first, 1..=4);
+    first.shutdown(false).unwrap();
+    drop(first);
+    let (second, _) = Node::open(dir.path(), config(kafka.clone())).unwrap();
+    create_auctions(&second, 5..=8);
+    second.snapshot_now().unwrap().expect("a snapshot");
+    let hash = second.engine().state_hash();
+    second.shutdown(false).unwrap();
+    drop(second);
+    // Run 1's late write lands after the snapshot's offsets (not a valid record either).
+    let home = partition_of(3, PARTITIONS as u32) as i32;
+    let late = ("3", Some(home), Some(1));
+    produce_as(&raw_producer(&kafka.brokers), &kafka.topic, late, b"late");
+    let (third, report) = Node::open(dir.path(), config(kafka)).unwrap();
+    assert!(report.snapshot_lsn.is_some(), "restarted from the snapshot");
+    assert_eq!(third.engine().state_hash(), hash);
 }

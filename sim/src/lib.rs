@@ -32,6 +32,8 @@ mod world;
 #[cfg(feature = "sim-bugs")]
 pub mod bugs;
 
+use std::collections::BTreeSet;
+
 pub use disk::{Fate, Flip, SimDisk};
 pub use rng::Rng;
 pub use world::{Failure, Stats};
@@ -44,9 +46,39 @@ pub fn run_seed(seed: u64, steps: usize, trace: bool) -> Result<Stats, Failure> 
     world::World::new(seed, trace).run(steps)
 }
 
-/// Runs `seed` traced: its result and one line per step, whether it passed or not.
-pub fn trace_seed(seed: u64, steps: usize) -> (Result<Stats, Failure>, Vec<String>) {
+/// Runs `seed` traced, the steps in `skip` doing nothing: its result and one line per
+/// step, whether it passed or not.
+pub fn trace_seed(
+    seed: u64,
+    steps: usize,
+    skip: &BTreeSet<usize>,
+) -> (Result<Stats, Failure>, Vec<String>) {
     let mut world = world::World::new(seed, true);
+    world.skip = skip.clone();
     let result = world.run(steps);
     (result, world.trace())
+}
+
+/// Shrinks a failing seed's trace: one pass over the steps before the failure, last first,
+/// keeping a step skipped (it does nothing) whenever the same invariant still fails within
+/// as many steps. Returns the steps skipped and the shrunk run's failure (with its trace);
+/// `None` if the seed passes.
+pub fn shrink(seed: u64, steps: usize) -> Option<(BTreeSet<usize>, Failure)> {
+    let first = run_seed(seed, steps, false).err()?;
+    let steps = first.step + 1;
+    let same = |skip: &BTreeSet<usize>| {
+        let mut world = world::World::new(seed, false);
+        world.skip = skip.clone();
+        matches!(world.run(steps), Err(f) if f.invariant == first.invariant)
+    };
+    let mut skip = BTreeSet::new();
+    for step in (0..first.step).rev() {
+        skip.insert(step);
+        if !same(&skip) {
+            skip.remove(&step);
+        }
+    }
+    let (result, _) = trace_seed(seed, steps, &skip);
+    // Invariant: the last run `same` accepted (or the first one) failed this way.
+    Some((skip, result.expect_err("a shrunk seed fails as it did")))
 }

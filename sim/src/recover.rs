@@ -18,13 +18,18 @@ pub(crate) fn recover(world: &mut World) -> Result<bool, Failure> {
     let node = match rebuild(world) {
         Ok(node) => node,
         Err(_) if world.disk.crashed() => return Ok(false),
-        Err(what) => return Err(world.fail(format!("recovery refused a sound log: {what}"))),
+        Err(what) => {
+            return Err(world.fail(
+                "recovery refused a sound log",
+                format!("recovery refused a sound log: {what}"),
+            ));
+        }
     };
     let lsn = node.wal.last_appended_lsn();
     let hash = node.engine.state_hash();
     world.node = Some(node);
     if lsn < world.acked_lsn {
-        return Err(world.fail(format!(
+        return Err(world.fail("durable-acked records lost", format!(
             "durable-acked records lost: the log recovered to lsn {lsn}, lsn {} was acknowledged durable",
             world.acked_lsn
         )));
@@ -33,7 +38,7 @@ pub(crate) fn recover(world: &mut World) -> Result<bool, Failure> {
         Some(p) if p.lsn == lsn => p,
         _ if world.durable.lsn == lsn => world.durable.clone(),
         other => {
-            return Err(world.fail(format!(
+            return Err(world.fail("recovered off a decision boundary", format!(
                 "the log recovered to lsn {lsn}, not a decision boundary (durable {}, in flight {:?})",
                 world.durable.lsn,
                 other.map(|p| p.lsn)
@@ -41,9 +46,10 @@ pub(crate) fn recover(world: &mut World) -> Result<bool, Failure> {
         }
     };
     if point.hash != hash {
-        return Err(world.fail(format!(
-            "the replayed state hash differs from the live one at lsn {lsn}"
-        )));
+        return Err(world.fail(
+            "replayed state hash differs from the live one",
+            format!("the replayed state hash differs from the live one at lsn {lsn}"),
+        ));
     }
     world.note(|| format!("recovered to lsn {lsn}, hash matches the live engine"));
     world.model = point.model.clone();
@@ -145,9 +151,12 @@ pub(crate) fn check_flip(world: &mut World, flip: &Flip) -> Result<(), Failure> 
     };
     world.note(|| format!("flip at record {start}: {verdict:?}"));
     verdict.map_err(|what| {
-        world.fail(format!(
-            "bit flip {flip:?} (record at {start}, last segment: {in_last_segment}): {what}"
-        ))
+        world.fail(
+            "bit flip not refused or truncated as documented",
+            format!(
+                "bit flip {flip:?} (record at {start}, last segment: {in_last_segment}): {what}"
+            ),
+        )
     })
 }
 

@@ -3,6 +3,7 @@
 //! crashes, a full disk, a bit flip — and checks the invariants after every step.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ const DURABLE_WAIT: Duration = Duration::from_secs(30);
 pub struct Failure {
     /// The step (0-based) at which an invariant failed.
     pub step: usize,
+    /// The invariant that failed.
+    pub invariant: &'static str,
     /// The invariant and the values that broke it.
     pub what: String,
     /// One line per step up to the failure (empty unless traced).
@@ -58,6 +61,8 @@ pub struct Stats {
     pub crashes: usize,
     /// Torn tails recovery truncated.
     pub torn_tails: usize,
+    /// Bit flips injected (segments and snapshots) and checked.
+    pub bit_flips: usize,
     /// Bids accepted and acknowledged durable.
     pub durable_acks: usize,
     /// The last durable LSN at the end.
@@ -130,6 +135,8 @@ pub(crate) struct World {
     pub(crate) step: usize,
     /// A snapshot was damaged (one per run: two in a row refuse, as documented).
     snapshot_flipped: bool,
+    /// Steps that do nothing (a shrunk run).
+    pub(crate) skip: BTreeSet<usize>,
     tracing: bool,
     trace: RefCell<Vec<String>>,
     /// The clock as the driver last read it (the trace's time).
@@ -170,6 +177,7 @@ impl World {
             stats: Stats::default(),
             step: 0,
             snapshot_flipped: false,
+            skip: BTreeSet::new(),
             tracing,
             trace: RefCell::new(Vec::new()),
             clock_seen: Cell::new(EPOCH_US),
@@ -193,9 +201,10 @@ impl World {
         self.trace.borrow().clone()
     }
 
-    pub(crate) fn fail(&self, what: String) -> Failure {
+    pub(crate) fn fail(&self, invariant: &'static str, what: String) -> Failure {
         Failure {
             step: self.step,
+            invariant,
             what,
             trace: self.trace(),
         }
@@ -220,6 +229,9 @@ impl World {
         for step in 0..steps {
             self.step = step;
             self.disk.advance_us(self.rng.below(100_000));
+            if self.skip.contains(&step) {
+                continue;
+            }
             if let Flow::Stop = self.one_step()? {
                 break;
             }
@@ -321,7 +333,10 @@ impl World {
                 Ok(())
             }
             Err(_) if self.log_broken() => Ok(()),
-            Err(e) => Err(self.fail(format!("creating auction {id} failed: {e}"))),
+            Err(e) => Err(self.fail(
+                "creation failed",
+                format!("creating auction {id} failed: {e}"),
+            )),
         }
     }
 
@@ -410,10 +425,13 @@ impl World {
             return Ok(false);
         }
         if got != Some(expected) {
-            return Err(self.fail(format!(
-                "bid {b:?} at {now}: engine answered {:?}, the model says {expected:?}",
-                decision.outcome
-            )));
+            return Err(self.fail(
+                "answer differs from the model",
+                format!(
+                    "bid {b:?} at {now}: engine answered {:?}, the model says {expected:?}",
+                    decision.outcome
+                ),
+            ));
         }
         let Answer::Accepted(acc) = expected else {
             return Ok(true);
@@ -421,20 +439,26 @@ impl World {
         if let Some(price) = before
             && acc.price <= price
         {
-            return Err(self.fail(format!(
-                "English price not increasing: {price} then {} (auction {})",
-                acc.price, b.auction
-            )));
+            return Err(self.fail(
+                "English price not increasing",
+                format!(
+                    "English price not increasing: {price} then {} (auction {})",
+                    acc.price, b.auction
+                ),
+            ));
         }
         self.model
             .bid(b.auction, b.bidder, b.id, b.amount, now, true);
         if let Some(closed) = decision.closed {
             let model_win = self.model.auctions[&b.auction].settled;
             if Some(win(&closed.settlement)) != model_win {
-                return Err(self.fail(format!(
-                    "closing bid settled {:?}, the model says {model_win:?}",
-                    closed.settlement
-                )));
+                return Err(self.fail(
+                    "closing bid's settlement differs from the model",
+                    format!(
+                        "closing bid settled {:?}, the model says {model_win:?}",
+                        closed.settlement
+                    ),
+                ));
             }
         }
         // Invariant: an accepted decision has a receipt.
@@ -467,11 +491,14 @@ impl World {
             match self.model.close(id, now) {
                 Some(w) if w == win(&closed.settlement) => {}
                 other => {
-                    return Err(self.fail(format!(
-                        "auction {id} closed at {now} settling {:?}; the model says {other:?} \
+                    return Err(self.fail(
+                        "close differs from the model",
+                        format!(
+                            "auction {id} closed at {now} settling {:?}; the model says {other:?} \
                          (None: not due or settled already)",
-                        closed.settlement
-                    )));
+                            closed.settlement
+                        ),
+                    ));
                 }
             }
             self.decided(closed.receipt.0);
@@ -482,7 +509,10 @@ impl World {
         if let Some(id) = self.model.any_due(now)
             && !self.log_broken()
         {
-            return Err(self.fail(format!("auction {id} is due at {now} but did not close")));
+            return Err(self.fail(
+                "due auction not closed",
+                format!("auction {id} is due at {now} but did not close"),
+            ));
         }
         Ok(())
     }
@@ -506,7 +536,10 @@ impl World {
             Err(_) if self.disk.crashed() => Ok(()),
             // A full disk fails the snapshot, not the log: the node logs it and goes on.
             Err(WalError::Io { source, .. }) if source.kind() == ErrorKind::StorageFull => Ok(()),
-            Err(e) => Err(self.fail(format!("snapshot at lsn {lsn} failed: {e}"))),
+            Err(e) => Err(self.fail(
+                "snapshot failed",
+                format!("snapshot at lsn {lsn} failed: {e}"),
+            )),
         }
     }
 
@@ -517,6 +550,7 @@ impl World {
             return Ok(Flow::Continue);
         };
         self.note(|| format!("bit flip: {flip:?}"));
+        self.stats.bit_flips += 1;
         self.disk.crash_now();
         self.node = None;
         self.disk.reboot();
@@ -533,6 +567,7 @@ impl World {
             return Ok(());
         };
         self.snapshot_flipped = true;
+        self.stats.bit_flips += 1;
         self.note(|| format!("bit flip in a snapshot: {flip:?}"));
         self.restart()
     }
@@ -554,7 +589,10 @@ impl World {
                 return Ok(());
             }
         }
-        Err(self.fail("recovery never completed in 8 attempts".into()))
+        Err(self.fail(
+            "recovery never completed",
+            "recovery never completed in 8 attempts".into(),
+        ))
     }
 }
 

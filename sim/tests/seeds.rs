@@ -1,6 +1,8 @@
 //! The simulation passes a block of seeds on the code as it is, and a seed replays
 //! identically (the same trace, step for step).
 
+use std::collections::BTreeSet;
+
 use gavel_sim::{STEPS_DEFAULT, run_seed, trace_seed};
 
 #[test]
@@ -18,8 +20,8 @@ fn a_block_of_seeds_passes_every_invariant() {
 #[test]
 fn a_seed_replays_step_for_step() {
     for seed in [3, 17] {
-        let (first, first_trace) = trace_seed(seed, STEPS_DEFAULT);
-        let (second, second_trace) = trace_seed(seed, STEPS_DEFAULT);
+        let (first, first_trace) = trace_seed(seed, STEPS_DEFAULT, &BTreeSet::new());
+        let (second, second_trace) = trace_seed(seed, STEPS_DEFAULT, &BTreeSet::new());
         let first = first.expect("the seed passes");
         assert_eq!(
             Ok(first),

@@ -22,6 +22,8 @@
 //! - [`snapshot`] — atomic snapshot files, the restore/fallback rule, retention.
 //! - [`storage`] — [`Storage`], the seam of every file operation: [`OsStorage`] (the real
 //!   filesystem, the default) or a simulated disk ([`Wal::open_on`]).
+//! - `sim_bugs` (feature `sim-bugs`, never in a real build) — switches of hand-injected bugs
+//!   for the fault matrix of `gavel-sim`.
 //! - [`inspect`] — offline [`verify`] and [`records`] for `gavel wal verify` / `dump`.
 //! - [`error`] — [`WalError`], [`SnapshotDefect`]; the hot path's small `Copy` errors [`AppendError`],
 //!   [`WaitError`].

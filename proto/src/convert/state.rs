@@ -390,6 +390,7 @@ mod tests {
         let position = pb::KafkaPosition {
             topic: "t".into(),
             next_offsets: vec![-1, 7],
+            epochs: vec![0, 3],
         };
         encode_snapshot_position(position.clone(), &mut buf);
         assert_eq!(

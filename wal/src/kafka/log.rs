@@ -415,10 +415,16 @@ impl KafkaLog {
     /// replayed at start).
     pub fn durable_position(&self) -> KafkaPosition {
         let in_flight = lock(&self.shared.in_flight);
+        // An owned partition's offsets are past its takeover marker (read at open or
+        // takeover): the highest epoch below them is this node's.
+        let epochs = (0..self.epochs.len() as i32)
+            .map(|p| self.epoch_of(p))
+            .collect();
         KafkaPosition {
             lsn: in_flight.durable,
             topic: self.config.topic.clone(),
             next_offsets: in_flight.offsets.clone(),
+            epochs,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct KafkaPosition {
     pub topic: String,
     /// Per partition, the offset replay resumes at.
     pub next_offsets: Vec<i64>,
+    /// Per partition, the highest owner epoch below `next_offsets` (missing: 0): replay skips
+    /// a later record of a lower epoch (a fenced owner's late write).
+    pub epochs: Vec<u64>,
 }
 
 /// Reads every record of a topic, each partition from its beginning to its end (the
@@ -111,6 +114,15 @@ impl KafkaRecords {
             })
             .collect();
         assign(&consumer, config, &owned, &next_offsets)?;
+        // Seeded from the start: a marker the start's offsets passed still fences.
+        let fence_epochs = (0..partitions)
+            .map(|p| {
+                start
+                    .filter(|_| next_offsets[p] >= 0)
+                    .and_then(|s| s.epochs.get(p).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
         let mut done = vec![true; partitions];
         for &p in &owned {
             done[p as usize] = false;
@@ -127,7 +139,7 @@ impl KafkaRecords {
             failed: false,
             partitioner: None,
             fence: EpochFence {
-                epochs: vec![0; partitions],
+                epochs: fence_epochs,
                 stale: 0,
             },
             interrupt: config.interrupt.clone(),
