@@ -121,6 +121,8 @@ struct Shard {
     settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
     /// Results of the auctions pruned from `auctions`; changed under `writer`.
     pruned: RwLock<PrunedMap>,
+    /// Auctions a replay pruned that `auctions` still lists (see `Engine::prune_replayed`).
+    unlisted: Mutex<Vec<AuctionId>>,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -159,6 +161,7 @@ impl Engine {
                     timer: Mutex::new(BTreeSet::new()),
                     settled: Mutex::new(BTreeSet::new()),
                     pruned: RwLock::new(PrunedMap::default()),
+                    unlisted: Mutex::new(Vec::new()),
                 })
                 .collect(),
             config,
