@@ -86,16 +86,19 @@ else
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends systemd
 fi
 
-step "mosquitto and mosquitto_sub/pub for the edge agent's MQTT tests (Debian's mosquitto, mosquitto-clients)"
+step "mosquitto, mosquitto_sub/pub and curl for the edge agent's tests (Debian's mosquitto, mosquitto-clients, curl)"
 if command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_sub >/dev/null 2>&1 \
-    && command -v mosquitto_pub >/dev/null 2>&1; then
-    echo "ok: mosquitto and its clients present"
+    && command -v mosquitto_pub >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then
+    echo "ok: mosquitto, its clients and curl present"
 else
     # edge-agent's tests start mosquitto on a free loopback port and read what the agent
-    # publishes with mosquitto_sub (a client that is not the agent). They fail without them.
+    # publishes with mosquitto_sub (a client that is not the agent); the end-to-end test
+    # creates auctions on a real node with curl and the admin certificate. They fail
+    # without them.
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends mosquitto mosquitto-clients
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends \
+        mosquitto mosquitto-clients curl
 fi
 
 step "nats-server for the load tester's smoke (its fan-out peer; optional)"

@@ -147,3 +147,47 @@ fn answer(error: BidError) -> Attempt {
     };
     Attempt::Final(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_client::Accepted;
+
+    #[test]
+    fn a_duplicate_is_the_original_outcome_and_undecided_answers_are_retried() {
+        let original = Accepted {
+            seq: 4,
+            price: 150,
+            ..Accepted::default()
+        };
+        assert!(matches!(
+            answer(BidError::Duplicate { original }),
+            Attempt::Final(Outcome::Accepted { seq: 4, price: 150 })
+        ));
+        assert!(matches!(
+            answer(BidError::TooLow { min_next: 160 }),
+            Attempt::Final(Outcome::TooLow { min_next: 160 })
+        ));
+        assert!(matches!(
+            answer(BidError::Closed),
+            Attempt::Final(Outcome::Closed)
+        ));
+        let Attempt::Retry(_, Some(after)) = answer(BidError::Overloaded {
+            retry_after: Duration::ZERO,
+        }) else {
+            panic!("overloaded is retried after a delay")
+        };
+        assert!(after >= Duration::from_millis(100), "never a tight loop");
+        for undecided in [
+            BidError::Timeout,
+            BidError::RateLimited,
+            BidError::Connection("lost".into()),
+            BidError::Server {
+                code: ErrorCode::ShuttingDown,
+                message: String::new(),
+            },
+        ] {
+            assert!(matches!(answer(undecided), Attempt::Retry(_, None)));
+        }
+    }
+}

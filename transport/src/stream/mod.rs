@@ -544,6 +544,8 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
             ::metrics::counter!(metrics::STREAM_DATAGRAMS, "result" => "sent").increment(1);
         } else {
             self.out_bytes += self.encoding.update(&update, &mut self.out);
+            // A framing encoding (edge) writes its frame now, not with the next batch.
+            self.out_bytes += self.encoding.end_batch(&mut self.out);
         }
     }
 
