@@ -121,6 +121,8 @@ struct Shard {
     settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
     /// Results of the auctions pruned from `auctions`; changed under `writer`.
     pruned: RwLock<PrunedMap>,
+    /// Auctions a replay pruned that `auctions` still lists (see `Engine::prune_replayed`).
+    unlisted: Mutex<Vec<AuctionId>>,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -159,6 +161,7 @@ impl Engine {
                     timer: Mutex::new(BTreeSet::new()),
                     settled: Mutex::new(BTreeSet::new()),
                     pruned: RwLock::new(PrunedMap::default()),
+                    unlisted: Mutex::new(Vec::new()),
                 })
                 .collect(),
             config,
@@ -232,7 +235,8 @@ impl Engine {
         self.auction(id).map(|a| a.state())
     }
 
-    /// The complete state of every auction, ascending by id: a snapshot. Each auction's
+    /// The complete state of every auction held whole, ascending by id: a snapshot without
+    /// the pruned auctions' results ([`Engine::snapshot_with_pruned`] has both). Each auction's
     /// state is taken under its own lock, one after another, so on a live engine the
     /// snapshot is consistent per auction; each state's `seq` says what it includes.
     ///

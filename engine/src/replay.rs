@@ -134,10 +134,9 @@ impl<'e> Replayer<'e> {
     /// not above the state's) is skipped; the rest replays as usual. The log may therefore
     /// start anywhere before the snapshot was taken.
     pub fn after_snapshot(engine: &'e Engine) -> Replayer<'e> {
-        Replayer {
-            after_snapshot: true,
-            ..Replayer::new(engine)
-        }
+        let mut replayer = Replayer::new(engine);
+        replayer.after_snapshot = true;
+        replayer
     }
 
     /// Applies one logged event.
@@ -232,7 +231,7 @@ impl<'e> Replayer<'e> {
             }
             EventKind::Pruned => {
                 self.engine
-                    .prune_auction(id, logged.at, capture)
+                    .prune_replayed(id, logged.at, capture)
                     .map_err(|source| ReplayError::Prune {
                         auction: id,
                         source,
@@ -245,15 +244,25 @@ impl<'e> Replayer<'e> {
         Ok(())
     }
 
-    /// Ends the replay.
-    pub fn finish(self) -> ReplaySummary {
-        let mut missing_tail: Vec<Event> = self.expected.into_values().flatten().collect();
+    /// Ends the replay (pruned auctions leave the engine's registry: see [`Drop`]).
+    pub fn finish(mut self) -> ReplaySummary {
+        let expected = std::mem::take(&mut self.expected);
+        let mut missing_tail: Vec<Event> = expected.into_values().flatten().collect();
         missing_tail.sort_by_key(|e| (e.auction, e.seq));
         ReplaySummary {
             events: self.events,
             skipped: self.skipped,
             missing_tail,
         }
+    }
+}
+
+/// Replayed prunes remove their auctions from the registry in batches
+/// (`Engine::prune_replayed`); the last batch goes when the replayer does, finished or
+/// not, so the engine never lists a pruned auction after its replay.
+impl Drop for Replayer<'_> {
+    fn drop(&mut self) {
+        self.engine.remove_replayed_prunes();
     }
 }
 

@@ -103,6 +103,7 @@ fn replay(events: &[Event]) -> Engine {
     for e in events {
         replayer.apply(e).unwrap();
     }
+    drop(replayer);
     engine
 }
 
@@ -342,4 +343,78 @@ fn a_pruned_result_is_compact() {
     let inline = std::mem::size_of::<PrunedAuction>();
     println!("PrunedAuction: {inline} bytes inline");
     assert!(inline <= 160, "PrunedAuction grew to {inline} bytes");
+}
+
+/// Replay removes pruned auctions from a shard's copy-on-write map in batches of 1,024
+/// (one copy of the map each), and the rest when the replayer ends: after it, the engine
+/// lists exactly what the live one does.
+#[test]
+fn replayed_prunes_leave_the_registry_in_batches_and_at_the_end() {
+    const BATCH: u64 = 1_024;
+    let config = EngineConfig {
+        shards: 1,
+        ..config()
+    };
+    let live = Engine::new(config);
+    let sink = RecordingSink::default();
+    for i in 0..BATCH + 10 {
+        live.create_auction(spec(i), UnixMicros(0), &sink).unwrap();
+        live.cancel_auction(AuctionId(i), UnixMicros(1), &sink)
+            .unwrap();
+    }
+    assert_eq!(
+        live.prune_due(UnixMicros(1 + RETENTION_US), usize::MAX, &sink)
+            .len() as u64,
+        BATCH + 10
+    );
+    let events = sink.take();
+    let prunes = |n: usize| {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Pruned)
+            .nth(n - 1)
+            .map(|e| events.iter().position(|x| x == e).unwrap())
+            .unwrap()
+    };
+
+    let engine = Engine::new(config);
+    let mut replayer = Replayer::new(&engine);
+    let apply_to = |end: usize, replayer: &mut Replayer<'_>, from: usize| {
+        for e in &events[from..end] {
+            replayer.apply(e).unwrap();
+        }
+    };
+    let before_batch = prunes(BATCH as usize);
+    apply_to(before_batch, &mut replayer, 0);
+    assert_eq!(
+        engine.len() as u64,
+        BATCH + 10,
+        "listed until the batch is full"
+    );
+    assert_eq!(
+        engine.pruned_len() as u64,
+        BATCH - 1,
+        "results kept at once"
+    );
+    apply_to(before_batch + 1, &mut replayer, before_batch);
+    assert_eq!(engine.len(), 10, "the batch left the map together");
+    apply_to(events.len(), &mut replayer, before_batch + 1);
+    assert_eq!(engine.len(), 10, "the last ten wait for the end");
+    let bid = Bid::new(
+        AuctionId(BATCH + 5),
+        bidder(1),
+        BidId(1),
+        50,
+        None,
+        UnixMicros(5),
+    )
+    .unwrap();
+    assert_eq!(
+        engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
+        BidOutcome::Rejected(Rejection::Closed),
+        "a pruned auction still listed refuses bids as Closed"
+    );
+    assert!(replayer.finish().missing_tail.is_empty());
+    assert_eq!((engine.len(), engine.pruned_len()), (0, live.pruned_len()));
+    assert_eq!(engine.state_hash(), live.state_hash());
 }

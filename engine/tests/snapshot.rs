@@ -99,6 +99,7 @@ fn replay(events: &[Event]) -> Engine {
     for e in events {
         replayer.apply(e).unwrap();
     }
+    drop(replayer);
     engine
 }
 

@@ -164,6 +164,18 @@ pub fn exercise(engine: &Engine, spec: &AuctionSpec) {
     let _ = engine.view(id, UnixMicros(u64::MAX));
     let _ = engine.state_hash();
     let _ = engine.snapshot();
+    // Retention: the settled auction pruned, then asked for and bid on.
+    let _ = engine.prune_due(UnixMicros(u64::MAX), 16, &DiscardSink);
+    let _ = engine.prune_auction(id, UnixMicros(u64::MAX), &DiscardSink);
+    let _ = engine.pruned(id);
+    if let Some(bid) = amounts
+        .first()
+        .and_then(|&amount| Bid::new(id, bidder, BidId(1), amount, None, UnixMicros(u64::MAX)).ok())
+    {
+        let _ = engine.place_bid(&bid, UnixMicros(u64::MAX), &DiscardSink);
+    }
+    let _ = engine.state_hash();
+    let _ = engine.snapshot_with_pruned();
 }
 
 /// Amounts worth bidding on an auction of `spec`: its own prices and their neighbours.
@@ -200,5 +212,6 @@ pub fn small_engine() -> Engine {
         auctions_max: 64,
         dedup_window_bids: 8,
         sealed_bidders_max: 8,
+        settled_retention_us: 1_000,
     })
 }

@@ -14,7 +14,9 @@ use gavel_engine::{
     EngineConfig, Event, IncrementTable, SoftClose, Topic, UnixMicros,
 };
 use gavel_node::serve::config::ServeOptions;
-use gavel_proto::convert::state::{decode_snapshot, encode_snapshot};
+use gavel_proto::convert::state::{
+    decode_snapshot, decode_snapshot_parts, encode_snapshot, encode_snapshot_pruned,
+};
 use gavel_proto::convert::wal::{decode_record, encode_record};
 use gavel_proto::frame::{self, FrameDecoder};
 use gavel_proto::pb;
@@ -83,9 +85,10 @@ fn specs() -> Vec<AuctionSpec> {
     ]
 }
 
-/// The states of the auctions of [`specs`] after a few bids (a snapshot mid-auction), and
-/// every event the engine logged, closes and settlements included.
-fn states_and_events() -> (Vec<gavel_engine::AuctionState>, Vec<Event>) {
+/// The states of the auctions of [`specs`] after a few bids (a snapshot mid-auction), every
+/// event the engine logged (closes, settlements and, a retention later, prunes included),
+/// and a snapshot after the first prunes (auctions and pruned results).
+fn states_and_events() -> (Vec<gavel_engine::AuctionState>, Vec<Event>, Vec<u8>) {
     let engine = Engine::new(EngineConfig::default());
     let sink = BoundedSink::new(1024, 0);
     let mut events = Vec::new();
@@ -115,7 +118,13 @@ fn states_and_events() -> (Vec<gavel_engine::AuctionState>, Vec<Event>) {
     let states = engine.snapshot();
     engine.close_due(UnixMicros(200_000), 16, &sink);
     drain(&mut events);
-    (states, events)
+    let retained = UnixMicros(200_000 + engine.config().settled_retention_us);
+    assert_eq!(engine.prune_due(retained, 2, &sink).len(), 2);
+    drain(&mut events);
+    let (after, pruned) = engine.snapshot_with_pruned();
+    let mut with_pruned = encode_snapshot(events.len() as u64, retained, &after);
+    encode_snapshot_pruned(&pruned, &mut with_pruned);
+    (states, events, with_pruned)
 }
 
 fn client_messages() -> Vec<(&'static str, pb::ClientMessage)> {
@@ -223,7 +232,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
 }
 
 fn log_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    let (states, events) = states_and_events();
+    let (states, events, with_pruned) = states_and_events();
     let mut payloads = vec![Vec::new(); events.len()];
     for (event, payload) in events.iter().zip(&mut payloads) {
         encode_record(event, payload);
@@ -245,6 +254,7 @@ fn log_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             segments(&parts, half_of(&parts)),
         ),
         ("snapshot_state", "auctions.bin".into(), snapshot),
+        ("snapshot_state", "pruned.bin".into(), with_pruned),
         (
             "snapshot_file",
             "auctions.snap".into(),
@@ -357,7 +367,9 @@ fn accepted(target: &str, bytes: &[u8]) -> Result<(), String> {
         "wal_record" => parts
             .iter()
             .try_for_each(|p| decode_record(p).map(drop).map_err(|e| e.to_string())),
-        "snapshot_state" => decode_snapshot(bytes).map(drop).map_err(|e| e.to_string()),
+        "snapshot_state" => decode_snapshot_parts(bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
         "wal_segment" => accepted_segments(&parts),
         "snapshot_file" => accepted_snapshot_file(bytes),
         "tls_material" => accepted_tls(&parts),

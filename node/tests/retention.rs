@@ -1,7 +1,8 @@
 //! Retention across a restart (issue 21 §2): the closer prunes a settled auction once its
-//! retention passed (a cancel rings its alarm), never an open one; after a restart the log replays the prune (no
-//! snapshot), and after a snapshot the result is restored from it — either way the same
-//! result and the same state hash, and a bid for it is `Closed`.
+//! retention passed (a cancel rings its alarm), never an open one; after a restart the log
+//! replays the prune (no snapshot), and after a snapshot the result is restored from it —
+//! either way the same result and the same state hash, and a bid for it is `Closed`. The
+//! parallel start-up replay reaches the live state with prunes in the log.
 
 mod common;
 
@@ -9,12 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gavel_engine::{
-    AuctionId, Bid, BidId, BidOutcome, BidderId, EngineConfig, PrunedAuction, Rejection, UnixMicros,
+    AuctionId, Bid, BidId, BidOutcome, BidderId, Engine, EngineConfig, PrunedAuction, Rejection,
+    UnixMicros,
 };
+use gavel_node::replay::replay_parallel;
 use gavel_node::{Node, NodeBackend, NodeConfig, closer};
 use gavel_transport::Limits;
 use gavel_transport::clock::now_micros;
 use gavel_transport::fanout::Hub;
+use gavel_wal::{Wal, WalConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Short, so the closer prunes within the test.
@@ -119,4 +123,38 @@ fn a_pruned_result_survives_restarts_by_log_replay_and_by_snapshot() {
     assert_eq!(report.state_hash, hash);
     assert_eq!(node.engine().len(), 1);
     node.shutdown(false).unwrap();
+}
+
+/// The start-up replay runs on several threads, records grouped by auction: with prunes in
+/// the log, any number of workers reaches the live state hash.
+#[test]
+fn parallel_replay_of_prunes_reaches_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = UnixMicros(now_micros().0 + 3_600_000_000);
+    let (node, _) = Node::open(dir.path(), config()).unwrap();
+    for id in 0..40 {
+        node.create_auction(common::english(id, hour), now_micros())
+            .unwrap();
+        if id % 2 == 0 {
+            node.cancel_auction(AuctionId(id), now_micros()).unwrap();
+        }
+    }
+    let later = UnixMicros(now_micros().0 + RETENTION_US);
+    assert_eq!(node.prune_due(later, 8), 8, "a bounded round");
+    assert_eq!(node.prune_due(later, usize::MAX), 12);
+    assert_eq!((node.engine().len(), node.engine().pruned_len()), (20, 20));
+    let live = node.engine().state_hash();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let wal_dir = dir.path().join(gavel_node::node::WAL_DIR);
+    for workers in [1, 2, 8] {
+        let (_wal, recovery) = Wal::open(&wal_dir, WalConfig::default()).unwrap();
+        let engine = Engine::new(config().engine);
+        let summary =
+            replay_parallel(&engine, false, recovery.replay(1).unwrap(), workers).unwrap();
+        assert!(summary.missing_tail.is_empty());
+        assert_eq!(engine.state_hash(), live, "{workers} workers");
+        assert_eq!(engine.pruned_len(), 20);
+    }
 }

@@ -16,6 +16,10 @@ use crate::event::EventSink;
 use crate::snapshot::{AuctionState, PrunedAuction};
 use crate::types::{AuctionId, UnixMicros};
 
+/// Prunes a replay re-executes in one shard before it removes them from the shard's map
+/// together (one copy of the map per batch).
+pub(crate) const REPLAY_REMOVAL_BATCH: usize = 1024;
+
 impl Engine {
     /// Prunes the settled auction `id` at `now` (whatever its age): its `Pruned` event goes
     /// to `sink`, and its result is kept in its place. Replay re-executes logged prunes
@@ -29,13 +33,61 @@ impl Engine {
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
         let map = shard.auctions.load();
-        let Some(auction) = map.get(&id) else {
-            return Err(if shard.is_pruned(id) {
-                ManageError::AlreadyClosed(id)
-            } else {
-                ManageError::UnknownAuction(id)
-            });
-        };
+        let result = self.prune_held(shard, &map, id, now, sink)?;
+        self.remove_pruned(shard, &map, vec![result.clone()]);
+        Ok(result)
+    }
+
+    /// [`Engine::prune_auction`] for replay, which may re-execute millions of prunes: the
+    /// result is kept at once, but the auction leaves the shard's copy-on-write map only
+    /// with [`REPLAY_REMOVAL_BATCH`] others of its shard, or at
+    /// [`Engine::remove_replayed_prunes`] (the replayer's end). Until then the auction is
+    /// held too (settled and marked pruned: bids are `Closed`, its id taken), so a replay
+    /// costs one map copy per batch rather than per prune.
+    pub(crate) fn prune_replayed<S: EventSink + ?Sized>(
+        &self,
+        id: AuctionId,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<(), ManageError> {
+        let shard = self.shard(id);
+        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+        let map = shard.auctions.load();
+        let result = self.prune_held(shard, &map, id, now, sink)?;
+        shard.pruned_write().insert(id, result);
+        let mut unlisted = shard.unlisted.lock().expect("unlisted lock poisoned");
+        unlisted.push(id);
+        if unlisted.len() >= REPLAY_REMOVAL_BATCH {
+            self.remove_from_map(shard, &map, &std::mem::take(&mut *unlisted));
+        }
+        Ok(())
+    }
+
+    /// Removes from their shards' maps every auction [`Engine::prune_replayed`] left there.
+    pub(crate) fn remove_replayed_prunes(&self) {
+        for shard in self.shards.iter() {
+            let _writer = shard.writer.lock().expect("shard writer lock poisoned");
+            let ids = std::mem::take(&mut *shard.unlisted.lock().expect("unlisted lock poisoned"));
+            if !ids.is_empty() {
+                self.remove_from_map(shard, &shard.auctions.load(), &ids);
+            }
+        }
+    }
+
+    /// Prunes auction `id` of `map` (the shard's, loaded under its writer lock, which the
+    /// caller holds) and takes it off the shard's retention set; the caller removes it.
+    fn prune_held<S: EventSink + ?Sized>(
+        &self,
+        shard: &Shard,
+        map: &AuctionMap,
+        id: AuctionId,
+        now: UnixMicros,
+        sink: &S,
+    ) -> Result<PrunedAuction, ManageError> {
+        if shard.is_pruned(id) {
+            return Err(ManageError::AlreadyClosed(id));
+        }
+        let auction = map.get(&id).ok_or(ManageError::UnknownAuction(id))?;
         let settled_at = auction.settled_at();
         let result = auction.prune(now, sink).map_err(|refusal| match refusal {
             PruneRefusal::NotSettled => ManageError::NotSettled(id),
@@ -50,7 +102,6 @@ impl Engine {
                 .expect("settled lock poisoned")
                 .remove(&(settled_at, id));
         }
-        self.remove_pruned(shard, &map, vec![result.clone()]);
         Ok(result)
     }
 
@@ -159,11 +210,19 @@ impl Engine {
         if results.is_empty() {
             return;
         }
+        let ids: Vec<AuctionId> = results.iter().map(|r| r.id).collect();
+        shard
+            .pruned_write()
+            .extend(results.into_iter().map(|r| (r.id, r)));
+        self.remove_from_map(shard, map, &ids);
+    }
+
+    /// Replaces the shard's map by one without `ids`. The caller holds the shard's writer
+    /// lock and loaded `map` under it.
+    fn remove_from_map(&self, shard: &Shard, map: &AuctionMap, ids: &[AuctionId]) {
         let mut without = AuctionMap::clone(map);
-        let mut pruned = shard.pruned_write();
-        for result in results {
-            without.remove(&result.id);
-            pruned.insert(result.id, result);
+        for id in ids {
+            without.remove(id);
         }
         let removed = map.len() - without.len();
         shard.auctions.store(Arc::new(without));
