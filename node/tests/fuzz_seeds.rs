@@ -228,7 +228,86 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "gavel.toml".into(),
         CONFIG_SEED.as_bytes().to_vec(),
     ));
+    seeds.extend(edge_seeds());
     seeds
+}
+
+/// Edge streams written by the real encoder: the snapshots and price updates of the
+/// specs' auctions, in one stream of 10 ms batches, and the same updates one per frame.
+fn edge_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let engine = Engine::new(EngineConfig::default());
+    let mut messages: Vec<pb::ServerMessage> = Vec::new();
+    for spec in specs() {
+        let id = spec.id();
+        engine
+            .create_auction(spec, UnixMicros(0), &gavel_engine::DiscardSink)
+            .unwrap();
+        let view = engine.view(id, UnixMicros(1)).unwrap();
+        let snapshot = pb::AuctionSnapshot::from_view(&view, 1);
+        messages.push(pb::ServerMessage {
+            request_id: 0,
+            body: Some(pb::server_message::Body::AuctionSnapshot(snapshot.clone())),
+        });
+        for step in 1..=3_u64 {
+            messages.push(pb::ServerMessage {
+                request_id: 0,
+                body: Some(pb::server_message::Body::PriceUpdate(pb::PriceUpdate {
+                    auction_id: id.0,
+                    topic: view.spec.rules().topic.as_str().to_owned(),
+                    epoch: snapshot.epoch,
+                    seq: snapshot.seq + step,
+                    price: Some(1_000 * step),
+                    leader: Some(format!("bidder-{step}")),
+                    ends_at_us: snapshot.ends_at_us,
+                    bids_accepted: snapshot.bids_accepted + step,
+                    accepted_at_us: 1_764_237_600_000_000 + 1_000 * step,
+                    watchers: 2,
+                    bidders_connected: 1,
+                })),
+            });
+        }
+    }
+    let mut batched = Vec::new();
+    let mut encoder = gavel_edge_proto::EdgeEncoder::new(4_096);
+    for message in &messages {
+        encoder.encode(message, &mut batched);
+    }
+    encoder.flush(&mut batched);
+    let mut single = Vec::new();
+    let mut encoder = gavel_edge_proto::EdgeEncoder::new(4_096);
+    for message in &messages {
+        encoder.encode(message, &mut single);
+        encoder.flush(&mut single);
+    }
+    vec![
+        ("edge_stream", "batched.bin".into(), batched),
+        ("edge_stream", "one-per-frame.bin".into(), single),
+    ]
+}
+
+/// An edge stream decodes whole: every frame accepted, every update applied.
+fn accepted_edge_stream(mut bytes: &[u8]) -> Result<(), String> {
+    let mut decoder = gavel_edge_proto::EdgeDecoder::new(16_384, 64);
+    let mut out = Vec::new();
+    let mut frames = 0;
+    while let Some(len) = gavel_edge_proto::frame_len(bytes, 16_384).map_err(|e| e.to_string())? {
+        let (frame, rest) = bytes.split_at(len.min(bytes.len()));
+        decoder
+            .decode_frame(frame, &mut out)
+            .map_err(|e| e.to_string())?;
+        frames += 1;
+        bytes = rest;
+    }
+    let refused = out
+        .iter()
+        .any(|d| matches!(d, gavel_edge_proto::Decoded::KeyframeNeeded { .. }));
+    if frames == 0 || refused || !bytes.is_empty() {
+        return Err(format!(
+            "{frames} frames, refused {refused}, {} bytes left",
+            bytes.len()
+        ));
+    }
+    Ok(())
 }
 
 fn log_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -378,6 +457,7 @@ fn accepted(target: &str, bytes: &[u8]) -> Result<(), String> {
             let options: ServeOptions = toml::from_str(text).map_err(|e| e.to_string())?;
             options.resolve().map(drop).map_err(|e| e.to_string())
         }
+        "edge_stream" => accepted_edge_stream(bytes),
         other => Err(format!("no decoder for target {other}")),
     }
 }
