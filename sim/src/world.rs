@@ -13,7 +13,7 @@ use gavel_engine::{
     AuctionId, Backpressure, Engine, EngineConfig, Event, EventSink, Receipt, UnixMicros,
 };
 use gavel_proto::convert::state::encode_snapshot;
-use gavel_proto::convert::wal::encode_record;
+use gavel_proto::convert::wal::encode_records;
 use gavel_wal::{Lsn, Wal, WalConfig, WalError};
 
 use crate::disk::SimDisk;
@@ -91,14 +91,7 @@ pub(crate) struct LogSink<'a>(pub(crate) &'a Wal);
 
 impl EventSink for LogSink<'_> {
     fn publish(&self, events: &[Event]) -> Result<Receipt, Backpressure> {
-        let payloads: Vec<Vec<u8>> = events
-            .iter()
-            .map(|event| {
-                let mut payload = Vec::new();
-                encode_record(event, &mut payload);
-                payload
-            })
-            .collect();
+        let payloads = encode_records(events);
         self.0
             .append_batch(&payloads)
             .map(Receipt)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, ensure};
 use gavel_engine::{AuctionId, Engine, Event, ReplaySummary};
 use gavel_proto::convert::state::{SnapshotParts, decode_snapshot_parts};
-use gavel_proto::convert::wal::encode_record;
+use gavel_proto::convert::wal::encode_records;
 use gavel_wal::kafka::{KafkaConfig, KafkaLog, KafkaPosition};
 use gavel_wal::snapshot::{list_snapshots, read_snapshot};
 use gavel_wal::{Interrupt, Log, Recovery, Wal, WriterHooks, latest_snapshot};
@@ -89,14 +89,7 @@ pub(crate) fn append_missing_tail(wal: &Log, missing: &[Event]) -> Result<usize>
     if missing.is_empty() {
         return Ok(0);
     }
-    let payloads: Vec<Vec<u8>> = missing
-        .iter()
-        .map(|event| {
-            let mut payload = Vec::new();
-            encode_record(event, &mut payload);
-            payload
-        })
-        .collect();
+    let payloads = encode_records(missing);
     let mut last = 0;
     let mut start = 0;
     while start < payloads.len() {

@@ -32,6 +32,18 @@ pub fn encode_record(event: &Event, buf: &mut Vec<u8>) {
         .expect("invariant: a Vec grows as needed, so encoding into it never runs out of room");
 }
 
+/// The payloads of `events`' log records, one each, in order (one batch to append).
+pub fn encode_records(events: &[Event]) -> Vec<Vec<u8>> {
+    events
+        .iter()
+        .map(|event| {
+            let mut payload = Vec::new();
+            encode_record(event, &mut payload);
+            payload
+        })
+        .collect()
+}
+
 /// Decodes one log record's payload, as [`encode_record`] wrote it, into its engine event.
 /// Refuses bytes that are not a [`pb::Record`] and every record `Event::try_from` refuses.
 pub fn decode_record(payload: &[u8]) -> Result<Event, RecordError> {
