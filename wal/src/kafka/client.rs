@@ -84,6 +84,10 @@ pub struct KafkaConfig {
     /// lease lapses (see [`KafkaLog::take_over`](super::KafkaLog::take_over)); needs
     /// `owned_partitions`, disjoint from them.
     pub standby_partitions: Vec<i32>,
+    /// Where other nodes and clients reach this node, published with every claim of a
+    /// partition's writer lease for the others to read (an opaque word, no whitespace;
+    /// the node writes `quic=<host:port>,https=<host:port>`); empty: nothing published.
+    pub advertise: String,
     /// Set it to make the start's waits (brokers, lease, recovery reader) return
     /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
     pub interrupt: Interrupt,
@@ -106,6 +110,7 @@ impl Default for KafkaConfig {
             owner: default_owner(),
             owned_partitions: Vec::new(),
             standby_partitions: Vec::new(),
+            advertise: String::new(),
             interrupt: Interrupt::default(),
         }
     }
@@ -158,6 +163,10 @@ impl KafkaConfig {
         check(
             !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
             "kafka owner must be a non-empty word",
+        )?;
+        check(
+            !self.advertise.contains(char::is_whitespace),
+            "kafka advertise must be one word (no whitespace)",
         )?;
         let mut all = [&self.owned_partitions[..], &self.standby_partitions[..]].concat();
         all.sort_unstable();
