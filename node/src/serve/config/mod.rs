@@ -26,7 +26,7 @@ use crate::node::NodeConfig;
 mod tools;
 
 pub use tools::{
-    UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
+    LOG_FORMAT_ENV, UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
     warn_about_unknown_env_vars,
 };
 
@@ -950,6 +950,7 @@ mod tests {
         let names = [
             "GAVEL_IDLE_TIMEOUT_MS",
             "PATH",
+            "GAVEL_LOG_FORMAT",
             "GAVEL_IDLE_TIMOUT_MS",
             "GAVEL_BIN",
         ];
