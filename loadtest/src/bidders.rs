@@ -73,6 +73,8 @@ fn reason_kind(reason: i32) -> &'static str {
         Ok(pb::RejectReason::Overloaded) => "overloaded",
         Ok(pb::RejectReason::Invalid) => "invalid",
         Ok(pb::RejectReason::Forbidden) => "forbidden",
+        Ok(pb::RejectReason::Misdirected) => "misdirected",
+        Ok(pb::RejectReason::NoOwner) => "no_owner",
         _ => "unknown_reason",
     }
 }
