@@ -325,7 +325,7 @@ impl Node {
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
         let taker = match &config.kafka {
-            Some(kafka) if !kafka.owned_partitions.is_empty() => {
+            Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only => {
                 spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
             }
             _ => None,

@@ -171,6 +171,7 @@ impl KafkaRecords {
         let config = KafkaConfig {
             owned_partitions: vec![partition],
             standby_partitions: Vec::new(),
+            follow_only: false,
             ..config.clone()
         };
         KafkaRecords::open_at(&config, start)
