@@ -62,8 +62,8 @@ use crate::follow::{FollowerLag, Followers};
 mod open;
 mod snapshots;
 
-pub(crate) use open::append_missing_tail;
 pub use open::kafka_snapshot_dir;
+pub(crate) use open::{append_missing_tail, restore_parts};
 use open::{open_file_log, open_kafka_log};
 use snapshots::{snapshot_now, spawn_snapshotter, spawn_taker};
 
