@@ -42,13 +42,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, EngineConfig,
-    ManageError, Receipt, UnixMicros,
+    AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, Engine,
+    EngineConfig, ManageError, PrunedAuction, Receipt, UnixMicros,
 };
 use gavel_proto::pb;
 use gavel_transport::clock::now_micros;
 use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::KafkaConfig;
+use gavel_wal::kafka::fence::LeaseHolder;
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, TornTail, WaitError, WalConfig,
     WriterHooks,
@@ -56,6 +57,7 @@ use gavel_wal::{
 
 use crate::closer::{DueAlarm, Wake};
 use crate::durable::WalSink;
+use crate::follow::{FollowerLag, Followers};
 
 mod open;
 mod snapshots;
@@ -176,6 +178,8 @@ struct Shared {
     kafka_snapshots: Option<PathBuf>,
     /// With the Kafka log: per partition not owned here, its holder as last read.
     holders: Mutex<Vec<Option<crate::takeover::Holder>>>,
+    /// With the Kafka log: the partitions not owned here, followed into read-only views.
+    followers: Followers,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
@@ -298,9 +302,22 @@ impl Node {
             stop: AtomicBool::new(false),
             kafka_snapshots,
             holders: Mutex::new(Vec::new()),
+            followers: Followers::default(),
         });
         if let Log::Kafka(kafka) = &*shared.wal {
             *lock(&shared.holders) = vec![None; kafka.partitions().max(0) as usize];
+            let followed: Vec<i32> = (0..kafka.partitions())
+                .filter(|&p| !kafka.owns(p))
+                .collect();
+            let partitions = (&followed[..], kafka.partitions());
+            (shared.followers)
+                .start(
+                    kafka.config(),
+                    open::kafka_partition,
+                    config.engine,
+                    partitions,
+                )
+                .context("starting the followers of the other nodes' partitions")?;
         }
         // Old segments may be removable already (a snapshot written just before a crash).
         if let Some(file) = shared.wal.as_file() {
@@ -308,7 +325,7 @@ impl Node {
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
         let taker = match &config.kafka {
-            Some(kafka) if !kafka.owned_partitions.is_empty() => {
+            Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only => {
                 spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
             }
             _ => None,
@@ -344,6 +361,56 @@ impl Node {
     /// state go through the node's methods or [`Node::sink`].
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Auction `id`'s view at `now`: from the view of its partition when another node owns
+    /// it (the partition is followed), else from the node's engine.
+    pub fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        match self.followed_partition(id) {
+            Some(partition) => self.shared.followers.view(partition, id, now),
+            None => self.shared.engine.view(id, now),
+        }
+    }
+
+    /// Views of up to `limit` auctions after `after`, ascending by id: the node's own and
+    /// the followed partitions' together.
+    pub fn list(
+        &self,
+        after: Option<AuctionId>,
+        limit: usize,
+        now: UnixMicros,
+    ) -> Vec<AuctionView> {
+        let mut views = self.shared.engine.list(after, limit, now);
+        (self.shared.followers).list_into(&mut views, (after, limit, now));
+        views
+    }
+
+    /// The final result of the pruned auction `id`, wherever it is held (as [`Node::view`]).
+    pub fn pruned(&self, id: AuctionId) -> Option<PrunedAuction> {
+        match self.followed_partition(id) {
+            Some(partition) => self.shared.followers.pruned(partition, id),
+            None => self.shared.engine.pruned(id),
+        }
+    }
+
+    /// The partition of `id` when this node follows it rather than owns it.
+    fn followed_partition(&self, id: AuctionId) -> Option<i32> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let partition = kafka.partition_of(id.0);
+        (!kafka.owns(partition)).then_some(partition)
+    }
+
+    /// The followed partitions' lag, by partition (empty: the node follows nothing).
+    pub fn follower_lags(&self) -> Vec<FollowerLag> {
+        self.shared.followers.lags()
+    }
+
+    /// Marks every change the followed partitions' views apply in `hub` (their watchers'
+    /// streams), from now on.
+    pub fn follow_into(&self, hub: Arc<gavel_transport::fanout::Hub>) {
+        self.shared.followers.set_hub(hub);
     }
 
     /// The sink to hand the engine for bids, closes and cancels.
@@ -455,20 +522,28 @@ impl Node {
         let holders = lock(&self.shared.holders);
         let partitions: Vec<pb::ClusterPartition> = (0..kafka.partitions())
             .map(|p| {
-                let (owner, epoch, live) = match kafka.epoch_of(p) {
+                let holder = match kafka.epoch_of(p) {
                     0 => holders
                         .get(p as usize)
                         .cloned()
                         .flatten()
                         .unwrap_or_default(),
-                    epoch => (config.owner.clone(), epoch, true),
+                    epoch => LeaseHolder {
+                        owner: config.owner.clone(),
+                        epoch,
+                        live: true,
+                        advertise: config.advertise.clone(),
+                    },
                 };
+                let (quic, https) = crate::routing::addresses(&holder.advertise);
                 pb::ClusterPartition {
                     partition: p as u32,
-                    owner,
-                    epoch,
-                    live,
+                    owner: holder.owner,
+                    epoch: holder.epoch,
+                    live: holder.live,
                     standby: config.standby_partitions.contains(&p),
+                    quic,
+                    https,
                 }
             })
             .collect();
@@ -487,21 +562,18 @@ impl Node {
         })
     }
 
-    /// The node that owns the partition of `auction` when it is not this one: its lease
-    /// name as last read ("another node" if none read yet). `None` on the file log and for
-    /// this node's own partitions.
-    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+    /// The owner of the partition of `auction` when this node does not write it, with its
+    /// advertised addresses as its lease claim published them (`node` empty when nobody
+    /// serves it now, see [`crate::routing`]). `None` on the file log and for this node's own
+    /// partitions.
+    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<pb::PartitionOwner> {
         let Log::Kafka(kafka) = &*self.shared.wal else {
             return None;
         };
-        let partition = kafka.partition_of(auction.0);
-        if kafka.owns(partition) {
-            return None;
-        }
-        let holders = lock(&self.shared.holders);
-        let holder = holders.get(partition as usize).cloned().flatten();
-        let owner = holder.map_or_else(|| "another node".to_owned(), |(owner, ..)| owner);
-        Some(format!("{owner} (partition {partition})"))
+        crate::routing::owner_elsewhere(kafka, auction.0, |partition| {
+            let holders = lock(&self.shared.holders);
+            holders.get(partition as usize).cloned().flatten()
+        })
     }
 
     /// Whether `receipt` is durable now.
@@ -574,6 +646,7 @@ impl Node {
     fn stop_snapshotter(&self) {
         // Ordering: Release pairs with the snapshot thread's Acquire load.
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.followers.stop();
         for thread in [&self.snapshotter, &self.taker] {
             if let Some(handle) = lock(thread).take() {
                 handle.thread().unpark();
