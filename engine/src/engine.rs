@@ -1,7 +1,11 @@
 //! The engine: auctions sharded in memory by id, the close timer, and the state hash.
 //!
-//! Lookups are lock-free (each shard's map sits behind an `ArcSwap` and is replaced
-//! copy-on-write when an auction is created); creation takes the shard's writer lock.
+//! Each shard's map sits behind a reader-writer lock: a bid holds the read lock for its one
+//! decision (a lookup costs one atomic on the shard's lock word, and no copy); creation and
+//! prunes take the write lock only to insert or remove one entry, so creating an auction
+//! costs O(1) whatever the number held (the map used to be copied on every creation). The
+//! shard's separate writer lock serialises creations and prunes, from publishing their
+//! event until the map shows it.
 //! The close timer is an ordered set per shard keyed by end time, so finding due auctions
 //! costs O(due + log n) rather than a scan; a soft-close extension does not touch it —
 //! a popped entry whose auction was extended is simply put back at the new end.
@@ -14,7 +18,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use crate::auction::{Auction, CloseAttempt, Limits};
@@ -111,8 +114,11 @@ type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
 type PrunedMap = HashMap<AuctionId, PrunedAuction, BuildMixHasher>;
 
 struct Shard {
-    auctions: ArcSwap<AuctionMap>,
-    /// Serialises creations in this shard (copy-on-write of `auctions`).
+    /// The shard's auctions held whole. Read-locked by a bid for its decision; write-locked
+    /// only to insert or remove one entry (under `writer`).
+    auctions: RwLock<AuctionMap>,
+    /// Serialises creations and prunes in this shard, from publishing their event until
+    /// `auctions` shows it (snapshots read the shard under it).
     writer: Mutex<()>,
     /// `(end, id)` of every auction not yet closed, possibly with stale ends (and of
     /// auctions closed early, until their old end comes).
@@ -121,8 +127,6 @@ struct Shard {
     settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
     /// Results of the auctions pruned from `auctions`; changed under `writer`.
     pruned: RwLock<PrunedMap>,
-    /// Auctions a replay pruned that `auctions` still lists (see `Engine::prune_replayed`).
-    unlisted: Mutex<Vec<AuctionId>>,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -156,12 +160,11 @@ impl Engine {
         Engine {
             shards: (0..config.shards)
                 .map(|_| Shard {
-                    auctions: ArcSwap::from_pointee(AuctionMap::default()),
+                    auctions: RwLock::new(AuctionMap::default()),
                     writer: Mutex::new(()),
                     timer: Mutex::new(BTreeSet::new()),
                     settled: Mutex::new(BTreeSet::new()),
                     pruned: RwLock::new(PrunedMap::default()),
-                    unlisted: Mutex::new(Vec::new()),
                 })
                 .collect(),
             config,
@@ -184,7 +187,7 @@ impl Engine {
     }
 
     fn auction(&self, id: AuctionId) -> Option<Arc<Auction>> {
-        self.shard(id).auctions.load().get(&id).cloned()
+        self.shard(id).map_read().get(&id).cloned()
     }
 
     /// Creates an auction; its `Created` event (sequence 1) goes to `sink`. Returns the
@@ -198,7 +201,7 @@ impl Engine {
         let id = spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(CreateError::AlreadyExists(id));
         }
         // Ordering: Relaxed; the count is a limit, not a synchronisation point, and
@@ -217,9 +220,7 @@ impl Engine {
                     retry_after_us: bp.retry_after_us,
                 })?;
         let ends_at = auction.spec().rules().ends_at;
-        let mut map = AuctionMap::clone(&shard.auctions.load());
-        map.insert(id, Arc::new(auction));
-        shard.auctions.store(Arc::new(map));
+        shard.map_write().insert(id, Arc::new(auction));
         // Ordering: Relaxed; see above.
         self.auctions.fetch_add(1, Ordering::Relaxed);
         shard
@@ -248,7 +249,7 @@ impl Engine {
         let mut all: Vec<Arc<Auction>> = Vec::new();
         for shard in self.shards.iter() {
             let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-            all.extend(shard.auctions.load().values().cloned());
+            all.extend(shard.map_read().values().cloned());
         }
         all.sort_unstable_by_key(|a| a.id());
         all.iter().map(|a| a.state()).collect()
@@ -260,7 +261,7 @@ impl Engine {
         let id = state.spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(RestoreError::AlreadyExists(id));
         }
         // Ordering: Relaxed; see `create_auction`.
@@ -274,9 +275,7 @@ impl Engine {
         if let Some(settled_at) = auction.settled_at() {
             shard.settled_since(settled_at, id);
         }
-        let mut map = AuctionMap::clone(&shard.auctions.load());
-        map.insert(id, Arc::new(auction));
-        shard.auctions.store(Arc::new(map));
+        shard.map_write().insert(id, Arc::new(auction));
         // Ordering: Relaxed; see `create_auction`.
         self.auctions.fetch_add(1, Ordering::Relaxed);
         if !closed {
@@ -294,7 +293,7 @@ impl Engine {
         let id = result.id;
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(RestoreError::AlreadyExists(id));
         }
         if result.seq < 3 {
@@ -329,7 +328,7 @@ impl Engine {
     fn all_auctions(&self) -> Vec<Arc<Auction>> {
         self.shards
             .iter()
-            .flat_map(|s| s.auctions.load().values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.map_read().values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
@@ -342,7 +341,9 @@ impl Engine {
         sink: &S,
     ) -> BidDecision {
         let shard = self.shard(bid.auction());
-        let map = shard.auctions.load();
+        // The read lock is held for the decision: a creation or prune in this shard waits
+        // for it (one decision, never blocking), and no `Arc` is cloned on the bid path.
+        let map = shard.map_read();
         match map.get(&bid.auction()) {
             Some(auction) => {
                 let decision = auction.place_bid(bid, now, sink, self.limits);
@@ -359,7 +360,7 @@ impl Engine {
     /// The visible price (`None` before the first bid, and for sealed auctions until
     /// settled) and whether the auction is closed, read without any lock.
     pub fn price(&self, id: AuctionId) -> Option<(Option<Price>, bool)> {
-        self.shard(id).auctions.load().get(&id).map(|a| a.price())
+        self.shard(id).map_read().get(&id).map(|a| a.price())
     }
 
     /// Cancels an open auction: it closes at `now` with no winner.
@@ -426,12 +427,11 @@ impl Engine {
                 }
                 due
             };
-            let map = shard.auctions.load();
             let mut put_back = Vec::new();
             for (ends_at, id) in due {
                 // Timer entries are only added for auctions in the map; one that is gone
                 // was closed early (a cancel, buy-now, a Dutch sale) and then pruned.
-                let Some(auction) = map.get(&id) else {
+                let Some(auction) = shard.map_read().get(&id).cloned() else {
                     continue;
                 };
                 match auction.close_if_due(now, sink) {
@@ -500,7 +500,7 @@ impl Engine {
     pub fn phase_counts(&self, now: UnixMicros) -> [usize; 3] {
         let mut counts = [0; 3];
         for shard in self.shards.iter() {
-            for auction in shard.auctions.load().values() {
+            for auction in shard.map_read().values() {
                 let (_, closed) = auction.price();
                 let phase = if closed {
                     2
@@ -558,6 +558,19 @@ impl Engine {
 }
 
 impl Shard {
+    fn map_read(&self) -> std::sync::RwLockReadGuard<'_, AuctionMap> {
+        self.auctions.read().expect("auction map lock poisoned")
+    }
+
+    fn map_write(&self) -> std::sync::RwLockWriteGuard<'_, AuctionMap> {
+        self.auctions.write().expect("auction map lock poisoned")
+    }
+
+    /// Whether `id` is taken: held whole or pruned.
+    fn is_held(&self, id: AuctionId) -> bool {
+        self.map_read().contains_key(&id) || self.is_pruned(id)
+    }
+
     fn pruned_read(&self) -> std::sync::RwLockReadGuard<'_, PrunedMap> {
         self.pruned.read().expect("pruned lock poisoned")
     }

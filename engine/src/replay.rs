@@ -231,7 +231,7 @@ impl<'e> Replayer<'e> {
             }
             EventKind::Pruned => {
                 self.engine
-                    .prune_replayed(id, logged.at, capture)
+                    .prune_auction(id, logged.at, capture)
                     .map_err(|source| ReplayError::Prune {
                         auction: id,
                         source,
@@ -244,7 +244,7 @@ impl<'e> Replayer<'e> {
         Ok(())
     }
 
-    /// Ends the replay (pruned auctions leave the engine's registry: see [`Drop`]).
+    /// Ends the replay.
     pub fn finish(mut self) -> ReplaySummary {
         let expected = std::mem::take(&mut self.expected);
         let mut missing_tail: Vec<Event> = expected.into_values().flatten().collect();
@@ -254,15 +254,6 @@ impl<'e> Replayer<'e> {
             skipped: self.skipped,
             missing_tail,
         }
-    }
-}
-
-/// Replayed prunes remove their auctions from the registry in batches
-/// (`Engine::prune_replayed`); the last batch goes when the replayer does, finished or
-/// not, so the engine never lists a pruned auction after its replay.
-impl Drop for Replayer<'_> {
-    fn drop(&mut self) {
-        self.engine.remove_replayed_prunes();
     }
 }
 

@@ -345,19 +345,20 @@ fn a_pruned_result_is_compact() {
     assert!(inline <= 160, "PrunedAuction grew to {inline} bytes");
 }
 
-/// Replay removes pruned auctions from a shard's copy-on-write map in batches of 1,024
-/// (one copy of the map each), and the rest when the replayer ends: after it, the engine
-/// lists exactly what the live one does.
+/// A replayed prune removes its auction from the registry at once (the registry is no
+/// longer copied on change, so there is nothing to batch): after each `Pruned` event the
+/// engine lists exactly what the live one did at that point, and a bid for the auction is
+/// `Closed`.
 #[test]
-fn replayed_prunes_leave_the_registry_in_batches_and_at_the_end() {
-    const BATCH: u64 = 1_024;
+fn a_replayed_prune_leaves_the_registry_at_once() {
+    const AUCTIONS: u64 = 1_100;
     let config = EngineConfig {
         shards: 1,
         ..config()
     };
     let live = Engine::new(config);
     let sink = RecordingSink::default();
-    for i in 0..BATCH + 10 {
+    for i in 0..AUCTIONS {
         live.create_auction(spec(i), UnixMicros(0), &sink).unwrap();
         live.cancel_auction(AuctionId(i), UnixMicros(1), &sink)
             .unwrap();
@@ -365,55 +366,30 @@ fn replayed_prunes_leave_the_registry_in_batches_and_at_the_end() {
     assert_eq!(
         live.prune_due(UnixMicros(1 + RETENTION_US), usize::MAX, &sink)
             .len() as u64,
-        BATCH + 10
+        AUCTIONS
     );
-    let events = sink.take();
-    let prunes = |n: usize| {
-        events
-            .iter()
-            .filter(|e| e.kind == EventKind::Pruned)
-            .nth(n - 1)
-            .map(|e| events.iter().position(|x| x == e).unwrap())
-            .unwrap()
-    };
-
     let engine = Engine::new(config);
     let mut replayer = Replayer::new(&engine);
-    let apply_to = |end: usize, replayer: &mut Replayer<'_>, from: usize| {
-        for e in &events[from..end] {
-            replayer.apply(e).unwrap();
+    let mut pruned = 0;
+    for event in sink.take() {
+        replayer.apply(&event).unwrap();
+        if event.kind == EventKind::Pruned {
+            pruned += 1;
+            assert_eq!(
+                engine.len() as u64,
+                AUCTIONS - pruned,
+                "listed after its prune"
+            );
+            assert_eq!(engine.pruned_len() as u64, pruned);
+            let bid =
+                Bid::new(event.auction, bidder(1), BidId(1), 50, None, UnixMicros(5)).unwrap();
+            assert_eq!(
+                engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
+                BidOutcome::Rejected(Rejection::Closed),
+                "a pruned auction refuses bids as Closed"
+            );
         }
-    };
-    let before_batch = prunes(BATCH as usize);
-    apply_to(before_batch, &mut replayer, 0);
-    assert_eq!(
-        engine.len() as u64,
-        BATCH + 10,
-        "listed until the batch is full"
-    );
-    assert_eq!(
-        engine.pruned_len() as u64,
-        BATCH - 1,
-        "results kept at once"
-    );
-    apply_to(before_batch + 1, &mut replayer, before_batch);
-    assert_eq!(engine.len(), 10, "the batch left the map together");
-    apply_to(events.len(), &mut replayer, before_batch + 1);
-    assert_eq!(engine.len(), 10, "the last ten wait for the end");
-    let bid = Bid::new(
-        AuctionId(BATCH + 5),
-        bidder(1),
-        BidId(1),
-        50,
-        None,
-        UnixMicros(5),
-    )
-    .unwrap();
-    assert_eq!(
-        engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
-        BidOutcome::Rejected(Rejection::Closed),
-        "a pruned auction still listed refuses bids as Closed"
-    );
+    }
     assert!(replayer.finish().missing_tail.is_empty());
     assert_eq!((engine.len(), engine.pruned_len()), (0, live.pruned_len()));
     assert_eq!(engine.state_hash(), live.state_hash());

@@ -2,8 +2,8 @@
 //! is CPU work, not async), and announces each settlement once it is durable
 //! ([`gavel_transport::settlement::announce`]). It also prunes auctions settled longer ago
 //! than the retention ([`Node::prune_due`]), at most [`PRUNE_PER_ROUND_MAX`] per round:
-//! a prune holds one registry shard's writer lock (creations in that shard wait; bids never
-//! do) while it copies that shard's map once per batch.
+//! a prune holds one registry shard's writer lock (creations in that shard wait; bids only
+//! for the moment each pruned auction leaves the shard's map).
 //!
 //! It sleeps until the engine's next due time ([`Node::poll_timeout`], the next close or
 //! prune) rather than ticking:
