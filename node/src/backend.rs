@@ -21,15 +21,15 @@ pub struct NodeBackend(pub Arc<Node>);
 
 impl AuctionReads for NodeBackend {
     fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
-        self.0.engine().view(id, now)
+        self.0.view(id, now)
     }
 
     fn list(&self, after: Option<AuctionId>, limit: usize, now: UnixMicros) -> Vec<AuctionView> {
-        self.0.engine().list(after, limit, now)
+        self.0.list(after, limit, now)
     }
 
     fn pruned(&self, id: AuctionId) -> Option<gavel_engine::PrunedAuction> {
-        self.0.engine().pruned(id)
+        self.0.pruned(id)
     }
 }
 
@@ -63,6 +63,29 @@ impl Backend for NodeBackend {
     fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
         self.0.owner_elsewhere(auction)
     }
+
+    fn readiness_detail(&self) -> String {
+        readiness_detail(&self.0.follower_lags())
+    }
+}
+
+/// One `/readyz` line per followed partition: `follower partition=<p> lag_records=<n>
+/// lag_seconds=<s>`, and ` failed: <why>` for a follower that stopped.
+fn readiness_detail(lags: &[crate::follow::FollowerLag]) -> String {
+    use std::fmt::Write as _;
+    let mut detail = String::new();
+    for lag in lags {
+        let _ = write!(
+            detail,
+            "follower partition={} lag_records={} lag_seconds={:.3}",
+            lag.partition, lag.records, lag.seconds
+        );
+        if let Some(why) = &lag.failed {
+            let _ = write!(detail, " failed: {}", why.replace('\n', " "));
+        }
+        detail.push('\n');
+    }
+    detail
 }
 
 /// Resolves once a receipt's LSN is durable; fails if the log stopped first.
@@ -92,6 +115,22 @@ fn durable_error(error: WaitError) -> DurableError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readiness_detail_has_a_line_per_followed_partition() {
+        let lag = |partition, records, failed: Option<&str>| crate::follow::FollowerLag {
+            partition,
+            records,
+            seconds: 0.25,
+            failed: failed.map(str::to_owned),
+        };
+        assert_eq!(readiness_detail(&[]), "");
+        assert_eq!(
+            readiness_detail(&[lag(0, 0, None), lag(3, 7, Some("bad\nrecord"))]),
+            "follower partition=0 lag_records=0 lag_seconds=0.250\n\
+             follower partition=3 lag_records=7 lag_seconds=0.250 failed: bad record\n"
+        );
+    }
 
     #[test]
     fn a_durable_error_reads_as_the_wait_error_it_comes_from() {

@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod closer;
 pub mod durable;
+pub mod follow;
 pub mod node;
 pub mod replay;
 pub mod serve;

@@ -216,19 +216,17 @@ fn worker(
                 continue;
             }
             let lsn = record.lsn;
-            let applied = decode_record(&batch.payloads[record.start..record.end])
-                .with_context(|| format!("the record at LSN {lsn} does not decode"))
-                .and_then(|event: Event| {
+            let applied = decode_at(&batch.payloads[record.start..record.end], lsn).and_then(
+                |event: Event| {
                     // Dispatch and grouping went by the id the payload starts with.
                     ensure!(
                         event.auction == record.auction,
                         "the record at LSN {lsn} (auction {}) does not start with its auction id",
                         event.auction
                     );
-                    replayer
-                        .apply(&event)
-                        .with_context(|| format!("replaying the record at LSN {lsn}"))
-                });
+                    apply_at(&mut replayer, &event, lsn)
+                },
+            );
             if let Err(error) = applied {
                 failed = Some(record.auction);
                 if first_error.as_ref().is_none_or(|(first, _)| lsn < *first) {
@@ -241,6 +239,19 @@ fn worker(
         }
     }
     Ok(replayer.finish())
+}
+
+/// Decodes the record at `lsn` (an error names it): the one decoder of every replay, the
+/// start's, a takeover's and a follower's.
+pub(crate) fn decode_at(payload: &[u8], lsn: Lsn) -> Result<Event> {
+    decode_record(payload).with_context(|| format!("the record at LSN {lsn} does not decode"))
+}
+
+/// Applies the decoded record at `lsn` through `replayer` (an error names it).
+pub(crate) fn apply_at(replayer: &mut Replayer<'_>, event: &Event, lsn: Lsn) -> Result<()> {
+    replayer
+        .apply(event)
+        .with_context(|| format!("replaying the record at LSN {lsn}"))
 }
 
 /// The auction id of an encoded `gavel.v1.Record` without decoding the rest: prost writes

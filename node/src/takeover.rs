@@ -43,6 +43,8 @@ pub(crate) struct Parts<'a> {
     pub workers: usize,
     /// Per partition, its holder as last read: name, owner epoch, live.
     pub holders: &'a Mutex<Vec<Option<Holder>>>,
+    /// The views of the partitions followed (a partition's stops once taken over).
+    pub followers: &'a crate::follow::Followers,
 }
 
 /// A partition's lease holder as last read: name, owner epoch, whether its lease is live.
@@ -124,6 +126,8 @@ fn take_over(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<()> 
         }
     };
     kafka.activate(&takeover);
+    // The node's engine now serves the partition's reads, with all its view had.
+    parts.followers.release(partition);
     let missing = crate::node::append_missing_tail(parts.wal, &summary.missing_tail)?;
     let elapsed = started.elapsed();
     metrics::counter!(METRIC_TAKEOVERS).increment(1);

@@ -43,7 +43,37 @@ async fn every_metric_of_a_live_node_passes_promtool_check_metrics() {
     exercise(&served, &certs).await;
 
     let text = metrics_with(served.metrics, &FAMILIES).await;
-    let lint = promtool_check_metrics(&text);
+    assert_lint_clean(&text);
+}
+
+/// A node on a Kafka topic of two partitions owning none (`--kafka-follow-only`): it follows
+/// both, and its followers' series (`gavel_follower_lag_records`, `gavel_follower_lag_seconds`) pass the
+/// lint too (issue 14 item 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_metrics_of_a_node_on_a_shared_log_pass_promtool_check_metrics() {
+    let broker = common::kafka::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = broker.bootstrap();
+    let env = [
+        ("GAVEL_WAL", "kafka"),
+        ("GAVEL_KAFKA_BROKERS", brokers.as_str()),
+        ("GAVEL_KAFKA_TOPIC", "gavel-wal-lint"),
+        ("GAVEL_KAFKA_PARTITIONS", "2"),
+        ("GAVEL_KAFKA_FOLLOW_ONLY", "true"),
+    ];
+    let served = common::served::serve_with_env(&dir.path().join("data"), &env);
+    let families = ["gavel_follower_lag_records", "gavel_follower_lag_seconds"];
+    let text = metrics_with(served.metrics, &families).await;
+    assert!(
+        text.contains("gavel_follower_lag_records{partition=\"0\"} 0\n"),
+        "{text}"
+    );
+    assert_lint_clean(&text);
+}
+
+/// Asserts that `promtool check metrics` finds nothing to say about `text`.
+fn assert_lint_clean(text: &str) {
+    let lint = promtool_check_metrics(text);
     assert!(
         lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
         "promtool check metrics ({}):\n{}{}\n--- the scraped text:\n{text}",

@@ -81,6 +81,12 @@ pub trait Backend: AuctionReads + Send + Sync + 'static {
         let _ = auction;
         None
     }
+
+    /// Lines `/readyz` adds after `ready` (the followers' lag of a node on a shared log);
+    /// empty by default.
+    fn readiness_detail(&self) -> String {
+        String::new()
+    }
 }
 
 /// Why a receipt will never become durable in this process; `durable` is the log's durable

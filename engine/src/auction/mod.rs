@@ -39,7 +39,7 @@ use arrayvec::ArrayVec;
 pub(crate) use self::state_hash::hash_pruned;
 
 use self::recent::{BidKey, Recent};
-use self::rules::{Book, Decision};
+use self::rules::Book;
 use self::word::{CLOSED, HAS_BID, PriceWord};
 use crate::decision::{BidDecision, ClosedAuction};
 use crate::event::{CloseReason, DECISION_EVENTS_MAX, Event, EventKind, EventSink, Receipt};
@@ -250,18 +250,16 @@ impl Auction {
         } else {
             None
         };
-        let ends_at = extension.map_or(state.ends_at, |(ends_at, _)| ends_at);
+        let accepted = Accepted {
+            seq: state.seq + 1,
+            price: decision.price,
+            leader: decision.leader(bid, &state.book),
+            ends_at: extension.map_or(state.ends_at, |(ends_at, _)| ends_at),
+        };
+        let close = decision.close(bid);
         // Filled in place: the events are large, and a returned array of them was copied.
         let mut events = ArrayVec::new();
-        self.accepted_events(
-            &mut events,
-            state.seq,
-            bid,
-            &decision,
-            extension,
-            ends_at,
-            now,
-        );
+        self.accepted_events(&mut events, bid, &accepted, extension, close, now);
         let receipt = match sink.publish(&events) {
             Ok(receipt) => receipt,
             Err(backpressure) => {
@@ -272,13 +270,7 @@ impl Auction {
         };
 
         // Apply. From here on nothing may fail: the events are out.
-        let accepted = Accepted {
-            seq: state.seq + 1,
-            price: decision.price,
-            leader: decision.leader,
-            ends_at,
-        };
-        state.book.apply(decision.change);
+        state.book.apply(decision.change, bid, state.seq);
         state.seq += events.len() as u64;
         state.changed_at = now;
         state.bids_accepted += 1;
@@ -295,7 +287,7 @@ impl Auction {
         state
             .recent
             .insert(key, accepted, &self.seen, limits.dedup_window_bids);
-        if let Some(close) = decision.close {
+        if let Some(close) = close {
             state.settled = Some(close);
             state.settled_at = now;
         }
@@ -303,7 +295,7 @@ impl Auction {
         BidDecision {
             outcome: BidOutcome::Accepted(accepted),
             receipt: Some(receipt),
-            closed: decision.close.map(|(_, settlement)| ClosedAuction {
+            closed: close.map(|(_, settlement)| ClosedAuction {
                 id: self.id(),
                 settlement,
                 receipt,
@@ -327,21 +319,20 @@ impl Auction {
         (now < self.starts_at).then_some(Rejection::NotOpen)
     }
 
-    /// Pushes the events of an accepted bid after sequence number `seq`: `BidAccepted`, then
-    /// an `Extended` it earned, or the `Closed` and `Settled` of a bid that ends the auction.
+    /// Pushes the events of an accepted bid: `BidAccepted` at `accepted.seq`, then an
+    /// `Extended` it earned, or the `Closed` and `Settled` of a bid that ends the auction.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn accepted_events(
         &self,
         events: &mut ArrayVec<Event, DECISION_EVENTS_MAX>,
-        mut seq: u64,
         bid: &Bid,
-        decision: &Decision,
+        accepted: &Accepted,
         extension: Option<(UnixMicros, u32)>,
-        ends_at: UnixMicros,
+        close: Option<(CloseReason, Settlement)>,
         now: UnixMicros,
     ) {
         let id = self.id();
+        let mut seq = accepted.seq - 1;
         let mut next = |kind| {
             seq += 1;
             Event {
@@ -353,9 +344,9 @@ impl Auction {
         };
         events.push(next(EventKind::BidAccepted {
             bid: *bid,
-            price: decision.price,
-            leader: decision.leader,
-            ends_at,
+            price: accepted.price,
+            leader: accepted.leader,
+            ends_at: accepted.ends_at,
         }));
         if let Some((ends_at, extensions)) = extension {
             events.push(next(EventKind::Extended {
@@ -363,7 +354,7 @@ impl Auction {
                 extensions,
             }));
         }
-        if let Some((reason, settlement)) = decision.close {
+        if let Some((reason, settlement)) = close {
             events.push(next(EventKind::Closed { reason }));
             events.push(next(EventKind::Settled(settlement)));
         }

@@ -56,40 +56,104 @@ impl Book {
         }
     }
 
-    /// Applies a decided change.
-    pub(super) fn apply(&mut self, change: BookChange) {
+    /// Applies a decided change, made by `bid`, accepted after sequence number `seq`.
+    pub(super) fn apply(&mut self, change: BookChange, bid: &Bid, seq: u64) {
         match (self, change) {
-            (Book::English { price, lead }, BookChange::English { price: p, lead: l }) => {
+            (
+                Book::English { price, lead },
+                BookChange::English {
+                    price: p,
+                    bid_leads,
+                },
+            ) => {
                 *price = p;
-                *lead = Some(l);
+                if let Some(max) = bid_leads {
+                    *lead = Some(Lead {
+                        bidder: bid.bidder(),
+                        bid: bid.id(),
+                        max,
+                    });
+                }
             }
-            (Book::Sealed { bids }, BookChange::Sealed { bidder, entry }) => {
-                bids.insert(bidder, entry);
+            (Book::Sealed { bids }, BookChange::Sealed) => {
+                let entry = SealedBid {
+                    bid: bid.id(),
+                    amount: bid.amount(),
+                    seq: seq + 1,
+                };
+                bids.insert(bid.bidder(), entry);
             }
-            (Book::Dutch { sold }, BookChange::Dutch { sold: winner }) => {
-                *sold = Some(winner);
+            (Book::Dutch { sold }, BookChange::Dutch { clock }) => {
+                *sold = Some(Winner {
+                    bidder: bid.bidder(),
+                    bid: bid.id(),
+                    price: clock,
+                });
             }
             _ => unreachable!("a change always matches the auction kind"),
         }
     }
 }
 
-/// How a bid changes the book, computed before anything is applied.
+/// How a bid changes the book, computed before anything is applied. Relative to the bid:
+/// every party a change names is the bid's own bidder, so it carries no bidder id and stays
+/// a few words. (A decision holding ids was copied twice on the bid path.)
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum BookChange {
-    English { price: Price, lead: Lead },
-    Sealed { bidder: BidderId, entry: SealedBid },
-    Dutch { sold: Winner },
+    /// English: the new price; `bid_leads` is the bid's proxy maximum when the bid leads
+    /// afterwards, `None` when the standing leader's proxy defended.
+    English {
+        price: Price,
+        bid_leads: Option<Price>,
+    },
+    /// Sealed: the bid becomes its bidder's standing bid.
+    Sealed,
+    /// Dutch: the bid buys at the clock price.
+    Dutch { clock: Price },
 }
 
 /// What the rules decided for an acceptable bid.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct Decision {
     pub(super) change: BookChange,
     /// Visible price after the bid.
     pub(super) price: Price,
-    /// Visible leader after the bid.
-    pub(super) leader: Option<BidderId>,
-    /// The bid ends the auction at once.
-    pub(super) close: Option<(CloseReason, Settlement)>,
+    /// The bid ends the auction at once, winning at this price.
+    pub(super) close: Option<(CloseReason, Price)>,
+}
+
+impl Decision {
+    /// The visible leader after the bid, given the book before it: the bid's bidder, the
+    /// standing English leader whose proxy defended, or none (sealed bids are secret).
+    pub(super) fn leader(&self, bid: &Bid, book: &Book) -> Option<BidderId> {
+        match (self.change, book) {
+            (
+                BookChange::English {
+                    bid_leads: None, ..
+                },
+                Book::English { lead, .. },
+            ) => lead.map(|lead| lead.bidder),
+            (BookChange::Sealed, _) => None,
+            _ => Some(bid.bidder()),
+        }
+    }
+
+    /// The close and settlement of a bid that ended its auction: the bid wins.
+    pub(super) fn close(&self, bid: &Bid) -> Option<(CloseReason, Settlement)> {
+        self.close.map(|(reason, price)| {
+            let winner = Winner {
+                bidder: bid.bidder(),
+                bid: bid.id(),
+                price,
+            };
+            (
+                reason,
+                Settlement {
+                    winner: Some(winner),
+                },
+            )
+        })
+    }
 }
 
 impl Auction {
@@ -155,7 +219,7 @@ impl Auction {
             (
                 AuctionKind::SealedFirstPrice { .. } | AuctionKind::SealedSecondPrice { .. },
                 Book::Sealed { bids },
-            ) => decide_sealed(rules, bids, state.seq, bid, limits),
+            ) => decide_sealed(rules, bids, bid, limits),
             (AuctionKind::Dutch { .. }, Book::Dutch { sold }) => decide_dutch(*sold, bid, min_next),
             _ => unreachable!("the book always matches the auction kind"),
         }
@@ -222,22 +286,6 @@ impl Auction {
     }
 }
 
-/// The close a bid at or above the buy-now price makes: it wins at that price.
-#[inline]
-fn bought_now(bid: &Bid, buy_now: Price) -> (CloseReason, Settlement) {
-    let winner = Winner {
-        bidder: bid.bidder(),
-        bid: bid.id(),
-        price: buy_now,
-    };
-    (
-        CloseReason::BuyNow,
-        Settlement {
-            winner: Some(winner),
-        },
-    )
-}
-
 /// English: a buy-now, or the proxy contest with the leader, then the reserve.
 #[inline]
 fn decide_english(
@@ -252,23 +300,19 @@ fn decide_english(
         return Decision {
             change: BookChange::English {
                 price: buy_now,
-                lead: Lead {
-                    bidder: bid.bidder(),
-                    bid: bid.id(),
-                    max: bid.effective_max().max(buy_now),
-                },
+                bid_leads: Some(bid.effective_max().max(buy_now)),
             },
             price: buy_now,
-            leader: Some(bid.bidder()),
-            close: Some(bought_now(bid, buy_now)),
+            close: Some((CloseReason::BuyNow, buy_now)),
         };
     }
     let amount = bid.amount();
-    let (mut new_price, new_lead) = proxy_contest(increments, lead, bid);
+    let (mut new_price, bid_leads) = proxy_contest(increments, lead, bid);
+    let leader_max = bid_leads.unwrap_or_else(|| lead.expect("only a standing leader defends").max);
     // Reserve: a leader whose maximum reaches the reserve lifts the price to it.
     if let Some(reserve) = rules.reserve
         && new_price < reserve
-        && new_lead.max >= reserve
+        && leader_max >= reserve
     {
         new_price = reserve;
     }
@@ -277,7 +321,7 @@ fn decide_english(
         "the price fell below the accepted amount"
     );
     assert!(
-        new_price <= new_lead.max,
+        new_price <= leader_max,
         "the price rose above the leader's max"
     );
     assert!(
@@ -287,51 +331,37 @@ fn decide_english(
     Decision {
         change: BookChange::English {
             price: new_price,
-            lead: new_lead,
+            bid_leads,
         },
         price: new_price,
-        leader: Some(new_lead.bidder),
         close: None,
     }
 }
 
-/// English proxy bidding: the price and leader after `bid` meets the current `lead`.
+/// English proxy bidding: the price after `bid` meets the current `lead`, and the bid's
+/// proxy maximum when the bid leads afterwards (`None`: the leader's proxy defended).
 #[inline]
-fn proxy_contest(increments: &IncrementTable, lead: Option<Lead>, bid: &Bid) -> (Price, Lead) {
+fn proxy_contest(
+    increments: &IncrementTable,
+    lead: Option<Lead>,
+    bid: &Bid,
+) -> (Price, Option<Price>) {
     let inc = |p: Price| increments.increment_at(p);
     let amount = bid.amount();
     let max = bid.effective_max();
     match lead {
-        None => (
-            amount,
-            Lead {
-                bidder: bid.bidder(),
-                bid: bid.id(),
-                max,
-            },
-        ),
-        Some(lead) if lead.bidder == bid.bidder() => (
-            amount,
-            Lead {
-                bidder: lead.bidder,
-                bid: bid.id(),
-                max: lead.max.max(max),
-            },
-        ),
+        None => (amount, Some(max)),
+        Some(lead) if lead.bidder == bid.bidder() => (amount, Some(lead.max.max(max))),
         // The newcomer's maximum beats the leader's: it leads at one increment
         // above the old maximum, capped at its own maximum.
         Some(lead) if max > lead.max => (
             max.min(amount.max(lead.max.saturating_add(inc(lead.max)))),
-            Lead {
-                bidder: bid.bidder(),
-                bid: bid.id(),
-                max,
-            },
+            Some(max),
         ),
         // The leader's proxy defends (ties go to the earlier bid): the price
         // rises to one increment above the newcomer's maximum, capped at the
         // leader's maximum.
-        Some(lead) => (lead.max.min(amount.max(max.saturating_add(inc(max)))), lead),
+        Some(lead) => (lead.max.min(amount.max(max.saturating_add(inc(max)))), None),
     }
 }
 
@@ -341,7 +371,6 @@ fn proxy_contest(increments: &IncrementTable, lead: Option<Lead>, bid: &Bid) -> 
 fn decide_sealed(
     rules: &AuctionRules,
     bids: &HashMap<BidderId, SealedBid>,
-    seq: u64,
     bid: &Bid,
     limits: Limits,
 ) -> Result<Decision, Rejection> {
@@ -351,22 +380,13 @@ fn decide_sealed(
     if !bids.contains_key(&bid.bidder()) && bids.len() >= limits.sealed_bidders_max {
         return Err(Rejection::Forbidden);
     }
-    let entry = SealedBid {
-        bid: bid.id(),
-        amount: bid.amount(),
-        seq: seq + 1,
-    };
     let close = rules
         .buy_now
         .filter(|&b| bid.amount() >= b)
-        .map(|buy_now| bought_now(bid, buy_now));
+        .map(|buy_now| (CloseReason::BuyNow, buy_now));
     Ok(Decision {
-        change: BookChange::Sealed {
-            bidder: bid.bidder(),
-            entry,
-        },
+        change: BookChange::Sealed,
         price: bid.amount(),
-        leader: None,
         close,
     })
 }
@@ -378,21 +398,10 @@ fn decide_dutch(sold: Option<Winner>, bid: &Bid, clock: Price) -> Result<Decisio
     if bid.max().is_some() {
         return Err(Rejection::Invalid);
     }
-    let winner = Winner {
-        bidder: bid.bidder(),
-        bid: bid.id(),
-        price: clock,
-    };
     Ok(Decision {
-        change: BookChange::Dutch { sold: winner },
+        change: BookChange::Dutch { clock },
         price: clock,
-        leader: Some(bid.bidder()),
-        close: Some((
-            CloseReason::Sold,
-            Settlement {
-                winner: Some(winner),
-            },
-        )),
+        close: Some((CloseReason::Sold, clock)),
     })
 }
 

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use gavel_engine::{
-    AuctionId, AuctionSpec, Bid, BidDecision, ClosedAuction, CreateError, Engine, EngineConfig,
-    ManageError, Receipt, UnixMicros,
+    AuctionId, AuctionSpec, AuctionView, Bid, BidDecision, ClosedAuction, CreateError, Engine,
+    EngineConfig, ManageError, PrunedAuction, Receipt, UnixMicros,
 };
 use gavel_proto::pb;
 use gavel_transport::clock::now_micros;
@@ -56,6 +56,7 @@ use gavel_wal::{
 
 use crate::closer::{DueAlarm, Wake};
 use crate::durable::WalSink;
+use crate::follow::{FollowerLag, Followers};
 
 mod open;
 mod snapshots;
@@ -176,6 +177,8 @@ struct Shared {
     kafka_snapshots: Option<PathBuf>,
     /// With the Kafka log: per partition not owned here, its holder as last read.
     holders: Mutex<Vec<Option<crate::takeover::Holder>>>,
+    /// With the Kafka log: the partitions not owned here, followed into read-only views.
+    followers: Followers,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
@@ -298,9 +301,22 @@ impl Node {
             stop: AtomicBool::new(false),
             kafka_snapshots,
             holders: Mutex::new(Vec::new()),
+            followers: Followers::default(),
         });
         if let Log::Kafka(kafka) = &*shared.wal {
             *lock(&shared.holders) = vec![None; kafka.partitions().max(0) as usize];
+            let followed: Vec<i32> = (0..kafka.partitions())
+                .filter(|&p| !kafka.owns(p))
+                .collect();
+            let partitions = (&followed[..], kafka.partitions());
+            (shared.followers)
+                .start(
+                    kafka.config(),
+                    open::kafka_partition,
+                    config.engine,
+                    partitions,
+                )
+                .context("starting the followers of the other nodes' partitions")?;
         }
         // Old segments may be removable already (a snapshot written just before a crash).
         if let Some(file) = shared.wal.as_file() {
@@ -308,7 +324,7 @@ impl Node {
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
         let taker = match &config.kafka {
-            Some(kafka) if !kafka.owned_partitions.is_empty() => {
+            Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only => {
                 spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
             }
             _ => None,
@@ -344,6 +360,56 @@ impl Node {
     /// state go through the node's methods or [`Node::sink`].
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
+    }
+
+    /// Auction `id`'s view at `now`: from the view of its partition when another node owns
+    /// it (the partition is followed), else from the node's engine.
+    pub fn view(&self, id: AuctionId, now: UnixMicros) -> Option<AuctionView> {
+        match self.followed_partition(id) {
+            Some(partition) => self.shared.followers.view(partition, id, now),
+            None => self.shared.engine.view(id, now),
+        }
+    }
+
+    /// Views of up to `limit` auctions after `after`, ascending by id: the node's own and
+    /// the followed partitions' together.
+    pub fn list(
+        &self,
+        after: Option<AuctionId>,
+        limit: usize,
+        now: UnixMicros,
+    ) -> Vec<AuctionView> {
+        let mut views = self.shared.engine.list(after, limit, now);
+        (self.shared.followers).list_into(&mut views, (after, limit, now));
+        views
+    }
+
+    /// The final result of the pruned auction `id`, wherever it is held (as [`Node::view`]).
+    pub fn pruned(&self, id: AuctionId) -> Option<PrunedAuction> {
+        match self.followed_partition(id) {
+            Some(partition) => self.shared.followers.pruned(partition, id),
+            None => self.shared.engine.pruned(id),
+        }
+    }
+
+    /// The partition of `id` when this node follows it rather than owns it.
+    fn followed_partition(&self, id: AuctionId) -> Option<i32> {
+        let Log::Kafka(kafka) = &*self.shared.wal else {
+            return None;
+        };
+        let partition = kafka.partition_of(id.0);
+        (!kafka.owns(partition)).then_some(partition)
+    }
+
+    /// The followed partitions' lag, by partition (empty: the node follows nothing).
+    pub fn follower_lags(&self) -> Vec<FollowerLag> {
+        self.shared.followers.lags()
+    }
+
+    /// Marks every change the followed partitions' views apply in `hub` (their watchers'
+    /// streams), from now on.
+    pub fn follow_into(&self, hub: Arc<gavel_transport::fanout::Hub>) {
+        self.shared.followers.set_hub(hub);
     }
 
     /// The sink to hand the engine for bids, closes and cancels.
@@ -574,6 +640,7 @@ impl Node {
     fn stop_snapshotter(&self) {
         // Ordering: Release pairs with the snapshot thread's Acquire load.
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.followers.stop();
         for thread in [&self.snapshotter, &self.taker] {
             if let Some(handle) = lock(thread).take() {
                 handle.thread().unpark();

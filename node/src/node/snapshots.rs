@@ -52,6 +52,7 @@ pub(super) fn spawn_taker(
                 stop: &shared.stop,
                 workers,
                 holders: &shared.holders,
+                followers: &shared.followers,
             };
             crate::takeover::run(&parts, &standby);
         })

@@ -39,6 +39,7 @@ pub use config::{ServeConfig, ServeOptions, TlsSource};
 
 use crate::backend::NodeBackend;
 use crate::closer;
+use crate::follow;
 use crate::node::{Node, RecoveryReport};
 use crate::takeover;
 use gavel_wal::{Interrupt, Log, kafka};
@@ -174,6 +175,19 @@ fn describe_node_metrics() {
         takeover::METRIC_TAKEOVER_SECONDS,
         Unit::Seconds,
         "Kafka partition takeover, lapsed lease seen to partition activated, seconds."
+    );
+    describe_gauge!(
+        follow::METRIC_LAG_RECORDS,
+        "Per followed Kafka partition: records behind its high watermark."
+    );
+    describe_gauge!(
+        follow::METRIC_LAG_SECONDS,
+        Unit::Seconds,
+        "Per followed Kafka partition: seconds behind the owner (0 when caught up)."
+    );
+    describe_counter!(
+        follow::METRIC_ERRORS,
+        "Per followed Kafka partition: records its view could not apply (its follower stopped)."
     );
 }
 
@@ -321,6 +335,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         return Err(StoppedDuringRecovery.into());
     };
     let backend = Arc::new(NodeBackend(Arc::clone(&node)));
+    // The other nodes' partitions' changes reach this node's watchers too.
+    node.follow_into(Arc::clone(gateway.hub()));
     gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
     // QUIC opens once ready: a bidder that connects can bid at once.

@@ -106,6 +106,7 @@ impl TestNode {
         let node = Arc::new(node);
         let shutdown = CancellationToken::new();
         let gateway = Arc::new(Gateway::new(setup.limits, shutdown.clone()));
+        node.follow_into(Arc::clone(gateway.hub()));
         if setup.ready {
             gateway.set_ready(Arc::new(NodeBackend(Arc::clone(&node))));
         }

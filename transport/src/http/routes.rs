@@ -58,7 +58,11 @@ pub(super) fn probes_only<B: Backend, T>(
             let body = format!("ok version={} commit={}\n", build.version, build.commit);
             text(StatusCode::OK, body)
         }
-        "/readyz" if server.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if server.gateway.is_ready() => {
+            let detail =
+                (server.gateway.backend()).map_or_else(String::new, |b| b.readiness_detail());
+            text(StatusCode::OK, format!("ready\n{detail}"))
+        }
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
             if server.gateway.shutdown().is_cancelled() {

@@ -84,6 +84,9 @@ pub struct KafkaConfig {
     /// lease lapses (see [`KafkaLog::take_over`](super::KafkaLog::take_over)); needs
     /// `owned_partitions`, disjoint from them.
     pub standby_partitions: Vec<i32>,
+    /// Own no partition (`owned_partitions` empty): the node follows every partition for its
+    /// watchers and writes only the `standby_partitions` it takes over.
+    pub follow_only: bool,
     /// Set it to make the start's waits (brokers, lease, recovery reader) return
     /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
     pub interrupt: Interrupt,
@@ -106,6 +109,7 @@ impl Default for KafkaConfig {
             owner: default_owner(),
             owned_partitions: Vec::new(),
             standby_partitions: Vec::new(),
+            follow_only: false,
             interrupt: Interrupt::default(),
         }
     }
@@ -168,14 +172,24 @@ impl KafkaConfig {
             "kafka owned and standby partitions must be distinct numbers from 0 to 9999",
         )?;
         check(
-            self.standby_partitions.is_empty() || !self.owned_partitions.is_empty(),
-            "kafka standby partitions need owned partitions (a node without them owns all)",
+            !self.follow_only || self.owned_partitions.is_empty(),
+            "kafka follow_only owns no partition: leave owned partitions unset",
+        )?;
+        check(
+            self.standby_partitions.is_empty()
+                || !self.owned_partitions.is_empty()
+                || self.follow_only,
+            "kafka standby partitions need owned partitions or follow_only (a node without them \
+             owns all)",
         )
     }
 
-    /// The partitions this node owns in a topic of `partitions`: the configured ones, or
-    /// every one. An owned partition the topic does not have is an error.
+    /// The partitions this node owns in a topic of `partitions`: the configured ones, none
+    /// (`follow_only`), or every one. An owned partition the topic does not have is an error.
     pub fn owned_in(&self, partitions: i32) -> Result<Vec<i32>, WalError> {
+        if self.follow_only {
+            return Ok(Vec::new());
+        }
         if self.owned_partitions.is_empty() {
             return Ok((0..partitions).collect());
         }
@@ -485,6 +499,32 @@ impl ConsumerContext for ReaderContext {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follow_only_node_owns_no_partition_and_may_stand_by() {
+        let follow_only = KafkaConfig {
+            follow_only: true,
+            ..KafkaConfig::default()
+        };
+        follow_only.validate().unwrap();
+        assert_eq!(follow_only.owned_in(4).unwrap(), Vec::<i32>::new());
+        let standby = KafkaConfig {
+            standby_partitions: vec![1, 2],
+            ..follow_only.clone()
+        };
+        standby.validate().unwrap();
+        let owning = KafkaConfig {
+            owned_partitions: vec![0],
+            ..follow_only
+        };
+        let refused = owning.validate().unwrap_err().to_string();
+        assert!(refused.contains("follow_only owns no partition"), "{refused}");
+        let alone = KafkaConfig {
+            standby_partitions: vec![1],
+            ..KafkaConfig::default()
+        };
+        assert!(alone.validate().is_err(), "standby without owned or follow_only");
+    }
 
     #[test]
     fn unsafe_producer_settings_are_refused() {

@@ -567,6 +567,7 @@ impl KafkaLog {
         write_markers(&self.config, &[(partition, epoch)])?;
         let config = KafkaConfig {
             owned_partitions: vec![partition],
+            follow_only: false,
             ..self.config.clone()
         };
         // Any failure so far drops the lease, which releases it.

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -43,6 +43,16 @@ pub struct KafkaPosition {
 /// the configuration's [`Interrupt`] once set ([`WalError::Interrupted`], within a poll).
 pub struct KafkaRecords {
     consumer: BaseConsumer<ReaderContext>,
+    /// Where the reading stands (apart from the consumer, which polled messages borrow).
+    cursor: Cursor,
+    stall_max: Duration,
+    failed: bool,
+    /// Ends the reading early with [`WalError::Interrupted`].
+    interrupt: Interrupt,
+}
+
+/// A reader's position and checks.
+struct Cursor {
     topic: String,
     brokers: String,
     /// Per partition: whether its end was reached.
@@ -53,22 +63,20 @@ pub struct KafkaRecords {
     /// Per partition, the offset after the last record read (negative: none read, and the
     /// start was the beginning).
     next_offsets: Vec<i64>,
-    stall_max: Duration,
-    failed: bool,
     /// Set: every record's key must map to the partition it was read from.
     partitioner: Option<Partitioner>,
     /// The owner epochs read so far, and the stale records skipped.
     fence: EpochFence,
-    /// Ends the reading early with [`WalError::Interrupted`].
-    interrupt: Interrupt,
+    /// The broker's timestamp of the last record handed out (Unix ms).
+    last_timestamp_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for KafkaRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaRecords")
-            .field("topic", &self.topic)
-            .field("remaining_partitions", &self.remaining)
-            .field("next_lsn", &self.next_lsn)
+            .field("topic", &self.cursor.topic)
+            .field("remaining_partitions", &self.cursor.remaining)
+            .field("next_lsn", &self.cursor.next_lsn)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +107,9 @@ impl KafkaRecords {
             // At a partition's end a fetch waits this long for more (500 ms by default):
             // recovery wants the end-of-partition event, not more records.
             .set("fetch.wait.max.ms", "10")
+            // Only committed records (librdkafka's default, said here: a follower and a
+            // recovery must never apply an aborted transaction's records).
+            .set("isolation.level", "read_committed")
             .create_with_context(ReaderContext)
             .map_err(kafka_error("create the recovery consumer", brokers))?;
         let partitions = partitions(&consumer, config, start)?;
@@ -129,51 +140,71 @@ impl KafkaRecords {
         }
         Ok(KafkaRecords {
             consumer,
-            topic: config.topic.clone(),
-            brokers: config.brokers.clone(),
-            done,
-            remaining: owned.len(),
-            next_lsn: start.map_or(0, |s| s.lsn) + 1,
-            next_offsets,
+            cursor: Cursor {
+                topic: config.topic.clone(),
+                brokers: config.brokers.clone(),
+                done,
+                remaining: owned.len(),
+                next_lsn: start.map_or(0, |s| s.lsn) + 1,
+                next_offsets,
+                partitioner: None,
+                fence: EpochFence {
+                    epochs: fence_epochs,
+                    stale: 0,
+                },
+                last_timestamp_ms: None,
+            },
             stall_max: timeout,
             failed: false,
-            partitioner: None,
-            fence: EpochFence {
-                epochs: fence_epochs,
-                stale: 0,
-            },
             interrupt: config.interrupt.clone(),
         })
+    }
+
+    /// A follower of one `partition` of the topic (one this node does not own): from
+    /// `start`'s offset of it (and under its epoch fence), or from its beginning; read with
+    /// [`KafkaRecords::poll_record`], which waits for records past the partition's end.
+    pub fn follow(
+        config: &KafkaConfig,
+        partition: i32,
+        start: Option<&KafkaPosition>,
+    ) -> Result<KafkaRecords, WalError> {
+        let config = KafkaConfig {
+            owned_partitions: vec![partition],
+            standby_partitions: Vec::new(),
+            follow_only: false,
+            ..config.clone()
+        };
+        KafkaRecords::open_at(&config, start)
     }
 
     /// Refuses, from now on, a record whose key `partitioner` maps to another partition than
     /// the one it is in (or whose key is not a decimal id): the topic's partition count
     /// changed under its records, and an auction's records would be split.
     pub fn check_placement(mut self, partitioner: Partitioner) -> KafkaRecords {
-        self.partitioner = Some(partitioner);
+        self.cursor.partitioner = Some(partitioner);
         self
     }
 
     /// Records skipped so far because a newer owner of their partition had taken over before
     /// them (a fenced node's late writes).
     pub fn stale_records(&self) -> u64 {
-        self.fence.stale
+        self.cursor.fence.stale
     }
 
     /// Partitions of the topic.
     pub fn partitions(&self) -> usize {
-        self.done.len()
+        self.cursor.done.len()
     }
 
     /// The LSN of the last record read (the start's LSN before any).
     pub fn last_lsn(&self) -> Lsn {
-        self.next_lsn - 1
+        self.cursor.next_lsn - 1
     }
 
     /// Per partition, the offset after the last record read (negative: none read from a
     /// start at the beginning).
     pub fn next_offsets(&self) -> &[i64] {
-        &self.next_offsets
+        &self.cursor.next_offsets
     }
 }
 
@@ -302,7 +333,7 @@ impl EpochFence {
     }
 }
 
-impl KafkaRecords {
+impl Cursor {
     /// Whether `message` is in the partition the partitioner names for its key (always,
     /// without a partitioner).
     fn placed(&self, message: &impl Message) -> Result<(), WalError> {
@@ -335,6 +366,113 @@ impl KafkaRecords {
     }
 }
 
+/// What one polled message or event is to the reader.
+enum Step {
+    /// A log record to hand out.
+    Record(Record),
+    /// Nothing to hand out (a marker, a stale record, the end of a partition).
+    Skip,
+    /// The reading stopped with this error.
+    Failed(WalError),
+}
+
+impl Cursor {
+    /// Takes one polled message or event: positions, the epoch fence, the placement check,
+    /// partition ends.
+    fn step(&mut self, polled: KafkaResult<BorrowedMessage<'_>>) -> Step {
+        match polled {
+            Ok(message) => {
+                let next = usize::try_from(message.partition())
+                    .ok()
+                    .and_then(|p| self.next_offsets.get_mut(p));
+                if let Some(next) = next {
+                    *next = message.offset() + 1;
+                }
+                if !self.fence.admit(&self.topic, &message) {
+                    return Step::Skip;
+                }
+                if let Err(misplaced) = self.placed(&message) {
+                    return Step::Failed(misplaced);
+                }
+                self.last_timestamp_ms = message.timestamp().to_millis();
+                let lsn = self.next_lsn;
+                self.next_lsn += 1;
+                let payload = message.payload().unwrap_or_default().to_vec();
+                Step::Record(Record { lsn, payload })
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                let done = usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| self.done.get_mut(p));
+                if let Some(done) = done.filter(|done| !**done) {
+                    *done = true;
+                    self.remaining -= 1;
+                }
+                Step::Skip
+            }
+            Err(error) => Step::Failed(kafka_error("read the topic", &self.brokers)(error)),
+        }
+    }
+}
+
+impl KafkaRecords {
+    /// A follower's read ([`KafkaRecords::follow`]): the next record if one comes within
+    /// `timeout`, else `None` (try again later; a partition's end is not the end of a
+    /// followed partition). After an error it returns that error once and then `None`.
+    pub fn poll_record(&mut self, timeout: Duration) -> Option<Result<Record, WalError>> {
+        if self.failed {
+            return None;
+        }
+        let polled = self.consumer.poll(Timeout::After(timeout))?;
+        match self.cursor.step(polled) {
+            Step::Record(record) => Some(Ok(record)),
+            Step::Skip => None,
+            Step::Failed(error) => {
+                self.failed = true;
+                Some(Err(error))
+            }
+        }
+    }
+
+    /// Whether every partition read was read to its end once (a follower caught up).
+    pub fn reached_end(&self) -> bool {
+        self.cursor.remaining == 0
+    }
+
+    /// The broker's timestamp of the last record handed out, in Unix milliseconds.
+    pub fn last_timestamp_ms(&self) -> Option<i64> {
+        self.cursor.last_timestamp_ms
+    }
+
+    /// Records of `partition` not read yet: its high watermark minus the offset after the
+    /// last record read (or its low watermark, none read), asked of the broker.
+    pub fn behind(&self, partition: i32, timeout: Duration) -> Result<u64, WalError> {
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.cursor.topic, partition, Timeout::After(timeout))
+            .map_err(kafka_error(
+                "read a partition's watermarks",
+                &self.cursor.brokers,
+            ))?;
+        let next = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.cursor.next_offsets.get(p).copied())
+            .unwrap_or(-1);
+        Ok(u64::try_from(high - next.max(low)).unwrap_or(0))
+    }
+
+    /// Where the reading stands: a reader opened at this position goes on with the next
+    /// record, under the same epoch fence.
+    pub fn position(&self) -> KafkaPosition {
+        KafkaPosition {
+            lsn: self.last_lsn(),
+            topic: self.cursor.topic.clone(),
+            next_offsets: self.cursor.next_offsets.clone(),
+            epochs: self.cursor.fence.epochs.clone(),
+        }
+    }
+}
+
 impl Iterator for KafkaRecords {
     type Item = Result<Record, WalError>;
 
@@ -343,7 +481,7 @@ impl Iterator for KafkaRecords {
             return None;
         }
         let mut idle_since = Instant::now();
-        while self.remaining > 0 {
+        while self.cursor.remaining > 0 {
             if let Err(interrupted) = self.interrupt.check() {
                 self.failed = true;
                 return Some(Err(interrupted));
@@ -353,50 +491,24 @@ impl Iterator for KafkaRecords {
                     self.failed = true;
                     return Some(Err(WalError::Kafka {
                         op: "read the topic",
-                        brokers: self.brokers.clone(),
+                        brokers: self.cursor.brokers.clone(),
                         reason: format!(
                             "nothing for {} ms with {} partitions of {} not read to their end",
                             self.stall_max.as_millis(),
-                            self.remaining,
-                            self.topic
+                            self.cursor.remaining,
+                            self.cursor.topic
                         ),
                     }));
                 }
                 continue;
             };
-            match polled {
-                Ok(message) => {
-                    let next = usize::try_from(message.partition())
-                        .ok()
-                        .and_then(|p| self.next_offsets.get_mut(p));
-                    if let Some(next) = next {
-                        *next = message.offset() + 1;
-                    }
-                    if !self.fence.admit(&self.topic, &message) {
-                        continue;
-                    }
-                    if let Err(misplaced) = self.placed(&message) {
-                        self.failed = true;
-                        return Some(Err(misplaced));
-                    }
-                    let lsn = self.next_lsn;
-                    self.next_lsn += 1;
-                    let payload = message.payload().unwrap_or_default().to_vec();
-                    return Some(Ok(Record { lsn, payload }));
-                }
-                Err(KafkaError::PartitionEOF(partition)) => {
-                    idle_since = Instant::now();
-                    let done = usize::try_from(partition)
-                        .ok()
-                        .and_then(|p| self.done.get_mut(p));
-                    if let Some(done) = done.filter(|done| !**done) {
-                        *done = true;
-                        self.remaining -= 1;
-                    }
-                }
-                Err(error) => {
+            match self.cursor.step(polled) {
+                Step::Record(record) => return Some(Ok(record)),
+                // A partition's end (or a skipped record) is progress too.
+                Step::Skip => idle_since = Instant::now(),
+                Step::Failed(error) => {
                     self.failed = true;
-                    return Some(Err(kafka_error("read the topic", &self.brokers)(error)));
+                    return Some(Err(error));
                 }
             }
         }

@@ -26,7 +26,7 @@ use crate::node::NodeConfig;
 mod tools;
 
 pub use tools::{
-    UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
+    LOG_FORMAT_ENV, UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
     warn_about_unknown_env_vars,
 };
 
@@ -303,6 +303,11 @@ pub struct ServeOptions {
     )]
     pub kafka_standby_partitions: Option<Vec<i32>>,
 
+    /// Own no partition of the Kafka topic: follow every partition for this node's watchers
+    /// and write only the standby partitions taken over. [default: false]
+    #[arg(long, env = "GAVEL_KAFKA_FOLLOW_ONLY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub kafka_follow_only: Option<bool>,
+
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
@@ -513,7 +518,7 @@ impl ServeOptions {
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
             kafka_linger_ms, kafka_writer_lease_ms, kafka_owner, kafka_owned_partitions,
-            kafka_standby_partitions,
+            kafka_standby_partitions, kafka_follow_only,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -765,7 +770,8 @@ impl ServeOptions {
                         && self.kafka_writer_lease_ms.is_none()
                         && self.kafka_owner.is_none()
                         && self.kafka_owned_partitions.is_none()
-                        && self.kafka_standby_partitions.is_none(),
+                        && self.kafka_standby_partitions.is_none()
+                        && self.kafka_follow_only.is_none(),
                     "--kafka-* options need --wal kafka"
                 );
                 None
@@ -798,6 +804,7 @@ impl ServeOptions {
                     owner: self.kafka_owner.clone().unwrap_or(defaults.owner),
                     owned_partitions: self.kafka_owned_partitions.clone().unwrap_or_default(),
                     standby_partitions: self.kafka_standby_partitions.clone().unwrap_or_default(),
+                    follow_only: self.kafka_follow_only.unwrap_or(false),
                     ..defaults
                 };
                 kafka.validate().context("invalid Kafka log setting")?;
@@ -894,6 +901,7 @@ mod tests {
         let names = [
             "GAVEL_IDLE_TIMEOUT_MS",
             "PATH",
+            "GAVEL_LOG_FORMAT",
             "GAVEL_IDLE_TIMOUT_MS",
             "GAVEL_BIN",
         ];
