@@ -12,7 +12,9 @@
 //!
 //! Retention: a second ordered set per shard holds settled auctions by settlement time;
 //! [`Engine::prune_due`] removes those settled longer than `settled_retention_us` ago with a
-//! logged `Pruned` event each, keeping only their [`PrunedAuction`] results.
+//! logged `Pruned` event each, keeping only their [`PrunedAuction`] results; a third holds
+//! those results by prune time, and [`Engine::forget_due`] drops the ones older than
+//! `pruned_retention_us` with a logged `Forgotten` event each.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +30,7 @@ use crate::snapshot::{AuctionState, PrunedAuction, RestoreError};
 use crate::types::{AuctionId, AuctionSpec, Bid, Price, Rejection, UnixMicros};
 use crate::view::AuctionView;
 
+mod forget;
 mod retention;
 
 /// Engine limits and sizing. Every field has a safe default.
@@ -45,6 +48,9 @@ pub struct EngineConfig {
     /// How long a settled auction stays whole before [`Engine::prune_due`] prunes it to
     /// its final result, in µs; 0 keeps settled auctions forever.
     pub settled_retention_us: u64,
+    /// How long a pruned auction's result is kept before [`Engine::forget_due`] forgets it,
+    /// in µs; 0 keeps the results forever.
+    pub pruned_retention_us: u64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +61,7 @@ impl Default for EngineConfig {
             dedup_window_bids: 1024,
             sealed_bidders_max: 100_000,
             settled_retention_us: 24 * 3_600 * 1_000_000,
+            pruned_retention_us: 7 * 24 * 3_600 * 1_000_000,
         }
     }
 }
@@ -105,6 +112,9 @@ pub enum ManageError {
     /// Only a settled auction can be pruned.
     #[error("auction {0} has not settled")]
     NotSettled(AuctionId),
+    /// Only a pruned auction's result can be forgotten.
+    #[error("auction {0} has not been pruned")]
+    NotPruned(AuctionId),
 }
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
@@ -112,6 +122,8 @@ pub enum ManageError {
 type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
 /// The results of pruned auctions.
 type PrunedMap = HashMap<AuctionId, PrunedAuction, BuildMixHasher>;
+/// `(time, id)` entries ordered by time: when each auction is due for something.
+type DueSet = Mutex<BTreeSet<(UnixMicros, AuctionId)>>;
 
 struct Shard {
     /// The shard's auctions held whole. Read-locked by a bid for its decision; write-locked
@@ -122,11 +134,13 @@ struct Shard {
     writer: Mutex<()>,
     /// `(end, id)` of every auction not yet closed, possibly with stale ends (and of
     /// auctions closed early, until their old end comes).
-    timer: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    timer: DueSet,
     /// `(settled at, id)` of every settled auction still held whole.
-    settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    settled: DueSet,
     /// Results of the auctions pruned from `auctions`; changed under `writer`.
     pruned: RwLock<PrunedMap>,
+    /// `(pruned at, id)` of every result in `pruned`; changed under `writer`.
+    forgettable: DueSet,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -165,6 +179,7 @@ impl Engine {
                     timer: Mutex::new(BTreeSet::new()),
                     settled: Mutex::new(BTreeSet::new()),
                     pruned: RwLock::new(PrunedMap::default()),
+                    forgettable: Mutex::new(BTreeSet::new()),
                 })
                 .collect(),
             config,
@@ -303,7 +318,7 @@ impl Engine {
                 what: "a pruned auction's last sequence number is at least 4",
             });
         }
-        shard.pruned_write().insert(id, result);
+        shard.keep_pruned(std::iter::once(result));
         Ok(())
     }
 
@@ -413,20 +428,7 @@ impl Engine {
             if closed.len() >= max {
                 break;
             }
-            let due: Vec<(UnixMicros, AuctionId)> = {
-                let mut timer = shard.timer.lock().expect("timer lock poisoned");
-                let budget = max - closed.len();
-                let due: Vec<_> = timer
-                    .iter()
-                    .take_while(|(ends_at, _)| *ends_at <= now)
-                    .take(budget)
-                    .copied()
-                    .collect();
-                for entry in &due {
-                    timer.remove(entry);
-                }
-                due
-            };
+            let due = take_due(&shard.timer, now, max - closed.len());
             let mut put_back = Vec::new();
             for (ends_at, id) in due {
                 // Timer entries are only added for auctions in the map; one that is gone
@@ -462,16 +464,20 @@ impl Engine {
     /// The earliest end among auctions not yet closed (possibly stale: an extended auction
     /// shows its old end, which only makes the driver wake early).
     pub fn next_due(&self) -> Option<UnixMicros> {
+        self.shards.iter().filter_map(|s| first_due(&s.timer)).min()
+    }
+
+    /// The earliest time an entry of the shards' `set` is `period` old; `None` when the
+    /// sets are empty or `period` is 0 (never due).
+    fn next_due_after(&self, period: u64, set: impl Fn(&Shard) -> &DueSet) -> Option<UnixMicros> {
+        if period == 0 {
+            return None;
+        }
         self.shards
             .iter()
-            .filter_map(|s| {
-                s.timer
-                    .lock()
-                    .expect("timer lock poisoned")
-                    .first()
-                    .map(|(t, _)| *t)
-            })
+            .filter_map(|s| first_due(set(s)))
             .min()
+            .map(|t| UnixMicros(t.0.saturating_add(period)))
     }
 
     /// A consistent view of one auction at `now`.
@@ -566,6 +572,16 @@ impl Shard {
         self.auctions.write().expect("auction map lock poisoned")
     }
 
+    /// Keeps pruned auctions' results (the caller holds the writer lock).
+    fn keep_pruned(&self, results: impl IntoIterator<Item = PrunedAuction>) {
+        let mut pruned = self.pruned_write();
+        let mut forgettable = lock_due(&self.forgettable);
+        for result in results {
+            forgettable.insert((result.pruned_at, result.id));
+            pruned.insert(result.id, result);
+        }
+    }
+
     /// Whether `id` is taken: held whole or pruned.
     fn is_held(&self, id: AuctionId) -> bool {
         self.map_read().contains_key(&id) || self.is_pruned(id)
@@ -590,6 +606,39 @@ impl Shard {
             .expect("settled lock poisoned")
             .insert((settled_at, id));
     }
+}
+
+fn lock_due(set: &DueSet) -> std::sync::MutexGuard<'_, BTreeSet<(UnixMicros, AuctionId)>> {
+    set.lock().expect("due set lock poisoned")
+}
+
+/// The earliest time in `set`.
+fn first_due(set: &DueSet) -> Option<UnixMicros> {
+    lock_due(set).first().map(|(t, _)| *t)
+}
+
+/// Takes up to `budget` entries due at or before `cutoff` off `set`, earliest first.
+fn take_due(set: &DueSet, cutoff: UnixMicros, budget: usize) -> Vec<(UnixMicros, AuctionId)> {
+    let mut set = lock_due(set);
+    let mut due = Vec::new();
+    while due.len() < budget {
+        match set.first() {
+            Some(&entry) if entry.0 <= cutoff => {
+                set.pop_first();
+                due.push(entry);
+            }
+            _ => break,
+        }
+    }
+    due
+}
+
+/// The latest time that is `period` old at `now`; `None` if `period` is 0 (never due).
+fn due_cutoff(now: UnixMicros, period: u64) -> Option<UnixMicros> {
+    if period == 0 {
+        return None;
+    }
+    now.0.checked_sub(period).map(UnixMicros)
 }
 
 fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<ClosedAuction, ManageError> {

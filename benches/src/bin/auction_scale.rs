@@ -10,14 +10,21 @@
 //! lookup plus the cheapest refusal, with every lookup likely a cache miss: the lookup cost
 //! at this scale.
 //!
+//! `--soak N` instead runs a soak in simulated time (see [`soak`]): N auctions created, bid
+//! on, settled, pruned and forgotten at a steady rate, with the engine's counts and the
+//! process's resident memory sampled along the way, to show memory flat once the
+//! retention periods have passed.
+//!
 //! Usage: `cargo run --release -p gavel-benches --bin auction_scale -- [--auctions N]
-//! [--threads T] [--bids M]`.
+//! [--threads T] [--bids M] [--dedup-window-bids W] [--soak N]`.
 
 use std::time::Instant;
 
 use clap::Parser;
 use gavel_benches::process::rss_mib;
-use gavel_benches::{NOW, TOO_LOW_AMOUNT, bid, bidder, english_spec};
+use gavel_benches::{
+    INCREMENT, NOW, START_PRICE, TOO_LOW_AMOUNT, bid, bidder, english_spec, english_spec_ending,
+};
 use gavel_engine::{AuctionId, AuctionSpec, DiscardSink, Engine, EngineConfig, UnixMicros};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -37,6 +44,67 @@ struct Args {
     /// is most of an auction's memory); default the engine's.
     #[arg(long)]
     dedup_window_bids: Option<usize>,
+    /// Run the soak of this many auctions instead.
+    #[arg(long)]
+    soak: Option<u64>,
+}
+/// The soak's shape, in simulated time: auctions are created at a steady rate, each open
+/// for `SOAK_OPEN_US`, bid on `SOAK_BIDS` times when created, closed by the timer, pruned
+/// `SOAK_SETTLED_RETENTION_US` after settling and forgotten `SOAK_PRUNED_RETENTION_US`
+/// after that. So after `SOAK_OPEN_US + SOAK_SETTLED_RETENTION_US + SOAK_PRUNED_RETENTION_US`
+/// the engine holds a steady number of auctions and results.
+const SOAK_OPEN_US: u64 = 60_000_000;
+const SOAK_SETTLED_RETENTION_US: u64 = 60_000_000;
+const SOAK_PRUNED_RETENTION_US: u64 = 120_000_000;
+/// Auctions created per simulated second.
+const SOAK_CREATED_PER_S: u64 = 2_000;
+const SOAK_BIDS: u64 = 3;
+/// Creations between two rounds of the timers (close, prune, forget).
+const SOAK_ROUND_EVERY: u64 = 1_000;
+/// RSS samples over the soak.
+const SOAK_SAMPLES: u64 = 40;
+
+/// Creates, bids on, settles, prunes and forgets `auctions` auctions in simulated time,
+/// printing the engine's counts and the process's RSS `SOAK_SAMPLES` times.
+fn soak(auctions: u64) {
+    let engine = Engine::new(EngineConfig {
+        settled_retention_us: SOAK_SETTLED_RETENTION_US,
+        pruned_retention_us: SOAK_PRUNED_RETENTION_US,
+        auctions_max: usize::MAX,
+        ..EngineConfig::default()
+    });
+    let step_us = 1_000_000 / SOAK_CREATED_PER_S;
+    let bidders: Vec<_> = (0..SOAK_BIDS).map(|n| bidder(n as usize)).collect();
+    let start = Instant::now();
+    println!("sim_s,created,held,results,rss_mib,wall_s");
+    for id in 0..auctions {
+        let now = UnixMicros(id * step_us);
+        let spec = english_spec_ending(AuctionId(id), UnixMicros(now.0 + SOAK_OPEN_US));
+        // Invariant: ids are distinct, never reused, and there is no limit.
+        engine
+            .create_auction(spec, now, &DiscardSink)
+            .expect("each soak auction is created once");
+        for (n, who) in bidders.iter().enumerate() {
+            let amount = START_PRICE + INCREMENT * 10 * n as u64;
+            let b = bid(AuctionId(id), *who, u128::from(id) << 8 | n as u128, amount);
+            engine.place_bid(&b, now, &DiscardSink);
+        }
+        if id % SOAK_ROUND_EVERY == 0 {
+            engine.close_due(now, usize::MAX, &DiscardSink);
+            engine.prune_due(now, usize::MAX, &DiscardSink);
+            engine.forget_due(now, usize::MAX, &DiscardSink);
+        }
+        if id % (auctions / SOAK_SAMPLES).max(1) == 0 {
+            println!(
+                "{},{id},{},{},{},{:.1}",
+                now.0 / 1_000_000,
+                engine.len(),
+                engine.pruned_len(),
+                rss_mib(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Creates `specs` on `threads` threads; returns the seconds taken.
@@ -85,6 +153,10 @@ fn bid_all(engine: &Engine, auctions: u64, threads: u64, bids: u64) -> f64 {
 
 fn main() {
     let args = Args::parse();
+    if let Some(auctions) = args.soak {
+        soak(auctions);
+        return;
+    }
     let threads = args.threads.max(1);
     // Cast: the count fits in memory, so in usize.
     let defaults = EngineConfig::default();

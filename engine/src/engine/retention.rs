@@ -8,7 +8,7 @@
 //! lock from its event until the auction leaves the map, which keeps a snapshot from seeing
 //! an auction both whole and pruned.
 
-use super::{Engine, ManageError, Shard};
+use super::{Engine, ManageError, Shard, due_cutoff, take_due};
 use crate::auction::PruneRefusal;
 use crate::event::EventSink;
 use crate::snapshot::{AuctionState, PrunedAuction};
@@ -75,26 +75,14 @@ impl Engine {
         sink: &S,
     ) -> Vec<PrunedAuction> {
         let mut pruned = Vec::new();
-        let Some(cutoff) = self.prune_cutoff(now) else {
+        let Some(cutoff) = due_cutoff(now, self.config.settled_retention_us) else {
             return pruned;
         };
         for shard in self.shards.iter() {
             if pruned.len() >= max {
                 break;
             }
-            let due: Vec<(UnixMicros, AuctionId)> = {
-                let mut settled = shard.settled.lock().expect("settled lock poisoned");
-                let due: Vec<_> = settled
-                    .iter()
-                    .take_while(|(settled_at, _)| *settled_at <= cutoff)
-                    .take(max - pruned.len())
-                    .copied()
-                    .collect();
-                for entry in &due {
-                    settled.remove(entry);
-                }
-                due
-            };
+            let due = take_due(&shard.settled, cutoff, max - pruned.len());
             if !due.is_empty() {
                 pruned.extend(self.prune_in_shard(shard, due, now, sink));
             }
@@ -105,29 +93,7 @@ impl Engine {
     /// The earliest time an auction is due to be pruned; `None` when none is held or the
     /// engine keeps settled auctions forever.
     pub fn next_prune_due(&self) -> Option<UnixMicros> {
-        let retention = self.config.settled_retention_us;
-        if retention == 0 {
-            return None;
-        }
-        self.shards
-            .iter()
-            .filter_map(|s| {
-                s.settled
-                    .lock()
-                    .expect("settled lock poisoned")
-                    .first()
-                    .map(|(t, _)| UnixMicros(t.0.saturating_add(retention)))
-            })
-            .min()
-    }
-
-    /// The latest settlement time that is due for pruning at `now`.
-    fn prune_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
-        let retention = self.config.settled_retention_us;
-        if retention == 0 {
-            return None;
-        }
-        now.0.checked_sub(retention).map(UnixMicros)
+        self.next_due_after(self.config.settled_retention_us, |s| &s.settled)
     }
 
     /// Prunes the `due` auctions of one shard, all settled; what the sink refuses goes back
@@ -174,9 +140,7 @@ impl Engine {
             return;
         }
         let ids: Vec<AuctionId> = results.iter().map(|r| r.id).collect();
-        shard
-            .pruned_write()
-            .extend(results.into_iter().map(|r| (r.id, r)));
+        shard.keep_pruned(results);
         let mut map = shard.map_write();
         let before = map.len();
         for id in &ids {
