@@ -185,6 +185,10 @@ fn topic(id: AuctionId) -> Topic {
 }
 
 fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
+    spec_ending(id, kind, FAR_END)
+}
+
+fn spec_ending(id: AuctionId, kind: AuctionKind, ends_at: UnixMicros) -> AuctionSpec {
     // Invariant: the bench rules are valid (start before end, positive prices).
     AuctionSpec::try_from(AuctionRules {
         id,
@@ -193,7 +197,7 @@ fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
         reserve: None,
         buy_now: None,
         starts_at: UnixMicros(0),
-        ends_at: FAR_END,
+        ends_at,
         soft_close: None,
     })
     .expect("bench auction rules are valid")
@@ -202,12 +206,19 @@ fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
 /// An English auction at [`START_PRICE`] with the default increment table, open from 0 to
 /// [`FAR_END`].
 pub fn english_spec(id: AuctionId) -> AuctionSpec {
-    spec(
+    english_spec_ending(id, FAR_END)
+}
+
+/// An English auction at [`START_PRICE`] with the default increment table, open from 0 to
+/// `ends_at` (after 0).
+pub fn english_spec_ending(id: AuctionId, ends_at: UnixMicros) -> AuctionSpec {
+    spec_ending(
         id,
         AuctionKind::English {
             start_price: START_PRICE,
             increments: IncrementTable::default(),
         },
+        ends_at,
     )
 }
 

@@ -473,16 +473,26 @@ impl Node {
             .len()
     }
 
-    /// The next time an auction is due to close or to be pruned (possibly stale: an
-    /// extended auction shows its old end, which only wakes the closer early), in the
-    /// manner of quinn's `poll_timeout`; [`Node::close_due`] and [`Node::prune_due`] are
-    /// its `handle_timeout`.
+    /// Forgets up to `max` pruned results older than the engine's retention of results
+    /// (each by a logged `Forgotten` record); returns how many.
+    pub fn forget_due(&self, now: UnixMicros, max: usize) -> usize {
+        self.shared.engine.forget_due(now, max, &self.shared.sink)
+    }
+
+    /// The next time an auction is due to close, to be pruned or to be forgotten (possibly
+    /// stale: an extended auction shows its old end, which only wakes the closer early), in
+    /// the manner of quinn's `poll_timeout`; [`Node::close_due`], [`Node::prune_due`] and
+    /// [`Node::forget_due`] are its `handle_timeout`.
     pub fn poll_timeout(&self) -> Option<UnixMicros> {
         let engine = &self.shared.engine;
-        match (engine.next_due(), engine.next_prune_due()) {
-            (Some(close), Some(prune)) => Some(close.min(prune)),
-            (close, prune) => close.or(prune),
-        }
+        [
+            engine.next_due(),
+            engine.next_prune_due(),
+            engine.next_forget_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends (or one

@@ -98,6 +98,10 @@ fn describe_node_metrics() {
         crate::closer::METRIC_PRUNED,
         "Settled auctions pruned to their final result by this process."
     );
+    describe_counter!(
+        crate::closer::METRIC_FORGOTTEN,
+        "Pruned auctions whose final result this process forgot."
+    );
     describe_gauge!(
         "gavel_wal_durable_lsn",
         "The write-ahead log's durable LSN."
@@ -663,6 +667,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
     }
     // Present from the start, so a scrape before the first prune sees 0.
     metrics::counter!(crate::closer::METRIC_PRUNED).increment(0);
+    metrics::counter!(crate::closer::METRIC_FORGOTTEN).increment(0);
     let mut interval = tokio::time::interval(GAUGE_REFRESH);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

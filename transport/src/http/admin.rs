@@ -201,11 +201,13 @@ impl From<ManageError> for AdminError {
             ManageError::UnknownAuction(id) => {
                 AdminError::NotFound(format!("unknown auction {id}"))
             }
-            // `NotDue` comes from closing an auction at its end and `NotSettled` from
-            // pruning one, which the API does not offer; a cancel returns neither.
+            // `NotDue` comes from closing an auction at its end, `NotSettled` from pruning
+            // one and `NotPruned` from forgetting one, which the API does not offer; a
+            // cancel returns none of them.
             ManageError::AlreadyClosed(id)
             | ManageError::NotDue { id, .. }
-            | ManageError::NotSettled(id) => AdminError::AlreadyClosed(id.0),
+            | ManageError::NotSettled(id)
+            | ManageError::NotPruned(id) => AdminError::AlreadyClosed(id.0),
             ManageError::Overloaded { retry_after_us } => AdminError::Overloaded(retry_after_us),
         }
     }

@@ -217,6 +217,12 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_SETTLED_RETENTION_MS", value_name = "MS")]
     pub settled_retention_ms: Option<u64>,
 
+    /// How long a pruned auction's final result is kept before it is forgotten too (the
+    /// node then answers as for an unknown auction), in milliseconds; 0 keeps results
+    /// forever.
+    #[arg(long, env = "GAVEL_PRUNED_RETENTION_MS", value_name = "MS")]
+    pub pruned_retention_ms: Option<u64>,
+
     /// Size at which a new log segment starts, in bytes.
     #[arg(long, env = "GAVEL_WAL_SEGMENT_BYTES_MAX", value_name = "BYTES")]
     pub wal_segment_bytes_max: Option<u64>,
@@ -450,6 +456,10 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
             (engine.settled_retention_us / 1_000).to_string(),
         ),
         (
+            "pruned_retention_ms",
+            (engine.pruned_retention_us / 1_000).to_string(),
+        ),
+        (
             "snapshot_every_records",
             NodeConfig::default().snapshot_every_records.to_string(),
         ),
@@ -546,7 +556,7 @@ impl ServeOptions {
             outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
-            settled_retention_ms, wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
+            settled_retention_ms, pruned_retention_ms, wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
             wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
@@ -742,6 +752,12 @@ impl ServeOptions {
                     .checked_mul(1_000)
                     .context("settled_retention_ms is too large")?,
                 None => engine_defaults.settled_retention_us,
+            },
+            pruned_retention_us: match self.pruned_retention_ms {
+                Some(ms) => ms
+                    .checked_mul(1_000)
+                    .context("pruned_retention_ms is too large")?,
+                None => engine_defaults.pruned_retention_us,
             },
         };
         ensure!(
