@@ -24,6 +24,9 @@ use gavel_engine::{
     BoundedSink, DiscardSink, Engine, EngineConfig, EventSink, IncrementTable, Price, Rejection,
     Topic, UnixMicros,
 };
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -182,6 +185,10 @@ fn topic(id: AuctionId) -> Topic {
 }
 
 fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
+    spec_ending(id, kind, FAR_END)
+}
+
+fn spec_ending(id: AuctionId, kind: AuctionKind, ends_at: UnixMicros) -> AuctionSpec {
     // Invariant: the bench rules are valid (start before end, positive prices).
     AuctionSpec::try_from(AuctionRules {
         id,
@@ -190,7 +197,7 @@ fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
         reserve: None,
         buy_now: None,
         starts_at: UnixMicros(0),
-        ends_at: FAR_END,
+        ends_at,
         soft_close: None,
     })
     .expect("bench auction rules are valid")
@@ -199,12 +206,19 @@ fn spec(id: AuctionId, kind: AuctionKind) -> AuctionSpec {
 /// An English auction at [`START_PRICE`] with the default increment table, open from 0 to
 /// [`FAR_END`].
 pub fn english_spec(id: AuctionId) -> AuctionSpec {
-    spec(
+    english_spec_ending(id, FAR_END)
+}
+
+/// An English auction at [`START_PRICE`] with the default increment table, open from 0 to
+/// `ends_at` (after 0).
+pub fn english_spec_ending(id: AuctionId, ends_at: UnixMicros) -> AuctionSpec {
+    spec_ending(
         id,
         AuctionKind::English {
             start_price: START_PRICE,
             increments: IncrementTable::default(),
         },
+        ends_at,
     )
 }
 
@@ -405,4 +419,32 @@ impl ZipfBidder {
         sink.drain();
         tally
     }
+}
+
+/// Runs `work` on one scoped thread per bidder, all released together; returns the time
+/// from the release until the last thread ended, and each thread's result, in order.
+pub fn on_bidder_threads<T: Send>(
+    bidders: &mut [ZipfBidder],
+    work: impl Fn(&mut ZipfBidder) -> T + Sync,
+) -> (Duration, Vec<T>) {
+    let barrier = Barrier::new(bidders.len() + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = bidders
+            .iter_mut()
+            .map(|bidder| {
+                let (work, barrier) = (&work, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    work(bidder)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().expect("bidder thread panicked"))
+            .collect();
+        (start.elapsed(), results)
+    })
 }

@@ -1,20 +1,25 @@
 //! The engine: auctions sharded in memory by id, the close timer, and the state hash.
 //!
-//! Lookups are lock-free (each shard's map sits behind an `ArcSwap` and is replaced
-//! copy-on-write when an auction is created); creation takes the shard's writer lock.
+//! Each shard's map sits behind a reader-writer lock: a bid holds the read lock for its one
+//! decision (a lookup costs one atomic on the shard's lock word, and no copy); creation and
+//! prunes take the write lock only to insert or remove one entry, so creating an auction
+//! costs O(1) whatever the number held (the map used to be copied on every creation). The
+//! shard's separate writer lock serialises creations and prunes, from publishing their
+//! event until the map shows it.
 //! The close timer is an ordered set per shard keyed by end time, so finding due auctions
 //! costs O(due + log n) rather than a scan; a soft-close extension does not touch it —
 //! a popped entry whose auction was extended is simply put back at the new end.
 //!
 //! Retention: a second ordered set per shard holds settled auctions by settlement time;
 //! [`Engine::prune_due`] removes those settled longer than `settled_retention_us` ago with a
-//! logged `Pruned` event each, keeping only their [`PrunedAuction`] results.
+//! logged `Pruned` event each, keeping only their [`PrunedAuction`] results; a third holds
+//! those results by prune time, and [`Engine::forget_due`] drops the ones older than
+//! `pruned_retention_us` with a logged `Forgotten` event each.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arc_swap::ArcSwap;
 use thiserror::Error;
 
 use crate::auction::{Auction, CloseAttempt, Limits};
@@ -25,6 +30,7 @@ use crate::snapshot::{AuctionState, PrunedAuction, RestoreError};
 use crate::types::{AuctionId, AuctionSpec, Bid, Price, Rejection, UnixMicros};
 use crate::view::AuctionView;
 
+mod forget;
 mod retention;
 
 /// Engine limits and sizing. Every field has a safe default.
@@ -42,6 +48,9 @@ pub struct EngineConfig {
     /// How long a settled auction stays whole before [`Engine::prune_due`] prunes it to
     /// its final result, in µs; 0 keeps settled auctions forever.
     pub settled_retention_us: u64,
+    /// How long a pruned auction's result is kept before [`Engine::forget_due`] forgets it,
+    /// in µs; 0 keeps the results forever.
+    pub pruned_retention_us: u64,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +61,7 @@ impl Default for EngineConfig {
             dedup_window_bids: 1024,
             sealed_bidders_max: 100_000,
             settled_retention_us: 24 * 3_600 * 1_000_000,
+            pruned_retention_us: 7 * 24 * 3_600 * 1_000_000,
         }
     }
 }
@@ -102,6 +112,9 @@ pub enum ManageError {
     /// Only a settled auction can be pruned.
     #[error("auction {0} has not settled")]
     NotSettled(AuctionId),
+    /// Only a pruned auction's result can be forgotten.
+    #[error("auction {0} has not been pruned")]
+    NotPruned(AuctionId),
 }
 
 /// Auction ids are chosen by operators, not by bidders, so the map hashes them with the
@@ -109,20 +122,25 @@ pub enum ManageError {
 type AuctionMap = HashMap<AuctionId, Arc<Auction>, BuildMixHasher>;
 /// The results of pruned auctions.
 type PrunedMap = HashMap<AuctionId, PrunedAuction, BuildMixHasher>;
+/// `(time, id)` entries ordered by time: when each auction is due for something.
+type DueSet = Mutex<BTreeSet<(UnixMicros, AuctionId)>>;
 
 struct Shard {
-    auctions: ArcSwap<AuctionMap>,
-    /// Serialises creations in this shard (copy-on-write of `auctions`).
+    /// The shard's auctions held whole. Read-locked by a bid for its decision; write-locked
+    /// only to insert or remove one entry (under `writer`).
+    auctions: RwLock<AuctionMap>,
+    /// Serialises creations and prunes in this shard, from publishing their event until
+    /// `auctions` shows it (snapshots read the shard under it).
     writer: Mutex<()>,
     /// `(end, id)` of every auction not yet closed, possibly with stale ends (and of
     /// auctions closed early, until their old end comes).
-    timer: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    timer: DueSet,
     /// `(settled at, id)` of every settled auction still held whole.
-    settled: Mutex<BTreeSet<(UnixMicros, AuctionId)>>,
+    settled: DueSet,
     /// Results of the auctions pruned from `auctions`; changed under `writer`.
     pruned: RwLock<PrunedMap>,
-    /// Auctions a replay pruned that `auctions` still lists (see `Engine::prune_replayed`).
-    unlisted: Mutex<Vec<AuctionId>>,
+    /// `(pruned at, id)` of every result in `pruned`; changed under `writer`.
+    forgettable: DueSet,
 }
 
 /// The auction engine. `Sync`: call it from any number of threads.
@@ -156,12 +174,12 @@ impl Engine {
         Engine {
             shards: (0..config.shards)
                 .map(|_| Shard {
-                    auctions: ArcSwap::from_pointee(AuctionMap::default()),
+                    auctions: RwLock::new(AuctionMap::default()),
                     writer: Mutex::new(()),
                     timer: Mutex::new(BTreeSet::new()),
                     settled: Mutex::new(BTreeSet::new()),
                     pruned: RwLock::new(PrunedMap::default()),
-                    unlisted: Mutex::new(Vec::new()),
+                    forgettable: Mutex::new(BTreeSet::new()),
                 })
                 .collect(),
             config,
@@ -184,7 +202,7 @@ impl Engine {
     }
 
     fn auction(&self, id: AuctionId) -> Option<Arc<Auction>> {
-        self.shard(id).auctions.load().get(&id).cloned()
+        self.shard(id).map_read().get(&id).cloned()
     }
 
     /// Creates an auction; its `Created` event (sequence 1) goes to `sink`. Returns the
@@ -198,7 +216,7 @@ impl Engine {
         let id = spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(CreateError::AlreadyExists(id));
         }
         // Ordering: Relaxed; the count is a limit, not a synchronisation point, and
@@ -217,9 +235,7 @@ impl Engine {
                     retry_after_us: bp.retry_after_us,
                 })?;
         let ends_at = auction.spec().rules().ends_at;
-        let mut map = AuctionMap::clone(&shard.auctions.load());
-        map.insert(id, Arc::new(auction));
-        shard.auctions.store(Arc::new(map));
+        shard.map_write().insert(id, Arc::new(auction));
         // Ordering: Relaxed; see above.
         self.auctions.fetch_add(1, Ordering::Relaxed);
         shard
@@ -248,7 +264,7 @@ impl Engine {
         let mut all: Vec<Arc<Auction>> = Vec::new();
         for shard in self.shards.iter() {
             let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-            all.extend(shard.auctions.load().values().cloned());
+            all.extend(shard.map_read().values().cloned());
         }
         all.sort_unstable_by_key(|a| a.id());
         all.iter().map(|a| a.state()).collect()
@@ -260,7 +276,7 @@ impl Engine {
         let id = state.spec.id();
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(RestoreError::AlreadyExists(id));
         }
         // Ordering: Relaxed; see `create_auction`.
@@ -274,9 +290,7 @@ impl Engine {
         if let Some(settled_at) = auction.settled_at() {
             shard.settled_since(settled_at, id);
         }
-        let mut map = AuctionMap::clone(&shard.auctions.load());
-        map.insert(id, Arc::new(auction));
-        shard.auctions.store(Arc::new(map));
+        shard.map_write().insert(id, Arc::new(auction));
         // Ordering: Relaxed; see `create_auction`.
         self.auctions.fetch_add(1, Ordering::Relaxed);
         if !closed {
@@ -294,7 +308,7 @@ impl Engine {
         let id = result.id;
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        if shard.auctions.load().contains_key(&id) || shard.is_pruned(id) {
+        if shard.is_held(id) {
             return Err(RestoreError::AlreadyExists(id));
         }
         if result.seq < 3 {
@@ -304,7 +318,7 @@ impl Engine {
                 what: "a pruned auction's last sequence number is at least 4",
             });
         }
-        shard.pruned_write().insert(id, result);
+        shard.keep_pruned(std::iter::once(result));
         Ok(())
     }
 
@@ -329,7 +343,7 @@ impl Engine {
     fn all_auctions(&self) -> Vec<Arc<Auction>> {
         self.shards
             .iter()
-            .flat_map(|s| s.auctions.load().values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| s.map_read().values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
@@ -342,7 +356,9 @@ impl Engine {
         sink: &S,
     ) -> BidDecision {
         let shard = self.shard(bid.auction());
-        let map = shard.auctions.load();
+        // The read lock is held for the decision: a creation or prune in this shard waits
+        // for it (one decision, never blocking), and no `Arc` is cloned on the bid path.
+        let map = shard.map_read();
         match map.get(&bid.auction()) {
             Some(auction) => {
                 let decision = auction.place_bid(bid, now, sink, self.limits);
@@ -359,7 +375,7 @@ impl Engine {
     /// The visible price (`None` before the first bid, and for sealed auctions until
     /// settled) and whether the auction is closed, read without any lock.
     pub fn price(&self, id: AuctionId) -> Option<(Option<Price>, bool)> {
-        self.shard(id).auctions.load().get(&id).map(|a| a.price())
+        self.shard(id).map_read().get(&id).map(|a| a.price())
     }
 
     /// Cancels an open auction: it closes at `now` with no winner.
@@ -412,26 +428,12 @@ impl Engine {
             if closed.len() >= max {
                 break;
             }
-            let due: Vec<(UnixMicros, AuctionId)> = {
-                let mut timer = shard.timer.lock().expect("timer lock poisoned");
-                let budget = max - closed.len();
-                let due: Vec<_> = timer
-                    .iter()
-                    .take_while(|(ends_at, _)| *ends_at <= now)
-                    .take(budget)
-                    .copied()
-                    .collect();
-                for entry in &due {
-                    timer.remove(entry);
-                }
-                due
-            };
-            let map = shard.auctions.load();
+            let due = take_due(&shard.timer, now, max - closed.len());
             let mut put_back = Vec::new();
             for (ends_at, id) in due {
                 // Timer entries are only added for auctions in the map; one that is gone
                 // was closed early (a cancel, buy-now, a Dutch sale) and then pruned.
-                let Some(auction) = map.get(&id) else {
+                let Some(auction) = shard.map_read().get(&id).cloned() else {
                     continue;
                 };
                 match auction.close_if_due(now, sink) {
@@ -462,16 +464,20 @@ impl Engine {
     /// The earliest end among auctions not yet closed (possibly stale: an extended auction
     /// shows its old end, which only makes the driver wake early).
     pub fn next_due(&self) -> Option<UnixMicros> {
+        self.shards.iter().filter_map(|s| first_due(&s.timer)).min()
+    }
+
+    /// The earliest time an entry of the shards' `set` is `period` old; `None` when the
+    /// sets are empty or `period` is 0 (never due).
+    fn next_due_after(&self, period: u64, set: impl Fn(&Shard) -> &DueSet) -> Option<UnixMicros> {
+        if period == 0 {
+            return None;
+        }
         self.shards
             .iter()
-            .filter_map(|s| {
-                s.timer
-                    .lock()
-                    .expect("timer lock poisoned")
-                    .first()
-                    .map(|(t, _)| *t)
-            })
+            .filter_map(|s| first_due(set(s)))
             .min()
+            .map(|t| UnixMicros(t.0.saturating_add(period)))
     }
 
     /// A consistent view of one auction at `now`.
@@ -500,7 +506,7 @@ impl Engine {
     pub fn phase_counts(&self, now: UnixMicros) -> [usize; 3] {
         let mut counts = [0; 3];
         for shard in self.shards.iter() {
-            for auction in shard.auctions.load().values() {
+            for auction in shard.map_read().values() {
                 let (_, closed) = auction.price();
                 let phase = if closed {
                     2
@@ -558,6 +564,29 @@ impl Engine {
 }
 
 impl Shard {
+    fn map_read(&self) -> std::sync::RwLockReadGuard<'_, AuctionMap> {
+        self.auctions.read().expect("auction map lock poisoned")
+    }
+
+    fn map_write(&self) -> std::sync::RwLockWriteGuard<'_, AuctionMap> {
+        self.auctions.write().expect("auction map lock poisoned")
+    }
+
+    /// Keeps pruned auctions' results (the caller holds the writer lock).
+    fn keep_pruned(&self, results: impl IntoIterator<Item = PrunedAuction>) {
+        let mut pruned = self.pruned_write();
+        let mut forgettable = lock_due(&self.forgettable);
+        for result in results {
+            forgettable.insert((result.pruned_at, result.id));
+            pruned.insert(result.id, result);
+        }
+    }
+
+    /// Whether `id` is taken: held whole or pruned.
+    fn is_held(&self, id: AuctionId) -> bool {
+        self.map_read().contains_key(&id) || self.is_pruned(id)
+    }
+
     fn pruned_read(&self) -> std::sync::RwLockReadGuard<'_, PrunedMap> {
         self.pruned.read().expect("pruned lock poisoned")
     }
@@ -577,6 +606,39 @@ impl Shard {
             .expect("settled lock poisoned")
             .insert((settled_at, id));
     }
+}
+
+fn lock_due(set: &DueSet) -> std::sync::MutexGuard<'_, BTreeSet<(UnixMicros, AuctionId)>> {
+    set.lock().expect("due set lock poisoned")
+}
+
+/// The earliest time in `set`.
+fn first_due(set: &DueSet) -> Option<UnixMicros> {
+    lock_due(set).first().map(|(t, _)| *t)
+}
+
+/// Takes up to `budget` entries due at or before `cutoff` off `set`, earliest first.
+fn take_due(set: &DueSet, cutoff: UnixMicros, budget: usize) -> Vec<(UnixMicros, AuctionId)> {
+    let mut set = lock_due(set);
+    let mut due = Vec::new();
+    while due.len() < budget {
+        match set.first() {
+            Some(&entry) if entry.0 <= cutoff => {
+                set.pop_first();
+                due.push(entry);
+            }
+            _ => break,
+        }
+    }
+    due
+}
+
+/// The latest time that is `period` old at `now`; `None` if `period` is 0 (never due).
+fn due_cutoff(now: UnixMicros, period: u64) -> Option<UnixMicros> {
+    if period == 0 {
+        return None;
+    }
+    now.0.checked_sub(period).map(UnixMicros)
 }
 
 fn close_result(id: AuctionId, attempt: CloseAttempt) -> Result<ClosedAuction, ManageError> {

@@ -24,7 +24,7 @@ pub struct Event {
 }
 
 /// What changed. *Commands* (`Created`, `BidAccepted`, `Closed` by end time or cancel,
-/// `Pruned`) are re-executed on replay; the other variants are *derived*: replay expects
+/// `Pruned`, `Forgotten`) are re-executed on replay; the other variants are *derived*: replay expects
 /// the command before them to produce them again.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum EventKind {
@@ -56,8 +56,12 @@ pub enum EventKind {
     /// Winner and clearing price (always right after `Closed`, derived from it).
     Settled(Settlement),
     /// The settled auction was removed from memory; only its final result
-    /// ([`crate::PrunedAuction`]) is kept. The auction's last event.
+    /// ([`crate::PrunedAuction`]) is kept. The auction's last event, unless a `Forgotten`
+    /// follows.
     Pruned,
+    /// The pruned auction's result was dropped too: the engine no longer knows the auction.
+    /// Its last event.
+    Forgotten,
 }
 
 impl EventKind {
@@ -65,7 +69,10 @@ impl EventKind {
     /// the command before it (derived).
     pub fn is_command(&self) -> bool {
         match self {
-            EventKind::Created(_) | EventKind::BidAccepted { .. } | EventKind::Pruned => true,
+            EventKind::Created(_)
+            | EventKind::BidAccepted { .. }
+            | EventKind::Pruned
+            | EventKind::Forgotten => true,
             EventKind::Closed { reason } => reason.is_command(),
             EventKind::Extended { .. } | EventKind::Settled(_) => false,
         }

@@ -66,6 +66,14 @@ pub enum ReplayError {
         /// Why.
         source: ManageError,
     },
+    /// A logged forget could not be re-executed.
+    #[error("re-forgetting auction {auction} failed: {source}")]
+    Forget {
+        /// The auction.
+        auction: AuctionId,
+        /// Why.
+        source: ManageError,
+    },
     /// A logged accepted bid was not accepted again.
     #[error("logged accepted bid at auction {auction} seq {seq} was decided {outcome:?} on replay")]
     BidNotAccepted {
@@ -152,12 +160,7 @@ impl<'e> Replayer<'e> {
             }
             return Ok(());
         }
-        if self.after_snapshot
-            && self
-                .engine
-                .auction_seq(logged.auction)
-                .is_some_and(|seq| logged.seq <= seq)
-        {
+        if self.after_snapshot && self.included_in_snapshot(logged) {
             self.skipped += 1;
             return Ok(());
         }
@@ -182,6 +185,19 @@ impl<'e> Replayer<'e> {
             self.expected.entry(id).or_default().extend(produced);
         }
         Ok(())
+    }
+
+    /// Whether the restored snapshot already includes `logged`: its auction's state is at
+    /// `logged.seq` or later, or the auction is unknown although `logged` is no creation —
+    /// it was forgotten before the snapshot was read (the snapshot's log position is read
+    /// before its state, so the log may hold an auction's last records, up to its
+    /// `Forgotten`, from before that point). A creation of an unknown auction is never
+    /// included: its auction would be known.
+    fn included_in_snapshot(&self, logged: &Event) -> bool {
+        match self.engine.auction_seq(logged.auction) {
+            Some(seq) => logged.seq <= seq,
+            None => !matches!(logged.kind, EventKind::Created(_)),
+        }
     }
 
     /// Runs a logged command through the engine into the capture buffer, so its events can be
@@ -231,8 +247,16 @@ impl<'e> Replayer<'e> {
             }
             EventKind::Pruned => {
                 self.engine
-                    .prune_replayed(id, logged.at, capture)
+                    .prune_auction(id, logged.at, capture)
                     .map_err(|source| ReplayError::Prune {
+                        auction: id,
+                        source,
+                    })?;
+            }
+            EventKind::Forgotten => {
+                self.engine
+                    .forget_auction(id, logged.at, capture)
+                    .map_err(|source| ReplayError::Forget {
                         auction: id,
                         source,
                     })?;
@@ -244,7 +268,7 @@ impl<'e> Replayer<'e> {
         Ok(())
     }
 
-    /// Ends the replay (pruned auctions leave the engine's registry: see [`Drop`]).
+    /// Ends the replay.
     pub fn finish(mut self) -> ReplaySummary {
         let expected = std::mem::take(&mut self.expected);
         let mut missing_tail: Vec<Event> = expected.into_values().flatten().collect();
@@ -254,15 +278,6 @@ impl<'e> Replayer<'e> {
             skipped: self.skipped,
             missing_tail,
         }
-    }
-}
-
-/// Replayed prunes remove their auctions from the registry in batches
-/// (`Engine::prune_replayed`); the last batch goes when the replayer does, finished or
-/// not, so the engine never lists a pruned auction after its replay.
-impl Drop for Replayer<'_> {
-    fn drop(&mut self) {
-        self.engine.remove_replayed_prunes();
     }
 }
 

@@ -3,6 +3,8 @@
 //! what the live engine pruned (same state hash), from empty or from a snapshot cut
 //! anywhere; pruning never touches an auction that has not settled; a pruned auction
 //! refuses bids as `Closed`, cannot be re-created, and still answers with its result.
+//! Results older than `pruned_retention_us` are forgotten by a logged `Forgotten` event,
+//! which replays exactly too; a forgotten auction is unknown.
 
 mod common;
 
@@ -19,6 +21,8 @@ use common::{BatchSink, bidder, check_log_invariants, check_replay};
 
 /// The retention of these tests, in µs.
 const RETENTION_US: u64 = 1_000;
+/// The retention of pruned results in these tests, in µs.
+const RESULT_RETENTION_US: u64 = 3_000;
 /// Auctions of the random market that take bids; they end at staggered times before
 /// `END`, except the last.
 const AUCTIONS: u64 = 12;
@@ -28,6 +32,7 @@ fn config() -> EngineConfig {
     EngineConfig {
         shards: 4,
         settled_retention_us: RETENTION_US,
+        pruned_retention_us: RESULT_RETENTION_US,
         ..EngineConfig::default()
     }
 }
@@ -92,6 +97,7 @@ fn market(seed: u64, bids: usize) -> (Engine, Vec<Event>) {
         if n % 20 == 0 {
             engine.close_due(now, usize::MAX, &sink);
             engine.prune_due(now, 2, &sink);
+            engine.forget_due(now, 1, &sink);
         }
     }
     (engine, sink.take())
@@ -119,7 +125,11 @@ proptest! {
         cut in 0.0..1.0f64,
     ) {
         let (live, events) = market(seed, 600);
-        prop_assert!(live.pruned_len() > 0, "the market pruned nothing");
+        // Most markets also forget some results: those pruned early enough.
+        prop_assert!(
+            events.iter().any(|e| e.kind == EventKind::Pruned),
+            "the market pruned nothing"
+        );
         prop_assert!(!live.is_empty(), "the market pruned everything");
         check_log_invariants(&events);
         check_replay(&events, config(), live.state_hash());
@@ -345,19 +355,97 @@ fn a_pruned_result_is_compact() {
     assert!(inline <= 160, "PrunedAuction grew to {inline} bytes");
 }
 
-/// Replay removes pruned auctions from a shard's copy-on-write map in batches of 1,024
-/// (one copy of the map each), and the rest when the replayer ends: after it, the engine
-/// lists exactly what the live one does.
+/// A pruned result is kept for `pruned_retention_us`, then forgotten by a `Forgotten` event
+/// (the auction's last: the `Pruned` one's seq + 1), not before; a sink that refuses keeps
+/// it for the next round. A forgotten auction is unknown (no result, no seq, bids
+/// `UnknownAuction`), its id may be created again, and a replay of the log forgets it too.
 #[test]
-fn replayed_prunes_leave_the_registry_in_batches_and_at_the_end() {
-    const BATCH: u64 = 1_024;
+fn a_pruned_result_is_forgotten_after_its_retention_by_a_logged_event() {
+    let engine = Engine::new(config());
+    let sink = RecordingSink::default();
+    engine
+        .create_auction(spec(0), UnixMicros(0), &sink)
+        .unwrap();
+    sold(&engine, &sink);
+    let pruned_at = UnixMicros(100 + RETENTION_US);
+    assert_eq!(engine.prune_due(pruned_at, 10, &sink).len(), 1);
+    let due = UnixMicros(pruned_at.0 + RESULT_RETENTION_US);
+    assert_eq!(engine.next_forget_due(), Some(due));
+    assert_eq!(engine.forget_due(UnixMicros(due.0 - 1), 10, &sink), 0);
+    let refusing = BatchSink::default();
+    refusing.set_refuse(true);
+    assert_eq!(engine.forget_due(due, 10, &refusing), 0, "refused: kept");
+    assert_eq!(engine.next_forget_due(), Some(due));
+    assert_eq!(engine.forget_due(due, 10, &sink), 1);
+    let events = sink.take();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.kind.clone(), last.seq, last.at),
+        (EventKind::Forgotten, 6, due)
+    );
+    check_log_invariants(&events);
+    assert_eq!((engine.len(), engine.pruned_len()), (0, 0));
+    assert_eq!(engine.pruned(AuctionId(0)), None);
+    assert_eq!(engine.auction_seq(AuctionId(0)), None);
+    assert_eq!(engine.next_forget_due(), None);
+    assert_eq!(
+        engine.forget_auction(AuctionId(0), due, &sink),
+        Err(ManageError::UnknownAuction(AuctionId(0)))
+    );
+    let later = UnixMicros(due.0 + 1);
+    let bid = Bid::new(AuctionId(0), bidder(2), BidId(8), 9_000, None, later).unwrap();
+    assert_eq!(
+        engine.place_bid(&bid, later, &sink).outcome,
+        BidOutcome::Rejected(Rejection::UnknownAuction)
+    );
+    let replayed = replay(&events);
+    assert_eq!(replayed.state_hash(), engine.state_hash());
+    assert_eq!((replayed.len(), replayed.pruned_len()), (0, 0));
+    assert!(engine.create_auction(spec(0), later, &sink).is_ok());
+}
+
+/// Only a pruned auction's result can be forgotten: a held auction is refused, and a
+/// `forget_due` with the results' retention at 0 forgets nothing.
+#[test]
+fn only_pruned_results_are_forgotten_and_zero_keeps_them_forever() {
+    let engine = Engine::new(EngineConfig {
+        pruned_retention_us: 0,
+        ..config()
+    });
+    let sink = RecordingSink::default();
+    engine
+        .create_auction(spec(0), UnixMicros(0), &sink)
+        .unwrap();
+    sold(&engine, &sink);
+    assert_eq!(
+        engine.forget_auction(AuctionId(0), UnixMicros(200), &sink),
+        Err(ManageError::NotPruned(AuctionId(0)))
+    );
+    assert_eq!(
+        engine
+            .prune_due(UnixMicros(100 + RETENTION_US), 10, &sink)
+            .len(),
+        1
+    );
+    assert_eq!(engine.next_forget_due(), None);
+    assert_eq!(engine.forget_due(UnixMicros(u64::MAX), 10, &sink), 0);
+    assert_eq!(engine.pruned_len(), 1);
+}
+
+/// A replayed prune removes its auction from the registry at once (the registry is no
+/// longer copied on change, so there is nothing to batch): after each `Pruned` event the
+/// engine lists exactly what the live one did at that point, and a bid for the auction is
+/// `Closed`.
+#[test]
+fn a_replayed_prune_leaves_the_registry_at_once() {
+    const AUCTIONS: u64 = 1_100;
     let config = EngineConfig {
         shards: 1,
         ..config()
     };
     let live = Engine::new(config);
     let sink = RecordingSink::default();
-    for i in 0..BATCH + 10 {
+    for i in 0..AUCTIONS {
         live.create_auction(spec(i), UnixMicros(0), &sink).unwrap();
         live.cancel_auction(AuctionId(i), UnixMicros(1), &sink)
             .unwrap();
@@ -365,55 +453,30 @@ fn replayed_prunes_leave_the_registry_in_batches_and_at_the_end() {
     assert_eq!(
         live.prune_due(UnixMicros(1 + RETENTION_US), usize::MAX, &sink)
             .len() as u64,
-        BATCH + 10
+        AUCTIONS
     );
-    let events = sink.take();
-    let prunes = |n: usize| {
-        events
-            .iter()
-            .filter(|e| e.kind == EventKind::Pruned)
-            .nth(n - 1)
-            .map(|e| events.iter().position(|x| x == e).unwrap())
-            .unwrap()
-    };
-
     let engine = Engine::new(config);
     let mut replayer = Replayer::new(&engine);
-    let apply_to = |end: usize, replayer: &mut Replayer<'_>, from: usize| {
-        for e in &events[from..end] {
-            replayer.apply(e).unwrap();
+    let mut pruned = 0;
+    for event in sink.take() {
+        replayer.apply(&event).unwrap();
+        if event.kind == EventKind::Pruned {
+            pruned += 1;
+            assert_eq!(
+                engine.len() as u64,
+                AUCTIONS - pruned,
+                "listed after its prune"
+            );
+            assert_eq!(engine.pruned_len() as u64, pruned);
+            let bid =
+                Bid::new(event.auction, bidder(1), BidId(1), 50, None, UnixMicros(5)).unwrap();
+            assert_eq!(
+                engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
+                BidOutcome::Rejected(Rejection::Closed),
+                "a pruned auction refuses bids as Closed"
+            );
         }
-    };
-    let before_batch = prunes(BATCH as usize);
-    apply_to(before_batch, &mut replayer, 0);
-    assert_eq!(
-        engine.len() as u64,
-        BATCH + 10,
-        "listed until the batch is full"
-    );
-    assert_eq!(
-        engine.pruned_len() as u64,
-        BATCH - 1,
-        "results kept at once"
-    );
-    apply_to(before_batch + 1, &mut replayer, before_batch);
-    assert_eq!(engine.len(), 10, "the batch left the map together");
-    apply_to(events.len(), &mut replayer, before_batch + 1);
-    assert_eq!(engine.len(), 10, "the last ten wait for the end");
-    let bid = Bid::new(
-        AuctionId(BATCH + 5),
-        bidder(1),
-        BidId(1),
-        50,
-        None,
-        UnixMicros(5),
-    )
-    .unwrap();
-    assert_eq!(
-        engine.place_bid(&bid, UnixMicros(5), &sink).outcome,
-        BidOutcome::Rejected(Rejection::Closed),
-        "a pruned auction still listed refuses bids as Closed"
-    );
+    }
     assert!(replayer.finish().missing_tail.is_empty());
     assert_eq!((engine.len(), engine.pruned_len()), (0, live.pruned_len()));
     assert_eq!(engine.state_hash(), live.state_hash());

@@ -1,9 +1,11 @@
 //! The closer: closes and settles auctions at their ends, on a thread of its own (deciding
 //! is CPU work, not async), and announces each settlement once it is durable
 //! ([`gavel_transport::settlement::announce`]). It also prunes auctions settled longer ago
-//! than the retention ([`Node::prune_due`]), at most [`PRUNE_PER_ROUND_MAX`] per round:
-//! a prune holds one registry shard's writer lock (creations in that shard wait; bids never
-//! do) while it copies that shard's map once per batch.
+//! than the retention ([`Node::prune_due`]), at most [`PRUNE_PER_ROUND_MAX`] per round,
+//! and forgets their results once those are older than the results' retention
+//! ([`Node::forget_due`], as many per round):
+//! a prune holds one registry shard's writer lock (creations in that shard wait; bids only
+//! for the moment each pruned auction leaves the shard's map).
 //!
 //! It sleeps until the engine's next due time ([`Node::poll_timeout`], the next close or
 //! prune) rather than ticking:
@@ -32,6 +34,8 @@ const CLOSE_PER_ROUND_MAX: usize = 1024;
 pub const PRUNE_PER_ROUND_MAX: usize = 256;
 /// Settled auctions pruned by this process (the counter's name).
 pub const METRIC_PRUNED: &str = "gavel_auctions_pruned_total";
+/// Pruned auctions' results forgotten by this process (the counter's name).
+pub const METRIC_FORGOTTEN: &str = "gavel_auctions_forgotten_total";
 /// The pause before closing again when an auction is still due after a round (the log's
 /// queue refused its close: back-pressure).
 const RETRY_DUE_AFTER: Duration = Duration::from_millis(1);
@@ -156,7 +160,11 @@ fn run(
         let closed = node.close_due(now, CLOSE_PER_ROUND_MAX);
         let pruned = node.prune_due(now, PRUNE_PER_ROUND_MAX);
         metrics::counter!(METRIC_PRUNED).increment(pruned as u64);
-        let more = closed.len() == CLOSE_PER_ROUND_MAX || pruned == PRUNE_PER_ROUND_MAX;
+        let forgotten = node.forget_due(now, PRUNE_PER_ROUND_MAX);
+        metrics::counter!(METRIC_FORGOTTEN).increment(forgotten as u64);
+        let more = closed.len() == CLOSE_PER_ROUND_MAX
+            || pruned == PRUNE_PER_ROUND_MAX
+            || forgotten == PRUNE_PER_ROUND_MAX;
         for auction in closed {
             let announce = settlement::announce(Arc::clone(backend), Arc::clone(hub), auction);
             // The outcome is logged by `announce`; nobody else waits for it.

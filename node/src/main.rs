@@ -16,7 +16,8 @@
 //! - `config print|check`: `serve`'s effective configuration with each value's source, and a
 //!   check of a TOML file.
 //!
-//! `--log-format json` (any subcommand) writes the logs as one JSON object per line.
+//! `--log-format json` (any subcommand; or `GAVEL_LOG_FORMAT=json`) writes the logs as one JSON
+//! object per line.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ mod cert;
 struct Cli {
     /// How log lines on stderr look: `text` for people, `json` (one object per line) for log
     /// shippers. `RUST_LOG` sets the level (default info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = serve::config::LOG_FORMAT_ENV)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

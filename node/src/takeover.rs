@@ -48,8 +48,9 @@ pub(crate) struct Parts<'a> {
     pub followers: &'a crate::follow::Followers,
 }
 
-/// A partition's lease holder as last read: name, owner epoch, whether its lease is live.
-pub type Holder = (String, u64, bool);
+/// A partition's lease holder as last read: name, owner epoch, whether its lease is live,
+/// its advertised addresses.
+pub type Holder = gavel_wal::kafka::fence::LeaseHolder;
 
 /// Follows the leases of the partitions this node does not own and takes each `standby` one
 /// over once its lease lapses; returns when the log failed or `stop` is set.

@@ -299,6 +299,7 @@ pub fn format_record(lsn: Lsn, record: &pb::Record) -> String {
             None => write!(s, "settled no_winner"),
         },
         Some(Kind::Pruned(_)) => write!(s, "pruned"),
+        Some(Kind::Forgotten(_)) => write!(s, "forgotten"),
         None => write!(s, "unknown kind"),
     };
     s

@@ -864,9 +864,11 @@ async fn the_plain_metrics_listener_serves_probes_and_metrics() {
 
 /// Retention (issue 21 §2, docs/admin-api.md): an auction pruned from memory answers
 /// `410 Gone` with its final result; it is left out of the list, its id cannot be created
-/// again (409 `already_exists`), a cancel finds it closed (409 `already_closed`).
+/// again (409 `already_exists`), a cancel finds it closed (409 `already_closed`). Once its
+/// result is forgotten it answers as an unknown id (404 `not_found`) and can be created
+/// again (201).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pruned_auction_answers_410_gone_with_its_final_result() {
+async fn a_pruned_auction_answers_410_gone_with_its_result_then_404_once_forgotten() {
     let node = TestNode::start(Setup::default()).await;
     create(&node, 41).await;
     create(&node, 42).await;
@@ -917,5 +919,18 @@ async fn a_pruned_auction_answers_410_gone_with_its_final_result() {
     assert_eq!(parse(&body)["code"], "already_closed");
     let (status, _, _) = node.request(WATCHER, "GET", "/v1/auctions/43", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    durable
+        .engine()
+        .forget_auction(
+            gavel_engine::AuctionId(41),
+            gavel_engine::UnixMicros(now_us()),
+            durable.sink(),
+        )
+        .unwrap();
+    let (status, _, body) = node.request(WATCHER, "GET", "/v1/auctions/41", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(parse(&body)["code"], "not_found");
+    assert_eq!(create(&node, 41).await["seq"], "1", "a new auction");
     node.stop().await;
 }

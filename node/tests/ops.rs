@@ -669,6 +669,18 @@ fn log_format_json_writes_one_json_object_per_line() {
     assert!(serde_json::from_str::<Value>(first).is_err(), "{first}");
     let (_, stderr) = gavel_fails(&["--log-format", "xml", "cert"]);
     assert!(stderr.contains("invalid value 'xml'"), "{stderr}");
+    // The same from the environment, as every other option.
+    let by_env = dir.path().join("by-env");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["cert", "--dir", by_env.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("GAVEL_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let first = stderr.lines().next().expect("cert logs what it made");
+    assert!(serde_json::from_str::<Value>(first).is_ok(), "{first}");
 }
 
 #[test]

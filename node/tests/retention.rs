@@ -2,7 +2,9 @@
 //! retention passed (a cancel rings its alarm), never an open one; after a restart the log
 //! replays the prune (no snapshot), and after a snapshot the result is restored from it —
 //! either way the same result and the same state hash, and a bid for it is `Closed`. The
-//! parallel start-up replay reaches the live state with prunes in the log.
+//! parallel start-up replay reaches the live state with prunes in the log. A result older
+//! than its own retention is forgotten by a logged record, and stays forgotten across
+//! restarts by log and by snapshot.
 
 mod common;
 
@@ -75,6 +77,23 @@ fn cancel_then_prune_with_the_closer(node: &Arc<Node>, auction: AuctionId) -> Pr
     result
 }
 
+/// Opens a node in `dir` with auctions 1 and 2 (both ending in an hour, returned), and has
+/// the closer prune auction 1 after cancelling it; returns the node and 1's result.
+fn open_and_prune_the_first_of_two(
+    dir: &std::path::Path,
+    config: NodeConfig,
+) -> (Arc<Node>, PrunedAuction, UnixMicros) {
+    let hour = UnixMicros(now_micros().0 + 3_600_000_000);
+    let (node, _) = Node::open(dir, config).unwrap();
+    let node = Arc::new(node);
+    for id in [1, 2] {
+        node.create_auction(common::english(id, hour), now_micros())
+            .unwrap();
+    }
+    let result = cancel_then_prune_with_the_closer(&node, AuctionId(1));
+    (node, result, hour)
+}
+
 fn bid_on(node: &Node, auction: AuctionId) -> BidOutcome {
     let now = now_micros();
     let bidder = BidderId::new("late").unwrap();
@@ -85,14 +104,7 @@ fn bid_on(node: &Node, auction: AuctionId) -> BidOutcome {
 #[test]
 fn a_pruned_result_survives_restarts_by_log_replay_and_by_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let hour = UnixMicros(now_micros().0 + 3_600_000_000);
-    let (node, _) = Node::open(dir.path(), config()).unwrap();
-    let node = Arc::new(node);
-    node.create_auction(common::english(1, hour), now_micros())
-        .unwrap();
-    node.create_auction(common::english(2, hour), now_micros())
-        .unwrap();
-    let result = cancel_then_prune_with_the_closer(&node, AuctionId(1));
+    let (node, result, _) = open_and_prune_the_first_of_two(dir.path(), config());
     assert!(result.pruned_at.0 >= result.settled_at.0 + RETENTION_US);
     assert!(
         node.engine().view(AuctionId(2), now_micros()).is_some(),
@@ -122,6 +134,51 @@ fn a_pruned_result_survives_restarts_by_log_replay_and_by_snapshot() {
     assert_eq!(node.engine().pruned(AuctionId(1)), Some(result));
     assert_eq!(report.state_hash, hash);
     assert_eq!(node.engine().len(), 1);
+    node.shutdown(false).unwrap();
+}
+
+/// The closer wakes for the forget (`poll_timeout`); the forget is logged, so a restart
+/// from the log alone and one from a later snapshot both find the auction unknown, with the
+/// live state hash; its id can then be created again.
+#[test]
+fn a_forgotten_result_stays_forgotten_across_restarts() {
+    const RESULT_RETENTION_US: u64 = 600_000;
+    let config = NodeConfig {
+        engine: EngineConfig {
+            pruned_retention_us: RESULT_RETENTION_US,
+            ..config().engine
+        },
+        ..config()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (node, result, hour) = open_and_prune_the_first_of_two(dir.path(), config.clone());
+    let due = UnixMicros(result.pruned_at.0 + RESULT_RETENTION_US);
+    assert_eq!(node.poll_timeout(), Some(due), "the closer wakes for it");
+    assert_eq!(node.forget_due(UnixMicros(due.0 - 1), usize::MAX), 0);
+    assert_eq!(node.forget_due(due, usize::MAX), 1);
+    assert_eq!(node.engine().auction_seq(AuctionId(1)), None);
+    let hash = node.engine().state_hash();
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let (node, report) = Node::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(report.snapshot_lsn, None);
+    assert_eq!(report.state_hash, hash);
+    assert_eq!(node.engine().pruned(AuctionId(1)), None);
+    assert!(node.snapshot_now().unwrap().is_some());
+    node.shutdown(false).unwrap();
+    drop(node);
+
+    let (node, report) = Node::open(dir.path(), config).unwrap();
+    assert!(report.snapshot_lsn.is_some());
+    assert_eq!((report.auctions_restored, report.pruned_restored), (1, 0));
+    assert_eq!(report.state_hash, hash);
+    assert_eq!(
+        bid_on(&node, AuctionId(1)),
+        BidOutcome::Rejected(Rejection::UnknownAuction)
+    );
+    node.create_auction(common::english(1, hour), now_micros())
+        .unwrap();
     node.shutdown(false).unwrap();
 }
 

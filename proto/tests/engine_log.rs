@@ -112,9 +112,12 @@ fn engine_events_survive_the_wal_codec_and_replay_identically() {
     let sink = RecordingSink::default();
     let day_after = UnixMicros(100_000 + live.config().settled_retention_us);
     assert!(!live.prune_due(day_after, usize::MAX, &sink).is_empty());
+    // And forget one result once its own retention passed.
+    let week_after = UnixMicros(day_after.0 + live.config().pruned_retention_us);
+    assert_eq!(live.forget_due(week_after, 1, &sink), 1);
     events.extend(sink.take());
 
-    let mut kinds = [false; 6];
+    let mut kinds = [false; 7];
     let log: Vec<Vec<u8>> = events
         .iter()
         .map(|e| {
@@ -125,11 +128,12 @@ fn engine_events_survive_the_wal_codec_and_replay_identically() {
                 EventKind::Closed { .. } => 3,
                 EventKind::Settled(_) => 4,
                 EventKind::Pruned => 5,
+                EventKind::Forgotten => 6,
             }] = true;
             pb::Record::from(e).encode_to_vec()
         })
         .collect();
-    assert_eq!(kinds, [true; 6], "the market must produce every event kind");
+    assert_eq!(kinds, [true; 7], "the market must produce every event kind");
 
     let read: Vec<Event> = log
         .iter()

@@ -4,21 +4,15 @@
 //!
 //! The rule (the age) is the live driver's policy: [`Engine::prune_auction`], which replay
 //! runs, prunes any settled auction whatever its age, so a change of the configured
-//! retention between runs never makes a replay diverge. Removal copies the shard's map
-//! once per batch (the map is copy-on-write), under the shard's writer lock, which also
-//! keeps a snapshot from seeing an auction both whole and pruned.
+//! retention between runs never makes a replay diverge. A prune holds the shard's writer
+//! lock from its event until the auction leaves the map, which keeps a snapshot from seeing
+//! an auction both whole and pruned.
 
-use std::sync::Arc;
-
-use super::{AuctionMap, Engine, ManageError, Shard};
+use super::{Engine, ManageError, Shard, due_cutoff, take_due};
 use crate::auction::PruneRefusal;
 use crate::event::EventSink;
 use crate::snapshot::{AuctionState, PrunedAuction};
 use crate::types::{AuctionId, UnixMicros};
-
-/// Prunes a replay re-executes in one shard before it removes them from the shard's map
-/// together (one copy of the map per batch).
-pub(crate) const REPLAY_REMOVAL_BATCH: usize = 1024;
 
 impl Engine {
     /// Prunes the settled auction `id` at `now` (whatever its age): its `Pruned` event goes
@@ -32,54 +26,16 @@ impl Engine {
     ) -> Result<PrunedAuction, ManageError> {
         let shard = self.shard(id);
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        let map = shard.auctions.load();
-        let result = self.prune_held(shard, &map, id, now, sink)?;
-        self.remove_pruned(shard, &map, vec![result.clone()]);
+        let result = self.prune_held(shard, id, now, sink)?;
+        self.remove_pruned(shard, vec![result.clone()]);
         Ok(result)
     }
 
-    /// [`Engine::prune_auction`] for replay, which may re-execute millions of prunes: the
-    /// result is kept at once, but the auction leaves the shard's copy-on-write map only
-    /// with [`REPLAY_REMOVAL_BATCH`] others of its shard, or at
-    /// [`Engine::remove_replayed_prunes`] (the replayer's end). Until then the auction is
-    /// held too (settled and marked pruned: bids are `Closed`, its id taken), so a replay
-    /// costs one map copy per batch rather than per prune.
-    pub(crate) fn prune_replayed<S: EventSink + ?Sized>(
-        &self,
-        id: AuctionId,
-        now: UnixMicros,
-        sink: &S,
-    ) -> Result<(), ManageError> {
-        let shard = self.shard(id);
-        let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        let map = shard.auctions.load();
-        let result = self.prune_held(shard, &map, id, now, sink)?;
-        shard.pruned_write().insert(id, result);
-        let mut unlisted = shard.unlisted.lock().expect("unlisted lock poisoned");
-        unlisted.push(id);
-        if unlisted.len() >= REPLAY_REMOVAL_BATCH {
-            self.remove_from_map(shard, &map, &std::mem::take(&mut *unlisted));
-        }
-        Ok(())
-    }
-
-    /// Removes from their shards' maps every auction [`Engine::prune_replayed`] left there.
-    pub(crate) fn remove_replayed_prunes(&self) {
-        for shard in self.shards.iter() {
-            let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-            let ids = std::mem::take(&mut *shard.unlisted.lock().expect("unlisted lock poisoned"));
-            if !ids.is_empty() {
-                self.remove_from_map(shard, &shard.auctions.load(), &ids);
-            }
-        }
-    }
-
-    /// Prunes auction `id` of `map` (the shard's, loaded under its writer lock, which the
-    /// caller holds) and takes it off the shard's retention set; the caller removes it.
+    /// Prunes auction `id` of `shard` (whose writer lock the caller holds) and takes it off
+    /// the shard's retention set; the caller removes it from the map.
     fn prune_held<S: EventSink + ?Sized>(
         &self,
         shard: &Shard,
-        map: &AuctionMap,
         id: AuctionId,
         now: UnixMicros,
         sink: &S,
@@ -87,7 +43,11 @@ impl Engine {
         if shard.is_pruned(id) {
             return Err(ManageError::AlreadyClosed(id));
         }
-        let auction = map.get(&id).ok_or(ManageError::UnknownAuction(id))?;
+        let auction = shard
+            .map_read()
+            .get(&id)
+            .cloned()
+            .ok_or(ManageError::UnknownAuction(id))?;
         let settled_at = auction.settled_at();
         let result = auction.prune(now, sink).map_err(|refusal| match refusal {
             PruneRefusal::NotSettled => ManageError::NotSettled(id),
@@ -115,26 +75,14 @@ impl Engine {
         sink: &S,
     ) -> Vec<PrunedAuction> {
         let mut pruned = Vec::new();
-        let Some(cutoff) = self.prune_cutoff(now) else {
+        let Some(cutoff) = due_cutoff(now, self.config.settled_retention_us) else {
             return pruned;
         };
         for shard in self.shards.iter() {
             if pruned.len() >= max {
                 break;
             }
-            let due: Vec<(UnixMicros, AuctionId)> = {
-                let mut settled = shard.settled.lock().expect("settled lock poisoned");
-                let due: Vec<_> = settled
-                    .iter()
-                    .take_while(|(settled_at, _)| *settled_at <= cutoff)
-                    .take(max - pruned.len())
-                    .copied()
-                    .collect();
-                for entry in &due {
-                    settled.remove(entry);
-                }
-                due
-            };
+            let due = take_due(&shard.settled, cutoff, max - pruned.len());
             if !due.is_empty() {
                 pruned.extend(self.prune_in_shard(shard, due, now, sink));
             }
@@ -145,29 +93,7 @@ impl Engine {
     /// The earliest time an auction is due to be pruned; `None` when none is held or the
     /// engine keeps settled auctions forever.
     pub fn next_prune_due(&self) -> Option<UnixMicros> {
-        let retention = self.config.settled_retention_us;
-        if retention == 0 {
-            return None;
-        }
-        self.shards
-            .iter()
-            .filter_map(|s| {
-                s.settled
-                    .lock()
-                    .expect("settled lock poisoned")
-                    .first()
-                    .map(|(t, _)| UnixMicros(t.0.saturating_add(retention)))
-            })
-            .min()
-    }
-
-    /// The latest settlement time that is due for pruning at `now`.
-    fn prune_cutoff(&self, now: UnixMicros) -> Option<UnixMicros> {
-        let retention = self.config.settled_retention_us;
-        if retention == 0 {
-            return None;
-        }
-        now.0.checked_sub(retention).map(UnixMicros)
+        self.next_due_after(self.config.settled_retention_us, |s| &s.settled)
     }
 
     /// Prunes the `due` auctions of one shard, all settled; what the sink refuses goes back
@@ -180,13 +106,16 @@ impl Engine {
         sink: &S,
     ) -> Vec<PrunedAuction> {
         let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-        let map = shard.auctions.load();
         let mut results = Vec::with_capacity(due.len());
         let mut entries = due.into_iter();
         for (settled_at, id) in entries.by_ref() {
             // Invariant: an entry is added when its auction settles and removed when it is
             // pruned, under the writer lock held here.
-            let auction = map.get(&id).expect("a retention entry for a held auction");
+            let auction = shard
+                .map_read()
+                .get(&id)
+                .cloned()
+                .expect("a retention entry for a held auction");
             match auction.prune(now, sink) {
                 Ok(result) => results.push(result),
                 Err(PruneRefusal::NotSettled) => {
@@ -200,35 +129,26 @@ impl Engine {
                 }
             }
         }
-        self.remove_pruned(shard, &map, results.clone());
+        self.remove_pruned(shard, results.clone());
         results
     }
 
-    /// Replaces the shard's map by one without the pruned auctions and keeps their
-    /// results. The caller holds the shard's writer lock and loaded `map` under it.
-    fn remove_pruned(&self, shard: &Shard, map: &AuctionMap, results: Vec<PrunedAuction>) {
+    /// Keeps the pruned auctions' results and removes the auctions from the shard's map.
+    /// The caller holds the shard's writer lock.
+    fn remove_pruned(&self, shard: &Shard, results: Vec<PrunedAuction>) {
         if results.is_empty() {
             return;
         }
         let ids: Vec<AuctionId> = results.iter().map(|r| r.id).collect();
-        shard
-            .pruned_write()
-            .extend(results.into_iter().map(|r| (r.id, r)));
-        self.remove_from_map(shard, map, &ids);
-    }
-
-    /// Replaces the shard's map by one without `ids`. The caller holds the shard's writer
-    /// lock and loaded `map` under it.
-    fn remove_from_map(&self, shard: &Shard, map: &AuctionMap, ids: &[AuctionId]) {
-        let mut without = AuctionMap::clone(map);
-        for id in ids {
-            without.remove(id);
+        shard.keep_pruned(results);
+        let mut map = shard.map_write();
+        let before = map.len();
+        for id in &ids {
+            map.remove(id);
         }
-        let removed = map.len() - without.len();
-        shard.auctions.store(Arc::new(without));
         // Ordering: Relaxed; see `create_auction`.
         self.auctions
-            .fetch_sub(removed, std::sync::atomic::Ordering::Relaxed);
+            .fetch_sub(before - map.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The complete state of every auction held whole and every pruned auction's result,
@@ -241,7 +161,7 @@ impl Engine {
         let mut pruned = Vec::new();
         for shard in self.shards.iter() {
             let _writer = shard.writer.lock().expect("shard writer lock poisoned");
-            all.extend(shard.auctions.load().values().cloned());
+            all.extend(shard.map_read().values().cloned());
             pruned.extend(shard.pruned_read().values().cloned());
         }
         all.sort_unstable_by_key(|a| a.id());

@@ -85,8 +85,8 @@ pub fn by_auction(events: &[Event]) -> BTreeMap<AuctionId, Vec<&Event>> {
 /// each auction's settlement (if it settled):
 /// - sequence numbers are 1, 2, 3, … in log order, and the first event is `Created`;
 /// - an `Extended` follows a `BidAccepted`, a `Settled` follows a `Closed`;
-/// - nothing follows the `Settled` but a `Pruned`, and nothing the `Pruned`; there is at
-///   most one `Closed` and one `Settled`;
+/// - nothing follows the `Settled` but a `Pruned`, nothing the `Pruned` but a `Forgotten`,
+///   and nothing the `Forgotten`; there is at most one `Closed` and one `Settled`;
 /// - English accepted prices strictly increase.
 pub fn check_log_invariants(events: &[Event]) -> BTreeMap<AuctionId, Settlement> {
     let mut settlements = BTreeMap::new();
@@ -150,10 +150,22 @@ pub fn check_log_invariants(events: &[Event]) -> BTreeMap<AuctionId, Settlement>
                         "auction {auction}: Pruned at seq {} not right after Settled",
                         event.seq
                     );
+                    let after = log.get(i + 1).map(|e| &e.kind);
+                    assert!(
+                        matches!(after, None | Some(EventKind::Forgotten)),
+                        "auction {auction}: events after the prune other than its forget"
+                    );
+                }
+                EventKind::Forgotten => {
+                    assert!(
+                        matches!(previous, Some(EventKind::Pruned)),
+                        "auction {auction}: Forgotten at seq {} not right after Pruned",
+                        event.seq
+                    );
                     assert_eq!(
                         i,
                         log.len() - 1,
-                        "auction {auction}: events after the prune"
+                        "auction {auction}: events after the forget"
                     );
                 }
             }

@@ -49,6 +49,7 @@ use gavel_proto::pb;
 use gavel_transport::clock::now_micros;
 use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::KafkaConfig;
+use gavel_wal::kafka::fence::LeaseHolder;
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, TornTail, WaitError, WalConfig,
     WriterHooks,
@@ -472,16 +473,26 @@ impl Node {
             .len()
     }
 
-    /// The next time an auction is due to close or to be pruned (possibly stale: an
-    /// extended auction shows its old end, which only wakes the closer early), in the
-    /// manner of quinn's `poll_timeout`; [`Node::close_due`] and [`Node::prune_due`] are
-    /// its `handle_timeout`.
+    /// Forgets up to `max` pruned results older than the engine's retention of results
+    /// (each by a logged `Forgotten` record); returns how many.
+    pub fn forget_due(&self, now: UnixMicros, max: usize) -> usize {
+        self.shared.engine.forget_due(now, max, &self.shared.sink)
+    }
+
+    /// The next time an auction is due to close, to be pruned or to be forgotten (possibly
+    /// stale: an extended auction shows its old end, which only wakes the closer early), in
+    /// the manner of quinn's `poll_timeout`; [`Node::close_due`], [`Node::prune_due`] and
+    /// [`Node::forget_due`] are its `handle_timeout`.
     pub fn poll_timeout(&self) -> Option<UnixMicros> {
         let engine = &self.shared.engine;
-        match (engine.next_due(), engine.next_prune_due()) {
-            (Some(close), Some(prune)) => Some(close.min(prune)),
-            (close, prune) => close.or(prune),
-        }
+        [
+            engine.next_due(),
+            engine.next_prune_due(),
+            engine.next_forget_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Blocks until [`Node::poll_timeout`] comes, an auction created since ends (or one
@@ -521,20 +532,28 @@ impl Node {
         let holders = lock(&self.shared.holders);
         let partitions: Vec<pb::ClusterPartition> = (0..kafka.partitions())
             .map(|p| {
-                let (owner, epoch, live) = match kafka.epoch_of(p) {
+                let holder = match kafka.epoch_of(p) {
                     0 => holders
                         .get(p as usize)
                         .cloned()
                         .flatten()
                         .unwrap_or_default(),
-                    epoch => (config.owner.clone(), epoch, true),
+                    epoch => LeaseHolder {
+                        owner: config.owner.clone(),
+                        epoch,
+                        live: true,
+                        advertise: config.advertise.clone(),
+                    },
                 };
+                let (quic, https) = crate::routing::addresses(&holder.advertise);
                 pb::ClusterPartition {
                     partition: p as u32,
-                    owner,
-                    epoch,
-                    live,
+                    owner: holder.owner,
+                    epoch: holder.epoch,
+                    live: holder.live,
                     standby: config.standby_partitions.contains(&p),
+                    quic,
+                    https,
                 }
             })
             .collect();
@@ -553,21 +572,18 @@ impl Node {
         })
     }
 
-    /// The node that owns the partition of `auction` when it is not this one: its lease
-    /// name as last read ("another node" if none read yet). `None` on the file log and for
-    /// this node's own partitions.
-    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+    /// The owner of the partition of `auction` when this node does not write it, with its
+    /// advertised addresses as its lease claim published them (`node` empty when nobody
+    /// serves it now, see [`crate::routing`]). `None` on the file log and for this node's own
+    /// partitions.
+    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<pb::PartitionOwner> {
         let Log::Kafka(kafka) = &*self.shared.wal else {
             return None;
         };
-        let partition = kafka.partition_of(auction.0);
-        if kafka.owns(partition) {
-            return None;
-        }
-        let holders = lock(&self.shared.holders);
-        let holder = holders.get(partition as usize).cloned().flatten();
-        let owner = holder.map_or_else(|| "another node".to_owned(), |(owner, ..)| owner);
-        Some(format!("{owner} (partition {partition})"))
+        crate::routing::owner_elsewhere(kafka, auction.0, |partition| {
+            let holders = lock(&self.shared.holders);
+            holders.get(partition as usize).cloned().flatten()
+        })
     }
 
     /// Whether `receipt` is durable now.

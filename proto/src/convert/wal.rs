@@ -94,6 +94,7 @@ impl From<&Event> for pb::Record {
                 winner: settlement.winner.map(Into::into),
             }),
             EventKind::Pruned => Kind::Pruned(record::Pruned {}),
+            EventKind::Forgotten => Kind::Forgotten(record::Forgotten {}),
         };
         pb::Record {
             auction_id: event.auction.0,
@@ -165,6 +166,7 @@ impl TryFrom<pb::Record> for Event {
                 winner: settled.winner.map(Winner::try_from).transpose()?,
             }),
             Kind::Pruned(record::Pruned {}) => EventKind::Pruned,
+            Kind::Forgotten(record::Forgotten {}) => EventKind::Forgotten,
         };
         Ok(Event {
             auction,
@@ -260,6 +262,7 @@ mod tests {
             ),
             event(6, EventKind::Settled(Settlement { winner: None })),
             event(7, EventKind::Pruned),
+            event(8, EventKind::Forgotten),
         ]
     }
 

@@ -26,7 +26,7 @@ use crate::node::NodeConfig;
 mod tools;
 
 pub use tools::{
-    UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
+    LOG_FORMAT_ENV, UnknownEnvVar, check_file, known_env_vars, print_effective, unknown_env_vars,
     warn_about_unknown_env_vars,
 };
 
@@ -62,6 +62,17 @@ pub struct ServeOptions {
     /// Also serve /metrics on this plain-HTTP address for scrapers. [default: off]
     #[arg(long, env = "GAVEL_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Where bidders and other nodes reach this node's QUIC port, host:port, published in
+    /// its Kafka writer-lease claims so that other nodes name it when they redirect a bid
+    /// (MISDIRECTED). [default: the bound QUIC address, unless it is 0.0.0.0 or ::]
+    #[arg(long, env = "GAVEL_ADVERTISE_QUIC", value_name = "HOST:PORT")]
+    pub advertise_quic: Option<String>,
+
+    /// Where clients reach this node's HTTPS port (WebSocket, admin API), host:port, published
+    /// as --advertise-quic is. [default: the bound HTTPS address, unless it is 0.0.0.0 or ::]
+    #[arg(long, env = "GAVEL_ADVERTISE_HTTPS", value_name = "HOST:PORT")]
+    pub advertise_https: Option<String>,
 
     /// Server certificate chain (PEM). Required unless --dev.
     #[arg(long, env = "GAVEL_TLS_CERT", value_name = "FILE")]
@@ -205,6 +216,12 @@ pub struct ServeOptions {
     /// milliseconds; 0 keeps settled auctions forever.
     #[arg(long, env = "GAVEL_SETTLED_RETENTION_MS", value_name = "MS")]
     pub settled_retention_ms: Option<u64>,
+
+    /// How long a pruned auction's final result is kept before it is forgotten too (the
+    /// node then answers as for an unknown auction), in milliseconds; 0 keeps results
+    /// forever.
+    #[arg(long, env = "GAVEL_PRUNED_RETENTION_MS", value_name = "MS")]
+    pub pruned_retention_ms: Option<u64>,
 
     /// Size at which a new log segment starts, in bytes.
     #[arg(long, env = "GAVEL_WAL_SEGMENT_BYTES_MAX", value_name = "BYTES")]
@@ -373,6 +390,10 @@ pub struct ServeConfig {
     pub quic_listen: SocketAddr,
     /// HTTPS listen address.
     pub https_listen: SocketAddr,
+    /// `--advertise-quic` (validated `host:port`); `None`: the bound QUIC address.
+    pub advertise_quic: Option<String>,
+    /// `--advertise-https`; `None`: the bound HTTPS address.
+    pub advertise_https: Option<String>,
     /// Optional plain-HTTP metrics address.
     pub metrics_listen: Option<SocketAddr>,
     /// The edge's limits.
@@ -435,6 +456,10 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
             (engine.settled_retention_us / 1_000).to_string(),
         ),
         (
+            "pruned_retention_ms",
+            (engine.pruned_retention_us / 1_000).to_string(),
+        ),
+        (
             "snapshot_every_records",
             NodeConfig::default().snapshot_every_records.to_string(),
         ),
@@ -489,6 +514,23 @@ file). Unknown GAVEL_* environment variables do not: each is named in a warning 
 with the closest known variable, and ignored (the environment is shared with other programs \
 and scripts).";
 
+/// An advertised address as given: `host:port`, a port number after the last `:` and no
+/// whitespace or comma (it goes into the one-word lease advertisement).
+fn advertised(option: &str, address: Option<&str>) -> Result<Option<String>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let port = address
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    ensure!(
+        matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0)
+            && !address.contains(|c: char| c.is_whitespace() || c == ','),
+        "{option} must be host:port with a port from 1 to 65535, got {address:?}"
+    );
+    Ok(Some(address.to_owned()))
+}
+
 /// The data directory's subdirectory for development certificates.
 pub const DEV_CERTS_DIR: &str = "certs";
 
@@ -505,7 +547,8 @@ impl ServeOptions {
     /// These options where set, else `fallback`'s.
     pub fn or(self, fallback: ServeOptions) -> ServeOptions {
         prefer!(self, fallback;
-            data_dir, dev, quic_listen, https_listen, metrics_listen, tls_cert, tls_key,
+            data_dir, dev, quic_listen, https_listen, metrics_listen, advertise_quic,
+            advertise_https, tls_cert, tls_key,
             tls_client_ca, tls_crl, tls_reload_poll_ms, anonymous_watchers, allowed_origins,
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
@@ -513,7 +556,7 @@ impl ServeOptions {
             outbound_bytes_max_per_connection, slow_consumer_timeout_ms, stream_unsent_bytes_max,
             bids_per_second_per_bidder, bid_burst_per_bidder, idle_timeout_ms, list_limit_max,
             engine_shards, auctions_max, dedup_window_bids, sealed_bidders_max,
-            settled_retention_ms, wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
+            settled_retention_ms, pruned_retention_ms, wal_segment_bytes_max, wal_queue_records_max, wal_queue_bytes_max,
             wal_batch_records_max, wal_batch_bytes_max, wal_batch_wait_us_max,
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
@@ -582,6 +625,8 @@ impl ServeOptions {
             quic_listen: self.quic_listen.unwrap_or(QUIC_LISTEN_DEFAULT),
             https_listen,
             metrics_listen: self.metrics_listen,
+            advertise_quic: advertised("advertise_quic", self.advertise_quic.as_deref())?,
+            advertise_https: advertised("advertise_https", self.advertise_https.as_deref())?,
             limits,
             node,
             close_tick: Duration::from_millis(close_tick_ms),
@@ -707,6 +752,12 @@ impl ServeOptions {
                     .checked_mul(1_000)
                     .context("settled_retention_ms is too large")?,
                 None => engine_defaults.settled_retention_us,
+            },
+            pruned_retention_us: match self.pruned_retention_ms {
+                Some(ms) => ms
+                    .checked_mul(1_000)
+                    .context("pruned_retention_ms is too large")?,
+                None => engine_defaults.pruned_retention_us,
             },
         };
         ensure!(
@@ -846,6 +897,27 @@ mod tests {
     }
 
     #[test]
+    fn an_advertised_address_must_be_host_and_port() {
+        let config = parse(&["--dev", "--advertise-quic", "node-1.example:7443"]);
+        let config = config.resolve().unwrap();
+        assert_eq!(
+            config.advertise_quic.as_deref(),
+            Some("node-1.example:7443")
+        );
+        assert_eq!(config.advertise_https, None);
+        for bad in ["node-1", "node-1:0", ":7443", "a b:1", "a,b:1", "a:99999"] {
+            let err = parse(&["--dev", "--advertise-https", bad])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("advertise_https must be host:port"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn without_tls_material_the_start_is_refused() {
         let err = parse(&[]).resolve().unwrap_err().to_string();
         assert!(err.contains("--dev"), "{err}");
@@ -901,6 +973,7 @@ mod tests {
         let names = [
             "GAVEL_IDLE_TIMEOUT_MS",
             "PATH",
+            "GAVEL_LOG_FORMAT",
             "GAVEL_IDLE_TIMOUT_MS",
             "GAVEL_BIN",
         ];

@@ -95,6 +95,10 @@ pub fn check_file(path: &Path) -> Result<ServeConfig> {
         .with_context(|| format!("{} is not a valid configuration", path.display()))
 }
 
+/// The variable of the global `--log-format` option (every subcommand reads it, so it is
+/// not among `serve`'s own arguments).
+pub const LOG_FORMAT_ENV: &str = "GAVEL_LOG_FORMAT";
+
 /// The `GAVEL_*` variables `gavel serve` reads.
 pub fn known_env_vars() -> Vec<String> {
     let command = ServeOptions::augment_args(Command::new("serve"));
@@ -102,6 +106,7 @@ pub fn known_env_vars() -> Vec<String> {
         .get_arguments()
         .filter_map(|arg| arg.get_env())
         .map(|name| name.to_string_lossy().into_owned())
+        .chain([LOG_FORMAT_ENV.to_owned()])
         .collect()
 }
 
