@@ -321,8 +321,11 @@ fn follow(followed: &Followed, source: &Source) {
     let mut replayer = Replayer::new(&followed.engine);
     let mut start: Option<KafkaPosition> = None;
     let since = Instant::now();
-    // Ordering: Acquire pairs with `stop_threads`' Release store.
-    while !followed.stop.load(Ordering::Acquire) {
+    // Ordering: Acquire pairs with the Release stores of `stop_threads` and `hand_over` (a
+    // hand-over asked between two readers hands nothing over: the partition is replayed).
+    let asked =
+        || followed.stop.load(Ordering::Acquire) || followed.hand_over.load(Ordering::Acquire);
+    while !asked() {
         let opened = KafkaRecords::follow(&source.config, partition, start.as_ref());
         let mut records = match opened {
             Ok(records) => records.check_placement(source.partitioner),
@@ -355,10 +358,9 @@ fn follow(followed: &Followed, source: &Source) {
                 metrics::counter!(METRIC_ERRORS, &labels).increment(1);
                 *lock(&followed.failed) = Some(reason);
                 // The lag goes on growing with what the owner writes, and says so.
-                let asked = || followed.stop.load(Ordering::Acquire);
-                while !asked() && !followed.hand_over.load(Ordering::Acquire) {
+                while !asked() {
                     measure(followed, &records, since);
-                    std::thread::sleep(POLL);
+                    std::thread::sleep(LAG_EVERY);
                 }
                 return;
             }
