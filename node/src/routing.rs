@@ -1,7 +1,7 @@
 //! Where an auction is served when several nodes share the Kafka log (issue 14 item 5):
 //! each node publishes its addresses with its lease claims ([`advertisement`]), reads the
 //! others' from their leases, and answers a bid or admin request for an auction of a
-//! partition it does not write with that partition's owner ([`owner_elsewhere`]) — or, when
+//! partition it does not write with that partition's owner (`owner_elsewhere`) — or, when
 //! nobody serves the partition right now (its lease lapsed or is being taken over, also by
 //! this node), with no owner, which the client retries.
 //!
