@@ -527,12 +527,18 @@ mod tests {
             ..follow_only
         };
         let refused = owning.validate().unwrap_err().to_string();
-        assert!(refused.contains("follow_only owns no partition"), "{refused}");
+        assert!(
+            refused.contains("follow_only owns no partition"),
+            "{refused}"
+        );
         let alone = KafkaConfig {
             standby_partitions: vec![1],
             ..KafkaConfig::default()
         };
-        assert!(alone.validate().is_err(), "standby without owned or follow_only");
+        assert!(
+            alone.validate().is_err(),
+            "standby without owned or follow_only"
+        );
     }
 
     #[test]
