@@ -52,6 +52,12 @@ const SLOTS_MIN: usize = 64;
 /// its memory in the ring).
 const SLOT_BYTES_KEEP_MAX: usize = 512;
 
+/// Checks of a claimed slot that is not yet published before the writer yields its core.
+const PUBLISH_SPIN_ROUNDS: u32 = 64;
+/// Checks of such a slot in all (the last ones after a yield each) before the writer
+/// writes what it has.
+const PUBLISH_WAIT_ROUNDS: u32 = PUBLISH_SPIN_ROUNDS + 8;
+
 /// The writer is busy (appenders need not wake it).
 const BUSY: u8 = 0;
 /// The writer sleeps until a record is ready.
@@ -323,16 +329,38 @@ impl Ring {
         }
     }
 
-    /// Writer side: moves the ready prefix into the empty `batch` and frees its slots.
+    /// Whether the slot of `lsn` is published, waiting a little if it was claimed before
+    /// `claimed` (its appender is between its claim and its stamp: a few copies away).
+    fn published(&self, slot: &Slot, lsn: Lsn, claimed: Lsn) -> bool {
+        for round in 0..PUBLISH_WAIT_ROUNDS {
+            // Ordering: Acquire; pairs with the appender's Release of the stamp.
+            if slot.stamp.load(Ordering::Acquire) == lsn {
+                return true;
+            }
+            if lsn >= claimed {
+                return false;
+            }
+            if round < PUBLISH_SPIN_ROUNDS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        false
+    }
+
+    /// Writer side: moves the published records into the empty `batch` and frees their
+    /// slots. Records claimed before the call are waited for briefly, so that an appender
+    /// in the middle of its copy does not cut the batch (and cost a sync more).
     pub(super) fn take(&self, batch: &mut Pending) {
         // Ordering: Relaxed; only the writer stores `taken`.
         let first = self.taken.load(Ordering::Relaxed);
+        let claimed = self.load_reserve().1;
         batch.first_lsn = first;
         let mut lsn = first;
         loop {
             let slot = &self.slots[(lsn & self.mask) as usize];
-            // Ordering: Acquire; pairs with the appender's Release of the stamp.
-            if slot.stamp.load(Ordering::Acquire) != lsn {
+            if !self.published(slot, lsn, claimed) {
                 break;
             }
             // SAFETY: the stamp says the payload of `lsn` is published, and no appender
