@@ -11,8 +11,9 @@
 # writer lease per partition and follows the others' leases (GET /v1/cluster shows the map).
 # Kill a node (its pid is printed): once its leases lapse (10 s after its last renewal; at once
 # after a graceful SIGTERM, which releases them) its standby takes its partitions over and
-# serves their auctions. Bidders must reach the owner of an auction's partition
-# (gavel_proto::partition::partition_of); routing is not built yet.
+# serves their auctions. A node answers a bid for another node's auction MISDIRECTED naming
+# the owner's advertised addresses (its bound ones here), which the SDK follows: a bidder may
+# connect to any node (docs/quic.md, "Several nodes").
 #
 # Environment: GAVEL_BIN (default target/release/gavel, built if missing), CLUSTER_DIR (default
 # a new temporary directory; logs and data stay there), PORT_BASE (default 17000: the broker

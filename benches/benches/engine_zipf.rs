@@ -8,11 +8,10 @@
 //! `DRAIN_EVERY_DECISIONS` of its own decisions, inside the timing. The p99.9 latency of the
 //! same workload is measured by `src/bin/decide_latency.rs`.
 
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
-use gavel_benches::{MeasuredSink, Tally, ZipfBidder, ZipfMarket};
+use gavel_benches::{MeasuredSink, Tally, ZipfBidder, ZipfMarket, on_bidder_threads};
 use gavel_engine::{BoundedSink, DiscardSink};
 
 fn zipf<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>, threads: u32) {
@@ -29,25 +28,8 @@ fn zipf<S: MeasuredSink>(group: &mut BenchmarkGroup<'_, WallTime>, threads: u32)
                 tally.add(bidders[0].run(&market.engine, &sink, per_thread));
                 return start.elapsed();
             }
-            let barrier = Barrier::new(threads as usize + 1);
-            let (elapsed, tallies) = std::thread::scope(|scope| {
-                let handles: Vec<_> = bidders
-                    .iter_mut()
-                    .map(|bidder| {
-                        let (market, sink, barrier) = (&market, &sink, &barrier);
-                        scope.spawn(move || {
-                            barrier.wait();
-                            bidder.run(&market.engine, sink, per_thread)
-                        })
-                    })
-                    .collect();
-                barrier.wait();
-                let start = Instant::now();
-                let tallies: Vec<Tally> = handles
-                    .into_iter()
-                    .map(|h| h.join().expect("bidder thread panicked"))
-                    .collect();
-                (start.elapsed(), tallies)
+            let (elapsed, tallies) = on_bidder_threads(&mut bidders, |bidder| {
+                bidder.run(&market.engine, &sink, per_thread)
             });
             for t in tallies {
                 tally.add(t);

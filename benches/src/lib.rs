@@ -24,6 +24,9 @@ use gavel_engine::{
     BoundedSink, DiscardSink, Engine, EngineConfig, EventSink, IncrementTable, Price, Rejection,
     Topic, UnixMicros,
 };
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -416,4 +419,32 @@ impl ZipfBidder {
         sink.drain();
         tally
     }
+}
+
+/// Runs `work` on one scoped thread per bidder, all released together; returns the time
+/// from the release until the last thread ended, and each thread's result, in order.
+pub fn on_bidder_threads<T: Send>(
+    bidders: &mut [ZipfBidder],
+    work: impl Fn(&mut ZipfBidder) -> T + Sync,
+) -> (Duration, Vec<T>) {
+    let barrier = Barrier::new(bidders.len() + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = bidders
+            .iter_mut()
+            .map(|bidder| {
+                let (work, barrier) = (&work, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    work(bidder)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let results = handles
+            .into_iter()
+            .map(|h| h.join().expect("bidder thread panicked"))
+            .collect();
+        (start.elapsed(), results)
+    })
 }

@@ -8,7 +8,8 @@
 //! the node then sends the durable ack of the original.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use gavel_proto::frame::{self, FrameDecoder};
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backoff::full_jitter;
 use crate::config::ClientConfig;
 use crate::error::{BidError, ConnectError};
+use crate::router::{Router, hop_delay};
 use crate::{Accepted, DurableAck};
 
 /// Largest frame the client accepts from the node, in bytes.
@@ -35,14 +37,35 @@ const CLOSE_WAIT_MS: u64 = 1_000;
 /// The QUIC application close code of a client going away normally.
 const CLOSE_NORMAL: u32 = 0;
 
+/// A bid to send, and who waits for its answers; it moves between connection tasks when
+/// a node redirects it or its connection is lost ([`Router::hand_off`]).
+pub(crate) struct BidRequest {
+    pub(crate) bid: pb::PlaceBid,
+    /// `None` once the outcome was delivered (it waits for its durable ack only).
+    pub(crate) outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
+    pub(crate) durable: oneshot::Sender<Result<DurableAck, BidError>>,
+    /// Sent before where it may have been decided: a `Duplicate` answer is this client's own.
+    pub(crate) retried: bool,
+    /// Times it was redirected or routed anew.
+    pub(crate) hops: u32,
+}
+
+impl BidRequest {
+    /// Whether nobody waits for this bid's answers any more.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.outcome.as_ref().is_none_or(|o| o.is_closed()) && self.durable.is_closed()
+    }
+
+    /// Ends the bid with `error` (see [`fail_bid`]).
+    pub(crate) fn fail(self, error: BidError) {
+        fail_bid(self.outcome, self.durable, error);
+    }
+}
+
 /// What a [`crate::Client`] asks its connection task to do.
 pub(crate) enum Command {
     /// Send a bid; answer its outcome, then its durable ack.
-    Bid {
-        bid: pb::PlaceBid,
-        outcome: oneshot::Sender<Result<Accepted, BidError>>,
-        durable: oneshot::Sender<Result<DurableAck, BidError>>,
-    },
+    Bid(BidRequest),
     /// Send a ping; answer when the pong arrives.
     Ping {
         reply: oneshot::Sender<Result<(), BidError>>,
@@ -62,29 +85,48 @@ struct Pending {
 }
 
 enum PendingKind {
-    Bid {
-        /// `None` once the outcome was delivered.
-        outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
-        durable: oneshot::Sender<Result<DurableAck, BidError>>,
-        /// Sent on an earlier connection too: a `Duplicate` answer is this client's own.
-        retried: bool,
-        /// Written on the current connection.
-        sent: bool,
-    },
+    Bid(BidState),
     Ping {
         reply: oneshot::Sender<Result<(), BidError>>,
         sent: bool,
     },
 }
 
+/// A bid sent or to be sent on this connection, and who waits for its answers.
+struct BidState {
+    /// `None` once the outcome was delivered.
+    outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
+    durable: oneshot::Sender<Result<DurableAck, BidError>>,
+    /// Sent on an earlier connection too: a `Duplicate` answer is this client's own.
+    retried: bool,
+    /// Written on the current connection.
+    sent: bool,
+    /// Times it was redirected or routed anew before.
+    hops: u32,
+}
+
 impl Pending {
     /// Whether nobody waits for this request's answers any more.
     fn abandoned(&self) -> bool {
         match &self.kind {
-            PendingKind::Bid {
-                outcome, durable, ..
-            } => outcome.as_ref().is_none_or(|o| o.is_closed()) && durable.is_closed(),
+            PendingKind::Bid(bid) => {
+                bid.outcome.as_ref().is_none_or(|o| o.is_closed()) && bid.durable.is_closed()
+            }
             PendingKind::Ping { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    /// A bid as a request to send elsewhere; `None` for a ping.
+    fn into_request(self) -> Option<BidRequest> {
+        match (self.message.body, self.kind) {
+            (Some(Request::PlaceBid(bid)), PendingKind::Bid(state)) => Some(BidRequest {
+                bid,
+                outcome: state.outcome,
+                durable: state.durable,
+                retried: state.retried,
+                hops: state.hops,
+            }),
+            _ => None,
         }
     }
 }
@@ -179,6 +221,15 @@ pub(crate) struct Driver {
     next_request_id: u64,
     /// The client handle was dropped: no more commands will come.
     commands_closed: bool,
+    /// The client's router (gone once the client is): where bids go that this node does not
+    /// serve, or that wait here while this connection is down.
+    router: Weak<Router>,
+    /// This node's key in the router.
+    address: String,
+    /// Set while a connection is up (the router sends new bids only to such tasks).
+    up: Arc<AtomicBool>,
+    /// Commands taken from the queue while the connection was down, done at the next one.
+    deferred: Vec<Command>,
 }
 
 impl Driver {
@@ -189,6 +240,7 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
     ) -> Driver {
         Driver {
+            address: config.server.to_string(),
             config,
             quic,
             endpoint,
@@ -196,6 +248,19 @@ impl Driver {
             pending: HashMap::new(),
             next_request_id: 1,
             commands_closed: false,
+            router: Weak::new(),
+            up: Arc::new(AtomicBool::new(false)),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// This task as the router's connection to the node at `address`, its state in `up`.
+    pub(crate) fn routed(self, router: Weak<Router>, address: &str, up: Arc<AtomicBool>) -> Driver {
+        Driver {
+            router,
+            address: address.to_owned(),
+            up,
+            ..self
         }
     }
 
@@ -213,10 +278,15 @@ impl Driver {
             };
             attempt = 0;
             let connection = current.connection.clone();
-            match self.session(current).await {
+            // Ordering: a routing hint (see `Router::sender_for`); nothing else depends on it.
+            self.up.store(true, Ordering::Relaxed);
+            let ended = self.session(current).await;
+            self.up.store(false, Ordering::Relaxed);
+            match ended {
                 Ended::Lost(why) => {
-                    tracing::info!(%why, pending = self.pending.len(), "connection lost; reconnecting");
+                    tracing::info!(%why, node = %self.address, pending = self.pending.len(), "connection lost; reconnecting");
                     self.connection_lost();
+                    self.hand_off_lost();
                 }
                 Ended::Closed(done) => {
                     connection.close(CLOSE_NORMAL.into(), b"client closed");
@@ -244,6 +314,8 @@ impl Driver {
             *attempt = attempt.saturating_add(1);
             tokio::time::sleep(delay).await;
             self.sweep();
+            // The client is gone (every sender dropped, queued commands taken or none).
+            self.commands_closed |= self.commands.is_closed() && self.commands.is_empty();
             if self.commands_closed && self.pending.is_empty() {
                 return None;
             }
@@ -262,13 +334,44 @@ impl Driver {
     fn connection_lost(&mut self) {
         self.pending.retain(|_, pending| match &mut pending.kind {
             PendingKind::Ping { .. } => false,
-            PendingKind::Bid { retried, sent, .. } => {
-                *retried |= *sent;
-                *sent = false;
+            PendingKind::Bid(bid) => {
+                bid.retried |= bid.sent;
+                bid.sent = false;
                 true
             }
         });
         // Dropping a ping's reply sender tells its caller the connection failed.
+    }
+
+    /// After a connection loss, when the client knows another node: every bid waiting here
+    /// (sent or queued) goes to the router to be routed anew — this node may be gone for
+    /// good and its partitions taken over elsewhere. Other commands wait for the reconnect.
+    fn hand_off_lost(&mut self) {
+        let Some(router) = self.router.upgrade() else {
+            return;
+        };
+        if !router.node_lost(&self.address) {
+            // No other node known: resent here after reconnecting, as ever.
+            return;
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            if let Some(mut request) = self.pending.remove(&id).and_then(Pending::into_request) {
+                request.hops += 1;
+                router.hand_off(request, Duration::ZERO);
+            }
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Bid(request)) => router.hand_off(request, Duration::ZERO),
+                Ok(other) => self.deferred.push(other),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.commands_closed = true;
+                    break;
+                }
+            }
+        }
     }
 
     /// Forgets requests nobody waits for: one not sent yet is never sent; the answer to
@@ -293,6 +396,18 @@ impl Driver {
         }
         let mut sweep = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
         let mut close_requested: Option<oneshot::Sender<()>> = None;
+        for command in std::mem::take(&mut self.deferred) {
+            match command {
+                Command::Connection { reply } => {
+                    let _ = reply.send(connection.clone());
+                }
+                command => {
+                    if let Some(done) = self.take(command, &mut out) {
+                        close_requested = Some(done);
+                    }
+                }
+            }
+        }
         loop {
             if !out.is_empty() {
                 if let Err(e) = send.write_all(&out).await {
@@ -387,18 +502,21 @@ impl Driver {
             Command::Close { done } => return Some(done),
             // Answered by the session loop, which holds the connection.
             Command::Connection { .. } => return None,
-            Command::Bid {
+            Command::Bid(BidRequest {
                 bid,
                 outcome,
                 durable,
-            } => (
+                retried,
+                hops,
+            }) => (
                 Request::PlaceBid(bid),
-                PendingKind::Bid {
-                    outcome: Some(outcome),
+                PendingKind::Bid(BidState {
+                    outcome,
                     durable,
-                    retried: false,
+                    retried,
                     sent: false,
-                },
+                    hops,
+                }),
             ),
             Command::Ping { reply } => (
                 Request::Ping(pb::Ping {
@@ -423,7 +541,9 @@ impl Driver {
         };
         frame::encode(&pending.message, out);
         match &mut pending.kind {
-            PendingKind::Bid { sent, .. } | PendingKind::Ping { sent, .. } => *sent = true,
+            PendingKind::Bid(BidState { sent, .. }) | PendingKind::Ping { sent, .. } => {
+                *sent = true;
+            }
         }
     }
 
@@ -448,19 +568,64 @@ impl Driver {
             // An answer to a request forgotten (its caller gave up) or fully answered.
             return;
         };
+        if let (PendingKind::Bid(_), Some((owner, retry_after))) =
+            (&pending.kind, routing_answer(&body))
+        {
+            return self.reroute(pending, &owner, retry_after);
+        }
         let Pending { message, kind } = pending;
         let kind = match kind {
             PendingKind::Ping { reply, sent } => answer_ping(reply, sent, body, request_id),
-            PendingKind::Bid {
-                outcome,
-                durable,
-                retried,
-                sent,
-            } => answer_bid(outcome, durable, retried, sent, body, request_id),
+            PendingKind::Bid(bid) => answer_bid(bid, body, request_id),
         };
         if let Some(kind) = kind {
             self.pending.insert(request_id, Pending { message, kind });
         }
+    }
+
+    /// A bid this node does not serve (`MISDIRECTED` naming `owner`, or `NO_OWNER`): the map
+    /// learns the answer and the router resends the bid (nothing was decided here).
+    fn reroute(
+        &mut self,
+        pending: Pending,
+        owner: &pb::PartitionOwner,
+        retry_after: Option<Duration>,
+    ) {
+        let Some(mut request) = pending.into_request() else {
+            return;
+        };
+        let Some(router) = self.router.upgrade() else {
+            return request.fail(BidError::Connection("the client was closed".into()));
+        };
+        if router.learn(owner).is_none() && !owner.node.is_empty() {
+            let auction = request.bid.auction_id;
+            return request.fail(BidError::Connection(format!(
+                "auction {auction} is served by node {} (partition {}), which advertises no QUIC address",
+                owner.node, owner.partition
+            )));
+        }
+        request.hops += 1;
+        let delay = hop_delay(request.hops, retry_after, &self.config);
+        router.hand_off(request, delay);
+    }
+}
+
+/// The owner named by a routing answer (`MISDIRECTED`, `NO_OWNER`) and the wait it asks
+/// for; `None` for any other message.
+fn routing_answer(body: &Reply) -> Option<(pb::PartitionOwner, Option<Duration>)> {
+    use pb::RejectReason as R;
+    let Reply::BidOutcome(pb::BidOutcome {
+        outcome: Some(pb::bid_outcome::Outcome::Rejected(rejected)),
+    }) = body
+    else {
+        return None;
+    };
+    match R::try_from(rejected.reason) {
+        Ok(R::Misdirected | R::NoOwner) => Some((
+            rejected.owner.clone().unwrap_or_default(),
+            rejected.retry_after_us.map(Duration::from_micros),
+        )),
+        _ => None,
     }
 }
 
@@ -490,35 +655,23 @@ fn answer_ping(
 /// One answer to a bid: its outcome (an accepted bid stays pending until its durable ack),
 /// its durable ack, or an error (`SHUTTING_DOWN`: not decided, resent after reconnecting).
 /// Returns what stays pending.
-fn answer_bid(
-    mut outcome: Option<oneshot::Sender<Result<Accepted, BidError>>>,
-    durable: oneshot::Sender<Result<DurableAck, BidError>>,
-    retried: bool,
-    sent: bool,
-    body: Reply,
-    request_id: u64,
-) -> Option<PendingKind> {
+fn answer_bid(mut bid: BidState, body: Reply, request_id: u64) -> Option<PendingKind> {
     match body {
-        Reply::BidOutcome(answer) => match bid_result(answer, retried) {
+        Reply::BidOutcome(answer) => match bid_result(answer, bid.retried) {
             Ok(accepted) => {
-                if let Some(outcome) = outcome.take() {
+                if let Some(outcome) = bid.outcome.take() {
                     let _ = outcome.send(Ok(accepted));
                 }
                 // Keep it until the durable ack.
-                Some(PendingKind::Bid {
-                    outcome,
-                    durable,
-                    retried,
-                    sent,
-                })
+                Some(PendingKind::Bid(bid))
             }
             Err(error) => {
-                fail_bid(outcome, durable, error);
+                fail_bid(bid.outcome, bid.durable, error);
                 None
             }
         },
         Reply::DurableAck(ack) => {
-            let _ = durable.send(Ok(DurableAck {
+            let _ = bid.durable.send(Ok(DurableAck {
                 auction_id: ack.auction_id,
                 bid_id: join_bid_id(ack.bid_id_hi, ack.bid_id_lo),
                 seq: ack.seq,
@@ -527,25 +680,16 @@ fn answer_bid(
         }
         Reply::Error(error) if error.code == pb::ErrorCode::ShuttingDown as i32 => {
             // Not decided: the node is going away. Resend after reconnecting.
-            Some(PendingKind::Bid {
-                outcome,
-                durable,
-                retried,
-                sent: false,
-            })
+            bid.sent = false;
+            Some(PendingKind::Bid(bid))
         }
         Reply::Error(error) => {
-            fail_bid(outcome, durable, server_error(error));
+            fail_bid(bid.outcome, bid.durable, server_error(error));
             None
         }
         other => {
             tracing::warn!(request_id, ?other, "unexpected answer from the node");
-            Some(PendingKind::Bid {
-                outcome,
-                durable,
-                retried,
-                sent,
-            })
+            Some(PendingKind::Bid(bid))
         }
     }
 }
@@ -585,6 +729,10 @@ fn bid_result(outcome: pb::BidOutcome, retried: bool) -> Result<Accepted, BidErr
         },
         R::Invalid => BidError::Invalid,
         R::Forbidden => BidError::Forbidden,
+        // Routing answers are followed before an outcome is read (`routing_answer`).
+        R::Misdirected | R::NoOwner => {
+            BidError::Connection(format!("a routing answer {reason:?} read as an outcome"))
+        }
         R::Unspecified => BidError::Connection(format!(
             "a rejection with an unknown reason {}",
             rejected.reason

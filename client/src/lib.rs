@@ -35,13 +35,23 @@
 //! it already accepted with the original outcome, so a bid counts once however often the
 //! network fails.
 //!
+//! Several nodes: where nodes share the auctions (one Kafka log, each partition owned by one
+//! node), a node answers a bid on another node's auction `MISDIRECTED`, naming the owner, or
+//! `NO_OWNER` mid-takeover. The client learns a partition → node map from those answers
+//! (the node's own partition function, [`gavel_proto::partition::partition_of`]), connects to
+//! other nodes lazily with the same certificate, sends each bid to its auction's owner, and
+//! resends a redirected bid — or one whose connection was lost — under the same bid id until
+//! it is decided (docs/quic.md, "Several nodes").
+//!
 //! Map of the crate:
 //! - [`ClientConfig`] (`config`): address, TLS material, timeouts, backoff, bounds;
 //! - [`Client`], [`Bid`], [`PlacedBid`], [`Accepted`], [`DurableAck`] (here);
 //! - [`BidError`], [`ConnectError`] (`error`);
 //! - [`Watch`], [`Watcher`], [`Update`] (`watch`): live prices on a stream of the
 //!   connection, price updates optionally as QUIC datagrams;
-//! - `connection`: the background task (pipelining, reconnects, idempotent resends);
+//! - `connection`: a node's background task (pipelining, reconnects, idempotent resends);
+//! - `router`: the connections to several nodes and the resending of redirected bids;
+//! - `routes`: the partition → node map (sans-IO);
 //! - `backoff`: full-jitter exponential backoff.
 //!
 //! The SDK depends on the wire schema (`gavel-proto`), quinn, rustls and tokio only — never
@@ -51,6 +61,8 @@ mod backoff;
 mod config;
 mod connection;
 mod error;
+mod router;
+mod routes;
 mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -64,7 +76,8 @@ pub use config::{ClientConfig, dev_files};
 pub use error::{BidError, ConnectError};
 pub use watch::{Update, Via, Watch, Watcher};
 
-use connection::{Command, Driver};
+use connection::{BidRequest, Command};
+use router::Router;
 
 /// One bid to place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +195,9 @@ impl PlacedBid {
 
     /// Waits until the node reports the bid durable (at most
     /// [`ClientConfig::durable_timeout`]). Survives reconnects: a durable ack lost with a
-    /// connection is recovered by resending the bid.
+    /// connection is recovered by resending the bid. If the node that accepted it died before
+    /// writing it, the bid is decided anew by the auction's new owner, and a refusal then
+    /// (for example [`BidError::TooLow`], later bids having overtaken it) ends this wait.
     pub async fn durable(self) -> Result<DurableAck, BidError> {
         match tokio::time::timeout(self.durable_timeout, self.durable).await {
             Ok(Ok(result)) => result,
@@ -195,10 +210,20 @@ impl PlacedBid {
 /// A connection to a node for one bidder. Cheap to clone; clones share the connection.
 /// The connection closes when the last clone is dropped and nothing is in flight, or at
 /// [`Client::close`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
+    /// The home node's connection task (pings, watches, the connection).
     commands: mpsc::Sender<Command>,
+    router: Arc<Router>,
     config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -207,15 +232,18 @@ impl Client {
     /// runtime.
     pub async fn connect(config: ClientConfig) -> Result<Client, ConnectError> {
         let quic = config.quic()?;
-        let bind = SocketAddr::new(local_ip_for(config.server.ip()), 0);
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| ConnectError::Connection(format!("binding {bind}: {e}")))?;
+        let endpoint = client_endpoint(config.server)?;
         let first = connection::connect(&endpoint, &config, &quic).await?;
         let config = Arc::new(config);
-        let (commands, receiver) = mpsc::channel(config.queued_requests_max.max(1));
-        let driver = Driver::new(Arc::clone(&config), quic, endpoint, receiver);
-        tokio::spawn(driver.run(first));
-        Ok(Client { commands, config })
+        let router = Router::start(Arc::clone(&config), quic, endpoint, first);
+        let commands = router
+            .home()
+            .expect("invariant: Router::start sets the home node's task");
+        Ok(Client {
+            commands,
+            router,
+            config,
+        })
     }
 
     /// Places a bid and waits for its outcome (at most [`ClientConfig::request_timeout`],
@@ -233,13 +261,19 @@ impl Client {
         };
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let (durable_tx, durable_rx) = oneshot::channel();
-        let command = Command::Bid {
+        let command = Command::Bid(BidRequest {
             bid: message,
-            outcome: outcome_tx,
+            outcome: Some(outcome_tx),
             durable: durable_tx,
-        };
-        let accepted = self
-            .request(command, outcome_rx)
+            retried: false,
+            hops: 0,
+        });
+        // The owner of the auction's partition if known, else the home node.
+        let to = self
+            .router
+            .sender_for(bid.auction_id)
+            .unwrap_or_else(|| self.commands.clone());
+        let accepted = request_to(&to, command, outcome_rx, self.config.request_timeout)
             .await
             .and_then(|result| result)?;
         Ok(PlacedBid {
@@ -287,11 +321,16 @@ impl Client {
     /// acks included), then closes the connection; at most the request timeout plus the
     /// durable timeout. Other clones fail from then on.
     pub async fn close(self) {
-        let (done, closed) = oneshot::channel();
         let wait = self.config.request_timeout + self.config.durable_timeout;
+        // Every node's connection, the home node's last (a watch may use it until then).
+        let mut tasks = self.router.connected();
+        tasks.sort_by_key(|task| task.same_channel(&self.commands));
         let close = async {
-            if self.commands.send(Command::Close { done }).await.is_ok() {
-                let _ = closed.await;
+            for task in tasks {
+                let (done, closed) = oneshot::channel();
+                if task.send(Command::Close { done }).await.is_ok() {
+                    let _ = closed.await;
+                }
             }
         };
         let _ = tokio::time::timeout(wait, close).await;
@@ -302,19 +341,35 @@ impl Client {
         command: Command,
         answer: oneshot::Receiver<T>,
     ) -> Result<T, BidError> {
-        let exchange = async {
-            self.commands
-                .send(command)
-                .await
-                .map_err(|_| BidError::Connection("the client was closed".into()))?;
-            answer
-                .await
-                .map_err(|_| BidError::Connection("the connection failed".into()))
-        };
-        tokio::time::timeout(self.config.request_timeout, exchange)
-            .await
-            .map_err(|_| BidError::Timeout)?
+        request_to(&self.commands, command, answer, self.config.request_timeout).await
     }
+}
+
+/// Sends `command` to a connection task and waits for `answer`, at most `timeout`.
+async fn request_to<T>(
+    task: &mpsc::Sender<Command>,
+    command: Command,
+    answer: oneshot::Receiver<T>,
+    timeout: Duration,
+) -> Result<T, BidError> {
+    let exchange = async {
+        task.send(command)
+            .await
+            .map_err(|_| BidError::Connection("the client was closed".into()))?;
+        answer
+            .await
+            .map_err(|_| BidError::Connection("the connection failed".into()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| BidError::Timeout)?
+}
+
+/// A client endpoint (its own UDP socket) for a node at `server`.
+fn client_endpoint(server: SocketAddr) -> Result<quinn::Endpoint, ConnectError> {
+    let bind = SocketAddr::new(local_ip_for(server.ip()), 0);
+    quinn::Endpoint::client(bind)
+        .map_err(|e| ConnectError::Connection(format!("binding {bind}: {e}")))
 }
 
 /// The address to bind the client's UDP socket to: loopback for a loopback node (nothing

@@ -70,6 +70,14 @@ pub struct AgentOptions {
     #[arg(long, env = "GAVEL_EDGE_INTERVAL_MS", value_name = "MS")]
     pub interval_ms: Option<u32>,
 
+    /// Ask the node for price updates as QUIC datagrams (one self-contained edge keyframe
+    /// each; snapshots, closes and settlements stay on the stream). A lost datagram is
+    /// caught by a periodic `Resume` of the auctions datagrams touched, which brings a
+    /// keyframe of any that moved. [default: false]
+    #[arg(long, env = "GAVEL_EDGE_DATAGRAMS", value_name = "BOOL", num_args = 0..=1,
+        default_missing_value = "true")]
+    pub datagrams: Option<bool>,
+
     /// Directory of the bid queue (<data-dir>/queue.log). [default: ./edge-data]
     #[arg(long, env = "GAVEL_EDGE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -147,6 +155,8 @@ pub struct AgentConfig {
     pub patterns: Vec<String>,
     /// Conflation interval, in milliseconds.
     pub interval_ms: u32,
+    /// Price updates as QUIC datagrams.
+    pub datagrams: bool,
     /// Queue directory.
     pub data_dir: PathBuf,
     /// Local HTTP address.
@@ -213,7 +223,7 @@ impl AgentOptions {
     fn or(self, fallback: AgentOptions) -> AgentOptions {
         prefer!(self, fallback;
             node, server_name, cert_dir, device_id, ca_cert, cert, key, patterns, interval_ms,
-            data_dir, http_listen, mqtt_broker, mqtt_topic_prefix, mqtt_encoding, mqtt_qos,
+            datagrams, data_dir, http_listen, mqtt_broker, mqtt_topic_prefix, mqtt_encoding, mqtt_qos,
             queue_bids_max, queue_bytes_max, reconnect_backoff_max_ms, auctions_max,
             shutdown_deadline_ms)
     }
@@ -276,6 +286,7 @@ impl AgentOptions {
             key: self.key.unwrap_or_else(|| client("key")),
             patterns,
             interval_ms: self.interval_ms.unwrap_or(0),
+            datagrams: self.datagrams.unwrap_or(false),
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("./edge-data")),

@@ -7,6 +7,12 @@ use anyhow::Result;
 use clap::Parser;
 use gavel_edge_agent::config::{AgentOptions, warn_about_unknown_env_vars};
 
+/// Threads for blocking work at most: the queue's appends and syncs take its lock one at a
+/// time anyway.
+const BLOCKING_THREADS_MAX: usize = 1;
+/// Stack of each blocking thread, in bytes: they only write and sync the queue file.
+const BLOCKING_STACK_BYTES: usize = 256 * 1024;
+
 /// The Gavel edge agent: prices from a node to local MQTT and HTTP/SSE, bids queued on disk
 /// while offline.
 #[derive(Parser, Debug)]
@@ -33,9 +39,13 @@ fn main() -> Result<()> {
         .init();
     warn_about_unknown_env_vars();
     let config = cli.options.load()?;
-    // Two worker threads at most: the agent is small and shares a device.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the agent's work is small (a few thousand updates and
+    // bids per second at most) and each extra worker costs its stack, its allocator arena
+    // and its share of the ≤ 8 MiB resident budget. Blocking work (the queue's fdatasync)
+    // goes to a small pool of small-stacked threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
+        .thread_stack_size(BLOCKING_STACK_BYTES)
         .enable_all()
         .build()?;
     runtime.block_on(gavel_edge_agent::run_until_signal(config))

@@ -13,6 +13,11 @@ pub(crate) const CONNECTED: &str = "gavel_edge_connected";
 pub(crate) const RECONNECTS: &str = "gavel_edge_reconnects_total";
 /// Bytes of edge stream read from the node.
 pub(crate) const STREAM_BYTES: &str = "gavel_edge_stream_bytes_total";
+/// Price datagrams (edge keyframes) read from the node.
+pub(crate) const DATAGRAMS: &str = "gavel_edge_datagrams_total";
+/// Keyframes asked for (`Resume` positions sent), by `why` (`record`: a record that did
+/// not apply; `datagram_check`: the periodic check of auctions datagrams touched).
+pub(crate) const KEYFRAME_REQUESTS: &str = "gavel_edge_keyframe_requests_total";
 /// Auction states applied from the stream.
 pub(crate) const UPDATES_APPLIED: &str = "gavel_edge_updates_applied_total";
 /// Edge frames or records refused by the decoder, by `error`.
@@ -76,6 +81,11 @@ fn describe() {
         Unit::Bytes,
         "Bytes of edge stream read from the node."
     );
+    describe_counter!(DATAGRAMS, "Price datagrams read from the node.");
+    describe_counter!(
+        KEYFRAME_REQUESTS,
+        "Auction positions sent in Resume requests for keyframes, by why."
+    );
     describe_counter!(
         UPDATES_APPLIED,
         "Auction states applied from the edge stream."
@@ -127,6 +137,7 @@ fn start_at_zero() {
     for name in [
         RECONNECTS,
         STREAM_BYTES,
+        DATAGRAMS,
         UPDATES_APPLIED,
         BIDS_QUEUED,
         FORWARD_RETRIES,

@@ -26,6 +26,10 @@
 //! is corruption: the open fails naming the file and offset, and nothing is guessed.
 //! The file is rewritten (to a temporary file, synced, renamed) when dead records make it
 //! larger than [`COMPACT_BYTES`] and four times the live ones.
+//!
+//! Memory: the queue holds each waiting bid's id and the place of its record (32 bytes),
+//! not the bid; the bid is read back from the file when it is forwarded or asked about.
+//! Outcomes (for status queries) are kept in memory, at most [`OUTCOMES_KEPT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -216,13 +220,25 @@ enum Record {
     },
 }
 
+/// A waiting bid as the queue holds it in memory: its id and where its record is in the
+/// file. The bid itself is read back (one `pread` of its record, from the page cache as a
+/// rule) when it is forwarded or asked about, so the memory of 10,000 waiting bids is
+/// 32 bytes each, not the bids with their tags.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    bid_id: u128,
+    offset: u64,
+    len: u32,
+}
+
 /// The queue; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct Queue {
     path: PathBuf,
     file: File,
     file_bytes: u64,
-    pending: VecDeque<(QueuedBid, u64)>,
+    /// The waiting bids, front first: where their records are (not the bids themselves).
+    pending: VecDeque<Waiting>,
     pending_bytes: u64,
     outcomes: HashMap<u128, (Outcome, String, u64)>,
     outcome_order: VecDeque<u128>,
@@ -279,27 +295,34 @@ impl Queue {
             outcomes_kept: OUTCOMES_KEPT,
             compact_bytes: COMPACT_BYTES,
         };
+        let mut offset = 0;
         for (record, len) in records {
-            queue.replay(record, len);
+            queue.replay(record, offset, len);
+            offset += len;
         }
         queue.gauges();
         Ok(queue)
     }
 
-    fn replay(&mut self, record: Record, len: u64) {
+    fn replay(&mut self, record: Record, offset: u64, len: u64) {
         match record {
             Record::Bid(bid) => {
                 self.pending_bytes += len;
-                self.pending.push_back((bid, len));
+                self.pending.push_back(Waiting {
+                    bid_id: bid.bid_id,
+                    offset,
+                    // Invariant: a record is at most HEADER_BYTES + PAYLOAD_BYTES_MAX long.
+                    len: len as u32,
+                });
             }
             Record::Outcome {
                 bid_id,
                 outcome,
                 tag,
             } => {
-                let at = self.pending.iter().position(|(b, _)| b.bid_id == bid_id);
-                if let Some((_, bid_len)) = at.and_then(|at| self.pending.remove(at)) {
-                    self.pending_bytes -= bid_len;
+                let at = self.pending.iter().position(|w| w.bid_id == bid_id);
+                if let Some(waiting) = at.and_then(|at| self.pending.remove(at)) {
+                    self.pending_bytes -= u64::from(waiting.len);
                 }
                 self.remember(bid_id, outcome, tag, len);
             }
@@ -321,30 +344,68 @@ impl Queue {
                 bytes_max: self.bytes_max,
             });
         }
+        let offset = self.file_bytes;
         self.append(&record)?;
         self.pending_bytes += len;
-        self.pending.push_back((bid, len));
+        self.pending.push_back(Waiting {
+            bid_id: bid.bid_id,
+            offset,
+            // Invariant: a record is at most HEADER_BYTES + PAYLOAD_BYTES_MAX long.
+            len: len as u32,
+        });
         self.gauges();
         Ok(self.pending.len() - 1)
     }
 
-    /// The bid to forward next.
-    pub(crate) fn front(&self) -> Option<&QueuedBid> {
-        self.pending.front().map(|(bid, _)| bid)
+    /// The `n`-th waiting bid (0: the front, forwarded first), read back from the file.
+    pub(crate) fn nth(&self, n: usize) -> std::io::Result<Option<QueuedBid>> {
+        self.pending.get(n).map(|w| self.read_bid(w)).transpose()
+    }
+
+    /// A waiting bid's record, read back and checked.
+    fn read_bid(&self, waiting: &Waiting) -> std::io::Result<QueuedBid> {
+        use std::os::unix::fs::FileExt as _;
+        let mut record = vec![0; waiting.len as usize];
+        self.file.read_exact_at(&mut record, waiting.offset)?;
+        let bad = |why| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+        let (header, payload) = record.split_at(HEADER_BYTES.min(record.len()));
+        if header.len() < HEADER_BYTES || crc32c::crc32c(payload).to_be_bytes() != header[4..8] {
+            return Err(bad("a queued bid's record changed on disk"));
+        }
+        match parse(payload).map_err(bad)? {
+            Record::Bid(bid) if bid.bid_id == waiting.bid_id => Ok(bid),
+            _ => Err(bad("a queued bid's record is not that bid")),
+        }
     }
 
     /// Records the final outcome of the front bid (synced), and removes it.
+    #[cfg(test)]
     pub(crate) fn finish(&mut self, bid_id: u128, outcome: Outcome) -> std::io::Result<()> {
-        let Some((front, _)) = self.pending.front() else {
-            return Ok(());
-        };
-        // Invariant: only the forwarder finishes bids, and only the front one.
-        assert_eq!(front.bid_id, bid_id, "only the front bid is finished");
-        let record = encode_outcome(front, outcome);
-        self.append(&record)?;
-        if let Some((bid, len)) = self.pending.pop_front() {
-            self.pending_bytes -= len;
-            self.remember(bid.bid_id, outcome, bid.tag, record.len() as u64);
+        self.finish_all(&[(bid_id, outcome)])
+    }
+
+    /// Records the final outcomes of the bids at the front, in queue order, with one write
+    /// and one sync, and removes them.
+    pub(crate) fn finish_all(&mut self, outcomes: &[(u128, Outcome)]) -> std::io::Result<()> {
+        let mut records = Vec::new();
+        let mut lens = Vec::with_capacity(outcomes.len());
+        for (at, &(bid_id, outcome)) in outcomes.iter().enumerate() {
+            let Some(waiting) = self.pending.get(at) else {
+                break;
+            };
+            // Invariant: only the forwarder finishes bids, front first, in queue order.
+            assert_eq!(waiting.bid_id, bid_id, "bids are finished in queue order");
+            let bid = self.read_bid(waiting)?;
+            let record = encode_outcome(&bid, outcome);
+            lens.push((outcome, bid.tag, record.len() as u64));
+            records.extend_from_slice(&record);
+        }
+        self.append(&records)?;
+        for (outcome, tag, len) in lens {
+            if let Some(waiting) = self.pending.pop_front() {
+                self.pending_bytes -= u64::from(waiting.len);
+                self.remember(waiting.bid_id, outcome, tag, len);
+            }
         }
         self.gauges();
         if self.file_bytes > self.compact_bytes
@@ -363,13 +424,15 @@ impl Queue {
                 tag: tag.clone(),
             });
         }
-        self.pending
-            .iter()
-            .position(|(bid, _)| bid.bid_id == bid_id)
-            .map(|position| Status::Queued {
-                position,
-                tag: self.pending[position].0.tag.clone(),
-            })
+        let position = self.pending.iter().position(|w| w.bid_id == bid_id)?;
+        let tag = match self.read_bid(&self.pending[position]) {
+            Ok(bid) => bid.tag,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a queued bid's tag");
+                String::new()
+            }
+        };
+        Some(Status::Queued { position, tag })
     }
 
     /// Bids waiting.
@@ -414,8 +477,11 @@ impl Queue {
                 bytes.extend(encode_outcome_of(*bid_id, 0, *outcome, tag));
             }
         }
-        for (bid, _) in &self.pending {
-            bytes.extend(encode_bid(bid));
+        let mut pending = VecDeque::with_capacity(self.pending.len());
+        for waiting in &self.pending {
+            let offset = bytes.len() as u64;
+            bytes.extend(encode_bid(&self.read_bid(waiting)?));
+            pending.push_back(Waiting { offset, ..*waiting });
         }
         let temporary = self.path.with_extension("log.tmp");
         let mut file = File::create(&temporary)?;
@@ -429,6 +495,7 @@ impl Queue {
         file.seek(SeekFrom::End(0))?;
         self.file = file;
         self.file_bytes = bytes.len() as u64;
+        self.pending = pending;
         tracing::debug!(bytes = self.file_bytes, "queue compacted");
         Ok(())
     }
@@ -608,7 +675,9 @@ mod tests {
     }
 
     fn pending(queue: &Queue) -> Vec<QueuedBid> {
-        queue.pending.iter().map(|(bid, _)| bid.clone()).collect()
+        (0..queue.len())
+            .map(|n| queue.nth(n).unwrap().unwrap())
+            .collect()
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! held is ignored, and so is one equal to it (a keyframe after a re-subscribe that
 //! changes nothing is not published again). States come only from the edge decoder, which
 //! never yields a state the node did not send, so what is held was right when it came.
+//! Price datagrams bring whole states beside the stream's chain; see `next_state` for how
+//! a close on the stream meets them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,9 +22,38 @@ const UPDATES_CAPACITY: usize = 4_096;
 
 /// The agent's auctions; see the module documentation.
 pub(crate) struct Store {
-    auctions: Mutex<HashMap<u64, Arc<AuctionState>>>,
+    auctions: Mutex<HashMap<u64, Held>>,
     auctions_max: usize,
     updates: broadcast::Sender<Arc<AuctionState>>,
+}
+
+/// One auction's state and how its latest price came.
+struct Held {
+    state: Arc<AuctionState>,
+    /// From a price datagram: newer than the stream's own chain of the auction.
+    via_datagram: bool,
+}
+
+/// Where a state came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The edge stream's decoder.
+    Stream,
+    /// A price datagram (a self-contained keyframe).
+    Datagram,
+}
+
+/// What [`Store::apply`] did with a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Taken (and announced).
+    Taken,
+    /// Not newer than what is held, or beyond the bound on auctions.
+    Ignored,
+    /// A close or settlement on the stream whose other fields are older than the prices
+    /// datagrams brought, with a seq gap between: a datagram may be lost, so neither state
+    /// is whole. Ask the node for a keyframe.
+    KeyframeNeeded,
 }
 
 impl Store {
@@ -34,46 +65,65 @@ impl Store {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AuctionState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
         // A panic under this lock left a whole map (inserts are single calls): go on.
         self.auctions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `state` if it moves its auction forward, and announces it; whether it did.
+    /// Takes a state from the stream if it moves its auction forward; whether it did.
+    #[cfg(test)]
     pub(crate) fn apply(&self, state: AuctionState) -> bool {
-        let state = {
+        self.apply_from(state, Via::Stream) == Applied::Taken
+    }
+
+    /// Takes `state` if it moves its auction forward, and announces it (see [`next_state`]
+    /// for what a state from the stream does after datagrams).
+    pub(crate) fn apply_from(&self, state: AuctionState, via: Via) -> Applied {
+        let taken = {
             let mut auctions = self.lock();
-            if let Some(held) = auctions.get(&state.auction_id)
-                && (**held == state || (held.epoch == state.epoch && state.seq < held.seq))
-            {
-                return false;
-            }
-            if auctions.len() >= self.auctions_max && !auctions.contains_key(&state.auction_id) {
-                tracing::warn!(
-                    auction = state.auction_id,
-                    max = self.auctions_max,
-                    "more auctions than --auctions-max; not held"
-                );
-                return false;
-            }
-            let state = Arc::new(state);
-            auctions.insert(state.auction_id, Arc::clone(&state));
+            let next = match auctions.get(&state.auction_id) {
+                Some(held) => match next_state(held, state, via) {
+                    Next::Take(next) => next,
+                    Next::Ignore => return Applied::Ignored,
+                    Next::Keyframe => return Applied::KeyframeNeeded,
+                },
+                None if auctions.len() >= self.auctions_max => {
+                    tracing::warn!(
+                        auction = state.auction_id,
+                        max = self.auctions_max,
+                        "more auctions than --auctions-max; not held"
+                    );
+                    return Applied::Ignored;
+                }
+                None => Held {
+                    state: Arc::new(state),
+                    via_datagram: via == Via::Datagram,
+                },
+            };
+            let taken = Arc::clone(&next.state);
+            auctions.insert(taken.auction_id, next);
             metrics::gauge!(crate::metrics::AUCTIONS).set(auctions.len() as f64);
-            state
+            taken
         };
         metrics::counter!(crate::metrics::UPDATES_APPLIED).increment(1);
-        let _ = self.updates.send(state);
-        true
+        let _ = self.updates.send(taken);
+        Applied::Taken
     }
 
     /// One auction's state.
     pub(crate) fn get(&self, auction: u64) -> Option<Arc<AuctionState>> {
-        self.lock().get(&auction).cloned()
+        self.lock()
+            .get(&auction)
+            .map(|held| Arc::clone(&held.state))
     }
 
     /// Every state, by auction id.
     pub(crate) fn all(&self) -> Vec<Arc<AuctionState>> {
-        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        let mut all: Vec<_> = self
+            .lock()
+            .values()
+            .map(|held| Arc::clone(&held.state))
+            .collect();
         all.sort_unstable_by_key(|state| state.auction_id);
         all
     }
@@ -83,6 +133,7 @@ impl Store {
         let mut positions: Vec<_> = self
             .lock()
             .values()
+            .map(|held| &held.state)
             .map(|s| pb::StreamPosition {
                 auction_id: s.auction_id,
                 epoch: s.epoch,
@@ -93,10 +144,64 @@ impl Store {
         positions
     }
 
+    /// The held `(auction, epoch, seq)` of `auction`.
+    pub(crate) fn position(&self, auction: u64) -> Option<pb::StreamPosition> {
+        self.lock().get(&auction).map(|held| pb::StreamPosition {
+            auction_id: auction,
+            epoch: held.state.epoch,
+            seq: held.state.seq,
+        })
+    }
+
     /// States applied from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<AuctionState>> {
         self.updates.subscribe()
     }
+}
+
+/// What a state does to the one held.
+enum Next {
+    Take(Held),
+    Ignore,
+    Keyframe,
+}
+
+/// The held state moves only forward: a state of the same epoch with a lower seq, or the
+/// same state, is ignored.
+///
+/// With datagrams, the stream's decoder does not see the prices they bring, so a close or
+/// settlement it yields carries its own chain's older price (its `changed_at_us` is older
+/// than the one held). Right after the held seq, the close is stamped on the held state;
+/// after a gap (a datagram may be lost), neither state is whole: a keyframe is needed.
+fn next_state(held: &Held, state: AuctionState, via: Via) -> Next {
+    let old = &held.state;
+    let same_epoch = old.epoch == state.epoch;
+    if **old == state || (same_epoch && state.seq < old.seq) {
+        return Next::Ignore;
+    }
+    let older_chain = via == Via::Stream
+        && held.via_datagram
+        && same_epoch
+        && state.changed_at_us < old.changed_at_us;
+    if !older_chain {
+        return Next::Take(Held {
+            state: Arc::new(state),
+            via_datagram: via == Via::Datagram,
+        });
+    }
+    if state.seq != old.seq.wrapping_add(1) {
+        return Next::Keyframe;
+    }
+    let stamped = AuctionState {
+        seq: state.seq,
+        closed: state.closed,
+        settled: state.settled,
+        ..AuctionState::clone(old)
+    };
+    Next::Take(Held {
+        state: Arc::new(stamped),
+        via_datagram: true,
+    })
 }
 
 /// A state as JSON: the fields of [`AuctionState`], the close and settlement as objects
@@ -228,6 +333,76 @@ pub(crate) mod tests {
                 seq: 1
             }]
         );
+    }
+
+    #[test]
+    fn a_close_on_the_stream_after_datagrams_keeps_their_price_or_asks_for_a_keyframe() {
+        let store = Store::new(10);
+        // The stream's chain: the subscribe's keyframe at seq 1 (price 100).
+        let keyframe = AuctionState {
+            changed_at_us: 1_000,
+            ..state(1, 100)
+        };
+        assert!(store.apply(keyframe.clone()));
+        // Prices by datagram: seq 2 and 3 (the stream's decoder never sees them).
+        let datagram = |seq, price| AuctionState {
+            changed_at_us: 1_000 + seq,
+            ..state(seq, price)
+        };
+        assert_eq!(
+            store.apply_from(datagram(2, 105), Via::Datagram),
+            Applied::Taken
+        );
+        assert_eq!(
+            store.apply_from(datagram(3, 110), Via::Datagram),
+            Applied::Taken
+        );
+        assert_eq!(
+            store.apply_from(datagram(2, 105), Via::Datagram),
+            Applied::Ignored,
+            "a late datagram"
+        );
+        // The close at seq 4 on the stream, as the decoder yields it: the keyframe's price.
+        let closed = Closed {
+            reason: 1,
+            closed_at_us: 5_000,
+        };
+        let close = |seq| AuctionState {
+            seq,
+            closed: Some(closed),
+            ..keyframe.clone()
+        };
+        assert_eq!(store.apply_from(close(4), Via::Stream), Applied::Taken);
+        let held = store.get(7).unwrap();
+        assert_eq!(
+            (held.seq, held.price, held.closed),
+            (4, Some(110), Some(closed))
+        );
+        assert_eq!(
+            held.changed_at_us, 1_003,
+            "the datagram's price, stamped closed"
+        );
+        // After a gap (the datagram of seq 5 lost), the close is not whole: a keyframe.
+        let store = Store::new(10);
+        store.apply(keyframe.clone());
+        store.apply_from(datagram(4, 120), Via::Datagram);
+        assert_eq!(
+            store.apply_from(close(6), Via::Stream),
+            Applied::KeyframeNeeded
+        );
+        assert_eq!(store.get(7).unwrap().price, Some(120), "nothing guessed");
+        // A newer state on the stream (a snapshot, or a price too large for a datagram) is
+        // whole and taken as it is.
+        let snapshot = AuctionState {
+            changed_at_us: 9_000,
+            closed: Some(closed),
+            ..state(6, 130)
+        };
+        assert_eq!(
+            store.apply_from(snapshot.clone(), Via::Stream),
+            Applied::Taken
+        );
+        assert_eq!(store.get(7).as_deref(), Some(&snapshot));
     }
 
     #[test]

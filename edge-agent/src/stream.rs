@@ -12,9 +12,15 @@
 //! of the auction from seq 0. The store only ever takes what the decoder yields, so a
 //! damaged frame never becomes a published price; what it held stays the last good state.
 //! A lost stream is subscribed again after the agent's backoff.
+//!
+//! With `--datagrams`, the subscribe asks for price updates as QUIC datagrams, each a
+//! self-contained keyframe applied only if it moves its auction forward (`Datagrams`); a
+//! lost one is caught by a periodic `Resume` of the auctions they touched, and a close on
+//! the stream after lost datagrams asks for a keyframe (`state::Store::apply_from`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gavel_client::Client;
 use gavel_edge_proto::{Decoded, EdgeDecoder, EdgeError, frame_len};
@@ -27,13 +33,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::backoff::Backoff;
-use crate::state::Store;
+use crate::state::{Applied, Store, Via};
 
 /// Bytes read from the stream at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// The largest edge frame accepted: the node writes at most 16 KiB (docs/quic.md), so a
 /// header declaring more is a forged length, refused before its body is awaited.
 const FRAME_BYTES_MAX: usize = 16 * 1024;
+/// How often the auctions that price datagrams touched are checked for a lost update.
+const DATAGRAM_CHECK: Duration = Duration::from_secs(1);
 /// Largest protobuf answer read before the edge frames (a `Subscribed` or an error).
 const ANSWER_BYTES_MAX: usize = 64 * 1024;
 
@@ -63,7 +71,8 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// One stream: subscribe, then apply frames until it fails; the reason.
+/// One stream: subscribe, then apply frames (and price datagrams) until it fails; the
+/// reason.
 async fn session(shared: &Shared, client: &Client, backoff: &mut Backoff) -> String {
     let connection = match client.connection().await {
         Ok(connection) => connection,
@@ -73,31 +82,18 @@ async fn session(shared: &Shared, client: &Client, backoff: &mut Backoff) -> Str
         Ok(stream) => stream,
         Err(e) => return format!("opening a stream: {e}"),
     };
-    let subscribe = pb::ClientMessage {
-        request_id: 1,
-        body: Some(Request::Subscribe(pb::Subscribe {
-            patterns: shared.config.patterns.clone(),
-            interval_ms: shared.config.interval_ms,
-            resume: shared.store.positions(),
-            encoding: pb::StreamEncoding::Edge as i32,
-            ..pb::Subscribe::default()
-        })),
-    };
-    let mut bytes = Vec::new();
-    frame::encode(&subscribe, &mut bytes);
-    if let Err(e) = send.write_all(&bytes).await {
-        return format!("subscribing: {e}");
-    }
     let mut reader = Reader::new(shared.config.auctions_max);
-    if let Err(e) = reader.subscribed(&mut recv).await {
+    if let Err(e) = subscribe(shared, &mut send, &mut recv, &mut reader).await {
         return e;
     }
-    tracing::info!(node = %shared.config.node, patterns = ?shared.config.patterns, "edge stream subscribed");
+    tracing::info!(node = %shared.config.node, patterns = ?shared.config.patterns,
+        datagrams = shared.config.datagrams, "edge stream subscribed");
     metrics::gauge!(crate::metrics::CONNECTED).set(1.0);
     backoff.connected(Instant::now());
     // The first edge bytes may have come with the answer.
     let mut chunk = bytes::Bytes::new();
     metrics::counter!(crate::metrics::STREAM_BYTES).increment(reader.buffer.len() as u64);
+    let mut datagrams = Datagrams::new(shared.config.datagrams);
     loop {
         let needed = match reader.push(&chunk, &shared.store) {
             Ok(needed) => needed,
@@ -108,22 +104,62 @@ async fn session(shared: &Shared, client: &Client, backoff: &mut Backoff) -> Str
         {
             return format!("asking for keyframes: {e}");
         }
-        chunk = match recv.read_chunk(READ_CHUNK_BYTES, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) => return "the node finished the stream".into(),
-            Err(e) => return format!("reading: {e}"),
+        chunk = tokio::select! {
+            read = recv.read_chunk(READ_CHUNK_BYTES, true) => match read {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => return "the node finished the stream".into(),
+                Err(e) => return format!("reading: {e}"),
+            },
+            datagram = connection.read_datagram(), if datagrams.on => match datagram {
+                Ok(datagram) => {
+                    datagrams.apply(&datagram, &shared.store);
+                    bytes::Bytes::new()
+                }
+                Err(e) => return format!("reading a datagram: {e}"),
+            },
+            _ = datagrams.check.tick(), if datagrams.on => {
+                if let Some(request) = datagrams.check_request(&shared.store)
+                    && let Err(e) = send.write_all(&request).await
+                {
+                    return format!("checking datagram auctions: {e}");
+                }
+                bytes::Bytes::new()
+            }
         };
         metrics::counter!(crate::metrics::STREAM_BYTES).increment(chunk.len() as u64);
     }
 }
 
+/// Sends the `Subscribe` (resuming from the held positions) and reads the node's answer.
+async fn subscribe(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    reader: &mut Reader,
+) -> Result<(), String> {
+    let subscribe = pb::ClientMessage {
+        request_id: 1,
+        body: Some(Request::Subscribe(pb::Subscribe {
+            patterns: shared.config.patterns.clone(),
+            interval_ms: shared.config.interval_ms,
+            resume: shared.store.positions(),
+            encoding: pb::StreamEncoding::Edge as i32,
+            datagrams: shared.config.datagrams,
+            ..pb::Subscribe::default()
+        })),
+    };
+    let mut bytes = Vec::new();
+    frame::encode(&subscribe, &mut bytes);
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| format!("subscribing: {e}"))?;
+    reader.subscribed(recv).await
+}
+
 /// A `Resume` of each auction from seq 0 (its held epoch): the node answers with its
 /// snapshot, which the stream carries as a keyframe.
 fn keyframe_request(auctions: &[u64], store: &Store) -> Option<Vec<u8>> {
-    if auctions.is_empty() {
-        return None;
-    }
-    let positions = auctions
+    let positions: Vec<_> = auctions
         .iter()
         .map(|&auction_id| pb::StreamPosition {
             auction_id,
@@ -131,6 +167,17 @@ fn keyframe_request(auctions: &[u64], store: &Store) -> Option<Vec<u8>> {
             seq: 0,
         })
         .collect();
+    metrics::counter!(crate::metrics::KEYFRAME_REQUESTS, "why" => "record")
+        .increment(positions.len() as u64);
+    resume_request(positions)
+}
+
+/// A `Resume` of `positions`: the node sends a snapshot (a keyframe on the stream) of each
+/// auction that moved since its position; `None` if there is none.
+fn resume_request(positions: Vec<pb::StreamPosition>) -> Option<Vec<u8>> {
+    if positions.is_empty() {
+        return None;
+    }
     let request = pb::ClientMessage {
         request_id: 2,
         body: Some(Request::Resume(pb::Resume { positions })),
@@ -138,6 +185,65 @@ fn keyframe_request(auctions: &[u64], store: &Store) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     frame::encode(&request, &mut bytes);
     Some(bytes)
+}
+
+/// The price datagrams of a stream (docs/edge-stream.md, "Asking a node for the edge
+/// stream"): each one edge frame with one keyframe, decoded on its own and applied only if
+/// it moves its auction forward. A lost datagram leaves its auction behind until its next
+/// update — so every [`DATAGRAM_CHECK`] the agent sends a `Resume` with the held position
+/// of each auction datagrams touched in the last two checks, and the node sends a keyframe
+/// of each that moved since (a lost last update of a burst comes back within two checks).
+struct Datagrams {
+    on: bool,
+    check: tokio::time::Interval,
+    /// Auctions touched since the last check, and in the check before it.
+    touched: [BTreeSet<u64>; 2],
+}
+
+impl Datagrams {
+    fn new(on: bool) -> Datagrams {
+        Datagrams {
+            on,
+            check: tokio::time::interval(DATAGRAM_CHECK),
+            touched: [BTreeSet::new(), BTreeSet::new()],
+        }
+    }
+
+    /// Decodes one datagram and applies its state; a bad one is counted and dropped (the
+    /// checks bring the auction back).
+    fn apply(&mut self, datagram: &[u8], store: &Store) {
+        metrics::counter!(crate::metrics::DATAGRAMS).increment(1);
+        metrics::counter!(crate::metrics::STREAM_BYTES).increment(datagram.len() as u64);
+        let mut decoded = Vec::new();
+        let mut decoder = EdgeDecoder::new(FRAME_BYTES_MAX, 1);
+        if let Err(e) = decoder.decode_frame(datagram, &mut decoded) {
+            count(&e);
+            tracing::warn!(error = %e, "a bad price datagram from the node; dropped");
+            return;
+        }
+        for decoded in decoded {
+            match decoded {
+                Decoded::State(state) => {
+                    self.touched[0].insert(state.auction_id);
+                    store.apply_from(state, Via::Datagram);
+                }
+                Decoded::KeyframeNeeded { error, .. } => count(&error),
+            }
+        }
+    }
+
+    /// The `Resume` of the auctions touched in the last two checks, if any.
+    fn check_request(&mut self, store: &Store) -> Option<Vec<u8>> {
+        let previous = std::mem::take(&mut self.touched[1]);
+        self.touched[1] = std::mem::take(&mut self.touched[0]);
+        let positions: Vec<_> = previous
+            .union(&self.touched[1])
+            .filter_map(|&auction| store.position(auction))
+            .collect();
+        metrics::counter!(crate::metrics::KEYFRAME_REQUESTS, "why" => "datagram_check")
+            .increment(positions.len() as u64);
+        resume_request(positions)
+    }
 }
 
 /// The agent's side of one edge stream: the bytes not yet a whole frame, and the decoder.
@@ -220,7 +326,14 @@ impl Reader {
             for decoded in self.decoded.drain(..) {
                 match decoded {
                     Decoded::State(state) => {
-                        store.apply(state);
+                        let auction = state.auction_id;
+                        if store.apply_from(state, Via::Stream) == Applied::KeyframeNeeded {
+                            tracing::debug!(
+                                auction,
+                                "a close after lost datagrams; asking for a keyframe"
+                            );
+                            needed.push(auction);
+                        }
                     }
                     Decoded::KeyframeNeeded { auction, error } => {
                         count(&error);

@@ -11,19 +11,32 @@ use std::time::Duration;
 
 use common::broker::{self, Mosquitto};
 use common::node::{NodeProcess, eventually};
+use common::relay::Relay;
 use common::{AgentProcess, http, parse_json};
 
 /// Generous bounds: the node restarts, the SDK and the agent back off (cap 2 s here).
 const WAIT: Duration = Duration::from_secs(60);
 
 fn agent_args(node: &NodeProcess, broker: &Mosquitto, data: &std::path::Path) -> Vec<String> {
+    let mqtt = format!("127.0.0.1:{}", broker.port);
+    agent_args_to(node, node.quic_port, &mqtt, data)
+}
+
+/// The agent's flags for the node's certificates, a QUIC port (the node's or a relay's)
+/// and an MQTT broker (or `off`).
+fn agent_args_to(
+    node: &NodeProcess,
+    quic_port: u16,
+    mqtt: &str,
+    data: &std::path::Path,
+) -> Vec<String> {
     [
         "--node",
-        &format!("127.0.0.1:{}", node.quic_port),
+        &format!("127.0.0.1:{quic_port}"),
         "--cert-dir",
         node.certs().to_str().unwrap(),
         "--mqtt-broker",
-        &format!("127.0.0.1:{}", broker.port),
+        mqtt,
         "--data-dir",
         data.to_str().unwrap(),
         "--patterns",
@@ -173,4 +186,120 @@ fn prices_reach_mqtt_and_sse_and_queued_bids_survive_kills_of_the_node_and_the_a
     let (_, metrics) = http(agent.http, "GET", "/metrics", "");
     assert!(metrics.contains("gavel_edge_connected 1"), "{metrics}");
     assert!(metrics.contains("gavel_edge_mqtt_connected 1"), "{metrics}");
+}
+
+/// Bids queued on auction 1 from `from` up, 10 apart; their bid ids, in order.
+fn bids(agent: &AgentProcess, from: u64, count: u64) -> Vec<String> {
+    (0..count).map(|n| bid(agent, from + 10 * n)).collect()
+}
+
+#[test]
+fn bids_in_flight_when_the_node_is_killed_reach_it_once_each_in_order() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(node_dir.path());
+    node.create_english(1, "energy.de.a1");
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&agent_args_to(
+        &node,
+        node.quic_port,
+        "off",
+        agent_dir.path(),
+    ));
+    // Each bid 10 above the one before: one decided out of order would be too low.
+    const BIDS: u64 = 60;
+    let ids = bids(&agent, 150, BIDS);
+    // The node dies while the forwarder's window holds bids placed and not yet durable
+    // (or, on a slow machine, with bids still queued: the same guarantees hold).
+    eventually(WAIT, "the node accepting some bids", || {
+        (node_bids_accepted(&node) >= BIDS / 4).then_some(())
+    });
+    node.kill();
+    node.restart();
+    let outcomes: Vec<serde_json::Value> = ids.iter().map(|id| outcome(&agent, id)).collect();
+    assert!(
+        outcomes.iter().all(|o| o["status"] == "accepted"),
+        "{outcomes:?}"
+    );
+    let seqs: Vec<u64> = outcomes
+        .iter()
+        .map(|o| o["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert_eq!(node_bids_accepted(&node), BIDS, "each bid once");
+    let (_, metrics) = http(agent.http, "GET", "/metrics", "");
+    assert!(
+        metrics.contains(&format!(
+            "gavel_edge_bids_forwarded_total{{outcome=\"accepted\"}} {BIDS}"
+        )),
+        "{metrics}"
+    );
+}
+
+/// The agent's held state of auction 1.
+fn held(agent: &AgentProcess) -> serde_json::Value {
+    let (status, body) = http(agent.http, "GET", "/v1/auctions/1", "");
+    if status == 200 {
+        parse_json(&body)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// A counter's value on the agent's /metrics (0 when absent).
+fn counter(agent: &AgentProcess, name: &str) -> u64 {
+    let (_, metrics) = http(agent.http, "GET", "/metrics", "");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn price_datagrams_lost_in_an_outage_come_back_as_keyframes() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(node_dir.path());
+    node.create_english(1, "energy.de.a1");
+    let relay = Relay::start(node.quic_port);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let mut args = agent_args_to(&node, relay.port, "off", agent_dir.path());
+    args.push("--datagrams".into());
+    let agent = start_agent(&args);
+    for id in bids(&agent, 150, 3) {
+        assert_eq!(outcome(&agent, &id)["status"], "accepted");
+    }
+    eventually(WAIT, "price 170 held", || {
+        (held(&agent)["price"] == 170).then_some(())
+    });
+    assert!(
+        counter(&agent, "gavel_edge_datagrams_total") >= 1,
+        "prices came as datagrams"
+    );
+    // An outage of everything the node sends while it accepts the next bid: the bid's
+    // answer and durable ack come when QUIC retransmits them; its price datagram is lost.
+    relay.outage(true);
+    let last = bid(&agent, 180);
+    eventually(WAIT, "the node accepting the bid", || {
+        (node_bids_accepted(&node) == 4).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(held(&agent)["price"], 170, "the outage held the price back");
+    relay.outage(false);
+    assert_eq!(outcome(&agent, &last)["status"], "accepted");
+    // The periodic check of auctions datagrams touched brings a keyframe of it.
+    let state = eventually(WAIT, "price 180 held", || {
+        let state = held(&agent);
+        (state["price"] == 180).then_some(state)
+    });
+    let (_, node_state) = node.admin("GET", "/v1/auctions/1", None);
+    assert_eq!(
+        state["seq"].as_u64().map(|s| s.to_string()),
+        parse_json(&node_state)["seq"].as_str().map(str::to_owned),
+        "the node's seq"
+    );
+    assert!(
+        counter(
+            &agent,
+            "gavel_edge_keyframe_requests_total{why=\"datagram_check\"}"
+        ) >= 1
+    );
 }

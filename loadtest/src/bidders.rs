@@ -3,7 +3,10 @@
 //! (`gavel-client`) — or over WebSocket (`gavel.v1.proto`). Each lane receives due times
 //! from the pacer, sends a bid at each, and records from the due time: `decided` (any
 //! answer), `accepted` (accepted answers) and `durable` (durable acks of accepted bids), with
-//! every outcome counted by kind.
+//! every outcome counted by kind. The lean QUIC client also records its own cost (issue 20
+//! item 2): `client_handoff`, from the due time until the connection's task holds the
+//! request (the pacer's timer slack and its hand-off to that task, a cross-thread wake-up),
+//! and `client_sent`, until the request is written to the connection's stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +76,8 @@ fn reason_kind(reason: i32) -> &'static str {
         Ok(pb::RejectReason::Overloaded) => "overloaded",
         Ok(pb::RejectReason::Invalid) => "invalid",
         Ok(pb::RejectReason::Forbidden) => "forbidden",
+        Ok(pb::RejectReason::Misdirected) => "misdirected",
+        Ok(pb::RejectReason::NoOwner) => "no_owner",
         _ => "unknown_reason",
     }
 }
@@ -241,6 +246,9 @@ async fn ws_lane(
     };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     while let Some((intended, seq)) = due.recv().await {
+        pending
+            .recorder
+            .latency("client_handoff", intended.elapsed());
         let request_id = seq + 1;
         if !pending.begin(request_id, intended).await {
             break;
@@ -459,6 +467,9 @@ async fn quic_raw_lane(
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     let mut out = Vec::with_capacity(256);
     while let Some((intended, seq)) = due.recv().await {
+        pending
+            .recorder
+            .latency("client_handoff", intended.elapsed());
         let request_id = seq + 1;
         if !pending.begin(request_id, intended).await {
             break;
@@ -470,6 +481,7 @@ async fn quic_raw_lane(
             pending.failed(request_id);
             break;
         }
+        pending.recorder.latency("client_sent", intended.elapsed());
     }
     pending.drain().await;
     let _ = send.finish();

@@ -110,6 +110,10 @@ struct ShapeArgs {
     /// Also bid through the SDK (gavel-client) with --connections, after the other phases.
     #[arg(long)]
     sdk: bool,
+    /// Bid only through the SDK (no raw QUIC phase, no echo floor): for several nodes, where
+    /// the SDK routes each bid to its auction's owner and the raw bidders would be redirected.
+    #[arg(long)]
+    sdk_only: bool,
     /// With --floors echo and no watchers: alternate the node's QUIC phase and the echo in
     /// this many rounds (each --duration / rounds), so both share the same neighbours.
     #[arg(long, default_value_t = 1)]
@@ -199,7 +203,8 @@ impl ShapeArgs {
             count_max: self.count,
             quic_connections: self.connections,
             ws_connections: self.ws_connections,
-            sdk: self.sdk,
+            sdk: self.sdk || self.sdk_only,
+            sdk_only: self.sdk_only,
             rounds: self.rounds,
             auctions: self.auctions,
             pick: self.zipf.map_or(Pick::Uniform, Pick::Zipf),

@@ -66,6 +66,8 @@ pub struct Shape {
     pub ws_connections: usize,
     /// Also bid through the SDK (`gavel-client`), same connections and rate.
     pub sdk: bool,
+    /// Only the SDK phase bids (no raw QUIC phase, no echo floor).
+    pub sdk_only: bool,
     /// Without watchers and with the echo floor: alternate node and echo in this many
     /// rounds (each `duration / rounds`), so both see the same neighbours.
     pub rounds: u32,
@@ -163,12 +165,13 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     let mut phases = Vec::new();
     let mut gavel_update_rate = None;
     let mut echo_done = None;
-    if shape.quic_connections > 0 && shape.rounds > 1 && shape.floors.echo && watching.is_none() {
+    let raw_quic = shape.quic_connections > 0 && !shape.sdk_only;
+    if raw_quic && shape.rounds > 1 && shape.floors.echo && watching.is_none() {
         let (quic_phase, echo_phase) = interleaved(&run).await?;
         gavel_update_rate = quic_phase.report.figures.get("accepted_per_s").copied();
         phases.push(quic_phase);
         echo_done = Some(echo_phase);
-    } else if shape.quic_connections > 0 {
+    } else if raw_quic {
         let (quic_phases, accepted_rate) = quic_phases(&run, watching.as_ref()).await?;
         gavel_update_rate = Some(accepted_rate);
         phases.extend(quic_phases);
@@ -192,7 +195,7 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
     }
     if let Some(echo_phase) = echo_done {
         phases.push(echo_phase);
-    } else if shape.floors.echo && shape.quic_connections > 0 {
+    } else if shape.floors.echo && raw_quic {
         phases.push(echo_floor(&run).await?);
     }
     if let (true, Some(rate)) = (shape.floors.fsync, gavel_update_rate) {

@@ -2,6 +2,8 @@
 //! data directory, or a node already running; its certificates; auctions created through the
 //! admin HTTPS API with the admin certificate.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -265,10 +267,25 @@ impl Node {
         for part in bodies.chunks(chunk) {
             let part = part.to_vec();
             let mut stream = https_connect(&connector, self.https).await?;
+            let connector = connector.clone();
             tasks.spawn(async move {
+                // Several nodes: an auction of another node's partition is created there.
+                let mut owners: HashMap<SocketAddr, TlsStream<TcpStream>> = HashMap::new();
                 for body in part {
-                    let (status, answer) =
+                    let (mut status, mut answer) =
                         http_request(&mut stream, "POST", "/v1/auctions", body.as_bytes()).await?;
+                    if status == 421 {
+                        let owner = owner_https(&answer)?;
+                        let owner_stream = match owners.entry(owner) {
+                            Entry::Occupied(found) => found.into_mut(),
+                            Entry::Vacant(slot) => {
+                                slot.insert(https_connect(&connector, owner).await?)
+                            }
+                        };
+                        (status, answer) =
+                            http_request(owner_stream, "POST", "/v1/auctions", body.as_bytes())
+                                .await?;
+                    }
                     ensure!(status == 201, "creating an auction: {status} {answer}");
                 }
                 Ok(())
@@ -279,6 +296,16 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The owner's HTTPS address named by a 421 `misdirected` answer (docs/admin-api.md).
+fn owner_https(answer: &str) -> Result<SocketAddr> {
+    let error: serde_json::Value =
+        serde_json::from_str(answer).with_context(|| format!("a 421 answer: {answer}"))?;
+    let https = error["owner"]["https"].as_str().unwrap_or_default();
+    https
+        .parse()
+        .with_context(|| format!("the owner's HTTPS address in a 421 answer: {answer}"))
 }
 
 /// A TLS connection to `addr` (server name `localhost`).

@@ -60,7 +60,7 @@ impl Backend for NodeBackend {
         self.0.cluster()
     }
 
-    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<gavel_proto::pb::PartitionOwner> {
         self.0.owner_elsewhere(auction)
     }
 

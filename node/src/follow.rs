@@ -14,11 +14,16 @@
 //! changed in the fan-out; a `Settled` record read after the partition's first end
 //! (not during the catch-up) announces the close and settlement once, as the owner does.
 //!
-//! Takeover: the partition is replayed into the node's engine from its beginning (as
-//! before); once it is activated the reads go to the node's engine, whose state includes
-//! everything the view had (the view never reads past the takeover marker, whose older
-//! epochs it skips), so a watcher's `seq` goes on without a gap; then the follower stops,
-//! every auction of the view is marked changed, and the view is dropped.
+//! Takeover ([`Followers::hand_over`]): once the lease is held and the takeover marker
+//! persisted, the follower reads its partition on to the high watermark (past the marker,
+//! whose epoch fences whatever the former owner still writes), finishes its replayer (the
+//! derived events a cut decision left out are the takeover's missing tail, as in a replay
+//! from the beginning: same records, same replayer) and stops; the view's auctions move into
+//! the node's engine (snapshot states), the partition is activated at the follower's offset,
+//! and the reads switch to the node's engine, which holds exactly what the view had: a
+//! watcher's `seq` goes on without a gap. Then every auction of the view is marked changed
+//! and the view is dropped. A follower that stopped on a bad record, or fails while catching
+//! up, hands nothing over: the partition is replayed from its beginning instead.
 //!
 //! A record the view cannot decode or replay stops that partition's follower (the view
 //! stays at its last good state; `gavel_follower_errors_total` and `/readyz` say why); a
@@ -33,8 +38,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use gavel_engine::{
-    AuctionId, AuctionView, Engine, EngineConfig, EventKind, PrunedAuction, Replayer, UnixMicros,
+    AuctionId, AuctionView, Engine, EngineConfig, EventKind, PrunedAuction, ReplaySummary,
+    Replayer, UnixMicros,
 };
+use gavel_proto::convert::state::SnapshotParts;
 use gavel_transport::clock::now_micros;
 use gavel_transport::fanout::Hub;
 use gavel_wal::WalError;
@@ -58,12 +65,18 @@ const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 const REOPEN_PAUSE: Duration = Duration::from_millis(500);
 /// Auctions marked changed at once when a view is handed over.
 const HANDOVER_PAGE: usize = 1_024;
+/// The longest a follower catches up to the high watermark for a takeover.
+const CATCH_UP_MAX: Duration = Duration::from_secs(30);
 
 /// One followed partition: its read-only view and how far behind it is.
 struct Followed {
     partition: i32,
     engine: Engine,
     stop: AtomicBool,
+    /// Set by a takeover: catch up to the high watermark, finish, and stop.
+    hand_over: AtomicBool,
+    /// What the follower handed over: its offset and its replayer's summary.
+    handed: Mutex<Option<(i64, ReplaySummary)>>,
     lag_records: AtomicU64,
     lag_ms: AtomicU64,
     /// Why the follower stopped applying, if it did.
@@ -123,6 +136,8 @@ impl Followers {
                 partition,
                 engine: Engine::new(engine),
                 stop: AtomicBool::new(false),
+                hand_over: AtomicBool::new(false),
+                handed: Mutex::new(None),
                 lag_records: AtomicU64::new(0),
                 lag_ms: AtomicU64::new(0),
                 failed: Mutex::new(None),
@@ -232,6 +247,34 @@ impl Followers {
         metrics::gauge!(METRIC_LAG_SECONDS, &labels).set(0.0);
     }
 
+    /// A takeover of `partition` (lease held, marker persisted): its follower catches up to
+    /// the partition's end, and the view's auctions move into `into`. `None`: no view to
+    /// hand over (not followed, or its follower stopped or failed to catch up) — replay the
+    /// partition instead; an error: the move failed midway (`into` holds part of it).
+    pub(crate) fn hand_over(
+        &self,
+        partition: i32,
+        into: &Engine,
+    ) -> Option<Result<(i64, ReplaySummary)>> {
+        let followed = self.view_of(partition)?;
+        // Ordering: Release pairs with the follower's Acquire load.
+        followed.hand_over.store(true, Ordering::Release);
+        self.join_threads(|p| p == partition);
+        let (next_offset, summary) = lock(&followed.handed).take()?;
+        let (auctions, pruned) = followed.engine.snapshot_with_pruned();
+        let parts = SnapshotParts {
+            lsn: 0,
+            taken_at: UnixMicros(0),
+            auctions,
+            pruned,
+            kafka: None,
+        };
+        let what = format!("the view of partition {partition}");
+        let mut report = crate::node::RecoveryReport::default();
+        let moved = crate::node::restore_parts(into, parts, &what, |_| true, &mut report);
+        Some(moved.map(|()| (next_offset, summary)))
+    }
+
     /// Stops every follower thread (shutdown).
     pub(crate) fn stop(&self) {
         self.stop_threads(|_| true);
@@ -242,6 +285,10 @@ impl Followers {
             // Ordering: Release pairs with the follower's Acquire load.
             followed.stop.store(true, Ordering::Release);
         }
+        self.join_threads(which);
+    }
+
+    fn join_threads(&self, which: impl Fn(i32) -> bool) {
         let stopping: Vec<_> = {
             let mut threads = lock(&self.threads);
             let (stopping, kept) = threads.drain(..).partition(|(p, _)| which(*p));
@@ -260,6 +307,8 @@ impl Followers {
 enum Stop {
     /// Asked to.
     Asked,
+    /// Asked to hand over, and caught up to the partition's end.
+    CaughtUp,
     /// The reader failed: open another at the position reached.
     Reader(WalError),
     /// A record cannot be applied: the follower stops for good.
@@ -284,8 +333,16 @@ fn follow(followed: &Followed, source: &Source) {
             }
         };
         let live = start.is_some();
-        match read(followed, source, &mut records, &mut replayer, (live, since)) {
-            Stop::Asked => return,
+        let stopped = read(followed, source, &mut records, &mut replayer, (live, since));
+        if followed.hand_over.load(Ordering::Acquire) {
+            if let Stop::CaughtUp = stopped {
+                let next_offset = records.next_offset(partition);
+                *lock(&followed.handed) = Some((next_offset, replayer.finish()));
+            }
+            return;
+        }
+        match stopped {
+            Stop::Asked | Stop::CaughtUp => return,
             Stop::Reader(e) => {
                 tracing::warn!(partition, error = %e, "the follower's reader failed; reopening it");
                 start = Some(records.position());
@@ -298,7 +355,8 @@ fn follow(followed: &Followed, source: &Source) {
                 metrics::counter!(METRIC_ERRORS, &labels).increment(1);
                 *lock(&followed.failed) = Some(reason);
                 // The lag goes on growing with what the owner writes, and says so.
-                while !followed.stop.load(Ordering::Acquire) {
+                let asked = || followed.stop.load(Ordering::Acquire);
+                while !asked() && !followed.hand_over.load(Ordering::Acquire) {
                     measure(followed, &records, since);
                     std::thread::sleep(POLL);
                 }
@@ -320,17 +378,11 @@ fn read(
     let mut measured = Instant::now() - LAG_EVERY;
     // Ordering: Acquire pairs with `stop_threads`' Release store.
     while !followed.stop.load(Ordering::Acquire) {
-        match records.poll_record(POLL) {
-            Some(Ok(record)) => {
-                let applied = decode_at(&record.payload, record.lsn)
-                    .and_then(|event| apply_at(replayer, &event, record.lsn).map(|()| event));
-                match applied {
-                    Ok(event) => announce(source, &followed.engine, &event, live),
-                    Err(e) => return Stop::Record(e),
-                }
-            }
-            Some(Err(e)) => return Stop::Reader(e),
-            None => {}
+        if followed.hand_over.load(Ordering::Acquire) {
+            return catch_up(followed, source, records, replayer);
+        }
+        if let Some(stop) = read_one(followed, source, records, replayer, live) {
+            return stop;
         }
         live = live || records.reached_end();
         if measured.elapsed() >= LAG_EVERY {
@@ -339,6 +391,55 @@ fn read(
         }
     }
     Stop::Asked
+}
+
+/// Polls one record and applies it to the view (telling the fan-out); `Some` if reading
+/// must stop.
+fn read_one(
+    followed: &Followed,
+    source: &Source,
+    records: &mut KafkaRecords,
+    replayer: &mut Replayer<'_>,
+    live: bool,
+) -> Option<Stop> {
+    match records.poll_record(POLL)? {
+        Ok(record) => {
+            let applied = decode_at(&record.payload, record.lsn)
+                .and_then(|event| apply_at(replayer, &event, record.lsn).map(|()| event));
+            match applied {
+                Ok(event) => announce(source, &followed.engine, &event, live),
+                Err(e) => return Some(Stop::Record(e)),
+            }
+            None
+        }
+        Err(e) => Some(Stop::Reader(e)),
+    }
+}
+
+/// A takeover's end of following: reads on to the partition's high watermark as asked of the
+/// broker now (the takeover marker, persisted before, is below it), within [`CATCH_UP_MAX`].
+fn catch_up(
+    followed: &Followed,
+    source: &Source,
+    records: &mut KafkaRecords,
+    replayer: &mut Replayer<'_>,
+) -> Stop {
+    let partition = followed.partition;
+    let high = match records.watermarks(partition, LAG_TIMEOUT) {
+        Ok((_, high)) => high,
+        Err(e) => return Stop::Reader(e),
+    };
+    let deadline = Instant::now() + CATCH_UP_MAX;
+    while records.next_offset(partition) < high {
+        if Instant::now() > deadline {
+            let reason = format!("not at offset {high} of partition {partition} in time");
+            return Stop::Record(anyhow::anyhow!(reason));
+        }
+        if let Some(stop) = read_one(followed, source, records, replayer, true) {
+            return stop;
+        }
+    }
+    Stop::CaughtUp
 }
 
 /// Tells the fan-out of an applied record: its auction changed, and a settlement read live

@@ -11,6 +11,8 @@
 //!   auction operations through the WAL, durable waits, periodic snapshots with compaction,
 //!   shutdown.
 //! - [`replay`]: parallel replay of the log at start-up, partitioned by auction.
+//! - [`routing`]: with several nodes on one Kafka log, who serves an auction's partition and
+//!   where to reach it (the advertisement published with each lease claim).
 //! - [`serve`]: `gavel serve`, the network node — configuration, start-up, the close ticker,
 //!   metrics, graceful shutdown.
 //! - [`simulate`]: `gavel simulate`, demo auctions with simulated bidders, in memory or on a
@@ -26,6 +28,7 @@ pub mod durable;
 pub mod follow;
 pub mod node;
 pub mod replay;
+pub mod routing;
 pub mod serve;
 pub mod simulate;
 pub mod takeover;

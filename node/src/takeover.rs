@@ -5,11 +5,12 @@
 //! One thread follows the lease of every partition this node does not own ([`LeaseWatch`]),
 //! recording each holder in the cluster map. When a standby partition's lease lapses it takes
 //! the partition over ([`KafkaLog::take_over`]: the lease under a new owner epoch,
-//! then the takeover marker), replays the partition from its beginning into the running
-//! engine through the same parallel replay as the start, appends the derived events a cut
-//! decision left out, and only then activates it: until then the engine does not hold the
-//! partition's auctions (bids on them are `UnknownAuction`) and the log refuses its records
-//! (a creation is refused). Snapshots wait meanwhile (the snapshot lock is held), so no
+//! then the takeover marker), brings the partition's state into the running engine — handed
+//! over by the partition's follower, which reads on past the marker (`crate::follow`), or,
+//! without one, replayed from the beginning through the same parallel replay as the start —
+//! activates it, and appends the derived events a cut decision left out: until the
+//! activation the engine does not hold the partition's auctions (bids on them are
+//! `UnknownAuction`) and the log refuses its records (a creation is refused). Snapshots wait meanwhile (the snapshot lock is held), so no
 //! snapshot records a partition's offset without all of its auctions or the reverse.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use gavel_engine::Engine;
+use gavel_engine::{Engine, ReplaySummary};
 use gavel_wal::kafka::KafkaLog;
 use gavel_wal::kafka::fence::LeaseWatch;
 use gavel_wal::{Log, Lsn};
@@ -47,8 +48,9 @@ pub(crate) struct Parts<'a> {
     pub followers: &'a crate::follow::Followers,
 }
 
-/// A partition's lease holder as last read: name, owner epoch, whether its lease is live.
-pub type Holder = (String, u64, bool);
+/// A partition's lease holder as last read: name, owner epoch, whether its lease is live,
+/// its advertised addresses.
+pub type Holder = gavel_wal::kafka::fence::LeaseHolder;
 
 /// Follows the leases of the partitions this node does not own and takes each `standby` one
 /// over once its lease lapses; returns when the log failed or `stop` is set.
@@ -105,27 +107,41 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
     }
 }
 
+/// Replays `partition` from its beginning into the engine; returns the offset after its last
+/// record read and the replay's summary.
+fn replay(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<(i64, ReplaySummary)> {
+    let mut records = kafka.reader(partition)?;
+    let summary = replay_parallel(parts.engine, false, &mut records, parts.workers)?;
+    Ok((records.next_offset(partition), summary))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .expect("node mutex poisoned: a panic under a node lock is a bug")
 }
 
-/// Takes `partition` over: lease and marker, replay into the engine, missing tail, activate.
+/// Takes `partition` over: lease and marker, the partition's state in the engine (handed
+/// over by its follower, or replayed), activate, missing tail.
 fn take_over(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<()> {
     let started = Instant::now();
     let _no_snapshot = lock(parts.snapshots);
-    let mut takeover = kafka.take_over(partition)?;
-    let replayed = replay_parallel(parts.engine, false, &mut takeover.records, parts.workers);
-    let summary = match replayed {
-        Ok(summary) => summary,
+    let takeover = kafka.take_over(partition)?;
+    let handed = parts.followers.hand_over(partition, parts.engine);
+    let from_view = handed.is_some();
+    let state = match handed {
+        Some(moved) => moved,
+        None => replay(parts, kafka, partition),
+    };
+    let (next_offset, summary) = match state {
+        Ok(state) => state,
         Err(e) => {
             // Part of the partition is in the engine: stop rather than serve it half.
             kafka.fail_takeover(&takeover, format!("{e:#}"));
             return Err(e);
         }
     };
-    kafka.activate(&takeover);
+    kafka.activate(&takeover, next_offset);
     // The node's engine now serves the partition's reads, with all its view had.
     parts.followers.release(partition);
     let missing = crate::node::append_missing_tail(parts.wal, &summary.missing_tail)?;
@@ -136,6 +152,7 @@ fn take_over(parts: &Parts<'_>, kafka: &KafkaLog, partition: i32) -> Result<()> 
         partition,
         epoch = takeover.epoch(),
         records_replayed = summary.events,
+        from_view,
         missing_tail_appended = missing,
         elapsed_ms = elapsed.as_millis() as u64,
         "took a partition over"

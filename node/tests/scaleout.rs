@@ -18,8 +18,12 @@
 //!   durable (before or after) is in the topic as replayed, nothing it wrote after the
 //!   takeover is replayed (a fresh replay has the successor's state hash), and it stops;
 //! - the admin API of a node owning partitions 2-3 beside one owning 0-1: `GET /v1/cluster`
-//!   shows both; creating, reading or cancelling an auction of the other's partitions is
-//!   421 `misdirected` naming that node; its own auctions work as usual;
+//!   shows both with their advertised addresses; creating, reading or cancelling an auction
+//!   of the other's partitions is 421 `misdirected` naming that node and its addresses, and a
+//!   WebSocket bid on it `REJECT_REASON_MISDIRECTED` with the same owner; once the other
+//!   node stopped (its leases released) the same are 503 `no_owner` and
+//!   `REJECT_REASON_NO_OWNER`; its own auctions work as usual; each is counted in
+//!   `gavel_redirects_total`;
 //! - a standby whose replay of a partition it took over fails (a record that does not
 //!   decode) stops acknowledging, naming the partition, rather than serve half of it;
 //! - live takeover: an owner process (this test binary re-run as [`owner_process`]) owns
@@ -679,7 +683,11 @@ async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_i
     let broker = Broker::start();
     let base = kafka(broker.bootstrap(), "gavel-wal-admin");
     let scratch = tempfile::tempdir().unwrap();
-    let (a, _) = Node::open(scratch.path(), config(owning(&base, "node-a", &[0, 1]))).unwrap();
+    let a_kafka = KafkaConfig {
+        advertise: A_ADVERTISED.to_owned(),
+        ..owning(&base, "node-a", &[0, 1])
+    };
+    let (a, _) = Node::open(scratch.path(), config(a_kafka)).unwrap();
     let b = TestNode::start(Setup {
         node: config(owning(&base, "node-b", &[2, 3])),
         ..Setup::default()
@@ -704,6 +712,8 @@ async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_i
     );
     assert_eq!(cluster["node"], "node-b");
     assert_eq!(cluster["partitions"][0]["owner"], "node-a");
+    assert_eq!(cluster["partitions"][0]["quic"], "node-a.test:7443");
+    assert_eq!(cluster["partitions"][0]["https"], "127.0.0.1:18443");
     assert_eq!(cluster["partitions"][3]["owner"], "node-b");
     let theirs = (1..).find(|&id| partition_of(id, 4) < 2).unwrap();
     let ours = (1..).find(|&id| partition_of(id, 4) >= 2).unwrap();
@@ -714,26 +724,94 @@ async fn another_nodes_auction_is_misdirected_on_the_admin_api_and_the_cluster_i
         ("GET", format!("/v1/auctions/{theirs}"), None),
         ("POST", format!("/v1/auctions/{theirs}/cancel"), None),
     ];
-    for (method, path, body) in requests {
+    let misdirected_before = redirects(&b, "misdirected").await;
+    let owner = serde_json::json!({"partition": partition_of(theirs, 4), "partitions": 4,
+        "node": "node-a", "quic": "node-a.test:7443", "https": "127.0.0.1:18443", "epoch": "1"});
+    for (method, path, body) in requests.clone() {
         let (status, _, body) = b.request(ADMIN, method, &path, body).await;
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             (status.as_u16(), &error["code"]),
             (421, &serde_json::json!("misdirected"))
         );
+        assert_eq!(error["owner"], owner, "{error}");
         let message = error["message"].as_str().unwrap();
         assert!(
-            message.contains("node-a") && message.contains(&misdirected),
+            message.contains("node-a")
+                && message.contains(&misdirected)
+                && message.contains("127.0.0.1:18443"),
             "{message}"
         );
     }
+    assert!(redirects(&b, "misdirected").await >= misdirected_before + 3.0);
+    let bid = ws_bid(&b, theirs).await;
+    assert_eq!(bid["reason"], "REJECT_REASON_MISDIRECTED", "{bid}");
+    assert_eq!(bid["owner"], owner, "{bid}");
     b.create_auction(rules(ours)).await;
     let (status, _, _) = b
         .request(WATCHER, "GET", &format!("/v1/auctions/{ours}"), None)
         .await;
     assert_eq!(status, 200);
+    // a stops and releases its leases: nobody owns its partitions until a node takes them.
     a.shutdown(false).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let bid = loop {
+        let bid = ws_bid(&b, theirs).await;
+        if bid["reason"] != "REJECT_REASON_MISDIRECTED" || Instant::now() > deadline {
+            break bid;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(bid["reason"], "REJECT_REASON_NO_OWNER", "{bid}");
+    assert_eq!(bid["retryAfterUs"], "200000", "{bid}");
+    assert_eq!(bid["owner"]["node"], serde_json::Value::Null, "{bid}");
+    let no_owner_before = redirects(&b, "no_owner").await;
+    for (method, path, body) in requests {
+        let (status, headers, body) = b.request(ADMIN, method, &path, body).await;
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status.as_u16(), &error["code"]),
+            (503, &serde_json::json!("no_owner"))
+        );
+        assert_eq!(headers["retry-after"], "1");
+    }
+    assert!(redirects(&b, "no_owner").await >= no_owner_before + 3.0);
     b.stop().await;
+}
+
+/// `gavel_redirects_total{transport="https",reason}` as `node` renders it.
+async fn redirects(node: &TestNode, reason: &str) -> f64 {
+    let series = format!("gavel_redirects_total{{transport=\"https\",reason=\"{reason}\"}}");
+    let text = node.metrics().await;
+    let values = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(series.as_str()));
+    values.filter_map(|v| v.trim().parse::<f64>().ok()).sum()
+}
+
+/// What node a advertises in the admin test: a QUIC host name, an HTTPS IP address.
+const A_ADVERTISED: &str = "quic=node-a.test:7443,https=127.0.0.1:18443";
+
+/// Places a bid on `auction` over a new WebSocket (JSON) to `node`; its `rejected` answer.
+async fn ws_bid(node: &TestNode, auction: u64) -> serde_json::Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = node
+        .ws(Some("bidder/bidder-1"), "gavel.v1.json", None)
+        .await
+        .unwrap();
+    let bid = format!(
+        r#"{{"requestId": "1", "placeBid": {{"auctionId": "{auction}", "amount": "150", "bidIdLo": "7"}}}}"#
+    );
+    ws.send(Message::text(bid)).await.unwrap();
+    let answer = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(text) => break text,
+            _ => continue,
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    answer["bidOutcome"]["rejected"].clone()
 }
 
 #[test]

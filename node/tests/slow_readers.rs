@@ -24,10 +24,10 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::https::{plain_get, request_to, tls_over, ws_over};
+use common::https::{plain_get, tls_over, ws_over};
 use common::serve::raw_connect;
-use common::served::{Served, english_rules, serve_with_env};
-use common::stream::{now_us, place_bid};
+use common::served::{Served, create_english as create, serve_with_env};
+use common::stream::place_bid;
 use futures_util::{SinkExt, StreamExt};
 use gavel_proto::frame::{self, FrameDecoder};
 use gavel_proto::pb;
@@ -60,7 +60,6 @@ const FINAL_PRICE_DELAY_MAX: Duration = Duration::from_secs(3);
 const UPDATES_PERCENT_MAX: u64 = 20;
 /// Longest wait for anything else.
 const WAIT: Duration = Duration::from_secs(30);
-const ADMIN: Option<&str> = Some("admin/admin");
 /// The timed tests run one at a time: the delays they measure are not another test's load.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WATCHER: Option<&str> = Some("watcher/watcher-1");
@@ -77,26 +76,6 @@ fn start(env: &[(&str, &str)]) -> (tempfile::TempDir, Served, DevCerts) {
     let served = serve_with_env(&data_dir, env);
     let certs = dev::ensure(&data_dir.join("certs")).unwrap();
     (dir, served, certs)
-}
-
-/// Creates English auction `id` on `topic` through the admin API.
-async fn create(served: &Served, certs: &DevCerts, id: u64, topic: &str) {
-    let body = english_rules(id, topic, now_us() - 1_000_000).into_bytes();
-    let (status, _, answer) = request_to(
-        served.https,
-        certs,
-        ADMIN,
-        "POST",
-        "/v1/auctions",
-        Some(body),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
 }
 
 /// The value of the series `series` (name and labels, as rendered) on the node's metrics

@@ -175,6 +175,7 @@ fn json_follows_the_canonical_proto3_mapping() {
                 min_next: Some(105),
                 retry_after_us: None,
                 original: None,
+                owner: None,
             })),
         })),
     };

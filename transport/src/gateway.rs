@@ -75,9 +75,12 @@ pub trait Backend: AuctionReads + Send + Sync + 'static {
         None
     }
 
-    /// Another node that owns the partition of `auction` (its lease name), if one does: the
-    /// admin API answers 421 for that auction instead of deciding it here.
-    fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+    /// `Some` when this node does not serve `auction` because several nodes share the
+    /// auctions and its partition is not this node's: the owner and its advertised addresses
+    /// (`node` empty when nobody owns it now, mid-takeover). Bids are answered
+    /// `MISDIRECTED` / `NO_OWNER` and the admin API 421 / 503 instead of deciding here.
+    /// Called on every bid: a node alone answers `None` without a lock.
+    fn owner_elsewhere(&self, auction: AuctionId) -> Option<gavel_proto::pb::PartitionOwner> {
         let _ = auction;
         None
     }

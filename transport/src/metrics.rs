@@ -12,6 +12,10 @@ pub const DURABLE_ACKS: &str = "gavel_durable_acks_total";
 pub const BID_DECIDE_SECONDS: &str = "gavel_bid_decide_seconds";
 /// Accepted → durable time as seen by the edge, seconds.
 pub const BID_DURABLE_SECONDS: &str = "gavel_bid_durable_seconds";
+/// Bids and admin requests for an auction this node does not serve (several nodes share
+/// the auctions), by `transport` (`quic`, `ws`, `https` for the admin API) and `reason`
+/// (`misdirected`: another node owns it, the answer names it; `no_owner`: nobody does now).
+pub const REDIRECTS: &str = "gavel_redirects_total";
 /// Requests refused before reaching the engine, by `transport` and `reason`
 /// (`malformed`, `too_large`, `invalid_argument`, `forbidden`, `limit`,
 /// `handshake`: a refused WebSocket handshake).
@@ -108,6 +112,10 @@ fn describe_bid_path() {
     describe_counter!(
         REQUEST_ERRORS,
         "Requests refused before reaching the engine, by transport and reason."
+    );
+    describe_counter!(
+        REDIRECTS,
+        "Requests for an auction another node owns (misdirected) or nobody owns now (no_owner), by transport."
     );
 }
 
@@ -211,6 +219,11 @@ pub fn start_rare_counters_at_zero() {
         metrics::counter!(BIDS, "transport" => transport, "result" => "rejected", "reason" => overloaded)
             .increment(0);
     }
+    for transport in ["quic", "ws", "https"] {
+        for reason in ["misdirected", "no_owner"] {
+            metrics::counter!(REDIRECTS, "transport" => transport, "reason" => reason).increment(0);
+        }
+    }
     for result in ["ok", "error"] {
         metrics::counter!(TLS_RELOADS, "result" => result).increment(0);
     }
@@ -262,6 +275,21 @@ pub fn outcome_labels(outcome: &BidOutcome) -> (&'static str, &'static str) {
         BidOutcome::Accepted(_) => ("accepted", "none"),
         BidOutcome::Rejected(rejection) => ("rejected", rejection_label(rejection)),
     }
+}
+
+/// Counts a request answered with `owner` instead of a decision ([`REDIRECTS`]); returns
+/// its reason label (`misdirected` when an owner is named, else `no_owner`).
+pub(crate) fn redirect(
+    transport: &'static str,
+    owner: &gavel_proto::pb::PartitionOwner,
+) -> &'static str {
+    let reason = if owner.node.is_empty() {
+        "no_owner"
+    } else {
+        "misdirected"
+    };
+    metrics::counter!(REDIRECTS, "transport" => transport, "reason" => reason).increment(1);
+    reason
 }
 
 /// The label value of a rejection.

@@ -163,6 +163,31 @@ pub fn bind(
     quinn::Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })
 }
 
+/// [`bind`] on a UDP socket bound earlier (a node binds its port before recovery, to
+/// advertise it to the other nodes, and serves it once ready; datagrams meanwhile wait in
+/// the socket's buffer or are lost, and the clients' handshakes resend them).
+pub fn bind_socket(
+    socket: std::net::UdpSocket,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, QuicError> {
+    let config = server_config(tls, limits)?;
+    let addr = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Bind {
+        addr,
+        source: std::io::Error::other("no async runtime to drive the QUIC endpoint"),
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(|source| QuicError::Bind { addr, source })
+}
+
 /// Serves bidders on `endpoint` until the gateway's shutdown token is cancelled, then drains
 /// for at most `drain_timeout` and returns once the endpoint is idle (at most
 /// [`IDLE_WAIT_MS`] later). Start it once the gateway is ready (before that every bid is

@@ -32,6 +32,9 @@ use crate::settlement;
 /// How long a bidder should wait before retrying when the node is not ready or a
 /// connection has too many durable acks pending, in microseconds.
 pub(crate) const RETRY_AFTER_NOT_READY_US: u64 = 100_000;
+/// How long a bidder should wait before resending a bid answered `NO_OWNER` (its partition
+/// is being taken over: a lapsed lease, then a replay), in microseconds.
+pub(crate) const RETRY_AFTER_NO_OWNER_US: u64 = 200_000;
 
 /// A node answer that is an error, addressed to `request_id`.
 pub(crate) fn error_message(
@@ -416,6 +419,10 @@ impl<B: Backend> Session<B> {
                 return None;
             }
         };
+        if let Some(owner) = backend.owner_elsewhere(bid.auction()) {
+            self.redirect(request_id, owner, out);
+            return None;
+        }
         if self.pending_durable() >= self.gateway.limits().pending_durable_per_connection_max {
             return self.refuse(request_id, not_ready, out, "pending_durable");
         }
@@ -450,6 +457,34 @@ impl<B: Backend> Session<B> {
             wait,
             pending: PendingGuard(Arc::clone(&self.pending_durable)),
         }
+    }
+
+    /// Answers a bid for an auction another node owns (`MISDIRECTED`, naming it) or nobody
+    /// owns now (`NO_OWNER`, retry after a while): nothing was decided.
+    fn redirect(
+        &mut self,
+        request_id: u64,
+        owner: pb::PartitionOwner,
+        out: &mut Vec<pb::ServerMessage>,
+    ) {
+        let transport = self.transport;
+        let reason = metrics::redirect(transport, &owner);
+        self.bid_metrics().bid(transport, "rejected", reason);
+        let mut rejected = pb::Rejected::default();
+        if owner.node.is_empty() {
+            rejected.set_reason(pb::RejectReason::NoOwner);
+            rejected.retry_after_us = Some(RETRY_AFTER_NO_OWNER_US);
+        } else {
+            rejected.set_reason(pb::RejectReason::Misdirected);
+        }
+        rejected.owner = Some(owner);
+        let outcome = pb::BidOutcome {
+            outcome: Some(pb::bid_outcome::Outcome::Rejected(rejected)),
+        };
+        out.push(pb::ServerMessage {
+            request_id,
+            body: Some(Reply::BidOutcome(outcome)),
+        });
     }
 
     /// Answers a bid refused at the edge; returns `None` (nothing to wait for).

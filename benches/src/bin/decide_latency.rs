@@ -12,10 +12,9 @@
 //!
 //! Usage: `cargo run --release -p gavel-benches --bin decide_latency [decisions_per_thread]`.
 
-use std::sync::Barrier;
 use std::time::Instant;
 
-use gavel_benches::{Drainer, MeasuredSink, NOW, Tally, ZipfBidder, ZipfMarket};
+use gavel_benches::{Drainer, MeasuredSink, NOW, Tally, ZipfBidder, ZipfMarket, on_bidder_threads};
 use gavel_engine::BoundedSink;
 use hdrhistogram::Histogram;
 
@@ -84,25 +83,10 @@ fn run(threads: u32, decisions: u64) -> (Histogram<u64>, Tally, f64) {
     let created = rss_mib();
     let sink = BoundedSink::fresh();
     let mut bidders: Vec<ZipfBidder> = (0..threads).map(|t| ZipfBidder::new(t + 1)).collect();
-    let barrier = Barrier::new(threads as usize);
-    let start = Instant::now();
-    let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = bidders
-            .iter_mut()
-            .map(|bidder| {
-                let (market, sink, barrier) = (&market, &sink, &barrier);
-                scope.spawn(move || {
-                    barrier.wait();
-                    bidder_thread(market, sink, bidder, decisions)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bidder thread panicked"))
-            .collect()
+    let (elapsed, results) = on_bidder_threads(&mut bidders, |bidder| {
+        bidder_thread(&market, &sink, bidder, decisions)
     });
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = elapsed.as_secs_f64();
     println!(
         "    resident memory: {} MiB before, {} MiB with 10k fresh auctions, {} MiB after the run",
         before,

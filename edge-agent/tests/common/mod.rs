@@ -153,3 +153,4 @@ pub fn free_port() -> u16 {
 
 pub mod broker;
 pub mod node;
+pub mod relay;

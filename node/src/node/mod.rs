@@ -49,6 +49,7 @@ use gavel_proto::pb;
 use gavel_transport::clock::now_micros;
 use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::KafkaConfig;
+use gavel_wal::kafka::fence::LeaseHolder;
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, TornTail, WaitError, WalConfig,
     WriterHooks,
@@ -61,8 +62,8 @@ use crate::follow::{FollowerLag, Followers};
 mod open;
 mod snapshots;
 
-pub(crate) use open::append_missing_tail;
 pub use open::kafka_snapshot_dir;
+pub(crate) use open::{append_missing_tail, restore_parts};
 use open::{open_file_log, open_kafka_log};
 use snapshots::{snapshot_now, spawn_snapshotter, spawn_taker};
 
@@ -531,20 +532,28 @@ impl Node {
         let holders = lock(&self.shared.holders);
         let partitions: Vec<pb::ClusterPartition> = (0..kafka.partitions())
             .map(|p| {
-                let (owner, epoch, live) = match kafka.epoch_of(p) {
+                let holder = match kafka.epoch_of(p) {
                     0 => holders
                         .get(p as usize)
                         .cloned()
                         .flatten()
                         .unwrap_or_default(),
-                    epoch => (config.owner.clone(), epoch, true),
+                    epoch => LeaseHolder {
+                        owner: config.owner.clone(),
+                        epoch,
+                        live: true,
+                        advertise: config.advertise.clone(),
+                    },
                 };
+                let (quic, https) = crate::routing::addresses(&holder.advertise);
                 pb::ClusterPartition {
                     partition: p as u32,
-                    owner,
-                    epoch,
-                    live,
+                    owner: holder.owner,
+                    epoch: holder.epoch,
+                    live: holder.live,
                     standby: config.standby_partitions.contains(&p),
+                    quic,
+                    https,
                 }
             })
             .collect();
@@ -563,21 +572,18 @@ impl Node {
         })
     }
 
-    /// The node that owns the partition of `auction` when it is not this one: its lease
-    /// name as last read ("another node" if none read yet). `None` on the file log and for
-    /// this node's own partitions.
-    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<String> {
+    /// The owner of the partition of `auction` when this node does not write it, with its
+    /// advertised addresses as its lease claim published them (`node` empty when nobody
+    /// serves it now, see [`crate::routing`]). `None` on the file log and for this node's own
+    /// partitions.
+    pub fn owner_elsewhere(&self, auction: AuctionId) -> Option<pb::PartitionOwner> {
         let Log::Kafka(kafka) = &*self.shared.wal else {
             return None;
         };
-        let partition = kafka.partition_of(auction.0);
-        if kafka.owns(partition) {
-            return None;
-        }
-        let holders = lock(&self.shared.holders);
-        let holder = holders.get(partition as usize).cloned().flatten();
-        let owner = holder.map_or_else(|| "another node".to_owned(), |(owner, ..)| owner);
-        Some(format!("{owner} (partition {partition})"))
+        crate::routing::owner_elsewhere(kafka, auction.0, |partition| {
+            let holders = lock(&self.shared.holders);
+            holders.get(partition as usize).cloned().flatten()
+        })
     }
 
     /// Whether `receipt` is durable now.

@@ -222,7 +222,7 @@ pub(super) fn restore_kafka_snapshot(
 
 /// Restores a snapshot's auctions and pruned results for which `wanted` holds into
 /// `engine`, counting them in `report`.
-pub(super) fn restore_parts(
+pub(crate) fn restore_parts(
     engine: &Engine,
     parts: SnapshotParts,
     path: &str,

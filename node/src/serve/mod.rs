@@ -332,8 +332,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
         Some(addr) => Some(open_metrics(addr, &gateway, prometheus, &mut tasks).await?),
         None => None,
     };
-    tracing::info!(https = %https_addr, metrics = ?metrics_addr, "listening; recovering the data directory");
-    let Some(node) = recover(&config, &shutdown).await? else {
+    // Bound now, served once ready: its address goes into the lease claims of recovery.
+    let quic_socket = std::net::UdpSocket::bind(config.quic_listen)
+        .with_context(|| format!("binding the QUIC port {}", config.quic_listen))?;
+    let advertise = advertisement(&config, quic_socket.local_addr()?, https_addr);
+    tracing::info!(https = %https_addr, metrics = ?metrics_addr, %advertise, "listening; recovering the data directory");
+    let Some(node) = recover(&config, &advertise, &shutdown).await? else {
         drain(tasks, config.shutdown_deadline).await?;
         tracing::info!("stopped during recovery; the next start recovers from the start");
         return Err(StoppedDuringRecovery.into());
@@ -344,7 +348,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<S
     gateway.set_ready(Arc::clone(&backend));
     metrics::gauge!("gavel_ready").set(1.0);
     // QUIC opens once ready: a bidder that connects can bid at once.
-    let quic_addr = open_quic(&config, &tls, &gateway, &mut tasks)?;
+    let quic_addr = open_quic(&config, quic_socket, &tls, &gateway, &mut tasks)?;
     tracing::info!(quic = %quic_addr, https = %https_addr, "ready");
     tasks.push(tokio::spawn(refresh_gauges(
         Arc::clone(&node),
@@ -421,14 +425,29 @@ async fn open_metrics(
     Ok(bound)
 }
 
-/// Opens the QUIC listener for bidders.
+/// This node's advertisement in its lease claims ([`crate::routing`]): `--advertise-*`, else
+/// the bound address unless it is unspecified (0.0.0.0 or ::, no use to another machine).
+fn advertisement(config: &ServeConfig, quic: SocketAddr, https: SocketAddr) -> String {
+    let address = |given: &Option<String>, bound: SocketAddr| match given {
+        Some(given) => given.clone(),
+        None if bound.ip().is_unspecified() => String::new(),
+        None => bound.to_string(),
+    };
+    crate::routing::advertisement(
+        &address(&config.advertise_quic, quic),
+        &address(&config.advertise_https, https),
+    )
+}
+
+/// Opens the QUIC listener for bidders on the socket bound before recovery.
 fn open_quic(
     config: &ServeConfig,
+    socket: std::net::UdpSocket,
     tls: &ServerTls,
     gateway: &Arc<Gateway<NodeBackend>>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<SocketAddr> {
-    let endpoint = quic::bind(config.quic_listen, tls.quic_config(), gateway.limits())
+    let endpoint = quic::bind_socket(socket, tls.quic_config(), gateway.limits())
         .context("opening the QUIC listener")?;
     let quic_addr = endpoint
         .local_addr()
@@ -444,12 +463,19 @@ fn open_quic(
     Ok(quic_addr)
 }
 
-/// Recovers the node on a blocking thread; `None` if the stop came first (then the recovery
-/// was interrupted: [`interrupt_recovery`]).
-async fn recover(config: &ServeConfig, shutdown: &CancellationToken) -> Result<Option<Arc<Node>>> {
+/// Recovers the node on a blocking thread, its Kafka lease claims carrying `advertise`;
+/// `None` if the stop came first (then the recovery was interrupted: [`interrupt_recovery`]).
+async fn recover(
+    config: &ServeConfig,
+    advertise: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Node>>> {
     let interrupt = Interrupt::default();
     let mut recovery = {
-        let (dir, node_config) = (config.data_dir.clone(), config.node.clone());
+        let (dir, mut node_config) = (config.data_dir.clone(), config.node.clone());
+        if let Some(kafka) = &mut node_config.kafka {
+            kafka.advertise = advertise.to_owned();
+        }
         let interrupt = interrupt.clone();
         tokio::task::spawn_blocking(move || Node::open_interruptible(&dir, node_config, &interrupt))
     };

@@ -34,15 +34,28 @@ pub fn serve(data_dir: &Path) -> Served {
 
 /// [`serve`] with these variables added to its environment.
 pub fn serve_with_env(data_dir: &Path, env: &[(&str, &str)]) -> Served {
-    spawn(data_dir, "127.0.0.1:0", env)
+    spawn(data_dir, "127.0.0.1:0", env, &[], Stdio::piped())
 }
 
 /// [`serve`] with its metrics on `metrics` (so a scraper finds it again after a restart).
 pub fn serve_with_metrics_on(data_dir: &Path, metrics: SocketAddr) -> Served {
-    spawn(data_dir, &metrics.to_string(), &[])
+    spawn(data_dir, &metrics.to_string(), &[], &[], Stdio::piped())
 }
 
-fn spawn(data_dir: &Path, metrics_listen: &str, env: &[(&str, &str)]) -> Served {
+/// [`serve`] with these options added (e.g. TLS files shared by several nodes, a Kafka log)
+/// and its log (stderr) written to `log`.
+pub fn serve_with_args(data_dir: &Path, args: &[&str], log: &Path) -> Served {
+    let log = std::fs::File::create(log).expect("creating the node's log file");
+    spawn(data_dir, "127.0.0.1:0", &[], args, Stdio::from(log))
+}
+
+fn spawn(
+    data_dir: &Path,
+    metrics_listen: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stderr: Stdio,
+) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args(["serve", "--dev", "--data-dir"])
         .arg(data_dir)
@@ -56,10 +69,11 @@ fn spawn(data_dir: &Path, metrics_listen: &str, env: &[(&str, &str)]) -> Served 
             "--shutdown-deadline-ms",
             "8000",
         ])
+        .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("gavel starts");
     let stdout = child.stdout.take().unwrap();
@@ -89,4 +103,25 @@ pub fn english_rules(id: u64, topic: &str, start_us: u64) -> String {
         r#"{{"rules":{{"auctionId":"{id}","topic":"{topic}","english":{{"startPrice":"100"}},"startsAtUs":"{start_us}","endsAtUs":"{}"}}}}"#,
         start_us + 600_000_000
     )
+}
+
+/// Creates English auction `id` on `topic`, open from a second ago for ten minutes, through
+/// the admin API of `served` (certificates `certs`); fails unless it answers 201.
+pub async fn create_english(
+    served: &Served,
+    certs: &gavel_transport::tls::dev::DevCerts,
+    id: u64,
+    topic: &str,
+) {
+    let body = english_rules(id, topic, super::stream::now_us() - 1_000_000).into_bytes();
+    let (status, _, answer) = super::https::request_to(
+        served.https,
+        certs,
+        Some("admin/admin"),
+        "POST",
+        "/v1/auctions",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
 }

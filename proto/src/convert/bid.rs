@@ -5,7 +5,8 @@
 //!   the message body.
 //! - `&Bid` → [`pb::PlaceBid`] (for clients and queued bids; the bidder is dropped).
 //! - [`Accepted`], [`Rejection`] and [`BidOutcome`] → their wire messages (`From`), and back
-//!   (`TryFrom`) for clients reading the node's answers.
+//!   (`TryFrom`) for clients reading the node's answers (the edge's routing answers
+//!   `MISDIRECTED` and `NO_OWNER` are no engine decision and do not convert).
 
 use gavel_engine::{Accepted, AuctionId, Bid, BidId, BidOutcome, BidderId, Rejection, UnixMicros};
 
@@ -140,6 +141,14 @@ impl TryFrom<pb::Rejected> for Rejection {
             },
             R::Invalid => Rejection::Invalid,
             R::Forbidden => Rejection::Forbidden,
+            // Routing answers of the network edge, never an engine decision: a client
+            // follows them (docs/quic.md, "Several nodes") before reading an outcome.
+            R::Misdirected | R::NoOwner => {
+                return Err(ProtoError::Invalid {
+                    field: "Rejected.reason",
+                    reason: "a routing answer (MISDIRECTED, NO_OWNER) is not a bid decision",
+                });
+            }
         })
     }
 }
@@ -301,6 +310,15 @@ mod tests {
             Rejection::try_from(rejected(pb::RejectReason::Unspecified)),
             Err(ProtoError::Missing("Rejected.reason"))
         );
+        for routing in [pb::RejectReason::Misdirected, pb::RejectReason::NoOwner] {
+            assert!(matches!(
+                Rejection::try_from(rejected(routing)),
+                Err(ProtoError::Invalid {
+                    field: "Rejected.reason",
+                    ..
+                })
+            ));
+        }
         assert_eq!(
             Rejection::try_from(pb::Rejected {
                 reason: 42,

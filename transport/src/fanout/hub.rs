@@ -11,7 +11,8 @@
 //! Locks: the registry is a std `RwLock` written only by (un)subscribes; `publish` holds
 //! its read side for the trie lookup only (collecting `Arc`s), never while pushing into
 //! outboxes. Each outbox has its own std mutex, held for one push or one `take_due`, never
-//! across an `.await`.
+//! across an `.await`; a `take_due` reads the [`LatestPrices`] under it (lock order: outbox,
+//! then the latest prices' shard).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::fanout::feed::DirtyFeed;
+use crate::fanout::latest::LatestPrices;
 use crate::fanout::outbox::{Outbox, Outgoing, Pushed, SharedPrice};
 use crate::fanout::trie::{Pattern, PatternError, TopicTrie};
 use crate::limits::Limits;
@@ -39,6 +41,35 @@ pub(crate) const STREAM_EPOCH: u64 = 1;
 
 /// Auctions read per page when a subscription scans for its snapshots.
 const SNAPSHOT_PAGE_MAX: usize = 1024;
+
+/// The price update of `view` read at `now`, with its presence counts.
+fn price_update(
+    view: &AuctionView,
+    now: UnixMicros,
+    watchers: usize,
+    bidders: usize,
+) -> pb::PriceUpdate {
+    let topic = view.spec.rules().topic.as_str();
+    pb::PriceUpdate {
+        auction_id: view.spec.id().0,
+        topic: topic.to_owned(),
+        epoch: STREAM_EPOCH,
+        seq: view.seq,
+        price: view.price,
+        leader: view.leader.map(|l| l.as_str().to_owned()),
+        ends_at_us: view.ends_at.0,
+        bids_accepted: view.bids_accepted,
+        // The decision's time; unknown only for an auction restored from a snapshot and
+        // unchanged since, where `now` (the state read) bounds it from above.
+        accepted_at_us: if view.changed_at.0 == 0 {
+            now.0
+        } else {
+            view.changed_at.0
+        },
+        watchers: count(watchers),
+        bidders_connected: count(bidders),
+    }
+}
 
 /// A stream snapshot of `view` with its presence counts.
 fn snapshot_message(view: &AuctionView, watchers: usize, bidders: usize) -> pb::ServerMessage {
@@ -249,6 +280,8 @@ struct Registry {
 #[derive(Debug)]
 pub struct Hub {
     feed: DirtyFeed,
+    /// The latest update of each auction being fanned out, shared by every outbox.
+    latest: Arc<LatestPrices>,
     /// One wake-up per shard, for its worker.
     wakers: Box<[Notify]>,
     registry: RwLock<Registry>,
@@ -271,6 +304,7 @@ impl Hub {
         Hub {
             wakers: (0..feed.shards()).map(|_| Notify::new()).collect(),
             feed,
+            latest: Arc::default(),
             registry: RwLock::new(Registry::default()),
             next_id: AtomicU64::new(1),
             bidders: AtomicUsize::new(0),
@@ -393,6 +427,9 @@ impl Hub {
             }
             subscriber.wake();
         }
+        // Nothing more is published for it; a price still pending somewhere was moved
+        // ahead of the close above, or belongs to a connection that no longer matches.
+        self.latest.remove(id);
         targets.len()
     }
 
@@ -438,6 +475,7 @@ impl Hub {
                 interval,
                 self.outbound_bytes_max,
                 self.slow_after,
+                Arc::clone(&self.latest),
             )),
             pushed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -530,55 +568,52 @@ impl Hub {
             return 0;
         }
         let (watchers, targets) = self.matching_in(topic, shard);
-        let update = pb::PriceUpdate {
-            auction_id: id.0,
-            topic: topic.to_owned(),
-            epoch: STREAM_EPOCH,
-            seq: view.seq,
-            price: view.price,
-            leader: view.leader.map(|l| l.as_str().to_owned()),
-            ends_at_us: view.ends_at.0,
-            bids_accepted: view.bids_accepted,
-            // The decision's time; unknown only for an auction restored from a snapshot and
-            // unchanged since, where `now` (the state read) bounds it from above.
-            accepted_at_us: if view.changed_at.0 == 0 {
-                now.0
-            } else {
-                view.changed_at.0
-            },
-            watchers: count(watchers),
-            bidders_connected: count(self.bidders_connected()),
+        if targets.is_empty() {
+            return 0;
+        }
+        // One update per change, shared by every worker and outbox: sized once and
+        // encoded once per wire form.
+        let update = match self.latest.get(id) {
+            Some(kept) if kept.seq() >= view.seq => kept,
+            _ => self.latest.put(Arc::new(SharedPrice::new(price_update(
+                &view,
+                now,
+                watchers,
+                self.bidders_connected(),
+            )))),
         };
-        // One update shared by every outbox, sized once and encoded once per wire form.
-        let update = Arc::new(SharedPrice::new(update));
         let at = Instant::now();
         let mut delivered = 0;
         for subscriber in &targets {
             let pushed = {
                 let mut outbox = subscriber.outbox();
-                if outbox.knows(id) {
-                    outbox.push_shared_price(&update, at)
-                } else {
+                match outbox.push_shared_price(&update, at) {
                     // First contact (an auction created after the subscription): the full
                     // state, in order.
-                    let snapshot = snapshot_message(&view, targets.len(), self.bidders_connected());
-                    if outbox.push_ordered(id, snapshot, at) {
-                        Pushed::Queued
-                    } else {
-                        Pushed::Full
+                    Pushed::Unknown => {
+                        let snapshot =
+                            snapshot_message(&view, targets.len(), self.bidders_connected());
+                        if outbox.push_ordered(id, snapshot, at) {
+                            Pushed::Queued
+                        } else {
+                            Pushed::Full
+                        }
                     }
+                    pushed => pushed,
                 }
             };
             match pushed {
-                Pushed::Queued | Pushed::Conflated => {
+                Pushed::Queued => {
                     delivered += 1;
                     subscriber.wake();
                 }
+                // The writer was woken for the first pending one, or has its timer.
+                Pushed::Joined | Pushed::Conflated => delivered += 1,
                 Pushed::Full => {
                     subscriber.mark_slow();
                     subscriber.wake();
                 }
-                Pushed::Stale => {}
+                Pushed::Stale | Pushed::Unknown => {}
             }
         }
         delivered
@@ -602,8 +637,7 @@ impl Hub {
         loop {
             let page = reads.list(after, SNAPSHOT_PAGE_MAX, now);
             let Some(last) = page.last() else {
-                subscriber.wake();
-                return queued;
+                return Self::snapshots_queued(subscriber, queued);
             };
             after = Some(last.spec.id());
             for view in &page {
@@ -634,10 +668,17 @@ impl Hub {
                 queued += 1;
             }
             if page.len() < SNAPSHOT_PAGE_MAX {
-                subscriber.wake();
-                return queued;
+                return Self::snapshots_queued(subscriber, queued);
             }
         }
+    }
+
+    /// The end of a snapshot scan: the outbox gives back its spare room (the scan may
+    /// have added many auctions) and the writer is woken.
+    fn snapshots_queued(subscriber: &Subscriber, queued: usize) -> usize {
+        subscriber.outbox().shrink();
+        subscriber.wake();
+        queued
     }
 
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {

@@ -12,7 +12,7 @@
 //! connection is declared slow at once; above the bound itself, the connection is slow once
 //! it stayed there for `slow_consumer_timeout_ms`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,20 +22,27 @@ use gavel_proto::pb;
 use gavel_proto::pb::server_message::Body as Reply;
 use prost::Message;
 
+use super::latest::LatestPrices;
+use super::seen::{Mark, Pending, Seen};
+
 /// The hard bound on pending bytes, as a multiple of the soft bound.
 pub(crate) const OUTBOX_HARD_BOUND_FACTOR: usize = 2;
 
-/// What [`Outbox::push_price`] did with an update.
+/// What [`Outbox::push_shared_price`] did with an update.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Pushed {
-    /// Queued: nothing was pending for the auction.
+    /// Queued, and due before the writer looks next: wake it.
     Queued,
+    /// Queued, due when the writer looks anyway (it was woken, or its timer is set).
+    Joined,
     /// Replaced the auction's pending update (which is dropped as superseded).
     Conflated,
     /// Older than what is pending or was sent already: dropped.
     Stale,
     /// The outbox is at its hard bound: the connection must be closed as a slow consumer.
     Full,
+    /// The connection was never sent the auction: it needs a snapshot first.
+    Unknown,
 }
 
 /// A price update published once and shared by every outbox it went to, with its wire
@@ -72,6 +79,16 @@ impl SharedPrice {
             // Invariant: `new` is the only constructor.
             _ => unreachable!("a SharedPrice always carries a price update"),
         }
+    }
+
+    /// The auction it is an update of.
+    pub fn auction(&self) -> AuctionId {
+        AuctionId(self.update().auction_id)
+    }
+
+    /// The auction's sequence number it carries.
+    pub fn seq(&self) -> u64 {
+        self.update().seq
     }
 }
 
@@ -155,28 +172,62 @@ fn json_bytes(message: &pb::ServerMessage) -> Bytes {
     }
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    /// The latest price update not written yet (its size is in it).
-    /// Shared by every connection the update went to.
-    pending: Option<Arc<SharedPrice>>,
-    /// The highest sequence number queued or written for this auction.
-    seq_max: u64,
-    /// When the last price update of this auction was taken for writing.
-    sent_at: Option<Instant>,
+/// Ordered messages whose queue's memory is kept once it empties; a longer queue (the
+/// snapshots of a subscription to many auctions) gives its memory back.
+const ORDERED_KEPT_MAX: usize = 32;
+
+/// What one take may still carry: at least one message, then at most about `bytes_max`
+/// bytes and `messages_max` messages.
+struct Budget {
+    bytes: usize,
+    count: usize,
+    bytes_max: usize,
+    messages_max: usize,
 }
 
+impl Budget {
+    fn fits(&self, size: usize) -> bool {
+        self.count == 0 || (self.bytes + size <= self.bytes_max && self.count < self.messages_max)
+    }
+
+    fn add(&mut self, size: usize) {
+        self.bytes += size;
+        self.count += 1;
+    }
+}
+
+/// Units of the send stamps: at least 1,024 per interval, so that a stamp (16 bits) wraps
+/// only after 64 intervals.
+const STAMP_UNITS_PER_INTERVAL: u128 = 1024;
+/// Send stamps wrap at this many units.
+const STAMP_WRAP: u64 = u16::MAX as u64;
+
 /// The outbound queue of one subscriber connection.
+///
+/// Price updates are paced per auction (at most one per interval each, the first change
+/// after a quiet interval at once); a take moves every due one into one batch, visiting the
+/// pending auctions in id order from where the last full batch stopped. When an auction's
+/// update was last taken is a 16-bit stamp in units of 1/1024 of the interval (at least
+/// 1 ms), so pacing is exact to one unit; an auction quiet for 64 intervals or more may see
+/// its next update held back by up to one interval (the stamp wrapped).
 #[derive(Debug)]
 pub struct Outbox {
     interval: Duration,
+    /// The unit of the send stamps, in milliseconds (at least 1).
+    stamp_ms: u64,
+    /// Stamps count from here.
+    epoch: Instant,
     bytes_max: usize,
     slow_after: Duration,
-    /// Keyed by auction id with foldhash: ids are chosen by operators, not peers, and this
-    /// map is touched once per update per connection.
-    slots: HashMap<AuctionId, Slot, foldhash::fast::RandomState>,
-    /// Auctions with a pending price update, oldest first (each at most once).
-    waiting: VecDeque<AuctionId>,
+    /// The latest update of every auction, shared by all connections.
+    latest: Arc<LatestPrices>,
+    /// What was queued or written of each auction, and which have a pending update.
+    seen: Seen,
+    /// The auction id the next take starts from (where the last full batch stopped).
+    cursor: u64,
+    /// When the writer looks next, as the last take told it (`None`: once woken). A push
+    /// due earlier wakes it; one due later does not.
+    writer_due: Option<Instant>,
     /// Messages that are never conflated (and a price update flushed ahead of them), in
     /// order, with their encoded sizes.
     ordered: VecDeque<(Outgoing, usize)>,
@@ -188,14 +239,23 @@ pub struct Outbox {
 impl Outbox {
     /// An empty outbox pacing each auction to one update per `interval` (zero: as fast as
     /// the peer reads), soft-bounded at `bytes_max` pending bytes, slow after `slow_after`
-    /// over the bound.
-    pub fn new(interval: Duration, bytes_max: usize, slow_after: Duration) -> Outbox {
+    /// over the bound; it takes price updates from `latest`.
+    pub fn new(
+        interval: Duration,
+        bytes_max: usize,
+        slow_after: Duration,
+        latest: Arc<LatestPrices>,
+    ) -> Outbox {
         Outbox {
             interval,
+            stamp_ms: stamp_ms(interval),
+            epoch: Instant::now(),
             bytes_max: bytes_max.max(1),
             slow_after,
-            slots: HashMap::default(),
-            waiting: VecDeque::new(),
+            latest,
+            seen: Seen::default(),
+            cursor: 0,
+            writer_due: None,
             ordered: VecDeque::new(),
             bytes: 0,
             over_since: None,
@@ -203,22 +263,51 @@ impl Outbox {
         }
     }
 
-    /// Changes the pacing interval (a new `Subscribe` may carry another one).
+    fn stamp(&self, now: Instant) -> u16 {
+        let units =
+            now.saturating_duration_since(self.epoch).as_millis() / u128::from(self.stamp_ms);
+        // Truncation intended: below STAMP_WRAP.
+        (units % u128::from(STAMP_WRAP)) as u16
+    }
+
+    /// How long an auction whose update was last taken at `stamp` still waits at `now`
+    /// (stamped `now_stamp`); `None`: it is due.
+    fn wait(&self, stamp: Option<u16>, now_stamp: u16) -> Option<Duration> {
+        let stamp = stamp.filter(|_| !self.interval.is_zero())?;
+        let units = (u64::from(now_stamp) + STAMP_WRAP - u64::from(stamp)) % STAMP_WRAP;
+        self.interval
+            .checked_sub(Duration::from_millis(units * self.stamp_ms))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Changes the pacing interval (a new `Subscribe` may carry another one); the stamps
+    /// taken before then count in the new unit, so each auction's next update may come up
+    /// to one interval late.
     pub fn set_interval(&mut self, interval: Duration) {
         self.interval = interval;
+        self.stamp_ms = stamp_ms(interval);
     }
 
     /// Whether the connection was sent (or has pending) anything of `auction` yet; a first
     /// contact gets a snapshot rather than a price update.
     pub fn knows(&self, auction: AuctionId) -> bool {
-        self.slots.contains_key(&auction)
+        self.seen.knows(auction.0)
     }
 
     /// Records that the peer already holds `auction` at `seq` (a resume position): later
     /// changes come as price updates, and nothing at or below `seq` is sent.
     pub fn note_seen(&mut self, auction: AuctionId, seq: u64) {
-        let slot = self.slots.entry(auction).or_default();
-        slot.seq_max = slot.seq_max.max(seq);
+        self.seen.note(auction.0, seq);
+    }
+
+    /// Gives back spare memory (after a subscription added many auctions at once).
+    pub fn shrink(&mut self) {
+        self.seen.shrink();
+    }
+
+    /// Bytes of heap the per-auction records hold.
+    pub fn seen_heap_bytes(&self) -> usize {
+        self.seen.heap_bytes()
     }
 
     /// Pending bytes (encoded sizes of the queued messages).
@@ -228,7 +317,7 @@ impl Outbox {
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty() && self.ordered.is_empty()
+        self.seen.pending() == 0 && self.ordered.is_empty()
     }
 
     /// Updates dropped as superseded so far (for the conflated-updates metric).
@@ -236,36 +325,48 @@ impl Outbox {
         std::mem::take(&mut self.conflated)
     }
 
-    /// Queues the latest price of an auction, replacing the one pending (if any).
+    /// Queues the latest price of an auction the connection knows (an unknown one is
+    /// noted at sequence number 0 first), keeping it in the latest prices.
+    #[cfg(test)]
     pub fn push_price(&mut self, update: pb::PriceUpdate, now: Instant) -> Pushed {
-        self.push_shared_price(&Arc::new(SharedPrice::new(update)), now)
+        let shared = Arc::new(SharedPrice::new(update));
+        if !self.knows(shared.auction()) {
+            self.note_seen(shared.auction(), 0);
+        }
+        self.latest.put(Arc::clone(&shared));
+        self.push_shared_price(&shared, now)
     }
 
-    /// [`Outbox::push_price`] of an update shared with other connections.
-    pub fn push_shared_price(&mut self, shared: &Arc<SharedPrice>, now: Instant) -> Pushed {
-        let update = shared.update();
-        let size = shared.size;
-        let id = AuctionId(update.auction_id);
-        let hard_bound = self.hard_bound();
-        let slot = self.slots.entry(id).or_default();
-        // Sequence numbers start at 1 (the creation), so a fresh slot takes any update.
-        if update.seq <= slot.seq_max {
-            return Pushed::Stale;
-        }
-        let replaced = slot.pending.as_ref().map_or(0, |pending| pending.size);
-        if self.bytes - replaced + size > hard_bound {
-            return Pushed::Full;
-        }
-        slot.seq_max = update.seq;
-        let was_pending = slot.pending.replace(Arc::clone(shared)).is_some();
-        self.bytes = self.bytes - replaced + size;
-        let pushed = if was_pending {
-            self.conflated += 1;
-            Pushed::Conflated
-        } else {
-            self.waiting.push_back(id);
-            Pushed::Queued
-        };
+    /// Marks `shared`'s auction pending at its sequence number; the writer takes the
+    /// auction's latest update from the latest prices, where the caller put `shared` first.
+    pub fn push_shared_price(&mut self, shared: &SharedPrice, now: Instant) -> Pushed {
+        let room = self.hard_bound().saturating_sub(self.bytes);
+        let pushed =
+            match self
+                .seen
+                .mark_pending(shared.auction().0, shared.seq(), shared.size, room)
+            {
+                Mark::Unknown => return Pushed::Unknown,
+                Mark::Stale => return Pushed::Stale,
+                Mark::Full => return Pushed::Full,
+                Mark::Queued { size, stamp } => {
+                    self.bytes += size;
+                    let due = self
+                        .wait(stamp, self.stamp(now))
+                        .map_or(now, |wait| now + wait);
+                    if self.writer_due.is_none_or(|at| due < at) {
+                        self.writer_due = Some(due);
+                        Pushed::Queued
+                    } else {
+                        Pushed::Joined
+                    }
+                }
+                Mark::Conflated { old, new } => {
+                    self.bytes = self.bytes - old + new;
+                    self.conflated += 1;
+                    Pushed::Conflated
+                }
+            };
         self.track_bound(now);
         pushed
     }
@@ -284,17 +385,17 @@ impl Outbox {
         if self.bytes + size > self.hard_bound() {
             return false;
         }
-        if let Some(slot) = self.slots.get_mut(&auction) {
-            if let Some(pending) = slot.pending.take() {
-                self.waiting.retain(|id| *id != auction);
-                let size = pending.size;
-                self.ordered.push_back((Outgoing::Price(pending), size));
+        self.writer_due = Some(now);
+        let stamp = self.seen.knows(auction.0).then(|| self.stamp(now));
+        if let Some(pending) = self.seen.clear_pending(auction.0, stamp) {
+            self.bytes -= pending;
+            if let Some(latest) = self.latest.get(auction) {
+                self.ordered.push_back((Outgoing::Price(latest), pending));
+                self.bytes += pending;
             }
-            slot.sent_at = Some(now);
         }
         if let Some(seq) = ordered_seq(&message) {
-            let slot = self.slots.entry(auction).or_default();
-            slot.seq_max = slot.seq_max.max(seq);
+            self.seen.note(auction.0, seq);
         }
         self.ordered
             .push_back((Outgoing::Message(Box::new(message)), size));
@@ -306,18 +407,16 @@ impl Outbox {
     /// Forgets an auction the connection no longer watches (after `Unsubscribe`); what is
     /// pending for it is dropped.
     pub fn forget(&mut self, auction: AuctionId, now: Instant) {
-        if let Some(slot) = self.slots.remove(&auction)
-            && let Some(pending) = slot.pending
-        {
-            self.waiting.retain(|id| *id != auction);
-            self.bytes -= pending.size;
+        if let Some(pending) = self.seen.remove(auction.0) {
+            self.bytes -= pending;
         }
         self.track_bound(now);
     }
 
     /// Moves what is due into `out` for one write, up to about `batch_bytes_max` bytes (at
-    /// least one message): every ordered message first, then the price updates whose
-    /// auction's interval has passed. Returns when the next held-back update becomes due.
+    /// least one message): every ordered message first, then the due price updates (of
+    /// every auction whose interval passed). Returns when more becomes due (`None`: nothing
+    /// is pending).
     pub fn take_due(
         &mut self,
         now: Instant,
@@ -336,49 +435,92 @@ impl Outbox {
         messages_max: usize,
         out: &mut Vec<Outgoing>,
     ) -> Option<Instant> {
-        let mut taken = 0;
-        let mut count = 0;
+        let mut budget = Budget {
+            bytes: 0,
+            count: 0,
+            bytes_max: batch_bytes_max,
+            messages_max,
+        };
         while let Some((_, size)) = self.ordered.front() {
-            if count > 0 && (taken + size > batch_bytes_max || count >= messages_max) {
+            if !budget.fits(*size) {
+                self.writer_due = Some(now);
                 self.track_bound(now);
                 return Some(now);
             }
             let Some((message, size)) = self.ordered.pop_front() else {
                 break;
             };
-            taken += size;
-            count += 1;
+            budget.add(size);
             self.bytes -= size;
             out.push(message);
         }
-        let mut next_due = None;
-        // Each waiting auction is looked at once per call: the loop is bounded by the queue.
-        for _ in 0..self.waiting.len() {
-            let Some(id) = self.waiting.pop_front() else {
-                break;
-            };
-            let Some(slot) = self.slots.get_mut(&id) else {
-                continue;
-            };
-            let due = slot.sent_at.map_or(now, |at| at + self.interval);
-            let size = slot.pending.as_ref().map_or(0, |pending| pending.size);
-            if due > now || (count > 0 && (taken + size > batch_bytes_max || count >= messages_max))
-            {
-                next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)).max(now));
-                self.waiting.push_back(id);
-                continue;
-            }
-            let Some(pending) = slot.pending.take() else {
-                continue;
-            };
-            slot.sent_at = Some(now);
-            taken += pending.size;
-            count += 1;
-            self.bytes -= pending.size;
-            out.push(Outgoing::Price(pending));
+        if self.ordered.capacity() > ORDERED_KEPT_MAX {
+            self.ordered = VecDeque::new();
         }
+        let next = self.take_prices(now, &mut budget, out);
+        self.writer_due = next;
         self.track_bound(now);
-        next_due
+        next
+    }
+
+    /// The price-update part of a take: every due pending auction, from the cursor round
+    /// to it again, as far as the budget goes. Returns when more becomes due.
+    fn take_prices(
+        &mut self,
+        now: Instant,
+        budget: &mut Budget,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Instant> {
+        let now_stamp = self.stamp(now);
+        let start = std::mem::take(&mut self.cursor);
+        // The first pass runs from `start` on; the second, from 0 up to `start`.
+        let (mut from, mut limit) = (start, None);
+        let mut next_due: Option<Instant> = None;
+        loop {
+            let pending = match self.seen.next_pending(from) {
+                Some(p) if limit.is_none_or(|limit| p.auction < limit) => p,
+                _ if limit.is_none() && start > 0 => {
+                    (from, limit) = (0, Some(start));
+                    continue;
+                }
+                _ => return next_due,
+            };
+            if let Some(wait) = self.wait(pending.stamp, now_stamp) {
+                next_due = Some(next_due.map_or(now + wait, |at| at.min(now + wait)));
+            } else if !budget.fits(pending.size) {
+                self.cursor = pending.auction;
+                return Some(now);
+            } else {
+                self.take_price(pending, now_stamp, budget, out);
+            }
+            match pending.auction.checked_add(1) {
+                Some(next) => from = next,
+                None if limit.is_none() && start > 0 => (from, limit) = (0, Some(start)),
+                None => return next_due,
+            }
+        }
+    }
+
+    /// Takes one due pending price update: the auction's latest, unless it is gone (the
+    /// auction settled; its close follows) or older than what was marked.
+    fn take_price(
+        &mut self,
+        pending: Pending,
+        now_stamp: u16,
+        budget: &mut Budget,
+        out: &mut Vec<Outgoing>,
+    ) {
+        self.seen.clear_pending(pending.auction, Some(now_stamp));
+        self.bytes -= pending.size;
+        let Some(latest) = self.latest.get(AuctionId(pending.auction)) else {
+            return;
+        };
+        if !pending.is_covered_by(latest.seq()) {
+            return;
+        }
+        self.seen.note(pending.auction, latest.seq());
+        budget.add(pending.size);
+        out.push(Outgoing::Price(latest));
     }
 
     /// Whether the peer fell too far behind: pending bytes above the bound for longer than
@@ -399,6 +541,13 @@ impl Outbox {
             self.over_since = None;
         }
     }
+}
+
+/// The unit of the send stamps for `interval`, in milliseconds: 1/1024 of it, at least 1.
+fn stamp_ms(interval: Duration) -> u64 {
+    u64::try_from(interval.as_millis() / STAMP_UNITS_PER_INTERVAL)
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The sequence number an ordered message brings its auction to, if it carries one.
@@ -449,13 +598,27 @@ mod tests {
             .collect()
     }
 
+    fn outbox(interval: Duration, bytes_max: usize, slow_after: Duration) -> Outbox {
+        let mut outbox = Outbox::new(interval, bytes_max, slow_after, Arc::default());
+        outbox.epoch = Instant::now();
+        outbox
+    }
+
     #[test]
     fn a_shared_update_is_encoded_once_for_every_outbox() {
         let t0 = Instant::now();
-        let shared = Arc::new(SharedPrice::new(price(1, 2, 10)));
+        let latest = Arc::new(LatestPrices::default());
+        let shared = latest.put(Arc::new(SharedPrice::new(price(1, 2, 10))));
         let mut taken = Vec::new();
         for _ in 0..2 {
-            let mut outbox = Outbox::new(Duration::ZERO, 1 << 20, Duration::from_secs(1));
+            let mut outbox = Outbox::new(
+                Duration::ZERO,
+                1 << 20,
+                Duration::from_secs(1),
+                Arc::clone(&latest),
+            );
+            assert_eq!(outbox.push_shared_price(&shared, t0), Pushed::Unknown);
+            outbox.note_seen(AuctionId(1), 1);
             assert_eq!(outbox.push_shared_price(&shared, t0), Pushed::Queued);
             outbox.take_due(t0, 1 << 20, &mut taken);
         }
@@ -483,9 +646,9 @@ mod tests {
     #[test]
     fn one_pending_update_per_auction_and_the_latest_wins() {
         let t0 = Instant::now();
-        let mut outbox = Outbox::new(Duration::ZERO, 1 << 20, Duration::from_secs(1));
+        let mut outbox = outbox(Duration::ZERO, 1 << 20, Duration::from_secs(1));
         assert_eq!(outbox.push_price(price(1, 2, 10), t0), Pushed::Queued);
-        assert_eq!(outbox.push_price(price(2, 2, 50), t0), Pushed::Queued);
+        assert_eq!(outbox.push_price(price(2, 2, 50), t0), Pushed::Joined);
         assert_eq!(outbox.push_price(price(1, 3, 11), t0), Pushed::Conflated);
         assert_eq!(outbox.push_price(price(1, 5, 13), t0), Pushed::Conflated);
         assert_eq!(
@@ -510,15 +673,23 @@ mod tests {
     fn the_interval_paces_each_auction_and_holds_the_latest() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut outbox = Outbox::new(ms(50), 1 << 20, Duration::from_secs(1));
+        let mut outbox = outbox(ms(50), 1 << 20, Duration::from_secs(1));
+        outbox.epoch = t0;
         let mut out = Vec::new();
-        outbox.push_price(price(1, 2, 10), t0);
+        assert_eq!(outbox.push_price(price(1, 2, 10), t0), Pushed::Queued);
         assert_eq!(outbox.take_due(t0, 1 << 20, &mut out), None);
         assert_eq!(summary(&out), vec![(1, 2, 10)], "the first goes at once");
         out.clear();
-        outbox.push_price(price(1, 3, 11), t0 + ms(10));
-        outbox.push_price(price(1, 4, 12), t0 + ms(20));
-        outbox.push_price(price(2, 2, 99), t0 + ms(20));
+        let pushes = [
+            // The writer waits for nothing: wake it for the time this is due (50 ms).
+            (10, price(1, 3, 11), Pushed::Queued),
+            (20, price(1, 4, 12), Pushed::Conflated),
+            // Due before the writer would look.
+            (20, price(2, 2, 99), Pushed::Queued),
+        ];
+        for (at, update, pushed) in pushes {
+            assert_eq!(outbox.push_price(update, t0 + ms(at)), pushed, "at {at} ms");
+        }
         assert_eq!(
             outbox.take_due(t0 + ms(20), 1 << 20, &mut out),
             Some(t0 + ms(50))
@@ -529,12 +700,23 @@ mod tests {
             "another auction is not held back"
         );
         out.clear();
+        // Due now while the writer looks at 50 ms; then due at 70 ms, after it looks anyway.
+        for (update, pushed) in [
+            (price(3, 2, 7), Pushed::Queued),
+            (price(2, 3, 98), Pushed::Joined),
+        ] {
+            assert_eq!(outbox.push_price(update, t0 + ms(30)), pushed);
+        }
         assert_eq!(
             outbox.take_due(t0 + ms(49), 1 << 20, &mut out),
             Some(t0 + ms(50))
         );
-        assert!(out.is_empty());
-        assert_eq!(outbox.take_due(t0 + ms(50), 1 << 20, &mut out), None);
+        assert_eq!(summary(&out), vec![(3, 2, 7)]);
+        out.clear();
+        assert_eq!(
+            outbox.take_due(t0 + ms(50), 1 << 20, &mut out),
+            Some(t0 + ms(70))
+        );
         assert_eq!(
             summary(&out),
             vec![(1, 4, 12)],
@@ -543,9 +725,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_batch_resumes_where_it_stopped() {
+        let t0 = Instant::now();
+        let mut outbox = outbox(Duration::ZERO, 1 << 20, Duration::from_secs(1));
+        for auction in 1..=3 {
+            outbox.push_price(price(auction, 2, 10), t0);
+        }
+        let one = SharedPrice::new(price(1, 2, 10)).size;
+        let mut out = Vec::new();
+        assert_eq!(outbox.take_due(t0, one * 2, &mut out), Some(t0));
+        assert_eq!(summary(&out), vec![(1, 2, 10), (2, 2, 10)]);
+        out.clear();
+        outbox.push_price(price(1, 3, 11), t0);
+        assert_eq!(outbox.take_due(t0, one * 2, &mut out), None);
+        assert_eq!(
+            summary(&out),
+            vec![(3, 2, 10), (1, 3, 11)],
+            "the auction cut off goes first"
+        );
+    }
+
+    #[test]
     fn a_close_is_never_conflated_and_never_overtakes_the_last_price() {
         let t0 = Instant::now();
-        let mut outbox = Outbox::new(Duration::from_secs(1), 1 << 20, Duration::from_secs(1));
+        let mut outbox = outbox(Duration::from_secs(1), 1 << 20, Duration::from_secs(1));
         let mut out = Vec::new();
         outbox.push_price(price(1, 2, 10), t0);
         outbox.take_due(t0, 1 << 20, &mut out);
@@ -565,7 +768,7 @@ mod tests {
     #[test]
     fn batches_are_bounded_in_bytes_but_never_empty() {
         let t0 = Instant::now();
-        let mut outbox = Outbox::new(Duration::ZERO, 1 << 20, Duration::from_secs(1));
+        let mut outbox = outbox(Duration::ZERO, 1 << 20, Duration::from_secs(1));
         for auction in 1..=10 {
             outbox.push_price(price(auction, 2, auction), t0);
         }
@@ -587,9 +790,10 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let one = SharedPrice::new(price(1, 2, 10)).size;
-        let mut outbox = Outbox::new(Duration::ZERO, one * 3, ms(100));
-        for auction in 1..=3 {
-            assert_eq!(outbox.push_price(price(auction, 2, 10), t0), Pushed::Queued);
+        let mut outbox = outbox(Duration::ZERO, one * 3, ms(100));
+        assert_eq!(outbox.push_price(price(1, 2, 10), t0), Pushed::Queued);
+        for auction in 2..=3 {
+            assert_eq!(outbox.push_price(price(auction, 2, 10), t0), Pushed::Joined);
         }
         assert!(!outbox.is_slow(t0 + ms(500)), "at the bound, not over it");
         outbox.push_price(price(4, 2, 10), t0 + ms(10));
@@ -610,7 +814,7 @@ mod tests {
         outbox.forget(AuctionId(5), t0 + ms(200));
         assert_eq!(
             outbox.push_price(price(9, 2, 10), t0 + ms(200)),
-            Pushed::Queued
+            Pushed::Joined
         );
     }
 }

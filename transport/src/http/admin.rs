@@ -74,9 +74,33 @@ pub enum AdminError {
     /// The node holds its maximum of auctions (409 `too_many_auctions`).
     #[error("the node holds its maximum of {0} auctions")]
     TooManyAuctions(usize),
-    /// The auction's partition of the shared log is another node's (421 `misdirected`).
-    #[error("{0}")]
-    Misdirected(String),
+    /// The auction's partition of the shared log is another node's (421 `misdirected`; the
+    /// body's `owner` names it and its addresses).
+    #[error(
+        "auction {auction} lives in partition {} of the shared log, which node {} owns \
+         (HTTPS {}); send this request there (GET /v1/cluster shows who owns what)",
+        owner.partition,
+        owner.node,
+        or_none(&owner.https)
+    )]
+    Misdirected {
+        /// The auction asked for.
+        auction: u64,
+        /// Its partition's owner.
+        owner: pb::PartitionOwner,
+    },
+    /// Nobody owns the auction's partition now: it is being taken over (503 `no_owner`,
+    /// `Retry-After`).
+    #[error(
+        "auction {auction} lives in partition {partition} of the shared log, which no node \
+         serves right now (it is being taken over); retry later"
+    )]
+    NoOwner {
+        /// The auction asked for.
+        auction: u64,
+        /// Its partition.
+        partition: u32,
+    },
     /// The body is longer than `http_body_bytes_max` (413 `too_large`).
     #[error("the body is longer than {0} bytes")]
     TooLarge(usize),
@@ -104,8 +128,10 @@ impl AdminError {
             | AdminError::AlreadyClosed(_)
             | AdminError::TooManyAuctions(_) => StatusCode::CONFLICT,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AdminError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
-            AdminError::NotReady | AdminError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            AdminError::NotReady | AdminError::Overloaded(_) | AdminError::NoOwner { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +149,8 @@ impl AdminError {
             AdminError::AlreadyClosed(_) => "already_closed",
             AdminError::TooManyAuctions(_) => "too_many_auctions",
             AdminError::TooLarge(_) => "too_large",
-            AdminError::Misdirected(_) => "misdirected",
+            AdminError::Misdirected { .. } => "misdirected",
+            AdminError::NoOwner { .. } => "no_owner",
             AdminError::NotReady => "not_ready",
             AdminError::Overloaded(_) => "overloaded",
             AdminError::Internal(_) => "internal",
@@ -131,9 +158,14 @@ impl AdminError {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut response = response::error(self.status(), self.code(), &self.to_string());
+        let mut response = match &self {
+            AdminError::Misdirected { owner, .. } => {
+                response::error_naming(self.status(), self.code(), &self.to_string(), owner)
+            }
+            _ => response::error(self.status(), self.code(), &self.to_string()),
+        };
         let retry_after_s = match &self {
-            AdminError::NotReady => Some(RETRY_AFTER_NOT_READY_S),
+            AdminError::NotReady | AdminError::NoOwner { .. } => Some(RETRY_AFTER_NOT_READY_S),
             AdminError::Overloaded(us) => Some(us.div_ceil(1_000_000).max(1)),
             _ => None,
         };
@@ -293,14 +325,32 @@ async fn dispatch<B: Backend>(
     }
 }
 
-/// 421 if another node owns the auction's partition of the shared log.
+/// 421 if another node owns the auction's partition of the shared log, 503 if nobody does
+/// now (counted in `gavel_redirects_total{transport="https"}`).
 fn misdirected<B: Backend>(backend: &B, id: AuctionId) -> Result<(), AdminError> {
-    match backend.owner_elsewhere(id) {
-        Some(owner) => Err(AdminError::Misdirected(format!(
-            "auction {id} lives in a partition of the shared log that another node owns: \
-             {owner}; send this request there (GET /v1/cluster shows who owns what)"
-        ))),
-        None => Ok(()),
+    let Some(owner) = backend.owner_elsewhere(id) else {
+        return Ok(());
+    };
+    metrics::redirect("https", &owner);
+    Err(if owner.node.is_empty() {
+        AdminError::NoOwner {
+            auction: id.0,
+            partition: owner.partition,
+        }
+    } else {
+        AdminError::Misdirected {
+            auction: id.0,
+            owner,
+        }
+    })
+}
+
+/// An advertised address for a message: itself, or "none advertised".
+fn or_none(address: &str) -> &str {
+    if address.is_empty() {
+        "none advertised"
+    } else {
+        address
     }
 }
 

@@ -44,6 +44,19 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response<B
     whole(status, "application/json", Bytes::from(body.to_string()))
 }
 
+/// A JSON error that also names the owner of the auction's partition:
+/// `{"code": "...", "message": "...", "owner": {PartitionOwner}}`.
+pub(super) fn error_naming(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    owner: &gavel_proto::pb::PartitionOwner,
+) -> Response<Body> {
+    let owner = serde_json::to_value(owner).unwrap_or_default();
+    let body = serde_json::json!({ "code": code, "message": message, "owner": owner });
+    whole(status, "application/json", Bytes::from(body.to_string()))
+}
+
 /// 405 with the methods the route allows.
 pub(super) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = error(

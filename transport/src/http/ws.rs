@@ -92,6 +92,8 @@ const WS_VERSION: &str = "13";
 /// Resident memory per idle watcher (the fan-out probe, 2,000 idle): 25.0 KiB at 8 KiB,
 /// 18.0 KiB at 1 KiB, 17.2 KiB at 256 B.
 const READ_BUFFER_BYTES: usize = 256;
+/// Messages of room the write loop keeps between two writes.
+const OUT_KEPT_MAX: usize = 16;
 /// How long the node waits for the peer's answer to its close frame, in milliseconds (a slow
 /// consumer's close waits up to `idle_timeout_ms` instead: see [`run`]).
 const CLOSE_WAIT_MS: u64 = 1_000;
@@ -447,6 +449,8 @@ where
                 }
             }
         }
+        // A long batch's room is not kept for the socket's life.
+        out.shrink_to(OUT_KEPT_MAX);
         match socket.flush().now_or_never() {
             Some(Ok(())) => core.handle_flushed(Instant::now()),
             Some(Err(e)) => {

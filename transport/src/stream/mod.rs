@@ -52,6 +52,8 @@ use crate::session::{Session, error_message};
 pub(crate) const STREAM_CHECK: Duration = Duration::from_millis(50);
 /// Stream updates taken for one write at most (and about `stream_unsent_bytes_max` bytes).
 const BATCH_MESSAGES_MAX: usize = 256;
+/// Room for stream updates a stream keeps between two takes.
+const BATCH_KEPT_MAX: usize = 16;
 /// Bytes a WebSocket may have fed but not flushed before its core reads no more requests
 /// and answers no more acks (stream updates wait for a complete flush anyway).
 pub(crate) const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
@@ -692,6 +694,9 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
             }
             self.out_bytes += self.encoding.update(&update, &mut self.out);
         }
+        // A lap over many auctions fills a long batch; its room is not kept for the
+        // stream's life (an idle watcher of many auctions would hold it).
+        self.updates.batch.shrink_to(BATCH_KEPT_MAX);
         self.out_bytes += self.encoding.end_batch(&mut self.out);
     }
 }

@@ -87,6 +87,10 @@ pub struct KafkaConfig {
     /// Own no partition (`owned_partitions` empty): the node follows every partition for its
     /// watchers and writes only the `standby_partitions` it takes over.
     pub follow_only: bool,
+    /// Where other nodes and clients reach this node, published with every claim of a
+    /// partition's writer lease for the others to read (an opaque word, no whitespace;
+    /// the node writes `quic=<host:port>,https=<host:port>`); empty: nothing published.
+    pub advertise: String,
     /// Set it to make the start's waits (brokers, lease, recovery reader) return
     /// [`WalError::Interrupted`] within a poll. Not configuration (always compares equal).
     pub interrupt: Interrupt,
@@ -110,6 +114,7 @@ impl Default for KafkaConfig {
             owned_partitions: Vec::new(),
             standby_partitions: Vec::new(),
             follow_only: false,
+            advertise: String::new(),
             interrupt: Interrupt::default(),
         }
     }
@@ -162,6 +167,10 @@ impl KafkaConfig {
         check(
             !self.owner.is_empty() && !self.owner.contains(char::is_whitespace),
             "kafka owner must be a non-empty word",
+        )?;
+        check(
+            !self.advertise.contains(char::is_whitespace),
+            "kafka advertise must be one word (no whitespace)",
         )?;
         let mut all = [&self.owned_partitions[..], &self.standby_partitions[..]].concat();
         all.sort_unstable();

@@ -4,8 +4,10 @@
 //!
 //! # The rule
 //!
-//! Records are `claim <owner> <lease_ms>`, `beat <owner> <lease_ms>` and `release <owner>`,
-//! each timestamped by its producer's clock. Folding the partition in order: a claim takes
+//! Records are `claim <owner> <lease_ms> [<advertise>]`, `beat <owner> <lease_ms>` and
+//! `release <owner>`, each timestamped by its producer's clock; a claim's optional fourth word
+//! is the claimant's [`KafkaConfig::advertise`] (where to reach it), which older readers
+//! ignore. Folding the partition in order: a claim takes
 //! the lease if nobody holds it or the holder's last claim/beat is `lease_ms` older than the
 //! claim; a beat renews only a holder whose lease had not lapsed at the beat; a release by
 //! the holder frees it. Every claim that wins raises the partition's owner epoch by one (from
@@ -89,6 +91,8 @@ struct Holder {
     owner: String,
     last_beat_ms: i64,
     lease_ms: i64,
+    /// Its claim's advertisement (empty if none).
+    advertise: String,
 }
 
 /// The lease folded from the lock partition in order (see the module docs).
@@ -106,6 +110,7 @@ impl LeaseState {
             return;
         };
         let lease_ms = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let advertise = words.next().unwrap_or_default();
         let live = |h: &Holder| timestamp_ms < h.last_beat_ms + h.lease_ms;
         let held_by_owner = self.holder.as_ref().is_some_and(|h| h.owner == owner);
         match kind {
@@ -115,6 +120,7 @@ impl LeaseState {
                     owner: owner.to_owned(),
                     last_beat_ms: timestamp_ms,
                     lease_ms,
+                    advertise: advertise.to_owned(),
                 });
             }
             "beat" if held_by_owner && self.holder.as_ref().is_some_and(live) => {
@@ -217,6 +223,19 @@ impl LockReader {
     }
 }
 
+/// A partition's lease holder as a [`LeaseWatch`] last read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseHolder {
+    /// Its name ([`KafkaConfig::owner`]).
+    pub owner: String,
+    /// The partition's owner epoch (the claims that won so far).
+    pub epoch: u64,
+    /// Its lease is live now (by this node's clock).
+    pub live: bool,
+    /// Its claim's [`KafkaConfig::advertise`] (empty if none).
+    pub advertise: String,
+}
+
 /// Follows the lock topic of one partition another node holds, to see when its lease
 /// lapses (a standby node's cue to [take it over](super::KafkaLog::take_over)).
 pub struct LeaseWatch {
@@ -246,13 +265,16 @@ impl LeaseWatch {
         })
     }
 
-    /// The holder as last read: its name, the partition's owner epoch, and whether its lease
-    /// is live now; `None` if nobody holds it.
-    pub fn holder(&self) -> Option<(String, u64, bool)> {
+    /// The holder as last read; `None` if nobody holds it.
+    pub fn holder(&self) -> Option<LeaseHolder> {
         let state = &self.reader.state;
         let holder = state.holder.as_ref()?;
-        let live = now_ms() < holder.last_beat_ms + holder.lease_ms;
-        Some((holder.owner.clone(), state.epoch, live))
+        Some(LeaseHolder {
+            owner: holder.owner.clone(),
+            epoch: state.epoch,
+            live: now_ms() < holder.last_beat_ms + holder.lease_ms,
+            advertise: holder.advertise.clone(),
+        })
     }
 
     /// Reads what came for `slice`, then says whether the partition was owned once and
@@ -517,7 +539,7 @@ impl WriterLease {
         let claim = produce(
             &producer,
             &topic,
-            &format!("claim {owner} {lease_ms}"),
+            format!("claim {owner} {lease_ms} {}", config.advertise).trim_end(),
             lease,
             None,
         )
@@ -717,6 +739,20 @@ mod tests {
         assert_eq!(holder(&state), Some("a"));
         // Claims that won: a, b (after a lapsed), a (after b released).
         assert_eq!(state.epoch, 3);
+    }
+
+    #[test]
+    fn a_claim_carries_its_advertisement_and_one_without_has_none() {
+        let mut state = LeaseState::default();
+        state.apply("claim a 1000 quic=127.0.0.1:7443,https=127.0.0.1:8443", 0);
+        let advertised = |s: &LeaseState| s.holder.as_ref().map(|h| h.advertise.clone());
+        assert_eq!(
+            advertised(&state).as_deref(),
+            Some("quic=127.0.0.1:7443,https=127.0.0.1:8443")
+        );
+        state.apply("release a", 10);
+        state.apply("claim b 1000", 20);
+        assert_eq!(advertised(&state).as_deref(), Some(""));
     }
 
     #[test]

@@ -92,12 +92,11 @@ impl Fences {
 }
 
 /// A partition taken over by a running node ([`KafkaLog::take_over`]): its lease is held and
-/// its marker written; replay `records` (the partition from its beginning) into the state,
-/// then [`KafkaLog::activate`] it.
+/// its marker written; bring the state to the partition's end past the marker (replay it
+/// from [`KafkaLog::reader`], or go on reading it from where a follower was), then
+/// [`KafkaLog::activate`] it.
 #[derive(Debug)]
 pub struct Takeover {
-    /// The partition's records, to replay.
-    pub records: KafkaRecords,
     partition: i32,
     epoch: u64,
 }
@@ -544,8 +543,8 @@ impl KafkaLog {
 
     /// Takes `partition` over while running: its lease (waiting out a lapsed holder's, or
     /// refused with [`WalError::KafkaFenced`] while it lives), then a takeover marker under
-    /// the new epoch, then a reader of the partition from its beginning. Appends to it stay
-    /// refused until [`KafkaLog::activate`]. Blocks for up to about twice the lease.
+    /// the new epoch. Appends to it stay refused until [`KafkaLog::activate`]. Blocks for up
+    /// to about twice the lease.
     pub fn take_over(&self, partition: i32) -> Result<Takeover, WalError> {
         let fences = (self.shared.fences.get())
             .expect("invariant: KafkaLog::open sets the fences before returning the log");
@@ -564,21 +563,18 @@ impl KafkaLog {
             .pop()
             .expect("invariant: one lease per partition asked");
         let epoch = lease.epoch();
-        write_markers(&self.config, &[(partition, epoch)])?;
-        let config = KafkaConfig {
-            owned_partitions: vec![partition],
-            follow_only: false,
-            ..self.config.clone()
-        };
         // Any failure so far drops the lease, which releases it.
-        let records = KafkaRecords::open_at(&config, None)?.check_placement(self.partitioner);
+        write_markers(&self.config, &[(partition, epoch)])?;
         let _ = slot.set(Arc::clone(lease.clock()));
         lock(&self.leases).push(lease);
-        Ok(Takeover {
-            records,
-            partition,
-            epoch,
-        })
+        Ok(Takeover { partition, epoch })
+    }
+
+    /// A reader of `partition` from its beginning, with the placement check (a takeover's
+    /// replay).
+    pub fn reader(&self, partition: i32) -> Result<KafkaRecords, WalError> {
+        let records = KafkaRecords::follow(&self.config, partition, None)?;
+        Ok(records.check_placement(self.partitioner))
     }
 
     /// Fails the log for good because the replay of a partition taken over failed: the state
@@ -590,14 +586,15 @@ impl KafkaLog {
         });
     }
 
-    /// Starts writing a partition taken over once its records were replayed to their end:
-    /// its position in later snapshots is after them, and appends to it are accepted.
-    pub fn activate(&self, takeover: &Takeover) {
+    /// Starts writing a partition taken over once the state holds its records up to
+    /// `next_offset` (its end, past the marker): its position in later snapshots is there,
+    /// and appends to it are accepted.
+    pub fn activate(&self, takeover: &Takeover, next_offset: i64) {
         let p = takeover.partition as usize;
-        if let Some(&next) = takeover.records.next_offsets().get(p) {
+        {
             let mut in_flight = lock(&self.shared.in_flight);
             if let Some(offset) = in_flight.offsets.get_mut(p) {
-                *offset = next;
+                *offset = next_offset;
             }
         }
         // Ordering: Release pairs with `epoch_of`'s Acquire.

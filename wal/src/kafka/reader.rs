@@ -447,18 +447,25 @@ impl KafkaRecords {
     /// Records of `partition` not read yet: its high watermark minus the offset after the
     /// last record read (or its low watermark, none read), asked of the broker.
     pub fn behind(&self, partition: i32, timeout: Duration) -> Result<u64, WalError> {
-        let (low, high) = self
-            .consumer
+        let (low, high) = self.watermarks(partition, timeout)?;
+        let next = self.next_offset(partition).max(low);
+        Ok(u64::try_from(high - next).unwrap_or(0))
+    }
+
+    /// The low and high watermarks of `partition`, asked of the broker.
+    pub fn watermarks(&self, partition: i32, timeout: Duration) -> Result<(i64, i64), WalError> {
+        let op = "read a partition's watermarks";
+        (self.consumer)
             .fetch_watermarks(&self.cursor.topic, partition, Timeout::After(timeout))
-            .map_err(kafka_error(
-                "read a partition's watermarks",
-                &self.cursor.brokers,
-            ))?;
-        let next = usize::try_from(partition)
+            .map_err(kafka_error(op, &self.cursor.brokers))
+    }
+
+    /// The offset after the last record (or marker) of `partition` read; negative if none.
+    pub fn next_offset(&self, partition: i32) -> i64 {
+        usize::try_from(partition)
             .ok()
             .and_then(|p| self.cursor.next_offsets.get(p).copied())
-            .unwrap_or(-1);
-        Ok(u64::try_from(high - next.max(low)).unwrap_or(0))
+            .unwrap_or(-1)
     }
 
     /// Where the reading stands: a reader opened at this position goes on with the next

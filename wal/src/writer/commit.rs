@@ -2,14 +2,13 @@
 //! batch, writes it in chunks of one `write` and one `fdatasync` each, advances the durable
 //! LSN, and starts new segments; its first error stops the log for good.
 
-use std::mem;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Pending, Shared, WalConfig, WriterWait};
+use super::{Pending, Shared};
 use crate::Lsn;
 use crate::durability::{LogStatus, lock};
 use crate::error::{LogFailure, WalError};
@@ -17,46 +16,20 @@ use crate::frame::{self, HEADER_BYTES};
 use crate::segment::{self, SegmentFile};
 use crate::storage::AppendFile;
 
-pub(super) fn batch_full(pending: &Pending, config: &WalConfig) -> bool {
-    pending.lens.len() >= config.batch_records_max || pending.bytes.len() >= config.batch_bytes_max
-}
-
-/// Waits for pending records and swaps them into the empty `batch` (after gathering for up
+/// Waits for pending records and moves them into the empty `batch` (after gathering for up
 /// to `batch_wait_us_max` when `gather`: the log is under load); `false` once the log is
 /// closed and drained (or failed).
 fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
     let config = &shared.config;
-    let mut queue = lock(&shared.queue);
-    while queue.pending.lens.is_empty() {
-        if queue.status != LogStatus::Open {
-            return false;
-        }
-        queue.writer = WriterWait::Idle;
-        queue = shared
-            .writer_wake
-            .wait(queue)
-            .expect("wal mutex poisoned: a panic under a wal lock is a bug");
-        queue.writer = WriterWait::Busy;
+    if !shared.ring.wait_ready() {
+        return false;
     }
     if gather && config.batch_wait_us_max > 0 {
-        let deadline = Instant::now() + Duration::from_micros(config.batch_wait_us_max);
-        while !batch_full(&queue.pending, config) && queue.status == LogStatus::Open {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            queue.writer = WriterWait::Gathering;
-            queue = shared
-                .writer_wake
-                .wait_timeout(queue, deadline - now)
-                .expect("wal mutex poisoned: a panic under a wal lock is a bug")
-                .0;
-            queue.writer = WriterWait::Busy;
-        }
+        shared
+            .ring
+            .gather(Instant::now() + Duration::from_micros(config.batch_wait_us_max));
     }
-    let next_first = queue.next_lsn;
-    mem::swap(&mut queue.pending, batch);
-    queue.pending.first_lsn = next_first;
+    shared.ring.take(batch);
     true
 }
 
@@ -94,6 +67,8 @@ impl Writer {
     }
 
     fn run(mut self) {
+        // Before the first wait: appenders find it once they see it waiting.
+        self.shared.ring.set_writer(std::thread::current());
         let mut batch = Pending::default();
         let mut gather = false;
         while take_pending(&self.shared, &mut batch, gather) {

@@ -3,12 +3,13 @@
 //!
 //! # Ordering: LSN order is on-disk order
 //!
-//! [`Wal::append`] takes a short mutex around "assign the next LSN, copy the payload into the
-//! pending batch": assignment and enqueue are one step, so the queue is always in LSN order and
-//! dense, whatever the number of appending threads. The critical section is a bounds check,
-//! an increment and a `memcpy` of the payload into a buffer reused across batches (no
-//! allocation once warm). The writer thread takes the whole pending batch by swapping it
-//! with an empty one (O(1) under the lock) and writes it in LSN order.
+//! [`Wal::append`] takes no lock: it claims the next LSNs with one compare-and-swap on the
+//! pending queue's counter and copies the payloads into that queue's slots (a ring; see
+//! `ring`), so appends for different auctions no longer wait for each other. LSNs are dense
+//! and assigned in claim order, and the writer thread takes the slots strictly in LSN order,
+//! so the order on disk is the LSN order whatever the number of appending threads; a
+//! caller that appends under a lock of its own (the engine, under an auction's lock) gets its
+//! records in that lock's order. Slots reuse their buffers: no allocation once warm.
 //!
 //! # Group commit
 //!
@@ -40,12 +41,14 @@
 //! The pending queue holds at most `queue_records_max` records and `queue_bytes_max` payload
 //! bytes (a single record larger than `queue_bytes_max` is accepted into an empty queue, so the
 //! byte bound is `max(queue_bytes_max, PAYLOAD_BYTES_MAX)`); the writer holds one more such
-//! batch while writing it.
+//! batch while writing it. The ring has `queue_records_max` slots (rounded up to a power of
+//! two, at least 64), each a stamp and a reused buffer (32 bytes, and at most 512 bytes of
+//! payload capacity kept once the writer took it).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -58,8 +61,10 @@ use crate::snapshot;
 use crate::storage::{AppendFile, DirLock, OsStorage, Storage};
 
 mod commit;
+mod ring;
 
-use commit::{Writer, batch_full};
+use commit::Writer;
+use ring::{Refusal, Ring};
 
 /// Smallest back-pressure retry hint.
 const RETRY_AFTER_US_MIN: u64 = 100;
@@ -229,37 +234,6 @@ impl Pending {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriterWait {
-    /// The writer is busy; appenders need not notify.
-    Busy,
-    /// The queue was empty; the first append notifies.
-    Idle,
-    /// The writer waits for a full batch; the append that fills it notifies.
-    Gathering,
-}
-
-#[derive(Debug)]
-struct Queue {
-    next_lsn: Lsn,
-    pending: Pending,
-    /// Appends are accepted only while open.
-    status: LogStatus,
-    writer: WriterWait,
-}
-
-impl Queue {
-    /// Whether an append that just added to the pending batch must wake the writer: it
-    /// sleeps on an empty queue, or gathers until the batch is full.
-    fn wakes_writer(&self, config: &WalConfig) -> bool {
-        match self.writer {
-            WriterWait::Busy => false,
-            WriterWait::Idle => true,
-            WriterWait::Gathering => batch_full(&self.pending, config),
-        }
-    }
-}
-
 struct Shared {
     config: WalConfig,
     dir: PathBuf,
@@ -268,8 +242,8 @@ struct Shared {
     lock: Box<dyn DirLock>,
     /// Where the files are: the real filesystem unless a simulation says otherwise.
     storage: Arc<dyn Storage>,
-    queue: Mutex<Queue>,
-    writer_wake: Condvar,
+    /// The pending records (lock-free appends, taken by the writer).
+    ring: Ring,
     /// The durable LSN, the writer's final status and the waiters.
     durability: Arc<Durability>,
     segments: Mutex<Vec<SegmentFile>>,
@@ -283,12 +257,8 @@ impl Shared {
         if let Some(failure) = failure {
             self.durability.record_failure(failure);
         }
-        {
-            let mut queue = lock(&self.queue);
-            queue.status = status;
-            // Nothing pending will be written; none of it was acknowledged durable.
-            queue.pending.clear();
-        }
+        // Nothing pending will be written after this; none of it was acknowledged durable.
+        self.ring.set_status(status);
         self.durability.finish(status);
     }
 }
@@ -470,17 +440,7 @@ impl Wal {
 
         let next_lsn = scan.last_lsn + 1;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                next_lsn,
-                pending: Pending {
-                    first_lsn: next_lsn,
-                    lens: Vec::new(),
-                    bytes: Vec::new(),
-                },
-                status: LogStatus::Open,
-                writer: WriterWait::Busy,
-            }),
-            writer_wake: Condvar::new(),
+            ring: Ring::new(next_lsn, &config),
             durability: Arc::new(Durability::new(scan.last_lsn)),
             segments: Mutex::new(segments.clone()),
             counters: Counters::default(),
@@ -518,34 +478,7 @@ impl Wal {
     /// [`AppendError::Backpressure`] when the queue is full (records or bytes); nothing is
     /// enqueued then. The record is durable once [`Wal::durable_lsn`] reaches the LSN.
     pub fn append(&self, payload: impl AsRef<[u8]>) -> Result<Lsn, AppendError> {
-        let payload = payload.as_ref();
-        if payload.len() > PAYLOAD_BYTES_MAX {
-            return Err(AppendError::TooLarge { len: payload.len() });
-        }
-        let config = &self.shared.config;
-        let mut queue = lock(&self.shared.queue);
-        queue.status.check_open()?;
-        let pending = &queue.pending;
-        let full = pending.lens.len() >= config.queue_records_max
-            || (!pending.lens.is_empty()
-                && pending.bytes.len() + payload.len() > config.queue_bytes_max);
-        if full {
-            drop(queue);
-            return Err(self.backpressure());
-        }
-        let lsn = queue.next_lsn;
-        queue.next_lsn += 1;
-        let was_empty = queue.pending.lens.is_empty();
-        if was_empty {
-            queue.pending.first_lsn = lsn;
-        }
-        queue.pending.push(payload);
-        let wake = queue.wakes_writer(config);
-        drop(queue);
-        if wake {
-            self.shared.writer_wake.notify_one();
-        }
-        Ok(lsn)
+        self.append_batch(std::slice::from_ref(&payload))
     }
 
     /// Counts a refusal for a full queue and builds it, with the last fdatasync's duration
@@ -566,8 +499,10 @@ impl Wal {
     /// LSNs, and returns the LSN of the last one. All or none: the whole batch is checked
     /// against the queue bounds (its record count and its total bytes) before anything is
     /// enqueued, so a refusal ([`AppendError::Backpressure`], [`AppendError::TooLarge`] for
-    /// any payload, `Failed`, `Closed`) leaves the queue as it was. One lock acquisition for
-    /// the batch: no other append interleaves, so the LSNs are `last − n + 1 ..= last`.
+    /// any payload, `Failed`, `Closed`) leaves the queue as it was. One claim for the batch:
+    /// no other append interleaves, so the LSNs are `last − n + 1 ..= last`. A batch of more
+    /// records than the queue's ring has slots (`queue_records_max` rounded up to a power
+    /// of two, at least 64) is refused as [`AppendError::TooLarge`].
     /// An empty batch appends nothing and returns the last LSN assigned so far.
     ///
     /// The writer may still split the batch over two fdatasyncs (at a segment or
@@ -575,44 +510,24 @@ impl Wal {
     /// the node's recovery (which re-appends a decision's missing derived events) cover that.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Lsn, AppendError> {
         let batch_bytes = batch_bytes(payloads)?;
-        let config = &self.shared.config;
-        let mut queue = lock(&self.shared.queue);
-        queue.status.check_open()?;
+        let ring = &self.shared.ring;
         if payloads.is_empty() {
-            return Ok(queue.next_lsn - 1);
+            ring.status().check_open()?;
+            return Ok(ring.last_claimed());
         }
-        let pending = &queue.pending;
-        // As in `append`, a batch larger than a bound is admitted into an empty queue (so it
-        // is never refused for ever); otherwise its records and its bytes must both fit.
-        let full = !pending.lens.is_empty()
-            && (pending.lens.len() + payloads.len() > config.queue_records_max
-                || pending.bytes.len() + batch_bytes > config.queue_bytes_max);
-        if full {
-            drop(queue);
-            return Err(self.backpressure());
-        }
-        let first = queue.next_lsn;
-        queue.next_lsn += payloads.len() as Lsn;
-        if queue.pending.lens.is_empty() {
-            queue.pending.first_lsn = first;
-        }
-        queue.pending.bytes.reserve(batch_bytes);
-        for payload in payloads {
-            queue.pending.push(payload.as_ref());
-        }
-        let wake = queue.wakes_writer(config);
-        let last = queue.next_lsn - 1;
-        drop(queue);
-        if wake {
-            self.shared.writer_wake.notify_one();
-        }
-        Ok(last)
+        // As before the ring, a batch larger than a bound is admitted into an empty queue
+        // (so it is never refused for ever); otherwise its records and bytes must both fit.
+        ring.append(payloads, batch_bytes)
+            .map_err(|refusal| match refusal {
+                Refusal::Full => self.backpressure(),
+                Refusal::Stopped(error) => error,
+            })
     }
 
     /// The last LSN assigned by an append so far (durable or not; 0 for an empty log). Every
     /// append that returned before this call has an LSN ≤ the answer.
     pub fn last_appended_lsn(&self) -> Lsn {
-        lock(&self.shared.queue).next_lsn - 1
+        self.shared.ring.last_claimed()
     }
 
     /// The highest LSN known to be on stable storage (every LSN ≤ it is).
@@ -641,13 +556,7 @@ impl Wal {
         let c = &self.shared.counters;
         // Ordering: Relaxed — statistics, no data depends on them.
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (queue_records, queue_bytes) = {
-            let queue = lock(&self.shared.queue);
-            (
-                queue.pending.lens.len() as u64,
-                queue.pending.bytes.len() as u64,
-            )
-        };
+        let (queue_records, queue_bytes) = self.shared.ring.queued();
         WalMetrics {
             records_written_total: get(&c.records_written),
             bytes_written_total: get(&c.bytes_written),
@@ -726,13 +635,7 @@ impl Wal {
     /// Stops accepting appends, writes and syncs everything queued, and joins the writer.
     /// Returns the final durable LSN, or the writer's failure. Idempotent.
     pub fn shutdown(&self) -> Result<Lsn, WalError> {
-        {
-            let mut queue = lock(&self.shared.queue);
-            if queue.status == LogStatus::Open {
-                queue.status = LogStatus::Closed;
-            }
-        }
-        self.shared.writer_wake.notify_one();
+        self.shared.ring.set_status(LogStatus::Closed);
         let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
             // The writer catches its own errors; a panic there is a bug worth propagating.

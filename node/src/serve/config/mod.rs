@@ -63,6 +63,17 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Where bidders and other nodes reach this node's QUIC port, host:port, published in
+    /// its Kafka writer-lease claims so that other nodes name it when they redirect a bid
+    /// (MISDIRECTED). [default: the bound QUIC address, unless it is 0.0.0.0 or ::]
+    #[arg(long, env = "GAVEL_ADVERTISE_QUIC", value_name = "HOST:PORT")]
+    pub advertise_quic: Option<String>,
+
+    /// Where clients reach this node's HTTPS port (WebSocket, admin API), host:port, published
+    /// as --advertise-quic is. [default: the bound HTTPS address, unless it is 0.0.0.0 or ::]
+    #[arg(long, env = "GAVEL_ADVERTISE_HTTPS", value_name = "HOST:PORT")]
+    pub advertise_https: Option<String>,
+
     /// Server certificate chain (PEM). Required unless --dev.
     #[arg(long, env = "GAVEL_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -379,6 +390,10 @@ pub struct ServeConfig {
     pub quic_listen: SocketAddr,
     /// HTTPS listen address.
     pub https_listen: SocketAddr,
+    /// `--advertise-quic` (validated `host:port`); `None`: the bound QUIC address.
+    pub advertise_quic: Option<String>,
+    /// `--advertise-https`; `None`: the bound HTTPS address.
+    pub advertise_https: Option<String>,
     /// Optional plain-HTTP metrics address.
     pub metrics_listen: Option<SocketAddr>,
     /// The edge's limits.
@@ -499,6 +514,23 @@ file). Unknown GAVEL_* environment variables do not: each is named in a warning 
 with the closest known variable, and ignored (the environment is shared with other programs \
 and scripts).";
 
+/// An advertised address as given: `host:port`, a port number after the last `:` and no
+/// whitespace or comma (it goes into the one-word lease advertisement).
+fn advertised(option: &str, address: Option<&str>) -> Result<Option<String>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let port = address
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    ensure!(
+        matches!(port, Some((host, Ok(port))) if !host.is_empty() && port != 0)
+            && !address.contains(|c: char| c.is_whitespace() || c == ','),
+        "{option} must be host:port with a port from 1 to 65535, got {address:?}"
+    );
+    Ok(Some(address.to_owned()))
+}
+
 /// The data directory's subdirectory for development certificates.
 pub const DEV_CERTS_DIR: &str = "certs";
 
@@ -515,7 +547,8 @@ impl ServeOptions {
     /// These options where set, else `fallback`'s.
     pub fn or(self, fallback: ServeOptions) -> ServeOptions {
         prefer!(self, fallback;
-            data_dir, dev, quic_listen, https_listen, metrics_listen, tls_cert, tls_key,
+            data_dir, dev, quic_listen, https_listen, metrics_listen, advertise_quic,
+            advertise_https, tls_cert, tls_key,
             tls_client_ca, tls_crl, tls_reload_poll_ms, anonymous_watchers, allowed_origins,
             frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
             handshakes_pending_max, handshake_timeout_ms, streams_per_connection_max,
@@ -592,6 +625,8 @@ impl ServeOptions {
             quic_listen: self.quic_listen.unwrap_or(QUIC_LISTEN_DEFAULT),
             https_listen,
             metrics_listen: self.metrics_listen,
+            advertise_quic: advertised("advertise_quic", self.advertise_quic.as_deref())?,
+            advertise_https: advertised("advertise_https", self.advertise_https.as_deref())?,
             limits,
             node,
             close_tick: Duration::from_millis(close_tick_ms),
@@ -859,6 +894,27 @@ mod tests {
             config.allowed_origins,
             ["https://localhost:8443", "https://127.0.0.1:8443"]
         );
+    }
+
+    #[test]
+    fn an_advertised_address_must_be_host_and_port() {
+        let config = parse(&["--dev", "--advertise-quic", "node-1.example:7443"]);
+        let config = config.resolve().unwrap();
+        assert_eq!(
+            config.advertise_quic.as_deref(),
+            Some("node-1.example:7443")
+        );
+        assert_eq!(config.advertise_https, None);
+        for bad in ["node-1", "node-1:0", ":7443", "a b:1", "a,b:1", "a:99999"] {
+            let err = parse(&["--dev", "--advertise-https", bad])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("advertise_https must be host:port"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
