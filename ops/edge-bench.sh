@@ -8,9 +8,9 @@
 #      be accepted: each auction's bids rise, so one out of order would be too low);
 #   3. latency: bid accepted → retained MQTT state seen by a subscriber, beside its floors
 #      in the same run (the node → QUIC watcher stream, mosquitto's publish → receive):
-#      `cargo run --release -p gavel-edge --example edge_latency`.
+#      `cargo run --profile edge -p gavel-edge --example edge_latency`.
 #
-#   ./ops/edge-bench.sh                       # release builds of gavel and gavel-edge
+#   ./ops/edge-bench.sh                       # builds gavel (release), gavel-edge (edge)
 #   AUCTIONS=1000 BIDS=10000 LATENCY_BIDS=500 ./ops/edge-bench.sh
 #   GAVEL_BIN=/path/gavel EDGE_BIN=/path/gavel-edge ./ops/edge-bench.sh   # prebuilt binaries
 #   ONLY=rss ./ops/edge-bench.sh              # rss (with the forward rate) or latency
@@ -25,11 +25,11 @@ LATENCY_BIDS=${LATENCY_BIDS:-500}
 ONLY=${ONLY:-}
 WAIT_SECONDS=${WAIT_SECONDS:-300}
 
-if [ -z "${GAVEL_BIN:-}" ] || [ -z "${EDGE_BIN:-}" ]; then
-    cargo build --release -p gavel --bin gavel -p gavel-edge --bin gavel-edge
-fi
+# The agent as devices run it: the size-optimised `edge` profile (Cargo.toml).
+[ -n "${GAVEL_BIN:-}" ] || cargo build --release -p gavel --bin gavel
+[ -n "${EDGE_BIN:-}" ] || cargo build --profile edge -p gavel-edge --bin gavel-edge
 GAVEL_BIN=${GAVEL_BIN:-target/release/gavel}
-EDGE_BIN=${EDGE_BIN:-target/release/gavel-edge}
+EDGE_BIN=${EDGE_BIN:-target/edge/gavel-edge}
 
 TMP=$(mktemp -d)
 PIDS=()
@@ -181,6 +181,6 @@ if [ -z "$ONLY" ] || [ "$ONLY" = rss ]; then
 fi
 
 if [ -z "$ONLY" ] || [ "$ONLY" = latency ]; then
-    cargo run --release -q -p gavel-edge --example edge_latency -- --node "127.0.0.1:$QUIC" \
+    cargo run --profile edge -q -p gavel-edge --example edge_latency -- --node "127.0.0.1:$QUIC" \
         --certs "$CERTS" --mqtt-port "$MQTT" --auction 1 --bids "$LATENCY_BIDS"
 fi

@@ -15,7 +15,7 @@
 //! agent and runs this; by hand:
 //!
 //! ```text
-//! cargo run --release -p gavel-edge --example edge_latency -- --node 127.0.0.1:7443 \
+//! cargo run --profile edge -p gavel-edge --example edge_latency -- --node 127.0.0.1:7443 \
 //!     --certs data/certs --mqtt-port 1883 --auction 7 --bids 500
 //! ```
 
