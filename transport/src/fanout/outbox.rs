@@ -172,9 +172,10 @@ fn json_bytes(message: &pb::ServerMessage) -> Bytes {
     }
 }
 
-/// Ordered messages whose queue's memory is kept once it empties; a longer queue (the
-/// snapshots of a subscription to many auctions) gives its memory back.
-const ORDERED_KEPT_MAX: usize = 32;
+/// Ordered messages whose queue's memory is kept once it empties: none, so an idle
+/// connection holds no queue (the snapshots of a subscription to many auctions, or the one
+/// of a single auction, 96 B per idle watcher otherwise).
+const ORDERED_KEPT_MAX: usize = 0;
 
 /// What one take may still carry: at least one message, then at most about `bytes_max`
 /// bytes and `messages_max` messages.

@@ -52,8 +52,9 @@ use crate::session::{Session, error_message};
 pub(crate) const STREAM_CHECK: Duration = Duration::from_millis(50);
 /// Stream updates taken for one write at most (and about `stream_unsent_bytes_max` bytes).
 const BATCH_MESSAGES_MAX: usize = 256;
-/// Room for stream updates a stream keeps between two takes.
-const BATCH_KEPT_MAX: usize = 16;
+/// Room for stream updates a stream keeps between two takes: none, so an idle watcher
+/// holds no batch (heaptrack of 2,000 idle watchers: 64 B each kept otherwise).
+const BATCH_KEPT_MAX: usize = 0;
 /// Bytes a WebSocket may have fed but not flushed before its core reads no more requests
 /// and answers no more acks (stream updates wait for a complete flush anyway).
 pub(crate) const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
