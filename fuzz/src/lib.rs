@@ -213,5 +213,6 @@ pub fn small_engine() -> Engine {
         dedup_window_bids: 8,
         sealed_bidders_max: 8,
         settled_retention_us: 1_000,
+        pruned_retention_us: 2_000,
     })
 }
