@@ -2,15 +2,17 @@
 //! and `gavel serve` processes with `--kafka-ownership group` sharing one Kafka log of six
 //! partitions, one CA for all, the SDK connected to node 0 only.
 //!
-//! - Three nodes settle into a disjoint assignment covering every partition, each partition
-//!   owned (live writer lease) by the node the group assigned it to; bids on auctions of
-//!   every partition are accepted.
+//! - A node alone in the group owns every partition; with two more, the three settle into a
+//!   disjoint assignment covering every partition, each partition owned (live writer lease)
+//!   by the node the group assigned it to; bids on auctions of every partition are accepted.
 //! - A node SIGKILLed and restarted at once under the same instance id gets its partitions
 //!   back without moving the others' (their assignment and rebalance count unchanged), and
 //!   bids on its partitions are accepted again.
 //! - A fourth node joining takes partitions over from the others (a graceful revoke: bids
 //!   stopped, appends made durable, leases released before the partitions are released), and
-//!   the bidding goes on without an error.
+//!   the bidding goes on without an error; the node that gave a partition up follows it on
+//!   from the state its engine held (its follower applies the new owner's records and
+//!   catches up, which a wrong seed would stop with an error).
 //! - Afterwards every bid the SDK saw durable-acked is in the topic as replayed (checked
 //!   against the test's own record of the acks), and a node replaying every partition has
 //!   the state hash of an independent replay of the topic.
@@ -35,7 +37,7 @@ use common::bidding::{
     Record, bid_on, check_topic, checker_config, client_config, metric, wait_placed,
 };
 use common::crash::Ack;
-use common::https::request_to;
+use common::https::{plain_get, request_to};
 use common::kafka::Broker;
 use common::served::{OnKafka, Served, create_english, serve_on_kafka};
 
@@ -204,21 +206,21 @@ async fn rebalances(nodes: &[Served]) -> Vec<f64> {
     counts
 }
 
-/// Starts nodes `names` (in order), waits until they settled, and creates the auctions
-/// through their owners: the nodes and the partition → owner map.
+/// Starts nodes `names` (in order; the first alone, until it owns every partition), waits
+/// until they settled, and creates the auctions through their owners: the nodes and the
+/// partition → owner map.
 async fn form(
     names: &[&str],
     start: impl Fn(&str) -> Served,
     certs: &DevCerts,
 ) -> (Vec<Served>, BTreeMap<u32, String>) {
-    let nodes: Vec<Served> = names.iter().map(|name| start(name)).collect();
-    let owners = wait_settled(&named(names, &nodes), certs, |_| true).await;
-    for name in names {
-        assert!(
-            owners.values().any(|o| o == name),
-            "{name} owns nothing: {owners:?}"
-        );
-    }
+    let mut nodes = vec![start(names[0])];
+    let alone = wait_settled(&named(names, &nodes), certs, |_| true).await;
+    assert!(alone.values().all(|o| o == names[0]), "{alone:?}");
+    nodes.extend(names[1..].iter().map(|name| start(name)));
+    let everyone_owns =
+        |map: &BTreeMap<u32, String>| (names.iter()).all(|name| map.values().any(|o| o == name));
+    let owners = wait_settled(&named(names, &nodes), certs, everyone_owns).await;
     create_auctions(&named(names, &nodes), &owners, certs).await;
     (nodes, owners)
 }
@@ -259,6 +261,31 @@ impl Bidding {
         }
         self.client.close().await;
         self.record
+    }
+}
+
+/// Waits until `node`'s `/readyz` shows its follower of `partition` caught up (lag 0) and
+/// not stopped on a record it could not apply; the line.
+async fn wait_followed(node: &Served, partition: u32) -> String {
+    let started = Instant::now();
+    let prefix = format!("follower partition={partition} ");
+    loop {
+        let (_, body) = plain_get(node.metrics, "/readyz").await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_owned);
+        match line {
+            Some(line) if line.contains(" failed: ") => panic!("{line}"),
+            Some(line) if line.contains(" lag_records=0 ") => return line,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "partition {partition} not followed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -319,6 +346,15 @@ async fn group_members_own_disjoint_partitions_keep_them_over_a_restart_and_hand
     );
 
     let record = bidding.stop().await;
+    // Each node that gave a partition up follows it on from the state its engine held.
+    for p in &taken {
+        let giver = names.iter().position(|n| *n == owners[p]).unwrap();
+        let line = wait_followed(&nodes[giver], *p).await;
+        eprintln!(
+            "group: {} follows the partition it gave up: {line}",
+            names[giver]
+        );
+    }
     eprintln!(
         "group: {owners:?} at first; node-1 killed, restarted and acked again on {restarted:?} \
          {back:?} after the kill; node-3 joined and acked on {taken:?} {handed:?} after its \
