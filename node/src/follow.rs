@@ -131,30 +131,69 @@ impl Followers {
     ) -> Result<()> {
         let mut views = self.views.write().expect("follower views poisoned");
         views.resize_with(usize::try_from(partitions_total).unwrap_or(0), || None);
+        drop(views);
         for &partition in partitions {
-            let followed = Arc::new(Followed {
-                partition,
-                engine: Engine::new(engine),
-                stop: AtomicBool::new(false),
-                hand_over: AtomicBool::new(false),
-                handed: Mutex::new(None),
-                lag_records: AtomicU64::new(0),
-                lag_ms: AtomicU64::new(0),
-                failed: Mutex::new(None),
-            });
             let source = Source {
                 config: config.clone(),
                 partitioner,
                 hub: Arc::clone(&self.hub),
             };
-            let for_thread = Arc::clone(&followed);
-            let handle = std::thread::Builder::new()
-                .name(format!("gavel-follow-{partition}"))
-                .spawn(move || follow(&for_thread, &source))
-                .context("spawning a follower thread")?;
-            views[partition as usize] = Some(followed);
-            lock(&self.threads).push((partition, handle));
+            self.spawn(partition, Engine::new(engine), source, None)?;
         }
+        Ok(())
+    }
+
+    /// Starts following `partition` — given up by this node (a group rebalance moved it) —
+    /// from `start`, into a view holding `seed`: the partition's state up to `start`, from
+    /// the node's engine (so a watcher's `seq` goes on without a gap).
+    pub(crate) fn start_seeded(
+        &self,
+        (config, partitioner, engine): (&KafkaConfig, Partitioner, EngineConfig),
+        partition: i32,
+        seed: SnapshotParts,
+        start: KafkaPosition,
+    ) -> Result<()> {
+        let view = Engine::new(engine);
+        let what = format!("the state of partition {partition} given up");
+        let mut report = crate::node::RecoveryReport::default();
+        crate::node::restore_parts(&view, seed, &what, |_| true, &mut report)?;
+        let source = Source {
+            config: config.clone(),
+            partitioner,
+            hub: Arc::clone(&self.hub),
+        };
+        self.spawn(partition, view, source, Some(start))
+    }
+
+    /// Starts a follower thread of `partition` into `engine`, reading from `start` (the
+    /// beginning if `None`).
+    fn spawn(
+        &self,
+        partition: i32,
+        engine: Engine,
+        source: Source,
+        start: Option<KafkaPosition>,
+    ) -> Result<()> {
+        let followed = Arc::new(Followed {
+            partition,
+            engine,
+            stop: AtomicBool::new(false),
+            hand_over: AtomicBool::new(false),
+            handed: Mutex::new(None),
+            lag_records: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            failed: Mutex::new(None),
+        });
+        let for_thread = Arc::clone(&followed);
+        let handle = std::thread::Builder::new()
+            .name(format!("gavel-follow-{partition}"))
+            .spawn(move || follow(&for_thread, &source, start))
+            .context("spawning a follower thread")?;
+        let mut views = self.views.write().expect("follower views poisoned");
+        if let Some(slot) = views.get_mut(partition as usize) {
+            *slot = Some(followed);
+        }
+        lock(&self.threads).push((partition, handle));
         Ok(())
     }
 
@@ -315,11 +354,11 @@ enum Stop {
     Record(anyhow::Error),
 }
 
-/// A follower thread: reads its partition into its view until stopped or a record fails.
-fn follow(followed: &Followed, source: &Source) {
+/// A follower thread: reads its partition into its view, from `start` (its beginning if
+/// `None`), until stopped or a record fails.
+fn follow(followed: &Followed, source: &Source, mut start: Option<KafkaPosition>) {
     let partition = followed.partition;
     let mut replayer = Replayer::new(&followed.engine);
-    let mut start: Option<KafkaPosition> = None;
     let since = Instant::now();
     // Ordering: Acquire pairs with the Release stores of `stop_threads` and `hand_over` (a
     // hand-over asked between two readers hands nothing over: the partition is replayed).

@@ -38,14 +38,14 @@ pub fn addresses(advertisement: &str) -> (String, String) {
 
 /// The owner of `auction`'s partition when this node does not write it (see the module
 /// docs): `holder` is the partition's lease holder as last read. `None` when this node
-/// writes the partition.
+/// writes the partition and accepts its appends (not paused by a rebalance).
 pub(crate) fn owner_elsewhere(
     kafka: &KafkaLog,
     auction: u64,
     holder: impl FnOnce(i32) -> Option<LeaseHolder>,
 ) -> Option<pb::PartitionOwner> {
     let partition = kafka.partition_of(auction);
-    if kafka.owns(partition) {
+    if kafka.accepts(partition) {
         return None;
     }
     let partitions = kafka.partitions().max(1) as u32;
@@ -55,8 +55,8 @@ pub(crate) fn owner_elsewhere(
         partitions,
         ..pb::PartitionOwner::default()
     };
-    // A lapsed lease, or this node's own claim of a partition it is still replaying: nobody
-    // decides its bids now.
+    // A lapsed lease, this node's own claim of a partition it is still replaying, or one a
+    // group rebalance is revoking from it (paused): nobody decides its bids now.
     let me = &kafka.config().owner;
     if let Some(holder) = holder(partition).filter(|h| h.live && h.owner != *me) {
         (owner.quic, owner.https) = addresses(&holder.advertise);

@@ -46,15 +46,47 @@ pub(crate) struct Parts<'a> {
     pub holders: &'a Mutex<Vec<Option<Holder>>>,
     /// The views of the partitions followed (a partition's stops once taken over).
     pub followers: &'a crate::follow::Followers,
+    /// Which partitions to take over once free.
+    pub claims: Claims<'a>,
+}
+
+/// Which partitions a node takes over, and when.
+pub(crate) enum Claims<'a> {
+    /// These standby partitions, once their owner's lease lapsed (static assignment).
+    Standby(Vec<i32>),
+    /// Those the group assigned to this node, once nobody else holds their lease (never
+    /// claimed included); `settle` runs after each takeover (the group may have revoked the
+    /// partition meanwhile).
+    Group {
+        assigned: &'a Mutex<std::collections::BTreeSet<i32>>,
+        settle: &'a dyn Fn(i32),
+    },
+}
+
+impl Claims<'_> {
+    fn wants(&self, partition: i32) -> bool {
+        match self {
+            Claims::Standby(standby) => standby.contains(&partition),
+            Claims::Group { assigned, .. } => lock(assigned).contains(&partition),
+        }
+    }
+
+    /// Whether the partition's lease lets this node claim it now.
+    fn free(&self, watch: &mut LeaseWatch) -> Result<bool, gavel_wal::WalError> {
+        match self {
+            Claims::Standby(_) => watch.lapsed(WATCH_SLICE),
+            Claims::Group { .. } => watch.free(WATCH_SLICE),
+        }
+    }
 }
 
 /// A partition's lease holder as last read: name, owner epoch, whether its lease is live,
 /// its advertised addresses.
 pub type Holder = gavel_wal::kafka::fence::LeaseHolder;
 
-/// Follows the leases of the partitions this node does not own and takes each `standby` one
-/// over once its lease lapses; returns when the log failed or `stop` is set.
-pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
+/// Follows the leases of the partitions this node does not own and takes those of its
+/// [`Claims`] over once free; returns when the log failed or `stop` is set.
+pub(crate) fn run(parts: &Parts<'_>) {
     let Log::Kafka(kafka) = &**parts.wal else {
         return;
     };
@@ -80,7 +112,7 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
                     }
                 }
             }
-            let lapsed = watch.as_mut().map(|w| w.lapsed(WATCH_SLICE));
+            let lapsed = watch.as_mut().map(|w| parts.claims.free(w));
             if let (Some(slot), Some(watch)) = (
                 lock(parts.holders).get_mut(*partition as usize),
                 watch.as_ref(),
@@ -88,13 +120,18 @@ pub(crate) fn run(parts: &Parts<'_>, standby: &[i32]) {
                 *slot = watch.holder();
             }
             match lapsed {
-                Some(Ok(true)) if standby.contains(partition) => {
-                    if let Err(e) = take_over(parts, kafka, *partition) {
-                        tracing::warn!(
+                Some(Ok(true)) if parts.claims.wants(*partition) => {
+                    match take_over(parts, kafka, *partition) {
+                        Ok(()) => {
+                            if let Claims::Group { settle, .. } = &parts.claims {
+                                settle(*partition);
+                            }
+                        }
+                        Err(e) => tracing::warn!(
                             partition,
                             error = format!("{e:#}"),
                             "takeover failed; will retry"
-                        );
+                        ),
                     }
                 }
                 Some(Ok(_)) | None => {}

@@ -18,20 +18,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gavel_client::{Bid, BidError, Client, ClientConfig};
-use gavel_node::{Node, NodeConfig};
+use gavel_client::{BidError, Client};
 use gavel_proto::partition::partition_of;
 use gavel_transport::tls::dev::{self, DevCerts};
-use gavel_wal::kafka::{KafkaConfig, KafkaRecords};
 
-use common::crash::{Ack, Reference};
-use common::https::{plain_get, request_to};
+use common::bidding::{Record, bid_on, checker_config, client_config, metric, wait_placed};
+use common::crash::Ack;
+use common::https::request_to;
 use common::kafka::Broker;
-use common::served::{Served, create_english, serve_with_args};
+use common::served::{OnKafka, Served, create_english, serve_on_kafka};
 
 const NODES: usize = 3;
 const PARTITIONS: u32 = 6;
@@ -57,40 +56,24 @@ fn list(partitions: [u32; 2]) -> String {
 }
 
 /// Starts node `i` on the shared log (standby of node i-1's partitions) with the shared
-/// certificates; its log in `<dir>/node<i>.log`.
+/// certificates; its log in `<dir>/node-<i>.log`.
 fn start_node(dir: &std::path::Path, certs: &DevCerts, brokers: &str, i: usize) -> Served {
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (owned, standby) = (list(owned_by(i)), list(owned_by((i + NODES - 1) % NODES)));
-    let (owner, lease) = (format!("node-{i}"), LEASE_MS.to_string());
-    let partitions = PARTITIONS.to_string();
-    let args = [
-        "--tls-cert",
-        &path(&certs.server_cert),
-        "--tls-key",
-        &path(&certs.server_key),
-        "--tls-client-ca",
-        &path(&certs.ca_cert),
-        "--wal",
-        "kafka",
-        "--kafka-brokers",
+    let owner = format!("node-{i}");
+    let on = OnKafka {
         brokers,
-        "--kafka-topic",
-        TOPIC,
-        "--kafka-partitions",
-        &partitions,
-        "--kafka-owner",
-        &owner,
+        topic: TOPIC,
+        partitions: PARTITIONS,
+        owner: &owner,
+        lease_ms: LEASE_MS,
+    };
+    let ownership = [
         "--kafka-owned-partitions",
         &owned,
         "--kafka-standby-partitions",
         &standby,
-        "--kafka-writer-lease-ms",
-        &lease,
-        "--kafka-connect-timeout-ms",
-        "20000",
     ];
-    let log = dir.join(format!("node{i}.log"));
-    serve_with_args(&dir.join(format!("node{i}")), &args, &log)
+    serve_on_kafka(dir, certs, &on, &ownership)
 }
 
 /// Creates every auction through its owner's admin API.
@@ -101,89 +84,8 @@ async fn create_auctions(nodes: &[Option<Served>], certs: &DevCerts) {
     }
 }
 
-/// The sum of the series of metric `name` with all of `labels` (`key="value"` each) on a
-/// node's metrics port.
-async fn metric(node: &Served, name: &str, labels: &[&str]) -> f64 {
-    let (_, text) = plain_get(node.metrics, "/metrics").await;
-    let text = String::from_utf8_lossy(&text).into_owned();
-    let series = text
-        .lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'));
-    let matching = series.filter(|rest| labels.iter().all(|l| rest.contains(l)));
-    let values = matching.filter_map(|rest| rest.rsplit_once(' ')?.1.parse::<f64>().ok());
-    values.sum()
-}
-
 /// The labels of the home node's redirected QUIC bids.
 const MISDIRECTED: [&str; 2] = ["transport=\"quic\"", "reason=\"misdirected\""];
-
-/// What the bidding tasks share: the acks seen, the errors, the phase and the stop.
-#[derive(Default)]
-struct Record {
-    /// Durable acks seen, with whether the bid was placed after the kill.
-    acks: Mutex<Vec<(Ack, bool)>>,
-    errors: Mutex<Vec<String>>,
-    /// Accepted bids whose durable ack never came, and why.
-    lost: Mutex<Vec<(u64, BidError)>>,
-    /// Bids placed (Ok) so far.
-    placed: std::sync::atomic::AtomicU64,
-    killed: AtomicBool,
-    stop: AtomicBool,
-}
-
-/// One bidding task: rounds over its auctions (every `TASKS`-th from `first`), each bid
-/// higher than its last on the auction, a bid id per (auction, round); each durable ack
-/// awaited on its own task.
-async fn bid_on(client: Client, first: u64, record: Arc<Record>) {
-    let mut round = 0u64;
-    while !record.stop.load(Ordering::Acquire) {
-        for auction in (first..=AUCTIONS).step_by(TASKS as usize) {
-            let id = (u128::from(auction) << 32) | u128::from(round + 1);
-            let bid = Bid::new(auction, 200 + 10 * round).with_id(id);
-            let after_kill = record.killed.load(Ordering::Acquire);
-            match client.place_bid(bid).await {
-                Ok(placed) => {
-                    record.placed.fetch_add(1, Ordering::AcqRel);
-                    let record = Arc::clone(&record);
-                    tokio::spawn(async move {
-                        match placed.durable().await {
-                            Ok(durable) => {
-                                let ack = Ack {
-                                    auction,
-                                    bidder: "bidder-1".into(),
-                                    bid: id,
-                                    seq: durable.seq,
-                                    lsn: 0,
-                                };
-                                record.acks.lock().unwrap().push((ack, after_kill));
-                            }
-                            Err(e) => record.lost.lock().unwrap().push((auction, e)),
-                        }
-                    });
-                }
-                Err(e) => record
-                    .errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("{auction}/{round}: {e}")),
-            }
-        }
-        round += 1;
-    }
-}
-
-/// Waits until `placed` bids were placed (or the bound passes).
-async fn wait_placed(record: &Record, placed: u64) {
-    let deadline = Instant::now() + WAIT;
-    while record.placed.load(Ordering::Acquire) < placed {
-        assert!(
-            Instant::now() < deadline,
-            "only {} bids placed",
-            record.placed.load(Ordering::Acquire)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Waits until `node`'s `GET /v1/cluster` shows `partition` owned by `owner` with a live lease.
 async fn wait_owner(node: &Served, certs: &DevCerts, partition: u32, owner: &str) -> Duration {
@@ -222,23 +124,19 @@ async fn the_sdk_on_one_node_reaches_every_owner_and_keeps_bidding_through_a_tak
         .collect();
     create_auctions(&nodes, &certs).await;
     let home = nodes[0].as_ref().unwrap();
-    let mut config =
-        ClientConfig::from_cert_dir(home.quic, &certs.dir, "bidder-1").expect("the dev certs");
-    config.connect_timeout = Duration::from_secs(2);
-    config.request_timeout = WAIT;
-    config.durable_timeout = WAIT;
-    config.reconnect_backoff_max = Duration::from_millis(500);
-    // A killed node is noticed when its connection idles out (docs/quic.md, "Several nodes").
-    config.idle_timeout = Duration::from_secs(2);
-    config.keep_alive_interval = Duration::from_millis(500);
-    let client = Client::connect(config).await.unwrap();
+    let client = Client::connect(client_config(home, &certs, WAIT))
+        .await
+        .unwrap();
     let redirects_before = metric(home, "gavel_redirects_total", &MISDIRECTED).await;
 
     let record = Arc::new(Record::default());
     let tasks: Vec<_> = (1..=TASKS)
-        .map(|first| tokio::spawn(bid_on(client.clone(), first, Arc::clone(&record))))
+        .map(|first| {
+            let tasks = (first, TASKS, AUCTIONS);
+            tokio::spawn(bid_on(client.clone(), tasks, Arc::clone(&record)))
+        })
         .collect();
-    wait_placed(&record, ROUNDS_BEFORE_KILL * AUCTIONS).await;
+    wait_placed(&record, ROUNDS_BEFORE_KILL * AUCTIONS, WAIT).await;
     // Every bid so far was accepted, on all three owners, reached through redirects.
     assert_eq!(*record.errors.lock().unwrap(), Vec::<String>::new());
     assert!(record.lost.lock().unwrap().is_empty());
@@ -267,7 +165,7 @@ async fn the_sdk_on_one_node_reaches_every_owner_and_keeps_bidding_through_a_tak
     let moved = wait_owner(survivor, &certs, busiest, &format!("node-{standby}")).await;
     // Bidding goes on a while on the new owner, then stops.
     let placed = record.placed.load(Ordering::Acquire);
-    wait_placed(&record, placed + 2 * AUCTIONS).await;
+    wait_placed(&record, placed + 2 * AUCTIONS, WAIT).await;
     record.stop.store(true, Ordering::Release);
     for task in tasks {
         tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
@@ -320,40 +218,8 @@ fn busiest_partition(record: &Record) -> u32 {
         .unwrap_or(0)
 }
 
-/// Every ack is in the topic as replayed; a node replaying every partition has the state hash
-/// of an independent replay and answers a retry of each auction's last acked bid `DUPLICATE`.
+/// Every ack is in the topic as replayed (see [`common::bidding::check_topic`]).
 fn check_topic(broker: &Broker, dir: &std::path::Path, acks: &[Ack]) {
-    let kafka = KafkaConfig {
-        brokers: broker.bootstrap(),
-        topic: TOPIC.to_owned(),
-        partitions: PARTITIONS as i32,
-        writer_lease_ms: LEASE_MS,
-        owner: "checker".to_owned(),
-        ..KafkaConfig::default()
-    };
-    let records: Vec<(u64, Vec<u8>)> = KafkaRecords::open(&kafka)
-        .unwrap()
-        .map(|r| r.map(|r| (r.lsn, r.payload)).unwrap())
-        .collect();
-    let reference = Reference::replay(records, 0);
-    for ack in acks {
-        reference.logged(ack, 0);
-    }
-    let config = NodeConfig {
-        kafka: Some(kafka),
-        ..NodeConfig::default()
-    };
-    let (all, _) = Node::open(dir.join("checker"), config).unwrap();
-    assert_eq!(
-        gavel_node::hex(&all.engine().state_hash()),
-        gavel_node::hex(&reference.engine.state_hash()),
-        "a node replaying every partition differs from the topic"
-    );
-    let (checked, _) = reference.check_recovered(all.engine(), acks, 0);
-    assert!(checked > 0);
-    eprintln!(
-        "routing: {} durable acks all in the topic; {checked} retries answered DUPLICATE",
-        acks.len()
-    );
-    all.shutdown(false).unwrap();
+    let kafka = checker_config(broker, TOPIC, PARTITIONS, LEASE_MS);
+    common::bidding::check_topic(kafka, dir, acks, "routing");
 }

@@ -50,6 +50,7 @@ use gavel_transport::clock::now_micros;
 use gavel_wal::SnapshotDefect;
 use gavel_wal::kafka::KafkaConfig;
 use gavel_wal::kafka::fence::LeaseHolder;
+use gavel_wal::kafka::group::GroupMembership;
 use gavel_wal::{
     AppendError, CompactReport, DurableFuture, Interrupt, Log, Lsn, TornTail, WaitError, WalConfig,
     WriterHooks,
@@ -59,8 +60,11 @@ use crate::closer::{DueAlarm, Wake};
 use crate::durable::WalSink;
 use crate::follow::{FollowerLag, Followers};
 
+mod group;
 mod open;
 mod snapshots;
+
+pub use group::METRIC_REVOCATIONS;
 
 pub use open::kafka_snapshot_dir;
 pub(crate) use open::{append_missing_tail, restore_parts};
@@ -180,6 +184,8 @@ struct Shared {
     holders: Mutex<Vec<Option<crate::takeover::Holder>>>,
     /// With the Kafka log: the partitions not owned here, followed into read-only views.
     followers: Followers,
+    /// With group ownership: the partitions the group assigns to this node now.
+    assigned: Mutex<std::collections::BTreeSet<i32>>,
 }
 
 /// The durable engine. `Sync`: share it by reference or `Arc`.
@@ -188,6 +194,8 @@ pub struct Node {
     snapshotter: Mutex<Option<JoinHandle<()>>>,
     /// Takes standby partitions over (Kafka log with standby partitions only).
     taker: Mutex<Option<JoinHandle<()>>>,
+    /// With group ownership: this node's membership of the group.
+    group: Mutex<Option<GroupMembership>>,
     data_dir: PathBuf,
     /// Wakes the closer when a creation ends before its planned wake-up.
     due: DueAlarm,
@@ -303,6 +311,7 @@ impl Node {
             kafka_snapshots,
             holders: Mutex::new(Vec::new()),
             followers: Followers::default(),
+            assigned: Mutex::new(Default::default()),
         });
         if let Log::Kafka(kafka) = &*shared.wal {
             *lock(&shared.holders) = vec![None; kafka.partitions().max(0) as usize];
@@ -324,9 +333,24 @@ impl Node {
             file.compact_to_snapshots().context("compacting the log")?;
         }
         let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
+        let grouped = (config.kafka.as_ref()).is_some_and(|k| k.group.is_some());
         let taker = match &config.kafka {
-            Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only => {
-                spawn_taker(&shared, kafka.standby_partitions.clone(), workers)?
+            Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only || grouped => {
+                let group = grouped.then_some(config.engine);
+                spawn_taker(&shared, kafka.standby_partitions.clone(), group, workers)?
+            }
+            _ => None,
+        };
+        let group = match &config.kafka {
+            Some(kafka) if grouped => {
+                let owner = Arc::new(group::GroupOwner {
+                    shared: Arc::clone(&shared),
+                    engine: config.engine,
+                    paused: Mutex::new(Vec::new()),
+                });
+                let joined = GroupMembership::join(kafka, owner)
+                    .context("joining the Kafka group that assigns the partitions")?;
+                Some(joined)
             }
             _ => None,
         };
@@ -345,6 +369,7 @@ impl Node {
                 shared,
                 snapshotter: Mutex::new(snapshotter),
                 taker: Mutex::new(taker),
+                group: Mutex::new(group),
                 due: DueAlarm::default(),
                 data_dir: data_dir.to_path_buf(),
             },
@@ -564,11 +589,24 @@ impl Node {
             .collect();
         members.sort();
         members.dedup();
+        let group_members = (lock(&self.group).as_ref()).map_or_else(Vec::new, |g| g.members());
+        let assigned = lock(&self.shared.assigned)
+            .iter()
+            .map(|&p| p as u32)
+            .collect();
+        let ownership = if config.group.is_some() {
+            "group"
+        } else {
+            "static"
+        };
         Some(pb::Cluster {
             topic: config.topic.clone(),
             node: config.owner.clone(),
             partitions,
             members,
+            ownership: ownership.into(),
+            group_members,
+            assigned,
         })
     }
 
@@ -654,6 +692,10 @@ impl Node {
     }
 
     fn stop_snapshotter(&self) {
+        // No rebalance callback runs from here on (they would start followers).
+        if let Some(mut group) = lock(&self.group).take() {
+            group.stop();
+        }
         // Ordering: Release pairs with the snapshot thread's Acquire load.
         self.shared.stop.store(true, Ordering::Release);
         self.shared.followers.stop();

@@ -35,16 +35,30 @@ pub(super) fn spawn_snapshotter(
 }
 
 /// Starts the thread following the partitions this node does not own and taking the
-/// `standby` ones over.
+/// `standby` ones over — or, with group ownership (`group`: the engine's limits), those the
+/// group assigns.
 pub(super) fn spawn_taker(
     shared: &Arc<Shared>,
     standby: Vec<i32>,
+    group: Option<gavel_engine::EngineConfig>,
     workers: usize,
 ) -> Result<Option<JoinHandle<()>>> {
     let shared = Arc::clone(shared);
     let handle = thread::Builder::new()
         .name("gavel-takeover".into())
         .spawn(move || {
+            let settle = |partition| {
+                if let Some(engine) = group {
+                    super::group::settle(&shared, engine, partition);
+                }
+            };
+            let claims = match group {
+                Some(_) => crate::takeover::Claims::Group {
+                    assigned: &shared.assigned,
+                    settle: &settle,
+                },
+                None => crate::takeover::Claims::Standby(standby),
+            };
             let parts = crate::takeover::Parts {
                 engine: &shared.engine,
                 wal: &shared.wal,
@@ -53,8 +67,9 @@ pub(super) fn spawn_taker(
                 workers,
                 holders: &shared.holders,
                 followers: &shared.followers,
+                claims,
             };
-            crate::takeover::run(&parts, &standby);
+            crate::takeover::run(&parts);
         })
         .context("spawning the takeover thread")?;
     Ok(Some(handle))

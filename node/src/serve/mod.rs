@@ -180,6 +180,19 @@ fn describe_node_metrics() {
         Unit::Seconds,
         "Kafka partition takeover, lapsed lease seen to partition activated, seconds."
     );
+    describe_counter!(
+        kafka::group::METRIC_REBALANCES,
+        "Kafka ownership group rebalances this node took part in (assignments received)."
+    );
+    metrics::describe_histogram!(
+        kafka::group::METRIC_REBALANCE_SECONDS,
+        Unit::Seconds,
+        "Kafka ownership group rebalance, revocation callback to assignment handled, seconds."
+    );
+    describe_counter!(
+        crate::node::METRIC_REVOCATIONS,
+        "Kafka partitions this node gave up because the ownership group moved them."
+    );
     describe_gauge!(
         follow::METRIC_LAG_RECORDS,
         "Per followed Kafka partition: records behind its high watermark."
@@ -664,6 +677,7 @@ async fn refresh_gauges(node: Arc<Node>, shutdown: CancellationToken) {
         }
         metrics::counter!(kafka::METRIC_FENCED).increment(0);
         metrics::counter!(takeover::METRIC_TAKEOVERS).increment(0);
+        metrics::counter!(crate::node::METRIC_REVOCATIONS).increment(0);
     }
     // Present from the start, so a scrape before the first prune sees 0.
     metrics::counter!(crate::closer::METRIC_PRUNED).increment(0);

@@ -5,6 +5,7 @@
 // Helpers shared by several test crates (each test file is one): `pub` is their interface.
 #![allow(unreachable_pub)]
 
+pub mod bidding;
 pub mod cdp;
 pub mod crash;
 pub mod exercise;

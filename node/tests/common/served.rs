@@ -42,6 +42,52 @@ pub fn serve_with_metrics_on(data_dir: &Path, metrics: SocketAddr) -> Served {
     spawn(data_dir, &metrics.to_string(), &[], &[], Stdio::piped())
 }
 
+/// Where a node of a multi-node test writes: the broker, the topic and its partitions, the
+/// node's name (lease owner) and its writer lease.
+pub struct OnKafka<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub partitions: u32,
+    pub owner: &'a str,
+    pub lease_ms: u64,
+}
+
+/// [`serve_with_args`] on the Kafka log `on` with the shared certificates `certs`, in
+/// `<dir>/<owner>` with its log in `<dir>/<owner>.log`, and `extra` options (its ownership).
+pub fn serve_on_kafka(
+    dir: &Path,
+    certs: &gavel_transport::tls::dev::DevCerts,
+    on: &OnKafka<'_>,
+    extra: &[&str],
+) -> Served {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let (partitions, lease) = (on.partitions.to_string(), on.lease_ms.to_string());
+    let mut args = vec![
+        "--tls-cert".to_owned(),
+        path(&certs.server_cert),
+        "--tls-key".to_owned(),
+        path(&certs.server_key),
+        "--tls-client-ca".to_owned(),
+        path(&certs.ca_cert),
+    ];
+    let kafka = [
+        ("--wal", "kafka"),
+        ("--kafka-brokers", on.brokers),
+        ("--kafka-topic", on.topic),
+        ("--kafka-partitions", &partitions),
+        ("--kafka-owner", on.owner),
+        ("--kafka-writer-lease-ms", &lease),
+        ("--kafka-connect-timeout-ms", "20000"),
+    ];
+    for (key, value) in kafka {
+        args.extend([key.to_owned(), value.to_owned()]);
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = dir.join(format!("{}.log", on.owner));
+    serve_with_args(&dir.join(on.owner), &args, &log)
+}
+
 /// [`serve`] with these options added (e.g. TLS files shared by several nodes, a Kafka log)
 /// and its log (stderr) written to `log`.
 pub fn serve_with_args(data_dir: &Path, args: &[&str], log: &Path) -> Served {

@@ -87,6 +87,11 @@ pub struct KafkaConfig {
     /// Own no partition (`owned_partitions` empty): the node follows every partition for its
     /// watchers and writes only the `standby_partitions` it takes over.
     pub follow_only: bool,
+    /// Ownership by Kafka group membership ([`super::group`]) instead of the static
+    /// assignment: owns no partition at open; the group's assignment decides which
+    /// partitions the node takes over. Excludes `owned_partitions`, `standby_partitions` and
+    /// `follow_only`.
+    pub group: Option<GroupConfig>,
     /// Where other nodes and clients reach this node, published with every claim of a
     /// partition's writer lease for the others to read (an opaque word, no whitespace;
     /// the node writes `quic=<host:port>,https=<host:port>`); empty: nothing published.
@@ -115,8 +120,28 @@ impl Default for KafkaConfig {
             standby_partitions: Vec::new(),
             follow_only: false,
             advertise: String::new(),
+            group: None,
             interrupt: Interrupt::default(),
         }
+    }
+}
+
+/// Ownership by group membership (see [`super::group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The consumer group (`group.id`) the nodes of one topic share.
+    pub group_id: String,
+    /// This node's static member name (`group.instance.id`): a restart under it within
+    /// the session timeout gets the same partitions without a rebalance.
+    pub instance_id: String,
+    /// librdkafka's `session.timeout.ms`: a member silent this long leaves the group.
+    pub session_timeout_ms: u64,
+}
+
+impl GroupConfig {
+    /// The group of a topic's nodes by default: `<topic>.owners`.
+    pub fn default_group_id(topic: &str) -> String {
+        format!("{topic}.owners")
     }
 }
 
@@ -180,6 +205,23 @@ impl KafkaConfig {
                 && all.iter().all(|p| (0..10_000).contains(p)),
             "kafka owned and standby partitions must be distinct numbers from 0 to 9999",
         )?;
+        if let Some(group) = &self.group {
+            check(
+                self.owned_partitions.is_empty()
+                    && self.standby_partitions.is_empty()
+                    && !self.follow_only,
+                "kafka group ownership excludes owned and standby partitions and follow_only",
+            )?;
+            let word = |w: &str| !w.is_empty() && !w.contains(char::is_whitespace);
+            check(
+                word(&group.group_id) && word(&group.instance_id),
+                "kafka group id and group instance id must be non-empty words",
+            )?;
+            check(
+                (1_000..=300_000).contains(&group.session_timeout_ms),
+                "kafka group session timeout must be between 1000 and 300000 ms",
+            )?;
+        }
         check(
             !self.follow_only || self.owned_partitions.is_empty(),
             "kafka follow_only owns no partition: leave owned partitions unset",
@@ -193,10 +235,11 @@ impl KafkaConfig {
         )
     }
 
-    /// The partitions this node owns in a topic of `partitions`: the configured ones, none
-    /// (`follow_only`), or every one. An owned partition the topic does not have is an error.
+    /// The partitions this node owns at open in a topic of `partitions`: the configured
+    /// ones, none (`follow_only`, or group ownership: the group assigns them later), or
+    /// every one. An owned partition the topic does not have is an error.
     pub fn owned_in(&self, partitions: i32) -> Result<Vec<i32>, WalError> {
-        if self.follow_only {
+        if self.follow_only || self.group.is_some() {
             return Ok(Vec::new());
         }
         if self.owned_partitions.is_empty() {

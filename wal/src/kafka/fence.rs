@@ -289,6 +289,13 @@ impl LeaseWatch {
         let state = &self.reader.state;
         Ok(state.epoch > 0 && state.other_live_holder(&self.me, now).is_none())
     }
+
+    /// As [`LeaseWatch::lapsed`], but a partition never claimed is free too (group
+    /// ownership: the group's assignment, not a first owner's start, says who claims it).
+    pub fn free(&mut self, slice: Duration) -> Result<bool, WalError> {
+        let lapsed = self.lapsed(slice)?;
+        Ok(lapsed || self.reader.state.epoch == 0)
+    }
 }
 
 /// How far [`LockReader::read`] reads.
@@ -481,6 +488,7 @@ impl LeaseClock {
 /// [`WriterLease::release`] (or drop); see the module docs.
 pub struct WriterLease {
     owner: String,
+    partition: i32,
     topic: String,
     epoch: u64,
     clock: Arc<LeaseClock>,
@@ -573,6 +581,7 @@ impl WriterLease {
         };
         let mut held = WriterLease {
             owner: owner.to_owned(),
+            partition,
             topic,
             epoch: 0,
             clock,
@@ -599,6 +608,11 @@ impl WriterLease {
     /// that won).
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The partition it is the lease of.
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// Until when the lease is certainly held.

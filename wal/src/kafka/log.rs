@@ -2,8 +2,9 @@
 //! queue, delivery reports and the durability rule (see the [module docs](super)).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -73,21 +74,32 @@ struct Counters {
     backpressure: AtomicU64,
 }
 
-/// Per partition, the clock of this node's lease on it (unset: not owned; set once, at
-/// open or at a takeover).
+/// Per partition, the clock of this node's lease on it (unset: not owned; set at open or at
+/// a takeover, unset when the partition is given up).
 #[derive(Debug)]
 struct Fences {
     topic: String,
-    clocks: Vec<OnceLock<Arc<LeaseClock>>>,
+    clocks: Vec<RwLock<Option<Arc<LeaseClock>>>>,
 }
 
 impl Fences {
-    fn live(&self, partition: i32) -> bool {
+    fn slot(&self, partition: i32) -> Option<&RwLock<Option<Arc<LeaseClock>>>> {
         usize::try_from(partition)
             .ok()
             .and_then(|p| self.clocks.get(p))
-            .and_then(OnceLock::get)
-            .is_some_and(|clock| clock.live())
+    }
+
+    fn live(&self, partition: i32) -> bool {
+        self.slot(partition).is_some_and(|slot| {
+            let clock = slot.read().expect("lease clock lock poisoned");
+            clock.as_ref().is_some_and(|clock| clock.live())
+        })
+    }
+
+    fn set(&self, partition: i32, clock: Option<Arc<LeaseClock>>) {
+        if let Some(slot) = self.slot(partition) {
+            *slot.write().expect("lease clock lock poisoned") = clock;
+        }
     }
 }
 
@@ -301,6 +313,9 @@ pub struct KafkaLog {
     partitioner: Partitioner,
     /// Per partition, the owner epoch this node writes it under (0: not owned).
     epochs: Vec<AtomicU64>,
+    /// Per partition, appends are refused for now (a group rebalance revoked it; see
+    /// [`KafkaLog::pause`]).
+    paused: Vec<AtomicBool>,
     /// The owned partitions' writer leases, released at shutdown.
     leases: Mutex<Vec<WriterLease>>,
 }
@@ -351,7 +366,7 @@ impl KafkaLog {
         let epochs: Vec<AtomicU64> = (0..slots).map(|_| AtomicU64::new(0)).collect();
         let fences = Fences {
             topic: config.topic.clone(),
-            clocks: (0..slots).map(|_| OnceLock::new()).collect(),
+            clocks: (0..slots).map(|_| RwLock::new(None)).collect(),
         };
         let held: Vec<(i32, u64)> = owned
             .iter()
@@ -362,7 +377,7 @@ impl KafkaLog {
         for (&p, lease) in owned.iter().zip(&leases) {
             // Ordering: Relaxed — published to other threads with the log itself.
             epochs[p as usize].store(lease.epoch(), Ordering::Relaxed);
-            let _ = fences.clocks[p as usize].set(Arc::clone(lease.clock()));
+            fences.set(p, Some(Arc::clone(lease.clock())));
         }
         let _ = shared.fences.set(fences);
         let records = KafkaRecords::open_at(&config, start)?.check_placement(partitioner);
@@ -381,6 +396,7 @@ impl KafkaLog {
                 partitions,
                 partitioner,
                 epochs,
+                paused: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 leases: Mutex::new(leases),
             },
             records,
@@ -460,7 +476,7 @@ impl KafkaLog {
         }
         let partition = (self.partitioner)(key, self.partitions);
         let epoch = self.epoch_of(partition);
-        if epoch == 0 {
+        if epoch == 0 || self.is_paused(partition) {
             return Err(AppendError::NotOwner { partition });
         }
         let epoch = epoch.to_be_bytes();
@@ -548,16 +564,16 @@ impl KafkaLog {
     pub fn take_over(&self, partition: i32) -> Result<Takeover, WalError> {
         let fences = (self.shared.fences.get())
             .expect("invariant: KafkaLog::open sets the fences before returning the log");
-        let slot = usize::try_from(partition)
-            .ok()
-            .and_then(|p| fences.clocks.get(p));
-        let Some(slot) = slot.filter(|s| s.get().is_none()) else {
+        let unowned = fences
+            .slot(partition)
+            .is_some_and(|s| s.read().expect("lease clock lock poisoned").is_none());
+        if !unowned {
             return Err(WalError::Kafka {
                 op: "take a partition over",
                 brokers: self.config.brokers.clone(),
                 reason: format!("partition {partition} is owned already or does not exist"),
             });
-        };
+        }
         let mut lease = acquire_leases(&self.config, &[partition], &self.shared)?;
         let lease = lease
             .pop()
@@ -565,7 +581,7 @@ impl KafkaLog {
         let epoch = lease.epoch();
         // Any failure so far drops the lease, which releases it.
         write_markers(&self.config, &[(partition, epoch)])?;
-        let _ = slot.set(Arc::clone(lease.clock()));
+        fences.set(partition, Some(Arc::clone(lease.clock())));
         lock(&self.leases).push(lease);
         Ok(Takeover { partition, epoch })
     }
@@ -597,8 +613,83 @@ impl KafkaLog {
                 *offset = next_offset;
             }
         }
+        // Ordering: Relaxed — read under the in-flight lock, like the epoch below.
+        self.paused[p].store(false, Ordering::Relaxed);
         // Ordering: Release pairs with `epoch_of`'s Acquire.
         self.epochs[p].store(takeover.epoch, Ordering::Release);
+    }
+
+    fn is_paused(&self, partition: i32) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.paused.get(p))
+            // Ordering: Relaxed — set and read under the in-flight lock.
+            .is_some_and(|paused| paused.load(Ordering::Relaxed))
+    }
+
+    /// Whether this node accepts appends to `partition` now: owned and not paused.
+    pub fn accepts(&self, partition: i32) -> bool {
+        self.owns(partition) && !self.is_paused(partition)
+    }
+
+    /// Refuses appends to the owned `partition` from now on (a group rebalance revokes it),
+    /// keeping its lease; returns the last LSN appended before (wait for it to be durable
+    /// before giving the partition up), `None` if the partition is not owned. Undone by
+    /// [`KafkaLog::unpause`].
+    pub fn pause(&self, partition: i32) -> Option<Lsn> {
+        let in_flight = lock(&self.shared.in_flight);
+        let p = usize::try_from(partition).ok()?;
+        if !self.owns(partition) {
+            return None;
+        }
+        // Ordering: Relaxed — under the in-flight lock, which every append takes.
+        self.paused[p].store(true, Ordering::Relaxed);
+        Some(in_flight.next_lsn - 1)
+    }
+
+    /// Accepts appends to a paused partition again (the rebalance gave it back).
+    pub fn unpause(&self, partition: i32) {
+        let _in_flight = lock(&self.shared.in_flight);
+        if let Some(paused) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.paused.get(p))
+        {
+            // Ordering: Relaxed — under the in-flight lock.
+            paused.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives the owned `partition` up (a group rebalance moved it to another node): no more
+    /// appends, its lease released so the next owner need not wait for it to lapse. Call it
+    /// once what was appended to it is durable ([`KafkaLog::pause`]): a delivery report for
+    /// it from now on fails the log. Returns the offset after its last durable record and
+    /// the epoch it was written under (where a follower of it goes on); `None` if not owned.
+    pub fn give_up(&self, partition: i32) -> Option<(i64, u64)> {
+        let p = usize::try_from(partition).ok()?;
+        let (next_offset, epoch) = {
+            let in_flight = lock(&self.shared.in_flight);
+            let epoch = self.epoch_of(partition);
+            if epoch == 0 {
+                return None;
+            }
+            // Ordering: Release pairs with `epoch_of`'s Acquire; under the in-flight lock.
+            self.epochs[p].store(0, Ordering::Release);
+            self.paused[p].store(false, Ordering::Relaxed);
+            (in_flight.offsets.get(p).copied().unwrap_or(-1), epoch)
+        };
+        if let Some(fences) = self.shared.fences.get() {
+            fences.set(partition, None);
+        }
+        let given: Vec<WriterLease> = {
+            let mut leases = lock(&self.leases);
+            let (given, kept) = leases.drain(..).partition(|l| l.partition() == partition);
+            *leases = kept;
+            given
+        };
+        for mut lease in given {
+            lease.release();
+        }
+        Some((next_offset, epoch))
     }
 
     /// The last LSN assigned by an append so far (0 before the first).

@@ -43,10 +43,11 @@
 
 mod client;
 pub mod fence;
+pub mod group;
 mod log;
 mod reader;
 
-pub use client::{KafkaConfig, check_producer_config, ensure_topic};
+pub use client::{GroupConfig, KafkaConfig, check_producer_config, ensure_topic};
 pub(crate) use client::{ReaderContext, ensure_topic_named, kafka_error};
 pub use log::{
     KafkaLog, METRIC_DELIVERIES, METRIC_DELIVERY_SECONDS, METRIC_FENCED, METRIC_IN_FLIGHT_BYTES,

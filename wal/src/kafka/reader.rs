@@ -172,6 +172,7 @@ impl KafkaRecords {
             owned_partitions: vec![partition],
             standby_partitions: Vec::new(),
             follow_only: false,
+            group: None,
             ..config.clone()
         };
         KafkaRecords::open_at(&config, start)

@@ -328,6 +328,29 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_FOLLOW_ONLY", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub kafka_follow_only: Option<bool>,
 
+    /// Who decides which partitions of the Kafka topic this node owns: `static` (the
+    /// --kafka-owned/standby-partitions assignment) or `group` (Kafka group membership: the
+    /// group's assignment, claimed through the writer leases; see docs/cluster.md).
+    /// [default: static]
+    #[arg(long, env = "GAVEL_KAFKA_OWNERSHIP", value_name = "MODE")]
+    pub kafka_ownership: Option<Ownership>,
+
+    /// With --kafka-ownership group: the consumer group of the topic's nodes.
+    /// [default: <topic>.owners]
+    #[arg(long, env = "GAVEL_KAFKA_GROUP_ID", value_name = "GROUP")]
+    pub kafka_group_id: Option<String>,
+
+    /// With --kafka-ownership group: this node's static member name (group.instance.id); a
+    /// restart under it within the session timeout gets its partitions back without moving
+    /// the others'. [default: --kafka-owner, which must then be set]
+    #[arg(long, env = "GAVEL_KAFKA_GROUP_INSTANCE_ID", value_name = "NAME")]
+    pub kafka_group_instance_id: Option<String>,
+
+    /// With --kafka-ownership group: how long a silent member keeps its partitions, in
+    /// milliseconds. [default: 10000]
+    #[arg(long, env = "GAVEL_KAFKA_GROUP_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub kafka_group_session_timeout_ms: Option<u64>,
+
     /// Take a snapshot (and compact the log) every this many records; 0 = never.
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
@@ -356,6 +379,16 @@ pub enum LogKind {
     File,
     /// A Kafka topic (PRODUCT.md §4, §8).
     Kafka,
+}
+
+/// Who decides a Kafka node's partitions.
+#[derive(clap::ValueEnum, Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ownership {
+    /// The configured owned and standby partitions (all of them for a node alone).
+    Static,
+    /// Kafka group membership.
+    Group,
 }
 
 /// Where the TLS material comes from.
@@ -547,7 +580,8 @@ impl ServeOptions {
             wal, kafka_brokers, kafka_topic, kafka_partitions, kafka_connect_timeout_ms,
             kafka_queue_records_max, kafka_queue_bytes_max, kafka_message_timeout_ms,
             kafka_linger_ms, kafka_writer_lease_ms, kafka_owner, kafka_owned_partitions,
-            kafka_standby_partitions, kafka_follow_only,
+            kafka_standby_partitions, kafka_follow_only, kafka_ownership, kafka_group_id,
+            kafka_group_instance_id, kafka_group_session_timeout_ms,
             snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
     }
 
@@ -832,6 +866,78 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("--wal kafka"), "{err}");
+    }
+
+    #[test]
+    fn group_ownership_needs_a_stable_name_and_excludes_the_static_assignment() {
+        let kafka = [
+            "--dev",
+            "--wal",
+            "kafka",
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+        ];
+        let with = |extra: &[&str]| parse(&[&kafka[..], extra].concat()).resolve();
+        let config = with(&["--kafka-ownership", "group", "--kafka-owner", "n1"]).unwrap();
+        let group = config.node.kafka.unwrap().group.unwrap();
+        assert_eq!(
+            (
+                group.group_id.as_str(),
+                group.instance_id.as_str(),
+                group.session_timeout_ms
+            ),
+            ("gavel-wal.owners", "n1", 10_000)
+        );
+        let config = with(&[
+            "--kafka-ownership",
+            "group",
+            "--kafka-group-instance-id",
+            "a",
+            "--kafka-group-id",
+            "g",
+            "--kafka-group-session-timeout-ms",
+            "6000",
+        ])
+        .unwrap();
+        let group = config.node.kafka.unwrap().group.unwrap();
+        assert_eq!(
+            (group.group_id.as_str(), group.instance_id.as_str()),
+            ("g", "a")
+        );
+        assert_eq!(group.session_timeout_ms, 6_000);
+        assert_eq!(with(&[]).unwrap().node.kafka.unwrap().group, None);
+        for (extra, needle) in [
+            (
+                &["--kafka-ownership", "group"][..],
+                "--kafka-group-instance-id",
+            ),
+            (&["--kafka-group-id", "g"][..], "--kafka-ownership group"),
+            (
+                &[
+                    "--kafka-ownership",
+                    "group",
+                    "--kafka-owner",
+                    "n",
+                    "--kafka-owned-partitions",
+                    "0",
+                ][..],
+                "group ownership excludes",
+            ),
+            (
+                &[
+                    "--kafka-ownership",
+                    "group",
+                    "--kafka-owner",
+                    "n",
+                    "--kafka-group-session-timeout-ms",
+                    "10",
+                ][..],
+                "session timeout",
+            ),
+        ] {
+            let err = format!("{:#}", with(extra).unwrap_err());
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use gavel_engine::EngineConfig;
 use gavel_transport::Limits;
 use gavel_wal::WalConfig;
-use gavel_wal::kafka::KafkaConfig;
+use gavel_wal::kafka::{GroupConfig, KafkaConfig};
 
 use super::*;
 
@@ -214,7 +214,11 @@ impl ServeOptions {
                         && self.kafka_owner.is_none()
                         && self.kafka_owned_partitions.is_none()
                         && self.kafka_standby_partitions.is_none()
-                        && self.kafka_follow_only.is_none(),
+                        && self.kafka_follow_only.is_none()
+                        && self.kafka_ownership.is_none()
+                        && self.kafka_group_id.is_none()
+                        && self.kafka_group_instance_id.is_none()
+                        && self.kafka_group_session_timeout_ms.is_none(),
                     "--kafka-* options need --wal kafka"
                 );
                 None
@@ -248,6 +252,7 @@ impl ServeOptions {
                     owned_partitions: self.kafka_owned_partitions.clone().unwrap_or_default(),
                     standby_partitions: self.kafka_standby_partitions.clone().unwrap_or_default(),
                     follow_only: self.kafka_follow_only.unwrap_or(false),
+                    group: self.group_config()?,
                     ..defaults
                 };
                 kafka.validate().context("invalid Kafka log setting")?;
@@ -255,5 +260,35 @@ impl ServeOptions {
             }
         };
         Ok(kafka)
+    }
+
+    /// Group ownership's settings with `--kafka-ownership group`; `--kafka-group-*` without
+    /// it is an error.
+    fn group_config(&self) -> Result<Option<GroupConfig>> {
+        if self.kafka_ownership.unwrap_or(Ownership::Static) == Ownership::Static {
+            ensure!(
+                self.kafka_group_id.is_none()
+                    && self.kafka_group_instance_id.is_none()
+                    && self.kafka_group_session_timeout_ms.is_none(),
+                "--kafka-group-* options need --kafka-ownership group"
+            );
+            return Ok(None);
+        }
+        let topic = self
+            .kafka_topic
+            .clone()
+            .unwrap_or(KafkaConfig::default().topic);
+        let instance_id = (self.kafka_group_instance_id.clone())
+            .or_else(|| self.kafka_owner.clone())
+            .context(
+                "--kafka-ownership group needs a stable member name: --kafka-group-instance-id \
+                 or --kafka-owner",
+            )?;
+        Ok(Some(GroupConfig {
+            group_id: (self.kafka_group_id.clone())
+                .unwrap_or_else(|| GroupConfig::default_group_id(&topic)),
+            instance_id,
+            session_timeout_ms: self.kafka_group_session_timeout_ms.unwrap_or(10_000),
+        }))
     }
 }
