@@ -5,7 +5,7 @@
 #
 #   ops/cluster.sh [NODES]        # default 3; Ctrl-C (or SIGTERM) stops everything it started
 #
-# Scale-out with a static assignment (PRODUCT.md §8, ARCHITECTURE.md "Scale-out"): the topic has
+# Scale-out with a static assignment (PRODUCT.md §8, docs/cluster.md): the topic has
 # max(8, N) partitions; partition p belongs to node (p mod N) + 1, and node i is the standby of
 # node i-1's partitions (node 1 of node N's). Every node writes its own partitions under a
 # writer lease per partition and follows the others' leases (GET /v1/cluster shows the map).

@@ -695,3 +695,35 @@ async fn price_streams_over_quic_by_datagram_or_stream_with_resume() {
     assert_eq!(snapshot.seq, node.view(5).seq);
     node.gateway.shutdown().cancel();
 }
+
+/// A subscription matching many auctions gets one snapshot of each at once, over QUIC as
+/// over the WebSocket, whether or not it asked for datagrams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_to_many_auctions_gets_every_snapshot_at_once() {
+    const AUCTIONS: u64 = 1_000;
+    let node = QuicNode::start(limits()).await;
+    for id in 1..=AUCTIONS {
+        node.create_english(id);
+    }
+    let watcher = Client::connect(node.client_config("watcher", "watcher-1"))
+        .await
+        .unwrap();
+    for watch in [
+        Watch::patterns(["test.>"]),
+        Watch::patterns(["test.>"]).with_datagrams(),
+    ] {
+        let mut stream = watcher.watch(watch).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < AUCTIONS as usize {
+            let update = tokio::time::timeout(WAIT_MAX, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {AUCTIONS} snapshots came", seen.len()))
+                .unwrap_or_else(|e| panic!("after {} snapshots: {e}", seen.len()));
+            let Update::Snapshot(snapshot) = update else {
+                panic!("only snapshots while nothing moves: {update:?}")
+            };
+            assert!(seen.insert(snapshot.rules.unwrap().auction_id), "one each");
+        }
+    }
+    node.gateway.shutdown().cancel();
+}

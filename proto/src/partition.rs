@@ -9,7 +9,7 @@
 //! id), so topics written before the node chose partitions itself keep every auction in the
 //! partition its earlier records are in. The mapping depends on the partition count: a
 //! topic's partitions must never be added to: the node refuses to replay a record found in
-//! another partition than this function names (ARCHITECTURE.md, "Scale-out").
+//! another partition than this function names (docs/cluster.md).
 
 /// The partition of `auction_id` in a topic of `partitions` partitions (at least 1; 0 is
 /// taken as 1).

@@ -450,6 +450,9 @@ async fn serve_stream<B: Backend>(
                     core.handle_read_end();
                 }
             },
+            // The take after the last flush left bytes to write: write them (after a read
+            // that is ready, so a long lap of updates does not starve the requests).
+            () = std::future::ready(()), if core.has_output() => {}
         }
     };
     core.close(end);

@@ -293,6 +293,12 @@ impl<B: Backend, E: Encoding> StreamCore<B, E> {
         self.unflushed > 0
     }
 
+    /// Whether bytes wait to be handed out by [`StreamCore::poll_write`] (a take after a
+    /// flush can leave some with no deadline or wake-up to come for them).
+    pub(crate) fn has_output(&self) -> bool {
+        self.out_bytes > 0
+    }
+
     fn has_room(&self) -> bool {
         self.unflushed.saturating_add(self.out_bytes) < self.profile.unflushed_max
     }
