@@ -52,6 +52,29 @@ enum Command {
         #[arg(long, default_value_t = 2_000_000.0)]
         rate_max: f64,
     },
+    /// Watchers in a process of their own (started by `run --watchers-process`): holds them
+    /// and answers the run on its standard input and output.
+    #[command(hide = true)]
+    Watch {
+        /// The node's HTTPS address.
+        #[arg(long)]
+        https: SocketAddr,
+        /// The node's dev certificate directory.
+        #[arg(long)]
+        certs: PathBuf,
+        /// Allow a non-loopback address.
+        #[arg(long)]
+        allow_remote: bool,
+        /// The pattern every watcher subscribes to.
+        #[arg(long)]
+        pattern: String,
+        /// Watchers.
+        #[arg(long)]
+        watchers: usize,
+        /// Their subscription interval, ms.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u32,
+    },
     /// The transport floor's server (started by `run`): a bare quinn mTLS echo.
     #[command(hide = true)]
     EchoServer {
@@ -133,6 +156,10 @@ struct ShapeArgs {
     /// The watchers' subscription interval, ms (0: every update).
     #[arg(long, default_value_t = 0)]
     watch_interval_ms: u32,
+    /// Run the watchers in a process of their own (this binary again), so the bidders'
+    /// latency is measured without watcher tasks in their runtime.
+    #[arg(long)]
+    watchers_process: bool,
     /// Baselines to run after the node: any of echo, fsync, nats, burst (comma-separated;
     /// nats and burst need --watchers).
     #[arg(long, value_delimiter = ',')]
@@ -211,6 +238,7 @@ impl ShapeArgs {
             win_ratio: self.win_ratio,
             watchers: self.watchers,
             watch_interval_ms: self.watch_interval_ms,
+            watchers_process: self.watchers_process,
             floors,
             progress: !self.no_progress,
             record_trace: self.record_trace.clone(),
@@ -257,6 +285,19 @@ async fn async_main(cli: Cli) -> Result<()> {
         } => {
             target::check_loopback(listen, allow_remote)?;
             echo::serve(listen, &certs).await
+        }
+        Command::Watch {
+            https,
+            certs,
+            allow_remote,
+            pattern,
+            watchers,
+            interval_ms,
+        } => {
+            if watchers > CONNECTIONS_MAX {
+                bail!("--watchers must be at most {CONNECTIONS_MAX}");
+            }
+            run::serve_watchers(https, certs, allow_remote, pattern, watchers, interval_ms).await
         }
         Command::Run { target, shape, out } => {
             run_command(&target, &shape, &out, command_line).await

@@ -28,11 +28,13 @@ use crate::stats::Recorder;
 use crate::target::Node;
 use crate::workload::{Pick, Workload};
 
+mod apart;
 mod bidding;
 mod fanout;
 mod floors;
 mod search;
 
+pub use apart::{WatchReport, serve_watchers};
 use bidding::{quic_bidding, sdk_bidding, ws_bidding};
 use fanout::{Watching, burst_phase, nats_phase};
 use floors::{echo_floor, fsync_floor, interleaved};
@@ -81,6 +83,9 @@ pub struct Shape {
     pub watchers: usize,
     /// The watchers' subscription interval.
     pub watch_interval_ms: u32,
+    /// The watchers run in a process of their own (`gavel-loadtest watch`), so the bidders'
+    /// latency is not the watchers' runtime's.
+    pub watchers_process: bool,
     /// Baselines to run.
     pub floors: Floors,
     /// Show progress bars.
@@ -202,11 +207,11 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
         phases.push(fsync_floor(&run, rate).await?);
     }
     if let (true, Some(rate), Some(watching)) = (shape.floors.nats, gavel_update_rate, &watching) {
-        let watchers = watching.watchers.subscribed;
+        let watchers = watching.subscribed();
         phases.push(nats_phase(node, shape, &run.schedule, rate, watchers).await?);
     }
     if let (true, Some(watching)) = (shape.floors.burst, &watching) {
-        let watchers = watching.watchers.subscribed;
+        let watchers = watching.subscribed();
         phases.push(burst_phase(node, shape, &run.schedule, watchers).await?);
     }
     Ok(Outcome {
@@ -220,6 +225,9 @@ pub async fn run(node: &Node, shape: &Shape) -> Result<Outcome> {
 async fn quic_phases(run: &Run<'_>, watching: Option<&Watching>) -> Result<(Vec<Phase>, f64)> {
     let bidding = quic_bidding(run.node, run.shape, "");
     let recorder = Recorder::default();
+    if let Some(watching) = watching {
+        watching.begin()?;
+    }
     let driven = bidding
         .drive(run, run.schedule, &recorder, "gavel quic")
         .await?;
@@ -230,7 +238,7 @@ async fn quic_phases(run: &Run<'_>, watching: Option<&Watching>) -> Result<(Vec<
     let Some(watching) = watching else {
         return Ok((vec![quic_phase], accepted_rate));
     };
-    let delivered_phase = watching.finish(run, &driven, accepted).await;
+    let delivered_phase = watching.finish(run, &driven, accepted).await?;
     quic_phase.report.figures.insert(
         "delivered_per_s".to_owned(),
         delivered_phase

@@ -32,7 +32,7 @@ pub fn sampled(index: usize, count: usize) -> bool {
 
 /// An update a watcher received: its auction and seq, and when it arrived (µs since the
 /// Unix epoch, this machine's clock).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Held {
     /// The auction.
     pub auction: u64,

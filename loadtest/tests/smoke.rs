@@ -30,7 +30,19 @@ fn gavel_bin() -> PathBuf {
     gavel
 }
 
-fn loadtest(args: &[&str]) -> Output {
+/// The arguments of a short run against a `gavel` child, its files named `name` in `out`.
+fn short_run(gavel: &Path, out: &Path, name: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--gavel-bin"].map(String::from).to_vec();
+    args.push(gavel.to_str().unwrap().to_owned());
+    let shape = "--rate 200 --duration 2 --count 300 --connections 2 --auctions 10";
+    args.extend(shape.split(' ').map(String::from));
+    args.extend(["--no-progress".to_owned(), "--out".to_owned()]);
+    args.push(out.to_str().unwrap().to_owned());
+    args.extend(["--name".to_owned(), name.to_owned()]);
+    args
+}
+
+fn loadtest<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gavel-loadtest"))
         .args(args)
         .output()
@@ -100,35 +112,22 @@ fn a_short_run_adds_up_and_writes_its_files() {
     } else {
         "echo,fsync"
     };
-    let output = loadtest(&[
-        "run",
-        "--gavel-bin",
-        gavel.to_str().unwrap(),
-        "--rate",
-        "200",
-        "--duration",
-        "2",
-        "--count",
-        "300",
-        "--connections",
-        "2",
-        "--ws-connections",
-        "1",
-        "--sdk",
-        "--auctions",
-        "10",
-        "--zipf",
-        "1.1",
-        "--watchers",
-        "3",
-        "--floors",
-        floors,
-        "--no-progress",
-        "--out",
-        out.path().to_str().unwrap(),
-        "--name",
-        "smoke",
-    ]);
+    let mut args = short_run(&gavel, out.path(), "smoke");
+    args.extend(
+        [
+            "--ws-connections",
+            "1",
+            "--sdk",
+            "--zipf",
+            "1.1",
+            "--watchers",
+            "3",
+            "--floors",
+            floors,
+        ]
+        .map(String::from),
+    );
+    let output = loadtest(&args);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -203,6 +202,36 @@ fn a_short_run_adds_up_and_writes_its_files() {
 }
 
 #[test]
+fn watchers_in_a_process_of_their_own_report_back() {
+    let gavel = gavel_bin();
+    let out = tempfile::tempdir().unwrap();
+    let mut args = short_run(&gavel, out.path(), "apart");
+    args.extend(["--watchers", "4", "--watchers-process"].map(String::from));
+    let output = loadtest(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr:\n{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("apart.json")).unwrap()).unwrap();
+    let accepted = check_bidding(phase(&report, "gavel_quic"));
+    let fanout = phase(&report, "gavel_fanout");
+    assert_eq!(fanout["connections"].as_u64(), Some(4), "{fanout:#}");
+    // Every watcher sees every auction: at most one delivery per accepted bid and watcher.
+    let delivered = count(fanout, "delivered");
+    assert!(delivered > 0 && delivered <= 4 * accepted, "{fanout:#}");
+    let figures = &fanout["figures"];
+    for figure in [
+        "watchers_process_cpu_s",
+        "delivery_p99_ms",
+        "staleness_p99_ms",
+        "fresh_changes_per_s",
+        "server_rss_per_idle_watcher_bytes",
+    ] {
+        assert!(figures[figure].as_f64().is_some(), "{figure}: {fanout:#}");
+    }
+    assert!(figures["staleness_sampled_watchers"].as_f64() == Some(4.0));
+}
+
+#[test]
 fn alternating_rounds_merge_into_one_phase_per_side() {
     let gavel = gavel_bin();
     let out = tempfile::tempdir().unwrap();
@@ -249,6 +278,28 @@ fn alternating_rounds_merge_into_one_phase_per_side() {
     assert_eq!(echo["sent"], 300);
     assert_eq!(count(echo, "accepted"), 300);
     assert!(quic["what"].as_str().unwrap().contains("3 rounds"));
+    // The connections paced themselves: every bid's wake-up and write are measured.
+    for histogram in ["client_handoff", "client_sent"] {
+        assert_eq!(latency_count(echo, histogram), 300, "{histogram}");
+        assert_eq!(latency_count(quic, histogram), 300, "{histogram}");
+    }
+}
+
+#[test]
+fn the_minimal_quinn_echo_answers_every_request_of_its_schedule() {
+    let certs = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_quinn_echo_min"))
+        .args(["run", "--certs", certs.path().to_str().unwrap()])
+        .args(["--rate", "400", "--connections", "3", "--seconds", "1"])
+        .output()
+        .expect("quinn_echo_min runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr:\n{stderr}");
+    assert!(
+        stdout.contains("3 connections 400/s: planned 400 answered 400 |"),
+        "{stdout}"
+    );
 }
 
 #[test]

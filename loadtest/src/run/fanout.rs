@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::apart::{Apart, WatchReport};
 use super::bidding::{Driven, drive, one_lane, phase, progress_bar};
 use super::{Run, Shape};
 use crate::burst::BurstServer;
@@ -29,14 +31,14 @@ const DELIVERY_QUIET: Duration = Duration::from_millis(500);
 const DELIVERY_TAIL_MAX: Duration = Duration::from_secs(10);
 
 /// Longest wait for the sampled watchers' logs once they were told to stop.
-const LOGS_WAIT: Duration = Duration::from_secs(5);
+pub(super) const LOGS_WAIT: Duration = Duration::from_secs(5);
 
 /// Settling time after the watchers connected, before their memory is measured.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
 
 /// The node's watchers, connected before the bidding so they see every update of it.
 pub(super) struct Watching {
-    pub(super) watchers: ws::Watchers,
+    source: Source,
     recorder: Recorder,
     pub(super) stop: CancellationToken,
     /// The topic pattern they watch.
@@ -45,27 +47,46 @@ pub(super) struct Watching {
     figures: BTreeMap<String, f64>,
 }
 
+/// Where the watchers run.
+enum Source {
+    /// In this process, beside the bidders.
+    Here(ws::Watchers),
+    /// In a process of their own (`--watchers-process`).
+    Apart(Mutex<Apart>),
+}
+
 impl Watching {
-    /// Connects `shape.watchers` watchers of `pattern` and measures the node's memory per
-    /// idle watcher.
+    /// Connects `shape.watchers` watchers of `pattern` (in a process of their own with
+    /// `shape.watchers_process`) and measures the node's memory per idle watcher.
     pub(super) async fn connect(node: &Node, shape: &Shape, pattern: String) -> Result<Watching> {
         let recorder = Recorder::default();
         let stop = CancellationToken::new();
-        let set = WatcherSet {
-            node,
-            addr: node.https,
-            path: "/v1/ws",
-            feed: ws::Feed::Gavel {
-                pattern: pattern.clone(),
-                interval_ms: shape.watch_interval_ms,
-            },
-            count: shape.watchers,
-            server_pid: node.pid(),
-            label: "gavel watchers",
+        let feed = ws::Feed::Gavel {
+            pattern: pattern.clone(),
+            interval_ms: shape.watch_interval_ms,
         };
-        let (watchers, figures) = set.connect(shape.progress, &recorder, &stop).await?;
+        let (source, figures) = if shape.watchers_process {
+            let before = node.pid().and_then(|pid| sample_process(Some(pid)));
+            let apart = Apart::start(node, &pattern, shape.watchers, shape.watch_interval_ms)?;
+            tokio::time::sleep(IDLE_SETTLE).await;
+            let after = node.pid().and_then(|pid| sample_process(Some(pid)));
+            let figures = idle_watcher_figures(before, after, apart.subscribed);
+            (Source::Apart(Mutex::new(apart)), figures)
+        } else {
+            let set = WatcherSet {
+                node,
+                addr: node.https,
+                path: "/v1/ws",
+                feed,
+                count: shape.watchers,
+                server_pid: node.pid(),
+                label: "gavel watchers",
+            };
+            let (watchers, figures) = set.connect(shape.progress, &recorder, &stop).await?;
+            (Source::Here(watchers), figures)
+        };
         Ok(Watching {
-            watchers,
+            source,
             recorder,
             stop,
             pattern,
@@ -73,14 +94,50 @@ impl Watching {
         })
     }
 
+    /// Watchers subscribed.
+    pub(super) fn subscribed(&self) -> usize {
+        match &self.source {
+            Source::Here(watchers) => watchers.subscribed,
+            Source::Apart(apart) => lock(apart).subscribed,
+        }
+    }
+
+    /// Tells watchers in a process of their own that the bidding starts.
+    pub(super) fn begin(&self) -> Result<()> {
+        match &self.source {
+            Source::Here(_) => Ok(()),
+            Source::Apart(apart) => lock(apart).begin(),
+        }
+    }
+
     /// After the bidding that `driven` describes: waits for the last deliveries of its
     /// `published` updates, stops the watchers and reports their phase, with their
     /// staleness against the node's log when this process started the node.
-    pub(super) async fn finish(&self, run: &Run<'_>, driven: &Driven, published: u64) -> Phase {
+    pub(super) async fn finish(
+        &self,
+        run: &Run<'_>,
+        driven: &Driven,
+        published: u64,
+    ) -> Result<Phase> {
         let from_us = unix_us().saturating_sub(driven.started.elapsed().as_micros() as u64);
-        let window = wait_deliveries(&self.watchers, driven.started).await;
-        self.stop.cancel();
-        let logs = self.watchers.sampled_logs(LOGS_WAIT).await;
+        let mut figures = self.figures.clone();
+        let (window, logs, delivered) = match &self.source {
+            Source::Here(watchers) => {
+                let window = wait_deliveries(watchers, driven.started).await;
+                self.stop.cancel();
+                let logs = watchers.sampled_logs(LOGS_WAIT).await;
+                (window, logs, settled_count(watchers).await.1)
+            }
+            Source::Apart(apart) => {
+                let report = lock(apart).finish()?;
+                for (kind, n) in &report.counts {
+                    self.recorder.count(kind, *n);
+                }
+                figures.extend(apart_figures(&report));
+                let window = Duration::from_micros(report.window_us);
+                (window, report.logs, report.delivered)
+            }
+        };
         let staleness = match run.node.wal_dir() {
             Some(wal_dir) => {
                 let ids: HashSet<u64> = run.workload.ids().iter().copied().collect();
@@ -94,32 +151,48 @@ impl Watching {
             }
             None => None,
         };
-        let mut figures = self.figures.clone();
+        let subscribed = self.subscribed();
         if let Some(staleness) = &staleness {
-            figures.extend(staleness_figures(
-                staleness,
-                logs.len(),
-                &self.watchers,
-                window,
-            ));
+            figures.extend(staleness_figures(staleness, logs.len(), subscribed, window));
         }
-        fanout_phase(
+        Ok(fanout_phase(
             "gavel_fanout",
             format!(
-                "gavel serve: {} WebSocket watchers of pattern {}, interval {} ms",
-                self.watchers.subscribed, self.pattern, run.shape.watch_interval_ms
+                "gavel serve: {subscribed} WebSocket watchers of pattern {}, interval {} ms{}",
+                self.pattern,
+                run.shape.watch_interval_ms,
+                if run.shape.watchers_process {
+                    ", in a process of their own"
+                } else {
+                    ""
+                }
             ),
             &run.schedule,
-            &self.watchers,
+            (subscribed, delivered),
             &self.recorder,
             &driven.meter,
             &driven.paced,
             window,
             published,
             figures,
-        )
-        .await
+        ))
     }
+}
+
+fn lock(apart: &Mutex<Apart>) -> std::sync::MutexGuard<'_, Apart> {
+    apart.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The figures of watchers that ran in a process of their own: its CPU over the bidding
+/// and their delivery latency.
+fn apart_figures(report: &WatchReport) -> BTreeMap<String, f64> {
+    let ms = |us: u64| us as f64 / 1_000.0;
+    BTreeMap::from([
+        ("watchers_process_cpu_s".to_owned(), report.cpu_s),
+        ("delivery_p50_ms".to_owned(), ms(report.delivery.p50_us)),
+        ("delivery_p99_ms".to_owned(), ms(report.delivery.p99_us)),
+        ("delivery_max_ms".to_owned(), ms(report.delivery.max_us)),
+    ])
 }
 
 /// The staleness figures of a phase (see [`crate::staleness`]): percentiles over the
@@ -128,7 +201,7 @@ impl Watching {
 fn staleness_figures(
     staleness: &Staleness,
     logs: usize,
-    watchers: &ws::Watchers,
+    subscribed: usize,
     window: Duration,
 ) -> BTreeMap<String, f64> {
     let mut figures = percentile_figures("staleness", &staleness.latency);
@@ -142,7 +215,7 @@ fn staleness_figures(
         "fresh_pairs_fraction".to_owned(),
         staleness.fresh as f64 / pairs,
     );
-    let scale = watchers.subscribed as f64 / logs.max(1) as f64;
+    let scale = subscribed as f64 / logs.max(1) as f64;
     figures.insert(
         "fresh_changes_per_s".to_owned(),
         staleness.fresh as f64 * scale / window.as_secs_f64().max(1e-9),
@@ -211,7 +284,7 @@ fn idle_watcher_figures(
 
 /// Waits until deliveries stop (no new one for [`DELIVERY_QUIET`], at most
 /// [`DELIVERY_TAIL_MAX`]); returns the time from `started` to the last delivery seen.
-async fn wait_deliveries(watchers: &ws::Watchers, started: Instant) -> Duration {
+pub(super) async fn wait_deliveries(watchers: &ws::Watchers, started: Instant) -> Duration {
     let tail_start = Instant::now();
     // Ordering: a progress counter only.
     let mut last = watchers.delivered.load(Ordering::Relaxed);
@@ -227,13 +300,24 @@ async fn wait_deliveries(watchers: &ws::Watchers, started: Instant) -> Duration 
     last_change.duration_since(started)
 }
 
-/// The watchers' phase: deliveries, their latency, and deliveries per second over `window`.
+/// `(subscribed, delivered)` of `watchers`, once their tasks added their final counts.
+async fn settled_count(watchers: &ws::Watchers) -> (usize, u64) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Ordering: a progress counter only.
+    (
+        watchers.subscribed,
+        watchers.delivered.load(Ordering::Relaxed),
+    )
+}
+
+/// The watchers' phase: `(subscribed, delivered)`, the deliveries' latency, and deliveries
+/// per second over `window`.
 #[allow(clippy::too_many_arguments)]
-async fn fanout_phase(
+fn fanout_phase(
     name: &str,
     what: String,
     schedule: &Schedule,
-    watchers: &ws::Watchers,
+    (subscribed, delivered): (usize, u64),
     recorder: &Recorder,
     meter: &CpuMeter,
     paced: &Paced,
@@ -241,10 +325,7 @@ async fn fanout_phase(
     published: u64,
     mut figures: BTreeMap<String, f64>,
 ) -> Phase {
-    // Let the tasks add their final counts.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let delivered = watchers.delivered.load(Ordering::Relaxed);
-    let expected = published * watchers.subscribed as u64;
+    let expected = published * subscribed as u64;
     figures.insert("published".to_owned(), published as f64);
     figures.insert("delivered".to_owned(), delivered as f64);
     figures.insert(
@@ -260,14 +341,7 @@ async fn fanout_phase(
         },
     );
     phase(
-        name,
-        what,
-        schedule,
-        watchers.subscribed,
-        paced,
-        recorder,
-        meter,
-        figures,
+        name, what, schedule, subscribed, paced, recorder, meter, figures,
     )
 }
 
@@ -324,7 +398,7 @@ pub(super) async fn nats_phase(
     figures.extend(staleness_figures(
         &measure(&decisions, &logs, from_us),
         logs.len(),
-        &connected,
+        connected.subscribed,
         window,
     ));
     let phase = fanout_phase(
@@ -335,15 +409,14 @@ pub(super) async fn nats_phase(
             connected.subscribed
         ),
         &nats_schedule,
-        &connected,
+        settled_count(&connected).await,
         &recorder,
         &driven.meter,
         &driven.paced,
         window,
         published,
         figures,
-    )
-    .await;
+    );
     for task in connected.tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
@@ -447,7 +520,7 @@ pub(super) async fn burst_phase(
     figures.extend(staleness_figures(
         &staleness,
         logs.len(),
-        &connected,
+        connected.subscribed,
         window,
     ));
     Ok(fanout_phase(
@@ -457,15 +530,14 @@ pub(super) async fn burst_phase(
             connected.subscribed
         ),
         &rounds,
-        &connected,
+        settled_count(&connected).await,
         &recorder,
         &meter,
         &paced,
         window,
         stamps.len() as u64,
         figures,
-    )
-    .await)
+    ))
 }
 
 /// Per round, the time from its start until the last of the watchers (`logs`, one per
