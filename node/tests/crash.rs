@@ -192,6 +192,7 @@ fn check_recovery(dir: &Path, copy: &Path, acks: &[Ack], round: u64) -> Found {
         copy,
         NodeConfig {
             snapshot_every_records: 0,
+            snapshot_every_log_bytes: 0,
             ..NodeConfig::default()
         },
     )

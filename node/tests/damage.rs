@@ -23,6 +23,7 @@ fn config() -> NodeConfig {
         },
         // Snapshots only when the test asks.
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..NodeConfig::default()
     }
 }

@@ -392,6 +392,7 @@ fn sigkill_under_load_then_restart_from_the_topic_loses_no_acknowledged_bid() {
         // finds the same ones).
         let checking = NodeConfig {
             snapshot_every_records: 0,
+            snapshot_every_log_bytes: 0,
             ..config(KafkaConfig {
                 writer_lease_ms: 2_000,
                 ..kafka.clone()
@@ -632,6 +633,7 @@ fn a_restart_replays_only_the_records_after_the_snapshot_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let no_auto_snapshots = NodeConfig {
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..config(kafka.clone())
     };
     let (node, _) = Node::open(dir.path(), no_auto_snapshots.clone()).unwrap();

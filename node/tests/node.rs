@@ -199,6 +199,7 @@ fn snapshots_taken_during_concurrent_creations_and_bids_recover_to_the_same_stat
         },
         // Snapshots are taken by hand below, as fast as they go.
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..NodeConfig::default()
     };
     let (node, _) = Node::open(dir.path(), config.clone()).unwrap();

@@ -86,6 +86,7 @@ fn an_interrupted_start_writes_nothing_and_the_next_start_completes_the_decision
     interrupt.interrupt();
     let config = NodeConfig {
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..NodeConfig::default()
     };
     let error = match Node::open_interruptible(dir.path(), config, &interrupt) {

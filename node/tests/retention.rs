@@ -33,6 +33,7 @@ fn config() -> NodeConfig {
             ..EngineConfig::default()
         },
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..NodeConfig::default()
     }
 }

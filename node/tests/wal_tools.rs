@@ -112,6 +112,7 @@ fn compacted_log(dir: &std::path::Path) -> (u64, u64) {
             ..gavel_wal::WalConfig::default()
         },
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..gavel_node::NodeConfig::default()
     };
     let (node, _) = gavel_node::Node::open(dir, config).unwrap();

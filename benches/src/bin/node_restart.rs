@@ -168,8 +168,9 @@ fn generate(node: &Node, records: u64) -> anyhow::Result<Workload> {
 fn stall_probe(node: &Node, work: &mut Workload, seconds: u64, rate: u64) -> anyhow::Result<()> {
     let snapshotting = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
-    let mut during = Histogram::<u64>::new(3).context("histogram")?;
-    let mut outside = Histogram::<u64>::new(3).context("histogram")?;
+    // Up to a minute, in µs.
+    let mut during = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+    let mut outside = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let snapshots = std::thread::scope(|scope| {
         let taker = scope.spawn(|| {
             let mut taken = Vec::new();

@@ -340,15 +340,17 @@ impl Node {
                 )
                 .context("starting the followers of the other nodes' partitions")?;
         }
-        // Old segments may be removable already (a snapshot written just before a crash).
-        if let Some(file) = shared.wal.as_file() {
-            file.compact_to_snapshots().context("compacting the log")?;
-        }
         let snapshotter = spawn_snapshotter(
             &shared,
             config.snapshot_every_records,
             config.snapshot_every_log_bytes,
         )?;
+        // Old segments may be removable already (a snapshot written just before a crash).
+        // Finding out reads and checks both kept snapshots, so the snapshot thread does it
+        // first, after the node is ready; without one, it is done here.
+        if let (Some(file), None) = (shared.wal.as_file(), &snapshotter) {
+            file.compact_to_snapshots().context("compacting the log")?;
+        }
         let grouped = (config.kafka.as_ref()).is_some_and(|k| k.group.is_some());
         let taker = match &config.kafka {
             Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only || grouped => {

@@ -82,6 +82,17 @@ pub(super) fn spawn_taker(
 /// this thread took (0: that rule is off). Woken by the sink at each multiple of either,
 /// and polls in case a wake-up came before it parked.
 pub(super) fn snapshot_loop(shared: &Shared, every: u64, every_bytes: u64) {
+    // What the start left to compact (see `Node::open_inner`), under the lock snapshots
+    // compact under.
+    if let Some(file) = shared.wal.as_file() {
+        let _snapshots = lock(&shared.last_snapshot_lsn);
+        if let Err(e) = file.compact_to_snapshots() {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "compacting the log at start failed"
+            );
+        }
+    }
     let mut bytes_at_snapshot = 0;
     loop {
         thread::park_timeout(Duration::from_millis(SNAPSHOT_POLL_MS));
