@@ -65,6 +65,9 @@ enum Command {
         /// Allow a non-loopback address.
         #[arg(long)]
         allow_remote: bool,
+        /// Watch the burst floor at --https rather than a node.
+        #[arg(long)]
+        burst: bool,
         /// The pattern every watcher subscribes to.
         #[arg(long)]
         pattern: String,
@@ -290,6 +293,7 @@ async fn async_main(cli: Cli) -> Result<()> {
             https,
             certs,
             allow_remote,
+            burst,
             pattern,
             watchers,
             interval_ms,
@@ -297,7 +301,15 @@ async fn async_main(cli: Cli) -> Result<()> {
             if watchers > CONNECTIONS_MAX {
                 bail!("--watchers must be at most {CONNECTIONS_MAX}");
             }
-            run::serve_watchers(https, certs, allow_remote, pattern, watchers, interval_ms).await
+            let target = run::WatchTarget {
+                https,
+                certs,
+                allow_remote,
+                burst,
+                pattern,
+                interval_ms,
+            };
+            run::serve_watchers(target, watchers).await
         }
         Command::Run { target, shape, out } => {
             run_command(&target, &shape, &out, command_line).await

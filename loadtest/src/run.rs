@@ -34,7 +34,7 @@ mod fanout;
 mod floors;
 mod search;
 
-pub use apart::{WatchReport, serve_watchers};
+pub use apart::{WatchReport, WatchTarget, serve_watchers};
 use bidding::{quic_bidding, sdk_bidding, ws_bidding};
 use fanout::{Watching, burst_phase, nats_phase};
 use floors::{echo_floor, fsync_floor, interleaved};

@@ -206,7 +206,8 @@ fn watchers_in_a_process_of_their_own_report_back() {
     let gavel = gavel_bin();
     let out = tempfile::tempdir().unwrap();
     let mut args = short_run(&gavel, out.path(), "apart");
-    args.extend(["--watchers", "4", "--watchers-process"].map(String::from));
+    let apart = ["--watchers", "4", "--watchers-process", "--floors", "burst"];
+    args.extend(apart.map(String::from));
     let output = loadtest(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stderr:\n{stderr}");
@@ -229,6 +230,12 @@ fn watchers_in_a_process_of_their_own_report_back() {
         assert!(figures[figure].as_f64().is_some(), "{figure}: {fanout:#}");
     }
     assert!(figures["staleness_sampled_watchers"].as_f64() == Some(4.0));
+    // The burst floor's watchers run apart too: every round reaches all four of them.
+    let burst = phase(&report, "burst_floor");
+    let rounds = burst["figures"]["rounds"].as_f64().unwrap();
+    assert!(rounds >= 1.0, "{burst:#}");
+    assert_eq!(burst["figures"]["rounds_incomplete"].as_f64(), Some(0.0));
+    assert_eq!(count(burst, "delivered") as f64, 4.0 * rounds, "{burst:#}");
 }
 
 #[test]

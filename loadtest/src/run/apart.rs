@@ -56,22 +56,29 @@ pub(super) struct Apart {
 
 impl Apart {
     /// Starts `gavel-loadtest watch` with `count` watchers of `pattern` at `interval_ms`
-    /// on `node`, and waits until they are subscribed.
+    /// on `node` (or, with `burst`, of the burst floor there, trusting `node`'s
+    /// certificates), and waits until they are subscribed.
     pub(super) fn start(
         node: &Node,
+        burst: Option<SocketAddr>,
         pattern: &str,
         count: usize,
         interval_ms: u32,
     ) -> Result<Apart> {
         let exe = std::env::current_exe().context("this binary's path")?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("watch")
-            .arg(format!("--https={}", node.https))
+            .arg(format!("--https={}", burst.unwrap_or(node.https)))
             .arg("--certs")
             .arg(&node.certs)
             .arg(format!("--pattern={pattern}"))
             .arg(format!("--watchers={count}"))
-            .arg(format!("--interval-ms={interval_ms}"))
+            .arg(format!("--interval-ms={interval_ms}"));
+        if burst.is_some() {
+            command.arg("--burst");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -128,28 +135,44 @@ impl Drop for Apart {
     }
 }
 
-/// The child's side (`gavel-loadtest watch`): holds `count` watchers of `pattern` on the
-/// node at `https` (its dev certificates in `certs`) and answers the parent (see the module
-/// docs).
-pub async fn serve_watchers(
-    https: SocketAddr,
-    certs: PathBuf,
-    allow_remote: bool,
-    pattern: String,
-    count: usize,
-    interval_ms: u32,
-) -> Result<()> {
-    let node = Node::existing(https, https, certs, allow_remote)?;
+/// What the child's watchers watch: the node at `https` (its dev certificates in
+/// `certs`), `pattern` at `interval_ms`, or with `burst` the burst floor at `https`.
+pub struct WatchTarget {
+    /// The HTTPS address.
+    pub https: SocketAddr,
+    /// The node's dev certificate directory.
+    pub certs: PathBuf,
+    /// Allow a non-loopback address.
+    pub allow_remote: bool,
+    /// The burst floor rather than a node.
+    pub burst: bool,
+    /// The pattern subscribed to.
+    pub pattern: String,
+    /// The subscription's interval.
+    pub interval_ms: u32,
+}
+
+/// The child's side (`gavel-loadtest watch`): holds `count` watchers of `target` and
+/// answers the parent (see the module docs).
+pub async fn serve_watchers(target: WatchTarget, count: usize) -> Result<()> {
+    let https = target.https;
+    let node = Node::existing(https, https, target.certs, target.allow_remote)?;
     let recorder = Recorder::default();
     let stop = CancellationToken::new();
+    let (path, feed) = if target.burst {
+        ("/", ws::Feed::Burst)
+    } else {
+        let feed = ws::Feed::Gavel {
+            pattern: target.pattern,
+            interval_ms: target.interval_ms,
+        };
+        ("/v1/ws", feed)
+    };
     let watchers = ws::watch(
         node.https_connector(None)?,
         https,
-        "/v1/ws",
-        ws::Feed::Gavel {
-            pattern,
-            interval_ms,
-        },
+        path,
+        feed,
         count,
         recorder.clone(),
         stop.clone(),

@@ -67,7 +67,13 @@ impl Watching {
         };
         let (source, figures) = if shape.watchers_process {
             let before = node.pid().and_then(|pid| sample_process(Some(pid)));
-            let apart = Apart::start(node, &pattern, shape.watchers, shape.watch_interval_ms)?;
+            let apart = Apart::start(
+                node,
+                None,
+                &pattern,
+                shape.watchers,
+                shape.watch_interval_ms,
+            )?;
             tokio::time::sleep(IDLE_SETTLE).await;
             let after = node.pid().and_then(|pid| sample_process(Some(pid)));
             let figures = idle_watcher_figures(before, after, apart.subscribed);
@@ -121,23 +127,10 @@ impl Watching {
     ) -> Result<Phase> {
         let from_us = unix_us().saturating_sub(driven.started.elapsed().as_micros() as u64);
         let mut figures = self.figures.clone();
-        let (window, logs, delivered) = match &self.source {
-            Source::Here(watchers) => {
-                let window = wait_deliveries(watchers, driven.started).await;
-                self.stop.cancel();
-                let logs = watchers.sampled_logs(LOGS_WAIT).await;
-                (window, logs, settled_count(watchers).await.1)
-            }
-            Source::Apart(apart) => {
-                let report = lock(apart).finish()?;
-                for (kind, n) in &report.counts {
-                    self.recorder.count(kind, *n);
-                }
-                figures.extend(apart_figures(&report));
-                let window = Duration::from_micros(report.window_us);
-                (window, report.logs, report.delivered)
-            }
-        };
+        let (window, logs, (subscribed, delivered)) = self
+            .source
+            .collect(&self.stop, driven.started, &self.recorder, &mut figures)
+            .await?;
         let staleness = match run.node.wal_dir() {
             Some(wal_dir) => {
                 let ids: HashSet<u64> = run.workload.ids().iter().copied().collect();
@@ -151,7 +144,6 @@ impl Watching {
             }
             None => None,
         };
-        let subscribed = self.subscribed();
         if let Some(staleness) = &staleness {
             figures.extend(staleness_figures(staleness, logs.len(), subscribed, window));
         }
@@ -176,6 +168,38 @@ impl Watching {
             published,
             figures,
         ))
+    }
+}
+
+impl Source {
+    /// After the rounds or bids that began at `started`: waits for the last deliveries,
+    /// stops the watchers (`stop`, here) and returns the delivery window, the sampled logs
+    /// and `(subscribed, delivered)`; counts go to `recorder`, and the figures of watchers
+    /// in a process of their own to `figures`.
+    async fn collect(
+        &self,
+        stop: &CancellationToken,
+        started: Instant,
+        recorder: &Recorder,
+        figures: &mut BTreeMap<String, f64>,
+    ) -> Result<(Duration, Vec<Vec<Held>>, (usize, u64))> {
+        match self {
+            Source::Here(watchers) => {
+                let window = wait_deliveries(watchers, started).await;
+                stop.cancel();
+                let logs = watchers.sampled_logs(LOGS_WAIT).await;
+                Ok((window, logs, settled_count(watchers).await))
+            }
+            Source::Apart(apart) => {
+                let report = lock(apart).finish()?;
+                for (kind, n) in &report.counts {
+                    recorder.count(kind, *n);
+                }
+                figures.extend(apart_figures(&report));
+                let window = Duration::from_micros(report.window_us);
+                Ok((window, report.logs, (report.subscribed, report.delivered)))
+            }
+        }
     }
 }
 
@@ -481,16 +505,23 @@ pub(super) async fn burst_phase(
     let recorder = Recorder::default();
     let server = BurstServer::start(&node.certs, recorder.clone()).await?;
     let stop = CancellationToken::new();
-    let set = WatcherSet {
-        node,
-        addr: server.addr,
-        path: "/",
-        feed: ws::Feed::Burst,
-        count: watchers,
-        server_pid: None,
-        label: "burst watchers",
+    let (source, mut figures) = if shape.watchers_process {
+        let apart = Apart::start(node, Some(server.addr), "", watchers, 0)?;
+        let figures = idle_watcher_figures(None, None, apart.subscribed);
+        (Source::Apart(Mutex::new(apart)), figures)
+    } else {
+        let set = WatcherSet {
+            node,
+            addr: server.addr,
+            path: "/",
+            feed: ws::Feed::Burst,
+            count: watchers,
+            server_pid: None,
+            label: "burst watchers",
+        };
+        let (connected, figures) = set.connect(shape.progress, &recorder, &stop).await?;
+        (Source::Here(connected), figures)
     };
-    let (connected, mut figures) = set.connect(shape.progress, &recorder, &stop).await?;
     let rounds = Schedule {
         rate_per_s: BURST_ROUNDS_PER_S,
         count_max: BURST_ROUNDS_MAX,
@@ -498,8 +529,11 @@ pub(super) async fn burst_phase(
     };
     let from_us = unix_us();
     let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
-    // The server runs in this process, beside the watchers.
+    // The server runs in this process (beside the watchers, unless they run apart).
     let meter = CpuMeter::start(Some(std::process::id()));
+    if let Source::Apart(apart) = &source {
+        lock(apart).begin()?;
+    }
     let started = Instant::now();
     let bar = progress_bar(shape.progress, rounds.planned(), "burst rounds");
     let (paced, stamps) = tokio::join!(
@@ -507,9 +541,9 @@ pub(super) async fn burst_phase(
         server.send_rounds(due, &recorder)
     );
     let paced = paced?;
-    let window = wait_deliveries(&connected, started).await;
-    stop.cancel();
-    let logs = connected.sampled_logs(LOGS_WAIT).await;
+    let (window, logs, counted) = source
+        .collect(&stop, started, &recorder, &mut figures)
+        .await?;
     figures.extend(reach_all_figures(&stamps, &logs));
     let mut decisions = Decisions::default();
     for &(seq, stamp) in &stamps {
@@ -517,20 +551,20 @@ pub(super) async fn burst_phase(
     }
     decisions.sort();
     let staleness = measure(&decisions, &logs, from_us);
-    figures.extend(staleness_figures(
-        &staleness,
-        logs.len(),
-        connected.subscribed,
-        window,
-    ));
+    figures.extend(staleness_figures(&staleness, logs.len(), counted.0, window));
     Ok(fanout_phase(
         "burst_floor",
         format!(
-            "burst floor: one message to each of {} TLS WebSocket watchers per round, tokio-rustls + tungstenite, no engine",
-            connected.subscribed
+            "burst floor: one message to each of {} TLS WebSocket watchers per round, tokio-rustls + tungstenite, no engine{}",
+            counted.0,
+            if shape.watchers_process {
+                " (watchers in a process of their own)"
+            } else {
+                ""
+            }
         ),
         &rounds,
-        settled_count(&connected).await,
+        counted,
         &recorder,
         &meter,
         &paced,
