@@ -19,6 +19,10 @@ pub mod edge_trace;
 pub mod process;
 pub mod wal_load;
 
+use std::path::PathBuf;
+
+use anyhow::{Context, ensure};
+
 use gavel_engine::{
     AuctionId, AuctionKind, AuctionRules, AuctionSpec, Bid, BidId, BidOutcome, BidderId,
     BoundedSink, DiscardSink, Engine, EngineConfig, EventSink, IncrementTable, Price, Rejection,
@@ -447,4 +451,46 @@ pub fn on_bidder_threads<T: Send>(
             .collect();
         (start.elapsed(), results)
     })
+}
+
+/// Records in a generated log by default (`wal_replay`, `node_restart`).
+pub const GENERATED_RECORDS_DEFAULT: u64 = 10_000_000;
+/// Most records a generated log may hold.
+pub const GENERATED_RECORDS_MAX: u64 = 100_000_000;
+
+/// The arguments of a bench that generates a log in a temporary directory.
+#[derive(clap::Args, Debug)]
+pub struct GeneratedArgs {
+    /// Records in the generated log (10k creations, then accepted bids).
+    #[arg(long, default_value_t = GENERATED_RECORDS_DEFAULT)]
+    pub records: u64,
+    /// Directory in which the temporary directory is made (default: the system temp
+    /// directory; its filesystem is printed).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the generated directory (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl GeneratedArgs {
+    /// Checks `--records` and makes the temporary directory `<prefix>…`, printing where.
+    pub fn temp_dir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+        ensure!(
+            (ZIPF_AUCTIONS + 1..=GENERATED_RECORDS_MAX).contains(&self.records),
+            "--records must be in {}..={GENERATED_RECORDS_MAX}",
+            ZIPF_AUCTIONS + 1
+        );
+        let base = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&base)
+            .with_context(|| format!("temp dir in {}", base.display()))?;
+        println!(
+            "data in {} on: {}",
+            dir.path().display(),
+            process::filesystem(dir.path())
+        );
+        Ok(dir)
+    }
 }

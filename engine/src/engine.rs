@@ -228,7 +228,7 @@ impl Engine {
                 auctions_max: self.config.auctions_max,
             });
         }
-        let (auction, created) = Auction::new(Arc::new(spec), now, self.limits);
+        let (auction, created) = Auction::new(Arc::new(spec), now);
         let receipt =
             sink.publish(std::slice::from_ref(&created))
                 .map_err(|bp| CreateError::Overloaded {

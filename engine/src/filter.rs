@@ -10,6 +10,12 @@
 //! Two generations rotate together with the exact memory: inserts go to the current one;
 //! when it has taken `window` keys, the older one is cleared and becomes current. Readers
 //! check both, so every key among the last `window` inserts is always present.
+//!
+//! The blocks (4 KiB at the default window of 1,024) are allocated at the first insert, the
+//! auction's first accepted bid, not with the auction: an auction that never takes a bid
+//! (most of a million live auctions) holds only the bidder summary and an empty slot.
+
+use std::sync::OnceLock;
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -56,36 +62,41 @@ pub(crate) struct SeenFilter {
     /// accepted bid in the window. Inline in the auction, next to its price word, so most
     /// bids on a quiet auction are cleared without touching the blocks.
     bidders: [AtomicU64; 2],
-    /// Power of two in length.
-    blocks: Box<[Block]>,
+    /// Power of two in length; allocated at the first insert (sized for its `window`).
+    blocks: OnceLock<Box<[Block]>>,
 }
 
 impl SeenFilter {
-    /// A filter sized for `window` keys per generation.
-    pub(crate) fn new(window: usize) -> SeenFilter {
-        let blocks = (window * BITS_PER_KEY)
-            .div_ceil(HALF_BITS)
-            .next_power_of_two();
+    /// An empty filter; its blocks come with the first insert.
+    pub(crate) fn new() -> SeenFilter {
         SeenFilter {
             bidders: [AtomicU64::new(0), AtomicU64::new(0)],
-            blocks: (0..blocks).map(|_| Block::new()).collect(),
+            blocks: OnceLock::new(),
         }
     }
 
-    /// The block of `key_hash`, and its probes in `generation` as (word, mask).
+    /// Blocks for `window` keys per generation.
+    fn allocate(window: usize) -> Box<[Block]> {
+        let blocks = (window.max(1) * BITS_PER_KEY)
+            .div_ceil(HALF_BITS)
+            .next_power_of_two();
+        (0..blocks).map(|_| Block::new()).collect()
+    }
+
+    /// The block of `key_hash` among `blocks`, and its probes in `generation` as (word, mask).
     fn probes(
-        &self,
+        blocks: &[Block],
         generation: usize,
         key_hash: u64,
     ) -> (&Block, impl Iterator<Item = (usize, u64)>) {
         // Cast: the top bits pick the block; the mask keeps it in range.
-        let block = (key_hash >> 40) as usize & (self.blocks.len() - 1);
+        let block = (key_hash >> 40) as usize & (blocks.len() - 1);
         let probes = (0..PROBES).map(move |i| {
             // Cast: 8 bits per probe, a bit position below 256.
             let bit = (key_hash >> (8 * i)) as usize % HALF_BITS;
             (generation * HALF_WORDS + bit / 64, 1u64 << (bit % 64))
         });
-        (&self.blocks[block], probes)
+        (&blocks[block], probes)
     }
 
     /// Whether the key may have been inserted in either generation. Never `false` for a key
@@ -93,19 +104,24 @@ impl SeenFilter {
     pub(crate) fn may_contain(&self, key: FilterKey) -> bool {
         // Ordering (all loads here): Relaxed is enough. The caller loaded the auction's price
         // word with Acquire; every insert it must see happened before the Release store of
-        // that word (under the auction lock), so it is visible here.
+        // that word (under the auction lock), so it is visible here. The same holds for the
+        // blocks' allocation, which comes before the first insert: no blocks, no key.
         (0..2).any(|generation| {
             if self.bidders[generation].load(Ordering::Relaxed) & key.bidder_bit == 0 {
                 return false;
             }
-            let (block, mut probes) = self.probes(generation, key.hash);
+            let Some(blocks) = self.blocks.get() else {
+                return false;
+            };
+            let (block, mut probes) = Self::probes(blocks, generation, key.hash);
             probes.all(|(word, mask)| block.0[word].load(Ordering::Relaxed) & mask != 0)
         })
     }
 
-    /// Adds the key to `generation`. Called under the auction lock only: the lock holder is
-    /// the only writer, so a load and a store set a bit (no read-modify-write instruction).
-    pub(crate) fn insert(&self, generation: usize, key: FilterKey) {
+    /// Adds the key to `generation`, allocating the blocks for `window` keys per generation
+    /// at the first insert. Called under the auction lock only: the lock holder is the only
+    /// writer, so a load and a store set a bit (no read-modify-write instruction).
+    pub(crate) fn insert(&self, generation: usize, key: FilterKey, window: usize) {
         // Ordering (all accesses here): Relaxed; published by the Release store of the price
         // word that follows under the same lock (see `may_contain`).
         let set = |word: &AtomicU64, mask: u64| {
@@ -114,8 +130,9 @@ impl SeenFilter {
                 word.store(bits | mask, Ordering::Relaxed);
             }
         };
+        let blocks = self.blocks.get_or_init(|| Self::allocate(window));
         set(&self.bidders[generation], key.bidder_bit);
-        let (block, probes) = self.probes(generation, key.hash);
+        let (block, probes) = Self::probes(blocks, generation, key.hash);
         for (word, mask) in probes {
             set(&block.0[word], mask);
         }
@@ -127,7 +144,12 @@ impl SeenFilter {
     pub(crate) fn clear(&self, generation: usize) {
         // Ordering: Relaxed; as below.
         self.bidders[generation].store(0, Ordering::Relaxed);
-        for block in self.blocks.iter() {
+        for block in self
+            .blocks
+            .get()
+            .into_iter()
+            .flat_map(|blocks| blocks.iter())
+        {
             for word in &block.0[generation * HALF_WORDS..(generation + 1) * HALF_WORDS] {
                 // Ordering: Relaxed; see above, clearing only removes keys outside the window.
                 word.store(0, Ordering::Relaxed);
@@ -147,18 +169,31 @@ mod tests {
 
     #[test]
     fn the_bidder_summary_clears_keys_of_bidders_without_accepted_bids() {
-        let f = SeenFilter::new(64);
-        f.insert(0, FilterKey::new(42, 3));
+        let f = SeenFilter::new();
+        f.insert(0, FilterKey::new(42, 3), 64);
         assert!(f.may_contain(FilterKey::new(42, 3)));
         // Same key hash, another bidder bit: not present without touching the blocks.
         assert!(!f.may_contain(FilterKey::new(42, 4)));
     }
 
     #[test]
+    fn the_blocks_come_with_the_first_insert() {
+        let f = SeenFilter::new();
+        assert!(f.blocks.get().is_none());
+        assert!(!f.may_contain(key(7)));
+        f.clear(0);
+        assert!(f.blocks.get().is_none(), "clearing allocates nothing");
+        f.insert(1, key(7), 1024);
+        // 1,024 keys × 16 bits in 256-bit halves: 64 blocks of one cache line each.
+        assert_eq!(f.blocks.get().map(|b| b.len()), Some(64));
+        assert!(f.may_contain(key(7)));
+    }
+
+    #[test]
     fn inserted_keys_are_found_until_their_generation_is_cleared() {
-        let f = SeenFilter::new(64);
+        let f = SeenFilter::new();
         for k in 0..64u64 {
-            f.insert(0, key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            f.insert(0, key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 64);
         }
         for k in 0..64u64 {
             assert!(f.may_contain(key(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
@@ -172,7 +207,7 @@ mod tests {
     #[test]
     fn false_positive_rate_is_low_at_a_full_window() {
         let window = 1024;
-        let f = SeenFilter::new(window);
+        let f = SeenFilter::new();
         let mix = |k: u64| {
             let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -180,8 +215,8 @@ mod tests {
             z ^ (z >> 31)
         };
         for k in 0..window as u64 {
-            f.insert(0, key(mix(k)));
-            f.insert(1, key(mix(k + 1_000_000)));
+            f.insert(0, key(mix(k)), window);
+            f.insert(1, key(mix(k + 1_000_000)), window);
         }
         let false_positives = (10_000_000..10_100_000u64)
             .filter(|&k| f.may_contain(key(mix(k))))

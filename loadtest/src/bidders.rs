@@ -1,12 +1,13 @@
 //! Open-loop bidders: one lane per connection, over QUIC — a lean client speaking the framed
 //! protocol on one pipelined stream (the same code drives the quinn echo floor), or the SDK
-//! (`gavel-client`) — or over WebSocket (`gavel.v1.proto`). Each lane receives due times
-//! from the pacer, sends a bid at each, and records from the due time: `decided` (any
-//! answer), `accepted` (accepted answers) and `durable` (durable acks of accepted bids), with
-//! every outcome counted by kind. The lean QUIC client also records its own cost (issue 20
-//! item 2): `client_handoff`, from the due time until the connection's task holds the
-//! request (the pacer's timer slack and its hand-off to that task, a cross-thread wake-up),
-//! and `client_sent`, until the request is written to the connection's stream.
+//! (`gavel-client`) — or over WebSocket (`gavel.v1.proto`). Each lane sends a bid at each of
+//! its due times — handed over by the pacer thread, or, for the lean QUIC client, computed
+//! and slept to by the connection's own task ([`OwnPace`]) — and records from the due time:
+//! `decided` (any answer), `accepted` (accepted answers) and `durable` (durable acks of
+//! accepted bids), with every outcome counted by kind. Lanes also record their own cost
+//! (issue 20 item 2): `client_handoff`, from the due time until the connection's task holds
+//! the request (timer slack, plus the pacer's cross-thread hand-off where there is one), and,
+//! for the lean QUIC client, `client_sent`, until the request is written to its stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,14 +20,14 @@ use futures_util::{SinkExt, StreamExt};
 use gavel_client::{Bid, BidError, Client, ClientConfig};
 use gavel_proto::pb;
 use prost::Message as _;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use gavel_proto::frame::{self, ALPN, FrameDecoder};
 use gavel_transport::tls;
 
-use crate::pace::{LANE_QUEUE_MAX, Lane};
+use crate::pace::{LANE_QUEUE_MAX, Lane, OwnPace, PreciseTimer};
 use crate::stats::{Recorder, unix_us};
 use crate::target::Node;
 use crate::workload::{PlannedBid, Workload};
@@ -82,11 +83,14 @@ fn reason_kind(reason: i32) -> &'static str {
     }
 }
 
-/// Started lanes: hand due times to `lanes`, then await `tasks`.
+/// Started lanes: hand due times to `lanes` (or each of `own_paced` its share of the
+/// schedule), then await `tasks`.
 #[derive(Default)]
 pub struct Lanes {
     /// The pacer's side.
     pub lanes: Vec<Lane>,
+    /// Lanes that pace themselves: each waits for its share.
+    pub own_paced: Vec<oneshot::Sender<OwnPace>>,
     /// One task per connection; each ends after its queue closed and its answers arrived.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -101,6 +105,17 @@ impl Lanes {
         let (lane, due) = mpsc::channel(LANE_QUEUE_MAX);
         self.lanes.push(lane);
         self.tasks.push(tokio::spawn(task(due)));
+    }
+
+    /// Adds a lane that paces itself with the share of the schedule `task` receives.
+    pub fn add_own_paced<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(oneshot::Receiver<OwnPace>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (share, receive) = oneshot::channel();
+        self.own_paced.push(share);
+        self.tasks.push(tokio::spawn(task(receive)));
     }
 }
 
@@ -426,7 +441,8 @@ pub async fn quic_raw(
             send,
             recv,
         };
-        lanes.add(|due| quic_raw_lane(quic, due, workload, pending, (i, connections)));
+        lanes
+            .add_own_paced(|share| quic_raw_lane(quic, share, workload, pending, (i, connections)));
     }
     Ok(lanes)
 }
@@ -441,7 +457,7 @@ struct RawQuic {
 
 async fn quic_raw_lane(
     quic: RawQuic,
-    mut due: mpsc::Receiver<(Instant, u64)>,
+    share: oneshot::Receiver<OwnPace>,
     workload: Arc<Workload>,
     pending: Arc<Pending>,
     (lane, lanes): (usize, usize),
@@ -464,28 +480,53 @@ async fn quic_raw_lane(
             }
         })
     };
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-    let mut out = Vec::with_capacity(256);
-    while let Some((intended, seq)) = due.recv().await {
-        pending
-            .recorder
-            .latency("client_handoff", intended.elapsed());
-        let request_id = seq + 1;
-        if !pending.begin(request_id, intended).await {
-            break;
+    match (share.await, PreciseTimer::new()) {
+        (Ok(share), Ok(timer)) => {
+            send_own_paced(share, timer, &mut send, &pending, &workload, (lane, lanes)).await;
         }
-        let message = place_bid_message(request_id, workload.next_bid(&mut rng, lane, lanes));
-        out.clear();
-        frame::encode(&message, &mut out);
-        if send.write_all(&out).await.is_err() {
-            pending.failed(request_id);
-            break;
-        }
-        pending.recorder.latency("client_sent", intended.elapsed());
+        // The run ended before it started: nothing to send.
+        (Err(_), _) => {}
+        (Ok(_), Err(_)) => pending.recorder.count("timer", 1),
     }
     pending.drain().await;
     let _ = send.finish();
     reader.abort();
     connection.close(0_u32.into(), b"done");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Sends a lane's share of the schedule on `send`, each bid at its due time (slept to on the
+/// lane's own task), until the share ends or the stream fails.
+async fn send_own_paced(
+    mut share: OwnPace,
+    mut timer: PreciseTimer,
+    send: &mut quinn::SendStream,
+    pending: &Pending,
+    workload: &Workload,
+    (lane, lanes): (usize, usize),
+) {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let mut out = Vec::with_capacity(256);
+    while let Some((intended, seq)) = share.next_due() {
+        if timer.sleep_until(intended).await.is_err() {
+            pending.recorder.count("timer", 1);
+            return;
+        }
+        pending
+            .recorder
+            .latency("client_handoff", intended.elapsed());
+        let request_id = seq + 1;
+        if !pending.begin(request_id, intended).await {
+            return;
+        }
+        let message = place_bid_message(request_id, workload.next_bid(&mut rng, lane, lanes));
+        out.clear();
+        frame::encode(&message, &mut out);
+        if send.write_all(&out).await.is_err() {
+            pending.failed(request_id);
+            return;
+        }
+        pending.recorder.latency("client_sent", intended.elapsed());
+        share.sent();
+    }
 }

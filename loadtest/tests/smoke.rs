@@ -278,6 +278,28 @@ fn alternating_rounds_merge_into_one_phase_per_side() {
     assert_eq!(echo["sent"], 300);
     assert_eq!(count(echo, "accepted"), 300);
     assert!(quic["what"].as_str().unwrap().contains("3 rounds"));
+    // The connections paced themselves: every bid's wake-up and write are measured.
+    for histogram in ["client_handoff", "client_sent"] {
+        assert_eq!(latency_count(echo, histogram), 300, "{histogram}");
+        assert_eq!(latency_count(quic, histogram), 300, "{histogram}");
+    }
+}
+
+#[test]
+fn the_minimal_quinn_echo_answers_every_request_of_its_schedule() {
+    let certs = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_quinn_echo_min"))
+        .args(["run", "--certs", certs.path().to_str().unwrap()])
+        .args(["--rate", "400", "--connections", "3", "--seconds", "1"])
+        .output()
+        .expect("quinn_echo_min runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr:\n{stderr}");
+    assert!(
+        stdout.contains("3 connections 400/s: planned 400 answered 400 |"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -47,6 +47,12 @@ pub struct WalSink {
     appended: AtomicU64,
     /// Wake `snapshot_thread` each time `appended` crosses a multiple of this (0 = never).
     snapshot_every_records: u64,
+    /// Log bytes appended through this sink (payloads and frame headers; the snapshot
+    /// trigger by bytes).
+    appended_bytes: AtomicU64,
+    /// Wake `snapshot_thread` each time `appended_bytes` crosses a multiple of this (0 =
+    /// never).
+    snapshot_every_log_bytes: u64,
     snapshot_thread: OnceLock<Thread>,
 }
 
@@ -59,7 +65,17 @@ impl WalSink {
             failure: OnceLock::new(),
             appended: AtomicU64::new(0),
             snapshot_every_records,
+            appended_bytes: AtomicU64::new(0),
+            snapshot_every_log_bytes: 0,
             snapshot_thread: OnceLock::new(),
+        }
+    }
+
+    /// Also wakes the snapshot thread every `bytes` of log appended (0 = never).
+    pub fn with_snapshot_every_log_bytes(self, bytes: u64) -> WalSink {
+        WalSink {
+            snapshot_every_log_bytes: bytes,
+            ..self
         }
     }
 
@@ -83,6 +99,12 @@ impl WalSink {
     pub fn appended_records(&self) -> u64 {
         // Ordering: Relaxed; a counter that only paces snapshots.
         self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Log bytes appended through this sink: payloads plus each record's frame header.
+    pub fn appended_log_bytes(&self) -> u64 {
+        // Ordering: Relaxed; as `appended_records`.
+        self.appended_bytes.load(Ordering::Relaxed)
     }
 
     fn refuse(&self, error: AppendError) -> Backpressure {
@@ -122,21 +144,27 @@ impl EventSink for WalSink {
                 buffer.clear();
                 encode_record(event, buffer);
             }
+            let bytes: usize = buffers[..events.len()]
+                .iter()
+                .map(|b| b.len() + gavel_wal::frame::HEADER_BYTES)
+                .sum();
             let result = self.wal.append_batch(key, &buffers[..events.len()]);
             for buffer in buffers.iter_mut() {
                 if buffer.capacity() > ENCODE_BUFFER_BYTES_KEEP_MAX {
                     *buffer = Vec::with_capacity(256);
                 }
             }
-            result
+            result.map(|lsn| (lsn, bytes as u64))
         });
-        let last = appended.map_err(|e| self.refuse(e))?;
+        let (last, bytes) = appended.map_err(|e| self.refuse(e))?;
         let n = events.len() as u64;
-        // Ordering: Relaxed; only paces the snapshot thread, which reads it again itself.
+        // Ordering: Relaxed; only pace the snapshot thread, which reads them again itself.
         let before = self.appended.fetch_add(n, Ordering::Relaxed);
-        let every = self.snapshot_every_records;
-        if every > 0
-            && before / every != (before + n) / every
+        let bytes_before = self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let crossed =
+            |before: u64, n: u64, every: u64| every > 0 && before / every != (before + n) / every;
+        if (crossed(before, n, self.snapshot_every_records)
+            || crossed(bytes_before, bytes, self.snapshot_every_log_bytes))
             && let Some(thread) = self.snapshot_thread.get()
         {
             thread.unpark();

@@ -119,6 +119,7 @@ fn main() -> Result<()> {
         Command::Recover { data_dir } => {
             let config = NodeConfig {
                 snapshot_every_records: 0,
+                snapshot_every_log_bytes: 0,
                 ..NodeConfig::default()
             };
             let (node, report) = Node::open(&data_dir, config)?;

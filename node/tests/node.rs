@@ -120,6 +120,75 @@ fn snapshots_compact_the_log_and_recovery_from_snapshot_and_tail_gives_the_same_
     node.shutdown(true).unwrap();
 }
 
+/// Bids on `auctions` (up to `records_max` bids) until a snapshot file appears; returns the
+/// bids placed.
+fn bid_until_snapshot(node: &Node, dir: &std::path::Path, auctions: u64, records_max: u64) -> u64 {
+    let mut n = 0;
+    while n < records_max && snapshot_files(dir).is_empty() {
+        let receipt = bid(node, auctions, n);
+        n += 1;
+        if n % 100 == 0 {
+            node.wait_durable(receipt, SECOND).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    n
+}
+
+#[test]
+fn snapshots_are_taken_by_log_bytes_and_never_with_both_rules_off() {
+    // Records never trigger (0); 20 kB of log does: about 200 bid records of ≈ 100 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        snapshot_every_records: 0,
+        snapshot_every_log_bytes: 20_000,
+        ..NodeConfig::default()
+    };
+    let (node, _) = Node::open(dir.path(), config.clone()).unwrap();
+    for id in 0..5 {
+        node.create_auction(english(id), UnixMicros(0)).unwrap();
+    }
+    let n = bid_until_snapshot(&node, dir.path(), 5, 20_000);
+    assert!(
+        !snapshot_files(dir.path()).is_empty(),
+        "no snapshot after {n} bids"
+    );
+    assert!(
+        n >= 100,
+        "a snapshot after only {n} bids: before 20 kB of log"
+    );
+    assert!(node.sink().appended_log_bytes() >= 20_000);
+    let hash = node.engine().state_hash();
+    node.shutdown(false).unwrap();
+    drop(node);
+    let (node, recovered) = Node::open(dir.path(), config).unwrap();
+    assert!(recovered.snapshot_lsn.is_some());
+    assert_eq!(
+        recovered.state_hash, hash,
+        "snapshot + tail = the live state"
+    );
+    node.shutdown(false).unwrap();
+
+    // Both rules off: no snapshot however much is appended.
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
+        ..NodeConfig::default()
+    };
+    let (node, _) = Node::open(dir.path(), config).unwrap();
+    for id in 0..5 {
+        node.create_auction(english(id), UnixMicros(0)).unwrap();
+    }
+    let n = bid_until_snapshot(&node, dir.path(), 5, 2_000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        snapshot_files(dir.path()).is_empty(),
+        "a snapshot after {n} bids"
+    );
+    node.shutdown(false).unwrap();
+}
+
 #[test]
 fn snapshots_taken_during_concurrent_creations_and_bids_recover_to_the_same_state() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ use gavel_engine::{
 use gavel_proto::convert::state::{
     SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION_OLDEST, decode_snapshot,
     decode_snapshot_parts, encode_snapshot, encode_snapshot_auction, encode_snapshot_header,
-    encode_snapshot_pruned,
+    encode_snapshot_pruned, recent_list,
 };
 use gavel_proto::pb::auction_state_record::Book;
 use gavel_proto::{ProtoError, SnapshotError, pb};
@@ -474,7 +474,48 @@ fn record(id: u64) -> pb::AuctionStateRecord {
         .iter()
         .find(|s| s.spec.id() == AuctionId(id))
         .unwrap();
-    state.into()
+    let mut record = pb::AuctionStateRecord::from(state);
+    // The list form of formats 1 and 2, which the refusals below corrupt entry by entry.
+    record.recent = recent_list(&state.recent);
+    record.recent_packed.clear();
+    record
+}
+
+#[test]
+fn the_idempotency_memory_reads_from_either_form_and_not_from_both() {
+    let states = Market::scripted().engine.snapshot();
+    let state = states.iter().find(|s| s.spec.id() == AuctionId(8)).unwrap();
+    let packed = pb::AuctionStateRecord::from(state);
+    assert!(packed.recent.is_empty() && !packed.recent_packed.is_empty());
+    assert_eq!(AuctionState::try_from(packed.clone()).as_ref(), Ok(state));
+    // A format 2 record (the list form) reads as the same state.
+    assert_eq!(AuctionState::try_from(record(8)).as_ref(), Ok(state));
+    let mut both = packed.clone();
+    both.recent = recent_list(&state.recent);
+    assert_eq!(
+        AuctionState::try_from(both),
+        Err(ProtoError::Invalid {
+            field: "AuctionStateRecord.recent_packed",
+            reason: "both forms of the idempotency memory",
+        })
+    );
+    // Every cut and every byte changed is refused or reads as some state, never a panic;
+    // a cut is always refused.
+    let bytes = packed.recent_packed.clone();
+    for end in 0..bytes.len() {
+        let mut cut = packed.clone();
+        cut.recent_packed.truncate(end);
+        if end > 0 {
+            assert!(AuctionState::try_from(cut).is_err(), "cut at {end}");
+        }
+    }
+    for at in 0..bytes.len() {
+        for byte in [0x00, 0x7f, 0x80, 0xff] {
+            let mut changed = packed.clone();
+            changed.recent_packed[at] = byte;
+            let _ = AuctionState::try_from(changed);
+        }
+    }
 }
 
 fn refused(

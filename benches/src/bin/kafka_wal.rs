@@ -185,6 +185,7 @@ fn kafka_log(
     let node_config = NodeConfig {
         kafka: Some(config),
         snapshot_every_records: 0,
+        snapshot_every_log_bytes: 0,
         ..NodeConfig::default()
     };
     let (node, _) = Node::open(dir.path(), node_config)?;

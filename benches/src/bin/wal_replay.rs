@@ -33,7 +33,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use gavel_benches::process::{filesystem, peak_rss_mib, process_cpu_seconds, rss_mib};
+use gavel_benches::GeneratedArgs;
+use gavel_benches::process::{peak_rss_mib, process_cpu_seconds, rss_mib};
 use gavel_benches::wal_load::{EPOCH_US, WalAppendSink, bidder16};
 use gavel_benches::{INCREMENT, START_PRICE, ZIPF_AUCTIONS, ZIPF_EXPONENT, bid, english_spec};
 use gavel_engine::{
@@ -46,10 +47,6 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 
-/// Default number of records in the generated log.
-const RECORDS_DEFAULT: u64 = 10_000_000;
-/// Most records a generated log may hold.
-const RECORDS_MAX: u64 = 100_000_000;
 /// Distinct bidders.
 const BIDDERS: u64 = 1_000;
 /// Pre-generated Zipf picks, cycled.
@@ -58,16 +55,8 @@ const PICKS: usize = 1 << 20;
 #[derive(Parser, Debug)]
 #[command(about = "WAL replay speed and restart time over a generated log")]
 struct Config {
-    /// Records in the generated log (10k creations, then accepted bids).
-    #[arg(long, default_value_t = RECORDS_DEFAULT)]
-    records: u64,
-    /// Directory in which the temporary log directory is made (default: the system temp
-    /// directory; its filesystem is printed).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Keep the generated log (its path is printed).
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    generated: GeneratedArgs,
     /// Measure an existing log directory instead of generating one.
     #[arg(long)]
     measure: Option<PathBuf>,
@@ -312,22 +301,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = &config.measure {
         return measure(dir, config.expect_hash.as_deref(), config.restart_only);
     }
-    ensure!(
-        (ZIPF_AUCTIONS + 1..=RECORDS_MAX).contains(&config.records),
-        "--records must be in {}..={RECORDS_MAX}",
-        ZIPF_AUCTIONS + 1
-    );
-    let base = config.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("gavel-wal-replay-")
-        .tempdir_in(&base)
-        .with_context(|| format!("temp dir in {}", base.display()))?;
-    println!(
-        "log in {} on: {}",
-        dir.path().display(),
-        filesystem(dir.path())
-    );
-    let hash = generate(dir.path(), config.records)?;
+    let dir = config.generated.temp_dir("gavel-wal-replay-")?;
+    let hash = generate(dir.path(), config.generated.records)?;
     // A fresh process: its memory and allocator state are the restart's alone.
     let status = Command::new(std::env::current_exe().context("current exe")?)
         .arg("--measure")
@@ -336,7 +311,7 @@ fn main() -> anyhow::Result<()> {
         .arg(hex(&hash))
         .status()
         .context("run the measuring process")?;
-    if config.keep {
+    if config.generated.keep {
         println!("kept: {}", dir.keep().display());
     }
     ensure!(status.success(), "measuring process failed: {status}");

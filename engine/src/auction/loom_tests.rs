@@ -52,7 +52,7 @@ fn bid(who: &str, id: u128, amount: Price, max: Option<Price>) -> Bid {
 #[test]
 fn bids_racing_the_close() {
     loom::model(|| {
-        let (auction, created) = Auction::new(english(), UnixMicros(0), LIMITS);
+        let (auction, created) = Auction::new(english(), UnixMicros(0));
         let auction = Arc::new(auction);
         let sink = Arc::new(RecordingSink::default());
         sink.publish(&[created]).unwrap();
@@ -144,7 +144,7 @@ fn bids_racing_the_close() {
 #[test]
 fn a_retry_racing_its_original_and_a_higher_bid() {
     loom::model(|| {
-        let (auction, _) = Auction::new(english(), UnixMicros(0), LIMITS);
+        let (auction, _) = Auction::new(english(), UnixMicros(0));
         let auction = Arc::new(auction);
         let sink = Arc::new(RecordingSink::default());
         let spawn = |b: Bid| {

@@ -125,7 +125,7 @@ pub(crate) struct Auction {
 
 impl Auction {
     /// A new auction and its `Created` event (sequence 1).
-    pub(crate) fn new(spec: Arc<AuctionSpec>, now: UnixMicros, limits: Limits) -> (Auction, Event) {
+    pub(crate) fn new(spec: Arc<AuctionSpec>, now: UnixMicros) -> (Auction, Event) {
         let rules = spec.rules();
         let book = Book::new(&rules.kind);
         let event = Event {
@@ -140,7 +140,7 @@ impl Auction {
             kind: rules.kind.clone(),
             word: PriceWord::new(0),
             ends_at: AtomicU64::new(rules.ends_at.0),
-            seen: SeenFilter::new(limits.dedup_window_bids),
+            seen: SeenFilter::new(),
             state: Mutex::new(State {
                 seq: 1,
                 ends_at: rules.ends_at,

@@ -90,7 +90,7 @@ impl Recent {
             self.in_generation = 0;
             filter.clear(self.generation);
         }
-        filter.insert(self.generation, key.filter_key());
+        filter.insert(self.generation, key.filter_key(), window);
         self.in_generation += 1;
         if self.entries.len() >= window {
             // Invariant: a full window has an oldest entry.

@@ -68,7 +68,7 @@ impl Auction {
         let closed = snapshot.closed.is_some();
         let (book, word) = book_from_state(&snapshot, rules).map_err(inconsistent)?;
         let word = word | if closed { CLOSED } else { 0 };
-        let seen = SeenFilter::new(limits.dedup_window_bids);
+        let seen = SeenFilter::new();
         let recent = recent_from_state(&snapshot.recent, &seen, limits).map_err(inconsistent)?;
         Ok(Auction {
             starts_at: rules.starts_at,

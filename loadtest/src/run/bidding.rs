@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Run, Shape};
 use crate::bidders::{self, Lanes};
-use crate::pace::{self, Lane, Paced, Schedule};
+use crate::pace::{self, Lane, OwnPace, Paced, Schedule};
 use crate::report::{Phase, PhaseReport};
 use crate::stats::{CpuMeter, Recorder};
 use crate::target::Node;
@@ -36,9 +36,17 @@ pub(super) fn progress_bar(show: bool, len: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// Hands the schedule to `lanes` and waits until every lane finished.
+/// Hands the schedule to `lanes` (through the pacer thread, or as shares to lanes that pace
+/// themselves) and waits until every lane finished.
 pub(super) async fn drive(schedule: Schedule, lanes: Lanes, bar: ProgressBar) -> Result<Paced> {
-    let Lanes { lanes, tasks } = lanes;
+    let Lanes {
+        lanes,
+        own_paced,
+        tasks,
+    } = lanes;
+    if !own_paced.is_empty() {
+        return drive_own_paced(schedule, own_paced, tasks, bar).await;
+    }
     let pacer_bar = bar.clone();
     let paced = tokio::task::spawn_blocking(move || pace::run(schedule, lanes, &pacer_bar))
         .await
@@ -49,6 +57,35 @@ pub(super) async fn drive(schedule: Schedule, lanes: Lanes, bar: ProgressBar) ->
         bail!("the connections did not finish within {LANES_TIMEOUT:?} after the last bid");
     }
     Ok(paced)
+}
+
+/// [`drive`] for lanes that pace themselves: each gets its share, then the progress bar
+/// follows their common count until they all finished.
+async fn drive_own_paced(
+    schedule: Schedule,
+    lanes: Vec<tokio::sync::oneshot::Sender<OwnPace>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    bar: ProgressBar,
+) -> Result<Paced> {
+    let (shares, progress) = OwnPace::split(schedule, lanes.len());
+    for (lane, share) in lanes.into_iter().zip(shares) {
+        // A lane whose connection already failed sends nothing; its share counts as unsent.
+        let _ = lane.send(share);
+    }
+    let deadline = tokio::time::Instant::now() + schedule.duration + LANES_TIMEOUT;
+    let mut all = std::pin::pin!(futures_util::future::join_all(tasks));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut all => break,
+            _ = tick.tick() => bar.set_position(progress.sent()),
+            () = tokio::time::sleep_until(deadline) => {
+                bail!("the connections did not finish within {LANES_TIMEOUT:?} after the last bid")
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(progress.paced())
 }
 
 /// A phase report with the counts and histograms of `recorder`.
@@ -256,6 +293,6 @@ pub(super) fn sdk_bidding(node: &Node, shape: &Shape) -> Bidding {
 pub(super) fn one_lane(lane: Lane) -> Lanes {
     Lanes {
         lanes: vec![lane],
-        tasks: vec![],
+        ..Lanes::default()
     }
 }

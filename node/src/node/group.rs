@@ -5,8 +5,9 @@
 //! over or a replay, then bids). A rebalance:
 //!
 //! - **revoke** (before the partitions are released): every owned partition revoked is
-//!   paused — the log refuses its appends and routing answers its bids with no owner — and
-//!   what was appended to it is waited on until durable (or the log fails);
+//!   closed — routing answers its bids with no owner — then, [`CLOSE_GRACE`] later (for the
+//!   bids already past that check), paused — the log refuses its appends — and what was
+//!   appended to it is waited on until durable (or the log fails);
 //! - **assign**: a paused partition assigned again is resumed (the eager protocol revokes
 //!   everything at each rebalance; its lease was kept, so nothing moved); one not assigned
 //!   again is given up: its auctions, as the node's engine holds them, seed a follower that
@@ -32,6 +33,10 @@ use super::{Shared, lock};
 pub const METRIC_REVOCATIONS: &str = "gavel_kafka_revocations_total";
 /// The longest a revocation waits for the revoked partitions' appends to be durable.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
+/// How long a revocation lets decisions already past the ownership check (bids the
+/// transport routed here just before) reach the log before it refuses their appends; one
+/// that takes longer is answered `OVERLOADED` (retry) rather than `NO_OWNER`.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// The node's answer to the group's rebalances (see the module docs).
 pub(super) struct GroupOwner {
@@ -47,15 +52,11 @@ impl Rebalancer for GroupOwner {
             return;
         };
         let mut assigned = lock(&self.shared.assigned);
-        let mut last = 0;
-        for &partition in partitions {
-            assigned.remove(&partition);
-            if let Some(lsn) = kafka.pause(partition) {
-                lock(&self.paused).push(partition);
-                last = last.max(lsn);
-            }
+        for partition in partitions {
+            assigned.remove(partition);
         }
-        drain(&self.shared, last);
+        let paused = pause(&self.shared, kafka, partitions);
+        lock(&self.paused).extend(paused);
     }
 
     fn assign(&self, partitions: &[i32]) {
@@ -86,11 +87,28 @@ pub(super) fn settle(shared: &Shared, engine: EngineConfig, partition: i32) {
     if assigned.contains(&partition) {
         return;
     }
-    if let Some(last) = kafka.pause(partition) {
-        drain(shared, last);
+    if !pause(shared, kafka, &[partition]).is_empty() {
         give_up(shared, kafka, engine, partition);
     }
     drop(assigned);
+}
+
+/// Closes the owned ones of `partitions`, pauses them [`CLOSE_GRACE`] later and waits until
+/// what was appended to them is durable (or the log failed); returns those paused.
+fn pause(shared: &Shared, kafka: &KafkaLog, partitions: &[i32]) -> Vec<i32> {
+    let owned: Vec<i32> = (partitions.iter().copied())
+        .filter(|&p| kafka.owns(p))
+        .collect();
+    if owned.is_empty() {
+        return owned;
+    }
+    for &partition in &owned {
+        kafka.close(partition);
+    }
+    std::thread::sleep(CLOSE_GRACE);
+    let last = (owned.iter()).filter_map(|&p| kafka.pause(p)).max();
+    drain(shared, last.unwrap_or(0));
+    owned
 }
 
 /// Waits until everything appended up to `last` is durable, or the log failed.

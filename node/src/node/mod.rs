@@ -26,7 +26,8 @@
 //!
 //! # Snapshots
 //!
-//! A background thread takes a snapshot every `snapshot_every_records` appended records:
+//! A background thread takes a snapshot every `snapshot_every_records` appended records or
+//! `snapshot_every_log_bytes` appended bytes of log, whichever comes first:
 //! `L` = the durable LSN, then [`Engine::snapshot`], then a wait until everything appended so
 //! far is durable, then the file for `L` and compaction. Why every record ≤ `L` is in the
 //! states, and why no state holds a record that could be lost, is argued at
@@ -88,9 +89,18 @@ pub struct NodeConfig {
     pub wal: WalConfig,
     /// `Some`: the log is this Kafka topic instead of the file log in `<data_dir>/wal`.
     pub kafka: Option<KafkaConfig>,
-    /// Take a snapshot (and compact) after this many records are appended (0 = never).
+    /// Take a snapshot (and compact) after this many records are appended (0 = not by
+    /// records).
     pub snapshot_every_records: u64,
+    /// Take a snapshot (and compact) after this many bytes of log are appended, whichever of
+    /// the two comes first (0 = not by bytes; both 0: never). Bounds the log a restart
+    /// reads and replays after the snapshot, whatever the size of the records.
+    pub snapshot_every_log_bytes: u64,
 }
+
+/// The default [`NodeConfig::snapshot_every_log_bytes`]: 64 MiB, about 550 k accepted bids,
+/// which a restart replays in about a second (BENCHMARKS.md, `node_restart`).
+pub const SNAPSHOT_EVERY_LOG_BYTES_DEFAULT: u64 = 64 << 20;
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -99,6 +109,7 @@ impl Default for NodeConfig {
             wal: WalConfig::default(),
             kafka: None,
             snapshot_every_records: 1_000_000,
+            snapshot_every_log_bytes: SNAPSHOT_EVERY_LOG_BYTES_DEFAULT,
         }
     }
 }
@@ -296,7 +307,8 @@ impl Node {
         let wal = Arc::new(wal);
         report.records_read = summary.events;
         report.records_skipped = summary.skipped;
-        let sink = WalSink::new(Arc::clone(&wal), config.snapshot_every_records);
+        let sink = WalSink::new(Arc::clone(&wal), config.snapshot_every_records)
+            .with_snapshot_every_log_bytes(config.snapshot_every_log_bytes);
         report.missing_tail_appended = append_missing_tail(&wal, &summary.missing_tail)?;
         report.last_lsn = wal.last_appended_lsn();
         report.auctions = engine.len();
@@ -332,7 +344,11 @@ impl Node {
         if let Some(file) = shared.wal.as_file() {
             file.compact_to_snapshots().context("compacting the log")?;
         }
-        let snapshotter = spawn_snapshotter(&shared, config.snapshot_every_records)?;
+        let snapshotter = spawn_snapshotter(
+            &shared,
+            config.snapshot_every_records,
+            config.snapshot_every_log_bytes,
+        )?;
         let grouped = (config.kafka.as_ref()).is_some_and(|k| k.group.is_some());
         let taker = match &config.kafka {
             Some(kafka) if !kafka.owned_partitions.is_empty() || kafka.follow_only || grouped => {

@@ -1,5 +1,5 @@
-//! The snapshot thread: a snapshot every `snapshot_every_records` appended records, or when
-//! asked, then compaction (why each snapshot is sound is argued at `snapshot_now`).
+//! The snapshot thread: a snapshot every `snapshot_every_records` appended records or
+//! `snapshot_every_log_bytes` appended bytes, or when asked, then compaction (why each snapshot is sound is argued at `snapshot_now`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,18 +17,20 @@ use gavel_wal::{CompactReport, Log, write_snapshot};
 
 use super::{DURABLE_WAIT_MAX, SNAPSHOT_POLL_MS, Shared, SnapshotTaken, lock};
 
-/// Starts the snapshot thread when snapshots are on (`every` > 0 records).
+/// Starts the snapshot thread when snapshots are on (`every` > 0 records, or `every_bytes`
+/// > 0 bytes of log).
 pub(super) fn spawn_snapshotter(
     shared: &Arc<Shared>,
     every: u64,
+    every_bytes: u64,
 ) -> Result<Option<JoinHandle<()>>> {
-    if every == 0 {
+    if every == 0 && every_bytes == 0 {
         return Ok(None);
     }
     let for_thread = Arc::clone(shared);
     let handle = thread::Builder::new()
         .name("gavel-snapshot".into())
-        .spawn(move || snapshot_loop(&for_thread, every))
+        .spawn(move || snapshot_loop(&for_thread, every, every_bytes))
         .context("spawning the snapshot thread")?;
     shared.sink.set_snapshot_thread(handle.thread().clone());
     Ok(Some(handle))
@@ -76,9 +78,11 @@ pub(super) fn spawn_taker(
 }
 
 /// Snapshots whenever the log has grown `every` records past the last snapshot (counting
-/// what earlier runs left unsnapshotted too). Woken by the sink at each multiple of `every`
-/// appended records, and polls in case a wake-up came before it parked.
-pub(super) fn snapshot_loop(shared: &Shared, every: u64) {
+/// what earlier runs left unsnapshotted too), or `every_bytes` bytes past the last snapshot
+/// this thread took (0: that rule is off). Woken by the sink at each multiple of either,
+/// and polls in case a wake-up came before it parked.
+pub(super) fn snapshot_loop(shared: &Shared, every: u64, every_bytes: u64) {
+    let mut bytes_at_snapshot = 0;
     loop {
         thread::park_timeout(Duration::from_millis(SNAPSHOT_POLL_MS));
         // Ordering: Acquire pairs with `stop_snapshotter`'s Release store.
@@ -86,18 +90,18 @@ pub(super) fn snapshot_loop(shared: &Shared, every: u64) {
             return;
         }
         let last_snapshot_lsn = *lock(&shared.last_snapshot_lsn);
-        if shared.wal.last_appended_lsn() - last_snapshot_lsn < every {
+        let records = shared.wal.last_appended_lsn() - last_snapshot_lsn;
+        let bytes = shared.sink.appended_log_bytes();
+        let due = (every > 0 && records >= every)
+            || (every_bytes > 0 && bytes - bytes_at_snapshot >= every_bytes);
+        if !due {
             continue;
         }
         match snapshot_now(shared) {
-            Ok(Some(taken)) => tracing::info!(
-                lsn = taken.lsn,
-                auctions = taken.auctions,
-                bytes = taken.bytes,
-                segments_removed = taken.compacted.removed_segments.len(),
-                snapshots_removed = taken.compacted.removed_snapshots.len(),
-                "snapshot written"
-            ),
+            Ok(Some(taken)) => {
+                bytes_at_snapshot = bytes;
+                log_taken(&taken);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "snapshot failed");
@@ -107,6 +111,17 @@ pub(super) fn snapshot_loop(shared: &Shared, every: u64) {
             }
         }
     }
+}
+
+fn log_taken(taken: &SnapshotTaken) {
+    tracing::info!(
+        lsn = taken.lsn,
+        auctions = taken.auctions,
+        bytes = taken.bytes,
+        segments_removed = taken.compacted.removed_segments.len(),
+        snapshots_removed = taken.compacted.removed_snapshots.len(),
+        "snapshot written"
+    );
 }
 
 pub(super) fn snapshot_now(shared: &Shared) -> Result<Option<SnapshotTaken>> {

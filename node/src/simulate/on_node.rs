@@ -154,6 +154,7 @@ impl OnNode {
         if !options.no_verify {
             let config = NodeConfig {
                 snapshot_every_records: 0,
+                snapshot_every_log_bytes: 0,
                 ..self.config
             };
             let (reopened, recovered) = Node::open(&options.data_dir, config)

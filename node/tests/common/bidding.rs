@@ -52,14 +52,15 @@ pub fn client_config(
 /// What the bidding tasks share: the acks seen, the errors, the phase and the stop.
 #[derive(Default)]
 pub struct Record {
-    /// Durable acks seen, with whether the bid was placed after the kill.
-    pub acks: Mutex<Vec<(Ack, bool)>>,
+    /// Durable acks seen, with the phase the bid was placed in.
+    pub acks: Mutex<Vec<(Ack, u64)>>,
     pub errors: Mutex<Vec<String>>,
     /// Accepted bids whose durable ack never came, and why.
     pub lost: Mutex<Vec<(u64, BidError)>>,
     /// Bids placed (Ok) so far.
     pub placed: AtomicU64,
-    pub killed: AtomicBool,
+    /// The test's phase (0 at first; e.g. 1 after a kill), recorded with each bid placed.
+    pub phase: AtomicU64,
     pub stop: AtomicBool,
 }
 
@@ -73,7 +74,7 @@ pub async fn bid_on(client: Client, (first, step, auctions): (u64, u64, u64), re
         for auction in (first..=auctions).step_by(step as usize) {
             let id = (u128::from(auction) << 32) | u128::from(round + 1);
             let bid = Bid::new(auction, 200 + 100 * round).with_id(id);
-            let after_kill = record.killed.load(Ordering::Acquire);
+            let phase = record.phase.load(Ordering::Acquire);
             match client.place_bid(bid).await {
                 Ok(placed) => {
                     record.placed.fetch_add(1, Ordering::AcqRel);
@@ -88,7 +89,7 @@ pub async fn bid_on(client: Client, (first, step, auctions): (u64, u64, u64), re
                                     seq: durable.seq,
                                     lsn: 0,
                                 };
-                                record.acks.lock().unwrap().push((ack, after_kill));
+                                record.acks.lock().unwrap().push((ack, phase));
                             }
                             Err(e) => record.lost.lock().unwrap().push((auction, e)),
                         }

@@ -12,6 +12,8 @@
 //! - [`wal`]: events ↔ write-ahead-log records.
 
 pub mod bid;
+mod recent_packed;
+mod record_fast;
 pub mod rules;
 pub mod snapshot;
 pub mod state;

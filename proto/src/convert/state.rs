@@ -33,14 +33,16 @@ use gavel_engine::{
 };
 use prost::Message;
 
+use super::recent_packed;
 use super::rules::close_reason;
 use super::{bid_id, bid_id_halves, bidder, price};
 use crate::pb;
 use crate::pb::auction_state_record::{self as record, Book};
 use crate::{ProtoError, SnapshotError};
 
-/// The [`pb::Snapshot::format_version`] this code writes, and the newest it reads.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The [`pb::Snapshot::format_version`] this code writes, and the newest it reads: 3, the
+/// idempotency memories packed (`AuctionStateRecord.recent_packed`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 /// The oldest [`pb::Snapshot::format_version`] this code reads: 1, from before pruned
 /// results (read as a snapshot with none).
 pub const SNAPSHOT_FORMAT_VERSION_OLDEST: u32 = 1;
@@ -97,21 +99,28 @@ impl From<&AuctionState> for pb::AuctionStateRecord {
                 settled_at_us: state.settled_at.0,
             }),
             book: Some(book),
-            recent: state
-                .recent
-                .iter()
-                .map(|r| {
-                    let (bid_id_hi, bid_id_lo) = bid_id_halves(r.bid);
-                    record::RecentBid {
-                        bidder_id: r.bidder.as_str().to_owned(),
-                        bid_id_hi,
-                        bid_id_lo,
-                        accepted: Some(r.accepted.into()),
-                    }
-                })
-                .collect(),
+            recent: Vec::new(),
+            recent_packed: recent_packed::pack(&state.recent),
         }
     }
+}
+
+/// The idempotency memory as formats 1 and 2 wrote it (`AuctionStateRecord.recent`, one
+/// message per entry); format 3 writes `recent_packed`. Kept for tools and tests that
+/// write an older snapshot; a reader takes either.
+pub fn recent_list(entries: &[RecentBid]) -> Vec<record::RecentBid> {
+    entries
+        .iter()
+        .map(|r| {
+            let (bid_id_hi, bid_id_lo) = bid_id_halves(r.bid);
+            record::RecentBid {
+                bidder_id: r.bidder.as_str().to_owned(),
+                bid_id_hi,
+                bid_id_lo,
+                accepted: Some(r.accepted.into()),
+            }
+        })
+        .collect()
 }
 
 impl TryFrom<pb::AuctionStateRecord> for AuctionState {
@@ -153,11 +162,7 @@ impl TryFrom<pb::AuctionStateRecord> for AuctionState {
             closed,
             settled_at,
             book,
-            recent: state
-                .recent
-                .into_iter()
-                .map(recent_bid)
-                .collect::<Result<_, _>>()?,
+            recent: recent(state.recent, &state.recent_packed)?,
         })
     }
 }
@@ -228,6 +233,19 @@ fn sealed_bid(bid: record::SealedBid) -> Result<SealedBidState, ProtoError> {
         amount: price("AuctionStateRecord.SealedBid.amount", bid.amount)?,
         seq: bid.seq,
     })
+}
+
+/// The idempotency memory from either form (see [`recent_list`]); a record with both is
+/// refused.
+fn recent(list: Vec<record::RecentBid>, packed: &[u8]) -> Result<Vec<RecentBid>, ProtoError> {
+    match (list.is_empty(), packed.is_empty()) {
+        (_, true) => list.into_iter().map(recent_bid).collect(),
+        (true, false) => recent_packed::unpack(packed),
+        (false, false) => Err(ProtoError::Invalid {
+            field: "AuctionStateRecord.recent_packed",
+            reason: "both forms of the idempotency memory",
+        }),
+    }
 }
 
 fn recent_bid(recent: record::RecentBid) -> Result<RecentBid, ProtoError> {

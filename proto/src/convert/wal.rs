@@ -46,7 +46,12 @@ pub fn encode_records(events: &[Event]) -> Vec<Vec<u8>> {
 
 /// Decodes one log record's payload, as [`encode_record`] wrote it, into its engine event.
 /// Refuses bytes that are not a [`pb::Record`] and every record `Event::try_from` refuses.
+/// An accepted bid written as `encode_record` writes it is read without building the
+/// `pb::Record` (see `record_fast`); every other payload goes through prost.
 pub fn decode_record(payload: &[u8]) -> Result<Event, RecordError> {
+    if let Some(event) = super::record_fast::decode_bid_accepted(payload) {
+        return Ok(event);
+    }
     let record = pb::Record::decode(payload)?;
     Ok(Event::try_from(record)?)
 }

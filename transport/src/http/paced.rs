@@ -6,7 +6,12 @@
 //! at most `stream_unsent_bytes_max` bytes that it has not sent yet (`TCP_NOTSENT_LOWAT`;
 //! what a slow reader's receive window has taken is the reader's own buffer), and a flush of
 //! the socket completes only once everything written was handed to the kernel *and* the
-//! kernel is below that bound again (it reports the socket writable, `poll(2)`). The
+//! kernel is below that bound again. The kernel says so with `poll(2)`: a TCP socket polls
+//! writable only while it holds less than *half* its `TCP_NOTSENT_LOWAT` unsent
+//! (`tcp_poll`), so after such an answer the socket may be written another half of the
+//! bound and still hold less than the bound — a flush asks the kernel only once the bytes
+//! written since its last "writable" exceed half the bound (one system call per flush
+//! saved for a reader that keeps up, who is sent a few hundred bytes per flush). The
 //! stream writers take their next batch from the outbox only after such a flush, so
 //! everything newer waits — conflated — in the outbox instead of queueing in the kernel,
 //! and the next batch is the latest state when the reader can take it.
@@ -84,6 +89,12 @@ pub(super) struct PacedTcp {
     pacing: Arc<Pacing>,
     /// The bound set on the socket (`TCP_NOTSENT_LOWAT`); 0: none yet.
     applied: u32,
+    /// Bytes written since the kernel last reported the socket writable under the bound
+    /// in force (`None`: not asked since the bound was set).
+    unchecked: Option<usize>,
+    /// How often the kernel answered "writable" to a flush (tests count them).
+    #[cfg(test)]
+    kernel_checks: u64,
 }
 
 impl PacedTcp {
@@ -93,6 +104,9 @@ impl PacedTcp {
             tcp,
             pacing,
             applied: 0,
+            unchecked: None,
+            #[cfg(test)]
+            kernel_checks: 0,
         }
     }
 
@@ -102,6 +116,7 @@ impl PacedTcp {
         let bound = self.pacing.bound.load(Ordering::Relaxed);
         if bound != self.applied {
             self.applied = bound;
+            self.unchecked = None;
             // Failing to set it (not Linux, say) leaves the kernel's own buffer size: the
             // flush below still waits for the socket to be writable.
             if let Err(e) = socket2::SockRef::from(&self.tcp).set_tcp_notsent_lowat(bound) {
@@ -111,8 +126,25 @@ impl PacedTcp {
         bound
     }
 
-    /// Ready once the kernel reports the socket writable: below its unsent bound, for a
-    /// paced socket.
+    /// Ready once the kernel holds less than `bound` unsent: at once while at most half
+    /// the bound was written since the kernel last reported the socket writable (it held
+    /// less than half then), else once it reports it writable now.
+    fn poll_below_bound(&mut self, bound: u32, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let half = usize::try_from(bound / 2).unwrap_or(usize::MAX);
+        if self.unchecked.is_some_and(|written| written <= half) {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_kernel_writable(cx))?;
+        self.unchecked = Some(0);
+        #[cfg(test)]
+        {
+            self.kernel_checks += 1;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ready once the kernel reports the socket writable: below half its unsent bound,
+    /// for a paced socket.
     fn poll_kernel_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
@@ -170,21 +202,121 @@ impl AsyncWrite for PacedTcp {
         if this.bound() != 0 {
             this.pacing.undrain();
         }
-        Pin::new(&mut this.tcp).poll_write(cx, data)
+        let written = ready!(Pin::new(&mut this.tcp).poll_write(cx, data))?;
+        if let Some(unchecked) = &mut this.unchecked {
+            *unchecked = unchecked.saturating_add(written);
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(Pin::new(&mut this.tcp).poll_flush(cx))?;
-        if this.bound() == 0 {
+        let bound = this.bound();
+        if bound == 0 {
             return Poll::Ready(Ok(()));
         }
-        ready!(this.poll_kernel_writable(cx))?;
+        ready!(this.poll_below_bound(bound, cx))?;
         this.pacing.set_drained();
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+
+    const BOUND: usize = 4096;
+    /// Generous: a flush that completes at all does so long before this.
+    const FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+    /// A paced accepted socket (bound [`BOUND`]) and its peer, whose receive buffer is
+    /// `peer_rcvbuf` bytes when given.
+    async fn paced_pair(peer_rcvbuf: Option<u32>) -> (PacedTcp, tokio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(size) = peer_rcvbuf {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let (peer, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let pacing = Arc::new(Pacing::default());
+        pacing.enable(BOUND);
+        let tcp = accepted.unwrap().0;
+        // As the HTTPS port sets it.
+        tcp.set_nodelay(true).unwrap();
+        (PacedTcp::new(tcp, pacing), peer.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_keeps_up_costs_one_kernel_check_per_half_bound_written() {
+        let (mut paced, mut peer) = paced_pair(None).await;
+        let (chunks, chunk) = (100_usize, [7_u8; 200]);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        for _ in 0..chunks {
+            paced.write_all(&chunk).await.unwrap();
+            tokio::time::timeout(FLUSH_WAIT, paced.flush())
+                .await
+                .expect("a reader that keeps up never holds the flush")
+                .unwrap();
+        }
+        let checks = paced.kernel_checks;
+        let most = (chunks * chunk.len()).div_ceil(BOUND / 2) as u64 + 1;
+        assert!(
+            (1..=most).contains(&checks),
+            "the kernel asked {checks} times for {chunks} flushes (at most {most})"
+        );
+        paced.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), chunks * chunk.len());
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_while_the_kernel_holds_the_bound_unsent() {
+        let (mut paced, mut peer) = paced_pair(Some(4096)).await;
+        let chunk = [7_u8; 1000];
+        let mut blocked = false;
+        // The peer reads nothing: once its window is full, the unsent bytes pile up in the
+        // node's kernel and a flush must wait (at most 10 MB written before that).
+        for _ in 0..10_000 {
+            let wrote = tokio::time::timeout(Duration::from_millis(200), async {
+                paced.write_all(&chunk).await?;
+                paced.flush().await
+            })
+            .await;
+            if wrote.is_err() {
+                blocked = true;
+                break;
+            }
+            wrote.unwrap().unwrap();
+        }
+        assert!(blocked, "a flush waits while the reader takes nothing");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+        });
+        tokio::time::timeout(FLUSH_WAIT, paced.flush())
+            .await
+            .expect("the flush completes once the reader takes the bytes")
+            .unwrap();
+        tokio::time::timeout(FLUSH_WAIT, paced.pacing.drained())
+            .await
+            .expect("drained after the flush");
+        paced.shutdown().await.unwrap();
+        reader.await.unwrap();
     }
 }

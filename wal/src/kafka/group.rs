@@ -156,7 +156,8 @@ impl GroupMembership {
         })
     }
 
-    /// The group's members as last described (their client ids: the instance ids), sorted.
+    /// The group's members as last described (their client ids, the instance ids; or their
+    /// member ids where the broker leaves the client id out), sorted.
     pub fn members(&self) -> Vec<String> {
         lock(&self.members).clone()
     }
@@ -213,8 +214,14 @@ fn take_part(
             described = Instant::now();
             match consumer.fetch_group_list(Some(group_id), DESCRIBE_TIMEOUT) {
                 Ok(list) => {
+                    // tansu leaves the client id empty: the member id then (a static
+                    // member's starts with its instance id).
+                    let name = |m: &rdkafka::groups::GroupMemberInfo| match m.client_id() {
+                        "" => m.id().to_owned(),
+                        client => client.to_owned(),
+                    };
                     let mut names: Vec<String> = (list.groups().iter())
-                        .flat_map(|g| g.members().iter().map(|m| m.client_id().to_owned()))
+                        .flat_map(|g| g.members().iter().map(name))
                         .collect();
                     names.sort();
                     *lock(members) = names;

@@ -355,6 +355,10 @@ pub struct KafkaLog {
     /// Per partition, appends between their ownership checks and their claim (see
     /// [`KafkaLog::quiesce`]).
     appending: Vec<AtomicUsize>,
+    /// Per partition, new decisions are refused for now but appends still accepted: the
+    /// moment before a pause, for the decisions already past the ownership check to land
+    /// (see [`KafkaLog::close`]).
+    closing: Vec<AtomicBool>,
     /// The owned partitions' writer leases, released at shutdown.
     leases: Mutex<Vec<WriterLease>>,
     /// The sender thread, joined at shutdown.
@@ -439,6 +443,7 @@ impl KafkaLog {
                 epochs,
                 paused: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 appending: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
+                closing: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 leases: Mutex::new(leases),
                 sender: Mutex::new(Some(sender)),
             },
@@ -664,8 +669,10 @@ impl KafkaLog {
                 *offset = next_offset;
             }
         }
-        // Ordering: Relaxed — read under the in-flight lock, like the epoch below.
+        // Ordering: Relaxed — published by the epoch's Release below (appends read the
+        // epoch first).
         self.paused[p].store(false, Ordering::Relaxed);
+        self.closing[p].store(false, Ordering::Relaxed);
         // Ordering: Release pairs with `epoch_of`'s Acquire.
         self.epochs[p].store(takeover.epoch, Ordering::Release);
     }
@@ -674,13 +681,32 @@ impl KafkaLog {
         usize::try_from(partition)
             .ok()
             .and_then(|p| self.paused.get(p))
-            // Ordering: Relaxed — set and read under the in-flight lock.
+            // Ordering: Relaxed — appends read it after their `SeqCst` fence (see `quiesce`).
             .is_some_and(|paused| paused.load(Ordering::Relaxed))
     }
 
-    /// Whether this node accepts appends to `partition` now: owned and not paused.
+    /// Whether this node takes new decisions on `partition` now: owned, and neither closed
+    /// nor paused.
     pub fn accepts(&self, partition: i32) -> bool {
-        self.owns(partition) && !self.is_paused(partition)
+        let closing = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.closing.get(p))
+            // Ordering: Relaxed — a hint for routing; the pause is the barrier.
+            .is_some_and(|c| c.load(Ordering::Relaxed));
+        self.owns(partition) && !closing && !self.is_paused(partition)
+    }
+
+    /// Stops taking new decisions on `partition` ([`KafkaLog::accepts`] is false) while
+    /// still accepting appends, so that a decision already past the ownership check lands;
+    /// [`KafkaLog::pause`] it a moment later. Undone by [`KafkaLog::unpause`].
+    pub fn close(&self, partition: i32) {
+        if let Some(closing) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.closing.get(p))
+        {
+            // Ordering: Relaxed — see `accepts`.
+            closing.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Refuses appends to the owned `partition` from now on (a group rebalance revokes it),
@@ -703,12 +729,13 @@ impl KafkaLog {
     /// Accepts appends to a paused partition again (the rebalance gave it back).
     pub fn unpause(&self, partition: i32) {
         let _in_flight = lock(&self.shared.in_flight);
-        if let Some(paused) = usize::try_from(partition)
+        if let Some(p) = usize::try_from(partition)
             .ok()
-            .and_then(|p| self.paused.get(p))
+            .filter(|&p| p < self.paused.len())
         {
             // Ordering: Relaxed — an append that reads the old value is refused, no harm.
-            paused.store(false, Ordering::Relaxed);
+            self.paused[p].store(false, Ordering::Relaxed);
+            self.closing[p].store(false, Ordering::Relaxed);
         }
     }
 
@@ -731,6 +758,7 @@ impl KafkaLog {
             self.quiesce(p);
             // Ordering: Relaxed — the epoch refuses appends from now on.
             self.paused[p].store(false, Ordering::Relaxed);
+            self.closing[p].store(false, Ordering::Relaxed);
             (in_flight.offsets.get(p).copied().unwrap_or(-1), epoch)
         };
         if let Some(fences) = self.shared.fences.get() {

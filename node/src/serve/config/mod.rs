@@ -351,9 +351,15 @@ pub struct ServeOptions {
     #[arg(long, env = "GAVEL_KAFKA_GROUP_SESSION_TIMEOUT_MS", value_name = "MS")]
     pub kafka_group_session_timeout_ms: Option<u64>,
 
-    /// Take a snapshot (and compact the log) every this many records; 0 = never.
+    /// Take a snapshot (and compact the log) every this many records; 0 = not by records.
     #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_RECORDS", value_name = "COUNT")]
     pub snapshot_every_records: Option<u64>,
+
+    /// Take a snapshot (and compact the log) every this many bytes of log, or every
+    /// `snapshot_every_records` records, whichever comes first; 0 = not by bytes (both 0:
+    /// never). Bounds what a restart replays.
+    #[arg(long, env = "GAVEL_SNAPSHOT_EVERY_LOG_BYTES", value_name = "BYTES")]
+    pub snapshot_every_log_bytes: Option<u64>,
 
     /// Longest the closer sleeps between looks for due auctions, in milliseconds (it wakes at
     /// the next auction's end, or when an earlier-ending auction is created; this bounds the
@@ -499,6 +505,10 @@ pub fn code_defaults() -> Vec<(&'static str, String)> {
             "snapshot_every_records",
             NodeConfig::default().snapshot_every_records.to_string(),
         ),
+        (
+            "snapshot_every_log_bytes",
+            NodeConfig::default().snapshot_every_log_bytes.to_string(),
+        ),
     ];
     defaults.extend(defaults_of!("", limits;
         frame_bytes_max, ws_message_bytes_max, http_body_bytes_max, connections_max,
@@ -582,7 +592,8 @@ impl ServeOptions {
             kafka_linger_ms, kafka_writer_lease_ms, kafka_owner, kafka_owned_partitions,
             kafka_standby_partitions, kafka_follow_only, kafka_ownership, kafka_group_id,
             kafka_group_instance_id, kafka_group_session_timeout_ms,
-            snapshot_every_records, close_tick_ms, shutdown_deadline_ms, worker_threads)
+            snapshot_every_records, snapshot_every_log_bytes, close_tick_ms, shutdown_deadline_ms,
+            worker_threads)
     }
 
     /// Reads a TOML file of options; unknown keys are an error.
@@ -623,6 +634,9 @@ impl ServeOptions {
             snapshot_every_records: self
                 .snapshot_every_records
                 .unwrap_or(NodeConfig::default().snapshot_every_records),
+            snapshot_every_log_bytes: self
+                .snapshot_every_log_bytes
+                .unwrap_or(NodeConfig::default().snapshot_every_log_bytes),
         };
         let close_tick_ms = self.close_tick_ms.unwrap_or(CLOSE_TICK_MS_DEFAULT);
         ensure!(
