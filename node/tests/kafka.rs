@@ -23,6 +23,9 @@
 //!   down; a successor started just after the holder was SIGKILLed right after a heartbeat
 //!   waits out the lease (longer than its connect timeout), takes over and replays every
 //!   acknowledged bid; a node that cannot renew its lease (broker gone) stops acknowledging;
+//! - pausing a partition while 2 threads bid on it and others (appends claim their LSNs
+//!   without a lock, a sender thread produces them): no record of the paused partition gets
+//!   an LSN above the one `pause` returned, the others go on, and all of it becomes durable;
 //! - delivery outcomes and latencies are recorded as `gavel_wal_kafka_*` metrics;
 //! - a snapshot records the partitions' offsets: a restart replays only the records after
 //!   them, to the same state hash as a replay of the whole topic;
@@ -194,6 +197,95 @@ fn every_bid_acknowledged_durable_is_replayed_by_a_fresh_node_with_the_same_stat
         "kafka: {appended} records live in {live_elapsed:?}, replayed in {:?}",
         report.elapsed
     );
+}
+
+/// Bids of thread `t` on its auctions (id % 2 == t) in turn, rising, until `stop`; returns
+/// the (auction, receipt) of each accepted bid and the number refused `Overloaded`.
+fn bid_until(node: &Node, t: u64, stop: &std::sync::atomic::AtomicBool) -> (Vec<(u64, u64)>, u64) {
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200_000 {
+        let auction = 1 + t + 2 * (n % (AUCTIONS / 2));
+        let bid = Bid::new(
+            AuctionId(auction),
+            BidderId::new(&format!("b{}", n % 7)).unwrap(),
+            BidId(u128::from(t) << 64 | u128::from(n)),
+            200 + 10 * n,
+            None,
+            UnixMicros(1 + n),
+        )
+        .unwrap();
+        let decision = node.place_bid(&bid, UnixMicros(1 + n));
+        match (decision.outcome, decision.receipt) {
+            (BidOutcome::Accepted(_), Some(receipt)) => accepted.push((auction, receipt.0)),
+            (BidOutcome::Rejected(Rejection::Overloaded { .. }), _) => refused += 1,
+            _ => {}
+        }
+        n += 1;
+    }
+    (accepted, refused)
+}
+
+#[test]
+fn a_paused_partition_gets_no_record_after_the_lsn_pause_returned() {
+    let broker = Broker::start();
+    let kafka = kafka(broker.bootstrap(), "gavel-wal-pause");
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = Node::open(dir.path(), config(kafka)).unwrap();
+    for id in 1..=AUCTIONS {
+        let receipt = node.create_auction(english(id), UnixMicros(0)).unwrap();
+        node.wait_durable(receipt, WAIT).unwrap();
+    }
+    let gavel_wal::Log::Kafka(log) = node.wal() else {
+        panic!("a Kafka node's log is a KafkaLog");
+    };
+    let paused = log.partition_of(1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (last, results) = thread::scope(|scope| {
+        let bidders: Vec<_> = (0..2)
+            .map(|t| {
+                let (node, stop) = (&node, &stop);
+                scope.spawn(move || bid_until(node, t, stop))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        let last = log.pause(paused).expect("owned");
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let results: Vec<_> = bidders.into_iter().map(|h| h.join().unwrap()).collect();
+        (last, results)
+    });
+    let accepted: Vec<(u64, u64)> = results.iter().flat_map(|r| r.0.clone()).collect();
+    let in_paused = |a: &&(u64, u64)| log.partition_of(a.0) == paused;
+    let late: Vec<_> = accepted
+        .iter()
+        .filter(in_paused)
+        .filter(|a| a.1 > last)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "records of the paused partition after LSN {last}: {late:?}"
+    );
+    assert!(
+        accepted.iter().filter(in_paused).any(|a| a.1 <= last),
+        "the paused partition took bids before the pause"
+    );
+    let others_after = accepted
+        .iter()
+        .filter(|a| !in_paused(a) && a.1 > last)
+        .count();
+    assert!(
+        others_after > 0,
+        "the other partitions go on after the pause"
+    );
+    assert!(
+        results.iter().any(|r| r.1 > 0),
+        "bids on the paused partition are refused"
+    );
+    let highest = accepted.iter().map(|a| a.1).max().unwrap();
+    node.wait_durable(gavel_engine::Receipt(highest), WAIT)
+        .unwrap();
+    node.shutdown(false).unwrap();
 }
 
 #[test]

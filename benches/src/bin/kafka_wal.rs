@@ -12,12 +12,14 @@
 //!   bid, so to within one bid's time). One accepted bid = one ≈ 100-byte record.
 //! - **Raw**: a `ThreadedProducer` with the same librdkafka configuration
 //!   (`KafkaConfig::producer_config`) on its own topic with as many partitions, sending the
-//!   same number of ≈ 100-byte encoded accepted-bid records keyed by auction id, with the same
-//!   in-flight bound; latency from `send` to its delivery report (each record on its own, no
-//!   contiguous-prefix rule).
+//!   same number of ≈ 100-byte encoded accepted-bid records keyed by auction id and carrying
+//!   the log's 8-byte owner-epoch header (the same records; `--raw-without-header` leaves it
+//!   out, as this bench did before issue 20), with the same in-flight bound; latency from
+//!   `send` to its delivery report (each record on its own, no contiguous-prefix rule).
 //!
 //! Bounded: `--records` (default 100,000) per side, and each side gives up after
-//! `--seconds-max` (default 120).
+//! `--seconds-max` (default 120). `--sides log` or `--sides raw` runs one side alone (to
+//! profile it).
 //!
 //! Usage: `cargo run --release -p gavel-benches --bin kafka_wal -- [--records N]`.
 
@@ -40,7 +42,7 @@ use gavel_node::{Node, NodeConfig};
 use gavel_wal::kafka::{KafkaConfig, ensure_topic};
 use hdrhistogram::Histogram;
 use rdkafka::ClientContext;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 
@@ -48,6 +50,10 @@ use rdkafka::util::Timeout;
 const AUCTIONS: u64 = 1_000;
 /// Partitions of both topics.
 const PARTITIONS: i32 = 8;
+/// The header the log writes on every record (`gavel_wal::kafka`'s `EPOCH_HEADER`), and the
+/// raw side's value for it.
+const EPOCH_HEADER: &str = "gavel-epoch";
+const RAW_EPOCH: u64 = 1;
 /// Wait before retrying an `Overloaded` bid.
 const OVERLOADED_SLEEP: Duration = Duration::from_micros(50);
 
@@ -64,6 +70,13 @@ struct Args {
     /// coordinated omission).
     #[arg(long, value_delimiter = ',', default_value = "20000,50000,max")]
     rates: Vec<String>,
+    /// Which sides to run: `log`, `raw` or both (one side alone, e.g. to profile it).
+    #[arg(long, value_delimiter = ',', default_value = "log,raw")]
+    sides: Vec<String>,
+    /// Raw records without the owner-epoch header the log writes on every record (by
+    /// default the raw side sends it too: the same records).
+    #[arg(long)]
+    raw_without_header: bool,
 }
 
 /// When record `i` is due; `None`: as fast as possible.
@@ -186,7 +199,8 @@ fn kafka_log(
     let (cpu0, steal0) = (process_cpu_seconds(), vm_steal_seconds());
     let deadline = Instant::now() + Duration::from_secs(seconds_max);
     let mut latency_us = histogram();
-    let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Sized for every record up front, as the raw side's send times are.
+    let mut pending: VecDeque<(u64, Instant)> = VecDeque::with_capacity(records as usize);
     let mut overloaded = 0;
     let started = Instant::now();
     let mut n = 0;
@@ -273,7 +287,13 @@ impl ProducerContext for RawContext {
     }
 }
 
-fn raw(config: &KafkaConfig, records: u64, seconds_max: u64, rate: Option<u64>) -> Result<Side> {
+fn raw(
+    config: &KafkaConfig,
+    records: u64,
+    seconds_max: u64,
+    rate: Option<u64>,
+    header: bool,
+) -> Result<Side> {
     ensure_topic(config)?;
     let payloads = accepted_bid_payloads(records as usize, 7);
     let reports = Arc::new(Reports {
@@ -316,9 +336,16 @@ fn raw(config: &KafkaConfig, records: u64, seconds_max: u64, rate: Option<u64>) 
         let from_us = from.saturating_duration_since(reports.epoch).as_micros() as u64;
         reports.sent_at_us[i].store(from_us, Ordering::Relaxed);
         reports.in_flight.fetch_add(1, Ordering::Relaxed);
-        let record = BaseRecord::with_opaque_to(&config.topic, i)
+        let mut record = BaseRecord::with_opaque_to(&config.topic, i)
             .key(key.as_str())
             .payload(payload.as_slice());
+        if header {
+            // The log's owner-epoch header: 8 bytes, big-endian.
+            record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(&RAW_EPOCH.to_be_bytes()),
+            }));
+        }
         if let Err((e, _)) = producer.send(record) {
             bail!("raw send {i}: {e}");
         }
@@ -370,20 +397,26 @@ fn main() -> Result<()> {
             "max" => None,
             r => Some(r.parse::<u64>().context("--rates: numbers or max")?),
         };
-        let log = kafka_log(
-            config(&format!("bench-wal-{run}")),
-            args.records,
-            args.seconds_max,
-            rate,
-        )?;
-        let raw = raw(
-            &config(&format!("bench-raw-{run}")),
-            args.records,
-            args.seconds_max,
-            rate,
-        )?;
-        println!("| {offered} {}", log.line());
-        println!("| {offered} {}", raw.line());
+        let side = |name: &str| args.sides.iter().any(|s| s == name);
+        let log = side("log")
+            .then(|| {
+                let config = config(&format!("bench-wal-{run}"));
+                kafka_log(config, args.records, args.seconds_max, rate)
+            })
+            .transpose()?;
+        let raw = side("raw")
+            .then(|| {
+                let config = config(&format!("bench-raw-{run}"));
+                let header = !args.raw_without_header;
+                raw(&config, args.records, args.seconds_max, rate, header)
+            })
+            .transpose()?;
+        for s in log.iter().chain(&raw) {
+            println!("| {offered} {}", s.line());
+        }
+        let (Some(log), Some(raw)) = (log, raw) else {
+            continue;
+        };
         let per_s = |s: &Side| s.records as f64 / s.elapsed.as_secs_f64();
         let q = |s: &Side, q| s.latency_us.value_at_quantile(q).max(1) as f64;
         eprintln!(

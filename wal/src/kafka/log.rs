@@ -2,13 +2,12 @@
 //! queue, delivery reports and the durability rule (see the [module docs](super)).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
@@ -19,9 +18,11 @@ use rdkafka::util::Timeout;
 use super::client::{KafkaConfig, check_producer_config, ensure_topic, error_code, kafka_error};
 use super::fence::{LeaseClock, WriterLease};
 use super::reader::{KafkaPosition, KafkaRecords};
+use super::sender::{self, META_BYTES};
 use super::{EPOCH_HEADER, Partitioner, TAKEOVER_HEADER};
 use crate::durability::{Durability, LogStatus, batch_bytes, lock};
 use crate::error::{AppendError, LogFailure, Persistence, WalError};
+use crate::writer::ring::{Bounds, Refusal, Ring};
 use crate::{Lsn, WalMetrics};
 
 /// Delivery reports, by `status`: `persisted`, `not_persisted`, `possibly_persisted`,
@@ -48,15 +49,10 @@ const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(30);
 // The delivery opaque carries an LSN as a `usize`.
 const _: () = assert!(usize::BITS >= u64::BITS);
 
-/// In-flight bookkeeping, under one mutex with the produce calls so LSN order is produce
-/// order.
+/// The delivery reports' bookkeeping (appends do not take its lock: they claim LSNs in the
+/// ring, and the sender thread produces in LSN order).
 #[derive(Debug)]
 struct InFlight {
-    /// Appends are accepted only while open.
-    status: LogStatus,
-    next_lsn: Lsn,
-    records: usize,
-    bytes: usize,
     /// The durable LSN as this struct last advanced it.
     durable: Lsn,
     /// LSNs above `durable + 1` already reported `PERSISTED`, with their partition and
@@ -72,6 +68,10 @@ struct Counters {
     records_persisted: AtomicU64,
     bytes_persisted: AtomicU64,
     backpressure: AtomicU64,
+    /// Records appended and not yet reported (the in-flight bound).
+    in_flight_records: AtomicUsize,
+    /// Their payload bytes.
+    in_flight_bytes: AtomicUsize,
 }
 
 /// Per partition, the clock of this node's lease on it (unset: not owned; set at open or at
@@ -125,12 +125,14 @@ impl Takeover {
     }
 }
 
-#[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     durability: Arc<Durability>,
     /// Set once the partitions' leases are held: a report for a partition whose lease is not
     /// certainly held fails the log (see [`LeaseClock`]).
     fences: OnceLock<Fences>,
+    /// The log's status and the LSNs; the records appended until the sender thread
+    /// produces them.
+    pub(super) ring: Ring,
     in_flight: Mutex<InFlight>,
     counters: Counters,
     /// When each in-flight LSN was produced, µs after `epoch`, at `lsn % SENT_AT_RING`.
@@ -138,11 +140,30 @@ struct Shared {
     epoch: Instant,
 }
 
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("durable_lsn", &self.durability.durable_lsn())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Shared {
-    fn new(in_flight: InFlight) -> Shared {
+    /// Open, with the in-flight bound of `config` (the ring holds at least as many records:
+    /// a record leaves it when produced, before its report).
+    fn new(in_flight: InFlight, config: &KafkaConfig) -> Shared {
+        let bounds = Bounds {
+            records_max: config.queue_records_max,
+            // The byte bound is the in-flight one, checked before the claim.
+            bytes_max: usize::MAX / 2,
+            // The sender never gathers.
+            batch_records_max: 1,
+            batch_bytes_max: 0,
+        };
         Shared {
             durability: Arc::new(Durability::new(0)),
             fences: OnceLock::new(),
+            ring: Ring::new(1, bounds),
             in_flight: Mutex::new(in_flight),
             counters: Counters::default(),
             sent_at_us: (0..SENT_AT_RING).map(|_| AtomicU64::new(0)).collect(),
@@ -150,8 +171,13 @@ impl Shared {
         }
     }
 
-    fn sent_slot(&self, lsn: Lsn) -> &AtomicU64 {
+    pub(super) fn sent_slot(&self, lsn: Lsn) -> &AtomicU64 {
         &self.sent_at_us[lsn as usize % SENT_AT_RING]
+    }
+
+    /// Microseconds since `epoch`.
+    pub(super) fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 }
 
@@ -170,10 +196,16 @@ enum Outcome {
 impl Shared {
     /// Applies one delivery report (see the module docs for the rule).
     fn delivered(&self, lsn: Lsn, bytes: usize, outcome: Outcome) {
+        // Ordering: Release pairs with the appenders' AcqRel bound check (a freed place is
+        // seen with everything before it).
+        self.counters
+            .in_flight_records
+            .fetch_sub(1, Ordering::Release);
+        self.counters
+            .in_flight_bytes
+            .fetch_sub(bytes, Ordering::Release);
         let mut in_flight = lock(&self.in_flight);
-        in_flight.records = in_flight.records.saturating_sub(1);
-        in_flight.bytes = in_flight.bytes.saturating_sub(bytes);
-        if in_flight.status == LogStatus::Failed {
+        if self.ring.status() == LogStatus::Failed {
             // The durable LSN never moves after a failure, even for later successes.
             return;
         }
@@ -227,22 +259,26 @@ impl Shared {
         }
     }
 
-    /// Fails the log for good: nothing more is appended or becomes durable.
-    fn fail(&self, why: LogFailure) {
+    /// Fails the log for good: nothing more is appended, produced or becomes durable.
+    pub(super) fn fail(&self, why: LogFailure) {
         if matches!(
             why,
             LogFailure::Fenced { .. } | LogFailure::LeaseLost { .. }
         ) {
             metrics::counter!(METRIC_FENCED).increment(1);
         }
-        lock(&self.in_flight).status = LogStatus::Failed;
+        {
+            // Under the lock: a report applied after this sees the failure.
+            let _in_flight = lock(&self.in_flight);
+            self.ring.set_status(LogStatus::Failed);
+        }
         self.durability.record_failure(why);
         self.durability.finish(LogStatus::Failed);
     }
 }
 
 /// The producer's context: turns delivery reports into [`Shared::delivered`].
-struct DeliveryContext {
+pub(super) struct DeliveryContext {
     shared: Arc<Shared>,
     /// Handles for the common case, looked up once (not per delivery report).
     delivery_seconds: metrics::Histogram,
@@ -316,12 +352,17 @@ pub struct KafkaLog {
     /// Per partition, appends are refused for now (a group rebalance revoked it; see
     /// [`KafkaLog::pause`]).
     paused: Vec<AtomicBool>,
+    /// Per partition, appends between their ownership checks and their claim (see
+    /// [`KafkaLog::quiesce`]).
+    appending: Vec<AtomicUsize>,
     /// Per partition, new decisions are refused for now but appends still accepted: the
     /// moment before a pause, for the decisions already past the ownership check to land
     /// (see [`KafkaLog::close`]).
     closing: Vec<AtomicBool>,
     /// The owned partitions' writer leases, released at shutdown.
     leases: Mutex<Vec<WriterLease>>,
+    /// The sender thread, joined at shutdown.
+    sender: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -351,15 +392,14 @@ impl KafkaLog {
         let producer_config = config.producer_config();
         check_producer_config(&producer_config)?;
         let partitions = ensure_topic(&config)?;
-        let shared = Arc::new(Shared::new(InFlight {
-            status: LogStatus::Open,
-            next_lsn: 1,
-            records: 0,
-            bytes: 0,
-            durable: 0,
-            persisted: BTreeMap::new(),
-            offsets: Vec::new(),
-        }));
+        let shared = Arc::new(Shared::new(
+            InFlight {
+                durable: 0,
+                persisted: BTreeMap::new(),
+                offsets: Vec::new(),
+            },
+            &config,
+        ));
         // One writer per partition: its lease, then a takeover marker under the new epoch,
         // come before reading, so whatever a former owner still writes lands after the marker
         // with an older epoch and every replay skips it. Losing a lease fails the log
@@ -385,13 +425,14 @@ impl KafkaLog {
         }
         let _ = shared.fences.set(fences);
         let records = KafkaRecords::open_at(&config, start)?.check_placement(partitioner);
-        let producer = producer_config
+        let producer: ThreadedProducer<DeliveryContext> = producer_config
             .create_with_context(DeliveryContext {
                 shared: Arc::clone(&shared),
                 delivery_seconds: metrics::histogram!(METRIC_DELIVERY_SECONDS),
                 persisted: metrics::counter!(METRIC_DELIVERIES, "status" => "persisted"),
             })
             .map_err(kafka_error("create the producer", &config.brokers))?;
+        let sender = sender::spawn(Arc::clone(&shared), producer.clone(), config.topic.clone())?;
         Ok((
             KafkaLog {
                 shared,
@@ -401,8 +442,10 @@ impl KafkaLog {
                 partitioner,
                 epochs,
                 paused: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+                appending: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
                 closing: (0..slots).map(|_| AtomicBool::new(false)).collect(),
                 leases: Mutex::new(leases),
+                sender: Mutex::new(Some(sender)),
             },
             records,
         ))
@@ -419,11 +462,11 @@ impl KafkaLog {
     pub fn resume(&self, records: &KafkaRecords) {
         let mut in_flight = lock(&self.shared.in_flight);
         assert!(
-            in_flight.next_lsn == 1 && in_flight.records == 0,
+            self.shared.ring.last_claimed() == 0,
             "KafkaLog::resume after an append is a bug"
         );
         let last = records.last_lsn();
-        in_flight.next_lsn = last + 1;
+        self.shared.ring.restart_at(last + 1);
         in_flight.durable = last;
         in_flight.offsets = records.next_offsets().to_vec();
         self.shared.durability.advance(last);
@@ -458,82 +501,90 @@ impl KafkaLog {
         payloads: &[P],
     ) -> Result<Lsn, AppendError> {
         let batch_bytes = batch_bytes(payloads)?;
-        let mut in_flight = lock(&self.shared.in_flight);
-        in_flight.status.check_open()?;
+        let ring = &self.shared.ring;
+        ring.status().check_open()?;
         if payloads.is_empty() {
-            return Ok(in_flight.next_lsn - 1);
-        }
-        // As in the file log, a batch larger than a bound is admitted when nothing is in
-        // flight, so it is never refused for ever.
-        let full = in_flight.records > 0
-            && (in_flight.records + payloads.len() > self.config.queue_records_max
-                || in_flight.bytes + batch_bytes > self.config.queue_bytes_max);
-        if full {
-            drop(in_flight);
-            // Ordering: Relaxed — a statistic.
-            self.shared
-                .counters
-                .backpressure
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(AppendError::Backpressure {
-                retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
-            });
+            return Ok(ring.last_claimed());
         }
         let partition = (self.partitioner)(key, self.partitions);
+        let Some(appending) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.appending.get(p))
+        else {
+            return Err(AppendError::NotOwner { partition });
+        };
+        // Ordering: Relaxed, then the fence: see `quiesce`.
+        appending.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let appended = self.append_owned(key, partition, payloads, batch_bytes);
+        // Ordering: Release; `quiesce` reads it with Acquire after this append's claim.
+        appending.fetch_sub(1, Ordering::Release);
+        appended
+    }
+
+    /// [`KafkaLog::append_batch`] once counted in `appending`: the ownership checks, the
+    /// in-flight bound, and the claim of the LSNs in the ring (the sender thread produces
+    /// them).
+    fn append_owned<P: AsRef<[u8]>>(
+        &self,
+        key: u64,
+        partition: i32,
+        payloads: &[P],
+        batch_bytes: usize,
+    ) -> Result<Lsn, AppendError> {
         let epoch = self.epoch_of(partition);
         if epoch == 0 || self.is_paused(partition) {
             return Err(AppendError::NotOwner { partition });
         }
-        let epoch = epoch.to_be_bytes();
-        let key = key.to_string();
-        let first = in_flight.next_lsn;
-        let sent_us = self.shared.epoch.elapsed().as_micros() as u64;
-        for lsn in first..first + payloads.len() as Lsn {
-            // Ordering: Relaxed — a statistic; the report reads it on librdkafka's thread
-            // after the send below, which synchronises through librdkafka's queue.
-            self.shared.sent_slot(lsn).store(sent_us, Ordering::Relaxed);
-        }
-        for (i, payload) in payloads.iter().enumerate() {
-            let lsn = first + i as Lsn;
-            let record = BaseRecord::with_opaque_to(&self.config.topic, lsn as usize)
-                .key(key.as_str())
-                .partition(partition)
-                .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: EPOCH_HEADER,
-                    value: Some(&epoch),
-                }))
-                .payload(payload.as_ref());
-            // Non-blocking: librdkafka only enqueues. Its queue is sized above our bounds.
-            if let Err((error, _)) = self.producer.send(record) {
-                if i == 0
-                    && matches!(
-                        error,
-                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                    )
-                {
-                    drop(in_flight);
-                    return Err(AppendError::Backpressure {
-                        retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
-                    });
-                }
-                // Part of a decision may be on its way: the log cannot stay consistent.
-                in_flight.status = LogStatus::Failed;
-                in_flight.next_lsn = lsn;
-                in_flight.records += i;
-                drop(in_flight);
-                self.shared.durability.record_failure(LogFailure::Produce {
-                    lsn,
-                    code: error_code(&error),
-                });
-                self.shared.durability.finish(LogStatus::Failed);
-                return Err(AppendError::Failed);
-            }
-        }
         let n = payloads.len();
-        in_flight.next_lsn = first + n as Lsn;
-        in_flight.records += n;
-        in_flight.bytes += batch_bytes;
-        Ok(first + n as Lsn - 1)
+        let counters = &self.shared.counters;
+        // Ordering: AcqRel — the count is the bound; a refusal gives it back below.
+        let records = counters.in_flight_records.fetch_add(n, Ordering::AcqRel);
+        let bytes = counters
+            .in_flight_bytes
+            .fetch_add(batch_bytes, Ordering::AcqRel);
+        // As in the file log, a batch larger than a bound is admitted when nothing is in
+        // flight, so it is never refused for ever.
+        let full = records > 0
+            && (records + n > self.config.queue_records_max
+                || bytes + batch_bytes > self.config.queue_bytes_max);
+        let appended = if full {
+            Err(Refusal::Full)
+        } else {
+            let meta = sender::meta(key, partition, epoch);
+            let slot_bytes = batch_bytes + n * META_BYTES;
+            self.shared.ring.append(&meta, payloads, slot_bytes)
+        };
+        appended.map_err(|refusal| {
+            // Ordering: AcqRel; see above.
+            counters.in_flight_records.fetch_sub(n, Ordering::AcqRel);
+            counters
+                .in_flight_bytes
+                .fetch_sub(batch_bytes, Ordering::AcqRel);
+            match refusal {
+                Refusal::Full => {
+                    // Ordering: Relaxed — a statistic.
+                    counters.backpressure.fetch_add(1, Ordering::Relaxed);
+                    AppendError::Backpressure {
+                        retry_after_us: BACKPRESSURE_RETRY_AFTER_US,
+                    }
+                }
+                Refusal::Stopped(error) => error,
+            }
+        })
+    }
+
+    /// Waits until no append to partition `p` is between its ownership checks and its claim,
+    /// after a change of the partition's epoch or pause flag: every append that claims later
+    /// sees the change. (An append counts itself in `appending` and then, after a `SeqCst`
+    /// fence, reads the flags; this changes them, fences, and then reads the count: one of
+    /// the two sees the other.)
+    fn quiesce(&self, p: usize) {
+        fence(Ordering::SeqCst);
+        // Ordering: Acquire pairs with the appenders' Release decrement.
+        while self.appending[p].load(Ordering::Acquire) != 0 {
+            std::thread::yield_now();
+        }
     }
 
     /// The owner epoch this node writes `partition` under; 0 if it does not own it.
@@ -618,7 +669,8 @@ impl KafkaLog {
                 *offset = next_offset;
             }
         }
-        // Ordering: Relaxed — read under the in-flight lock, like the epoch below.
+        // Ordering: Relaxed — published by the epoch's Release below (appends read the
+        // epoch first).
         self.paused[p].store(false, Ordering::Relaxed);
         self.closing[p].store(false, Ordering::Relaxed);
         // Ordering: Release pairs with `epoch_of`'s Acquire.
@@ -629,7 +681,7 @@ impl KafkaLog {
         usize::try_from(partition)
             .ok()
             .and_then(|p| self.paused.get(p))
-            // Ordering: Relaxed — set and read under the in-flight lock.
+            // Ordering: Relaxed — appends read it after their `SeqCst` fence (see `quiesce`).
             .is_some_and(|paused| paused.load(Ordering::Relaxed))
     }
 
@@ -662,14 +714,16 @@ impl KafkaLog {
     /// before giving the partition up), `None` if the partition is not owned. Undone by
     /// [`KafkaLog::unpause`].
     pub fn pause(&self, partition: i32) -> Option<Lsn> {
-        let in_flight = lock(&self.shared.in_flight);
+        // The in-flight lock orders the changes of ownership among themselves.
+        let _in_flight = lock(&self.shared.in_flight);
         let p = usize::try_from(partition).ok()?;
         if !self.owns(partition) {
             return None;
         }
-        // Ordering: Relaxed — under the in-flight lock, which every append takes.
+        // Ordering: Relaxed — `quiesce` fences after it.
         self.paused[p].store(true, Ordering::Relaxed);
-        Some(in_flight.next_lsn - 1)
+        self.quiesce(p);
+        Some(self.shared.ring.last_claimed())
     }
 
     /// Accepts appends to a paused partition again (the rebalance gave it back).
@@ -679,7 +733,7 @@ impl KafkaLog {
             .ok()
             .filter(|&p| p < self.paused.len())
         {
-            // Ordering: Relaxed — under the in-flight lock.
+            // Ordering: Relaxed — an append that reads the old value is refused, no harm.
             self.paused[p].store(false, Ordering::Relaxed);
             self.closing[p].store(false, Ordering::Relaxed);
         }
@@ -698,8 +752,11 @@ impl KafkaLog {
             if epoch == 0 {
                 return None;
             }
-            // Ordering: Release pairs with `epoch_of`'s Acquire; under the in-flight lock.
+            // Ordering: Release pairs with `epoch_of`'s Acquire. Appends see the epoch 0
+            // (after `quiesce`) before they see the pause lifted.
             self.epochs[p].store(0, Ordering::Release);
+            self.quiesce(p);
+            // Ordering: Relaxed — the epoch refuses appends from now on.
             self.paused[p].store(false, Ordering::Relaxed);
             self.closing[p].store(false, Ordering::Relaxed);
             (in_flight.offsets.get(p).copied().unwrap_or(-1), epoch)
@@ -721,7 +778,7 @@ impl KafkaLog {
 
     /// The last LSN assigned by an append so far (0 before the first).
     pub fn last_appended_lsn(&self) -> Lsn {
-        lock(&self.shared.in_flight).next_lsn - 1
+        self.shared.ring.last_claimed()
     }
 
     /// The durable LSN (the highest LSN such that it and every LSN below it were reported
@@ -741,10 +798,9 @@ impl KafkaLog {
         let c = &self.shared.counters;
         // Ordering: Relaxed — statistics, no data depends on them.
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (queue_records, queue_bytes) = {
-            let in_flight = lock(&self.shared.in_flight);
-            (in_flight.records as u64, in_flight.bytes as u64)
-        };
+        let get_usize = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
+        let queue_records = get_usize(&c.in_flight_records);
+        let queue_bytes = get_usize(&c.in_flight_bytes);
         WalMetrics {
             records_written_total: get(&c.records_persisted),
             bytes_written_total: get(&c.bytes_persisted),
@@ -760,14 +816,18 @@ impl KafkaLog {
     /// flight. Returns the final durable LSN, or the failure. Idempotent.
     pub fn shutdown(&self) -> Result<Lsn, WalError> {
         {
-            let mut in_flight = lock(&self.shared.in_flight);
-            if in_flight.status == LogStatus::Open {
-                in_flight.status = LogStatus::Closed;
-            }
+            let _in_flight = lock(&self.shared.in_flight);
+            // Only an open log becomes closed (a failure stays).
+            self.shared.ring.set_status(LogStatus::Closed);
+        }
+        // It produces what was appended before the close, then ends.
+        if let Some(sender) = lock(&self.sender).take() {
+            let _ = sender.join();
         }
         let flushed = self.producer.flush(Timeout::After(SHUTDOWN_FLUSH_MAX));
         if let Err(error) = flushed {
-            let unreported = lock(&self.shared.in_flight).records;
+            // Ordering: Relaxed — the sender thread was joined; reports may still come.
+            let unreported = (self.shared.counters.in_flight_records).load(Ordering::Relaxed);
             self.shared
                 .durability
                 .record_failure(LogFailure::Unflushed {
@@ -781,7 +841,10 @@ impl KafkaLog {
             lease.release();
         }
         if let Some(failure) = self.failure() {
-            lock(&self.shared.in_flight).status = LogStatus::Failed;
+            {
+                let _in_flight = lock(&self.shared.in_flight);
+                self.shared.ring.set_status(LogStatus::Failed);
+            }
             self.shared.durability.finish(LogStatus::Failed);
             return Err(WalError::WriterFailed(failure));
         }
@@ -895,15 +958,19 @@ mod tests {
     use crate::error::WaitError;
 
     fn shared() -> Shared {
-        Shared::new(InFlight {
-            status: LogStatus::Open,
-            next_lsn: 6,
-            records: 5,
-            bytes: 50,
-            durable: 0,
-            persisted: BTreeMap::new(),
-            offsets: vec![-1; 2],
-        })
+        let shared = Shared::new(
+            InFlight {
+                durable: 0,
+                persisted: BTreeMap::new(),
+                offsets: vec![-1; 2],
+            },
+            &KafkaConfig::default(),
+        );
+        shared.ring.restart_at(6);
+        let c = &shared.counters;
+        c.in_flight_records.store(5, Ordering::Relaxed);
+        c.in_flight_bytes.store(50, Ordering::Relaxed);
+        shared
     }
 
     #[test]
@@ -928,7 +995,12 @@ mod tests {
             [6, 8],
             "LSN 5 is beyond the durable prefix"
         );
-        assert_eq!((in_flight.records, in_flight.bytes), (1, 10));
+        let c = &s.counters;
+        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (get(&c.in_flight_records), get(&c.in_flight_bytes)),
+            (1, 10)
+        );
     }
 
     #[test]

@@ -31,6 +31,16 @@
 //! the only retries; a hand retry of a possibly-persisted record could duplicate or reorder
 //! it). A node whose log failed stops; its successor recovers from the topic.
 //!
+//! # The append path
+//!
+//! An append claims its LSNs in the lock-free ring of the file log (`writer::ring`) and
+//! copies each record there with its key, partition and owner epoch; one sender thread takes
+//! the ring in LSN order and hands each record to librdkafka (issue 20 item 3). The caller's
+//! thread so pays for a copy, not for a produce call, and a partition's produce order is its
+//! LSN order. A record the sender fails to produce fails the log (its LSN never becomes
+//! durable). Ownership changes ([`KafkaLog::pause`], [`KafkaLog::give_up`]) wait for the
+//! appends between their ownership check and their claim, so none slips past them.
+//!
 //! # Memory bound and back-pressure
 //!
 //! At most `queue_records_max` records and `queue_bytes_max` payload bytes are in flight
@@ -46,6 +56,7 @@ pub mod fence;
 pub mod group;
 mod log;
 mod reader;
+mod sender;
 
 pub use client::{GroupConfig, KafkaConfig, check_producer_config, ensure_topic};
 pub(crate) use client::{ReaderContext, ensure_topic_named, kafka_error};

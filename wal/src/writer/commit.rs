@@ -29,7 +29,7 @@ fn take_pending(shared: &Shared, batch: &mut Pending, gather: bool) -> bool {
             .ring
             .gather(Instant::now() + Duration::from_micros(config.batch_wait_us_max));
     }
-    shared.ring.take(batch);
+    batch.first_lsn = shared.ring.take(|_, payload| batch.push(payload));
     true
 }
 

@@ -61,10 +61,10 @@ use crate::snapshot;
 use crate::storage::{AppendFile, DirLock, OsStorage, Storage};
 
 mod commit;
-mod ring;
+pub(crate) mod ring;
 
 use commit::Writer;
-use ring::{Refusal, Ring};
+use ring::{Bounds, Refusal, Ring};
 
 /// Smallest back-pressure retry hint.
 const RETRY_AFTER_US_MIN: u64 = 100;
@@ -109,6 +109,16 @@ impl Default for WalConfig {
 }
 
 impl WalConfig {
+    /// The pending queue's bounds.
+    fn ring_bounds(&self) -> Bounds {
+        Bounds {
+            records_max: self.queue_records_max,
+            bytes_max: self.queue_bytes_max,
+            batch_records_max: self.batch_records_max,
+            batch_bytes_max: self.batch_bytes_max,
+        }
+    }
+
     /// Checks that every value is in range.
     pub fn validate(&self) -> Result<(), WalError> {
         let check = WalError::require;
@@ -440,7 +450,7 @@ impl Wal {
 
         let next_lsn = scan.last_lsn + 1;
         let shared = Arc::new(Shared {
-            ring: Ring::new(next_lsn, &config),
+            ring: Ring::new(next_lsn, config.ring_bounds()),
             durability: Arc::new(Durability::new(scan.last_lsn)),
             segments: Mutex::new(segments.clone()),
             counters: Counters::default(),
@@ -517,7 +527,7 @@ impl Wal {
         }
         // As before the ring, a batch larger than a bound is admitted into an empty queue
         // (so it is never refused for ever); otherwise its records and bytes must both fit.
-        ring.append(payloads, batch_bytes)
+        ring.append(&[], payloads, batch_bytes)
             .map_err(|refusal| match refusal {
                 Refusal::Full => self.backpressure(),
                 Refusal::Stopped(error) => error,

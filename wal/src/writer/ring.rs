@@ -1,6 +1,7 @@
 //! The pending queue: a ring of record slots that appending threads fill without a lock,
 //! and the one writer thread takes in LSN order (issue 20 item 1: before it, every append of
-//! every auction went through one mutex).
+//! every auction went through one mutex). The file log's writer takes it to write and sync;
+//! the Kafka log's sender thread takes it to produce (issue 20 item 3).
 //!
 //! # Protocol
 //!
@@ -37,7 +38,6 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
-use super::{Pending, WalConfig};
 use crate::Lsn;
 use crate::durability::LogStatus;
 use crate::error::AppendError;
@@ -67,7 +67,7 @@ const GATHERING: u8 = 2;
 
 /// Why an append was refused before it claimed LSNs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// The queue is full (records or bytes).
     Full,
     /// The log is closed or failed.
@@ -86,8 +86,21 @@ struct Slot {
 // reads (Acquire) before writing. So accesses never overlap (see the module doc).
 unsafe impl Sync for Slot {}
 
-/// The pending queue of a file log (see the module doc).
-pub(super) struct Ring {
+/// The ring's bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Records claimed and not taken, at most (a larger batch is admitted into an empty ring).
+    pub(crate) records_max: usize,
+    /// Bytes claimed and not taken, at most.
+    pub(crate) bytes_max: usize,
+    /// A gathering writer is woken once this many records are queued...
+    pub(crate) batch_records_max: usize,
+    /// ... or this many bytes.
+    pub(crate) batch_bytes_max: usize,
+}
+
+/// The pending queue of a log (see the module doc).
+pub(crate) struct Ring {
     reserve: CachePadded<AtomicU64>,
     taken: CachePadded<AtomicU64>,
     bytes: CachePadded<AtomicUsize>,
@@ -103,8 +116,8 @@ pub(super) struct Ring {
 
 impl Ring {
     /// An empty open ring whose first append gets `next_lsn`.
-    pub(super) fn new(next_lsn: Lsn, config: &WalConfig) -> Self {
-        let capacity = config.queue_records_max.max(SLOTS_MIN).next_power_of_two();
+    pub(crate) fn new(next_lsn: Lsn, bounds: Bounds) -> Self {
+        let capacity = bounds.records_max.max(SLOTS_MIN).next_power_of_two();
         let slots = (0..capacity)
             .map(|_| Slot {
                 stamp: AtomicU64::new(0),
@@ -119,16 +132,36 @@ impl Ring {
             writer: OnceLock::new(),
             slots,
             mask: capacity as u64 - 1,
-            records_max: config.queue_records_max as u64,
-            bytes_max: config.queue_bytes_max,
-            batch_records_max: config.batch_records_max as u64,
-            batch_bytes_max: config.batch_bytes_max,
+            records_max: bounds.records_max as u64,
+            bytes_max: bounds.bytes_max,
+            batch_records_max: bounds.batch_records_max as u64,
+            batch_bytes_max: bounds.batch_bytes_max,
         }
     }
 
     /// The writer thread, to unpark (set once, when it starts).
-    pub(super) fn set_writer(&self, thread: Thread) {
+    pub(crate) fn set_writer(&self, thread: Thread) {
         let _ = self.writer.set(thread);
+    }
+
+    /// Makes the next claim get `next_lsn`; only before the first append (a Kafka log resumed
+    /// after its recovery reader).
+    pub(crate) fn restart_at(&self, next_lsn: Lsn) {
+        let (_, next) = self.load_reserve();
+        // Ordering: Relaxed; only the writer stores `taken`, and it takes nothing before the
+        // first append.
+        assert_eq!(
+            next,
+            self.taken.load(Ordering::Relaxed),
+            "Ring::restart_at with records queued is a bug"
+        );
+        // Ordering: Release; appenders read both with Acquire.
+        self.taken.store(next_lsn, Ordering::Release);
+        let _ = self
+            .reserve
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                Some((word & !LSN_MASK) | next_lsn)
+            });
     }
 
     /// The status and the next LSN.
@@ -139,17 +172,17 @@ impl Ring {
     }
 
     /// The log's status.
-    pub(super) fn status(&self) -> LogStatus {
+    pub(crate) fn status(&self) -> LogStatus {
         self.load_reserve().0
     }
 
     /// The last LSN claimed so far.
-    pub(super) fn last_claimed(&self) -> Lsn {
+    pub(crate) fn last_claimed(&self) -> Lsn {
         self.load_reserve().1 - 1
     }
 
     /// Records and payload bytes claimed and not yet taken by the writer.
-    pub(super) fn queued(&self) -> (u64, u64) {
+    pub(crate) fn queued(&self) -> (u64, u64) {
         let next = self.load_reserve().1;
         // Ordering: Relaxed; statistics.
         let taken = self.taken.load(Ordering::Relaxed);
@@ -158,7 +191,7 @@ impl Ring {
     }
 
     /// Sets the status (a failure replaces a close); wakes the writer.
-    pub(super) fn set_status(&self, status: LogStatus) {
+    pub(crate) fn set_status(&self, status: LogStatus) {
         let bits = (status as u64) << STATUS_SHIFT;
         // Ordering: AcqRel; a claim that reads the new word sees the status.
         let _ = self
@@ -172,10 +205,12 @@ impl Ring {
         self.unpark_writer();
     }
 
-    /// Claims LSNs for `payloads` (`batch_bytes` in all, each ≤ the payload bound) and
-    /// publishes them; returns the last LSN. All or none.
-    pub(super) fn append(
+    /// Claims LSNs for `payloads` and publishes them, each after `prefix` in its slot
+    /// (`batch_bytes` in all, prefixes included; each payload ≤ the payload bound); returns
+    /// the last LSN. All or none.
+    pub(crate) fn append(
         &self,
+        prefix: &[u8],
         payloads: &[impl AsRef<[u8]>],
         batch_bytes: usize,
     ) -> Result<Lsn, Refusal> {
@@ -199,6 +234,7 @@ impl Ring {
             // (`lsn - capacity`) was taken: `claim` saw `taken` past it (see `Slot`).
             let buffer = unsafe { &mut *slot.payload.get() };
             buffer.clear();
+            buffer.extend_from_slice(prefix);
             buffer.extend_from_slice(payload.as_ref());
             // Ordering: Release publishes the payload to the writer's Acquire load.
             slot.stamp.store(lsn, Ordering::Release);
@@ -301,7 +337,7 @@ impl Ring {
 
     /// Writer side: waits until a record is ready; `false` once the log stopped and (if
     /// closed) everything claimed was taken.
-    pub(super) fn wait_ready(&self) -> bool {
+    pub(crate) fn wait_ready(&self) -> bool {
         loop {
             if self.front_ready() {
                 return true;
@@ -320,7 +356,7 @@ impl Ring {
     }
 
     /// Writer side: waits until a batch is full, the log stops or `deadline` passes.
-    pub(super) fn gather(&self, deadline: Instant) {
+    pub(crate) fn gather(&self, deadline: Instant) {
         let full = || self.batch_full(self.load_reserve().1);
         while self.status() == LogStatus::Open && !full() && Instant::now() < deadline {
             self.park_unless(GATHERING, Some(deadline), || {
@@ -349,15 +385,16 @@ impl Ring {
         false
     }
 
-    /// Writer side: moves the published records into the empty `batch` and frees their
-    /// slots. Records claimed before the call are waited for briefly, so that an appender
-    /// in the middle of its copy does not cut the batch (and cost a sync more).
-    pub(super) fn take(&self, batch: &mut Pending) {
+    /// Writer side: hands the published records to `each` (LSN, slot contents) in LSN order
+    /// and frees their slots; returns the first LSN taken. Records claimed before the call
+    /// are waited for briefly, so that an appender in the middle of its copy does not cut the
+    /// batch (and cost a sync more).
+    pub(crate) fn take(&self, mut each: impl FnMut(Lsn, &[u8])) -> Lsn {
         // Ordering: Relaxed; only the writer stores `taken`.
         let first = self.taken.load(Ordering::Relaxed);
         let claimed = self.load_reserve().1;
-        batch.first_lsn = first;
         let mut lsn = first;
+        let mut bytes = 0;
         loop {
             let slot = &self.slots[(lsn & self.mask) as usize];
             if !self.published(slot, lsn, claimed) {
@@ -366,7 +403,8 @@ impl Ring {
             // SAFETY: the stamp says the payload of `lsn` is published, and no appender
             // claims this slot again before `taken` passes `lsn` (see `Slot`).
             let buffer = unsafe { &mut *slot.payload.get() };
-            batch.push(buffer);
+            bytes += buffer.len();
+            each(lsn, buffer);
             if buffer.capacity() > SLOT_BYTES_KEEP_MAX {
                 *buffer = Vec::new();
             }
@@ -375,7 +413,8 @@ impl Ring {
         // Ordering: Release; the slots' next claimers read it (Acquire) before writing.
         self.taken.store(lsn, Ordering::Release);
         // Ordering: AcqRel; see `append`.
-        self.bytes.fetch_sub(batch.bytes.len(), Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        first
     }
 }
 
