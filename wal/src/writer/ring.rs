@@ -146,6 +146,7 @@ impl Ring {
 
     /// Makes the next claim get `next_lsn`; only before the first append (a Kafka log resumed
     /// after its recovery reader).
+    #[cfg(feature = "kafka")]
     pub(crate) fn restart_at(&self, next_lsn: Lsn) {
         let (_, next) = self.load_reserve();
         // Ordering: Relaxed; only the writer stores `taken`, and it takes nothing before the
